@@ -1,0 +1,169 @@
+//! Command-line parsing: the argh structs of every `orange` subcommand, turned once into validated
+//! configs (`ServerConfig`, `AgentConfig`, `OperatorConfig`) and handed to the part that runs them.
+
+pub mod agents;
+pub mod operator;
+pub mod output;
+pub mod task;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use argh::FromArgs;
+
+use crate::agent::AgentConfig;
+use crate::server::ServerConfig;
+
+/// orange: send work to a fleet of hosts that poll this server; no open ports on hosts, no Redis.
+#[derive(FromArgs, Debug)]
+pub struct Orange {
+    /// print the version and exit
+    #[argh(switch)]
+    pub version: bool,
+    /// what to do
+    #[argh(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum Command {
+    /// `orange server`
+    Server(ServerArgs),
+    /// `orange agent`
+    Agent(AgentArgs),
+    /// `orange task ...`
+    Task(task::TaskArgs),
+    /// `orange agents`
+    Agents(agents::AgentsArgs),
+}
+
+/// Run the server: agent endpoints, operator API and the embedded database.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "server")]
+pub struct ServerArgs {
+    /// data directory (created if missing)
+    #[argh(option)]
+    pub data: PathBuf,
+    /// address to listen on (default 0.0.0.0:8890)
+    #[argh(option, default = "String::from(\"0.0.0.0:8890\")")]
+    pub listen: String,
+    /// admin bearer token; default: ORANGE_ADMIN_TOKEN, else DIR/admin.token (generated on first start)
+    #[argh(option)]
+    pub admin_token: Option<String>,
+    /// seconds a getTask long poll waits for work before answering "no task" (default 20, max 50)
+    #[argh(option, default = "20")]
+    pub poll_window: u64,
+    /// seconds a task may run when the operator gives no timeout (default 600)
+    #[argh(option, default = "600")]
+    pub default_timeout: u64,
+    /// database cache size in MiB (default 64)
+    #[argh(option, default = "64")]
+    pub cache_mb: u64,
+    /// file holding the key agents sign `register` with (default: the original's public key
+    /// "orange-forge", for compatibility with original clients)
+    #[argh(option)]
+    pub enroll_key_file: Option<PathBuf>,
+}
+
+/// Run an agent: register with the server, poll for tasks, run them and report.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "agent")]
+pub struct AgentArgs {
+    /// server URL, e.g. http://10.0.0.1:8890 (default: ORANGE_SERVER)
+    #[argh(option)]
+    pub server: Option<String>,
+    /// this agent's app id (default: the host name)
+    #[argh(option)]
+    pub appid: Option<String>,
+    /// state directory holding the agent's secret (default: ~/.local/state/orange, or
+    /// /var/lib/orange for root)
+    #[argh(option)]
+    pub state: Option<PathBuf>,
+    /// file holding the agent's secret (else ORANGE_SECRET, else one generated in the state dir)
+    #[argh(option)]
+    pub secret_file: Option<PathBuf>,
+    /// file holding the server's enrollment key (else ORANGE_ENROLL_KEY, else the original's
+    /// public key "orange-forge")
+    #[argh(option)]
+    pub enroll_key_file: Option<PathBuf>,
+    /// allow `shell` tasks (command lines run with sh -c)
+    #[argh(switch)]
+    pub allow_shell: bool,
+    /// directory of handler executables; a task of type T runs DIR/T
+    #[argh(option)]
+    pub handlers: Option<PathBuf>,
+    /// operator label k=v (repeatable)
+    #[argh(option)]
+    pub label: Vec<String>,
+    /// most tasks run at once (default 4)
+    #[argh(option, default = "4")]
+    pub max_tasks: usize,
+}
+
+/// Parses argv, runs the command and returns the process exit code.
+pub fn run(orange: Orange) -> Result<i32> {
+    if orange.version {
+        println!("orange {}", env!("CARGO_PKG_VERSION"));
+        return Ok(0);
+    }
+    match orange.command {
+        None => bail!("no command given; try `orange --help`"),
+        Some(Command::Server(args)) => {
+            crate::server::run_blocking(server_config(args)?)?;
+            Ok(0)
+        }
+        Some(Command::Agent(args)) => {
+            crate::agent::run_blocking(AgentConfig::from_args(args)?)?;
+            Ok(0)
+        }
+        Some(Command::Task(args)) => task::run(args),
+        Some(Command::Agents(args)) => agents::run(args),
+    }
+}
+
+/// Validates `orange server` flags into a [`ServerConfig`].
+fn server_config(args: ServerArgs) -> Result<ServerConfig> {
+    let listen: SocketAddr = args
+        .listen
+        .parse()
+        .with_context(|| format!("--listen {:?} is not an address like 0.0.0.0:8890", args.listen))?;
+    if args.poll_window == 0 || args.poll_window > crate::protocol::wire::MAX_POLL_WINDOW_SECS {
+        bail!(
+            "--poll-window {} must be between 1 and {} seconds",
+            args.poll_window,
+            crate::protocol::wire::MAX_POLL_WINDOW_SECS
+        );
+    }
+    if args.default_timeout == 0 {
+        bail!("--default-timeout must be at least 1 second");
+    }
+    let enroll_key = match &args.enroll_key_file {
+        Some(path) => read_secret_file(path)?,
+        None => crate::protocol::wire::LEGACY_BASE_SECRET.to_owned(),
+    };
+    let admin_token =
+        args.admin_token.or_else(|| std::env::var("ORANGE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()));
+    Ok(ServerConfig {
+        data_dir: args.data,
+        listen,
+        admin_token,
+        poll_window: Duration::from_secs(args.poll_window),
+        default_task_timeout: Duration::from_secs(args.default_timeout),
+        cache_capacity_bytes: args.cache_mb.saturating_mul(1024 * 1024),
+        enroll_key,
+    })
+}
+
+/// Reads a secret from a file, trimming surrounding whitespace; refuses an empty file.
+pub fn read_secret_file(path: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let secret = text.trim().to_owned();
+    if secret.is_empty() {
+        bail!("{} is empty", path.display());
+    }
+    Ok(secret)
+}

@@ -1,0 +1,225 @@
+//! The blocking HTTP client shared by the agent (signed calls on the original protocol) and the
+//! operator CLI (bearer-token calls on the admin API). Every call has a deadline.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+
+use crate::protocol::admin::ApiError;
+use crate::protocol::sign::time_header;
+use crate::protocol::wire::{self, CODE_NO_TASK, CODE_OK, RegisterReply};
+use crate::protocol::{Envelope, RegisterRequest, ReportRequest, Signer, WireTask};
+
+/// Largest response body either client reads.
+const MAX_RESPONSE_BODY: u64 = 64 * 1024 * 1024;
+/// Deadline of operator API calls that do not park on the server.
+pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a call failed, split the way callers branch on it.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// The server could not be reached or the connection broke.
+    #[error("cannot reach {url}: {reason}")]
+    Transport {
+        /// The URL called.
+        url: String,
+        /// What the transport said.
+        reason: String,
+    },
+    /// The answer was not what the protocol promises (wrong status, not JSON, ...).
+    #[error("bad answer from {url}: {reason}")]
+    BadAnswer {
+        /// The URL called.
+        url: String,
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// An agent endpoint answered code 1.
+    #[error("server refused: {0}")]
+    Refused(String),
+    /// The admin API answered an error status.
+    #[error("{message} (HTTP {status})")]
+    Api {
+        /// HTTP status code.
+        status: u16,
+        /// The server's error text.
+        message: String,
+    },
+}
+
+impl ClientError {
+    /// True when retrying later may help (server down, garbage on the wire, 5xx).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Transport { .. } | ClientError::BadAnswer { .. } => true,
+            ClientError::Api { status, .. } => *status >= 500 || *status == 429,
+            ClientError::Refused(_) => false,
+        }
+    }
+}
+
+fn http_agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .timeout_connect(Some(Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+/// Sends one request and returns the status and body, with transport errors mapped.
+fn exchange(
+    url: &str,
+    result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> Result<(u16, Vec<u8>), ClientError> {
+    let transport = |e: ureq::Error| ClientError::Transport { url: url.to_owned(), reason: e.to_string() };
+    let mut response = result.map_err(transport)?;
+    let status = response.status().as_u16();
+    let body = response.body_mut().with_config().limit(MAX_RESPONSE_BODY).read_to_vec().map_err(transport)?;
+    Ok((status, body))
+}
+
+/// An agent's signed connection to the server's agent endpoints.
+pub struct AgentClient {
+    http: ureq::Agent,
+    base: String,
+    app_id: String,
+    signer: Signer,
+}
+
+impl AgentClient {
+    /// A client for `base` (e.g. `http://host:8890`) signing as `app_id` with `secret`.
+    pub fn new(base: &str, app_id: &str, secret: &str) -> Self {
+        AgentClient {
+            http: http_agent(Duration::from_secs(wire::CLIENT_TIMEOUT_SECS)),
+            base: base.trim_end_matches('/').to_owned(),
+            app_id: app_id.to_owned(),
+            signer: Signer::new(secret),
+        }
+    }
+
+    /// Signs and posts `body` to `path`, returning the decoded envelope.
+    fn call<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &[u8],
+        signer: &Signer,
+    ) -> Result<Envelope<T>, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let time = time_header(chrono::Utc::now());
+        let request = self
+            .http
+            .post(&url)
+            .header(wire::HEADER_APPID, &self.app_id)
+            .header(wire::HEADER_TIME, &time)
+            .header(wire::HEADER_SIGN, signer.sign(&self.app_id, body, &time))
+            .content_type("application/json")
+            .send(body);
+        let (status, bytes) = exchange(&url, request)?;
+        let bad = |reason: String| ClientError::BadAnswer { url: url.clone(), reason };
+        if status != 200 {
+            return Err(bad(format!("HTTP {status}")));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| bad(format!("not an envelope: {e}")))
+    }
+
+    /// Registers this agent, signing with the enrollment key.
+    pub fn register(
+        &self,
+        request: &RegisterRequest,
+        enroll_key: &str,
+    ) -> Result<RegisterReply, ClientError> {
+        // Serializing a struct of strings and maps cannot fail.
+        let body = serde_json::to_vec(request).expect("register body serializes");
+        let envelope = self.call::<RegisterReply>(wire::REGISTER_PATH, &body, &Signer::new(enroll_key))?;
+        match (envelope.code, envelope.data) {
+            (CODE_OK, Some(reply)) => Ok(reply),
+            _ => Err(ClientError::Refused(envelope.message)),
+        }
+    }
+
+    /// Sends a heartbeat.
+    pub fn ping(&self) -> Result<(), ClientError> {
+        let envelope = self.call::<serde_json::Value>(wire::PING_PATH, wire::PING_BODY, &self.signer)?;
+        ok_or_refused(envelope).map(|_| ())
+    }
+
+    /// Long-polls for the next task; `None` when the server's window ended empty.
+    pub fn get_task(&self) -> Result<Option<WireTask>, ClientError> {
+        let envelope = self.call::<WireTask>(wire::GET_TASK_PATH, b"", &self.signer)?;
+        match envelope.code {
+            CODE_NO_TASK => Ok(None),
+            CODE_OK => envelope.data.map(Some).ok_or_else(|| ClientError::BadAnswer {
+                url: format!("{}{}", self.base, wire::GET_TASK_PATH),
+                reason: "task fetched without a task".into(),
+            }),
+            _ => Err(ClientError::Refused(envelope.message)),
+        }
+    }
+
+    /// Reports a task's state or result.
+    pub fn report(&self, report: &ReportRequest) -> Result<(), ClientError> {
+        // Serializing a struct of strings and numbers cannot fail.
+        let body = serde_json::to_vec(report).expect("report body serializes");
+        let envelope = self.call::<serde_json::Value>(wire::REPORT_TASK_PATH, &body, &self.signer)?;
+        ok_or_refused(envelope).map(|_| ())
+    }
+}
+
+fn ok_or_refused<T>(envelope: Envelope<T>) -> Result<Option<T>, ClientError> {
+    if envelope.code == CODE_OK { Ok(envelope.data) } else { Err(ClientError::Refused(envelope.message)) }
+}
+
+/// An operator's connection to the admin API.
+pub struct AdminClient {
+    http: ureq::Agent,
+    base: String,
+    token: String,
+}
+
+impl AdminClient {
+    /// A client for `base` using the bearer `token`; calls time out after `timeout`.
+    pub fn new(base: &str, token: &str, timeout: Duration) -> Self {
+        AdminClient {
+            http: http_agent(timeout),
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+        }
+    }
+
+    /// `GET path` (with its query) decoded as `T`.
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let request = self.http.get(&url).header("Authorization", format!("Bearer {}", self.token)).call();
+        decode_api(&url, exchange(&url, request)?)
+    }
+
+    /// `POST path` with a JSON body, decoded as `T`.
+    pub fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        // Serializing plain request structs cannot fail.
+        let bytes = serde_json::to_vec(body).expect("request body serializes");
+        let request = self
+            .http
+            .post(&url)
+            .header("Authorization", format!("Bearer {}", self.token))
+            .content_type("application/json")
+            .send(&bytes[..]);
+        decode_api(&url, exchange(&url, request)?)
+    }
+}
+
+fn decode_api<T: DeserializeOwned>(url: &str, (status, bytes): (u16, Vec<u8>)) -> Result<T, ClientError> {
+    if (200..300).contains(&status) {
+        return serde_json::from_slice(&bytes).map_err(|e| ClientError::BadAnswer {
+            url: url.to_owned(),
+            reason: format!("not the expected JSON: {e}"),
+        });
+    }
+    let message = serde_json::from_slice::<ApiError>(&bytes)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).chars().take(200).collect());
+    Err(ClientError::Api { status, message })
+}

@@ -1,0 +1,12 @@
+//! The wire: every type, route, header and signature rule that the server, the agent and the
+//! operator CLI share. This module depends on no runtime (no tokio, axum, ureq or sled), so both the
+//! async server and the blocking agent use exactly the same definitions.
+
+pub mod admin;
+pub mod sign;
+pub mod task;
+pub mod wire;
+
+pub use sign::{SignError, Signer};
+pub use task::{TaskId, TaskStatus};
+pub use wire::{Envelope, RegisterRequest, ReportRequest, WireTask};

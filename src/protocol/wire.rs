@@ -1,0 +1,205 @@
+//! The agent protocol of orange-forge-connect: routes, headers, the response envelope and the JSON
+//! bodies. Field names and shapes are those of the original so that its unmodified Go client works;
+//! everything orange adds is an optional field that the original client ignores.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Route of the register call (signed with the enrollment key).
+pub const REGISTER_PATH: &str = "/orange-forge/api/register";
+/// Route of the heartbeat (body is the literal `ping`).
+pub const PING_PATH: &str = "/orange-forge/api/ping";
+/// Route of the long poll that hands out the next task.
+pub const GET_TASK_PATH: &str = "/orange-forge/api/getTask";
+/// Route on which an agent reports a task's state or result.
+pub const REPORT_TASK_PATH: &str = "/orange-forge/api/reportTask";
+
+/// Header carrying the agent's app id.
+pub const HEADER_APPID: &str = "X-FORGE-APPID";
+/// Header carrying the signing time (legacy `YYYY-MM-DD HH:MM:SS` or Unix seconds).
+pub const HEADER_TIME: &str = "X-FORGE-TIME";
+/// Header carrying the lowercase hex HMAC-SHA256 signature.
+pub const HEADER_SIGN: &str = "X-FORGE-SIGN";
+
+/// The base secret the original client signs `register` with; public, so only a compatibility default.
+pub const LEGACY_BASE_SECRET: &str = "orange-forge";
+/// Body of a heartbeat.
+pub const PING_BODY: &[u8] = b"ping";
+
+/// Envelope code: success.
+pub const CODE_OK: i32 = 0;
+/// Envelope code: error (the original client exits on it for getTask; never send it for a transient reason).
+pub const CODE_ERROR: i32 = 1;
+/// Envelope code: the long poll ended without a task.
+pub const CODE_NO_TASK: i32 = 2;
+
+/// Largest request body any agent endpoint accepts.
+pub const MAX_AGENT_BODY: usize = 4 * 1024 * 1024;
+/// Longest app id accepted.
+pub const MAX_APP_ID_LEN: usize = 128;
+/// Longest agent secret accepted.
+pub const MAX_SECRET_LEN: usize = 256;
+/// Longest task payload accepted (values stay below sled's inline-item threshold, which is synced).
+pub const MAX_PAYLOAD_LEN: usize = 64 * 1024;
+/// Most of one output stream (stdout or stderr) an agent sends with a result.
+pub const MAX_OUTPUT_LEN: usize = 1024 * 1024;
+/// Longest long-poll window a server may use; the clients' read timeout is longer.
+pub const MAX_POLL_WINDOW_SECS: u64 = 50;
+/// HTTP timeout of agent calls; longer than any server poll window.
+pub const CLIENT_TIMEOUT_SECS: u64 = 60;
+
+/// The JSON envelope every agent endpoint answers with (always HTTP 200).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Envelope<T> {
+    /// 0 success, 1 error, 2 no task.
+    pub code: i32,
+    /// Human-readable outcome; specific on errors.
+    pub message: String,
+    /// The payload; `null` on errors.
+    pub data: Option<T>,
+}
+
+impl<T> Envelope<T> {
+    /// A success envelope carrying `data`.
+    pub fn ok(message: &str, data: T) -> Self {
+        Envelope { code: CODE_OK, message: message.to_owned(), data: Some(data) }
+    }
+
+    /// An envelope with no data and the given code.
+    pub fn empty(code: i32, message: impl Into<String>) -> Self {
+        Envelope { code, message: message.into(), data: None }
+    }
+}
+
+/// Body of `register`: the original's two fields plus orange's optional inventory.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct RegisterRequest {
+    /// The agent's app id.
+    pub app_id: String,
+    /// The agent's own secret, used to sign every later call.
+    pub secret: String,
+    /// Operator labels (`--label k=v`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Agent version (absent for the original client).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Host name of the agent's machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+}
+
+/// The client record `register` answers with, as the original shapes it (`secret` masked).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterReply {
+    /// The app id.
+    pub app_id: String,
+    /// Always `***`.
+    pub secret: String,
+    /// Unix seconds of the first registration.
+    pub register_time: i64,
+    /// Unix seconds of the last sign of life.
+    pub last_ping_time: i64,
+    /// Always `registered`.
+    pub do_status: String,
+    /// Number of tasks this agent has finished.
+    pub processed_task_count: u64,
+}
+
+/// The task object of the original protocol, handed out by getTask.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WireTask {
+    /// Task id (UUID text).
+    pub task_id: String,
+    /// Task type: `ping`, `shell` or a handler name.
+    pub task_type: String,
+    /// Empty when handed out.
+    #[serde(default)]
+    pub do_status: String,
+    /// RFC 3339 creation time.
+    pub create_at: String,
+    /// Task input.
+    #[serde(default)]
+    pub payload: String,
+    /// Empty when handed out.
+    #[serde(default)]
+    pub result: String,
+    /// Seconds the agent may run the task before killing it (orange addition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+}
+
+/// `do_status` an agent reports while a task still runs.
+pub const DO_STATUS_DOING: &str = "doing";
+/// `do_status` of a finished task (for orange agents: exit code 0).
+pub const DO_STATUS_SUCCESS: &str = "success";
+/// `do_status` of a task that ran out of time.
+pub const DO_STATUS_TIMEOUT: &str = "timeout";
+/// `do_status` of a task that finished unsuccessfully (orange addition).
+pub const DO_STATUS_FAILED: &str = "failed";
+
+/// Body of `reportTask`: the task object with the outcome, plus orange's optional result detail.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+pub struct ReportRequest {
+    /// The task being reported.
+    pub task_id: String,
+    /// Echoed task type (ignored by the server).
+    #[serde(default)]
+    pub task_type: String,
+    /// `doing`, `success`, `timeout` or `failed`.
+    pub do_status: String,
+    /// Echoed creation time (ignored by the server).
+    #[serde(default)]
+    pub create_at: String,
+    /// Echoed payload (ignored by the server).
+    #[serde(default)]
+    pub payload: String,
+    /// The original's free-form result text.
+    #[serde(default)]
+    pub result: String,
+    /// Process exit code, when the task was a process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Captured standard output (capped at [`MAX_OUTPUT_LEN`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout: Option<String>,
+    /// Captured standard error (capped at [`MAX_OUTPUT_LEN`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr: Option<String>,
+    /// Wall time the task ran, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Why the task failed without running (unknown type, shell refused, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn original_task_json_decodes_and_round_trips() {
+        let text = r#"{"task_id":"afb3efa1-7f07-4264-a207-7036fcbac526","task_type":"PING","do_status":"","create_at":"2026-11-26T06:40:41.520661222Z","payload":"x","result":""}"#;
+        let task: WireTask = serde_json::from_str(text).unwrap();
+        assert_eq!(task.task_type, "PING");
+        assert_eq!(task.timeout_secs, None);
+        assert_eq!(serde_json::to_string(&task).unwrap(), text);
+    }
+
+    #[test]
+    fn original_report_decodes_without_orange_fields() {
+        let text = r#"{"task_id":"t","task_type":"PING","do_status":"success","create_at":"x","payload":"x","result":"hello from curl"}"#;
+        let report: ReportRequest = serde_json::from_str(text).unwrap();
+        assert_eq!(report.do_status, DO_STATUS_SUCCESS);
+        assert_eq!(report.result, "hello from curl");
+        assert_eq!(report.exit_code, None);
+    }
+
+    #[test]
+    fn envelope_without_data_serializes_null() {
+        let env: Envelope<()> = Envelope::empty(CODE_NO_TASK, "no task");
+        assert_eq!(serde_json::to_string(&env).unwrap(), r#"{"code":2,"message":"no task","data":null}"#);
+    }
+}
