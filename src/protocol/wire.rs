@@ -49,6 +49,32 @@ pub const MAX_POLL_WINDOW_SECS: u64 = 50;
 /// HTTP timeout of agent calls; longer than any server poll window.
 pub const CLIENT_TIMEOUT_SECS: u64 = 60;
 
+/// Checks an app id: 1 to [`MAX_APP_ID_LEN`] characters of `A-Z a-z 0-9 . _ - : @`, so it is
+/// safe in keys, logs and paths. The error names the bad value.
+pub fn check_app_id(app_id: &str) -> Result<(), String> {
+    let shown: String = app_id.chars().take(40).collect();
+    if app_id.is_empty() || app_id.len() > MAX_APP_ID_LEN {
+        return Err(format!("app id {shown:?} must be 1 to {MAX_APP_ID_LEN} characters"));
+    }
+    if !app_id.chars().all(|c| c.is_ascii_alphanumeric() || "._-:@".contains(c)) {
+        return Err(format!("app id {shown:?} may only hold letters, digits and . _ - : @"));
+    }
+    Ok(())
+}
+
+/// Checks a task type: 1 to 64 characters of `A-Z a-z 0-9 . _ -`, not starting with a dot, so
+/// that it names a plain file inside an agent's handlers directory and nothing else.
+pub fn check_task_type(task_type: &str) -> Result<(), String> {
+    let shown: String = task_type.chars().take(40).collect();
+    let plain = task_type.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if task_type.is_empty() || task_type.len() > 64 || !plain || task_type.starts_with('.') {
+        return Err(format!(
+            "task type {shown:?} must be 1 to 64 letters, digits, '.', '_' or '-', not starting with '.'"
+        ));
+    }
+    Ok(())
+}
+
 /// The JSON envelope every agent endpoint answers with (always HTTP 200).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Envelope<T> {
@@ -195,6 +221,17 @@ mod tests {
         assert_eq!(report.do_status, DO_STATUS_SUCCESS);
         assert_eq!(report.result, "hello from curl");
         assert_eq!(report.exit_code, None);
+    }
+
+    #[test]
+    fn app_ids_and_task_types_are_plain_names() {
+        assert!(check_app_id("web-01.prod").is_ok());
+        assert!(check_app_id("").is_err());
+        assert!(check_app_id("a/b").is_err());
+        assert!(check_app_id(&"x".repeat(10_000)).is_err());
+        assert!(check_task_type("shell").is_ok());
+        assert!(check_task_type("../../bin/sh").is_err());
+        assert!(check_task_type(".hidden").is_err());
     }
 
     #[test]

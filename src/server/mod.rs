@@ -4,12 +4,18 @@
 pub mod codec;
 pub mod commit;
 pub mod dispatch;
+pub mod fleet;
 pub mod http;
 pub mod store;
 
+use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tracing::{info, warn};
 
 /// Everything `orange server` needs, validated once from the command line.
 #[derive(Clone)]
@@ -44,7 +50,75 @@ impl std::fmt::Debug for ServerConfig {
     }
 }
 
-/// Runs the server until SIGINT or SIGTERM (placeholder).
-pub fn run_blocking(_config: ServerConfig) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+/// Name of the generated admin token file inside the data directory.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// Runs the server until SIGINT or SIGTERM: prepares the data directory and the admin token,
+/// binds, prints the address it listens on, and serves.
+pub fn run_blocking(config: ServerConfig) -> Result<()> {
+    prepare_data_dir(&config.data_dir)?;
+    let token = match &config.admin_token {
+        Some(token) => token.clone(),
+        None => load_or_create_token(&config.data_dir.join(ADMIN_TOKEN_FILE))?,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let address = listener.local_addr().context("cannot read the bound address")?;
+        println!("orange server listening on http://{address}");
+        info!(%address, data = %config.data_dir.display(), "orange server started");
+        http::serve(listener, config, token, shutdown_signal()).await
+    })
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot watch SIGTERM; stopping on SIGINT only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Creates the data directory with mode 0700 if it is missing.
+fn prepare_data_dir(dir: &Path) -> Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))
+}
+
+/// Reads the admin token file, or writes a new random token into it (mode 0600).
+fn load_or_create_token(path: &Path) -> Result<String> {
+    if path.exists() {
+        return crate::cli::read_secret_file(path);
+    }
+    let mut raw = [0u8; 32];
+    getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("cannot get random bytes: {e}"))?;
+    let token = hex::encode(raw);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    writeln!(file, "{token}")
+        .and_then(|_| file.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    info!(file = %path.display(), "generated the admin token");
+    Ok(token)
 }

@@ -1,0 +1,185 @@
+//! The operator API under `/api/v1/`: JSON in and out, proper HTTP status codes, every route
+//! behind the admin bearer token. Handlers are thin: they parse, call [`Fleet`], and map errors.
+//!
+//! [`Fleet`]: crate::server::fleet::Fleet
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use tracing::{error, info};
+
+use super::AppState;
+use crate::protocol::TaskId;
+use crate::protocol::admin::{
+    AGENTS_PATH, AgentList, ApiError, EnqueueReply, EnqueueRequest, MAX_LIST_LIMIT, MAX_WAIT_SECS,
+    TASKS_PATH, TaskList,
+};
+use crate::server::fleet::{FleetError, agent_view, current_ms};
+use crate::server::store::StoreError;
+
+/// Largest admin request body.
+const MAX_ADMIN_BODY: usize = 1024 * 1024;
+/// Tasks listed when no limit is given.
+const DEFAULT_LIST_LIMIT: usize = 100;
+
+/// An admin API failure: a status and a message, answered as `{"error": message}`.
+struct ApiFailure(StatusCode, String);
+
+impl IntoResponse for ApiFailure {
+    fn into_response(self) -> Response {
+        (self.0, Json(ApiError { error: self.1 })).into_response()
+    }
+}
+
+impl From<FleetError> for ApiFailure {
+    fn from(e: FleetError) -> Self {
+        match e {
+            FleetError::BadRequest(m) => ApiFailure(StatusCode::BAD_REQUEST, m),
+            FleetError::NotFound(m) => ApiFailure(StatusCode::NOT_FOUND, m),
+            FleetError::TooLarge(m) => ApiFailure(StatusCode::PAYLOAD_TOO_LARGE, m),
+            FleetError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<StoreError> for ApiFailure {
+    fn from(e: StoreError) -> Self {
+        error!(error = %e, "store failure in admin API");
+        ApiFailure(StatusCode::INTERNAL_SERVER_ERROR, format!("server error: {e}"))
+    }
+}
+
+type ApiResult<T> = Result<T, ApiFailure>;
+
+/// Routes of the operator API, guarded by `admin_token`.
+pub fn routes(admin_token: &str) -> Router<AppState> {
+    let token_hash: [u8; 32] = Sha256::digest(admin_token.as_bytes()).into();
+    Router::new()
+        .route(TASKS_PATH, get(list_tasks).post(enqueue))
+        .route(&format!("{TASKS_PATH}/{{id}}"), get(get_task))
+        .route(AGENTS_PATH, get(list_agents))
+        .route(&format!("{AGENTS_PATH}/{{id}}"), get(get_agent))
+        .fallback(|| async { ApiFailure(StatusCode::NOT_FOUND, "no such API route".into()) })
+        .layer(middleware::from_fn(move |headers: HeaderMap, request: Request, next: Next| async move {
+            match bearer_ok(&headers, &token_hash) {
+                Ok(()) => next.run(request).await,
+                Err(failure) => failure.into_response(),
+            }
+        }))
+}
+
+/// Checks the bearer token by comparing SHA-256 digests, which reveals nothing through timing
+/// about the token itself.
+fn bearer_ok(headers: &HeaderMap, token_hash: &[u8; 32]) -> ApiResult<()> {
+    let unauthorized = |m: &str| ApiFailure(StatusCode::UNAUTHORIZED, m.to_owned());
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| unauthorized("missing Authorization: Bearer token"))?;
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| unauthorized("Authorization must be \"Bearer <token>\""))?;
+    let given: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+    let diff = given.iter().zip(token_hash).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    if diff != 0 {
+        return Err(unauthorized("wrong admin token"));
+    }
+    Ok(())
+}
+
+async fn read_json<T: DeserializeOwned>(body: Body) -> ApiResult<T> {
+    let bytes = axum::body::to_bytes(body, MAX_ADMIN_BODY).await.map_err(|_| {
+        ApiFailure(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than {MAX_ADMIN_BODY} bytes"),
+        )
+    })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiFailure(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")))
+}
+
+fn bad_query(e: QueryRejection) -> ApiFailure {
+    ApiFailure(StatusCode::BAD_REQUEST, format!("bad query: {}", e.body_text()))
+}
+
+fn bad_path(e: PathRejection) -> ApiFailure {
+    ApiFailure(StatusCode::BAD_REQUEST, format!("bad path: {}", e.body_text()))
+}
+
+async fn enqueue(State(fleet): State<AppState>, body: Body) -> ApiResult<(StatusCode, Json<EnqueueReply>)> {
+    let request: EnqueueRequest = read_json(body).await?;
+    let tasks = fleet.enqueue(request).await?;
+    info!(count = tasks.len(), task_type = %tasks.first().map_or("", |t| t.task_type.as_str()), "tasks enqueued");
+    Ok((StatusCode::CREATED, Json(EnqueueReply { tasks: fleet.list_views(&tasks)? })))
+}
+
+/// Query of a task list.
+#[derive(Deserialize)]
+struct ListQuery {
+    app_id: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_tasks(
+    State(fleet): State<AppState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> ApiResult<Json<TaskList>> {
+    let Query(query) = query.map_err(bad_query)?;
+    let limit = query.limit.unwrap_or(DEFAULT_LIST_LIMIT).clamp(1, MAX_LIST_LIMIT);
+    let tasks = fleet.store.tasks(query.app_id.as_deref(), limit)?;
+    Ok(Json(TaskList { tasks: fleet.list_views(&tasks)? }))
+}
+
+/// Query of a task get.
+#[derive(Deserialize)]
+struct WaitQuery {
+    wait: Option<u64>,
+}
+
+async fn get_task(
+    State(fleet): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<WaitQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let Path(id) = path.map_err(bad_path)?;
+    let Query(query) = query.map_err(bad_query)?;
+    let id = TaskId::parse_str(&id).map_err(|_| {
+        ApiFailure(StatusCode::BAD_REQUEST, format!("task id {:?} is not a UUID", short(&id)))
+    })?;
+    let wait = Duration::from_secs(query.wait.unwrap_or(0).min(MAX_WAIT_SECS));
+    let task = fleet.wait_task(id, wait).await?;
+    Ok(Json(fleet.full_view(&task)?).into_response())
+}
+
+async fn list_agents(State(fleet): State<AppState>) -> ApiResult<Json<AgentList>> {
+    let now = current_ms();
+    let agents = fleet.store.agents()?.iter().map(|a| agent_view(a, now)).collect();
+    Ok(Json(AgentList { agents }))
+}
+
+async fn get_agent(
+    State(fleet): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    let Path(app_id) = path.map_err(bad_path)?;
+    let agent = fleet
+        .store
+        .agent(&app_id)?
+        .ok_or_else(|| ApiFailure(StatusCode::NOT_FOUND, format!("unknown agent {:?}", short(&app_id))))?;
+    Ok(Json(agent_view(&agent, current_ms())).into_response())
+}
+
+fn short(text: &str) -> String {
+    text.chars().take(64).collect()
+}

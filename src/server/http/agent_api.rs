@@ -1,0 +1,175 @@
+//! The four agent endpoints of the original protocol. Every answer is HTTP 200 with the JSON
+//! envelope; errors carry code 1 and a specific message, except on getTask, where a transient
+//! server fault answers code 2 so that an original client (which exits on code 1) keeps polling.
+//! The body is read under a size limit and its signature verified before it is parsed.
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use chrono::Utc;
+use serde::Serialize;
+use tracing::{debug, info, warn};
+
+use super::AppState;
+use crate::protocol::Signer;
+use crate::protocol::sign::check_time;
+use crate::protocol::wire::{
+    self, CODE_ERROR, CODE_NO_TASK, Envelope, HEADER_APPID, HEADER_SIGN, HEADER_TIME, RegisterReply,
+    RegisterRequest, ReportRequest,
+};
+use crate::server::fleet::{FleetError, wire_task};
+use crate::server::store::AgentRecord;
+
+/// Routes of the agent protocol.
+pub fn routes() -> axum::Router<AppState> {
+    axum::Router::new()
+        .route(wire::REGISTER_PATH, post(register))
+        .route(wire::PING_PATH, post(ping))
+        .route(wire::GET_TASK_PATH, post(get_task))
+        .route(wire::REPORT_TASK_PATH, post(report_task))
+}
+
+/// The three signing headers of a request.
+struct Signed {
+    app_id: String,
+    time: String,
+    sign: String,
+}
+
+fn reply<T: Serialize>(envelope: Envelope<T>) -> Response {
+    Json(envelope).into_response()
+}
+
+fn refuse(message: impl Into<String>) -> Response {
+    reply(Envelope::<()>::empty(CODE_ERROR, message))
+}
+
+fn signed_headers(headers: &HeaderMap) -> Result<Signed, String> {
+    let get =
+        |name| headers.get(name).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()).map(str::to_owned);
+    match (get(HEADER_APPID), get(HEADER_TIME), get(HEADER_SIGN)) {
+        (Some(app_id), Some(time), Some(sign)) => Ok(Signed { app_id, time, sign }),
+        _ => Err("appid, sign, and time are required".to_owned()),
+    }
+}
+
+async fn read_body(body: Body) -> Result<Bytes, String> {
+    axum::body::to_bytes(body, wire::MAX_AGENT_BODY)
+        .await
+        .map_err(|_| format!("request body is larger than {} bytes or was cut off", wire::MAX_AGENT_BODY))
+}
+
+/// Reads the body and checks the headers, the time and the signature against `key`.
+async fn verified(headers: &HeaderMap, body: Body, key: &Signer) -> Result<(Signed, Bytes), String> {
+    let signed = signed_headers(headers)?;
+    let body = read_body(body).await?;
+    check_time(&signed.time, Utc::now()).map_err(|e| e.to_string())?;
+    key.verify(&signed.app_id, &body, &signed.time, &signed.sign)
+        .map_err(|e| format!("{e} for app id {:?}", signed.app_id))?;
+    Ok((signed, body))
+}
+
+/// Authenticates a call signed with an agent's own secret.
+async fn agent_call(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(AgentRecord, Bytes), String> {
+    let signed = signed_headers(headers)?;
+    wire::check_app_id(&signed.app_id)?;
+    let agent = state.known_agent(&signed.app_id).map_err(|e| e.to_string())?;
+    let (_, body) = verified(headers, body, &Signer::new(&agent.secret)).await?;
+    if let Err(e) = state.touch(&agent.app_id) {
+        warn!(agent = %agent.app_id, error = %e, "cannot record last seen");
+    }
+    Ok((agent, body))
+}
+
+async fn register(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let enroll = Signer::new(&state.config.enroll_key);
+    let (signed, body) = match verified(&headers, body, &enroll).await {
+        Ok(ok) => ok,
+        Err(message) => return refused("register", message),
+    };
+    let request: RegisterRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => return refused("register", format!("malformed JSON: {e}")),
+    };
+    if request.app_id != signed.app_id {
+        return refused("register", format!("app_id {:?} differs from {HEADER_APPID}", request.app_id));
+    }
+    match state.register(request).await {
+        Ok(agent) => {
+            info!(agent = %agent.app_id, version = ?agent.version, "agent registered");
+            reply(Envelope::ok("registration successful", register_reply(&agent)))
+        }
+        Err(e) => refused("register", e.to_string()),
+    }
+}
+
+fn register_reply(agent: &AgentRecord) -> RegisterReply {
+    RegisterReply {
+        app_id: agent.app_id.clone(),
+        secret: "***".into(),
+        register_time: agent.registered_at_ms / 1000,
+        last_ping_time: agent.last_seen_ms / 1000,
+        do_status: "registered".into(),
+        processed_task_count: agent.processed_task_count,
+    }
+}
+
+fn refused(endpoint: &str, message: String) -> Response {
+    warn!(endpoint, %message, "agent request refused");
+    refuse(message)
+}
+
+async fn ping(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    match agent_call(&state, &headers, body).await {
+        Ok((agent, _)) => {
+            debug!(agent = %agent.app_id, "ping");
+            reply(Envelope::ok("pong", "pong"))
+        }
+        Err(message) => refused("ping", message),
+    }
+}
+
+async fn get_task(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let agent = match agent_call(&state, &headers, body).await {
+        Ok((agent, _)) => agent,
+        Err(message) => return refused("getTask", message),
+    };
+    match state.next_task(&agent.app_id).await {
+        Ok(Some(task)) => {
+            info!(agent = %agent.app_id, task = %task.id, task_type = %task.task_type, "task delivered");
+            reply(Envelope::ok("task fetched", wire_task(&task)))
+        }
+        Ok(None) => reply(Envelope::<()>::empty(CODE_NO_TASK, "timeout reached without receiving a task")),
+        Err(e) => {
+            // Code 2, not 1: the original client exits on code 1, and this fault is ours.
+            warn!(agent = %agent.app_id, error = %e, "getTask failed; answering no task");
+            reply(Envelope::<()>::empty(CODE_NO_TASK, format!("no task: server error: {e}")))
+        }
+    }
+}
+
+async fn report_task(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let (agent, body) = match agent_call(&state, &headers, body).await {
+        Ok(ok) => ok,
+        Err(message) => return refused("reportTask", message),
+    };
+    let report: ReportRequest = match serde_json::from_slice(&body) {
+        Ok(report) => report,
+        Err(e) => return refused("reportTask", format!("malformed JSON: {e}")),
+    };
+    match state.report(&agent.app_id, report).await {
+        Ok(task) => {
+            info!(agent = %agent.app_id, task = %task.id, status = %task.status, "task reported");
+            reply(Envelope::<()>::empty(wire::CODE_OK, "task status updated successfully"))
+        }
+        Err(FleetError::Store(e)) => refused("reportTask", format!("server error, retry later: {e}")),
+        Err(e) => refused("reportTask", e.to_string()),
+    }
+}

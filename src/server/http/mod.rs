@@ -1,0 +1,52 @@
+//! The HTTP front: builds the router (agent endpoints of the original protocol and the operator
+//! API), runs it on a bound listener until a shutdown future completes, and the blocking entry
+//! point `orange server` uses.
+
+mod admin_api;
+mod agent_api;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::ServerConfig;
+use super::dispatch::Dispatch;
+use super::fleet::Fleet;
+use super::store::Store;
+
+/// Shared state of every handler.
+pub type AppState = Arc<Fleet>;
+
+/// The whole router.
+pub fn router(fleet: AppState, admin_token: &str) -> Router {
+    Router::new().merge(agent_api::routes()).merge(admin_api::routes(admin_token)).with_state(fleet)
+}
+
+/// Serves on `listener` until `shutdown` completes; then parked long polls answer "no task",
+/// in-flight requests finish, and the function returns.
+pub async fn serve(
+    listener: TcpListener,
+    config: ServerConfig,
+    admin_token: String,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let store = Store::open(&config.data_dir, config.cache_capacity_bytes)
+        .with_context(|| format!("cannot open the database in {}", config.data_dir.display()))?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let fleet = Arc::new(Fleet { store, dispatch: Dispatch::new(stop_rx), config });
+    let app = router(Arc::clone(&fleet), &admin_token);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("stopping: answering parked polls and finishing requests");
+            let _ = stop_tx.send(true);
+        })
+        .await
+        .context("server failed")?;
+    fleet.store.durable().await.context("cannot sync the database on shutdown")?;
+    Ok(())
+}
