@@ -22,6 +22,7 @@ struct Queue {
 /// Handle to the committer thread; dropping the last handle stops the thread.
 pub struct Committer {
     shared: Arc<(Mutex<Queue>, Condvar)>,
+    thread: Option<thread::JoinHandle<()>>,
 }
 
 impl Committer {
@@ -29,8 +30,10 @@ impl Committer {
     pub fn start(sync: SyncFn) -> std::io::Result<Committer> {
         let shared = Arc::new((Mutex::new(Queue { waiters: Vec::new(), closed: false }), Condvar::new()));
         let for_thread = Arc::clone(&shared);
-        thread::Builder::new().name("orange-commit".into()).spawn(move || commit_loop(&for_thread, &sync))?;
-        Ok(Committer { shared })
+        let thread = thread::Builder::new()
+            .name("orange-commit".into())
+            .spawn(move || commit_loop(&for_thread, &sync))?;
+        Ok(Committer { shared, thread: Some(thread) })
     }
 
     /// Waits until every write applied before this call is on stable storage.
@@ -51,6 +54,11 @@ impl Drop for Committer {
         let (lock, ready) = &*self.shared;
         lock.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
         ready.notify_one();
+        // Joined so that the sync function (and the database handle it holds) is gone when
+        // the committer is.
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 

@@ -476,3 +476,7 @@ fn count_processed<E: From<StoreError>>(
     tree.insert(app_id.as_bytes(), codec::encode(&agent))?;
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "store_tests.rs"]
+mod tests;
