@@ -1,1 +1,285 @@
-//! placeholder
+//! What the operator commands print: aligned tables of agents and tasks, the detail block of one
+//! task, and JSON. Builders return strings so tests compare them exactly; [`emit`] and
+//! [`print_json`] write to stdout, which carries results only.
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+
+use crate::protocol::admin::{AgentView, TaskView};
+
+/// Placeholder for a value that is absent.
+const NONE: &str = "-";
+/// Space between table columns.
+const GAP: &str = "  ";
+
+/// Writes `text` to stdout as is.
+pub fn emit(text: &str) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()).context("cannot write to stdout")
+}
+
+/// Writes `value` to stdout as pretty JSON and a newline.
+pub fn print_json<T: Serialize>(value: &T) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(value).context("cannot encode the output as JSON")?;
+    text.push('\n');
+    emit(&text)
+}
+
+/// Shortens an RFC 3339 time to whole seconds in UTC (`2024-05-01T10:00:00Z`); text that does
+/// not parse is shown as given.
+pub fn short_time(rfc3339: &str) -> String {
+    match DateTime::parse_from_rfc3339(rfc3339) {
+        Ok(time) => time.with_timezone(&Utc).to_rfc3339_opts(SecondsFormat::Secs, true),
+        Err(_) => rfc3339.to_owned(),
+    }
+}
+
+/// The `orange agents` table.
+pub fn agents_table(agents: &[AgentView]) -> String {
+    let rows = agents.iter().map(|agent| {
+        vec![
+            agent.app_id.clone(),
+            if agent.online { "yes" } else { "no" }.to_owned(),
+            short_time(&agent.last_seen),
+            agent.version.clone().unwrap_or_else(|| NONE.to_owned()),
+            agent.hostname.clone().unwrap_or_else(|| NONE.to_owned()),
+            labels(agent),
+        ]
+    });
+    table(&["APP ID", "ONLINE", "LAST SEEN", "VERSION", "HOSTNAME", "LABELS"], rows.collect())
+}
+
+fn labels(agent: &AgentView) -> String {
+    if agent.labels.is_empty() {
+        return NONE.to_owned();
+    }
+    agent.labels.iter().map(|(key, value)| format!("{key}={value}")).collect::<Vec<_>>().join(",")
+}
+
+/// The `orange task list` table.
+pub fn tasks_table(tasks: &[TaskView]) -> String {
+    let rows = tasks.iter().map(|task| {
+        vec![
+            task.task_id.clone(),
+            task.app_id.clone(),
+            task.task_type.clone(),
+            task.status.to_string(),
+            task.exit_code.map_or_else(|| NONE.to_owned(), |code| code.to_string()),
+            task.history.get("queued").map_or_else(|| NONE.to_owned(), |time| short_time(time)),
+        ]
+    });
+    table(&["TASK ID", "AGENT", "TYPE", "STATUS", "EXIT", "CREATED"], rows.collect())
+}
+
+/// Lays out a header and rows in columns padded to their widest cell, without trailing spaces.
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let header: Vec<String> = header.iter().map(|title| title.to_string()).collect();
+    let mut widths: Vec<usize> = header.iter().map(|title| title.chars().count()).collect();
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    std::iter::once(&header).chain(&rows).map(|row| table_line(row, &widths)).collect()
+}
+
+fn table_line(cells: &[String], widths: &[usize]) -> String {
+    let padded: Vec<String> =
+        cells.iter().zip(widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+    let mut line = padded.join(GAP).trim_end().to_owned();
+    line.push('\n');
+    line
+}
+
+/// The `orange task get` block: aligned `key: value` lines, then the captured output.
+pub fn task_detail(task: &TaskView) -> String {
+    let pairs = detail_pairs(task);
+    let width = pairs.iter().map(|(key, _)| key.chars().count() + 1).max().unwrap_or(0);
+    let mut text: String = pairs
+        .iter()
+        .map(|(key, value)| format!("{:<width$} {value}", format!("{key}:")).trim_end().to_owned() + "\n")
+        .collect();
+    text.push_str(&section("stdout", &task.stdout));
+    text.push_str(&section("stderr", &task.stderr));
+    if !task.result.is_empty() {
+        text.push_str(&section("result", &task.result));
+    }
+    text
+}
+
+/// The `key: value` lines of a task, history in the order it happened.
+fn detail_pairs(task: &TaskView) -> Vec<(String, String)> {
+    let mut pairs = vec![
+        ("task".to_owned(), task.task_id.clone()),
+        ("status".to_owned(), task.status.to_string()),
+        ("agent".to_owned(), task.app_id.clone()),
+        ("type".to_owned(), task.task_type.clone()),
+        ("payload".to_owned(), task.payload.clone()),
+        ("timeout".to_owned(), format!("{}s", task.timeout_secs)),
+    ];
+    let mut history: Vec<(&String, &String)> = task.history.iter().collect();
+    history.sort_by_key(|(state, time)| (DateTime::parse_from_rfc3339(time).ok(), *state));
+    pairs.extend(history.into_iter().map(|(state, time)| (state.clone(), time.clone())));
+    pairs.push(("exit code".to_owned(), task.exit_code.map_or_else(|| NONE.to_owned(), |c| c.to_string())));
+    pairs.push(("duration".to_owned(), task.duration_ms.map_or_else(|| NONE.to_owned(), seconds)));
+    if let Some(error) = &task.error {
+        pairs.push(("error".to_owned(), error.clone()));
+    }
+    pairs
+}
+
+/// Milliseconds as seconds with three decimals (`1.250s`).
+fn seconds(ms: u64) -> String {
+    format!("{}.{:03}s", ms / 1000, ms % 1000)
+}
+
+/// A `--- name ---` section holding `text`, ending in a newline; `(empty)` when there is none.
+fn section(name: &str, text: &str) -> String {
+    let body = if text.is_empty() { "(empty)" } else { text };
+    let newline = if body.ends_with('\n') { "" } else { "\n" };
+    format!("--- {name} ---\n{body}{newline}")
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::protocol::TaskStatus;
+
+    /// A finished shell task with known values, for output tests here and in `task`.
+    pub(crate) fn sample_task(
+        id: &str,
+        app_id: &str,
+        status: TaskStatus,
+        exit_code: Option<i32>,
+    ) -> TaskView {
+        let history = BTreeMap::from([
+            ("queued".to_owned(), "2024-05-01T10:00:00.123456Z".to_owned()),
+            ("delivered".to_owned(), "2024-05-01T10:00:01Z".to_owned()),
+            ("running".to_owned(), "2024-05-01T12:00:01.5+02:00".to_owned()),
+            (status.to_string(), "2024-05-01T10:00:03Z".to_owned()),
+        ]);
+        TaskView {
+            task_id: id.into(),
+            app_id: app_id.into(),
+            task_type: "shell".into(),
+            payload: "uptime".into(),
+            status,
+            timeout_secs: 600,
+            history,
+            exit_code,
+            stdout: "up 3 days\n".into(),
+            stderr: String::new(),
+            result: String::new(),
+            error: None,
+            duration_ms: Some(1250),
+        }
+    }
+
+    fn agent(app_id: &str, online: bool, version: Option<&str>, labels: &[(&str, &str)]) -> AgentView {
+        AgentView {
+            app_id: app_id.into(),
+            online,
+            last_seen: "2024-05-01T10:00:00.5+02:00".into(),
+            registered_at: "2024-04-01T00:00:00Z".into(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            version: version.map(str::to_owned),
+            hostname: Some(format!("{app_id}.example.net")),
+            processed_task_count: 3,
+        }
+    }
+
+    #[test]
+    fn agents_table_aligns_columns() {
+        let agents = [
+            agent("db-1", false, None, &[]),
+            agent("web-long-name", true, Some("0.1.0"), &[("env", "prod"), ("role", "web")]),
+        ];
+        assert_eq!(
+            agents_table(&agents),
+            "APP ID         ONLINE  LAST SEEN             VERSION  HOSTNAME                   LABELS\n\
+             db-1           no      2024-05-01T08:00:00Z  -        db-1.example.net           -\n\
+             web-long-name  yes     2024-05-01T08:00:00Z  0.1.0    web-long-name.example.net  env=prod,role=web\n"
+        );
+    }
+
+    #[test]
+    fn an_empty_table_is_its_header() {
+        assert_eq!(tasks_table(&[]), "TASK ID  AGENT  TYPE  STATUS  EXIT  CREATED\n");
+    }
+
+    #[test]
+    fn tasks_table_aligns_columns() {
+        let tasks = [
+            sample_task("0190a1b2-0000-7000-8000-000000000002", "web-1", TaskStatus::Succeeded, Some(0)),
+            sample_task("0190a1b2-0000-7000-8000-000000000001", "db-10", TaskStatus::Lost, None),
+        ];
+        assert_eq!(
+            tasks_table(&tasks),
+            "TASK ID                               AGENT  TYPE   STATUS     EXIT  CREATED\n\
+             0190a1b2-0000-7000-8000-000000000002  web-1  shell  succeeded  0     2024-05-01T10:00:00Z\n\
+             0190a1b2-0000-7000-8000-000000000001  db-10  shell  lost       -     2024-05-01T10:00:00Z\n"
+        );
+    }
+
+    #[test]
+    fn task_detail_lists_history_in_time_order_then_output() {
+        let mut task = sample_task("t-1", "web-1", TaskStatus::Failed, Some(2));
+        task.stderr = "no such file".into();
+        task.error = Some("exit status 2".into());
+        assert_eq!(
+            task_detail(&task),
+            "task:      t-1\n\
+             status:    failed\n\
+             agent:     web-1\n\
+             type:      shell\n\
+             payload:   uptime\n\
+             timeout:   600s\n\
+             queued:    2024-05-01T10:00:00.123456Z\n\
+             delivered: 2024-05-01T10:00:01Z\n\
+             running:   2024-05-01T12:00:01.5+02:00\n\
+             failed:    2024-05-01T10:00:03Z\n\
+             exit code: 2\n\
+             duration:  1.250s\n\
+             error:     exit status 2\n\
+             --- stdout ---\n\
+             up 3 days\n\
+             --- stderr ---\n\
+             no such file\n"
+        );
+    }
+
+    #[test]
+    fn empty_output_and_missing_values_are_marked() {
+        let mut task = sample_task("t-2", "web-1", TaskStatus::Expired, None);
+        task.stdout.clear();
+        task.duration_ms = None;
+        task.result = "legacy text".into();
+        let text = task_detail(&task);
+        assert!(text.contains("exit code: -\nduration:  -\n"), "{text}");
+        assert!(
+            text.ends_with("--- stdout ---\n(empty)\n--- stderr ---\n(empty)\n--- result ---\nlegacy text\n")
+        );
+    }
+
+    #[test]
+    fn times_are_shortened_to_utc_seconds_or_kept() {
+        assert_eq!(short_time("2024-05-01T12:00:00.999+02:00"), "2024-05-01T10:00:00Z");
+        assert_eq!(short_time("yesterday"), "yesterday");
+    }
+
+    #[test]
+    fn json_uses_the_admin_field_names() {
+        let task = sample_task("t-3", "web-1", TaskStatus::TimedOut, None);
+        let json = serde_json::to_value(&task).unwrap();
+        assert_eq!(json["task_id"], "t-3");
+        assert_eq!(json["app_id"], "web-1");
+        assert_eq!(json["status"], "timed_out");
+        assert_eq!(json["exit_code"], serde_json::Value::Null);
+        assert_eq!(json["stdout"], "up 3 days\n");
+    }
+}

@@ -408,7 +408,7 @@ impl Store {
                     .collect::<Result<_, _>>()?
             }
         };
-        Ok(ids.into_iter().filter_map(|id| self.task(id).transpose()).collect::<Result<_, _>>()?)
+        ids.into_iter().filter_map(|id| self.task(id).transpose()).collect()
     }
 
     /// Up to `max_bytes` of a task's output stream, from its start.
