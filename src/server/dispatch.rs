@@ -3,15 +3,39 @@
 //! store is the truth, so a lost or spurious wake-up costs a read, never a task.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, watch};
 
 use crate::protocol::TaskId;
 
+/// One agent's wake-up signal and the generation of its newest long poll.
+#[derive(Default)]
+pub struct AgentSlot {
+    /// Woken (all waiters) when the agent's queue may have changed or a newer poll arrived.
+    pub signal: Notify,
+    generation: AtomicU64,
+}
+
+/// A parked long poll of one agent. Only the newest poll of an agent stays parked: an agent
+/// that restarted must not lose its next task to the dead connection of its former self.
+pub struct Poll {
+    /// The agent's slot.
+    pub slot: Arc<AgentSlot>,
+    generation: u64,
+}
+
+impl Poll {
+    /// True once a newer poll of the same agent has arrived.
+    pub fn superseded(&self) -> bool {
+        self.slot.generation.load(Ordering::SeqCst) != self.generation
+    }
+}
+
 /// The wake-up signals of every agent and every watched task, plus the server's stop signal.
 pub struct Dispatch {
-    agents: Mutex<HashMap<String, Arc<Notify>>>,
+    agents: Mutex<HashMap<String, Arc<AgentSlot>>>,
     tasks: Mutex<HashMap<TaskId, Arc<Notify>>>,
     stopping: watch::Receiver<bool>,
 }
@@ -40,17 +64,23 @@ impl Dispatch {
         Dispatch { agents: Mutex::default(), tasks: Mutex::default(), stopping }
     }
 
-    /// The signal a getTask of `app_id` parks on.
-    pub fn agent_signal(&self, app_id: &str) -> Arc<Notify> {
-        let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(agents.entry(app_id.to_owned()).or_default())
+    /// Starts a long poll of `app_id`, superseding (and waking) any older one.
+    pub fn park(&self, app_id: &str) -> Poll {
+        let slot = {
+            let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(agents.entry(app_id.to_owned()).or_default())
+        };
+        let generation = slot.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        slot.signal.notify_waiters();
+        Poll { slot, generation }
     }
 
-    /// Tells a parked getTask of `app_id` (or the next one) to look at its queue.
+    /// Tells the parked getTask of `app_id` to look at its queue. Waiters register (by creating
+    /// their `notified()` future) before they read the store, so none misses this.
     pub fn wake_agent(&self, app_id: &str) {
         let agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(signal) = agents.get(app_id) {
-            signal.notify_one();
+        if let Some(slot) = agents.get(app_id) {
+            slot.signal.notify_waiters();
         }
     }
 
@@ -88,12 +118,25 @@ mod tests {
     use std::time::Duration;
 
     #[tokio::test]
-    async fn a_wake_before_the_wait_is_not_lost() {
+    async fn a_wake_after_registering_is_not_lost() {
         let (_tx, rx) = watch::channel(false);
         let dispatch = Dispatch::new(rx);
-        let signal = dispatch.agent_signal("w1");
+        let poll = dispatch.park("w1");
+        let woken = poll.slot.signal.notified();
         dispatch.wake_agent("w1");
-        tokio::time::timeout(Duration::from_secs(1), signal.notified()).await.expect("stored permit wakes");
+        tokio::time::timeout(Duration::from_secs(1), woken).await.expect("registered waiter wakes");
+    }
+
+    #[tokio::test]
+    async fn a_newer_poll_supersedes_and_wakes_the_older() {
+        let (_tx, rx) = watch::channel(false);
+        let dispatch = Dispatch::new(rx);
+        let old = dispatch.park("w1");
+        let woken = old.slot.signal.notified();
+        let new = dispatch.park("w1");
+        tokio::time::timeout(Duration::from_secs(1), woken).await.expect("older poll woken");
+        assert!(old.superseded());
+        assert!(!new.superseded());
     }
 
     #[tokio::test]

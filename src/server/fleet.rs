@@ -108,20 +108,21 @@ impl Fleet {
     }
 
     /// Long poll: the next task of `app_id`, waiting up to the poll window; `None` when the
-    /// window ends empty or the server is stopping.
+    /// window ends empty, a newer poll of the same agent replaced this one, or the server stops.
     pub async fn next_task(&self, app_id: &str) -> Result<Option<TaskRecord>, StoreError> {
-        let signal = self.dispatch.agent_signal(app_id);
+        let poll = self.dispatch.park(app_id);
         let deadline = tokio::time::Instant::now() + self.config.poll_window;
         loop {
-            let woken = signal.notified();
-            tokio::pin!(woken);
             // Registered before the store is read, so an enqueue in between is not missed.
-            woken.as_mut().enable();
+            let woken = poll.slot.signal.notified();
+            if poll.superseded() {
+                return Ok(None);
+            }
             if let Some(task) = self.store.take_next(app_id, now_ms())? {
                 return Ok(Some(task));
             }
             tokio::select! {
-                _ = &mut woken => continue,
+                _ = woken => continue,
                 _ = tokio::time::sleep_until(deadline) => return Ok(None),
                 _ = self.dispatch.stopped() => return Ok(None),
             }
