@@ -24,6 +24,9 @@ pub const HEADER_SIGN: &str = "X-FORGE-SIGN";
 
 /// The base secret the original client signs `register` with; public, so only a compatibility default.
 pub const LEGACY_BASE_SECRET: &str = "orange-forge";
+/// Start of the message refusing a call from an app id the server does not know; an agent that
+/// sees it registers again (the server may have lost its data).
+pub const UNKNOWN_APP_ID: &str = "unknown app id";
 /// Body of a heartbeat.
 pub const PING_BODY: &[u8] = b"ping";
 

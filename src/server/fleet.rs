@@ -97,9 +97,9 @@ impl Fleet {
 
     /// The agent `app_id`, or an error saying it must register.
     pub fn known_agent(&self, app_id: &str) -> Result<AgentRecord, FleetError> {
-        self.store
-            .agent(app_id)?
-            .ok_or_else(|| FleetError::NotFound(format!("unknown app id {app_id:?}; register first")))
+        self.store.agent(app_id)?.ok_or_else(|| {
+            FleetError::NotFound(format!("{} {app_id:?}; register first", wire::UNKNOWN_APP_ID))
+        })
     }
 
     /// Notes that `app_id` is alive.

@@ -1,0 +1,279 @@
+//! The built-in executors, chosen by task type: `ping` answers at once, `shell` runs `sh -c` (only
+//! when allowed), and any other type T runs the executable `<handlers>/T`. A task that cannot run
+//! becomes a failed outcome with a reason, never a dropped task.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use super::config::AgentConfig;
+use super::handler::{OutcomeStatus, TaskHandler, TaskOutcome};
+use super::process::{ProcessOutput, run_process};
+use crate::protocol::WireTask;
+use crate::protocol::wire::MAX_OUTPUT_LEN;
+
+/// Timeout of a task that does not carry one.
+pub const DEFAULT_TASK_TIMEOUT: Duration = Duration::from_secs(600);
+/// Why a shell task was refused.
+pub const SHELL_DISABLED: &str = "shell tasks are disabled on this agent; start it with --allow-shell";
+/// The shell of `shell` tasks, by absolute path so that the agent's PATH does not matter.
+const SHELL: &str = "/bin/sh";
+/// Variables of the agent's own environment that task processes must not inherit.
+const HIDDEN_ENV: [&str; 2] = ["ORANGE_SECRET", "ORANGE_ENROLL_KEY"];
+
+/// The default [`TaskHandler`]: `ping`, `shell` and the handlers directory.
+#[derive(Debug, Clone)]
+pub struct BuiltinExecutor {
+    allow_shell: bool,
+    handlers_dir: Option<PathBuf>,
+    ping_answer: String,
+}
+
+impl BuiltinExecutor {
+    /// The executors `config` allows.
+    pub fn new(config: &AgentConfig) -> Self {
+        BuiltinExecutor::with(config.allow_shell, config.handlers_dir.clone(), &config.hostname)
+    }
+
+    /// Executors from their settings; `handlers_dir` should be canonical.
+    pub fn with(allow_shell: bool, handlers_dir: Option<PathBuf>, hostname: &str) -> Self {
+        let ping_answer = format!("orange {} on {hostname}", env!("CARGO_PKG_VERSION"));
+        BuiltinExecutor { allow_shell, handlers_dir, ping_answer }
+    }
+
+    fn shell(&self, task: &WireTask) -> TaskOutcome {
+        if !self.allow_shell {
+            return TaskOutcome::failed(SHELL_DISABLED);
+        }
+        let mut command = Command::new(SHELL);
+        command.arg("-c").arg(&task.payload);
+        run_command(command, task, None, SHELL)
+    }
+
+    fn handler(&self, task: &WireTask) -> TaskOutcome {
+        match self.handler_path(&task.task_type) {
+            Ok(path) => {
+                let what = path.display().to_string();
+                run_command(Command::new(&path), task, Some(task.payload.as_bytes().to_vec()), &what)
+            }
+            Err(reason) => TaskOutcome::failed(reason),
+        }
+    }
+
+    /// The executable for task type `name`, which must be a plain file inside the handlers dir.
+    fn handler_path(&self, name: &str) -> Result<PathBuf, String> {
+        let Some(dir) = &self.handlers_dir else {
+            return Err(format!(
+                "unknown task type {name:?}: this agent has no handlers directory; start it with --handlers DIR"
+            ));
+        };
+        if !is_plain_name(name) {
+            return Err(format!(
+                "task type {name:?} is not a valid handler name (A-Z a-z 0-9 . _ -, not starting with '.')"
+            ));
+        }
+        resolve_inside(dir, name)
+    }
+}
+
+impl TaskHandler for BuiltinExecutor {
+    fn run(&self, task: &WireTask) -> TaskOutcome {
+        match task.task_type.as_str() {
+            // The original's own server names this type `PING`, so any case is accepted.
+            t if t.eq_ignore_ascii_case("ping") => TaskOutcome::success(self.ping_answer.clone()),
+            "shell" => self.shell(task),
+            _ => self.handler(task),
+        }
+    }
+}
+
+/// A file name without path separators, `..` or a leading dot.
+fn is_plain_name(name: &str) -> bool {
+    let chars_ok = name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    !name.is_empty() && name.len() <= 255 && chars_ok && !name.starts_with('.') && !name.contains("..")
+}
+
+/// `dir/name`, refusing anything that canonicalizes (through symlinks) outside `dir`.
+fn resolve_inside(dir: &Path, name: &str) -> Result<PathBuf, String> {
+    let candidate = dir.join(name);
+    let path = candidate
+        .canonicalize()
+        .map_err(|e| format!("unknown task type {name:?}: no handler {}: {e}", candidate.display()))?;
+    if !path.starts_with(dir) {
+        return Err(format!("handler {name:?} resolves to {}, outside {}", path.display(), dir.display()));
+    }
+    if !path.is_file() {
+        return Err(format!("handler {} is not a regular file", path.display()));
+    }
+    Ok(path)
+}
+
+/// Runs a task's process with the task's timeout and turns what it left into an outcome.
+fn run_command(mut command: Command, task: &WireTask, input: Option<Vec<u8>>, what: &str) -> TaskOutcome {
+    command.env("ORANGE_TASK_ID", &task.task_id);
+    for name in HIDDEN_ENV {
+        command.env_remove(name);
+    }
+    let timeout = task.timeout_secs.map_or(DEFAULT_TASK_TIMEOUT, Duration::from_secs);
+    match run_process(command, input, timeout, MAX_OUTPUT_LEN) {
+        Ok(output) => outcome_of(output, timeout),
+        Err(e) => TaskOutcome::failed(format!("cannot start {what}: {e}")),
+    }
+}
+
+fn outcome_of(output: ProcessOutput, timeout: Duration) -> TaskOutcome {
+    let (status, error) = match (output.timed_out, output.exit_code, output.signal) {
+        (true, _, _) => {
+            let reason = format!("timed out after {} s; the process group was killed", timeout.as_secs());
+            (OutcomeStatus::TimedOut, Some(reason))
+        }
+        (false, Some(0), _) => (OutcomeStatus::Succeeded, None),
+        (false, _, Some(signal)) => (OutcomeStatus::Failed, Some(format!("killed by signal {signal}"))),
+        (false, _, None) => (OutcomeStatus::Failed, None),
+    };
+    TaskOutcome { status, exit_code: output.exit_code, stdout: output.stdout, stderr: output.stderr, error }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::Instant;
+
+    use super::*;
+
+    fn task(task_type: &str, payload: &str) -> WireTask {
+        WireTask {
+            task_id: "0190a5e3-aaaa-7000-8000-000000000001".into(),
+            task_type: task_type.into(),
+            do_status: String::new(),
+            create_at: "2026-11-26T06:40:41Z".into(),
+            payload: payload.into(),
+            result: String::new(),
+            timeout_secs: Some(5),
+        }
+    }
+
+    fn shell_allowed() -> BuiltinExecutor {
+        BuiltinExecutor::with(true, None, "h1")
+    }
+
+    fn write_handler(dir: &Path, name: &str, script: &str) -> std::io::Result<()> {
+        let path = dir.join(name);
+        std::fs::write(&path, script)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+    }
+
+    /// A handlers dir (canonical, as the config makes it) and an executor using it.
+    fn with_handlers() -> std::io::Result<(tempfile::TempDir, BuiltinExecutor)> {
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().join("handlers");
+        std::fs::create_dir(&dir)?;
+        let executor = BuiltinExecutor::with(false, Some(dir.canonicalize()?), "h1");
+        Ok((tmp, executor))
+    }
+
+    #[test]
+    fn ping_answers_with_version_and_host() {
+        let outcome = shell_allowed().run(&task("ping", ""));
+        let expected = format!("orange {} on h1", env!("CARGO_PKG_VERSION"));
+        assert_eq!(outcome, TaskOutcome::success(expected.clone()));
+        assert_eq!(shell_allowed().run(&task("PING", "")).stdout, expected);
+    }
+
+    #[test]
+    fn shell_runs_and_captures_stdout_stderr_and_exit_code() {
+        let outcome = shell_allowed().run(&task("shell", "echo hello; echo oops >&2; exit 7"));
+        assert_eq!(
+            outcome,
+            TaskOutcome {
+                status: OutcomeStatus::Failed,
+                exit_code: Some(7),
+                stdout: "hello\n".into(),
+                stderr: "oops\n".into(),
+                error: None,
+            }
+        );
+        let ok = shell_allowed().run(&task("shell", "printf %s \"$ORANGE_TASK_ID\""));
+        assert_eq!((ok.status, ok.exit_code), (OutcomeStatus::Succeeded, Some(0)));
+        assert_eq!(ok.stdout, "0190a5e3-aaaa-7000-8000-000000000001");
+    }
+
+    #[test]
+    fn shell_is_refused_without_allow_shell() {
+        let outcome = BuiltinExecutor::with(false, None, "h1").run(&task("shell", "touch /tmp/never"));
+        assert_eq!(outcome, TaskOutcome::failed(SHELL_DISABLED));
+    }
+
+    #[test]
+    fn handler_gets_payload_on_stdin_and_the_task_id() -> std::io::Result<()> {
+        let (_tmp, executor) = with_handlers()?;
+        let dir = executor.handlers_dir.clone().expect("set above");
+        write_handler(&dir, "echo-in", "#!/bin/sh\nprintf 'id=%s in=' \"$ORANGE_TASK_ID\"\ncat\n")?;
+        let outcome = executor.run(&task("echo-in", "{\"x\":1}"));
+        assert_eq!(outcome.status, OutcomeStatus::Succeeded);
+        assert_eq!(outcome.stdout, "id=0190a5e3-aaaa-7000-8000-000000000001 in={\"x\":1}");
+        Ok(())
+    }
+
+    #[test]
+    fn handler_names_that_escape_the_dir_are_refused() -> std::io::Result<()> {
+        let (tmp, executor) = with_handlers()?;
+        for name in ["../../bin/sh", "/bin/sh", "..", ".hidden", "a/b", "a..b", ""] {
+            let outcome = executor.run(&task(name, "echo pwned"));
+            let error = outcome.error.clone().unwrap_or_default();
+            assert_eq!(outcome.status, OutcomeStatus::Failed, "{name}");
+            assert!(error.starts_with(&format!("task type {name:?} is not a valid handler name")), "{error}");
+        }
+        let dir = executor.handlers_dir.clone().expect("set above");
+        std::os::unix::fs::symlink("/bin/sh", dir.join("sneaky"))?;
+        let outcome = executor.run(&task("sneaky", "echo pwned"));
+        assert!(outcome.error.unwrap_or_default().contains("outside"));
+        drop(tmp);
+        Ok(())
+    }
+
+    #[test]
+    fn missing_handler_and_unknown_type_fail_with_a_reason() -> std::io::Result<()> {
+        let (_tmp, executor) = with_handlers()?;
+        let missing = executor.run(&task("deploy", ""));
+        let error = missing.error.unwrap_or_default();
+        assert_eq!(missing.status, OutcomeStatus::Failed);
+        assert!(error.starts_with("unknown task type \"deploy\": no handler "), "{error}");
+        let unknown = BuiltinExecutor::with(true, None, "h1").run(&task("deploy", ""));
+        assert_eq!(
+            unknown,
+            TaskOutcome::failed(
+                "unknown task type \"deploy\": this agent has no handlers directory; start it with --handlers DIR"
+            )
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn non_executable_handler_fails_to_start() -> std::io::Result<()> {
+        let (_tmp, executor) = with_handlers()?;
+        let dir = executor.handlers_dir.clone().expect("set above");
+        std::fs::write(dir.join("plain"), "#!/bin/sh\n")?;
+        let outcome = executor.run(&task("plain", ""));
+        let error = outcome.error.unwrap_or_default();
+        assert!(error.starts_with("cannot start ") && error.contains("ermission denied"), "{error}");
+        Ok(())
+    }
+
+    #[test]
+    fn timeout_kills_the_group_and_reports_timeout() {
+        let started = Instant::now();
+        let mut slow = task("shell", "sleep 30 & sleep 30");
+        slow.timeout_secs = Some(1);
+        let outcome = shell_allowed().run(&slow);
+        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+        assert_eq!(outcome.status, OutcomeStatus::TimedOut);
+        assert_eq!(outcome.error.as_deref(), Some("timed out after 1 s; the process group was killed"));
+    }
+
+    #[test]
+    fn secrets_in_the_environment_are_not_inherited() {
+        let outcome = shell_allowed().run(&task("shell", "echo \"${ORANGE_SECRET-unset}\""));
+        assert_eq!(outcome.stdout, "unset\n");
+    }
+}
