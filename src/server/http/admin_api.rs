@@ -70,6 +70,9 @@ pub fn routes(admin_token: &str) -> Router<AppState> {
         .route(AGENTS_PATH, get(list_agents))
         .route(&format!("{AGENTS_PATH}/{{id}}"), get(get_agent))
         .fallback(|| async { ApiFailure(StatusCode::NOT_FOUND, "no such API route".into()) })
+        .method_not_allowed_fallback(|| async {
+            ApiFailure(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this API route".into())
+        })
         .layer(middleware::from_fn(move |headers: HeaderMap, request: Request, next: Next| async move {
             match bearer_ok(&headers, &token_hash) {
                 Ok(()) => next.run(request).await,

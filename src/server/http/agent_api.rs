@@ -30,6 +30,9 @@ pub fn routes() -> axum::Router<AppState> {
         .route(wire::PING_PATH, post(ping))
         .route(wire::GET_TASK_PATH, post(get_task))
         .route(wire::REPORT_TASK_PATH, post(report_task))
+        .method_not_allowed_fallback(|| async {
+            (axum::http::StatusCode::METHOD_NOT_ALLOWED, refuse("agent endpoints accept only POST"))
+        })
 }
 
 /// The three signing headers of a request.
