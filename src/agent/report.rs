@@ -18,7 +18,8 @@ pub const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Room left in the body limit for JSON framing and the echoed fields' escapes.
 const BODY_SLACK: usize = 4096;
 
-/// The `reportTask` body for `task`: echoes the task, `result` repeats stdout, outputs capped.
+/// The `reportTask` body for `task`: its id, type and time echoed, the outcome in orange's own
+/// fields (`stdout` is the result, so `result` and the payload are not sent again), outputs capped.
 pub fn build_report(task: &WireTask, outcome: TaskOutcome, duration: Duration) -> ReportRequest {
     let (mut stdout, mut stderr) = (outcome.stdout, outcome.stderr);
     truncate_at_char(&mut stdout, MAX_OUTPUT_LEN);
@@ -28,8 +29,8 @@ pub fn build_report(task: &WireTask, outcome: TaskOutcome, duration: Duration) -
         task_type: task.task_type.clone(),
         do_status: outcome.status.do_status().to_owned(),
         create_at: task.create_at.clone(),
-        payload: task.payload.clone(),
-        result: stdout.clone(),
+        payload: String::new(),
+        result: String::new(),
         exit_code: outcome.exit_code,
         stdout: Some(stdout),
         stderr: Some(stderr),
@@ -46,7 +47,6 @@ fn fit_body(report: &mut ReportRequest) {
     let mut cap = MAX_OUTPUT_LEN;
     while body_len(report) > MAX_AGENT_BODY - BODY_SLACK && cap > 1024 {
         cap /= 2;
-        truncate_at_char(&mut report.result, cap);
         for text in [&mut report.stdout, &mut report.stderr].into_iter().flatten() {
             truncate_at_char(text, cap);
         }
@@ -115,7 +115,7 @@ mod tests {
     }
 
     #[test]
-    fn report_echoes_the_task_and_repeats_stdout_as_result() {
+    fn report_echoes_the_task_and_carries_the_outcome() {
         let outcome = TaskOutcome {
             status: OutcomeStatus::Failed,
             exit_code: Some(2),
@@ -131,8 +131,8 @@ mod tests {
                 task_type: "shell".into(),
                 do_status: "failed".into(),
                 create_at: "2026-11-26T06:40:41Z".into(),
-                payload: "echo hi".into(),
-                result: "hi\n".into(),
+                payload: String::new(),
+                result: String::new(),
                 exit_code: Some(2),
                 stdout: Some("hi\n".into()),
                 stderr: Some("bad\n".into()),

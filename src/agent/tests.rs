@@ -105,10 +105,14 @@ fn registers_runs_tasks_and_reports_them() {
     let t1 = report("t1");
     assert_eq!((t1.do_status.as_str(), t1.exit_code), ("success", Some(0)));
     assert_eq!((t1.stdout.as_deref(), t1.stderr.as_deref()), (Some("hi\n"), Some("e\n")));
-    assert_eq!((t1.result.as_str(), t1.payload.as_str()), ("hi\n", "echo hi; echo e >&2"));
+    assert_eq!(
+        (t1.result.as_str(), t1.payload.as_str()),
+        ("", ""),
+        "stdout is the result; nothing is sent twice"
+    );
     assert_eq!((t1.task_type.as_str(), t1.create_at.as_str()), ("shell", "2026-11-26T06:40:41Z"));
     assert!(t1.duration_ms.is_some());
-    assert_eq!(report("t2").result, format!("orange {} on h1", env!("CARGO_PKG_VERSION")));
+    assert_eq!(report("t2").stdout, Some(format!("orange {} on h1", env!("CARGO_PKG_VERSION"))));
     assert_eq!((state.registrations.len(), state.bad_signatures), (1, 0));
 }
 
@@ -213,7 +217,7 @@ fn a_panicking_handler_is_reported_failed_and_the_agent_goes_on() {
     let state = server.state.lock();
     assert_eq!(state.reports[0].1.do_status, "failed");
     assert_eq!(state.reports[0].1.error.as_deref(), Some("the task handler panicked"));
-    assert_eq!(state.reports[1].1.result, "hello you");
+    assert_eq!(state.reports[1].1.stdout.as_deref(), Some("hello you"));
 }
 
 #[test]
