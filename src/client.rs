@@ -9,8 +9,19 @@ use thiserror::Error;
 
 use crate::protocol::admin::ApiError;
 use crate::protocol::sign::time_header;
-use crate::protocol::wire::{self, CODE_NO_TASK, CODE_OK, RegisterReply};
+use crate::protocol::wire::{
+    self, CODE_NO_TASK, CODE_OK, OutputAck, OutputChunk, PollControl, RegisterReply,
+};
 use crate::protocol::{Envelope, RegisterRequest, ReportRequest, Signer, WireTask};
+
+/// What one long poll brought.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PollAnswer {
+    /// A task to run.
+    Task(WireTask),
+    /// No task; possibly control messages (cancels) for running tasks.
+    Idle(PollControl),
+}
 
 /// Largest response body either client reads.
 const MAX_RESPONSE_BODY: u64 = 64 * 1024 * 1024;
@@ -157,6 +168,36 @@ impl AgentClient {
             }),
             _ => Err(ClientError::Refused(envelope.message)),
         }
+    }
+
+    /// Long-polls as an orange agent that can start `capacity` tasks now (0: only control
+    /// messages). Answers a task, or the control messages of an empty window.
+    pub fn poll(&self, capacity: usize) -> Result<PollAnswer, ClientError> {
+        let envelope =
+            self.call_with::<serde_json::Value>(wire::GET_TASK_PATH, b"", &self.signer, Some(capacity))?;
+        let bad = |reason: String| ClientError::BadAnswer {
+            url: format!("{}{}", self.base, wire::GET_TASK_PATH),
+            reason,
+        };
+        match (envelope.code, envelope.data) {
+            (CODE_OK, Some(data)) => {
+                serde_json::from_value(data).map(PollAnswer::Task).map_err(|e| bad(e.to_string()))
+            }
+            (CODE_OK, None) => Err(bad("task fetched without a task".into())),
+            (CODE_NO_TASK, None) => Ok(PollAnswer::Idle(PollControl::default())),
+            (CODE_NO_TASK, Some(data)) => {
+                Ok(PollAnswer::Idle(serde_json::from_value(data).unwrap_or_default()))
+            }
+            _ => Err(ClientError::Refused(envelope.message)),
+        }
+    }
+
+    /// Streams one output chunk of a running task.
+    pub fn post_output(&self, chunk: &OutputChunk) -> Result<OutputAck, ClientError> {
+        // Serializing a struct of strings and numbers cannot fail.
+        let body = serde_json::to_vec(chunk).expect("output chunk serializes");
+        let envelope = self.call::<OutputAck>(wire::OUTPUT_PATH, &body, &self.signer)?;
+        ok_or_refused(envelope).map(Option::unwrap_or_default)
     }
 
     /// Reports a task's state or result.

@@ -92,9 +92,8 @@ fn original_client_full_flow_byte_for_byte() {
     assert_eq!(view.status.as_str(), "succeeded", "{view:?}");
     assert_eq!(view.result, "hello", "{view:?}");
     assert_eq!(view.app_id, "w1");
-    for state in ["queued", "delivered", "succeeded"] {
-        assert!(view.history.contains_key(state), "history lacks {state}: {view:?}");
-    }
+    let states: Vec<&str> = view.history.iter().map(|step| step.status.as_str()).collect();
+    assert_eq!(states, ["queued", "delivered", "running", "succeeded"], "{view:?}");
     let listed = server.agent("w1").expect("w1 is listed");
     assert_eq!(listed.processed_task_count, 1, "{listed:?}");
     assert!(listed.online, "{listed:?}");

@@ -36,6 +36,7 @@ pub fn build_report(task: &WireTask, outcome: TaskOutcome, duration: Duration) -
         stderr: Some(stderr),
         duration_ms: Some(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)),
         error: outcome.error,
+        output_chunks: None,
     };
     fit_body(&mut report);
     report
@@ -138,6 +139,7 @@ mod tests {
                 stderr: Some("bad\n".into()),
                 duration_ms: Some(1234),
                 error: None,
+                output_chunks: None,
             }
         );
     }

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
+use crate::protocol::TaskStatus;
 use crate::protocol::admin::{AgentView, TaskView};
 
 /// Placeholder for a value that is absent.
@@ -68,7 +69,7 @@ pub fn tasks_table(tasks: &[TaskView]) -> String {
             task.task_type.clone(),
             task.status.to_string(),
             task.exit_code.map_or_else(|| NONE.to_owned(), |code| code.to_string()),
-            task.history.get("queued").map_or_else(|| NONE.to_owned(), |time| short_time(time)),
+            task.reached(TaskStatus::Queued).map_or_else(|| NONE.to_owned(), short_time),
         ]
     });
     table(&["TASK ID", "AGENT", "TYPE", "STATUS", "EXIT", "CREATED"], rows.collect())
@@ -120,9 +121,7 @@ fn detail_pairs(task: &TaskView) -> Vec<(String, String)> {
         ("payload".to_owned(), task.payload.clone()),
         ("timeout".to_owned(), format!("{}s", task.timeout_secs)),
     ];
-    let mut history: Vec<(&String, &String)> = task.history.iter().collect();
-    history.sort_by_key(|(state, time)| (DateTime::parse_from_rfc3339(time).ok(), *state));
-    pairs.extend(history.into_iter().map(|(state, time)| (state.clone(), time.clone())));
+    pairs.extend(task.history.iter().map(|step| (step.status.to_string(), step.at.clone())));
     pairs.push(("exit code".to_owned(), task.exit_code.map_or_else(|| NONE.to_owned(), |c| c.to_string())));
     pairs.push(("duration".to_owned(), task.duration_ms.map_or_else(|| NONE.to_owned(), seconds)));
     if let Some(error) = &task.error {
@@ -145,7 +144,7 @@ fn section(name: &str, text: &str) -> String {
 
 #[cfg(test)]
 pub(super) mod tests {
-    use std::collections::BTreeMap;
+    use crate::protocol::admin::Transition;
 
     use super::*;
     use crate::protocol::TaskStatus;
@@ -157,12 +156,13 @@ pub(super) mod tests {
         status: TaskStatus,
         exit_code: Option<i32>,
     ) -> TaskView {
-        let history = BTreeMap::from([
-            ("queued".to_owned(), "2024-05-01T10:00:00.123456Z".to_owned()),
-            ("delivered".to_owned(), "2024-05-01T10:00:01Z".to_owned()),
-            ("running".to_owned(), "2024-05-01T12:00:01.5+02:00".to_owned()),
-            (status.to_string(), "2024-05-01T10:00:03Z".to_owned()),
-        ]);
+        let step = |status, at: &str| Transition { status, at: at.to_owned() };
+        let history = vec![
+            step(TaskStatus::Queued, "2024-05-01T10:00:00.123456Z"),
+            step(TaskStatus::Delivered, "2024-05-01T10:00:01Z"),
+            step(TaskStatus::Running, "2024-05-01T12:00:01.5+02:00"),
+            step(status, "2024-05-01T10:00:03Z"),
+        ];
         TaskView {
             task_id: id.into(),
             app_id: app_id.into(),
@@ -170,6 +170,8 @@ pub(super) mod tests {
             payload: "uptime".into(),
             status,
             timeout_secs: 600,
+            cancel_requested: false,
+            dropped_bytes: 0,
             history,
             exit_code,
             stdout: "up 3 days\n".into(),

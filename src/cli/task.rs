@@ -207,6 +207,7 @@ fn run_remote(args: RunArgs) -> Result<i32> {
     let flags = OperatorFlags { server: args.server, token: args.token, data: args.data, json: args.json };
     let config = OperatorConfig::from_flags(flags)?;
     let request = EnqueueRequest {
+        ttl_secs: None,
         app_ids: vec![args.appid.clone()],
         all: false,
         task_type: "shell".to_owned(),
@@ -340,6 +341,7 @@ fn send(args: SendArgs) -> Result<i32> {
         bail!("--type must name a task type: ping, shell or a handler");
     }
     let request = EnqueueRequest {
+        ttl_secs: None,
         app_ids: targets(&args.appid, args.all)?,
         all: args.all,
         task_type: args.task_type,

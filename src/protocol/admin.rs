@@ -35,6 +35,45 @@ pub struct EnqueueRequest {
     /// Seconds the agent may run it; the server's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
+    /// Seconds it may wait in the queue of an offline agent before it ends `expired`; the
+    /// server's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+}
+
+/// Body of `POST /api/v1/tasks/{id}/cancel`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct CancelRequest {
+    /// Close the task on the server at once, even if its agent never answers.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// One chunk of a task's output as the operator API returns it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OutputChunkView {
+    /// Position in the task's output.
+    pub seq: u32,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// The text.
+    pub data: String,
+}
+
+/// Answer of `GET /api/v1/tasks/{id}/output?after=SEQ&wait=S`: the chunks numbered `after` and
+/// later (all of them when `after` is absent), waiting up to `wait` seconds for a first one.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OutputPage {
+    /// Chunks in order. Chunks dropped by the output cap are missing (numbers jump).
+    pub chunks: Vec<OutputChunkView>,
+    /// The `after` to ask for next.
+    pub next: u32,
+    /// The task is final and every chunk it will ever have was returned: stop following.
+    pub done: bool,
+    /// The task's state now.
+    pub status: TaskStatus,
+    /// Bytes of output dropped from the middle because the task exceeded the output cap.
+    pub dropped_bytes: u64,
 }
 
 /// Answer of `POST /api/v1/tasks`: one task per agent, in the order asked.
@@ -59,8 +98,13 @@ pub struct TaskView {
     pub status: TaskStatus,
     /// Seconds the agent may run it.
     pub timeout_secs: u64,
-    /// RFC 3339 time of each state reached, keyed by state name (`queued`, `delivered`, ...).
-    pub history: BTreeMap<String, String>,
+    /// An operator asked to cancel it and its agent has not yet confirmed.
+    pub cancel_requested: bool,
+    /// Bytes of output dropped from the middle by the output cap (the head and tail are kept).
+    pub dropped_bytes: u64,
+    /// Every state the task reached, in order, with its time (a task handed out again after a
+    /// lost delivery shows `delivered` twice).
+    pub history: Vec<Transition>,
     /// Exit code of the process, when there was one.
     pub exit_code: Option<i32>,
     /// Captured standard output.
@@ -73,6 +117,22 @@ pub struct TaskView {
     pub error: Option<String>,
     /// Wall time of the run in milliseconds, as the agent measured it.
     pub duration_ms: Option<u64>,
+}
+
+/// One step of a task's history.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Transition {
+    /// The state reached.
+    pub status: TaskStatus,
+    /// RFC 3339 time it was reached.
+    pub at: String,
+}
+
+impl TaskView {
+    /// When the task first reached `status`, if it did.
+    pub fn reached(&self, status: TaskStatus) -> Option<&str> {
+        self.history.iter().find(|t| t.status == status).map(|t| t.at.as_str())
+    }
 }
 
 /// Answer of `GET /api/v1/tasks`, newest first.
@@ -120,6 +180,16 @@ pub struct ApiError {
 /// `GET` path of one task.
 pub fn task_path(task_id: &str) -> String {
     format!("{TASKS_PATH}/{task_id}")
+}
+
+/// `POST` path cancelling a task.
+pub fn cancel_path(task_id: &str) -> String {
+    format!("{TASKS_PATH}/{task_id}/cancel")
+}
+
+/// `GET` path of a task's output.
+pub fn output_path(task_id: &str) -> String {
+    format!("{TASKS_PATH}/{task_id}/output")
 }
 
 /// `GET` path of one agent.

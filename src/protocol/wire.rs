@@ -15,12 +15,19 @@ pub const GET_TASK_PATH: &str = "/orange-forge/api/getTask";
 /// Route on which an agent reports a task's state or result.
 pub const REPORT_TASK_PATH: &str = "/orange-forge/api/reportTask";
 
+/// Route on which an orange agent streams a running task's output (orange addition).
+pub const OUTPUT_PATH: &str = "/orange-forge/api/output";
+
 /// Header carrying the agent's app id.
 pub const HEADER_APPID: &str = "X-FORGE-APPID";
 /// Header carrying the signing time (legacy `YYYY-MM-DD HH:MM:SS` or Unix seconds).
 pub const HEADER_TIME: &str = "X-FORGE-TIME";
 /// Header carrying the lowercase hex HMAC-SHA256 signature.
 pub const HEADER_SIGN: &str = "X-FORGE-SIGN";
+/// getTask header of orange agents: how many tasks the agent can start now. `0` asks the server
+/// to hand out no task and answer only control messages (cancels). Absent (original clients)
+/// means 1.
+pub const HEADER_CAPACITY: &str = "X-ORANGE-CAPACITY";
 
 /// The base secret the original client signs `register` with; public, so only a compatibility default.
 pub const LEGACY_BASE_SECRET: &str = "orange-forge";
@@ -45,8 +52,10 @@ pub const MAX_APP_ID_LEN: usize = 128;
 pub const MAX_SECRET_LEN: usize = 256;
 /// Longest task payload accepted (values stay below sled's inline-item threshold, which is synced).
 pub const MAX_PAYLOAD_LEN: usize = 64 * 1024;
-/// Most of one output stream (stdout or stderr) an agent sends with a result.
+/// Most of one output stream (stdout or stderr) an agent sends inside a final report.
 pub const MAX_OUTPUT_LEN: usize = 1024 * 1024;
+/// Most bytes of data in one streamed output chunk.
+pub const MAX_CHUNK_LEN: usize = 64 * 1024;
 /// Longest long-poll window a server may use; the clients' read timeout is longer.
 pub const MAX_POLL_WINDOW_SECS: u64 = 50;
 /// HTTP timeout of agent calls; longer than any server poll window.
@@ -167,6 +176,11 @@ pub const DO_STATUS_SUCCESS: &str = "success";
 pub const DO_STATUS_TIMEOUT: &str = "timeout";
 /// `do_status` of a task that finished unsuccessfully (orange addition).
 pub const DO_STATUS_FAILED: &str = "failed";
+/// `do_status` of a task the agent stopped because it was cancelled (orange addition).
+pub const DO_STATUS_CANCELLED: &str = "cancelled";
+/// `do_status` of a task whose run was interrupted by an agent restart (orange addition): it is
+/// never run again.
+pub const DO_STATUS_LOST: &str = "lost";
 
 /// Body of `reportTask`: the task object with the outcome, plus orange's optional result detail.
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
@@ -202,6 +216,44 @@ pub struct ReportRequest {
     /// Why the task failed without running (unknown type, shell refused, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Number of output chunks the agent streamed for this task before this final report (all
+    /// acknowledged); when set, the report's `stdout`/`stderr` are not sent again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_chunks: Option<u32>,
+}
+
+/// What a getTask answer without a task (code 2) may carry for an orange agent; the original
+/// client ignores `data` on code 2.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+pub struct PollControl {
+    /// Ids of this agent's running tasks that an operator cancelled: stop them and report
+    /// `cancelled`.
+    #[serde(default)]
+    pub cancel: Vec<String>,
+}
+
+/// One piece of a running task's output, streamed by an orange agent on [`OUTPUT_PATH`].
+/// Chunks of a task are numbered from 0 without gaps; the server stores each number once (a
+/// retried chunk is acknowledged again and not stored twice) and refuses a chunk that skips
+/// ahead, so the agent sends them one at a time, in order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OutputChunk {
+    /// The running task.
+    pub task_id: String,
+    /// Position of this chunk in the task's output, from 0.
+    pub seq: u32,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// The bytes, lossy UTF-8, at most [`MAX_CHUNK_LEN`].
+    pub data: String,
+}
+
+/// Answer (`data`) of an output post.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+pub struct OutputAck {
+    /// True when an operator cancelled the task: stop it.
+    #[serde(default)]
+    pub cancel: bool,
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use thiserror::Error;
 use super::ServerConfig;
 use super::dispatch::Dispatch;
 use super::store::{AgentRecord, Outcome, ReportError, Store, StoreError, Stream, TaskRecord};
-use crate::protocol::admin::{AgentView, EnqueueRequest, ONLINE_WINDOW_SECS, TaskView};
+use crate::protocol::admin::{AgentView, EnqueueRequest, ONLINE_WINDOW_SECS, TaskView, Transition};
 use crate::protocol::task::new_task_id;
 use crate::protocol::wire::{self, RegisterRequest, ReportRequest, WireTask};
 use crate::protocol::{TaskId, TaskStatus};
@@ -221,7 +221,9 @@ impl Fleet {
             payload: task.payload.clone(),
             status: task.status,
             timeout_secs: task.timeout_secs,
-            history: task.history.iter().map(|(s, t)| (s.as_str().to_owned(), rfc3339(*t))).collect(),
+            cancel_requested: false,
+            dropped_bytes: 0,
+            history: task.history.iter().map(|(s, t)| Transition { status: *s, at: rfc3339(*t) }).collect(),
             exit_code: task.exit_code,
             stdout: text(Stream::Stdout)?,
             stderr: text(Stream::Stderr)?,
