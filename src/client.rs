@@ -118,11 +118,24 @@ impl AgentClient {
         body: &[u8],
         signer: &Signer,
     ) -> Result<Envelope<T>, ClientError> {
+        self.call_with(path, body, signer, None)
+    }
+
+    /// [`Self::call`] with an optional capacity header (getTask of orange agents).
+    fn call_with<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &[u8],
+        signer: &Signer,
+        capacity: Option<usize>,
+    ) -> Result<Envelope<T>, ClientError> {
         let url = format!("{}{}", self.base, path);
         let time = time_header(chrono::Utc::now());
-        let request = self
-            .http
-            .post(&url)
+        let mut request = self.http.post(&url);
+        if let Some(capacity) = capacity {
+            request = request.header(wire::HEADER_CAPACITY, capacity.to_string());
+        }
+        let request = request
             .header(wire::HEADER_APPID, &self.app_id)
             .header(wire::HEADER_TIME, &time)
             .header(wire::HEADER_SIGN, signer.sign(&self.app_id, body, &time))
