@@ -11,7 +11,7 @@ use orange::protocol::Signer;
 use orange::protocol::TaskStatus;
 use orange::protocol::task::new_task_id;
 use orange::server::codec;
-use orange::server::store::{AgentRecord, Outcome, Store, Stream, TaskRecord};
+use orange::server::store::{AgentRecord, Delivery, Outcome, Policy, Store, Stream, TaskRecord, TaskSpec};
 
 fn signing(c: &mut Criterion) {
     let signer = Signer::new("0123456789abcdef0123456789abcdef");
@@ -24,7 +24,15 @@ fn signing(c: &mut Criterion) {
 }
 
 fn task() -> TaskRecord {
-    TaskRecord::new(new_task_id(), "web-01", "shell", &"x".repeat(200), 600, 1_795_677_383_000)
+    let payload = "x".repeat(200);
+    let spec = TaskSpec {
+        app_id: "web-01",
+        task_type: "shell",
+        payload: &payload,
+        timeout_secs: 600,
+        ttl_secs: 86_400,
+    };
+    TaskRecord::new(spec, new_task_id(), 1_795_677_383_000)
 }
 
 fn codec_bench(c: &mut Criterion) {
@@ -36,7 +44,7 @@ fn codec_bench(c: &mut Criterion) {
 
 fn store_bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), 64 * 1024 * 1024).unwrap();
+    let store = Store::open(dir.path(), 64 * 1024 * 1024, Policy::default()).unwrap();
     let agent = AgentRecord {
         app_id: "web-01".into(),
         secret: "s".into(),
@@ -59,7 +67,7 @@ fn store_bench(c: &mut Criterion) {
         b.iter(|| {
             let mut tasks = vec![task()];
             store.enqueue(&mut tasks).unwrap();
-            let taken = store.take_next("web-01", 1).unwrap().unwrap();
+            let taken = store.take_next("web-01", Delivery::Acknowledged, 1).unwrap().unwrap();
             store.apply_report("web-01", taken.id, &done, 2).unwrap();
         })
     });

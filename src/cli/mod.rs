@@ -67,6 +67,21 @@ pub struct ServerArgs {
     /// "orange-forge", for compatibility with original clients)
     #[argh(option)]
     pub enroll_key_file: Option<PathBuf>,
+    /// seconds an agent has to acknowledge a task before it is handed out again (default 30)
+    #[argh(option, default = "30")]
+    pub ack_window: u64,
+    /// seconds a task may wait for an offline agent before it ends expired (default 86400)
+    #[argh(option, default = "86400")]
+    pub ttl: u64,
+    /// seconds after its timeout before a task whose agent went silent ends lost (default 60)
+    #[argh(option, default = "60")]
+    pub lost_grace: u64,
+    /// seconds finished tasks and silent agents are kept (default 604800, 7 days)
+    #[argh(option, default = "604800")]
+    pub retention: u64,
+    /// most output kept per task in MiB, head and tail (default 16)
+    #[argh(option, default = "16")]
+    pub output_cap_mb: u64,
 }
 
 /// Run an agent: register with the server, poll for tasks, run them and report.
@@ -138,8 +153,16 @@ fn server_config(args: ServerArgs) -> Result<ServerConfig> {
             crate::protocol::wire::MAX_POLL_WINDOW_SECS
         );
     }
-    if args.default_timeout == 0 {
-        bail!("--default-timeout must be at least 1 second");
+    for (flag, value) in [
+        ("--default-timeout", args.default_timeout),
+        ("--ack-window", args.ack_window),
+        ("--ttl", args.ttl),
+        ("--retention", args.retention),
+        ("--output-cap-mb", args.output_cap_mb),
+    ] {
+        if value == 0 {
+            bail!("{flag} must be at least 1");
+        }
     }
     let enroll_key = match &args.enroll_key_file {
         Some(path) => read_secret_file(path)?,
@@ -155,6 +178,12 @@ fn server_config(args: ServerArgs) -> Result<ServerConfig> {
         default_task_timeout: Duration::from_secs(args.default_timeout),
         cache_capacity_bytes: args.cache_mb.saturating_mul(1024 * 1024),
         enroll_key,
+        ack_window: Duration::from_secs(args.ack_window),
+        default_ttl: Duration::from_secs(args.ttl),
+        lost_grace: Duration::from_secs(args.lost_grace),
+        retention: Duration::from_secs(args.retention),
+        output_cap_bytes: args.output_cap_mb.saturating_mul(1024 * 1024),
+        sweep_interval: Duration::from_secs(1),
     })
 }
 

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
 
@@ -33,10 +34,14 @@ impl Poll {
     }
 }
 
+/// How long a cancel told to an agent is not told again (the answer may have been lost).
+const CANCEL_RESEND: Duration = Duration::from_secs(10);
+
 /// The wake-up signals of every agent and every watched task, plus the server's stop signal.
 pub struct Dispatch {
     agents: Mutex<HashMap<String, Arc<AgentSlot>>>,
     tasks: Mutex<HashMap<TaskId, Arc<Notify>>>,
+    cancels_told: Mutex<HashMap<TaskId, Instant>>,
     stopping: watch::Receiver<bool>,
 }
 
@@ -61,7 +66,12 @@ impl Drop for TaskWatch<'_> {
 impl Dispatch {
     /// A dispatcher whose parked waits end when `stopping` turns true.
     pub fn new(stopping: watch::Receiver<bool>) -> Self {
-        Dispatch { agents: Mutex::default(), tasks: Mutex::default(), stopping }
+        Dispatch {
+            agents: Mutex::default(),
+            tasks: Mutex::default(),
+            cancels_told: Mutex::default(),
+            stopping,
+        }
     }
 
     /// Starts a long poll of `app_id`, superseding (and waking) any older one.
@@ -97,6 +107,18 @@ impl Dispatch {
         if let Some(signal) = tasks.get(&id) {
             signal.notify_waiters();
         }
+    }
+
+    /// Of the pending cancels `ids`, those not told to the agent within the last few seconds;
+    /// they count as told from now. Keeps a poll that answers cancels from spinning.
+    pub fn cancels_to_tell(&self, ids: Vec<TaskId>, now: Instant) -> Vec<TaskId> {
+        let mut told = self.cancels_told.lock().unwrap_or_else(|p| p.into_inner());
+        told.retain(|_, at| now.duration_since(*at) < CANCEL_RESEND);
+        let fresh: Vec<TaskId> = ids.into_iter().filter(|id| !told.contains_key(id)).collect();
+        for id in &fresh {
+            told.insert(*id, now);
+        }
+        fresh
     }
 
     /// Completes when the server begins to stop.
@@ -152,6 +174,17 @@ mod tests {
             assert_eq!(dispatch.watched_tasks(), 1);
         }
         assert_eq!(dispatch.watched_tasks(), 0);
+    }
+
+    #[test]
+    fn a_cancel_is_told_once_then_again_after_a_while() {
+        let (_tx, rx) = watch::channel(false);
+        let dispatch = Dispatch::new(rx);
+        let id = crate::protocol::task::new_task_id();
+        let now = Instant::now();
+        assert_eq!(dispatch.cancels_to_tell(vec![id], now), vec![id]);
+        assert!(dispatch.cancels_to_tell(vec![id], now + Duration::from_secs(1)).is_empty());
+        assert_eq!(dispatch.cancels_to_tell(vec![id], now + CANCEL_RESEND), vec![id]);
     }
 
     #[tokio::test]

@@ -1,24 +1,36 @@
 //! The server's operations on agents and tasks, independent of HTTP: register, authenticate,
-//! hand out the next task (long poll), apply a report, enqueue, wait for a task. Each write that
-//! is acknowledged waits for [`Store::durable`] first.
+//! hand out the next task (long poll), take reports and output, enqueue, cancel, wait, and the
+//! sweeper that applies deadlines and retention. Each write that is acknowledged waits for
+//! [`Store::durable`] first.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
 use thiserror::Error;
+use tracing::{info, warn};
 
 use super::ServerConfig;
 use super::dispatch::Dispatch;
-use super::store::{AgentRecord, Outcome, ReportError, Store, StoreError, Stream, TaskRecord};
-use crate::protocol::admin::{AgentView, EnqueueRequest, ONLINE_WINDOW_SECS, TaskView, Transition};
+use super::store::{
+    AgentRecord, Chunk, ChunkAck, Delivery, Outcome, Policy, ReportError, Store, StoreError, Stream,
+    TaskRecord, TaskSpec,
+};
+use crate::protocol::admin::{
+    AgentView, EnqueueRequest, ONLINE_WINDOW_SECS, OutputChunkView, OutputPage, TaskView, Transition,
+};
 use crate::protocol::task::new_task_id;
-use crate::protocol::wire::{self, RegisterRequest, ReportRequest, WireTask};
+use crate::protocol::wire::{self, OutputChunk, RegisterRequest, ReportRequest, WireTask};
 use crate::protocol::{TaskId, TaskStatus};
 
 /// How stale `last_seen` may get before a request rewrites it.
 const TOUCH_GAP_MS: i64 = 5_000;
 /// Most output per stream shown in a task list.
 const LIST_OUTPUT_LEN: usize = 4 * 1024;
+/// Most output bytes one output page carries.
+const PAGE_BYTES: usize = 1024 * 1024;
+/// How often retention runs.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Why an operation was refused; the HTTP layer maps each kind to a status or envelope.
 #[derive(Debug, Error)]
@@ -32,6 +44,9 @@ pub enum FleetError {
     /// A value is over its size limit.
     #[error("{0}")]
     TooLarge(String),
+    /// The task is in a state that does not allow it (e.g. already finished).
+    #[error("{0}")]
+    Conflict(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -42,9 +57,23 @@ impl From<ReportError> for FleetError {
         match e {
             ReportError::Store(e) => FleetError::Store(e),
             ReportError::UnknownTask(_) => FleetError::NotFound(e.to_string()),
+            ReportError::AlreadyFinished { .. } | ReportError::BadMove { .. } => {
+                FleetError::Conflict(e.to_string())
+            }
             other => FleetError::BadRequest(other.to_string()),
         }
     }
+}
+
+/// What one long poll brings an agent.
+#[derive(Debug)]
+pub enum PollResult {
+    /// A task to run.
+    Task(Box<TaskRecord>),
+    /// Running tasks the agent must stop.
+    Cancels(Vec<TaskId>),
+    /// Nothing within the window (or a newer poll replaced this one, or the server stops).
+    Empty,
 }
 
 /// The store, the wake-ups and the settings: everything a request handler needs.
@@ -66,6 +95,19 @@ fn rfc3339(ms: i64) -> String {
         .single()
         .unwrap_or_default()
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The store policy a configuration asks for.
+pub fn policy(config: &ServerConfig) -> Policy {
+    Policy {
+        ack_window_ms: millis(config.ack_window),
+        lost_grace_ms: millis(config.lost_grace),
+        output_cap: config.output_cap_bytes,
+    }
 }
 
 impl Fleet {
@@ -107,36 +149,74 @@ impl Fleet {
         self.store.touch_agent(app_id, now_ms(), TOUCH_GAP_MS)
     }
 
-    /// Long poll: the next task of `app_id`, waiting up to the poll window; `None` when the
-    /// window ends empty, a newer poll of the same agent replaced this one, or the server stops.
-    pub async fn next_task(&self, app_id: &str) -> Result<Option<TaskRecord>, StoreError> {
+    /// Long poll of `app_id`, waiting up to the poll window. `capacity` is what an orange agent
+    /// said it can start now (`None` for an original client, which gets neither cancels nor an
+    /// acknowledged delivery).
+    pub async fn next_task(&self, app_id: &str, capacity: Option<usize>) -> Result<PollResult, StoreError> {
         let poll = self.dispatch.park(app_id);
         let deadline = tokio::time::Instant::now() + self.config.poll_window;
         loop {
             // Registered before the store is read, so an enqueue in between is not missed.
             let woken = poll.slot.signal.notified();
             if poll.superseded() {
-                return Ok(None);
+                return Ok(PollResult::Empty);
             }
-            if let Some(task) = self.store.take_next(app_id, now_ms())? {
-                return Ok(Some(task));
+            if let Some(found) = self.poll_once(app_id, capacity)? {
+                return Ok(found);
             }
             tokio::select! {
                 _ = woken => continue,
-                _ = tokio::time::sleep_until(deadline) => return Ok(None),
-                _ = self.dispatch.stopped() => return Ok(None),
+                _ = tokio::time::sleep_until(deadline) => return Ok(PollResult::Empty),
+                _ = self.dispatch.stopped() => return Ok(PollResult::Empty),
             }
         }
+    }
+
+    /// One look at the store for a poll: cancels to tell first, then a task if there is room.
+    fn poll_once(&self, app_id: &str, capacity: Option<usize>) -> Result<Option<PollResult>, StoreError> {
+        if capacity.is_some() {
+            let pending = self.store.pending_cancels(app_id)?;
+            let cancels = self.dispatch.cancels_to_tell(pending, Instant::now());
+            if !cancels.is_empty() {
+                return Ok(Some(PollResult::Cancels(cancels)));
+            }
+        }
+        let delivery = if capacity.is_some() { Delivery::Acknowledged } else { Delivery::Legacy };
+        if capacity == Some(0) {
+            return Ok(None);
+        }
+        Ok(self.store.take_next(app_id, delivery, now_ms())?.map(|task| PollResult::Task(Box::new(task))))
     }
 
     /// Applies a report from `app_id`, makes it durable and wakes waiters.
     pub async fn report(&self, app_id: &str, report: ReportRequest) -> Result<TaskRecord, FleetError> {
         let id = parse_task_id(&report.task_id)?;
         let outcome = outcome_of(report)?;
-        let task = self.store.apply_report(app_id, id, &outcome, now_ms())?;
+        let result = self.store.apply_report(app_id, id, &outcome, now_ms());
+        // A refused report may still have cleared a pending cancel: sync either way.
         self.store.durable().await?;
+        let task = result?;
         self.dispatch.task_changed(id);
         Ok(task)
+    }
+
+    /// Stores one streamed output chunk, makes it durable and wakes followers.
+    pub async fn store_output(&self, app_id: &str, chunk: OutputChunk) -> Result<ChunkAck, FleetError> {
+        let id = parse_task_id(&chunk.task_id)?;
+        let stream = Stream::from_name(&chunk.stream).ok_or_else(|| {
+            FleetError::BadRequest(format!("stream {:?} is not stdout or stderr", short(&chunk.stream)))
+        })?;
+        if chunk.data.len() > wire::MAX_CHUNK_LEN {
+            return Err(FleetError::TooLarge(format!(
+                "output chunk is {} bytes; the limit is {}",
+                chunk.data.len(),
+                wire::MAX_CHUNK_LEN
+            )));
+        }
+        let ack = self.store.store_chunk(app_id, id, chunk.seq, stream, chunk.data.as_bytes(), now_ms())?;
+        self.store.durable().await?;
+        self.dispatch.task_changed(id);
+        Ok(ack)
     }
 
     /// Creates one task per target agent, makes them durable, then wakes the agents.
@@ -149,17 +229,21 @@ impl Fleet {
                 wire::MAX_PAYLOAD_LEN
             )));
         }
-        let timeout = match request.timeout_secs {
-            Some(0) => return Err(FleetError::BadRequest("timeout_secs must be at least 1".into())),
-            Some(secs) => secs,
-            None => self.config.default_task_timeout.as_secs(),
-        };
+        let timeout_secs = positive("timeout_secs", request.timeout_secs, self.config.default_task_timeout)?;
+        let ttl_secs = positive("ttl_secs", request.ttl_secs, self.config.default_ttl)?;
         let targets = self.targets(&request)?;
         let now = now_ms();
         let mut tasks: Vec<TaskRecord> = targets
             .iter()
             .map(|app_id| {
-                TaskRecord::new(new_task_id(), app_id, &request.task_type, &request.payload, timeout, now)
+                let spec = TaskSpec {
+                    app_id,
+                    task_type: &request.task_type,
+                    payload: &request.payload,
+                    timeout_secs,
+                    ttl_secs,
+                };
+                TaskRecord::new(spec, new_task_id(), now)
             })
             .collect();
         self.store.enqueue(&mut tasks)?;
@@ -188,31 +272,130 @@ impl Fleet {
         }
     }
 
+    /// Cancels task `id` (see [`Store::cancel`]), makes it durable, and tells its agent.
+    pub async fn cancel(&self, id: TaskId, force: bool) -> Result<TaskRecord, FleetError> {
+        let outcome = self.store.cancel(id, force, now_ms())?;
+        self.store.durable().await?;
+        if outcome.tell_agent {
+            self.dispatch.wake_agent(&outcome.task.app_id);
+        }
+        self.dispatch.task_changed(id);
+        Ok(outcome.task)
+    }
+
     /// The task `id`; with a `wait`, parks until it is final or the wait ends.
     pub async fn wait_task(&self, id: TaskId, wait: Duration) -> Result<TaskRecord, FleetError> {
+        self.wait_until(id, wait, |task| Ok(task.status.is_final())).await
+    }
+
+    /// Output chunks of `id` from `after` on; with a `wait`, parks until there is one or the
+    /// task is final.
+    pub async fn output_page(
+        &self,
+        id: TaskId,
+        after: u32,
+        wait: Duration,
+    ) -> Result<OutputPage, FleetError> {
+        let task = self
+            .wait_until(id, wait, |task| {
+                Ok(task.status.is_final() || !self.store.chunks(task.id, after, 1)?.is_empty())
+            })
+            .await?;
+        let chunks = self.store.chunks(id, after, PAGE_BYTES)?;
+        let next = chunks.last().map_or(after.max(task.output.tail_oldest.min(after)), |c| c.seq + 1);
+        let done = task.status.is_final() && next >= task.output.next_seq;
+        Ok(OutputPage {
+            chunks: chunks.into_iter().map(chunk_view).collect(),
+            next,
+            done,
+            status: task.status,
+            dropped_bytes: task.output.dropped_bytes,
+        })
+    }
+
+    /// Parks until `ready(task)` or the wait ends, re-reading the task on every change.
+    async fn wait_until(
+        &self,
+        id: TaskId,
+        wait: Duration,
+        ready: impl Fn(&TaskRecord) -> Result<bool, StoreError>,
+    ) -> Result<TaskRecord, FleetError> {
         let watch = self.dispatch.watch_task(id);
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let changed = watch.signal.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
             let task =
                 self.store.task(id)?.ok_or_else(|| FleetError::NotFound(format!("unknown task {id}")))?;
-            if task.status.is_final() || tokio::time::Instant::now() >= deadline {
+            if ready(&task)? || tokio::time::Instant::now() >= deadline {
                 return Ok(task);
             }
             tokio::select! {
-                _ = &mut changed => {}
+                _ = changed => {}
                 _ = tokio::time::sleep_until(deadline) => {}
                 _ = self.dispatch.stopped() => return Ok(task),
             }
         }
     }
 
+    /// Applies deadlines every sweep interval and retention every minute, until the server stops.
+    pub async fn sweep_loop(self: Arc<Self>) {
+        let mut last_retention = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.sweep_interval) => {}
+                _ = self.dispatch.stopped() => return,
+            }
+            if let Err(e) = self.sweep_deadlines().await {
+                warn!(error = %e, "deadline sweep failed");
+            }
+            if last_retention.elapsed() >= RETENTION_INTERVAL {
+                last_retention = tokio::time::Instant::now();
+                if let Err(e) = self.sweep_retention() {
+                    warn!(error = %e, "retention sweep failed");
+                }
+            }
+        }
+    }
+
+    /// Applies the deadlines that passed; requeued tasks wake their agent.
+    pub async fn sweep_deadlines(&self) -> Result<usize, StoreError> {
+        let swept = self.store.sweep_deadlines(now_ms())?;
+        if swept.is_empty() {
+            return Ok(0);
+        }
+        self.store.durable().await?;
+        for moved in &swept {
+            info!(task = %moved.task.id, agent = %moved.task.app_id, status = %moved.task.status, "deadline passed");
+            if moved.requeued {
+                self.dispatch.wake_agent(&moved.task.app_id);
+            }
+            self.dispatch.task_changed(moved.task.id);
+        }
+        Ok(swept.len())
+    }
+
+    /// Removes finished tasks and silent agents older than the retention period.
+    pub fn sweep_retention(&self) -> Result<(), StoreError> {
+        let cutoff = now_ms() - millis(self.config.retention);
+        let mut removed = 0;
+        loop {
+            let batch = self.store.sweep_finished(cutoff)?;
+            removed += batch;
+            if batch == 0 {
+                break;
+            }
+        }
+        let forgotten = self.store.forget_silent_agents(cutoff)?;
+        if removed > 0 || !forgotten.is_empty() {
+            info!(tasks = removed, agents = forgotten.len(), "retention removed old records");
+        }
+        Ok(())
+    }
+
     /// The operator's view of a task, with up to `max_output` bytes of each stream.
     pub fn task_view(&self, task: &TaskRecord, max_output: usize) -> Result<TaskView, StoreError> {
         let text = |stream| -> Result<String, StoreError> {
-            Ok(String::from_utf8_lossy(&self.store.output(task.id, stream, max_output)?).into_owned())
+            Ok(String::from_utf8_lossy(&self.store.output_text(task, stream, max_output)?).into_owned())
         };
         Ok(TaskView {
             task_id: task.id.to_string(),
@@ -221,8 +404,8 @@ impl Fleet {
             payload: task.payload.clone(),
             status: task.status,
             timeout_secs: task.timeout_secs,
-            cancel_requested: false,
-            dropped_bytes: 0,
+            cancel_requested: task.cancel_requested,
+            dropped_bytes: task.output.dropped_bytes,
             history: task.history.iter().map(|(s, t)| Transition { status: *s, at: rfc3339(*t) }).collect(),
             exit_code: task.exit_code,
             stdout: text(Stream::Stdout)?,
@@ -238,9 +421,26 @@ impl Fleet {
         tasks.iter().map(|t| self.task_view(t, LIST_OUTPUT_LEN)).collect()
     }
 
-    /// Views of a task as the full record.
+    /// The full view of a task (outputs up to the cap).
     pub fn full_view(&self, task: &TaskRecord) -> Result<TaskView, StoreError> {
-        self.task_view(task, 4 * wire::MAX_OUTPUT_LEN)
+        self.task_view(task, usize::try_from(self.config.output_cap_bytes).unwrap_or(usize::MAX) + 1024)
+    }
+}
+
+fn chunk_view(chunk: Chunk) -> OutputChunkView {
+    OutputChunkView {
+        seq: chunk.seq,
+        stream: chunk.stream.name().to_owned(),
+        data: String::from_utf8_lossy(&chunk.data).into_owned(),
+    }
+}
+
+/// A positive number of seconds from a request, or the default.
+fn positive(name: &str, value: Option<u64>, default: Duration) -> Result<u64, FleetError> {
+    match value {
+        Some(0) => Err(FleetError::BadRequest(format!("{name} must be at least 1"))),
+        Some(secs) => Ok(secs),
+        None => Ok(default.as_secs().max(1)),
     }
 }
 
@@ -276,13 +476,13 @@ pub fn current_ms() -> i64 {
     now_ms()
 }
 
+fn short(text: &str) -> String {
+    text.chars().take(40).collect()
+}
+
 fn parse_task_id(text: &str) -> Result<TaskId, FleetError> {
-    TaskId::parse_str(text).map_err(|_| {
-        FleetError::BadRequest(format!(
-            "task id {:?} is not a UUID",
-            text.chars().take(40).collect::<String>()
-        ))
-    })
+    TaskId::parse_str(text)
+        .map_err(|_| FleetError::BadRequest(format!("task id {:?} is not a UUID", short(text))))
 }
 
 /// Maps a report's `do_status` and fields to a state change.
@@ -292,16 +492,19 @@ fn outcome_of(report: ReportRequest) -> Result<Outcome, FleetError> {
         wire::DO_STATUS_SUCCESS => TaskStatus::Succeeded,
         wire::DO_STATUS_FAILED => TaskStatus::Failed,
         wire::DO_STATUS_TIMEOUT => TaskStatus::TimedOut,
+        wire::DO_STATUS_CANCELLED => TaskStatus::Cancelled,
+        wire::DO_STATUS_LOST => TaskStatus::Lost,
         other => {
             return Err(FleetError::BadRequest(format!(
-                "do_status {:?} is not one of doing, success, failed, timeout",
-                other.chars().take(40).collect::<String>()
+                "do_status {:?} is not one of doing, success, failed, timeout, cancelled, lost",
+                short(other)
             )));
         }
     };
     let mut output = Vec::new();
-    for (stream, text) in [(Stream::Stdout, report.stdout), (Stream::Stderr, report.stderr)] {
-        output.push((stream, capped(text.unwrap_or_default())));
+    if report.output_chunks.is_none() {
+        output.push((Stream::Stdout, capped(report.stdout.unwrap_or_default())));
+        output.push((Stream::Stderr, capped(report.stderr.unwrap_or_default())));
     }
     output.push((Stream::Result, capped(report.result)));
     output.retain(|(_, bytes)| !bytes.is_empty());
@@ -314,7 +517,7 @@ fn outcome_of(report: ReportRequest) -> Result<Outcome, FleetError> {
     })
 }
 
-/// Output kept per stream: the agent caps it, the server enforces it.
+/// Output a report may carry per stream: the agent caps it, the server enforces it.
 fn capped(text: String) -> Vec<u8> {
     let mut bytes = text.into_bytes();
     bytes.truncate(wire::MAX_OUTPUT_LEN);

@@ -34,6 +34,18 @@ pub struct ServerConfig {
     pub cache_capacity_bytes: u64,
     /// Key that `register` calls must be signed with.
     pub enroll_key: String,
+    /// How long an orange agent has to acknowledge a delivery before it is handed out again.
+    pub ack_window: Duration,
+    /// How long a task may wait queued when the operator gives no time to live.
+    pub default_ttl: Duration,
+    /// Added to a task's timeout before a silent task ends `lost`.
+    pub lost_grace: Duration,
+    /// How long finished tasks and silent agents are kept.
+    pub retention: Duration,
+    /// Most output bytes kept per task.
+    pub output_cap_bytes: u64,
+    /// How often the sweeper looks at deadlines.
+    pub sweep_interval: Duration,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -46,7 +58,12 @@ impl std::fmt::Debug for ServerConfig {
             .field("default_task_timeout", &self.default_task_timeout)
             .field("cache_capacity_bytes", &self.cache_capacity_bytes)
             .field("enroll_key", &"***")
-            .finish()
+            .field("ack_window", &self.ack_window)
+            .field("default_ttl", &self.default_ttl)
+            .field("lost_grace", &self.lost_grace)
+            .field("retention", &self.retention)
+            .field("output_cap_bytes", &self.output_cap_bytes)
+            .finish_non_exhaustive()
     }
 }
 

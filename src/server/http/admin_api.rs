@@ -11,7 +11,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -21,8 +21,8 @@ use tracing::{error, info};
 use super::AppState;
 use crate::protocol::TaskId;
 use crate::protocol::admin::{
-    AGENTS_PATH, AgentList, ApiError, EnqueueReply, EnqueueRequest, MAX_LIST_LIMIT, MAX_WAIT_SECS,
-    TASKS_PATH, TaskList,
+    AGENTS_PATH, AgentList, ApiError, CancelRequest, EnqueueReply, EnqueueRequest, MAX_LIST_LIMIT,
+    MAX_WAIT_SECS, OutputPage, TASKS_PATH, TaskList, TaskView,
 };
 use crate::server::fleet::{FleetError, agent_view, current_ms};
 use crate::server::store::StoreError;
@@ -47,6 +47,7 @@ impl From<FleetError> for ApiFailure {
             FleetError::BadRequest(m) => ApiFailure(StatusCode::BAD_REQUEST, m),
             FleetError::NotFound(m) => ApiFailure(StatusCode::NOT_FOUND, m),
             FleetError::TooLarge(m) => ApiFailure(StatusCode::PAYLOAD_TOO_LARGE, m),
+            FleetError::Conflict(m) => ApiFailure(StatusCode::CONFLICT, m),
             FleetError::Store(e) => e.into(),
         }
     }
@@ -67,6 +68,8 @@ pub fn routes(admin_token: &str) -> Router<AppState> {
     Router::new()
         .route(TASKS_PATH, get(list_tasks).post(enqueue))
         .route(&format!("{TASKS_PATH}/{{id}}"), get(get_task))
+        .route(&format!("{TASKS_PATH}/{{id}}/cancel"), post(cancel_task))
+        .route(&format!("{TASKS_PATH}/{{id}}/output"), get(task_output))
         .route(AGENTS_PATH, get(list_agents))
         .route(&format!("{AGENTS_PATH}/{{id}}"), get(get_agent))
         .fallback(|| async { ApiFailure(StatusCode::NOT_FOUND, "no such API route".into()) })
@@ -163,6 +166,42 @@ async fn get_task(
     let wait = Duration::from_secs(query.wait.unwrap_or(0).min(MAX_WAIT_SECS));
     let task = fleet.wait_task(id, wait).await?;
     Ok(Json(fleet.full_view(&task)?).into_response())
+}
+
+fn task_id(path: Result<Path<String>, PathRejection>) -> ApiResult<TaskId> {
+    let Path(id) = path.map_err(bad_path)?;
+    TaskId::parse_str(&id)
+        .map_err(|_| ApiFailure(StatusCode::BAD_REQUEST, format!("task id {:?} is not a UUID", short(&id))))
+}
+
+async fn cancel_task(
+    State(fleet): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> ApiResult<Json<TaskView>> {
+    let id = task_id(path)?;
+    let request: CancelRequest = read_json(body).await?;
+    let task = fleet.cancel(id, request.force).await?;
+    info!(task = %id, force = request.force, status = %task.status, "task cancel");
+    Ok(Json(fleet.full_view(&task)?))
+}
+
+/// Query of an output page.
+#[derive(Deserialize)]
+struct OutputQuery {
+    after: Option<u32>,
+    wait: Option<u64>,
+}
+
+async fn task_output(
+    State(fleet): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<OutputQuery>, QueryRejection>,
+) -> ApiResult<Json<OutputPage>> {
+    let id = task_id(path)?;
+    let Query(query) = query.map_err(bad_query)?;
+    let wait = Duration::from_secs(query.wait.unwrap_or(0).min(MAX_WAIT_SECS));
+    Ok(Json(fleet.output_page(id, query.after.unwrap_or(0), wait).await?))
 }
 
 async fn list_agents(State(fleet): State<AppState>) -> ApiResult<Json<AgentList>> {

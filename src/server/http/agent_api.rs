@@ -17,10 +17,10 @@ use super::AppState;
 use crate::protocol::Signer;
 use crate::protocol::sign::check_time;
 use crate::protocol::wire::{
-    self, CODE_ERROR, CODE_NO_TASK, Envelope, HEADER_APPID, HEADER_SIGN, HEADER_TIME, RegisterReply,
-    RegisterRequest, ReportRequest,
+    self, CODE_ERROR, CODE_NO_TASK, Envelope, HEADER_APPID, HEADER_SIGN, HEADER_TIME, OutputAck, OutputChunk,
+    PollControl, RegisterReply, RegisterRequest, ReportRequest,
 };
-use crate::server::fleet::{FleetError, wire_task};
+use crate::server::fleet::{FleetError, PollResult, wire_task};
 use crate::server::store::AgentRecord;
 
 /// Routes of the agent protocol.
@@ -30,6 +30,7 @@ pub fn routes() -> axum::Router<AppState> {
         .route(wire::PING_PATH, post(ping))
         .route(wire::GET_TASK_PATH, post(get_task))
         .route(wire::REPORT_TASK_PATH, post(report_task))
+        .route(wire::OUTPUT_PATH, post(output))
         .method_not_allowed_fallback(|| async {
             (axum::http::StatusCode::METHOD_NOT_ALLOWED, refuse("agent endpoints accept only POST"))
         })
@@ -144,17 +145,61 @@ async fn get_task(State(state): State<AppState>, headers: HeaderMap, body: Body)
         Ok((agent, _)) => agent,
         Err(message) => return refused("getTask", message),
     };
-    match state.next_task(&agent.app_id).await {
-        Ok(Some(task)) => {
+    let capacity = match capacity(&headers) {
+        Ok(capacity) => capacity,
+        Err(message) => return refused("getTask", message),
+    };
+    match state.next_task(&agent.app_id, capacity).await {
+        Ok(PollResult::Task(task)) => {
             info!(agent = %agent.app_id, task = %task.id, task_type = %task.task_type, "task delivered");
             reply(Envelope::ok("task fetched", wire_task(&task)))
         }
-        Ok(None) => reply(Envelope::<()>::empty(CODE_NO_TASK, "timeout reached without receiving a task")),
+        Ok(PollResult::Cancels(ids)) => {
+            info!(agent = %agent.app_id, count = ids.len(), "cancels told");
+            let control = PollControl { cancel: ids.iter().map(ToString::to_string).collect() };
+            reply(Envelope {
+                code: CODE_NO_TASK,
+                message: "cancel running tasks".into(),
+                data: Some(control),
+            })
+        }
+        Ok(PollResult::Empty) => {
+            reply(Envelope::<()>::empty(CODE_NO_TASK, "timeout reached without receiving a task"))
+        }
         Err(e) => {
             // Code 2, not 1: the original client exits on code 1, and this fault is ours.
             warn!(agent = %agent.app_id, error = %e, "getTask failed; answering no task");
             reply(Envelope::<()>::empty(CODE_NO_TASK, format!("no task: server error: {e}")))
         }
+    }
+}
+
+/// The capacity an orange agent announces on getTask; `None` for an original client.
+fn capacity(headers: &HeaderMap) -> Result<Option<usize>, String> {
+    let Some(value) = headers.get(wire::HEADER_CAPACITY) else { return Ok(None) };
+    let text = value.to_str().unwrap_or("");
+    text.parse::<u16>()
+        .map(|n| Some(usize::from(n)))
+        .map_err(|_| format!("{} {:?} is not a number from 0 to 65535", wire::HEADER_CAPACITY, short(text)))
+}
+
+fn short(text: &str) -> String {
+    text.chars().take(40).collect()
+}
+
+async fn output(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let (agent, body) = match agent_call(&state, &headers, body).await {
+        Ok(ok) => ok,
+        Err(message) => return refused("output", message),
+    };
+    let chunk: OutputChunk = match serde_json::from_slice(&body) {
+        Ok(chunk) => chunk,
+        Err(e) => return refused("output", format!("malformed JSON: {e}")),
+    };
+    match state.store_output(&agent.app_id, chunk).await {
+        Ok(ack) => reply(Envelope::ok("output stored", OutputAck { cancel: ack.cancel })),
+        Err(FleetError::Store(e)) => refused("output", format!("server error, retry later: {e}")),
+        Err(e) => refused("output", e.to_string()),
     }
 }
 

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use super::ServerConfig;
 use super::dispatch::Dispatch;
-use super::fleet::Fleet;
+use super::fleet::{Fleet, policy};
 use super::store::Store;
 
 /// Shared state of every handler.
@@ -34,10 +34,11 @@ pub async fn serve(
     admin_token: String,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let store = Store::open(&config.data_dir, config.cache_capacity_bytes)
+    let store = Store::open(&config.data_dir, config.cache_capacity_bytes, policy(&config))
         .with_context(|| format!("cannot open the database in {}", config.data_dir.display()))?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let fleet = Arc::new(Fleet { store, dispatch: Dispatch::new(stop_rx), config });
+    let sweeper = tokio::spawn(Arc::clone(&fleet).sweep_loop());
     let app = router(Arc::clone(&fleet), &admin_token);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -47,6 +48,7 @@ pub async fn serve(
         })
         .await
         .context("server failed")?;
+    let _ = sweeper.await;
     fleet.store.durable().await.context("cannot sync the database on shutdown")?;
     Ok(())
 }

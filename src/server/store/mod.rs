@@ -1,0 +1,241 @@
+//! The only module that knows sled: agents, per-agent FIFO queues, task records, their output,
+//! the deadline and retention indexes, and making writes durable (flush plus fdatasync,
+//! through the group committer).
+//!
+//! Trees and keys (app ids never contain a 0 byte):
+//! - `agents`:    app id → [`AgentRecord`]
+//! - `tasks`:     task id (16 bytes, UUID v7, so keys sort by creation) → [`TaskRecord`]
+//! - `queue`:     app id, 0, sequence (u64 BE) → task id: each agent's FIFO
+//! - `by_agent`:  app id, 0, task id → empty: an agent's tasks, oldest first
+//! - `output`:    task id, chunk number (u32 BE) → stream tag byte + raw bytes (≤ 64 KiB), so
+//!   that no value reaches sled's blob threshold (128 KiB), whose files sled does not fsync
+//! - `deadlines`: time (i64 BE ms), task id → empty: the next moment each open task must be
+//!   looked at (queue expiry, ack window, end of run); the sweeper reads only what is due
+//! - `finished`:  time (i64 BE ms), task id → empty: finished tasks, oldest first, for retention
+//! - `cancels`:   app id, 0, task id → empty: cancels its agent has not confirmed yet
+//!
+//! Writes are applied in memory first; [`Store::durable`] returns once they are on stable storage.
+
+mod output;
+mod records;
+mod sweep;
+mod tasks;
+mod tx;
+
+use std::fs::File;
+use std::path::Path;
+
+use sled::Transactional;
+use sled::transaction::TransactionError;
+use thiserror::Error;
+
+pub use output::{Chunk, ChunkAck};
+pub use records::{AgentRecord, Outcome, OutputState, Policy, Stream, TaskRecord, TaskSpec, secs_to_ms};
+pub use sweep::Swept;
+pub use tasks::{CancelOutcome, Delivery};
+use tx::{Tx, TxError};
+
+use super::codec::{self, CodecError};
+use super::commit::Committer;
+use crate::protocol::{TaskId, TaskStatus};
+
+/// Largest stored output chunk.
+pub const CHUNK_LEN: usize = 64 * 1024;
+
+/// A failure of the database itself.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// sled reported an I/O or corruption error.
+    #[error("database error: {0}")]
+    Sled(#[from] sled::Error),
+    /// A stored value did not decode.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// The flush or fsync failed.
+    #[error("{0}")]
+    Sync(String),
+    /// The data directory could not be prepared.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Why an agent's report, output chunk or an operator's cancel was refused.
+#[derive(Debug, Error)]
+pub enum ReportError {
+    /// No task has this id.
+    #[error("unknown task {0}")]
+    UnknownTask(TaskId),
+    /// The task belongs to another agent.
+    #[error("task {0} belongs to another agent")]
+    NotYours(TaskId),
+    /// The task already ended in another state.
+    #[error("task {id} already finished as {status}")]
+    AlreadyFinished {
+        /// The task.
+        id: TaskId,
+        /// Its final state.
+        status: TaskStatus,
+    },
+    /// The move is not allowed from the task's state.
+    #[error("task {id} is {from}; it cannot become {to}")]
+    BadMove {
+        /// The task.
+        id: TaskId,
+        /// Its state.
+        from: TaskStatus,
+        /// The state asked for.
+        to: TaskStatus,
+    },
+    /// An output chunk skipped ahead.
+    #[error("output chunk {seq} of task {id} is out of order; expected {expected}")]
+    OutOfOrder {
+        /// The task.
+        id: TaskId,
+        /// The chunk number sent.
+        seq: u32,
+        /// The chunk number expected.
+        expected: u32,
+    },
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The embedded database.
+pub struct Store {
+    db: sled::Db,
+    agents: sled::Tree,
+    tasks: sled::Tree,
+    queue: sled::Tree,
+    by_agent: sled::Tree,
+    output: sled::Tree,
+    deadlines: sled::Tree,
+    finished: sled::Tree,
+    cancels: sled::Tree,
+    policy: Policy,
+    committer: Committer,
+}
+
+fn flatten<T, E: From<StoreError>>(result: Result<T, TransactionError<E>>) -> Result<T, E> {
+    result.map_err(|e| match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => StoreError::Sled(e).into(),
+    })
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir` with a page cache of `cache_bytes`.
+    pub fn open(dir: &Path, cache_bytes: u64, policy: Policy) -> Result<Store, StoreError> {
+        let path = dir.join("sled");
+        let db = sled::Config::new().path(&path).cache_capacity(cache_bytes).open()?;
+        let data_file = File::open(path.join("db"))
+            .map_err(|e| StoreError::Io(format!("cannot open {}: {e}", path.join("db").display())))?;
+        let flusher = db.clone();
+        let committer = Committer::start(Box::new(move || {
+            // sled's flush writes its buffers but only calls sync_file_range; fdatasync makes
+            // them survive a power cut too.
+            flusher.flush().map_err(std::io::Error::other)?;
+            data_file.sync_data()
+        }))
+        .map_err(|e| StoreError::Io(format!("cannot start the commit thread: {e}")))?;
+        Ok(Store {
+            agents: db.open_tree("agents")?,
+            tasks: db.open_tree("tasks")?,
+            queue: db.open_tree("queue")?,
+            by_agent: db.open_tree("by_agent")?,
+            output: db.open_tree("output")?,
+            deadlines: db.open_tree("deadlines")?,
+            finished: db.open_tree("finished")?,
+            cancels: db.open_tree("cancels")?,
+            db,
+            policy,
+            committer,
+        })
+    }
+
+    /// Returns once every write applied before the call is on stable storage.
+    pub async fn durable(&self) -> Result<(), StoreError> {
+        self.committer.wait().await.map_err(StoreError::Sync)
+    }
+
+    /// Runs `f` as one transaction over every tree.
+    fn transact<T, E: From<StoreError>>(&self, f: impl Fn(&Tx<'_>) -> Result<T, TxError<E>>) -> Result<T, E> {
+        let trees = (
+            &self.tasks,
+            &self.queue,
+            &self.by_agent,
+            &self.output,
+            &self.agents,
+            &self.deadlines,
+            &self.finished,
+            &self.cancels,
+        );
+        flatten(trees.transaction(
+            |(tasks, queue, by_agent, output, agents, deadlines, finished, cancels)| {
+                f(&Tx { tasks, queue, by_agent, output, agents, deadlines, finished, cancels })
+            },
+        ))
+    }
+
+    /// The agent registered as `app_id`.
+    pub fn agent(&self, app_id: &str) -> Result<Option<AgentRecord>, StoreError> {
+        self.agents.get(app_id)?.map(|v| codec::decode(&v)).transpose().map_err(Into::into)
+    }
+
+    /// Creates or replaces an agent record.
+    pub fn put_agent(&self, record: &AgentRecord) -> Result<(), StoreError> {
+        self.agents.insert(record.app_id.as_bytes(), codec::encode(record))?;
+        Ok(())
+    }
+
+    /// Records that `app_id` was seen at `now_ms`, if it is at least `min_gap_ms` later than last time.
+    pub fn touch_agent(&self, app_id: &str, now_ms: i64, min_gap_ms: i64) -> Result<(), StoreError> {
+        let Some(mut record) = self.agent(app_id)? else { return Ok(()) };
+        if now_ms - record.last_seen_ms < min_gap_ms {
+            return Ok(());
+        }
+        let old = codec::encode(&record);
+        record.last_seen_ms = now_ms;
+        // A concurrent register or report changed the record: its own write is newer, keep it.
+        let _ = self.agents.compare_and_swap(app_id, Some(old), Some(codec::encode(&record)))?;
+        Ok(())
+    }
+
+    /// Every agent, sorted by app id.
+    pub fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        self.agents.iter().values().map(|v| Ok(codec::decode(&v?)?)).collect()
+    }
+
+    /// The task with this id.
+    pub fn task(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        self.tasks.get(id.as_bytes())?.map(|v| codec::decode(&v)).transpose().map_err(Into::into)
+    }
+
+    /// Up to `limit` tasks, newest first, of one agent or of all.
+    pub fn tasks(&self, app_id: Option<&str>, limit: usize) -> Result<Vec<TaskRecord>, StoreError> {
+        let ids: Vec<TaskId> = match app_id {
+            None => self
+                .tasks
+                .iter()
+                .keys()
+                .rev()
+                .take(limit)
+                .map(|k| tx::task_id_from(&k?))
+                .collect::<Result<_, _>>()?,
+            Some(app_id) => {
+                let prefix = tx::agent_prefix(app_id);
+                self.by_agent
+                    .scan_prefix(&prefix)
+                    .keys()
+                    .rev()
+                    .take(limit)
+                    .map(|k| tx::task_id_from(&k?[prefix.len()..]))
+                    .collect::<Result<_, _>>()?
+            }
+        };
+        ids.into_iter().filter_map(|id| self.task(id).transpose()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

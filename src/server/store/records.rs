@@ -1,0 +1,228 @@
+//! The values the store keeps: agents, tasks (with their deadline and output bookkeeping), and
+//! what an agent's report says. Encoded with [`crate::server::codec`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{TaskId, TaskStatus};
+
+/// A registered agent.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+pub struct AgentRecord {
+    /// App id.
+    pub app_id: String,
+    /// The secret it signs with.
+    pub secret: String,
+    /// Operator labels.
+    pub labels: BTreeMap<String, String>,
+    /// Agent version, if it said (the original client does not).
+    pub version: Option<String>,
+    /// Host name, if it said.
+    pub hostname: Option<String>,
+    /// Unix milliseconds of the first registration.
+    pub registered_at_ms: i64,
+    /// Unix milliseconds of its last request.
+    pub last_seen_ms: i64,
+    /// Tasks it has finished.
+    pub processed_task_count: u64,
+}
+
+impl std::fmt::Debug for AgentRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentRecord")
+            .field("app_id", &self.app_id)
+            .field("secret", &"***")
+            .finish_non_exhaustive()
+    }
+}
+
+/// A task and everything known about it except its output chunks.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TaskRecord {
+    /// Task id.
+    pub id: TaskId,
+    /// The agent it is for.
+    pub app_id: String,
+    /// Task type.
+    pub task_type: String,
+    /// Input.
+    pub payload: String,
+    /// Current state.
+    pub status: TaskStatus,
+    /// Seconds the agent may run it.
+    pub timeout_secs: u64,
+    /// Unix milliseconds after which it ends `expired` if it was never delivered.
+    pub expires_ms: i64,
+    /// Each state reached, with Unix milliseconds.
+    pub history: Vec<(TaskStatus, i64)>,
+    /// Position in its agent's queue (kept, so a lost delivery goes back to the same place).
+    pub queue_seq: u64,
+    /// Handed to an orange agent, which must acknowledge it with a `doing` report.
+    pub ack_required: bool,
+    /// The deadline indexed in the `deadlines` tree (0: none): queue expiry, ack window, or
+    /// the end of the run (timeout plus grace).
+    pub deadline_ms: i64,
+    /// An operator asked to cancel it; its agent has not confirmed yet.
+    pub cancel_requested: bool,
+    /// Process exit code.
+    pub exit_code: Option<i32>,
+    /// Why it failed without running, or how it ended.
+    pub error: Option<String>,
+    /// Run time the agent measured.
+    pub duration_ms: Option<u64>,
+    /// Output bookkeeping.
+    pub output: OutputState,
+}
+
+/// Where a task's output chunks stand: the head is kept whole up to half the cap; after it,
+/// only the newest chunks up to the other half (the tail) are kept.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct OutputState {
+    /// Number of the next chunk expected.
+    pub next_seq: u32,
+    /// Bytes kept in the head.
+    pub head_bytes: u64,
+    /// First chunk number past the head (`None` while everything fits in the head).
+    pub tail_start: Option<u32>,
+    /// Oldest tail chunk still stored.
+    pub tail_oldest: u32,
+    /// Bytes kept in the tail.
+    pub tail_bytes: u64,
+    /// Bytes dropped between head and tail.
+    pub dropped_bytes: u64,
+}
+
+impl TaskRecord {
+    /// A new queued task.
+    pub fn new(spec: TaskSpec<'_>, id: TaskId, now_ms: i64) -> Self {
+        TaskRecord {
+            id,
+            app_id: spec.app_id.to_owned(),
+            task_type: spec.task_type.to_owned(),
+            payload: spec.payload.to_owned(),
+            status: TaskStatus::Queued,
+            timeout_secs: spec.timeout_secs,
+            expires_ms: now_ms.saturating_add(secs_to_ms(spec.ttl_secs)),
+            history: vec![(TaskStatus::Queued, now_ms)],
+            queue_seq: 0,
+            ack_required: false,
+            deadline_ms: 0,
+            cancel_requested: false,
+            exit_code: None,
+            error: None,
+            duration_ms: None,
+            output: OutputState::default(),
+        }
+    }
+
+    /// Unix milliseconds at which the task was created.
+    pub fn created_ms(&self) -> i64 {
+        self.history.first().map_or(0, |(_, t)| *t)
+    }
+
+    /// Unix milliseconds at which the task reached a final state.
+    pub fn finished_ms(&self) -> Option<i64> {
+        self.status.is_final().then(|| self.history.last().map_or(0, |(_, t)| *t))
+    }
+
+    /// Moves to `status`, recording when.
+    pub fn move_to(&mut self, status: TaskStatus, now_ms: i64) {
+        self.status = status;
+        self.history.push((status, now_ms));
+    }
+}
+
+/// What an enqueue asks for, per target agent.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskSpec<'a> {
+    /// The agent.
+    pub app_id: &'a str,
+    /// Task type.
+    pub task_type: &'a str,
+    /// Input.
+    pub payload: &'a str,
+    /// Seconds the agent may run it.
+    pub timeout_secs: u64,
+    /// Seconds it may wait in the queue.
+    pub ttl_secs: u64,
+}
+
+/// Seconds as milliseconds, saturating.
+pub fn secs_to_ms(secs: u64) -> i64 {
+    i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
+/// The captured output streams of a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Stream {
+    /// Standard output.
+    Stdout = 0,
+    /// Standard error.
+    Stderr = 1,
+    /// The original protocol's free-form result text.
+    Result = 2,
+}
+
+impl Stream {
+    /// The stream stored under tag byte `tag`.
+    pub fn from_tag(tag: u8) -> Option<Stream> {
+        match tag {
+            0 => Some(Stream::Stdout),
+            1 => Some(Stream::Stderr),
+            2 => Some(Stream::Result),
+            _ => None,
+        }
+    }
+
+    /// The stream named on the wire (`stdout`, `stderr`).
+    pub fn from_name(name: &str) -> Option<Stream> {
+        match name {
+            "stdout" => Some(Stream::Stdout),
+            "stderr" => Some(Stream::Stderr),
+            _ => None,
+        }
+    }
+
+    /// Its name on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+            Stream::Result => "result",
+        }
+    }
+}
+
+/// What an agent reported about a task.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The state the task moves to.
+    pub status: TaskStatus,
+    /// Process exit code.
+    pub exit_code: Option<i32>,
+    /// Why it failed without running.
+    pub error: Option<String>,
+    /// Run time.
+    pub duration_ms: Option<u64>,
+    /// Output carried by the report itself (agents that did not stream it).
+    pub output: Vec<(Stream, Vec<u8>)>,
+}
+
+/// The time limits and sizes the store applies.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// How long an orange agent has to acknowledge a delivery before it is handed out again.
+    pub ack_window_ms: i64,
+    /// Added to a task's timeout before a silent task ends `lost`.
+    pub lost_grace_ms: i64,
+    /// Most output bytes kept per task (half head, half tail).
+    pub output_cap: u64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy { ack_window_ms: 30_000, lost_grace_ms: 60_000, output_cap: 16 * 1024 * 1024 }
+    }
+}

@@ -1,0 +1,125 @@
+//! Time-driven moves, read from the indexes so that nothing scans every task: deadlines that
+//! passed (queue expiry, unacknowledged deliveries, silent runs) and retention of finished tasks
+//! and of agents gone silent.
+
+use super::records::TaskRecord;
+use super::tx::{Tx, TxError, agent_task_key, queue_key, task_id_from, time_key};
+use super::{Store, StoreError};
+use crate::protocol::{TaskId, TaskStatus};
+
+/// A task a deadline moved.
+#[derive(Debug, Clone)]
+pub struct Swept {
+    /// The task after the move.
+    pub task: TaskRecord,
+    /// It went back to its agent's queue (wake the agent).
+    pub requeued: bool,
+}
+
+/// Most entries one sweep handles, so a sweep never holds the server up for long.
+const SWEEP_BATCH: usize = 1000;
+
+impl Store {
+    /// Applies every deadline due at `now_ms` (at most a batch): a queued task ends `expired`,
+    /// an unacknowledged delivery goes back to the front of its queue, a run that went silent
+    /// ends `lost`.
+    pub fn sweep_deadlines(&self, now_ms: i64) -> Result<Vec<Swept>, StoreError> {
+        let due: Vec<(i64, TaskId)> = self
+            .deadlines
+            .range(..time_key(now_ms.saturating_add(1), TaskId::nil()))
+            .keys()
+            .take(SWEEP_BATCH)
+            .map(|key| {
+                let key = key?;
+                let ms = i64::from_be_bytes(key[..8].try_into().unwrap_or([0; 8]));
+                Ok((ms, task_id_from(&key[8..])?))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        let mut swept = Vec::new();
+        for (deadline, id) in due {
+            if let Some(moved) = self.transact(|tx| self.pass_deadline(tx, deadline, id, now_ms))? {
+                swept.push(moved);
+            }
+        }
+        Ok(swept)
+    }
+
+    fn pass_deadline(
+        &self,
+        tx: &Tx<'_>,
+        deadline: i64,
+        id: TaskId,
+        now_ms: i64,
+    ) -> Result<Option<Swept>, TxError<StoreError>> {
+        let task = tx.task::<StoreError>(id)?;
+        let Some(mut task) = task.filter(|t| t.deadline_ms == deadline && !t.status.is_final()) else {
+            tx.deadlines.remove(time_key(deadline, id))?; // stale index entry
+            return Ok(None);
+        };
+        let requeue = task.status == TaskStatus::Delivered && task.ack_required && task.expires_ms > now_ms;
+        if requeue {
+            task.move_to(TaskStatus::Queued, now_ms);
+            task.ack_required = false;
+            tx.queue.insert(queue_key(&task.app_id, task.queue_seq), id.as_bytes())?;
+            let expires = task.expires_ms;
+            tx.set_deadline(&mut task, expires)?;
+        } else {
+            let (status, note) = match task.status {
+                TaskStatus::Queued => {
+                    (TaskStatus::Expired, "never delivered before its time to live ran out")
+                }
+                TaskStatus::Delivered if task.ack_required => {
+                    (TaskStatus::Expired, "handed out but never acknowledged before its time to live ran out")
+                }
+                _ => (TaskStatus::Lost, "its agent went silent: no result before the timeout plus grace"),
+            };
+            if task.status == TaskStatus::Queued {
+                tx.queue.remove(queue_key(&task.app_id, task.queue_seq))?;
+            }
+            task.move_to(status, now_ms);
+            task.error = Some(note.to_owned());
+            tx.close(&mut task, now_ms)?;
+        }
+        tx.put_task(&task)?;
+        Ok(Some(Swept { task, requeued: requeue }))
+    }
+
+    /// Removes finished tasks (record, index entries, output) that finished before `cutoff_ms`
+    /// (at most a batch); returns how many.
+    pub fn sweep_finished(&self, cutoff_ms: i64) -> Result<usize, StoreError> {
+        let old: Vec<sled::IVec> = self
+            .finished
+            .range(..time_key(cutoff_ms, TaskId::nil()))
+            .keys()
+            .take(SWEEP_BATCH)
+            .collect::<Result<_, _>>()?;
+        for key in &old {
+            let id = task_id_from(&key[8..])?;
+            self.transact(|tx| {
+                tx.finished.remove(key)?;
+                if let Some(task) = tx.task::<StoreError>(id)? {
+                    tx.tasks.remove(id.as_bytes())?;
+                    tx.by_agent.remove(agent_task_key(&task.app_id, id))?;
+                    tx.cancels.remove(agent_task_key(&task.app_id, id))?;
+                }
+                Ok::<_, TxError<StoreError>>(())
+            })?;
+            self.delete_output(id)?;
+        }
+        Ok(old.len())
+    }
+
+    /// Removes agents not seen since `cutoff_ms` that have no task waiting in their queue;
+    /// returns their app ids.
+    pub fn forget_silent_agents(&self, cutoff_ms: i64) -> Result<Vec<String>, StoreError> {
+        let mut forgotten = Vec::new();
+        for agent in self.agents()? {
+            let queued = self.queue.scan_prefix(super::tx::agent_prefix(&agent.app_id)).next().is_some();
+            if agent.last_seen_ms < cutoff_ms && !queued {
+                self.agents.remove(agent.app_id.as_bytes())?;
+                forgotten.push(agent.app_id);
+            }
+        }
+        Ok(forgotten)
+    }
+}

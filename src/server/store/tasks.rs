@@ -1,0 +1,209 @@
+//! Task moves: enqueue, hand out the next task, apply an agent's report, cancel. Each is one
+//! transaction that keeps the queue, the deadline index and the finished index in step with the
+//! task record.
+
+use super::records::{Outcome, TaskRecord, secs_to_ms};
+use super::tx::{Tx, TxError, abort, agent_prefix, agent_task_key, queue_key, task_id_from};
+use super::{ReportError, Store, StoreError, output};
+use crate::protocol::{TaskId, TaskStatus};
+
+/// How a task is handed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// To an orange agent, which acknowledges with a `doing` report within the ack window;
+    /// without it the task is handed out again.
+    Acknowledged,
+    /// To an original client, which sends no acknowledgement: its first report counts, and the
+    /// task is never handed out again (it may have run); it ends `lost` at the end of its run.
+    Legacy,
+}
+
+/// What a cancel did.
+#[derive(Debug, Clone)]
+pub struct CancelOutcome {
+    /// The task after the cancel.
+    pub task: TaskRecord,
+    /// Its agent may be running it and must be told to stop.
+    pub tell_agent: bool,
+}
+
+impl Store {
+    /// Queues `tasks` (each at the end of its agent's queue) in one transaction. Ids already
+    /// stored are skipped, so retrying an enqueue with the same ids is safe.
+    pub fn enqueue(&self, tasks: &mut [TaskRecord]) -> Result<(), StoreError> {
+        for task in tasks.iter_mut() {
+            task.queue_seq = self.db.generate_id()?;
+        }
+        self.transact(|tx| {
+            for task in tasks.iter() {
+                if tx.tasks.get(task.id.as_bytes())?.is_some() {
+                    continue;
+                }
+                let mut task = task.clone();
+                let expires = task.expires_ms;
+                tx.set_deadline(&mut task, expires)?;
+                tx.put_task(&task)?;
+                tx.queue.insert(queue_key(&task.app_id, task.queue_seq), task.id.as_bytes())?;
+                tx.by_agent.insert(agent_task_key(&task.app_id, task.id), &[])?;
+            }
+            Ok::<_, TxError<StoreError>>(())
+        })
+    }
+
+    /// Takes the oldest queued task of `app_id` and marks it delivered.
+    pub fn take_next(
+        &self,
+        app_id: &str,
+        delivery: Delivery,
+        now_ms: i64,
+    ) -> Result<Option<TaskRecord>, StoreError> {
+        loop {
+            let Some(entry) = self.queue.scan_prefix(agent_prefix(app_id)).next() else { return Ok(None) };
+            let (key, id) = entry?;
+            let id = task_id_from(&id)?;
+            let taken = self.transact(|tx| {
+                if tx.queue.remove(&key)?.is_none() {
+                    return Ok(None); // another poll of the same agent took it first
+                }
+                let Some(mut task) = tx.task::<StoreError>(id)? else { return Ok(None) };
+                if task.status != TaskStatus::Queued {
+                    return Ok(None); // a stale entry; it is gone now
+                }
+                task.move_to(TaskStatus::Delivered, now_ms);
+                task.ack_required = delivery == Delivery::Acknowledged;
+                let deadline = match delivery {
+                    Delivery::Acknowledged => now_ms + self.policy.ack_window_ms,
+                    Delivery::Legacy => self.run_deadline(&task, now_ms),
+                };
+                tx.set_deadline(&mut task, deadline)?;
+                tx.put_task(&task)?;
+                Ok::<_, TxError<StoreError>>(Some(task))
+            })?;
+            if let Some(task) = taken {
+                return Ok(Some(task));
+            }
+        }
+    }
+
+    /// When a task started at `now_ms` must have reported: its timeout plus the grace.
+    fn run_deadline(&self, task: &TaskRecord, now_ms: i64) -> i64 {
+        now_ms.saturating_add(secs_to_ms(task.timeout_secs)).saturating_add(self.policy.lost_grace_ms)
+    }
+
+    /// Applies an agent's report. A repeated report of the state the task is already in is
+    /// accepted and changes nothing. A report for a task still queued (its delivery was not yet
+    /// on disk when the server restarted) takes it out of the queue: it must not run again.
+    pub fn apply_report(
+        &self,
+        app_id: &str,
+        id: TaskId,
+        outcome: &Outcome,
+        now_ms: i64,
+    ) -> Result<TaskRecord, ReportError> {
+        self.transact(|tx| {
+            let mut task = owned_task(tx, app_id, id)?;
+            if task.status == outcome.status || task.status.is_final() {
+                // The agent is done with it either way: no cancel is pending any more.
+                tx.cancels.remove(agent_task_key(app_id, id))?;
+                return Ok(if task.status == outcome.status {
+                    Ok(task)
+                } else {
+                    Err(ReportError::AlreadyFinished { id, status: task.status })
+                });
+            }
+            self.start_if_needed(tx, &mut task, outcome.status, now_ms)?;
+            if !task.status.can_move_to(outcome.status) {
+                return Ok(Err(ReportError::BadMove { id, from: task.status, to: outcome.status }));
+            }
+            task.move_to(outcome.status, now_ms);
+            task.exit_code = outcome.exit_code.or(task.exit_code);
+            task.error = outcome.error.clone().or(task.error.take());
+            task.duration_ms = outcome.duration_ms.or(task.duration_ms);
+            if task.status.is_final() {
+                for (stream, bytes) in &outcome.output {
+                    output::append(tx, &mut task, *stream, bytes, self.policy.output_cap)?;
+                }
+                tx.close(&mut task, now_ms)?;
+            }
+            tx.put_task(&task)?;
+            Ok::<_, TxError<ReportError>>(Ok(task))
+        })?
+    }
+
+    /// Brings a task that an agent evidently runs to `running`: out of the queue if its
+    /// delivery was lost with a restart, acknowledged, with the deadline of a run.
+    pub(super) fn start_if_needed<E>(
+        &self,
+        tx: &Tx<'_>,
+        task: &mut TaskRecord,
+        next: TaskStatus,
+        now_ms: i64,
+    ) -> Result<(), TxError<E>> {
+        if task.status == TaskStatus::Queued {
+            tx.queue.remove(queue_key(&task.app_id, task.queue_seq))?;
+            task.move_to(TaskStatus::Delivered, now_ms);
+        }
+        if task.status == TaskStatus::Delivered {
+            task.ack_required = false;
+            if next != TaskStatus::Running {
+                task.move_to(TaskStatus::Running, now_ms);
+            }
+            let deadline = self.run_deadline(task, now_ms);
+            tx.set_deadline(task, deadline)?;
+        }
+        Ok(())
+    }
+
+    /// Cancels a task: a queued one ends at once; a delivered or running one is marked so its
+    /// agent stops it (or, with `force`, ends at once on the server while the agent is still
+    /// told to stop it).
+    pub fn cancel(&self, id: TaskId, force: bool, now_ms: i64) -> Result<CancelOutcome, ReportError> {
+        self.transact(|tx| {
+            let Some(mut task) = tx.task::<ReportError>(id)? else {
+                return abort(ReportError::UnknownTask(id));
+            };
+            if task.status.is_final() {
+                return abort(ReportError::AlreadyFinished { id, status: task.status });
+            }
+            let queued = task.status == TaskStatus::Queued;
+            if queued {
+                tx.queue.remove(queue_key(&task.app_id, task.queue_seq))?;
+            }
+            if queued || force {
+                task.move_to(TaskStatus::Cancelled, now_ms);
+                task.error = Some(cancel_note(queued).to_owned());
+                tx.close(&mut task, now_ms)?;
+            } else {
+                task.cancel_requested = true;
+            }
+            if !queued {
+                tx.cancels.insert(agent_task_key(&task.app_id, id), &[])?;
+            }
+            tx.put_task(&task)?;
+            Ok(CancelOutcome { task, tell_agent: !queued })
+        })
+    }
+
+    /// Ids of `app_id`'s tasks that it must stop.
+    pub fn pending_cancels(&self, app_id: &str) -> Result<Vec<TaskId>, StoreError> {
+        let prefix = agent_prefix(app_id);
+        self.cancels.scan_prefix(&prefix).keys().map(|k| task_id_from(&k?[prefix.len()..])).collect()
+    }
+}
+
+fn cancel_note(queued: bool) -> &'static str {
+    if queued {
+        "cancelled before it was delivered"
+    } else {
+        "cancelled by force on the server; its agent was told to stop it"
+    }
+}
+
+/// The task `id`, checked to belong to `app_id`.
+pub(super) fn owned_task(tx: &Tx<'_>, app_id: &str, id: TaskId) -> Result<TaskRecord, TxError<ReportError>> {
+    let Some(task) = tx.task::<ReportError>(id)? else { return abort(ReportError::UnknownTask(id)) };
+    if task.app_id != app_id {
+        return abort(ReportError::NotYours(id));
+    }
+    Ok(task)
+}

@@ -1,0 +1,300 @@
+//! Unit tests of the sled store: FIFO order, idempotent enqueue, report transitions, output
+//! chunks and the cap, cancels, deadlines, retention, reopening.
+
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::protocol::task::new_task_id;
+
+const MINUTE: i64 = 60_000;
+
+fn open_with(policy: Policy) -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 8 * 1024 * 1024, policy).unwrap();
+    (dir, store)
+}
+
+fn open() -> (tempfile::TempDir, Store) {
+    open_with(Policy::default())
+}
+
+fn agent(app_id: &str) -> AgentRecord {
+    AgentRecord {
+        app_id: app_id.into(),
+        secret: "s".into(),
+        labels: BTreeMap::new(),
+        version: None,
+        hostname: None,
+        registered_at_ms: 1,
+        last_seen_ms: 1,
+        processed_task_count: 0,
+    }
+}
+
+fn spec(app_id: &str) -> TaskSpec<'_> {
+    TaskSpec { app_id, task_type: "ping", payload: "", timeout_secs: 60, ttl_secs: 3600 }
+}
+
+fn queued(store: &Store, app_id: &str, n: usize) -> Vec<TaskId> {
+    let mut tasks: Vec<TaskRecord> =
+        (0..n).map(|_| TaskRecord::new(spec(app_id), new_task_id(), 10)).collect();
+    store.enqueue(&mut tasks).unwrap();
+    tasks.iter().map(|t| t.id).collect()
+}
+
+fn take(store: &Store, app_id: &str) -> Option<TaskRecord> {
+    store.take_next(app_id, Delivery::Acknowledged, 20).unwrap()
+}
+
+fn outcome(status: TaskStatus, stdout: &str) -> Outcome {
+    Outcome {
+        status,
+        exit_code: Some(0),
+        error: None,
+        duration_ms: Some(3),
+        output: vec![(Stream::Stdout, stdout.as_bytes().to_vec())],
+    }
+}
+
+fn success(stdout: &str) -> Outcome {
+    outcome(TaskStatus::Succeeded, stdout)
+}
+
+fn status(store: &Store, id: TaskId) -> TaskStatus {
+    store.task(id).unwrap().unwrap().status
+}
+
+#[test]
+fn queues_are_fifo_per_agent_and_separate() {
+    let (_dir, store) = open();
+    let a = queued(&store, "a", 3);
+    let b = queued(&store, "b", 1);
+    let taken: Vec<TaskId> = std::iter::from_fn(|| take(&store, "a")).map(|t| t.id).collect();
+    assert_eq!(taken, a);
+    let only_b = take(&store, "b").unwrap();
+    assert_eq!(only_b.id, b[0]);
+    assert_eq!(only_b.status, TaskStatus::Delivered);
+    assert!(take(&store, "b").is_none());
+}
+
+#[test]
+fn enqueue_with_the_same_id_twice_stores_it_once() {
+    let (_dir, store) = open();
+    let mut task = vec![TaskRecord::new(spec("a"), new_task_id(), 10)];
+    store.enqueue(&mut task).unwrap();
+    store.enqueue(&mut task).unwrap();
+    assert!(take(&store, "a").is_some());
+    assert!(take(&store, "a").is_none());
+}
+
+#[test]
+fn report_moves_the_task_and_stores_output_in_chunks() {
+    let (_dir, store) = open();
+    store.put_agent(&agent("a")).unwrap();
+    let id = queued(&store, "a", 1)[0];
+    take(&store, "a");
+    let big = "x".repeat(CHUNK_LEN * 2 + 5);
+    let task = store.apply_report("a", id, &success(&big), 30).unwrap();
+    assert_eq!(task.status, TaskStatus::Succeeded);
+    let states: Vec<TaskStatus> = task.history.iter().map(|(s, _)| *s).collect();
+    use TaskStatus::*;
+    assert_eq!(states, vec![Queued, Delivered, Running, Succeeded]);
+    assert_eq!(task.output.next_seq, 3);
+    assert_eq!(store.output_text(&task, Stream::Stdout, usize::MAX).unwrap(), big.as_bytes());
+    assert_eq!(store.output_text(&task, Stream::Stdout, 10).unwrap().len(), 10);
+    assert_eq!(store.agent("a").unwrap().unwrap().processed_task_count, 1);
+}
+
+#[test]
+fn repeated_report_is_accepted_and_conflicting_one_refused() {
+    let (_dir, store) = open();
+    store.put_agent(&agent("a")).unwrap();
+    let id = queued(&store, "a", 1)[0];
+    take(&store, "a");
+    store.apply_report("a", id, &success("one"), 30).unwrap();
+    let again = store.apply_report("a", id, &success("two"), 31).unwrap();
+    assert_eq!(store.output_text(&again, Stream::Stdout, 100).unwrap(), b"one");
+    assert_eq!(store.agent("a").unwrap().unwrap().processed_task_count, 1);
+    let err = store.apply_report("a", id, &outcome(TaskStatus::Failed, ""), 32).unwrap_err();
+    assert!(matches!(err, ReportError::AlreadyFinished { status: TaskStatus::Succeeded, .. }), "{err}");
+}
+
+#[test]
+fn reports_for_unknown_or_foreign_tasks_are_refused() {
+    let (_dir, store) = open();
+    let id = queued(&store, "a", 1)[0];
+    assert!(matches!(store.apply_report("b", id, &success(""), 30), Err(ReportError::NotYours(_))));
+    let unknown = new_task_id();
+    assert!(matches!(store.apply_report("a", unknown, &success(""), 30), Err(ReportError::UnknownTask(_))));
+    assert_eq!(status(&store, id), TaskStatus::Queued);
+}
+
+#[test]
+fn a_report_for_a_still_queued_task_takes_it_out_of_the_queue() {
+    let (_dir, store) = open();
+    let id = queued(&store, "a", 1)[0];
+    store.apply_report("a", id, &success("ran"), 30).unwrap();
+    assert!(take(&store, "a").is_none(), "a task that ran must not be handed out again");
+}
+
+#[test]
+fn chunks_are_stored_once_in_order() {
+    let (_dir, store) = open();
+    let id = queued(&store, "a", 1)[0];
+    take(&store, "a");
+    store.store_chunk("a", id, 0, Stream::Stdout, b"one ", 30).unwrap();
+    store.store_chunk("a", id, 0, Stream::Stdout, b"one ", 31).unwrap(); // a retry
+    let skipped = store.store_chunk("a", id, 2, Stream::Stdout, b"three", 32).unwrap_err();
+    assert!(matches!(skipped, ReportError::OutOfOrder { seq: 2, expected: 1, .. }), "{skipped}");
+    store.store_chunk("a", id, 1, Stream::Stderr, b"oops", 33).unwrap();
+    let task = store.task(id).unwrap().unwrap();
+    assert_eq!(task.status, TaskStatus::Running, "a chunk shows the task runs");
+    assert_eq!(store.output_text(&task, Stream::Stdout, 100).unwrap(), b"one ");
+    assert_eq!(store.output_text(&task, Stream::Stderr, 100).unwrap(), b"oops");
+    let seqs: Vec<u32> = store.chunks(id, 0, usize::MAX).unwrap().iter().map(|c| c.seq).collect();
+    assert_eq!(seqs, vec![0, 1]);
+}
+
+#[test]
+fn output_over_the_cap_keeps_head_and_tail_and_counts_the_rest() {
+    let cap = 4 * CHUNK_LEN as u64;
+    let (_dir, store) = open_with(Policy { output_cap: cap, ..Policy::default() });
+    let id = queued(&store, "a", 1)[0];
+    take(&store, "a");
+    for seq in 0..10u32 {
+        let data = vec![b'0' + seq as u8; CHUNK_LEN];
+        store.store_chunk("a", id, seq, Stream::Stdout, &data, 30).unwrap();
+    }
+    let task = store.task(id).unwrap().unwrap();
+    let kept: Vec<u32> = store.chunks(id, 0, usize::MAX).unwrap().iter().map(|c| c.seq).collect();
+    assert_eq!(kept, vec![0, 1, 8, 9], "head 0-1 and tail 8-9 within the cap");
+    assert_eq!(task.output.dropped_bytes, 6 * CHUNK_LEN as u64);
+    let text = store.output_text(&task, Stream::Stdout, usize::MAX).unwrap();
+    let note = format!("[orange: {} bytes of output dropped]", 6 * CHUNK_LEN);
+    assert!(String::from_utf8_lossy(&text).contains(&note));
+    assert!(text.ends_with(&vec![b'9'; CHUNK_LEN]));
+}
+
+#[test]
+fn cancel_withdraws_a_queued_task_and_marks_a_running_one() {
+    let (_dir, store) = open();
+    let ids = queued(&store, "a", 2);
+    let first = take(&store, "a").unwrap().id;
+    assert_eq!(first, ids[0]);
+    let withdrawn = store.cancel(ids[1], false, 30).unwrap();
+    assert_eq!((withdrawn.task.status, withdrawn.tell_agent), (TaskStatus::Cancelled, false));
+    assert!(take(&store, "a").is_none(), "a cancelled task is not handed out");
+    let asked = store.cancel(first, false, 31).unwrap();
+    assert_eq!(
+        (asked.task.status, asked.task.cancel_requested, asked.tell_agent),
+        (TaskStatus::Delivered, true, true)
+    );
+    assert_eq!(store.pending_cancels("a").unwrap(), vec![first]);
+    store.apply_report("a", first, &outcome(TaskStatus::Cancelled, "partial"), 32).unwrap();
+    assert!(store.pending_cancels("a").unwrap().is_empty());
+    let err = store.cancel(first, false, 33).unwrap_err();
+    assert!(matches!(err, ReportError::AlreadyFinished { status: TaskStatus::Cancelled, .. }));
+}
+
+#[test]
+fn forced_cancel_ends_at_once_and_still_tells_the_agent() {
+    let (_dir, store) = open();
+    let id = queued(&store, "a", 1)[0];
+    take(&store, "a");
+    let forced = store.cancel(id, true, 30).unwrap();
+    assert_eq!(forced.task.status, TaskStatus::Cancelled);
+    assert_eq!(store.pending_cancels("a").unwrap(), vec![id]);
+    // The agent confirms later: accepted as a repeat, and the pending cancel is gone.
+    store.apply_report("a", id, &outcome(TaskStatus::Cancelled, ""), 40).unwrap();
+    assert!(store.pending_cancels("a").unwrap().is_empty());
+}
+
+#[test]
+fn an_unacknowledged_delivery_is_handed_out_again_at_the_front() {
+    let (_dir, store) = open();
+    let ids = queued(&store, "a", 2);
+    take(&store, "a");
+    let ack_deadline = 20 + Policy::default().ack_window_ms;
+    assert!(store.sweep_deadlines(ack_deadline - 1).unwrap().is_empty());
+    let swept = store.sweep_deadlines(ack_deadline).unwrap();
+    assert_eq!((swept.len(), swept[0].requeued), (1, true));
+    assert_eq!(take(&store, "a").unwrap().id, ids[0], "back at the front of the queue");
+    let task = store.task(ids[0]).unwrap().unwrap();
+    let states: Vec<TaskStatus> = task.history.iter().map(|(s, _)| *s).collect();
+    use TaskStatus::*;
+    assert_eq!(states, vec![Queued, Delivered, Queued, Delivered]);
+}
+
+#[test]
+fn an_acknowledged_task_is_not_handed_out_again_and_ends_lost_when_silent() {
+    let (_dir, store) = open();
+    let id = queued(&store, "a", 1)[0];
+    take(&store, "a");
+    store.apply_report("a", id, &outcome(TaskStatus::Running, ""), 25).unwrap();
+    assert!(store.sweep_deadlines(25 + MINUTE).unwrap().is_empty(), "running within its timeout");
+    let end = 25 + 60_000 + Policy::default().lost_grace_ms;
+    let swept = store.sweep_deadlines(end).unwrap();
+    assert_eq!(swept[0].task.status, TaskStatus::Lost);
+    assert!(take(&store, "a").is_none());
+}
+
+#[test]
+fn a_legacy_delivery_is_never_handed_out_again() {
+    let (_dir, store) = open();
+    let id = queued(&store, "a", 1)[0];
+    store.take_next("a", Delivery::Legacy, 20).unwrap().unwrap();
+    let swept = store.sweep_deadlines(20 + 60_000 + Policy::default().lost_grace_ms).unwrap();
+    assert_eq!((swept[0].task.id, swept[0].task.status, swept[0].requeued), (id, TaskStatus::Lost, false));
+}
+
+#[test]
+fn a_task_never_delivered_expires_after_its_ttl() {
+    let (_dir, store) = open();
+    let id = queued(&store, "a", 1)[0];
+    let swept = store.sweep_deadlines(10 + 3_600_000).unwrap();
+    assert_eq!(swept[0].task.status, TaskStatus::Expired);
+    assert_eq!(status(&store, id), TaskStatus::Expired);
+    assert!(take(&store, "a").is_none());
+}
+
+#[test]
+fn retention_removes_finished_tasks_with_their_output_and_silent_agents() {
+    let (_dir, store) = open();
+    store.put_agent(&agent("a")).unwrap();
+    let ids = queued(&store, "a", 2);
+    take(&store, "a");
+    store.apply_report("a", ids[0], &success("bye"), 30).unwrap();
+    assert_eq!(store.sweep_finished(30).unwrap(), 0, "kept until the cutoff passes");
+    assert_eq!(store.sweep_finished(31).unwrap(), 1);
+    assert!(store.task(ids[0]).unwrap().is_none());
+    assert!(store.chunks(ids[0], 0, usize::MAX).unwrap().is_empty());
+    assert_eq!(store.tasks(Some("a"), 10).unwrap().len(), 1, "the queued one stays");
+    assert!(store.forget_silent_agents(100).unwrap().is_empty(), "an agent with queued work stays");
+    store.sweep_deadlines(10 + 3_600_000).unwrap();
+    assert_eq!(store.forget_silent_agents(100).unwrap(), vec!["a".to_owned()]);
+}
+
+#[tokio::test]
+async fn durable_writes_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = {
+        let store = Store::open(dir.path(), 8 * 1024 * 1024, Policy::default()).unwrap();
+        let ids = queued(&store, "a", 2);
+        store.durable().await.unwrap();
+        ids
+    };
+    let store = Store::open(dir.path(), 8 * 1024 * 1024, Policy::default()).unwrap();
+    let listed: Vec<TaskId> = store.tasks(Some("a"), 10).unwrap().iter().map(|t| t.id).collect();
+    assert_eq!(listed, vec![ids[1], ids[0]], "newest first");
+    assert_eq!(store.tasks(None, 1).unwrap()[0].id, ids[1]);
+}
+
+#[test]
+fn touch_updates_last_seen_only_after_the_gap() {
+    let (_dir, store) = open();
+    store.put_agent(&agent("a")).unwrap();
+    store.touch_agent("a", 1_000, 5_000).unwrap();
+    assert_eq!(store.agent("a").unwrap().unwrap().last_seen_ms, 1);
+    store.touch_agent("a", 10_000, 5_000).unwrap();
+    assert_eq!(store.agent("a").unwrap().unwrap().last_seen_ms, 10_000);
+}

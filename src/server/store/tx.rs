@@ -1,0 +1,128 @@
+//! Keys of every tree and the transaction view over all of them, with the small moves that
+//! keep the indexes in step with a task record (queue entry, deadline, finished index).
+
+use sled::transaction::{ConflictableTransactionError, TransactionalTree};
+
+use super::StoreError;
+use super::records::{AgentRecord, TaskRecord};
+use crate::protocol::TaskId;
+use crate::server::codec;
+
+/// An error inside a transaction: aborts it with `E`.
+pub type TxError<E> = ConflictableTransactionError<E>;
+
+/// Aborts the transaction with `e`.
+pub fn abort<T, E>(e: impl Into<E>) -> Result<T, TxError<E>> {
+    Err(ConflictableTransactionError::Abort(e.into()))
+}
+
+/// `app_id`, 0: the prefix of an agent's queue and task index.
+pub fn agent_prefix(app_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(app_id.len() + 17);
+    key.extend_from_slice(app_id.as_bytes());
+    key.push(0);
+    key
+}
+
+/// Key of a queue entry.
+pub fn queue_key(app_id: &str, seq: u64) -> Vec<u8> {
+    let mut key = agent_prefix(app_id);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// Key of an agent's task (task index and pending cancels).
+pub fn agent_task_key(app_id: &str, id: TaskId) -> Vec<u8> {
+    let mut key = agent_prefix(app_id);
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// Key of a time index entry: big-endian time, then the task id.
+pub fn time_key(ms: i64, id: TaskId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(24);
+    key.extend_from_slice(&ms.max(0).to_be_bytes());
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// Key of an output chunk.
+pub fn chunk_key(id: TaskId, seq: u32) -> Vec<u8> {
+    let mut key = id.as_bytes().to_vec();
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// Reads a task id from 16 bytes.
+pub fn task_id_from(bytes: &[u8]) -> Result<TaskId, StoreError> {
+    TaskId::from_slice(bytes)
+        .map_err(|_| StoreError::Codec(codec::CodecError::Corrupt("task id is not 16 bytes".into())))
+}
+
+/// Every tree, inside one transaction.
+pub struct Tx<'a> {
+    /// Task records.
+    pub tasks: &'a TransactionalTree,
+    /// Per-agent FIFO queues.
+    pub queue: &'a TransactionalTree,
+    /// Per-agent task index.
+    pub by_agent: &'a TransactionalTree,
+    /// Output chunks.
+    pub output: &'a TransactionalTree,
+    /// Agent records.
+    pub agents: &'a TransactionalTree,
+    /// Deadline index.
+    pub deadlines: &'a TransactionalTree,
+    /// Finish-time index (retention).
+    pub finished: &'a TransactionalTree,
+    /// Pending cancels per agent.
+    pub cancels: &'a TransactionalTree,
+}
+
+impl Tx<'_> {
+    /// The task `id`, if stored.
+    pub fn task<E: From<StoreError>>(&self, id: TaskId) -> Result<Option<TaskRecord>, TxError<E>> {
+        self.tasks.get(id.as_bytes())?.map(|bytes| decode(&bytes)).transpose()
+    }
+
+    /// Writes a task record.
+    pub fn put_task<E>(&self, task: &TaskRecord) -> Result<(), TxError<E>> {
+        self.tasks.insert(task.id.as_bytes(), codec::encode(task))?;
+        Ok(())
+    }
+
+    /// Moves the task's indexed deadline to `deadline_ms` (0: none).
+    pub fn set_deadline<E>(&self, task: &mut TaskRecord, deadline_ms: i64) -> Result<(), TxError<E>> {
+        if task.deadline_ms != 0 {
+            self.deadlines.remove(time_key(task.deadline_ms, task.id))?;
+        }
+        if deadline_ms != 0 {
+            self.deadlines.insert(time_key(deadline_ms, task.id), &[])?;
+        }
+        task.deadline_ms = deadline_ms;
+        Ok(())
+    }
+
+    /// Bookkeeping of a task that just reached a final state: no deadline, no pending cancel,
+    /// an entry in the finished index, and one more processed task for its agent.
+    pub fn close<E: From<StoreError>>(&self, task: &mut TaskRecord, now_ms: i64) -> Result<(), TxError<E>> {
+        self.set_deadline(task, 0)?;
+        task.cancel_requested = false;
+        self.cancels.remove(agent_task_key(&task.app_id, task.id))?;
+        self.finished.insert(time_key(now_ms, task.id), &[])?;
+        self.count_processed(&task.app_id)
+    }
+
+    fn count_processed<E: From<StoreError>>(&self, app_id: &str) -> Result<(), TxError<E>> {
+        let Some(bytes) = self.agents.get(app_id)? else { return Ok(()) };
+        let mut agent: AgentRecord = decode(&bytes)?;
+        agent.processed_task_count += 1;
+        self.agents.insert(app_id.as_bytes(), codec::encode(&agent))?;
+        Ok(())
+    }
+}
+
+/// Decodes a stored value inside a transaction, aborting it on a corrupt value.
+pub fn decode<T: serde::de::DeserializeOwned, E: From<StoreError>>(bytes: &[u8]) -> Result<T, TxError<E>> {
+    codec::decode(bytes).map_err(|e| ConflictableTransactionError::Abort(StoreError::from(e).into()))
+}
