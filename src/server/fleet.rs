@@ -302,7 +302,7 @@ impl Fleet {
             })
             .await?;
         let chunks = self.store.chunks(id, after, PAGE_BYTES)?;
-        let next = chunks.last().map_or(after.max(task.output.tail_oldest.min(after)), |c| c.seq + 1);
+        let next = chunks.last().map_or(after, |c| c.seq + 1);
         let done = task.status.is_final() && next >= task.output.next_seq;
         Ok(OutputPage {
             chunks: chunks.into_iter().map(chunk_view).collect(),
