@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use thiserror::Error;
 
 use crate::protocol::admin::ApiError;
-use crate::protocol::sign::time_header;
+use crate::protocol::sign::{Canonical, SIGN_VERSION_2, new_nonce, time_header};
 use crate::protocol::wire::{
     self, CODE_NO_TASK, CODE_OK, OutputAck, OutputChunk, PollControl, RegisterReply,
 };
@@ -131,6 +131,9 @@ impl AgentClient {
     ) -> Result<Envelope<T>, ClientError> {
         let url = format!("{}{}", self.base, path);
         let time = time_header(chrono::Utc::now());
+        let nonce = new_nonce();
+        let canonical =
+            Canonical { method: "POST", path, app_id: &self.app_id, time: &time, nonce: &nonce, body };
         let mut request = self.http.post(&url);
         if let Some(capacity) = capacity {
             request = request.header(wire::HEADER_CAPACITY, capacity.to_string());
@@ -138,7 +141,9 @@ impl AgentClient {
         let request = request
             .header(wire::HEADER_APPID, &self.app_id)
             .header(wire::HEADER_TIME, &time)
-            .header(wire::HEADER_SIGN, signer.sign(&self.app_id, body, &time))
+            .header(wire::HEADER_SIGN_VERSION, SIGN_VERSION_2)
+            .header(wire::HEADER_NONCE, &nonce)
+            .header(wire::HEADER_SIGN, signer.sign_v2(&canonical))
             .content_type("application/json")
             .send(body);
         let (status, bytes) = exchange(&url, request)?;

@@ -378,6 +378,9 @@ fn conflicting_report_after_success_is_refused_and_a_repeat_accepted() {
         assert_eq!(envelope["message"], format!("task {id} already finished as succeeded"));
     }
     // The Go client retries a report whose answer it lost: the same final report is accepted.
+    // Its signature covers the time to the second, so a retry a second later is a new request
+    // (the very same bytes again would be refused as a replay).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let repeat = f.agent.report(&go_report(&f.delivered, "success", "first"));
     assert_eq!(repeat, json!({"code": 0, "message": "task status updated successfully", "data": null}));
     let after = f.state();

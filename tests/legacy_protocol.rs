@@ -108,7 +108,10 @@ fn register_again_keeps_the_agent_and_counts() {
     let wire = agent.take(&task.task_id);
     assert_eq!(agent.report(&go_report(&wire, "success", "ok"))["code"], 0);
 
-    // The original client registers again on every start.
+    // The original client registers again on every start (a process start later: the legacy
+    // signature covers the time to the second, so the same register within one second would be
+    // the same request, refused as a replay).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let again = agent.register();
     assert_eq!(again["code"], 0, "{again}");
     assert_eq!(again["data"]["processed_task_count"], 1, "{again}");

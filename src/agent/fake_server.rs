@@ -165,7 +165,16 @@ fn verified(state: &State, request: &Request, key: &str) -> bool {
     let header = |name: &str| request.headers.get(&name.to_ascii_lowercase()).cloned().unwrap_or_default();
     let (app, time, sign) =
         (header(wire::HEADER_APPID), header(wire::HEADER_TIME), header(wire::HEADER_SIGN));
-    let ok = Signer::new(key).verify(&app, &request.body, &time, &sign).is_ok();
+    let nonce = header(wire::HEADER_NONCE);
+    let canonical = crate::protocol::sign::Canonical {
+        method: "POST",
+        path: &request.path,
+        app_id: &app,
+        time: &time,
+        nonce: &nonce,
+        body: &request.body,
+    };
+    let ok = Signer::new(key).verify_v2(&canonical, &sign).is_ok();
     if !ok {
         state.lock().bad_signatures += 1;
     }

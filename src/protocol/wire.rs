@@ -24,6 +24,10 @@ pub const HEADER_APPID: &str = "X-FORGE-APPID";
 pub const HEADER_TIME: &str = "X-FORGE-TIME";
 /// Header carrying the lowercase hex HMAC-SHA256 signature.
 pub const HEADER_SIGN: &str = "X-FORGE-SIGN";
+/// Header announcing the version-2 canonical signature (value `2`); absent for the legacy scheme.
+pub const HEADER_SIGN_VERSION: &str = "X-ORANGE-SIGN-VERSION";
+/// Header carrying the random nonce of a version-2 signature.
+pub const HEADER_NONCE: &str = "X-ORANGE-NONCE";
 /// getTask header of orange agents: how many tasks the agent can start now. `0` asks the server
 /// to hand out no task and answer only control messages (cancels). Absent (original clients)
 /// means 1.

@@ -12,6 +12,7 @@ use tracing::{info, warn};
 
 use super::ServerConfig;
 use super::dispatch::Dispatch;
+use super::guard::{FailureLimiter, forget_old_uses};
 use super::store::{
     AgentRecord, Chunk, ChunkAck, Delivery, Outcome, Policy, ReportError, Store, StoreError, Stream,
     TaskRecord, TaskSpec,
@@ -84,6 +85,8 @@ pub struct Fleet {
     pub dispatch: Dispatch,
     /// Server settings.
     pub config: ServerConfig,
+    /// Failed signatures per source.
+    pub failures: FailureLimiter,
 }
 
 fn now_ms() -> i64 {
@@ -385,6 +388,7 @@ impl Fleet {
                 break;
             }
         }
+        forget_old_uses(&self.store, now_ms() / 1000)?;
         let forgotten = self.store.forget_silent_agents(cutoff)?;
         if removed > 0 || !forgotten.is_empty() {
             info!(tasks = removed, agents = forgotten.len(), "retention removed old records");

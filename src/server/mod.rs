@@ -5,6 +5,7 @@ pub mod codec;
 pub mod commit;
 pub mod dispatch;
 pub mod fleet;
+pub mod guard;
 pub mod http;
 pub mod store;
 

@@ -4,21 +4,22 @@
 //! The body is read under a size limit and its signature verified before it is parsed.
 
 use axum::Json;
-use axum::body::{Body, Bytes};
-use axum::extract::State;
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use chrono::Utc;
 use serde::Serialize;
 use tracing::{debug, info, warn};
 
 use super::AppState;
+use super::agent_auth::{agent_call, verified};
 use crate::protocol::Signer;
-use crate::protocol::sign::check_time;
 use crate::protocol::wire::{
-    self, CODE_ERROR, CODE_NO_TASK, Envelope, HEADER_APPID, HEADER_SIGN, HEADER_TIME, OutputAck, OutputChunk,
-    PollControl, RegisterReply, RegisterRequest, ReportRequest,
+    self, CODE_ERROR, CODE_NO_TASK, Envelope, HEADER_APPID, OutputAck, OutputChunk, PollControl,
+    RegisterReply, RegisterRequest, ReportRequest,
 };
 use crate::server::fleet::{FleetError, PollResult, wire_task};
 use crate::server::store::AgentRecord;
@@ -36,13 +37,6 @@ pub fn routes() -> axum::Router<AppState> {
         })
 }
 
-/// The three signing headers of a request.
-struct Signed {
-    app_id: String,
-    time: String,
-    sign: String,
-}
-
 fn reply<T: Serialize>(envelope: Envelope<T>) -> Response {
     Json(envelope).into_response()
 }
@@ -51,52 +45,20 @@ fn refuse(message: impl Into<String>) -> Response {
     reply(Envelope::<()>::empty(CODE_ERROR, message))
 }
 
-fn signed_headers(headers: &HeaderMap) -> Result<Signed, String> {
-    let get =
-        |name| headers.get(name).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()).map(str::to_owned);
-    match (get(HEADER_APPID), get(HEADER_TIME), get(HEADER_SIGN)) {
-        (Some(app_id), Some(time), Some(sign)) => Ok(Signed { app_id, time, sign }),
-        _ => Err("appid, sign, and time are required".to_owned()),
-    }
-}
+/// Where a request came from (for the failed-signature limit).
+type Peer = ConnectInfo<SocketAddr>;
 
-async fn read_body(body: Body) -> Result<Bytes, String> {
-    axum::body::to_bytes(body, wire::MAX_AGENT_BODY)
-        .await
-        .map_err(|_| format!("request body is larger than {} bytes or was cut off", wire::MAX_AGENT_BODY))
-}
-
-/// Reads the body and checks the headers, the time and the signature against `key`.
-async fn verified(headers: &HeaderMap, body: Body, key: &Signer) -> Result<(Signed, Bytes), String> {
-    let signed = signed_headers(headers)?;
-    let body = read_body(body).await?;
-    check_time(&signed.time, Utc::now()).map_err(|e| e.to_string())?;
-    key.verify(&signed.app_id, &body, &signed.time, &signed.sign)
-        .map_err(|e| format!("{e} for app id {:?}", signed.app_id))?;
-    Ok((signed, body))
-}
-
-/// Authenticates a call signed with an agent's own secret.
-async fn agent_call(
-    state: &AppState,
-    headers: &HeaderMap,
+async fn register(
+    State(state): State<AppState>,
+    ConnectInfo(peer): Peer,
+    headers: HeaderMap,
     body: Body,
-) -> Result<(AgentRecord, Bytes), String> {
-    let signed = signed_headers(headers)?;
-    wire::check_app_id(&signed.app_id)?;
-    let agent = state.known_agent(&signed.app_id).map_err(|e| e.to_string())?;
-    let (_, body) = verified(headers, body, &Signer::new(&agent.secret)).await?;
-    if let Err(e) = state.touch(&agent.app_id) {
-        warn!(agent = %agent.app_id, error = %e, "cannot record last seen");
-    }
-    Ok((agent, body))
-}
-
-async fn register(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+) -> Response {
     let enroll = Signer::new(&state.config.enroll_key);
-    let (signed, body) = match verified(&headers, body, &enroll).await {
+    let (signed, body) = match verified(&state, peer.ip(), wire::REGISTER_PATH, &headers, body, &enroll).await
+    {
         Ok(ok) => ok,
-        Err(message) => return refused("register", message),
+        Err(refusal) => return refused("register", refusal.message),
     };
     let request: RegisterRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,
@@ -130,20 +92,36 @@ fn refused(endpoint: &str, message: String) -> Response {
     refuse(message)
 }
 
-async fn ping(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    match agent_call(&state, &headers, body).await {
+async fn ping(
+    State(state): State<AppState>,
+    ConnectInfo(peer): Peer,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match agent_call(&state, peer.ip(), wire::PING_PATH, &headers, body).await {
         Ok((agent, _)) => {
             debug!(agent = %agent.app_id, "ping");
             reply(Envelope::ok("pong", "pong"))
         }
-        Err(message) => refused("ping", message),
+        Err(refusal) => refused("ping", refusal.message),
     }
 }
 
-async fn get_task(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let agent = match agent_call(&state, &headers, body).await {
+async fn get_task(
+    State(state): State<AppState>,
+    ConnectInfo(peer): Peer,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let agent = match agent_call(&state, peer.ip(), wire::GET_TASK_PATH, &headers, body).await {
         Ok((agent, _)) => agent,
-        Err(message) => return refused("getTask", message),
+        // A replayed getTask gets nothing; code 2 keeps an original client (which exits on
+        // code 1) polling in case the replay was its own clock's doing.
+        Err(refusal) if refusal.replay => {
+            warn!(message = %refusal.message, "replayed getTask refused");
+            return reply(Envelope::<()>::empty(CODE_NO_TASK, refusal.message));
+        }
+        Err(refusal) => return refused("getTask", refusal.message),
     };
     let capacity = match capacity(&headers) {
         Ok(capacity) => capacity,
@@ -187,10 +165,15 @@ fn short(text: &str) -> String {
     text.chars().take(40).collect()
 }
 
-async fn output(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let (agent, body) = match agent_call(&state, &headers, body).await {
+async fn output(
+    State(state): State<AppState>,
+    ConnectInfo(peer): Peer,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let (agent, body) = match agent_call(&state, peer.ip(), wire::OUTPUT_PATH, &headers, body).await {
         Ok(ok) => ok,
-        Err(message) => return refused("output", message),
+        Err(refusal) => return refused("output", refusal.message),
     };
     let chunk: OutputChunk = match serde_json::from_slice(&body) {
         Ok(chunk) => chunk,
@@ -203,10 +186,15 @@ async fn output(State(state): State<AppState>, headers: HeaderMap, body: Body) -
     }
 }
 
-async fn report_task(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let (agent, body) = match agent_call(&state, &headers, body).await {
+async fn report_task(
+    State(state): State<AppState>,
+    ConnectInfo(peer): Peer,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let (agent, body) = match agent_call(&state, peer.ip(), wire::REPORT_TASK_PATH, &headers, body).await {
         Ok(ok) => ok,
-        Err(message) => return refused("reportTask", message),
+        Err(refusal) => return refused("reportTask", refusal.message),
     };
     let report: ReportRequest = match serde_json::from_slice(&body) {
         Ok(report) => report,

@@ -4,8 +4,10 @@
 
 mod admin_api;
 mod agent_api;
+mod agent_auth;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -16,6 +18,7 @@ use tokio::sync::watch;
 use super::ServerConfig;
 use super::dispatch::Dispatch;
 use super::fleet::{Fleet, policy};
+use super::guard::FailureLimiter;
 use super::store::Store;
 
 /// Shared state of every handler.
@@ -37,10 +40,15 @@ pub async fn serve(
     let store = Store::open(&config.data_dir, config.cache_capacity_bytes, policy(&config))
         .with_context(|| format!("cannot open the database in {}", config.data_dir.display()))?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let fleet = Arc::new(Fleet { store, dispatch: Dispatch::new(stop_rx), config });
+    let fleet = Arc::new(Fleet {
+        store,
+        dispatch: Dispatch::new(stop_rx),
+        config,
+        failures: FailureLimiter::default(),
+    });
     let sweeper = tokio::spawn(Arc::clone(&fleet).sweep_loop());
     let app = router(Arc::clone(&fleet), &admin_token);
-    axum::serve(listener, app)
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("stopping: answering parked polls and finishing requests");

@@ -13,11 +13,13 @@
 //!   looked at (queue expiry, ack window, end of run); the sweeper reads only what is due
 //! - `finished`:  time (i64 BE ms), task id → empty: finished tasks, oldest first, for retention
 //! - `cancels`:   app id, 0, task id → empty: cancels its agent has not confirmed yet
+//! - `seen`:      signing time (i64 BE s), request digest (u64) → empty: signed requests used
 //!
 //! Writes are applied in memory first; [`Store::durable`] returns once they are on stable storage.
 
 mod output;
 mod records;
+mod seen;
 mod sweep;
 mod tasks;
 mod tx;
@@ -112,6 +114,7 @@ pub struct Store {
     deadlines: sled::Tree,
     finished: sled::Tree,
     cancels: sled::Tree,
+    seen: sled::Tree,
     policy: Policy,
     committer: Committer,
 }
@@ -147,6 +150,7 @@ impl Store {
             deadlines: db.open_tree("deadlines")?,
             finished: db.open_tree("finished")?,
             cancels: db.open_tree("cancels")?,
+            seen: db.open_tree("seen")?,
             db,
             policy,
             committer,

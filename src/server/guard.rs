@@ -1,0 +1,150 @@
+//! Guards of the agent endpoints against abuse. Replay protection: every signed request is
+//! accepted once; the store remembers a digest of each accepted request's identity (the app id
+//! and nonce for version-2 signatures, the signature itself for legacy ones) until its time
+//! leaves the signing window, across restarts. And a per-source limit on failed signatures, so
+//! a source cannot try secrets at line rate.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use super::store::{Store, StoreError};
+use crate::protocol::sign::TIME_WINDOW_SECS;
+
+/// Failed signatures one source may send per minute before it is refused outright.
+pub const MAX_FAILURES_PER_MINUTE: u32 = 30;
+
+/// Why a request was refused as a replay.
+#[derive(Debug, Error)]
+pub enum ReplayError {
+    /// The same request was accepted before.
+    #[error("this signed request was already used; replays are refused")]
+    Seen,
+    /// The record of used requests could not be read or written.
+    #[error("cannot check for a replay: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// The identity of a signed request: a digest of its parts, each length-prefixed so that no two
+/// different part lists give the same bytes.
+pub fn request_digest(parts: &[&[u8]]) -> u64 {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part);
+    }
+    let digest = hasher.finalize();
+    // The first 8 bytes of SHA-256 collide with odds of 2^-64 per pair: good enough to key on.
+    u64::from_be_bytes(digest[..8].try_into().unwrap_or([0; 8]))
+}
+
+/// Admits a request identified by `parts`, signed at `sent_secs`, once.
+pub fn admit_once(store: &Store, parts: &[&[u8]], sent_secs: i64) -> Result<(), ReplayError> {
+    if store.first_use(sent_secs, request_digest(parts))? { Ok(()) } else { Err(ReplayError::Seen) }
+}
+
+/// Forgets used requests that left the signing window.
+pub fn forget_old_uses(store: &Store, now_secs: i64) -> Result<usize, StoreError> {
+    store.forget_uses_before(now_secs - TIME_WINDOW_SECS - 1)
+}
+
+/// A source that failed to sign too often.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("too many failed signatures from {address} ({count} this minute); retry in {retry_in} s")]
+pub struct TooManyFailures {
+    /// The source address.
+    pub address: IpAddr,
+    /// Failures counted this minute.
+    pub count: u32,
+    /// Seconds until the minute ends.
+    pub retry_in: i64,
+}
+
+/// Counts failed signatures per source address over one-minute windows.
+#[derive(Default)]
+pub struct FailureLimiter {
+    sources: Mutex<HashMap<IpAddr, (i64, u32)>>,
+}
+
+impl FailureLimiter {
+    /// Refuses a source that failed too often in the minute of `now_secs`.
+    pub fn check(&self, source: IpAddr, now_secs: i64) -> Result<(), TooManyFailures> {
+        let minute = now_secs.div_euclid(60);
+        let sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        match sources.get(&source) {
+            Some(&(m, count)) if m == minute && count >= MAX_FAILURES_PER_MINUTE => {
+                Err(TooManyFailures { address: source, count, retry_in: 60 - now_secs.rem_euclid(60) })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts one failed signature from `source`.
+    pub fn record(&self, source: IpAddr, now_secs: i64) {
+        let minute = now_secs.div_euclid(60);
+        let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        sources.retain(|_, (m, _)| *m == minute);
+        sources.entry(source).or_insert((minute, 0)).1 += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1024 * 1024, crate::server::store::Policy::default()).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn a_request_is_admitted_once() {
+        let (_dir, store) = store();
+        assert!(admit_once(&store, &[b"w1", b"nonce-1"], 1_000).is_ok());
+        assert!(matches!(admit_once(&store, &[b"w1", b"nonce-1"], 1_000), Err(ReplayError::Seen)));
+        assert!(admit_once(&store, &[b"w1", b"nonce-2"], 1_000).is_ok());
+        assert!(admit_once(&store, &[b"w2", b"nonce-1"], 1_000).is_ok(), "another agent's nonce");
+    }
+
+    #[test]
+    fn parts_are_not_confused_by_concatenation() {
+        assert_ne!(request_digest(&[b"ab", b"c"]), request_digest(&[b"a", b"bc"]));
+    }
+
+    #[test]
+    fn uses_are_remembered_across_a_reopen_and_forgotten_out_of_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || Store::open(dir.path(), 1024 * 1024, crate::server::store::Policy::default()).unwrap();
+        {
+            let store = open();
+            admit_once(&store, &[b"old"], 100).unwrap();
+            admit_once(&store, &[b"new"], 500).unwrap();
+        }
+        let store = open();
+        assert!(
+            matches!(admit_once(&store, &[b"new"], 500), Err(ReplayError::Seen)),
+            "a restart forgets nothing"
+        );
+        assert_eq!(forget_old_uses(&store, 500).unwrap(), 1);
+        assert!(matches!(admit_once(&store, &[b"new"], 500), Err(ReplayError::Seen)));
+    }
+
+    #[test]
+    fn a_source_failing_too_often_is_refused_until_the_minute_ends() {
+        let limiter = FailureLimiter::default();
+        let source: IpAddr = [127, 0, 0, 1].into();
+        let other: IpAddr = [127, 0, 0, 2].into();
+        for _ in 0..MAX_FAILURES_PER_MINUTE {
+            assert!(limiter.check(source, 600).is_ok());
+            limiter.record(source, 600);
+        }
+        let refused = limiter.check(source, 630).unwrap_err();
+        assert_eq!((refused.count, refused.retry_in), (MAX_FAILURES_PER_MINUTE, 30));
+        assert!(limiter.check(other, 630).is_ok());
+        assert!(limiter.check(source, 660).is_ok(), "a new minute");
+    }
+}

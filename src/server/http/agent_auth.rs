@@ -1,0 +1,145 @@
+//! Authentication of agent calls: the signing headers, the body read under its limit, the time
+//! window, the signature (legacy or version 2) checked before anything is parsed, replay
+//! protection, and a per-source limit on failed signatures.
+
+use std::net::IpAddr;
+
+use axum::body::{Body, Bytes};
+use axum::http::HeaderMap;
+use chrono::Utc;
+use tracing::warn;
+
+use super::AppState;
+use crate::protocol::Signer;
+use crate::protocol::sign::{Canonical, SIGN_VERSION_2, check_nonce, check_time, parse_time};
+use crate::protocol::wire::{
+    self, HEADER_APPID, HEADER_NONCE, HEADER_SIGN, HEADER_SIGN_VERSION, HEADER_TIME,
+};
+use crate::server::guard::{ReplayError, admit_once};
+use crate::server::store::AgentRecord;
+
+/// Why an agent call was refused.
+#[derive(Debug)]
+pub struct Refusal {
+    /// The specific message for the envelope.
+    pub message: String,
+    /// The request was a replay (getTask answers it "no task" so an original client goes on).
+    pub replay: bool,
+}
+
+impl<T: Into<String>> From<T> for Refusal {
+    fn from(message: T) -> Self {
+        Refusal { message: message.into(), replay: false }
+    }
+}
+
+/// The signing headers of a request.
+pub struct Signed {
+    /// `X-FORGE-APPID`.
+    pub app_id: String,
+    time: String,
+    sign: String,
+    /// The nonce of a version-2 signature; `None` for the legacy scheme.
+    nonce: Option<String>,
+}
+
+fn header(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()).map(str::to_owned)
+}
+
+fn signed_headers(headers: &HeaderMap) -> Result<Signed, Refusal> {
+    let (Some(app_id), Some(time), Some(sign)) =
+        (header(headers, HEADER_APPID), header(headers, HEADER_TIME), header(headers, HEADER_SIGN))
+    else {
+        return Err("appid, sign, and time are required".into());
+    };
+    let nonce = match header(headers, HEADER_SIGN_VERSION).as_deref() {
+        None => None,
+        Some(SIGN_VERSION_2) => {
+            let nonce =
+                header(headers, HEADER_NONCE).ok_or(format!("{HEADER_NONCE} is required with version 2"))?;
+            check_nonce(&nonce).map_err(|e| e.to_string())?;
+            Some(nonce)
+        }
+        Some(other) => {
+            return Err(format!("signature version {:?} is not supported; use 2", short(other)).into());
+        }
+    };
+    Ok(Signed { app_id, time, sign, nonce })
+}
+
+fn short(text: &str) -> String {
+    text.chars().take(40).collect()
+}
+
+async fn read_body(body: Body) -> Result<Bytes, Refusal> {
+    axum::body::to_bytes(body, wire::MAX_AGENT_BODY).await.map_err(|_| {
+        format!("request body is larger than {} bytes or was cut off", wire::MAX_AGENT_BODY).into()
+    })
+}
+
+/// Reads the body and checks the time, the signature against `key`, and that the request is
+/// not a replay.
+pub async fn verified(
+    state: &AppState,
+    source: IpAddr,
+    path: &str,
+    headers: &HeaderMap,
+    body: Body,
+    key: &Signer,
+) -> Result<(Signed, Bytes), Refusal> {
+    state.failures.check(source, Utc::now().timestamp()).map_err(|e| e.to_string())?;
+    let signed = signed_headers(headers)?;
+    let body = read_body(body).await?;
+    let now = Utc::now();
+    check_time(&signed.time, now).map_err(|e| e.to_string())?;
+    let checked = match &signed.nonce {
+        None => key.verify(&signed.app_id, &body, &signed.time, &signed.sign),
+        Some(nonce) => {
+            let canonical = Canonical {
+                method: "POST",
+                path,
+                app_id: &signed.app_id,
+                time: &signed.time,
+                nonce,
+                body: &body,
+            };
+            key.verify_v2(&canonical, &signed.sign)
+        }
+    };
+    if let Err(e) = checked {
+        state.failures.record(source, Utc::now().timestamp());
+        return Err(format!("{e} for app id {:?}", short(&signed.app_id)).into());
+    }
+    admit_signed_once(state, &signed)?;
+    Ok((signed, body))
+}
+
+fn admit_signed_once(state: &AppState, signed: &Signed) -> Result<(), Refusal> {
+    // parse_time succeeded inside check_time, so this is the same value.
+    let sent = parse_time(&signed.time).unwrap_or(0);
+    let identity: [&[u8]; 2] = match &signed.nonce {
+        Some(nonce) => [signed.app_id.as_bytes(), nonce.as_bytes()],
+        None => [signed.app_id.as_bytes(), signed.sign.as_bytes()],
+    };
+    admit_once(&state.store, &identity, sent)
+        .map_err(|e| Refusal { replay: matches!(e, ReplayError::Seen), message: e.to_string() })
+}
+
+/// Authenticates a call signed with an agent's own secret and notes the agent is alive.
+pub async fn agent_call(
+    state: &AppState,
+    source: IpAddr,
+    path: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(AgentRecord, Bytes), Refusal> {
+    let app_id = header(headers, HEADER_APPID).ok_or("appid, sign, and time are required")?;
+    wire::check_app_id(&app_id)?;
+    let agent = state.known_agent(&app_id).map_err(|e| e.to_string())?;
+    let (_, body) = verified(state, source, path, headers, body, &Signer::new(&agent.secret)).await?;
+    if let Err(e) = state.touch(&agent.app_id) {
+        warn!(agent = %agent.app_id, error = %e, "cannot record last seen");
+    }
+    Ok((agent, body))
+}
