@@ -11,7 +11,9 @@ use orange::protocol::Signer;
 use orange::protocol::TaskStatus;
 use orange::protocol::task::new_task_id;
 use orange::server::codec;
-use orange::server::store::{AgentRecord, Delivery, Outcome, Policy, Store, Stream, TaskRecord, TaskSpec};
+use orange::server::store::{
+    AgentRecord, AgentStatus, Delivery, Outcome, Policy, Store, Stream, TaskRecord, TaskSpec,
+};
 
 fn signing(c: &mut Criterion) {
     let signer = Signer::new("0123456789abcdef0123456789abcdef");
@@ -54,6 +56,7 @@ fn store_bench(c: &mut Criterion) {
         registered_at_ms: 0,
         last_seen_ms: 0,
         processed_task_count: 0,
+        status: AgentStatus::Accepted,
     };
     store.put_agent(&agent).unwrap();
     let done = Outcome {

@@ -2,9 +2,16 @@
 //! configs (`ServerConfig`, `AgentConfig`, `OperatorConfig`) and handed to the part that runs them.
 
 pub mod agents;
+pub mod cancel;
+#[cfg(test)]
+mod fake_api;
+pub mod follow;
+pub mod interrupt;
 pub mod operator;
 pub mod output;
+pub mod run;
 pub mod task;
+pub mod wait;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -148,7 +148,16 @@ impl Api {
 
     /// `POST path` with a JSON body, decoded as `T`.
     pub fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
-        self.client.post(path, body).map_err(|e| self.explain("POST", path, e))
+        self.try_post(path, body).map_err(|e| self.explain("POST", path, e))
+    }
+
+    /// `POST path`, keeping the [`ClientError`] for callers that branch on it.
+    pub fn try_post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.client.post(path, body)
     }
 
     /// Adds what the operator needs to know to a failed call: a refused token says how to pass

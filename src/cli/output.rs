@@ -1,5 +1,5 @@
 //! What the operator commands print: aligned tables of agents and tasks, the detail block of one
-//! task, and JSON. Builders return strings so tests compare them exactly; [`emit`] and
+//! task, the one-line answer of a cancel, notes about output, and JSON. Builders return strings so tests compare them exactly; [`emit`] and
 //! [`print_json`] write to stdout, which carries results only.
 
 use std::io::Write;
@@ -9,7 +9,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
 use crate::protocol::TaskStatus;
-use crate::protocol::admin::{AgentView, TaskView};
+use crate::protocol::admin::{AgentView, OutputChunkView, TaskView};
 
 /// Placeholder for a value that is absent.
 const NONE: &str = "-";
@@ -27,6 +27,30 @@ pub fn print_json<T: Serialize>(value: &T) -> Result<()> {
     let mut text = serde_json::to_string_pretty(value).context("cannot encode the output as JSON")?;
     text.push('\n');
     emit(&text)
+}
+
+/// One output chunk as a JSON line (`{"seq":N,"stream":"stdout","data":"..."}` and a newline).
+pub fn chunk_json_line(chunk: &OutputChunkView) -> Result<String> {
+    let mut line = serde_json::to_string(chunk).context("cannot encode an output chunk as JSON")?;
+    line.push('\n');
+    Ok(line)
+}
+
+/// The stderr note of a task whose output exceeded the server's cap.
+pub fn dropped_note(dropped_bytes: u64) -> String {
+    format!("orange: {dropped_bytes} bytes of output were dropped from the middle (output cap)\n")
+}
+
+/// The `orange task cancel` line: where the task stands after the cancel. `already` says the
+/// task had been cancelled before this request.
+pub fn cancel_line(task: &TaskView, already: bool) -> String {
+    let id = &task.task_id;
+    match (task.status, already) {
+        (TaskStatus::Cancelled, true) => format!("task {id}: already cancelled\n"),
+        (status, _) if status.is_final() => format!("task {id}: {status}\n"),
+        _ if task.cancel_requested => format!("task {id}: cancel requested; its agent will stop it\n"),
+        (status, _) => format!("task {id}: {status}\n"),
+    }
 }
 
 /// Shortens an RFC 3339 time to whole seconds in UTC (`2024-05-01T10:00:00Z`); text that does
@@ -115,7 +139,7 @@ pub fn task_detail(task: &TaskView) -> String {
 fn detail_pairs(task: &TaskView) -> Vec<(String, String)> {
     let mut pairs = vec![
         ("task".to_owned(), task.task_id.clone()),
-        ("status".to_owned(), task.status.to_string()),
+        ("status".to_owned(), status_text(task)),
         ("agent".to_owned(), task.app_id.clone()),
         ("type".to_owned(), task.task_type.clone()),
         ("payload".to_owned(), task.payload.clone()),
@@ -124,10 +148,22 @@ fn detail_pairs(task: &TaskView) -> Vec<(String, String)> {
     pairs.extend(task.history.iter().map(|step| (step.status.to_string(), step.at.clone())));
     pairs.push(("exit code".to_owned(), task.exit_code.map_or_else(|| NONE.to_owned(), |c| c.to_string())));
     pairs.push(("duration".to_owned(), task.duration_ms.map_or_else(|| NONE.to_owned(), seconds)));
+    if task.dropped_bytes > 0 {
+        let note = format!("{} bytes of output from the middle (output cap)", task.dropped_bytes);
+        pairs.push(("dropped".to_owned(), note));
+    }
     if let Some(error) = &task.error {
         pairs.push(("error".to_owned(), error.clone()));
     }
     pairs
+}
+
+/// The status, marked while a cancel waits for the agent to confirm.
+fn status_text(task: &TaskView) -> String {
+    if task.cancel_requested {
+        return format!("{} (cancel requested)", task.status);
+    }
+    task.status.to_string()
 }
 
 /// Milliseconds as seconds with three decimals (`1.250s`).
@@ -192,6 +228,7 @@ pub(super) mod tests {
             version: version.map(str::to_owned),
             hostname: Some(format!("{app_id}.example.net")),
             processed_task_count: 3,
+            status: "accepted".into(),
         }
     }
 
@@ -265,6 +302,61 @@ pub(super) mod tests {
         assert!(text.contains("exit code: -\nduration:  -\n"), "{text}");
         assert!(
             text.ends_with("--- stdout ---\n(empty)\n--- stderr ---\n(empty)\n--- result ---\nlegacy text\n")
+        );
+    }
+
+    #[test]
+    fn task_detail_marks_a_pending_cancel_and_dropped_output_and_repeats_redeliveries() {
+        let mut task = sample_task("t-4", "web-1", TaskStatus::Running, None);
+        task.cancel_requested = true;
+        task.dropped_bytes = 1_048_576;
+        task.duration_ms = None;
+        task.history = vec![
+            Transition { status: TaskStatus::Queued, at: "2024-05-01T10:00:00Z".into() },
+            Transition { status: TaskStatus::Delivered, at: "2024-05-01T10:00:01Z".into() },
+            Transition { status: TaskStatus::Delivered, at: "2024-05-01T10:02:00Z".into() },
+            Transition { status: TaskStatus::Running, at: "2024-05-01T10:02:01Z".into() },
+        ];
+        let text = task_detail(&task);
+        assert!(
+            text.starts_with(
+                "task:      t-4\n\
+                 status:    running (cancel requested)\n\
+                 agent:     web-1\n\
+                 type:      shell\n\
+                 payload:   uptime\n\
+                 timeout:   600s\n\
+                 queued:    2024-05-01T10:00:00Z\n\
+                 delivered: 2024-05-01T10:00:01Z\n\
+                 delivered: 2024-05-01T10:02:00Z\n\
+                 running:   2024-05-01T10:02:01Z\n\
+                 exit code: -\n\
+                 duration:  -\n\
+                 dropped:   1048576 bytes of output from the middle (output cap)\n\
+                 --- stdout ---\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn cancel_lines_say_where_the_task_stands() {
+        let mut task = sample_task("t-5", "web-1", TaskStatus::Cancelled, None);
+        assert_eq!(cancel_line(&task, false), "task t-5: cancelled\n");
+        assert_eq!(cancel_line(&task, true), "task t-5: already cancelled\n");
+        task.status = TaskStatus::Running;
+        task.cancel_requested = true;
+        assert_eq!(cancel_line(&task, false), "task t-5: cancel requested; its agent will stop it\n");
+        task.status = TaskStatus::Succeeded;
+        task.cancel_requested = false;
+        assert_eq!(cancel_line(&task, false), "task t-5: succeeded\n");
+    }
+
+    #[test]
+    fn the_dropped_note_counts_bytes() {
+        assert_eq!(
+            dropped_note(42),
+            "orange: 42 bytes of output were dropped from the middle (output cap)\n"
         );
     }
 

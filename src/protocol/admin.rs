@@ -161,7 +161,76 @@ pub struct AgentView {
     pub hostname: Option<String>,
     /// Tasks it has finished.
     pub processed_task_count: u64,
+    /// `accepted` (takes tasks), `pending` (waits for `orange agents accept`) or `forgotten`;
+    /// servers that predate enrollment send none, which reads as `accepted`.
+    #[serde(default = "accepted")]
+    pub status: String,
 }
+
+fn accepted() -> String {
+    "accepted".to_owned()
+}
+
+/// Body of `POST /api/v1/tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenRequest {
+    /// Seconds the token works.
+    pub ttl_secs: u64,
+    /// Enrollments it allows.
+    pub uses: u32,
+}
+
+/// An enrollment token as the operator sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TokenView {
+    /// Public id.
+    pub token_id: String,
+    /// The whole token to give agents (`<id>.<secret>`); only in the answer that created it.
+    pub token: Option<String>,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+    /// RFC 3339 expiry.
+    pub expires_at: String,
+    /// Enrollments left.
+    pub uses_left: u32,
+    /// Revoked by an operator.
+    pub revoked: bool,
+}
+
+/// Answer of `GET /api/v1/tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenList {
+    /// The tokens, by id.
+    pub tokens: Vec<TokenView>,
+}
+
+/// One entry of the audit record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AuditEntry {
+    /// RFC 3339 time.
+    pub at: String,
+    /// Who.
+    pub actor: String,
+    /// What, e.g. `task.send`, `task.cancel`, `agent.accept`, `agent.forget`, `agent.enroll`,
+    /// `token.create`, `token.revoke`.
+    pub action: String,
+    /// On what.
+    pub target: String,
+    /// More about it.
+    pub detail: String,
+}
+
+/// Answer of `GET /api/v1/audit?limit=N`, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditList {
+    /// The entries.
+    pub entries: Vec<AuditEntry>,
+}
+
+/// Create (POST) and list (GET) enrollment tokens.
+pub const TOKENS_PATH: &str = "/api/v1/tokens";
+/// Read the audit record (GET).
+pub const AUDIT_PATH: &str = "/api/v1/audit";
 
 /// Answer of `GET /api/v1/agents`, sorted by app id.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -190,6 +259,21 @@ pub fn cancel_path(task_id: &str) -> String {
 /// `GET` path of a task's output.
 pub fn output_path(task_id: &str) -> String {
     format!("{TASKS_PATH}/{task_id}/output")
+}
+
+/// `POST` path accepting a pending agent.
+pub fn accept_path(app_id: &str) -> String {
+    format!("{AGENTS_PATH}/{app_id}/accept")
+}
+
+/// `POST` path forgetting an agent (its secret; it may enroll again).
+pub fn forget_path(app_id: &str) -> String {
+    format!("{AGENTS_PATH}/{app_id}/forget")
+}
+
+/// `POST` path revoking an enrollment token.
+pub fn revoke_path(token_id: &str) -> String {
+    format!("{TOKENS_PATH}/{token_id}/revoke")
 }
 
 /// `GET` path of one agent.

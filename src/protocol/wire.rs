@@ -28,6 +28,14 @@ pub const HEADER_SIGN: &str = "X-FORGE-SIGN";
 pub const HEADER_SIGN_VERSION: &str = "X-ORANGE-SIGN-VERSION";
 /// Header carrying the random nonce of a version-2 signature.
 pub const HEADER_NONCE: &str = "X-ORANGE-NONCE";
+/// Register header of an agent enrolling with an enrollment token: the token's id (the
+/// request is signed with the token's secret).
+pub const HEADER_ENROLL_TOKEN: &str = "X-ORANGE-ENROLL-TOKEN";
+/// Register header of an agent with no enrollment credential (value `pending`): the request is
+/// signed with the agent's own secret, and the agent waits for an operator to accept it.
+pub const HEADER_ENROLL: &str = "X-ORANGE-ENROLL";
+/// Value of [`HEADER_ENROLL`] asking to wait for acceptance.
+pub const ENROLL_PENDING: &str = "pending";
 /// getTask header of orange agents: how many tasks the agent can start now. `0` asks the server
 /// to hand out no task and answer only control messages (cancels). Absent (original clients)
 /// means 1.

@@ -14,14 +14,14 @@ use super::ServerConfig;
 use super::dispatch::Dispatch;
 use super::guard::{FailureLimiter, forget_old_uses};
 use super::store::{
-    AgentRecord, Chunk, ChunkAck, Delivery, Outcome, Policy, ReportError, Store, StoreError, Stream,
-    TaskRecord, TaskSpec,
+    AgentRecord, AgentStatus, Chunk, ChunkAck, Delivery, Outcome, Policy, ReportError, Store, StoreError,
+    Stream, TaskRecord, TaskSpec,
 };
 use crate::protocol::admin::{
     AgentView, EnqueueRequest, ONLINE_WINDOW_SECS, OutputChunkView, OutputPage, TaskView, Transition,
 };
 use crate::protocol::task::new_task_id;
-use crate::protocol::wire::{self, OutputChunk, RegisterRequest, ReportRequest, WireTask};
+use crate::protocol::wire::{self, OutputChunk, ReportRequest, WireTask};
 use crate::protocol::{TaskId, TaskStatus};
 
 /// How stale `last_seen` may get before a request rewrites it.
@@ -87,6 +87,8 @@ pub struct Fleet {
     pub config: ServerConfig,
     /// Failed signatures per source.
     pub failures: FailureLimiter,
+    /// SHA-256 of the admin token (an agent secret must never equal it).
+    pub admin_token_hash: [u8; 32],
 }
 
 fn now_ms() -> i64 {
@@ -114,35 +116,9 @@ pub fn policy(config: &ServerConfig) -> Policy {
 }
 
 impl Fleet {
-    /// Registers an agent (or refreshes its record) and makes it durable.
-    pub async fn register(&self, request: RegisterRequest) -> Result<AgentRecord, FleetError> {
-        wire::check_app_id(&request.app_id).map_err(FleetError::BadRequest)?;
-        if request.secret.is_empty() || request.secret.len() > wire::MAX_SECRET_LEN {
-            return Err(FleetError::BadRequest(format!(
-                "secret must be 1 to {} bytes",
-                wire::MAX_SECRET_LEN
-            )));
-        }
-        let now = now_ms();
-        let old = self.store.agent(&request.app_id)?;
-        let record = AgentRecord {
-            registered_at_ms: old.as_ref().map_or(now, |a| a.registered_at_ms),
-            processed_task_count: old.as_ref().map_or(0, |a| a.processed_task_count),
-            app_id: request.app_id,
-            secret: request.secret,
-            labels: request.labels,
-            version: request.version,
-            hostname: request.hostname,
-            last_seen_ms: now,
-        };
-        self.store.put_agent(&record)?;
-        self.store.durable().await?;
-        Ok(record)
-    }
-
-    /// The agent `app_id`, or an error saying it must register.
+    /// The agent `app_id`, or an error saying it must register (also when an operator forgot it).
     pub fn known_agent(&self, app_id: &str) -> Result<AgentRecord, FleetError> {
-        self.store.agent(app_id)?.ok_or_else(|| {
+        self.store.agent(app_id)?.filter(|a| a.status != AgentStatus::Forgotten).ok_or_else(|| {
             FleetError::NotFound(format!("{} {app_id:?}; register first", wire::UNKNOWN_APP_ID))
         })
     }
@@ -260,12 +236,24 @@ impl Fleet {
     /// Resolves the target agents of an enqueue: named ones must exist.
     fn targets(&self, request: &EnqueueRequest) -> Result<Vec<String>, FleetError> {
         match (request.all, request.app_ids.is_empty()) {
-            (true, true) => Ok(self.store.agents()?.into_iter().map(|a| a.app_id).collect()),
+            (true, true) => Ok(self
+                .store
+                .agents()?
+                .into_iter()
+                .filter(|a| a.status == AgentStatus::Accepted)
+                .map(|a| a.app_id)
+                .collect()),
             (false, false) => {
                 for app_id in &request.app_ids {
                     wire::check_app_id(app_id).map_err(FleetError::BadRequest)?;
-                    if self.store.agent(app_id)?.is_none() {
-                        return Err(FleetError::NotFound(format!("unknown agent {app_id:?}")));
+                    match self.store.agent(app_id)?.map(|a| a.status) {
+                        Some(AgentStatus::Accepted) => {}
+                        Some(AgentStatus::Pending) => {
+                            return Err(FleetError::Conflict(format!(
+                                "agent {app_id:?} is pending approval; accept it with `orange agents accept {app_id}`"
+                            )));
+                        }
+                        _ => return Err(FleetError::NotFound(format!("unknown agent {app_id:?}"))),
                     }
                 }
                 Ok(request.app_ids.clone())
@@ -459,6 +447,7 @@ pub fn agent_view(agent: &AgentRecord, now_ms: i64) -> AgentView {
         version: agent.version.clone(),
         hostname: agent.hostname.clone(),
         processed_task_count: agent.processed_task_count,
+        status: agent.status.as_str().to_owned(),
     }
 }
 

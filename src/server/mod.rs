@@ -4,6 +4,7 @@
 pub mod codec;
 pub mod commit;
 pub mod dispatch;
+pub mod enroll;
 pub mod fleet;
 pub mod guard;
 pub mod http;

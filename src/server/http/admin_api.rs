@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -19,6 +21,7 @@ use sha2::{Digest, Sha256};
 use tracing::{error, info};
 
 use super::AppState;
+use super::admin_enroll::actor;
 use crate::protocol::TaskId;
 use crate::protocol::admin::{
     AGENTS_PATH, AgentList, ApiError, CancelRequest, EnqueueReply, EnqueueRequest, MAX_LIST_LIMIT,
@@ -33,7 +36,7 @@ const MAX_ADMIN_BODY: usize = 1024 * 1024;
 const DEFAULT_LIST_LIMIT: usize = 100;
 
 /// An admin API failure: a status and a message, answered as `{"error": message}`.
-struct ApiFailure(StatusCode, String);
+pub struct ApiFailure(pub StatusCode, pub String);
 
 impl IntoResponse for ApiFailure {
     fn into_response(self) -> Response {
@@ -60,7 +63,8 @@ impl From<StoreError> for ApiFailure {
     }
 }
 
-type ApiResult<T> = Result<T, ApiFailure>;
+/// The result of an admin handler.
+pub type ApiResult<T> = Result<T, ApiFailure>;
 
 /// Routes of the operator API, guarded by `admin_token`.
 pub fn routes(admin_token: &str) -> Router<AppState> {
@@ -72,6 +76,7 @@ pub fn routes(admin_token: &str) -> Router<AppState> {
         .route(&format!("{TASKS_PATH}/{{id}}/output"), get(task_output))
         .route(AGENTS_PATH, get(list_agents))
         .route(&format!("{AGENTS_PATH}/{{id}}"), get(get_agent))
+        .merge(super::admin_enroll::routes())
         .fallback(|| async { ApiFailure(StatusCode::NOT_FOUND, "no such API route".into()) })
         .method_not_allowed_fallback(|| async {
             ApiFailure(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this API route".into())
@@ -104,7 +109,8 @@ fn bearer_ok(headers: &HeaderMap, token_hash: &[u8; 32]) -> ApiResult<()> {
     Ok(())
 }
 
-async fn read_json<T: DeserializeOwned>(body: Body) -> ApiResult<T> {
+/// Reads a JSON body under the admin body limit.
+pub async fn read_json<T: DeserializeOwned>(body: Body) -> ApiResult<T> {
     let bytes = axum::body::to_bytes(body, MAX_ADMIN_BODY).await.map_err(|_| {
         ApiFailure(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -115,17 +121,33 @@ async fn read_json<T: DeserializeOwned>(body: Body) -> ApiResult<T> {
         .map_err(|e| ApiFailure(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")))
 }
 
-fn bad_query(e: QueryRejection) -> ApiFailure {
+/// A malformed query as a 400.
+pub fn bad_query(e: QueryRejection) -> ApiFailure {
     ApiFailure(StatusCode::BAD_REQUEST, format!("bad query: {}", e.body_text()))
 }
 
-fn bad_path(e: PathRejection) -> ApiFailure {
+/// A malformed path as a 400.
+pub fn bad_path(e: PathRejection) -> ApiFailure {
     ApiFailure(StatusCode::BAD_REQUEST, format!("bad path: {}", e.body_text()))
 }
 
-async fn enqueue(State(fleet): State<AppState>, body: Body) -> ApiResult<(StatusCode, Json<EnqueueReply>)> {
+async fn enqueue(
+    State(fleet): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<EnqueueReply>)> {
     let request: EnqueueRequest = read_json(body).await?;
+    let detail = format!("type {}, payload {} bytes", request.task_type, request.payload.len());
     let tasks = fleet.enqueue(request).await?;
+    let target = match tasks.as_slice() {
+        [one] => one.id.to_string(),
+        many => format!(
+            "{} tasks, first {}",
+            many.len(),
+            many.first().map_or(String::new(), |t| t.id.to_string())
+        ),
+    };
+    fleet.audit(&actor(peer), "task.send", &target, &detail)?;
     info!(count = tasks.len(), task_type = %tasks.first().map_or("", |t| t.task_type.as_str()), "tasks enqueued");
     Ok((StatusCode::CREATED, Json(EnqueueReply { tasks: fleet.list_views(&tasks)? })))
 }
@@ -176,12 +198,15 @@ fn task_id(path: Result<Path<String>, PathRejection>) -> ApiResult<TaskId> {
 
 async fn cancel_task(
     State(fleet): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     path: Result<Path<String>, PathRejection>,
     body: Body,
 ) -> ApiResult<Json<TaskView>> {
     let id = task_id(path)?;
     let request: CancelRequest = read_json(body).await?;
     let task = fleet.cancel(id, request.force).await?;
+    let detail = if request.force { "forced" } else { "" };
+    fleet.audit(&actor(peer), "task.cancel", &id.to_string(), detail)?;
     info!(task = %id, force = request.force, status = %task.status, "task cancel");
     Ok(Json(fleet.full_view(&task)?))
 }

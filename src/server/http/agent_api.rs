@@ -15,14 +15,13 @@ use serde::Serialize;
 use tracing::{debug, info, warn};
 
 use super::AppState;
-use super::agent_auth::{agent_call, verified};
-use crate::protocol::Signer;
+use super::agent_auth::{agent_call, registration};
 use crate::protocol::wire::{
-    self, CODE_ERROR, CODE_NO_TASK, Envelope, HEADER_APPID, OutputAck, OutputChunk, PollControl,
-    RegisterReply, RegisterRequest, ReportRequest,
+    self, CODE_ERROR, CODE_NO_TASK, Envelope, OutputAck, OutputChunk, PollControl, RegisterReply,
+    ReportRequest,
 };
 use crate::server::fleet::{FleetError, PollResult, wire_task};
-use crate::server::store::AgentRecord;
+use crate::server::store::{AgentRecord, AgentStatus};
 
 /// Routes of the agent protocol.
 pub fn routes() -> axum::Router<AppState> {
@@ -54,22 +53,13 @@ async fn register(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let enroll = Signer::new(&state.config.enroll_key);
-    let (signed, body) = match verified(&state, peer.ip(), wire::REGISTER_PATH, &headers, body, &enroll).await
-    {
+    let (request, credential) = match registration(&state, peer.ip(), &headers, body).await {
         Ok(ok) => ok,
         Err(refusal) => return refused("register", refusal.message),
     };
-    let request: RegisterRequest = match serde_json::from_slice(&body) {
-        Ok(request) => request,
-        Err(e) => return refused("register", format!("malformed JSON: {e}")),
-    };
-    if request.app_id != signed.app_id {
-        return refused("register", format!("app_id {:?} differs from {HEADER_APPID}", request.app_id));
-    }
-    match state.register(request).await {
+    match state.register(request, credential).await {
         Ok(agent) => {
-            info!(agent = %agent.app_id, version = ?agent.version, "agent registered");
+            info!(agent = %agent.app_id, version = ?agent.version, status = agent.status.as_str(), "agent registered");
             reply(Envelope::ok("registration successful", register_reply(&agent)))
         }
         Err(e) => refused("register", e.to_string()),
@@ -123,6 +113,14 @@ async fn get_task(
         }
         Err(refusal) => return refused("getTask", refusal.message),
     };
+    if agent.status == AgentStatus::Pending {
+        state.wait_for_acceptance(&agent.app_id).await;
+        let message = format!(
+            "pending approval: an operator must run `orange agents accept {}` before this agent gets tasks",
+            agent.app_id
+        );
+        return reply(Envelope::<()>::empty(CODE_NO_TASK, message));
+    }
     let capacity = match capacity(&headers) {
         Ok(capacity) => capacity,
         Err(message) => return refused("getTask", message),

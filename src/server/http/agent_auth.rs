@@ -13,8 +13,10 @@ use super::AppState;
 use crate::protocol::Signer;
 use crate::protocol::sign::{Canonical, SIGN_VERSION_2, check_nonce, check_time, parse_time};
 use crate::protocol::wire::{
-    self, HEADER_APPID, HEADER_NONCE, HEADER_SIGN, HEADER_SIGN_VERSION, HEADER_TIME,
+    self, ENROLL_PENDING, HEADER_APPID, HEADER_ENROLL, HEADER_ENROLL_TOKEN, HEADER_NONCE, HEADER_SIGN,
+    HEADER_SIGN_VERSION, HEADER_TIME, RegisterRequest,
 };
+use crate::server::enroll::Credential;
 use crate::server::guard::{ReplayError, admit_once};
 use crate::server::store::AgentRecord;
 
@@ -91,28 +93,84 @@ pub async fn verified(
     state.failures.check(source, Utc::now().timestamp()).map_err(|e| e.to_string())?;
     let signed = signed_headers(headers)?;
     let body = read_body(body).await?;
+    check_signed(state, source, path, &signed, &body, key)?;
+    Ok((signed, body))
+}
+
+/// Checks the time, the signature of `body` against `key`, and that it is not a replay.
+fn check_signed(
+    state: &AppState,
+    source: IpAddr,
+    path: &str,
+    signed: &Signed,
+    body: &[u8],
+    key: &Signer,
+) -> Result<(), Refusal> {
     let now = Utc::now();
     check_time(&signed.time, now).map_err(|e| e.to_string())?;
     let checked = match &signed.nonce {
-        None => key.verify(&signed.app_id, &body, &signed.time, &signed.sign),
+        None => key.verify(&signed.app_id, body, &signed.time, &signed.sign),
         Some(nonce) => {
-            let canonical = Canonical {
-                method: "POST",
-                path,
-                app_id: &signed.app_id,
-                time: &signed.time,
-                nonce,
-                body: &body,
-            };
+            let canonical =
+                Canonical { method: "POST", path, app_id: &signed.app_id, time: &signed.time, nonce, body };
             key.verify_v2(&canonical, &signed.sign)
         }
     };
     if let Err(e) = checked {
-        state.failures.record(source, Utc::now().timestamp());
+        state.failures.record(source, now.timestamp());
         return Err(format!("{e} for app id {:?}", short(&signed.app_id)).into());
     }
-    admit_signed_once(state, &signed)?;
-    Ok((signed, body))
+    admit_signed_once(state, signed)
+}
+
+/// Authenticates a registration: by the enrollment key, an enrollment token, or (asking to
+/// wait for acceptance) the agent's own secret from the body. Returns the request and how it
+/// proved itself.
+pub async fn registration(
+    state: &AppState,
+    source: IpAddr,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(RegisterRequest, Credential), Refusal> {
+    state.failures.check(source, Utc::now().timestamp()).map_err(|e| e.to_string())?;
+    let signed = signed_headers(headers)?;
+    let body = read_body(body).await?;
+    let parse = || -> Result<RegisterRequest, Refusal> {
+        serde_json::from_slice(&body).map_err(|e| format!("malformed JSON: {e}").into())
+    };
+    let credential = credential(headers);
+    let key = match &credential {
+        Credential::EnrollKey => Signer::new(&state.config.enroll_key),
+        Credential::Token(id) => Signer::new(&usable_token(state, id)?),
+        // Signed with the secret it asks to enroll: the body is parsed (under its size limit)
+        // only to find the key; nothing is stored before the signature checks out.
+        Credential::None => Signer::new(&parse()?.secret),
+    };
+    check_signed(state, source, wire::REGISTER_PATH, &signed, &body, &key)?;
+    let request = parse()?;
+    if request.app_id != signed.app_id {
+        return Err(format!("app_id {:?} differs from {HEADER_APPID}", short(&request.app_id)).into());
+    }
+    Ok((request, credential))
+}
+
+fn credential(headers: &HeaderMap) -> Credential {
+    if let Some(id) = header(headers, HEADER_ENROLL_TOKEN) {
+        Credential::Token(id)
+    } else if header(headers, HEADER_ENROLL).as_deref() == Some(ENROLL_PENDING) {
+        Credential::None
+    } else {
+        Credential::EnrollKey
+    }
+}
+
+/// The secret of a usable enrollment token.
+fn usable_token(state: &AppState, id: &str) -> Result<String, Refusal> {
+    match state.store.usable_token(id, Utc::now().timestamp_millis()) {
+        Ok(Ok(token)) => Ok(token.secret),
+        Ok(Err(e)) => Err(e.to_string().into()),
+        Err(e) => Err(format!("server error, retry later: {e}").into()),
+    }
 }
 
 fn admit_signed_once(state: &AppState, signed: &Signed) -> Result<(), Refusal> {

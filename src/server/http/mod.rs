@@ -3,6 +3,7 @@
 //! point `orange server` uses.
 
 mod admin_api;
+mod admin_enroll;
 mod agent_api;
 mod agent_auth;
 
@@ -12,6 +13,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use axum::Router;
+use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -45,6 +47,7 @@ pub async fn serve(
         dispatch: Dispatch::new(stop_rx),
         config,
         failures: FailureLimiter::default(),
+        admin_token_hash: Sha256::digest(admin_token.as_bytes()).into(),
     });
     let sweeper = tokio::spawn(Arc::clone(&fleet).sweep_loop());
     let app = router(Arc::clone(&fleet), &admin_token);

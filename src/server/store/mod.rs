@@ -13,10 +13,13 @@
 //!   looked at (queue expiry, ack window, end of run); the sweeper reads only what is due
 //! - `finished`:  time (i64 BE ms), task id → empty: finished tasks, oldest first, for retention
 //! - `cancels`:   app id, 0, task id → empty: cancels its agent has not confirmed yet
+//! - `tokens`:    token id → [`TokenRecord`]
+//! - `audit`:     time (i64 BE ms), sequence (u64 BE) → [`AuditRecord`], kept past task retention
 //! - `seen`:      signing time (i64 BE s), request digest (u64) → empty: signed requests used
 //!
 //! Writes are applied in memory first; [`Store::durable`] returns once they are on stable storage.
 
+mod admin;
 mod output;
 mod records;
 mod seen;
@@ -31,8 +34,12 @@ use sled::Transactional;
 use sled::transaction::TransactionError;
 use thiserror::Error;
 
+pub use admin::TokenError;
 pub use output::{Chunk, ChunkAck};
-pub use records::{AgentRecord, Outcome, OutputState, Policy, Stream, TaskRecord, TaskSpec, secs_to_ms};
+pub use records::{
+    AgentRecord, AgentStatus, AuditRecord, Outcome, OutputState, Policy, Stream, TaskRecord, TaskSpec,
+    TokenRecord, secs_to_ms,
+};
 pub use sweep::Swept;
 pub use tasks::{CancelOutcome, Delivery};
 use tx::{Tx, TxError};
@@ -115,6 +122,8 @@ pub struct Store {
     finished: sled::Tree,
     cancels: sled::Tree,
     seen: sled::Tree,
+    tokens: sled::Tree,
+    audit: sled::Tree,
     policy: Policy,
     committer: Committer,
 }
@@ -151,6 +160,8 @@ impl Store {
             finished: db.open_tree("finished")?,
             cancels: db.open_tree("cancels")?,
             seen: db.open_tree("seen")?,
+            tokens: db.open_tree("tokens")?,
+            audit: db.open_tree("audit")?,
             db,
             policy,
             committer,

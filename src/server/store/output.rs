@@ -136,21 +136,25 @@ impl Store {
         max_bytes: usize,
     ) -> Result<Vec<u8>, StoreError> {
         let mut out = Vec::new();
-        let mut noted = false;
+        let mut note_at = None;
         for chunk in self.chunks(task.id, 0, usize::MAX)? {
-            if !noted && task.output.dropped_bytes > 0 && Some(chunk.seq) >= task.output.tail_start {
-                noted = true;
-                let note = format!("\n[orange: {} bytes of output dropped]\n", task.output.dropped_bytes);
-                out.extend_from_slice(note.as_bytes());
+            let past_head = task.output.tail_start.is_some_and(|start| chunk.seq >= start);
+            if note_at.is_none() && task.output.dropped_bytes > 0 && past_head {
+                note_at = Some(out.len());
             }
             if chunk.stream == stream {
                 out.extend_from_slice(&chunk.data);
             }
-            if out.len() >= max_bytes {
-                out.truncate(max_bytes);
+            if note_at.is_none() && out.len() >= max_bytes {
                 break;
             }
         }
+        // The note goes where the dropped bytes were, in a stream that has output at all.
+        if let Some(at) = note_at.filter(|_| !out.is_empty()) {
+            let note = format!("\n[orange: {} bytes of output dropped]\n", task.output.dropped_bytes);
+            out.splice(at..at, note.into_bytes());
+        }
+        out.truncate(max_bytes);
         Ok(out)
     }
 

@@ -26,6 +26,69 @@ pub struct AgentRecord {
     pub last_seen_ms: i64,
     /// Tasks it has finished.
     pub processed_task_count: u64,
+    /// Whether it may take tasks.
+    pub status: AgentStatus,
+}
+
+/// Where an agent stands with the operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentStatus {
+    /// Registered without an enrollment credential: waits for `orange agents accept`.
+    Pending,
+    /// Enrolled: takes tasks.
+    Accepted,
+    /// Reset by an operator: its secret is gone; the app id may enroll again with a new one.
+    Forgotten,
+}
+
+impl AgentStatus {
+    /// The lowercase name shown to operators.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentStatus::Pending => "pending",
+            AgentStatus::Accepted => "accepted",
+            AgentStatus::Forgotten => "forgotten",
+        }
+    }
+}
+
+/// An enrollment token: lets agents enroll without the server's key, a limited number of times
+/// until it expires or is revoked.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+pub struct TokenRecord {
+    /// Public id (sent in a header by the enrolling agent).
+    pub id: String,
+    /// Secret the enrolling agent signs `register` with.
+    pub secret: String,
+    /// Unix milliseconds of creation.
+    pub created_ms: i64,
+    /// Unix milliseconds after which it no longer works.
+    pub expires_ms: i64,
+    /// Enrollments left.
+    pub uses_left: u32,
+    /// Revoked by an operator.
+    pub revoked: bool,
+}
+
+impl std::fmt::Debug for TokenRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenRecord").field("id", &self.id).field("secret", &"***").finish_non_exhaustive()
+    }
+}
+
+/// One entry of the audit record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AuditRecord {
+    /// Unix milliseconds.
+    pub at_ms: i64,
+    /// Who: `admin@<address>` for an operator, `agent:<app id>` for an enrolling agent.
+    pub actor: String,
+    /// What, e.g. `task.send`, `agent.accept`, `token.create`, `agent.enroll`.
+    pub action: String,
+    /// On what: a task id, an app id, a token id.
+    pub target: String,
+    /// More, e.g. the task type and payload size, or how the agent enrolled.
+    pub detail: String,
 }
 
 impl std::fmt::Debug for AgentRecord {

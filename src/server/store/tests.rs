@@ -28,6 +28,7 @@ fn agent(app_id: &str) -> AgentRecord {
         registered_at_ms: 1,
         last_seen_ms: 1,
         processed_task_count: 0,
+        status: AgentStatus::Accepted,
     }
 }
 

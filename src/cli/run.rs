@@ -1,0 +1,405 @@
+//! `orange task run`: run a command on one host and wait for it like ssh, showing its output live
+//! and exiting with its exit status; Ctrl-C cancels it.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use argh::FromArgs;
+
+use super::follow::{Sink, Until, follow};
+use super::interrupt::{CancelOnInterrupt, EXIT_INTERRUPTED};
+use super::operator::{AdminToken, Api, OperatorConfig, OperatorFlags, encode};
+use super::output;
+use super::task::{check_timeout, check_ttl};
+use super::wait::{wait_task, wait_timeout};
+use crate::client::{ADMIN_TIMEOUT, ClientError};
+use crate::protocol::TaskStatus;
+use crate::protocol::admin::{self, AgentView, EnqueueReply, EnqueueRequest, TaskView};
+
+/// Exit status of `task run` when the task ran past its timeout, like timeout(1).
+pub const EXIT_TIMED_OUT: i32 = 124;
+/// Exit status of `task run` when the task ended without an exit code, like ssh's own failures.
+pub const EXIT_NO_CODE: i32 = 255;
+
+/// Run a command on one host and wait for it, like ssh: its stdout and stderr are printed live as
+/// the host writes them and its exit status becomes orange's.
+#[derive(FromArgs, Debug)]
+#[argh(
+    subcommand,
+    name = "run",
+    example = "orange task run --appid web-1 -- df -h /",
+    example = "orange task run --appid web-1 --timeout 30 -- 'systemctl restart nginx && echo ok'",
+    example = "orange task run --appid laptop-7 --queue --ttl 3600 -- 'apt-get -y upgrade'",
+    note = "The words after -- are joined by single spaces and run with sh -c on the host, like ssh \
+            does: quote what the remote shell must see as one word. The agent must be started with \
+            --allow-shell. An unknown agent is an error at once; so is an offline one, unless \
+            --queue is given: then the task waits in the agent's queue until the agent comes back or \
+            its time to live (--ttl, else the server's default of 24 hours) runs out, and ends \
+            `expired`. The remote stdout and stderr are written to orange's stdout and stderr as \
+            the host sends them (if orange falls behind a task that writes more than the server's \
+            output cap, the chunks dropped meanwhile are missing and a note on stderr says so). \
+            Ctrl-C cancels the task (its agent stops the command: SIGTERM, a \
+            grace period, SIGKILL) and orange keeps printing until the task has ended; a second \
+            Ctrl-C stops waiting at once and leaves the task to the server (see `orange task cancel \
+            --help`). The exit status is the remote command's, or one of the codes below. With \
+            --json nothing is printed live: the final task is printed as JSON, and the exit status \
+            is the same. Connection options: --server (else ORANGE_SERVER, else \
+            http://127.0.0.1:8890); the admin token from --token, else ORANGE_TOKEN, else --data \
+            DIR/admin.token.",
+    error_code(124, "the task ran past its timeout on the host (like timeout(1))"),
+    error_code(130, "Ctrl-C: the task was cancelled, or a second Ctrl-C stopped waiting for it"),
+    error_code(
+        255,
+        "the task ended without an exit code (could not start, cancelled, expired, lost), or orange failed"
+    )
+)]
+pub struct RunArgs {
+    /// app id of the host to run on
+    #[argh(option)]
+    pub appid: String,
+    /// seconds the command may run on the host (default: the server's --default-timeout)
+    #[argh(option)]
+    pub timeout: Option<u64>,
+    /// if the agent is offline, queue the task and wait for the agent instead of failing
+    #[argh(switch)]
+    pub queue: bool,
+    /// seconds the task may wait queued for an offline agent before it ends `expired` (default:
+    /// the server's, 24 hours)
+    #[argh(option)]
+    pub ttl: Option<u64>,
+    /// server URL (default: ORANGE_SERVER, else http://127.0.0.1:8890)
+    #[argh(option)]
+    pub server: Option<String>,
+    /// admin token (default: ORANGE_TOKEN, else --data); ps shows argv, so prefer those two
+    #[argh(option)]
+    pub token: Option<AdminToken>,
+    /// the server's data directory; its admin.token is used when neither --token nor ORANGE_TOKEN is set
+    #[argh(option)]
+    pub data: Option<PathBuf>,
+    /// print the final task as JSON instead of the command's output
+    #[argh(switch)]
+    pub json: bool,
+    /// the command and its arguments, after --
+    #[argh(positional, greedy)]
+    pub command: Vec<String>,
+}
+
+/// `task run` flags, validated.
+struct RunConfig {
+    operator: OperatorConfig,
+    app_id: String,
+    queue: bool,
+    request: EnqueueRequest,
+}
+
+impl RunConfig {
+    fn from_args(args: RunArgs) -> Result<Self> {
+        let flags =
+            OperatorFlags { server: args.server, token: args.token, data: args.data, json: args.json };
+        let request = EnqueueRequest {
+            app_ids: vec![args.appid.clone()],
+            all: false,
+            task_type: "shell".to_owned(),
+            payload: join_command(&args.command)?,
+            timeout_secs: check_timeout(args.timeout)?,
+            ttl_secs: check_ttl(args.ttl)?,
+        };
+        let operator = OperatorConfig::from_flags(flags)?;
+        Ok(RunConfig { operator, app_id: args.appid, queue: args.queue, request })
+    }
+}
+
+/// Runs `orange task run` and returns the remote exit status (or one of ours).
+pub fn run_remote(args: RunArgs) -> Result<i32> {
+    let config = RunConfig::from_args(args)?;
+    let api = config.operator.api(wait_timeout());
+    let offline = check_agent(&api, &config.app_id, config.queue)?;
+    let ctrl_c = CancelOnInterrupt::install(config.operator.api(ADMIN_TIMEOUT))?;
+    let reply: EnqueueReply = api.post(admin::TASKS_PATH, &config.request)?;
+    let task = reply.tasks.into_iter().next().context("the server answered the enqueue with no task")?;
+    ctrl_c.set_task(&task.task_id);
+    if let Some(agent) = offline {
+        eprintln!("{}", queued_note(&agent, &task.task_id));
+    }
+    let done = if config.operator.json {
+        wait_task(&api, &task.task_id, None)?
+    } else {
+        show_live(&api, &task.task_id, &mut Sink::new(std::io::stdout(), std::io::stderr(), false))?
+    };
+    finish_run(&done, config.operator.json, ctrl_c.interrupted())
+}
+
+/// Joins command words with single spaces, as ssh does; refuses an empty command.
+fn join_command(words: &[String]) -> Result<String> {
+    let command = words.join(" ");
+    if command.trim().is_empty() {
+        bail!("no command given; usage: orange task run --appid ID -- CMD [ARGS...]");
+    }
+    Ok(command)
+}
+
+/// Fails when the agent is unknown, or offline without `queue` (rather than queueing work nobody
+/// takes); returns the agent when it is offline and the task is to be queued anyway.
+fn check_agent(api: &Api, app_id: &str, queue: bool) -> Result<Option<AgentView>> {
+    let path = admin::agent_path(&encode(app_id));
+    let agent: AgentView = match api.try_get(&path) {
+        Ok(agent) => agent,
+        Err(ClientError::Api { status: 404, .. }) => bail!("unknown agent {app_id:?}"),
+        Err(error) => return Err(api.explain("GET", &path, error)),
+    };
+    match (agent.online, queue) {
+        (true, _) => Ok(None),
+        (false, true) => Ok(Some(agent)),
+        (false, false) => bail!(
+            "agent {app_id:?} is offline (last seen {}); add --queue to wait for it",
+            output::short_time(&agent.last_seen)
+        ),
+    }
+}
+
+/// The stderr line of a task queued for an offline agent.
+fn queued_note(agent: &AgentView, task_id: &str) -> String {
+    format!(
+        "orange: agent {:?} is offline (last seen {}); task {task_id} waits in its queue (Ctrl-C cancels it)",
+        agent.app_id,
+        output::short_time(&agent.last_seen)
+    )
+}
+
+/// Writes the task's output into `sink` as it comes and returns the final task.
+fn show_live<O: Write, E: Write>(api: &Api, task_id: &str, sink: &mut Sink<O, E>) -> Result<TaskView> {
+    if let Err(error) = follow(api, task_id, sink, Until::Done) {
+        if !(sink.is_empty() && no_output_route(&error)) {
+            return Err(error);
+        }
+        // A server older than the output API: wait for the end and print the output it kept.
+        let task = wait_task(api, task_id, None)?;
+        sink.whole(&task)?;
+        return Ok(task);
+    }
+    let task: TaskView = api.get(&admin::task_path(task_id))?;
+    if sink.is_empty() {
+        // An agent that reports its output at the end instead of streaming it.
+        sink.whole(&task)?;
+    }
+    sink.finish()?;
+    Ok(task)
+}
+
+/// True when the output call was answered 404: for a task just created, the route is missing.
+fn no_output_route(error: &anyhow::Error) -> bool {
+    matches!(error.downcast_ref::<ClientError>(), Some(ClientError::Api { status: 404, .. }))
+}
+
+/// Prints the JSON (when asked) and the problem of the finished task, and returns the exit status.
+fn finish_run(task: &TaskView, json: bool, interrupted: bool) -> Result<i32> {
+    let (code, problem) = run_outcome(task, interrupted);
+    if json {
+        output::print_json(task)?;
+    }
+    if let Some(problem) = problem {
+        eprintln!("orange: {problem}");
+    }
+    Ok(code)
+}
+
+/// The exit status of `task run` for a final task, and what to say when the host gave no code:
+/// [`EXIT_INTERRUPTED`] for a task cancelled after Ctrl-C; [`EXIT_TIMED_OUT`] for a timeout; else
+/// the remote code; 0 for a success without a code (a legacy agent); else [`EXIT_NO_CODE`].
+pub fn run_outcome(task: &TaskView, interrupted: bool) -> (i32, Option<String>) {
+    let problem = || {
+        let reason = task.error.clone().unwrap_or_else(|| no_code_reason(task));
+        Some(format!("task {} {}: {reason}", task.task_id, task.status))
+    };
+    match (task.status, task.exit_code) {
+        (TaskStatus::Cancelled, _) if interrupted => {
+            (EXIT_INTERRUPTED, Some(format!("task {} cancelled", task.task_id)))
+        }
+        (TaskStatus::TimedOut, _) => (EXIT_TIMED_OUT, problem()),
+        (_, Some(code)) => (code, None),
+        (TaskStatus::Succeeded, None) => (0, None),
+        _ => (EXIT_NO_CODE, problem()),
+    }
+}
+
+/// Why a final task has no exit code, when its agent did not say.
+fn no_code_reason(task: &TaskView) -> String {
+    match task.status {
+        TaskStatus::TimedOut => format!("ran past its {}s timeout", task.timeout_secs),
+        TaskStatus::Cancelled => "cancelled by an operator".to_owned(),
+        TaskStatus::Expired => {
+            "its agent did not come back before the task's time to live ran out".to_owned()
+        }
+        TaskStatus::Lost => "its agent went silent while it ran".to_owned(),
+        _ => "no exit code".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::fake_api::FakeApi;
+    use crate::cli::follow::tests::{ID, chunk, page};
+    use crate::cli::output::tests::sample_task;
+    use crate::protocol::TaskStatus::*;
+
+    fn words(list: &[&str]) -> Vec<String> {
+        list.iter().map(|word| word.to_string()).collect()
+    }
+
+    fn text(bytes: &[u8]) -> String {
+        String::from_utf8_lossy(bytes).into_owned()
+    }
+
+    #[test]
+    fn command_words_are_joined_by_single_spaces() {
+        assert_eq!(join_command(&words(&["ls", "-la", "/tmp dir"])).unwrap(), "ls -la /tmp dir");
+        assert_eq!(join_command(&words(&["echo hi && id"])).unwrap(), "echo hi && id");
+        assert!(join_command(&[]).unwrap_err().to_string().starts_with("no command given"));
+        assert!(join_command(&words(&[""])).is_err());
+    }
+
+    #[test]
+    fn exit_status_for_each_final_state() {
+        let id = "t-1";
+        let cases = [
+            (Succeeded, Some(0), 0, None),
+            (Succeeded, None, 0, None),
+            (Failed, Some(3), 3, None),
+            (Failed, None, 255, Some("task t-1 failed: no exit code")),
+            (TimedOut, None, 124, Some("task t-1 timed_out: ran past its 600s timeout")),
+            (TimedOut, Some(137), 124, Some("task t-1 timed_out: ran past its 600s timeout")),
+            (Cancelled, None, 255, Some("task t-1 cancelled: cancelled by an operator")),
+            (
+                Expired,
+                None,
+                255,
+                Some("task t-1 expired: its agent did not come back before the task's time to live ran out"),
+            ),
+            (Lost, None, 255, Some("task t-1 lost: its agent went silent while it ran")),
+        ];
+        for (status, exit_code, code, problem) in cases {
+            let task = sample_task(id, "web-1", status, exit_code);
+            let expected = (code, problem.map(str::to_owned));
+            assert_eq!(run_outcome(&task, false), expected, "{status} {exit_code:?}");
+        }
+    }
+
+    #[test]
+    fn after_ctrl_c_a_cancelled_task_exits_130_and_a_finished_one_keeps_its_code() {
+        let cancelled = sample_task("t-3", "web-1", Cancelled, Some(143));
+        assert_eq!(run_outcome(&cancelled, true), (130, Some("task t-3 cancelled".to_owned())));
+        let finished = sample_task("t-3", "web-1", Failed, Some(4));
+        assert_eq!(run_outcome(&finished, true), (4, None));
+    }
+
+    #[test]
+    fn the_error_text_explains_a_task_without_exit_code() {
+        let mut task = sample_task("t-2", "web-1", Failed, None);
+        task.error = Some("shell tasks are not allowed on this agent".into());
+        let (code, problem) = run_outcome(&task, false);
+        assert_eq!(code, EXIT_NO_CODE);
+        assert_eq!(problem.unwrap(), "task t-2 failed: shell tasks are not allowed on this agent");
+    }
+
+    const AGENT: &str = r#"{"app_id":"web-1","online":false,"last_seen":"2024-05-01T10:00:00.5Z",
+        "registered_at":"2024-04-01T00:00:00Z","labels":{},"version":null,"hostname":null,
+        "processed_task_count":0}"#;
+
+    fn agent_reply(online: bool) -> FakeApi {
+        let agent: AgentView = serde_json::from_str(AGENT).unwrap();
+        FakeApi::serve(vec![FakeApi::ok(&AgentView { online, ..agent })])
+    }
+
+    #[test]
+    fn an_unknown_agent_is_refused_even_with_queue() {
+        let api = FakeApi::serve(vec![FakeApi::error("404 Not Found", "unknown agent \"web-9\"")]);
+        let error = check_agent(&api.client(), "web-9", true).unwrap_err();
+        assert_eq!(format!("{error:#}"), "unknown agent \"web-9\"");
+    }
+
+    #[test]
+    fn an_offline_agent_is_refused_unless_queue() {
+        let error = check_agent(&agent_reply(false).client(), "web-1", false).unwrap_err();
+        assert_eq!(
+            format!("{error:#}"),
+            "agent \"web-1\" is offline (last seen 2024-05-01T10:00:00Z); add --queue to wait for it"
+        );
+        let agent = check_agent(&agent_reply(false).client(), "web-1", true).unwrap().unwrap();
+        assert_eq!(
+            queued_note(&agent, ID),
+            format!(
+                "orange: agent \"web-1\" is offline (last seen 2024-05-01T10:00:00Z); task {ID} waits in its \
+                 queue (Ctrl-C cancels it)"
+            )
+        );
+        assert!(check_agent(&agent_reply(true).client(), "web-1", false).unwrap().is_none());
+    }
+
+    #[test]
+    fn live_output_is_written_as_it_comes_then_the_final_task_is_fetched() {
+        let done = sample_task(ID, "web-1", Failed, Some(3));
+        let api = FakeApi::serve(vec![
+            FakeApi::ok(&page(vec![chunk(0, "stdout", "out\n")], 1, Running)),
+            FakeApi::ok(&page(vec![chunk(1, "stderr", "err\n")], 2, Failed)),
+            FakeApi::ok(&done),
+        ]);
+        let mut sink = Sink::new(Vec::new(), Vec::new(), false);
+        assert_eq!(show_live(&api.client(), ID, &mut sink).unwrap(), done);
+        assert_eq!((text(&sink.out), text(&sink.err)), ("out\n".to_owned(), "err\n".to_owned()));
+        let targets: Vec<String> = api.seen().into_iter().map(|seen| seen.target).collect();
+        let output = format!("/api/v1/tasks/{ID}/output");
+        assert_eq!(
+            targets,
+            [format!("{output}?wait=20"), format!("{output}?after=1&wait=20"), admin::task_path(ID)]
+        );
+    }
+
+    #[test]
+    fn output_reported_only_at_the_end_is_printed_from_the_task() {
+        let mut done = sample_task(ID, "web-1", Succeeded, None);
+        done.stdout.clear();
+        done.result = "legacy result".into();
+        let api = FakeApi::serve(vec![FakeApi::ok(&page(vec![], 0, Succeeded)), FakeApi::ok(&done)]);
+        let mut sink = Sink::new(Vec::new(), Vec::new(), false);
+        show_live(&api.client(), ID, &mut sink).unwrap();
+        assert_eq!((text(&sink.out), text(&sink.err)), ("legacy result".to_owned(), String::new()));
+    }
+
+    #[test]
+    fn a_server_without_the_output_api_is_waited_on_the_old_way() {
+        let done = sample_task(ID, "web-1", Succeeded, Some(0));
+        let api =
+            FakeApi::serve(vec![FakeApi::error("404 Not Found", "no such API route"), FakeApi::ok(&done)]);
+        let mut sink = Sink::new(Vec::new(), Vec::new(), false);
+        assert_eq!(show_live(&api.client(), ID, &mut sink).unwrap(), done);
+        assert_eq!(text(&sink.out), "up 3 days\n");
+        assert_eq!(api.seen()[1].target, format!("/api/v1/tasks/{ID}?wait=20"));
+    }
+
+    #[test]
+    fn run_takes_the_command_after_double_dash() {
+        let args = RunArgs::from_args(
+            &["run"],
+            &["--appid", "web-1", "--json", "--queue", "--ttl", "60", "--", "ls", "--help", "-l"],
+        )
+        .unwrap();
+        assert_eq!((args.appid.as_str(), args.json, args.queue, args.ttl), ("web-1", true, true, Some(60)));
+        assert_eq!(args.command, words(&["ls", "--help", "-l"]));
+    }
+
+    #[test]
+    fn the_enqueue_carries_timeout_and_ttl() {
+        let args = RunArgs::from_args(
+            &["run"],
+            &["--appid", "web-1", "--timeout", "5", "--ttl", "60", "--token", "t", "--", "true"],
+        )
+        .unwrap();
+        let config = RunConfig::from_args(args).unwrap();
+        let body = serde_json::to_value(&config.request).unwrap();
+        assert_eq!(body["ttl_secs"], 60);
+        assert_eq!(body["timeout_secs"], 5);
+        assert_eq!(body["payload"], "true");
+    }
+}

@@ -1,0 +1,103 @@
+//! Operator-side records: agent status changes (accept, forget), enrollment tokens, and the
+//! append-only audit record.
+
+use super::records::{AgentRecord, AgentStatus, AuditRecord, TokenRecord};
+use super::{Store, StoreError};
+use crate::server::codec;
+
+/// Why an enrollment token was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// No token has this id.
+    #[error("unknown enrollment token {0:?}")]
+    Unknown(String),
+    /// Revoked by an operator.
+    #[error("enrollment token {0:?} was revoked")]
+    Revoked(String),
+    /// Past its expiry.
+    #[error("enrollment token {0:?} has expired")]
+    Expired(String),
+    /// No uses left.
+    #[error("enrollment token {0:?} has no uses left")]
+    UsedUp(String),
+}
+
+impl Store {
+    /// Sets the status of agent `app_id`; forgetting also drops its secret. `None` when unknown.
+    pub fn set_agent_status(
+        &self,
+        app_id: &str,
+        status: AgentStatus,
+    ) -> Result<Option<AgentRecord>, StoreError> {
+        let Some(mut agent) = self.agent(app_id)? else { return Ok(None) };
+        agent.status = status;
+        if status == AgentStatus::Forgotten {
+            agent.secret.clear();
+        }
+        self.put_agent(&agent)?;
+        Ok(Some(agent))
+    }
+
+    /// Number of agents waiting for acceptance.
+    pub fn pending_agents(&self) -> Result<usize, StoreError> {
+        Ok(self.agents()?.iter().filter(|a| a.status == AgentStatus::Pending).count())
+    }
+
+    /// Stores a new or changed token.
+    pub fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+        self.tokens.insert(token.id.as_bytes(), codec::encode(token))?;
+        Ok(())
+    }
+
+    /// The token `id`.
+    pub fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        self.tokens.get(id)?.map(|v| codec::decode(&v)).transpose().map_err(Into::into)
+    }
+
+    /// Every token, by id.
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.tokens.iter().values().map(|v| Ok(codec::decode(&v?)?)).collect()
+    }
+
+    /// Checks token `id` can enroll at `now_ms` and returns it (without using it up).
+    pub fn usable_token(&self, id: &str, now_ms: i64) -> Result<Result<TokenRecord, TokenError>, StoreError> {
+        let Some(token) = self.token(id)? else { return Ok(Err(TokenError::Unknown(id.to_owned()))) };
+        Ok(if token.revoked {
+            Err(TokenError::Revoked(token.id))
+        } else if token.expires_ms <= now_ms {
+            Err(TokenError::Expired(token.id))
+        } else if token.uses_left == 0 {
+            Err(TokenError::UsedUp(token.id))
+        } else {
+            Ok(token)
+        })
+    }
+
+    /// Uses one enrollment of token `id`, atomically; false if none was left.
+    pub fn use_token(&self, id: &str) -> Result<bool, StoreError> {
+        loop {
+            let Some(old) = self.tokens.get(id)? else { return Ok(false) };
+            let mut token: TokenRecord = codec::decode(&old)?;
+            if token.uses_left == 0 || token.revoked {
+                return Ok(false);
+            }
+            token.uses_left -= 1;
+            if self.tokens.compare_and_swap(id, Some(old), Some(codec::encode(&token)))?.is_ok() {
+                return Ok(true);
+            }
+        }
+    }
+
+    /// Appends an entry to the audit record.
+    pub fn audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
+        let mut key = record.at_ms.max(0).to_be_bytes().to_vec();
+        key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
+        self.audit.insert(key, codec::encode(record))?;
+        Ok(())
+    }
+
+    /// The newest `limit` audit entries, newest first.
+    pub fn audit_entries(&self, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        self.audit.iter().values().rev().take(limit).map(|v| Ok(codec::decode(&v?)?)).collect()
+    }
+}
