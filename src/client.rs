@@ -14,6 +14,54 @@ use crate::protocol::wire::{
 };
 use crate::protocol::{Envelope, RegisterRequest, ReportRequest, Signer, WireTask};
 
+/// How an agent proves it may enroll.
+#[derive(Clone)]
+pub enum Enrollment {
+    /// The server's enrollment key.
+    Key(String),
+    /// An enrollment token an operator made.
+    Token(EnrollToken),
+    /// Nothing: the agent waits `pending` until an operator accepts it.
+    Pending,
+}
+
+impl std::fmt::Debug for Enrollment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Enrollment::Key(_) => f.write_str("Enrollment::Key(***)"),
+            Enrollment::Token(token) => write!(f, "Enrollment::Token({}.***)", token.id),
+            Enrollment::Pending => f.write_str("Enrollment::Pending"),
+        }
+    }
+}
+
+/// An enrollment token, `<id>.<secret>` as `orange token create` prints it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EnrollToken {
+    /// Public id, sent in a header.
+    pub id: String,
+    /// Secret the register call is signed with.
+    pub secret: String,
+}
+
+impl std::str::FromStr for EnrollToken {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let plain =
+            |part: &str| !part.is_empty() && part.len() <= 64 && part.bytes().all(|b| b.is_ascii_hexdigit());
+        match text.trim().split_once('.') {
+            Some((id, secret)) if plain(id) && plain(secret) => {
+                Ok(EnrollToken { id: id.to_owned(), secret: secret.to_owned() })
+            }
+            _ => Err(
+                "an enrollment token looks like <hex id>.<hex secret>, as `orange token create` prints it"
+                    .into(),
+            ),
+        }
+    }
+}
+
 /// What one long poll brought.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PollAnswer {
@@ -118,16 +166,16 @@ impl AgentClient {
         body: &[u8],
         signer: &Signer,
     ) -> Result<Envelope<T>, ClientError> {
-        self.call_with(path, body, signer, None)
+        self.call_with(path, body, signer, &[])
     }
 
-    /// [`Self::call`] with an optional capacity header (getTask of orange agents).
+    /// [`Self::call`] with extra headers (capacity of getTask, enrollment of register).
     fn call_with<T: DeserializeOwned>(
         &self,
         path: &str,
         body: &[u8],
         signer: &Signer,
-        capacity: Option<usize>,
+        extra: &[(&str, String)],
     ) -> Result<Envelope<T>, ClientError> {
         let url = format!("{}{}", self.base, path);
         let time = time_header(chrono::Utc::now());
@@ -135,8 +183,8 @@ impl AgentClient {
         let canonical =
             Canonical { method: "POST", path, app_id: &self.app_id, time: &time, nonce: &nonce, body };
         let mut request = self.http.post(&url);
-        if let Some(capacity) = capacity {
-            request = request.header(wire::HEADER_CAPACITY, capacity.to_string());
+        for (name, value) in extra {
+            request = request.header(*name, value);
         }
         let request = request
             .header(wire::HEADER_APPID, &self.app_id)
@@ -154,15 +202,25 @@ impl AgentClient {
         serde_json::from_slice(&bytes).map_err(|e| bad(format!("not an envelope: {e}")))
     }
 
-    /// Registers this agent, signing with the enrollment key.
+    /// Registers this agent with its enrollment credential: the server's key, a token, or none
+    /// (signed with its own secret; it then waits for an operator to accept it).
     pub fn register(
         &self,
         request: &RegisterRequest,
-        enroll_key: &str,
+        enrollment: &Enrollment,
     ) -> Result<RegisterReply, ClientError> {
         // Serializing a struct of strings and maps cannot fail.
         let body = serde_json::to_vec(request).expect("register body serializes");
-        let envelope = self.call::<RegisterReply>(wire::REGISTER_PATH, &body, &Signer::new(enroll_key))?;
+        let (key, extra) = match enrollment {
+            Enrollment::Key(key) => (Signer::new(key), vec![]),
+            Enrollment::Token(token) => {
+                (Signer::new(&token.secret), vec![(wire::HEADER_ENROLL_TOKEN, token.id.clone())])
+            }
+            Enrollment::Pending => {
+                (Signer::new(&request.secret), vec![(wire::HEADER_ENROLL, wire::ENROLL_PENDING.to_owned())])
+            }
+        };
+        let envelope = self.call_with::<RegisterReply>(wire::REGISTER_PATH, &body, &key, &extra)?;
         match (envelope.code, envelope.data) {
             (CODE_OK, Some(reply)) => Ok(reply),
             _ => Err(ClientError::Refused(envelope.message)),
@@ -191,8 +249,12 @@ impl AgentClient {
     /// Long-polls as an orange agent that can start `capacity` tasks now (0: only control
     /// messages). Answers a task, or the control messages of an empty window.
     pub fn poll(&self, capacity: usize) -> Result<PollAnswer, ClientError> {
-        let envelope =
-            self.call_with::<serde_json::Value>(wire::GET_TASK_PATH, b"", &self.signer, Some(capacity))?;
+        let envelope = self.call_with::<serde_json::Value>(
+            wire::GET_TASK_PATH,
+            b"",
+            &self.signer,
+            &[(wire::HEADER_CAPACITY, capacity.to_string())],
+        )?;
         let bad = |reason: String| ClientError::BadAnswer {
             url: format!("{}{}", self.base, wire::GET_TASK_PATH),
             reason,

@@ -18,7 +18,9 @@ fn register(server: &Server, app_id: &str, secret: &str) -> AgentClient {
     let client = AgentClient::new(&server.url, app_id, secret);
     let request =
         RegisterRequest { app_id: app_id.into(), secret: secret.into(), ..RegisterRequest::default() };
-    client.register(&request, support::BASE_SECRET).unwrap_or_else(|e| panic!("register {app_id}: {e}"));
+    client
+        .register(&request, &orange::client::Enrollment::Key(support::BASE_SECRET.into()))
+        .unwrap_or_else(|e| panic!("register {app_id}: {e}"));
     client
 }
 

@@ -87,7 +87,9 @@ impl SimAgent {
             secret: "sim-secret".into(),
             ..RegisterRequest::default()
         };
-        client.register(&request, BASE_SECRET).unwrap_or_else(|e| panic!("register {app_id}: {e}"));
+        client
+            .register(&request, &orange::client::Enrollment::Key(BASE_SECRET.into()))
+            .unwrap_or_else(|e| panic!("register {app_id}: {e}"));
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
         let thread = std::thread::spawn(move || {

@@ -14,7 +14,7 @@ use super::backoff::Backoff;
 use super::config::AgentConfig;
 use super::handler::{TaskHandler, TaskOutcome};
 use super::report::{build_report, send_report};
-use crate::client::{AgentClient, ClientError};
+use crate::client::{AgentClient, ClientError, Enrollment};
 use crate::protocol::{RegisterRequest, WireTask};
 
 /// Longest pause before a sleeping loop notices a stop.
@@ -215,7 +215,8 @@ fn register(shared: &Shared) -> bool {
     let request = register_request(&shared.config);
     let mut backoff = Backoff::default();
     while !shared.stopping() {
-        match shared.client.register(&request, shared.config.enroll_key.expose()) {
+        match shared.client.register(&request, &Enrollment::Key(shared.config.enroll_key.expose().to_owned()))
+        {
             Ok(reply) => {
                 server_is_back(&mut backoff);
                 info!(app_id = %reply.app_id, server = %shared.config.server, "registered");

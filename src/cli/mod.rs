@@ -46,6 +46,17 @@ pub enum Command {
     Task(task::TaskArgs),
     /// `orange agents`
     Agents(agents::AgentsArgs),
+    /// `orange enroll-key`
+    EnrollKey(EnrollKeyArgs),
+}
+
+/// Print the server's enrollment key (on the server host): agents given it enroll at once.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "enroll-key")]
+pub struct EnrollKeyArgs {
+    /// the server's data directory
+    #[argh(option)]
+    pub data: PathBuf,
 }
 
 /// Run the server: agent endpoints, operator API and the embedded database.
@@ -70,10 +81,14 @@ pub struct ServerArgs {
     /// database cache size in MiB (default 64)
     #[argh(option, default = "64")]
     pub cache_mb: u64,
-    /// file holding the key agents sign `register` with (default: the original's public key
-    /// "orange-forge", for compatibility with original clients)
+    /// file holding the key agents enroll with (default: DIR/enroll.key, generated on first
+    /// start; `orange enroll-key --data DIR` prints it)
     #[argh(option)]
     pub enroll_key_file: Option<PathBuf>,
+    /// the enrollment key itself; `--enroll-key orange-forge` lets original clients enroll
+    /// (insecure: that key is public)
+    #[argh(option)]
+    pub enroll_key: Option<String>,
     /// seconds an agent has to acknowledge a task before it is handed out again (default 30)
     #[argh(option, default = "30")]
     pub ack_window: u64,
@@ -144,6 +159,14 @@ pub fn run(orange: Orange) -> Result<i32> {
         }
         Some(Command::Task(args)) => task::run(args),
         Some(Command::Agents(args)) => agents::run(args),
+        Some(Command::EnrollKey(args)) => {
+            let path = args.data.join(crate::server::ENROLL_KEY_FILE);
+            let key = read_secret_file(&path).with_context(|| {
+                format!("no enrollment key in {}; start the server once to generate it", args.data.display())
+            })?;
+            println!("{key}");
+            Ok(0)
+        }
     }
 }
 
@@ -171,9 +194,11 @@ fn server_config(args: ServerArgs) -> Result<ServerConfig> {
             bail!("{flag} must be at least 1");
         }
     }
-    let enroll_key = match &args.enroll_key_file {
-        Some(path) => read_secret_file(path)?,
-        None => crate::protocol::wire::LEGACY_BASE_SECRET.to_owned(),
+    let enroll_key = match (&args.enroll_key, &args.enroll_key_file) {
+        (Some(_), Some(_)) => bail!("give --enroll-key or --enroll-key-file, not both"),
+        (Some(key), None) => Some(key.clone()),
+        (None, Some(path)) => Some(read_secret_file(path)?),
+        (None, None) => None,
     };
     let admin_token =
         args.admin_token.or_else(|| std::env::var("ORANGE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()));

@@ -89,6 +89,8 @@ pub struct Fleet {
     pub failures: FailureLimiter,
     /// SHA-256 of the admin token (an agent secret must never equal it).
     pub admin_token_hash: [u8; 32],
+    /// The key `register` calls are signed with.
+    pub enroll_key: String,
 }
 
 fn now_ms() -> i64 {

@@ -12,7 +12,7 @@ pub mod store;
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -34,8 +34,8 @@ pub struct ServerConfig {
     pub default_task_timeout: Duration,
     /// sled page cache size in bytes.
     pub cache_capacity_bytes: u64,
-    /// Key that `register` calls must be signed with.
-    pub enroll_key: String,
+    /// Key that `register` calls must be signed with; `None`: the one generated in `data_dir`.
+    pub enroll_key: Option<String>,
     /// How long an orange agent has to acknowledge a delivery before it is handed out again.
     pub ack_window: Duration,
     /// How long a task may wait queued when the operator gives no time to live.
@@ -71,15 +71,22 @@ impl std::fmt::Debug for ServerConfig {
 
 /// Name of the generated admin token file inside the data directory.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// Name of the generated enrollment key file inside the data directory.
+pub const ENROLL_KEY_FILE: &str = "enroll.key";
+
+/// The secrets a running server holds, resolved from flags, environment or the data directory.
+pub struct Secrets {
+    /// The admin bearer token.
+    pub admin_token: String,
+    /// The key `register` calls are signed with.
+    pub enroll_key: String,
+}
 
 /// Runs the server until SIGINT or SIGTERM: prepares the data directory and the admin token,
 /// binds, prints the address it listens on, and serves.
 pub fn run_blocking(config: ServerConfig) -> Result<()> {
     prepare_data_dir(&config.data_dir)?;
-    let token = match &config.admin_token {
-        Some(token) => token.clone(),
-        None => load_or_create_token(&config.data_dir.join(ADMIN_TOKEN_FILE))?,
-    };
+    let secrets = resolve_secrets(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -91,7 +98,7 @@ pub fn run_blocking(config: ServerConfig) -> Result<()> {
         let address = listener.local_addr().context("cannot read the bound address")?;
         println!("orange server listening on http://{address}");
         info!(%address, data = %config.data_dir.display(), "orange server started");
-        http::serve(listener, config, token, shutdown_signal()).await
+        http::serve(listener, config, secrets, shutdown_signal()).await
     })
 }
 
@@ -112,17 +119,54 @@ async fn shutdown_signal() {
     }
 }
 
-/// Creates the data directory with mode 0700 if it is missing.
+/// The admin token and the enrollment key: given ones, else those kept in the data directory
+/// (generated on first start).
+fn resolve_secrets(config: &ServerConfig) -> Result<Secrets> {
+    let admin_token = match &config.admin_token {
+        Some(token) => token.clone(),
+        None => load_or_create_secret(&config.data_dir.join(ADMIN_TOKEN_FILE))?,
+    };
+    let enroll_key = match &config.enroll_key {
+        Some(key) => key.clone(),
+        None => load_or_create_secret(&config.data_dir.join(ENROLL_KEY_FILE))?,
+    };
+    if enroll_key == crate::protocol::wire::LEGACY_BASE_SECRET {
+        warn!(
+            "the enrollment key is the original's public key \"orange-forge\": anyone who can reach this \
+             server can enroll an agent; use it only while original clients must enroll"
+        );
+    }
+    if admin_token == enroll_key {
+        anyhow::bail!("the admin token and the enrollment key must differ");
+    }
+    Ok(Secrets { admin_token, enroll_key })
+}
+
+/// Creates the data directory with mode 0700 if it is missing, and refuses one that others can
+/// write to (they could replace the database or the secrets).
 fn prepare_data_dir(dir: &Path) -> Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .with_context(|| format!("cannot create data directory {}", dir.display()))
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    let mode = std::fs::metadata(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o022 != 0 {
+        anyhow::bail!(
+            "data directory {} is writable by group or others (mode {:o}); run `chmod 700 {}`",
+            dir.display(),
+            mode & 0o777,
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
-/// Reads the admin token file, or writes a new random token into it (mode 0600).
-fn load_or_create_token(path: &Path) -> Result<String> {
+/// Reads a secret file, or writes a new random secret into it (mode 0600).
+fn load_or_create_secret(path: &Path) -> Result<String> {
     if path.exists() {
         return crate::cli::read_secret_file(path);
     }
@@ -138,6 +182,6 @@ fn load_or_create_token(path: &Path) -> Result<String> {
     writeln!(file, "{token}")
         .and_then(|_| file.sync_all())
         .with_context(|| format!("cannot write {}", path.display()))?;
-    info!(file = %path.display(), "generated the admin token");
+    info!(file = %path.display(), "generated a secret");
     Ok(token)
 }

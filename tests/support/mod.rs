@@ -134,6 +134,9 @@ pub struct ServerOpts {
     pub poll_window: Option<u64>,
     /// `--default-timeout` in seconds.
     pub default_timeout: Option<u64>,
+    /// `--enroll-key`; without it the original's public key [`BASE_SECRET`], so that original
+    /// clients and simulated agents enroll as they do against the original server.
+    pub enroll_key: Option<String>,
 }
 
 impl ServerOpts {
@@ -216,6 +219,7 @@ impl Server {
         if let Some(secs) = self.opts.default_timeout {
             cmd.arg("--default-timeout").arg(secs.to_string());
         }
+        cmd.arg("--enroll-key").arg(self.opts.enroll_key.as_deref().unwrap_or(BASE_SECRET));
         clean_env(&mut cmd);
         self.command = show_command(&cmd);
         let log = log_file(&self.stderr_path(), &format!("start #{}: {}", self.starts, self.command));

@@ -140,7 +140,7 @@ pub async fn registration(
     };
     let credential = credential(headers);
     let key = match &credential {
-        Credential::EnrollKey => Signer::new(&state.config.enroll_key),
+        Credential::EnrollKey => Signer::new(&state.enroll_key),
         Credential::Token(id) => Signer::new(&usable_token(state, id)?),
         // Signed with the secret it asks to enroll: the body is parsed (under its size limit)
         // only to find the key; nothing is stored before the signature checks out.

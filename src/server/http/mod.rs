@@ -17,11 +17,11 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::ServerConfig;
 use super::dispatch::Dispatch;
 use super::fleet::{Fleet, policy};
 use super::guard::FailureLimiter;
 use super::store::Store;
+use super::{Secrets, ServerConfig};
 
 /// Shared state of every handler.
 pub type AppState = Arc<Fleet>;
@@ -36,7 +36,7 @@ pub fn router(fleet: AppState, admin_token: &str) -> Router {
 pub async fn serve(
     listener: TcpListener,
     config: ServerConfig,
-    admin_token: String,
+    secrets: Secrets,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let store = Store::open(&config.data_dir, config.cache_capacity_bytes, policy(&config))
@@ -47,10 +47,11 @@ pub async fn serve(
         dispatch: Dispatch::new(stop_rx),
         config,
         failures: FailureLimiter::default(),
-        admin_token_hash: Sha256::digest(admin_token.as_bytes()).into(),
+        admin_token_hash: Sha256::digest(secrets.admin_token.as_bytes()).into(),
+        enroll_key: secrets.enroll_key,
     });
     let sweeper = tokio::spawn(Arc::clone(&fleet).sweep_loop());
-    let app = router(Arc::clone(&fleet), &admin_token);
+    let app = router(Arc::clone(&fleet), &secrets.admin_token);
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async move {
             shutdown.await;
