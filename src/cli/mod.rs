@@ -89,6 +89,12 @@ pub struct ServerArgs {
     /// (insecure: that key is public)
     #[argh(option)]
     pub enroll_key: Option<String>,
+    /// PEM certificate chain to serve HTTPS with (with --tls-key)
+    #[argh(option)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key to serve HTTPS with (with --tls-cert)
+    #[argh(option)]
+    pub tls_key: Option<PathBuf>,
     /// seconds an agent has to acknowledge a task before it is handed out again (default 30)
     #[argh(option, default = "30")]
     pub ack_window: u64,
@@ -216,6 +222,11 @@ fn server_config(args: ServerArgs) -> Result<ServerConfig> {
         retention: Duration::from_secs(args.retention),
         output_cap_bytes: args.output_cap_mb.saturating_mul(1024 * 1024),
         sweep_interval: Duration::from_secs(1),
+        tls: match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::server::TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => bail!("give both --tls-cert and --tls-key, or neither"),
+        },
     })
 }
 

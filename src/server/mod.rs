@@ -48,6 +48,17 @@ pub struct ServerConfig {
     pub output_cap_bytes: u64,
     /// How often the sweeper looks at deadlines.
     pub sweep_interval: Duration,
+    /// Certificate chain and private key (PEM files) to serve HTTPS with.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The PEM files of the server's TLS identity.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -95,10 +106,25 @@ pub fn run_blocking(config: ServerConfig) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let tls = match &config.tls {
+            None => None,
+            Some(files) => Some(
+                axum_server::tls_rustls::RustlsConfig::from_pem_file(&files.cert, &files.key)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot load TLS certificate {} and key {}",
+                            files.cert.display(),
+                            files.key.display()
+                        )
+                    })?,
+            ),
+        };
         let address = listener.local_addr().context("cannot read the bound address")?;
-        println!("orange server listening on http://{address}");
-        info!(%address, data = %config.data_dir.display(), "orange server started");
-        http::serve(listener, config, secrets, shutdown_signal()).await
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        println!("orange server listening on {scheme}://{address}");
+        info!(%address, data = %config.data_dir.display(), scheme, "orange server started");
+        http::serve(listener, config, secrets, tls, shutdown_signal()).await
     })
 }
 

@@ -10,9 +10,12 @@ mod agent_auth;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use axum::Router;
+use axum_server::Handle;
+use axum_server::tls_rustls::RustlsConfig;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -31,12 +34,20 @@ pub fn router(fleet: AppState, admin_token: &str) -> Router {
     Router::new().merge(agent_api::routes()).merge(admin_api::routes(admin_token)).with_state(fleet)
 }
 
-/// Serves on `listener` until `shutdown` completes; then parked long polls answer "no task",
-/// in-flight requests finish, and the function returns.
+/// How long a client may take to send a request's headers (against slow-loris connections).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head (request line and headers) read into memory.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// How long a graceful stop waits for requests in flight.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves on `listener` (HTTPS when `tls` is given) until `shutdown` completes; then parked
+/// long polls answer "no task", in-flight requests finish, and the function returns.
 pub async fn serve(
     listener: TcpListener,
     config: ServerConfig,
     secrets: Secrets,
+    tls: Option<RustlsConfig>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let store = Store::open(&config.data_dir, config.cache_capacity_bytes, policy(&config))
@@ -52,15 +63,40 @@ pub async fn serve(
     });
     let sweeper = tokio::spawn(Arc::clone(&fleet).sweep_loop());
     let app = router(Arc::clone(&fleet), &secrets.admin_token);
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("stopping: answering parked polls and finishing requests");
-            let _ = stop_tx.send(true);
-        })
-        .await
-        .context("server failed")?;
+    let handle = Handle::new();
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("stopping: answering parked polls and finishing requests");
+        let _ = stop_tx.send(true);
+        stopper.graceful_shutdown(Some(DRAIN_TIMEOUT));
+    });
+    let listener = listener.into_std().context("cannot take over the listening socket")?;
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    let served = match tls {
+        None => {
+            let mut server = axum_server::from_tcp(listener).context("cannot serve on the socket")?;
+            limit_http(server.http_builder());
+            server.handle(handle).serve(app).await
+        }
+        Some(tls) => {
+            let mut server = axum_server::tls_rustls::from_tcp_rustls(listener, tls)
+                .context("cannot serve on the socket")?;
+            limit_http(server.http_builder());
+            server.handle(handle).serve(app).await
+        }
+    };
+    served.context("server failed")?;
     let _ = sweeper.await;
     fleet.store.durable().await.context("cannot sync the database on shutdown")?;
     Ok(())
+}
+
+/// Puts the header limits on the HTTP/1 connections.
+fn limit_http(builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>) {
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES);
 }
