@@ -119,11 +119,67 @@ impl ClientError {
     }
 }
 
-fn http_agent(timeout: Duration) -> ureq::Agent {
+/// How HTTPS servers are verified: the system's roots by default, or a private CA's
+/// certificates, or (explicitly, with a warning) not at all.
+#[derive(Debug, Clone, Default)]
+pub struct TlsSettings {
+    ca_certs: Option<Vec<ureq::tls::Certificate<'static>>>,
+    insecure: bool,
+}
+
+impl TlsSettings {
+    /// Settings trusting the PEM certificates in `ca_file` (else the system roots), or nothing
+    /// at all when `insecure`.
+    pub fn new(ca_file: Option<&std::path::Path>, insecure: bool) -> Result<Self, String> {
+        let ca_certs = match ca_file {
+            None => None,
+            Some(path) => Some(read_ca_file(path)?),
+        };
+        if insecure {
+            tracing::warn!(
+                "TLS verification is off (--insecure): anyone on the path can read and change this traffic"
+            );
+        }
+        Ok(TlsSettings { ca_certs, insecure })
+    }
+
+    /// Settings from the environment: `ORANGE_CA_FILE` and `ORANGE_INSECURE=1`.
+    pub fn from_env() -> Result<Self, String> {
+        let ca_file =
+            std::env::var_os("ORANGE_CA_FILE").filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+        let insecure = std::env::var("ORANGE_INSECURE").is_ok_and(|v| v == "1" || v == "true");
+        TlsSettings::new(ca_file.as_deref(), insecure)
+    }
+
+    fn config(&self) -> ureq::tls::TlsConfig {
+        let roots = match &self.ca_certs {
+            Some(certs) => ureq::tls::RootCerts::new_with_certs(certs),
+            None => ureq::tls::RootCerts::PlatformVerifier,
+        };
+        ureq::tls::TlsConfig::builder().root_certs(roots).disable_verification(self.insecure).build()
+    }
+}
+
+fn read_ca_file(path: &std::path::Path) -> Result<Vec<ureq::tls::Certificate<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
+    let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(cert)) => Some(cert),
+            _ => None,
+        })
+        .collect();
+    if certs.is_empty() {
+        return Err(format!("CA file {} holds no PEM certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+fn http_agent(timeout: Duration, tls: &TlsSettings) -> ureq::Agent {
     ureq::Agent::config_builder()
         .timeout_global(Some(timeout))
         .timeout_connect(Some(Duration::from_secs(10)))
         .http_status_as_error(false)
+        .tls_config(tls.config())
         .build()
         .into()
 }
@@ -151,8 +207,13 @@ pub struct AgentClient {
 impl AgentClient {
     /// A client for `base` (e.g. `http://host:8890`) signing as `app_id` with `secret`.
     pub fn new(base: &str, app_id: &str, secret: &str) -> Self {
+        AgentClient::with_tls(base, app_id, secret, &TlsSettings::default())
+    }
+
+    /// [`Self::new`] verifying HTTPS servers as `tls` says.
+    pub fn with_tls(base: &str, app_id: &str, secret: &str, tls: &TlsSettings) -> Self {
         AgentClient {
-            http: http_agent(Duration::from_secs(wire::CLIENT_TIMEOUT_SECS)),
+            http: http_agent(Duration::from_secs(wire::CLIENT_TIMEOUT_SECS), tls),
             base: base.trim_end_matches('/').to_owned(),
             app_id: app_id.to_owned(),
             signer: Signer::new(secret),
@@ -295,25 +356,35 @@ fn ok_or_refused<T>(envelope: Envelope<T>) -> Result<Option<T>, ClientError> {
 
 /// An operator's connection to the admin API.
 pub struct AdminClient {
-    http: ureq::Agent,
+    http: Result<ureq::Agent, String>,
     base: String,
     token: String,
 }
 
 impl AdminClient {
     /// A client for `base` using the bearer `token`; calls time out after `timeout`.
+    /// HTTPS servers are verified as `ORANGE_CA_FILE` and `ORANGE_INSECURE` say
+    /// ([`TlsSettings::from_env`]); a CA file that cannot be read fails every call.
     pub fn new(base: &str, token: &str, timeout: Duration) -> Self {
         AdminClient {
-            http: http_agent(timeout),
+            http: TlsSettings::from_env().map(|tls| http_agent(timeout, &tls)),
             base: base.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
         }
     }
 
+    /// The HTTP agent, or the TLS set-up error for `url`.
+    fn http(&self, url: &str) -> Result<&ureq::Agent, ClientError> {
+        self.http
+            .as_ref()
+            .map_err(|reason| ClientError::Transport { url: url.to_owned(), reason: reason.clone() })
+    }
+
     /// `GET path` (with its query) decoded as `T`.
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let url = format!("{}{}", self.base, path);
-        let request = self.http.get(&url).header("Authorization", format!("Bearer {}", self.token)).call();
+        let request =
+            self.http(&url)?.get(&url).header("Authorization", format!("Bearer {}", self.token)).call();
         decode_api(&url, exchange(&url, request)?)
     }
 
@@ -323,7 +394,7 @@ impl AdminClient {
         // Serializing plain request structs cannot fail.
         let bytes = serde_json::to_vec(body).expect("request body serializes");
         let request = self
-            .http
+            .http(&url)?
             .post(&url)
             .header("Authorization", format!("Bearer {}", self.token))
             .content_type("application/json")
