@@ -1,31 +1,46 @@
-//! `orange agents`: the agents the server knows, as a table or JSON.
+//! `orange agents`: the agents the server knows, as a table or JSON, and the operator's word on
+//! one of them: `orange agents accept ID` lets a pending agent take tasks, `orange agents forget
+//! ID` drops an agent's secret so its app id may enroll again.
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use argh::FromArgs;
 
-use super::operator::{AdminToken, OperatorConfig, OperatorFlags};
-use super::output;
+use super::operator::{AdminToken, OperatorConfig, OperatorFlags, encode};
+use super::output::{self, Printed};
 use crate::client::ADMIN_TIMEOUT;
-use crate::protocol::admin::{self, AgentList};
+use crate::protocol::admin::{self, AgentList, AgentView};
+use crate::protocol::wire;
 
-/// List the agents the server knows, sorted by app id.
+/// List the agents the server knows, sorted by app id; accept or forget one.
 #[derive(FromArgs, Debug)]
 #[argh(
     subcommand,
     name = "agents",
     example = "orange agents --online",
+    example = "orange agents --pending",
+    example = "orange agents accept web-7",
+    example = "orange agents forget web-7",
     example = "orange agents --json | jq -r '.agents[] | select(.online) | .app_id'",
-    note = "An agent is online when it was seen within the last 90 seconds or is holding a long poll \
-            now. Times are shown in UTC to the second. Connection options: --server (else \
-            ORANGE_SERVER, else http://127.0.0.1:8890); the admin token from --token, else \
-            ORANGE_TOKEN, else --data DIR/admin.token."
+    note = "STATUS is `accepted` (takes tasks), `pending` (enrolled without a credential; waits for \
+            `orange agents accept ID`) or `forgotten` (its secret was dropped; the app id may enroll \
+            again). An agent is online when it was seen within the last 90 seconds or is holding a \
+            long poll now. --online and --pending both apply when both are given. Times are shown \
+            in UTC to the second. Connection options: --server (else ORANGE_SERVER, else \
+            http://127.0.0.1:8890); the admin token from --token, else ORANGE_TOKEN, else --data \
+            DIR/admin.token. They may also follow `accept ID` or `forget ID`."
 )]
 pub struct AgentsArgs {
+    /// accept or forget one agent instead of listing them
+    #[argh(subcommand)]
+    pub command: Option<AgentsCommand>,
     /// only agents that are online
     #[argh(switch)]
     pub online: bool,
+    /// only agents that wait for an operator to accept them
+    #[argh(switch)]
+    pub pending: bool,
     /// server URL (default: ORANGE_SERVER, else http://127.0.0.1:8890)
     #[argh(option)]
     pub server: Option<String>,
@@ -35,37 +50,274 @@ pub struct AgentsArgs {
     /// the server's data directory; its admin.token is used when neither --token nor ORANGE_TOKEN is set
     #[argh(option)]
     pub data: Option<PathBuf>,
-    /// print the list as JSON (fields app_id, online, last_seen, ...)
+    /// print the list as JSON (fields app_id, status, online, last_seen, ...)
     #[argh(switch)]
     pub json: bool,
 }
 
-/// Runs `orange agents` and returns the exit code.
+/// The `orange agents` subcommands.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum AgentsCommand {
+    /// `orange agents accept`
+    Accept(AcceptArgs),
+    /// `orange agents forget`
+    Forget(ForgetArgs),
+}
+
+/// Accept a pending agent: from now on it takes tasks.
+#[derive(FromArgs, Debug)]
+#[argh(
+    subcommand,
+    name = "accept",
+    example = "orange agents --pending",
+    example = "orange agents accept web-7",
+    note = "An agent that enrolled without the enrollment key or a token waits `pending`: it polls \
+            but gets no tasks, and tasks cannot be sent to it. Accepting it lets it take tasks at \
+            once. Accepting an agent that is already accepted changes nothing. Prints `agent ID: \
+            accepted` (--json: the agent). Recorded in `orange audit`. Connection options as in \
+            `orange agents --help`.",
+    error_code(255, "the agent is unknown, or orange failed")
+)]
+pub struct AcceptArgs {
+    /// the agent's app id
+    #[argh(positional)]
+    pub id: String,
+    /// server URL (default: ORANGE_SERVER, else http://127.0.0.1:8890)
+    #[argh(option)]
+    pub server: Option<String>,
+    /// admin token (default: ORANGE_TOKEN, else --data); ps shows argv, so prefer those two
+    #[argh(option)]
+    pub token: Option<AdminToken>,
+    /// the server's data directory; its admin.token is used when neither --token nor ORANGE_TOKEN is set
+    #[argh(option)]
+    pub data: Option<PathBuf>,
+    /// print the agent as JSON
+    #[argh(switch)]
+    pub json: bool,
+}
+
+/// Forget an agent: drop its secret so the app id may enroll again.
+#[derive(FromArgs, Debug)]
+#[argh(
+    subcommand,
+    name = "forget",
+    example = "orange agents forget web-7",
+    note = "Use it when a host was rebuilt and lost its secret (until then the server refuses \
+            the app id with any other secret), or to reject a pending agent. The forgotten agent's \
+            requests fail from then on. Whoever registers that app id next (the same agent, still \
+            running, or a new host) enrolls afresh with its own secret: at once with the \
+            enrollment key or a token, otherwise it waits `pending` again. So to keep a host out, \
+            stop its agent or do not accept it. Prints `agent ID: forgotten; ...` (--json: the \
+            agent). Recorded in `orange audit`. Connection options as in `orange agents --help`.",
+    error_code(255, "the agent is unknown, or orange failed")
+)]
+pub struct ForgetArgs {
+    /// the agent's app id
+    #[argh(positional)]
+    pub id: String,
+    /// server URL (default: ORANGE_SERVER, else http://127.0.0.1:8890)
+    #[argh(option)]
+    pub server: Option<String>,
+    /// admin token (default: ORANGE_TOKEN, else --data); ps shows argv, so prefer those two
+    #[argh(option)]
+    pub token: Option<AdminToken>,
+    /// the server's data directory; its admin.token is used when neither --token nor ORANGE_TOKEN is set
+    #[argh(option)]
+    pub data: Option<PathBuf>,
+    /// print the agent as JSON
+    #[argh(switch)]
+    pub json: bool,
+}
+
+/// Runs `orange agents` (or one of its subcommands) and returns the exit code.
 pub fn run(args: AgentsArgs) -> Result<i32> {
-    let flags = OperatorFlags { server: args.server, token: args.token, data: args.data, json: args.json };
-    let config = OperatorConfig::from_flags(flags)?;
-    let mut list: AgentList = config.api(ADMIN_TIMEOUT).get(admin::AGENTS_PATH)?;
-    if args.online {
-        list.agents.retain(|agent| agent.online);
-    }
-    if config.json {
-        output::print_json(&list)?
-    } else {
-        output::emit(&output::agents_table(&list.agents))?
-    }
+    execute(args)?.emit()?;
     Ok(0)
+}
+
+/// Does what `args` ask and returns what to print.
+fn execute(args: AgentsArgs) -> Result<Printed> {
+    let flags = OperatorFlags { server: args.server, token: args.token, data: args.data, json: args.json };
+    let Some(command) = args.command else {
+        return list(&OperatorConfig::from_flags(flags)?, args.online, args.pending);
+    };
+    if args.online || args.pending {
+        bail!("--online and --pending filter the list; they do not go with accept or forget");
+    }
+    match command {
+        AgentsCommand::Accept(a) => {
+            let own = OperatorFlags { server: a.server, token: a.token, data: a.data, json: a.json };
+            change(&OperatorConfig::from_flags(merge(own, flags))?, &a.id, admin::accept_path)
+        }
+        AgentsCommand::Forget(f) => {
+            let own = OperatorFlags { server: f.server, token: f.token, data: f.data, json: f.json };
+            change(&OperatorConfig::from_flags(merge(own, flags))?, &f.id, admin::forget_path)
+        }
+    }
+}
+
+/// Connection flags given after the subcommand win over those given before it.
+fn merge(own: OperatorFlags, outer: OperatorFlags) -> OperatorFlags {
+    OperatorFlags {
+        server: own.server.or(outer.server),
+        token: own.token.or(outer.token),
+        data: own.data.or(outer.data),
+        json: own.json || outer.json,
+    }
+}
+
+/// `GET /api/v1/agents`, filtered here.
+fn list(config: &OperatorConfig, online: bool, pending: bool) -> Result<Printed> {
+    let mut list: AgentList = config.api(ADMIN_TIMEOUT).get(admin::AGENTS_PATH)?;
+    list.agents.retain(|agent| (!online || agent.online) && (!pending || agent.status == "pending"));
+    Printed::json_or(config.json, &list, |list| output::agents_table(&list.agents))
+}
+
+/// `POST` to the path `path_of` gives for the agent `id` (accept or forget).
+fn change(config: &OperatorConfig, id: &str, path_of: fn(&str) -> String) -> Result<Printed> {
+    wire::check_app_id(id).map_err(anyhow::Error::msg)?;
+    let agent: AgentView = config.api(ADMIN_TIMEOUT).post(&path_of(&encode(id)), &serde_json::json!({}))?;
+    Printed::json_or(config.json, &agent, output::agent_status_line)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::fake_api::FakeApi;
+
+    fn parse(argv: &[&str]) -> Result<AgentsArgs, argh::EarlyExit> {
+        AgentsArgs::from_args(&["agents"], argv)
+    }
+
+    fn agent(app_id: &str, status: &str, online: bool) -> AgentView {
+        AgentView {
+            app_id: app_id.into(),
+            online,
+            last_seen: "2024-05-01T10:00:00Z".into(),
+            registered_at: "2024-04-01T00:00:00Z".into(),
+            labels: Default::default(),
+            version: None,
+            hostname: None,
+            processed_task_count: 0,
+            status: status.into(),
+        }
+    }
 
     #[test]
-    fn flags_parse() {
-        let args =
-            AgentsArgs::from_args(&["agents"], &["--online", "--json", "--server", "http://h:1"]).unwrap();
-        assert!(args.online && args.json);
+    fn flags_parse_without_a_subcommand() {
+        let args = parse(&["--online", "--json", "--server", "http://h:1"]).unwrap();
+        assert!(args.online && args.json && !args.pending && args.command.is_none());
         assert_eq!(args.server.as_deref(), Some("http://h:1"));
-        assert!(AgentsArgs::from_args(&["agents"], &["--token", " "]).is_err());
+        assert!(parse(&[]).unwrap().command.is_none());
+        assert!(parse(&["--pending"]).unwrap().pending);
+        assert!(parse(&["--token", " "]).is_err());
+        assert!(parse(&["w1"]).is_err());
+    }
+
+    #[test]
+    fn accept_and_forget_parse_with_their_own_flags() {
+        let args = parse(&["accept", "w1"]).unwrap();
+        assert!(matches!(&args.command, Some(AgentsCommand::Accept(a)) if a.id == "w1" && !a.json));
+        let args = parse(&["--server", "http://h:1", "forget", "w1", "--json", "--token", "t"]).unwrap();
+        assert_eq!(args.server.as_deref(), Some("http://h:1"));
+        assert!(matches!(&args.command, Some(AgentsCommand::Forget(f)) if f.id == "w1" && f.json));
+        assert!(parse(&["accept"]).is_err());
+        assert!(parse(&["accept", "w1", "w2"]).is_err());
+        assert!(parse(&["accept", "w1", "--online"]).is_err());
+    }
+
+    #[test]
+    fn flags_after_the_subcommand_win() {
+        let outer = OperatorFlags { server: Some("http://a:1".into()), json: true, ..Default::default() };
+        let own = OperatorFlags { server: Some("http://b:2".into()), ..Default::default() };
+        let merged = merge(own, outer);
+        assert_eq!((merged.server.as_deref(), merged.json), (Some("http://b:2"), true));
+    }
+
+    #[test]
+    fn filters_do_not_go_with_a_subcommand() {
+        let args = parse(&["--pending", "accept", "w1", "--token", "t"]).unwrap();
+        assert_eq!(
+            execute(args).unwrap_err().to_string(),
+            "--online and --pending filter the list; they do not go with accept or forget"
+        );
+    }
+
+    #[test]
+    fn bad_app_ids_are_refused_before_any_call() {
+        let args = parse(&["forget", "../tasks", "--server", "http://127.0.0.1:9", "--token", "t"]).unwrap();
+        assert_eq!(
+            execute(args).unwrap_err().to_string(),
+            "app id \"../tasks\" may only hold letters, digits and . _ - : @"
+        );
+    }
+
+    #[test]
+    fn list_filters_pending_agents_and_prints_a_table() {
+        let all = AgentList {
+            agents: vec![
+                agent("w1", "accepted", true),
+                agent("w2", "pending", true),
+                agent("w3", "pending", false),
+            ],
+        };
+        let api = FakeApi::serve(vec![FakeApi::ok(&all), FakeApi::ok(&all)]);
+        let printed = execute(parse(&["--pending", "--server", &api.url, "--token", "t"]).unwrap()).unwrap();
+        assert_eq!(
+            printed,
+            Printed::out(
+                "APP ID  STATUS   ONLINE  LAST SEEN             VERSION  HOSTNAME  LABELS\n\
+                 w2      pending  yes     2024-05-01T10:00:00Z  -        -         -\n\
+                 w3      pending  no      2024-05-01T10:00:00Z  -        -         -\n"
+                    .into()
+            )
+        );
+        let args = parse(&["--pending", "--online", "--json", "--server", &api.url, "--token", "t"]).unwrap();
+        let json: AgentList = serde_json::from_str(&execute(args).unwrap().stdout).unwrap();
+        assert_eq!(json.agents, vec![agent("w2", "pending", true)]);
+        let seen = api.seen();
+        assert_eq!((seen[0].method.as_str(), seen[0].target.as_str()), ("GET", "/api/v1/agents"));
+    }
+
+    #[test]
+    fn accept_posts_to_the_agent_and_says_it_is_accepted() {
+        let api = FakeApi::serve(vec![FakeApi::ok(&agent("w1", "accepted", false))]);
+        let printed =
+            execute(parse(&["accept", "w1", "--server", &api.url, "--token", "t"]).unwrap()).unwrap();
+        assert_eq!(printed, Printed::out("agent w1: accepted\n".into()));
+        let seen = api.seen();
+        assert_eq!(
+            (seen[0].method.as_str(), seen[0].target.as_str(), seen[0].body.as_str()),
+            ("POST", "/api/v1/agents/w1/accept", "{}")
+        );
+    }
+
+    #[test]
+    fn forget_posts_to_the_agent_and_prints_it_as_json() {
+        let forgotten = agent("db:1", "forgotten", false);
+        let api = FakeApi::serve(vec![FakeApi::ok(&forgotten), FakeApi::ok(&forgotten)]);
+        let argv = ["forget", "db:1", "--server", &api.url, "--token", "t"];
+        let printed = execute(parse(&argv).unwrap()).unwrap();
+        assert_eq!(printed.stdout, "agent db:1: forgotten; it may enroll again with a new secret\n");
+        let argv = ["--json", "forget", "db:1", "--server", &api.url, "--token", "t"];
+        let json: AgentView = serde_json::from_str(&execute(parse(&argv).unwrap()).unwrap().stdout).unwrap();
+        assert_eq!(json, forgotten);
+        let seen = api.seen();
+        assert_eq!(
+            (seen[1].method.as_str(), seen[1].target.as_str()),
+            ("POST", "/api/v1/agents/db%3A1/forget")
+        );
+    }
+
+    #[test]
+    fn an_unknown_agent_names_the_call() {
+        let api = FakeApi::serve(vec![FakeApi::error("404 Not Found", "unknown agent \"w9\"")]);
+        let error =
+            execute(parse(&["accept", "w9", "--server", &api.url, "--token", "t"]).unwrap()).unwrap_err();
+        assert_eq!(
+            format!("{error:#}"),
+            format!("POST {}/api/v1/agents/w9/accept: unknown agent \"w9\" (HTTP 404)", api.url)
+        );
     }
 }

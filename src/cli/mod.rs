@@ -2,6 +2,7 @@
 //! configs (`ServerConfig`, `AgentConfig`, `OperatorConfig`) and handed to the part that runs them.
 
 pub mod agents;
+pub mod audit;
 pub mod cancel;
 #[cfg(test)]
 mod fake_api;
@@ -11,6 +12,7 @@ pub mod operator;
 pub mod output;
 pub mod run;
 pub mod task;
+pub mod token;
 pub mod wait;
 
 use std::net::SocketAddr;
@@ -48,6 +50,10 @@ pub enum Command {
     Agents(agents::AgentsArgs),
     /// `orange enroll-key`
     EnrollKey(EnrollKeyArgs),
+    /// `orange token ...`
+    Token(token::TokenArgs),
+    /// `orange audit`
+    Audit(audit::AuditArgs),
 }
 
 /// Print the server's enrollment key (on the server host): agents given it enroll at once.
@@ -165,6 +171,8 @@ pub fn run(orange: Orange) -> Result<i32> {
         }
         Some(Command::Task(args)) => task::run(args),
         Some(Command::Agents(args)) => agents::run(args),
+        Some(Command::Token(args)) => token::run(args),
+        Some(Command::Audit(args)) => audit::run(args),
         Some(Command::EnrollKey(args)) => {
             let path = args.data.join(crate::server::ENROLL_KEY_FILE);
             let key = read_secret_file(&path).with_context(|| {

@@ -1,6 +1,8 @@
-//! What the operator commands print: aligned tables of agents and tasks, the detail block of one
-//! task, the one-line answer of a cancel, notes about output, and JSON. Builders return strings so tests compare them exactly; [`emit`] and
-//! [`print_json`] write to stdout, which carries results only.
+//! What the operator commands print: aligned tables of agents, tasks, enrollment tokens and audit
+//! entries, the detail block of one task, the one-line answers of a cancel, an accept, a forget
+//! or a revoke, notes about output, and JSON. Builders return strings (or a [`Printed`]) so tests
+//! compare them exactly; [`emit`], [`print_json`] and [`Printed::emit`] write them out, results on
+//! stdout and notes on stderr.
 
 use std::io::Write;
 
@@ -9,7 +11,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
 use crate::protocol::TaskStatus;
-use crate::protocol::admin::{AgentView, OutputChunkView, TaskView};
+use crate::protocol::admin::{AgentView, AuditEntry, OutputChunkView, TaskView, TokenView};
 
 /// Placeholder for a value that is absent.
 const NONE: &str = "-";
@@ -24,9 +26,46 @@ pub fn emit(text: &str) -> Result<()> {
 
 /// Writes `value` to stdout as pretty JSON and a newline.
 pub fn print_json<T: Serialize>(value: &T) -> Result<()> {
+    emit(&json_text(value)?)
+}
+
+/// `value` as pretty JSON and a newline, as [`print_json`] writes it.
+pub fn json_text<T: Serialize>(value: &T) -> Result<String> {
     let mut text = serde_json::to_string_pretty(value).context("cannot encode the output as JSON")?;
     text.push('\n');
-    emit(&text)
+    Ok(text)
+}
+
+/// What a command prints, built first so tests can compare it: results for stdout and notes
+/// for stderr.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Printed {
+    /// Results, for stdout.
+    pub stdout: String,
+    /// Notes, for stderr.
+    pub stderr: String,
+}
+
+impl Printed {
+    /// Results only.
+    pub fn out(stdout: String) -> Self {
+        Printed { stdout, stderr: String::new() }
+    }
+
+    /// `value` as JSON when `json`, else `text`, for stdout.
+    pub fn json_or<T: Serialize>(json: bool, value: &T, text: impl FnOnce(&T) -> String) -> Result<Self> {
+        Ok(Printed::out(if json { json_text(value)? } else { text(value) }))
+    }
+
+    /// Writes the results to stdout, then the notes to stderr.
+    pub fn emit(&self) -> Result<()> {
+        emit(&self.stdout)?;
+        let mut stderr = std::io::stderr().lock();
+        stderr
+            .write_all(self.stderr.as_bytes())
+            .and_then(|()| stderr.flush())
+            .context("cannot write to stderr")
+    }
 }
 
 /// One output chunk as a JSON line (`{"seq":N,"stream":"stdout","data":"..."}` and a newline).
@@ -67,6 +106,7 @@ pub fn agents_table(agents: &[AgentView]) -> String {
     let rows = agents.iter().map(|agent| {
         vec![
             agent.app_id.clone(),
+            agent.status.clone(),
             if agent.online { "yes" } else { "no" }.to_owned(),
             short_time(&agent.last_seen),
             agent.version.clone().unwrap_or_else(|| NONE.to_owned()),
@@ -74,7 +114,16 @@ pub fn agents_table(agents: &[AgentView]) -> String {
             labels(agent),
         ]
     });
-    table(&["APP ID", "ONLINE", "LAST SEEN", "VERSION", "HOSTNAME", "LABELS"], rows.collect())
+    table(&["APP ID", "STATUS", "ONLINE", "LAST SEEN", "VERSION", "HOSTNAME", "LABELS"], rows.collect())
+}
+
+/// The one line of `orange agents accept` and `forget`: where the agent stands now.
+pub fn agent_status_line(agent: &AgentView) -> String {
+    let id = &agent.app_id;
+    match agent.status.as_str() {
+        "forgotten" => format!("agent {id}: forgotten; it may enroll again with a new secret\n"),
+        status => format!("agent {id}: {status}\n"),
+    }
 }
 
 fn labels(agent: &AgentView) -> String {
@@ -97,6 +146,73 @@ pub fn tasks_table(tasks: &[TaskView]) -> String {
         ]
     });
     table(&["TASK ID", "AGENT", "TYPE", "STATUS", "EXIT", "CREATED"], rows.collect())
+}
+
+/// Whether an enrollment token still works at `now`: `revoked`, `used up`, `expired` or `active`
+/// (the first that applies). An expiry that does not parse counts as expired.
+pub fn token_state(token: &TokenView, now: DateTime<Utc>) -> &'static str {
+    let expired = DateTime::parse_from_rfc3339(&token.expires_at).map_or(true, |at| at <= now);
+    match () {
+        _ if token.revoked => "revoked",
+        _ if token.uses_left == 0 => "used up",
+        _ if expired => "expired",
+        _ => "active",
+    }
+}
+
+/// The `orange token list` table, states as of `now`.
+pub fn tokens_table(tokens: &[TokenView], now: DateTime<Utc>) -> String {
+    let rows = tokens.iter().map(|token| {
+        vec![
+            token.token_id.clone(),
+            short_time(&token.expires_at),
+            token.uses_left.to_string(),
+            token_state(token, now).to_owned(),
+        ]
+    });
+    table(&["TOKEN ID", "EXPIRES", "USES LEFT", "STATE"], rows.collect())
+}
+
+/// The stderr note after `orange token create`: how to hand the token out, and its limits.
+pub fn token_created_note(token: &TokenView) -> String {
+    let uses = match token.uses_left {
+        1 => "1 use".to_owned(),
+        n => format!("{n} uses"),
+    };
+    format!(
+        "orange: give it to agents as ORANGE_ENROLL_TOKEN or --enroll-token-file; it is shown only once; \
+         expires {}; {uses}\n",
+        short_time(&token.expires_at)
+    )
+}
+
+/// The one line of `orange token revoke`.
+pub fn token_revoked_line(token: &TokenView) -> String {
+    let state = if token.revoked { "revoked" } else { "not revoked" };
+    format!("token {}: {state}\n", token.token_id)
+}
+
+/// The `orange audit` table, in the order given (the server sends newest first).
+pub fn audit_table(entries: &[AuditEntry]) -> String {
+    let rows = entries.iter().map(|entry| {
+        vec![
+            short_time(&entry.at),
+            one_line(&entry.actor),
+            one_line(&entry.action),
+            one_line(&entry.target),
+            one_line(&entry.detail),
+        ]
+    });
+    table(&["TIME", "ACTOR", "ACTION", "TARGET", "DETAIL"], rows.collect())
+}
+
+/// A table cell: control characters (a newline, a terminal escape) become spaces, an empty
+/// value is marked, so each entry stays one line and the terminal shows plain text.
+fn one_line(text: &str) -> String {
+    if text.is_empty() {
+        return NONE.to_owned();
+    }
+    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
 /// Lays out a header and rows in columns padded to their widest cell, without trailing spaces.
@@ -228,7 +344,7 @@ pub(super) mod tests {
             version: version.map(str::to_owned),
             hostname: Some(format!("{app_id}.example.net")),
             processed_task_count: 3,
-            status: "accepted".into(),
+            status: if online { "accepted" } else { "pending" }.into(),
         }
     }
 
@@ -240,9 +356,97 @@ pub(super) mod tests {
         ];
         assert_eq!(
             agents_table(&agents),
-            "APP ID         ONLINE  LAST SEEN             VERSION  HOSTNAME                   LABELS\n\
-             db-1           no      2024-05-01T08:00:00Z  -        db-1.example.net           -\n\
-             web-long-name  yes     2024-05-01T08:00:00Z  0.1.0    web-long-name.example.net  env=prod,role=web\n"
+            "APP ID         STATUS    ONLINE  LAST SEEN             VERSION  HOSTNAME                   LABELS\n\
+             db-1           pending   no      2024-05-01T08:00:00Z  -        db-1.example.net           -\n\
+             web-long-name  accepted  yes     2024-05-01T08:00:00Z  0.1.0    web-long-name.example.net  env=prod,role=web\n"
+        );
+    }
+
+    #[test]
+    fn agent_status_lines_say_what_follows() {
+        let mut w1 = agent("w1", true, None, &[]);
+        assert_eq!(agent_status_line(&w1), "agent w1: accepted\n");
+        w1.status = "forgotten".into();
+        assert_eq!(agent_status_line(&w1), "agent w1: forgotten; it may enroll again with a new secret\n");
+        w1.status = "pending".into();
+        assert_eq!(agent_status_line(&w1), "agent w1: pending\n");
+    }
+
+    fn token(id: &str, expires_at: &str, uses_left: u32, revoked: bool) -> TokenView {
+        TokenView {
+            token_id: id.into(),
+            token: None,
+            created_at: "2024-05-01T00:00:00Z".into(),
+            expires_at: expires_at.into(),
+            uses_left,
+            revoked,
+        }
+    }
+
+    #[test]
+    fn token_states_follow_revoke_then_uses_then_expiry() {
+        let now = DateTime::parse_from_rfc3339("2024-05-01T10:00:00Z").unwrap().with_timezone(&Utc);
+        let later = "2024-05-01T10:00:00.001Z";
+        assert_eq!(token_state(&token("a", later, 1, false), now), "active");
+        assert_eq!(token_state(&token("a", "2024-05-01T10:00:00Z", 1, false), now), "expired");
+        assert_eq!(token_state(&token("a", "garbage", 1, false), now), "expired");
+        assert_eq!(token_state(&token("a", "2024-05-01T09:00:00Z", 0, false), now), "used up");
+        assert_eq!(token_state(&token("a", "2024-05-01T09:00:00Z", 0, true), now), "revoked");
+    }
+
+    #[test]
+    fn tokens_table_aligns_columns() {
+        let now = DateTime::parse_from_rfc3339("2024-05-01T10:00:00Z").unwrap().with_timezone(&Utc);
+        let tokens = [
+            token("3f9a0c1d2e4b5a69", "2024-05-02T10:00:00.000Z", 12, false),
+            token("77", "2024-05-01T12:00:00+02:00", 1, false),
+        ];
+        assert_eq!(
+            tokens_table(&tokens, now),
+            "TOKEN ID          EXPIRES               USES LEFT  STATE\n\
+             3f9a0c1d2e4b5a69  2024-05-02T10:00:00Z  12         active\n\
+             77                2024-05-01T10:00:00Z  1          expired\n"
+        );
+        assert_eq!(tokens_table(&[], now), "TOKEN ID  EXPIRES  USES LEFT  STATE\n");
+    }
+
+    #[test]
+    fn the_token_note_counts_uses() {
+        let mut one = token("a", "2024-05-02T10:00:00.000Z", 1, false);
+        assert_eq!(
+            token_created_note(&one),
+            "orange: give it to agents as ORANGE_ENROLL_TOKEN or --enroll-token-file; it is shown only once; \
+             expires 2024-05-02T10:00:00Z; 1 use\n"
+        );
+        one.uses_left = 2;
+        assert!(token_created_note(&one).ends_with("; 2 uses\n"));
+        one.revoked = true;
+        assert_eq!(token_revoked_line(&one), "token a: revoked\n");
+    }
+
+    #[test]
+    fn audit_table_keeps_each_entry_on_one_line() {
+        let entries = [
+            AuditEntry {
+                at: "2024-05-01T10:00:00.123Z".into(),
+                actor: "admin@::1".into(),
+                action: "task.send".into(),
+                target: "2 tasks, first 0190a1b2".into(),
+                detail: "type shell,\npayload\u{1b}[31m 6 bytes".into(),
+            },
+            AuditEntry {
+                at: "2024-05-01T09:59:59Z".into(),
+                actor: "agent:w1".into(),
+                action: "agent.enroll".into(),
+                target: "w1".into(),
+                detail: String::new(),
+            },
+        ];
+        assert_eq!(
+            audit_table(&entries),
+            "TIME                  ACTOR      ACTION        TARGET                   DETAIL\n\
+             2024-05-01T10:00:00Z  admin@::1  task.send     2 tasks, first 0190a1b2  type shell, payload [31m 6 bytes\n\
+             2024-05-01T09:59:59Z  agent:w1   agent.enroll  w1                       -\n"
         );
     }
 

@@ -148,10 +148,9 @@ impl Fleet {
         app_id: &str,
         status: AgentStatus,
     ) -> Result<AgentRecord, FleetError> {
-        let agent = self
-            .store
-            .set_agent_status(app_id, status)?
-            .ok_or_else(|| FleetError::NotFound(format!("unknown agent {app_id:?}")))?;
+        let agent = self.store.set_agent_status(app_id, status)?.ok_or_else(|| {
+            FleetError::NotFound(format!("unknown agent {app_id:?} (a forgotten agent must enroll again)"))
+        })?;
         let action = if status == AgentStatus::Forgotten { "agent.forget" } else { "agent.accept" };
         self.audit(actor, action, app_id, "")?;
         self.store.durable().await?;
