@@ -135,10 +135,19 @@ pub struct AgentArgs {
     /// file holding the agent's secret (else ORANGE_SECRET, else one generated in the state dir)
     #[argh(option)]
     pub secret_file: Option<PathBuf>,
-    /// file holding the server's enrollment key (else ORANGE_ENROLL_KEY, else the original's
-    /// public key "orange-forge")
+    /// file holding the server's enrollment key (else ORANGE_ENROLL_KEY); with neither a key
+    /// nor a token the agent enrolls `pending` and waits for `orange agents accept`
     #[argh(option)]
     pub enroll_key_file: Option<PathBuf>,
+    /// file holding an enrollment token from `orange token create` (else ORANGE_ENROLL_TOKEN)
+    #[argh(option)]
+    pub enroll_token_file: Option<PathBuf>,
+    /// PEM file of the CA that signed the server's certificate (default: the system roots)
+    #[argh(option)]
+    pub ca_file: Option<PathBuf>,
+    /// do not verify the server's certificate (warns on every start)
+    #[argh(switch)]
+    pub insecure: bool,
     /// allow `shell` tasks (command lines run with sh -c)
     #[argh(switch)]
     pub allow_shell: bool,
