@@ -1,6 +1,8 @@
 //! An orange agent embedded in another Rust program, like the original library's
 //! `Regist(callback)`: the program answers task type `greet` itself and leaves `ping` (and any
-//! other type) to orange's built-in executors.
+//! other type) to orange's built-in executors, handing them the task's context so that their
+//! processes stream output live and stop on a cancel. The agent journals and reports every
+//! outcome the same way, whoever produced it.
 //!
 //! ```text
 //! cargo run --example embedded_agent -- http://127.0.0.1:8890 my-app
@@ -8,13 +10,13 @@
 //! ```
 //! The server URL and app id come from the arguments, else `ORANGE_SERVER` and the host name;
 //! the secret from `ORANGE_SECRET`, else one generated under `ORANGE_STATE` (default: the
-//! agent's usual state directory).
+//! agent's usual state directory), which also holds the task journal.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Result;
-use orange::agent::{AgentConfig, BuiltinExecutor, TaskHandler, TaskOutcome};
+use orange::agent::{AgentConfig, BuiltinExecutor, TaskContext, TaskHandler, TaskOutcome};
 use orange::cli::AgentArgs;
 use orange::protocol::WireTask;
 
@@ -25,9 +27,14 @@ struct Greeter {
 
 impl TaskHandler for Greeter {
     fn run(&self, task: &WireTask) -> TaskOutcome {
+        self.run_with(task, &TaskContext::detached())
+    }
+
+    fn run_with(&self, task: &WireTask, ctx: &TaskContext) -> TaskOutcome {
         match task.task_type.as_str() {
+            "greet" if ctx.is_cancelled() => TaskOutcome::cancelled("cancelled before greeting"),
             "greet" => greet(&task.payload),
-            _ => self.builtin.run(task),
+            _ => self.builtin.run_with(task, ctx),
         }
     }
 }
@@ -49,6 +56,9 @@ fn agent_args() -> AgentArgs {
         state: std::env::var_os("ORANGE_STATE").map(PathBuf::from),
         secret_file: None,
         enroll_key_file: None,
+        enroll_token_file: None,
+        ca_file: None,
+        insecure: false,
         allow_shell: false,
         handlers: None,
         label: vec!["embedded=true".to_owned()],

@@ -165,7 +165,10 @@ fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
         for entry in std::fs::read_dir(&next).expect("read state dir") {
             let path = entry.expect("dir entry").path();
             if path.is_dir() {
-                stack.push(path);
+                // The task journal grows with every task; the identity is everything else.
+                if path.file_name() != Some(std::ffi::OsStr::new("tasks")) {
+                    stack.push(path);
+                }
             } else {
                 let name = path.strip_prefix(dir).unwrap().display().to_string();
                 files.insert(name, std::fs::read(&path).expect("read state file"));

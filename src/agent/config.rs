@@ -7,12 +7,15 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+use super::handler::CANCEL_GRACE;
 use super::state;
 use crate::cli::{AgentArgs, read_secret_file};
 use crate::protocol::wire::{LEGACY_BASE_SECRET, MAX_SECRET_LEN};
 
 /// Interval between heartbeats.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
+/// How long reports and output chunks keep being retried once the agent is stopping.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Longest label key.
 const MAX_LABEL_KEY_LEN: usize = 63;
 /// Longest label value.
@@ -51,7 +54,7 @@ pub struct AgentConfig {
     pub secret: Secret,
     /// The key `register` is signed with.
     pub enroll_key: Secret,
-    /// Directory holding the generated secret.
+    /// Directory holding the generated secret and the task journal.
     pub state_dir: PathBuf,
     /// Whether `shell` tasks may run.
     pub allow_shell: bool,
@@ -65,6 +68,12 @@ pub struct AgentConfig {
     pub hostname: String,
     /// Interval between heartbeats ([`HEARTBEAT_INTERVAL`] from the command line).
     pub heartbeat: Duration,
+    /// Time a cancelled task's process group gets between SIGTERM and SIGKILL
+    /// ([`CANCEL_GRACE`] from the command line).
+    pub cancel_grace: Duration,
+    /// How long reports keep being retried once the agent is stopping ([`STOP_GRACE`] from the
+    /// command line); what is still unreported then stays in the journal for the next start.
+    pub stop_grace: Duration,
 }
 
 impl AgentConfig {
@@ -104,6 +113,8 @@ fn from_args_with_env(args: AgentArgs, env: &dyn Fn(&str) -> Option<String>) -> 
         max_tasks: args.max_tasks,
         hostname,
         heartbeat: HEARTBEAT_INTERVAL,
+        cancel_grace: CANCEL_GRACE,
+        stop_grace: STOP_GRACE,
     })
 }
 

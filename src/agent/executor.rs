@@ -1,14 +1,17 @@
 //! The built-in executors, chosen by task type: `ping` answers at once, `shell` runs `sh -c` (only
 //! when allowed), and any other type T runs the executable `<handlers>/T`. A task that cannot run
-//! becomes a failed outcome with a reason, never a dropped task.
+//! becomes a failed outcome with a reason, never a dropped task. Inside the agent a process's
+//! output streams to the server and a cancel stops its group; outside it (`run`), output is
+//! captured into the outcome.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use super::capture::Capture;
 use super::config::AgentConfig;
-use super::handler::{OutcomeStatus, TaskHandler, TaskOutcome};
-use super::process::{ProcessOutput, run_process};
+use super::handler::{OutcomeStatus, TaskContext, TaskHandler, TaskOutcome};
+use super::process::{OutputSink, ProcessOutput, RunLimits, run_process_with};
 use crate::protocol::WireTask;
 use crate::protocol::wire::MAX_OUTPUT_LEN;
 
@@ -41,20 +44,21 @@ impl BuiltinExecutor {
         BuiltinExecutor { allow_shell, handlers_dir, ping_answer }
     }
 
-    fn shell(&self, task: &WireTask) -> TaskOutcome {
+    fn shell(&self, task: &WireTask, ctx: &TaskContext) -> TaskOutcome {
         if !self.allow_shell {
             return TaskOutcome::failed(SHELL_DISABLED);
         }
         let mut command = Command::new(SHELL);
         command.arg("-c").arg(&task.payload);
-        run_command(command, task, None, SHELL)
+        run_command(command, task, None, SHELL, ctx)
     }
 
-    fn handler(&self, task: &WireTask) -> TaskOutcome {
+    fn handler(&self, task: &WireTask, ctx: &TaskContext) -> TaskOutcome {
         match self.handler_path(&task.task_type) {
             Ok(path) => {
                 let what = path.display().to_string();
-                run_command(Command::new(&path), task, Some(task.payload.as_bytes().to_vec()), &what)
+                let input = Some(task.payload.as_bytes().to_vec());
+                run_command(Command::new(&path), task, input, &what, ctx)
             }
             Err(reason) => TaskOutcome::failed(reason),
         }
@@ -78,11 +82,15 @@ impl BuiltinExecutor {
 
 impl TaskHandler for BuiltinExecutor {
     fn run(&self, task: &WireTask) -> TaskOutcome {
+        self.run_with(task, &TaskContext::detached())
+    }
+
+    fn run_with(&self, task: &WireTask, ctx: &TaskContext) -> TaskOutcome {
         match task.task_type.as_str() {
             // The original's own server names this type `PING`, so any case is accepted.
             t if t.eq_ignore_ascii_case("ping") => TaskOutcome::success(self.ping_answer.clone()),
-            "shell" => self.shell(task),
-            _ => self.handler(task),
+            "shell" => self.shell(task, ctx),
+            _ => self.handler(task, ctx),
         }
     }
 }
@@ -108,30 +116,56 @@ fn resolve_inside(dir: &Path, name: &str) -> Result<PathBuf, String> {
     Ok(path)
 }
 
-/// Runs a task's process with the task's timeout and turns what it left into an outcome.
-fn run_command(mut command: Command, task: &WireTask, input: Option<Vec<u8>>, what: &str) -> TaskOutcome {
+/// Runs a task's process with the task's timeout and the context's cancel flag, its output
+/// streamed through the context (or captured when detached), and turns what it left into an
+/// outcome.
+fn run_command(
+    mut command: Command,
+    task: &WireTask,
+    input: Option<Vec<u8>>,
+    what: &str,
+    ctx: &TaskContext,
+) -> TaskOutcome {
     command.env("ORANGE_TASK_ID", &task.task_id);
     for name in HIDDEN_ENV {
         command.env_remove(name);
     }
     let timeout = task.timeout_secs.map_or(DEFAULT_TASK_TIMEOUT, Duration::from_secs);
-    match run_process(command, input, timeout, MAX_OUTPUT_LEN) {
-        Ok(output) => outcome_of(output, timeout),
+    let limits = RunLimits { timeout, cancel: Some(ctx.cancel_flag()), cancel_grace: ctx.cancel_grace() };
+    let sink: Box<dyn OutputSink> = match ctx.output_sink() {
+        Some(sink) => Box::new(sink),
+        None => Box::new(Capture::new(MAX_OUTPUT_LEN)),
+    };
+    match run_process_with(command, input, &limits, sink) {
+        Ok(output) => outcome_of(output, &limits),
         Err(e) => TaskOutcome::failed(format!("cannot start {what}: {e}")),
     }
 }
 
-fn outcome_of(output: ProcessOutput, timeout: Duration) -> TaskOutcome {
-    let (status, error) = match (output.timed_out, output.exit_code, output.signal) {
-        (true, _, _) => {
-            let reason = format!("timed out after {} s; the process group was killed", timeout.as_secs());
-            (OutcomeStatus::TimedOut, Some(reason))
+fn outcome_of(output: ProcessOutput, limits: &RunLimits<'_>) -> TaskOutcome {
+    let (status, error) = match (output.cancelled, output.timed_out, output.exit_code, output.signal) {
+        (true, _, _, signal) => (OutcomeStatus::Cancelled, Some(cancel_note(signal, limits.cancel_grace))),
+        (false, true, _, _) => {
+            let secs = limits.timeout.as_secs();
+            (OutcomeStatus::TimedOut, Some(format!("timed out after {secs} s; the process group was killed")))
         }
-        (false, Some(0), _) => (OutcomeStatus::Succeeded, None),
-        (false, _, Some(signal)) => (OutcomeStatus::Failed, Some(format!("killed by signal {signal}"))),
-        (false, _, None) => (OutcomeStatus::Failed, None),
+        (false, false, Some(0), _) => (OutcomeStatus::Succeeded, None),
+        (false, false, _, Some(signal)) => {
+            (OutcomeStatus::Failed, Some(format!("killed by signal {signal}")))
+        }
+        (false, false, _, None) => (OutcomeStatus::Failed, None),
     };
     TaskOutcome { status, exit_code: output.exit_code, stdout: output.stdout, stderr: output.stderr, error }
+}
+
+/// The error text of a cancelled process: how its group was stopped.
+fn cancel_note(signal: Option<i32>, grace: Duration) -> String {
+    if signal == Some(libc::SIGKILL) {
+        let ms = grace.as_millis();
+        format!("cancelled; the process group ignored SIGTERM and was killed after the {ms} ms grace")
+    } else {
+        "cancelled; the process group was sent SIGTERM".to_owned()
+    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,17 @@
-//! The embedding API: the `TaskHandler` trait that runs one task, and the `TaskOutcome` it
-//! returns, which the agent turns into a `reportTask` body.
+//! The embedding API: the `TaskHandler` trait that runs one task, the `TaskOutcome` it returns
+//! (which the agent journals and reports), and the `TaskContext` through which a running task
+//! learns that it was cancelled and streams its process output to the server.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use super::stream::{ChunkSink, TaskStream};
 use crate::protocol::WireTask;
-use crate::protocol::wire::{DO_STATUS_FAILED, DO_STATUS_SUCCESS, DO_STATUS_TIMEOUT};
+use crate::protocol::wire::{DO_STATUS_CANCELLED, DO_STATUS_FAILED, DO_STATUS_SUCCESS, DO_STATUS_TIMEOUT};
+
+/// How long a cancelled task's process group has between SIGTERM and SIGKILL.
+pub const CANCEL_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs tasks for the agent. Called on a worker thread, possibly for several tasks at once.
 ///
@@ -16,6 +25,14 @@ pub trait TaskHandler: Send + Sync {
     /// Runs `task` to its end and says how it went. Must respect the task's timeout itself;
     /// a panic is caught and reported as a failure.
     fn run(&self, task: &WireTask) -> TaskOutcome;
+
+    /// Runs `task` with its context: the agent calls this one. The default ignores the context
+    /// and calls [`TaskHandler::run`]; a handler that wants cancels or live output overrides it
+    /// (or hands the context on, as an embedding program does with [`super::BuiltinExecutor`]).
+    fn run_with(&self, task: &WireTask, ctx: &TaskContext) -> TaskOutcome {
+        let _ = ctx;
+        self.run(task)
+    }
 }
 
 impl<F> TaskHandler for F
@@ -36,6 +53,8 @@ pub enum OutcomeStatus {
     Failed,
     /// Ran past its timeout and was stopped; reported as `timeout`.
     TimedOut,
+    /// Stopped because an operator cancelled it; reported as `cancelled`.
+    Cancelled,
 }
 
 impl OutcomeStatus {
@@ -45,6 +64,7 @@ impl OutcomeStatus {
             OutcomeStatus::Succeeded => DO_STATUS_SUCCESS,
             OutcomeStatus::Failed => DO_STATUS_FAILED,
             OutcomeStatus::TimedOut => DO_STATUS_TIMEOUT,
+            OutcomeStatus::Cancelled => DO_STATUS_CANCELLED,
         }
     }
 }
@@ -56,9 +76,9 @@ pub struct TaskOutcome {
     pub status: OutcomeStatus,
     /// Exit code of the process, when there was one.
     pub exit_code: Option<i32>,
-    /// Standard output (also sent as the original protocol's `result`).
+    /// Standard output, when it was not streamed.
     pub stdout: String,
-    /// Standard error.
+    /// Standard error, when it was not streamed.
     pub stderr: String,
     /// Why the task failed or did not run, in words.
     pub error: Option<String>,
@@ -78,13 +98,92 @@ impl TaskOutcome {
 
     /// A failure explained by `error`.
     pub fn failed(error: impl Into<String>) -> Self {
-        TaskOutcome {
-            status: OutcomeStatus::Failed,
-            exit_code: None,
-            stdout: String::new(),
-            stderr: String::new(),
-            error: Some(error.into()),
-        }
+        TaskOutcome { error: Some(error.into()), ..TaskOutcome::success("") }
+            .with_status(OutcomeStatus::Failed)
+    }
+
+    /// A cancellation explained by `error`.
+    pub fn cancelled(error: impl Into<String>) -> Self {
+        TaskOutcome::failed(error).with_status(OutcomeStatus::Cancelled)
+    }
+
+    fn with_status(self, status: OutcomeStatus) -> Self {
+        TaskOutcome { status, ..self }
+    }
+}
+
+/// What the agent and a running task share: the cancel flag and whether the server has
+/// acknowledged the task's start.
+#[derive(Debug, Default)]
+pub(crate) struct TaskControl {
+    cancelled: AtomicBool,
+    acked: AtomicBool,
+}
+
+impl TaskControl {
+    /// Asks the task to stop.
+    pub(crate) fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+    }
+
+    /// The flag a process supervisor watches.
+    pub(crate) fn cancel_flag(&self) -> &AtomicBool {
+        &self.cancelled
+    }
+
+    /// True once the task was asked to stop.
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Records that the server acknowledged the start (`doing`).
+    pub(crate) fn set_acked(&self) {
+        self.acked.store(true, Ordering::SeqCst);
+    }
+
+    /// True once the server acknowledged the start.
+    pub(crate) fn is_acked(&self) -> bool {
+        self.acked.load(Ordering::SeqCst)
+    }
+}
+
+/// A running task's view of the agent: whether it was cancelled, and (crate-internal) where its
+/// process output streams to and how long a cancelled process may take to stop.
+pub struct TaskContext {
+    control: Arc<TaskControl>,
+    stream: Option<Arc<TaskStream>>,
+    cancel_grace: Duration,
+}
+
+impl TaskContext {
+    /// A context outside the agent: never cancelled, output captured into the outcome.
+    pub fn detached() -> Self {
+        TaskContext { control: Arc::default(), stream: None, cancel_grace: CANCEL_GRACE }
+    }
+
+    /// The context of a task the agent runs.
+    pub(crate) fn new(control: Arc<TaskControl>, stream: Arc<TaskStream>, cancel_grace: Duration) -> Self {
+        TaskContext { control, stream: Some(stream), cancel_grace }
+    }
+
+    /// True once an operator cancelled the task (or the server finished it): stop soon.
+    pub fn is_cancelled(&self) -> bool {
+        self.control.is_cancelled()
+    }
+
+    /// The flag a process supervisor watches.
+    pub(crate) fn cancel_flag(&self) -> &AtomicBool {
+        self.control.cancel_flag()
+    }
+
+    /// Time between SIGTERM and SIGKILL for a cancelled process group.
+    pub(crate) fn cancel_grace(&self) -> Duration {
+        self.cancel_grace
+    }
+
+    /// A sink streaming process output to the server; `None` when detached (capture instead).
+    pub(crate) fn output_sink(&self) -> Option<ChunkSink> {
+        self.stream.as_ref().map(|stream| ChunkSink::new(Arc::clone(stream)))
     }
 }
 
@@ -105,9 +204,14 @@ mod tests {
             timeout_secs: None,
         };
         assert_eq!(TaskHandler::run(&handler, &task).stdout, "HI");
+        assert_eq!(handler.run_with(&task, &TaskContext::detached()).stdout, "HI");
         assert_eq!(OutcomeStatus::Succeeded.do_status(), "success");
         assert_eq!(OutcomeStatus::Failed.do_status(), "failed");
         assert_eq!(OutcomeStatus::TimedOut.do_status(), "timeout");
+        assert_eq!(OutcomeStatus::Cancelled.do_status(), "cancelled");
         assert_eq!(TaskOutcome::failed("no").error.as_deref(), Some("no"));
+        let cancelled = TaskOutcome::cancelled("stop");
+        assert_eq!((cancelled.status, cancelled.error.as_deref()), (OutcomeStatus::Cancelled, Some("stop")));
+        assert!(!TaskContext::detached().is_cancelled());
     }
 }

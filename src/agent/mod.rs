@@ -1,14 +1,29 @@
 //! `orange agent`: registers with the server, long-polls for tasks, runs them on worker threads
 //! and reports the results. Blocking code on ureq; no async runtime.
 //!
+//! A task is never lost and never run twice: it is journaled as started (in `<state>/tasks/`)
+//! before the agent acknowledges it with `doing` and runs it, and its final report is journaled
+//! before it is sent and retried until the server takes it, across outages and restarts. A task
+//! delivered again is re-reported or re-acknowledged, never re-run; one that a restart cut short
+//! is reported `lost`. While tasks run, a capacity-0 long poll stays parked so operator cancels
+//! arrive within moments (SIGTERM to the process group, SIGKILL after a grace), and process
+//! output streams live to the server in ordered, acknowledged chunks with bounded memory.
+//!
 //! # Layout
 //! - [`config`]: `AgentConfig`, validated once from flags and environment; the `Secret` newtype.
 //! - [`state`]: the state directory and the generated secret kept in it.
-//! - [`poll`]: registration, the poll loop, the heartbeat and the task slots.
-//! - [`handler`]: the embedding API, `TaskHandler` and `TaskOutcome`.
+//! - [`journal`]: one durable JSON file per task: started, finished (the report), reported.
+//! - `shared`: state shared by the threads: stop and grace, slots, the tasks running here.
+//! - `poll`: registration, the capacity-aware poll loop and the heartbeat.
+//! - `worker`: what happens to a delivered task: journal, ack, run, report; cancels; recovery.
+//! - `outbox`: final reports sent again from the journal, on their own thread.
+//! - [`handler`]: the embedding API, `TaskHandler`, `TaskOutcome` and `TaskContext`.
 //! - [`executor`]: the built-in handler (`ping`, `shell`, the handlers directory).
-//! - [`process`]: running a process in its own group with a deadline and capped output.
-//! - [`report`]: building and sending `reportTask` bodies.
+//! - [`process`]: running a process in its own group with a deadline, cancel and an output sink.
+//! - [`capture`]: the sink that keeps capped output (for runs outside the agent).
+//! - `stream`: the sink that streams output to the server as numbered chunks.
+//! - `report`: building `reportTask` bodies and sending final reports.
+//! - `retry`: sending one call until the server takes or refuses it.
 //! - [`backoff`]: capped exponential backoff with full jitter.
 //!
 //! # Embedding
@@ -26,16 +41,23 @@
 //! ```
 
 pub mod backoff;
+pub mod capture;
 pub mod config;
 pub mod executor;
 pub mod handler;
-pub mod poll;
+pub mod journal;
+mod outbox;
+mod poll;
 pub mod process;
-pub mod report;
+mod report;
+mod retry;
+mod shared;
 pub mod state;
+mod stream;
+mod worker;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::Duration;
 
@@ -45,9 +67,10 @@ use tracing::{info, warn};
 
 pub use config::{AgentConfig, Secret};
 pub use executor::BuiltinExecutor;
-pub use handler::{OutcomeStatus, TaskHandler, TaskOutcome};
+pub use handler::{CANCEL_GRACE, OutcomeStatus, TaskContext, TaskHandler, TaskOutcome};
 
-use poll::Shared;
+use journal::Journal;
+use shared::Shared;
 
 /// How often the main thread looks at the stop flag.
 const STOP_CHECK: Duration = Duration::from_millis(50);
@@ -78,15 +101,26 @@ pub fn stop_on_signals() -> Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
-/// Runs the agent with `handler` until `stop` is set: registers, polls, runs tasks (at most
-/// `config.max_tasks` at once) and reports them. On stop it waits for running tasks to finish and
-/// report, then returns; a long poll still parked on the server is abandoned.
+/// Runs the agent with `handler` until `stop` is set: opens the journal, registers, reports
+/// what an earlier run left in the journal, polls, runs tasks (at most `config.max_tasks` at
+/// once) and reports them. On stop it keeps polling with capacity 0 (for cancels) until running
+/// tasks finish and report, sends queued re-reports within the stop grace, then returns; results
+/// it could not report stay in the journal for the next start.
 pub fn run(config: AgentConfig, handler: Arc<dyn TaskHandler>, stop: Arc<AtomicBool>) -> Result<()> {
     info!(server = %config.server, app_id = %config.app_id, max_tasks = config.max_tasks, "agent starting");
-    let shared = Arc::new(Shared::new(config, stop));
-    let poller = spawn_named("orange-poll", {
+    let journal = Journal::open(&config.state_dir)?;
+    // Held until this function returns, whatever threads still hold the shared state.
+    let _journal_lock = journal.lock()?;
+    journal.remove_temp_files()?;
+    let (events_tx, events) = mpsc::channel();
+    let shared = Arc::new(Shared::new(config, journal, stop, events_tx));
+    let poller = spawn_named("orange-poll-loop", {
         let shared = Arc::clone(&shared);
-        move || poll::poll_loop(shared, handler)
+        move || poll::poll_loop(shared, handler, &events)
+    })?;
+    let outbox = spawn_named("orange-outbox", {
+        let shared = Arc::clone(&shared);
+        move || outbox::outbox_loop(&shared)
     })?;
     spawn_named("orange-heartbeat", {
         let shared = Arc::clone(&shared);
@@ -96,11 +130,12 @@ pub fn run(config: AgentConfig, handler: Arc<dyn TaskHandler>, stop: Arc<AtomicB
         thread::sleep(STOP_CHECK);
     }
     let crashed = !shared.stopping();
-    if crashed {
-        shared.request_stop();
-    }
-    info!(running = shared.running(), "stopping: waiting for running tasks to finish");
-    shared.wait_idle();
+    shared.request_stop();
+    info!(running = shared.tasks.len(), "stopping: waiting for running tasks to finish");
+    shared.tasks.wait_empty();
+    let _ = poller.join();
+    shared.outbox.close();
+    let _ = outbox.join();
     if crashed {
         bail!("the poll loop ended unexpectedly");
     }

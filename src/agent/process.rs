@@ -1,23 +1,32 @@
-//! Running one task process: its own process group, input on stdin, stdout and stderr captured
-//! concurrently and capped (the pipes keep being drained so the child never blocks), and a
-//! deadline after which the whole process group is killed.
+//! Running one task process: its own process group, input on stdin, stdout and stderr read
+//! concurrently into an [`OutputSink`] (a capture, or the live stream to the server) through a
+//! small bounded queue, and a supervisor that ends the whole group at the deadline (SIGKILL) or
+//! on a cancel (SIGTERM, then SIGKILL after a grace).
+//!
+//! Memory stays bounded: each reader holds one buffer and the queue holds [`PIPE_QUEUE`] pieces,
+//! so a sink that blocks (a slow server) blocks the readers, and then the child's writes.
 
 use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use super::capture::Capture;
 
 /// How long to wait for the pipes to close after killing a process group; a process that left
 /// the group (setsid) may hold them open forever, and the result must not wait for it.
 const KILL_GRACE: Duration = Duration::from_secs(2);
-/// Bytes of stderr reserved for the notes about dropped output (two notes of at most ~55 bytes).
-const NOTE_ROOM: usize = 128;
 /// Read buffer of the output readers.
 const READ_CHUNK: usize = 64 * 1024;
+/// Pieces of output queued between the readers and the sink.
+pub const PIPE_QUEUE: usize = 2;
+/// How often the supervisor and the sink's pump look at the clock and the cancel flag.
+const TICK: Duration = Duration::from_millis(25);
 
 /// Process groups of the task processes running now, so a forced exit can kill them.
 static RUNNING_GROUPS: Mutex<BTreeSet<libc::pid_t>> = Mutex::new(BTreeSet::new());
@@ -46,8 +55,54 @@ pub fn running_groups() -> Vec<libc::pid_t> {
 /// Kills every running task's process group (on a forced exit); returns how many.
 pub fn kill_running_groups() -> usize {
     let groups = running_groups();
-    groups.iter().for_each(|&pgid| kill_group(pgid));
+    groups.iter().for_each(|&pgid| signal_group(pgid, libc::SIGKILL));
     groups.len()
+}
+
+/// One of a process's two output streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+impl Stream {
+    /// 0 for stdout, 1 for stderr.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The wire name: `stdout` or `stderr`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+/// Where a process's output goes. Runs on its own thread; a call may block, which is the
+/// back-pressure that keeps memory bounded.
+pub trait OutputSink: Send {
+    /// Takes bytes the process wrote on `stream`.
+    fn write(&mut self, stream: Stream, bytes: &[u8]);
+    /// Called at least every few tens of milliseconds while nothing arrives.
+    fn tick(&mut self);
+    /// The output ended (or was abandoned): hands out what was kept as stdout and stderr text.
+    fn close(&mut self) -> (String, String);
+}
+
+/// A process's deadline and how it can be cancelled.
+#[derive(Debug, Clone, Copy)]
+pub struct RunLimits<'a> {
+    /// When the group is killed and the run counts as timed out.
+    pub timeout: Duration,
+    /// Set by someone else to stop the process: SIGTERM, then SIGKILL after `cancel_grace`.
+    pub cancel: Option<&'a AtomicBool>,
+    /// Time between SIGTERM and SIGKILL on a cancel.
+    pub cancel_grace: Duration,
 }
 
 /// What a finished (or killed) process left behind.
@@ -57,51 +112,64 @@ pub struct ProcessOutput {
     pub exit_code: Option<i32>,
     /// The signal that ended the process, when one did.
     pub signal: Option<i32>,
-    /// Captured standard output, lossy UTF-8, at most the cap.
+    /// What the sink kept of standard output.
     pub stdout: String,
-    /// Captured standard error, lossy UTF-8, at most the cap, plus notes on dropped output.
+    /// What the sink kept of standard error.
     pub stderr: String,
     /// The deadline passed and the process group was killed.
     pub timed_out: bool,
+    /// The run was cancelled and the process group was stopped.
+    pub cancelled: bool,
 }
 
-/// One output stream read to its end: the first `cap` bytes and a count of the rest.
-#[derive(Debug, Default)]
-struct Capture {
-    kept: Vec<u8>,
-    dropped: u64,
-}
-
-/// What the helper threads send back.
+/// What the helper threads tell the supervisor.
 enum Event {
+    /// The process exited.
     Exited(io::Result<ExitStatus>),
-    Stdout(Capture),
-    Stderr(Capture),
+    /// A reader saw the end of its pipe (every writer closed it).
+    PipeClosed,
+    /// The sink took all output and closed.
+    OutputDone(String, String),
 }
 
 /// Runs `command` in a new process group with `input` on stdin (null stdin when `None`), keeping
 /// at most `cap` bytes of each output stream; kills the group at `timeout`.
 pub fn run_process(
-    mut command: Command,
+    command: Command,
     input: Option<Vec<u8>>,
     timeout: Duration,
     cap: usize,
 ) -> io::Result<ProcessOutput> {
-    let deadline = Instant::now() + timeout;
+    let limits = RunLimits { timeout, cancel: None, cancel_grace: Duration::ZERO };
+    run_process_with(command, input, &limits, Box::new(Capture::new(cap)))
+}
+
+/// Runs `command` in a new process group with `input` on stdin, its output going to `sink`,
+/// within `limits`.
+pub fn run_process_with(
+    mut command: Command,
+    input: Option<Vec<u8>>,
+    limits: &RunLimits<'_>,
+    sink: Box<dyn OutputSink>,
+) -> io::Result<ProcessOutput> {
+    let deadline = Instant::now() + limits.timeout;
     let mut child = spawn(&mut command, input.is_some())?;
     // A pid always fits in pid_t; the kernel hands out positive values below 2^22.
-    let pgid = libc::pid_t::try_from(child.id()).expect("pid fits in pid_t");
+    let pgid = libc::pid_t::try_from(child.id()).unwrap_or(libc::pid_t::MAX);
     let _running = RunningGroup::new(pgid);
     let (tx, rx) = mpsc::channel();
-    start_helpers(&mut child, input, cap, &tx);
+    let abandon = Arc::new(AtomicBool::new(false));
+    start_helpers(&mut child, input, sink, tx.clone(), Arc::clone(&abandon));
     thread::spawn(move || tx.send(Event::Exited(child.wait())));
-    let mut collected = Collected::default();
-    let timed_out = !collected.gather(&rx, deadline);
-    if timed_out {
-        kill_group(pgid);
-        collected.gather(&rx, Instant::now() + KILL_GRACE);
+    let mut supervisor = Supervisor::new(rx, pgid, limits, deadline);
+    supervisor.run();
+    if supervisor.output.is_none() {
+        if supervisor.pipes_closed < 2 {
+            abandon.store(true, Ordering::SeqCst);
+        }
+        supervisor.wait_for_output();
     }
-    Ok(collected.finish(timed_out, cap))
+    Ok(supervisor.finish())
 }
 
 fn spawn(command: &mut Command, with_stdin: bool) -> io::Result<Child> {
@@ -113,19 +181,27 @@ fn spawn(command: &mut Command, with_stdin: bool) -> io::Result<Child> {
         .spawn()
 }
 
-/// Starts the stdin writer and the two output readers.
-fn start_helpers(child: &mut Child, input: Option<Vec<u8>>, cap: usize, tx: &Sender<Event>) {
+/// Starts the stdin writer, the two output readers and the pump that feeds the sink.
+fn start_helpers(
+    child: &mut Child,
+    input: Option<Vec<u8>>,
+    sink: Box<dyn OutputSink>,
+    tx: Sender<Event>,
+    abandon: Arc<AtomicBool>,
+) {
     if let (Some(stdin), Some(input)) = (child.stdin.take(), input) {
         thread::spawn(move || feed(stdin, &input));
     }
+    let (pieces_tx, pieces_rx) = mpsc::sync_channel(PIPE_QUEUE);
     if let Some(out) = child.stdout.take() {
-        let tx = tx.clone();
-        thread::spawn(move || tx.send(Event::Stdout(read_capped(out, cap))));
+        let (pieces, tx) = (pieces_tx.clone(), tx.clone());
+        thread::spawn(move || read_into(out, Stream::Stdout, &pieces, &tx));
     }
     if let Some(err) = child.stderr.take() {
         let tx = tx.clone();
-        thread::spawn(move || tx.send(Event::Stderr(read_capped(err, cap))));
+        thread::spawn(move || read_into(err, Stream::Stderr, &pieces_tx, &tx));
     }
+    thread::spawn(move || pump(&pieces_rx, sink, &abandon, &tx));
 }
 
 /// Writes the input and closes stdin. A child that exits without reading it all is not an
@@ -138,105 +214,179 @@ fn feed(mut stdin: ChildStdin, input: &[u8]) {
     }
 }
 
-/// Reads a stream to its end, keeping the first `cap` bytes and counting the rest.
-fn read_capped(mut stream: impl Read, cap: usize) -> Capture {
-    let mut capture = Capture::default();
+/// Reads a pipe to its end, handing each piece to the pump, then tells the supervisor; stops
+/// early if the pump is gone.
+fn read_into(
+    mut pipe: impl Read,
+    stream: Stream,
+    pieces: &SyncSender<(Stream, Vec<u8>)>,
+    tx: &Sender<Event>,
+) {
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
-        let n = match stream.read(&mut buf) {
+        let n = match pipe.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => break,
         };
-        let room = cap.saturating_sub(capture.kept.len()).min(n);
-        capture.kept.extend_from_slice(&buf[..room]);
-        capture.dropped += (n - room) as u64;
+        if pieces.send((stream, buf[..n].to_vec())).is_err() {
+            return;
+        }
     }
-    capture
+    // The supervisor may be gone only if it panicked; nothing is left to tell then.
+    let _ = tx.send(Event::PipeClosed);
 }
 
-fn kill_group(pgid: libc::pid_t) {
+/// Feeds the sink until both readers are done, then closes it and hands its text to the
+/// supervisor. When the supervisor abandons pipes that a runaway process holds open, the
+/// pieces already read still go to the sink.
+fn pump(
+    pieces: &Receiver<(Stream, Vec<u8>)>,
+    mut sink: Box<dyn OutputSink>,
+    abandon: &AtomicBool,
+    tx: &Sender<Event>,
+) {
+    loop {
+        if abandon.load(Ordering::SeqCst) {
+            pieces.try_iter().for_each(|(stream, bytes)| sink.write(stream, &bytes));
+            break;
+        }
+        match pieces.recv_timeout(TICK) {
+            Ok((stream, bytes)) => sink.write(stream, &bytes),
+            Err(RecvTimeoutError::Timeout) => sink.tick(),
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let (stdout, stderr) = sink.close();
+    // The supervisor may be gone only if it panicked; nothing is left to tell then.
+    let _ = tx.send(Event::OutputDone(stdout, stderr));
+}
+
+/// Sends `signal` to the process group `pgid`.
+fn signal_group(pgid: libc::pid_t, signal: libc::c_int) {
     // SAFETY: kill has no memory-safety preconditions; a negative pid names the process group.
-    let rc = unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    let rc = unsafe { libc::kill(-pgid, signal) };
     if rc != 0 {
-        tracing::debug!(pgid, error = %io::Error::last_os_error(), "cannot kill the process group");
+        tracing::debug!(pgid, signal, error = %io::Error::last_os_error(), "cannot signal the process group");
     }
 }
 
-/// The events received so far.
-#[derive(Default)]
-struct Collected {
+/// Watches one process: collects its exit and its output, and ends its group at the deadline
+/// or on a cancel.
+struct Supervisor<'a> {
+    rx: Receiver<Event>,
+    pgid: libc::pid_t,
+    limits: &'a RunLimits<'a>,
+    deadline: Instant,
     status: Option<io::Result<ExitStatus>>,
-    stdout: Option<Capture>,
-    stderr: Option<Capture>,
+    pipes_closed: usize,
+    output: Option<(String, String)>,
+    timed_out: bool,
+    cancelled: bool,
+    /// When SIGKILL follows the SIGTERM of a cancel.
+    kill_at: Option<Instant>,
+    /// When SIGKILL was sent.
+    killed_at: Option<Instant>,
 }
 
-impl Collected {
-    fn complete(&self) -> bool {
-        self.status.is_some() && self.stdout.is_some() && self.stderr.is_some()
+impl<'a> Supervisor<'a> {
+    fn new(rx: Receiver<Event>, pgid: libc::pid_t, limits: &'a RunLimits<'a>, deadline: Instant) -> Self {
+        Supervisor {
+            rx,
+            pgid,
+            limits,
+            deadline,
+            status: None,
+            pipes_closed: 0,
+            output: None,
+            timed_out: false,
+            cancelled: false,
+            kill_at: None,
+            killed_at: None,
+        }
     }
 
-    /// Receives events until the process has exited and both pipes are closed (true) or the
-    /// deadline passes (false).
-    fn gather(&mut self, rx: &Receiver<Event>, deadline: Instant) -> bool {
+    fn complete(&self) -> bool {
+        self.status.is_some() && self.output.is_some()
+    }
+
+    /// True once the process exited and nothing holds its pipes open any more: what is left is
+    /// the sink taking the last output, which no deadline or cancel needs to hurry.
+    fn process_gone(&self) -> bool {
+        self.status.is_some() && self.pipes_closed == 2
+    }
+
+    /// Receives events until the process has exited and its output is done, or until it was
+    /// killed and [`KILL_GRACE`] passed without that (a process that left the group may hold
+    /// the pipes open forever).
+    fn run(&mut self) {
         while !self.complete() {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(Event::Exited(status)) => self.status = Some(status),
-                Ok(Event::Stdout(capture)) => self.stdout = Some(capture),
-                Ok(Event::Stderr(capture)) => self.stderr = Some(capture),
-                Err(RecvTimeoutError::Timeout) => return false,
-                Err(RecvTimeoutError::Disconnected) => return self.complete(),
+            if self.killed_at.is_some_and(|at| at.elapsed() >= KILL_GRACE) {
+                return;
+            }
+            match self.rx.recv_timeout(TICK) {
+                Ok(event) => self.record(event),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            self.enforce(Instant::now());
+        }
+    }
+
+    /// After [`Self::run`] gave up on the process: waits for the sink to close (it drains what
+    /// was read when the pipes are abandoned).
+    fn wait_for_output(&mut self) {
+        while self.output.is_none() {
+            match self.rx.recv() {
+                Ok(event) => self.record(event),
+                Err(_) => return,
             }
         }
-        true
     }
 
-    fn finish(self, timed_out: bool, cap: usize) -> ProcessOutput {
-        let status = self.status.and_then(Result::ok);
-        let (stdout, stdout_dropped) = capped_text(&self.stdout.unwrap_or_default(), cap);
-        let (mut stderr, mut stderr_dropped) = capped_text(&self.stderr.unwrap_or_default(), cap);
-        if stdout_dropped + stderr_dropped > 0 {
-            // Make room so stderr with its notes still fits in the cap.
-            stderr_dropped += truncate_at_char(&mut stderr, cap.saturating_sub(NOTE_ROOM)) as u64;
+    fn record(&mut self, event: Event) {
+        match event {
+            Event::Exited(status) => self.status = Some(status),
+            Event::PipeClosed => self.pipes_closed += 1,
+            Event::OutputDone(stdout, stderr) => self.output = Some((stdout, stderr)),
         }
-        append_drop_note(&mut stderr, "stdout", stdout_dropped);
-        append_drop_note(&mut stderr, "stderr", stderr_dropped);
+    }
+
+    /// Applies the deadline and the cancel flag.
+    fn enforce(&mut self, now: Instant) {
+        if self.process_gone() || self.killed_at.is_some() {
+            return;
+        }
+        let ending = self.timed_out || self.cancelled;
+        if !ending && self.limits.cancel.is_some_and(|flag| flag.load(Ordering::SeqCst)) {
+            self.cancelled = true;
+            signal_group(self.pgid, libc::SIGTERM);
+            self.kill_at = Some(now + self.limits.cancel_grace);
+        } else if !ending && now >= self.deadline {
+            self.timed_out = true;
+            self.kill(now);
+        } else if self.kill_at.is_some_and(|at| now >= at) {
+            self.kill(now);
+        }
+    }
+
+    fn kill(&mut self, now: Instant) {
+        signal_group(self.pgid, libc::SIGKILL);
+        self.killed_at = Some(now);
+    }
+
+    fn finish(self) -> ProcessOutput {
+        let status = self.status.and_then(Result::ok);
+        let (stdout, stderr) = self.output.unwrap_or_default();
         ProcessOutput {
             exit_code: status.and_then(|s| s.code()),
             signal: status.and_then(|s| s.signal()),
             stdout,
             stderr,
-            timed_out,
+            timed_out: self.timed_out,
+            cancelled: self.cancelled,
         }
-    }
-}
-
-/// Lossy UTF-8 text of a capture, cut to at most `cap` bytes, and how many bytes were dropped
-/// (lossy decoding can grow invalid input, so the cut is made again on the text).
-fn capped_text(capture: &Capture, cap: usize) -> (String, u64) {
-    let mut text = String::from_utf8_lossy(&capture.kept).into_owned();
-    let cut = truncate_at_char(&mut text, cap);
-    (text, capture.dropped + cut as u64)
-}
-
-/// Cuts `text` to at most `max` bytes on a character boundary; returns how many bytes went.
-pub fn truncate_at_char(text: &mut String, max: usize) -> usize {
-    if text.len() <= max {
-        return 0;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    let cut = text.len() - end;
-    text.truncate(end);
-    cut
-}
-
-fn append_drop_note(stderr: &mut String, stream: &str, dropped: u64) {
-    if dropped > 0 {
-        stderr.push_str(&format!("\n[orange: {dropped} bytes of {stream} dropped]"));
     }
 }
 
@@ -262,6 +412,7 @@ mod tests {
                 stdout: "out\n".into(),
                 stderr: "err\n".into(),
                 timed_out: false,
+                cancelled: false,
             }
         );
         Ok(())
@@ -305,7 +456,7 @@ mod tests {
         let script = "sleep 30 & echo $!; sleep 30";
         let out = run_process(sh(script), None, Duration::from_secs(1), 100)?;
         let elapsed = started.elapsed();
-        assert!(out.timed_out);
+        assert!(out.timed_out && !out.cancelled);
         assert_eq!((out.exit_code, out.signal), (None, Some(libc::SIGKILL)));
         assert!(elapsed >= Duration::from_secs(1) && elapsed < Duration::from_secs(3), "{elapsed:?}");
         let background: libc::pid_t = out.stdout.trim().parse().expect("the script prints a pid");
@@ -320,6 +471,60 @@ mod tests {
         assert!(out.timed_out);
         assert_eq!((out.exit_code, out.stdout.as_str()), (Some(0), "started\n"));
         assert!(started.elapsed() < Duration::from_secs(3));
+        Ok(())
+    }
+
+    #[test]
+    fn pipes_held_by_a_process_that_left_the_group_are_abandoned_keeping_what_was_read() -> io::Result<()> {
+        let started = Instant::now();
+        let out = run_process(sh("setsid sleep 30 & echo $!"), None, Duration::from_secs(1), 100)?;
+        let escaped: libc::pid_t = out.stdout.trim().parse().expect("the script prints a pid");
+        // SAFETY: kill has no memory-safety preconditions; this is the test's own sleep.
+        unsafe { libc::kill(escaped, libc::SIGKILL) };
+        assert!(out.timed_out);
+        assert_eq!(out.exit_code, Some(0));
+        let took = started.elapsed();
+        assert!(took >= KILL_GRACE && took < KILL_GRACE + Duration::from_secs(2), "{took:?}");
+        Ok(())
+    }
+
+    /// Runs `script` and sets the cancel flag once it printed its first line.
+    fn cancel_after_start(script: &str, grace: Duration) -> io::Result<(ProcessOutput, Duration)> {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&cancel);
+        let canceller = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(300));
+            flag.store(true, Ordering::SeqCst);
+            Instant::now()
+        });
+        let limits =
+            RunLimits { timeout: Duration::from_secs(20), cancel: Some(&cancel), cancel_grace: grace };
+        let out = run_process_with(sh(script), None, &limits, Box::new(Capture::new(1000)))?;
+        let cancelled_at = canceller.join().expect("no panic");
+        Ok((out, cancelled_at.elapsed()))
+    }
+
+    #[test]
+    fn a_cancel_sends_sigterm_to_the_group() -> io::Result<()> {
+        let script = "sleep 30 & echo $!; trap 'echo bye; exit 9' TERM; while :; do sleep 0.05; done";
+        let (out, took) = cancel_after_start(script, Duration::from_secs(5))?;
+        assert!(out.cancelled && !out.timed_out);
+        assert_eq!(out.exit_code, Some(9));
+        assert!(out.stdout.ends_with("bye\n"), "{:?}", out.stdout);
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        let background: libc::pid_t = out.stdout.lines().next().and_then(|l| l.parse().ok()).expect("pid");
+        assert!(gone(background), "background sleep {background} survived");
+        Ok(())
+    }
+
+    #[test]
+    fn a_cancelled_process_ignoring_sigterm_is_killed_after_the_grace() -> io::Result<()> {
+        let script = "trap '' TERM; echo started; while :; do sleep 0.05; done";
+        let (out, took) = cancel_after_start(script, Duration::from_millis(500))?;
+        assert!(out.cancelled);
+        assert_eq!((out.exit_code, out.signal), (None, Some(libc::SIGKILL)));
+        assert_eq!(out.stdout, "started\n");
+        assert!(took >= Duration::from_millis(450) && took < Duration::from_secs(2), "{took:?}");
         Ok(())
     }
 

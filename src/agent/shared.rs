@@ -1,0 +1,297 @@
+//! State shared by the agent's threads: the client and settings, the stop flag and its grace,
+//! the task slots that cap concurrency, the registry of tasks in this process, the journal and
+//! the outbox of reports to send again.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::config::AgentConfig;
+use super::handler::TaskControl;
+use super::journal::Journal;
+use super::outbox::Outbox;
+use crate::client::AgentClient;
+
+/// Longest pause before a sleeping loop notices a stop.
+pub const STOP_CHECK: Duration = Duration::from_millis(50);
+
+/// What wakes the poll loop.
+pub enum PollEvent {
+    /// A long poll (generation `gen`) came back.
+    Answer {
+        /// Which poll.
+        generation: u64,
+        /// What it brought.
+        result: Result<crate::client::PollAnswer, crate::client::ClientError>,
+    },
+    /// A task ended, so a slot may be free.
+    TaskEnded,
+}
+
+/// State shared by the poll loop, the heartbeat, the outbox and the task workers.
+pub struct Shared {
+    /// Signed connection to the server.
+    pub client: AgentClient,
+    /// The agent's settings.
+    pub config: AgentConfig,
+    /// The task journal in the state directory.
+    pub journal: Journal,
+    /// Final reports waiting to be sent again.
+    pub outbox: Outbox,
+    /// Slots capping how many tasks run at once.
+    pub slots: Arc<Slots>,
+    /// The tasks this process handles now, by id.
+    pub tasks: Tasks,
+    /// Wakes the poll loop.
+    pub events: Sender<PollEvent>,
+    stop: Arc<AtomicBool>,
+    give_up_at: OnceLock<Instant>,
+    need_register: AtomicBool,
+}
+
+impl Shared {
+    /// Shared state for `config`; the poll loop starts by registering.
+    pub fn new(
+        config: AgentConfig,
+        journal: Journal,
+        stop: Arc<AtomicBool>,
+        events: Sender<PollEvent>,
+    ) -> Self {
+        let client = AgentClient::new(&config.server, &config.app_id, config.secret.expose());
+        let slots = Arc::new(Slots::new(config.max_tasks));
+        Shared {
+            client,
+            config,
+            journal,
+            outbox: Outbox::default(),
+            slots,
+            tasks: Tasks::default(),
+            events,
+            stop,
+            give_up_at: OnceLock::new(),
+            need_register: AtomicBool::new(true),
+        }
+    }
+
+    /// True once the agent was asked to stop.
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Stops the agent, as a signal would.
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Sleeps for `duration`, returning early when the agent stops.
+    pub fn sleep(&self, duration: Duration) {
+        let until = Instant::now() + duration;
+        while !self.stopping() {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            thread::sleep(left.min(STOP_CHECK));
+        }
+    }
+
+    /// Sleeps before a retry: the full `delay` even when stopping (so a stopping agent does not
+    /// hammer the server), but never past the stop grace. False when the grace is over.
+    pub fn retry_sleep(&self, delay: Duration) -> bool {
+        if !self.stopping() {
+            self.sleep(delay);
+        }
+        if !self.stopping() {
+            return true;
+        }
+        let give_up_at = *self.give_up_at.get_or_init(|| Instant::now() + self.config.stop_grace);
+        let left = give_up_at.saturating_duration_since(Instant::now());
+        thread::sleep(delay.min(left));
+        !left.is_zero()
+    }
+
+    /// True once the agent is stopping and a retry already used up the stop grace.
+    pub fn grace_over(&self) -> bool {
+        self.stopping() && self.give_up_at.get().is_some_and(|at| Instant::now() >= *at)
+    }
+
+    /// Asks the poll loop to register again before its next poll.
+    pub fn request_register(&self) {
+        self.need_register.store(true, Ordering::SeqCst);
+    }
+
+    /// Takes the register request; true if one was pending.
+    pub fn take_register_request(&self) -> bool {
+        self.need_register.swap(false, Ordering::SeqCst)
+    }
+
+    /// Tells the poll loop that a task ended.
+    pub fn task_ended(&self) {
+        // The poll loop holds the receiver until the agent stops; then nobody needs the news.
+        let _ = self.events.send(PollEvent::TaskEnded);
+    }
+}
+
+/// The tasks this process is handling (from delivery to the end of their final report), each
+/// with its control, so a cancel or a repeated delivery finds them.
+#[derive(Default)]
+pub struct Tasks {
+    map: Mutex<HashMap<String, Arc<TaskControl>>>,
+    changed: Condvar,
+}
+
+impl Tasks {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<TaskControl>>> {
+        // Nothing panics while holding the lock, and the map stays consistent anyway.
+        self.map.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers task `id`; `None` if it is already registered.
+    pub fn insert(&self, id: &str) -> Option<Arc<TaskControl>> {
+        let mut map = self.lock();
+        if map.contains_key(id) {
+            return None;
+        }
+        let control = Arc::new(TaskControl::default());
+        map.insert(id.to_owned(), Arc::clone(&control));
+        Some(control)
+    }
+
+    /// The control of task `id`, if this process handles it.
+    pub fn get(&self, id: &str) -> Option<Arc<TaskControl>> {
+        self.lock().get(id).cloned()
+    }
+
+    /// Forgets task `id`.
+    pub fn remove(&self, id: &str) {
+        self.lock().remove(id);
+        self.changed.notify_all();
+    }
+
+    /// Ids of the tasks handled now.
+    pub fn ids(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// Number of tasks handled now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True when no task is handled.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Blocks until no task is handled. Call only once no new task can start.
+    pub fn wait_empty(&self) {
+        let mut map = self.lock();
+        while !map.is_empty() {
+            map = self.changed.wait(map).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// Counts running tasks against `max_tasks`.
+pub struct Slots {
+    busy: Mutex<usize>,
+    changed: Condvar,
+    max: usize,
+}
+
+impl Slots {
+    /// Slots for at most `max` tasks (at least one).
+    pub fn new(max: usize) -> Self {
+        Slots { busy: Mutex::new(0), changed: Condvar::new(), max: max.max(1) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, usize> {
+        // Nothing panics while holding the lock, and a count stays meaningful anyway.
+        self.busy.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Number of free slots now.
+    pub fn free(&self) -> usize {
+        self.max.saturating_sub(*self.lock())
+    }
+
+    /// Takes a free slot, if there is one.
+    pub fn try_take(self: &Arc<Self>) -> Option<SlotGuard> {
+        let mut busy = self.lock();
+        if *busy >= self.max {
+            return None;
+        }
+        *busy += 1;
+        Some(SlotGuard(Arc::clone(self)))
+    }
+
+    /// Waits until a slot is free and takes it; `None` if `stop` is set first.
+    pub fn take_when_free(self: &Arc<Self>, stop: &dyn Fn() -> bool) -> Option<SlotGuard> {
+        let mut busy = self.lock();
+        while *busy >= self.max {
+            if stop() {
+                return None;
+            }
+            busy = self.changed.wait_timeout(busy, STOP_CHECK).unwrap_or_else(PoisonError::into_inner).0;
+        }
+        *busy += 1;
+        Some(SlotGuard(Arc::clone(self)))
+    }
+}
+
+/// A taken slot, given back when dropped (also if the worker panics).
+pub struct SlotGuard(Arc<Slots>);
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        *self.0.lock() -= 1;
+        self.0.changed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_cap_running_tasks_and_waiting_ends_on_stop() {
+        let slots = Arc::new(Slots::new(2));
+        let a = slots.try_take().expect("free");
+        let _b = slots.try_take().expect("free");
+        assert!(slots.try_take().is_none());
+        assert_eq!(slots.free(), 0);
+        let started = Instant::now();
+        let release = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(100));
+            drop(a);
+        });
+        let c = slots.take_when_free(&|| false).expect("freed by the other thread");
+        assert!(started.elapsed() >= Duration::from_millis(90));
+        release.join().expect("no panic");
+        assert!(slots.take_when_free(&|| true).is_none());
+        drop(c);
+        assert_eq!(slots.free(), 1);
+    }
+
+    #[test]
+    fn tasks_register_once_and_wait_empty_returns_when_all_ended() {
+        let tasks = Arc::new(Tasks::default());
+        let control = tasks.insert("t1").expect("new");
+        assert!(tasks.insert("t1").is_none());
+        assert!(Arc::ptr_eq(&control, &tasks.get("t1").expect("registered")));
+        assert_eq!(tasks.ids(), ["t1"]);
+        let remover = {
+            let tasks = Arc::clone(&tasks);
+            thread::spawn(move || {
+                thread::sleep(Duration::from_millis(50));
+                tasks.remove("t1");
+            })
+        };
+        tasks.wait_empty();
+        assert!(tasks.is_empty());
+        remover.join().expect("no panic");
+    }
+}

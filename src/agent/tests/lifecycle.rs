@@ -1,0 +1,230 @@
+//! Never lost, never twice: the journal written before the run and before the report, results
+//! re-sent after a restart, duplicates re-reported instead of re-run, unfinished runs reported
+//! lost, the `doing` acknowledgement before the run, cancels through the poll, and polling with
+//! capacity 0 while every slot is busy.
+
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use super::{Fixture, RunningAgent, WAIT, runs, shell, wait_for_file};
+use crate::agent::journal::{Entry, file_name};
+use crate::agent::report::LOST_ERROR;
+use crate::agent::{TaskHandler, TaskOutcome};
+use crate::protocol::WireTask;
+
+/// A script that records a run in `runs` and says whether its journal entry existed first.
+fn recording_script(fx: &Fixture, runs: &std::path::Path) -> String {
+    let journal = fx.state.path().join("tasks");
+    format!(
+        "echo run >> {}; test -f {}/\"$ORANGE_TASK_ID\".json && echo journaled",
+        runs.display(),
+        journal.display()
+    )
+}
+
+#[test]
+fn a_result_the_server_did_not_take_stays_journaled_and_a_restart_sends_it() -> Result<()> {
+    let fx = Fixture::new();
+    let tmp = tempfile::tempdir()?;
+    let log = tmp.path().join("runs");
+    fx.server.state.update(|s| s.fail_reports = true);
+    let agent = fx.start(1);
+    fx.server.state.push_task(shell("t1", &recording_script(&fx, &log)));
+    fx.server.state.wait_until(WAIT, "a failed report", |s| s.report_calls >= 1);
+    let entry = fx.journal().get("t1")?.expect("journaled");
+    let report = entry.report.clone().expect("the result is journaled before it is sent");
+    assert_eq!((report.do_status.as_str(), entry.reported), ("success", false));
+    agent.stop(Duration::from_secs(3));
+    assert_eq!(fx.journal().get("t1")?, Some(entry.clone()), "still unreported after the stop");
+    assert!(fx.server.state.lock().reports.is_empty());
+
+    fx.server.state.update(|s| s.fail_reports = false);
+    let _again = fx.start(1);
+    fx.server.state.wait_until(WAIT, "the re-sent report", |s| s.reports.len() == 1);
+    let state = fx.server.state.lock();
+    assert_eq!(state.report("t1"), Some(&report));
+    assert_eq!(state.output("t1"), "journaled\n", "the journal entry existed before the run");
+    assert_eq!(runs(&log), 1, "the restart did not run the task again");
+    drop(state);
+    wait_until_reported(&fx, "t1");
+    Ok(())
+}
+
+fn wait_until_reported(fx: &Fixture, id: &str) {
+    let deadline = Instant::now() + WAIT;
+    while !fx.journal().get(id).ok().flatten().is_some_and(|e| e.reported) {
+        assert!(Instant::now() < deadline, "{id} never marked reported");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_duplicate_delivery_of_a_finished_task_is_reported_again_not_run() -> Result<()> {
+    let fx = Fixture::new();
+    let tmp = tempfile::tempdir()?;
+    let log = tmp.path().join("runs");
+    let _agent = fx.start(2);
+    let task = shell("t1", &recording_script(&fx, &log));
+    fx.server.state.push_task(task.clone());
+    fx.server.state.wait_until(WAIT, "report", |s| s.reports.len() == 1);
+    wait_until_reported(&fx, "t1");
+    fx.server.state.push_task(task);
+    fx.server
+        .state
+        .wait_until(WAIT, "the report sent again", |s| s.report_calls_by_task.get("t1") == Some(&2));
+    thread::sleep(Duration::from_millis(300));
+    let state = fx.server.state.lock();
+    assert_eq!(runs(&log), 1);
+    assert_eq!(state.delivered.len(), 2);
+    assert_eq!(state.doings.len(), 1, "no second start");
+    assert_eq!(state.report_calls_by_task.get("t1"), Some(&2));
+    Ok(())
+}
+
+#[test]
+fn a_task_an_earlier_run_left_unfinished_is_reported_lost_and_not_run() -> Result<()> {
+    let fx = Fixture::new();
+    let tmp = tempfile::tempdir()?;
+    let log = tmp.path().join("runs");
+    let left = shell("left", &recording_script(&fx, &log));
+    let late = shell("late", &recording_script(&fx, &log));
+    let journal = fx.journal();
+    journal.put(&Entry::started(&left))?;
+    journal.put(&Entry::started(&late))?;
+    let _agent = fx.start(1);
+    fx.server.state.wait_until(WAIT, "two lost reports", |s| s.reports.len() == 2);
+    fx.server.state.push_task(late);
+    fx.server
+        .state
+        .wait_until(WAIT, "the lost report again", |s| s.report_calls_by_task.get("late") == Some(&2));
+    let state = fx.server.state.lock();
+    for id in ["left", "late"] {
+        let report = state.report(id).expect("reported");
+        assert_eq!((report.do_status.as_str(), report.error.as_deref()), ("lost", Some(LOST_ERROR)));
+        assert_eq!((report.exit_code, report.output_chunks), (None, None));
+    }
+    assert_eq!(runs(&log), 0);
+    assert!(state.doings.is_empty());
+    Ok(())
+}
+
+#[test]
+fn a_task_with_an_unreadable_journal_entry_is_reported_lost_and_not_run() -> Result<()> {
+    let fx = Fixture::new();
+    let tmp = tempfile::tempdir()?;
+    let log = tmp.path().join("runs");
+    let _agent = fx.start(1);
+    fx.server.state.wait_until(WAIT, "registration", |s| s.registrations.len() == 1);
+    std::fs::write(fx.state.path().join("tasks").join(file_name("t1")), "{garbage")?;
+    fx.server.state.push_task(shell("t1", &recording_script(&fx, &log)));
+    fx.server.state.wait_until(WAIT, "report", |s| s.reports.len() == 1);
+    let report = fx.server.state.lock().report("t1").cloned().expect("reported");
+    assert_eq!(report.do_status, "lost");
+    let error = report.error.unwrap_or_default();
+    assert!(error.starts_with("the agent's journal entry for this task is unreadable"), "{error}");
+    assert_eq!(runs(&log), 0);
+    assert!(fx.journal().get("t1")?.is_some_and(|e| e.report.is_some()), "the bad entry was replaced");
+    Ok(())
+}
+
+#[test]
+fn the_start_is_journaled_and_acknowledged_before_the_task_runs() {
+    let fx = Fixture::new();
+    let server = Arc::clone(&fx.server.state);
+    let journal_dir = fx.state.path().join("tasks");
+    let handler: Arc<dyn TaskHandler> = Arc::new(move |task: &WireTask| {
+        let acked = server.lock().doings.iter().any(|(_, id)| *id == task.task_id);
+        let journaled = journal_dir.join(file_name(&task.task_id)).exists();
+        TaskOutcome::success(format!("acked={acked} journaled={journaled}"))
+    });
+    let _agent = RunningAgent::with_handler(fx.config(1), handler);
+    fx.server.state.push_task(WireTask { task_type: "check".into(), ..shell("t1", "") });
+    fx.server.state.wait_until(WAIT, "report", |s| s.reports.len() == 1);
+    let state = fx.server.state.lock();
+    assert_eq!(state.report("t1").and_then(|r| r.stdout.as_deref()), Some("acked=true journaled=true"));
+    assert_eq!(state.doings.len(), 1);
+}
+
+#[test]
+fn a_refused_start_means_the_task_never_runs() -> Result<()> {
+    let fx = Fixture::new();
+    let tmp = tempfile::tempdir()?;
+    let ran = tmp.path().join("ran");
+    let reason = "task t1 already finished as cancelled";
+    fx.server.state.update(|s| s.refuse_doing = Some(reason.into()));
+    let _agent = fx.start(1);
+    fx.server.state.push_task(shell("t1", &format!("touch {}", ran.display())));
+    wait_until_reported(&fx, "t1");
+    thread::sleep(Duration::from_millis(300));
+    assert!(!ran.exists(), "the task ran although its start was refused");
+    let entry = fx.journal().get("t1")?.expect("journaled");
+    let error = entry.report.and_then(|r| r.error).unwrap_or_default();
+    assert_eq!(error, format!("the server refused to start the task: {reason}"));
+    assert_eq!(fx.server.state.lock().report_calls, 0, "nothing more is sent for it");
+    Ok(())
+}
+
+/// Runs `script` on an agent with one slot, cancels it through the poll once it started and
+/// returns its report and the time from the cancel to the report.
+fn cancel_running(script: &str) -> Result<(crate::protocol::ReportRequest, String, Duration)> {
+    let fx = Fixture::new();
+    let tmp = tempfile::tempdir()?;
+    let started = tmp.path().join("started");
+    let _agent = fx.start(1);
+    fx.server.state.push_task(shell("t1", &format!("touch {}; {script}", started.display())));
+    wait_for_file(&started);
+    fx.server.state.wait_until(WAIT, "the first chunk", |s| !s.output("t1").is_empty());
+    let cancelled = Instant::now();
+    fx.server.state.cancel("t1");
+    fx.server.state.wait_until(WAIT, "report", |s| s.reports.len() == 1);
+    let took = cancelled.elapsed();
+    let state = fx.server.state.lock();
+    assert!(state.pending_cancels.is_empty(), "the cancel went out with a poll");
+    Ok((state.report("t1").cloned().expect("reported"), state.output("t1"), took))
+}
+
+#[test]
+fn a_cancel_through_the_poll_stops_the_process_group_and_reports_cancelled() -> Result<()> {
+    let (report, output, took) = cancel_running("echo before; sleep 30 & wait")?;
+    assert_eq!(report.do_status, "cancelled");
+    assert_eq!(report.error.as_deref(), Some("cancelled; the process group was sent SIGTERM"));
+    assert_eq!((report.output_chunks, output.as_str()), (Some(1), "before\n"));
+    eprintln!("cancel to report: {took:?}");
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    Ok(())
+}
+
+#[test]
+fn a_cancelled_process_ignoring_sigterm_is_killed_after_the_grace() -> Result<()> {
+    let (report, output, took) = cancel_running("trap '' TERM; echo before; while :; do sleep 0.05; done")?;
+    assert_eq!(report.do_status, "cancelled");
+    let error = report.error.unwrap_or_default();
+    assert_eq!(error, "cancelled; the process group ignored SIGTERM and was killed after the 500 ms grace");
+    assert_eq!(output, "before\n", "output up to the kill is kept");
+    assert!(took >= Duration::from_millis(500) && took < Duration::from_secs(2), "{took:?}");
+    Ok(())
+}
+
+#[test]
+fn polling_goes_on_with_capacity_zero_while_the_only_slot_is_busy() {
+    let fx = Fixture::new();
+    let _agent = fx.start(1);
+    fx.server.state.push_task(shell("t1", "sleep 1"));
+    fx.server.state.wait_until(WAIT, "delivery", |s| s.delivered.len() == 1);
+    let delivered = fx.server.state.lock().delivered[0].0;
+    fx.server.state.wait_until(WAIT, "report", |s| s.reports.len() == 1);
+    let reported = fx.server.state.lock().reports[0].0;
+    fx.server
+        .state
+        .wait_until(WAIT, "a poll after the report", |s| s.polls.last().is_some_and(|p| p.0 > reported));
+    let state = fx.server.state.lock();
+    let busy: Vec<Option<usize>> =
+        state.polls.iter().filter(|(at, _)| *at > delivered && *at < reported).map(|p| p.1).collect();
+    assert!(busy.len() >= 2, "the 300 ms polls went on while the task ran: {busy:?}");
+    assert!(busy.iter().all(|capacity| *capacity == Some(0)), "{busy:?}");
+    let after = state.polls.iter().find(|(at, _)| *at > reported).map(|p| p.1);
+    assert_eq!(after, Some(Some(1)), "a freed slot is asked for at once");
+}

@@ -1,0 +1,312 @@
+//! What happens to a delivered task. A new one is registered, journaled as started, acknowledged
+//! with `doing`, run on a worker thread with its cancel flag and output stream, journaled as
+//! finished and reported. A task this agent already knows is never run again: a finished one is
+//! re-reported, one running here is re-acknowledged, and one an earlier life of the agent left
+//! unfinished is reported `lost`. Also: cancels from the poll, and the journal's recovery at start.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use tracing::{debug, error, info, info_span, warn};
+
+use super::handler::{TaskContext, TaskControl, TaskHandler, TaskOutcome};
+use super::journal::{Entry, RETENTION, file_name};
+use super::report::{build_report, doing_report, lost_report, send_final};
+use super::retry::{Sent, until_done};
+use super::shared::{Shared, SlotGuard};
+use super::stream::{StreamSummary, TaskStream};
+use crate::protocol::WireTask;
+
+/// Start of the error of a task whose journal entry could not be read: it may have run once.
+const UNREADABLE_ERROR: &str =
+    "the agent's journal entry for this task is unreadable, so it may have run before; it was not run again";
+
+/// Takes a task the server handed out. Returns true when no slot was free for it: the server
+/// ignored the capacity the agent asked with (the task then waits here for a slot).
+pub fn deliver(shared: &Arc<Shared>, handler: &Arc<dyn TaskHandler>, task: WireTask) -> bool {
+    let _span = info_span!("task", id = %task.task_id).entered();
+    if shared.stopping() {
+        info!("task arrived while stopping; not acknowledged, so the server hands it out again");
+        return false;
+    }
+    if let Some(control) = shared.tasks.get(&task.task_id) {
+        reacknowledge(shared, &task, &control);
+        return false;
+    }
+    match shared.journal.get(&task.task_id) {
+        Ok(None) => start(shared, handler, task),
+        Ok(Some(entry)) => {
+            known_task(shared, entry);
+            false
+        }
+        Err(e) => {
+            error!(error = %format!("{e:#}"), "cannot read the task's journal entry; reporting it lost");
+            let mut entry = Entry::started(&task);
+            let mut report = lost_report(&entry);
+            report.error = Some(format!("{UNREADABLE_ERROR}: {e:#}"));
+            entry.report = Some(report);
+            queue_final(shared, &entry);
+            false
+        }
+    }
+}
+
+/// A repeated delivery of a task running here: the earlier `doing` may have been lost.
+fn reacknowledge(shared: &Shared, task: &WireTask, control: &TaskControl) {
+    if !control.is_acked() {
+        debug!("task delivered again while its start is being acknowledged");
+        return;
+    }
+    match shared.client.report(&doing_report(task)) {
+        Ok(()) => info!("task delivered again while running here; acknowledged it again"),
+        Err(e) => warn!(error = %e, "task delivered again; cannot acknowledge it again"),
+    }
+}
+
+/// A delivery of a task the journal knows but this process does not run.
+fn known_task(shared: &Shared, entry: Entry) {
+    if entry.report.is_some() {
+        info!("task already finished here; reporting it again instead of running it");
+        shared.outbox.push(&entry.task_id);
+    } else {
+        warn!("an earlier run of the agent started this task and never finished it; reporting it lost");
+        mark_lost(shared, entry);
+    }
+}
+
+/// Journals a `lost` report for an entry an earlier life left unfinished and queues it.
+fn mark_lost(shared: &Shared, entry: Entry) {
+    queue_final(shared, &Entry { report: Some(lost_report(&entry)), reported: false, ..entry });
+}
+
+/// Journals an entry holding a final report and queues the report in the outbox.
+fn queue_final(shared: &Shared, entry: &Entry) {
+    match shared.journal.put(entry) {
+        Ok(()) => shared.outbox.push(&entry.task_id),
+        Err(e) => error!(error = %format!("{e:#}"), "cannot journal the final report"),
+    }
+}
+
+/// Registers a new task and starts its worker thread.
+fn start(shared: &Arc<Shared>, handler: &Arc<dyn TaskHandler>, task: WireTask) -> bool {
+    let Some(control) = shared.tasks.insert(&task.task_id) else {
+        return false;
+    };
+    let slot = shared.slots.try_take();
+    let over_capacity = slot.is_none();
+    if over_capacity {
+        warn!("task handed out with no free slot; it waits for one");
+    }
+    let id = task.task_id.clone();
+    let worker = {
+        let (shared, handler) = (Arc::clone(shared), Arc::clone(handler));
+        move || Worker { shared: &shared, task: &task, control }.run(handler.as_ref(), slot)
+    };
+    if let Err(e) = thread::Builder::new().name("orange-task".into()).spawn(worker) {
+        // Not journaled, not acknowledged: the server hands the task out again.
+        error!(error = %e, "cannot start a thread for the task");
+        shared.tasks.remove(&id);
+    }
+    over_capacity
+}
+
+/// One task's life on its worker thread.
+struct Worker<'a> {
+    shared: &'a Arc<Shared>,
+    task: &'a WireTask,
+    control: Arc<TaskControl>,
+}
+
+impl Worker<'_> {
+    fn run(self, handler: &dyn TaskHandler, slot: Option<SlotGuard>) {
+        let _span = info_span!("task", id = %self.task.task_id).entered();
+        let _registered = Registered(self.shared, &self.task.task_id);
+        // Moved here so the slot is given back before the poll loop hears that the task ended.
+        let slot = slot;
+        let mut entry = Entry::started(self.task);
+        if let Err(e) = self.shared.journal.put(&entry) {
+            let reason = format!("the agent cannot journal the task, so it did not run it: {e:#}");
+            error!(%reason, "task not run");
+            return self.report_unjournaled(&reason);
+        }
+        if !self.acknowledge(&mut entry) {
+            return;
+        }
+        let Some(_slot) = slot.or_else(|| self.wait_for_slot()) else {
+            let outcome = self.not_run_outcome();
+            return self.finish(entry, outcome, Duration::ZERO, None);
+        };
+        info!(task_type = %self.task.task_type, "task started");
+        let stream = TaskStream::new(Arc::clone(self.shared), &self.task.task_id, Arc::clone(&self.control));
+        let ctx =
+            TaskContext::new(Arc::clone(&self.control), Arc::clone(&stream), self.shared.config.cancel_grace);
+        let started = Instant::now();
+        let outcome = run_handler(handler, self.task, &ctx);
+        self.finish(entry, outcome, started.elapsed(), stream.summary());
+    }
+
+    /// Sends `doing` until the server takes it. False when the task must not run: the server
+    /// refused it (it is final there) or the agent stopped first (then it is reported failed).
+    fn acknowledge(&self, entry: &mut Entry) -> bool {
+        let doing = doing_report(self.task);
+        match until_done(self.shared, "start acknowledgement", || self.shared.client.report(&doing)) {
+            Sent::Done(()) => {
+                self.control.set_acked();
+                true
+            }
+            Sent::Refused(reason) => {
+                warn!(%reason, "server refused the task's start; not running it");
+                let outcome = TaskOutcome::failed(format!("the server refused to start the task: {reason}"));
+                entry.report = Some(build_report(self.task, outcome, Duration::ZERO, None));
+                entry.reported = true;
+                self.journal(entry);
+                false
+            }
+            Sent::GaveUp => {
+                let outcome = TaskOutcome::failed(
+                    "the agent stopped before the server acknowledged the task; it did not run",
+                );
+                self.finish(entry.clone(), outcome, Duration::ZERO, None);
+                false
+            }
+        }
+    }
+
+    fn wait_for_slot(&self) -> Option<SlotGuard> {
+        let shared = self.shared;
+        shared.slots.take_when_free(&|| shared.stopping() || self.control.is_cancelled())
+    }
+
+    fn not_run_outcome(&self) -> TaskOutcome {
+        if self.control.is_cancelled() {
+            TaskOutcome::cancelled("cancelled before it started")
+        } else {
+            TaskOutcome::failed("the agent stopped before a slot was free; the task did not run")
+        }
+    }
+
+    /// Journals the final report, then sends it.
+    fn finish(
+        &self,
+        mut entry: Entry,
+        outcome: TaskOutcome,
+        took: Duration,
+        streamed: Option<StreamSummary>,
+    ) {
+        let report = build_report(self.task, outcome, took, streamed);
+        info!(
+            status = %report.do_status,
+            exit_code = ?report.exit_code,
+            duration_ms = report.duration_ms,
+            output_chunks = report.output_chunks,
+            "task finished"
+        );
+        entry.report = Some(report.clone());
+        self.journal(&entry);
+        send_final(self.shared, &report);
+    }
+
+    fn journal(&self, entry: &Entry) {
+        if let Err(e) = self.shared.journal.put(entry) {
+            error!(error = %format!("{e:#}"), "cannot journal the task's result");
+        }
+    }
+
+    /// Reports a failure that could not be journaled.
+    fn report_unjournaled(&self, reason: &str) {
+        let report = build_report(self.task, TaskOutcome::failed(reason), Duration::ZERO, None);
+        if let Sent::Refused(why) = until_done(self.shared, "report", || self.shared.client.report(&report)) {
+            warn!(reason = %why, "server refused the report; dropping it");
+        }
+    }
+}
+
+/// Runs the handler unless the task was already cancelled; a panic becomes a failure.
+fn run_handler(handler: &dyn TaskHandler, task: &WireTask, ctx: &TaskContext) -> TaskOutcome {
+    if ctx.is_cancelled() {
+        return TaskOutcome::cancelled("cancelled before it started");
+    }
+    catch_unwind(AssertUnwindSafe(|| handler.run_with(task, ctx))).unwrap_or_else(|_| {
+        error!("task handler panicked");
+        TaskOutcome::failed("the task handler panicked")
+    })
+}
+
+/// A task registered in [`Shared::tasks`]; forgotten (and the poll loop told) when dropped.
+struct Registered<'a>(&'a Shared, &'a str);
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.0.tasks.remove(self.1);
+        self.0.task_ended();
+    }
+}
+
+/// Handles the cancel list of a poll answer: stops each task running here; re-reports one the
+/// journal has finished; ignores any other.
+pub fn cancel_tasks(shared: &Shared, ids: &[String]) {
+    for id in ids {
+        let _span = info_span!("task", id = %id).entered();
+        if let Some(control) = shared.tasks.get(id) {
+            info!("task cancelled by an operator; stopping it");
+            control.cancel();
+            continue;
+        }
+        match shared.journal.get(id) {
+            Ok(Some(entry)) if entry.report.is_some() => {
+                info!("cancel for a task already finished here; reporting it again");
+                shared.outbox.push(id);
+            }
+            Ok(_) => debug!("cancel for a task not running here; ignored"),
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "cancel for a task with an unreadable journal entry; ignored")
+            }
+        }
+    }
+}
+
+/// At start: reports `lost` every task an earlier life started and never finished, queues
+/// every unreported result, and prunes old entries.
+pub fn recover(shared: &Shared) {
+    let entries = match shared.journal.entries() {
+        Ok(entries) => entries,
+        Err(e) => {
+            error!(error = %format!("{e:#}"), "cannot read the task journal");
+            return;
+        }
+    };
+    let (mut lost, mut unreported) = (0, 0);
+    for entry in entries {
+        if shared.tasks.get(&entry.task_id).is_some() {
+            continue;
+        }
+        let _span = info_span!("task", id = %entry.task_id).entered();
+        match (&entry.report, entry.reported) {
+            (None, _) => {
+                warn!("the agent restarted while this task ran; reporting it lost");
+                mark_lost(shared, entry);
+                lost += 1;
+            }
+            (Some(_), false) => {
+                shared.outbox.push(&entry.task_id);
+                unreported += 1;
+            }
+            (Some(_), true) => {}
+        }
+    }
+    info!(lost, unreported, "task journal recovered");
+    prune(shared);
+}
+
+/// Removes journal entries older than [`RETENTION`], keeping those of tasks handled now.
+pub fn prune(shared: &Shared) {
+    let keep: Vec<String> = shared.tasks.ids().iter().map(|id| file_name(id)).collect();
+    let before = SystemTime::now().checked_sub(RETENTION).unwrap_or(SystemTime::UNIX_EPOCH);
+    match shared.journal.prune(before, &|name| keep.iter().any(|k| k == name)) {
+        Ok(0) => {}
+        Ok(removed) => info!(removed, "pruned old journal entries"),
+        Err(e) => warn!(error = %format!("{e:#}"), "cannot prune the task journal"),
+    }
+}
