@@ -10,7 +10,8 @@ use anyhow::{Context, Result, bail};
 use super::handler::CANCEL_GRACE;
 use super::state;
 use crate::cli::{AgentArgs, read_secret_file};
-use crate::protocol::wire::{LEGACY_BASE_SECRET, MAX_SECRET_LEN};
+use crate::client::{EnrollToken, Enrollment, TlsSettings};
+use crate::protocol::wire::MAX_SECRET_LEN;
 
 /// Interval between heartbeats.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
@@ -52,8 +53,11 @@ pub struct AgentConfig {
     pub app_id: String,
     /// The agent's own secret, signing every call after `register`.
     pub secret: Secret,
-    /// The key `register` is signed with.
-    pub enroll_key: Secret,
+    /// How `register` proves the agent may enroll: the server's key, a token, or nothing (it
+    /// then waits `pending` for an operator).
+    pub enrollment: Enrollment,
+    /// How the server's HTTPS certificate is verified.
+    pub tls: TlsSettings,
     /// Directory holding the generated secret and the task journal.
     pub state_dir: PathBuf,
     /// Whether `shell` tasks may run.
@@ -77,8 +81,9 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
-    /// Validates `orange agent` flags, reading `ORANGE_SERVER`, `ORANGE_SECRET` and
-    /// `ORANGE_ENROLL_KEY` from the environment; may generate and store the agent's secret.
+    /// Validates `orange agent` flags, reading `ORANGE_SERVER`, `ORANGE_SECRET`,
+    /// `ORANGE_ENROLL_KEY` and `ORANGE_ENROLL_TOKEN` from the environment; may generate and
+    /// store the agent's secret.
     pub fn from_args(args: AgentArgs) -> Result<AgentConfig> {
         from_args_with_env(args, &|name| std::env::var(name).ok())
     }
@@ -100,12 +105,14 @@ fn from_args_with_env(args: AgentArgs, env: &dyn Fn(&str) -> Option<String>) -> 
         None => state::default_state_dir()?,
     };
     let secret = agent_secret(args.secret_file.as_deref(), env, &state_dir)?;
-    let enroll_key = enroll_key(args.enroll_key_file.as_deref(), env)?;
+    let enrollment = enrollment(args.enroll_key_file.as_deref(), args.enroll_token_file.as_deref(), env)?;
+    let tls = TlsSettings::new(args.ca_file.as_deref(), args.insecure).map_err(anyhow::Error::msg)?;
     Ok(AgentConfig {
         server,
         app_id,
         secret,
-        enroll_key,
+        enrollment,
+        tls,
         state_dir,
         allow_shell: args.allow_shell,
         handlers_dir,
@@ -191,14 +198,33 @@ fn agent_secret(
     Ok(Secret::new(secret))
 }
 
-/// The enrollment key: `--enroll-key-file`, else `ORANGE_ENROLL_KEY`, else the original's public key.
-fn enroll_key(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result<Secret> {
-    let key = match (file, non_empty_env(env, "ORANGE_ENROLL_KEY")) {
-        (Some(path), _) => read_secret_file(path).context("--enroll-key-file")?,
-        (None, Some(key)) => key,
-        (None, None) => LEGACY_BASE_SECRET.to_owned(),
+/// The enrollment credential: the key (`--enroll-key-file`, else `ORANGE_ENROLL_KEY`), else a
+/// token (`--enroll-token-file`, else `ORANGE_ENROLL_TOKEN`), else none: the agent enrolls
+/// `pending` and waits for an operator to accept it.
+fn enrollment(
+    key_file: Option<&Path>,
+    token_file: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Enrollment> {
+    if key_file.is_some() && token_file.is_some() {
+        bail!("give --enroll-key-file or --enroll-token-file, not both");
+    }
+    let key = match key_file {
+        Some(path) => Some(read_secret_file(path).context("--enroll-key-file")?),
+        None if token_file.is_none() => non_empty_env(env, "ORANGE_ENROLL_KEY"),
+        None => None,
     };
-    Ok(Secret::new(key))
+    if let Some(key) = key {
+        return Ok(Enrollment::Key(key));
+    }
+    let token = match token_file {
+        Some(path) => Some(read_secret_file(path).context("--enroll-token-file")?),
+        None => non_empty_env(env, "ORANGE_ENROLL_TOKEN"),
+    };
+    match token {
+        Some(text) => Ok(Enrollment::Token(text.parse::<EnrollToken>().map_err(anyhow::Error::msg)?)),
+        None => Ok(Enrollment::Pending),
+    }
 }
 
 fn non_empty_env(env: &dyn Fn(&str) -> Option<String>, name: &str) -> Option<String> {
@@ -269,15 +295,14 @@ mod tests {
     }
 
     #[test]
-    fn from_args_generates_a_secret_masks_it_and_defaults_the_enroll_key() -> Result<()> {
+    fn from_args_generates_a_secret_masks_it_and_enrolls_pending_without_a_credential() -> Result<()> {
         let tmp = tempfile::tempdir()?;
         let config = from_args_with_env(args(tmp.path()), &no_env)?;
         assert_eq!(config.server, "http://127.0.0.1:8890");
-        assert_eq!(config.enroll_key.expose(), LEGACY_BASE_SECRET);
+        assert!(matches!(config.enrollment, Enrollment::Pending));
         assert_eq!(config.secret.expose().len(), 64);
         let debug = format!("{config:?}");
         assert!(!debug.contains(config.secret.expose()), "{debug}");
-        assert!(!debug.contains(LEGACY_BASE_SECRET), "{debug}");
         assert_eq!(from_args_with_env(args(tmp.path()), &no_env)?.secret, config.secret);
         Ok(())
     }
@@ -291,12 +316,26 @@ mod tests {
             _ => None,
         };
         let config = from_args_with_env(args(tmp.path()), &env)?;
-        assert_eq!((config.secret.expose(), config.enroll_key.expose()), ("from-env", "enroll"));
+        assert_eq!(config.secret.expose(), "from-env");
+        assert!(matches!(&config.enrollment, Enrollment::Key(key) if key == "enroll"));
+        assert!(!format!("{config:?}").contains("enroll\""), "the key is masked");
         assert!(!tmp.path().join(state::SECRET_FILE).exists());
         let file = tmp.path().join("s");
         std::fs::write(&file, "from-file\n")?;
         let config = from_args_with_env(AgentArgs { secret_file: Some(file), ..args(tmp.path()) }, &env)?;
         assert_eq!(config.secret.expose(), "from-file");
+        Ok(())
+    }
+
+    #[test]
+    fn an_enrollment_token_comes_from_its_file_or_the_environment() -> Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let env = |name: &str| (name == "ORANGE_ENROLL_TOKEN").then(|| "0a1b.c0ffee".to_string());
+        let config = from_args_with_env(args(tmp.path()), &env)?;
+        assert!(matches!(&config.enrollment, Enrollment::Token(t) if t.id == "0a1b" && t.secret == "c0ffee"));
+        let bad = |name: &str| (name == "ORANGE_ENROLL_TOKEN").then(|| "not a token".to_string());
+        let err = from_args_with_env(args(tmp.path()), &bad).unwrap_err().to_string();
+        assert!(err.contains("<hex id>.<hex secret>"), "{err}");
         Ok(())
     }
 

@@ -22,7 +22,7 @@ pub const SHELL_DISABLED: &str = "shell tasks are disabled on this agent; start 
 /// The shell of `shell` tasks, by absolute path so that the agent's PATH does not matter.
 const SHELL: &str = "/bin/sh";
 /// Variables of the agent's own environment that task processes must not inherit.
-const HIDDEN_ENV: [&str; 2] = ["ORANGE_SECRET", "ORANGE_ENROLL_KEY"];
+const HIDDEN_ENV: [&str; 3] = ["ORANGE_SECRET", "ORANGE_ENROLL_KEY", "ORANGE_ENROLL_TOKEN"];
 
 /// The default [`TaskHandler`]: `ping`, `shell` and the handlers directory.
 #[derive(Debug, Clone)]

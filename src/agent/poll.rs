@@ -20,7 +20,7 @@ use super::journal::PRUNE_EVERY;
 use super::retry::is_unknown_agent;
 use super::shared::{PollEvent, STOP_CHECK, Shared};
 use super::worker::{cancel_tasks, deliver, prune, recover};
-use crate::client::{ClientError, Enrollment, PollAnswer};
+use crate::client::{ClientError, PollAnswer};
 use crate::protocol::RegisterRequest;
 
 /// Delay before polling again when no poll thread could be started.
@@ -200,8 +200,7 @@ fn register(shared: &Shared) -> bool {
     let request = register_request(&shared.config);
     let mut backoff = Backoff::default();
     while !shared.stopping() {
-        let enrollment = Enrollment::Key(shared.config.enroll_key.expose().to_owned());
-        match shared.client.register(&request, &enrollment) {
+        match shared.client.register(&request, &shared.config.enrollment) {
             Ok(reply) => {
                 server_is_back(&mut backoff);
                 info!(app_id = %reply.app_id, server = %shared.config.server, "registered");

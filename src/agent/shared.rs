@@ -60,7 +60,8 @@ impl Shared {
         stop: Arc<AtomicBool>,
         events: Sender<PollEvent>,
     ) -> Self {
-        let client = AgentClient::new(&config.server, &config.app_id, config.secret.expose());
+        let client =
+            AgentClient::with_tls(&config.server, &config.app_id, config.secret.expose(), &config.tls);
         let slots = Arc::new(Slots::new(config.max_tasks));
         Shared {
             client,

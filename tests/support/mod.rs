@@ -34,6 +34,9 @@ const ORANGE_ENV: &[&str] = &[
     "ORANGE_SECRET",
     "ORANGE_ADMIN_TOKEN",
     "ORANGE_ENROLL_KEY",
+    "ORANGE_ENROLL_TOKEN",
+    "ORANGE_CA_FILE",
+    "ORANGE_INSECURE",
     "ORANGE_LOG",
 ];
 
@@ -455,6 +458,8 @@ impl Agent {
             cmd.arg("--label").arg(label);
         }
         clean_env(&mut cmd);
+        // Harness servers run with `--enroll-key orange-forge` unless told otherwise.
+        cmd.env("ORANGE_ENROLL_KEY", BASE_SECRET);
         self.command = show_command(&cmd);
         let log = log_file(&self.log_path(), &format!("start #{}: {}", self.starts, self.command));
         let out = log.try_clone().expect("clone log file");
