@@ -15,6 +15,7 @@ trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
 for _ in $(seq 100); do grep -q listening "$work/server.out" && break; sleep 0.05; done
 url=$(sed -n 's/.*listening on //p' "$work/server.out")
 export ORANGE_SERVER=$url ORANGE_TOKEN=$(cat "$work/db/admin.token") ORANGE_LOG=warn
+export ORANGE_ENROLL_KEY=$("$bin" enroll-key --data "$work/db")
 "$bin" agent --appid bench --state "$work/agent" --allow-shell 2>"$work/agent.log" &
 for _ in $(seq 100); do "$bin" agents --online --json | grep -q '"bench"' && break; sleep 0.05; done
 "$bin" task run --appid bench -- true # warm-up

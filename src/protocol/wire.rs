@@ -83,6 +83,9 @@ pub fn check_app_id(app_id: &str) -> Result<(), String> {
     if !app_id.chars().all(|c| c.is_ascii_alphanumeric() || "._-:@".contains(c)) {
         return Err(format!("app id {shown:?} may only hold letters, digits and . _ - : @"));
     }
+    if app_id.chars().all(|c| c == '.') {
+        return Err(format!("app id {shown:?} must hold something besides dots"));
+    }
     Ok(())
 }
 
@@ -295,6 +298,7 @@ mod tests {
         assert!(check_app_id("web-01.prod").is_ok());
         assert!(check_app_id("").is_err());
         assert!(check_app_id("a/b").is_err());
+        assert!(check_app_id("..").is_err());
         assert!(check_app_id(&"x".repeat(10_000)).is_err());
         assert!(check_task_type("shell").is_ok());
         assert!(check_task_type("../../bin/sh").is_err());

@@ -22,8 +22,20 @@ pub enum CodecError {
     Corrupt(String),
 }
 
+/// Largest value decoding may allocate: bincode trusts length fields, so a corrupt one must not
+/// make it allocate whatever it claims.
+pub const MAX_DECODED_LEN: usize = 64 * 1024 * 1024;
+
 fn config() -> bincode::config::Configuration {
     bincode::config::standard()
+}
+
+fn decode_config() -> bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<MAX_DECODED_LEN>,
+> {
+    bincode::config::standard().with_limit::<MAX_DECODED_LEN>()
 }
 
 /// Encodes `value` as version byte + bincode.
@@ -42,8 +54,8 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     if version != FORMAT_VERSION {
         return Err(CodecError::UnknownVersion(version));
     }
-    let (value, used) =
-        bincode::serde::decode_from_slice(body, config()).map_err(|e| CodecError::Corrupt(e.to_string()))?;
+    let (value, used) = bincode::serde::decode_from_slice(body, decode_config())
+        .map_err(|e| CodecError::Corrupt(e.to_string()))?;
     if used != body.len() {
         return Err(CodecError::Corrupt(format!("{} trailing bytes", body.len() - used)));
     }
@@ -72,6 +84,13 @@ mod tests {
         let bytes = encode(&sample());
         assert_eq!(bytes[0], FORMAT_VERSION);
         assert_eq!(decode::<Sample>(&bytes).unwrap(), sample());
+    }
+
+    #[test]
+    fn a_corrupt_length_is_an_error_not_a_huge_allocation() {
+        let mut bytes = vec![FORMAT_VERSION, 253];
+        bytes.extend_from_slice(&(1u64 << 50).to_le_bytes());
+        assert!(matches!(decode::<Sample>(&bytes), Err(CodecError::Corrupt(_))));
     }
 
     #[test]

@@ -886,3 +886,195 @@ pub fn go_report(task: &serde_json::Value, do_status: &str, result: &str) -> ser
         "result": result,
     })
 }
+
+// ---------------------------------------------------------------------------------------------
+// Version-2 signatures, written here independently of the crate
+
+/// Value of `X-ORANGE-SIGN-VERSION` for the canonical scheme.
+pub const SIGN_VERSION_2: &str = "2";
+/// Route on which orange agents stream output.
+pub const OUTPUT: &str = "/orange-forge/api/output";
+
+/// The text a version-2 signature covers: `orange-v2`, method, path, app id, time, nonce and the
+/// body's SHA-256 in hex, one per line.
+pub fn v2_canonical(path: &str, app_id: &str, time: &str, nonce: &str, body: &[u8]) -> String {
+    use sha2::Digest;
+    let body_hash = hex::encode(Sha256::digest(body));
+    format!("orange-v2\nPOST\n{path}\n{app_id}\n{time}\n{nonce}\n{body_hash}")
+}
+
+/// `hex(HMAC-SHA256(key, canonical text))`.
+pub fn v2_sign(key: &str, path: &str, app_id: &str, time: &str, nonce: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("any key length");
+    mac.update(v2_canonical(path, app_id, time, nonce, body).as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// The time header of orange agents: Unix seconds now.
+pub fn unix_time_now() -> String {
+    chrono::Utc::now().timestamp().to_string()
+}
+
+/// A fresh random nonce: 32 hex digits.
+pub fn fresh_nonce() -> String {
+    let mut raw = [0u8; 16];
+    getrandom::fill(&mut raw).expect("random bytes");
+    hex::encode(raw)
+}
+
+/// The headers of a version-2 request to `path` signed with `key` at `time` with `nonce`.
+pub fn v2_headers(
+    path: &str,
+    app_id: &str,
+    key: &str,
+    body: &[u8],
+    time: &str,
+    nonce: &str,
+) -> Vec<(String, String)> {
+    vec![
+        ("X-Forge-Appid".into(), app_id.into()),
+        ("X-Forge-Sign".into(), v2_sign(key, path, app_id, time, nonce, body)),
+        ("X-Forge-Time".into(), time.into()),
+        ("X-Orange-Nonce".into(), nonce.into()),
+        ("X-Orange-Sign-Version".into(), SIGN_VERSION_2.into()),
+    ]
+}
+
+/// Sends the bytes of a captured request again and returns the answer (agent endpoints always
+/// answer 200).
+pub fn replay(addr: SocketAddr, request: &[u8]) -> RawResponse {
+    let response = raw_exchange(addr, request.to_vec(), Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("replay to {addr} failed: {e}"));
+    assert_eq!(response.status, 200, "agent endpoints always answer 200: {response:?}");
+    response
+}
+
+impl GoAgent {
+    /// The bytes of a version-2 request to `path` signed with `key` now, with a fresh nonce.
+    pub fn v2_request(&self, path: &str, key: &str, body: &[u8]) -> Vec<u8> {
+        let headers = v2_headers(path, &self.app_id, key, body, &unix_time_now(), &fresh_nonce());
+        go_request(self.addr, path, &headers, body)
+    }
+
+    /// The bytes of a legacy request to `path` signed with `key` now.
+    pub fn legacy_request(&self, path: &str, key: &str, body: &[u8]) -> Vec<u8> {
+        go_request(self.addr, path, &go_signed_headers(&self.app_id, key, body, &go_time_now()), body)
+    }
+
+    /// Sends `body` to `path` with a version-2 signature by `key`; returns the envelope.
+    pub fn send_v2(&self, path: &str, key: &str, body: &[u8]) -> serde_json::Value {
+        replay(self.addr, &self.v2_request(path, key, body)).json()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operator records
+
+impl Server {
+    /// `GET /api/v1/audit?limit=1000`: the audit record, newest first.
+    pub fn audit(&self) -> Vec<orange::protocol::admin::AuditEntry> {
+        let list: orange::protocol::admin::AuditList =
+            self.admin().get("/api/v1/audit?limit=1000").unwrap_or_else(|e| panic!("audit: {e}"));
+        list.entries
+    }
+
+    /// `GET /api/v1/tokens`.
+    pub fn tokens(&self) -> Vec<orange::protocol::admin::TokenView> {
+        let list: orange::protocol::admin::TokenList =
+            self.admin().get("/api/v1/tokens").unwrap_or_else(|e| panic!("list tokens: {e}"));
+        list.tokens
+    }
+
+    /// `POST /api/v1/tokens`; panics unless created. The answer carries `<id>.<secret>`.
+    pub fn create_token(&self, ttl_secs: u64, uses: u32) -> orange::protocol::admin::TokenView {
+        let request = orange::protocol::admin::TokenRequest { ttl_secs, uses };
+        self.admin().post("/api/v1/tokens", &request).unwrap_or_else(|e| panic!("create token: {e}"))
+    }
+
+    /// `POST /api/v1/agents/{id}/{action}` (`accept` or `forget`); panics unless it succeeds.
+    pub fn agent_action(&self, app_id: &str, action: &str) -> AgentView {
+        self.admin()
+            .post(&format!("/api/v1/agents/{app_id}/{action}"), &serde_json::json!({}))
+            .unwrap_or_else(|e| panic!("{action} {app_id}: {e}"))
+    }
+
+    /// An operator API request with the given bearer token (none: no Authorization header).
+    pub fn admin_raw(&self, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> RawResponse {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("Content-Type", "application/json")];
+        if let Some(auth) = &auth {
+            headers.push(("Authorization", auth.as_str()));
+        }
+        http(self.addr, method, path, &headers, body)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A server started with arbitrary flags
+
+/// An `orange server` started with the caller's own flags (TLS, no enrollment key, ...), killed
+/// on drop; its stderr is printed when a test fails.
+pub struct ServerProcess {
+    child: Option<Child>,
+    /// The listening line's URL, e.g. `https://127.0.0.1:PORT`.
+    pub url: String,
+    /// Bound address.
+    pub addr: SocketAddr,
+    /// The command line.
+    pub command: String,
+    logs: TempDir,
+}
+
+impl ServerProcess {
+    /// Starts `orange server ARGS --listen 127.0.0.1:0` and waits for its listening line.
+    pub fn start<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> ServerProcess {
+        let logs = TempDir::with_prefix("orange-logs-").expect("create log dir");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("server").args(args).arg("--listen").arg("127.0.0.1:0");
+        clean_env(&mut cmd);
+        let command = show_command(&cmd);
+        let stderr_path = logs.path().join("server.stderr");
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log_file(&stderr_path, &command));
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot spawn {command}: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {}
+        });
+        let line = rx.recv_timeout(START_DEADLINE).unwrap_or_else(|e| {
+            kill_child(&mut child);
+            panic!("{command}: no listening line ({e})\nstderr:\n{}", read_log(&stderr_path))
+        });
+        let url = line.strip_prefix("orange server listening on ").unwrap_or("").trim().to_owned();
+        let addr = url.rsplit("://").next().and_then(|a| a.parse().ok()).unwrap_or_else(|| {
+            kill_child(&mut child);
+            panic!("{command}: unexpected first stdout line {line:?}")
+        });
+        ServerProcess { child: Some(child), url, addr, command, logs }
+    }
+
+    /// Everything the server wrote on stderr so far.
+    pub fn stderr(&self) -> String {
+        read_log(&self.logs.path().join("server.stderr"))
+    }
+
+    /// True while the process runs.
+    pub fn is_alive(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_child(&mut child);
+        }
+        if std::thread::panicking() {
+            eprintln!("----- orange server stderr ({}) -----\n{}", self.command, self.stderr());
+        }
+    }
+}

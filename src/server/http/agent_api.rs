@@ -105,10 +105,10 @@ async fn get_task(
 ) -> Response {
     let agent = match agent_call(&state, peer.ip(), wire::GET_TASK_PATH, &headers, body).await {
         Ok((agent, _)) => agent,
-        // A replayed getTask gets nothing; code 2 keeps an original client (which exits on
-        // code 1) polling in case the replay was its own clock's doing.
-        Err(refusal) if refusal.replay => {
-            warn!(message = %refusal.message, "replayed getTask refused");
+        // A replayed or rate-limited getTask gets nothing; code 2 keeps an original client
+        // (which exits on code 1) polling.
+        Err(refusal) if refusal.no_task => {
+            warn!(message = %refusal.message, "getTask refused; answering no task");
             return reply(Envelope::<()>::empty(CODE_NO_TASK, refusal.message));
         }
         Err(refusal) => return refused("getTask", refusal.message),

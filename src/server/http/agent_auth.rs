@@ -25,13 +25,14 @@ use crate::server::store::AgentRecord;
 pub struct Refusal {
     /// The specific message for the envelope.
     pub message: String,
-    /// The request was a replay (getTask answers it "no task" so an original client goes on).
-    pub replay: bool,
+    /// A refusal that getTask answers "no task" (code 2), so that an original client, which
+    /// exits on code 1, goes on: a replay, or its source being over the failed-signature limit.
+    pub no_task: bool,
 }
 
 impl<T: Into<String>> From<T> for Refusal {
     fn from(message: T) -> Self {
-        Refusal { message: message.into(), replay: false }
+        Refusal { message: message.into(), no_task: false }
     }
 }
 
@@ -90,10 +91,16 @@ pub async fn verified(
     body: Body,
     key: &Signer,
 ) -> Result<(Signed, Bytes), Refusal> {
-    state.failures.check(source, Utc::now().timestamp()).map_err(|e| e.to_string())?;
+    state
+        .failures
+        .check(source, Utc::now().timestamp())
+        .map_err(|e| Refusal { message: e.to_string(), no_task: true })?;
     let signed = signed_headers(headers)?;
     let body = read_body(body).await?;
     check_signed(state, source, path, &signed, &body, key)?;
+    // The record of this use must be on disk before the answer: after a crash, a replay of a
+    // request answered but not yet recorded would be accepted again.
+    state.store.durable().await.map_err(|e| format!("server error, retry later: {e}"))?;
     Ok((signed, body))
 }
 
@@ -176,12 +183,15 @@ fn usable_token(state: &AppState, id: &str) -> Result<String, Refusal> {
 fn admit_signed_once(state: &AppState, signed: &Signed) -> Result<(), Refusal> {
     // parse_time succeeded inside check_time, so this is the same value.
     let sent = parse_time(&signed.time).unwrap_or(0);
+    // Hex reads in either case, so the legacy identity is the signature in one case: a replay
+    // with the letters' case changed is the same request.
+    let legacy_sign = signed.sign.to_ascii_lowercase();
     let identity: [&[u8]; 2] = match &signed.nonce {
         Some(nonce) => [signed.app_id.as_bytes(), nonce.as_bytes()],
-        None => [signed.app_id.as_bytes(), signed.sign.as_bytes()],
+        None => [signed.app_id.as_bytes(), legacy_sign.as_bytes()],
     };
     admit_once(&state.store, &identity, sent)
-        .map_err(|e| Refusal { replay: matches!(e, ReplayError::Seen), message: e.to_string() })
+        .map_err(|e| Refusal { no_task: matches!(e, ReplayError::Seen), message: e.to_string() })
 }
 
 /// Authenticates a call signed with an agent's own secret and notes the agent is alive.

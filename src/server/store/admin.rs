@@ -23,13 +23,18 @@ pub enum TokenError {
 }
 
 impl Store {
-    /// Sets the status of agent `app_id`; forgetting also drops its secret. `None` when unknown.
+    /// Sets the status of agent `app_id`; forgetting also drops its secret. `None` when unknown,
+    /// or when asked to accept a forgotten agent.
     pub fn set_agent_status(
         &self,
         app_id: &str,
         status: AgentStatus,
     ) -> Result<Option<AgentRecord>, StoreError> {
         let Some(mut agent) = self.agent(app_id)? else { return Ok(None) };
+        if status == AgentStatus::Accepted && agent.status == AgentStatus::Forgotten {
+            // A forgotten agent has no secret left to accept: it must enroll again.
+            return Ok(None);
+        }
         agent.status = status;
         if status == AgentStatus::Forgotten {
             agent.secret.clear();
