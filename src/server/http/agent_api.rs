@@ -91,6 +91,9 @@ async fn ping(
     match agent_call(&state, peer.ip(), wire::PING_PATH, &headers, body).await {
         Ok((agent, _)) => {
             debug!(agent = %agent.app_id, "ping");
+            if let Err(e) = state.store.durable().await {
+                return refused("ping", format!("server error, retry later: {e}"));
+            }
             reply(Envelope::ok("pong", "pong"))
         }
         Err(refusal) => refused("ping", refusal.message),
@@ -125,7 +128,15 @@ async fn get_task(
         Ok(capacity) => capacity,
         Err(message) => return refused("getTask", message),
     };
-    match state.next_task(&agent.app_id, capacity).await {
+    let polled = state.next_task(&agent.app_id, capacity).await;
+    // What a poll hands out (a task, cancels) must not be had again by replaying it after a
+    // crash: its use record, and the delivery, go to disk first. An empty answer needs neither.
+    let polled = match polled {
+        Ok(PollResult::Empty) => Ok(PollResult::Empty),
+        Ok(found) => state.store.durable().await.map(|()| found),
+        Err(e) => Err(e),
+    };
+    match polled {
         Ok(PollResult::Task(task)) => {
             info!(agent = %agent.app_id, task = %task.id, task_type = %task.task_type, "task delivered");
             reply(Envelope::ok("task fetched", wire_task(&task)))

@@ -82,7 +82,9 @@ async fn read_body(body: Body) -> Result<Bytes, Refusal> {
 }
 
 /// Reads the body and checks the time, the signature against `key`, and that the request is
-/// not a replay.
+/// not a replay. The record of this use is written but not yet synced: a handler must make it
+/// durable ([`crate::server::store::Store::durable`]) before an answer that a replay could
+/// profit from, or a crash right after the answer would let the same request in again.
 pub async fn verified(
     state: &AppState,
     source: IpAddr,
@@ -98,9 +100,6 @@ pub async fn verified(
     let signed = signed_headers(headers)?;
     let body = read_body(body).await?;
     check_signed(state, source, path, &signed, &body, key)?;
-    // The record of this use must be on disk before the answer: after a crash, a replay of a
-    // request answered but not yet recorded would be accepted again.
-    state.store.durable().await.map_err(|e| format!("server error, retry later: {e}"))?;
     Ok((signed, body))
 }
 
