@@ -51,6 +51,18 @@ pub struct Entry {
     /// True once the server acknowledged (or refused) the final report.
     #[serde(default)]
     pub reported: bool,
+    /// True from the moment just before the task's handler runs. An entry without it is a task
+    /// this agent took but never ran, so it may run it after a restart. Entries written before
+    /// this field existed count as run.
+    #[serde(default = "counts_as_run")]
+    pub ran: bool,
+    /// The task as delivered, so that one never run can be run after a restart.
+    #[serde(default)]
+    pub task: Option<WireTask>,
+}
+
+fn counts_as_run() -> bool {
+    true
 }
 
 impl Entry {
@@ -63,6 +75,8 @@ impl Entry {
             started_ms: chrono::Utc::now().timestamp_millis(),
             report: None,
             reported: false,
+            ran: false,
+            task: Some(task.clone()),
         }
     }
 }
@@ -159,6 +173,16 @@ impl Journal {
         match self.get(id)? {
             Some(entry) if !entry.reported => self.put(&Entry { reported: true, ..entry }),
             _ => Ok(()),
+        }
+    }
+
+    /// Removes the entry of task `id` (one never run, handed back to be run afresh).
+    pub fn remove(&self, id: &str) -> Result<()> {
+        let path = self.dir.join(file_name(id));
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
         }
     }
 

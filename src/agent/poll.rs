@@ -58,7 +58,7 @@ pub fn poll_loop(shared: Arc<Shared>, handler: Arc<dyn TaskHandler>, events: &Re
     if !register(&shared) {
         return;
     }
-    recover(&shared);
+    recover(&shared, &handler);
     let mut poller = Poller::new(shared, handler);
     while !(poller.shared.stopping() && poller.shared.tasks.is_empty()) {
         poller.step(events);

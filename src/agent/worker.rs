@@ -37,6 +37,10 @@ pub fn deliver(shared: &Arc<Shared>, handler: &Arc<dyn TaskHandler>, task: WireT
     }
     match shared.journal.get(&task.task_id) {
         Ok(None) => start(shared, handler, task),
+        Ok(Some(entry)) if entry.report.is_none() && !entry.ran => {
+            info!("an earlier run of the agent took this task but never ran it; running it now");
+            restart(shared, handler, task)
+        }
         Ok(Some(entry)) => {
             known_task(shared, entry);
             false
@@ -51,6 +55,15 @@ pub fn deliver(shared: &Arc<Shared>, handler: &Arc<dyn TaskHandler>, task: WireT
             false
         }
     }
+}
+
+/// Forgets the journal entry of a task never run, then starts it like a new delivery.
+fn restart(shared: &Arc<Shared>, handler: &Arc<dyn TaskHandler>, task: WireTask) -> bool {
+    if let Err(e) = shared.journal.remove(&task.task_id) {
+        error!(error = %format!("{e:#}"), "cannot clear the task's journal entry; not running it");
+        return false;
+    }
+    start(shared, handler, task)
 }
 
 /// A repeated delivery of a task running here: the earlier `doing` may have been lost.
@@ -138,6 +151,13 @@ impl Worker<'_> {
             let outcome = self.not_run_outcome();
             return self.finish(entry, outcome, Duration::ZERO, None);
         };
+        entry.ran = true;
+        if let Err(e) = self.shared.journal.put(&entry) {
+            let outcome = TaskOutcome::failed(format!(
+                "the agent cannot journal the task's start, so it did not run it: {e:#}"
+            ));
+            return self.finish(entry, outcome, Duration::ZERO, None);
+        }
         info!(task_type = %self.task.task_type, "task started");
         let stream = TaskStream::new(Arc::clone(self.shared), &self.task.task_id, Arc::clone(&self.control));
         let ctx =
@@ -267,9 +287,9 @@ pub fn cancel_tasks(shared: &Shared, ids: &[String]) {
     }
 }
 
-/// At start: reports `lost` every task an earlier life started and never finished, queues
-/// every unreported result, and prunes old entries.
-pub fn recover(shared: &Shared) {
+/// At start: runs again every task an earlier life took but never ran, reports `lost` every
+/// task it ran and never finished, queues every unreported result, and prunes old entries.
+pub fn recover(shared: &Arc<Shared>, handler: &Arc<dyn TaskHandler>) {
     let entries = match shared.journal.entries() {
         Ok(entries) => entries,
         Err(e) => {
@@ -284,6 +304,12 @@ pub fn recover(shared: &Shared) {
         }
         let _span = info_span!("task", id = %entry.task_id).entered();
         match (&entry.report, entry.reported) {
+            (None, _) if !entry.ran && entry.task.is_some() => {
+                info!("the agent restarted before this task ran; running it now");
+                if let Some(task) = entry.task {
+                    restart(shared, handler, task);
+                }
+            }
             (None, _) => {
                 warn!("the agent restarted while this task ran; reporting it lost");
                 mark_lost(shared, entry);

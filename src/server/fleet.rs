@@ -298,7 +298,9 @@ impl Fleet {
         let next = chunks.last().map_or(after, |c| c.seq + 1);
         let done = task.status.is_final() && next >= task.output.next_seq;
         Ok(OutputPage {
-            chunks: chunks.into_iter().map(chunk_view).collect(),
+            // The original protocol's `result` text is kept with the output but is no stream
+            // of the process: the page skips it (its number still advances `next`).
+            chunks: chunks.into_iter().filter(|c| c.stream != Stream::Result).map(chunk_view).collect(),
             next,
             done,
             status: task.status,

@@ -137,6 +137,16 @@ pub struct ServerOpts {
     pub poll_window: Option<u64>,
     /// `--default-timeout` in seconds.
     pub default_timeout: Option<u64>,
+    /// `--ack-window` in seconds.
+    pub ack_window: Option<u64>,
+    /// `--ttl` in seconds.
+    pub ttl: Option<u64>,
+    /// `--lost-grace` in seconds.
+    pub lost_grace: Option<u64>,
+    /// `--output-cap-mb`.
+    pub output_cap_mb: Option<u64>,
+    /// `--cache-mb` (sled's page cache).
+    pub cache_mb: Option<u64>,
     /// `--enroll-key`; without it the original's public key [`BASE_SECRET`], so that original
     /// clients and simulated agents enroll as they do against the original server.
     pub enroll_key: Option<String>,
@@ -219,8 +229,18 @@ impl Server {
         if let Some(secs) = self.opts.poll_window {
             cmd.arg("--poll-window").arg(secs.to_string());
         }
-        if let Some(secs) = self.opts.default_timeout {
-            cmd.arg("--default-timeout").arg(secs.to_string());
+        let numbers = [
+            ("--default-timeout", self.opts.default_timeout),
+            ("--ack-window", self.opts.ack_window),
+            ("--ttl", self.opts.ttl),
+            ("--lost-grace", self.opts.lost_grace),
+            ("--output-cap-mb", self.opts.output_cap_mb),
+            ("--cache-mb", self.opts.cache_mb),
+        ];
+        for (flag, value) in numbers {
+            if let Some(value) = value {
+                cmd.arg(flag).arg(value.to_string());
+            }
         }
         cmd.arg("--enroll-key").arg(self.opts.enroll_key.as_deref().unwrap_or(BASE_SECRET));
         clean_env(&mut cmd);
@@ -296,6 +316,11 @@ impl Server {
         if let Some(mut child) = self.child.take() {
             kill_child(&mut child);
         }
+    }
+
+    /// Sends SIGTERM and returns at once; [`Server::terminate`] then waits for the exit.
+    pub fn sigterm(&mut self) {
+        signal(self.child.as_mut().expect("server is running"), libc::SIGTERM);
     }
 
     /// SIGTERM, then waits up to `timeout` for the exit; returns its status (SIGKILL and panic
@@ -405,6 +430,10 @@ pub struct AgentOpts {
     pub handlers: Option<PathBuf>,
     /// `--label k=v`, repeated.
     pub labels: Vec<String>,
+    /// `--max-tasks`.
+    pub max_tasks: Option<usize>,
+    /// The URL the agent talks to instead of the server's own (e.g. a [`Proxy`] in front of it).
+    pub server_url: Option<String>,
 }
 
 /// A running `orange agent` with its own state directory.
@@ -428,7 +457,7 @@ impl Agent {
             child: None,
             app_id: app_id.to_owned(),
             command: String::new(),
-            server_url: server.url.clone(),
+            server_url: opts.server_url.clone().unwrap_or_else(|| server.url.clone()),
             state: TempDir::with_prefix("orange-agent-state-").expect("create state dir"),
             logs: TempDir::with_prefix("orange-agent-logs-").expect("create log dir"),
             opts,
@@ -456,6 +485,9 @@ impl Agent {
         }
         for label in &self.opts.labels {
             cmd.arg("--label").arg(label);
+        }
+        if let Some(max) = self.opts.max_tasks {
+            cmd.arg("--max-tasks").arg(max.to_string());
         }
         clean_env(&mut cmd);
         // Harness servers run with `--enroll-key orange-forge` unless told otherwise.
@@ -508,6 +540,11 @@ impl Agent {
             self.command,
             self.output()
         );
+    }
+
+    /// Process id of the running agent.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("agent is running").id()
     }
 
     /// SIGKILLs the agent.
@@ -885,6 +922,327 @@ pub fn go_report(task: &serde_json::Value, do_status: &str, result: &str) -> ser
         "payload": task["payload"],
         "result": result,
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Task lifecycle: simulated agents, cancel, output pages
+
+/// Secret of the simulated agents that [`register_sim`] registers.
+pub const SIM_SECRET: &str = "sim-secret";
+
+/// Registers `app_id` with [`SIM_SECRET`] and returns its signed client: a simulated agent
+/// whose every call the test makes itself.
+pub fn register_sim(server: &Server, app_id: &str) -> orange::client::AgentClient {
+    register_sim_at(&server.url, app_id)
+}
+
+/// [`register_sim`] against the server at `url`.
+pub fn register_sim_at(url: &str, app_id: &str) -> orange::client::AgentClient {
+    let client = orange::client::AgentClient::new(url, app_id, SIM_SECRET);
+    let request = orange::protocol::RegisterRequest {
+        app_id: app_id.into(),
+        secret: SIM_SECRET.into(),
+        ..Default::default()
+    };
+    client
+        .register(&request, &orange::client::Enrollment::Key(BASE_SECRET.into()))
+        .unwrap_or_else(|e| panic!("register {app_id}: {e}"));
+    client
+}
+
+impl Server {
+    /// `POST /api/v1/tasks/{id}/cancel`.
+    pub fn cancel(&self, id: &str, force: bool) -> Result<TaskView, ClientError> {
+        let request = orange::protocol::admin::CancelRequest { force };
+        self.admin().post(&orange::protocol::admin::cancel_path(id), &request)
+    }
+
+    /// `GET /api/v1/tasks/{id}/output?after=A&wait=W`; panics on an error answer.
+    pub fn output(&self, id: &str, after: u32, wait_secs: u64) -> orange::protocol::admin::OutputPage {
+        let path = format!("{}?after={after}&wait={wait_secs}", orange::protocol::admin::output_path(id));
+        self.admin().get(&path).unwrap_or_else(|e| panic!("get output of {id}: {e}"))
+    }
+
+    /// `POST /api/v1/tasks` with a whole request; panics unless 201.
+    pub fn enqueue_request(&self, request: &EnqueueRequest) -> Vec<TaskView> {
+        let reply: EnqueueReply =
+            self.admin().post("/api/v1/tasks", request).unwrap_or_else(|e| panic!("enqueue failed: {e}"));
+        reply.tasks
+    }
+
+    /// Resident set size of the server process, in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid())
+    }
+}
+
+/// The statuses of a task's history, in order.
+pub fn history(task: &TaskView) -> Vec<&'static str> {
+    task.history.iter().map(|t| t.status.as_str()).collect()
+}
+
+/// Milliseconds between two RFC 3339 times of a task's history.
+pub fn ms_between(from: &str, to: &str) -> i64 {
+    let parse = |at: &str| {
+        chrono::DateTime::parse_from_rfc3339(at).unwrap_or_else(|e| panic!("bad time {at:?}: {e}"))
+    };
+    (parse(to) - parse(from)).num_milliseconds()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes seen through /proc
+
+/// `VmRSS` of process `pid` in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// True while process `pid` exists and is not a zombie.
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesized command name.
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// SIGKILLs process `pid` if it exists (cleanup of processes a killed agent left behind).
+pub fn kill_pid(pid: u32) {
+    if process_alive(pid) {
+        // SAFETY: kill(2) on a pid read from a marker file written by a task of this test.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A CLI whose stdout is read as it comes
+
+/// A running CLI whose stdout lines are recorded with their arrival time.
+pub struct LiveRun {
+    child: Option<Child>,
+    /// The command line.
+    pub command: String,
+    started: Instant,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<(Duration, String)>>>,
+    stdout: Option<std::thread::JoinHandle<()>>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+/// Starts the CLI with `args`; its stdout is read line by line as it arrives.
+pub fn cli_live(args: &[&str]) -> LiveRun {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args);
+    clean_env(&mut cmd);
+    let command = show_command(&cmd);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let started = Instant::now();
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot spawn {command}: {e}"));
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let pipe = child.stdout.take().expect("piped stdout");
+    let sink = std::sync::Arc::clone(&lines);
+    let stdout = std::thread::spawn(move || {
+        let mut reader = BufReader::new(pipe);
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => sink.lock().expect("lines lock").push((started.elapsed(), line)),
+            }
+        }
+    });
+    let stderr = drain(child.stderr.take().expect("piped stderr"));
+    LiveRun { child: Some(child), command, started, lines, stdout: Some(stdout), stderr: Some(stderr) }
+}
+
+impl LiveRun {
+    /// The stdout lines so far, each with the time since the start at which it arrived.
+    pub fn lines(&self) -> Vec<(Duration, String)> {
+        self.lines.lock().expect("lines lock").clone()
+    }
+
+    /// Time since the CLI started.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Waits up to `deadline` for the exit (then kills it); returns the run and the timed lines.
+    pub fn finish(mut self, deadline: Duration) -> (Run, Vec<(Duration, String)>) {
+        let mut child = self.child.take().expect("running");
+        let status = wait_exit(&mut child, deadline);
+        if status.is_none() {
+            kill_child(&mut child);
+        }
+        let elapsed = self.started.elapsed();
+        if let Some(reader) = self.stdout.take() {
+            reader.join().expect("stdout reader");
+        }
+        let stderr = self.stderr.take().map(|r| r.join().expect("stderr reader")).unwrap_or_default();
+        let lines = self.lines();
+        let stdout = lines.iter().map(|(_, l)| l.as_str()).collect();
+        (Run { command: self.command.clone(), status, stdout, stderr, elapsed }, lines)
+    }
+}
+
+impl Drop for LiveRun {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_child(&mut child);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A TCP proxy that notes every HTTP request it forwards
+
+/// One request the [`Proxy`] forwarded.
+#[derive(Debug, Clone)]
+pub struct ProxiedRequest {
+    /// When its head had been read.
+    pub at: Instant,
+    /// Its `X-FORGE-APPID` header, if any.
+    pub app_id: Option<String>,
+    /// The request path.
+    pub path: String,
+}
+
+/// A plain TCP proxy on 127.0.0.1 in front of a server: each client connection gets its own
+/// upstream connection (none if the server is down: the client connection is closed at once, as
+/// a refused connection would be), and the head of every request forwarded is noted. When the
+/// upstream connection ends, the client connection is closed too.
+pub struct Proxy {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// `http://ADDR`.
+    pub url: String,
+    log: std::sync::Arc<std::sync::Mutex<Vec<ProxiedRequest>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    held: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// What a proxy connection thread shares with its [`Proxy`].
+#[derive(Clone)]
+struct ProxyShared {
+    log: std::sync::Arc<std::sync::Mutex<Vec<ProxiedRequest>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    held: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Proxy {
+    /// Starts a proxy forwarding to `upstream`.
+    pub fn start(upstream: SocketAddr) -> Proxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let shared = ProxyShared {
+            log: std::sync::Arc::default(),
+            stop: std::sync::Arc::default(),
+            held: std::sync::Arc::default(),
+        };
+        let accept = shared.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if accept.stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                let shared = accept.clone();
+                std::thread::spawn(move || proxy_connection(client, upstream, &shared));
+            }
+        });
+        let ProxyShared { log, stop, held } = shared;
+        Proxy { addr, url: format!("http://{addr}"), log, stop, held }
+    }
+
+    /// From now on, requests to `path` are read and noted but never forwarded nor answered:
+    /// the client waits until its own timeout (or until it is killed).
+    pub fn hold(&self, path: &str) {
+        self.held.lock().expect("held paths").push(path.to_owned());
+    }
+
+    /// Forwards requests to every path again (requests already held stay held).
+    pub fn release_all(&self) {
+        self.held.lock().expect("held paths").clear();
+    }
+
+    /// Every request forwarded so far, in order.
+    pub fn requests(&self) -> Vec<ProxiedRequest> {
+        self.log.lock().expect("proxy log").clone()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wakes the accept loop so it sees the flag.
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn proxy_connection(client: TcpStream, upstream: SocketAddr, shared: &ProxyShared) {
+    let Ok(mut up) = TcpStream::connect_timeout(&upstream, Duration::from_secs(2)) else {
+        let _ = client.shutdown(std::net::Shutdown::Both);
+        return;
+    };
+    let (Ok(mut up_reader), Ok(mut client_writer)) = (up.try_clone(), client.try_clone()) else { return };
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut up_reader, &mut client_writer);
+        let _ = client_writer.shutdown(std::net::Shutdown::Both);
+    });
+    let mut reader = BufReader::new(client);
+    while let Some((head, request)) = read_request_head(&mut reader) {
+        let length = request_content_length(&head);
+        let held = shared.held.lock().expect("held paths").contains(&request.path);
+        shared.log.lock().expect("proxy log").push(request);
+        if held {
+            // Keep both connections open, answering nothing, until the proxy is dropped.
+            while !shared.stop.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            break;
+        }
+        if up.write_all(head.as_bytes()).is_err() {
+            break;
+        }
+        let copied = std::io::copy(&mut (&mut reader).take(length), &mut up);
+        if copied.ok() != Some(length) {
+            break;
+        }
+    }
+    let _ = up.shutdown(std::net::Shutdown::Both);
+}
+
+/// Reads one request head (through the blank line); `None` at the end of the connection.
+fn read_request_head(reader: &mut impl BufRead) -> Option<(String, ProxiedRequest)> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        head.push_str(&line);
+        if line == "\r\n" || line == "\n" {
+            break;
+        }
+    }
+    let path = head.split_whitespace().nth(1).unwrap_or_default().to_owned();
+    let app_id = header_value(&head, "x-forge-appid");
+    Some((head, ProxiedRequest { at: Instant::now(), app_id, path }))
+}
+
+fn header_value(head: &str, name: &str) -> Option<String> {
+    head.lines().skip(1).find_map(|line| {
+        let (n, v) = line.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+    })
+}
+
+fn request_content_length(head: &str) -> u64 {
+    header_value(head, "content-length").and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -92,8 +92,8 @@ fn a_task_an_earlier_run_left_unfinished_is_reported_lost_and_not_run() -> Resul
     let left = shell("left", &recording_script(&fx, &log));
     let late = shell("late", &recording_script(&fx, &log));
     let journal = fx.journal();
-    journal.put(&Entry::started(&left))?;
-    journal.put(&Entry::started(&late))?;
+    journal.put(&Entry { ran: true, ..Entry::started(&left) })?;
+    journal.put(&Entry { ran: true, ..Entry::started(&late) })?;
     let _agent = fx.start(1);
     fx.server.state.wait_until(WAIT, "two lost reports", |s| s.reports.len() == 2);
     fx.server.state.push_task(late);
@@ -108,6 +108,22 @@ fn a_task_an_earlier_run_left_unfinished_is_reported_lost_and_not_run() -> Resul
     }
     assert_eq!(runs(&log), 0);
     assert!(state.doings.is_empty());
+    Ok(())
+}
+
+#[test]
+fn a_task_an_earlier_run_took_but_never_ran_is_run_once_after_a_restart() -> Result<()> {
+    let fx = Fixture::new();
+    let tmp = tempfile::tempdir()?;
+    let log = tmp.path().join("runs");
+    let taken = shell("taken", &recording_script(&fx, &log));
+    fx.journal().put(&Entry::started(&taken))?;
+    let _agent = fx.start(1);
+    fx.server.state.wait_until(WAIT, "its report", |s| s.report("taken").is_some());
+    let state = fx.server.state.lock();
+    assert_eq!(state.report("taken").expect("reported").do_status, "success");
+    assert_eq!(runs(&log), 1, "run exactly once");
+    assert!(state.doings.iter().any(|(_, id)| id == "taken"), "acknowledged before it ran");
     Ok(())
 }
 
