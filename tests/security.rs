@@ -1543,3 +1543,18 @@ fn at_most_1000_agents_wait_for_acceptance() {
     let client = AgentClient::new(&url, "one-more", "s");
     client.register(&register_request("one-more", "s"), &Enrollment::Pending).expect("room for one");
 }
+
+#[test]
+fn an_agents_queue_is_bounded() {
+    let mut server = Server::start(ServerOpts::poll_window(1));
+    GoAgent::new(&server, "w1", "s1").registered();
+    let full = json!({"app_ids": vec!["w1"; 10_000], "task_type": "ping"}).to_string();
+    let filled = server.admin_raw("POST", "/api/v1/tasks", Some(&server.token), full.as_bytes());
+    assert_eq!(filled.status, 201, "{}", filled.text());
+    let newest = server.tasks().first().map(|t| t.task_id.clone());
+    let one = json!({"app_ids": ["w1"], "task_type": "ping"}).to_string();
+    let refused = server.admin_raw("POST", "/api/v1/tasks", Some(&server.token), one.as_bytes());
+    assert_api_error(&refused, 413, "already has 10000 tasks waiting");
+    assert_eq!(server.tasks().first().map(|t| t.task_id.clone()), newest, "nothing was added");
+    server.assert_alive();
+}

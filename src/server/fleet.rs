@@ -30,6 +30,8 @@ const TOUCH_GAP_MS: i64 = 5_000;
 const LIST_OUTPUT_LEN: usize = 4 * 1024;
 /// Most output bytes one output page carries.
 const PAGE_BYTES: usize = 1024 * 1024;
+/// Most tasks one agent's queue may hold; an enqueue beyond it is refused.
+pub const MAX_QUEUED_PER_AGENT: usize = 10_000;
 /// How often retention runs.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -213,6 +215,13 @@ impl Fleet {
         let timeout_secs = positive("timeout_secs", request.timeout_secs, self.config.default_task_timeout)?;
         let ttl_secs = positive("ttl_secs", request.ttl_secs, self.config.default_ttl)?;
         let targets = self.targets(&request)?;
+        for app_id in &targets {
+            if self.store.queued_count(app_id, MAX_QUEUED_PER_AGENT) >= MAX_QUEUED_PER_AGENT {
+                return Err(FleetError::TooLarge(format!(
+                    "agent {app_id:?} already has {MAX_QUEUED_PER_AGENT} tasks waiting; let it catch up or cancel some"
+                )));
+            }
+        }
         let now = now_ms();
         let mut tasks: Vec<TaskRecord> = targets
             .iter()

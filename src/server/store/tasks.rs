@@ -184,6 +184,11 @@ impl Store {
         })
     }
 
+    /// How many tasks wait in `app_id`'s queue, counting no further than `limit`.
+    pub fn queued_count(&self, app_id: &str, limit: usize) -> usize {
+        self.queue.scan_prefix(agent_prefix(app_id)).keys().take(limit).count()
+    }
+
     /// Ids of `app_id`'s tasks that it must stop.
     pub fn pending_cancels(&self, app_id: &str) -> Result<Vec<TaskId>, StoreError> {
         let prefix = agent_prefix(app_id);
