@@ -5,14 +5,14 @@
 //! before the agent acknowledges it with `doing` and runs it, and its final report is journaled
 //! before it is sent and retried until the server takes it, across outages and restarts. A task
 //! delivered again is re-reported or re-acknowledged, never re-run; one that a restart cut short
-//! is reported `lost`. While tasks run, a capacity-0 long poll stays parked so operator cancels
+//! while it ran is reported `lost`, and one taken but never run is run after the restart. While tasks run, a capacity-0 long poll stays parked so operator cancels
 //! arrive within moments (SIGTERM to the process group, SIGKILL after a grace), and process
 //! output streams live to the server in ordered, acknowledged chunks with bounded memory.
 //!
 //! # Layout
 //! - [`config`]: `AgentConfig`, validated once from flags and environment; the `Secret` newtype.
 //! - [`state`]: the state directory and the generated secret kept in it.
-//! - [`journal`]: one durable JSON file per task: started, finished (the report), reported.
+//! - [`journal`]: one durable JSON file per task: taken, ran, finished (the report), reported.
 //! - `shared`: state shared by the threads: stop and grace, slots, the tasks running here.
 //! - `poll`: registration, the capacity-aware poll loop and the heartbeat.
 //! - `worker`: what happens to a delivered task: journal, ack, run, report; cancels; recovery.

@@ -32,7 +32,7 @@ const LIST_OUTPUT_LEN: usize = 4 * 1024;
 const PAGE_BYTES: usize = 1024 * 1024;
 /// Most tasks one agent's queue may hold; an enqueue beyond it is refused.
 pub const MAX_QUEUED_PER_AGENT: usize = 10_000;
-/// How often retention runs.
+/// How often retention runs (more often when the retention period is shorter than 4 minutes).
 const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Why an operation was refused; the HTTP layer maps each kind to a status or envelope.
@@ -341,7 +341,8 @@ impl Fleet {
         }
     }
 
-    /// Applies deadlines every sweep interval and retention every minute, until the server stops.
+    /// Applies deadlines every sweep interval and retention every minute (or every quarter of
+    /// the retention period, if shorter), until the server stops.
     pub async fn sweep_loop(self: Arc<Self>) {
         let mut last_retention = tokio::time::Instant::now();
         loop {
@@ -352,7 +353,7 @@ impl Fleet {
             if let Err(e) = self.sweep_deadlines().await {
                 warn!(error = %e, "deadline sweep failed");
             }
-            if last_retention.elapsed() >= RETENTION_INTERVAL {
+            if last_retention.elapsed() >= RETENTION_INTERVAL.min(self.config.retention / 4) {
                 last_retention = tokio::time::Instant::now();
                 if let Err(e) = self.sweep_retention() {
                     warn!(error = %e, "retention sweep failed");
