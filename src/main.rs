@@ -11,6 +11,10 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    let role = std::env::args().nth(1);
+    if !matches!(role.as_deref(), Some("server" | "agent")) {
+        orange::cli::quiet_broken_pipe();
+    }
     let orange: orange::cli::Orange = argh::from_env();
     match orange::cli::run(orange) {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),

@@ -193,6 +193,17 @@ pub fn run(orange: Orange) -> Result<i32> {
     }
 }
 
+/// Lets an operator command die quietly when its reader goes away (`orange task list | head`),
+/// like other Unix tools, instead of panicking on a write to a closed pipe. Not for the server
+/// and the agent, which must outlive any one peer.
+pub fn quiet_broken_pipe() {
+    // SAFETY: restoring the default disposition of SIGPIPE has no preconditions; it happens
+    // before any other thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Validates `orange server` flags into a [`ServerConfig`].
 fn server_config(args: ServerArgs) -> Result<ServerConfig> {
     let listen: SocketAddr = args
