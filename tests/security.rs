@@ -277,20 +277,19 @@ fn a_pending_agent_gets_no_task_until_an_operator_accepts_it() {
 }
 
 #[test]
-fn a_stranger_squatting_an_app_id_as_pending_is_cleared_by_forget() {
+fn a_stranger_squatting_an_app_id_as_pending_is_replaced_by_the_enrolling_host() {
     let mut server = private_server();
     let squatter = AgentClient::new(&server.url, "web-01", "squatter");
     squatter.register(&register_request("web-01", "squatter"), &Enrollment::Pending).expect("pending");
+    // Another stranger without a credential cannot replace the pending record either.
     let before = snapshot(&server);
-    // The real host, with the key, is refused while the squatter holds the app id ...
-    let key = Enrollment::Key(PRIVATE_KEY.into());
-    let refusal = register_refusal(&server, "web-01", "real", &key);
+    let refusal = register_refusal(&server, "web-01", "other", &Enrollment::Pending);
     assert!(refusal.contains("is already enrolled with a different secret"), "{refusal}");
     assert_unchanged(&mut server, &before);
-    // ... until an operator forgets it; then the real host enrolls and the squatter is out.
-    server.agent_action("web-01", "forget");
+    // The real host, with the key, takes its app id back: a pending record proves nothing.
+    let key = Enrollment::Key(PRIVATE_KEY.into());
     let real = AgentClient::new(&server.url, "web-01", "real");
-    real.register(&register_request("web-01", "real"), &key).expect("enrolls after forget");
+    real.register(&register_request("web-01", "real"), &key).expect("the real host enrolls");
     assert_eq!(server.agent("web-01").expect("web-01").status, "accepted");
     match squatter.ping() {
         Err(ClientError::Refused(message)) => {
@@ -1033,7 +1032,7 @@ fn failed_signatures_are_limited_per_source_address() {
     leave_room_in_this_minute(10);
     exhaust_failed_signatures(&w1);
     // The documented trade-off: until the minute ends, correct requests from the same address
-    // are refused too (an attacker sharing an address with agents can hold them off a minute).
+    // are deferred too (HTTP 503: agents retry them later; they are not dropped).
     let limited = "too many failed signatures from 127.0.0.1";
     assert_refused(&w1.ping(), limited);
     assert_refused(&w1.send_v2(PING, "s1", b"ping"), limited);
@@ -1554,7 +1553,7 @@ fn an_agents_queue_is_bounded() {
     let newest = server.tasks().first().map(|t| t.task_id.clone());
     let one = json!({"app_ids": ["w1"], "task_type": "ping"}).to_string();
     let refused = server.admin_raw("POST", "/api/v1/tasks", Some(&server.token), one.as_bytes());
-    assert_api_error(&refused, 413, "already has 10000 tasks waiting");
+    assert_api_error(&refused, 413, "has 10000 tasks waiting");
     assert_eq!(server.tasks().first().map(|t| t.task_id.clone()), newest, "nothing was added");
     server.assert_alive();
 }

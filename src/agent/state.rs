@@ -102,7 +102,11 @@ fn store_secret(path: &Path, secret: &str) -> Result<()> {
         .and_then(|()| file.write_all(b"\n"))
         .and_then(|()| file.sync_all())
         .with_context(|| format!("cannot write {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("cannot move {} into place", tmp.display()))
+    fs::rename(&tmp, path).with_context(|| format!("cannot move {} into place", tmp.display()))?;
+    // The rename itself must reach the disk, or a power cut could lose the secret the server
+    // now knows this agent by.
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("cannot sync {}", dir.display()))
 }
 
 /// This machine's host name.

@@ -328,7 +328,13 @@ pub fn recover(shared: &Arc<Shared>, handler: &Arc<dyn TaskHandler>) {
 
 /// Removes journal entries older than [`RETENTION`], keeping those of tasks handled now.
 pub fn prune(shared: &Shared) {
-    let keep: Vec<String> = shared.tasks.ids().iter().map(|id| file_name(id)).collect();
+    let mut keep: Vec<String> = shared.tasks.ids().iter().map(|id| file_name(id)).collect();
+    // A result not yet taken by the server, or a task taken and never run, is kept however old:
+    // it is still owed to the server.
+    if let Ok(entries) = shared.journal.entries() {
+        let owed = entries.into_iter().filter(|e| !e.reported && (e.report.is_some() || !e.ran));
+        keep.extend(owed.map(|e| file_name(&e.task_id)));
+    }
     let before = SystemTime::now().checked_sub(RETENTION).unwrap_or(SystemTime::UNIX_EPOCH);
     match shared.journal.prune(before, &|name| keep.iter().any(|k| k == name)) {
         Ok(0) => {}

@@ -26,7 +26,7 @@ use crate::agent::AgentConfig;
 use crate::server::ServerConfig;
 
 /// orange: send work to a fleet of hosts that poll this server; no open ports on hosts, no Redis.
-#[derive(FromArgs, Debug)]
+#[derive(FromArgs)]
 pub struct Orange {
     /// print the version and exit
     #[argh(switch)]
@@ -37,7 +37,7 @@ pub struct Orange {
 }
 
 /// The subcommands.
-#[derive(FromArgs, Debug)]
+#[derive(FromArgs)]
 #[argh(subcommand)]
 pub enum Command {
     /// `orange server`
@@ -66,7 +66,7 @@ pub struct EnrollKeyArgs {
 }
 
 /// Run the server: agent endpoints, operator API and the embedded database.
-#[derive(FromArgs, Debug)]
+#[derive(FromArgs)]
 #[argh(subcommand, name = "server")]
 pub struct ServerArgs {
     /// data directory (created if missing)
@@ -119,7 +119,7 @@ pub struct ServerArgs {
 }
 
 /// Run an agent: register with the server, poll for tasks, run them and report.
-#[derive(FromArgs, Debug)]
+#[derive(FromArgs)]
 #[argh(subcommand, name = "agent")]
 pub struct AgentArgs {
     /// server URL, e.g. http://10.0.0.1:8890 (default: ORANGE_SERVER)
@@ -230,6 +230,7 @@ fn server_config(args: ServerArgs) -> Result<ServerConfig> {
     }
     let enroll_key = match (&args.enroll_key, &args.enroll_key_file) {
         (Some(_), Some(_)) => bail!("give --enroll-key or --enroll-key-file, not both"),
+        (Some(key), None) if key.trim().is_empty() => bail!("--enroll-key must not be empty"),
         (Some(key), None) => Some(key.clone()),
         (None, Some(path)) => Some(read_secret_file(path)?),
         (None, None) => None,

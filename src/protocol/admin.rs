@@ -147,7 +147,8 @@ pub struct TaskList {
 pub struct AgentView {
     /// App id.
     pub app_id: String,
-    /// Seen within the last [`ONLINE_WINDOW_SECS`], or holding a long poll now.
+    /// Seen within the last [`ONLINE_WINDOW_SECS`] (a parked long poll renews this every poll
+    /// window, so an agent holding one counts).
     pub online: bool,
     /// RFC 3339 time of its last request.
     pub last_seen: String,

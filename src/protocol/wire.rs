@@ -89,6 +89,34 @@ pub fn check_app_id(app_id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Most labels an agent may carry.
+pub const MAX_LABELS: usize = 64;
+/// Longest label key, label value, version or host name.
+pub const MAX_FIELD_LEN: usize = 256;
+
+/// Checks the inventory fields of a register call (labels, version, host name) against their
+/// limits; the error names the bad value.
+pub fn check_register_fields(request: &RegisterRequest) -> Result<(), String> {
+    if request.labels.len() > MAX_LABELS {
+        return Err(format!("{} labels; the limit is {MAX_LABELS}", request.labels.len()));
+    }
+    let too_long = |text: &str| text.len() > MAX_FIELD_LEN || text.chars().any(char::is_control);
+    for (key, value) in &request.labels {
+        if key.is_empty() || too_long(key) || too_long(value) {
+            let shown: String = key.chars().take(40).collect();
+            return Err(format!(
+                "label {shown:?} must be 1 to {MAX_FIELD_LEN} printable characters, and so its value"
+            ));
+        }
+    }
+    for (name, value) in [("version", &request.version), ("hostname", &request.hostname)] {
+        if value.as_deref().is_some_and(too_long) {
+            return Err(format!("{name} must be at most {MAX_FIELD_LEN} printable characters"));
+        }
+    }
+    Ok(())
+}
+
 /// Checks a task type: 1 to 64 characters of `A-Z a-z 0-9 . _ -`, not starting with a dot, so
 /// that it names a plain file inside an agent's handlers directory and nothing else.
 pub fn check_task_type(task_type: &str) -> Result<(), String> {

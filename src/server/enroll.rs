@@ -54,7 +54,14 @@ impl Fleet {
         credential: Credential,
     ) -> Result<AgentRecord, FleetError> {
         self.check_secret(&request)?;
-        let old = self.store.agent(&request.app_id)?.filter(|a| a.status != AgentStatus::Forgotten);
+        // A pending record proves nothing about who made it: a credential replaces it, so a
+        // stranger cannot squat an app id before its real host enrolls.
+        let replaceable = |a: &AgentRecord| {
+            a.status == AgentStatus::Forgotten
+                || (a.status == AgentStatus::Pending && credential != Credential::None)
+        };
+        let old =
+            self.store.agent(&request.app_id)?.filter(|a| !replaceable(a) || a.secret == request.secret);
         if let Some(old) = &old
             && old.secret != request.secret
         {
@@ -77,6 +84,7 @@ impl Fleet {
 
     fn check_secret(&self, request: &RegisterRequest) -> Result<(), FleetError> {
         wire::check_app_id(&request.app_id).map_err(FleetError::BadRequest)?;
+        wire::check_register_fields(request).map_err(FleetError::BadRequest)?;
         if request.secret.is_empty() || request.secret.len() > wire::MAX_SECRET_LEN {
             return Err(FleetError::BadRequest(format!(
                 "secret must be 1 to {} bytes",

@@ -32,6 +32,14 @@ const LIST_OUTPUT_LEN: usize = 4 * 1024;
 const PAGE_BYTES: usize = 1024 * 1024;
 /// Most tasks one agent's queue may hold; an enqueue beyond it is refused.
 pub const MAX_QUEUED_PER_AGENT: usize = 10_000;
+/// Most app ids one enqueue may name (`all` is not limited by it).
+pub const MAX_NAMED_TARGETS: usize = 10_000;
+/// Most payload bytes one enqueue may store in all (payload times targets).
+pub const MAX_ENQUEUE_BYTES: usize = 256 * 1024 * 1024;
+/// Longest task timeout: 30 days.
+pub const MAX_TIMEOUT_SECS: u64 = 30 * 24 * 3600;
+/// Longest time to live in a queue: a year.
+pub const MAX_TTL_SECS: u64 = 365 * 24 * 3600;
 /// How often retention runs (more often when the retention period is shorter than 4 minutes).
 const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -212,16 +220,28 @@ impl Fleet {
                 wire::MAX_PAYLOAD_LEN
             )));
         }
-        let timeout_secs = positive("timeout_secs", request.timeout_secs, self.config.default_task_timeout)?;
-        let ttl_secs = positive("ttl_secs", request.ttl_secs, self.config.default_ttl)?;
-        let targets = self.targets(&request)?;
-        for app_id in &targets {
-            if self.store.queued_count(app_id, MAX_QUEUED_PER_AGENT) >= MAX_QUEUED_PER_AGENT {
-                return Err(FleetError::TooLarge(format!(
-                    "agent {app_id:?} already has {MAX_QUEUED_PER_AGENT} tasks waiting; let it catch up or cancel some"
-                )));
-            }
+        let timeout_secs = bounded(
+            "timeout_secs",
+            request.timeout_secs,
+            self.config.default_task_timeout,
+            MAX_TIMEOUT_SECS,
+        )?;
+        let ttl_secs = bounded("ttl_secs", request.ttl_secs, self.config.default_ttl, MAX_TTL_SECS)?;
+        if request.app_ids.len() > MAX_NAMED_TARGETS {
+            return Err(FleetError::TooLarge(format!(
+                "{} app ids named; the limit is {MAX_NAMED_TARGETS} (use all for the whole fleet)",
+                request.app_ids.len()
+            )));
         }
+        let targets = self.targets(&request)?;
+        if request.payload.len().saturating_mul(targets.len()) > MAX_ENQUEUE_BYTES {
+            return Err(FleetError::TooLarge(format!(
+                "{} tasks of {} payload bytes exceed the {MAX_ENQUEUE_BYTES} bytes one enqueue may store",
+                targets.len(),
+                request.payload.len()
+            )));
+        }
+        self.check_queue_room(&targets)?;
         let now = now_ms();
         let mut tasks: Vec<TaskRecord> = targets
             .iter()
@@ -242,6 +262,24 @@ impl Fleet {
             self.dispatch.wake_agent(app_id);
         }
         Ok(tasks)
+    }
+
+    /// Refuses an enqueue that would take any agent's queue past [`MAX_QUEUED_PER_AGENT`].
+    fn check_queue_room(&self, targets: &[String]) -> Result<(), FleetError> {
+        let mut adding: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for app_id in targets {
+            *adding.entry(app_id).or_default() += 1;
+        }
+        for (app_id, new) in adding {
+            let queued = self.store.queued_count(app_id, MAX_QUEUED_PER_AGENT);
+            if queued + new > MAX_QUEUED_PER_AGENT {
+                return Err(FleetError::TooLarge(format!(
+                    "agent {app_id:?} has {queued} tasks waiting; {new} more would pass the limit of \
+                     {MAX_QUEUED_PER_AGENT}; let it catch up or cancel some"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Resolves the target agents of an enqueue: named ones must exist.
@@ -441,12 +479,14 @@ fn chunk_view(chunk: Chunk) -> OutputChunkView {
     }
 }
 
-/// A positive number of seconds from a request, or the default.
-fn positive(name: &str, value: Option<u64>, default: Duration) -> Result<u64, FleetError> {
+/// A number of seconds from a request, between 1 and `max`, or the default.
+fn bounded(name: &str, value: Option<u64>, default: Duration, max: u64) -> Result<u64, FleetError> {
     match value {
-        Some(0) => Err(FleetError::BadRequest(format!("{name} must be at least 1"))),
+        Some(secs) if secs == 0 || secs > max => {
+            Err(FleetError::BadRequest(format!("{name} must be between 1 and {max} seconds")))
+        }
         Some(secs) => Ok(secs),
-        None => Ok(default.as_secs().max(1)),
+        None => Ok(default.as_secs().clamp(1, max)),
     }
 }
 

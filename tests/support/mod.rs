@@ -871,7 +871,8 @@ impl GoAgent {
         let request = go_request(self.addr, path, headers, body);
         let response = raw_exchange(self.addr, request, Duration::from_secs(60))
             .unwrap_or_else(|e| panic!("POST {path} failed: {e}"));
-        assert_eq!(response.status, 200, "agent endpoints always answer 200: {response:?}");
+        // 200 always, but 503 (same envelope) when the server defers a request to be retried.
+        assert!(matches!(response.status, 200 | 503), "agent endpoints answer 200 or 503: {response:?}");
         response
     }
 
@@ -1298,12 +1299,12 @@ pub fn v2_headers(
     ]
 }
 
-/// Sends the bytes of a captured request again and returns the answer (agent endpoints always
-/// answer 200).
+/// Sends the bytes of a captured request again and returns the answer (agent endpoints answer
+/// 200, or 503 with the same envelope when the server defers a request).
 pub fn replay(addr: SocketAddr, request: &[u8]) -> RawResponse {
     let response = raw_exchange(addr, request.to_vec(), Duration::from_secs(60))
         .unwrap_or_else(|e| panic!("replay to {addr} failed: {e}"));
-    assert_eq!(response.status, 200, "agent endpoints always answer 200: {response:?}");
+    assert!(matches!(response.status, 200 | 503), "agent endpoints answer 200 or 503: {response:?}");
     response
 }
 

@@ -15,7 +15,7 @@ use serde::Serialize;
 use tracing::{debug, info, warn};
 
 use super::AppState;
-use super::agent_auth::{agent_call, registration};
+use super::agent_auth::{Refusal, RefusalKind, agent_call, registration};
 use crate::protocol::wire::{
     self, CODE_ERROR, CODE_NO_TASK, Envelope, OutputAck, OutputChunk, PollControl, RegisterReply,
     ReportRequest,
@@ -55,13 +55,14 @@ async fn register(
 ) -> Response {
     let (request, credential) = match registration(&state, peer.ip(), &headers, body).await {
         Ok(ok) => ok,
-        Err(refusal) => return refused("register", refusal.message),
+        Err(refusal) => return answer_refusal("register", refusal),
     };
     match state.register(request, credential).await {
         Ok(agent) => {
             info!(agent = %agent.app_id, version = ?agent.version, status = agent.status.as_str(), "agent registered");
             reply(Envelope::ok("registration successful", register_reply(&agent)))
         }
+        Err(FleetError::Store(e)) => unavailable("register", format!("server error, retry later: {e}")),
         Err(e) => refused("register", e.to_string()),
     }
 }
@@ -82,6 +83,22 @@ fn refused(endpoint: &str, message: String) -> Response {
     refuse(message)
 }
 
+/// A refusal to retry later: HTTP 503 with the envelope, which clients treat as "try again"
+/// (orange agents retry; they never drop work on it).
+fn unavailable(endpoint: &str, message: String) -> Response {
+    warn!(endpoint, %message, "agent request deferred");
+    (axum::http::StatusCode::SERVICE_UNAVAILABLE, refuse(message)).into_response()
+}
+
+/// Answers a refusal as its kind says (not for getTask, which never answers code 1 for a
+/// passing reason).
+fn answer_refusal(endpoint: &str, refusal: Refusal) -> Response {
+    match refusal.kind {
+        RefusalKind::Transient => unavailable(endpoint, refusal.message),
+        RefusalKind::Final | RefusalKind::Replay => refused(endpoint, refusal.message),
+    }
+}
+
 async fn ping(
     State(state): State<AppState>,
     ConnectInfo(peer): Peer,
@@ -92,11 +109,11 @@ async fn ping(
         Ok((agent, _)) => {
             debug!(agent = %agent.app_id, "ping");
             if let Err(e) = state.store.durable().await {
-                return refused("ping", format!("server error, retry later: {e}"));
+                return unavailable("ping", format!("server error, retry later: {e}"));
             }
             reply(Envelope::ok("pong", "pong"))
         }
-        Err(refusal) => refused("ping", refusal.message),
+        Err(refusal) => answer_refusal("ping", refusal),
     }
 }
 
@@ -110,7 +127,7 @@ async fn get_task(
         Ok((agent, _)) => agent,
         // A replayed or rate-limited getTask gets nothing; code 2 keeps an original client
         // (which exits on code 1) polling.
-        Err(refusal) if refusal.no_task => {
+        Err(refusal) if refusal.kind != RefusalKind::Final => {
             warn!(message = %refusal.message, "getTask refused; answering no task");
             return reply(Envelope::<()>::empty(CODE_NO_TASK, refusal.message));
         }
@@ -182,7 +199,7 @@ async fn output(
 ) -> Response {
     let (agent, body) = match agent_call(&state, peer.ip(), wire::OUTPUT_PATH, &headers, body).await {
         Ok(ok) => ok,
-        Err(refusal) => return refused("output", refusal.message),
+        Err(refusal) => return answer_refusal("output", refusal),
     };
     let chunk: OutputChunk = match serde_json::from_slice(&body) {
         Ok(chunk) => chunk,
@@ -190,7 +207,7 @@ async fn output(
     };
     match state.store_output(&agent.app_id, chunk).await {
         Ok(ack) => reply(Envelope::ok("output stored", OutputAck { cancel: ack.cancel })),
-        Err(FleetError::Store(e)) => refused("output", format!("server error, retry later: {e}")),
+        Err(FleetError::Store(e)) => unavailable("output", format!("server error, retry later: {e}")),
         Err(e) => refused("output", e.to_string()),
     }
 }
@@ -203,7 +220,7 @@ async fn report_task(
 ) -> Response {
     let (agent, body) = match agent_call(&state, peer.ip(), wire::REPORT_TASK_PATH, &headers, body).await {
         Ok(ok) => ok,
-        Err(refusal) => return refused("reportTask", refusal.message),
+        Err(refusal) => return answer_refusal("reportTask", refusal),
     };
     let report: ReportRequest = match serde_json::from_slice(&body) {
         Ok(report) => report,
@@ -214,7 +231,7 @@ async fn report_task(
             info!(agent = %agent.app_id, task = %task.id, status = %task.status, "task reported");
             reply(Envelope::<()>::empty(wire::CODE_OK, "task status updated successfully"))
         }
-        Err(FleetError::Store(e)) => refused("reportTask", format!("server error, retry later: {e}")),
+        Err(FleetError::Store(e)) => unavailable("reportTask", format!("server error, retry later: {e}")),
         Err(e) => refused("reportTask", e.to_string()),
     }
 }

@@ -17,6 +17,7 @@ use crate::protocol::wire::{
     HEADER_SIGN_VERSION, HEADER_TIME, RegisterRequest,
 };
 use crate::server::enroll::Credential;
+use crate::server::fleet::FleetError;
 use crate::server::guard::{ReplayError, admit_once};
 use crate::server::store::AgentRecord;
 
@@ -25,14 +26,33 @@ use crate::server::store::AgentRecord;
 pub struct Refusal {
     /// The specific message for the envelope.
     pub message: String,
-    /// A refusal that getTask answers "no task" (code 2), so that an original client, which
-    /// exits on code 1, goes on: a replay, or its source being over the failed-signature limit.
-    pub no_task: bool,
+    /// How the refusal is answered.
+    pub kind: RefusalKind,
+}
+
+/// How a refusal is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// For good: code 1.
+    Final,
+    /// A replay: code 1, but getTask answers "no task" (code 2) so that an original client,
+    /// which exits on code 1, goes on.
+    Replay,
+    /// The server's fault or a passing limit: retry later (HTTP 503, so clients retry; getTask
+    /// answers "no task").
+    Transient,
+}
+
+impl Refusal {
+    /// A refusal to retry later.
+    pub fn transient(message: impl Into<String>) -> Self {
+        Refusal { message: message.into(), kind: RefusalKind::Transient }
+    }
 }
 
 impl<T: Into<String>> From<T> for Refusal {
     fn from(message: T) -> Self {
-        Refusal { message: message.into(), no_task: false }
+        Refusal { message: message.into(), kind: RefusalKind::Final }
     }
 }
 
@@ -93,10 +113,7 @@ pub async fn verified(
     body: Body,
     key: &Signer,
 ) -> Result<(Signed, Bytes), Refusal> {
-    state
-        .failures
-        .check(source, Utc::now().timestamp())
-        .map_err(|e| Refusal { message: e.to_string(), no_task: true })?;
+    state.failures.check(source, Utc::now().timestamp()).map_err(|e| Refusal::transient(e.to_string()))?;
     let signed = signed_headers(headers)?;
     let body = read_body(body).await?;
     check_signed(state, source, path, &signed, &body, key)?;
@@ -138,7 +155,7 @@ pub async fn registration(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(RegisterRequest, Credential), Refusal> {
-    state.failures.check(source, Utc::now().timestamp()).map_err(|e| e.to_string())?;
+    state.failures.check(source, Utc::now().timestamp()).map_err(|e| Refusal::transient(e.to_string()))?;
     let signed = signed_headers(headers)?;
     let body = read_body(body).await?;
     let parse = || -> Result<RegisterRequest, Refusal> {
@@ -175,7 +192,7 @@ fn usable_token(state: &AppState, id: &str) -> Result<String, Refusal> {
     match state.store.usable_token(id, Utc::now().timestamp_millis()) {
         Ok(Ok(token)) => Ok(token.secret),
         Ok(Err(e)) => Err(e.to_string().into()),
-        Err(e) => Err(format!("server error, retry later: {e}").into()),
+        Err(e) => Err(Refusal::transient(format!("server error, retry later: {e}"))),
     }
 }
 
@@ -189,8 +206,10 @@ fn admit_signed_once(state: &AppState, signed: &Signed) -> Result<(), Refusal> {
         Some(nonce) => [signed.app_id.as_bytes(), nonce.as_bytes()],
         None => [signed.app_id.as_bytes(), legacy_sign.as_bytes()],
     };
-    admit_once(&state.store, &identity, sent)
-        .map_err(|e| Refusal { no_task: matches!(e, ReplayError::Seen), message: e.to_string() })
+    admit_once(&state.store, &identity, sent).map_err(|e| match e {
+        ReplayError::Seen => Refusal { message: e.to_string(), kind: RefusalKind::Replay },
+        ReplayError::Store(_) => Refusal::transient(format!("server error, retry later: {e}")),
+    })
 }
 
 /// Authenticates a call signed with an agent's own secret and notes the agent is alive.
@@ -203,7 +222,10 @@ pub async fn agent_call(
 ) -> Result<(AgentRecord, Bytes), Refusal> {
     let app_id = header(headers, HEADER_APPID).ok_or("appid, sign, and time are required")?;
     wire::check_app_id(&app_id)?;
-    let agent = state.known_agent(&app_id).map_err(|e| e.to_string())?;
+    let agent = state.known_agent(&app_id).map_err(|e| match e {
+        FleetError::Store(e) => Refusal::transient(format!("server error, retry later: {e}")),
+        other => other.to_string().into(),
+    })?;
     let (_, body) = verified(state, source, path, headers, body, &Signer::new(&agent.secret)).await?;
     if let Err(e) = state.touch(&agent.app_id) {
         warn!(agent = %agent.app_id, error = %e, "cannot record last seen");

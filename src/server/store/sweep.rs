@@ -16,6 +16,8 @@ pub struct Swept {
     pub requeued: bool,
 }
 
+/// Most times a task is handed out without an acknowledgement before it ends `lost`.
+pub const MAX_DELIVERIES: usize = 10;
 /// Most entries one sweep handles, so a sweep never holds the server up for long.
 const SWEEP_BATCH: usize = 1000;
 
@@ -56,7 +58,12 @@ impl Store {
             tx.deadlines.remove(time_key(deadline, id))?; // stale index entry
             return Ok(None);
         };
-        let requeue = task.status == TaskStatus::Delivered && task.ack_required && task.expires_ms > now_ms;
+        let deliveries = task.history.iter().filter(|(s, _)| *s == TaskStatus::Delivered).count();
+        let requeue = task.status == TaskStatus::Delivered
+            && task.ack_required
+            && !task.cancel_requested
+            && deliveries < MAX_DELIVERIES
+            && task.expires_ms > now_ms;
         if requeue {
             task.move_to(TaskStatus::Queued, now_ms);
             task.ack_required = false;
@@ -95,6 +102,8 @@ impl Store {
             .collect::<Result<_, _>>()?;
         for key in &old {
             let id = task_id_from(&key[8..])?;
+            // Output first: if this stops half way, the index entry still leads here next time.
+            self.delete_output(id)?;
             self.transact(|tx| {
                 tx.finished.remove(key)?;
                 if let Some(task) = tx.task::<StoreError>(id)? {
@@ -104,7 +113,6 @@ impl Store {
                 }
                 Ok::<_, TxError<StoreError>>(())
             })?;
-            self.delete_output(id)?;
         }
         Ok(old.len())
     }

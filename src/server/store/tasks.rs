@@ -66,7 +66,7 @@ impl Store {
                     return Ok(None); // another poll of the same agent took it first
                 }
                 let Some(mut task) = tx.task::<StoreError>(id)? else { return Ok(None) };
-                if task.status != TaskStatus::Queued {
+                if task.status != TaskStatus::Queued || task.cancel_requested {
                     return Ok(None); // a stale entry; it is gone now
                 }
                 task.move_to(TaskStatus::Delivered, now_ms);
