@@ -156,22 +156,31 @@ impl Journal {
 
     /// Writes `entry` durably: once this returns, a crash cannot lose it.
     pub fn put(&self, entry: &Entry) -> Result<()> {
+        self.write(entry, true)
+    }
+
+    /// Writes `entry` (atomically: temporary file, then rename), synced to disk when `sync`.
+    fn write(&self, entry: &Entry, sync: bool) -> Result<()> {
         let name = file_name(&entry.task_id);
         let bytes = serde_json::to_vec(entry).context("cannot encode a journal entry")?;
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let tmp = self.dir.join(format!(".{name}{TEMP_MARK}{}.{n}", std::process::id()));
-        write_synced(&tmp, &bytes)?;
+        write_file(&tmp, &bytes, sync)?;
         let path = self.dir.join(&name);
         fs::rename(&tmp, &path).with_context(|| format!("cannot move {} into place", tmp.display()))?;
+        if !sync {
+            return Ok(());
+        }
         File::open(&self.dir)
             .and_then(|dir| dir.sync_all())
             .with_context(|| format!("cannot sync {}", self.dir.display()))
     }
 
-    /// Marks the entry of task `id` reported.
+    /// Marks the final report of task `id` as taken by the server. Not synced: if a crash loses
+    /// the mark, the report is sent once more and the server accepts it as a repeat.
     pub fn mark_reported(&self, id: &str) -> Result<()> {
         match self.get(id)? {
-            Some(entry) if !entry.reported => self.put(&Entry { reported: true, ..entry }),
+            Some(entry) if !entry.reported => self.write(&Entry { reported: true, ..entry }, false),
             _ => Ok(()),
         }
     }
@@ -246,7 +255,7 @@ pub fn file_name(id: &str) -> String {
 }
 
 /// Creates `path` (0600), writes `bytes` and syncs it.
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+fn write_file(path: &Path, bytes: &[u8], sync: bool) -> Result<()> {
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -255,7 +264,7 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
         .open(path)
         .with_context(|| format!("cannot create {}", path.display()))?;
     file.write_all(bytes)
-        .and_then(|()| file.sync_all())
+        .and_then(|()| if sync { file.sync_all() } else { Ok(()) })
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
