@@ -50,6 +50,10 @@ pub async fn serve(
     tls: Option<RustlsConfig>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    // The running server keeps only a hash of the admin token.
+    let Secrets { admin_token, enroll_key } = secrets;
+    let mut config = config;
+    config.admin_token = None;
     let store = Store::open(&config.data_dir, config.cache_capacity_bytes, policy(&config))
         .with_context(|| format!("cannot open the database in {}", config.data_dir.display()))?;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -58,11 +62,12 @@ pub async fn serve(
         dispatch: Dispatch::new(stop_rx),
         config,
         failures: FailureLimiter::default(),
-        admin_token_hash: Sha256::digest(secrets.admin_token.as_bytes()).into(),
-        enroll_key: secrets.enroll_key,
+        admin_token_hash: Sha256::digest(admin_token.as_bytes()).into(),
+        enroll_key,
     });
     let sweeper = tokio::spawn(Arc::clone(&fleet).sweep_loop());
-    let app = router(Arc::clone(&fleet), &secrets.admin_token);
+    let app = router(Arc::clone(&fleet), &admin_token);
+    drop(admin_token);
     let handle = Handle::new();
     let stopper = handle.clone();
     tokio::spawn(async move {
