@@ -73,6 +73,14 @@ pub const MAX_POLL_WINDOW_SECS: u64 = 50;
 /// HTTP timeout of agent calls; longer than any server poll window.
 pub const CLIENT_TIMEOUT_SECS: u64 = 60;
 
+/// The start of an untrusted value, for an error message: at most 40 characters.
+pub fn shown(text: &str) -> String {
+    text.chars().take(40).collect()
+}
+
+// A long poll's server window must end before the client gives up on it.
+const _: () = assert!(CLIENT_TIMEOUT_SECS > MAX_POLL_WINDOW_SECS + 5);
+
 /// Checks an app id: 1 to [`MAX_APP_ID_LEN`] characters of `A-Z a-z 0-9 . _ - : @`, so it is
 /// safe in keys, logs and paths. The error names the bad value.
 pub fn check_app_id(app_id: &str) -> Result<(), String> {

@@ -136,8 +136,8 @@ impl Fleet {
     }
 
     /// Notes that `app_id` is alive.
-    pub fn touch(&self, app_id: &str) -> Result<(), StoreError> {
-        self.store.touch_agent(app_id, now_ms(), TOUCH_GAP_MS)
+    pub fn touch(&self, agent: &AgentRecord) -> Result<(), StoreError> {
+        self.store.touch_record(agent, now_ms(), TOUCH_GAP_MS)
     }
 
     /// Long poll of `app_id`, waiting up to the poll window. `capacity` is what an orange agent
@@ -195,7 +195,7 @@ impl Fleet {
     pub async fn store_output(&self, app_id: &str, chunk: OutputChunk) -> Result<ChunkAck, FleetError> {
         let id = parse_task_id(&chunk.task_id)?;
         let stream = Stream::from_name(&chunk.stream).ok_or_else(|| {
-            FleetError::BadRequest(format!("stream {:?} is not stdout or stderr", short(&chunk.stream)))
+            FleetError::BadRequest(format!("stream {:?} is not stdout or stderr", wire::shown(&chunk.stream)))
         })?;
         if chunk.data.len() > wire::MAX_CHUNK_LEN {
             return Err(FleetError::TooLarge(format!(
@@ -523,13 +523,9 @@ pub fn current_ms() -> i64 {
     now_ms()
 }
 
-fn short(text: &str) -> String {
-    text.chars().take(40).collect()
-}
-
 fn parse_task_id(text: &str) -> Result<TaskId, FleetError> {
     TaskId::parse_str(text)
-        .map_err(|_| FleetError::BadRequest(format!("task id {:?} is not a UUID", short(text))))
+        .map_err(|_| FleetError::BadRequest(format!("task id {:?} is not a UUID", wire::shown(text))))
 }
 
 /// Maps a report's `do_status` and fields to a state change.
@@ -544,7 +540,7 @@ fn outcome_of(report: ReportRequest) -> Result<Outcome, FleetError> {
         other => {
             return Err(FleetError::BadRequest(format!(
                 "do_status {:?} is not one of doing, success, failed, timeout, cancelled, lost",
-                short(other)
+                wire::shown(other)
             )));
         }
     };

@@ -27,6 +27,7 @@ use crate::protocol::admin::{
     AGENTS_PATH, AgentList, ApiError, CancelRequest, EnqueueReply, EnqueueRequest, MAX_LIST_LIMIT,
     MAX_WAIT_SECS, OutputPage, TASKS_PATH, TaskList, TaskView,
 };
+use crate::protocol::wire::shown;
 use crate::server::fleet::{FleetError, agent_view, current_ms};
 use crate::server::store::StoreError;
 
@@ -183,7 +184,7 @@ async fn get_task(
     let Path(id) = path.map_err(bad_path)?;
     let Query(query) = query.map_err(bad_query)?;
     let id = TaskId::parse_str(&id).map_err(|_| {
-        ApiFailure(StatusCode::BAD_REQUEST, format!("task id {:?} is not a UUID", short(&id)))
+        ApiFailure(StatusCode::BAD_REQUEST, format!("task id {:?} is not a UUID", shown(&id)))
     })?;
     let wait = Duration::from_secs(query.wait.unwrap_or(0).min(MAX_WAIT_SECS));
     let task = fleet.wait_task(id, wait).await?;
@@ -193,7 +194,7 @@ async fn get_task(
 fn task_id(path: Result<Path<String>, PathRejection>) -> ApiResult<TaskId> {
     let Path(id) = path.map_err(bad_path)?;
     TaskId::parse_str(&id)
-        .map_err(|_| ApiFailure(StatusCode::BAD_REQUEST, format!("task id {:?} is not a UUID", short(&id))))
+        .map_err(|_| ApiFailure(StatusCode::BAD_REQUEST, format!("task id {:?} is not a UUID", shown(&id))))
 }
 
 async fn cancel_task(
@@ -243,10 +244,6 @@ async fn get_agent(
     let agent = fleet
         .store
         .agent(&app_id)?
-        .ok_or_else(|| ApiFailure(StatusCode::NOT_FOUND, format!("unknown agent {:?}", short(&app_id))))?;
+        .ok_or_else(|| ApiFailure(StatusCode::NOT_FOUND, format!("unknown agent {:?}", shown(&app_id))))?;
     Ok(Json(agent_view(&agent, current_ms())).into_response())
-}
-
-fn short(text: &str) -> String {
-    text.chars().take(64).collect()
 }

@@ -18,7 +18,7 @@ use super::AppState;
 use super::agent_auth::{Refusal, RefusalKind, agent_call, registration};
 use crate::protocol::wire::{
     self, CODE_ERROR, CODE_NO_TASK, Envelope, OutputAck, OutputChunk, PollControl, RegisterReply,
-    ReportRequest,
+    ReportRequest, shown,
 };
 use crate::server::fleet::{FleetError, PollResult, wire_task};
 use crate::server::store::{AgentRecord, AgentStatus};
@@ -184,11 +184,7 @@ fn capacity(headers: &HeaderMap) -> Result<Option<usize>, String> {
     let text = value.to_str().unwrap_or("");
     text.parse::<u16>()
         .map(|n| Some(usize::from(n)))
-        .map_err(|_| format!("{} {:?} is not a number from 0 to 65535", wire::HEADER_CAPACITY, short(text)))
-}
-
-fn short(text: &str) -> String {
-    text.chars().take(40).collect()
+        .map_err(|_| format!("{} {:?} is not a number from 0 to 65535", wire::HEADER_CAPACITY, shown(text)))
 }
 
 async fn output(

@@ -85,14 +85,10 @@ fn signed_headers(headers: &HeaderMap) -> Result<Signed, Refusal> {
             Some(nonce)
         }
         Some(other) => {
-            return Err(format!("signature version {:?} is not supported; use 2", short(other)).into());
+            return Err(format!("signature version {:?} is not supported; use 2", wire::shown(other)).into());
         }
     };
     Ok(Signed { app_id, time, sign, nonce })
-}
-
-fn short(text: &str) -> String {
-    text.chars().take(40).collect()
 }
 
 async fn read_body(body: Body) -> Result<Bytes, Refusal> {
@@ -141,7 +137,7 @@ fn check_signed(
     };
     if let Err(e) = checked {
         state.failures.record(source, now.timestamp());
-        return Err(format!("{e} for app id {:?}", short(&signed.app_id)).into());
+        return Err(format!("{e} for app id {:?}", wire::shown(&signed.app_id)).into());
     }
     admit_signed_once(state, signed)
 }
@@ -172,7 +168,7 @@ pub async fn registration(
     check_signed(state, source, wire::REGISTER_PATH, &signed, &body, &key)?;
     let request = parse()?;
     if request.app_id != signed.app_id {
-        return Err(format!("app_id {:?} differs from {HEADER_APPID}", short(&request.app_id)).into());
+        return Err(format!("app_id {:?} differs from {HEADER_APPID}", wire::shown(&request.app_id)).into());
     }
     Ok((request, credential))
 }
@@ -227,7 +223,7 @@ pub async fn agent_call(
         other => other.to_string().into(),
     })?;
     let (_, body) = verified(state, source, path, headers, body, &Signer::new(&agent.secret)).await?;
-    if let Err(e) = state.touch(&agent.app_id) {
+    if let Err(e) = state.touch(&agent) {
         warn!(agent = %agent.app_id, error = %e, "cannot record last seen");
     }
     Ok((agent, body))

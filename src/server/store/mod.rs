@@ -205,14 +205,23 @@ impl Store {
 
     /// Records that `app_id` was seen at `now_ms`, if it is at least `min_gap_ms` later than last time.
     pub fn touch_agent(&self, app_id: &str, now_ms: i64, min_gap_ms: i64) -> Result<(), StoreError> {
-        let Some(mut record) = self.agent(app_id)? else { return Ok(()) };
+        match self.agent(app_id)? {
+            Some(record) => self.touch_record(&record, now_ms, min_gap_ms),
+            None => Ok(()),
+        }
+    }
+
+    /// [`Self::touch_agent`] for a record just read, so a request reads its agent once.
+    pub fn touch_record(&self, record: &AgentRecord, now_ms: i64, min_gap_ms: i64) -> Result<(), StoreError> {
         if now_ms - record.last_seen_ms < min_gap_ms {
             return Ok(());
         }
-        let old = codec::encode(&record);
-        record.last_seen_ms = now_ms;
+        // The encoding is deterministic, so this is the stored value the record was read from.
+        let old = codec::encode(record);
+        let new = AgentRecord { last_seen_ms: now_ms, ..record.clone() };
         // A concurrent register or report changed the record: its own write is newer, keep it.
-        let _ = self.agents.compare_and_swap(app_id, Some(old), Some(codec::encode(&record)))?;
+        let _ =
+            self.agents.compare_and_swap(record.app_id.as_bytes(), Some(old), Some(codec::encode(&new)))?;
         Ok(())
     }
 
