@@ -438,9 +438,8 @@ impl Fleet {
 
     /// The operator's view of a task, with up to `max_output` bytes of each stream.
     pub fn task_view(&self, task: &TaskRecord, max_output: usize) -> Result<TaskView, StoreError> {
-        let text = |stream| -> Result<String, StoreError> {
-            Ok(String::from_utf8_lossy(&self.store.output_text(task, stream, max_output)?).into_owned())
-        };
+        let [stdout, stderr, result] = self.store.output_texts(task, max_output)?;
+        let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
         Ok(TaskView {
             task_id: task.id.to_string(),
             app_id: task.app_id.clone(),
@@ -452,9 +451,9 @@ impl Fleet {
             dropped_bytes: task.output.dropped_bytes,
             history: task.history.iter().map(|(s, t)| Transition { status: *s, at: rfc3339(*t) }).collect(),
             exit_code: task.exit_code,
-            stdout: text(Stream::Stdout)?,
-            stderr: text(Stream::Stderr)?,
-            result: text(Stream::Result)?,
+            stdout: text(stdout),
+            stderr: text(stderr),
+            result: text(result),
             error: task.error.clone(),
             duration_ms: task.duration_ms,
         })

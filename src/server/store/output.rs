@@ -135,27 +135,50 @@ impl Store {
         stream: Stream,
         max_bytes: usize,
     ) -> Result<Vec<u8>, StoreError> {
-        let mut out = Vec::new();
-        let mut note_at = None;
-        for chunk in self.chunks(task.id, 0, usize::MAX)? {
-            let past_head = task.output.tail_start.is_some_and(|start| chunk.seq >= start);
+        let [stdout, stderr, result] = self.output_texts(task, max_bytes)?;
+        Ok(match stream {
+            Stream::Stdout => stdout,
+            Stream::Stderr => stderr,
+            Stream::Result => result,
+        })
+    }
+
+    /// Up to `max_bytes` of each stream (stdout, stderr, result), read in one pass over the
+    /// task's chunks, each with the note of what the cap dropped where it was dropped.
+    pub fn output_texts(&self, task: &TaskRecord, max_bytes: usize) -> Result<[Vec<u8>; 3], StoreError> {
+        let mut texts: [Vec<u8>; 3] = Default::default();
+        let mut note_at: Option<[usize; 3]> = None;
+        for entry in self.output.range(chunk_key(task.id, 0)..chunk_key(task.id, u32::MAX)) {
+            let (key, value) = entry?;
+            let seq = u32::from_be_bytes(key[16..20].try_into().map_err(|_| corrupt("chunk key"))?);
+            let (&tag, data) = value.split_first().ok_or_else(|| corrupt("empty chunk"))?;
+            let stream = Stream::from_tag(tag).ok_or_else(|| corrupt("chunk stream tag"))?;
+            let past_head = task.output.tail_start.is_some_and(|start| seq >= start);
             if note_at.is_none() && task.output.dropped_bytes > 0 && past_head {
-                note_at = Some(out.len());
+                note_at = Some(texts.each_ref().map(Vec::len));
             }
-            if chunk.stream == stream {
-                out.extend_from_slice(&chunk.data);
+            let text = &mut texts[stream as usize];
+            if text.len() < max_bytes || note_at.is_some() {
+                text.extend_from_slice(data);
             }
-            if note_at.is_none() && out.len() >= max_bytes {
+            let all_full = texts.iter().all(|t| t.len() >= max_bytes);
+            if all_full && (note_at.is_some() || task.output.dropped_bytes == 0) {
                 break;
             }
         }
-        // The note goes where the dropped bytes were, in a stream that has output at all.
-        if let Some(at) = note_at.filter(|_| !out.is_empty()) {
+        // The note goes where the dropped bytes were, in each stream that has output at all.
+        if let Some(at) = note_at {
             let note = format!("\n[orange: {} bytes of output dropped]\n", task.output.dropped_bytes);
-            out.splice(at..at, note.into_bytes());
+            for (text, at) in texts.iter_mut().zip(at) {
+                if !text.is_empty() {
+                    text.splice(at..at, note.bytes());
+                }
+            }
         }
-        out.truncate(max_bytes);
-        Ok(out)
+        for text in &mut texts {
+            text.truncate(max_bytes);
+        }
+        Ok(texts)
     }
 
     /// Deletes every output chunk of a task.
