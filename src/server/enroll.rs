@@ -4,10 +4,9 @@
 //! id that is enrolled cannot be taken over with another secret; an operator can forget it.
 //! Every enrollment and operator action lands in the audit record.
 
-use chrono::{TimeZone, Utc};
 use sha2::{Digest, Sha256};
 
-use super::fleet::{Fleet, FleetError};
+use super::fleet::{Fleet, FleetError, now_ms, rfc3339};
 use super::store::{AgentRecord, AgentStatus, AuditRecord, TokenRecord, secs_to_ms};
 use crate::protocol::admin::{AuditEntry, TokenView};
 use crate::protocol::wire::{self, RegisterRequest};
@@ -26,17 +25,6 @@ pub enum Credential {
     Token(String),
     /// No credential: signed with its own secret; it waits for an operator.
     None,
-}
-
-fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
-}
-
-fn rfc3339(ms: i64) -> String {
-    Utc.timestamp_millis_opt(ms)
-        .single()
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 fn random_hex(bytes: usize) -> Result<String, FleetError> {

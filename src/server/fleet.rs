@@ -103,11 +103,13 @@ pub struct Fleet {
     pub enroll_key: String,
 }
 
-fn now_ms() -> i64 {
+/// The current time as Unix milliseconds.
+pub fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
 
-fn rfc3339(ms: i64) -> String {
+/// Unix milliseconds as RFC 3339 in UTC, to the millisecond (as the operator API shows times).
+pub fn rfc3339(ms: i64) -> String {
     Utc.timestamp_millis_opt(ms)
         .single()
         .unwrap_or_default()
@@ -515,11 +517,6 @@ pub fn wire_task(task: &TaskRecord) -> WireTask {
         result: String::new(),
         timeout_secs: Some(task.timeout_secs),
     }
-}
-
-/// The current time as Unix milliseconds (for views).
-pub fn current_ms() -> i64 {
-    now_ms()
 }
 
 fn parse_task_id(text: &str) -> Result<TaskId, FleetError> {

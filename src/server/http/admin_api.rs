@@ -28,7 +28,7 @@ use crate::protocol::admin::{
     MAX_WAIT_SECS, OutputPage, TASKS_PATH, TaskList, TaskView,
 };
 use crate::protocol::wire::shown;
-use crate::server::fleet::{FleetError, agent_view, current_ms};
+use crate::server::fleet::{FleetError, agent_view, now_ms};
 use crate::server::store::StoreError;
 
 /// Largest admin request body.
@@ -231,7 +231,7 @@ async fn task_output(
 }
 
 async fn list_agents(State(fleet): State<AppState>) -> ApiResult<Json<AgentList>> {
-    let now = current_ms();
+    let now = now_ms();
     let agents = fleet.store.agents()?.iter().map(|a| agent_view(a, now)).collect();
     Ok(Json(AgentList { agents }))
 }
@@ -245,5 +245,5 @@ async fn get_agent(
         .store
         .agent(&app_id)?
         .ok_or_else(|| ApiFailure(StatusCode::NOT_FOUND, format!("unknown agent {:?}", shown(&app_id))))?;
-    Ok(Json(agent_view(&agent, current_ms())).into_response())
+    Ok(Json(agent_view(&agent, now_ms())).into_response())
 }
