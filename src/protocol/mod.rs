@@ -3,6 +3,7 @@
 //! async server and the blocking agent use exactly the same definitions.
 
 pub mod admin;
+pub mod jobs;
 pub mod sign;
 pub mod task;
 pub mod wire;

@@ -1,0 +1,413 @@
+//! The operator API for jobs under `/api/v1/jobs`: one command sent to many agents, a task per
+//! agent, started in a sliding window (`max_concurrency`) and stopped after too many errors
+//! (`max_errors`). JSON bodies shared by the server's handlers and the CLI; field names are
+//! stable, scripts read them through `orange job ... --json`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::task::TaskStatus;
+
+/// Create (POST) and list (GET, `?limit=N`, newest first) jobs.
+pub const JOBS_PATH: &str = "/api/v1/jobs";
+/// Resolve a job's targets without creating it (POST a [`JobRequest`], answers [`TargetList`]).
+pub const JOBS_DRY_RUN_PATH: &str = "/api/v1/jobs/dry-run";
+/// Most labels one target selection may name.
+pub const MAX_TARGET_LABELS: usize = 32;
+/// Most results one results page returns.
+pub const MAX_RESULTS_PAGE: usize = 1000;
+/// Most app ids one output group lists (the count is always exact).
+pub const MAX_GROUP_HOSTS: usize = 10_000;
+
+/// Which agents a job is for. The selections add up: named agents, plus every agent carrying all
+/// the labels, or every agent with `all`. Only accepted agents are chosen; the list is resolved
+/// and frozen when the job is created.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+pub struct Targets {
+    /// Agents named by app id.
+    #[serde(default)]
+    pub app_ids: Vec<String>,
+    /// Every accepted agent whose labels include all of these (`--label k=v`, repeatable).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Every accepted agent.
+    #[serde(default)]
+    pub all: bool,
+}
+
+impl Targets {
+    /// True when the selection names no agent at all (no app id, no label, not `all`).
+    pub fn is_empty(&self) -> bool {
+        self.app_ids.is_empty() && self.labels.is_empty() && !self.all
+    }
+}
+
+/// A limit given as a number of agents or as a percentage of the job's targets; written `10` or
+/// `10%` on the command line and in JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// This many agents.
+    Count(u32),
+    /// This percentage (1 to 100) of the job's targets.
+    Percent(u8),
+}
+
+impl Limit {
+    /// Parses `N` or `P%`; a count may be 0 (for `max_errors`: stop at the first error), a
+    /// percentage is 0 to 100.
+    pub fn parse(text: &str) -> Result<Limit, String> {
+        let text = text.trim();
+        if let Some(percent) = text.strip_suffix('%') {
+            return match percent.trim().parse::<u8>() {
+                Ok(p) if p <= 100 => Ok(Limit::Percent(p)),
+                _ => Err(format!("{text:?} is not a percentage from 0% to 100%")),
+            };
+        }
+        text.parse::<u32>().map(Limit::Count).map_err(|_| {
+            format!("{text:?} is neither a number of agents (e.g. 10) nor a percentage (e.g. 10%)")
+        })
+    }
+
+    /// The number of agents this limit allows for a job of `targets` agents: a count as given; a
+    /// percentage rounded down (so `10%` of 5 agents is 0: for `max_errors`, the first error stops).
+    pub fn of(self, targets: usize) -> usize {
+        match self {
+            Limit::Count(n) => n as usize,
+            Limit::Percent(p) => targets * p as usize / 100,
+        }
+    }
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Limit::Count(n) => write!(f, "{n}"),
+            Limit::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+impl Serialize for Limit {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Limit {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Limit, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Limit::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Body of `POST /api/v1/jobs` (and of the dry run).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct JobRequest {
+    /// The agents to run it on.
+    pub targets: Targets,
+    /// `ping`, `shell` or a handler name.
+    pub task_type: String,
+    /// Input of every task.
+    #[serde(default)]
+    pub payload: String,
+    /// Seconds each agent may run it; the server's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+    /// Seconds each task may wait in an offline agent's queue before it ends `expired`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+    /// Most tasks of the job open at once (a sliding window: the next agent starts when one
+    /// finishes); every agent at once when absent. A percentage is rounded down, but is at least 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<Limit>,
+    /// Once more tasks than this ended in error (`failed`, `timed_out`, `lost`, `expired`), no
+    /// new agent is started and the agents not started end `skipped`; no limit when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_errors: Option<Limit>,
+}
+
+/// Answer of the dry run: the agents a job would be sent to, sorted by app id.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TargetList {
+    /// Their app ids.
+    pub app_ids: Vec<String>,
+}
+
+/// Where a job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Starting agents as the window allows.
+    Running,
+    /// An operator paused it: tasks already started go on, no new agent starts.
+    Paused,
+    /// More errors than `max_errors`: tasks already started go on, the rest are skipped.
+    Stopped,
+    /// An operator cancelled it: open tasks are cancelled, the rest are skipped.
+    Cancelled,
+    /// Every target's task ended, none skipped. (A stopped or cancelled job keeps its state;
+    /// [`JobView::done`] tells when its last task has ended.)
+    Finished,
+}
+
+impl JobState {
+    /// The lowercase name shown to operators.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Running => "running",
+            JobState::Paused => "paused",
+            JobState::Stopped => "stopped",
+            JobState::Cancelled => "cancelled",
+            JobState::Finished => "finished",
+        }
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How many of a job's targets are in each state.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
+pub struct JobCounts {
+    /// Not started yet (waiting for the window, or the job is paused).
+    pub waiting: u32,
+    /// Task in its agent's queue.
+    pub queued: u32,
+    /// Task handed to its agent, not yet started.
+    pub delivered: u32,
+    /// Task running.
+    pub running: u32,
+    /// Ended `succeeded`.
+    pub succeeded: u32,
+    /// Ended `failed`.
+    pub failed: u32,
+    /// Ended `timed_out`.
+    pub timed_out: u32,
+    /// Ended `cancelled`.
+    pub cancelled: u32,
+    /// Ended `expired` (its agent never came for it).
+    pub expired: u32,
+    /// Ended `lost` (its agent went silent while it ran).
+    pub lost: u32,
+    /// Never started: the job was stopped or cancelled first.
+    pub skipped: u32,
+}
+
+impl JobCounts {
+    /// Targets whose task ended in error: `failed`, `timed_out`, `expired` or `lost`.
+    pub fn errors(&self) -> u32 {
+        self.failed + self.timed_out + self.expired + self.lost
+    }
+
+    /// Targets that will not change any more (ended or skipped).
+    pub fn ended(&self) -> u32 {
+        self.succeeded + self.errors() + self.cancelled + self.skipped
+    }
+
+    /// Targets with a task that is open (queued, delivered or running).
+    pub fn open(&self) -> u32 {
+        self.queued + self.delivered + self.running
+    }
+
+    /// Every target.
+    pub fn total(&self) -> u32 {
+        self.waiting + self.open() + self.ended()
+    }
+
+    /// Adds one target in `status` (a task's state).
+    pub fn add(&mut self, status: TaskStatus) {
+        let slot = match status {
+            TaskStatus::Queued => &mut self.queued,
+            TaskStatus::Delivered => &mut self.delivered,
+            TaskStatus::Running => &mut self.running,
+            TaskStatus::Succeeded => &mut self.succeeded,
+            TaskStatus::Failed => &mut self.failed,
+            TaskStatus::TimedOut => &mut self.timed_out,
+            TaskStatus::Cancelled => &mut self.cancelled,
+            TaskStatus::Expired => &mut self.expired,
+            TaskStatus::Lost => &mut self.lost,
+        };
+        *slot += 1;
+    }
+}
+
+/// A job as the operator sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct JobView {
+    /// Job id.
+    pub job_id: String,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+    /// Where it stands.
+    pub state: JobState,
+    /// Every target's task has ended or was skipped: nothing more will happen.
+    pub done: bool,
+    /// Task type.
+    pub task_type: String,
+    /// Task input.
+    pub payload: String,
+    /// Seconds each agent may run it.
+    pub timeout_secs: u64,
+    /// The window as asked (`10`, `10%`), if any.
+    pub max_concurrency: Option<Limit>,
+    /// The error limit as asked, if any.
+    pub max_errors: Option<Limit>,
+    /// Number of agents targeted (frozen at creation).
+    pub targets: u32,
+    /// Targets per state.
+    pub counts: JobCounts,
+    /// Grows by one at every change of the job; `GET /api/v1/jobs/{id}?after_version=V&wait=S`
+    /// waits up to S seconds for a version above V.
+    pub version: u64,
+}
+
+/// Answer of `GET /api/v1/jobs`, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobList {
+    /// The jobs.
+    pub jobs: Vec<JobView>,
+}
+
+/// One target of a job and what became of it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct JobResult {
+    /// The agent.
+    pub app_id: String,
+    /// `waiting`, `skipped`, or the task's state (`queued` … `lost`).
+    pub state: String,
+    /// The agent's task, once started.
+    pub task_id: Option<String>,
+    /// Exit code of the process, when there was one.
+    pub exit_code: Option<i32>,
+    /// Standard output (its first 4 KiB).
+    pub stdout: String,
+    /// Standard error (its first 4 KiB).
+    pub stderr: String,
+    /// Why the task failed without running, if it did.
+    pub error: Option<String>,
+    /// Wall time of the run in milliseconds, as the agent measured it.
+    pub duration_ms: Option<u64>,
+}
+
+/// Answer of `GET /api/v1/jobs/{id}/results?after=N&limit=M`: targets in app id order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobResults {
+    /// The results.
+    pub results: Vec<JobResult>,
+    /// The `after` to ask for the next page; absent on the last page.
+    pub next: Option<String>,
+}
+
+/// Targets that ended alike: same state, exit code and output.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OutputGroup {
+    /// The state they share (`succeeded`, `failed`, …, `waiting`, `skipped`).
+    pub state: String,
+    /// The exit code they share.
+    pub exit_code: Option<i32>,
+    /// The standard output they share (its first 4 KiB).
+    pub stdout: String,
+    /// The standard error they share (its first 4 KiB).
+    pub stderr: String,
+    /// The error they share.
+    pub error: Option<String>,
+    /// How many targets are in the group.
+    pub count: u32,
+    /// Their app ids, sorted (at most [`MAX_GROUP_HOSTS`]).
+    pub app_ids: Vec<String>,
+}
+
+/// Answer of `GET /api/v1/jobs/{id}/groups`: the targets grouped by outcome, biggest group first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobGroups {
+    /// The groups.
+    pub groups: Vec<OutputGroup>,
+}
+
+/// `GET` path of one job.
+pub fn job_path(job_id: &str) -> String {
+    format!("{JOBS_PATH}/{job_id}")
+}
+
+/// `GET` path of a job's per-target results.
+pub fn job_results_path(job_id: &str) -> String {
+    format!("{JOBS_PATH}/{job_id}/results")
+}
+
+/// `GET` path of a job's results grouped by outcome.
+pub fn job_groups_path(job_id: &str) -> String {
+    format!("{JOBS_PATH}/{job_id}/groups")
+}
+
+/// `POST` path cancelling a job (`{"force": true}` closes its running tasks on the server at once).
+pub fn job_cancel_path(job_id: &str) -> String {
+    format!("{JOBS_PATH}/{job_id}/cancel")
+}
+
+/// `POST` path pausing a job.
+pub fn job_pause_path(job_id: &str) -> String {
+    format!("{JOBS_PATH}/{job_id}/pause")
+}
+
+/// `POST` path resuming a paused job.
+pub fn job_resume_path(job_id: &str) -> String {
+    format!("{JOBS_PATH}/{job_id}/resume")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_parse_counts_and_percentages_and_name_bad_ones() {
+        assert_eq!(Limit::parse("10"), Ok(Limit::Count(10)));
+        assert_eq!(Limit::parse("0"), Ok(Limit::Count(0)));
+        assert_eq!(Limit::parse("25%"), Ok(Limit::Percent(25)));
+        assert_eq!(Limit::parse(" 100% "), Ok(Limit::Percent(100)));
+        assert!(Limit::parse("101%").unwrap_err().contains("0% to 100%"));
+        assert!(Limit::parse("ten").unwrap_err().contains("\"ten\""));
+        assert!(Limit::parse("-1").is_err());
+    }
+
+    #[test]
+    fn limits_resolve_against_the_target_count() {
+        assert_eq!(Limit::Count(3).of(50), 3);
+        assert_eq!(Limit::Percent(10).of(50), 5);
+        assert_eq!(Limit::Percent(10).of(5), 0);
+        assert_eq!(Limit::Percent(100).of(7), 7);
+    }
+
+    #[test]
+    fn limits_travel_as_strings() {
+        let request = JobRequest {
+            targets: Targets { all: true, ..Targets::default() },
+            task_type: "shell".into(),
+            max_concurrency: Some(Limit::Percent(10)),
+            max_errors: Some(Limit::Count(2)),
+            ..JobRequest::default()
+        };
+        let json = serde_json::to_string(&request).unwrap();
+        assert!(json.contains(r#""max_concurrency":"10%""#), "{json}");
+        assert!(json.contains(r#""max_errors":"2""#), "{json}");
+        let back: JobRequest = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.max_concurrency, Some(Limit::Percent(10)));
+        assert!(serde_json::from_str::<JobRequest>(&json.replace("10%", "abc")).is_err());
+    }
+
+    #[test]
+    fn counts_add_up() {
+        let mut counts = JobCounts { waiting: 2, skipped: 1, ..JobCounts::default() };
+        for status in [TaskStatus::Running, TaskStatus::Failed, TaskStatus::Lost, TaskStatus::Succeeded] {
+            counts.add(status);
+        }
+        assert_eq!(counts.errors(), 2);
+        assert_eq!(counts.open(), 1);
+        assert_eq!(counts.ended(), 4);
+        assert_eq!(counts.total(), 7);
+    }
+}
