@@ -8,6 +8,9 @@ pub mod cancel;
 mod fake_api;
 pub mod follow;
 pub mod interrupt;
+pub mod job;
+pub mod job_print;
+pub mod job_run;
 pub mod operator;
 pub mod output;
 pub mod run;
@@ -46,6 +49,8 @@ pub enum Command {
     Agent(AgentArgs),
     /// `orange task ...`
     Task(task::TaskArgs),
+    /// `orange job ...`
+    Job(job::JobArgs),
     /// `orange agents`
     Agents(agents::AgentsArgs),
     /// `orange enroll-key`
@@ -179,6 +184,7 @@ pub fn run(orange: Orange) -> Result<i32> {
             Ok(0)
         }
         Some(Command::Task(args)) => task::run(args),
+        Some(Command::Job(args)) => job::run(args),
         Some(Command::Agents(args)) => agents::run(args),
         Some(Command::Token(args)) => token::run(args),
         Some(Command::Audit(args)) => audit::run(args),

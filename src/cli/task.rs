@@ -218,7 +218,7 @@ fn targets(appid: &[String], all: bool) -> Result<Vec<String>> {
 }
 
 /// Splits `--appid` values at commas; refuses empty items and repeats.
-fn parse_app_ids(values: &[String]) -> Result<Vec<String>> {
+pub(super) fn parse_app_ids(values: &[String]) -> Result<Vec<String>> {
     let mut ids: Vec<String> = Vec::new();
     for value in values {
         for id in value.split(',').map(str::trim) {

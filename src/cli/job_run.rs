@@ -1,0 +1,159 @@
+//! `orange job run`: create the job, follow it with parked calls (`?after_version=&wait=`)
+//! while a progress line is redrawn on a terminal, then print the summary with identical outputs
+//! grouped, or every result as JSON. Also the waiting and fetching that `job get` shares.
+
+use std::io::{IsTerminal, Write};
+use std::time::Instant;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::job::{JobFlags, RunArgs, dry_run};
+use super::job_print;
+use super::operator::{Api, OperatorConfig, OperatorFlags, encode};
+use super::output;
+use super::wait::{get_patiently, wait_secs, wait_timeout};
+use crate::protocol::jobs::{self, JobGroups, JobResult, JobResults, JobView, MAX_RESULTS_PAGE};
+
+/// Exit status of `job run` when some host did not succeed.
+pub const EXIT_SOME_FAILED: i32 = 1;
+
+/// What `--json` prints: the job and every host's result.
+#[derive(Debug, Serialize)]
+pub struct JobReport {
+    /// The job as it ended (or stands).
+    pub job: JobView,
+    /// Every target's result, in app id order.
+    pub results: Vec<JobResult>,
+}
+
+/// Runs `orange job run` and returns its exit status.
+pub fn run(args: RunArgs) -> Result<i32> {
+    let request = JobFlags {
+        appid: &args.appid,
+        label: &args.label,
+        all: args.all,
+        task_type: args.task_type,
+        max_concurrency: args.max_concurrency.as_deref(),
+        max_errors: args.max_errors.as_deref(),
+        timeout: args.timeout,
+        ttl: args.ttl,
+        command: &args.command,
+    }
+    .request()?;
+    let flags = OperatorFlags { server: args.server, token: args.token, data: args.data, json: args.json };
+    let config = OperatorConfig::from_flags(flags)?;
+    let api = config.api(wait_timeout());
+    if args.dry_run {
+        return dry_run(&api, &request, config.json);
+    }
+    let job: JobView = api.post(jobs::JOBS_PATH, &request)?;
+    eprintln!("orange: job {} on {}", job.job_id, job_print::hosts(job.targets));
+    let show_progress = !config.json && std::io::stderr().is_terminal();
+    let mut progress = Progress { shown: show_progress };
+    progress.draw(&job);
+    let job = wait_job(&api, &job.job_id, None, |job| progress.draw(job))?;
+    progress.clear();
+    if config.json {
+        output::print_json(&JobReport { results: fetch_results(&api, &job.job_id)?, job: job.clone() })?;
+    } else {
+        output::emit(&summary_text(&api, &job, args.hosts)?)?;
+    }
+    Ok(exit_status(&job))
+}
+
+/// 0 when every host succeeded, else [`EXIT_SOME_FAILED`].
+fn exit_status(job: &JobView) -> i32 {
+    if job.counts.succeeded == job.targets { 0 } else { EXIT_SOME_FAILED }
+}
+
+/// The progress line on stderr, redrawn in place; nothing unless stderr is a terminal.
+struct Progress {
+    shown: bool,
+}
+
+impl Progress {
+    fn draw(&mut self, job: &JobView) {
+        if self.shown {
+            let mut stderr = std::io::stderr().lock();
+            let _ = write!(stderr, "\r{}\x1b[K", job_print::progress_line(job));
+            let _ = stderr.flush();
+        }
+    }
+
+    fn clear(&mut self) {
+        if self.shown {
+            let mut stderr = std::io::stderr().lock();
+            let _ = write!(stderr, "\r\x1b[K");
+            let _ = stderr.flush();
+        }
+    }
+}
+
+/// Asks for the job with `?after_version=&wait=` until it is done, or until `deadline` when there
+/// is one, calling `changed` with every new version seen.
+pub fn wait_job(
+    api: &Api,
+    job_id: &str,
+    deadline: Option<Instant>,
+    mut changed: impl FnMut(&JobView),
+) -> Result<JobView> {
+    let what = format!("job {job_id}");
+    let mut version = 0;
+    loop {
+        let mut wait = 0;
+        let job: JobView = get_patiently(api, &what, || {
+            wait = wait_secs(deadline, Instant::now());
+            format!("{}?after_version={version}&wait={wait}", jobs::job_path(&encode(job_id)))
+        })?;
+        if job.version != version {
+            changed(&job);
+            version = job.version;
+        }
+        if job.done || wait == 0 {
+            return Ok(job);
+        }
+    }
+}
+
+/// Every target's result, page by page.
+pub fn fetch_results(api: &Api, job_id: &str) -> Result<Vec<JobResult>> {
+    let mut results = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut path = format!("{}?limit={MAX_RESULTS_PAGE}", jobs::job_results_path(&encode(job_id)));
+        if let Some(after) = &after {
+            path.push_str(&format!("&after={}", encode(after)));
+        }
+        let page: JobResults = api.get(&path)?;
+        results.extend(page.results);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(results),
+        }
+    }
+}
+
+/// The summary of `job`, with its groups asked from the server.
+pub fn summary_text(api: &Api, job: &JobView, all_hosts: bool) -> Result<String> {
+    let groups: JobGroups = api.get(&jobs::job_groups_path(&encode(&job.job_id)))?;
+    Ok(job_print::summary(job, &groups.groups, all_hosts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::job_print::tests::sample_job;
+    use crate::protocol::jobs::{JobCounts, JobState};
+
+    #[test]
+    fn only_a_clean_sweep_exits_zero() {
+        let ok = sample_job(JobState::Finished, JobCounts { succeeded: 3, ..Default::default() });
+        assert_eq!(exit_status(&ok), 0);
+        let skipped = sample_job(
+            JobState::Stopped,
+            JobCounts { succeeded: 2, failed: 1, skipped: 4, ..Default::default() },
+        );
+        assert_eq!(exit_status(&skipped), EXIT_SOME_FAILED);
+    }
+}
