@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use orange::client::{AgentClient, ClientError, EnrollToken, Enrollment, TlsSettings};
 use orange::protocol::RegisterRequest;
 use orange::protocol::admin::{AgentView, AuditEntry, TaskView, TokenView};
+use orange::server::guard::MAX_FAILURES_PER_MINUTE;
 use serde_json::{Value, json};
 use support::{
     BASE_SECRET, GET_TASK, GoAgent, OUTPUT, PING, REGISTER, REPORT_TASK, RawResponse, Server, ServerOpts,
@@ -937,13 +938,16 @@ fn agent_and_enrollment_credentials_are_not_admin_tokens() {
     let whole_token = format!("{}.{}", token.id, token.secret);
     let wrong = ["wrong", "s1", PRIVATE_KEY, BASE_SECRET, token.secret.as_str(), whole_token.as_str()];
     let signed = go_signed_headers("w1", "s1", b"", &go_time_now());
-    for (method, path, body) in routes {
+    for (i, (method, path, body)) in routes.into_iter().enumerate() {
         assert_api_error(
             &server.admin_raw(method, path, None, body),
             401,
             "missing Authorization: Bearer token",
         );
-        for bearer in wrong {
+        // Every kind of wrong token on two routes, one kind on each other route: fewer than the
+        // per-source limit on wrong tokens (see the next test).
+        let kinds = if i < 2 { &wrong[..] } else { std::slice::from_ref(&wrong[i % wrong.len()]) };
+        for &bearer in kinds {
             let response = server.admin_raw(method, path, Some(bearer), body);
             assert_api_error(&response, 401, "wrong admin token");
         }
@@ -960,6 +964,37 @@ fn agent_and_enrollment_credentials_are_not_admin_tokens() {
         let query = format!("{path}?token={}", server.token);
         assert_api_error(&server.admin_raw(method, &query, None, body), 401, "missing Authorization");
     }
+    assert_unchanged(&mut server, &before);
+}
+
+#[test]
+fn wrong_admin_tokens_are_limited_per_source_for_the_rest_of_the_minute() {
+    let mut server = private_server();
+    let before = snapshot(&server);
+    // The count is per minute: start early in one, so that the guesses all fall in it.
+    while chrono::Utc::now().timestamp() % 60 >= 45 {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let mut refused = 0;
+    let mut limited = None;
+    for i in 0..40 {
+        let response = server.admin_raw("GET", "/api/v1/agents", Some(&format!("guess-{i}")), b"");
+        match response.status {
+            401 => refused += 1,
+            _ => {
+                limited = Some(response);
+                break;
+            }
+        }
+    }
+    let limited = limited.expect("guessing is cut off");
+    assert_eq!(refused, MAX_FAILURES_PER_MINUTE, "every guess up to the limit is answered 401");
+    assert_api_error(&limited, 429, "too many wrong admin tokens from 127.0.0.1");
+    // Even the right token is refused from that source until the minute ends.
+    let right = server.admin_raw("GET", "/api/v1/agents", Some(&server.token.clone()), b"");
+    assert_api_error(&right, 429, "too many wrong admin tokens");
+    // The count lives in memory; a restart lets the harness look at the store again.
+    server.restart();
     assert_unchanged(&mut server, &before);
 }
 

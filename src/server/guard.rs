@@ -53,8 +53,10 @@ pub fn forget_old_uses(store: &Store, now_secs: i64) -> Result<usize, StoreError
 
 /// A source that failed to sign too often.
 #[derive(Debug, Error, PartialEq, Eq)]
-#[error("too many failed signatures from {address} ({count} this minute); retry in {retry_in} s")]
+#[error("too many {what} from {address} ({count} this minute); retry in {retry_in} s")]
 pub struct TooManyFailures {
+    /// What failed, e.g. `failed signatures`.
+    pub what: &'static str,
     /// The source address.
     pub address: IpAddr,
     /// Failures counted this minute.
@@ -63,21 +65,36 @@ pub struct TooManyFailures {
     pub retry_in: i64,
 }
 
-/// Counts failed signatures per source address over one-minute windows.
-#[derive(Default)]
+/// Counts failures (bad signatures, wrong admin tokens) per source address over one-minute
+/// windows.
 pub struct FailureLimiter {
+    what: &'static str,
     sources: Mutex<HashMap<IpAddr, (i64, u32)>>,
 }
 
+impl Default for FailureLimiter {
+    fn default() -> Self {
+        FailureLimiter::new("failed signatures")
+    }
+}
+
 impl FailureLimiter {
+    /// A limiter whose refusals name `what` failed (plural, e.g. `wrong admin tokens`).
+    pub fn new(what: &'static str) -> Self {
+        FailureLimiter { what, sources: Mutex::default() }
+    }
+
     /// Refuses a source that failed too often in the minute of `now_secs`.
     pub fn check(&self, source: IpAddr, now_secs: i64) -> Result<(), TooManyFailures> {
         let minute = now_secs.div_euclid(60);
         let sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
         match sources.get(&source) {
-            Some(&(m, count)) if m == minute && count >= MAX_FAILURES_PER_MINUTE => {
-                Err(TooManyFailures { address: source, count, retry_in: 60 - now_secs.rem_euclid(60) })
-            }
+            Some(&(m, count)) if m == minute && count >= MAX_FAILURES_PER_MINUTE => Err(TooManyFailures {
+                what: self.what,
+                address: source,
+                count,
+                retry_in: 60 - now_secs.rem_euclid(60),
+            }),
             _ => Ok(()),
         }
     }

@@ -3,11 +3,12 @@
 //!
 //! [`Fleet`]: crate::server::fleet::Fleet
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -15,6 +16,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use chrono::Utc;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
@@ -29,6 +31,7 @@ use crate::protocol::admin::{
 };
 use crate::protocol::wire::shown;
 use crate::server::fleet::{FleetError, agent_view, now_ms};
+use crate::server::guard::FailureLimiter;
 use crate::server::store::StoreError;
 
 /// Largest admin request body.
@@ -70,6 +73,7 @@ pub type ApiResult<T> = Result<T, ApiFailure>;
 /// Routes of the operator API, guarded by `admin_token`.
 pub fn routes(admin_token: &str) -> Router<AppState> {
     let token_hash: [u8; 32] = Sha256::digest(admin_token.as_bytes()).into();
+    let failures = Arc::new(FailureLimiter::new("wrong admin tokens"));
     Router::new()
         .route(TASKS_PATH, get(list_tasks).post(enqueue))
         .route(&format!("{TASKS_PATH}/{{id}}"), get(get_task))
@@ -82,18 +86,51 @@ pub fn routes(admin_token: &str) -> Router<AppState> {
         .method_not_allowed_fallback(|| async {
             ApiFailure(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this API route".into())
         })
-        .layer(middleware::from_fn(move |headers: HeaderMap, request: Request, next: Next| async move {
-            match bearer_ok(&headers, &token_hash) {
-                Ok(()) => next.run(request).await,
-                Err(failure) => failure.into_response(),
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
+            let failures = Arc::clone(&failures);
+            async move {
+                match admitted(&request, &token_hash, &failures) {
+                    Ok(()) => next.run(request).await,
+                    Err(failure) => failure.into_response(),
+                }
             }
         }))
 }
 
+/// Lets a request with the right token through; counts a wrong one against its source, which is
+/// refused with 429 for the rest of the minute after [`MAX_FAILURES_PER_MINUTE`](crate::server::guard::MAX_FAILURES_PER_MINUTE) of them, so a
+/// token cannot be guessed at line rate.
+fn admitted(request: &Request, token_hash: &[u8; 32], failures: &FailureLimiter) -> ApiResult<()> {
+    let source = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|peer| peer.0.ip());
+    let now = Utc::now().timestamp();
+    if let Some(source) = source {
+        failures.check(source, now).map_err(|e| ApiFailure(StatusCode::TOO_MANY_REQUESTS, e.to_string()))?;
+    }
+    let checked = bearer_ok(request.headers(), token_hash);
+    if let (Err(BearerError::Wrong(_)), Some(source)) = (&checked, source) {
+        failures.record(source, now);
+    }
+    checked.map_err(BearerError::into_failure)
+}
+
+/// Why a bearer check failed: no usable header (not a guess), or a wrong token (a guess).
+enum BearerError {
+    Malformed(ApiFailure),
+    Wrong(ApiFailure),
+}
+
+impl BearerError {
+    fn into_failure(self) -> ApiFailure {
+        match self {
+            BearerError::Malformed(failure) | BearerError::Wrong(failure) => failure,
+        }
+    }
+}
+
 /// Checks the bearer token by comparing SHA-256 digests, which reveals nothing through timing
 /// about the token itself.
-fn bearer_ok(headers: &HeaderMap, token_hash: &[u8; 32]) -> ApiResult<()> {
-    let unauthorized = |m: &str| ApiFailure(StatusCode::UNAUTHORIZED, m.to_owned());
+fn bearer_ok(headers: &HeaderMap, token_hash: &[u8; 32]) -> Result<(), BearerError> {
+    let unauthorized = |m: &str| BearerError::Malformed(ApiFailure(StatusCode::UNAUTHORIZED, m.to_owned()));
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or_else(|| unauthorized("missing Authorization: Bearer token"))?;
@@ -105,7 +142,7 @@ fn bearer_ok(headers: &HeaderMap, token_hash: &[u8; 32]) -> ApiResult<()> {
     let given: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
     let diff = given.iter().zip(token_hash).fold(0u8, |acc, (a, b)| acc | (a ^ b));
     if diff != 0 {
-        return Err(unauthorized("wrong admin token"));
+        return Err(BearerError::Wrong(ApiFailure(StatusCode::UNAUTHORIZED, "wrong admin token".into())));
     }
     Ok(())
 }
