@@ -294,9 +294,9 @@ mod tests {
         assert_eq!(
             printed,
             Printed::out(
-                "APP ID  STATUS   ONLINE  LAST SEEN             VERSION  HOSTNAME  LABELS\n\
-                 w2      pending  yes     2024-05-01T10:00:00Z  -        -         -\n\
-                 w3      pending  no      2024-05-01T10:00:00Z  -        -         -\n"
+                "APP ID  STATUS   ONLINE  LAST SEEN             UPTIME  HOSTNAME  OS  KERNEL  ARCH  IPS  VERSION  LABELS\n\
+                 w2      pending  yes     2024-05-01T10:00:00Z  -       -         -   -       -     -    -        -\n\
+                 w3      pending  no      2024-05-01T10:00:00Z  -       -         -   -       -     -    -        -\n"
                     .into()
             )
         );
@@ -305,6 +305,26 @@ mod tests {
         assert_eq!(json.agents, vec![agent("w2", "pending", true)]);
         let seen = api.seen();
         assert_eq!((seen[0].method.as_str(), seen[0].target.as_str()), ("GET", "/api/v1/agents"));
+    }
+
+    #[test]
+    fn labels_and_online_go_to_the_server_and_are_applied_again_here() {
+        let mut web = agent("w1", "accepted", true);
+        web.labels = [("role".to_owned(), "web".to_owned()), ("env".to_owned(), "prod".to_owned())].into();
+        let mut db = agent("w2", "accepted", true);
+        db.labels = [("role".to_owned(), "db".to_owned())].into();
+        // A server that predates the filters answers every agent.
+        let all = AgentList { agents: vec![web.clone(), db, agent("w3", "accepted", false)] };
+        let api = FakeApi::serve(vec![FakeApi::ok(&all)]);
+        let argv = [
+            "--label", "role=web", "--label", "env=prod", "--online", "--json", "--server", &api.url,
+            "--token", "t",
+        ];
+        let json: AgentList = serde_json::from_str(&execute(parse(&argv).unwrap()).unwrap().stdout).unwrap();
+        assert_eq!(json.agents, vec![web]);
+        assert_eq!(api.seen()[0].target, "/api/v1/agents?label=env%3Dprod&label=role%3Dweb&online=true");
+        let bad = parse(&["--label", "role", "--server", &api.url, "--token", "t"]).unwrap();
+        assert_eq!(format!("{:#}", execute(bad).unwrap_err()), "--label \"role\" is not k=v");
     }
 
     #[test]

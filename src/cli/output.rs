@@ -441,9 +441,9 @@ pub(super) mod tests {
         gone.online = false;
         assert_eq!(
             agents_table(&[web, gone]),
-            "APP ID  STATUS    ONLINE  LAST SEEN             UPTIME  HOSTNAME           OS                   KERNEL  ARCH    IPS                        VERSION  LABELS\n\
-             web-1   accepted  yes     2024-05-01T08:00:00Z  3d4h    web-1.example.net  Debian GNU/Linux 12  6.1.0   x86_64  10.0.0.5,10.0.1.5,+1       0.1.0    role=web\n\
-             web-2   accepted  no      2024-05-01T08:00:00Z  -       web-1.example.net  Debian GNU/Linux 12  6.1.0   x86_64  10.0.0.5,10.0.1.5,+1       0.1.0    role=web\n"
+            "APP ID  STATUS    ONLINE  LAST SEEN             UPTIME  HOSTNAME           OS                   KERNEL  ARCH    IPS                   VERSION  LABELS\n\
+             web-1   accepted  yes     2024-05-01T08:00:00Z  3d4h    web-1.example.net  Debian GNU/Linux 12  6.1.0   x86_64  10.0.0.5,10.0.1.5,+1  0.1.0    role=web\n\
+             web-2   accepted  no      2024-05-01T08:00:00Z  -       web-1.example.net  Debian GNU/Linux 12  6.1.0   x86_64  10.0.0.5,10.0.1.5,+1  0.1.0    role=web\n"
         );
         assert_eq!(
             [uptime(42), uptime(423), uptime(3 * 3600 + 120), uptime(86_400)],
