@@ -213,7 +213,9 @@ fn register(shared: &Shared) -> bool {
             Err(e) => {
                 let delay = backoff.next_delay_after(e.retry_after());
                 let retry_in_ms = delay.as_millis() as u64;
-                if e.is_transient() {
+                if matches!(e, ClientError::Busy { .. }) {
+                    warn!(error = %e, retry_in_ms, "server busy, registering later");
+                } else if e.is_transient() {
                     warn!(error = %e, retry_in_ms, "server unreachable, retrying");
                 } else {
                     warn!(error = %e, retry_in_ms, "registration refused, retrying");

@@ -89,3 +89,51 @@ impl Store {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::server::store::{AgentRecord, AgentStatus, Policy};
+
+    fn facts(kernel: &str) -> FactsRecord {
+        let facts = HostFacts {
+            kernel: Some(kernel.into()),
+            ips: vec!["10.0.0.5".into(), "fe80::1".into()],
+            boot_time: Some(1_700_000_000),
+            ..HostFacts::default()
+        };
+        FactsRecord::new(facts, 5)
+    }
+
+    #[test]
+    fn facts_are_kept_per_agent_and_go_with_a_silent_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8 * 1024 * 1024, Policy::default()).unwrap();
+        assert_eq!(store.facts("a").unwrap(), None);
+        store.put_facts("a", &facts("6.1")).unwrap();
+        store.put_facts("b", &facts("5.10")).unwrap();
+        store.put_facts("a", &facts("6.2")).unwrap();
+        assert_eq!(store.facts("a").unwrap(), Some(facts("6.2")));
+        assert_eq!(store.facts("a").unwrap().map(|f| f.facts().kernel), Some(Some("6.2".to_owned())));
+        let all = store.all_facts().unwrap();
+        assert_eq!((all.len(), all.get("b")), (2, Some(&facts("5.10"))));
+
+        let agent = AgentRecord {
+            app_id: "a".into(),
+            secret: "s".into(),
+            labels: BTreeMap::new(),
+            version: None,
+            hostname: None,
+            registered_at_ms: 1,
+            last_seen_ms: 1,
+            processed_task_count: 0,
+            status: AgentStatus::Accepted,
+        };
+        store.put_agent(&agent).unwrap();
+        assert_eq!(store.forget_silent_agents(100).unwrap(), ["a"]);
+        assert_eq!(store.facts("a").unwrap(), None);
+        assert!(store.facts("b").unwrap().is_some());
+    }
+}
