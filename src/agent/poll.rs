@@ -278,3 +278,39 @@ fn send_changed_facts(shared: &Shared) -> Result<(), ClientError> {
     shared.facts.sent(facts);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::mpsc;
+
+    use super::*;
+    use crate::agent::fake_server::FakeServer;
+    use crate::agent::journal::Journal;
+    use crate::agent::tests::config;
+
+    #[test]
+    fn facts_go_with_register_and_again_only_when_they_changed() {
+        let server = FakeServer::start("facts-secret");
+        let state = tempfile::tempdir().expect("state dir");
+        let mut config = config(&server.url(), 1, state.path());
+        config.secret = crate::agent::Secret::new("facts-secret");
+        let journal = Journal::open(state.path()).expect("journal");
+        let (events, _receiver) = mpsc::channel();
+        let shared = Shared::new(config, journal, Arc::new(AtomicBool::new(false)), events);
+
+        assert!(register(&shared));
+        let sent = server.state.lock().registrations[0].facts.clone().expect("facts sent with register");
+        assert_eq!(sent, collect());
+        assert!(sent.kernel.is_some() && sent.arch.is_some(), "{sent:?}");
+
+        // Unchanged: nothing is sent.
+        send_changed_facts(&shared).expect("no call");
+        assert!(server.state.lock().facts.is_empty());
+        // Changed since they were sent: the current ones go, once.
+        shared.facts.sent(HostFacts { kernel: Some("older".into()), ..sent.clone() });
+        send_changed_facts(&shared).expect("facts sent");
+        send_changed_facts(&shared).expect("no call");
+        assert_eq!(server.state.lock().facts, [sent]);
+    }
+}
