@@ -2,8 +2,11 @@
 //! at once. A parked long poll gives its place back before it parks, so idle agents never count
 //! as load. Past the limit an orange agent gets HTTP 429 with a `Retry-After` drawn at random
 //! from `[retry_after, 2 × retry_after]` seconds, so a storm of agents does not come back in
-//! lockstep. An original client is never refused (it exits on a getTask that is not HTTP 200):
-//! its request waits the same drawn time, without counting as load, and is then served.
+//! lockstep. An original client is not refused (it exits on a getTask that is not HTTP 200): its
+//! request waits the same drawn time, without counting as load, and is then served. Those waits
+//! are bounded too ([`HELD_PER_PLACE`] per place): past them an original getTask answers "no
+//! task" at once and any other original request HTTP 503, which original clients already meet
+//! when the server defers a request.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -17,13 +20,17 @@ use axum::response::{IntoResponse, Response};
 use tracing::{debug, warn};
 
 use crate::protocol::busy::{BUSY_MESSAGE, HEADER_RETRY_AFTER};
-use crate::protocol::wire::{CODE_ERROR, Envelope, HEADER_SIGN_VERSION};
+use crate::protocol::wire::{CODE_ERROR, CODE_NO_TASK, Envelope, GET_TASK_PATH, HEADER_SIGN_VERSION};
+
+/// Original clients' requests that may wait for their turn, per place.
+pub const HELD_PER_PLACE: usize = 4;
 
 /// Counts the agent requests being handled against the limit.
 #[derive(Debug)]
 pub struct Limiter {
     busy: AtomicUsize,
     max: usize,
+    held: AtomicUsize,
     retry_after_secs: u64,
 }
 
@@ -66,6 +73,7 @@ impl Limiter {
         Arc::new(Limiter {
             busy: AtomicUsize::new(0),
             max: max.max(1),
+            held: AtomicUsize::new(0),
             retry_after_secs: retry_after_secs.max(1),
         })
     }
@@ -78,6 +86,15 @@ impl Limiter {
             .map(|_| {
                 BusyPermit(Arc::new(Held { limiter: Arc::clone(self), released: AtomicBool::new(false) }))
             })
+    }
+
+    /// Counts one more original client's request waiting for its turn, if within the bound.
+    fn try_hold(self: &Arc<Self>) -> Option<HeldRequest> {
+        let most = self.max.saturating_mul(HELD_PER_PLACE);
+        self.held
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |held| (held < most).then_some(held + 1))
+            .ok()
+            .map(|_| HeldRequest(Arc::clone(self)))
     }
 
     /// Requests being handled now.
@@ -110,8 +127,13 @@ pub async fn limit(limiter: Arc<Limiter>, mut request: Request, next: Next) -> R
         warn!(path = %path, retry_after = secs, busy = limiter.busy(), "overloaded: agent told to retry later");
         return too_many(secs);
     }
+    let Some(held) = limiter.try_hold() else {
+        warn!(path = %path, "overloaded: too many original clients' requests wait already");
+        return original_refusal(&path, secs);
+    };
     debug!(path = %path, delay = secs, "overloaded: holding an original client's request");
     tokio::time::sleep(Duration::from_secs(secs)).await;
+    drop(held);
     // Served without a place: it waited its turn, and refusing it could make it exit.
     request.extensions_mut().insert(BusyPermit(Arc::new(Held {
         limiter: Arc::clone(&limiter),
@@ -122,10 +144,32 @@ pub async fn limit(limiter: Arc<Limiter>, mut request: Request, next: Next) -> R
 
 /// HTTP 429 with `Retry-After: secs` and an envelope naming the wait.
 fn too_many(secs: u64) -> Response {
-    let envelope = Envelope::<()>::empty(CODE_ERROR, format!("{BUSY_MESSAGE}: retry after {secs} s"));
-    let mut response = (StatusCode::TOO_MANY_REQUESTS, Json(envelope)).into_response();
+    busy_answer(StatusCode::TOO_MANY_REQUESTS, CODE_ERROR, secs)
+}
+
+/// What an original client tolerates: "no task" (HTTP 200, code 2) on getTask, else HTTP 503.
+fn original_refusal(path: &str, secs: u64) -> Response {
+    if path == GET_TASK_PATH {
+        busy_answer(StatusCode::OK, CODE_NO_TASK, secs)
+    } else {
+        busy_answer(StatusCode::SERVICE_UNAVAILABLE, CODE_ERROR, secs)
+    }
+}
+
+fn busy_answer(status: StatusCode, code: i32, secs: u64) -> Response {
+    let envelope = Envelope::<()>::empty(code, format!("{BUSY_MESSAGE}: retry after {secs} s"));
+    let mut response = (status, Json(envelope)).into_response();
     response.headers_mut().insert(HEADER_RETRY_AFTER, HeaderValue::from(secs));
     response
+}
+
+/// One of the original clients' requests waiting for their turn; counted until dropped.
+struct HeldRequest(Arc<Limiter>);
+
+impl Drop for HeldRequest {
+    fn drop(&mut self) {
+        self.0.held.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 #[cfg(test)]
@@ -148,6 +192,20 @@ mod tests {
         drop(b);
         drop(c);
         assert_eq!(limiter.busy(), 0);
+    }
+
+    #[test]
+    fn original_clients_wait_in_a_bounded_number() {
+        let limiter = Limiter::new(2, 1);
+        let held: Vec<HeldRequest> = (0..2 * HELD_PER_PLACE).map_while(|_| limiter.try_hold()).collect();
+        assert_eq!(held.len(), 2 * HELD_PER_PLACE);
+        assert!(limiter.try_hold().is_none());
+        drop(held);
+        assert!(limiter.try_hold().is_some());
+        let no_task = original_refusal(GET_TASK_PATH, 3);
+        assert_eq!(no_task.status(), StatusCode::OK);
+        assert_eq!(no_task.headers()[HEADER_RETRY_AFTER], "3");
+        assert_eq!(original_refusal("/orange-forge/api/ping", 3).status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 
     #[test]
