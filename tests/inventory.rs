@@ -199,6 +199,16 @@ fn oversize_facts_are_refused_and_store_nothing() {
 #[test]
 fn an_original_register_without_facts_still_works() {
     let server = Server::start(ServerOpts::default());
+    // The app id was an orange agent's before: its facts go when a client without facts registers.
+    let orange = AgentClient::new(&server.url, "legacy-1", "s1");
+    let request = RegisterRequest {
+        app_id: "legacy-1".into(),
+        secret: "s1".into(),
+        facts: Some(facts_with(1)),
+        ..RegisterRequest::default()
+    };
+    orange.register(&request, &Enrollment::Key(BASE_SECRET.into())).expect("register with facts");
+    assert!(server.agent("legacy-1").and_then(|a| a.facts).is_some());
     let go = GoAgent::new(&server, "legacy-1", "s1");
     let envelope = go.register();
     assert_eq!(envelope["code"], 0, "{envelope}");

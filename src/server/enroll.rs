@@ -65,8 +65,10 @@ impl Fleet {
         let status = self.status_after(old.as_ref().map(|a| a.status), &credential)?;
         let record = agent_record(request, old.as_ref(), status);
         self.store.put_agent(&record)?;
-        if let Some(facts) = facts {
-            self.store.put_facts(&record.app_id, &FactsRecord::new(facts, now_ms()))?;
+        // A client that sends no facts (an original one) leaves none from an earlier agent shown.
+        match facts {
+            Some(facts) => self.store.put_facts(&record.app_id, &FactsRecord::new(facts, now_ms()))?,
+            None => self.store.remove_facts(&record.app_id)?,
         }
         if is_new || old.as_ref().map(|a| a.status) != Some(status) {
             self.record_enrollment(&record, &credential)?;
