@@ -10,21 +10,44 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use support::{
-    Agent, AgentOpts, GET_TASK, GoAgent, OUTPUT, PING, ProxiedRequest, Proxy, REPORT_TASK, Server,
-    ServerOpts, go_time_now, raw_exchange, try_wait_until, wait_until,
+    Agent, AgentOpts, GET_TASK, GoAgent, OUTPUT, PING, ProxiedRequest, Proxy, REPORT_TASK, RawResponse,
+    Server, ServerOpts, fresh_nonce, raw_exchange, try_wait_until, unix_time_now, wait_until,
 };
 
-/// Opens a request to an agent endpoint and sends only part of its body: the server handles it
-/// (holding a place) until the connection closes.
-fn hold_a_place(addr: SocketAddr) -> TcpStream {
+/// Opens an orange agent's request and sends only part of its body: the server handles it
+/// (holding a place) until the connection closes. (An orange one: an original client's request
+/// arriving while the place is taken would be served later without a place.)
+fn open_partial_request(addr: SocketAddr) -> TcpStream {
     let mut stream = TcpStream::connect(addr).expect("connect to the server");
     let head = format!(
         "POST /orange-forge/api/register HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: 100\r\nX-Forge-Appid: holder\r\nX-Forge-Time: {}\r\nX-Forge-Sign: 00\r\n\r\n{{\"app_id\"",
-        go_time_now()
+         Content-Length: 100\r\nX-Forge-Appid: holder\r\nX-Forge-Time: {}\r\nX-Forge-Sign: 00\r\n\
+         X-Orange-Sign-Version: 2\r\nX-Orange-Nonce: {}\r\n\r\n{{\"app_id\"",
+        unix_time_now(),
+        fresh_nonce()
     );
     stream.write_all(head.as_bytes()).expect("send a partial request");
     stream
+}
+
+/// Takes the server's only place with a request that never ends (trying again if another
+/// request had it at that moment); returns the connection and a 429 answered meanwhile.
+fn hold_the_place(addr: SocketAddr, go: &GoAgent) -> (TcpStream, RawResponse) {
+    for _ in 0..10 {
+        let hold = open_partial_request(addr);
+        let mut busy = None;
+        try_wait_until(Duration::from_secs(3), || {
+            let request = go.v2_request(PING, "s1", b"ping");
+            let response = raw_exchange(addr, request, Duration::from_secs(30)).expect("ping exchange");
+            let is_busy = response.status == 429;
+            busy = Some(response).filter(|_| is_busy);
+            is_busy
+        });
+        if let Some(busy) = busy {
+            return (hold, busy);
+        }
+    }
+    panic!("the server never answered 429 while a request held its only place");
 }
 
 /// The requests `app_id` made to `path`, in order.
@@ -69,26 +92,17 @@ fn overloaded_server_answers_429_and_agents_wait_then_finish_everything() {
 
     // The agent's poll is parked on the server nearly all the time; it is not load, so the one
     // place is free for others.
-    let served = (0..3)
+    let served = (0..10)
         .filter(|_| {
+            std::thread::sleep(Duration::from_millis(100));
             let request = go.v2_request(PING, "s1", b"ping");
             raw_exchange(server.addr, request, Duration::from_secs(30)).expect("ping exchange").status == 200
         })
         .count();
-    assert!(served >= 2, "a parked poll took the only place: {served} of 3 pings served");
+    assert!(served >= 5, "a parked poll took the only place: {served} of 10 pings served");
 
-    let hold = hold_a_place(server.addr);
     // An orange request is turned away with 429 and a Retry-After of 1 or 2 seconds.
-    let mut busy = None;
-    let held = try_wait_until(Duration::from_secs(10), || {
-        let response = raw_exchange(server.addr, go.v2_request(PING, "s1", b"ping"), Duration::from_secs(30))
-            .expect("ping exchange");
-        let is_busy = response.status == 429;
-        busy = Some(response);
-        is_busy
-    });
-    let busy = busy.expect("an answer");
-    assert!(held, "the server never answered 429: {busy:?}");
+    let (hold, busy) = hold_the_place(server.addr, &go);
     let retry_after =
         busy.header("retry-after").unwrap_or_else(|| panic!("no Retry-After: {busy:?}")).to_owned();
     assert!(["1", "2"].contains(&retry_after.as_str()), "Retry-After {retry_after:?}");
