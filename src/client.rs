@@ -8,6 +8,8 @@ use serde::de::DeserializeOwned;
 use thiserror::Error;
 
 use crate::protocol::admin::ApiError;
+use crate::protocol::busy::{HEADER_RETRY_AFTER, parse_retry_after};
+use crate::protocol::facts::{FACTS_PATH, HostFacts};
 use crate::protocol::sign::{Canonical, SIGN_VERSION_2, new_nonce, time_header};
 use crate::protocol::wire::{
     self, CODE_NO_TASK, CODE_OK, OutputAck, OutputChunk, PollControl, RegisterReply,
@@ -98,6 +100,16 @@ pub enum ClientError {
     /// An agent endpoint answered code 1.
     #[error("server refused: {0}")]
     Refused(String),
+    /// The server is overloaded (HTTP 429) and said when to come back, if it did.
+    #[error("server busy at {url} (HTTP {status}){}", .retry_after.map(|d| format!("; retry after {} s", d.as_secs())).unwrap_or_default())]
+    Busy {
+        /// The URL called.
+        url: String,
+        /// HTTP status (429, or a 503 that carried Retry-After).
+        status: u16,
+        /// Its `Retry-After`, capped at [`crate::protocol::busy::MAX_RETRY_AFTER`].
+        retry_after: Option<Duration>,
+    },
     /// The admin API answered an error status.
     #[error("{message} (HTTP {status})")]
     Api {
@@ -112,9 +124,17 @@ impl ClientError {
     /// True when retrying later may help (server down, garbage on the wire, 5xx).
     pub fn is_transient(&self) -> bool {
         match self {
-            ClientError::Transport { .. } | ClientError::BadAnswer { .. } => true,
+            ClientError::Transport { .. } | ClientError::BadAnswer { .. } | ClientError::Busy { .. } => true,
             ClientError::Api { status, .. } => *status >= 500 || *status == 429,
             ClientError::Refused(_) => false,
+        }
+    }
+
+    /// How long the server asked to wait before the next call, when it was busy.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ClientError::Busy { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 }
@@ -184,7 +204,9 @@ fn http_agent(timeout: Duration, tls: &TlsSettings) -> ureq::Agent {
         .into()
 }
 
-/// Sends one request and returns the status and body, with transport errors mapped.
+/// Sends one request and returns the status and body, with transport errors mapped; an answer
+/// saying the server is busy (429 or 5xx with a `Retry-After`) is [`ClientError::Busy`]; a 429
+/// without one (too many wrong admin tokens) keeps its message as an API error.
 fn exchange(
     url: &str,
     result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
@@ -192,6 +214,14 @@ fn exchange(
     let transport = |e: ureq::Error| ClientError::Transport { url: url.to_owned(), reason: e.to_string() };
     let mut response = result.map_err(transport)?;
     let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(HEADER_RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, chrono::Utc::now()));
+    if retry_after.is_some() && (status == 429 || status >= 500) {
+        return Err(ClientError::Busy { url: url.to_owned(), status, retry_after });
+    }
     let body = response.body_mut().with_config().limit(MAX_RESPONSE_BODY).read_to_vec().map_err(transport)?;
     Ok((status, body))
 }
@@ -339,6 +369,14 @@ impl AgentClient {
         let body = serde_json::to_vec(chunk).expect("output chunk serializes");
         let envelope = self.call::<OutputAck>(wire::OUTPUT_PATH, &body, &self.signer)?;
         ok_or_refused(envelope).map(Option::unwrap_or_default)
+    }
+
+    /// Sends the host's facts again (they changed since `register`).
+    pub fn send_facts(&self, facts: &HostFacts) -> Result<(), ClientError> {
+        // Serializing a struct of strings and numbers cannot fail.
+        let body = serde_json::to_vec(facts).expect("facts serialize");
+        let envelope = self.call::<serde_json::Value>(FACTS_PATH, &body, &self.signer)?;
+        ok_or_refused(envelope).map(|_| ())
     }
 
     /// Reports a task's state or result.

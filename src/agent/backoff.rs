@@ -1,5 +1,6 @@
 //! Capped exponential backoff with full jitter, used for every retry the agent makes (register,
-//! getTask, ping, report) so that a fleet does not hammer a server that comes back.
+//! getTask, ping, report) so that a fleet does not hammer a server that comes back; and the wait
+//! an overloaded server asks for (`Retry-After`), honoured with jitter on top.
 
 use std::time::Duration;
 
@@ -7,6 +8,8 @@ use std::time::Duration;
 pub const BACKOFF_START: Duration = Duration::from_millis(500);
 /// Largest retry ceiling.
 pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// Least jitter added to a server's `Retry-After`.
+pub const BUSY_JITTER_MIN: Duration = Duration::from_millis(500);
 
 /// Retry delays that double from [`BACKOFF_START`] up to [`BACKOFF_CAP`]; each delay is drawn
 /// uniformly from zero to the current ceiling ("full jitter"), which spreads a fleet's retries.
@@ -43,6 +46,13 @@ impl Backoff {
         jitter(ceiling)
     }
 
+    /// Records a failure and returns how long to wait: the backoff's delay, but never less than
+    /// what the server asked for (`retry_after`, from HTTP 429), jittered by [`honoured`].
+    pub fn next_delay_after(&mut self, retry_after: Option<Duration>) -> Duration {
+        let delay = self.next_delay();
+        retry_after.map_or(delay, |asked| delay.max(honoured(asked)))
+    }
+
     /// True after at least one failure since the last [`Backoff::reset`].
     pub fn is_failing(&self) -> bool {
         self.failures > 0
@@ -52,6 +62,13 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.failures = 0;
     }
+}
+
+/// How long to wait when a server asked for `asked`: at least that, plus a random part of up to
+/// half of it again (at least up to [`BUSY_JITTER_MIN`]), so agents turned away together do not
+/// come back together.
+pub fn honoured(asked: Duration) -> Duration {
+    asked.saturating_add(jitter((asked / 2).max(BUSY_JITTER_MIN)))
 }
 
 /// A uniformly random duration in `[0, ceiling]`.
@@ -105,6 +122,25 @@ mod tests {
         assert!(above_two_thirds > 400, "only {above_two_thirds} samples above 20 s");
         let mean = samples.iter().sum::<Duration>() / 2000;
         assert!(mean > Duration::from_secs(12) && mean < Duration::from_secs(18), "mean {mean:?}");
+    }
+
+    #[test]
+    fn a_servers_retry_after_is_a_floor_with_jitter_on_top() {
+        let asked = Duration::from_secs(4);
+        let waits: Vec<Duration> =
+            (0..500).map(|_| Backoff::default().next_delay_after(Some(asked))).collect();
+        assert!(waits.iter().all(|w| *w >= asked && *w <= asked + asked / 2), "{waits:?}");
+        assert!(waits.iter().any(|w| *w > asked + asked / 4), "no jitter above the asked wait");
+        assert!(waits.iter().any(|w| *w < asked + asked / 4), "no jitter below the middle");
+        let zero: Vec<Duration> = (0..100).map(|_| honoured(Duration::ZERO)).collect();
+        assert!(zero.iter().all(|w| *w <= BUSY_JITTER_MIN));
+        // A backoff grown past the asked wait keeps its own, longer delay ceiling.
+        let mut grown = Backoff::default();
+        for _ in 0..10 {
+            grown.next_delay();
+        }
+        assert!(grown.next_delay_after(Some(Duration::from_secs(1))) >= Duration::from_secs(1));
+        assert!(Backoff::default().next_delay_after(None) <= BACKOFF_START);
     }
 
     #[test]

@@ -81,6 +81,8 @@ pub struct Inner {
     pub output_delay: Duration,
     /// Generation of the newest getTask; older ones stop parking.
     pub poll_generation: u64,
+    /// Host facts posted on the facts route, in order.
+    pub facts: Vec<crate::protocol::facts::HostFacts>,
 }
 
 impl Inner {
@@ -287,6 +289,13 @@ fn answer(state: &State, request: &Request) -> Reply {
         }
         wire::REPORT_TASK_PATH => report(state, &request.body),
         wire::OUTPUT_PATH => output(state, &request.body),
+        crate::protocol::facts::FACTS_PATH => match serde_json::from_slice(&request.body) {
+            Ok(facts) => {
+                state.update(|inner| inner.facts.push(facts));
+                envelope(CODE_OK, "facts stored", Value::Null)
+            }
+            Err(_) => refused("bad facts body"),
+        },
         _ => refused("no such path"),
     }
 }

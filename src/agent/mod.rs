@@ -13,6 +13,7 @@
 //! - [`config`]: `AgentConfig`, validated once from flags and environment; the `Secret` newtype.
 //! - [`state`]: the state directory and the generated secret kept in it.
 //! - [`journal`]: one durable JSON file per task: taken, ran, finished (the report), reported.
+//! - [`facts`]: the host's facts (OS, kernel, architecture, addresses, boot time) and when they changed.
 //! - `shared`: state shared by the threads: stop and grace, slots, the tasks running here.
 //! - `poll`: registration, the capacity-aware poll loop and the heartbeat.
 //! - `worker`: what happens to a delivered task: journal, ack, run, report; cancels; recovery.
@@ -44,6 +45,7 @@ pub mod backoff;
 pub mod capture;
 pub mod config;
 pub mod executor;
+pub mod facts;
 pub mod handler;
 pub mod journal;
 mod outbox;

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 
-use super::backoff::Backoff;
+use super::backoff::{Backoff, honoured};
 use super::config::AgentConfig;
+use super::facts::{FACTS_CHECK_EVERY, collect};
 use super::handler::TaskHandler;
 use super::journal::PRUNE_EVERY;
 use super::retry::is_unknown_agent;
@@ -22,6 +23,7 @@ use super::shared::{PollEvent, STOP_CHECK, Shared};
 use super::worker::{cancel_tasks, deliver, prune, recover};
 use crate::client::{ClientError, PollAnswer};
 use crate::protocol::RegisterRequest;
+use crate::protocol::facts::HostFacts;
 
 /// Delay before polling again when no poll thread could be started.
 const SPAWN_RETRY: Duration = Duration::from_secs(1);
@@ -177,9 +179,11 @@ impl Poller {
     }
 
     fn poll_failed(&mut self, e: &ClientError) {
-        let delay = self.server.next_delay();
+        let delay = self.server.next_delay_after(e.retry_after());
         let retry_in_ms = delay.as_millis() as u64;
-        if e.is_transient() {
+        if matches!(e, ClientError::Busy { .. }) {
+            warn!(error = %e, retry_in_ms, "server busy, polling again later");
+        } else if e.is_transient() {
             warn!(error = %e, retry_in_ms, "server unreachable, retrying");
         } else {
             warn!(error = %e, retry_in_ms, "server refused getTask, retrying");
@@ -197,7 +201,7 @@ fn server_is_back(backoff: &mut Backoff) {
 
 /// Registers, retrying with backoff; false if the agent stopped first.
 fn register(shared: &Shared) -> bool {
-    let request = register_request(&shared.config);
+    let request = register_request(&shared.config, shared.facts.for_register());
     let mut backoff = Backoff::default();
     while !shared.stopping() {
         match shared.client.register(&request, &shared.config.enrollment) {
@@ -207,9 +211,11 @@ fn register(shared: &Shared) -> bool {
                 return true;
             }
             Err(e) => {
-                let delay = backoff.next_delay();
+                let delay = backoff.next_delay_after(e.retry_after());
                 let retry_in_ms = delay.as_millis() as u64;
-                if e.is_transient() {
+                if matches!(e, ClientError::Busy { .. }) {
+                    warn!(error = %e, retry_in_ms, "server busy, registering later");
+                } else if e.is_transient() {
                     warn!(error = %e, retry_in_ms, "server unreachable, retrying");
                 } else {
                     warn!(error = %e, retry_in_ms, "registration refused, retrying");
@@ -221,32 +227,90 @@ fn register(shared: &Shared) -> bool {
     false
 }
 
-fn register_request(config: &AgentConfig) -> RegisterRequest {
+fn register_request(config: &AgentConfig, facts: HostFacts) -> RegisterRequest {
     RegisterRequest {
         app_id: config.app_id.clone(),
         secret: config.secret.expose().to_owned(),
         labels: config.labels.clone(),
         version: Some(env!("CARGO_PKG_VERSION").to_owned()),
         hostname: Some(config.hostname.clone()),
+        facts: Some(facts),
     }
 }
 
-/// The heartbeat: a ping every `config.heartbeat` until the agent stops. Connectivity problems
-/// are the poll loop's to report; an unknown app id asks it to register again.
+/// The heartbeat: a ping every `config.heartbeat` until the agent stops, and every
+/// [`FACTS_CHECK_EVERY`] the host's facts, sent again when they changed. Connectivity problems
+/// are the poll loop's to report; an unknown app id asks it to register again; a busy server is
+/// left alone for as long as it asked.
 pub fn heartbeat_loop(shared: Arc<Shared>) {
+    let mut facts_checked = Instant::now();
     loop {
         shared.sleep(shared.config.heartbeat);
         if shared.stopping() {
             return;
         }
-        match shared.client.ping() {
-            Ok(()) => debug!("heartbeat sent"),
+        let mut result = shared.client.ping().map(|()| debug!("heartbeat sent"));
+        if result.is_ok() && facts_checked.elapsed() >= FACTS_CHECK_EVERY {
+            facts_checked = Instant::now();
+            result = send_changed_facts(&shared);
+        }
+        match result {
+            Ok(()) => {}
             Err(e) if is_unknown_agent(&e) => {
                 warn!(error = %e, "heartbeat refused: server does not know this agent");
                 shared.request_register();
             }
+            Err(e) if e.retry_after().is_some() => {
+                debug!(error = %e, "heartbeat: server busy");
+                shared.sleep(e.retry_after().map(honoured).unwrap_or_default());
+            }
             Err(e) if e.is_transient() => debug!(error = %e, "heartbeat failed"),
             Err(e) => warn!(error = %e, "heartbeat refused"),
         }
+    }
+}
+
+/// Sends the host's facts when they differ from those sent last.
+fn send_changed_facts(shared: &Shared) -> Result<(), ClientError> {
+    let Some(facts) = shared.facts.changed(collect()) else { return Ok(()) };
+    shared.client.send_facts(&facts)?;
+    info!("host facts changed; sent again");
+    shared.facts.sent(facts);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::mpsc;
+
+    use super::*;
+    use crate::agent::fake_server::FakeServer;
+    use crate::agent::journal::Journal;
+    use crate::agent::tests::config;
+
+    #[test]
+    fn facts_go_with_register_and_again_only_when_they_changed() {
+        let server = FakeServer::start("facts-secret");
+        let state = tempfile::tempdir().expect("state dir");
+        let mut config = config(&server.url(), 1, state.path());
+        config.secret = crate::agent::Secret::new("facts-secret");
+        let journal = Journal::open(state.path()).expect("journal");
+        let (events, _receiver) = mpsc::channel();
+        let shared = Shared::new(config, journal, Arc::new(AtomicBool::new(false)), events);
+
+        assert!(register(&shared));
+        let sent = server.state.lock().registrations[0].facts.clone().expect("facts sent with register");
+        assert_eq!(sent, collect());
+        assert!(sent.kernel.is_some() && sent.arch.is_some(), "{sent:?}");
+
+        // Unchanged: nothing is sent.
+        send_changed_facts(&shared).expect("no call");
+        assert!(server.state.lock().facts.is_empty());
+        // Changed since they were sent: the current ones go, once.
+        shared.facts.sent(HostFacts { kernel: Some("older".into()), ..sent.clone() });
+        send_changed_facts(&shared).expect("facts sent");
+        send_changed_facts(&shared).expect("no call");
+        assert_eq!(server.state.lock().facts, [sent]);
     }
 }

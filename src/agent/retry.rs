@@ -54,7 +54,7 @@ pub fn until_done<T>(
         } else if let ClientError::Refused(reason) = e {
             return Sent::Refused(reason);
         }
-        let delay = backoff.next_delay();
+        let delay = backoff.next_delay_after(e.retry_after());
         warn!(error = %e, what, retry_in_ms = delay.as_millis() as u64, "call failed, retrying");
         if !shared.retry_sleep(delay) {
             error!(error = %e, what, "agent is stopping; giving up");

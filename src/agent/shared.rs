@@ -10,6 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::config::AgentConfig;
+use super::facts::FactsWatch;
 use super::handler::TaskControl;
 use super::journal::Journal;
 use super::outbox::Outbox;
@@ -47,6 +48,8 @@ pub struct Shared {
     pub tasks: Tasks,
     /// Wakes the poll loop.
     pub events: Sender<PollEvent>,
+    /// The host facts sent last.
+    pub facts: FactsWatch,
     stop: Arc<AtomicBool>,
     give_up_at: OnceLock<Instant>,
     need_register: AtomicBool,
@@ -71,6 +74,7 @@ impl Shared {
             slots,
             tasks: Tasks::default(),
             events,
+            facts: FactsWatch::default(),
             stop,
             give_up_at: OnceLock::new(),
             need_register: AtomicBool::new(true),

@@ -9,8 +9,9 @@ use argh::FromArgs;
 
 use super::operator::{AdminToken, OperatorConfig, OperatorFlags, encode};
 use super::output::{self, Printed};
+use crate::agent::config::parse_labels;
 use crate::client::ADMIN_TIMEOUT;
-use crate::protocol::admin::{self, AgentList, AgentView};
+use crate::protocol::admin::{self, AgentFilter, AgentList, AgentView};
 use crate::protocol::wire;
 
 /// List the agents the server knows, sorted by app id; accept or forget one.
@@ -19,6 +20,7 @@ use crate::protocol::wire;
     subcommand,
     name = "agents",
     example = "orange agents --online",
+    example = "orange agents --label role=web --label env=prod --online",
     example = "orange agents --pending",
     example = "orange agents accept web-7",
     example = "orange agents forget web-7",
@@ -26,7 +28,10 @@ use crate::protocol::wire;
     note = "STATUS is `accepted` (takes tasks), `pending` (enrolled without a credential; waits for \
             `orange agents accept ID`) or `forgotten` (its secret was dropped; the app id may enroll \
             again). An agent is online when it was seen within the last 90 seconds or is holding a \
-            long poll now. --online and --pending both apply when both are given. Times are shown \
+            long poll now. --label k=v keeps agents carrying that label (repeatable: all must \
+            match); --label, --online and --pending all apply when given together. UPTIME is \
+            shown for online agents that reported their boot time; --json has every fact (os_name, \
+            os_version, kernel, arch, ips, boot_time, uptime_secs under `facts`). Times are shown \
             in UTC to the second. Connection options: --server (else ORANGE_SERVER, else \
             http://127.0.0.1:8890); the admin token from --token, else ORANGE_TOKEN, else --data \
             DIR/admin.token. They may also follow `accept ID` or `forget ID`."
@@ -41,6 +46,9 @@ pub struct AgentsArgs {
     /// only agents that wait for an operator to accept them
     #[argh(switch)]
     pub pending: bool,
+    /// only agents with this label, k=v (repeatable; all must match)
+    #[argh(option)]
+    pub label: Vec<String>,
     /// server URL (default: ORANGE_SERVER, else http://127.0.0.1:8890)
     #[argh(option)]
     pub server: Option<String>,
@@ -140,10 +148,11 @@ pub fn run(args: AgentsArgs) -> Result<i32> {
 fn execute(args: AgentsArgs) -> Result<Printed> {
     let flags = OperatorFlags { server: args.server, token: args.token, data: args.data, json: args.json };
     let Some(command) = args.command else {
-        return list(&OperatorConfig::from_flags(flags)?, args.online, args.pending);
+        let filter = AgentFilter { labels: parse_labels(&args.label)?, online: args.online };
+        return list(&OperatorConfig::from_flags(flags)?, &filter, args.pending);
     };
-    if args.online || args.pending {
-        bail!("--online and --pending filter the list; they do not go with accept or forget");
+    if args.online || args.pending || !args.label.is_empty() {
+        bail!("--label, --online and --pending filter the list; they do not go with accept or forget");
     }
     match command {
         AgentsCommand::Accept(a) => {
@@ -167,11 +176,28 @@ fn merge(own: OperatorFlags, outer: OperatorFlags) -> OperatorFlags {
     }
 }
 
-/// `GET /api/v1/agents`, filtered here.
-fn list(config: &OperatorConfig, online: bool, pending: bool) -> Result<Printed> {
-    let mut list: AgentList = config.api(ADMIN_TIMEOUT).get(admin::AGENTS_PATH)?;
-    list.agents.retain(|agent| (!online || agent.online) && (!pending || agent.status == "pending"));
+/// `GET /api/v1/agents` filtered by the server (labels, online), and here again, so that a server
+/// that predates the filters still gives the right list; `pending` is filtered here.
+fn list(config: &OperatorConfig, filter: &AgentFilter, pending: bool) -> Result<Printed> {
+    let mut list: AgentList = config.api(ADMIN_TIMEOUT).get(&list_path(filter))?;
+    list.agents.retain(|agent| filter.matches(agent) && (!pending || agent.status == "pending"));
     Printed::json_or(config.json, &list, |list| output::agents_table(&list.agents))
+}
+
+/// The agents path with the filter as query parameters.
+fn list_path(filter: &AgentFilter) -> String {
+    let mut pairs: Vec<String> = filter
+        .labels
+        .iter()
+        .map(|(key, value)| format!("{}={}", admin::QUERY_LABEL, encode(&format!("{key}={value}"))))
+        .collect();
+    if filter.online {
+        pairs.push(format!("{}=true", admin::QUERY_ONLINE));
+    }
+    if pairs.is_empty() {
+        return admin::AGENTS_PATH.to_owned();
+    }
+    format!("{}?{}", admin::AGENTS_PATH, pairs.join("&"))
 }
 
 /// `POST` to the path `path_of` gives for the agent `id` (accept or forget).
@@ -201,6 +227,7 @@ mod tests {
             hostname: None,
             processed_task_count: 0,
             status: status.into(),
+            facts: None,
         }
     }
 
@@ -240,7 +267,7 @@ mod tests {
         let args = parse(&["--pending", "accept", "w1", "--token", "t"]).unwrap();
         assert_eq!(
             execute(args).unwrap_err().to_string(),
-            "--online and --pending filter the list; they do not go with accept or forget"
+            "--label, --online and --pending filter the list; they do not go with accept or forget"
         );
     }
 
@@ -267,9 +294,9 @@ mod tests {
         assert_eq!(
             printed,
             Printed::out(
-                "APP ID  STATUS   ONLINE  LAST SEEN             VERSION  HOSTNAME  LABELS\n\
-                 w2      pending  yes     2024-05-01T10:00:00Z  -        -         -\n\
-                 w3      pending  no      2024-05-01T10:00:00Z  -        -         -\n"
+                "APP ID  STATUS   ONLINE  LAST SEEN             UPTIME  HOSTNAME  OS  KERNEL  ARCH  IPS  VERSION  LABELS\n\
+                 w2      pending  yes     2024-05-01T10:00:00Z  -       -         -   -       -     -    -        -\n\
+                 w3      pending  no      2024-05-01T10:00:00Z  -       -         -   -       -     -    -        -\n"
                     .into()
             )
         );
@@ -278,6 +305,26 @@ mod tests {
         assert_eq!(json.agents, vec![agent("w2", "pending", true)]);
         let seen = api.seen();
         assert_eq!((seen[0].method.as_str(), seen[0].target.as_str()), ("GET", "/api/v1/agents"));
+    }
+
+    #[test]
+    fn labels_and_online_go_to_the_server_and_are_applied_again_here() {
+        let mut web = agent("w1", "accepted", true);
+        web.labels = [("role".to_owned(), "web".to_owned()), ("env".to_owned(), "prod".to_owned())].into();
+        let mut db = agent("w2", "accepted", true);
+        db.labels = [("role".to_owned(), "db".to_owned())].into();
+        // A server that predates the filters answers every agent.
+        let all = AgentList { agents: vec![web.clone(), db, agent("w3", "accepted", false)] };
+        let api = FakeApi::serve(vec![FakeApi::ok(&all)]);
+        let argv = [
+            "--label", "role=web", "--label", "env=prod", "--online", "--json", "--server", &api.url,
+            "--token", "t",
+        ];
+        let json: AgentList = serde_json::from_str(&execute(parse(&argv).unwrap()).unwrap().stdout).unwrap();
+        assert_eq!(json.agents, vec![web]);
+        assert_eq!(api.seen()[0].target, "/api/v1/agents?label=env%3Dprod&label=role%3Dweb&online=true");
+        let bad = parse(&["--label", "role", "--server", &api.url, "--token", "t"]).unwrap();
+        assert_eq!(format!("{:#}", execute(bad).unwrap_err()), "--label \"role\" is not k=v");
     }
 
     #[test]

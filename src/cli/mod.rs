@@ -121,6 +121,13 @@ pub struct ServerArgs {
     /// most output kept per task in MiB, head and tail (default 16)
     #[argh(option, default = "16")]
     pub output_cap_mb: u64,
+    /// most agent requests handled at once, parked long polls not counted; past it agents are
+    /// told to retry later with HTTP 429 (default 256)
+    #[argh(option, default = "256")]
+    pub max_inflight: usize,
+    /// seconds an overloaded server tells agents to wait, spread up to twice that (default 2)
+    #[argh(option, default = "2")]
+    pub retry_after: u64,
 }
 
 /// Run an agent: register with the server, poll for tasks, run them and report.
@@ -229,10 +236,16 @@ fn server_config(args: ServerArgs) -> Result<ServerConfig> {
         ("--ttl", args.ttl),
         ("--retention", args.retention),
         ("--output-cap-mb", args.output_cap_mb),
+        ("--max-inflight", args.max_inflight as u64),
+        ("--retry-after", args.retry_after),
     ] {
         if value == 0 {
             bail!("{flag} must be at least 1");
         }
+    }
+    let most = crate::protocol::busy::MAX_RETRY_AFTER.as_secs();
+    if args.retry_after > most {
+        bail!("--retry-after {} must be at most {most} seconds", args.retry_after);
     }
     let enroll_key = match (&args.enroll_key, &args.enroll_key_file) {
         (Some(_), Some(_)) => bail!("give --enroll-key or --enroll-key-file, not both"),
@@ -257,6 +270,8 @@ fn server_config(args: ServerArgs) -> Result<ServerConfig> {
         retention: Duration::from_secs(args.retention),
         output_cap_bytes: args.output_cap_mb.saturating_mul(1024 * 1024),
         sweep_interval: Duration::from_secs(1),
+        max_inflight: args.max_inflight,
+        retry_after_secs: args.retry_after,
         tls: match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => Some(crate::server::TlsFiles { cert, key }),
             (None, None) => None,

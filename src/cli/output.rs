@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::protocol::TaskStatus;
 use crate::protocol::admin::{AgentView, AuditEntry, OutputChunkView, TaskView, TokenView};
+use crate::protocol::facts::HostFacts;
 
 /// Placeholder for a value that is absent.
 const NONE: &str = "-";
@@ -101,20 +102,76 @@ pub fn short_time(rfc3339: &str) -> String {
     }
 }
 
-/// The `orange agents` table.
+/// The `orange agents` table: status, host facts (uptime only while online), labels.
 pub fn agents_table(agents: &[AgentView]) -> String {
     let rows = agents.iter().map(|agent| {
+        let facts = agent.facts.as_ref().map(|f| &f.facts);
+        let fact = |get: fn(&HostFacts) -> Option<&String>| {
+            facts.and_then(get).map_or(NONE, |v| v.as_str()).to_owned()
+        };
         vec![
             agent.app_id.clone(),
             agent.status.clone(),
             if agent.online { "yes" } else { "no" }.to_owned(),
             short_time(&agent.last_seen),
-            agent.version.clone().unwrap_or_else(|| NONE.to_owned()),
+            agent
+                .facts
+                .as_ref()
+                .and_then(|f| f.uptime_secs)
+                .filter(|_| agent.online)
+                .map_or_else(|| NONE.to_owned(), uptime),
             agent.hostname.clone().unwrap_or_else(|| NONE.to_owned()),
+            facts.map_or_else(|| NONE.to_owned(), os),
+            fact(|f| f.kernel.as_ref()),
+            fact(|f| f.arch.as_ref()),
+            facts.map_or_else(|| NONE.to_owned(), |f| ips(&f.ips)),
+            agent.version.clone().unwrap_or_else(|| NONE.to_owned()),
             labels(agent),
         ]
     });
-    table(&["APP ID", "STATUS", "ONLINE", "LAST SEEN", "VERSION", "HOSTNAME", "LABELS"], rows.collect())
+    let head = [
+        "APP ID",
+        "STATUS",
+        "ONLINE",
+        "LAST SEEN",
+        "UPTIME",
+        "HOSTNAME",
+        "OS",
+        "KERNEL",
+        "ARCH",
+        "IPS",
+        "VERSION",
+        "LABELS",
+    ];
+    table(&head, rows.collect())
+}
+
+/// OS name and version, e.g. `Debian GNU/Linux 12`.
+fn os(facts: &HostFacts) -> String {
+    let parts: Vec<&str> =
+        [&facts.os_name, &facts.os_version].into_iter().flatten().map(String::as_str).collect();
+    if parts.is_empty() { NONE.to_owned() } else { parts.join(" ") }
+}
+
+/// At most two addresses, then how many more.
+fn ips(ips: &[String]) -> String {
+    match ips {
+        [] => NONE.to_owned(),
+        [one] => one.clone(),
+        [a, b] => format!("{a},{b}"),
+        [a, b, rest @ ..] => format!("{a},{b},+{}", rest.len()),
+    }
+}
+
+/// Seconds as the two largest units: `3d4h`, `5h12m`, `7m3s`, `42s`.
+pub fn uptime(secs: u64) -> String {
+    let (days, hours, minutes, seconds) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (days, hours, minutes) {
+        (0, 0, 0) => format!("{seconds}s"),
+        (0, 0, _) => format!("{minutes}m{seconds}s"),
+        (0, _, _) => format!("{hours}h{minutes}m"),
+        _ => format!("{days}d{hours}h"),
+    }
 }
 
 /// The one line of `orange agents accept` and `forget`: where the agent stands now.
@@ -345,6 +402,7 @@ pub(super) mod tests {
             hostname: Some(format!("{app_id}.example.net")),
             processed_task_count: 3,
             status: if online { "accepted" } else { "pending" }.into(),
+            facts: None,
         }
     }
 
@@ -356,9 +414,40 @@ pub(super) mod tests {
         ];
         assert_eq!(
             agents_table(&agents),
-            "APP ID         STATUS    ONLINE  LAST SEEN             VERSION  HOSTNAME                   LABELS\n\
-             db-1           pending   no      2024-05-01T08:00:00Z  -        db-1.example.net           -\n\
-             web-long-name  accepted  yes     2024-05-01T08:00:00Z  0.1.0    web-long-name.example.net  env=prod,role=web\n"
+            "APP ID         STATUS    ONLINE  LAST SEEN             UPTIME  HOSTNAME                   OS  KERNEL  ARCH  IPS  VERSION  LABELS\n\
+             db-1           pending   no      2024-05-01T08:00:00Z  -       db-1.example.net           -   -       -     -    -        -\n\
+             web-long-name  accepted  yes     2024-05-01T08:00:00Z  -       web-long-name.example.net  -   -       -     -    0.1.0    env=prod,role=web\n"
+        );
+    }
+
+    #[test]
+    fn agents_table_shows_the_facts() {
+        let mut web = agent("web-1", true, Some("0.1.0"), &[("role", "web")]);
+        let facts = HostFacts {
+            os_name: Some("Debian GNU/Linux".into()),
+            os_version: Some("12".into()),
+            kernel: Some("6.1.0".into()),
+            arch: Some("x86_64".into()),
+            ips: vec!["10.0.0.5".into(), "10.0.1.5".into(), "fe80::1".into()],
+            ..HostFacts::default()
+        };
+        web.facts = Some(crate::protocol::facts::FactsView {
+            facts,
+            uptime_secs: Some(3 * 86_400 + 4 * 3600 + 5),
+            updated_at: "t".into(),
+        });
+        let mut gone = web.clone();
+        gone.app_id = "web-2".into();
+        gone.online = false;
+        assert_eq!(
+            agents_table(&[web, gone]),
+            "APP ID  STATUS    ONLINE  LAST SEEN             UPTIME  HOSTNAME           OS                   KERNEL  ARCH    IPS                   VERSION  LABELS\n\
+             web-1   accepted  yes     2024-05-01T08:00:00Z  3d4h    web-1.example.net  Debian GNU/Linux 12  6.1.0   x86_64  10.0.0.5,10.0.1.5,+1  0.1.0    role=web\n\
+             web-2   accepted  no      2024-05-01T08:00:00Z  -       web-1.example.net  Debian GNU/Linux 12  6.1.0   x86_64  10.0.0.5,10.0.1.5,+1  0.1.0    role=web\n"
+        );
+        assert_eq!(
+            [uptime(42), uptime(423), uptime(3 * 3600 + 120), uptime(86_400)],
+            ["42s", "7m3s", "3h2m", "1d0h"]
         );
     }
 

@@ -166,6 +166,10 @@ pub struct AgentView {
     /// servers that predate enrollment send none, which reads as `accepted`.
     #[serde(default = "accepted")]
     pub status: String,
+    /// What the agent said about its host (OS, kernel, addresses, uptime); `null` for original
+    /// clients and servers that predate facts.
+    #[serde(default)]
+    pub facts: Option<super::facts::FactsView>,
 }
 
 fn accepted() -> String {
@@ -280,4 +284,71 @@ pub fn revoke_path(token_id: &str) -> String {
 /// `GET` path of one agent.
 pub fn agent_path(app_id: &str) -> String {
     format!("{AGENTS_PATH}/{app_id}")
+}
+
+/// Query key of `GET /api/v1/agents` keeping only agents with this label (`k=v`); repeatable, all
+/// must match.
+pub const QUERY_LABEL: &str = "label";
+/// Query key of `GET /api/v1/agents` keeping only online agents (`true`).
+pub const QUERY_ONLINE: &str = "online";
+
+/// Which agents `GET /api/v1/agents` lists: those carrying every label and, when `online`, only
+/// those seen within [`ONLINE_WINDOW_SECS`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentFilter {
+    /// Labels that must all be present with these values.
+    pub labels: BTreeMap<String, String>,
+    /// Only online agents.
+    pub online: bool,
+}
+
+impl AgentFilter {
+    /// True when `agent` passes the filter.
+    pub fn matches(&self, agent: &AgentView) -> bool {
+        (!self.online || agent.online)
+            && self.labels.iter().all(|(key, value)| agent.labels.get(key) == Some(value))
+    }
+
+    /// Reads the filter from query pairs; the error names the bad pair.
+    pub fn from_pairs(pairs: &[(String, String)]) -> Result<Self, String> {
+        let mut filter = AgentFilter::default();
+        for (key, value) in pairs {
+            match key.as_str() {
+                QUERY_LABEL => {
+                    let Some((k, v)) = value.split_once('=') else {
+                        return Err(format!("label {:?} is not k=v", super::wire::shown(value)));
+                    };
+                    if k.is_empty()
+                        || k.len() > super::wire::MAX_FIELD_LEN
+                        || v.len() > super::wire::MAX_FIELD_LEN
+                    {
+                        return Err(format!(
+                            "label {:?}: key and value must be 1 to {} bytes",
+                            super::wire::shown(value),
+                            super::wire::MAX_FIELD_LEN
+                        ));
+                    }
+                    filter.labels.insert(k.to_owned(), v.to_owned());
+                }
+                QUERY_ONLINE => filter.online = parse_bool(value)?,
+                other => return Err(format!("unknown query parameter {:?}", super::wire::shown(other))),
+            }
+        }
+        if filter.labels.len() > super::wire::MAX_LABELS {
+            return Err(format!(
+                "{} label filters; the limit is {}",
+                filter.labels.len(),
+                super::wire::MAX_LABELS
+            ));
+        }
+        Ok(filter)
+    }
+}
+
+fn parse_bool(value: &str) -> Result<bool, String> {
+    match value {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        other => Err(format!("online={:?} must be true or false", super::wire::shown(other))),
+    }
 }

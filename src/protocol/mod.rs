@@ -3,6 +3,8 @@
 //! async server and the blocking agent use exactly the same definitions.
 
 pub mod admin;
+pub mod busy;
+pub mod facts;
 pub mod jobs;
 pub mod sign;
 pub mod task;

@@ -177,6 +177,9 @@ pub struct RegisterRequest {
     /// Host name of the agent's machine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    /// Facts about the agent's host (orange addition; see [`super::facts`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facts: Option<super::facts::HostFacts>,
 }
 
 /// The client record `register` answers with, as the original shapes it (`secret` masked).

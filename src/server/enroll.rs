@@ -7,8 +7,9 @@
 use sha2::{Digest, Sha256};
 
 use super::fleet::{Fleet, FleetError, now_ms, rfc3339};
-use super::store::{AgentRecord, AgentStatus, AuditRecord, TokenRecord, secs_to_ms};
+use super::store::{AgentRecord, AgentStatus, AuditRecord, FactsRecord, TokenRecord, secs_to_ms};
 use crate::protocol::admin::{AuditEntry, TokenView};
+use crate::protocol::facts::check_facts;
 use crate::protocol::wire::{self, RegisterRequest};
 
 /// Most agents that may wait for acceptance at once.
@@ -38,10 +39,11 @@ impl Fleet {
     /// refreshes a known one registering with the same secret, refuses a different secret.
     pub async fn register(
         &self,
-        request: RegisterRequest,
+        mut request: RegisterRequest,
         credential: Credential,
     ) -> Result<AgentRecord, FleetError> {
         self.check_secret(&request)?;
+        let facts = request.facts.take();
         // A pending record proves nothing about who made it: a credential replaces it, so a
         // stranger cannot squat an app id before its real host enrolls.
         let replaceable = |a: &AgentRecord| {
@@ -63,6 +65,11 @@ impl Fleet {
         let status = self.status_after(old.as_ref().map(|a| a.status), &credential)?;
         let record = agent_record(request, old.as_ref(), status);
         self.store.put_agent(&record)?;
+        // A client that sends no facts (an original one) leaves none from an earlier agent shown.
+        match facts {
+            Some(facts) => self.store.put_facts(&record.app_id, &FactsRecord::new(facts, now_ms()))?,
+            None => self.store.remove_facts(&record.app_id)?,
+        }
         if is_new || old.as_ref().map(|a| a.status) != Some(status) {
             self.record_enrollment(&record, &credential)?;
         }
@@ -73,6 +80,9 @@ impl Fleet {
     fn check_secret(&self, request: &RegisterRequest) -> Result<(), FleetError> {
         wire::check_app_id(&request.app_id).map_err(FleetError::BadRequest)?;
         wire::check_register_fields(request).map_err(FleetError::BadRequest)?;
+        if let Some(facts) = &request.facts {
+            check_facts(facts, now_ms() / 1000).map_err(FleetError::BadRequest)?;
+        }
         if request.secret.is_empty() || request.secret.len() > wire::MAX_SECRET_LEN {
             return Err(FleetError::BadRequest(format!(
                 "secret must be 1 to {} bytes",

@@ -503,6 +503,7 @@ pub fn agent_view(agent: &AgentRecord, now_ms: i64) -> AgentView {
         hostname: agent.hostname.clone(),
         processed_task_count: agent.processed_task_count,
         status: agent.status.as_str().to_owned(),
+        facts: None,
     }
 }
 

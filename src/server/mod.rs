@@ -8,6 +8,7 @@ pub mod enroll;
 pub mod fleet;
 pub mod guard;
 pub mod http;
+pub mod inventory;
 pub mod store;
 
 use std::io::Write;
@@ -50,6 +51,11 @@ pub struct ServerConfig {
     pub sweep_interval: Duration,
     /// Certificate chain and private key (PEM files) to serve HTTPS with.
     pub tls: Option<TlsFiles>,
+    /// Most agent requests handled at once (parked long polls not counted); past it agents are
+    /// told to come back later (HTTP 429 with Retry-After).
+    pub max_inflight: usize,
+    /// Base of the Retry-After answered past `max_inflight`: values are spread up to twice it.
+    pub retry_after_secs: u64,
 }
 
 /// The PEM files of the server's TLS identity.
@@ -76,6 +82,8 @@ impl std::fmt::Debug for ServerConfig {
             .field("lost_grace", &self.lost_grace)
             .field("retention", &self.retention)
             .field("output_cap_bytes", &self.output_cap_bytes)
+            .field("max_inflight", &self.max_inflight)
+            .field("retry_after_secs", &self.retry_after_secs)
             .finish_non_exhaustive()
     }
 }

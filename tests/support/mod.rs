@@ -150,6 +150,8 @@ pub struct ServerOpts {
     /// `--enroll-key`; without it the original's public key [`BASE_SECRET`], so that original
     /// clients and simulated agents enroll as they do against the original server.
     pub enroll_key: Option<String>,
+    /// Further flags, passed as given (e.g. `--max-inflight 1`).
+    pub extra_args: Vec<String>,
 }
 
 impl ServerOpts {
@@ -243,6 +245,7 @@ impl Server {
             }
         }
         cmd.arg("--enroll-key").arg(self.opts.enroll_key.as_deref().unwrap_or(BASE_SECRET));
+        cmd.args(&self.opts.extra_args);
         clean_env(&mut cmd);
         self.command = show_command(&cmd);
         let log = log_file(&self.stderr_path(), &format!("start #{}: {}", self.starts, self.command));

@@ -59,7 +59,8 @@ impl Fixture {
     }
 }
 
-fn config(server: &str, max_tasks: usize, state: &Path) -> AgentConfig {
+/// A config for an agent `w1` against the fake server at `server`, with its state in `state`.
+pub(crate) fn config(server: &str, max_tasks: usize, state: &Path) -> AgentConfig {
     AgentConfig {
         server: server.to_owned(),
         app_id: "w1".into(),

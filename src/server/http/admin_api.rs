@@ -26,11 +26,11 @@ use super::AppState;
 use super::admin_enroll::actor;
 use crate::protocol::TaskId;
 use crate::protocol::admin::{
-    AGENTS_PATH, AgentList, ApiError, CancelRequest, EnqueueReply, EnqueueRequest, MAX_LIST_LIMIT,
-    MAX_WAIT_SECS, OutputPage, TASKS_PATH, TaskList, TaskView,
+    AGENTS_PATH, AgentFilter, AgentList, ApiError, CancelRequest, EnqueueReply, EnqueueRequest,
+    MAX_LIST_LIMIT, MAX_WAIT_SECS, OutputPage, TASKS_PATH, TaskList, TaskView,
 };
 use crate::protocol::wire::shown;
-use crate::server::fleet::{FleetError, agent_view, now_ms};
+use crate::server::fleet::FleetError;
 use crate::server::guard::FailureLimiter;
 use crate::server::store::StoreError;
 
@@ -267,10 +267,13 @@ async fn task_output(
     Ok(Json(fleet.output_page(id, query.after.unwrap_or(0), wait).await?))
 }
 
-async fn list_agents(State(fleet): State<AppState>) -> ApiResult<Json<AgentList>> {
-    let now = now_ms();
-    let agents = fleet.store.agents()?.iter().map(|a| agent_view(a, now)).collect();
-    Ok(Json(AgentList { agents }))
+async fn list_agents(
+    State(fleet): State<AppState>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> ApiResult<Json<AgentList>> {
+    let Query(pairs) = query.map_err(bad_query)?;
+    let filter = AgentFilter::from_pairs(&pairs).map_err(|m| ApiFailure(StatusCode::BAD_REQUEST, m))?;
+    Ok(Json(AgentList { agents: fleet.agent_views(&filter)? }))
 }
 
 async fn get_agent(
@@ -282,5 +285,5 @@ async fn get_agent(
         .store
         .agent(&app_id)?
         .ok_or_else(|| ApiFailure(StatusCode::NOT_FOUND, format!("unknown agent {:?}", shown(&app_id))))?;
-    Ok(Json(agent_view(&agent, now_ms())).into_response())
+    Ok(Json(fleet.full_agent_view(&agent)?).into_response())
 }

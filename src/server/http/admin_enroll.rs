@@ -17,7 +17,6 @@ use crate::protocol::admin::{
     AGENTS_PATH, AUDIT_PATH, AgentView, AuditList, MAX_LIST_LIMIT, TOKENS_PATH, TokenList, TokenRequest,
     TokenView,
 };
-use crate::server::fleet::{agent_view, now_ms};
 use crate::server::store::AgentStatus;
 
 /// The enrollment and audit routes.
@@ -43,7 +42,7 @@ async fn set_status(
 ) -> ApiResult<Json<AgentView>> {
     let Path(app_id) = path.map_err(bad_path)?;
     let agent = fleet.set_status(&actor(peer), &app_id, status).await?;
-    Ok(Json(agent_view(&agent, now_ms())))
+    Ok(Json(fleet.full_agent_view(&agent)?))
 }
 
 async fn accept(

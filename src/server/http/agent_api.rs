@@ -3,7 +3,7 @@
 //! server fault answers code 2 so that an original client (which exits on code 1) keeps polling.
 //! The body is read under a size limit and its signature verified before it is parsed.
 
-use axum::Json;
+use axum::{Extension, Json};
 use std::net::SocketAddr;
 
 use axum::body::Body;
@@ -16,6 +16,8 @@ use tracing::{debug, info, warn};
 
 use super::AppState;
 use super::agent_auth::{Refusal, RefusalKind, agent_call, registration};
+use super::busy::BusyPermit;
+use crate::protocol::facts::{FACTS_PATH, HostFacts};
 use crate::protocol::wire::{
     self, CODE_ERROR, CODE_NO_TASK, Envelope, OutputAck, OutputChunk, PollControl, RegisterReply,
     ReportRequest, shown,
@@ -31,6 +33,7 @@ pub fn routes() -> axum::Router<AppState> {
         .route(wire::GET_TASK_PATH, post(get_task))
         .route(wire::REPORT_TASK_PATH, post(report_task))
         .route(wire::OUTPUT_PATH, post(output))
+        .route(FACTS_PATH, post(facts))
         .method_not_allowed_fallback(|| async {
             (axum::http::StatusCode::METHOD_NOT_ALLOWED, refuse("agent endpoints accept only POST"))
         })
@@ -120,6 +123,7 @@ async fn ping(
 async fn get_task(
     State(state): State<AppState>,
     ConnectInfo(peer): Peer,
+    Extension(place): Extension<BusyPermit>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -133,6 +137,8 @@ async fn get_task(
         }
         Err(refusal) => return refused("getTask", refusal.message),
     };
+    // A parked poll is not load: its place goes back before it parks.
+    place.release();
     if agent.status == AgentStatus::Pending {
         state.wait_for_acceptance(&agent.app_id).await;
         let message = format!(
@@ -229,5 +235,29 @@ async fn report_task(
         }
         Err(FleetError::Store(e)) => unavailable("reportTask", format!("server error, retry later: {e}")),
         Err(e) => refused("reportTask", e.to_string()),
+    }
+}
+
+async fn facts(
+    State(state): State<AppState>,
+    ConnectInfo(peer): Peer,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let (agent, body) = match agent_call(&state, peer.ip(), FACTS_PATH, &headers, body).await {
+        Ok(ok) => ok,
+        Err(refusal) => return answer_refusal("facts", refusal),
+    };
+    let facts: HostFacts = match serde_json::from_slice(&body) {
+        Ok(facts) => facts,
+        Err(e) => return refused("facts", format!("malformed JSON: {e}")),
+    };
+    match state.update_facts(&agent.app_id, facts).await {
+        Ok(()) => {
+            info!(agent = %agent.app_id, "facts updated");
+            reply(Envelope::<()>::empty(wire::CODE_OK, "facts stored"))
+        }
+        Err(FleetError::Store(e)) => unavailable("facts", format!("server error, retry later: {e}")),
+        Err(e) => refused("facts", e.to_string()),
     }
 }

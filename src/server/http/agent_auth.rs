@@ -91,10 +91,19 @@ fn signed_headers(headers: &HeaderMap) -> Result<Signed, Refusal> {
     Ok(Signed { app_id, time, sign, nonce })
 }
 
+/// How long a request's body may take to arrive: a client trickling its body would otherwise
+/// hold one of the places the overload limit counts.
+const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 async fn read_body(body: Body) -> Result<Bytes, Refusal> {
-    axum::body::to_bytes(body, wire::MAX_AGENT_BODY).await.map_err(|_| {
-        format!("request body is larger than {} bytes or was cut off", wire::MAX_AGENT_BODY).into()
-    })
+    let read = tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, wire::MAX_AGENT_BODY));
+    match read.await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => {
+            Err(format!("request body is larger than {} bytes or was cut off", wire::MAX_AGENT_BODY).into())
+        }
+        Err(_) => Err(format!("request body did not arrive within {} s", BODY_READ_TIMEOUT.as_secs()).into()),
+    }
 }
 
 /// Reads the body and checks the time, the signature against `key`, and that the request is

@@ -6,6 +6,7 @@ mod admin_api;
 mod admin_enroll;
 mod agent_api;
 mod agent_auth;
+mod busy;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -31,7 +32,11 @@ pub type AppState = Arc<Fleet>;
 
 /// The whole router.
 pub fn router(fleet: AppState, admin_token: &str) -> Router {
-    Router::new().merge(agent_api::routes()).merge(admin_api::routes(admin_token)).with_state(fleet)
+    let limiter = busy::Limiter::new(fleet.config.max_inflight, fleet.config.retry_after_secs);
+    let agent_routes = agent_api::routes().layer(axum::middleware::from_fn(move |request, next| {
+        busy::limit(Arc::clone(&limiter), request, next)
+    }));
+    Router::new().merge(agent_routes).merge(admin_api::routes(admin_token)).with_state(fleet)
 }
 
 /// How long a client may take to send a request's headers (against slow-loris connections).

@@ -16,10 +16,12 @@
 //! - `tokens`:    token id → [`TokenRecord`]
 //! - `audit`:     time (i64 BE ms), sequence (u64 BE) → [`AuditRecord`], kept past task retention
 //! - `seen`:      signing time (i64 BE s), request digest (u64) → empty: signed requests used
+//! - `facts`:     app id → [`FactsRecord`]: what each agent said about its host
 //!
 //! Writes are applied in memory first; [`Store::durable`] returns once they are on stable storage.
 
 mod admin;
+mod facts;
 mod output;
 mod records;
 mod seen;
@@ -35,6 +37,7 @@ use sled::transaction::TransactionError;
 use thiserror::Error;
 
 pub use admin::TokenError;
+pub use facts::FactsRecord;
 pub use output::{Chunk, ChunkAck};
 pub use records::{
     AgentRecord, AgentStatus, AuditRecord, Outcome, OutputState, Policy, Stream, TaskRecord, TaskSpec,
@@ -124,6 +127,7 @@ pub struct Store {
     seen: sled::Tree,
     tokens: sled::Tree,
     audit: sled::Tree,
+    facts: sled::Tree,
     policy: Policy,
     committer: Committer,
 }
@@ -162,6 +166,7 @@ impl Store {
             seen: db.open_tree("seen")?,
             tokens: db.open_tree("tokens")?,
             audit: db.open_tree("audit")?,
+            facts: db.open_tree("facts")?,
             db,
             policy,
             committer,

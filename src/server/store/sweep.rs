@@ -125,6 +125,7 @@ impl Store {
             let queued = self.queue.scan_prefix(super::tx::agent_prefix(&agent.app_id)).next().is_some();
             if agent.last_seen_ms < cutoff_ms && !queued {
                 self.agents.remove(agent.app_id.as_bytes())?;
+                self.remove_facts(&agent.app_id)?;
                 forgotten.push(agent.app_id);
             }
         }

@@ -1,0 +1,70 @@
+//! The fleet's inventory: storing the host facts agents send, and the agent list operators read,
+//! with each agent's facts and uptime, filtered by labels and by being online.
+
+use super::fleet::{Fleet, FleetError, agent_view, now_ms, rfc3339};
+use super::store::{AgentRecord, FactsRecord, StoreError};
+use crate::protocol::admin::{AgentFilter, AgentView};
+use crate::protocol::facts::{FactsView, HostFacts, check_facts};
+
+impl Fleet {
+    /// Replaces the facts of agent `app_id` (already authenticated) once they pass their limits;
+    /// returns once they are on stable storage. Refused facts store nothing.
+    pub async fn update_facts(&self, app_id: &str, facts: HostFacts) -> Result<(), FleetError> {
+        let now = now_ms();
+        check_facts(&facts, now / 1000).map_err(FleetError::BadRequest)?;
+        self.store.put_facts(app_id, &FactsRecord::new(facts, now))?;
+        self.store.durable().await?;
+        Ok(())
+    }
+
+    /// Every agent that passes `filter`, sorted by app id, with its facts.
+    pub fn agent_views(&self, filter: &AgentFilter) -> Result<Vec<AgentView>, StoreError> {
+        let now = now_ms();
+        let mut facts = self.store.all_facts()?;
+        let agents = self.store.agents()?;
+        let views = agents.iter().map(|agent| agent_view(agent, now)).filter(|v| filter.matches(v));
+        Ok(views
+            .map(|view| {
+                let record = facts.remove(&view.app_id);
+                with_facts(view, record, now)
+            })
+            .collect())
+    }
+
+    /// One agent as the operator sees it, with its facts.
+    pub fn full_agent_view(&self, agent: &AgentRecord) -> Result<AgentView, StoreError> {
+        let now = now_ms();
+        Ok(with_facts(agent_view(agent, now), self.store.facts(&agent.app_id)?, now))
+    }
+}
+
+/// `view` with `facts` shown; the host name the facts carry is newer than the registration's.
+fn with_facts(mut view: AgentView, facts: Option<FactsRecord>, now_ms: i64) -> AgentView {
+    let Some(record) = facts else { return view };
+    if record.hostname.is_some() {
+        view.hostname.clone_from(&record.hostname);
+    }
+    view.facts = Some(facts_view(&record, now_ms));
+    view
+}
+
+/// The stored facts with the uptime reckoned at `now_ms`.
+pub fn facts_view(record: &FactsRecord, now_ms: i64) -> FactsView {
+    let uptime_secs = record.boot_time.map(|boot| u64::try_from(now_ms / 1000 - boot).unwrap_or(0));
+    FactsView { facts: record.facts(), uptime_secs, updated_at: rfc3339(record.updated_ms) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uptime_is_reckoned_from_the_boot_time() {
+        let facts = HostFacts { boot_time: Some(1000), kernel: Some("6.1".into()), ..HostFacts::default() };
+        let view = facts_view(&FactsRecord::new(facts.clone(), 5_000), 1_061_500);
+        assert_eq!(view.uptime_secs, Some(61));
+        assert_eq!(view.facts, facts);
+        let skewed = facts_view(&FactsRecord::new(facts, 5_000), 500_000);
+        assert_eq!(skewed.uptime_secs, Some(0));
+    }
+}

@@ -1,0 +1,139 @@
+//! Host facts of agents, in their own tree (`facts`: app id → [`FactsRecord`]) so that agent
+//! records keep their layout: original clients have none, and an agent's facts change without
+//! its registration being written again.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Store, StoreError};
+use crate::protocol::facts::HostFacts;
+use crate::server::codec;
+
+/// The facts an agent sent last, as stored (a plain struct, as bincode needs).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FactsRecord {
+    /// Host name.
+    pub hostname: Option<String>,
+    /// OS name.
+    pub os_name: Option<String>,
+    /// OS version.
+    pub os_version: Option<String>,
+    /// Kernel release.
+    pub kernel: Option<String>,
+    /// Architecture.
+    pub arch: Option<String>,
+    /// Non-loopback IP addresses.
+    pub ips: Vec<String>,
+    /// Unix seconds of the host's boot.
+    pub boot_time: Option<i64>,
+    /// Unix milliseconds the server received them.
+    pub updated_ms: i64,
+}
+
+impl FactsRecord {
+    /// The record of `facts` received at `now_ms`.
+    pub fn new(facts: HostFacts, now_ms: i64) -> Self {
+        FactsRecord {
+            hostname: facts.hostname,
+            os_name: facts.os_name,
+            os_version: facts.os_version,
+            kernel: facts.kernel,
+            arch: facts.arch,
+            ips: facts.ips,
+            boot_time: facts.boot_time,
+            updated_ms: now_ms,
+        }
+    }
+
+    /// The facts as the wire carries them.
+    pub fn facts(&self) -> HostFacts {
+        HostFacts {
+            hostname: self.hostname.clone(),
+            os_name: self.os_name.clone(),
+            os_version: self.os_version.clone(),
+            kernel: self.kernel.clone(),
+            arch: self.arch.clone(),
+            ips: self.ips.clone(),
+            boot_time: self.boot_time,
+        }
+    }
+}
+
+impl Store {
+    /// Stores the facts of agent `app_id`, replacing earlier ones.
+    pub fn put_facts(&self, app_id: &str, record: &FactsRecord) -> Result<(), StoreError> {
+        self.facts.insert(app_id.as_bytes(), codec::encode(record))?;
+        Ok(())
+    }
+
+    /// The facts of agent `app_id`, if it sent any.
+    pub fn facts(&self, app_id: &str) -> Result<Option<FactsRecord>, StoreError> {
+        self.facts.get(app_id)?.map(|v| codec::decode(&v)).transpose().map_err(Into::into)
+    }
+
+    /// The facts of every agent that sent some, by app id.
+    pub fn all_facts(&self) -> Result<HashMap<String, FactsRecord>, StoreError> {
+        self.facts
+            .iter()
+            .map(|item| {
+                let (key, value) = item?;
+                Ok((String::from_utf8_lossy(&key).into_owned(), codec::decode(&value)?))
+            })
+            .collect()
+    }
+
+    /// Drops the facts of agent `app_id`.
+    pub fn remove_facts(&self, app_id: &str) -> Result<(), StoreError> {
+        self.facts.remove(app_id.as_bytes())?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::server::store::{AgentRecord, AgentStatus, Policy};
+
+    fn facts(kernel: &str) -> FactsRecord {
+        let facts = HostFacts {
+            kernel: Some(kernel.into()),
+            ips: vec!["10.0.0.5".into(), "fe80::1".into()],
+            boot_time: Some(1_700_000_000),
+            ..HostFacts::default()
+        };
+        FactsRecord::new(facts, 5)
+    }
+
+    #[test]
+    fn facts_are_kept_per_agent_and_go_with_a_silent_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8 * 1024 * 1024, Policy::default()).unwrap();
+        assert_eq!(store.facts("a").unwrap(), None);
+        store.put_facts("a", &facts("6.1")).unwrap();
+        store.put_facts("b", &facts("5.10")).unwrap();
+        store.put_facts("a", &facts("6.2")).unwrap();
+        assert_eq!(store.facts("a").unwrap(), Some(facts("6.2")));
+        assert_eq!(store.facts("a").unwrap().map(|f| f.facts().kernel), Some(Some("6.2".to_owned())));
+        let all = store.all_facts().unwrap();
+        assert_eq!((all.len(), all.get("b")), (2, Some(&facts("5.10"))));
+
+        let agent = AgentRecord {
+            app_id: "a".into(),
+            secret: "s".into(),
+            labels: BTreeMap::new(),
+            version: None,
+            hostname: None,
+            registered_at_ms: 1,
+            last_seen_ms: 1,
+            processed_task_count: 0,
+            status: AgentStatus::Accepted,
+        };
+        store.put_agent(&agent).unwrap();
+        assert_eq!(store.forget_silent_agents(100).unwrap(), ["a"]);
+        assert_eq!(store.facts("a").unwrap(), None);
+        assert!(store.facts("b").unwrap().is_some());
+    }
+}

@@ -1,0 +1,161 @@
+//! Overload with real processes: a server allowed one agent request at a time, whose only place
+//! the test holds with a request that never finishes its body. Orange agents get HTTP 429 with
+//! Retry-After and wait at least that long before each retry; original clients are never refused;
+//! once the place is free again every task ends reported.
+
+mod support;
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use support::{
+    Agent, AgentOpts, GET_TASK, GoAgent, OUTPUT, PING, ProxiedRequest, Proxy, REPORT_TASK, RawResponse,
+    Server, ServerOpts, fresh_nonce, raw_exchange, try_wait_until, unix_time_now, wait_until,
+};
+
+/// Opens an orange agent's request and sends only part of its body: the server handles it
+/// (holding a place) until the connection closes. (An orange one: an original client's request
+/// arriving while the place is taken would be served later without a place.)
+fn open_partial_request(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).expect("connect to the server");
+    let head = format!(
+        "POST /orange-forge/api/register HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: 100\r\nX-Forge-Appid: holder\r\nX-Forge-Time: {}\r\nX-Forge-Sign: 00\r\n\
+         X-Orange-Sign-Version: 2\r\nX-Orange-Nonce: {}\r\n\r\n{{\"app_id\"",
+        unix_time_now(),
+        fresh_nonce()
+    );
+    stream.write_all(head.as_bytes()).expect("send a partial request");
+    stream
+}
+
+/// Takes the server's only place with a request that never ends (trying again if another
+/// request had it at that moment); returns the connection and a 429 answered meanwhile.
+fn hold_the_place(addr: SocketAddr, go: &GoAgent) -> (TcpStream, RawResponse) {
+    for _ in 0..10 {
+        let hold = open_partial_request(addr);
+        let mut busy = None;
+        try_wait_until(Duration::from_secs(3), || {
+            let request = go.v2_request(PING, "s1", b"ping");
+            let response = raw_exchange(addr, request, Duration::from_secs(30)).expect("ping exchange");
+            let is_busy = response.status == 429;
+            busy = Some(response).filter(|_| is_busy);
+            is_busy
+        });
+        if let Some(busy) = busy {
+            return (hold, busy);
+        }
+    }
+    panic!("the server never answered 429 while a request held its only place");
+}
+
+/// The requests `app_id` made to `path`, in order.
+fn requests_to<'a>(all: &'a [ProxiedRequest], app_id: &str, path: &str) -> Vec<&'a ProxiedRequest> {
+    all.iter().filter(|r| r.path == path && r.app_id.as_deref() == Some(app_id)).collect()
+}
+
+/// Asserts every request to `path` made between `from` and `until` was followed by the next one
+/// no sooner than one second later (the smallest Retry-After this server answers).
+fn assert_waited(all: &[ProxiedRequest], path: &str, from: Instant, until: Instant) -> usize {
+    let requests = requests_to(all, "w1", path);
+    let mut checked = 0;
+    for pair in requests.windows(2) {
+        if pair[0].at >= from && pair[0].at + Duration::from_millis(200) < until {
+            let gap = pair[1].at - pair[0].at;
+            assert!(gap >= Duration::from_secs(1), "{path} retried after {gap:?}, before its Retry-After");
+            checked += 1;
+        }
+    }
+    checked
+}
+
+#[test]
+fn overloaded_server_answers_429_and_agents_wait_then_finish_everything() {
+    let opts = ServerOpts {
+        poll_window: Some(3),
+        extra_args: ["--max-inflight", "1", "--retry-after", "1"].map(String::from).to_vec(),
+        ..ServerOpts::default()
+    };
+    let server = Server::start(opts);
+    let proxy = Proxy::start(server.addr);
+    let agent_opts =
+        AgentOpts { allow_shell: true, server_url: Some(proxy.url.clone()), ..AgentOpts::default() };
+    let mut agent = Agent::start(&server, "w1", agent_opts);
+    agent.wait_online(&server, Duration::from_secs(30));
+    let go = GoAgent::new(&server, "legacy", "s1").registered();
+    // Running when the server fills up: its output and its report come while it is full.
+    let first = server.enqueue(&["w1"], "shell", "sleep 4; echo one")[0].task_id.clone();
+    wait_until(Duration::from_secs(30), "the first task to run", || {
+        server.task(&first).status.to_string() == "running"
+    });
+
+    // The agent's poll is parked on the server nearly all the time; it is not load, so the one
+    // place is free for others.
+    let served = (0..10)
+        .filter(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            let request = go.v2_request(PING, "s1", b"ping");
+            raw_exchange(server.addr, request, Duration::from_secs(30)).expect("ping exchange").status == 200
+        })
+        .count();
+    assert!(served >= 5, "a parked poll took the only place: {served} of 10 pings served");
+
+    // An orange request is turned away with 429 and a Retry-After of 1 or 2 seconds.
+    let (hold, busy) = hold_the_place(server.addr, &go);
+    let retry_after =
+        busy.header("retry-after").unwrap_or_else(|| panic!("no Retry-After: {busy:?}")).to_owned();
+    assert!(["1", "2"].contains(&retry_after.as_str()), "Retry-After {retry_after:?}");
+    let envelope = busy.json();
+    assert_eq!(envelope["code"], 1, "{envelope}");
+    assert_eq!(envelope["message"], format!("server busy: retry after {retry_after} s"));
+    let hold_from = Instant::now();
+
+    // An original client is not refused (it exits on a getTask that is not HTTP 200): its
+    // requests wait, then are served.
+    let started = Instant::now();
+    assert_eq!(go.ping()["data"], "pong");
+    assert!(started.elapsed() >= Duration::from_secs(1), "an original ping was not held back");
+    let started = Instant::now();
+    assert_eq!(go.get_task()["code"], 2, "an original getTask must end \"no task\"");
+    assert!(started.elapsed() >= Duration::from_secs(1));
+
+    // The agent's output, report and polls are turned away while the place is held; tasks sent
+    // meanwhile wait in the queue.
+    let tasks: Vec<String> = [first.clone()]
+        .into_iter()
+        .chain(
+            ["two", "three"]
+                .iter()
+                .map(|w| server.enqueue(&["w1"], "shell", &format!("echo {w}"))[0].task_id.clone()),
+        )
+        .collect();
+    wait_until(Duration::from_secs(60), "refused output or reports and polls", || {
+        let all = proxy.requests();
+        let after = |r: &&&ProxiedRequest| r.at >= hold_from;
+        let sent = requests_to(&all, "w1", OUTPUT).len() + requests_to(&all, "w1", REPORT_TASK).len();
+        let results = |path| requests_to(&all, "w1", path).iter().filter(after).count();
+        sent > 0 && results(OUTPUT) + results(REPORT_TASK) >= 3 && results(GET_TASK) >= 3
+    });
+    assert!(
+        tasks.iter().all(|id| server.task(id).status.to_string() != "succeeded"),
+        "a task finished while the server was full"
+    );
+    let release_at = Instant::now();
+    drop(hold);
+
+    for (id, word) in tasks.iter().zip(["one", "two", "three"]) {
+        // The agent's backoff grew while the server was full: up to 30 s before it polls again.
+        let task = server.wait_task(id, 45);
+        assert_eq!(task.status.to_string(), "succeeded", "{task:?}\nagent log:\n{}", agent.output());
+        assert_eq!(task.stdout, format!("{word}\n"));
+    }
+    let all = proxy.requests();
+    let results = assert_waited(&all, OUTPUT, hold_from, release_at)
+        + assert_waited(&all, REPORT_TASK, hold_from, release_at);
+    assert!(results >= 2, "too few refused output posts and reports seen");
+    assert!(assert_waited(&all, GET_TASK, hold_from, release_at) >= 2, "too few refused polls seen");
+    assert!(agent.output().contains("server busy"), "the agent log says nothing of it:\n{}", agent.output());
+    assert!(server.stderr().contains("overloaded: agent told to retry later"), "{}", server.stderr());
+    agent.assert_running();
+}
