@@ -16,10 +16,15 @@
 //! - `tokens`:    token id → [`TokenRecord`]
 //! - `audit`:     time (i64 BE ms), sequence (u64 BE) → [`AuditRecord`], kept past task retention
 //! - `seen`:      signing time (i64 BE s), request digest (u64) → empty: signed requests used
+//! - `jobs`:      job id (16 bytes, UUID v7) → [`JobRecord`]
+//! - `job_targets`: job id, target index (u32 BE) → [`TargetRecord`], targets sorted by app id
+//! - `job_links`: task id → job id, target index (u32 BE): which tasks belong to a job
+//! - `jobs_done`: time (i64 BE ms), job id → empty: done jobs, oldest first, for retention
 //!
 //! Writes are applied in memory first; [`Store::durable`] returns once they are on stable storage.
 
 mod admin;
+mod jobs;
 mod output;
 mod records;
 mod seen;
@@ -35,10 +40,11 @@ use sled::transaction::TransactionError;
 use thiserror::Error;
 
 pub use admin::TokenError;
+pub use jobs::{JobError, JobEvent};
 pub use output::{Chunk, ChunkAck};
 pub use records::{
-    AgentRecord, AgentStatus, AuditRecord, Outcome, OutputState, Policy, Stream, TaskRecord, TaskSpec,
-    TokenRecord, secs_to_ms,
+    AgentRecord, AgentStatus, AuditRecord, JobRecord, Outcome, OutputState, Policy, Stream, TargetEnd,
+    TargetRecord, TaskRecord, TaskSpec, TokenRecord, secs_to_ms,
 };
 pub use sweep::Swept;
 pub use tasks::{CancelOutcome, Delivery};
@@ -124,6 +130,11 @@ pub struct Store {
     seen: sled::Tree,
     tokens: sled::Tree,
     audit: sled::Tree,
+    jobs: sled::Tree,
+    job_targets: sled::Tree,
+    job_links: sled::Tree,
+    jobs_done: sled::Tree,
+    job_events: jobs::EventQueue,
     policy: Policy,
     committer: Committer,
 }
@@ -162,6 +173,11 @@ impl Store {
             seen: db.open_tree("seen")?,
             tokens: db.open_tree("tokens")?,
             audit: db.open_tree("audit")?,
+            jobs: db.open_tree("jobs")?,
+            job_targets: db.open_tree("job_targets")?,
+            job_links: db.open_tree("job_links")?,
+            jobs_done: db.open_tree("jobs_done")?,
+            job_events: jobs::EventQueue::default(),
             db,
             policy,
             committer,
@@ -173,8 +189,10 @@ impl Store {
         self.committer.wait().await.map_err(StoreError::Sync)
     }
 
-    /// Runs `f` as one transaction over every tree.
+    /// Runs `f` as one transaction over every tree; once it commits, announces what it did to
+    /// jobs (see [`Store::take_job_events`]).
     fn transact<T, E: From<StoreError>>(&self, f: impl Fn(&Tx<'_>) -> Result<T, TxError<E>>) -> Result<T, E> {
+        let job_events = std::cell::RefCell::new(Vec::new());
         let trees = (
             &self.tasks,
             &self.queue,
@@ -184,12 +202,49 @@ impl Store {
             &self.deadlines,
             &self.finished,
             &self.cancels,
+            &self.jobs,
+            &self.job_targets,
+            &self.job_links,
+            &self.jobs_done,
         );
-        flatten(trees.transaction(
-            |(tasks, queue, by_agent, output, agents, deadlines, finished, cancels)| {
-                f(&Tx { tasks, queue, by_agent, output, agents, deadlines, finished, cancels })
+        let result = flatten(trees.transaction(
+            |(
+                tasks,
+                queue,
+                by_agent,
+                output,
+                agents,
+                deadlines,
+                finished,
+                cancels,
+                jobs,
+                job_targets,
+                job_links,
+                jobs_done,
+            )| {
+                job_events.borrow_mut().clear();
+                f(&Tx {
+                    tasks,
+                    queue,
+                    by_agent,
+                    output,
+                    agents,
+                    deadlines,
+                    finished,
+                    cancels,
+                    jobs,
+                    job_targets,
+                    job_links,
+                    jobs_done,
+                    ids: &self.db,
+                    job_events: &job_events,
+                })
             },
-        ))
+        ));
+        if result.is_ok() {
+            self.job_events.push(job_events.into_inner());
+        }
+        result
     }
 
     /// The agent registered as `app_id`.
