@@ -4,6 +4,7 @@
 //! how a target ended, stops the job past its error limit, and starts the next waiting targets
 //! while the window has room. Nothing here waits for the disk: callers make writes durable.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use thiserror::Error;
@@ -87,6 +88,41 @@ impl EventQueue {
         events.extend(new);
         drop(events);
         self.ready.notify_one();
+    }
+}
+
+/// Queue sequence numbers reserved outside transactions. sled 0.34 runs a transaction under
+/// its global write lock, so `generate_id` (which takes the read lock) must not be called inside
+/// one: a job that starts a target inside another move's transaction takes its number from here.
+/// A number reserved a little earlier may sort before a task enqueued meanwhile: a job's task
+/// can go ahead of a task queued moments before it, never by more than the pool's size.
+#[derive(Default)]
+pub struct SeqPool {
+    ids: Mutex<VecDeque<u64>>,
+}
+
+/// Numbers the pool refills to when it runs low.
+const SEQ_POOL_LOW: usize = 32;
+
+impl SeqPool {
+    /// Makes sure at least `needed` (plus a margin) numbers are reserved; call outside any
+    /// transaction.
+    pub fn reserve(&self, db: &sled::Db, needed: usize) -> Result<(), StoreError> {
+        let have = self.ids.lock().unwrap_or_else(|p| p.into_inner()).len();
+        if have > needed {
+            return Ok(());
+        }
+        // Not under the pool's lock: a transaction (holding sled's write lock) may be waiting
+        // for it, and generate_id waits for sled's read lock.
+        let fresh: Vec<u64> =
+            (0..needed + SEQ_POOL_LOW - have).map(|_| db.generate_id()).collect::<Result<_, _>>()?;
+        self.ids.lock().unwrap_or_else(|p| p.into_inner()).extend(fresh);
+        Ok(())
+    }
+
+    /// Takes the oldest reserved number.
+    pub fn take(&self) -> Option<u64> {
+        self.ids.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
     }
 }
 
@@ -253,7 +289,11 @@ fn start_target<E: From<StoreError>>(
         ttl_secs: job.ttl_secs,
     };
     let mut task = TaskRecord::new(spec, new_task_id(), now_ms);
-    task.queue_seq = tx.ids.generate_id().map_err(TxError::Storage)?;
+    task.queue_seq = tx.seqs.take().ok_or_else(|| {
+        tx_err(StoreError::Io(
+            "no queue sequence number was reserved for a job's next task; try again".into(),
+        ))
+    })?;
     let mut link = id_bytes(job.id);
     link.extend_from_slice(&index.to_be_bytes());
     tx.job_links.insert(task.id.as_bytes(), link)?;
@@ -290,13 +330,13 @@ impl Store {
     pub fn create_job(&self, job: &JobRecord, app_ids: &[String]) -> Result<JobRecord, StoreError> {
         // The targets go in first, outside the transaction: a crash before the job record is
         // written leaves only unreachable targets, and the transaction stays small.
-        let mut batch = sled::Batch::default();
+        // (Not a sled batch: `apply_batch` takes sled's global write lock.)
         for (index, app_id) in app_ids.iter().enumerate() {
             let index = u32::try_from(index).map_err(|_| corrupt("too many targets"))?;
             let target = TargetRecord { app_id: app_id.clone(), task_id: None, end: None };
-            batch.insert(target_key(job.id, index), codec::encode(&target));
+            self.job_targets.insert(target_key(job.id, index), codec::encode(&target))?;
         }
-        self.job_targets.apply_batch(batch)?;
+        self.seqs.reserve(&self.db, job.window as usize)?;
         self.transact(|tx| {
             let mut job = job.clone();
             job.counts = JobCounts { waiting: job.targets, ..JobCounts::default() };
@@ -335,6 +375,9 @@ impl Store {
 
     /// Resumes a paused job and refills its window. Resuming a running job changes nothing.
     pub fn resume_job(&self, id: TaskId, now_ms: i64) -> Result<JobRecord, JobError> {
+        if let Some(job) = self.job(id)? {
+            self.seqs.reserve(&self.db, job.window as usize)?;
+        }
         self.change_job(id, "resumed", |tx, job| {
             Ok(match job.state {
                 JobState::Running => Change::Keep,
@@ -498,16 +541,14 @@ impl Store {
             .collect::<Result<_, _>>()?;
         for key in &old {
             let id = task_id_from(&key[8..])?;
-            let mut batch = sled::Batch::default();
             for entry in self.job_targets.scan_prefix(job_key(id)) {
                 let (target_key, value) = entry?;
                 let target: TargetRecord = codec::decode(&value)?;
                 if let Some(task_id) = target.task_id {
                     self.job_links.remove(task_id.as_bytes())?;
                 }
-                batch.remove(target_key);
+                self.job_targets.remove(target_key)?;
             }
-            self.job_targets.apply_batch(batch)?;
             // The index entry goes last: if this stops half way, it still leads here next time.
             self.jobs.remove(job_key(id))?;
             self.jobs_done.remove(key)?;

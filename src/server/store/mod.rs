@@ -135,6 +135,7 @@ pub struct Store {
     job_links: sled::Tree,
     jobs_done: sled::Tree,
     job_events: jobs::EventQueue,
+    seqs: jobs::SeqPool,
     policy: Policy,
     committer: Committer,
 }
@@ -178,6 +179,7 @@ impl Store {
             job_links: db.open_tree("job_links")?,
             jobs_done: db.open_tree("jobs_done")?,
             job_events: jobs::EventQueue::default(),
+            seqs: jobs::SeqPool::default(),
             db,
             policy,
             committer,
@@ -192,6 +194,7 @@ impl Store {
     /// Runs `f` as one transaction over every tree; once it commits, announces what it did to
     /// jobs (see [`Store::take_job_events`]).
     fn transact<T, E: From<StoreError>>(&self, f: impl Fn(&Tx<'_>) -> Result<T, TxError<E>>) -> Result<T, E> {
+        self.seqs.reserve(&self.db, 1)?;
         let job_events = std::cell::RefCell::new(Vec::new());
         let trees = (
             &self.tasks,
@@ -236,7 +239,7 @@ impl Store {
                     job_targets,
                     job_links,
                     jobs_done,
-                    ids: &self.db,
+                    seqs: &self.seqs,
                     job_events: &job_events,
                 })
             },
@@ -316,5 +319,7 @@ impl Store {
     }
 }
 
+#[cfg(test)]
+mod job_tests;
 #[cfg(test)]
 mod tests;

@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
 use super::StoreError;
-use super::jobs::{self, JobEvent};
+use super::jobs::{self, JobEvent, SeqPool};
 use super::records::{AgentRecord, TaskRecord};
 use crate::protocol::TaskId;
 use crate::server::codec;
@@ -88,8 +88,8 @@ pub struct Tx<'a> {
     pub job_links: &'a TransactionalTree,
     /// Done-time index of jobs (retention).
     pub jobs_done: &'a TransactionalTree,
-    /// The database, for queue sequence numbers of tasks a job starts.
-    pub ids: &'a sled::Db,
+    /// Queue sequence numbers reserved for tasks a job starts.
+    pub seqs: &'a SeqPool,
     /// What the transaction did to jobs, announced once it commits.
     pub job_events: &'a RefCell<Vec<JobEvent>>,
 }
