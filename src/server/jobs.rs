@@ -19,7 +19,7 @@ use super::store::{AgentRecord, AgentStatus, JobError, JobEvent, JobRecord, Stor
 use crate::protocol::TaskId;
 use crate::protocol::jobs::{
     JobCounts, JobGroups, JobRequest, JobResult, JobResults, JobState, JobView, Limit, MAX_GROUP_HOSTS,
-    MAX_RESULTS_PAGE, MAX_TARGET_LABELS, OutputGroup, Targets,
+    MAX_OUTPUT_GROUPS, MAX_RESULTS_PAGE, MAX_TARGET_LABELS, OutputGroup, Targets,
 };
 use crate::protocol::task::new_task_id;
 use crate::protocol::wire;
@@ -28,9 +28,6 @@ use crate::protocol::wire;
 pub const MAX_JOB_TARGETS: usize = 100_000;
 /// Longest label key or value in a target selection.
 pub const MAX_LABEL_LEN: usize = 256;
-/// Most distinct outcomes the groups answer keeps apart; targets past it are counted in one
-/// last group of state `other`.
-pub const MAX_GROUPS: usize = 1000;
 /// Most output per stream shown in results and groups.
 const RESULT_OUTPUT_LEN: usize = 4 * 1024;
 /// Most app ids named in an error message.
@@ -367,7 +364,7 @@ impl Fleet {
         self.store.each_target(id, |target| {
             let r = self.job_result(&job, target)?;
             let key: Key = (r.state, r.exit_code, r.stdout, r.stderr, r.error);
-            let group = if groups.contains_key(&key) || groups.len() < MAX_GROUPS {
+            let group = if groups.contains_key(&key) || groups.len() < MAX_OUTPUT_GROUPS {
                 groups.entry(key).or_insert_with_key(|k| new_group(k.0.clone(), k.1, &k.2, &k.3, k.4.clone()))
             } else {
                 other.get_or_insert_with(|| new_group("other".into(), None, "", "", None))

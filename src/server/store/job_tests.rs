@@ -119,6 +119,7 @@ fn counts_follow_every_transition_of_a_task() {
     assert_eq!(ended.counts, JobCounts { failed: 1, ..JobCounts::default() });
     assert_eq!(ended.state, JobState::Finished);
     assert_eq!(ended.version, job.version + 3);
+    assert_eq!(ended.max_concurrency, Some(Limit::Count(1)), "limits decode from the stored record");
     assert_eq!(store.job_of_task(task.id).unwrap(), Some((job.id, 0)));
 }
 
