@@ -18,6 +18,8 @@ pub const JOBS_DRY_RUN_PATH: &str = "/api/v1/jobs/dry-run";
 pub const MAX_TARGET_LABELS: usize = 32;
 /// Most results one results page returns.
 pub const MAX_RESULTS_PAGE: usize = 1000;
+/// Most distinct outcomes a groups answer keeps apart (see [`OutputGroup::state`]).
+pub const MAX_OUTPUT_GROUPS: usize = 1000;
 /// Most app ids one output group lists (the count is always exact).
 pub const MAX_GROUP_HOSTS: usize = 10_000;
 
@@ -95,10 +97,28 @@ impl Serialize for Limit {
     }
 }
 
+/// A limit as JSON may carry it: the string `"10"` or `"10%"`, or a plain number of agents.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawLimit {
+    Text(String),
+    Number(u64),
+}
+
 impl<'de> Deserialize<'de> for Limit {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Limit, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        Limit::parse(&text).map_err(serde::de::Error::custom)
+        if !deserializer.is_human_readable() {
+            // Binary formats (the server's stored records) cannot tell a string from a number
+            // by looking; they hold what `serialize` wrote, a string.
+            let text = String::deserialize(deserializer)?;
+            return Limit::parse(&text).map_err(serde::de::Error::custom);
+        }
+        match RawLimit::deserialize(deserializer)? {
+            RawLimit::Text(text) => Limit::parse(&text).map_err(serde::de::Error::custom),
+            RawLimit::Number(n) => u32::try_from(n)
+                .map(Limit::Count)
+                .map_err(|_| serde::de::Error::custom(format!("{n} agents is more than a limit may name"))),
+        }
     }
 }
 
@@ -294,7 +314,9 @@ pub struct JobResult {
     pub duration_ms: Option<u64>,
 }
 
-/// Answer of `GET /api/v1/jobs/{id}/results?after=N&limit=M`: targets in app id order.
+/// Answer of `GET /api/v1/jobs/{id}/results?after=APP_ID&limit=M`: targets in app id order,
+/// those after app id `after` (from the start without it), at most `limit` (default and most
+/// [`MAX_RESULTS_PAGE`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobResults {
     /// The results.
@@ -306,7 +328,9 @@ pub struct JobResults {
 /// Targets that ended alike: same state, exit code and output.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct OutputGroup {
-    /// The state they share (`succeeded`, `failed`, …, `waiting`, `skipped`).
+    /// The state they share (`succeeded`, `failed`, …, `waiting`, `skipped`). Past
+    /// [`MAX_OUTPUT_GROUPS`] distinct outcomes, the remaining targets are counted in one last
+    /// group of state `other` with empty outputs.
     pub state: String,
     /// The exit code they share.
     pub exit_code: Option<i32>,
@@ -397,6 +421,9 @@ mod tests {
         let back: JobRequest = serde_json::from_str(&json).unwrap();
         assert_eq!(back.max_concurrency, Some(Limit::Percent(10)));
         assert!(serde_json::from_str::<JobRequest>(&json.replace("10%", "abc")).is_err());
+        let number: JobRequest =
+            serde_json::from_str(r#"{"targets":{"all":true},"task_type":"ping","max_errors":3}"#).unwrap();
+        assert_eq!(number.max_errors, Some(Limit::Count(3)));
     }
 
     #[test]

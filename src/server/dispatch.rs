@@ -109,6 +109,17 @@ impl Dispatch {
         }
     }
 
+    /// Starts watching job `id` for a change of its version. Job ids are minted like task ids
+    /// (UUID v7), so they share the map without colliding.
+    pub fn watch_job(&self, id: TaskId) -> TaskWatch<'_> {
+        self.watch_task(id)
+    }
+
+    /// Wakes everyone watching job `id`.
+    pub fn job_changed(&self, id: TaskId) {
+        self.task_changed(id);
+    }
+
     /// Of the pending cancels `ids`, those not told to the agent within the last few seconds;
     /// they count as told from now. Keeps a poll that answers cancels from spinning.
     pub fn cancels_to_tell(&self, ids: Vec<TaskId>, now: Instant) -> Vec<TaskId> {

@@ -430,6 +430,7 @@ impl Fleet {
                 break;
             }
         }
+        self.sweep_job_retention(cutoff)?;
         forget_old_uses(&self.store, now_ms() / 1000)?;
         let forgotten = self.store.forget_silent_agents(cutoff)?;
         if removed > 0 || !forgotten.is_empty() {
@@ -481,7 +482,12 @@ fn chunk_view(chunk: Chunk) -> OutputChunkView {
 }
 
 /// A number of seconds from a request, between 1 and `max`, or the default.
-fn bounded(name: &str, value: Option<u64>, default: Duration, max: u64) -> Result<u64, FleetError> {
+pub(super) fn bounded(
+    name: &str,
+    value: Option<u64>,
+    default: Duration,
+    max: u64,
+) -> Result<u64, FleetError> {
     match value {
         Some(secs) if secs == 0 || secs > max => {
             Err(FleetError::BadRequest(format!("{name} must be between 1 and {max} seconds")))

@@ -82,6 +82,7 @@ pub fn routes(admin_token: &str) -> Router<AppState> {
         .route(AGENTS_PATH, get(list_agents))
         .route(&format!("{AGENTS_PATH}/{{id}}"), get(get_agent))
         .merge(super::admin_enroll::routes())
+        .merge(super::admin_jobs::routes())
         .fallback(|| async { ApiFailure(StatusCode::NOT_FOUND, "no such API route".into()) })
         .method_not_allowed_fallback(|| async {
             ApiFailure(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this API route".into())

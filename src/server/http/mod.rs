@@ -4,6 +4,7 @@
 
 mod admin_api;
 mod admin_enroll;
+mod admin_jobs;
 mod agent_api;
 mod agent_auth;
 mod busy;
@@ -71,6 +72,7 @@ pub async fn serve(
         enroll_key,
     });
     let sweeper = tokio::spawn(Arc::clone(&fleet).sweep_loop());
+    tokio::spawn(Arc::clone(&fleet).job_event_loop());
     let app = router(Arc::clone(&fleet), &admin_token);
     drop(admin_token);
     let handle = Handle::new();

@@ -17,11 +17,16 @@
 //! - `audit`:     time (i64 BE ms), sequence (u64 BE) → [`AuditRecord`], kept past task retention
 //! - `seen`:      signing time (i64 BE s), request digest (u64) → empty: signed requests used
 //! - `facts`:     app id → [`FactsRecord`]: what each agent said about its host
+//! - `jobs`:      job id (16 bytes, UUID v7) → [`JobRecord`]
+//! - `job_targets`: job id, target index (u32 BE) → [`TargetRecord`], targets sorted by app id
+//! - `job_links`: task id → job id, target index (u32 BE): which tasks belong to a job
+//! - `jobs_done`: time (i64 BE ms), job id → empty: done jobs, oldest first, for retention
 //!
 //! Writes are applied in memory first; [`Store::durable`] returns once they are on stable storage.
 
 mod admin;
 mod facts;
+mod jobs;
 mod output;
 mod records;
 mod seen;
@@ -38,10 +43,11 @@ use thiserror::Error;
 
 pub use admin::TokenError;
 pub use facts::FactsRecord;
+pub use jobs::{JobError, JobEvent};
 pub use output::{Chunk, ChunkAck};
 pub use records::{
-    AgentRecord, AgentStatus, AuditRecord, Outcome, OutputState, Policy, Stream, TaskRecord, TaskSpec,
-    TokenRecord, secs_to_ms,
+    AgentRecord, AgentStatus, AuditRecord, JobRecord, Outcome, OutputState, Policy, Stream, TargetEnd,
+    TargetRecord, TaskRecord, TaskSpec, TokenRecord, secs_to_ms,
 };
 pub use sweep::Swept;
 pub use tasks::{CancelOutcome, Delivery};
@@ -128,6 +134,12 @@ pub struct Store {
     tokens: sled::Tree,
     audit: sled::Tree,
     facts: sled::Tree,
+    jobs: sled::Tree,
+    job_targets: sled::Tree,
+    job_links: sled::Tree,
+    jobs_done: sled::Tree,
+    job_events: jobs::EventQueue,
+    seqs: jobs::SeqPool,
     policy: Policy,
     committer: Committer,
 }
@@ -167,6 +179,12 @@ impl Store {
             tokens: db.open_tree("tokens")?,
             audit: db.open_tree("audit")?,
             facts: db.open_tree("facts")?,
+            jobs: db.open_tree("jobs")?,
+            job_targets: db.open_tree("job_targets")?,
+            job_links: db.open_tree("job_links")?,
+            jobs_done: db.open_tree("jobs_done")?,
+            job_events: jobs::EventQueue::default(),
+            seqs: jobs::SeqPool::default(),
             db,
             policy,
             committer,
@@ -178,8 +196,11 @@ impl Store {
         self.committer.wait().await.map_err(StoreError::Sync)
     }
 
-    /// Runs `f` as one transaction over every tree.
+    /// Runs `f` as one transaction over every tree; once it commits, announces what it did to
+    /// jobs (see [`Store::take_job_events`]).
     fn transact<T, E: From<StoreError>>(&self, f: impl Fn(&Tx<'_>) -> Result<T, TxError<E>>) -> Result<T, E> {
+        self.seqs.reserve(&self.db, 1)?;
+        let job_events = std::cell::RefCell::new(Vec::new());
         let trees = (
             &self.tasks,
             &self.queue,
@@ -189,12 +210,49 @@ impl Store {
             &self.deadlines,
             &self.finished,
             &self.cancels,
+            &self.jobs,
+            &self.job_targets,
+            &self.job_links,
+            &self.jobs_done,
         );
-        flatten(trees.transaction(
-            |(tasks, queue, by_agent, output, agents, deadlines, finished, cancels)| {
-                f(&Tx { tasks, queue, by_agent, output, agents, deadlines, finished, cancels })
+        let result = flatten(trees.transaction(
+            |(
+                tasks,
+                queue,
+                by_agent,
+                output,
+                agents,
+                deadlines,
+                finished,
+                cancels,
+                jobs,
+                job_targets,
+                job_links,
+                jobs_done,
+            )| {
+                job_events.borrow_mut().clear();
+                f(&Tx {
+                    tasks,
+                    queue,
+                    by_agent,
+                    output,
+                    agents,
+                    deadlines,
+                    finished,
+                    cancels,
+                    jobs,
+                    job_targets,
+                    job_links,
+                    jobs_done,
+                    seqs: &self.seqs,
+                    job_events: &job_events,
+                })
             },
-        ))
+        ));
+        if result.is_ok() {
+            self.job_events.push(job_events.into_inner());
+        }
+        result
     }
 
     /// The agent registered as `app_id`.
@@ -266,5 +324,7 @@ impl Store {
     }
 }
 
+#[cfg(test)]
+mod job_tests;
 #[cfg(test)]
 mod tests;

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::protocol::jobs::{JobCounts, JobState, Limit};
 use crate::protocol::{TaskId, TaskStatus};
 
 /// A registered agent.
@@ -289,3 +290,69 @@ impl Default for Policy {
         Policy { ack_window_ms: 30_000, lost_grace_ms: 60_000, output_cap: 16 * 1024 * 1024 }
     }
 }
+
+/// A job: one command for many agents, started in a sliding window. Its targets are stored one
+/// per record in `job_targets`, so this value stays small whatever the number of targets.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct JobRecord {
+    /// Job id (a UUID v7 like task ids, so keys sort by creation).
+    pub id: TaskId,
+    /// Unix milliseconds of creation.
+    pub created_ms: i64,
+    /// Task type of every task.
+    pub task_type: String,
+    /// Input of every task (at most the payload limit, 64 KiB).
+    pub payload: String,
+    /// Seconds each agent may run it.
+    pub timeout_secs: u64,
+    /// Seconds each task may wait in its agent's queue.
+    pub ttl_secs: u64,
+    /// The window as asked.
+    pub max_concurrency: Option<Limit>,
+    /// The error limit as asked.
+    pub max_errors: Option<Limit>,
+    /// Most tasks open at once (resolved, at least 1).
+    pub window: u32,
+    /// Most errors before the job stops (resolved); none when absent.
+    pub error_limit: Option<u32>,
+    /// Number of targets.
+    pub targets: u32,
+    /// Index of the next target to start.
+    pub next: u32,
+    /// Where the job stands.
+    pub state: JobState,
+    /// Targets per state.
+    pub counts: JobCounts,
+    /// Grows by one at every change.
+    pub version: u64,
+    /// Unix milliseconds at which the last task ended (0 while not done).
+    pub done_ms: i64,
+}
+
+/// One target of a job: its agent, its task once started, and how that task ended (kept here so
+/// the job's results outlive the task's retention).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TargetRecord {
+    /// The agent.
+    pub app_id: String,
+    /// Its task, once started.
+    pub task_id: Option<TaskId>,
+    /// How the task ended, once it has.
+    pub end: Option<TargetEnd>,
+}
+
+/// The final state of a target's task.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TargetEnd {
+    /// Final state.
+    pub status: TaskStatus,
+    /// Exit code.
+    pub exit_code: Option<i32>,
+    /// Error text (its first [`TARGET_ERROR_LEN`] bytes).
+    pub error: Option<String>,
+    /// Run time the agent measured.
+    pub duration_ms: Option<u64>,
+}
+
+/// Most bytes of a task's error text a target record keeps.
+pub const TARGET_ERROR_LEN: usize = 1024;

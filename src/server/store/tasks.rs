@@ -159,28 +159,13 @@ impl Store {
     /// told to stop it).
     pub fn cancel(&self, id: TaskId, force: bool, now_ms: i64) -> Result<CancelOutcome, ReportError> {
         self.transact(|tx| {
-            let Some(mut task) = tx.task::<ReportError>(id)? else {
+            let Some(task) = tx.task::<ReportError>(id)? else {
                 return abort(ReportError::UnknownTask(id));
             };
             if task.status.is_final() {
                 return abort(ReportError::AlreadyFinished { id, status: task.status });
             }
-            let queued = task.status == TaskStatus::Queued;
-            if queued {
-                tx.queue.remove(queue_key(&task.app_id, task.queue_seq))?;
-            }
-            if queued || force {
-                task.move_to(TaskStatus::Cancelled, now_ms);
-                task.error = Some(cancel_note(queued).to_owned());
-                tx.close(&mut task, now_ms)?;
-            } else {
-                task.cancel_requested = true;
-            }
-            if !queued {
-                tx.cancels.insert(agent_task_key(&task.app_id, id), &[])?;
-            }
-            tx.put_task(&task)?;
-            Ok(CancelOutcome { task, tell_agent: !queued })
+            cancel_open(tx, task, force, now_ms)
         })
     }
 
@@ -194,6 +179,31 @@ impl Store {
         let prefix = agent_prefix(app_id);
         self.cancels.scan_prefix(&prefix).keys().map(|k| task_id_from(&k?[prefix.len()..])).collect()
     }
+}
+
+/// Cancels `task`, which is not final: see [`Store::cancel`].
+pub(super) fn cancel_open<E: From<StoreError>>(
+    tx: &Tx<'_>,
+    mut task: TaskRecord,
+    force: bool,
+    now_ms: i64,
+) -> Result<CancelOutcome, TxError<E>> {
+    let queued = task.status == TaskStatus::Queued;
+    if queued {
+        tx.queue.remove(queue_key(&task.app_id, task.queue_seq))?;
+    }
+    if queued || force {
+        task.move_to(TaskStatus::Cancelled, now_ms);
+        task.error = Some(cancel_note(queued).to_owned());
+        tx.close(&mut task, now_ms)?;
+    } else {
+        task.cancel_requested = true;
+    }
+    if !queued {
+        tx.cancels.insert(agent_task_key(&task.app_id, task.id), &[])?;
+    }
+    tx.put_task(&task)?;
+    Ok(CancelOutcome { tell_agent: !queued, task })
 }
 
 fn cancel_note(queued: bool) -> &'static str {

@@ -1,9 +1,12 @@
 //! Keys of every tree and the transaction view over all of them, with the small moves that
 //! keep the indexes in step with a task record (queue entry, deadline, finished index).
 
+use std::cell::RefCell;
+
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
 use super::StoreError;
+use super::jobs::{self, JobEvent, SeqPool};
 use super::records::{AgentRecord, TaskRecord};
 use crate::protocol::TaskId;
 use crate::server::codec;
@@ -77,6 +80,18 @@ pub struct Tx<'a> {
     pub finished: &'a TransactionalTree,
     /// Pending cancels per agent.
     pub cancels: &'a TransactionalTree,
+    /// Job records.
+    pub jobs: &'a TransactionalTree,
+    /// One record per job target.
+    pub job_targets: &'a TransactionalTree,
+    /// Task id → its job and target index.
+    pub job_links: &'a TransactionalTree,
+    /// Done-time index of jobs (retention).
+    pub jobs_done: &'a TransactionalTree,
+    /// Queue sequence numbers reserved for tasks a job starts.
+    pub seqs: &'a SeqPool,
+    /// What the transaction did to jobs, announced once it commits.
+    pub job_events: &'a RefCell<Vec<JobEvent>>,
 }
 
 impl Tx<'_> {
@@ -85,9 +100,12 @@ impl Tx<'_> {
         self.tasks.get(id.as_bytes())?.map(|bytes| decode(&bytes)).transpose()
     }
 
-    /// Writes a task record.
-    pub fn put_task<E>(&self, task: &TaskRecord) -> Result<(), TxError<E>> {
-        self.tasks.insert(task.id.as_bytes(), codec::encode(task))?;
+    /// Writes a task record. A change of state of a job's task moves the job along with it
+    /// (counts, window, error limit), in this same transaction.
+    pub fn put_task<E: From<StoreError>>(&self, task: &TaskRecord) -> Result<(), TxError<E>> {
+        if let Some(old) = self.tasks.insert(task.id.as_bytes(), codec::encode(task))? {
+            jobs::follow(self, &old, task)?;
+        }
         Ok(())
     }
 

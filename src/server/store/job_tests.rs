@@ -1,0 +1,268 @@
+//! Unit tests of jobs in the store: the sliding window, the error limit, pause and resume,
+//! cancel, counts that follow every task transition, deadlines that advance the window,
+//! retention, and the size of stored values.
+
+use super::*;
+use crate::protocol::jobs::{JobCounts, JobState, Limit};
+use crate::protocol::task::new_task_id;
+
+const T0: i64 = 1_000_000;
+
+fn open() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 8 * 1024 * 1024, Policy::default()).unwrap();
+    (dir, store)
+}
+
+fn app_ids(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("host-{i:05}")).collect()
+}
+
+fn job(targets: usize, window: usize, error_limit: Option<u32>) -> JobRecord {
+    JobRecord {
+        id: new_task_id(),
+        created_ms: T0,
+        task_type: "shell".into(),
+        payload: "true".into(),
+        timeout_secs: 60,
+        ttl_secs: 600,
+        max_concurrency: Some(Limit::Count(window as u32)),
+        max_errors: error_limit.map(Limit::Count),
+        window: window as u32,
+        error_limit,
+        targets: targets as u32,
+        next: 0,
+        state: JobState::Running,
+        counts: JobCounts::default(),
+        version: 0,
+        done_ms: 0,
+    }
+}
+
+fn create(store: &Store, targets: usize, window: usize, error_limit: Option<u32>) -> JobRecord {
+    store.create_job(&job(targets, window, error_limit), &app_ids(targets)).unwrap()
+}
+
+fn outcome(status: TaskStatus, exit_code: i32) -> Outcome {
+    Outcome { status, exit_code: Some(exit_code), error: None, duration_ms: Some(1), output: vec![] }
+}
+
+/// Every target's task id, app id and task state (None: not started).
+fn targets(store: &Store, job: TaskId) -> Vec<(String, Option<TaskRecord>)> {
+    let mut all = Vec::new();
+    store
+        .each_target(job, |t| {
+            all.push((t.app_id, t.task_id.map(|id| store.task(id).unwrap().unwrap())));
+            Ok(())
+        })
+        .unwrap();
+    all
+}
+
+fn open_tasks(store: &Store, job: TaskId) -> Vec<TaskRecord> {
+    targets(store, job).into_iter().filter_map(|(_, t)| t).filter(|t| !t.status.is_final()).collect()
+}
+
+/// Delivers, starts and ends the task of `app_id` with `status`.
+fn run(store: &Store, app_id: &str, status: TaskStatus, now: i64) -> TaskRecord {
+    let task = store.take_next(app_id, Delivery::Acknowledged, now).unwrap().expect("a task is queued");
+    store.apply_report(app_id, task.id, &outcome(TaskStatus::Running, 0), now).unwrap();
+    store.apply_report(app_id, task.id, &outcome(status, 1), now + 1).unwrap()
+}
+
+fn job_now(store: &Store, id: TaskId) -> JobRecord {
+    store.job(id).unwrap().unwrap()
+}
+
+#[test]
+fn the_window_starts_the_next_target_when_a_task_ends() {
+    let (_dir, store) = open();
+    let job = create(&store, 5, 2, None);
+    assert_eq!(job.counts, JobCounts { waiting: 3, queued: 2, ..JobCounts::default() });
+    assert_eq!(job.next, 2);
+    let started: Vec<TaskId> = store
+        .take_job_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            JobEvent::Started(app) => Some(app),
+            JobEvent::Changed(_) => None,
+        })
+        .map(|app| store.tasks(Some(&app), 10).unwrap()[0].id)
+        .collect();
+    assert_eq!(started.len(), 2);
+    run(&store, "host-00000", TaskStatus::Succeeded, T0 + 10);
+    let after = job_now(&store, job.id);
+    assert_eq!(after.counts, JobCounts { waiting: 2, queued: 2, succeeded: 1, ..JobCounts::default() });
+    assert!(store.take_job_events().contains(&JobEvent::Started("host-00002".into())));
+    for app in ["host-00001", "host-00002", "host-00003", "host-00004"] {
+        run(&store, app, TaskStatus::Succeeded, T0 + 20);
+        assert!(open_tasks(&store, job.id).len() <= 2);
+    }
+    let done = job_now(&store, job.id);
+    assert_eq!(done.state, JobState::Finished);
+    assert_eq!(done.counts, JobCounts { succeeded: 5, ..JobCounts::default() });
+    assert!(done.done_ms > 0);
+    assert!(done.version > job.version);
+}
+
+#[test]
+fn counts_follow_every_transition_of_a_task() {
+    let (_dir, store) = open();
+    let job = create(&store, 1, 1, None);
+    let task = store.take_next("host-00000", Delivery::Acknowledged, T0 + 1).unwrap().unwrap();
+    assert_eq!(job_now(&store, job.id).counts.delivered, 1);
+    store.apply_report("host-00000", task.id, &outcome(TaskStatus::Running, 0), T0 + 2).unwrap();
+    let running = job_now(&store, job.id);
+    assert_eq!(running.counts, JobCounts { running: 1, ..JobCounts::default() });
+    store.apply_report("host-00000", task.id, &outcome(TaskStatus::Failed, 3), T0 + 3).unwrap();
+    let ended = job_now(&store, job.id);
+    assert_eq!(ended.counts, JobCounts { failed: 1, ..JobCounts::default() });
+    assert_eq!(ended.state, JobState::Finished);
+    assert_eq!(ended.version, job.version + 3);
+    assert_eq!(ended.max_concurrency, Some(Limit::Count(1)), "limits decode from the stored record");
+    assert_eq!(store.job_of_task(task.id).unwrap(), Some((job.id, 0)));
+}
+
+#[test]
+fn past_the_error_limit_the_job_stops_and_waiting_targets_are_skipped() {
+    let (_dir, store) = open();
+    let job = create(&store, 10, 3, Some(1));
+    run(&store, "host-00000", TaskStatus::Failed, T0 + 1);
+    assert_eq!(job_now(&store, job.id).state, JobState::Running, "one error is within the limit");
+    run(&store, "host-00001", TaskStatus::TimedOut, T0 + 2);
+    let stopped = job_now(&store, job.id);
+    assert_eq!(stopped.state, JobState::Stopped);
+    // host-00003 was started when host-00000 ended; host-00002 and it stay open.
+    assert_eq!(stopped.counts.open(), 2);
+    assert_eq!(stopped.counts.skipped, 6);
+    assert_eq!(stopped.counts.waiting, 0);
+    assert_eq!(stopped.done_ms, 0);
+    run(&store, "host-00002", TaskStatus::Succeeded, T0 + 3);
+    run(&store, "host-00003", TaskStatus::Succeeded, T0 + 4);
+    let done = job_now(&store, job.id);
+    assert_eq!(done.state, JobState::Stopped);
+    assert!(done.done_ms > 0);
+    assert_eq!(
+        done.counts,
+        JobCounts { succeeded: 2, failed: 1, timed_out: 1, skipped: 6, ..JobCounts::default() }
+    );
+    assert!(store.take_next("host-00004", Delivery::Acknowledged, T0 + 5).unwrap().is_none());
+}
+
+#[test]
+fn a_paused_job_starts_nothing_until_resumed() {
+    let (_dir, store) = open();
+    let job = create(&store, 3, 1, None);
+    let paused = store.pause_job(job.id).unwrap();
+    assert_eq!(paused.state, JobState::Paused);
+    assert_eq!(store.pause_job(job.id).unwrap().version, paused.version, "pausing again changes nothing");
+    run(&store, "host-00000", TaskStatus::Succeeded, T0 + 1);
+    let idle = job_now(&store, job.id);
+    assert_eq!(idle.counts, JobCounts { waiting: 2, succeeded: 1, ..JobCounts::default() });
+    assert_eq!(idle.done_ms, 0);
+    let resumed = store.resume_job(job.id, T0 + 2).unwrap();
+    assert_eq!(resumed.state, JobState::Running);
+    assert_eq!(resumed.counts, JobCounts { waiting: 1, queued: 1, succeeded: 1, ..JobCounts::default() });
+    run(&store, "host-00001", TaskStatus::Succeeded, T0 + 3);
+    run(&store, "host-00002", TaskStatus::Succeeded, T0 + 4);
+    assert_eq!(job_now(&store, job.id).state, JobState::Finished);
+    let err = store.resume_job(job.id, T0 + 5).unwrap_err();
+    assert!(matches!(err, JobError::BadState { state: JobState::Finished, .. }), "{err}");
+}
+
+#[test]
+fn cancel_skips_waiting_ends_queued_and_marks_running_tasks() {
+    let (_dir, store) = open();
+    let job = create(&store, 6, 3, None);
+    let running = store.take_next("host-00000", Delivery::Acknowledged, T0 + 1).unwrap().unwrap();
+    store.apply_report("host-00000", running.id, &outcome(TaskStatus::Running, 0), T0 + 1).unwrap();
+    let (cancelled, outcomes) = store.cancel_job(job.id, false, T0 + 2).unwrap();
+    assert_eq!(cancelled.state, JobState::Cancelled);
+    assert_eq!(outcomes.len(), 3);
+    assert_eq!(outcomes.iter().filter(|o| o.tell_agent).count(), 1);
+    assert_eq!(cancelled.counts, JobCounts { running: 1, cancelled: 2, skipped: 3, ..JobCounts::default() });
+    assert_eq!(cancelled.done_ms, 0);
+    assert!(store.task(running.id).unwrap().unwrap().cancel_requested);
+    store.apply_report("host-00000", running.id, &outcome(TaskStatus::Cancelled, 143), T0 + 3).unwrap();
+    let done = job_now(&store, job.id);
+    assert!(done.done_ms > 0);
+    assert_eq!(done.counts, JobCounts { cancelled: 3, skipped: 3, ..JobCounts::default() });
+    assert!(matches!(store.cancel_job(job.id, false, T0 + 4), Err(JobError::BadState { done: true, .. })));
+}
+
+#[test]
+fn a_forced_cancel_ends_running_tasks_at_once() {
+    let (_dir, store) = open();
+    let job = create(&store, 2, 2, None);
+    let task = store.take_next("host-00001", Delivery::Acknowledged, T0 + 1).unwrap().unwrap();
+    let (cancelled, outcomes) = store.cancel_job(job.id, true, T0 + 2).unwrap();
+    assert_eq!(outcomes.len(), 2);
+    assert_eq!(store.task(task.id).unwrap().unwrap().status, TaskStatus::Cancelled);
+    assert_eq!(cancelled.counts, JobCounts { cancelled: 2, ..JobCounts::default() });
+    assert!(cancelled.done_ms > 0);
+    assert_eq!(cancelled.state, JobState::Cancelled);
+}
+
+#[test]
+fn an_expired_task_counts_as_an_error_and_advances_the_window() {
+    let (_dir, store) = open();
+    let job = create(&store, 3, 1, Some(5));
+    let first = open_tasks(&store, job.id).remove(0);
+    let swept = store.sweep_deadlines(first.expires_ms).unwrap();
+    assert_eq!(swept.len(), 1);
+    assert_eq!(swept[0].task.status, TaskStatus::Expired);
+    let after = job_now(&store, job.id);
+    assert_eq!(after.counts, JobCounts { waiting: 1, queued: 1, expired: 1, ..JobCounts::default() });
+    assert_eq!(open_tasks(&store, job.id)[0].app_id, "host-00001");
+}
+
+#[test]
+fn an_unacknowledged_delivery_going_back_to_the_queue_is_counted() {
+    let (_dir, store) = open();
+    let job = create(&store, 1, 1, None);
+    let task = store.take_next("host-00000", Delivery::Acknowledged, T0 + 1).unwrap().unwrap();
+    store.sweep_deadlines(task.deadline_ms).unwrap();
+    assert_eq!(job_now(&store, job.id).counts, JobCounts { queued: 1, ..JobCounts::default() });
+}
+
+#[test]
+fn results_outlive_task_retention_and_job_retention_removes_everything() {
+    let (_dir, store) = open();
+    let job = create(&store, 2, 2, None);
+    let first = run(&store, "host-00000", TaskStatus::Failed, T0 + 1);
+    run(&store, "host-00001", TaskStatus::Succeeded, T0 + 2);
+    while store.sweep_finished(T0 + 100).unwrap() > 0 {}
+    assert!(store.task(first.id).unwrap().is_none());
+    let done = job_now(&store, job.id);
+    let page = store.job_targets(&done, Some("host-00000"), 10).unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].app_id, "host-00001");
+    let all = store.job_targets(&done, None, 10).unwrap();
+    let end = all[0].end.as_ref().unwrap();
+    assert_eq!((end.status, end.exit_code), (TaskStatus::Failed, Some(1)));
+    assert_eq!(store.sweep_jobs(done.done_ms).unwrap(), 0, "not older than the cutoff yet");
+    assert_eq!(store.sweep_jobs(done.done_ms + 1).unwrap(), 1);
+    assert!(store.job(job.id).unwrap().is_none());
+    assert!(store.job_targets.is_empty());
+    assert!(store.job_links.is_empty());
+    assert!(store.jobs_done.is_empty());
+}
+
+#[test]
+fn a_job_of_ten_thousand_targets_stores_no_large_value() {
+    let (_dir, store) = open();
+    let mut big = job(10_000, 100, None);
+    big.payload = "x".repeat(crate::protocol::wire::MAX_PAYLOAD_LEN);
+    let created = store.create_job(&big, &app_ids(10_000)).unwrap();
+    assert_eq!(created.counts.queued, 100);
+    run(&store, "host-00000", TaskStatus::Succeeded, T0 + 1);
+    let mut values = 0;
+    for name in store.db.tree_names() {
+        for entry in store.db.open_tree(&name).unwrap().iter() {
+            let (key, value) = entry.unwrap();
+            assert!(value.len() < 100 * 1024, "tree {name:?} key {key:?}: {} bytes", value.len());
+            values += 1;
+        }
+    }
+    assert!(values > 10_000, "found {values} values");
+}

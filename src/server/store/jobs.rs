@@ -1,0 +1,563 @@
+//! Jobs in the store: the job record, one record per target, the task → target links, and the
+//! moves that keep a job in step with its tasks. [`follow`] runs inside every transaction that
+//! changes a linked task's state (called by `Tx::put_task`): it moves the job's counts, records
+//! how a target ended, stops the job past its error limit, and starts the next waiting targets
+//! while the window has room. Nothing here waits for the disk: callers make writes durable.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use thiserror::Error;
+use tokio::sync::Notify;
+
+use super::records::{JobRecord, TARGET_ERROR_LEN, TargetEnd, TargetRecord, TaskRecord, TaskSpec};
+use super::tasks::{CancelOutcome, cancel_open};
+use super::tx::{Tx, TxError, abort, agent_task_key, decode, queue_key, task_id_from, time_key};
+use super::{Store, StoreError};
+use crate::protocol::jobs::{JobCounts, JobState};
+use crate::protocol::task::new_task_id;
+use crate::protocol::{TaskId, TaskStatus};
+use crate::server::codec;
+
+/// Most events kept for the wake-up loop; older ones are dropped (a wake-up is only a hint).
+const MAX_PENDING_EVENTS: usize = 100_000;
+/// Most tasks one cancel transaction closes.
+const CANCEL_BATCH: usize = 1000;
+/// Most jobs one retention pass removes.
+const SWEEP_BATCH: usize = 100;
+
+/// Something a committed transaction did that someone may be waiting for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobEvent {
+    /// The job changed (its version grew).
+    Changed(TaskId),
+    /// A task was queued for this agent by a job.
+    Started(String),
+}
+
+/// Why a job operation was refused.
+#[derive(Debug, Error)]
+pub enum JobError {
+    /// No job has this id.
+    #[error("unknown job {0}")]
+    UnknownJob(TaskId),
+    /// The job's state does not allow the operation.
+    #[error("job {id} is {state}{}; it cannot be {action}", if *.done { " and done" } else { "" })]
+    BadState {
+        /// The job.
+        id: TaskId,
+        /// Its state.
+        state: JobState,
+        /// Whether it is done.
+        done: bool,
+        /// What was asked (`paused`, `resumed`, `cancelled`).
+        action: &'static str,
+    },
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What an operator's change does to a job.
+enum Change {
+    /// Save the changed job.
+    Save,
+    /// Nothing to change (it already is as asked).
+    Keep,
+    /// The job's state does not allow it.
+    Refuse,
+}
+
+/// Job events of committed transactions, waiting for the wake-up loop.
+#[derive(Default)]
+pub struct EventQueue {
+    events: Mutex<Vec<JobEvent>>,
+    ready: Notify,
+}
+
+impl EventQueue {
+    /// Adds the events of one committed transaction.
+    pub fn push(&self, new: Vec<JobEvent>) {
+        if new.is_empty() {
+            return;
+        }
+        let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        if events.len() + new.len() > MAX_PENDING_EVENTS {
+            events.clear();
+        }
+        events.extend(new);
+        drop(events);
+        self.ready.notify_one();
+    }
+}
+
+/// Queue sequence numbers reserved outside transactions. sled 0.34 runs a transaction under
+/// its global write lock, so `generate_id` (which takes the read lock) must not be called inside
+/// one: a job that starts a target inside another move's transaction takes its number from here.
+/// A number reserved a little earlier may sort before a task enqueued meanwhile: a job's task
+/// can go ahead of a task queued moments before it, never by more than the pool's size.
+#[derive(Default)]
+pub struct SeqPool {
+    ids: Mutex<VecDeque<u64>>,
+}
+
+/// Numbers the pool refills to when it runs low.
+const SEQ_POOL_LOW: usize = 32;
+
+impl SeqPool {
+    /// Makes sure at least `needed` (plus a margin) numbers are reserved; call outside any
+    /// transaction.
+    pub fn reserve(&self, db: &sled::Db, needed: usize) -> Result<(), StoreError> {
+        let have = self.ids.lock().unwrap_or_else(|p| p.into_inner()).len();
+        if have > needed {
+            return Ok(());
+        }
+        // Not under the pool's lock: a transaction (holding sled's write lock) may be waiting
+        // for it, and generate_id waits for sled's read lock.
+        let fresh: Vec<u64> =
+            (0..needed + SEQ_POOL_LOW - have).map(|_| db.generate_id()).collect::<Result<_, _>>()?;
+        self.ids.lock().unwrap_or_else(|p| p.into_inner()).extend(fresh);
+        Ok(())
+    }
+
+    /// Takes the oldest reserved number.
+    pub fn take(&self) -> Option<u64> {
+        self.ids.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
+    }
+}
+
+/// Key of a job record or the prefix of its targets.
+fn job_key(id: TaskId) -> [u8; 16] {
+    *id.as_bytes()
+}
+
+/// Key of a job's target.
+fn target_key(job: TaskId, index: u32) -> Vec<u8> {
+    let mut key = id_bytes(job);
+    key.extend_from_slice(&index.to_be_bytes());
+    key
+}
+
+fn id_bytes(id: TaskId) -> Vec<u8> {
+    id.as_bytes().to_vec()
+}
+
+/// Reads a job id and target index from a link value or target key.
+fn split_link(bytes: &[u8]) -> Result<(TaskId, u32), StoreError> {
+    let index = bytes
+        .get(16..20)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .ok_or_else(|| StoreError::Codec(codec::CodecError::Corrupt("job link is not 20 bytes".into())))?;
+    Ok((task_id_from(&bytes[..16])?, u32::from_be_bytes(index)))
+}
+
+fn tx_err<E: From<StoreError>>(e: StoreError) -> TxError<E> {
+    TxError::Abort(e.into())
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Codec(codec::CodecError::Corrupt(what.to_owned()))
+}
+
+/// The count of `status` in `counts`.
+fn slot(counts: &mut JobCounts, status: TaskStatus) -> &mut u32 {
+    match status {
+        TaskStatus::Queued => &mut counts.queued,
+        TaskStatus::Delivered => &mut counts.delivered,
+        TaskStatus::Running => &mut counts.running,
+        TaskStatus::Succeeded => &mut counts.succeeded,
+        TaskStatus::Failed => &mut counts.failed,
+        TaskStatus::TimedOut => &mut counts.timed_out,
+        TaskStatus::Cancelled => &mut counts.cancelled,
+        TaskStatus::Expired => &mut counts.expired,
+        TaskStatus::Lost => &mut counts.lost,
+    }
+}
+
+fn load_job<E: From<StoreError>>(tx: &Tx<'_>, id: TaskId) -> Result<Option<JobRecord>, TxError<E>> {
+    tx.jobs.get(job_key(id))?.map(|bytes| decode(&bytes)).transpose()
+}
+
+/// Writes the job with its version bumped, and announces the change.
+fn save_job<E>(tx: &Tx<'_>, job: &mut JobRecord) -> Result<(), TxError<E>> {
+    job.version += 1;
+    tx.jobs.insert(&job_key(job.id), codec::encode(job))?;
+    tx.job_events.borrow_mut().push(JobEvent::Changed(job.id));
+    Ok(())
+}
+
+fn load_target<E: From<StoreError>>(
+    tx: &Tx<'_>,
+    job: TaskId,
+    index: u32,
+) -> Result<TargetRecord, TxError<E>> {
+    match tx.job_targets.get(target_key(job, index))? {
+        Some(bytes) => decode(&bytes),
+        None => Err(tx_err(corrupt("a job target is missing"))),
+    }
+}
+
+/// Moves the job of `task` (if it has one) along with the task's change from the stored
+/// value `old`: counts, the target's end, the error limit, the window, done.
+pub(super) fn follow<E: From<StoreError>>(
+    tx: &Tx<'_>,
+    old: &[u8],
+    task: &TaskRecord,
+) -> Result<(), TxError<E>> {
+    let Some(link) = tx.job_links.get(task.id.as_bytes())? else { return Ok(()) };
+    let old: TaskRecord = decode(old)?;
+    if old.status == task.status {
+        return Ok(());
+    }
+    let (job_id, index) = split_link(&link).map_err(tx_err)?;
+    let Some(mut job) = load_job(tx, job_id)? else { return Ok(()) };
+    let now_ms = task.history.last().map_or(0, |(_, t)| *t);
+    let was = slot(&mut job.counts, old.status);
+    *was = was.saturating_sub(1);
+    job.counts.add(task.status);
+    if task.status.is_final() {
+        record_end(tx, job_id, index, task)?;
+        stop_past_error_limit(&mut job);
+        refill(tx, &mut job, now_ms)?;
+    }
+    mark_done(tx, &mut job, now_ms)?;
+    save_job(tx, &mut job)
+}
+
+/// Keeps how a target's task ended in the target record.
+fn record_end<E: From<StoreError>>(
+    tx: &Tx<'_>,
+    job: TaskId,
+    index: u32,
+    task: &TaskRecord,
+) -> Result<(), TxError<E>> {
+    let mut target = load_target(tx, job, index)?;
+    let error = task.error.as_ref().map(|e| {
+        let mut end = e.len().min(TARGET_ERROR_LEN);
+        while !e.is_char_boundary(end) {
+            end -= 1;
+        }
+        e[..end].to_owned()
+    });
+    target.end = Some(TargetEnd {
+        status: task.status,
+        exit_code: task.exit_code,
+        error,
+        duration_ms: task.duration_ms,
+    });
+    tx.job_targets.insert(target_key(job, index), codec::encode(&target))?;
+    Ok(())
+}
+
+/// Stops a running or paused job once its errors pass the limit: waiting targets are skipped.
+fn stop_past_error_limit(job: &mut JobRecord) {
+    let over = job.error_limit.is_some_and(|limit| job.counts.errors() > limit);
+    if over && matches!(job.state, JobState::Running | JobState::Paused) {
+        job.state = JobState::Stopped;
+        skip_waiting(job);
+    }
+}
+
+/// Counts every waiting target as skipped; they will never start (`next` stays where it is:
+/// a target at or past it is skipped when the job is stopped or cancelled).
+fn skip_waiting(job: &mut JobRecord) {
+    job.counts.skipped += job.counts.waiting;
+    job.counts.waiting = 0;
+}
+
+/// Starts waiting targets while the job runs and the window has room.
+fn refill<E: From<StoreError>>(tx: &Tx<'_>, job: &mut JobRecord, now_ms: i64) -> Result<(), TxError<E>> {
+    while job.state == JobState::Running && job.next < job.targets && job.counts.open() < job.window {
+        start_target(tx, job, now_ms)?;
+    }
+    Ok(())
+}
+
+/// Queues the task of target `job.next` and links it to the job.
+fn start_target<E: From<StoreError>>(
+    tx: &Tx<'_>,
+    job: &mut JobRecord,
+    now_ms: i64,
+) -> Result<(), TxError<E>> {
+    let index = job.next;
+    let mut target = load_target(tx, job.id, index)?;
+    let spec = TaskSpec {
+        app_id: &target.app_id,
+        task_type: &job.task_type,
+        payload: &job.payload,
+        timeout_secs: job.timeout_secs,
+        ttl_secs: job.ttl_secs,
+    };
+    let mut task = TaskRecord::new(spec, new_task_id(), now_ms);
+    task.queue_seq = tx.seqs.take().ok_or_else(|| {
+        tx_err(StoreError::Io(
+            "no queue sequence number was reserved for a job's next task; try again".into(),
+        ))
+    })?;
+    let mut link = id_bytes(job.id);
+    link.extend_from_slice(&index.to_be_bytes());
+    tx.job_links.insert(task.id.as_bytes(), link)?;
+    let expires = task.expires_ms;
+    tx.set_deadline(&mut task, expires)?;
+    tx.put_task(&task)?;
+    tx.queue.insert(queue_key(&task.app_id, task.queue_seq), task.id.as_bytes())?;
+    tx.by_agent.insert(agent_task_key(&task.app_id, task.id), &[])?;
+    target.task_id = Some(task.id);
+    tx.job_targets.insert(target_key(job.id, index), codec::encode(&target))?;
+    job.counts.waiting = job.counts.waiting.saturating_sub(1);
+    job.counts.queued += 1;
+    job.next += 1;
+    tx.job_events.borrow_mut().push(JobEvent::Started(target.app_id));
+    Ok(())
+}
+
+/// Marks the job done once nothing is open or waiting; a running (or paused) job is then
+/// finished, a stopped or cancelled one keeps its state.
+fn mark_done<E>(tx: &Tx<'_>, job: &mut JobRecord, now_ms: i64) -> Result<(), TxError<E>> {
+    if job.done_ms != 0 || job.counts.open() != 0 || job.counts.waiting != 0 {
+        return Ok(());
+    }
+    job.done_ms = now_ms.max(1);
+    if matches!(job.state, JobState::Running | JobState::Paused) {
+        job.state = JobState::Finished;
+    }
+    tx.jobs_done.insert(time_key(job.done_ms, job.id), &[])?;
+    Ok(())
+}
+
+impl Store {
+    /// Creates `job` over `app_ids` (sorted, one target each) and starts its first window.
+    pub fn create_job(&self, job: &JobRecord, app_ids: &[String]) -> Result<JobRecord, StoreError> {
+        // The targets go in first, outside the transaction: a crash before the job record is
+        // written leaves only unreachable targets, and the transaction stays small.
+        // (Not a sled batch: `apply_batch` takes sled's global write lock.)
+        for (index, app_id) in app_ids.iter().enumerate() {
+            let index = u32::try_from(index).map_err(|_| corrupt("too many targets"))?;
+            let target = TargetRecord { app_id: app_id.clone(), task_id: None, end: None };
+            self.job_targets.insert(target_key(job.id, index), codec::encode(&target))?;
+        }
+        self.seqs.reserve(&self.db, job.window as usize)?;
+        self.transact(|tx| {
+            let mut job = job.clone();
+            job.counts = JobCounts { waiting: job.targets, ..JobCounts::default() };
+            let now_ms = job.created_ms;
+            refill(tx, &mut job, now_ms)?;
+            mark_done(tx, &mut job, now_ms)?;
+            save_job(tx, &mut job)?;
+            Ok::<_, TxError<StoreError>>(job)
+        })
+    }
+
+    /// The job `id`.
+    pub fn job(&self, id: TaskId) -> Result<Option<JobRecord>, StoreError> {
+        self.jobs.get(job_key(id))?.map(|v| codec::decode(&v)).transpose().map_err(Into::into)
+    }
+
+    /// Up to `limit` jobs, newest first.
+    pub fn jobs(&self, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
+        self.jobs.iter().values().rev().take(limit).map(|v| Ok(codec::decode(&v?)?)).collect()
+    }
+
+    /// Pauses a running job: no new target starts; open tasks go on. Pausing a paused job
+    /// changes nothing.
+    pub fn pause_job(&self, id: TaskId) -> Result<JobRecord, JobError> {
+        self.change_job(id, "paused", |_, job| {
+            Ok(match job.state {
+                JobState::Paused => Change::Keep,
+                JobState::Running => {
+                    job.state = JobState::Paused;
+                    Change::Save
+                }
+                _ => Change::Refuse,
+            })
+        })
+    }
+
+    /// Resumes a paused job and refills its window. Resuming a running job changes nothing.
+    pub fn resume_job(&self, id: TaskId, now_ms: i64) -> Result<JobRecord, JobError> {
+        if let Some(job) = self.job(id)? {
+            self.seqs.reserve(&self.db, job.window as usize)?;
+        }
+        self.change_job(id, "resumed", |tx, job| {
+            Ok(match job.state {
+                JobState::Running => Change::Keep,
+                JobState::Paused => {
+                    job.state = JobState::Running;
+                    refill(tx, job, now_ms)?;
+                    mark_done(tx, job, now_ms)?;
+                    Change::Save
+                }
+                _ => Change::Refuse,
+            })
+        })
+    }
+
+    /// Runs `change` on job `id` in one transaction.
+    fn change_job(
+        &self,
+        id: TaskId,
+        action: &'static str,
+        change: impl Fn(&Tx<'_>, &mut JobRecord) -> Result<Change, TxError<JobError>>,
+    ) -> Result<JobRecord, JobError> {
+        self.transact(|tx| {
+            let Some(mut job) = load_job::<JobError>(tx, id)? else { return abort(JobError::UnknownJob(id)) };
+            match change(tx, &mut job)? {
+                Change::Save => save_job(tx, &mut job)?,
+                Change::Keep => {}
+                Change::Refuse => {
+                    let (state, done) = (job.state, job.done_ms != 0);
+                    return abort(JobError::BadState { id, state, done, action });
+                }
+            }
+            Ok(job)
+        })
+    }
+
+    /// Cancels a job that is not done: waiting targets are skipped, queued tasks end at once,
+    /// running ones are marked for their agents (or, with `force`, end at once). Returns the
+    /// job and the tasks it cancelled. Cancelling a cancelled job that is not done yet cancels
+    /// what is still open (a retry after a crash half way).
+    pub fn cancel_job(
+        &self,
+        id: TaskId,
+        force: bool,
+        now_ms: i64,
+    ) -> Result<(JobRecord, Vec<CancelOutcome>), JobError> {
+        self.transact(|tx| {
+            let Some(mut job) = load_job::<JobError>(tx, id)? else { return abort(JobError::UnknownJob(id)) };
+            if job.done_ms != 0 {
+                let state = job.state;
+                return abort(JobError::BadState { id, state, done: true, action: "cancelled" });
+            }
+            if job.state != JobState::Cancelled {
+                job.state = JobState::Cancelled;
+                skip_waiting(&mut job);
+                save_job(tx, &mut job)?;
+            }
+            Ok(())
+        })?;
+        // No target starts any more, so the open tasks found now are all there will be.
+        let open = self.open_tasks(id)?;
+        let mut cancelled = Vec::new();
+        for batch in open.chunks(CANCEL_BATCH) {
+            cancelled.extend(self.transact(|tx| {
+                let mut outcomes = Vec::new();
+                for &task_id in batch {
+                    match tx.task::<StoreError>(task_id)? {
+                        Some(task) if !task.status.is_final() => {
+                            outcomes.push(cancel_open(tx, task, force, now_ms)?);
+                        }
+                        _ => {}
+                    }
+                }
+                Ok::<_, TxError<StoreError>>(outcomes)
+            })?);
+        }
+        let job = self.job(id)?.ok_or(JobError::UnknownJob(id))?;
+        Ok((job, cancelled))
+    }
+
+    /// Tasks of job `id` that were started and have not ended.
+    fn open_tasks(&self, id: TaskId) -> Result<Vec<TaskId>, StoreError> {
+        let mut open = Vec::new();
+        for value in self.job_targets.scan_prefix(job_key(id)).values() {
+            let target: TargetRecord = codec::decode(&value?)?;
+            if let (Some(task_id), None) = (target.task_id, &target.end) {
+                open.push(task_id);
+            }
+        }
+        Ok(open)
+    }
+
+    /// Up to `limit` targets of `job`, in app id order, after app id `after`.
+    pub fn job_targets(
+        &self,
+        job: &JobRecord,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<TargetRecord>, StoreError> {
+        let start = match after {
+            Some(after) => self.first_target_after(job, after)?,
+            None => 0,
+        };
+        self.job_targets
+            .range(target_key(job.id, start)..)
+            .values()
+            .take(limit.min(job.targets.saturating_sub(start) as usize))
+            .map(|v| Ok(codec::decode(&v?)?))
+            .collect()
+    }
+
+    /// Index of the first target whose app id sorts after `after` (targets are sorted by app
+    /// id, so a binary search over point reads finds it).
+    fn first_target_after(&self, job: &JobRecord, after: &str) -> Result<u32, StoreError> {
+        let (mut low, mut high) = (0u32, job.targets);
+        while low < high {
+            let mid = low + (high - low) / 2;
+            let bytes = self
+                .job_targets
+                .get(target_key(job.id, mid))?
+                .ok_or_else(|| corrupt("job target missing"))?;
+            let target: TargetRecord = codec::decode(&bytes)?;
+            if target.app_id.as_str() <= after {
+                low = mid + 1;
+            } else {
+                high = mid;
+            }
+        }
+        Ok(low)
+    }
+
+    /// Calls `visit` with every target of job `id`, in app id order.
+    pub fn each_target(
+        &self,
+        id: TaskId,
+        mut visit: impl FnMut(TargetRecord) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for value in self.job_targets.scan_prefix(job_key(id)).values() {
+            visit(codec::decode(&value?)?)?;
+        }
+        Ok(())
+    }
+
+    /// Takes the job events of the transactions committed so far.
+    pub fn take_job_events(&self) -> Vec<JobEvent> {
+        std::mem::take(&mut *self.job_events.events.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Completes when job events may be waiting (create the future before taking the events).
+    pub fn job_events_ready(&self) -> tokio::sync::futures::Notified<'_> {
+        self.job_events.ready.notified()
+    }
+
+    /// Removes jobs that were done before `cutoff_ms`, with their targets and task links (at
+    /// most a batch); returns how many.
+    pub fn sweep_jobs(&self, cutoff_ms: i64) -> Result<usize, StoreError> {
+        let old: Vec<sled::IVec> = self
+            .jobs_done
+            .range(..time_key(cutoff_ms, TaskId::nil()))
+            .keys()
+            .take(SWEEP_BATCH)
+            .collect::<Result<_, _>>()?;
+        for key in &old {
+            let id = task_id_from(&key[8..])?;
+            for entry in self.job_targets.scan_prefix(job_key(id)) {
+                let (target_key, value) = entry?;
+                let target: TargetRecord = codec::decode(&value)?;
+                if let Some(task_id) = target.task_id {
+                    self.job_links.remove(task_id.as_bytes())?;
+                }
+                self.job_targets.remove(target_key)?;
+            }
+            // The index entry goes last: if this stops half way, it still leads here next time.
+            self.jobs.remove(job_key(id))?;
+            self.jobs_done.remove(key)?;
+        }
+        Ok(old.len())
+    }
+
+    /// The job and target index of task `id`, if it belongs to a job.
+    pub fn job_of_task(&self, id: TaskId) -> Result<Option<(TaskId, u32)>, StoreError> {
+        self.job_links.get(id.as_bytes())?.map(|v| split_link(&v)).transpose()
+    }
+}
