@@ -8,6 +8,7 @@ pub mod enroll;
 pub mod fleet;
 pub mod guard;
 pub mod http;
+pub mod job_results;
 pub mod jobs;
 pub mod store;
 

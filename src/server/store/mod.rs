@@ -24,6 +24,7 @@
 //! Writes are applied in memory first; [`Store::durable`] returns once they are on stable storage.
 
 mod admin;
+mod job_reads;
 mod jobs;
 mod output;
 mod records;
