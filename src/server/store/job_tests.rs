@@ -191,6 +191,18 @@ fn cancel_skips_waiting_ends_queued_and_marks_running_tasks() {
 }
 
 #[test]
+fn cancelling_a_paused_job_with_nothing_open_makes_it_done() {
+    let (_dir, store) = open();
+    let job = create(&store, 3, 1, None);
+    store.pause_job(job.id).unwrap();
+    run(&store, "host-00000", TaskStatus::Succeeded, T0 + 1);
+    let (cancelled, outcomes) = store.cancel_job(job.id, false, T0 + 2).unwrap();
+    assert!(outcomes.is_empty());
+    assert_eq!(cancelled.counts, JobCounts { succeeded: 1, skipped: 2, ..JobCounts::default() });
+    assert_eq!((cancelled.state, cancelled.done_ms), (JobState::Cancelled, T0 + 2));
+}
+
+#[test]
 fn a_forced_cancel_ends_running_tasks_at_once() {
     let (_dir, store) = open();
     let job = create(&store, 2, 2, None);

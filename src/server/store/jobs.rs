@@ -430,6 +430,7 @@ impl Store {
             if job.state != JobState::Cancelled {
                 job.state = JobState::Cancelled;
                 skip_waiting(&mut job);
+                mark_done(tx, &mut job, now_ms)?;
                 save_job(tx, &mut job)?;
             }
             Ok(())
