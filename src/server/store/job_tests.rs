@@ -278,3 +278,18 @@ fn a_job_of_ten_thousand_targets_stores_no_large_value() {
     }
     assert!(values > 10_000, "found {values} values");
 }
+
+#[test]
+fn a_task_started_by_a_job_takes_its_place_at_the_end_of_its_agents_queue() {
+    let (_dir, store) = open();
+    let job = create(&store, 2, 1, None);
+    let spec =
+        TaskSpec { app_id: "host-00001", task_type: "ping", payload: "", timeout_secs: 60, ttl_secs: 600 };
+    let mut earlier = vec![TaskRecord::new(spec, new_task_id(), T0 + 1)];
+    store.enqueue(&mut earlier).unwrap();
+    run(&store, "host-00000", TaskStatus::Succeeded, T0 + 2);
+    let first = store.take_next("host-00001", Delivery::Acknowledged, T0 + 3).unwrap().unwrap();
+    assert_eq!(first.id, earlier[0].id, "the task queued before the job reached this agent goes first");
+    let second = store.take_next("host-00001", Delivery::Acknowledged, T0 + 3).unwrap().unwrap();
+    assert_eq!(store.job_of_task(second.id).unwrap(), Some((job.id, 1)));
+}

@@ -102,8 +102,8 @@ impl EventQueue {
 /// Queue sequence numbers reserved outside transactions. sled 0.34 runs a transaction under
 /// its global write lock, so `generate_id` (which takes the read lock) must not be called inside
 /// one: a job that starts a target inside another move's transaction takes its number from here.
-/// A number reserved a little earlier may sort before a task enqueued meanwhile: a job's task
-/// can go ahead of a task queued moments before it, never by more than the pool's size.
+/// Every enqueue takes its numbers from here too, and the pool hands them out in increasing
+/// order, so an agent's queue stays in the order tasks were queued.
 #[derive(Default)]
 pub struct SeqPool {
     ids: Mutex<VecDeque<u64>>,
