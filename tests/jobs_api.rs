@@ -397,3 +397,32 @@ fn a_job_survives_a_sigkill_of_the_server_and_every_target_ends_once() {
         assert_eq!(finals, 1, "{} ended once: {history:?}", result.app_id);
     }
 }
+
+#[test]
+fn a_version_wait_returns_with_the_next_change_and_a_forced_cancel_closes_running_tasks() {
+    let server = server();
+    let agents = fleet(&server, "v", 2, &[]);
+    let created =
+        create(&server, json!({"targets": {"all": true}, "task_type": "ping", "max_concurrency": 1}));
+    let path = format!("/api/v1/jobs/{}?after_version={}&wait=30", created.job_id, created.version);
+    let waiter = {
+        let addr = server.addr;
+        let auth = format!("Bearer {}", server.token);
+        std::thread::spawn(move || http(addr, "GET", &path, &[("Authorization", auth.as_str())], b""))
+    };
+    // The waiter parks (or sees the change at once); either way it must answer the new version.
+    let task = agents["v-00"].get_task().unwrap().expect("queued");
+    agents["v-00"].report(&report(&task.task_id, DO_STATUS_DOING, 0, "")).unwrap();
+    let changed: JobView = expect(waiter.join().expect("waiter thread"), 200);
+    assert!(changed.version > created.version, "{changed:?}");
+    assert_eq!(changed.counts.queued + changed.counts.delivered + changed.counts.running, 1);
+    let cancel_path = format!("/api/v1/jobs/{}/cancel", created.job_id);
+    let cancelled: JobView = expect(call(&server, "POST", &cancel_path, Some(&json!({"force": true}))), 200);
+    assert!(cancelled.done, "a forced cancel closes the running task at once: {cancelled:?}");
+    assert_eq!((cancelled.counts.cancelled, cancelled.counts.skipped), (1, 1));
+    assert_eq!(task_status(&server, &task.task_id), "cancelled");
+}
+
+fn task_status(server: &Server, id: &str) -> String {
+    task(server, id).status.as_str().to_owned()
+}

@@ -282,7 +282,8 @@ pub struct JobView {
     /// Targets per state.
     pub counts: JobCounts,
     /// Grows by one at every change of the job; `GET /api/v1/jobs/{id}?after_version=V&wait=S`
-    /// waits up to S seconds for a version above V.
+    /// waits up to S seconds for a version above V (a done job answers at once: it will not
+    /// change any more).
     pub version: u64,
 }
 

@@ -1,10 +1,10 @@
 //! The server's operations on jobs, independent of HTTP: validate a request and resolve its
-//! targets, create, pause, resume and cancel a job, wait for a change, page its results and
-//! group them by outcome, the loop that turns committed job events into wake-ups, and job
+//! targets, create, pause, resume and cancel a job, wait for a change (results and groups are
+//! in `job_results.rs`), the loop that turns committed job events into wake-ups, and job
 //! retention. The sliding window itself lives in the store (see `store/jobs.rs`): it moves in
 //! the same transaction as the task that frees a slot.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,12 +15,9 @@ use super::fleet::{
     FleetError, MAX_ENQUEUE_BYTES, MAX_NAMED_TARGETS, MAX_TIMEOUT_SECS, MAX_TTL_SECS, bounded, now_ms,
     rfc3339,
 };
-use super::store::{AgentRecord, AgentStatus, JobError, JobEvent, JobRecord, StoreError, TargetRecord};
+use super::store::{AgentRecord, AgentStatus, JobError, JobEvent, JobRecord, StoreError};
 use crate::protocol::TaskId;
-use crate::protocol::jobs::{
-    JobCounts, JobGroups, JobRequest, JobResult, JobResults, JobState, JobView, Limit, MAX_GROUP_HOSTS,
-    MAX_OUTPUT_GROUPS, MAX_RESULTS_PAGE, MAX_TARGET_LABELS, OutputGroup, Targets,
-};
+use crate::protocol::jobs::{JobCounts, JobRequest, JobState, JobView, Limit, MAX_TARGET_LABELS, Targets};
 use crate::protocol::task::new_task_id;
 use crate::protocol::wire;
 
@@ -28,8 +25,6 @@ use crate::protocol::wire;
 pub const MAX_JOB_TARGETS: usize = 100_000;
 /// Longest label key or value in a target selection.
 pub const MAX_LABEL_LEN: usize = 256;
-/// Most output per stream shown in results and groups.
-const RESULT_OUTPUT_LEN: usize = 4 * 1024;
 /// Most app ids named in an error message.
 const NAMED_IN_ERRORS: usize = 10;
 
@@ -300,87 +295,6 @@ impl Fleet {
         Ok(job)
     }
 
-    /// Up to `limit` results of job `id` in app id order, after app id `after`.
-    pub fn job_results(
-        &self,
-        id: TaskId,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<JobResults, FleetError> {
-        let job = self.store.job(id)?.ok_or_else(|| FleetError::NotFound(format!("unknown job {id}")))?;
-        let limit = limit.clamp(1, MAX_RESULTS_PAGE);
-        let mut targets = self.store.job_targets(&job, after, limit + 1)?;
-        let more = targets.len() > limit;
-        targets.truncate(limit);
-        let results: Vec<JobResult> =
-            targets.into_iter().map(|t| self.job_result(&job, t)).collect::<Result<_, _>>()?;
-        let next = if more { results.last().map(|r| r.app_id.clone()) } else { None };
-        Ok(JobResults { results, next })
-    }
-
-    /// What became of one target: from its task while the task is kept, else from the target.
-    fn job_result(&self, job: &JobRecord, target: TargetRecord) -> Result<JobResult, StoreError> {
-        let task = match target.task_id {
-            Some(id) => self.store.task(id)?,
-            None => None,
-        };
-        let mut result = JobResult {
-            app_id: target.app_id,
-            state: String::new(),
-            task_id: target.task_id.map(|id| id.to_string()),
-            exit_code: None,
-            stdout: String::new(),
-            stderr: String::new(),
-            error: None,
-            duration_ms: None,
-        };
-        if let Some(task) = task {
-            let [stdout, stderr, _] = self.store.output_texts(&task, RESULT_OUTPUT_LEN)?;
-            result.state = task.status.as_str().to_owned();
-            result.stdout = String::from_utf8_lossy(&stdout).into_owned();
-            result.stderr = String::from_utf8_lossy(&stderr).into_owned();
-            (result.exit_code, result.error, result.duration_ms) =
-                (task.exit_code, task.error, task.duration_ms);
-        } else if let Some(end) = target.end {
-            result.state = end.status.as_str().to_owned();
-            (result.exit_code, result.error, result.duration_ms) =
-                (end.exit_code, end.error, end.duration_ms);
-        } else if target.task_id.is_some() {
-            result.state = "removed".to_owned();
-        } else if matches!(job.state, JobState::Stopped | JobState::Cancelled) {
-            result.state = "skipped".to_owned();
-        } else {
-            result.state = "waiting".to_owned();
-        }
-        Ok(result)
-    }
-
-    /// Job `id`'s targets grouped by outcome, biggest group first, in one pass.
-    pub fn job_groups(&self, id: TaskId) -> Result<JobGroups, FleetError> {
-        let job = self.store.job(id)?.ok_or_else(|| FleetError::NotFound(format!("unknown job {id}")))?;
-        type Key = (String, Option<i32>, String, String, Option<String>);
-        let mut groups: HashMap<Key, OutputGroup> = HashMap::new();
-        let mut other: Option<OutputGroup> = None;
-        self.store.each_target(id, |target| {
-            let r = self.job_result(&job, target)?;
-            let key: Key = (r.state, r.exit_code, r.stdout, r.stderr, r.error);
-            let group = if groups.contains_key(&key) || groups.len() < MAX_OUTPUT_GROUPS {
-                groups.entry(key).or_insert_with_key(|k| new_group(k.0.clone(), k.1, &k.2, &k.3, k.4.clone()))
-            } else {
-                other.get_or_insert_with(|| new_group("other".into(), None, "", "", None))
-            };
-            group.count += 1;
-            if group.app_ids.len() < MAX_GROUP_HOSTS {
-                group.app_ids.push(r.app_id);
-            }
-            Ok(())
-        })?;
-        let mut groups: Vec<OutputGroup> = groups.into_values().collect();
-        groups.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.app_ids.cmp(&b.app_ids)));
-        groups.extend(other);
-        Ok(JobGroups { groups })
-    }
-
     /// Up to `limit` jobs, newest first.
     pub fn list_jobs(&self, limit: usize) -> Result<Vec<JobView>, FleetError> {
         Ok(self.store.jobs(limit)?.iter().map(job_view).collect())
@@ -424,23 +338,5 @@ impl Fleet {
             info!(jobs = removed, "retention removed old jobs");
         }
         Ok(())
-    }
-}
-
-fn new_group(
-    state: String,
-    exit_code: Option<i32>,
-    stdout: &str,
-    stderr: &str,
-    error: Option<String>,
-) -> OutputGroup {
-    OutputGroup {
-        state,
-        exit_code,
-        stdout: stdout.to_owned(),
-        stderr: stderr.to_owned(),
-        error,
-        count: 0,
-        app_ids: Vec::new(),
     }
 }

@@ -9,6 +9,7 @@ pub mod fleet;
 pub mod guard;
 pub mod http;
 pub mod inventory;
+pub mod job_results;
 pub mod jobs;
 pub mod store;
 

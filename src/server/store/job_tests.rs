@@ -191,6 +191,18 @@ fn cancel_skips_waiting_ends_queued_and_marks_running_tasks() {
 }
 
 #[test]
+fn cancelling_a_paused_job_with_nothing_open_makes_it_done() {
+    let (_dir, store) = open();
+    let job = create(&store, 3, 1, None);
+    store.pause_job(job.id).unwrap();
+    run(&store, "host-00000", TaskStatus::Succeeded, T0 + 1);
+    let (cancelled, outcomes) = store.cancel_job(job.id, false, T0 + 2).unwrap();
+    assert!(outcomes.is_empty());
+    assert_eq!(cancelled.counts, JobCounts { succeeded: 1, skipped: 2, ..JobCounts::default() });
+    assert_eq!((cancelled.state, cancelled.done_ms), (JobState::Cancelled, T0 + 2));
+}
+
+#[test]
 fn a_forced_cancel_ends_running_tasks_at_once() {
     let (_dir, store) = open();
     let job = create(&store, 2, 2, None);
@@ -265,4 +277,19 @@ fn a_job_of_ten_thousand_targets_stores_no_large_value() {
         }
     }
     assert!(values > 10_000, "found {values} values");
+}
+
+#[test]
+fn a_task_started_by_a_job_takes_its_place_at_the_end_of_its_agents_queue() {
+    let (_dir, store) = open();
+    let job = create(&store, 2, 1, None);
+    let spec =
+        TaskSpec { app_id: "host-00001", task_type: "ping", payload: "", timeout_secs: 60, ttl_secs: 600 };
+    let mut earlier = vec![TaskRecord::new(spec, new_task_id(), T0 + 1)];
+    store.enqueue(&mut earlier).unwrap();
+    run(&store, "host-00000", TaskStatus::Succeeded, T0 + 2);
+    let first = store.take_next("host-00001", Delivery::Acknowledged, T0 + 3).unwrap().unwrap();
+    assert_eq!(first.id, earlier[0].id, "the task queued before the job reached this agent goes first");
+    let second = store.take_next("host-00001", Delivery::Acknowledged, T0 + 3).unwrap().unwrap();
+    assert_eq!(store.job_of_task(second.id).unwrap(), Some((job.id, 1)));
 }

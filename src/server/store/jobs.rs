@@ -23,8 +23,6 @@ use crate::server::codec;
 const MAX_PENDING_EVENTS: usize = 100_000;
 /// Most tasks one cancel transaction closes.
 const CANCEL_BATCH: usize = 1000;
-/// Most jobs one retention pass removes.
-const SWEEP_BATCH: usize = 100;
 
 /// Something a committed transaction did that someone may be waiting for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,13 +87,23 @@ impl EventQueue {
         drop(events);
         self.ready.notify_one();
     }
+
+    /// Takes every event pushed so far.
+    pub fn take(&self) -> Vec<JobEvent> {
+        std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Completes after the next push (or at once if one came since the last wait).
+    pub fn ready(&self) -> tokio::sync::futures::Notified<'_> {
+        self.ready.notified()
+    }
 }
 
 /// Queue sequence numbers reserved outside transactions. sled 0.34 runs a transaction under
 /// its global write lock, so `generate_id` (which takes the read lock) must not be called inside
 /// one: a job that starts a target inside another move's transaction takes its number from here.
-/// A number reserved a little earlier may sort before a task enqueued meanwhile: a job's task
-/// can go ahead of a task queued moments before it, never by more than the pool's size.
+/// Every enqueue takes its numbers from here too, and the pool hands them out in increasing
+/// order, so an agent's queue stays in the order tasks were queued.
 #[derive(Default)]
 pub struct SeqPool {
     ids: Mutex<VecDeque<u64>>,
@@ -127,12 +135,12 @@ impl SeqPool {
 }
 
 /// Key of a job record or the prefix of its targets.
-fn job_key(id: TaskId) -> [u8; 16] {
+pub(super) fn job_key(id: TaskId) -> [u8; 16] {
     *id.as_bytes()
 }
 
 /// Key of a job's target.
-fn target_key(job: TaskId, index: u32) -> Vec<u8> {
+pub(super) fn target_key(job: TaskId, index: u32) -> Vec<u8> {
     let mut key = id_bytes(job);
     key.extend_from_slice(&index.to_be_bytes());
     key
@@ -143,7 +151,7 @@ fn id_bytes(id: TaskId) -> Vec<u8> {
 }
 
 /// Reads a job id and target index from a link value or target key.
-fn split_link(bytes: &[u8]) -> Result<(TaskId, u32), StoreError> {
+pub(super) fn split_link(bytes: &[u8]) -> Result<(TaskId, u32), StoreError> {
     let index = bytes
         .get(16..20)
         .and_then(|b| <[u8; 4]>::try_from(b).ok())
@@ -155,7 +163,7 @@ fn tx_err<E: From<StoreError>>(e: StoreError) -> TxError<E> {
     TxError::Abort(e.into())
 }
 
-fn corrupt(what: &str) -> StoreError {
+pub(super) fn corrupt(what: &str) -> StoreError {
     StoreError::Codec(codec::CodecError::Corrupt(what.to_owned()))
 }
 
@@ -348,16 +356,6 @@ impl Store {
         })
     }
 
-    /// The job `id`.
-    pub fn job(&self, id: TaskId) -> Result<Option<JobRecord>, StoreError> {
-        self.jobs.get(job_key(id))?.map(|v| codec::decode(&v)).transpose().map_err(Into::into)
-    }
-
-    /// Up to `limit` jobs, newest first.
-    pub fn jobs(&self, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
-        self.jobs.iter().values().rev().take(limit).map(|v| Ok(codec::decode(&v?)?)).collect()
-    }
-
     /// Pauses a running job: no new target starts; open tasks go on. Pausing a paused job
     /// changes nothing.
     pub fn pause_job(&self, id: TaskId) -> Result<JobRecord, JobError> {
@@ -432,6 +430,7 @@ impl Store {
             if job.state != JobState::Cancelled {
                 job.state = JobState::Cancelled;
                 skip_waiting(&mut job);
+                mark_done(tx, &mut job, now_ms)?;
                 save_job(tx, &mut job)?;
             }
             Ok(())
@@ -455,109 +454,5 @@ impl Store {
         }
         let job = self.job(id)?.ok_or(JobError::UnknownJob(id))?;
         Ok((job, cancelled))
-    }
-
-    /// Tasks of job `id` that were started and have not ended.
-    fn open_tasks(&self, id: TaskId) -> Result<Vec<TaskId>, StoreError> {
-        let mut open = Vec::new();
-        for value in self.job_targets.scan_prefix(job_key(id)).values() {
-            let target: TargetRecord = codec::decode(&value?)?;
-            if let (Some(task_id), None) = (target.task_id, &target.end) {
-                open.push(task_id);
-            }
-        }
-        Ok(open)
-    }
-
-    /// Up to `limit` targets of `job`, in app id order, after app id `after`.
-    pub fn job_targets(
-        &self,
-        job: &JobRecord,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<TargetRecord>, StoreError> {
-        let start = match after {
-            Some(after) => self.first_target_after(job, after)?,
-            None => 0,
-        };
-        self.job_targets
-            .range(target_key(job.id, start)..)
-            .values()
-            .take(limit.min(job.targets.saturating_sub(start) as usize))
-            .map(|v| Ok(codec::decode(&v?)?))
-            .collect()
-    }
-
-    /// Index of the first target whose app id sorts after `after` (targets are sorted by app
-    /// id, so a binary search over point reads finds it).
-    fn first_target_after(&self, job: &JobRecord, after: &str) -> Result<u32, StoreError> {
-        let (mut low, mut high) = (0u32, job.targets);
-        while low < high {
-            let mid = low + (high - low) / 2;
-            let bytes = self
-                .job_targets
-                .get(target_key(job.id, mid))?
-                .ok_or_else(|| corrupt("job target missing"))?;
-            let target: TargetRecord = codec::decode(&bytes)?;
-            if target.app_id.as_str() <= after {
-                low = mid + 1;
-            } else {
-                high = mid;
-            }
-        }
-        Ok(low)
-    }
-
-    /// Calls `visit` with every target of job `id`, in app id order.
-    pub fn each_target(
-        &self,
-        id: TaskId,
-        mut visit: impl FnMut(TargetRecord) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        for value in self.job_targets.scan_prefix(job_key(id)).values() {
-            visit(codec::decode(&value?)?)?;
-        }
-        Ok(())
-    }
-
-    /// Takes the job events of the transactions committed so far.
-    pub fn take_job_events(&self) -> Vec<JobEvent> {
-        std::mem::take(&mut *self.job_events.events.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    /// Completes when job events may be waiting (create the future before taking the events).
-    pub fn job_events_ready(&self) -> tokio::sync::futures::Notified<'_> {
-        self.job_events.ready.notified()
-    }
-
-    /// Removes jobs that were done before `cutoff_ms`, with their targets and task links (at
-    /// most a batch); returns how many.
-    pub fn sweep_jobs(&self, cutoff_ms: i64) -> Result<usize, StoreError> {
-        let old: Vec<sled::IVec> = self
-            .jobs_done
-            .range(..time_key(cutoff_ms, TaskId::nil()))
-            .keys()
-            .take(SWEEP_BATCH)
-            .collect::<Result<_, _>>()?;
-        for key in &old {
-            let id = task_id_from(&key[8..])?;
-            for entry in self.job_targets.scan_prefix(job_key(id)) {
-                let (target_key, value) = entry?;
-                let target: TargetRecord = codec::decode(&value)?;
-                if let Some(task_id) = target.task_id {
-                    self.job_links.remove(task_id.as_bytes())?;
-                }
-                self.job_targets.remove(target_key)?;
-            }
-            // The index entry goes last: if this stops half way, it still leads here next time.
-            self.jobs.remove(job_key(id))?;
-            self.jobs_done.remove(key)?;
-        }
-        Ok(old.len())
-    }
-
-    /// The job and target index of task `id`, if it belongs to a job.
-    pub fn job_of_task(&self, id: TaskId) -> Result<Option<(TaskId, u32)>, StoreError> {
-        self.job_links.get(id.as_bytes())?.map(|v| split_link(&v)).transpose()
     }
 }

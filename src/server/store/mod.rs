@@ -26,6 +26,7 @@
 
 mod admin;
 mod facts;
+mod job_reads;
 mod jobs;
 mod output;
 mod records;

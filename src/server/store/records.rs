@@ -348,7 +348,7 @@ pub struct TargetEnd {
     pub status: TaskStatus,
     /// Exit code.
     pub exit_code: Option<i32>,
-    /// Error text (its first [`TARGET_ERROR_LEN`] bytes).
+    /// Error text (its first 1 KiB, `TARGET_ERROR_LEN`).
     pub error: Option<String>,
     /// Run time the agent measured.
     pub duration_ms: Option<u64>,

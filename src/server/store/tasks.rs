@@ -31,8 +31,13 @@ impl Store {
     /// Queues `tasks` (each at the end of its agent's queue) in one transaction. Ids already
     /// stored are skipped, so retrying an enqueue with the same ids is safe.
     pub fn enqueue(&self, tasks: &mut [TaskRecord]) -> Result<(), StoreError> {
+        // Numbers come from the pool jobs use too, so queue order stays the order of enqueues.
+        self.seqs.reserve(&self.db, tasks.len())?;
         for task in tasks.iter_mut() {
-            task.queue_seq = self.db.generate_id()?;
+            task.queue_seq = match self.seqs.take() {
+                Some(seq) => seq,
+                None => self.db.generate_id()?, // another enqueue took the reserve meanwhile
+            };
         }
         self.transact(|tx| {
             for task in tasks.iter() {
