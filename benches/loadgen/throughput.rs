@@ -64,6 +64,7 @@ async fn measure(server: &ServerProc, agents: usize, secs: u64, options: &Option
     let window = started.elapsed();
     let reported = counters.reported.load(Relaxed) - start_reported;
     let cpu = cpu_time(server.pid())? - start_cpu;
+    let own = cpu_time(std::process::id())? - own_start;
     counters.stop.store(true, Relaxed);
     for handle in handles {
         handle.abort();
@@ -100,6 +101,11 @@ async fn measure(server: &ServerProc, agents: usize, secs: u64, options: &Option
     table.row(&[
         "server CPU in the window".into(),
         format!("{:.0} % of one core", 100.0 * cpu.as_secs_f64() / window.as_secs_f64()),
+        String::new(),
+    ]);
+    table.row(&[
+        "load generator's own CPU in the window (same machine)".into(),
+        format!("{:.0} % of one core", 100.0 * own.as_secs_f64() / window.as_secs_f64()),
         String::new(),
     ]);
     table.row(&["errors".into(), count(errors), "0".into()]);
