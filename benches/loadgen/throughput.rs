@@ -58,6 +58,7 @@ async fn measure(server: &ServerProc, agents: usize, secs: u64, options: &Option
         handles.push(tokio::spawn(async move { enqueue_loop(&mut admin, &ids, batch, &counters).await }));
     }
     tokio::time::sleep(WARM_UP).await;
+    let own_start = cpu_time(std::process::id())?;
     let (start_reported, start_cpu, started) =
         (counters.reported.load(Relaxed), cpu_time(server.pid())?, Instant::now());
     let per_second = sample_window(&counters, secs).await;
