@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use crate::http::Admin;
 use crate::procs::{ADMIN_TOKEN, ENROLL_KEY, ServerProc};
 use crate::report::{Table, count, ms};
-use crate::sim::{SimAgent, app_ids, enroll_all};
+use crate::sim::{SimAgent, app_ids, start_fleet};
 use crate::{Options, check_fds};
 
 /// Time left for every agent to park its first poll before the enqueue.
@@ -41,10 +41,9 @@ pub async fn run(options: &Options, fds: u64) -> Result<()> {
 async fn measure(server: &ServerProc, agents: usize) -> Result<()> {
     let ids = app_ids("fan", agents);
     let enrolled = Instant::now();
-    let fleet = enroll_all(server.addr, &ids, ENROLL_KEY, 200).await?;
-    let enroll_time = enrolled.elapsed();
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let handles: Vec<_> = fleet.into_iter().map(|a| tokio::spawn(one_task(a, tx.clone()))).collect();
+    let handles = start_fleet(server.addr, &ids, ENROLL_KEY, 200, |a| one_task(a, tx.clone())).await?;
+    let enroll_time = enrolled.elapsed();
     drop(tx);
     tokio::time::sleep(PARK).await;
     let mut admin = Admin::open(server.addr, ADMIN_TOKEN).await?;

@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::procs::{ENROLL_KEY, ServerProc, cpu_time, memory_kib};
 use crate::report::{Table, count, mib};
-use crate::sim::{SimAgent, app_ids, enroll_all};
+use crate::sim::{SimAgent, app_ids, start_fleet};
 use crate::{Options, check_fds};
 
 /// Time for the server to settle before the "before" reading, and for every agent to park.
@@ -32,11 +32,12 @@ pub async fn run(options: &Options, fds: u64) -> Result<()> {
 async fn measure(server: &ServerProc, agents: usize, secs: u64) -> Result<()> {
     tokio::time::sleep(SETTLE).await;
     let (rss_before, _) = memory_kib(server.pid())?;
-    let fleet = enroll_all(server.addr, &app_ids("idle", agents), ENROLL_KEY, 200).await?;
     let polls = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
-    let handles: Vec<_> =
-        fleet.into_iter().map(|a| tokio::spawn(park(a, Arc::clone(&polls), Arc::clone(&errors)))).collect();
+    let ids = app_ids("idle", agents);
+    let handles =
+        start_fleet(server.addr, &ids, ENROLL_KEY, 200, |a| park(a, Arc::clone(&polls), Arc::clone(&errors)))
+            .await?;
     tokio::time::sleep(SETTLE).await;
     let (rss_parked, _) = memory_kib(server.pid())?;
     let (cpu_start, own_start, polls_start, started) =

@@ -9,6 +9,7 @@
 //! between two polls, once at least [`HEARTBEAT`] has passed (the real agent pings every 30 s on
 //! a second connection).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,7 @@ use hyper::Method;
 use orange::protocol::sign::{Canonical, SIGN_VERSION_2, new_nonce, time_header};
 use orange::protocol::wire::{self, CODE_NO_TASK, CODE_OK, Envelope};
 use orange::protocol::{RegisterRequest, ReportRequest, Signer, WireTask};
+use tokio::task::JoinHandle;
 
 use crate::http::Conn;
 
@@ -169,25 +171,33 @@ pub fn app_ids(prefix: &str, count: usize) -> Vec<String> {
     (0..count).map(|i| format!("{prefix}-{i:05}")).collect()
 }
 
-/// Enrolls every app id, `parallel` at a time; the agents in the same order.
-pub async fn enroll_all(
+/// Enrolls every app id, `parallel` at a time, and starts `run` on each agent as soon as it is
+/// enrolled (the server closes a connection that sends no request for 10 s, so an enrolled
+/// agent must start polling at once). Fails if any enrollment fails.
+pub async fn start_fleet<F, Fut>(
     addr: SocketAddr,
     ids: &[String],
     enroll_key: &str,
     parallel: usize,
-) -> Result<Vec<SimAgent>> {
-    let mut agents = Vec::with_capacity(ids.len());
+    run: F,
+) -> Result<Vec<JoinHandle<()>>>
+where
+    F: Fn(SimAgent) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut running = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(parallel.max(1)) {
-        let handles: Vec<_> = chunk
+        let enrolling: Vec<_> = chunk
             .iter()
             .map(|id| {
                 let (id, key) = (id.clone(), enroll_key.to_owned());
                 tokio::spawn(async move { SimAgent::enroll(addr, &id, &key).await })
             })
             .collect();
-        for handle in handles {
-            agents.push(handle.await.context("enroll task panicked")??);
+        for handle in enrolling {
+            let agent = handle.await.context("enroll task panicked")??;
+            running.push(tokio::spawn(run(agent)));
         }
     }
-    Ok(agents)
+    Ok(running)
 }

@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 use crate::http::Admin;
 use crate::procs::{ADMIN_TOKEN, ENROLL_KEY, ServerProc, cpu_time};
 use crate::report::{Table, count};
-use crate::sim::{SimAgent, app_ids, enroll_all};
+use crate::sim::{SimAgent, app_ids, start_fleet};
 use crate::{Options, check_fds};
 
 /// Time before the measured window starts.
@@ -46,11 +46,10 @@ pub async fn run(options: &Options, fds: u64) -> Result<()> {
 async fn measure(server: &ServerProc, agents: usize, secs: u64, options: &Options) -> Result<()> {
     let ids = app_ids("tp", agents);
     let enrolled = Instant::now();
-    let fleet = enroll_all(server.addr, &ids, ENROLL_KEY, 200).await?;
-    let enroll_time = enrolled.elapsed();
     let counters = Arc::new(Counters::default());
-    let mut handles: Vec<_> =
-        fleet.into_iter().map(|a| tokio::spawn(agent_loop(a, Arc::clone(&counters)))).collect();
+    let mut handles =
+        start_fleet(server.addr, &ids, ENROLL_KEY, 200, |a| agent_loop(a, Arc::clone(&counters))).await?;
+    let enroll_time = enrolled.elapsed();
     let ids = Arc::new(ids);
     for _ in 0..options.enqueuers.unwrap_or(4) {
         let mut admin = Admin::open(server.addr, ADMIN_TOKEN).await?;
