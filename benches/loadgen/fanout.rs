@@ -32,7 +32,7 @@ pub async fn run(options: &Options, fds: u64) -> Result<()> {
     let agents = options.agents.unwrap_or(10_000);
     check_fds(agents, fds)?;
     let dir = tempfile::tempdir().context("cannot make a temporary directory")?;
-    let server = ServerProc::start(&dir.path().join("db"), &[])?;
+    let server = ServerProc::start(&dir.path().join("db"), &options.server_args())?;
     let result = measure(&server, agents).await.with_context(|| server.log_tail());
     drop(server);
     result

@@ -18,7 +18,7 @@ const SETTLE: Duration = Duration::from_secs(2);
 pub async fn run(options: &Options) -> Result<()> {
     let secs = options.secs.unwrap_or(60);
     let dir = tempfile::tempdir().context("cannot make a temporary directory")?;
-    let server = ServerProc::start(&dir.path().join("db"), &[])?;
+    let server = ServerProc::start(&dir.path().join("db"), &options.server_args())?;
     let agent = AgentProc::start(server.addr, "idle-agent", &dir.path().join("agent"))?;
     wait_online(&server, "idle-agent").await.with_context(|| server.log_tail())?;
     tokio::time::sleep(SETTLE).await;

@@ -23,13 +23,15 @@ pub async fn run(options: &Options, fds: u64) -> Result<()> {
     let secs = options.secs.unwrap_or(60);
     check_fds(agents, fds)?;
     let dir = tempfile::tempdir().context("cannot make a temporary directory")?;
-    let server = ServerProc::start(&dir.path().join("db"), &[])?;
-    let result = measure(&server, agents, secs).await.with_context(|| server.log_tail());
+    let server = ServerProc::start(&dir.path().join("db"), &options.server_args())?;
+    let poll_window =
+        options.poll_window.map_or_else(|| "20 s (the default)".to_owned(), |s| format!("{s} s"));
+    let result = measure(&server, agents, secs, &poll_window).await.with_context(|| server.log_tail());
     drop(server);
     result
 }
 
-async fn measure(server: &ServerProc, agents: usize, secs: u64) -> Result<()> {
+async fn measure(server: &ServerProc, agents: usize, secs: u64, poll_window: &str) -> Result<()> {
     tokio::time::sleep(SETTLE).await;
     let (rss_before, _) = memory_kib(server.pid())?;
     let polls = Arc::new(AtomicU64::new(0));
@@ -54,6 +56,7 @@ async fn measure(server: &ServerProc, agents: usize, secs: u64) -> Result<()> {
     let per_agent = rss_after.saturating_sub(rss_before) * 1024 / agents.max(1) as u64;
     let mut table = Table::new(&["measure", "value", "goal"]);
     table.row(&["agents parked".into(), count(agents as u64), String::new()]);
+    table.row(&["server poll window".into(), poll_window.to_owned(), String::new()]);
     table.row(&[
         "server CPU over the window".into(),
         format!("{cpu:.2} s in {window:.1} s = {:.2} % of one core", 100.0 * cpu / window),

@@ -37,7 +37,7 @@ pub async fn run(options: &Options) -> Result<()> {
     let tasks = options.tasks.unwrap_or(1000);
     let runs = options.runs.unwrap_or(100);
     let dir = tempfile::tempdir().context("cannot make a temporary directory")?;
-    let server = ServerProc::start(&dir.path().join("db"), &[])?;
+    let server = ServerProc::start(&dir.path().join("db"), &options.server_args())?;
     let samples = dispatch(&server, tasks).await.with_context(|| server.log_tail())?;
     let round_trips = round_trips(&server, dir.path(), runs).await.with_context(|| server.log_tail())?;
     let mut table = Table::new(&["measure", "n", "p50", "p99", "max", "goal"]);

@@ -2,7 +2,8 @@
 //! simulated agents (one async process, one keep-alive connection per agent) and real agents,
 //! and prints each scenario's figures as a markdown table.
 //!
-//! Run: `cargo bench --bench loadgen -- SCENARIO [--agents N] [--tasks N] [--secs N] [--runs N]`
+//! Run: `cargo bench --bench loadgen -- SCENARIO [--agents N] [--tasks N] [--secs N] [--runs N]
+//! [--poll-window S]`
 //! with SCENARIO one of `latency`, `throughput`, `fanout`, `idle`, `restart`, `footprint`.
 //!
 //! Layout:
@@ -40,10 +41,22 @@ pub struct Options {
     pub enqueuers: Option<usize>,
     /// Tasks per enqueue (`throughput`).
     pub batch: Option<usize>,
+    /// The server's `--poll-window` in seconds (its default when not given).
+    pub poll_window: Option<u64>,
+}
+
+impl Options {
+    /// Extra `orange server` flags these options ask for.
+    pub fn server_args(&self) -> Vec<String> {
+        match self.poll_window {
+            Some(secs) => vec!["--poll-window".into(), secs.to_string()],
+            None => Vec::new(),
+        }
+    }
 }
 
 const USAGE: &str = "usage: cargo bench --bench loadgen -- latency|throughput|fanout|idle|restart|footprint \
-                     [--agents N] [--tasks N] [--secs N] [--runs N] [--enqueuers N] [--batch N]";
+                     [--agents N] [--tasks N] [--secs N] [--runs N] [--enqueuers N] [--batch N] [--poll-window S]";
 
 fn main() {
     if let Err(e) = run() {
@@ -87,6 +100,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
             "--runs" => options.runs = Some(number),
             "--enqueuers" => options.enqueuers = Some(number),
             "--batch" => options.batch = Some(number),
+            "--poll-window" => options.poll_window = Some(number as u64),
             _ => bail!("unknown option {flag:?}\n{USAGE}"),
         }
     }

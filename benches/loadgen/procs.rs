@@ -31,7 +31,7 @@ pub struct ServerProc {
 
 impl ServerProc {
     /// Starts a server on `data` on a free loopback port and waits for its listening line.
-    pub fn start(data: &Path, extra: &[&str]) -> Result<ServerProc> {
+    pub fn start(data: &Path, extra: &[String]) -> Result<ServerProc> {
         let started = Self::spawn(data, "127.0.0.1:0", extra)?;
         let (child, line) = started;
         let mut server = ServerProc { child, addr: "127.0.0.1:0".parse()?, data: data.to_owned() };
@@ -45,12 +45,12 @@ impl ServerProc {
 
     /// Starts a server on `data` listening on `addr` without waiting for it; the caller
     /// measures when it serves.
-    pub fn start_on(data: &Path, addr: SocketAddr, extra: &[&str]) -> Result<ServerProc> {
+    pub fn start_on(data: &Path, addr: SocketAddr, extra: &[String]) -> Result<ServerProc> {
         let (child, _line) = Self::spawn(data, &addr.to_string(), extra)?;
         Ok(ServerProc { child, addr, data: data.to_owned() })
     }
 
-    fn spawn(data: &Path, listen: &str, extra: &[&str]) -> Result<(Child, mpsc::Receiver<String>)> {
+    fn spawn(data: &Path, listen: &str, extra: &[String]) -> Result<(Child, mpsc::Receiver<String>)> {
         std::fs::create_dir_all(data).context("cannot create the data directory")?;
         let key_file = data.with_extension("enroll.key");
         std::fs::write(&key_file, ENROLL_KEY).context("cannot write the enrollment key file")?;
