@@ -68,7 +68,11 @@ fn main() {
 fn run() -> Result<()> {
     // cargo bench passes `--bench`; everything else is ours.
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
-    let Some((scenario, rest)) = args.split_first() else { bail!("{USAGE}") };
+    // A plain `cargo bench` runs every bench with no scenario: skip rather than fail.
+    let Some((scenario, rest)) = args.split_first() else {
+        eprintln!("loadgen: no scenario given; skipping\n{USAGE}");
+        return Ok(());
+    };
     let options = parse_options(rest)?;
     let fds = raise_fd_limit();
     println!("Machine: {}. Open files allowed: {fds}.\n", report::machine());
