@@ -31,6 +31,17 @@ pub async fn run(options: &Options, fds: u64) -> Result<()> {
     result
 }
 
+/// What the window saw.
+struct Measured {
+    agents: usize,
+    window: f64,
+    cpu: f64,
+    own: f64,
+    polls: u64,
+    /// Server RSS in KiB: no agents, parked, after the window, peak.
+    rss: [u64; 4],
+}
+
 async fn measure(server: &ServerProc, agents: usize, secs: u64, poll_window: &str) -> Result<()> {
     tokio::time::sleep(SETTLE).await;
     let (rss_before, _) = memory_kib(server.pid())?;
@@ -45,50 +56,49 @@ async fn measure(server: &ServerProc, agents: usize, secs: u64, poll_window: &st
     let (cpu_start, own_start, polls_start, started) =
         (cpu_time(server.pid())?, cpu_time(std::process::id())?, polls.load(Relaxed), Instant::now());
     tokio::time::sleep(Duration::from_secs(secs)).await;
-    let window = started.elapsed().as_secs_f64();
-    let cpu = (cpu_time(server.pid())? - cpu_start).as_secs_f64();
-    let own = (cpu_time(std::process::id())? - own_start).as_secs_f64();
     let (rss_after, hwm) = memory_kib(server.pid())?;
-    let polls = polls.load(Relaxed) - polls_start;
+    let measured = Measured {
+        agents,
+        window: started.elapsed().as_secs_f64(),
+        cpu: (cpu_time(server.pid())? - cpu_start).as_secs_f64(),
+        own: (cpu_time(std::process::id())? - own_start).as_secs_f64(),
+        polls: polls.load(Relaxed) - polls_start,
+        rss: [rss_before, rss_parked, rss_after, hwm],
+    };
     for handle in handles {
         handle.abort();
     }
-    let per_agent = rss_after.saturating_sub(rss_before) * 1024 / agents.max(1) as u64;
-    let mut table = Table::new(&["measure", "value", "goal"]);
-    table.row(&["agents parked".into(), count(agents as u64), String::new()]);
-    table.row(&["server poll window".into(), poll_window.to_owned(), String::new()]);
-    table.row(&[
-        "server CPU over the window".into(),
-        format!("{cpu:.2} s in {window:.1} s = {:.2} % of one core", 100.0 * cpu / window),
-        "≤ 2 % of one core".into(),
-    ]);
-    table.row(&[
-        "long polls that ended empty in the window (+ pings between them)".into(),
-        format!("{} ({:.0}/s)", count(polls), polls as f64 / window),
-        String::new(),
-    ]);
-    table.row(&[
-        "server RSS: no agents / parked / after the window (peak)".into(),
-        format!("{} / {} / {} ({})", mib(rss_before), mib(rss_parked), mib(rss_after), mib(hwm)),
-        String::new(),
-    ]);
-    table.row(&[
-        "server memory per parked agent".into(),
-        format!("{:.1} KiB", per_agent as f64 / 1024.0),
-        "≤ 12 KiB".into(),
-    ]);
-    table.row(&[
-        "load generator's own CPU (same machine)".into(),
-        format!("{own:.2} s = {:.2} % of one core", 100.0 * own / window),
-        String::new(),
-    ]);
     println!("## idle fleet: {agents} agents for {secs} s\n");
-    table.print();
-    let errors = errors.load(Relaxed);
-    if errors > 0 {
-        bail!("{errors} agents failed");
+    print(&measured, poll_window);
+    match errors.load(Relaxed) {
+        0 => Ok(()),
+        errors => bail!("{errors} agents failed"),
     }
-    Ok(())
+}
+
+fn print(m: &Measured, poll_window: &str) {
+    let [before, parked, after, hwm] = m.rss;
+    let per_agent = after.saturating_sub(before) as f64 / m.agents.max(1) as f64;
+    let share =
+        |cpu: f64| format!("{cpu:.2} s in {:.1} s = {:.2} % of one core", m.window, 100.0 * cpu / m.window);
+    let mut table = Table::new(&["measure", "value", "goal"]);
+    let mut row = |name: &str, value: String, goal: &str| table.row(&[name.into(), value, goal.into()]);
+    row("agents parked", count(m.agents as u64), "");
+    row("server poll window", poll_window.to_owned(), "");
+    row("server CPU over the window", share(m.cpu), "≤ 2 % of one core");
+    row(
+        "long polls that ended empty in the window (+ pings between them)",
+        format!("{} ({:.0}/s)", count(m.polls), m.polls as f64 / m.window),
+        "",
+    );
+    row(
+        "server RSS: no agents / parked / after the window (peak)",
+        format!("{} / {} / {} ({})", mib(before), mib(parked), mib(after), mib(hwm)),
+        "",
+    );
+    row("server memory per parked agent", format!("{per_agent:.1} KiB"), "≤ 12 KiB");
+    row("load generator's own CPU (same machine)", share(m.own), "");
+    table.print();
 }
 
 /// One idle agent: long polls back to back, with its heartbeat between two.

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use tokio::task::JoinHandle;
 
 use crate::http::Admin;
 use crate::procs::{ADMIN_TOKEN, ENROLL_KEY, ServerProc, cpu_time};
@@ -43,78 +44,92 @@ pub async fn run(options: &Options, fds: u64) -> Result<()> {
     result
 }
 
+/// What the run saw.
+struct Measured {
+    agents: usize,
+    enroll_time: Duration,
+    window: Duration,
+    reported: u64,
+    per_second: Vec<u64>,
+    server_cpu: Duration,
+    own_cpu: Duration,
+    counters: Arc<Counters>,
+}
+
 async fn measure(server: &ServerProc, agents: usize, secs: u64, options: &Options) -> Result<()> {
-    let ids = app_ids("tp", agents);
-    let enrolled = Instant::now();
     let counters = Arc::new(Counters::default());
-    let mut handles =
-        start_fleet(server.addr, &ids, ENROLL_KEY, 200, |a| agent_loop(a, Arc::clone(&counters))).await?;
+    let enrolled = Instant::now();
+    let handles = start_load(server, agents, options, &counters).await?;
     let enroll_time = enrolled.elapsed();
-    let ids = Arc::new(ids);
-    for _ in 0..options.enqueuers.unwrap_or(4) {
-        let mut admin = Admin::open(server.addr, ADMIN_TOKEN).await?;
-        let (ids, counters, batch) = (Arc::clone(&ids), Arc::clone(&counters), options.batch.unwrap_or(100));
-        handles.push(tokio::spawn(async move { enqueue_loop(&mut admin, &ids, batch, &counters).await }));
-    }
     tokio::time::sleep(WARM_UP).await;
-    let own_start = cpu_time(std::process::id())?;
-    let (start_reported, start_cpu, started) =
-        (counters.reported.load(Relaxed), cpu_time(server.pid())?, Instant::now());
+    let (own_start, cpu_start) = (cpu_time(std::process::id())?, cpu_time(server.pid())?);
+    let (reported_start, started) = (counters.reported.load(Relaxed), Instant::now());
     let per_second = sample_window(&counters, secs).await;
-    let window = started.elapsed();
-    let reported = counters.reported.load(Relaxed) - start_reported;
-    let cpu = cpu_time(server.pid())? - start_cpu;
-    let own = cpu_time(std::process::id())? - own_start;
+    let measured = Measured {
+        agents,
+        enroll_time,
+        window: started.elapsed(),
+        reported: counters.reported.load(Relaxed) - reported_start,
+        per_second,
+        server_cpu: cpu_time(server.pid())? - cpu_start,
+        own_cpu: cpu_time(std::process::id())? - own_start,
+        counters: Arc::clone(&counters),
+    };
     counters.stop.store(true, Relaxed);
     for handle in handles {
         handle.abort();
     }
-    let errors = counters.errors.load(Relaxed);
-    let rate = reported as f64 / window.as_secs_f64();
-    let mut table = Table::new(&["measure", "value", "goal"]);
-    table.row(&[
-        "agents (enrolled in)".into(),
-        format!("{} ({:.1} s)", count(agents as u64), enroll_time.as_secs_f64()),
-        String::new(),
-    ]);
-    table.row(&[
-        "window".into(),
-        format!("{:.1} s after a {} s warm-up", window.as_secs_f64(), WARM_UP.as_secs()),
-        String::new(),
-    ]);
-    table.row(&[
-        "tasks delivered + acknowledged + reported in the window".into(),
-        count(reported),
-        String::new(),
-    ]);
-    table.row(&[
-        "sustained rate".into(),
-        format!("{} tasks/s", count(rate as u64)),
-        "≥ 10,000 tasks/s".into(),
-    ]);
-    table.row(&["slowest / fastest second".into(), min_max(&per_second), String::new()]);
-    table.row(&[
-        "enqueued / reported, whole run".into(),
-        format!("{} / {}", count(counters.enqueued.load(Relaxed)), count(counters.reported.load(Relaxed))),
-        String::new(),
-    ]);
-    table.row(&[
-        "server CPU in the window".into(),
-        format!("{:.0} % of one core", 100.0 * cpu.as_secs_f64() / window.as_secs_f64()),
-        String::new(),
-    ]);
-    table.row(&[
-        "load generator's own CPU in the window (same machine)".into(),
-        format!("{:.0} % of one core", 100.0 * own.as_secs_f64() / window.as_secs_f64()),
-        String::new(),
-    ]);
-    table.row(&["errors".into(), count(errors), "0".into()]);
-    println!("## throughput: {agents} agents\n");
-    table.print();
-    if errors > 0 {
-        bail!("{errors} calls failed");
+    print(&measured);
+    match counters.errors.load(Relaxed) {
+        0 => Ok(()),
+        errors => bail!("{errors} calls failed"),
     }
-    Ok(())
+}
+
+/// Enrolls the agents and starts them and the enqueuers; their handles.
+async fn start_load(
+    server: &ServerProc,
+    agents: usize,
+    options: &Options,
+    counters: &Arc<Counters>,
+) -> Result<Vec<JoinHandle<()>>> {
+    let ids = app_ids("tp", agents);
+    let mut handles =
+        start_fleet(server.addr, &ids, ENROLL_KEY, 200, |a| agent_loop(a, Arc::clone(counters))).await?;
+    let ids = Arc::new(ids);
+    for _ in 0..options.enqueuers.unwrap_or(4) {
+        let mut admin = Admin::open(server.addr, ADMIN_TOKEN).await?;
+        let (ids, counters, batch) = (Arc::clone(&ids), Arc::clone(counters), options.batch.unwrap_or(100));
+        handles.push(tokio::spawn(async move { enqueue_loop(&mut admin, &ids, batch, &counters).await }));
+    }
+    Ok(handles)
+}
+
+fn print(m: &Measured) {
+    let window = m.window.as_secs_f64();
+    let share = |cpu: Duration| format!("{:.0} % of one core", 100.0 * cpu.as_secs_f64() / window);
+    let (enqueued, reported) = (m.counters.enqueued.load(Relaxed), m.counters.reported.load(Relaxed));
+    let mut table = Table::new(&["measure", "value", "goal"]);
+    let mut row = |name: &str, value: String, goal: &str| table.row(&[name.into(), value, goal.into()]);
+    row(
+        "agents (enrolled in)",
+        format!("{} ({:.1} s)", count(m.agents as u64), m.enroll_time.as_secs_f64()),
+        "",
+    );
+    row("window", format!("{window:.1} s after a {} s warm-up", WARM_UP.as_secs()), "");
+    row("tasks delivered + acknowledged + reported in the window", count(m.reported), "");
+    row(
+        "sustained rate",
+        format!("{} tasks/s", count((m.reported as f64 / window) as u64)),
+        "≥ 10,000 tasks/s",
+    );
+    row("slowest / fastest second", min_max(&m.per_second), "");
+    row("enqueued / reported, whole run", format!("{} / {}", count(enqueued), count(reported)), "");
+    row("server CPU in the window", share(m.server_cpu), "");
+    row("load generator's own CPU in the window (same machine)", share(m.own_cpu), "");
+    row("errors", count(m.counters.errors.load(Relaxed)), "0");
+    println!("## throughput: {} agents\n", m.agents);
+    table.print();
 }
 
 /// Counts reports per second for `secs` seconds.
