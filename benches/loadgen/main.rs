@@ -43,6 +43,8 @@ pub struct Options {
     pub batch: Option<usize>,
     /// The server's `--poll-window` in seconds (its default when not given).
     pub poll_window: Option<u64>,
+    /// A data directory to keep (`restart`: seeded only if it holds no database yet).
+    pub data: Option<std::path::PathBuf>,
 }
 
 impl Options {
@@ -56,7 +58,7 @@ impl Options {
 }
 
 const USAGE: &str = "usage: cargo bench --bench loadgen -- latency|throughput|fanout|idle|restart|footprint \
-                     [--agents N] [--tasks N] [--secs N] [--runs N] [--enqueuers N] [--batch N] [--poll-window S]";
+                     [--agents N] [--tasks N] [--secs N] [--runs N] [--enqueuers N] [--batch N] [--poll-window S] [--data DIR]";
 
 fn main() {
     if let Err(e) = run() {
@@ -96,6 +98,10 @@ fn parse_options(args: &[String]) -> Result<Options> {
     let mut args = args.iter();
     while let Some(flag) = args.next() {
         let value = args.next().ok_or_else(|| anyhow!("{flag} needs a value"))?;
+        if flag == "--data" {
+            options.data = Some(value.into());
+            continue;
+        }
         let number: usize = value.parse().with_context(|| format!("{flag} {value:?} is not a number"))?;
         match flag.as_str() {
             "--agents" => options.agents = Some(number),
