@@ -1,0 +1,143 @@
+//! The load generator: drives the real release `orange server` over loopback HTTP with
+//! simulated agents (one async process, one keep-alive connection per agent) and real agents,
+//! and prints each scenario's figures as a markdown table.
+//!
+//! Run: `cargo bench --bench loadgen -- SCENARIO [--agents N] [--tasks N] [--secs N] [--runs N]
+//! [--poll-window S]`
+//! with SCENARIO one of `latency`, `throughput`, `fanout`, `idle`, `restart`, `footprint`.
+//!
+//! Layout:
+//! - `http.rs`: one HTTP/1 connection; the operator API calls.
+//! - `sim.rs`: the simulated agent (register, long poll, ping, `doing`, report).
+//! - `procs.rs`: the real server and agent processes (killed on drop), `/proc` readings.
+//! - `report.rs`: the machine, percentiles, tables.
+//! - one file per scenario.
+
+mod fanout;
+mod footprint;
+mod http;
+mod idle;
+mod latency;
+mod procs;
+mod report;
+mod restart;
+mod sim;
+mod throughput;
+
+use anyhow::{Context, Result, anyhow, bail};
+
+/// The options a scenario may read; each has its own defaults for the ones not given.
+#[derive(Debug, Default, Clone)]
+pub struct Options {
+    /// Number of simulated agents.
+    pub agents: Option<usize>,
+    /// Number of tasks (or stored tasks, for `restart`).
+    pub tasks: Option<usize>,
+    /// Length of the measured window in seconds.
+    pub secs: Option<u64>,
+    /// Number of runs (round trips of `task run`, restarts).
+    pub runs: Option<usize>,
+    /// Concurrent enqueuers (`throughput`).
+    pub enqueuers: Option<usize>,
+    /// Tasks per enqueue (`throughput`).
+    pub batch: Option<usize>,
+    /// The server's `--poll-window` in seconds (its default when not given).
+    pub poll_window: Option<u64>,
+    /// A data directory to keep (`restart`: seeded only if it holds no database yet).
+    pub data: Option<std::path::PathBuf>,
+}
+
+impl Options {
+    /// Extra `orange server` flags these options ask for.
+    pub fn server_args(&self) -> Vec<String> {
+        match self.poll_window {
+            Some(secs) => vec!["--poll-window".into(), secs.to_string()],
+            None => Vec::new(),
+        }
+    }
+}
+
+const USAGE: &str = "usage: cargo bench --bench loadgen -- latency|throughput|fanout|idle|restart|footprint \
+                     [--agents N] [--tasks N] [--secs N] [--runs N] [--enqueuers N] [--batch N] [--poll-window S] [--data DIR]";
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("loadgen: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    // cargo bench passes `--bench`; everything else is ours.
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    // A plain `cargo bench` runs every bench with no scenario: skip rather than fail.
+    let Some((scenario, rest)) = args.split_first() else {
+        eprintln!("loadgen: no scenario given; skipping\n{USAGE}");
+        return Ok(());
+    };
+    let options = parse_options(rest)?;
+    let fds = raise_fd_limit();
+    println!("Machine: {}. Open files allowed: {fds}.\n", report::machine());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    match scenario.as_str() {
+        "latency" => runtime.block_on(latency::run(&options)),
+        "throughput" => runtime.block_on(throughput::run(&options, fds)),
+        "fanout" => runtime.block_on(fanout::run(&options, fds)),
+        "idle" => runtime.block_on(idle::run(&options, fds)),
+        "restart" => runtime.block_on(restart::run(&options)),
+        "footprint" => runtime.block_on(footprint::run(&options)),
+        other => bail!("unknown scenario {other:?}\n{USAGE}"),
+    }
+}
+
+fn parse_options(args: &[String]) -> Result<Options> {
+    let mut options = Options::default();
+    let mut args = args.iter();
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or_else(|| anyhow!("{flag} needs a value"))?;
+        if flag == "--data" {
+            options.data = Some(value.into());
+            continue;
+        }
+        let number: usize = value.parse().with_context(|| format!("{flag} {value:?} is not a number"))?;
+        match flag.as_str() {
+            "--agents" => options.agents = Some(number),
+            "--tasks" => options.tasks = Some(number),
+            "--secs" => options.secs = Some(number as u64),
+            "--runs" => options.runs = Some(number),
+            "--enqueuers" => options.enqueuers = Some(number),
+            "--batch" => options.batch = Some(number),
+            "--poll-window" => options.poll_window = Some(number as u64),
+            _ => bail!("unknown option {flag:?}\n{USAGE}"),
+        }
+    }
+    Ok(options)
+}
+
+/// Raises the soft open-files limit to the hard limit; the limit now in force.
+fn raise_fd_limit() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+            limit = raised;
+        }
+    }
+    limit.rlim_cur
+}
+
+/// Fails early when `agents` connections (plus slack) would not fit the open-files limit.
+pub fn check_fds(agents: usize, fds: u64) -> Result<()> {
+    let needed = agents as u64 + 64;
+    if needed > fds {
+        bail!("{agents} agents need about {needed} open files; the hard limit here is {fds} (ulimit -Hn)");
+    }
+    Ok(())
+}

@@ -1,0 +1,212 @@
+//! The real processes a scenario drives: the release `orange server` and `orange agent`
+//! binaries, started with their own data and state directories and killed (by their own pid)
+//! when their guard is dropped, even on error; and what `/proc` says about them.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+
+/// The binary under test: the one cargo built next to this bench (release profile).
+pub const BIN: &str = env!("CARGO_BIN_EXE_orange");
+/// The admin token every scenario's server uses (given through the environment, not argv).
+pub const ADMIN_TOKEN: &str = "loadgen-admin-token-0123456789abcdef";
+/// The enrollment key simulated and real agents enroll with.
+pub const ENROLL_KEY: &str = "loadgen-enroll-key-0123456789abcdef";
+/// How long a server may take to print its listening line.
+const START_DEADLINE: Duration = Duration::from_secs(30);
+
+/// A running `orange server`, killed on drop.
+pub struct ServerProc {
+    child: Child,
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// Its data directory.
+    pub data: PathBuf,
+}
+
+impl ServerProc {
+    /// Starts a server on `data` on a free loopback port and waits for its listening line.
+    pub fn start(data: &Path, extra: &[String]) -> Result<ServerProc> {
+        let started = Self::spawn(data, "127.0.0.1:0", extra)?;
+        let (child, line) = started;
+        let mut server = ServerProc { child, addr: "127.0.0.1:0".parse()?, data: data.to_owned() };
+        let line = line.recv_timeout(START_DEADLINE).map_err(|_| anyhow!("no listening line"))?;
+        let addr = line
+            .strip_prefix("orange server listening on http://")
+            .ok_or_else(|| anyhow!("unexpected first line {line:?}"))?;
+        server.addr = addr.trim().parse().with_context(|| format!("bad address {addr:?}"))?;
+        Ok(server)
+    }
+
+    /// Starts a server on `data` listening on `addr` without waiting for it; the caller
+    /// measures when it serves.
+    pub fn start_on(data: &Path, addr: SocketAddr, extra: &[String]) -> Result<ServerProc> {
+        let (child, _line) = Self::spawn(data, &addr.to_string(), extra)?;
+        Ok(ServerProc { child, addr, data: data.to_owned() })
+    }
+
+    fn spawn(data: &Path, listen: &str, extra: &[String]) -> Result<(Child, mpsc::Receiver<String>)> {
+        std::fs::create_dir_all(data).context("cannot create the data directory")?;
+        let key_file = data.with_extension("enroll.key");
+        std::fs::write(&key_file, ENROLL_KEY).context("cannot write the enrollment key file")?;
+        let log = std::fs::File::create(data.with_extension("server.log")).context("cannot create log")?;
+        let mut child = Command::new(BIN)
+            .args(["server", "--data"])
+            .arg(data)
+            .args(["--listen", listen, "--enroll-key-file"])
+            .arg(&key_file)
+            .args(extra)
+            .env("ORANGE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("ORANGE_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {BIN} server"))?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout pipe"))?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Ok((child, rx))
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The server's log so far (its stderr), for an error message.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.data.with_extension("server.log")).unwrap_or_default();
+        text.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Stops it with SIGTERM and waits (bounded) for it to exit.
+    pub fn stop(mut self) -> Result<()> {
+        signal(self.child.id(), libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("server {} did not stop within 30 s", self.child.id())
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+/// A running real `orange agent`, killed on drop.
+pub struct AgentProc {
+    child: Child,
+}
+
+impl AgentProc {
+    /// Starts `orange agent --appid APP_ID --allow-shell` against `server`, state under `state`.
+    pub fn start(server: SocketAddr, app_id: &str, state: &Path) -> Result<AgentProc> {
+        let log = std::fs::File::create(state.with_extension("agent.log")).context("cannot create log")?;
+        let child = Command::new(BIN)
+            .args(["agent", "--appid", app_id, "--allow-shell", "--state"])
+            .arg(state)
+            .env("ORANGE_SERVER", format!("http://{server}"))
+            .env("ORANGE_ENROLL_KEY", ENROLL_KEY)
+            .env("ORANGE_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {BIN} agent"))?;
+        Ok(AgentProc { child })
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+fn signal(pid: u32, signal: libc::c_int) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: kill(2) on a child this process started and has not reaped yet.
+        unsafe {
+            libc::kill(pid, signal);
+        }
+    }
+}
+
+fn kill(child: &mut Child) {
+    if matches!(child.try_wait(), Ok(None)) {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+}
+
+/// A free loopback address (bound, then released) for a server whose start is timed.
+pub fn free_addr() -> Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind a probe port")?;
+    listener.local_addr().context("cannot read the probe port")
+}
+
+/// CPU time a process has used (user + system), from `/proc/PID/stat`.
+pub fn cpu_time(pid: u32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).context("cannot read /proc stat")?;
+    // Fields after the command name (which may hold spaces) start at the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, rest)| rest).ok_or_else(|| anyhow!("bad stat"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat(5); `rest` starts at field 3.
+    let ticks: u64 = fields
+        .get(11..13)
+        .ok_or_else(|| anyhow!("short stat"))?
+        .iter()
+        .map(|f| f.parse::<u64>().unwrap_or(0))
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let per_sec = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100).max(1);
+    Ok(Duration::from_millis(ticks * 1000 / per_sec))
+}
+
+/// Memory of a process from `/proc/PID/status`, in KiB: (VmRSS, VmHWM).
+pub fn memory_kib(pid: u32) -> Result<(u64, u64)> {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).context("cannot read /proc status")?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| anyhow!("no {name} in /proc/{pid}/status"))
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Total size of the files under `dir`, in bytes.
+pub fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_size(&e.path()),
+            _ => e.metadata().map_or(0, |m| m.len()),
+        })
+        .sum()
+}

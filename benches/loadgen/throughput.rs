@@ -1,0 +1,200 @@
+//! Scenario `throughput`: `--agents` simulated agents (default 1,000) take, acknowledge and
+//! report tasks while `--enqueuers` operators (default 4) enqueue batches of `--batch` tasks
+//! (default 100, one per agent, round robin) as fast as the server acknowledges them durably,
+//! keeping at most five tasks per agent outstanding. After a 5 s warm-up, the tasks reported
+//! in `--secs` seconds (default 30) give the sustained rate.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tokio::task::JoinHandle;
+
+use crate::http::Admin;
+use crate::procs::{ADMIN_TOKEN, ENROLL_KEY, ServerProc, cpu_time};
+use crate::report::{Table, count};
+use crate::sim::{SimAgent, app_ids, start_fleet};
+use crate::{Options, check_fds};
+
+/// Time before the measured window starts.
+const WARM_UP: Duration = Duration::from_secs(5);
+/// Most tasks outstanding (enqueued, not yet reported) per agent.
+const OUTSTANDING_PER_AGENT: u64 = 5;
+
+/// Counters shared by the agents, the enqueuers and the sampler.
+#[derive(Default)]
+struct Counters {
+    enqueued: AtomicU64,
+    reported: AtomicU64,
+    errors: AtomicU64,
+    next_agent: AtomicUsize,
+    stop: AtomicBool,
+}
+
+/// Runs the scenario and prints its table.
+pub async fn run(options: &Options, fds: u64) -> Result<()> {
+    let agents = options.agents.unwrap_or(1000);
+    let secs = options.secs.unwrap_or(30);
+    check_fds(agents, fds)?;
+    let dir = tempfile::tempdir().context("cannot make a temporary directory")?;
+    let server = ServerProc::start(&dir.path().join("db"), &options.server_args())?;
+    let result = measure(&server, agents, secs, options).await.with_context(|| server.log_tail());
+    drop(server);
+    result
+}
+
+/// What the run saw.
+struct Measured {
+    agents: usize,
+    enroll_time: Duration,
+    window: Duration,
+    reported: u64,
+    per_second: Vec<u64>,
+    server_cpu: Duration,
+    own_cpu: Duration,
+    counters: Arc<Counters>,
+}
+
+async fn measure(server: &ServerProc, agents: usize, secs: u64, options: &Options) -> Result<()> {
+    let counters = Arc::new(Counters::default());
+    let enrolled = Instant::now();
+    let handles = start_load(server, agents, options, &counters).await?;
+    let enroll_time = enrolled.elapsed();
+    tokio::time::sleep(WARM_UP).await;
+    let (own_start, cpu_start) = (cpu_time(std::process::id())?, cpu_time(server.pid())?);
+    let (reported_start, started) = (counters.reported.load(Relaxed), Instant::now());
+    let per_second = sample_window(&counters, secs).await;
+    let measured = Measured {
+        agents,
+        enroll_time,
+        window: started.elapsed(),
+        reported: counters.reported.load(Relaxed) - reported_start,
+        per_second,
+        server_cpu: cpu_time(server.pid())? - cpu_start,
+        own_cpu: cpu_time(std::process::id())? - own_start,
+        counters: Arc::clone(&counters),
+    };
+    counters.stop.store(true, Relaxed);
+    for handle in handles {
+        handle.abort();
+    }
+    print(&measured);
+    match counters.errors.load(Relaxed) {
+        0 => Ok(()),
+        errors => bail!("{errors} calls failed"),
+    }
+}
+
+/// Enrolls the agents and starts them and the enqueuers; their handles.
+async fn start_load(
+    server: &ServerProc,
+    agents: usize,
+    options: &Options,
+    counters: &Arc<Counters>,
+) -> Result<Vec<JoinHandle<()>>> {
+    let ids = app_ids("tp", agents);
+    let mut handles =
+        start_fleet(server.addr, &ids, ENROLL_KEY, 200, |a| agent_loop(a, Arc::clone(counters))).await?;
+    let ids = Arc::new(ids);
+    for _ in 0..options.enqueuers.unwrap_or(4) {
+        let mut admin = Admin::open(server.addr, ADMIN_TOKEN).await?;
+        let (ids, counters, batch) = (Arc::clone(&ids), Arc::clone(counters), options.batch.unwrap_or(100));
+        handles.push(tokio::spawn(async move { enqueue_loop(&mut admin, &ids, batch, &counters).await }));
+    }
+    Ok(handles)
+}
+
+fn print(m: &Measured) {
+    let window = m.window.as_secs_f64();
+    let share = |cpu: Duration| format!("{:.0} % of one core", 100.0 * cpu.as_secs_f64() / window);
+    let (enqueued, reported) = (m.counters.enqueued.load(Relaxed), m.counters.reported.load(Relaxed));
+    let mut table = Table::new(&["measure", "value", "goal"]);
+    let mut row = |name: &str, value: String, goal: &str| table.row(&[name.into(), value, goal.into()]);
+    row(
+        "agents (enrolled in)",
+        format!("{} ({:.1} s)", count(m.agents as u64), m.enroll_time.as_secs_f64()),
+        "",
+    );
+    row("window", format!("{window:.1} s after a {} s warm-up", WARM_UP.as_secs()), "");
+    row("tasks delivered + acknowledged + reported in the window", count(m.reported), "");
+    row(
+        "sustained rate",
+        format!("{} tasks/s", count((m.reported as f64 / window) as u64)),
+        "≥ 10,000 tasks/s",
+    );
+    row("slowest / fastest second", min_max(&m.per_second), "");
+    row("enqueued / reported, whole run", format!("{} / {}", count(enqueued), count(reported)), "");
+    row("server CPU in the window", share(m.server_cpu), "");
+    row("load generator's own CPU in the window (same machine)", share(m.own_cpu), "");
+    row("errors", count(m.counters.errors.load(Relaxed)), "0");
+    println!("## throughput: {} agents\n", m.agents);
+    table.print();
+}
+
+/// Counts reports per second for `secs` seconds.
+async fn sample_window(counters: &Counters, secs: u64) -> Vec<u64> {
+    let mut per_second = Vec::new();
+    let mut last = counters.reported.load(Relaxed);
+    for _ in 0..secs {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = counters.reported.load(Relaxed);
+        per_second.push(now - last);
+        last = now;
+    }
+    per_second
+}
+
+fn min_max(per_second: &[u64]) -> String {
+    let min = per_second.iter().min().copied().unwrap_or(0);
+    let max = per_second.iter().max().copied().unwrap_or(0);
+    format!("{} / {} tasks/s", count(min), count(max))
+}
+
+/// One agent: poll, acknowledge, report, until stopped or a call fails.
+async fn agent_loop(mut agent: SimAgent, counters: Arc<Counters>) {
+    while !counters.stop.load(Relaxed) {
+        let step = async {
+            match agent.poll(1).await? {
+                Some(task) => agent.finish(&task).await.map(|()| true),
+                None => agent.ping_if_due().await.map(|()| false),
+            }
+        };
+        match step.await {
+            Ok(true) => {
+                counters.reported.fetch_add(1, Relaxed);
+            }
+            Ok(false) => {}
+            Err(e) => {
+                eprintln!("agent {}: {e:#}", agent.app_id);
+                counters.errors.fetch_add(1, Relaxed);
+                return;
+            }
+        }
+    }
+}
+
+/// One operator: enqueue batches round robin over the agents while fewer than the allowed
+/// number of tasks are outstanding.
+async fn enqueue_loop(admin: &mut Admin, ids: &[String], batch: usize, counters: &Counters) {
+    let cap = OUTSTANDING_PER_AGENT * ids.len() as u64;
+    while !counters.stop.load(Relaxed) {
+        let outstanding = counters.enqueued.load(Relaxed).saturating_sub(counters.reported.load(Relaxed));
+        if outstanding + batch as u64 > cap {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            continue;
+        }
+        let first = counters.next_agent.fetch_add(batch, Relaxed);
+        let targets: Vec<String> = (first..first + batch).map(|i| ids[i % ids.len()].clone()).collect();
+        match admin.enqueue(&targets, "ping").await {
+            Ok(tasks) => {
+                counters.enqueued.fetch_add(tasks.len() as u64, Relaxed);
+            }
+            Err(e) => {
+                eprintln!("enqueue: {e:#}");
+                counters.errors.fetch_add(1, Relaxed);
+                return;
+            }
+        }
+    }
+}
