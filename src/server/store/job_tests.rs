@@ -293,3 +293,33 @@ fn a_task_started_by_a_job_takes_its_place_at_the_end_of_its_agents_queue() {
     let second = store.take_next("host-00001", Delivery::Acknowledged, T0 + 3).unwrap().unwrap();
     assert_eq!(store.job_of_task(second.id).unwrap(), Some((job.id, 1)));
 }
+
+#[test]
+fn concurrent_reports_that_start_the_next_targets_all_succeed() {
+    let (_dir, store) = open();
+    let job = create(&store, 400, 200, None);
+    let started: Vec<TaskRecord> = (0..200)
+        .map(|i| {
+            let app_id = format!("host-{i:05}");
+            let task = store.take_next(&app_id, Delivery::Acknowledged, T0 + 1).unwrap().unwrap();
+            store.apply_report(&app_id, task.id, &outcome(TaskStatus::Running, 0), T0 + 1).unwrap()
+        })
+        .collect();
+    let failures = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for chunk in started.chunks(25) {
+            let (store, failures) = (&store, &failures);
+            scope.spawn(move || {
+                for task in chunk {
+                    let done = outcome(TaskStatus::Succeeded, 0);
+                    if store.apply_report(&task.app_id, task.id, &done, T0 + 2).is_err() {
+                        failures.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(failures.into_inner(), 0, "every report is applied");
+    let after = job_now(&store, job.id);
+    assert_eq!(after.counts, JobCounts { succeeded: 200, queued: 200, ..JobCounts::default() });
+}

@@ -297,11 +297,7 @@ fn start_target<E: From<StoreError>>(
         ttl_secs: job.ttl_secs,
     };
     let mut task = TaskRecord::new(spec, new_task_id(), now_ms);
-    task.queue_seq = tx.seqs.take().ok_or_else(|| {
-        tx_err(StoreError::Io(
-            "no queue sequence number was reserved for a job's next task; try again".into(),
-        ))
-    })?;
+    task.queue_seq = tx.take_seq()?;
     let mut link = id_bytes(job.id);
     link.extend_from_slice(&index.to_be_bytes());
     tx.job_links.insert(task.id.as_bytes(), link)?;
