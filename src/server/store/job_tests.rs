@@ -323,3 +323,24 @@ fn concurrent_reports_that_start_the_next_targets_all_succeed() {
     let after = job_now(&store, job.id);
     assert_eq!(after.counts, JobCounts { succeeded: 200, queued: 200, ..JobCounts::default() });
 }
+
+#[test]
+fn a_queued_task_of_a_cancelled_job_is_never_handed_out() {
+    let (_dir, store) = open();
+    let job = create(&store, 3, 2, None);
+    // A crash right after the cancel's first transaction: the job is cancelled, its queued
+    // tasks are not yet.
+    let mut half = job_now(&store, job.id);
+    half.state = JobState::Cancelled;
+    half.counts.skipped += half.counts.waiting;
+    half.counts.waiting = 0;
+    store.jobs.insert(jobs::job_key(job.id), codec::encode(&half)).unwrap();
+    assert_eq!(store.take_next("host-00000", Delivery::Acknowledged, T0 + 1).unwrap(), None);
+    let first = targets(&store, job.id).remove(0).1.unwrap();
+    assert_eq!(first.status, TaskStatus::Cancelled);
+    assert!(store.queued_count("host-00000", 10) == 0);
+    assert_eq!(store.take_next("host-00001", Delivery::Acknowledged, T0 + 2).unwrap(), None);
+    let done = job_now(&store, job.id);
+    assert_eq!(done.counts, JobCounts { cancelled: 2, skipped: 1, ..JobCounts::default() });
+    assert_eq!((done.state, done.done_ms), (JobState::Cancelled, T0 + 2));
+}

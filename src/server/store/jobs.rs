@@ -232,6 +232,13 @@ pub(super) fn follow<E: From<StoreError>>(
     save_job(tx, &mut job)
 }
 
+/// True when task `id` belongs to a job that was cancelled.
+pub(super) fn in_cancelled_job<E: From<StoreError>>(tx: &Tx<'_>, id: TaskId) -> Result<bool, TxError<E>> {
+    let Some(link) = tx.job_links.get(id.as_bytes())? else { return Ok(false) };
+    let (job_id, _) = split_link(&link).map_err(tx_err)?;
+    Ok(load_job(tx, job_id)?.is_some_and(|job| job.state == JobState::Cancelled))
+}
+
 /// Keeps how a target's task ended in the target record.
 fn record_end<E: From<StoreError>>(
     tx: &Tx<'_>,
