@@ -344,3 +344,17 @@ fn a_queued_task_of_a_cancelled_job_is_never_handed_out() {
     assert_eq!(done.counts, JobCounts { cancelled: 2, skipped: 1, ..JobCounts::default() });
     assert_eq!((done.state, done.done_ms), (JobState::Cancelled, T0 + 2));
 }
+
+#[test]
+fn a_burst_of_job_events_loses_no_earlier_wake_up() {
+    let queue = jobs::EventQueue::default();
+    queue.push(vec![JobEvent::Started("host-a".into())]);
+    let job = new_task_id();
+    let burst: Vec<JobEvent> = (0..100_000).map(|i| JobEvent::Started(format!("host-{i:06}"))).collect();
+    queue.push(burst);
+    queue.push(vec![JobEvent::Changed(job), JobEvent::Changed(job)]);
+    let taken = queue.take();
+    assert!(taken.contains(&JobEvent::Started("host-a".into())));
+    assert_eq!(taken.len(), 100_002, "each agent and job once");
+    assert!(queue.take().is_empty());
+}

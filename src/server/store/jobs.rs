@@ -4,7 +4,7 @@
 //! how a target ended, stops the job past its error limit, and starts the next waiting targets
 //! while the window has room. Nothing here waits for the disk: callers make writes durable.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
 
 use thiserror::Error;
@@ -19,8 +19,6 @@ use crate::protocol::task::new_task_id;
 use crate::protocol::{TaskId, TaskStatus};
 use crate::server::codec;
 
-/// Most events kept for the wake-up loop; older ones are dropped (a wake-up is only a hint).
-const MAX_PENDING_EVENTS: usize = 100_000;
 /// Most tasks one cancel transaction closes.
 const CANCEL_BATCH: usize = 1000;
 
@@ -66,11 +64,20 @@ enum Change {
     Refuse,
 }
 
-/// Job events of committed transactions, waiting for the wake-up loop.
+/// Job events of committed transactions, waiting for the wake-up loop. Each agent and each job
+/// is kept once (a wake-up is a hint), so the queue holds at most one entry per agent and job
+/// and never drops one.
 #[derive(Default)]
 pub struct EventQueue {
-    events: Mutex<Vec<JobEvent>>,
+    events: Mutex<PendingEvents>,
     ready: Notify,
+}
+
+/// The agents and jobs to wake, each once.
+#[derive(Default)]
+struct PendingEvents {
+    changed: HashSet<TaskId>,
+    started: HashSet<String>,
 }
 
 impl EventQueue {
@@ -80,17 +87,21 @@ impl EventQueue {
             return;
         }
         let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
-        if events.len() + new.len() > MAX_PENDING_EVENTS {
-            events.clear();
+        for event in new {
+            match event {
+                JobEvent::Changed(id) => events.changed.insert(id),
+                JobEvent::Started(app_id) => events.started.insert(app_id),
+            };
         }
-        events.extend(new);
         drop(events);
         self.ready.notify_one();
     }
 
     /// Takes every event pushed so far.
     pub fn take(&self) -> Vec<JobEvent> {
-        std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()))
+        let events = std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()));
+        let started = events.started.into_iter().map(JobEvent::Started);
+        events.changed.into_iter().map(JobEvent::Changed).chain(started).collect()
     }
 
     /// Completes after the next push (or at once if one came since the last wait).
