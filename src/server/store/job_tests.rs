@@ -358,3 +358,22 @@ fn a_burst_of_job_events_loses_no_earlier_wake_up() {
     assert_eq!(taken.len(), 100_002, "each agent and job once");
     assert!(queue.take().is_empty());
 }
+
+#[test]
+fn a_wide_window_opens_in_transactions_of_bounded_size() {
+    let (_dir, store) = open();
+    let job = create(&store, 5000, 2500, None);
+    assert_eq!(job.counts, JobCounts { queued: 2500, waiting: 2500, ..JobCounts::default() });
+    assert_eq!(job.next, 2500);
+    // One transaction (one version) per START_BATCH targets started.
+    assert_eq!(job.version, 3);
+    store.pause_job(job.id).unwrap();
+    for i in 0..2500 {
+        run(&store, &format!("host-{i:05}"), TaskStatus::Succeeded, T0 + 1);
+    }
+    let paused = job_now(&store, job.id);
+    let resumed = store.resume_job(job.id, T0 + 2).unwrap();
+    assert_eq!(resumed.counts, JobCounts { queued: 2500, succeeded: 2500, ..JobCounts::default() });
+    assert_eq!((resumed.state, resumed.next), (JobState::Running, 5000));
+    assert_eq!(resumed.version, paused.version + 3);
+}

@@ -21,6 +21,9 @@ use crate::server::codec;
 
 /// Most tasks one cancel transaction closes.
 const CANCEL_BATCH: usize = 1000;
+/// Most targets one transaction starts: a wide window opens in several transactions, so none
+/// holds sled's write lock (and every other write) for long.
+const START_BATCH: u32 = 1000;
 
 /// Something a committed transaction did that someone may be waiting for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -291,10 +294,18 @@ fn skip_waiting(job: &mut JobRecord) {
     job.counts.waiting = 0;
 }
 
-/// Starts waiting targets while the job runs and the window has room.
+/// True while the job runs, has waiting targets and the window has room.
+fn has_room(job: &JobRecord) -> bool {
+    job.state == JobState::Running && job.next < job.targets && job.counts.open() < job.window
+}
+
+/// Starts waiting targets while the job runs and the window has room, at most
+/// [`START_BATCH`] of them (a wider gap is filled by [`Store::top_up`]).
 fn refill<E: From<StoreError>>(tx: &Tx<'_>, job: &mut JobRecord, now_ms: i64) -> Result<(), TxError<E>> {
-    while job.state == JobState::Running && job.next < job.targets && job.counts.open() < job.window {
+    let mut started = 0;
+    while started < START_BATCH && has_room(job) {
         start_target(tx, job, now_ms)?;
+        started += 1;
     }
     Ok(())
 }
@@ -358,8 +369,8 @@ impl Store {
             let target = TargetRecord { app_id: app_id.clone(), task_id: None, end: None };
             self.job_targets.insert(target_key(job.id, index), codec::encode(&target))?;
         }
-        self.seqs.reserve(&self.db, job.window as usize)?;
-        self.transact(|tx| {
+        self.seqs.reserve(&self.db, job.window.min(START_BATCH) as usize)?;
+        let created = self.transact(|tx| {
             let mut job = job.clone();
             job.counts = JobCounts { waiting: job.targets, ..JobCounts::default() };
             let now_ms = job.created_ms;
@@ -367,6 +378,33 @@ impl Store {
             mark_done(tx, &mut job, now_ms)?;
             save_job(tx, &mut job)?;
             Ok::<_, TxError<StoreError>>(job)
+        })?;
+        self.fill_window(created, job.created_ms)
+    }
+
+    /// Starts more targets of `job` (as just written) until its window is full, a batch per
+    /// transaction; returns the job as stored at the end.
+    fn fill_window(&self, mut job: JobRecord, now_ms: i64) -> Result<JobRecord, StoreError> {
+        while has_room(&job) {
+            match self.top_up(job.id, now_ms)? {
+                Some(more) => job = more,
+                None => break,
+            }
+        }
+        Ok(job)
+    }
+
+    /// Starts up to a batch of waiting targets of job `id` if its window has room; `None` when
+    /// the job is gone.
+    fn top_up(&self, id: TaskId, now_ms: i64) -> Result<Option<JobRecord>, StoreError> {
+        self.seqs.reserve(&self.db, START_BATCH as usize)?;
+        self.transact(|tx| {
+            let Some(mut job) = load_job::<StoreError>(tx, id)? else { return Ok(None) };
+            if has_room(&job) {
+                refill(tx, &mut job, now_ms)?;
+                save_job(tx, &mut job)?;
+            }
+            Ok(Some(job))
         })
     }
 
@@ -388,9 +426,9 @@ impl Store {
     /// Resumes a paused job and refills its window. Resuming a running job changes nothing.
     pub fn resume_job(&self, id: TaskId, now_ms: i64) -> Result<JobRecord, JobError> {
         if let Some(job) = self.job(id)? {
-            self.seqs.reserve(&self.db, job.window as usize)?;
+            self.seqs.reserve(&self.db, job.window.min(START_BATCH) as usize)?;
         }
-        self.change_job(id, "resumed", |tx, job| {
+        let resumed = self.change_job(id, "resumed", |tx, job| {
             Ok(match job.state {
                 JobState::Running => Change::Keep,
                 JobState::Paused => {
@@ -401,7 +439,8 @@ impl Store {
                 }
                 _ => Change::Refuse,
             })
-        })
+        })?;
+        Ok(self.fill_window(resumed, now_ms)?)
     }
 
     /// Runs `change` on job `id` in one transaction.
