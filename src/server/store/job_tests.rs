@@ -377,3 +377,24 @@ fn a_wide_window_opens_in_transactions_of_bounded_size() {
     assert_eq!((resumed.state, resumed.next), (JobState::Running, 5000));
     assert_eq!(resumed.version, paused.version + 3);
 }
+
+#[test]
+fn a_cancel_cut_short_is_finished_for_running_tasks_by_the_next_pass() {
+    let (_dir, store) = open();
+    let job = create(&store, 3, 2, None);
+    let task = store.take_next("host-00000", Delivery::Acknowledged, T0 + 1).unwrap().unwrap();
+    store.apply_report("host-00000", task.id, &outcome(TaskStatus::Running, 0), T0 + 1).unwrap();
+    // A crash right after the cancel's first transaction.
+    let mut half = job_now(&store, job.id);
+    half.state = JobState::Cancelled;
+    half.counts.skipped += half.counts.waiting;
+    half.counts.waiting = 0;
+    store.jobs.insert(jobs::job_key(job.id), codec::encode(&half)).unwrap();
+    let finished = store.finish_cancels(T0 + 2).unwrap();
+    assert_eq!(finished.len(), 2);
+    assert!(store.task(task.id).unwrap().unwrap().cancel_requested);
+    assert_eq!(store.pending_cancels("host-00000").unwrap(), vec![task.id]);
+    let after = job_now(&store, job.id);
+    assert_eq!(after.counts, JobCounts { running: 1, cancelled: 1, skipped: 1, ..JobCounts::default() });
+    assert!(store.finish_cancels(T0 + 3).unwrap().is_empty(), "a second pass finds nothing left to do");
+}

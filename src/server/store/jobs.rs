@@ -489,6 +489,19 @@ impl Store {
             Ok(())
         })?;
         // No target starts any more, so the open tasks found now are all there will be.
+        let cancelled = self.cancel_open_tasks(id, force, now_ms)?;
+        let job = self.job(id)?.ok_or(JobError::UnknownJob(id))?;
+        Ok((job, cancelled))
+    }
+
+    /// Cancels the open tasks of cancelled job `id` (with `force`, ends them at once); a task
+    /// already marked is left alone unless forced.
+    fn cancel_open_tasks(
+        &self,
+        id: TaskId,
+        force: bool,
+        now_ms: i64,
+    ) -> Result<Vec<CancelOutcome>, StoreError> {
         let open = self.open_tasks(id)?;
         let mut cancelled = Vec::new();
         for batch in open.chunks(CANCEL_BATCH) {
@@ -496,7 +509,7 @@ impl Store {
                 let mut outcomes = Vec::new();
                 for &task_id in batch {
                     match tx.task::<StoreError>(task_id)? {
-                        Some(task) if !task.status.is_final() => {
+                        Some(task) if !task.status.is_final() && (force || !task.cancel_requested) => {
                             outcomes.push(cancel_open(tx, task, force, now_ms)?);
                         }
                         _ => {}
@@ -505,7 +518,24 @@ impl Store {
                 Ok::<_, TxError<StoreError>>(outcomes)
             })?);
         }
-        let job = self.job(id)?.ok_or(JobError::UnknownJob(id))?;
-        Ok((job, cancelled))
+        Ok(cancelled)
+    }
+
+    /// Finishes the cancels that stopped half way (a crash between a job's cancel and the
+    /// cancel of its tasks): every open, unmarked task of a cancelled job that is not done is
+    /// cancelled now. Returns what was cancelled, so the agents can be told.
+    pub fn finish_cancels(&self, now_ms: i64) -> Result<Vec<CancelOutcome>, StoreError> {
+        let mut half_done = Vec::new();
+        for value in self.jobs.iter().values() {
+            let job: JobRecord = codec::decode(&value?)?;
+            if job.state == JobState::Cancelled && job.done_ms == 0 {
+                half_done.push(job.id);
+            }
+        }
+        let mut cancelled = Vec::new();
+        for id in half_done {
+            cancelled.extend(self.cancel_open_tasks(id, false, now_ms)?);
+        }
+        Ok(cancelled)
     }
 }
