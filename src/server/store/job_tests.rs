@@ -398,3 +398,34 @@ fn a_cancel_cut_short_is_finished_for_running_tasks_by_the_next_pass() {
     assert_eq!(after.counts, JobCounts { running: 1, cancelled: 1, skipped: 1, ..JobCounts::default() });
     assert!(store.finish_cancels(T0 + 3).unwrap().is_empty(), "a second pass finds nothing left to do");
 }
+
+#[test]
+fn a_target_whose_agent_was_forgotten_ends_expired_without_holding_the_window() {
+    let (_dir, store) = open();
+    let job = create(&store, 3, 1, None);
+    let forgotten = AgentRecord {
+        app_id: "host-00001".into(),
+        secret: String::new(),
+        labels: Default::default(),
+        version: None,
+        hostname: None,
+        registered_at_ms: 1,
+        last_seen_ms: 1,
+        processed_task_count: 0,
+        status: AgentStatus::Forgotten,
+    };
+    store.put_agent(&forgotten).unwrap();
+    run(&store, "host-00000", TaskStatus::Succeeded, T0 + 1);
+    let after = job_now(&store, job.id);
+    assert_eq!(after.counts, JobCounts { succeeded: 1, expired: 1, queued: 1, ..JobCounts::default() });
+    assert_eq!(store.queued_count("host-00001", 10), 0, "no task waits for a forgotten agent");
+    assert_eq!(open_tasks(&store, job.id)[0].app_id, "host-00002");
+    let (_, skipped) = targets(&store, job.id).remove(1);
+    assert!(skipped.is_none(), "no task was made for it");
+    let mut ends = Vec::new();
+    store.each_target(job.id, |t| Ok(ends.push(t.end.map(|e| (e.status, e.error))))).unwrap();
+    assert_eq!(
+        ends[1],
+        Some((TaskStatus::Expired, Some("its agent was forgotten before its turn came".to_owned())))
+    );
+}

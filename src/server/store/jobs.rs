@@ -10,7 +10,9 @@ use std::sync::Mutex;
 use thiserror::Error;
 use tokio::sync::Notify;
 
-use super::records::{JobRecord, TARGET_ERROR_LEN, TargetEnd, TargetRecord, TaskRecord, TaskSpec};
+use super::records::{
+    AgentRecord, AgentStatus, JobRecord, TARGET_ERROR_LEN, TargetEnd, TargetRecord, TaskRecord, TaskSpec,
+};
 use super::tasks::{CancelOutcome, cancel_open};
 use super::tx::{Tx, TxError, abort, agent_task_key, decode, queue_key, task_id_from, time_key};
 use super::{Store, StoreError};
@@ -310,7 +312,8 @@ fn refill<E: From<StoreError>>(tx: &Tx<'_>, job: &mut JobRecord, now_ms: i64) ->
     Ok(())
 }
 
-/// Queues the task of target `job.next` and links it to the job.
+/// Queues the task of target `job.next` and links it to the job (or, if its agent was
+/// forgotten, ends the target without a task).
 fn start_target<E: From<StoreError>>(
     tx: &Tx<'_>,
     job: &mut JobRecord,
@@ -318,6 +321,9 @@ fn start_target<E: From<StoreError>>(
 ) -> Result<(), TxError<E>> {
     let index = job.next;
     let mut target = load_target(tx, job.id, index)?;
+    if agent_forgotten(tx, &target.app_id)? {
+        return end_unstarted(tx, job, index, target);
+    }
     let spec = TaskSpec {
         app_id: &target.app_id,
         task_type: &job.task_type,
@@ -341,6 +347,35 @@ fn start_target<E: From<StoreError>>(
     job.counts.queued += 1;
     job.next += 1;
     tx.job_events.borrow_mut().push(JobEvent::Started(target.app_id));
+    Ok(())
+}
+
+/// True when an operator forgot the agent `app_id`: a task queued for it could never be
+/// delivered (it must enroll again) and would hold a place in the window until its TTL.
+fn agent_forgotten<E: From<StoreError>>(tx: &Tx<'_>, app_id: &str) -> Result<bool, TxError<E>> {
+    let Some(bytes) = tx.agents.get(app_id)? else { return Ok(false) };
+    let agent: AgentRecord = decode(&bytes)?;
+    Ok(agent.status == AgentStatus::Forgotten)
+}
+
+/// Ends target `index` `expired` without a task (its agent was forgotten) and moves on.
+fn end_unstarted<E: From<StoreError>>(
+    tx: &Tx<'_>,
+    job: &mut JobRecord,
+    index: u32,
+    mut target: TargetRecord,
+) -> Result<(), TxError<E>> {
+    target.end = Some(TargetEnd {
+        status: TaskStatus::Expired,
+        exit_code: None,
+        error: Some("its agent was forgotten before its turn came".to_owned()),
+        duration_ms: None,
+    });
+    tx.job_targets.insert(target_key(job.id, index), codec::encode(&target))?;
+    job.counts.waiting = job.counts.waiting.saturating_sub(1);
+    job.counts.expired += 1;
+    job.next += 1;
+    stop_past_error_limit(job);
     Ok(())
 }
 
@@ -402,6 +437,7 @@ impl Store {
             let Some(mut job) = load_job::<StoreError>(tx, id)? else { return Ok(None) };
             if has_room(&job) {
                 refill(tx, &mut job, now_ms)?;
+                mark_done(tx, &mut job, now_ms)?;
                 save_job(tx, &mut job)?;
             }
             Ok(Some(job))
