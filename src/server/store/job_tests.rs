@@ -423,7 +423,12 @@ fn a_target_whose_agent_was_forgotten_ends_expired_without_holding_the_window() 
     let (_, skipped) = targets(&store, job.id).remove(1);
     assert!(skipped.is_none(), "no task was made for it");
     let mut ends = Vec::new();
-    store.each_target(job.id, |t| Ok(ends.push(t.end.map(|e| (e.status, e.error))))).unwrap();
+    store
+        .each_target(job.id, |t| {
+            ends.push(t.end.map(|e| (e.status, e.error)));
+            Ok(())
+        })
+        .unwrap();
     assert_eq!(
         ends[1],
         Some((TaskStatus::Expired, Some("its agent was forgotten before its turn came".to_owned())))
