@@ -426,3 +426,22 @@ fn a_version_wait_returns_with_the_next_change_and_a_forced_cancel_closes_runnin
 fn task_status(server: &Server, id: &str) -> String {
     task(server, id).status.as_str().to_owned()
 }
+
+#[test]
+fn a_target_forgotten_mid_job_ends_expired_and_the_window_moves_on() {
+    let server = server();
+    let agents = fleet(&server, "f", 3, &[]);
+    let created =
+        create(&server, json!({"targets": {"all": true}, "task_type": "ping", "max_concurrency": 1}));
+    let forgotten = call(&server, "POST", "/api/v1/agents/f-01/forget", Some(&json!({})));
+    assert_eq!(forgotten.status, 200, "{}", forgotten.text());
+    let ok = |_: &str| (DO_STATUS_SUCCESS, 0, "pong".to_owned());
+    assert_eq!(run_queued(&server, &created.job_id, &agents, ok), 1);
+    assert_eq!(run_queued(&server, &created.job_id, &agents, ok), 1);
+    let done = wait_done(&server, &created.job_id, Duration::from_secs(30));
+    assert_eq!((done.state, done.counts.succeeded, done.counts.expired), (JobState::Finished, 2, 1));
+    let all = results(&server, &created.job_id, 100);
+    let states: Vec<(&str, &str)> = all.iter().map(|r| (r.app_id.as_str(), r.state.as_str())).collect();
+    assert_eq!(states, [("f-00", "succeeded"), ("f-01", "expired"), ("f-02", "succeeded")]);
+    assert_eq!(all[1].task_id, None);
+}

@@ -324,8 +324,10 @@ impl Fleet {
         }
     }
 
-    /// Removes jobs done before `cutoff_ms` with their targets and links.
+    /// Finishes cancels cut short by a crash (see [`super::store::Store::finish_cancels`]) and
+    /// tells the agents; then removes jobs done before `cutoff_ms` with their targets and links.
     pub fn sweep_job_retention(&self, cutoff_ms: i64) -> Result<(), StoreError> {
+        self.finish_job_cancels()?;
         let mut removed = 0;
         loop {
             let batch = self.store.sweep_jobs(cutoff_ms)?;
@@ -336,6 +338,22 @@ impl Fleet {
         }
         if removed > 0 {
             info!(jobs = removed, "retention removed old jobs");
+        }
+        Ok(())
+    }
+
+    /// Cancels the open tasks left behind by a job cancel that stopped half way, and tells
+    /// their agents.
+    fn finish_job_cancels(&self) -> Result<(), StoreError> {
+        let cancelled = self.store.finish_cancels(now_ms())?;
+        for outcome in &cancelled {
+            if outcome.tell_agent {
+                self.dispatch.wake_agent(&outcome.task.app_id);
+            }
+            self.dispatch.task_changed(outcome.task.id);
+        }
+        if !cancelled.is_empty() {
+            info!(tasks = cancelled.len(), "finished the cancel of jobs cut short");
         }
         Ok(())
     }

@@ -293,3 +293,144 @@ fn a_task_started_by_a_job_takes_its_place_at_the_end_of_its_agents_queue() {
     let second = store.take_next("host-00001", Delivery::Acknowledged, T0 + 3).unwrap().unwrap();
     assert_eq!(store.job_of_task(second.id).unwrap(), Some((job.id, 1)));
 }
+
+#[test]
+fn concurrent_reports_that_start_the_next_targets_all_succeed() {
+    let (_dir, store) = open();
+    let job = create(&store, 400, 200, None);
+    let started: Vec<TaskRecord> = (0..200)
+        .map(|i| {
+            let app_id = format!("host-{i:05}");
+            let task = store.take_next(&app_id, Delivery::Acknowledged, T0 + 1).unwrap().unwrap();
+            store.apply_report(&app_id, task.id, &outcome(TaskStatus::Running, 0), T0 + 1).unwrap()
+        })
+        .collect();
+    let failures = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for chunk in started.chunks(25) {
+            let (store, failures) = (&store, &failures);
+            scope.spawn(move || {
+                for task in chunk {
+                    let done = outcome(TaskStatus::Succeeded, 0);
+                    if store.apply_report(&task.app_id, task.id, &done, T0 + 2).is_err() {
+                        failures.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(failures.into_inner(), 0, "every report is applied");
+    let after = job_now(&store, job.id);
+    assert_eq!(after.counts, JobCounts { succeeded: 200, queued: 200, ..JobCounts::default() });
+}
+
+#[test]
+fn a_queued_task_of_a_cancelled_job_is_never_handed_out() {
+    let (_dir, store) = open();
+    let job = create(&store, 3, 2, None);
+    // A crash right after the cancel's first transaction: the job is cancelled, its queued
+    // tasks are not yet.
+    let mut half = job_now(&store, job.id);
+    half.state = JobState::Cancelled;
+    half.counts.skipped += half.counts.waiting;
+    half.counts.waiting = 0;
+    store.jobs.insert(jobs::job_key(job.id), codec::encode(&half)).unwrap();
+    assert_eq!(store.take_next("host-00000", Delivery::Acknowledged, T0 + 1).unwrap(), None);
+    let first = targets(&store, job.id).remove(0).1.unwrap();
+    assert_eq!(first.status, TaskStatus::Cancelled);
+    assert!(store.queued_count("host-00000", 10) == 0);
+    assert_eq!(store.take_next("host-00001", Delivery::Acknowledged, T0 + 2).unwrap(), None);
+    let done = job_now(&store, job.id);
+    assert_eq!(done.counts, JobCounts { cancelled: 2, skipped: 1, ..JobCounts::default() });
+    assert_eq!((done.state, done.done_ms), (JobState::Cancelled, T0 + 2));
+}
+
+#[test]
+fn a_burst_of_job_events_loses_no_earlier_wake_up() {
+    let queue = jobs::EventQueue::default();
+    queue.push(vec![JobEvent::Started("host-a".into())]);
+    let job = new_task_id();
+    let burst: Vec<JobEvent> = (0..100_000).map(|i| JobEvent::Started(format!("host-{i:06}"))).collect();
+    queue.push(burst);
+    queue.push(vec![JobEvent::Changed(job), JobEvent::Changed(job)]);
+    let taken = queue.take();
+    assert!(taken.contains(&JobEvent::Started("host-a".into())));
+    assert_eq!(taken.len(), 100_002, "each agent and job once");
+    assert!(queue.take().is_empty());
+}
+
+#[test]
+fn a_wide_window_opens_in_transactions_of_bounded_size() {
+    let (_dir, store) = open();
+    let job = create(&store, 5000, 2500, None);
+    assert_eq!(job.counts, JobCounts { queued: 2500, waiting: 2500, ..JobCounts::default() });
+    assert_eq!(job.next, 2500);
+    // One transaction (one version) per START_BATCH targets started.
+    assert_eq!(job.version, 3);
+    store.pause_job(job.id).unwrap();
+    for i in 0..2500 {
+        run(&store, &format!("host-{i:05}"), TaskStatus::Succeeded, T0 + 1);
+    }
+    let paused = job_now(&store, job.id);
+    let resumed = store.resume_job(job.id, T0 + 2).unwrap();
+    assert_eq!(resumed.counts, JobCounts { queued: 2500, succeeded: 2500, ..JobCounts::default() });
+    assert_eq!((resumed.state, resumed.next), (JobState::Running, 5000));
+    assert_eq!(resumed.version, paused.version + 3);
+}
+
+#[test]
+fn a_cancel_cut_short_is_finished_for_running_tasks_by_the_next_pass() {
+    let (_dir, store) = open();
+    let job = create(&store, 3, 2, None);
+    let task = store.take_next("host-00000", Delivery::Acknowledged, T0 + 1).unwrap().unwrap();
+    store.apply_report("host-00000", task.id, &outcome(TaskStatus::Running, 0), T0 + 1).unwrap();
+    // A crash right after the cancel's first transaction.
+    let mut half = job_now(&store, job.id);
+    half.state = JobState::Cancelled;
+    half.counts.skipped += half.counts.waiting;
+    half.counts.waiting = 0;
+    store.jobs.insert(jobs::job_key(job.id), codec::encode(&half)).unwrap();
+    let finished = store.finish_cancels(T0 + 2).unwrap();
+    assert_eq!(finished.len(), 2);
+    assert!(store.task(task.id).unwrap().unwrap().cancel_requested);
+    assert_eq!(store.pending_cancels("host-00000").unwrap(), vec![task.id]);
+    let after = job_now(&store, job.id);
+    assert_eq!(after.counts, JobCounts { running: 1, cancelled: 1, skipped: 1, ..JobCounts::default() });
+    assert!(store.finish_cancels(T0 + 3).unwrap().is_empty(), "a second pass finds nothing left to do");
+}
+
+#[test]
+fn a_target_whose_agent_was_forgotten_ends_expired_without_holding_the_window() {
+    let (_dir, store) = open();
+    let job = create(&store, 3, 1, None);
+    let forgotten = AgentRecord {
+        app_id: "host-00001".into(),
+        secret: String::new(),
+        labels: Default::default(),
+        version: None,
+        hostname: None,
+        registered_at_ms: 1,
+        last_seen_ms: 1,
+        processed_task_count: 0,
+        status: AgentStatus::Forgotten,
+    };
+    store.put_agent(&forgotten).unwrap();
+    run(&store, "host-00000", TaskStatus::Succeeded, T0 + 1);
+    let after = job_now(&store, job.id);
+    assert_eq!(after.counts, JobCounts { succeeded: 1, expired: 1, queued: 1, ..JobCounts::default() });
+    assert_eq!(store.queued_count("host-00001", 10), 0, "no task waits for a forgotten agent");
+    assert_eq!(open_tasks(&store, job.id)[0].app_id, "host-00002");
+    let (_, skipped) = targets(&store, job.id).remove(1);
+    assert!(skipped.is_none(), "no task was made for it");
+    let mut ends = Vec::new();
+    store
+        .each_target(job.id, |t| {
+            ends.push(t.end.map(|e| (e.status, e.error)));
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(
+        ends[1],
+        Some((TaskStatus::Expired, Some("its agent was forgotten before its turn came".to_owned())))
+    );
+}

@@ -4,13 +4,15 @@
 //! how a target ended, stops the job past its error limit, and starts the next waiting targets
 //! while the window has room. Nothing here waits for the disk: callers make writes durable.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
 
 use thiserror::Error;
 use tokio::sync::Notify;
 
-use super::records::{JobRecord, TARGET_ERROR_LEN, TargetEnd, TargetRecord, TaskRecord, TaskSpec};
+use super::records::{
+    AgentRecord, AgentStatus, JobRecord, TARGET_ERROR_LEN, TargetEnd, TargetRecord, TaskRecord, TaskSpec,
+};
 use super::tasks::{CancelOutcome, cancel_open};
 use super::tx::{Tx, TxError, abort, agent_task_key, decode, queue_key, task_id_from, time_key};
 use super::{Store, StoreError};
@@ -19,10 +21,11 @@ use crate::protocol::task::new_task_id;
 use crate::protocol::{TaskId, TaskStatus};
 use crate::server::codec;
 
-/// Most events kept for the wake-up loop; older ones are dropped (a wake-up is only a hint).
-const MAX_PENDING_EVENTS: usize = 100_000;
 /// Most tasks one cancel transaction closes.
 const CANCEL_BATCH: usize = 1000;
+/// Most targets one transaction starts: a wide window opens in several transactions, so none
+/// holds sled's write lock (and every other write) for long.
+const START_BATCH: u32 = 1000;
 
 /// Something a committed transaction did that someone may be waiting for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,11 +69,20 @@ enum Change {
     Refuse,
 }
 
-/// Job events of committed transactions, waiting for the wake-up loop.
+/// Job events of committed transactions, waiting for the wake-up loop. Each agent and each job
+/// is kept once (a wake-up is a hint), so the queue holds at most one entry per agent and job
+/// and never drops one.
 #[derive(Default)]
 pub struct EventQueue {
-    events: Mutex<Vec<JobEvent>>,
+    events: Mutex<PendingEvents>,
     ready: Notify,
+}
+
+/// The agents and jobs to wake, each once.
+#[derive(Default)]
+struct PendingEvents {
+    changed: HashSet<TaskId>,
+    started: HashSet<String>,
 }
 
 impl EventQueue {
@@ -80,17 +92,21 @@ impl EventQueue {
             return;
         }
         let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
-        if events.len() + new.len() > MAX_PENDING_EVENTS {
-            events.clear();
+        for event in new {
+            match event {
+                JobEvent::Changed(id) => events.changed.insert(id),
+                JobEvent::Started(app_id) => events.started.insert(app_id),
+            };
         }
-        events.extend(new);
         drop(events);
         self.ready.notify_one();
     }
 
     /// Takes every event pushed so far.
     pub fn take(&self) -> Vec<JobEvent> {
-        std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()))
+        let events = std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()));
+        let started = events.started.into_iter().map(JobEvent::Started);
+        events.changed.into_iter().map(JobEvent::Changed).chain(started).collect()
     }
 
     /// Completes after the next push (or at once if one came since the last wait).
@@ -232,6 +248,13 @@ pub(super) fn follow<E: From<StoreError>>(
     save_job(tx, &mut job)
 }
 
+/// True when task `id` belongs to a job that was cancelled.
+pub(super) fn in_cancelled_job<E: From<StoreError>>(tx: &Tx<'_>, id: TaskId) -> Result<bool, TxError<E>> {
+    let Some(link) = tx.job_links.get(id.as_bytes())? else { return Ok(false) };
+    let (job_id, _) = split_link(&link).map_err(tx_err)?;
+    Ok(load_job(tx, job_id)?.is_some_and(|job| job.state == JobState::Cancelled))
+}
+
 /// Keeps how a target's task ended in the target record.
 fn record_end<E: From<StoreError>>(
     tx: &Tx<'_>,
@@ -273,15 +296,24 @@ fn skip_waiting(job: &mut JobRecord) {
     job.counts.waiting = 0;
 }
 
-/// Starts waiting targets while the job runs and the window has room.
+/// True while the job runs, has waiting targets and the window has room.
+fn has_room(job: &JobRecord) -> bool {
+    job.state == JobState::Running && job.next < job.targets && job.counts.open() < job.window
+}
+
+/// Starts waiting targets while the job runs and the window has room, at most
+/// [`START_BATCH`] of them (a wider gap is filled by [`Store::top_up`]).
 fn refill<E: From<StoreError>>(tx: &Tx<'_>, job: &mut JobRecord, now_ms: i64) -> Result<(), TxError<E>> {
-    while job.state == JobState::Running && job.next < job.targets && job.counts.open() < job.window {
+    let mut started = 0;
+    while started < START_BATCH && has_room(job) {
         start_target(tx, job, now_ms)?;
+        started += 1;
     }
     Ok(())
 }
 
-/// Queues the task of target `job.next` and links it to the job.
+/// Queues the task of target `job.next` and links it to the job (or, if its agent was
+/// forgotten, ends the target without a task).
 fn start_target<E: From<StoreError>>(
     tx: &Tx<'_>,
     job: &mut JobRecord,
@@ -289,6 +321,9 @@ fn start_target<E: From<StoreError>>(
 ) -> Result<(), TxError<E>> {
     let index = job.next;
     let mut target = load_target(tx, job.id, index)?;
+    if agent_forgotten(tx, &target.app_id)? {
+        return end_unstarted(tx, job, index, target);
+    }
     let spec = TaskSpec {
         app_id: &target.app_id,
         task_type: &job.task_type,
@@ -297,11 +332,7 @@ fn start_target<E: From<StoreError>>(
         ttl_secs: job.ttl_secs,
     };
     let mut task = TaskRecord::new(spec, new_task_id(), now_ms);
-    task.queue_seq = tx.seqs.take().ok_or_else(|| {
-        tx_err(StoreError::Io(
-            "no queue sequence number was reserved for a job's next task; try again".into(),
-        ))
-    })?;
+    task.queue_seq = tx.take_seq()?;
     let mut link = id_bytes(job.id);
     link.extend_from_slice(&index.to_be_bytes());
     tx.job_links.insert(task.id.as_bytes(), link)?;
@@ -316,6 +347,35 @@ fn start_target<E: From<StoreError>>(
     job.counts.queued += 1;
     job.next += 1;
     tx.job_events.borrow_mut().push(JobEvent::Started(target.app_id));
+    Ok(())
+}
+
+/// True when an operator forgot the agent `app_id`: a task queued for it could never be
+/// delivered (it must enroll again) and would hold a place in the window until its TTL.
+fn agent_forgotten<E: From<StoreError>>(tx: &Tx<'_>, app_id: &str) -> Result<bool, TxError<E>> {
+    let Some(bytes) = tx.agents.get(app_id)? else { return Ok(false) };
+    let agent: AgentRecord = decode(&bytes)?;
+    Ok(agent.status == AgentStatus::Forgotten)
+}
+
+/// Ends target `index` `expired` without a task (its agent was forgotten) and moves on.
+fn end_unstarted<E: From<StoreError>>(
+    tx: &Tx<'_>,
+    job: &mut JobRecord,
+    index: u32,
+    mut target: TargetRecord,
+) -> Result<(), TxError<E>> {
+    target.end = Some(TargetEnd {
+        status: TaskStatus::Expired,
+        exit_code: None,
+        error: Some("its agent was forgotten before its turn came".to_owned()),
+        duration_ms: None,
+    });
+    tx.job_targets.insert(target_key(job.id, index), codec::encode(&target))?;
+    job.counts.waiting = job.counts.waiting.saturating_sub(1);
+    job.counts.expired += 1;
+    job.next += 1;
+    stop_past_error_limit(job);
     Ok(())
 }
 
@@ -344,8 +404,8 @@ impl Store {
             let target = TargetRecord { app_id: app_id.clone(), task_id: None, end: None };
             self.job_targets.insert(target_key(job.id, index), codec::encode(&target))?;
         }
-        self.seqs.reserve(&self.db, job.window as usize)?;
-        self.transact(|tx| {
+        self.seqs.reserve(&self.db, job.window.min(START_BATCH) as usize)?;
+        let created = self.transact(|tx| {
             let mut job = job.clone();
             job.counts = JobCounts { waiting: job.targets, ..JobCounts::default() };
             let now_ms = job.created_ms;
@@ -353,6 +413,34 @@ impl Store {
             mark_done(tx, &mut job, now_ms)?;
             save_job(tx, &mut job)?;
             Ok::<_, TxError<StoreError>>(job)
+        })?;
+        self.fill_window(created, job.created_ms)
+    }
+
+    /// Starts more targets of `job` (as just written) until its window is full, a batch per
+    /// transaction; returns the job as stored at the end.
+    fn fill_window(&self, mut job: JobRecord, now_ms: i64) -> Result<JobRecord, StoreError> {
+        while has_room(&job) {
+            match self.top_up(job.id, now_ms)? {
+                Some(more) => job = more,
+                None => break,
+            }
+        }
+        Ok(job)
+    }
+
+    /// Starts up to a batch of waiting targets of job `id` if its window has room; `None` when
+    /// the job is gone.
+    fn top_up(&self, id: TaskId, now_ms: i64) -> Result<Option<JobRecord>, StoreError> {
+        self.seqs.reserve(&self.db, START_BATCH as usize)?;
+        self.transact(|tx| {
+            let Some(mut job) = load_job::<StoreError>(tx, id)? else { return Ok(None) };
+            if has_room(&job) {
+                refill(tx, &mut job, now_ms)?;
+                mark_done(tx, &mut job, now_ms)?;
+                save_job(tx, &mut job)?;
+            }
+            Ok(Some(job))
         })
     }
 
@@ -374,9 +462,9 @@ impl Store {
     /// Resumes a paused job and refills its window. Resuming a running job changes nothing.
     pub fn resume_job(&self, id: TaskId, now_ms: i64) -> Result<JobRecord, JobError> {
         if let Some(job) = self.job(id)? {
-            self.seqs.reserve(&self.db, job.window as usize)?;
+            self.seqs.reserve(&self.db, job.window.min(START_BATCH) as usize)?;
         }
-        self.change_job(id, "resumed", |tx, job| {
+        let resumed = self.change_job(id, "resumed", |tx, job| {
             Ok(match job.state {
                 JobState::Running => Change::Keep,
                 JobState::Paused => {
@@ -387,7 +475,8 @@ impl Store {
                 }
                 _ => Change::Refuse,
             })
-        })
+        })?;
+        Ok(self.fill_window(resumed, now_ms)?)
     }
 
     /// Runs `change` on job `id` in one transaction.
@@ -436,6 +525,19 @@ impl Store {
             Ok(())
         })?;
         // No target starts any more, so the open tasks found now are all there will be.
+        let cancelled = self.cancel_open_tasks(id, force, now_ms)?;
+        let job = self.job(id)?.ok_or(JobError::UnknownJob(id))?;
+        Ok((job, cancelled))
+    }
+
+    /// Cancels the open tasks of cancelled job `id` (with `force`, ends them at once); a task
+    /// already marked is left alone unless forced.
+    fn cancel_open_tasks(
+        &self,
+        id: TaskId,
+        force: bool,
+        now_ms: i64,
+    ) -> Result<Vec<CancelOutcome>, StoreError> {
         let open = self.open_tasks(id)?;
         let mut cancelled = Vec::new();
         for batch in open.chunks(CANCEL_BATCH) {
@@ -443,7 +545,7 @@ impl Store {
                 let mut outcomes = Vec::new();
                 for &task_id in batch {
                     match tx.task::<StoreError>(task_id)? {
-                        Some(task) if !task.status.is_final() => {
+                        Some(task) if !task.status.is_final() && (force || !task.cancel_requested) => {
                             outcomes.push(cancel_open(tx, task, force, now_ms)?);
                         }
                         _ => {}
@@ -452,7 +554,24 @@ impl Store {
                 Ok::<_, TxError<StoreError>>(outcomes)
             })?);
         }
-        let job = self.job(id)?.ok_or(JobError::UnknownJob(id))?;
-        Ok((job, cancelled))
+        Ok(cancelled)
+    }
+
+    /// Finishes the cancels that stopped half way (a crash between a job's cancel and the
+    /// cancel of its tasks): every open, unmarked task of a cancelled job that is not done is
+    /// cancelled now. Returns what was cancelled, so the agents can be told.
+    pub fn finish_cancels(&self, now_ms: i64) -> Result<Vec<CancelOutcome>, StoreError> {
+        let mut half_done = Vec::new();
+        for value in self.jobs.iter().values() {
+            let job: JobRecord = codec::decode(&value?)?;
+            if job.state == JobState::Cancelled && job.done_ms == 0 {
+                half_done.push(job.id);
+            }
+        }
+        let mut cancelled = Vec::new();
+        for id in half_done {
+            cancelled.extend(self.cancel_open_tasks(id, false, now_ms)?);
+        }
+        Ok(cancelled)
     }
 }

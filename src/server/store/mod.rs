@@ -58,6 +58,9 @@ use super::codec::{self, CodecError};
 use super::commit::Committer;
 use crate::protocol::{TaskId, TaskStatus};
 
+/// Most times a transaction runs again because the queue-number pool ran dry under it.
+const MAX_SEQ_RETRIES: usize = 8;
+
 /// Largest stored output chunk.
 pub const CHUNK_LEN: usize = 64 * 1024;
 
@@ -199,8 +202,29 @@ impl Store {
 
     /// Runs `f` as one transaction over every tree; once it commits, announces what it did to
     /// jobs (see [`Store::take_job_events`]).
+    /// A transaction that found the queue-number pool dry (others took it meanwhile) reserves
+    /// what it asked for and runs again.
     fn transact<T, E: From<StoreError>>(&self, f: impl Fn(&Tx<'_>) -> Result<T, TxError<E>>) -> Result<T, E> {
-        self.seqs.reserve(&self.db, 1)?;
+        let mut needed = 1;
+        for _ in 0..MAX_SEQ_RETRIES {
+            self.seqs.reserve(&self.db, needed)?;
+            let wanted = std::cell::Cell::new(0);
+            let short = std::cell::Cell::new(false);
+            let result = self.transact_once(&f, &wanted, &short);
+            if result.is_ok() || !short.get() {
+                return result;
+            }
+            needed = wanted.get();
+        }
+        Err(StoreError::Io("the queue-number pool kept running dry; try again".into()).into())
+    }
+
+    fn transact_once<T, E: From<StoreError>>(
+        &self,
+        f: &impl Fn(&Tx<'_>) -> Result<T, TxError<E>>,
+        seqs_wanted: &std::cell::Cell<usize>,
+        seq_short: &std::cell::Cell<bool>,
+    ) -> Result<T, E> {
         let job_events = std::cell::RefCell::new(Vec::new());
         let trees = (
             &self.tasks,
@@ -232,6 +256,8 @@ impl Store {
                 jobs_done,
             )| {
                 job_events.borrow_mut().clear();
+                seqs_wanted.set(0);
+                seq_short.set(false);
                 f(&Tx {
                     tasks,
                     queue,
@@ -246,6 +272,8 @@ impl Store {
                     job_links,
                     jobs_done,
                     seqs: &self.seqs,
+                    seqs_wanted,
+                    seq_short,
                     job_events: &job_events,
                 })
             },

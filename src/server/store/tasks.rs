@@ -4,7 +4,7 @@
 
 use super::records::{Outcome, TaskRecord, secs_to_ms};
 use super::tx::{Tx, TxError, abort, agent_prefix, agent_task_key, queue_key, task_id_from};
-use super::{ReportError, Store, StoreError, output};
+use super::{ReportError, Store, StoreError, jobs, output};
 use crate::protocol::{TaskId, TaskStatus};
 
 /// How a task is handed out.
@@ -73,6 +73,11 @@ impl Store {
                 let Some(mut task) = tx.task::<StoreError>(id)? else { return Ok(None) };
                 if task.status != TaskStatus::Queued || task.cancel_requested {
                     return Ok(None); // a stale entry; it is gone now
+                }
+                if jobs::in_cancelled_job(tx, id)? {
+                    // Its job's cancel stopped half way (a crash): finish it for this task.
+                    cancel_open(tx, task, false, now_ms)?;
+                    return Ok(None);
                 }
                 task.move_to(TaskStatus::Delivered, now_ms);
                 task.ack_required = delivery == Delivery::Acknowledged;

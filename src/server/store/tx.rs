@@ -1,7 +1,7 @@
 //! Keys of every tree and the transaction view over all of them, with the small moves that
 //! keep the indexes in step with a task record (queue entry, deadline, finished index).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
@@ -90,11 +90,28 @@ pub struct Tx<'a> {
     pub jobs_done: &'a TransactionalTree,
     /// Queue sequence numbers reserved for tasks a job starts.
     pub seqs: &'a SeqPool,
+    /// Queue numbers this attempt asked `seqs` for.
+    pub seqs_wanted: &'a Cell<usize>,
+    /// Set when the pool ran dry in this attempt.
+    pub seq_short: &'a Cell<bool>,
     /// What the transaction did to jobs, announced once it commits.
     pub job_events: &'a RefCell<Vec<JobEvent>>,
 }
 
 impl Tx<'_> {
+    /// Takes a reserved queue number; when none is left, aborts with `StoreError::Io` and marks
+    /// the attempt short so that `Store::transact` reserves more and runs it again.
+    pub fn take_seq<E: From<StoreError>>(&self) -> Result<u64, TxError<E>> {
+        self.seqs_wanted.set(self.seqs_wanted.get() + 1);
+        match self.seqs.take() {
+            Some(seq) => Ok(seq),
+            None => {
+                self.seq_short.set(true);
+                abort(StoreError::Io("no queue sequence number was reserved for a job's next task".into()))
+            }
+        }
+    }
+
     /// The task `id`, if stored.
     pub fn task<E: From<StoreError>>(&self, id: TaskId) -> Result<Option<TaskRecord>, TxError<E>> {
         self.tasks.get(id.as_bytes())?.map(|bytes| decode(&bytes)).transpose()
