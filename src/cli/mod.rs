@@ -116,6 +116,10 @@ pub struct ServerArgs {
     /// most output kept per task in MiB, head and tail (default 16)
     #[argh(option, default = "16")]
     pub output_cap_mb: u64,
+    /// compact the database (rewrite its live data into a fresh copy) once it is larger than
+    /// this many MiB and than 4 times its size after the last compaction (default 64)
+    #[argh(option, default = "64")]
+    pub compact_at_mb: u64,
 }
 
 /// Run an agent: register with the server, poll for tasks, run them and report.
@@ -250,6 +254,7 @@ fn server_config(args: ServerArgs) -> Result<ServerConfig> {
         lost_grace: Duration::from_secs(args.lost_grace),
         retention: Duration::from_secs(args.retention),
         output_cap_bytes: args.output_cap_mb.saturating_mul(1024 * 1024),
+        compact_min_bytes: args.compact_at_mb.saturating_mul(1024 * 1024),
         sweep_interval: Duration::from_secs(1),
         tls: match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => Some(crate::server::TlsFiles { cert, key }),

@@ -32,7 +32,7 @@ impl Store {
     /// stored are skipped, so retrying an enqueue with the same ids is safe.
     pub fn enqueue(&self, tasks: &mut [TaskRecord]) -> Result<(), StoreError> {
         for task in tasks.iter_mut() {
-            task.queue_seq = self.db.generate_id()?;
+            task.queue_seq = self.next_id()?;
         }
         self.transact(|tx| {
             for task in tasks.iter() {
@@ -58,7 +58,9 @@ impl Store {
         now_ms: i64,
     ) -> Result<Option<TaskRecord>, StoreError> {
         loop {
-            let Some(entry) = self.queue.scan_prefix(agent_prefix(app_id)).next() else { return Ok(None) };
+            let Some(entry) = self.trees().queue.scan_prefix(agent_prefix(app_id)).next() else {
+                return Ok(None);
+            };
             let (key, id) = entry?;
             let id = task_id_from(&id)?;
             let taken = self.transact(|tx| {
@@ -186,13 +188,13 @@ impl Store {
 
     /// How many tasks wait in `app_id`'s queue, counting no further than `limit`.
     pub fn queued_count(&self, app_id: &str, limit: usize) -> usize {
-        self.queue.scan_prefix(agent_prefix(app_id)).keys().take(limit).count()
+        self.trees().queue.scan_prefix(agent_prefix(app_id)).keys().take(limit).count()
     }
 
     /// Ids of `app_id`'s tasks that it must stop.
     pub fn pending_cancels(&self, app_id: &str) -> Result<Vec<TaskId>, StoreError> {
         let prefix = agent_prefix(app_id);
-        self.cancels.scan_prefix(&prefix).keys().map(|k| task_id_from(&k?[prefix.len()..])).collect()
+        self.trees().cancels.scan_prefix(&prefix).keys().map(|k| task_id_from(&k?[prefix.len()..])).collect()
     }
 }
 
