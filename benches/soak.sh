@@ -4,6 +4,8 @@
 # but never gives it back, so the size must stop growing once retention removes as much as
 # arrives).
 #
+# The server compacts the database when it is mostly garbage; its compactions are listed at the end.
+#
 # Usage: benches/soak.sh [SECONDS] [RETENTION_SECONDS]   (defaults 300 and 30)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,3 +44,5 @@ while [ $(( $(date +%s) - start )) -lt "$secs" ]; do
   fi
 done
 printf '%9d  %10d  %12d\n' "$secs" "$sent" "$(du -sk "$work/db" | cut -f1)"
+echo "compactions (from the server's log):"
+grep "database compacted" "$work/server.log" | sed 's/\x1b\[[0-9;]*m//g' || echo "none"

@@ -84,16 +84,18 @@ fn needs_compaction(trees: &Trees, min_bytes: u64) -> Result<bool, StoreError> {
 /// The database directory in use in `dir`, after deleting any other (a copy a crash left half
 /// made, or an old database a crash kept from being deleted).
 pub(super) fn current_name(dir: &Path) -> Result<String, StoreError> {
-    let name = match fs::read_to_string(dir.join(CURRENT_FILE)) {
+    let pointer = dir.join(CURRENT_FILE);
+    let name = match fs::read_to_string(&pointer) {
         Ok(text) => text.trim().to_owned(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => FIRST_NAME.to_owned(),
-        Err(e) => return Err(io_error(&dir.join(CURRENT_FILE), e)),
+        Err(e) => return Err(io_error(&pointer, e)),
     };
     if generation(&name).is_none() {
-        return Err(StoreError::Io(format!(
-            "{} names no database: {name:?}",
-            dir.join(CURRENT_FILE).display()
-        )));
+        return Err(StoreError::Io(format!("{} names no database: {name:?}", pointer.display())));
+    }
+    if pointer.exists() && !dir.join(&name).is_dir() {
+        // Opening it would create an empty database in place of the data.
+        return Err(StoreError::Io(format!("{} names {name}, which is missing", pointer.display())));
     }
     remove_others(dir, &name)?;
     Ok(name)

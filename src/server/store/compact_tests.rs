@@ -130,11 +130,15 @@ fn a_mostly_garbage_database_is_compacted_at_start_and_leftovers_are_deleted() {
 }
 
 #[test]
-fn a_pointer_naming_no_database_is_refused() {
+fn a_pointer_naming_no_database_or_a_missing_one_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join(CURRENT_FILE), "../elsewhere\n").unwrap();
     let err = Store::open(dir.path(), CACHE, Policy::default()).err().expect("refused");
     assert!(err.to_string().contains("names no database"), "{err}");
+    std::fs::write(dir.path().join(CURRENT_FILE), "sled.4\n").unwrap();
+    let err = Store::open(dir.path(), CACHE, Policy::default()).err().expect("refused");
+    assert!(err.to_string().contains("names sled.4, which is missing"), "{err}");
+    assert!(!dir.path().join("sled.4").exists(), "no empty database was created");
 }
 
 #[test]

@@ -16,8 +16,11 @@
 //! - `tokens`:    token id → [`TokenRecord`]
 //! - `audit`:     time (i64 BE ms), sequence (u64 BE) → [`AuditRecord`], kept past task retention
 //! - `seen`:      signing time (i64 BE s), request digest (u64) → empty: signed requests used
+//! - sled's default tree: the id floor and size of a compacted database (see `trees.rs`)
 //!
 //! Writes are applied in memory first; [`Store::durable`] returns once they are on stable storage.
+//! The trees are reached only through [`Store::trees`], so that compaction (`compact.rs`) can
+//! replace the whole database while the server runs.
 
 mod admin;
 mod compact;
