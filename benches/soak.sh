@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Soak: a steady load of shell tasks with output against a release server whose retention is
-# short, sampling the data dir's size, to show it reaches a plateau (sled reuses freed space
-# but never gives it back, so the size must stop growing once retention removes as much as
-# arrives).
+# short, sampling the data dir's size, to show it reaches a plateau: retention removes as much
+# as arrives, and the server compacts the database when it is mostly garbage (sled does not
+# reclaim the space of deleted records under this churn). Its compactions are listed at the end.
 #
 # Usage: benches/soak.sh [SECONDS] [RETENTION_SECONDS]   (defaults 300 and 30)
 set -euo pipefail
@@ -42,3 +42,5 @@ while [ $(( $(date +%s) - start )) -lt "$secs" ]; do
   fi
 done
 printf '%9d  %10d  %12d\n' "$secs" "$sent" "$(du -sk "$work/db" | cut -f1)"
+echo "compactions (from the server's log):"
+grep "database compacted" "$work/server.log" | sed 's/\x1b\[[0-9;]*m//g' || echo "none"

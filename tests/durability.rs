@@ -5,6 +5,7 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use orange::client::AgentClient;
@@ -243,5 +244,140 @@ fn sigterm_answers_parked_polls_and_stops_cleanly() {
     server.restart();
     assert_eq!(server.task(&kept).status.as_str(), "delivered");
     agent.ping().unwrap_or_else(|e| panic!("ping after restart: {e}"));
+    server.assert_alive();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Compaction
+
+/// The file naming the database directory in use.
+const CURRENT: &str = "sled.current";
+
+/// The database directories (`sled`, `sled.N`) in `data`, sorted.
+fn database_dirs(data: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(data)
+        .expect("read the data dir")
+        .map(|e| e.expect("dir entry"))
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n == "sled" || n.starts_with("sled."))
+        .collect();
+    names.sort();
+    names
+}
+
+/// The database directory `sled.current` names, if the file exists.
+fn current_database(data: &Path) -> Option<String> {
+    std::fs::read_to_string(data.join(CURRENT)).ok().map(|s| s.trim().to_owned())
+}
+
+/// A payload of about `size` bytes that says which task it is.
+fn big_payload(i: usize, size: usize) -> String {
+    format!("{i:05}-{}", "p".repeat(size))
+}
+
+/// Polls (every millisecond, so a kill lands soon after) until `path` exists or `timeout`
+/// passes; says whether it appeared.
+fn appears(path: &Path, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if path.exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    false
+}
+
+/// Every acknowledged task is stored with its payload, and exactly one database directory,
+/// the one `sled.current` names, is left.
+fn assert_all_kept(server: &Server, acked: &[(String, String)]) {
+    for (id, payload) in acked {
+        let view = server.task(id);
+        assert_eq!(view.status.as_str(), "queued", "task {id}");
+        assert!(view.payload == *payload, "task {id}: payload differs");
+    }
+    let data = server.data_dir();
+    let current = current_database(data).expect("sled.current after a compaction");
+    assert_eq!(database_dirs(data), vec![current]);
+}
+
+#[test]
+fn sigkill_during_an_online_compaction_loses_no_acknowledged_task() {
+    // Compaction is due past 1 MiB, and the sweeper looks every second (retention 4 s / 4).
+    let opts = ServerOpts { compact_at_mb: Some(1), retention: Some(4), ..ServerOpts::default() };
+    let mut server = Server::start(opts);
+    register(&server, "w1", "s1");
+    let data = server.data_dir().to_owned();
+    assert_eq!(database_dirs(&data), vec!["sled".to_owned()]);
+
+    // Enqueues go on while the sweeper compacts, until the SIGKILL stops the server.
+    let admin = server.admin();
+    let writer = std::thread::spawn(move || {
+        let mut acked = Vec::new();
+        for i in 0..3000 {
+            let payload = big_payload(i, 32 * 1024);
+            let body = json!({"app_ids": ["w1"], "task_type": "ping", "payload": payload});
+            let reply: Result<EnqueueReply, _> = admin.post("/api/v1/tasks", &body);
+            match reply {
+                Ok(reply) => acked.push((reply.tasks[0].task_id.clone(), payload)),
+                Err(_) => break,
+            }
+        }
+        acked
+    });
+    assert!(appears(&data.join("sled.1"), Duration::from_secs(60)), "no compaction began");
+    server.kill();
+    let switched = current_database(&data).is_some();
+    let acked = writer.join().expect("enqueue thread");
+    eprintln!(
+        "killed {} the switch, after {} acknowledged enqueues",
+        if switched { "after" } else { "before" },
+        acked.len()
+    );
+    assert!(acked.len() > 10, "only {} enqueues before the compaction", acked.len());
+
+    server.restart();
+    assert_all_kept(&server, &acked);
+    server.assert_alive();
+}
+
+#[test]
+fn sigkill_during_a_startup_compaction_keeps_the_old_database_until_the_switch() {
+    // The sweeper's first look is a minute away: only the starts compact.
+    let mut server = Server::start(ServerOpts { compact_at_mb: Some(1), ..ServerOpts::default() });
+    let agent = register(&server, "w1", "s1");
+    let acked: Vec<(String, String)> = (0..120)
+        .map(|i| {
+            let payload = big_payload(i, 48 * 1024);
+            (server.enqueue(&["w1"], "ping", &payload)[0].task_id.clone(), payload)
+        })
+        .collect();
+    server.kill();
+    let data = server.data_dir().to_owned();
+
+    let mut interrupted = 0;
+    for _ in 0..3 {
+        let mut child = server.spawn_unwaited();
+        let began = appears(&data.join("sled.1"), Duration::from_secs(30));
+        child.kill().expect("SIGKILL the starting server");
+        child.wait().expect("reap it");
+        assert!(began, "the start did not compact\nstderr:\n{}", server.stderr());
+        if current_database(&data).is_some() {
+            break; // the copy finished before the kill landed
+        }
+        interrupted += 1;
+        assert!(database_dirs(&data).contains(&"sled".to_owned()), "the old database is gone");
+    }
+    assert!(interrupted > 0, "no SIGKILL landed during a compaction");
+
+    server.restart();
+    assert_all_kept(&server, &acked);
+    assert_eq!(current_database(&data).as_deref(), Some("sled.1"));
+    // The queue keeps its order, and a task queued now goes behind the old ones.
+    let last = server.enqueue(&["w1"], "ping", "last")[0].task_id.clone();
+    let order: Vec<String> = drain(&agent, acked.len() + 1).into_iter().map(|t| t.task_id).collect();
+    let expected: Vec<String> = acked.iter().map(|(id, _)| id.clone()).chain([last]).collect();
+    assert_eq!(order, expected);
     server.assert_alive();
 }

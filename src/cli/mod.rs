@@ -128,6 +128,10 @@ pub struct ServerArgs {
     /// seconds an overloaded server tells agents to wait, spread up to twice that (default 2)
     #[argh(option, default = "2")]
     pub retry_after: u64,
+    /// compact the database (rewrite its live data into a fresh copy) once it is larger than
+    /// this many MiB and than 4 times its size after the last compaction (default 64)
+    #[argh(option, default = "64")]
+    pub compact_at_mb: u64,
 }
 
 /// Run an agent: register with the server, poll for tasks, run them and report.
@@ -269,6 +273,7 @@ fn server_config(args: ServerArgs) -> Result<ServerConfig> {
         lost_grace: Duration::from_secs(args.lost_grace),
         retention: Duration::from_secs(args.retention),
         output_cap_bytes: args.output_cap_mb.saturating_mul(1024 * 1024),
+        compact_min_bytes: args.compact_at_mb.saturating_mul(1024 * 1024),
         sweep_interval: Duration::from_secs(1),
         max_inflight: args.max_inflight,
         retry_after_secs: args.retry_after,

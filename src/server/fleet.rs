@@ -126,6 +126,7 @@ pub fn policy(config: &ServerConfig) -> Policy {
         ack_window_ms: millis(config.ack_window),
         lost_grace_ms: millis(config.lost_grace),
         output_cap: config.output_cap_bytes,
+        compact_min_bytes: config.compact_min_bytes,
     }
 }
 
@@ -398,6 +399,7 @@ impl Fleet {
                 if let Err(e) = self.sweep_retention() {
                     warn!(error = %e, "retention sweep failed");
                 }
+                self.compact_if_needed().await;
             }
         }
     }
@@ -417,6 +419,17 @@ impl Fleet {
             self.dispatch.task_changed(moved.task.id);
         }
         Ok(swept.len())
+    }
+
+    /// Compacts the database if it is mostly garbage, on a blocking thread (store operations
+    /// wait while it copies).
+    async fn compact_if_needed(self: &Arc<Self>) {
+        let fleet = Arc::clone(self);
+        match tokio::task::spawn_blocking(move || fleet.store.compact_if_needed()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(error = %e, "compaction failed"),
+            Err(e) => warn!(error = %e, "compaction stopped"),
+        }
     }
 
     /// Removes finished tasks and silent agents older than the retention period.

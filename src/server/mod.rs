@@ -49,6 +49,9 @@ pub struct ServerConfig {
     pub retention: Duration,
     /// Most output bytes kept per task.
     pub output_cap_bytes: u64,
+    /// The database is compacted only when larger than this (and than 4 times its size after
+    /// the last compaction).
+    pub compact_min_bytes: u64,
     /// How often the sweeper looks at deadlines.
     pub sweep_interval: Duration,
     /// Certificate chain and private key (PEM files) to serve HTTPS with.
@@ -86,6 +89,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("output_cap_bytes", &self.output_cap_bytes)
             .field("max_inflight", &self.max_inflight)
             .field("retry_after_secs", &self.retry_after_secs)
+            .field("compact_min_bytes", &self.compact_min_bytes)
             .finish_non_exhaustive()
     }
 }

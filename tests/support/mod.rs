@@ -147,6 +147,10 @@ pub struct ServerOpts {
     pub output_cap_mb: Option<u64>,
     /// `--cache-mb` (sled's page cache).
     pub cache_mb: Option<u64>,
+    /// `--retention` in seconds.
+    pub retention: Option<u64>,
+    /// `--compact-at-mb`.
+    pub compact_at_mb: Option<u64>,
     /// `--enroll-key`; without it the original's public key [`BASE_SECRET`], so that original
     /// clients and simulated agents enroll as they do against the original server.
     pub enroll_key: Option<String>,
@@ -221,8 +225,8 @@ impl Server {
         self.child.as_ref().expect("server is running").id()
     }
 
-    fn spawn(&mut self, listen: &str) -> Result<(), String> {
-        self.starts += 1;
+    /// The command line that starts this server on `listen`.
+    fn build_command(&self, listen: &str) -> Command {
         let mut cmd = Command::new(BIN);
         cmd.arg("server").arg("--data").arg(self.data.path()).arg("--listen").arg(listen);
         if let Some(token) = &self.opts.admin_token {
@@ -238,6 +242,8 @@ impl Server {
             ("--lost-grace", self.opts.lost_grace),
             ("--output-cap-mb", self.opts.output_cap_mb),
             ("--cache-mb", self.opts.cache_mb),
+            ("--retention", self.opts.retention),
+            ("--compact-at-mb", self.opts.compact_at_mb),
         ];
         for (flag, value) in numbers {
             if let Some(value) = value {
@@ -247,6 +253,26 @@ impl Server {
         cmd.arg("--enroll-key").arg(self.opts.enroll_key.as_deref().unwrap_or(BASE_SECRET));
         cmd.args(&self.opts.extra_args);
         clean_env(&mut cmd);
+        cmd
+    }
+
+    /// Starts the same server (data directory and flags) on another port without waiting for
+    /// it to listen, e.g. to kill it while it starts; the caller kills it. The current process,
+    /// if any, must be stopped first.
+    pub fn spawn_unwaited(&mut self) -> Child {
+        assert!(self.child.is_none(), "stop the running server first");
+        self.starts += 1;
+        let cmd_line = show_command(&self.build_command("127.0.0.1:0"));
+        let log =
+            log_file(&self.stderr_path(), &format!("start #{} (not waited for): {cmd_line}", self.starts));
+        let mut cmd = self.build_command("127.0.0.1:0");
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+        cmd.spawn().unwrap_or_else(|e| panic!("cannot spawn {cmd_line}: {e}"))
+    }
+
+    fn spawn(&mut self, listen: &str) -> Result<(), String> {
+        self.starts += 1;
+        let mut cmd = self.build_command(listen);
         self.command = show_command(&cmd);
         let log = log_file(&self.stderr_path(), &format!("start #{}: {}", self.starts, self.command));
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log);

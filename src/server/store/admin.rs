@@ -50,18 +50,18 @@ impl Store {
 
     /// Stores a new or changed token.
     pub fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
-        self.tokens.insert(token.id.as_bytes(), codec::encode(token))?;
+        self.trees().tokens.insert(token.id.as_bytes(), codec::encode(token))?;
         Ok(())
     }
 
     /// The token `id`.
     pub fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
-        self.tokens.get(id)?.map(|v| codec::decode(&v)).transpose().map_err(Into::into)
+        self.trees().tokens.get(id)?.map(|v| codec::decode(&v)).transpose().map_err(Into::into)
     }
 
     /// Every token, by id.
     pub fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        self.tokens.iter().values().map(|v| Ok(codec::decode(&v?)?)).collect()
+        self.trees().tokens.iter().values().map(|v| Ok(codec::decode(&v?)?)).collect()
     }
 
     /// Checks token `id` can enroll at `now_ms` and returns it (without using it up).
@@ -81,13 +81,13 @@ impl Store {
     /// Uses one enrollment of token `id`, atomically; false if none was left.
     pub fn use_token(&self, id: &str) -> Result<bool, StoreError> {
         loop {
-            let Some(old) = self.tokens.get(id)? else { return Ok(false) };
+            let Some(old) = self.trees().tokens.get(id)? else { return Ok(false) };
             let mut token: TokenRecord = codec::decode(&old)?;
             if token.uses_left == 0 || token.revoked {
                 return Ok(false);
             }
             token.uses_left -= 1;
-            if self.tokens.compare_and_swap(id, Some(old), Some(codec::encode(&token)))?.is_ok() {
+            if self.trees().tokens.compare_and_swap(id, Some(old), Some(codec::encode(&token)))?.is_ok() {
                 return Ok(true);
             }
         }
@@ -96,13 +96,13 @@ impl Store {
     /// Appends an entry to the audit record.
     pub fn audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
         let mut key = record.at_ms.max(0).to_be_bytes().to_vec();
-        key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
-        self.audit.insert(key, codec::encode(record))?;
+        key.extend_from_slice(&self.next_id()?.to_be_bytes());
+        self.trees().audit.insert(key, codec::encode(record))?;
         Ok(())
     }
 
     /// The newest `limit` audit entries, newest first.
     pub fn audit_entries(&self, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
-        self.audit.iter().values().rev().take(limit).map(|v| Ok(codec::decode(&v?)?)).collect()
+        self.trees().audit.iter().values().rev().take(limit).map(|v| Ok(codec::decode(&v?)?)).collect()
     }
 }

@@ -63,18 +63,19 @@ impl FactsRecord {
 impl Store {
     /// Stores the facts of agent `app_id`, replacing earlier ones.
     pub fn put_facts(&self, app_id: &str, record: &FactsRecord) -> Result<(), StoreError> {
-        self.facts.insert(app_id.as_bytes(), codec::encode(record))?;
+        self.trees().facts.insert(app_id.as_bytes(), codec::encode(record))?;
         Ok(())
     }
 
     /// The facts of agent `app_id`, if it sent any.
     pub fn facts(&self, app_id: &str) -> Result<Option<FactsRecord>, StoreError> {
-        self.facts.get(app_id)?.map(|v| codec::decode(&v)).transpose().map_err(Into::into)
+        self.trees().facts.get(app_id)?.map(|v| codec::decode(&v)).transpose().map_err(Into::into)
     }
 
     /// The facts of every agent that sent some, by app id.
     pub fn all_facts(&self) -> Result<HashMap<String, FactsRecord>, StoreError> {
-        self.facts
+        self.trees()
+            .facts
             .iter()
             .map(|item| {
                 let (key, value) = item?;
@@ -85,7 +86,7 @@ impl Store {
 
     /// Drops the facts of agent `app_id`.
     pub fn remove_facts(&self, app_id: &str) -> Result<(), StoreError> {
-        self.facts.remove(app_id.as_bytes())?;
+        self.trees().facts.remove(app_id.as_bytes())?;
         Ok(())
     }
 }

@@ -16,18 +16,18 @@ const SWEEP_BATCH: usize = 100;
 impl Store {
     /// The job `id`.
     pub fn job(&self, id: TaskId) -> Result<Option<JobRecord>, StoreError> {
-        self.jobs.get(job_key(id))?.map(|v| codec::decode(&v)).transpose().map_err(Into::into)
+        self.trees().jobs.get(job_key(id))?.map(|v| codec::decode(&v)).transpose().map_err(Into::into)
     }
 
     /// Up to `limit` jobs, newest first.
     pub fn jobs(&self, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
-        self.jobs.iter().values().rev().take(limit).map(|v| Ok(codec::decode(&v?)?)).collect()
+        self.trees().jobs.iter().values().rev().take(limit).map(|v| Ok(codec::decode(&v?)?)).collect()
     }
 
     /// Tasks of job `id` that were started and have not ended.
     pub(super) fn open_tasks(&self, id: TaskId) -> Result<Vec<TaskId>, StoreError> {
         let mut open = Vec::new();
-        for value in self.job_targets.scan_prefix(job_key(id)).values() {
+        for value in self.trees().job_targets.scan_prefix(job_key(id)).values() {
             let target: TargetRecord = codec::decode(&value?)?;
             if let (Some(task_id), None) = (target.task_id, &target.end) {
                 open.push(task_id);
@@ -47,7 +47,8 @@ impl Store {
             Some(after) => self.first_target_after(job, after)?,
             None => 0,
         };
-        self.job_targets
+        self.trees()
+            .job_targets
             .range(target_key(job.id, start)..)
             .values()
             .take(limit.min(job.targets.saturating_sub(start) as usize))
@@ -62,6 +63,7 @@ impl Store {
         while low < high {
             let mid = low + (high - low) / 2;
             let bytes = self
+                .trees()
                 .job_targets
                 .get(target_key(job.id, mid))?
                 .ok_or_else(|| corrupt("job target missing"))?;
@@ -81,7 +83,7 @@ impl Store {
         id: TaskId,
         mut visit: impl FnMut(TargetRecord) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        for value in self.job_targets.scan_prefix(job_key(id)).values() {
+        for value in self.trees().job_targets.scan_prefix(job_key(id)).values() {
             visit(codec::decode(&value?)?)?;
         }
         Ok(())
@@ -101,6 +103,7 @@ impl Store {
     /// most a batch); returns how many.
     pub fn sweep_jobs(&self, cutoff_ms: i64) -> Result<usize, StoreError> {
         let old: Vec<sled::IVec> = self
+            .trees()
             .jobs_done
             .range(..time_key(cutoff_ms, TaskId::nil()))
             .keys()
@@ -108,23 +111,23 @@ impl Store {
             .collect::<Result<_, _>>()?;
         for key in &old {
             let id = task_id_from(&key[8..])?;
-            for entry in self.job_targets.scan_prefix(job_key(id)) {
+            for entry in self.trees().job_targets.scan_prefix(job_key(id)) {
                 let (target_key, value) = entry?;
                 let target: TargetRecord = codec::decode(&value)?;
                 if let Some(task_id) = target.task_id {
-                    self.job_links.remove(task_id.as_bytes())?;
+                    self.trees().job_links.remove(task_id.as_bytes())?;
                 }
-                self.job_targets.remove(target_key)?;
+                self.trees().job_targets.remove(target_key)?;
             }
             // The index entry goes last: if this stops half way, it still leads here next time.
-            self.jobs.remove(job_key(id))?;
-            self.jobs_done.remove(key)?;
+            self.trees().jobs.remove(job_key(id))?;
+            self.trees().jobs_done.remove(key)?;
         }
         Ok(old.len())
     }
 
     /// The job and target index of task `id`, if it belongs to a job.
     pub fn job_of_task(&self, id: TaskId) -> Result<Option<(TaskId, u32)>, StoreError> {
-        self.job_links.get(id.as_bytes())?.map(|v| split_link(&v)).transpose()
+        self.trees().job_links.get(id.as_bytes())?.map(|v| split_link(&v)).transpose()
     }
 }

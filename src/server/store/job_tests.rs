@@ -255,9 +255,9 @@ fn results_outlive_task_retention_and_job_retention_removes_everything() {
     assert_eq!(store.sweep_jobs(done.done_ms).unwrap(), 0, "not older than the cutoff yet");
     assert_eq!(store.sweep_jobs(done.done_ms + 1).unwrap(), 1);
     assert!(store.job(job.id).unwrap().is_none());
-    assert!(store.job_targets.is_empty());
-    assert!(store.job_links.is_empty());
-    assert!(store.jobs_done.is_empty());
+    assert!(store.trees().job_targets.is_empty());
+    assert!(store.trees().job_links.is_empty());
+    assert!(store.trees().jobs_done.is_empty());
 }
 
 #[test]
@@ -269,8 +269,8 @@ fn a_job_of_ten_thousand_targets_stores_no_large_value() {
     assert_eq!(created.counts.queued, 100);
     run(&store, "host-00000", TaskStatus::Succeeded, T0 + 1);
     let mut values = 0;
-    for name in store.db.tree_names() {
-        for entry in store.db.open_tree(&name).unwrap().iter() {
+    for name in store.trees().db.tree_names() {
+        for entry in store.trees().db.open_tree(&name).unwrap().iter() {
             let (key, value) = entry.unwrap();
             assert!(value.len() < 100 * 1024, "tree {name:?} key {key:?}: {} bytes", value.len());
             values += 1;
@@ -334,7 +334,7 @@ fn a_queued_task_of_a_cancelled_job_is_never_handed_out() {
     half.state = JobState::Cancelled;
     half.counts.skipped += half.counts.waiting;
     half.counts.waiting = 0;
-    store.jobs.insert(jobs::job_key(job.id), codec::encode(&half)).unwrap();
+    store.trees().jobs.insert(jobs::job_key(job.id), codec::encode(&half)).unwrap();
     assert_eq!(store.take_next("host-00000", Delivery::Acknowledged, T0 + 1).unwrap(), None);
     let first = targets(&store, job.id).remove(0).1.unwrap();
     assert_eq!(first.status, TaskStatus::Cancelled);
@@ -389,7 +389,7 @@ fn a_cancel_cut_short_is_finished_for_running_tasks_by_the_next_pass() {
     half.state = JobState::Cancelled;
     half.counts.skipped += half.counts.waiting;
     half.counts.waiting = 0;
-    store.jobs.insert(jobs::job_key(job.id), codec::encode(&half)).unwrap();
+    store.trees().jobs.insert(jobs::job_key(job.id), codec::encode(&half)).unwrap();
     let finished = store.finish_cancels(T0 + 2).unwrap();
     assert_eq!(finished.len(), 2);
     assert!(store.task(task.id).unwrap().unwrap().cancel_requested);

@@ -14,6 +14,7 @@ use super::records::{
     AgentRecord, AgentStatus, JobRecord, TARGET_ERROR_LEN, TargetEnd, TargetRecord, TaskRecord, TaskSpec,
 };
 use super::tasks::{CancelOutcome, cancel_open};
+use super::trees::Trees;
 use super::tx::{Tx, TxError, abort, agent_task_key, decode, queue_key, task_id_from, time_key};
 use super::{Store, StoreError};
 use crate::protocol::jobs::{JobCounts, JobState};
@@ -123,6 +124,8 @@ impl EventQueue {
 #[derive(Default)]
 pub struct SeqPool {
     ids: Mutex<VecDeque<u64>>,
+    /// Held while numbers are made and added, so that refills add them in increasing order.
+    refill: Mutex<()>,
 }
 
 /// Numbers the pool refills to when it runs low.
@@ -131,15 +134,17 @@ const SEQ_POOL_LOW: usize = 32;
 impl SeqPool {
     /// Makes sure at least `needed` (plus a margin) numbers are reserved; call outside any
     /// transaction.
-    pub fn reserve(&self, db: &sled::Db, needed: usize) -> Result<(), StoreError> {
+    pub fn reserve(&self, trees: &Trees, needed: usize) -> Result<(), StoreError> {
+        let _refilling = self.refill.lock().unwrap_or_else(|p| p.into_inner());
         let have = self.ids.lock().unwrap_or_else(|p| p.into_inner()).len();
         if have > needed {
             return Ok(());
         }
         // Not under the pool's lock: a transaction (holding sled's write lock) may be waiting
-        // for it, and generate_id waits for sled's read lock.
+        // for it, and generate_id waits for sled's read lock. Transactions never take the
+        // refill lock, so holding it here blocks nobody who holds sled's lock.
         let fresh: Vec<u64> =
-            (0..needed + SEQ_POOL_LOW - have).map(|_| db.generate_id()).collect::<Result<_, _>>()?;
+            (0..needed + SEQ_POOL_LOW - have).map(|_| trees.next_id()).collect::<Result<_, _>>()?;
         self.ids.lock().unwrap_or_else(|p| p.into_inner()).extend(fresh);
         Ok(())
     }
@@ -402,9 +407,9 @@ impl Store {
         for (index, app_id) in app_ids.iter().enumerate() {
             let index = u32::try_from(index).map_err(|_| corrupt("too many targets"))?;
             let target = TargetRecord { app_id: app_id.clone(), task_id: None, end: None };
-            self.job_targets.insert(target_key(job.id, index), codec::encode(&target))?;
+            self.trees().job_targets.insert(target_key(job.id, index), codec::encode(&target))?;
         }
-        self.seqs.reserve(&self.db, job.window.min(START_BATCH) as usize)?;
+        self.seqs.reserve(&self.trees(), job.window.min(START_BATCH) as usize)?;
         let created = self.transact(|tx| {
             let mut job = job.clone();
             job.counts = JobCounts { waiting: job.targets, ..JobCounts::default() };
@@ -432,7 +437,7 @@ impl Store {
     /// Starts up to a batch of waiting targets of job `id` if its window has room; `None` when
     /// the job is gone.
     fn top_up(&self, id: TaskId, now_ms: i64) -> Result<Option<JobRecord>, StoreError> {
-        self.seqs.reserve(&self.db, START_BATCH as usize)?;
+        self.seqs.reserve(&self.trees(), START_BATCH as usize)?;
         self.transact(|tx| {
             let Some(mut job) = load_job::<StoreError>(tx, id)? else { return Ok(None) };
             if has_room(&job) {
@@ -462,7 +467,7 @@ impl Store {
     /// Resumes a paused job and refills its window. Resuming a running job changes nothing.
     pub fn resume_job(&self, id: TaskId, now_ms: i64) -> Result<JobRecord, JobError> {
         if let Some(job) = self.job(id)? {
-            self.seqs.reserve(&self.db, job.window.min(START_BATCH) as usize)?;
+            self.seqs.reserve(&self.trees(), job.window.min(START_BATCH) as usize)?;
         }
         let resumed = self.change_job(id, "resumed", |tx, job| {
             Ok(match job.state {
@@ -562,7 +567,7 @@ impl Store {
     /// cancelled now. Returns what was cancelled, so the agents can be told.
     pub fn finish_cancels(&self, now_ms: i64) -> Result<Vec<CancelOutcome>, StoreError> {
         let mut half_done = Vec::new();
-        for value in self.jobs.iter().values() {
+        for value in self.trees().jobs.iter().values() {
             let job: JobRecord = codec::decode(&value?)?;
             if job.state == JobState::Cancelled && job.done_ms == 0 {
                 half_done.push(job.id);

@@ -21,11 +21,16 @@
 //! - `job_targets`: job id, target index (u32 BE) → [`TargetRecord`], targets sorted by app id
 //! - `job_links`: task id → job id, target index (u32 BE): which tasks belong to a job
 //! - `jobs_done`: time (i64 BE ms), job id → empty: done jobs, oldest first, for retention
+//! - sled's default tree: the id floor and size of a compacted database (see `trees.rs`)
 //!
 //! Writes are applied in memory first; [`Store::durable`] returns once they are on stable storage.
+//! The trees are reached only through [`Store::trees`], so that compaction (`compact.rs`) can
+//! replace the whole database while the server runs.
 
 mod admin;
+mod compact;
 mod facts;
+mod gate;
 mod job_reads;
 mod jobs;
 mod output;
@@ -33,17 +38,20 @@ mod records;
 mod seen;
 mod sweep;
 mod tasks;
+mod trees;
 mod tx;
 
-use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sled::Transactional;
 use sled::transaction::TransactionError;
 use thiserror::Error;
 
 pub use admin::TokenError;
+pub use compact::{CURRENT_FILE, Compaction};
 pub use facts::FactsRecord;
+use gate::{Gate, Pass};
 pub use jobs::{JobError, JobEvent};
 pub use output::{Chunk, ChunkAck};
 pub use records::{
@@ -52,6 +60,7 @@ pub use records::{
 };
 pub use sweep::Swept;
 pub use tasks::{CancelOutcome, Delivery};
+use trees::Trees;
 use tx::{Tx, TxError};
 
 use super::codec::{self, CodecError};
@@ -125,23 +134,11 @@ pub enum ReportError {
 
 /// The embedded database.
 pub struct Store {
-    db: sled::Db,
-    agents: sled::Tree,
-    tasks: sled::Tree,
-    queue: sled::Tree,
-    by_agent: sled::Tree,
-    output: sled::Tree,
-    deadlines: sled::Tree,
-    finished: sled::Tree,
-    cancels: sled::Tree,
-    seen: sled::Tree,
-    tokens: sled::Tree,
-    audit: sled::Tree,
-    facts: sled::Tree,
-    jobs: sled::Tree,
-    job_targets: sled::Tree,
-    job_links: sled::Tree,
-    jobs_done: sled::Tree,
+    /// The open database; compaction swaps it (see [`Store::trees`]).
+    gate: Arc<Gate<Trees>>,
+    /// The data directory.
+    dir: PathBuf,
+    cache_bytes: u64,
     job_events: jobs::EventQueue,
     seqs: jobs::SeqPool,
     policy: Policy,
@@ -156,43 +153,35 @@ fn flatten<T, E: From<StoreError>>(result: Result<T, TransactionError<E>>) -> Re
 }
 
 impl Store {
-    /// Opens (or creates) the database in `dir` with a page cache of `cache_bytes`.
+    /// Opens (or creates) the database in `dir` with a page cache of `cache_bytes`, compacting
+    /// it first if it is mostly garbage.
     pub fn open(dir: &Path, cache_bytes: u64, policy: Policy) -> Result<Store, StoreError> {
-        let path = dir.join("sled");
-        let db = sled::Config::new().path(&path).cache_capacity(cache_bytes).open()?;
-        let data_file = File::open(path.join("db"))
-            .map_err(|e| StoreError::Io(format!("cannot open {}: {e}", path.join("db").display())))?;
-        let flusher = db.clone();
-        let committer = Committer::start(Box::new(move || {
-            // sled's flush writes its buffers but only calls sync_file_range; fdatasync makes
-            // them survive a power cut too.
-            flusher.flush().map_err(std::io::Error::other)?;
-            data_file.sync_data()
-        }))
-        .map_err(|e| StoreError::Io(format!("cannot start the commit thread: {e}")))?;
+        let trees = compact::open_current(dir, cache_bytes, policy.compact_min_bytes)?;
+        let gate = Arc::new(Gate::new(trees));
+        let syncing = Arc::clone(&gate);
+        let committer = Committer::start(Box::new(move || syncing.pass().sync()))
+            .map_err(|e| StoreError::Io(format!("cannot start the commit thread: {e}")))?;
         Ok(Store {
-            agents: db.open_tree("agents")?,
-            tasks: db.open_tree("tasks")?,
-            queue: db.open_tree("queue")?,
-            by_agent: db.open_tree("by_agent")?,
-            output: db.open_tree("output")?,
-            deadlines: db.open_tree("deadlines")?,
-            finished: db.open_tree("finished")?,
-            cancels: db.open_tree("cancels")?,
-            seen: db.open_tree("seen")?,
-            tokens: db.open_tree("tokens")?,
-            audit: db.open_tree("audit")?,
-            facts: db.open_tree("facts")?,
-            jobs: db.open_tree("jobs")?,
-            job_targets: db.open_tree("job_targets")?,
-            job_links: db.open_tree("job_links")?,
-            jobs_done: db.open_tree("jobs_done")?,
+            gate,
+            dir: dir.to_owned(),
+            cache_bytes,
             job_events: jobs::EventQueue::default(),
             seqs: jobs::SeqPool::default(),
-            db,
             policy,
             committer,
         })
+    }
+
+    /// The open database. Every store method reaches the trees through this and holds the pass
+    /// while it works with them, so that a compaction never copies while a write is half done.
+    /// Holding a pass while calling another store method is fine (passes are re-entrant).
+    fn trees(&self) -> Pass<'_, Trees> {
+        self.gate.pass()
+    }
+
+    /// A new id, larger than every id handed out before (also before a compaction).
+    fn next_id(&self) -> Result<u64, StoreError> {
+        self.trees().next_id()
     }
 
     /// Returns once every write applied before the call is on stable storage.
@@ -207,7 +196,7 @@ impl Store {
     fn transact<T, E: From<StoreError>>(&self, f: impl Fn(&Tx<'_>) -> Result<T, TxError<E>>) -> Result<T, E> {
         let mut needed = 1;
         for _ in 0..MAX_SEQ_RETRIES {
-            self.seqs.reserve(&self.db, needed)?;
+            self.seqs.reserve(&self.trees(), needed)?;
             let wanted = std::cell::Cell::new(0);
             let short = std::cell::Cell::new(false);
             let result = self.transact_once(&f, &wanted, &short);
@@ -226,19 +215,20 @@ impl Store {
         seq_short: &std::cell::Cell<bool>,
     ) -> Result<T, E> {
         let job_events = std::cell::RefCell::new(Vec::new());
+        let t = self.trees();
         let trees = (
-            &self.tasks,
-            &self.queue,
-            &self.by_agent,
-            &self.output,
-            &self.agents,
-            &self.deadlines,
-            &self.finished,
-            &self.cancels,
-            &self.jobs,
-            &self.job_targets,
-            &self.job_links,
-            &self.jobs_done,
+            &t.tasks,
+            &t.queue,
+            &t.by_agent,
+            &t.output,
+            &t.agents,
+            &t.deadlines,
+            &t.finished,
+            &t.cancels,
+            &t.jobs,
+            &t.job_targets,
+            &t.job_links,
+            &t.jobs_done,
         );
         let result = flatten(trees.transaction(
             |(
@@ -286,12 +276,12 @@ impl Store {
 
     /// The agent registered as `app_id`.
     pub fn agent(&self, app_id: &str) -> Result<Option<AgentRecord>, StoreError> {
-        self.agents.get(app_id)?.map(|v| codec::decode(&v)).transpose().map_err(Into::into)
+        self.trees().agents.get(app_id)?.map(|v| codec::decode(&v)).transpose().map_err(Into::into)
     }
 
     /// Creates or replaces an agent record.
     pub fn put_agent(&self, record: &AgentRecord) -> Result<(), StoreError> {
-        self.agents.insert(record.app_id.as_bytes(), codec::encode(record))?;
+        self.trees().agents.insert(record.app_id.as_bytes(), codec::encode(record))?;
         Ok(())
     }
 
@@ -312,25 +302,29 @@ impl Store {
         let old = codec::encode(record);
         let new = AgentRecord { last_seen_ms: now_ms, ..record.clone() };
         // A concurrent register or report changed the record: its own write is newer, keep it.
-        let _ =
-            self.agents.compare_and_swap(record.app_id.as_bytes(), Some(old), Some(codec::encode(&new)))?;
+        let _ = self.trees().agents.compare_and_swap(
+            record.app_id.as_bytes(),
+            Some(old),
+            Some(codec::encode(&new)),
+        )?;
         Ok(())
     }
 
     /// Every agent, sorted by app id.
     pub fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
-        self.agents.iter().values().map(|v| Ok(codec::decode(&v?)?)).collect()
+        self.trees().agents.iter().values().map(|v| Ok(codec::decode(&v?)?)).collect()
     }
 
     /// The task with this id.
     pub fn task(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
-        self.tasks.get(id.as_bytes())?.map(|v| codec::decode(&v)).transpose().map_err(Into::into)
+        self.trees().tasks.get(id.as_bytes())?.map(|v| codec::decode(&v)).transpose().map_err(Into::into)
     }
 
     /// Up to `limit` tasks, newest first, of one agent or of all.
     pub fn tasks(&self, app_id: Option<&str>, limit: usize) -> Result<Vec<TaskRecord>, StoreError> {
         let ids: Vec<TaskId> = match app_id {
             None => self
+                .trees()
                 .tasks
                 .iter()
                 .keys()
@@ -340,7 +334,8 @@ impl Store {
                 .collect::<Result<_, _>>()?,
             Some(app_id) => {
                 let prefix = tx::agent_prefix(app_id);
-                self.by_agent
+                self.trees()
+                    .by_agent
                     .scan_prefix(&prefix)
                     .keys()
                     .rev()
@@ -353,6 +348,8 @@ impl Store {
     }
 }
 
+#[cfg(test)]
+mod compact_tests;
 #[cfg(test)]
 mod job_tests;
 #[cfg(test)]

@@ -113,7 +113,7 @@ impl Store {
     pub fn chunks(&self, id: TaskId, after: u32, max_bytes: usize) -> Result<Vec<Chunk>, StoreError> {
         let mut out = Vec::new();
         let mut total = 0;
-        for entry in self.output.range(chunk_key(id, after)..chunk_key(id, u32::MAX)) {
+        for entry in self.trees().output.range(chunk_key(id, after)..chunk_key(id, u32::MAX)) {
             let (key, value) = entry?;
             let seq = u32::from_be_bytes(key[16..20].try_into().map_err(|_| corrupt("chunk key"))?);
             let (&tag, data) = value.split_first().ok_or_else(|| corrupt("empty chunk"))?;
@@ -148,7 +148,7 @@ impl Store {
     pub fn output_texts(&self, task: &TaskRecord, max_bytes: usize) -> Result<[Vec<u8>; 3], StoreError> {
         let mut texts: [Vec<u8>; 3] = Default::default();
         let mut note_at: Option<[usize; 3]> = None;
-        for entry in self.output.range(chunk_key(task.id, 0)..chunk_key(task.id, u32::MAX)) {
+        for entry in self.trees().output.range(chunk_key(task.id, 0)..chunk_key(task.id, u32::MAX)) {
             let (key, value) = entry?;
             let seq = u32::from_be_bytes(key[16..20].try_into().map_err(|_| corrupt("chunk key"))?);
             let (&tag, data) = value.split_first().ok_or_else(|| corrupt("empty chunk"))?;
@@ -183,8 +183,8 @@ impl Store {
 
     /// Deletes every output chunk of a task.
     pub(super) fn delete_output(&self, id: TaskId) -> Result<(), StoreError> {
-        for key in self.output.range(chunk_key(id, 0)..=chunk_key(id, u32::MAX)).keys() {
-            self.output.remove(key?)?;
+        for key in self.trees().output.range(chunk_key(id, 0)..=chunk_key(id, u32::MAX)).keys() {
+            self.trees().output.remove(key?)?;
         }
         Ok(())
     }

@@ -283,11 +283,19 @@ pub struct Policy {
     pub lost_grace_ms: i64,
     /// Most output bytes kept per task (half head, half tail).
     pub output_cap: u64,
+    /// The database is compacted only when larger than this (and than 4 times its size after
+    /// the last compaction).
+    pub compact_min_bytes: u64,
 }
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy { ack_window_ms: 30_000, lost_grace_ms: 60_000, output_cap: 16 * 1024 * 1024 }
+        Policy {
+            ack_window_ms: 30_000,
+            lost_grace_ms: 60_000,
+            output_cap: 16 * 1024 * 1024,
+            compact_min_bytes: 64 * 1024 * 1024,
+        }
     }
 }
 

@@ -17,15 +17,15 @@ impl Store {
     /// Records the use of the request `digest` signed at `sent_secs`; false when it was used
     /// before.
     pub fn first_use(&self, sent_secs: i64, digest: u64) -> Result<bool, StoreError> {
-        Ok(self.seen.insert(seen_key(sent_secs, digest), &[])?.is_none())
+        Ok(self.trees().seen.insert(seen_key(sent_secs, digest), &[])?.is_none())
     }
 
     /// Forgets the uses of requests signed before `cutoff_secs` (they are outside the window);
     /// returns how many.
     pub fn forget_uses_before(&self, cutoff_secs: i64) -> Result<usize, StoreError> {
         let mut removed = 0;
-        for key in self.seen.range(..seen_key(cutoff_secs, 0)).keys() {
-            self.seen.remove(key?)?;
+        for key in self.trees().seen.range(..seen_key(cutoff_secs, 0)).keys() {
+            self.trees().seen.remove(key?)?;
             removed += 1;
         }
         Ok(removed)

@@ -27,6 +27,7 @@ impl Store {
     /// ends `lost`.
     pub fn sweep_deadlines(&self, now_ms: i64) -> Result<Vec<Swept>, StoreError> {
         let due: Vec<(i64, TaskId)> = self
+            .trees()
             .deadlines
             .range(..time_key(now_ms.saturating_add(1), TaskId::nil()))
             .keys()
@@ -95,6 +96,7 @@ impl Store {
     /// (at most a batch); returns how many.
     pub fn sweep_finished(&self, cutoff_ms: i64) -> Result<usize, StoreError> {
         let old: Vec<sled::IVec> = self
+            .trees()
             .finished
             .range(..time_key(cutoff_ms, TaskId::nil()))
             .keys()
@@ -122,9 +124,10 @@ impl Store {
     pub fn forget_silent_agents(&self, cutoff_ms: i64) -> Result<Vec<String>, StoreError> {
         let mut forgotten = Vec::new();
         for agent in self.agents()? {
-            let queued = self.queue.scan_prefix(super::tx::agent_prefix(&agent.app_id)).next().is_some();
+            let queued =
+                self.trees().queue.scan_prefix(super::tx::agent_prefix(&agent.app_id)).next().is_some();
             if agent.last_seen_ms < cutoff_ms && !queued {
-                self.agents.remove(agent.app_id.as_bytes())?;
+                self.trees().agents.remove(agent.app_id.as_bytes())?;
                 self.remove_facts(&agent.app_id)?;
                 forgotten.push(agent.app_id);
             }

@@ -31,20 +31,17 @@ impl Store {
     /// Queues `tasks` (each at the end of its agent's queue) in one transaction. Ids already
     /// stored are skipped, so retrying an enqueue with the same ids is safe.
     pub fn enqueue(&self, tasks: &mut [TaskRecord]) -> Result<(), StoreError> {
-        // Numbers come from the pool jobs use too, so queue order stays the order of enqueues.
-        self.seqs.reserve(&self.db, tasks.len())?;
-        for task in tasks.iter_mut() {
-            task.queue_seq = match self.seqs.take() {
-                Some(seq) => seq,
-                None => self.db.generate_id()?, // another enqueue took the reserve meanwhile
-            };
-        }
+        // Numbers come from the pool jobs use too, taken inside the transaction (transactions
+        // run one at a time), so queue order stays the order of enqueues, also across a
+        // compaction.
+        self.seqs.reserve(&self.trees(), tasks.len())?;
         self.transact(|tx| {
             for task in tasks.iter() {
                 if tx.tasks.get(task.id.as_bytes())?.is_some() {
                     continue;
                 }
                 let mut task = task.clone();
+                task.queue_seq = tx.take_seq()?;
                 let expires = task.expires_ms;
                 tx.set_deadline(&mut task, expires)?;
                 tx.put_task(&task)?;
@@ -63,7 +60,9 @@ impl Store {
         now_ms: i64,
     ) -> Result<Option<TaskRecord>, StoreError> {
         loop {
-            let Some(entry) = self.queue.scan_prefix(agent_prefix(app_id)).next() else { return Ok(None) };
+            let Some(entry) = self.trees().queue.scan_prefix(agent_prefix(app_id)).next() else {
+                return Ok(None);
+            };
             let (key, id) = entry?;
             let id = task_id_from(&id)?;
             let taken = self.transact(|tx| {
@@ -181,13 +180,13 @@ impl Store {
 
     /// How many tasks wait in `app_id`'s queue, counting no further than `limit`.
     pub fn queued_count(&self, app_id: &str, limit: usize) -> usize {
-        self.queue.scan_prefix(agent_prefix(app_id)).keys().take(limit).count()
+        self.trees().queue.scan_prefix(agent_prefix(app_id)).keys().take(limit).count()
     }
 
     /// Ids of `app_id`'s tasks that it must stop.
     pub fn pending_cancels(&self, app_id: &str) -> Result<Vec<TaskId>, StoreError> {
         let prefix = agent_prefix(app_id);
-        self.cancels.scan_prefix(&prefix).keys().map(|k| task_id_from(&k?[prefix.len()..])).collect()
+        self.trees().cancels.scan_prefix(&prefix).keys().map(|k| task_id_from(&k?[prefix.len()..])).collect()
     }
 }
 

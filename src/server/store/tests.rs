@@ -8,17 +8,17 @@ use crate::protocol::task::new_task_id;
 
 const MINUTE: i64 = 60_000;
 
-fn open_with(policy: Policy) -> (tempfile::TempDir, Store) {
+pub(super) fn open_with(policy: Policy) -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), 8 * 1024 * 1024, policy).unwrap();
     (dir, store)
 }
 
-fn open() -> (tempfile::TempDir, Store) {
+pub(super) fn open() -> (tempfile::TempDir, Store) {
     open_with(Policy::default())
 }
 
-fn agent(app_id: &str) -> AgentRecord {
+pub(super) fn agent(app_id: &str) -> AgentRecord {
     AgentRecord {
         app_id: app_id.into(),
         secret: "s".into(),
@@ -32,18 +32,18 @@ fn agent(app_id: &str) -> AgentRecord {
     }
 }
 
-fn spec(app_id: &str) -> TaskSpec<'_> {
+pub(super) fn spec(app_id: &str) -> TaskSpec<'_> {
     TaskSpec { app_id, task_type: "ping", payload: "", timeout_secs: 60, ttl_secs: 3600 }
 }
 
-fn queued(store: &Store, app_id: &str, n: usize) -> Vec<TaskId> {
+pub(super) fn queued(store: &Store, app_id: &str, n: usize) -> Vec<TaskId> {
     let mut tasks: Vec<TaskRecord> =
         (0..n).map(|_| TaskRecord::new(spec(app_id), new_task_id(), 10)).collect();
     store.enqueue(&mut tasks).unwrap();
     tasks.iter().map(|t| t.id).collect()
 }
 
-fn take(store: &Store, app_id: &str) -> Option<TaskRecord> {
+pub(super) fn take(store: &Store, app_id: &str) -> Option<TaskRecord> {
     store.take_next(app_id, Delivery::Acknowledged, 20).unwrap()
 }
 
@@ -57,7 +57,7 @@ fn outcome(status: TaskStatus, stdout: &str) -> Outcome {
     }
 }
 
-fn success(stdout: &str) -> Outcome {
+pub(super) fn success(stdout: &str) -> Outcome {
     outcome(TaskStatus::Succeeded, stdout)
 }
 

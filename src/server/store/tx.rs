@@ -107,7 +107,7 @@ impl Tx<'_> {
             Some(seq) => Ok(seq),
             None => {
                 self.seq_short.set(true);
-                abort(StoreError::Io("no queue sequence number was reserved for a job's next task".into()))
+                abort(StoreError::Io("no queue sequence number was reserved for a task".into()))
             }
         }
     }

@@ -1,0 +1,136 @@
+//! One open sled database: the `Db`, its data file (for fdatasync) and every tree the store
+//! uses, plus the few values kept in sled's default tree about the database itself. A new tree
+//! is a field here and a line in [`Trees::open`]; compaction copies every tree sled lists, so it
+//! needs no change.
+
+use std::fs::File;
+use std::path::Path;
+
+use super::StoreError;
+
+/// Key, in sled's default tree, of the smallest id [`Trees::next_id`] may hand out: ids of a
+/// compacted database continue above those of the one it was copied from.
+const ID_FLOOR_KEY: &[u8] = b"orange.id_floor";
+/// Key, in sled's default tree, of the database's size on disk right after it was written by a
+/// compaction (absent for a database that was never compacted).
+const COMPACTED_BYTES_KEY: &[u8] = b"orange.compacted_bytes";
+
+/// The open database and its trees.
+pub struct Trees {
+    /// Name of its directory inside the data directory.
+    pub name: String,
+    /// The database.
+    pub db: sled::Db,
+    /// sled's data file, synced by [`Trees::sync`].
+    data_file: File,
+    /// Ids from `db.generate_id()` are offset by this.
+    id_floor: u64,
+    /// app id → agent record.
+    pub agents: sled::Tree,
+    /// task id → task record.
+    pub tasks: sled::Tree,
+    /// app id, 0, sequence → task id.
+    pub queue: sled::Tree,
+    /// app id, 0, task id → empty.
+    pub by_agent: sled::Tree,
+    /// task id, chunk number → stream tag and bytes.
+    pub output: sled::Tree,
+    /// time, task id → empty: open tasks' next deadline.
+    pub deadlines: sled::Tree,
+    /// time, task id → empty: finished tasks.
+    pub finished: sled::Tree,
+    /// app id, 0, task id → empty: unconfirmed cancels.
+    pub cancels: sled::Tree,
+    /// signing time, digest → empty: used signed requests.
+    pub seen: sled::Tree,
+    /// token id → token record.
+    pub tokens: sled::Tree,
+    /// time, sequence → audit record.
+    pub audit: sled::Tree,
+    /// app id → host facts.
+    pub facts: sled::Tree,
+    /// job id → job record.
+    pub jobs: sled::Tree,
+    /// job id, target index → target record.
+    pub job_targets: sled::Tree,
+    /// task id → job id, target index.
+    pub job_links: sled::Tree,
+    /// time, job id → empty: done jobs.
+    pub jobs_done: sled::Tree,
+}
+
+impl Trees {
+    /// Opens (or creates) the sled database `dir/name`.
+    pub fn open(dir: &Path, name: &str, cache_bytes: u64) -> Result<Trees, StoreError> {
+        let path = dir.join(name);
+        let db = sled::Config::new().path(&path).cache_capacity(cache_bytes).open()?;
+        let data_file = File::open(path.join("db"))
+            .map_err(|e| StoreError::Io(format!("cannot open {}: {e}", path.join("db").display())))?;
+        let id_floor = read_u64(&db, ID_FLOOR_KEY)?.unwrap_or(0);
+        Ok(Trees {
+            agents: db.open_tree("agents")?,
+            tasks: db.open_tree("tasks")?,
+            queue: db.open_tree("queue")?,
+            by_agent: db.open_tree("by_agent")?,
+            output: db.open_tree("output")?,
+            deadlines: db.open_tree("deadlines")?,
+            finished: db.open_tree("finished")?,
+            cancels: db.open_tree("cancels")?,
+            seen: db.open_tree("seen")?,
+            tokens: db.open_tree("tokens")?,
+            audit: db.open_tree("audit")?,
+            facts: db.open_tree("facts")?,
+            jobs: db.open_tree("jobs")?,
+            job_targets: db.open_tree("job_targets")?,
+            job_links: db.open_tree("job_links")?,
+            jobs_done: db.open_tree("jobs_done")?,
+            name: name.to_owned(),
+            db,
+            data_file,
+            id_floor,
+        })
+    }
+
+    /// A new id, larger than every id handed out before, also by the databases this one was
+    /// compacted from.
+    pub fn next_id(&self) -> Result<u64, StoreError> {
+        Ok(self.id_floor.saturating_add(self.db.generate_id()?))
+    }
+
+    /// Writes sled's buffers and fdatasyncs its data file. sled's own `flush` only calls
+    /// sync_file_range, which does not survive a power cut.
+    pub fn sync(&self) -> std::io::Result<()> {
+        self.db.flush().map_err(std::io::Error::other)?;
+        self.data_file.sync_data()
+    }
+
+    /// The database's size on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+
+    /// Its size right after the compaction that wrote it, if it was written by one.
+    pub fn compacted_bytes(&self) -> Result<Option<u64>, StoreError> {
+        read_u64(&self.db, COMPACTED_BYTES_KEY)
+    }
+
+    /// Records, in a database just written by a compaction, the id floor it continues from and
+    /// its size.
+    pub fn mark_compacted(&mut self, id_floor: u64, bytes: u64) -> Result<(), StoreError> {
+        self.db.insert(ID_FLOOR_KEY, &id_floor.to_be_bytes())?;
+        self.id_floor = id_floor;
+        self.db.insert(COMPACTED_BYTES_KEY, &bytes.to_be_bytes())?;
+        Ok(())
+    }
+}
+
+fn read_u64(db: &sled::Db, key: &[u8]) -> Result<Option<u64>, StoreError> {
+    let Some(bytes) = db.get(key)? else { return Ok(None) };
+    let bytes: [u8; 8] = bytes.as_ref().try_into().map_err(|_| {
+        StoreError::Codec(crate::server::codec::CodecError::Corrupt(format!(
+            "{} is not 8 bytes",
+            String::from_utf8_lossy(key)
+        )))
+    })?;
+    Ok(Some(u64::from_be_bytes(bytes)))
+}
