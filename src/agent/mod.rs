@@ -61,7 +61,6 @@ mod worker;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread;
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -73,9 +72,6 @@ pub use handler::{CANCEL_GRACE, OutcomeStatus, TaskContext, TaskHandler, TaskOut
 
 use journal::Journal;
 use shared::Shared;
-
-/// How often the main thread looks at the stop flag.
-const STOP_CHECK: Duration = Duration::from_millis(50);
 
 /// Runs the agent with the built-in executors until SIGINT or SIGTERM.
 pub fn run_blocking(config: AgentConfig) -> Result<()> {
@@ -129,7 +125,7 @@ pub fn run(config: AgentConfig, handler: Arc<dyn TaskHandler>, stop: Arc<AtomicB
         move || poll::heartbeat_loop(shared)
     })?;
     while !shared.stopping() && !poller.is_finished() {
-        thread::sleep(STOP_CHECK);
+        thread::sleep(shared::STOP_CHECK);
     }
     let crashed = !shared.stopping();
     shared.request_stop();

@@ -95,10 +95,22 @@ impl Poller {
         if self.should_poll() {
             self.start_poll();
         }
-        match events.recv_timeout(STOP_CHECK) {
+        match events.recv_timeout(self.idle_wait()) {
             Ok(PollEvent::Answer { generation, result }) => self.answered(generation, result),
             Ok(PollEvent::TaskEnded) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => self.shared.request_stop(),
+        }
+    }
+
+    /// How long to wait for the next event: until the backoff ends when no poll is out, at most
+    /// [`STOP_CHECK`] (the stop flag is looked at between waits).
+    fn idle_wait(&self) -> Duration {
+        match self.in_flight {
+            None => self
+                .not_before
+                .saturating_duration_since(Instant::now())
+                .clamp(Duration::from_millis(1), STOP_CHECK),
+            Some(_) => STOP_CHECK,
         }
     }
 
