@@ -48,12 +48,15 @@ pub struct Options {
 }
 
 impl Options {
-    /// Extra `orange server` flags these options ask for.
+    /// Extra `orange server` flags these options ask for. The overload guard (`--max-inflight`)
+    /// is set above any fleet the bench runs, so that it measures the server, not the guard:
+    /// simulated agents, unlike real ones, do not wait out a 429.
     pub fn server_args(&self) -> Vec<String> {
-        match self.poll_window {
-            Some(secs) => vec!["--poll-window".into(), secs.to_string()],
-            None => Vec::new(),
+        let mut args = vec!["--max-inflight".to_owned(), "20000".to_owned()];
+        if let Some(secs) = self.poll_window {
+            args.extend(["--poll-window".to_owned(), secs.to_string()]);
         }
+        args
     }
 }
 
