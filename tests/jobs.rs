@@ -9,9 +9,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use orange::protocol::admin::TaskView;
 use orange::protocol::jobs::{JobResult, JobView};
 use serde_json::Value;
-use support::{Agent, AgentOpts, Run, Server, ServerOpts, cli_with, wait_until};
+use support::{Agent, AgentOpts, Run, Server, ServerOpts, cli_with, most_open_at_once, wait_until};
 use tempfile::TempDir;
 
 /// Deadline of a CLI call that waits for a whole job.
@@ -71,28 +72,9 @@ fn job_report(server: &Server, id: &str, wait: u64) -> (JobView, Vec<JobResult>)
     (job, results)
 }
 
-/// Most tasks open at once, from their histories: each is open from `queued` until its final
-/// state; at equal times an end comes before a start (a finishing task makes room for the next
-/// in the same write).
-fn most_open_at_once(server: &Server, results: &[JobResult]) -> usize {
-    let mut events: Vec<(chrono::DateTime<chrono::FixedOffset>, i32)> = Vec::new();
-    for result in results {
-        let id = result.task_id.as_deref().expect("every target was started");
-        let task = server.task(id);
-        let parse = |at: &str| chrono::DateTime::parse_from_rfc3339(at).expect("rfc3339 time");
-        let start = task.history.first().expect("a history");
-        let end = task.history.last().expect("a history");
-        assert!(end.status.is_final(), "task {id} is not final: {:?}", task.history);
-        events.push((parse(&start.at), 1));
-        events.push((parse(&end.at), -1));
-    }
-    events.sort();
-    let (mut open, mut most) = (0i32, 0i32);
-    for (_, change) in events {
-        open += change;
-        most = most.max(open);
-    }
-    most as usize
+/// The tasks of `results`, each asserted started.
+fn started_tasks(server: &Server, results: &[JobResult]) -> Vec<TaskView> {
+    results.iter().map(|r| server.task(r.task_id.as_deref().expect("every target was started"))).collect()
 }
 
 #[test]
@@ -133,7 +115,11 @@ fn fifty_agents_run_a_job_in_a_sliding_window_and_identical_outputs_are_grouped(
     assert_eq!(results.len(), 50);
     assert_eq!(results[7].app_id, "host-07");
     assert_eq!((results[7].state.as_str(), results[7].exit_code), ("failed", Some(1)));
-    assert_eq!(most_open_at_once(&server, &results), 5, "the window is full at the start, never more");
+    assert_eq!(
+        most_open_at_once(&started_tasks(&server, &results)),
+        5,
+        "the window is full at the start, never more"
+    );
 
     let all_hosts = orange(&server, &["job", "get", job_id, "--hosts"]);
     all_hosts.assert_success();

@@ -15,7 +15,10 @@ use orange::protocol::jobs::{JobGroups, JobList, JobResult, JobResults, JobState
 use orange::protocol::wire::{DO_STATUS_CANCELLED, DO_STATUS_DOING, DO_STATUS_FAILED, DO_STATUS_SUCCESS};
 use orange::protocol::{RegisterRequest, ReportRequest};
 use serde_json::{Value, json};
-use support::{Agent, AgentOpts, BASE_SECRET, RawResponse, SIM_SECRET, Server, ServerOpts, http, wait_until};
+use support::{
+    Agent, AgentOpts, BASE_SECRET, RawResponse, SIM_SECRET, Server, ServerOpts, http, most_open_at_once,
+    wait_until,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -151,28 +154,6 @@ fn wait_done(server: &Server, id: &str, within: Duration) -> JobView {
 
 fn task(server: &Server, id: &str) -> TaskView {
     expect(call(server, "GET", &format!("/api/v1/tasks/{id}"), None), 200)
-}
-
-/// The most tasks open at the same moment, from their histories: a task is open from its
-/// first state to its final one; at equal times an end counts before a start, since a job
-/// starts the next task in the same transaction (at the same millisecond) as one ends.
-fn most_open_at_once(tasks: &[TaskView]) -> usize {
-    let time = |at: &str| chrono::DateTime::parse_from_rfc3339(at).expect("rfc3339").timestamp_millis();
-    let mut events: Vec<(i64, i32)> = Vec::new();
-    for task in tasks {
-        let first = task.history.first().expect("a history");
-        let last = task.history.last().expect("a history");
-        assert!(last.status.is_final(), "task {} is {}", task.task_id, last.status);
-        events.push((time(&first.at), 1));
-        events.push((time(&last.at), -1));
-    }
-    events.sort();
-    let (mut open, mut most) = (0i32, 0i32);
-    for (_, change) in events {
-        open += change;
-        most = most.max(open);
-    }
-    most as usize
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -213,23 +213,23 @@ impl Fleet {
         Ok(ack)
     }
 
+    /// A task's timeout and time to live in seconds: as asked, or the server's defaults, within
+    /// their limits.
+    pub(super) fn task_times(
+        &self,
+        timeout_secs: Option<u64>,
+        ttl_secs: Option<u64>,
+    ) -> Result<(u64, u64), FleetError> {
+        let timeout =
+            bounded("timeout_secs", timeout_secs, self.config.default_task_timeout, MAX_TIMEOUT_SECS)?;
+        let ttl = bounded("ttl_secs", ttl_secs, self.config.default_ttl, MAX_TTL_SECS)?;
+        Ok((timeout, ttl))
+    }
+
     /// Creates one task per target agent, makes them durable, then wakes the agents.
     pub async fn enqueue(&self, request: EnqueueRequest) -> Result<Vec<TaskRecord>, FleetError> {
-        wire::check_task_type(&request.task_type).map_err(FleetError::BadRequest)?;
-        if request.payload.len() > wire::MAX_PAYLOAD_LEN {
-            return Err(FleetError::TooLarge(format!(
-                "payload is {} bytes; the limit is {}",
-                request.payload.len(),
-                wire::MAX_PAYLOAD_LEN
-            )));
-        }
-        let timeout_secs = bounded(
-            "timeout_secs",
-            request.timeout_secs,
-            self.config.default_task_timeout,
-            MAX_TIMEOUT_SECS,
-        )?;
-        let ttl_secs = bounded("ttl_secs", request.ttl_secs, self.config.default_ttl, MAX_TTL_SECS)?;
+        check_task_input(&request.task_type, &request.payload)?;
+        let (timeout_secs, ttl_secs) = self.task_times(request.timeout_secs, request.ttl_secs)?;
         if request.app_ids.len() > MAX_NAMED_TARGETS {
             return Err(FleetError::TooLarge(format!(
                 "{} app ids named; the limit is {MAX_NAMED_TARGETS} (use all for the whole fleet)",
@@ -494,13 +494,21 @@ fn chunk_view(chunk: Chunk) -> OutputChunkView {
     }
 }
 
+/// Checks a task's type and the size of its payload.
+pub(super) fn check_task_input(task_type: &str, payload: &str) -> Result<(), FleetError> {
+    wire::check_task_type(task_type).map_err(FleetError::BadRequest)?;
+    if payload.len() > wire::MAX_PAYLOAD_LEN {
+        return Err(FleetError::TooLarge(format!(
+            "payload is {} bytes; the limit is {}",
+            payload.len(),
+            wire::MAX_PAYLOAD_LEN
+        )));
+    }
+    Ok(())
+}
+
 /// A number of seconds from a request, between 1 and `max`, or the default.
-pub(super) fn bounded(
-    name: &str,
-    value: Option<u64>,
-    default: Duration,
-    max: u64,
-) -> Result<u64, FleetError> {
+fn bounded(name: &str, value: Option<u64>, default: Duration, max: u64) -> Result<u64, FleetError> {
     match value {
         Some(secs) if secs == 0 || secs > max => {
             Err(FleetError::BadRequest(format!("{name} must be between 1 and {max} seconds")))

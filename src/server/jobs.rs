@@ -11,10 +11,7 @@ use std::time::Duration;
 use tracing::info;
 
 use super::fleet::Fleet;
-use super::fleet::{
-    FleetError, MAX_ENQUEUE_BYTES, MAX_NAMED_TARGETS, MAX_TIMEOUT_SECS, MAX_TTL_SECS, bounded, now_ms,
-    rfc3339,
-};
+use super::fleet::{FleetError, MAX_ENQUEUE_BYTES, MAX_NAMED_TARGETS, check_task_input, now_ms, rfc3339};
 use super::store::{AgentRecord, AgentStatus, JobError, JobEvent, JobRecord, StoreError};
 use crate::protocol::TaskId;
 use crate::protocol::jobs::{JobCounts, JobRequest, JobState, JobView, Limit, MAX_TARGET_LABELS, Targets};
@@ -84,14 +81,7 @@ fn describe(targets: &Targets) -> String {
 
 /// Checks everything in a job request but its targets' existence.
 fn check_request(request: &JobRequest) -> Result<(), FleetError> {
-    wire::check_task_type(&request.task_type).map_err(FleetError::BadRequest)?;
-    if request.payload.len() > wire::MAX_PAYLOAD_LEN {
-        return Err(FleetError::TooLarge(format!(
-            "payload is {} bytes; the limit is {}",
-            request.payload.len(),
-            wire::MAX_PAYLOAD_LEN
-        )));
-    }
+    check_task_input(&request.task_type, &request.payload)?;
     let targets = &request.targets;
     if targets.is_empty() {
         return Err(FleetError::BadRequest("no targets: give app_ids, labels or all".into()));
@@ -201,13 +191,7 @@ impl Fleet {
     /// job event loop.
     pub async fn create_job(&self, request: JobRequest) -> Result<JobRecord, FleetError> {
         let app_ids = self.resolve_job(&request)?;
-        let timeout_secs = bounded(
-            "timeout_secs",
-            request.timeout_secs,
-            self.config.default_task_timeout,
-            MAX_TIMEOUT_SECS,
-        )?;
-        let ttl_secs = bounded("ttl_secs", request.ttl_secs, self.config.default_ttl, MAX_TTL_SECS)?;
+        let (timeout_secs, ttl_secs) = self.task_times(request.timeout_secs, request.ttl_secs)?;
         let (window, error_limit) = resolve_limits(&request, app_ids.len());
         if request.payload.len().saturating_mul(window as usize) > MAX_ENQUEUE_BYTES {
             return Err(FleetError::TooLarge(format!(

@@ -1011,6 +1011,28 @@ pub fn history(task: &TaskView) -> Vec<&'static str> {
     task.history.iter().map(|t| t.status.as_str()).collect()
 }
 
+/// The most tasks open at the same moment, from their histories: a task is open from its
+/// first state to its final one; at equal times an end counts before a start, since a job
+/// starts the next task in the same transaction (at the same millisecond) as one ends.
+pub fn most_open_at_once(tasks: &[TaskView]) -> usize {
+    let time = |at: &str| chrono::DateTime::parse_from_rfc3339(at).expect("rfc3339").timestamp_millis();
+    let mut events: Vec<(i64, i32)> = Vec::new();
+    for task in tasks {
+        let first = task.history.first().expect("a history");
+        let last = task.history.last().expect("a history");
+        assert!(last.status.is_final(), "task {} is {}", task.task_id, last.status);
+        events.push((time(&first.at), 1));
+        events.push((time(&last.at), -1));
+    }
+    events.sort();
+    let (mut open, mut most) = (0i32, 0i32);
+    for (_, change) in events {
+        open += change;
+        most = most.max(open);
+    }
+    most as usize
+}
+
 /// Milliseconds between two RFC 3339 times of a task's history.
 pub fn ms_between(from: &str, to: &str) -> i64 {
     let parse = |at: &str| {

@@ -5,7 +5,7 @@
 
 use super::jobs::{JobEvent, corrupt, job_key, split_link, target_key};
 use super::records::{JobRecord, TargetRecord};
-use super::tx::{task_id_from, time_key};
+use super::tx::{entries_before, time_key};
 use super::{Store, StoreError};
 use crate::protocol::TaskId;
 use crate::server::codec;
@@ -102,26 +102,20 @@ impl Store {
     /// Removes jobs that were done before `cutoff_ms`, with their targets and task links (at
     /// most a batch); returns how many.
     pub fn sweep_jobs(&self, cutoff_ms: i64) -> Result<usize, StoreError> {
-        let old: Vec<sled::IVec> = self
-            .trees()
-            .jobs_done
-            .range(..time_key(cutoff_ms, TaskId::nil()))
-            .keys()
-            .take(SWEEP_BATCH)
-            .collect::<Result<_, _>>()?;
-        for key in &old {
-            let id = task_id_from(&key[8..])?;
-            for entry in self.trees().job_targets.scan_prefix(job_key(id)) {
+        let trees = self.trees();
+        let old = entries_before(&trees.jobs_done, cutoff_ms, SWEEP_BATCH)?;
+        for &(ms, id) in &old {
+            for entry in trees.job_targets.scan_prefix(job_key(id)) {
                 let (target_key, value) = entry?;
                 let target: TargetRecord = codec::decode(&value)?;
                 if let Some(task_id) = target.task_id {
-                    self.trees().job_links.remove(task_id.as_bytes())?;
+                    trees.job_links.remove(task_id.as_bytes())?;
                 }
-                self.trees().job_targets.remove(target_key)?;
+                trees.job_targets.remove(target_key)?;
             }
             // The index entry goes last: if this stops half way, it still leads here next time.
-            self.trees().jobs.remove(job_key(id))?;
-            self.trees().jobs_done.remove(key)?;
+            trees.jobs.remove(job_key(id))?;
+            trees.jobs_done.remove(time_key(ms, id))?;
         }
         Ok(old.len())
     }

@@ -191,19 +191,18 @@ impl Store {
 
     /// Runs `f` as one transaction over every tree; once it commits, announces what it did to
     /// jobs (see [`Store::take_job_events`]).
-    /// A transaction that found the queue-number pool dry (others took it meanwhile) reserves
-    /// what it asked for and runs again.
+    /// Most transactions take no queue number, so none is reserved up front (callers that know
+    /// they need some, like [`Store::enqueue`], reserve them first); a transaction that found the
+    /// queue-number pool dry reserves what it asked for and runs again.
     fn transact<T, E: From<StoreError>>(&self, f: impl Fn(&Tx<'_>) -> Result<T, TxError<E>>) -> Result<T, E> {
-        let mut needed = 1;
         for _ in 0..MAX_SEQ_RETRIES {
-            self.seqs.reserve(&self.trees(), needed)?;
             let wanted = std::cell::Cell::new(0);
             let short = std::cell::Cell::new(false);
             let result = self.transact_once(&f, &wanted, &short);
             if result.is_ok() || !short.get() {
                 return result;
             }
-            needed = wanted.get();
+            self.seqs.reserve(&self.trees(), wanted.get())?;
         }
         Err(StoreError::Io("the queue-number pool kept running dry; try again".into()).into())
     }

@@ -3,7 +3,7 @@
 //! and of agents gone silent.
 
 use super::records::TaskRecord;
-use super::tx::{Tx, TxError, agent_task_key, queue_key, task_id_from, time_key};
+use super::tx::{Tx, TxError, agent_task_key, entries_before, queue_key, time_key};
 use super::{Store, StoreError};
 use crate::protocol::{TaskId, TaskStatus};
 
@@ -26,18 +26,7 @@ impl Store {
     /// an unacknowledged delivery goes back to the front of its queue, a run that went silent
     /// ends `lost`.
     pub fn sweep_deadlines(&self, now_ms: i64) -> Result<Vec<Swept>, StoreError> {
-        let due: Vec<(i64, TaskId)> = self
-            .trees()
-            .deadlines
-            .range(..time_key(now_ms.saturating_add(1), TaskId::nil()))
-            .keys()
-            .take(SWEEP_BATCH)
-            .map(|key| {
-                let key = key?;
-                let ms = i64::from_be_bytes(key[..8].try_into().unwrap_or([0; 8]));
-                Ok((ms, task_id_from(&key[8..])?))
-            })
-            .collect::<Result<_, StoreError>>()?;
+        let due = entries_before(&self.trees().deadlines, now_ms.saturating_add(1), SWEEP_BATCH)?;
         let mut swept = Vec::new();
         for (deadline, id) in due {
             if let Some(moved) = self.transact(|tx| self.pass_deadline(tx, deadline, id, now_ms))? {
@@ -95,19 +84,13 @@ impl Store {
     /// Removes finished tasks (record, index entries, output) that finished before `cutoff_ms`
     /// (at most a batch); returns how many.
     pub fn sweep_finished(&self, cutoff_ms: i64) -> Result<usize, StoreError> {
-        let old: Vec<sled::IVec> = self
-            .trees()
-            .finished
-            .range(..time_key(cutoff_ms, TaskId::nil()))
-            .keys()
-            .take(SWEEP_BATCH)
-            .collect::<Result<_, _>>()?;
-        for key in &old {
-            let id = task_id_from(&key[8..])?;
+        let old = entries_before(&self.trees().finished, cutoff_ms, SWEEP_BATCH)?;
+        for &(ms, id) in &old {
+            let key = time_key(ms, id);
             // Output first: if this stops half way, the index entry still leads here next time.
             self.delete_output(id)?;
             self.transact(|tx| {
-                tx.finished.remove(key)?;
+                tx.finished.remove(key.as_slice())?;
                 if let Some(task) = tx.task::<StoreError>(id)? {
                     tx.tasks.remove(id.as_bytes())?;
                     tx.by_agent.remove(agent_task_key(&task.app_id, id))?;

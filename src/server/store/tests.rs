@@ -276,7 +276,7 @@ fn retention_removes_finished_tasks_with_their_output_and_silent_agents() {
 }
 
 #[tokio::test]
-async fn durable_writes_survive_reopening() {
+async fn tasks_are_listed_newest_first_after_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let ids = {
         let store = Store::open(dir.path(), 8 * 1024 * 1024, Policy::default()).unwrap();

@@ -49,6 +49,31 @@ pub fn time_key(ms: i64, id: TaskId) -> Vec<u8> {
     key
 }
 
+/// The entries of a time index (`deadlines`, `finished`, `jobs_done`: time, then an id) before
+/// `before_ms`, oldest first, at most `limit`.
+pub fn entries_before(
+    tree: &sled::Tree,
+    before_ms: i64,
+    limit: usize,
+) -> Result<Vec<(i64, TaskId)>, StoreError> {
+    tree.range(..time_key(before_ms, TaskId::nil()))
+        .keys()
+        .take(limit)
+        .map(|key| {
+            let key = key?;
+            let (ms, id) =
+                key.split_at_checked(8).ok_or_else(|| corrupt_key("time index key is too short"))?;
+            let ms =
+                i64::from_be_bytes(ms.try_into().map_err(|_| corrupt_key("time index key is too short"))?);
+            Ok((ms, task_id_from(id)?))
+        })
+        .collect()
+}
+
+fn corrupt_key(what: &str) -> StoreError {
+    StoreError::Codec(codec::CodecError::Corrupt(what.into()))
+}
+
 /// Key of an output chunk.
 pub fn chunk_key(id: TaskId, seq: u32) -> Vec<u8> {
     let mut key = id.as_bytes().to_vec();
@@ -58,8 +83,7 @@ pub fn chunk_key(id: TaskId, seq: u32) -> Vec<u8> {
 
 /// Reads a task id from 16 bytes.
 pub fn task_id_from(bytes: &[u8]) -> Result<TaskId, StoreError> {
-    TaskId::from_slice(bytes)
-        .map_err(|_| StoreError::Codec(codec::CodecError::Corrupt("task id is not 16 bytes".into())))
+    TaskId::from_slice(bytes).map_err(|_| corrupt_key("task id is not 16 bytes"))
 }
 
 /// Every tree, inside one transaction.
