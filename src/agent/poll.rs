@@ -192,15 +192,21 @@ impl Poller {
 
     fn poll_failed(&mut self, e: &ClientError) {
         let delay = self.server.next_delay_after(e.retry_after());
-        let retry_in_ms = delay.as_millis() as u64;
-        if matches!(e, ClientError::Busy { .. }) {
-            warn!(error = %e, retry_in_ms, "server busy, polling again later");
-        } else if e.is_transient() {
-            warn!(error = %e, retry_in_ms, "server unreachable, retrying");
-        } else {
-            warn!(error = %e, retry_in_ms, "server refused getTask, retrying");
-        }
+        warn_retrying("getTask", e, delay);
         self.not_before = Instant::now() + delay;
+    }
+}
+
+/// Logs a failed `call` that is tried again after `delay`, saying why: the server is busy,
+/// unreachable, or refused it.
+fn warn_retrying(call: &str, e: &ClientError, delay: Duration) {
+    let retry_in_ms = delay.as_millis() as u64;
+    if matches!(e, ClientError::Busy { .. }) {
+        warn!(error = %e, retry_in_ms, "server busy, {call} again later");
+    } else if e.is_transient() {
+        warn!(error = %e, retry_in_ms, "server unreachable, retrying {call}");
+    } else {
+        warn!(error = %e, retry_in_ms, "server refused {call}, retrying");
     }
 }
 
@@ -224,14 +230,7 @@ fn register(shared: &Shared) -> bool {
             }
             Err(e) => {
                 let delay = backoff.next_delay_after(e.retry_after());
-                let retry_in_ms = delay.as_millis() as u64;
-                if matches!(e, ClientError::Busy { .. }) {
-                    warn!(error = %e, retry_in_ms, "server busy, registering later");
-                } else if e.is_transient() {
-                    warn!(error = %e, retry_in_ms, "server unreachable, retrying");
-                } else {
-                    warn!(error = %e, retry_in_ms, "registration refused, retrying");
-                }
+                warn_retrying("register", &e, delay);
                 shared.sleep(delay);
             }
         }
