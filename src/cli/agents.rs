@@ -2,65 +2,55 @@
 //! one of them: `orange agents accept ID` lets a pending agent take tasks, `orange agents forget
 //! ID` drops an agent's secret so its app id may enroll again.
 
-use std::path::PathBuf;
-
 use anyhow::{Result, bail};
 use argh::FromArgs;
 
-use super::operator::{AdminToken, OperatorConfig, OperatorFlags, encode};
+use super::operator::{OperatorConfig, OperatorFlags, encode, operator_args, operator_flags};
 use super::output::{self, Printed};
 use crate::agent::config::parse_labels;
 use crate::client::ADMIN_TIMEOUT;
 use crate::protocol::admin::{self, AgentFilter, AgentList, AgentView};
 use crate::protocol::wire;
 
-/// List the agents the server knows, sorted by app id; accept or forget one.
-#[derive(FromArgs, Debug)]
-#[argh(
-    subcommand,
-    name = "agents",
-    example = "orange agents --online",
-    example = "orange agents --label role=web --label env=prod --online",
-    example = "orange agents --pending",
-    example = "orange agents accept web-7",
-    example = "orange agents forget web-7",
-    example = "orange agents --json | jq -r '.agents[] | select(.online) | .app_id'",
-    note = "STATUS is `accepted` (takes tasks), `pending` (enrolled without a credential; waits for \
-            `orange agents accept ID`) or `forgotten` (its secret was dropped; the app id may enroll \
-            again). An agent is online when it was seen within the last 90 seconds or is holding a \
-            long poll now. --label k=v keeps agents carrying that label (repeatable: all must \
-            match); --label, --online and --pending all apply when given together. UPTIME is \
-            shown for online agents that reported their boot time; --json has every fact (os_name, \
-            os_version, kernel, arch, ips, boot_time, uptime_secs under `facts`). Times are shown \
-            in UTC to the second. Connection options: --server (else ORANGE_SERVER, else \
-            http://127.0.0.1:8890); the admin token from --token, else ORANGE_TOKEN, else --data \
-            DIR/admin.token. They may also follow `accept ID` or `forget ID`."
-)]
-pub struct AgentsArgs {
-    /// accept or forget one agent instead of listing them
-    #[argh(subcommand)]
-    pub command: Option<AgentsCommand>,
-    /// only agents that are online
-    #[argh(switch)]
-    pub online: bool,
-    /// only agents that wait for an operator to accept them
-    #[argh(switch)]
-    pub pending: bool,
-    /// only agents with this label, k=v (repeatable; all must match)
-    #[argh(option)]
-    pub label: Vec<String>,
-    /// server URL (default: ORANGE_SERVER, else http://127.0.0.1:8890)
-    #[argh(option)]
-    pub server: Option<String>,
-    /// admin token (default: ORANGE_TOKEN, else --data); ps shows argv, so prefer those two
-    #[argh(option)]
-    pub token: Option<AdminToken>,
-    /// the server's data directory; its admin.token is used when neither --token nor ORANGE_TOKEN is set
-    #[argh(option)]
-    pub data: Option<PathBuf>,
+operator_args! {
+    /// List the agents the server knows, sorted by app id; accept or forget one.
+    #[derive(FromArgs, Debug)]
+    #[argh(
+        subcommand,
+        name = "agents",
+        example = "orange agents --online",
+        example = "orange agents --label role=web --label env=prod --online",
+        example = "orange agents --pending",
+        example = "orange agents accept web-7",
+        example = "orange agents forget web-7",
+        example = "orange agents --json | jq -r '.agents[] | select(.online) | .app_id'",
+        note = "STATUS is `accepted` (takes tasks), `pending` (enrolled without a credential; waits for \
+                `orange agents accept ID`) or `forgotten` (its secret was dropped; the app id may enroll \
+                again). An agent is online when it was seen within the last 90 seconds or is holding a \
+                long poll now. --label k=v keeps agents carrying that label (repeatable: all must \
+                match); --label, --online and --pending all apply when given together. UPTIME is \
+                shown for online agents that reported their boot time; --json has every fact (os_name, \
+                os_version, kernel, arch, ips, boot_time, uptime_secs under `facts`). Times are shown \
+                in UTC to the second. Connection options: --server (else ORANGE_SERVER, else \
+                http://127.0.0.1:8890); the admin token from --token, else ORANGE_TOKEN, else --data \
+                DIR/admin.token. They may also follow `accept ID` or `forget ID`."
+    )]
+    pub struct AgentsArgs {
+        /// accept or forget one agent instead of listing them
+        #[argh(subcommand)]
+        pub command: Option<AgentsCommand>,
+        /// only agents that are online
+        #[argh(switch)]
+        pub online: bool,
+        /// only agents that wait for an operator to accept them
+        #[argh(switch)]
+        pub pending: bool,
+        /// only agents with this label, k=v (repeatable; all must match)
+        #[argh(option)]
+        pub label: Vec<String>,
+    }
     /// print the list as JSON (fields app_id, status, online, last_seen, ...)
-    #[argh(switch)]
-    pub json: bool,
+    json
 }
 
 /// The `orange agents` subcommands.
@@ -73,69 +63,53 @@ pub enum AgentsCommand {
     Forget(ForgetArgs),
 }
 
-/// Accept a pending agent: from now on it takes tasks.
-#[derive(FromArgs, Debug)]
-#[argh(
-    subcommand,
-    name = "accept",
-    example = "orange agents --pending",
-    example = "orange agents accept web-7",
-    note = "An agent that enrolled without the enrollment key or a token waits `pending`: it polls \
-            but gets no tasks, and tasks cannot be sent to it. Accepting it lets it take tasks at \
-            once. Accepting an agent that is already accepted changes nothing. Prints `agent ID: \
-            accepted` (--json: the agent). Recorded in `orange audit`. Connection options as in \
-            `orange agents --help`.",
-    error_code(255, "the agent is unknown, or orange failed")
-)]
-pub struct AcceptArgs {
-    /// the agent's app id
-    #[argh(positional)]
-    pub id: String,
-    /// server URL (default: ORANGE_SERVER, else http://127.0.0.1:8890)
-    #[argh(option)]
-    pub server: Option<String>,
-    /// admin token (default: ORANGE_TOKEN, else --data); ps shows argv, so prefer those two
-    #[argh(option)]
-    pub token: Option<AdminToken>,
-    /// the server's data directory; its admin.token is used when neither --token nor ORANGE_TOKEN is set
-    #[argh(option)]
-    pub data: Option<PathBuf>,
+operator_args! {
+    /// Accept a pending agent: from now on it takes tasks.
+    #[derive(FromArgs, Debug)]
+    #[argh(
+        subcommand,
+        name = "accept",
+        example = "orange agents --pending",
+        example = "orange agents accept web-7",
+        note = "An agent that enrolled without the enrollment key or a token waits `pending`: it polls \
+                but gets no tasks, and tasks cannot be sent to it. Accepting it lets it take tasks at \
+                once. Accepting an agent that is already accepted changes nothing. Prints `agent ID: \
+                accepted` (--json: the agent). Recorded in `orange audit`. Connection options as in \
+                `orange agents --help`.",
+        error_code(255, "the agent is unknown, or orange failed")
+    )]
+    pub struct AcceptArgs {
+        /// the agent's app id
+        #[argh(positional)]
+        pub id: String,
+    }
     /// print the agent as JSON
-    #[argh(switch)]
-    pub json: bool,
+    json
 }
 
-/// Forget an agent: drop its secret so the app id may enroll again.
-#[derive(FromArgs, Debug)]
-#[argh(
-    subcommand,
-    name = "forget",
-    example = "orange agents forget web-7",
-    note = "Use it when a host was rebuilt and lost its secret (until then the server refuses \
-            the app id with any other secret), or to reject a pending agent. The forgotten agent's \
-            requests fail from then on. Whoever registers that app id next (the same agent, still \
-            running, or a new host) enrolls afresh with its own secret: at once with the \
-            enrollment key or a token, otherwise it waits `pending` again. So to keep a host out, \
-            stop its agent or do not accept it. Prints `agent ID: forgotten; ...` (--json: the \
-            agent). Recorded in `orange audit`. Connection options as in `orange agents --help`.",
-    error_code(255, "the agent is unknown, or orange failed")
-)]
-pub struct ForgetArgs {
-    /// the agent's app id
-    #[argh(positional)]
-    pub id: String,
-    /// server URL (default: ORANGE_SERVER, else http://127.0.0.1:8890)
-    #[argh(option)]
-    pub server: Option<String>,
-    /// admin token (default: ORANGE_TOKEN, else --data); ps shows argv, so prefer those two
-    #[argh(option)]
-    pub token: Option<AdminToken>,
-    /// the server's data directory; its admin.token is used when neither --token nor ORANGE_TOKEN is set
-    #[argh(option)]
-    pub data: Option<PathBuf>,
+operator_args! {
+    /// Forget an agent: drop its secret so the app id may enroll again.
+    #[derive(FromArgs, Debug)]
+    #[argh(
+        subcommand,
+        name = "forget",
+        example = "orange agents forget web-7",
+        note = "Use it when a host was rebuilt and lost its secret (until then the server refuses \
+                the app id with any other secret), or to reject a pending agent. The forgotten agent's \
+                requests fail from then on. Whoever registers that app id next (the same agent, still \
+                running, or a new host) enrolls afresh with its own secret: at once with the \
+                enrollment key or a token, otherwise it waits `pending` again. So to keep a host out, \
+                stop its agent or do not accept it. Prints `agent ID: forgotten; ...` (--json: the \
+                agent). Recorded in `orange audit`. Connection options as in `orange agents --help`.",
+        error_code(255, "the agent is unknown, or orange failed")
+    )]
+    pub struct ForgetArgs {
+        /// the agent's app id
+        #[argh(positional)]
+        pub id: String,
+    }
     /// print the agent as JSON
-    #[argh(switch)]
-    pub json: bool,
+    json
 }
 
 /// Runs `orange agents` (or one of its subcommands) and returns the exit code.
@@ -146,7 +120,7 @@ pub fn run(args: AgentsArgs) -> Result<i32> {
 
 /// Does what `args` ask and returns what to print.
 fn execute(args: AgentsArgs) -> Result<Printed> {
-    let flags = OperatorFlags { server: args.server, token: args.token, data: args.data, json: args.json };
+    let flags = operator_flags!(args);
     let Some(command) = args.command else {
         let filter = AgentFilter { labels: parse_labels(&args.label)?, online: args.online };
         return list(&OperatorConfig::from_flags(flags)?, &filter, args.pending);
@@ -156,11 +130,11 @@ fn execute(args: AgentsArgs) -> Result<Printed> {
     }
     match command {
         AgentsCommand::Accept(a) => {
-            let own = OperatorFlags { server: a.server, token: a.token, data: a.data, json: a.json };
+            let own = operator_flags!(a);
             change(&OperatorConfig::from_flags(merge(own, flags))?, &a.id, admin::accept_path)
         }
         AgentsCommand::Forget(f) => {
-            let own = OperatorFlags { server: f.server, token: f.token, data: f.data, json: f.json };
+            let own = operator_flags!(f);
             change(&OperatorConfig::from_flags(merge(own, flags))?, &f.id, admin::forget_path)
         }
     }

@@ -1,47 +1,37 @@
 //! `orange audit`: the server's audit record of operator actions and enrollments, newest first.
 
-use std::path::PathBuf;
-
 use anyhow::{Result, bail};
 use argh::FromArgs;
 
-use super::operator::{AdminToken, OperatorConfig, OperatorFlags};
+use super::operator::{OperatorConfig, operator_args, operator_flags};
 use super::output::{self, Printed};
 use crate::client::ADMIN_TIMEOUT;
 use crate::protocol::admin::{self, AuditList};
 
-/// Show the audit record: who sent, cancelled, accepted, forgot, enrolled, created or revoked what.
-#[derive(FromArgs, Debug)]
-#[argh(
-    subcommand,
-    name = "audit",
-    example = "orange audit",
-    example = "orange audit --limit 1000 --json | jq -r '.entries[] | select(.action == \"agent.forget\") | .target'",
-    note = "Newest first. ACTOR is `admin@ADDRESS` for an operator call (the address it came from) \
-            or `agent:APP_ID` for an agent enrolling. ACTION is one of task.send, task.cancel, \
-            agent.accept, agent.forget, agent.enroll (enrolled with the enrollment key or a token), \
-            agent.pending (enrolled without a credential; waits for `orange agents accept`), \
-            token.create and token.revoke. Times are shown in UTC to the second (--json keeps \
-            milliseconds). The record is kept past task retention. Connection options: --server \
-            (else ORANGE_SERVER, else http://127.0.0.1:8890); the admin token from --token, else \
-            ORANGE_TOKEN, else --data DIR/admin.token."
-)]
-pub struct AuditArgs {
-    /// most entries to show, 1 to 1000 (default: the server's, 100)
-    #[argh(option)]
-    pub limit: Option<usize>,
-    /// server URL (default: ORANGE_SERVER, else http://127.0.0.1:8890)
-    #[argh(option)]
-    pub server: Option<String>,
-    /// admin token (default: ORANGE_TOKEN, else --data); ps shows argv, so prefer those two
-    #[argh(option)]
-    pub token: Option<AdminToken>,
-    /// the server's data directory; its admin.token is used when neither --token nor ORANGE_TOKEN is set
-    #[argh(option)]
-    pub data: Option<PathBuf>,
+operator_args! {
+    /// Show the audit record: who sent, cancelled, accepted, forgot, enrolled, created or revoked what.
+    #[derive(FromArgs, Debug)]
+    #[argh(
+        subcommand,
+        name = "audit",
+        example = "orange audit",
+        example = "orange audit --limit 1000 --json | jq -r '.entries[] | select(.action == \"agent.forget\") | .target'",
+        note = "Newest first. ACTOR is `admin@ADDRESS` for an operator call (the address it came from) \
+                or `agent:APP_ID` for an agent enrolling. ACTION is one of task.send, task.cancel, \
+                agent.accept, agent.forget, agent.enroll (enrolled with the enrollment key or a token), \
+                agent.pending (enrolled without a credential; waits for `orange agents accept`), \
+                token.create and token.revoke. Times are shown in UTC to the second (--json keeps \
+                milliseconds). The record is kept past task retention. Connection options: --server \
+                (else ORANGE_SERVER, else http://127.0.0.1:8890); the admin token from --token, else \
+                ORANGE_TOKEN, else --data DIR/admin.token."
+    )]
+    pub struct AuditArgs {
+        /// most entries to show, 1 to 1000 (default: the server's, 100)
+        #[argh(option)]
+        pub limit: Option<usize>,
+    }
     /// print the entries as JSON (fields at, actor, action, target, detail)
-    #[argh(switch)]
-    pub json: bool,
+    json
 }
 
 /// Runs `orange audit` and returns the exit code.
@@ -52,7 +42,7 @@ pub fn run(args: AuditArgs) -> Result<i32> {
 
 /// `GET /api/v1/audit`, and what to print.
 fn execute(args: AuditArgs) -> Result<Printed> {
-    let flags = OperatorFlags { server: args.server, token: args.token, data: args.data, json: args.json };
+    let flags = operator_flags!(args);
     let config = OperatorConfig::from_flags(flags)?;
     let path = audit_path(args.limit)?;
     let list: AuditList = config.api(ADMIN_TIMEOUT).get(&path)?;
@@ -72,6 +62,8 @@ fn audit_path(limit: Option<usize>) -> Result<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
     use crate::cli::fake_api::FakeApi;
     use crate::protocol::admin::AuditEntry;

@@ -1,55 +1,45 @@
 //! `orange task cancel`, and [`request_cancel`], the cancel call it shares with Ctrl-C in
 //! `orange task run`.
 
-use std::path::PathBuf;
-
 use anyhow::{Result, bail};
 use argh::FromArgs;
 
-use super::operator::{AdminToken, Api, OperatorConfig, OperatorFlags};
+use super::operator::{Api, OperatorConfig, operator_args, operator_flags};
 use super::output;
 use super::task::check_task_id;
 use crate::client::{ADMIN_TIMEOUT, ClientError};
 use crate::protocol::TaskStatus;
 use crate::protocol::admin::{self, CancelRequest, TaskView};
 
-/// Cancel a task: withdraw it from its queue, or have its agent stop it.
-#[derive(FromArgs, Debug)]
-#[argh(
-    subcommand,
-    name = "cancel",
-    example = "orange task cancel 0190a1b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b",
-    example = "orange task cancel --force 0190a1b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b",
-    note = "A queued task ends `cancelled` at once. A delivered or running task is stopped by its \
-            agent (SIGTERM to its process group, a grace period, then SIGKILL) the next time the \
-            agent talks to the server; until the agent confirms, the task stays running and shows \
-            `cancel requested` (wait for the end with `orange task get ID --wait 60`). --force ends \
-            the task `cancelled` on the server at once, for an agent that is gone for good; the agent \
-            is still told to stop it, but nothing waits for that. Prints one line saying where the \
-            task stands (--json: the task). Cancelling a task that is already cancelled succeeds \
-            and says so, so scripts may repeat a cancel; cancelling a task that finished otherwise \
-            is an error. Connection options as in `orange task run --help`.",
-    error_code(255, "the task had already finished (not as cancelled), is unknown, or orange failed")
-)]
-pub struct CancelArgs {
-    /// the task id
-    #[argh(positional)]
-    pub id: String,
-    /// end the task on the server at once, without waiting for its agent to confirm
-    #[argh(switch)]
-    pub force: bool,
-    /// server URL (default: ORANGE_SERVER, else http://127.0.0.1:8890)
-    #[argh(option)]
-    pub server: Option<String>,
-    /// admin token (default: ORANGE_TOKEN, else --data); ps shows argv, so prefer those two
-    #[argh(option)]
-    pub token: Option<AdminToken>,
-    /// the server's data directory; its admin.token is used when neither --token nor ORANGE_TOKEN is set
-    #[argh(option)]
-    pub data: Option<PathBuf>,
+operator_args! {
+    /// Cancel a task: withdraw it from its queue, or have its agent stop it.
+    #[derive(FromArgs, Debug)]
+    #[argh(
+        subcommand,
+        name = "cancel",
+        example = "orange task cancel 0190a1b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b",
+        example = "orange task cancel --force 0190a1b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b",
+        note = "A queued task ends `cancelled` at once. A delivered or running task is stopped by its \
+                agent (SIGTERM to its process group, a grace period, then SIGKILL) the next time the \
+                agent talks to the server; until the agent confirms, the task stays running and shows \
+                `cancel requested` (wait for the end with `orange task get ID --wait 60`). --force ends \
+                the task `cancelled` on the server at once, for an agent that is gone for good; the agent \
+                is still told to stop it, but nothing waits for that. Prints one line saying where the \
+                task stands (--json: the task). Cancelling a task that is already cancelled succeeds \
+                and says so, so scripts may repeat a cancel; cancelling a task that finished otherwise \
+                is an error. Connection options as in `orange task run --help`.",
+        error_code(255, "the task had already finished (not as cancelled), is unknown, or orange failed")
+    )]
+    pub struct CancelArgs {
+        /// the task id
+        #[argh(positional)]
+        pub id: String,
+        /// end the task on the server at once, without waiting for its agent to confirm
+        #[argh(switch)]
+        pub force: bool,
+    }
     /// print the task as JSON
-    #[argh(switch)]
-    pub json: bool,
+    json
 }
 
 /// What a cancel call found.
@@ -63,7 +53,7 @@ pub enum CancelOutcome {
 
 /// Runs `orange task cancel` and returns the exit code.
 pub fn cancel(args: CancelArgs) -> Result<i32> {
-    let flags = OperatorFlags { server: args.server, token: args.token, data: args.data, json: args.json };
+    let flags = operator_flags!(args);
     let config = OperatorConfig::from_flags(flags)?;
     let task_id = check_task_id(&args.id)?;
     let (task, already) = match request_cancel(&config.api(ADMIN_TIMEOUT), &task_id, args.force)? {

@@ -2,13 +2,12 @@
 //! writes each chunk to stdout or stderr as it arrives, and `orange task logs`, its command.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use argh::FromArgs;
 
-use super::operator::{AdminToken, Api, OperatorConfig, OperatorFlags};
+use super::operator::{Api, OperatorConfig, operator_args, operator_flags};
 use super::output;
 use super::task::check_task_id;
 use super::wait::{WAIT_CHUNK_SECS, get_patiently, wait_timeout};
@@ -18,48 +17,40 @@ use crate::protocol::admin::{self, OutputChunkView, OutputPage, TaskView};
 /// once instead of parking (short in unit tests, which script such answers).
 const EMPTY_PAGE_PAUSE: Duration = Duration::from_millis(if cfg!(test) { 10 } else { 1000 });
 
-/// Print a task's output: what it has written so far, or everything until it ends with -f.
-#[derive(FromArgs, Debug)]
-#[argh(
-    subcommand,
-    name = "logs",
-    example = "orange task logs 0190a1b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b",
-    example = "orange task logs -f 0190a1b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b 2>/dev/null | grep -i error",
-    example = "orange task logs --json 0190a1b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b | jq -r 'select(.stream == \"stderr\") | .data'",
-    note = "The host's stdout goes to stdout and its stderr to stderr, byte for byte and in the \
-            order the host wrote them. With -f the command keeps printing new output as the host \
-            sends it and exits 0 once the task has ended, whatever its result: the remote exit code \
-            is not mirrored (see it with `orange task get ID`, or use `orange task run`, which \
-            mirrors it). Ctrl-C stops following and leaves the task alone. With --json every chunk \
-            is one JSON line on stdout: {{\"seq\": N, \"stream\": \"stdout\"|\"stderr\", \"data\": TEXT}}. \
-            When the task wrote more than the server keeps, the middle of its output is dropped \
-            (numbers of --json chunks jump) and, if chunks were missing here, a note saying how \
-            many bytes the server dropped is printed on stderr at the end. Connection options as in `orange task run --help`."
-)]
-pub struct LogsArgs {
-    /// the task id
-    #[argh(positional)]
-    pub id: String,
-    /// keep printing output as it comes until the task ends
-    #[argh(switch, short = 'f')]
-    pub follow: bool,
-    /// server URL (default: ORANGE_SERVER, else http://127.0.0.1:8890)
-    #[argh(option)]
-    pub server: Option<String>,
-    /// admin token (default: ORANGE_TOKEN, else --data); ps shows argv, so prefer those two
-    #[argh(option)]
-    pub token: Option<AdminToken>,
-    /// the server's data directory; its admin.token is used when neither --token nor ORANGE_TOKEN is set
-    #[argh(option)]
-    pub data: Option<PathBuf>,
+operator_args! {
+    /// Print a task's output: what it has written so far, or everything until it ends with -f.
+    #[derive(FromArgs, Debug)]
+    #[argh(
+        subcommand,
+        name = "logs",
+        example = "orange task logs 0190a1b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b",
+        example = "orange task logs -f 0190a1b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b 2>/dev/null | grep -i error",
+        example = "orange task logs --json 0190a1b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b | jq -r 'select(.stream == \"stderr\") | .data'",
+        note = "The host's stdout goes to stdout and its stderr to stderr, byte for byte and in the \
+                order the host wrote them. With -f the command keeps printing new output as the host \
+                sends it and exits 0 once the task has ended, whatever its result: the remote exit code \
+                is not mirrored (see it with `orange task get ID`, or use `orange task run`, which \
+                mirrors it). Ctrl-C stops following and leaves the task alone. With --json every chunk \
+                is one JSON line on stdout: {{\"seq\": N, \"stream\": \"stdout\"|\"stderr\", \"data\": TEXT}}. \
+                When the task wrote more than the server keeps, the middle of its output is dropped \
+                (numbers of --json chunks jump) and, if chunks were missing here, a note saying how \
+                many bytes the server dropped is printed on stderr at the end. Connection options as in `orange task run --help`."
+    )]
+    pub struct LogsArgs {
+        /// the task id
+        #[argh(positional)]
+        pub id: String,
+        /// keep printing output as it comes until the task ends
+        #[argh(switch, short = 'f')]
+        pub follow: bool,
+    }
     /// print each output chunk as a JSON line (seq, stream, data) on stdout
-    #[argh(switch)]
-    pub json: bool,
+    json
 }
 
 /// Runs `orange task logs` and returns the exit code: 0 once the output was printed.
 pub fn logs(args: LogsArgs) -> Result<i32> {
-    let flags = OperatorFlags { server: args.server, token: args.token, data: args.data, json: args.json };
+    let flags = operator_flags!(args);
     let config = OperatorConfig::from_flags(flags)?;
     let task_id = check_task_id(&args.id)?;
     let until = if args.follow { Until::Done } else { Until::CaughtUp };

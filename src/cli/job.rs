@@ -2,15 +2,13 @@
 //! target and rate flags into a [`JobRequest`], and the short commands (`send`, `get`, `list`,
 //! `cancel`, `pause`, `resume`). `run`, which waits and shows progress, is in `job_run.rs`.
 
-use std::path::PathBuf;
-
 use anyhow::{Result, bail};
 use argh::FromArgs;
 use serde::Serialize;
 
 use super::job_print;
 use super::job_run::{self, JobReport, fetch_results, wait_job};
-use super::operator::{AdminToken, Api, OperatorConfig, OperatorFlags, encode};
+use super::operator::{Api, OperatorConfig, OperatorFlags, encode, operator_args, operator_flags};
 use super::output;
 use super::task::{check_timeout, check_ttl, parse_app_ids};
 use super::wait::wait_timeout;
@@ -48,251 +46,195 @@ pub enum JobCommand {
     Resume(ResumeArgs),
 }
 
-/// Run a command on many hosts and wait: a live progress line on a terminal, then a summary
-/// with identical outputs grouped.
-#[derive(FromArgs, Debug)]
-#[argh(
-    subcommand,
-    name = "run",
-    example = "orange job run --label role=web --label env=prod -- df -h /",
-    example = "orange job run --all --max-concurrency 10% --max-errors 2 -- 'systemctl restart nginx'",
-    example = "orange job run --appid web-1,web-2 --dry-run -- uptime",
-    example = "orange job run --all --type ping",
-    note = "Targets: --appid names hosts, --label picks every accepted agent carrying all the given \
-            labels, --all every accepted agent; --appid and --label add up. The list is resolved \
-            and frozen when the job is created; --dry-run prints it and sends nothing. The words \
-            after -- are joined by single spaces into the task's payload: for the default type \
-            shell, a command line run with sh -c on each host (agents need --allow-shell). \
-            --max-concurrency N or P% keeps at most that many hosts' tasks open (the next host \
-            starts when one finishes); --max-errors N or P% stops starting hosts once more than \
-            that many failed, timed out, expired or were lost (the rest end `skipped`). \
-            `orange job pause|resume|cancel ID` act on a running job from anywhere; Ctrl-C only \
-            stops watching. Hosts that ended alike (same state, exit code and output) are shown \
-            as one group; --hosts lists every host of every group. --json prints the job and \
-            every host's result. Connection options as in `orange task run --help`.",
-    error_code(1, "some host did not succeed (failed, timed out, expired, lost, cancelled or skipped)"),
-    error_code(255, "orange failed (bad flags, server unreachable, refused)")
-)]
-pub struct RunArgs {
-    /// app ids to run on, comma separated (repeatable)
-    #[argh(option)]
-    pub appid: Vec<String>,
-    /// label k=v the hosts must carry (repeatable: all must match)
-    #[argh(option)]
-    pub label: Vec<String>,
-    /// run on every accepted agent
-    #[argh(switch)]
-    pub all: bool,
-    /// task type: shell (default), ping or the name of a handler on the hosts
-    #[argh(option, long = "type", default = "String::from(\"shell\")")]
-    pub task_type: String,
-    /// most hosts with an open task at once: N or P% of the targets (default: all at once)
-    #[argh(option)]
-    pub max_concurrency: Option<String>,
-    /// stop starting hosts once more than N or P% of them ended in error (default: no limit)
-    #[argh(option)]
-    pub max_errors: Option<String>,
-    /// seconds the command may run on each host (default: the server's --default-timeout)
-    #[argh(option)]
-    pub timeout: Option<u64>,
-    /// seconds a task may wait for an offline host before it ends `expired` (default: the
-    /// server's, 24 hours)
-    #[argh(option)]
-    pub ttl: Option<u64>,
-    /// print the hosts the job would run on and their count; send nothing
-    #[argh(switch)]
-    pub dry_run: bool,
-    /// list every host of every result group
-    #[argh(switch)]
-    pub hosts: bool,
-    /// server URL (default: ORANGE_SERVER, else http://127.0.0.1:8890)
-    #[argh(option)]
-    pub server: Option<String>,
-    /// admin token (default: ORANGE_TOKEN, else --data); ps shows argv, so prefer those two
-    #[argh(option)]
-    pub token: Option<AdminToken>,
-    /// the server's data directory; its admin.token is used when neither --token nor ORANGE_TOKEN is set
-    #[argh(option)]
-    pub data: Option<PathBuf>,
+operator_args! {
+    /// Run a command on many hosts and wait: a live progress line on a terminal, then a summary
+    /// with identical outputs grouped.
+    #[derive(FromArgs, Debug)]
+    #[argh(
+        subcommand,
+        name = "run",
+        example = "orange job run --label role=web --label env=prod -- df -h /",
+        example = "orange job run --all --max-concurrency 10% --max-errors 2 -- 'systemctl restart nginx'",
+        example = "orange job run --appid web-1,web-2 --dry-run -- uptime",
+        example = "orange job run --all --type ping",
+        note = "Targets: --appid names hosts, --label picks every accepted agent carrying all the given \
+                labels, --all every accepted agent; --appid and --label add up. The list is resolved \
+                and frozen when the job is created; --dry-run prints it and sends nothing. The words \
+                after -- are joined by single spaces into the task's payload: for the default type \
+                shell, a command line run with sh -c on each host (agents need --allow-shell). \
+                --max-concurrency N or P% keeps at most that many hosts' tasks open (the next host \
+                starts when one finishes); --max-errors N or P% stops starting hosts once more than \
+                that many failed, timed out, expired or were lost (the rest end `skipped`). \
+                `orange job pause|resume|cancel ID` act on a running job from anywhere; Ctrl-C only \
+                stops watching. Hosts that ended alike (same state, exit code and output) are shown \
+                as one group; --hosts lists every host of every group. --json prints the job and \
+                every host's result. Connection options as in `orange task run --help`.",
+        error_code(1, "some host did not succeed (failed, timed out, expired, lost, cancelled or skipped)"),
+        error_code(255, "orange failed (bad flags, server unreachable, refused)")
+    )]
+    pub struct RunArgs {
+        /// app ids to run on, comma separated (repeatable)
+        #[argh(option)]
+        pub appid: Vec<String>,
+        /// label k=v the hosts must carry (repeatable: all must match)
+        #[argh(option)]
+        pub label: Vec<String>,
+        /// run on every accepted agent
+        #[argh(switch)]
+        pub all: bool,
+        /// task type: shell (default), ping or the name of a handler on the hosts
+        #[argh(option, long = "type", default = "String::from(\"shell\")")]
+        pub task_type: String,
+        /// most hosts with an open task at once: N or P% of the targets (default: all at once)
+        #[argh(option)]
+        pub max_concurrency: Option<String>,
+        /// stop starting hosts once more than N or P% of them ended in error (default: no limit)
+        #[argh(option)]
+        pub max_errors: Option<String>,
+        /// seconds the command may run on each host (default: the server's --default-timeout)
+        #[argh(option)]
+        pub timeout: Option<u64>,
+        /// seconds a task may wait for an offline host before it ends `expired` (default: the
+        /// server's, 24 hours)
+        #[argh(option)]
+        pub ttl: Option<u64>,
+        /// print the hosts the job would run on and their count; send nothing
+        #[argh(switch)]
+        pub dry_run: bool,
+        /// list every host of every result group
+        #[argh(switch)]
+        pub hosts: bool,
+        /// the command (the task's payload), after --
+        #[argh(positional, greedy)]
+        pub command: Vec<String>,
+    }
     /// print the job and every host's result as JSON
-    #[argh(switch)]
-    pub json: bool,
-    /// the command (the task's payload), after --
-    #[argh(positional, greedy)]
-    pub command: Vec<String>,
+    json
 }
 
-/// Start a job on many hosts without waiting; prints its id.
-#[derive(FromArgs, Debug)]
-#[argh(
-    subcommand,
-    name = "send",
-    example = "orange job send --label role=web --max-concurrency 5 -- 'apt-get -y upgrade'",
-    note = "Flags as in `orange job run --help`. Follow it with `orange job get ID --wait 60`."
-)]
-pub struct SendArgs {
-    /// app ids to run on, comma separated (repeatable)
-    #[argh(option)]
-    pub appid: Vec<String>,
-    /// label k=v the hosts must carry (repeatable: all must match)
-    #[argh(option)]
-    pub label: Vec<String>,
-    /// run on every accepted agent
-    #[argh(switch)]
-    pub all: bool,
-    /// task type: shell (default), ping or the name of a handler on the hosts
-    #[argh(option, long = "type", default = "String::from(\"shell\")")]
-    pub task_type: String,
-    /// most hosts with an open task at once: N or P% of the targets (default: all at once)
-    #[argh(option)]
-    pub max_concurrency: Option<String>,
-    /// stop starting hosts once more than N or P% of them ended in error (default: no limit)
-    #[argh(option)]
-    pub max_errors: Option<String>,
-    /// seconds the command may run on each host (default: the server's --default-timeout)
-    #[argh(option)]
-    pub timeout: Option<u64>,
-    /// seconds a task may wait for an offline host before it ends `expired` (default: 24 hours)
-    #[argh(option)]
-    pub ttl: Option<u64>,
-    /// print the hosts the job would run on and their count; send nothing
-    #[argh(switch)]
-    pub dry_run: bool,
-    /// server URL (default: ORANGE_SERVER, else http://127.0.0.1:8890)
-    #[argh(option)]
-    pub server: Option<String>,
-    /// admin token (default: ORANGE_TOKEN, else --data); ps shows argv, so prefer those two
-    #[argh(option)]
-    pub token: Option<AdminToken>,
-    /// the server's data directory; its admin.token is used when neither --token nor ORANGE_TOKEN is set
-    #[argh(option)]
-    pub data: Option<PathBuf>,
+operator_args! {
+    /// Start a job on many hosts without waiting; prints its id.
+    #[derive(FromArgs, Debug)]
+    #[argh(
+        subcommand,
+        name = "send",
+        example = "orange job send --label role=web --max-concurrency 5 -- 'apt-get -y upgrade'",
+        note = "Flags as in `orange job run --help`. Follow it with `orange job get ID --wait 60`."
+    )]
+    pub struct SendArgs {
+        /// app ids to run on, comma separated (repeatable)
+        #[argh(option)]
+        pub appid: Vec<String>,
+        /// label k=v the hosts must carry (repeatable: all must match)
+        #[argh(option)]
+        pub label: Vec<String>,
+        /// run on every accepted agent
+        #[argh(switch)]
+        pub all: bool,
+        /// task type: shell (default), ping or the name of a handler on the hosts
+        #[argh(option, long = "type", default = "String::from(\"shell\")")]
+        pub task_type: String,
+        /// most hosts with an open task at once: N or P% of the targets (default: all at once)
+        #[argh(option)]
+        pub max_concurrency: Option<String>,
+        /// stop starting hosts once more than N or P% of them ended in error (default: no limit)
+        #[argh(option)]
+        pub max_errors: Option<String>,
+        /// seconds the command may run on each host (default: the server's --default-timeout)
+        #[argh(option)]
+        pub timeout: Option<u64>,
+        /// seconds a task may wait for an offline host before it ends `expired` (default: 24 hours)
+        #[argh(option)]
+        pub ttl: Option<u64>,
+        /// print the hosts the job would run on and their count; send nothing
+        #[argh(switch)]
+        pub dry_run: bool,
+        /// the command (the task's payload), after --
+        #[argh(positional, greedy)]
+        pub command: Vec<String>,
+    }
     /// print the created job as JSON
-    #[argh(switch)]
-    pub json: bool,
-    /// the command (the task's payload), after --
-    #[argh(positional, greedy)]
-    pub command: Vec<String>,
+    json
 }
 
-/// Show a job: its state, counts and results grouped by outcome.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "get", note = "Connection options as in `orange task run --help`.")]
-pub struct GetArgs {
-    /// the job id
-    #[argh(positional)]
-    pub id: String,
-    /// seconds to wait for the job to end first (default 0)
-    #[argh(option, default = "0")]
-    pub wait: u64,
-    /// list every host of every result group
-    #[argh(switch)]
-    pub hosts: bool,
-    /// server URL (default: ORANGE_SERVER, else http://127.0.0.1:8890)
-    #[argh(option)]
-    pub server: Option<String>,
-    /// admin token (default: ORANGE_TOKEN, else --data); ps shows argv, so prefer those two
-    #[argh(option)]
-    pub token: Option<AdminToken>,
-    /// the server's data directory; its admin.token is used when neither --token nor ORANGE_TOKEN is set
-    #[argh(option)]
-    pub data: Option<PathBuf>,
+operator_args! {
+    /// Show a job: its state, counts and results grouped by outcome.
+    #[derive(FromArgs, Debug)]
+    #[argh(subcommand, name = "get", note = "Connection options as in `orange task run --help`.")]
+    pub struct GetArgs {
+        /// the job id
+        #[argh(positional)]
+        pub id: String,
+        /// seconds to wait for the job to end first (default 0)
+        #[argh(option, default = "0")]
+        pub wait: u64,
+        /// list every host of every result group
+        #[argh(switch)]
+        pub hosts: bool,
+    }
     /// print the job and every host's result as JSON
-    #[argh(switch)]
-    pub json: bool,
+    json
 }
 
-/// List jobs, newest first.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "list", note = "Connection options as in `orange task run --help`.")]
-pub struct ListArgs {
-    /// most jobs to show, 1 to 1000 (default: the server's, 100)
-    #[argh(option)]
-    pub limit: Option<usize>,
-    /// server URL (default: ORANGE_SERVER, else http://127.0.0.1:8890)
-    #[argh(option)]
-    pub server: Option<String>,
-    /// admin token (default: ORANGE_TOKEN, else --data); ps shows argv, so prefer those two
-    #[argh(option)]
-    pub token: Option<AdminToken>,
-    /// the server's data directory; its admin.token is used when neither --token nor ORANGE_TOKEN is set
-    #[argh(option)]
-    pub data: Option<PathBuf>,
+operator_args! {
+    /// List jobs, newest first.
+    #[derive(FromArgs, Debug)]
+    #[argh(subcommand, name = "list", note = "Connection options as in `orange task run --help`.")]
+    pub struct ListArgs {
+        /// most jobs to show, 1 to 1000 (default: the server's, 100)
+        #[argh(option)]
+        pub limit: Option<usize>,
+    }
     /// print the list as JSON
-    #[argh(switch)]
-    pub json: bool,
+    json
 }
 
-/// Cancel a job: hosts not started are skipped, queued tasks withdrawn, running ones stopped.
-#[derive(FromArgs, Debug)]
-#[argh(
-    subcommand,
-    name = "cancel",
-    note = "Running tasks are stopped by their agents (SIGTERM, a grace period, SIGKILL) as with \
-            `orange task cancel`; --force closes them on the server at once. Connection options as \
-            in `orange task run --help`."
-)]
-pub struct CancelArgs {
-    /// the job id
-    #[argh(positional)]
-    pub id: String,
-    /// close running tasks on the server at once, even if their agents never answer
-    #[argh(switch)]
-    pub force: bool,
-    /// server URL (default: ORANGE_SERVER, else http://127.0.0.1:8890)
-    #[argh(option)]
-    pub server: Option<String>,
-    /// admin token (default: ORANGE_TOKEN, else --data); ps shows argv, so prefer those two
-    #[argh(option)]
-    pub token: Option<AdminToken>,
-    /// the server's data directory; its admin.token is used when neither --token nor ORANGE_TOKEN is set
-    #[argh(option)]
-    pub data: Option<PathBuf>,
+operator_args! {
+    /// Cancel a job: hosts not started are skipped, queued tasks withdrawn, running ones stopped.
+    #[derive(FromArgs, Debug)]
+    #[argh(
+        subcommand,
+        name = "cancel",
+        note = "Running tasks are stopped by their agents (SIGTERM, a grace period, SIGKILL) as with \
+                `orange task cancel`; --force closes them on the server at once. Connection options as \
+                in `orange task run --help`."
+    )]
+    pub struct CancelArgs {
+        /// the job id
+        #[argh(positional)]
+        pub id: String,
+        /// close running tasks on the server at once, even if their agents never answer
+        #[argh(switch)]
+        pub force: bool,
+    }
     /// print the job as JSON
-    #[argh(switch)]
-    pub json: bool,
+    json
 }
 
-/// Pause a job: tasks already started go on, no new host starts until `orange job resume`.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "pause", note = "Connection options as in `orange task run --help`.")]
-pub struct PauseArgs {
-    /// the job id
-    #[argh(positional)]
-    pub id: String,
-    /// server URL (default: ORANGE_SERVER, else http://127.0.0.1:8890)
-    #[argh(option)]
-    pub server: Option<String>,
-    /// admin token (default: ORANGE_TOKEN, else --data); ps shows argv, so prefer those two
-    #[argh(option)]
-    pub token: Option<AdminToken>,
-    /// the server's data directory; its admin.token is used when neither --token nor ORANGE_TOKEN is set
-    #[argh(option)]
-    pub data: Option<PathBuf>,
+operator_args! {
+    /// Pause a job: tasks already started go on, no new host starts until `orange job resume`.
+    #[derive(FromArgs, Debug)]
+    #[argh(subcommand, name = "pause", note = "Connection options as in `orange task run --help`.")]
+    pub struct PauseArgs {
+        /// the job id
+        #[argh(positional)]
+        pub id: String,
+    }
     /// print the job as JSON
-    #[argh(switch)]
-    pub json: bool,
+    json
 }
 
-/// Resume a paused job: hosts start again as the window allows.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "resume", note = "Connection options as in `orange task run --help`.")]
-pub struct ResumeArgs {
-    /// the job id
-    #[argh(positional)]
-    pub id: String,
-    /// server URL (default: ORANGE_SERVER, else http://127.0.0.1:8890)
-    #[argh(option)]
-    pub server: Option<String>,
-    /// admin token (default: ORANGE_TOKEN, else --data); ps shows argv, so prefer those two
-    #[argh(option)]
-    pub token: Option<AdminToken>,
-    /// the server's data directory; its admin.token is used when neither --token nor ORANGE_TOKEN is set
-    #[argh(option)]
-    pub data: Option<PathBuf>,
+operator_args! {
+    /// Resume a paused job: hosts start again as the window allows.
+    #[derive(FromArgs, Debug)]
+    #[argh(subcommand, name = "resume", note = "Connection options as in `orange task run --help`.")]
+    pub struct ResumeArgs {
+        /// the job id
+        #[argh(positional)]
+        pub id: String,
+    }
     /// print the job as JSON
-    #[argh(switch)]
-    pub json: bool,
+    json
 }
 
 /// The flags `run` and `send` share, before validation.
@@ -307,6 +249,25 @@ pub(super) struct JobFlags<'a> {
     pub ttl: Option<u64>,
     pub command: &'a [String],
 }
+
+/// The [`JobFlags`] of a [`RunArgs`] or [`SendArgs`], which declare the same job flags; `task_type`
+/// is moved out, the rest borrowed.
+macro_rules! job_flags {
+    ($args:expr) => {
+        $crate::cli::job::JobFlags {
+            appid: &$args.appid,
+            label: &$args.label,
+            all: $args.all,
+            task_type: $args.task_type,
+            max_concurrency: $args.max_concurrency.as_deref(),
+            max_errors: $args.max_errors.as_deref(),
+            timeout: $args.timeout,
+            ttl: $args.ttl,
+            command: &$args.command,
+        }
+    };
+}
+pub(super) use job_flags;
 
 impl JobFlags<'_> {
     /// Validates the flags into the request the server takes.
@@ -364,37 +325,23 @@ pub fn run(args: JobArgs) -> Result<i32> {
         JobCommand::Get(args) => get(args),
         JobCommand::List(args) => list(args),
         JobCommand::Cancel(args) => {
-            let flags =
-                OperatorFlags { server: args.server, token: args.token, data: args.data, json: args.json };
+            let flags = operator_flags!(args);
             act(flags, &args.id, jobs::job_cancel_path, &CancelRequest { force: args.force })
         }
         JobCommand::Pause(args) => {
-            let flags =
-                OperatorFlags { server: args.server, token: args.token, data: args.data, json: args.json };
+            let flags = operator_flags!(args);
             act(flags, &args.id, jobs::job_pause_path, &serde_json::json!({}))
         }
         JobCommand::Resume(args) => {
-            let flags =
-                OperatorFlags { server: args.server, token: args.token, data: args.data, json: args.json };
+            let flags = operator_flags!(args);
             act(flags, &args.id, jobs::job_resume_path, &serde_json::json!({}))
         }
     }
 }
 
 fn send(args: SendArgs) -> Result<i32> {
-    let request = JobFlags {
-        appid: &args.appid,
-        label: &args.label,
-        all: args.all,
-        task_type: args.task_type,
-        max_concurrency: args.max_concurrency.as_deref(),
-        max_errors: args.max_errors.as_deref(),
-        timeout: args.timeout,
-        ttl: args.ttl,
-        command: &args.command,
-    }
-    .request()?;
-    let flags = OperatorFlags { server: args.server, token: args.token, data: args.data, json: args.json };
+    let request = job_flags!(args).request()?;
+    let flags = operator_flags!(args);
     let config = OperatorConfig::from_flags(flags)?;
     let api = config.api(ADMIN_TIMEOUT);
     if args.dry_run {
@@ -429,7 +376,7 @@ fn dry_run_text(list: &TargetList) -> String {
 }
 
 fn get(args: GetArgs) -> Result<i32> {
-    let flags = OperatorFlags { server: args.server, token: args.token, data: args.data, json: args.json };
+    let flags = operator_flags!(args);
     let config = OperatorConfig::from_flags(flags)?;
     let job_id = check_job_id(&args.id)?;
     let api = config.api(wait_timeout());
@@ -444,7 +391,7 @@ fn get(args: GetArgs) -> Result<i32> {
 }
 
 fn list(args: ListArgs) -> Result<i32> {
-    let flags = OperatorFlags { server: args.server, token: args.token, data: args.data, json: args.json };
+    let flags = operator_flags!(args);
     let config = OperatorConfig::from_flags(flags)?;
     let path = match args.limit {
         Some(limit) if limit == 0 || limit > MAX_LIST_LIMIT => {

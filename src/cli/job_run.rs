@@ -8,9 +8,9 @@ use std::time::Instant;
 use anyhow::Result;
 use serde::Serialize;
 
-use super::job::{JobFlags, RunArgs, dry_run};
+use super::job::{RunArgs, dry_run, job_flags};
 use super::job_print;
-use super::operator::{Api, OperatorConfig, OperatorFlags, encode};
+use super::operator::{Api, OperatorConfig, encode, operator_flags};
 use super::output;
 use super::wait::{get_patiently, wait_secs, wait_timeout};
 use crate::protocol::jobs::{self, JobGroups, JobResult, JobResults, JobView, MAX_RESULTS_PAGE};
@@ -29,19 +29,8 @@ pub struct JobReport {
 
 /// Runs `orange job run` and returns its exit status.
 pub fn run(args: RunArgs) -> Result<i32> {
-    let request = JobFlags {
-        appid: &args.appid,
-        label: &args.label,
-        all: args.all,
-        task_type: args.task_type,
-        max_concurrency: args.max_concurrency.as_deref(),
-        max_errors: args.max_errors.as_deref(),
-        timeout: args.timeout,
-        ttl: args.ttl,
-        command: &args.command,
-    }
-    .request()?;
-    let flags = OperatorFlags { server: args.server, token: args.token, data: args.data, json: args.json };
+    let request = job_flags!(args).request()?;
+    let flags = operator_flags!(args);
     let config = OperatorConfig::from_flags(flags)?;
     let api = config.api(wait_timeout());
     if args.dry_run {

@@ -2,8 +2,9 @@
 //! resolved once into an [`OperatorConfig`], and [`Api`], the admin client that turns failures into
 //! messages naming the server.
 //!
-//! argh cannot flatten one struct of options into another, so each operator command declares the
-//! four flags itself and hands them over as [`OperatorFlags`].
+//! argh cannot flatten one struct of options into another, so each operator command declares its
+//! struct with [`operator_args!`], which adds the connection flags, and hands them over with
+//! [`operator_flags!`] as [`OperatorFlags`].
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -53,6 +54,68 @@ impl std::fmt::Debug for AdminToken {
         f.write_str("AdminToken(***)")
     }
 }
+
+/// Declares an operator command's argh struct: its own fields, then `--server`, `--token` and
+/// `--data`, then `--json` with the doc comment written before `json` (each command says what it
+/// prints). Fields keep their order, which is the order of `--help`; a positional may sit among
+/// the command's own fields, since help lists positionals apart. The own fields are passed on as
+/// plain tokens (each ending in a comma): argh's derive reads field types by their spelling,
+/// which a `$ty:ty` capture would hide.
+///
+/// ```ignore
+/// operator_args! {
+///     /// List tasks, newest first.
+///     #[derive(FromArgs, Debug)]
+///     #[argh(subcommand, name = "list")]
+///     pub struct ListArgs {
+///         /// most tasks to show
+///         #[argh(option)]
+///         pub limit: Option<usize>,
+///     }
+///     /// print the list as JSON
+///     json
+/// }
+/// ```
+macro_rules! operator_args {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident { $($fields:tt)* }
+        $(#[$json_meta:meta])*
+        json
+    ) => {
+        $(#[$meta])*
+        pub struct $name {
+            $($fields)*
+            /// server URL (default: ORANGE_SERVER, else http://127.0.0.1:8890)
+            #[argh(option)]
+            pub server: Option<String>,
+            /// admin token (default: ORANGE_TOKEN, else --data); ps shows argv, so prefer those two
+            #[argh(option)]
+            pub token: Option<$crate::cli::operator::AdminToken>,
+            /// the server's data directory; its admin.token is used when neither --token nor ORANGE_TOKEN is set
+            #[argh(option)]
+            pub data: Option<::std::path::PathBuf>,
+            $(#[$json_meta])*
+            #[argh(switch)]
+            pub json: bool,
+        }
+    };
+}
+pub(crate) use operator_args;
+
+/// The [`OperatorFlags`] of a struct declared with [`operator_args!`], moved out of it; the
+/// command's other fields stay usable.
+macro_rules! operator_flags {
+    ($args:expr) => {
+        $crate::cli::operator::OperatorFlags {
+            server: $args.server,
+            token: $args.token,
+            data: $args.data,
+            json: $args.json,
+        }
+    };
+}
+pub(crate) use operator_flags;
 
 /// The connection flags as typed on one command line, before defaults and environment apply.
 #[derive(Debug, Clone, Default)]

@@ -2,14 +2,13 @@
 //! and exiting with its exit status; Ctrl-C cancels it.
 
 use std::io::Write;
-use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use argh::FromArgs;
 
 use super::follow::{Sink, Until, follow};
 use super::interrupt::{CancelOnInterrupt, EXIT_INTERRUPTED};
-use super::operator::{AdminToken, Api, OperatorConfig, OperatorFlags, encode};
+use super::operator::{Api, OperatorConfig, encode, operator_args, operator_flags};
 use super::output;
 use super::task::{check_timeout, check_ttl};
 use super::wait::{wait_task, wait_timeout};
@@ -22,67 +21,59 @@ pub const EXIT_TIMED_OUT: i32 = 124;
 /// Exit status of `task run` when the task ended without an exit code, like ssh's own failures.
 pub const EXIT_NO_CODE: i32 = 255;
 
-/// Run a command on one host and wait for it, like ssh: its stdout and stderr are printed live as
-/// the host writes them and its exit status becomes orange's.
-#[derive(FromArgs, Debug)]
-#[argh(
-    subcommand,
-    name = "run",
-    example = "orange task run --appid web-1 -- df -h /",
-    example = "orange task run --appid web-1 --timeout 30 -- 'systemctl restart nginx && echo ok'",
-    example = "orange task run --appid laptop-7 --queue --ttl 3600 -- 'apt-get -y upgrade'",
-    note = "The words after -- are joined by single spaces and run with sh -c on the host, like ssh \
-            does: quote what the remote shell must see as one word. The agent must be started with \
-            --allow-shell. An unknown agent is an error at once; so is an offline one, unless \
-            --queue is given: then the task waits in the agent's queue until the agent comes back or \
-            its time to live (--ttl, else the server's default of 24 hours) runs out, and ends \
-            `expired`. The remote stdout and stderr are written to orange's stdout and stderr as \
-            the host sends them (if orange falls behind a task that writes more than the server's \
-            output cap, the chunks dropped meanwhile are missing and a note on stderr says so). \
-            Ctrl-C cancels the task (its agent stops the command: SIGTERM, a \
-            grace period, SIGKILL) and orange keeps printing until the task has ended; a second \
-            Ctrl-C stops waiting at once and leaves the task to the server (see `orange task cancel \
-            --help`). The exit status is the remote command's, or one of the codes below. With \
-            --json nothing is printed live: the final task is printed as JSON, and the exit status \
-            is the same. Connection options: --server (else ORANGE_SERVER, else \
-            http://127.0.0.1:8890); the admin token from --token, else ORANGE_TOKEN, else --data \
-            DIR/admin.token.",
-    error_code(124, "the task ran past its timeout on the host (like timeout(1))"),
-    error_code(130, "Ctrl-C: the task was cancelled, or a second Ctrl-C stopped waiting for it"),
-    error_code(
-        255,
-        "the task ended without an exit code (could not start, cancelled, expired, lost), or orange failed"
-    )
-)]
-pub struct RunArgs {
-    /// app id of the host to run on
-    #[argh(option)]
-    pub appid: String,
-    /// seconds the command may run on the host (default: the server's --default-timeout)
-    #[argh(option)]
-    pub timeout: Option<u64>,
-    /// if the agent is offline, queue the task and wait for the agent instead of failing
-    #[argh(switch)]
-    pub queue: bool,
-    /// seconds the task may wait queued for an offline agent before it ends `expired` (default:
-    /// the server's, 24 hours)
-    #[argh(option)]
-    pub ttl: Option<u64>,
-    /// server URL (default: ORANGE_SERVER, else http://127.0.0.1:8890)
-    #[argh(option)]
-    pub server: Option<String>,
-    /// admin token (default: ORANGE_TOKEN, else --data); ps shows argv, so prefer those two
-    #[argh(option)]
-    pub token: Option<AdminToken>,
-    /// the server's data directory; its admin.token is used when neither --token nor ORANGE_TOKEN is set
-    #[argh(option)]
-    pub data: Option<PathBuf>,
+operator_args! {
+    /// Run a command on one host and wait for it, like ssh: its stdout and stderr are printed live as
+    /// the host writes them and its exit status becomes orange's.
+    #[derive(FromArgs, Debug)]
+    #[argh(
+        subcommand,
+        name = "run",
+        example = "orange task run --appid web-1 -- df -h /",
+        example = "orange task run --appid web-1 --timeout 30 -- 'systemctl restart nginx && echo ok'",
+        example = "orange task run --appid laptop-7 --queue --ttl 3600 -- 'apt-get -y upgrade'",
+        note = "The words after -- are joined by single spaces and run with sh -c on the host, like ssh \
+                does: quote what the remote shell must see as one word. The agent must be started with \
+                --allow-shell. An unknown agent is an error at once; so is an offline one, unless \
+                --queue is given: then the task waits in the agent's queue until the agent comes back or \
+                its time to live (--ttl, else the server's default of 24 hours) runs out, and ends \
+                `expired`. The remote stdout and stderr are written to orange's stdout and stderr as \
+                the host sends them (if orange falls behind a task that writes more than the server's \
+                output cap, the chunks dropped meanwhile are missing and a note on stderr says so). \
+                Ctrl-C cancels the task (its agent stops the command: SIGTERM, a \
+                grace period, SIGKILL) and orange keeps printing until the task has ended; a second \
+                Ctrl-C stops waiting at once and leaves the task to the server (see `orange task cancel \
+                --help`). The exit status is the remote command's, or one of the codes below. With \
+                --json nothing is printed live: the final task is printed as JSON, and the exit status \
+                is the same. Connection options: --server (else ORANGE_SERVER, else \
+                http://127.0.0.1:8890); the admin token from --token, else ORANGE_TOKEN, else --data \
+                DIR/admin.token.",
+        error_code(124, "the task ran past its timeout on the host (like timeout(1))"),
+        error_code(130, "Ctrl-C: the task was cancelled, or a second Ctrl-C stopped waiting for it"),
+        error_code(
+            255,
+            "the task ended without an exit code (could not start, cancelled, expired, lost), or orange failed"
+        )
+    )]
+    pub struct RunArgs {
+        /// app id of the host to run on
+        #[argh(option)]
+        pub appid: String,
+        /// seconds the command may run on the host (default: the server's --default-timeout)
+        #[argh(option)]
+        pub timeout: Option<u64>,
+        /// if the agent is offline, queue the task and wait for the agent instead of failing
+        #[argh(switch)]
+        pub queue: bool,
+        /// seconds the task may wait queued for an offline agent before it ends `expired` (default:
+        /// the server's, 24 hours)
+        #[argh(option)]
+        pub ttl: Option<u64>,
+        /// the command and its arguments, after --
+        #[argh(positional, greedy)]
+        pub command: Vec<String>,
+    }
     /// print the final task as JSON instead of the command's output
-    #[argh(switch)]
-    pub json: bool,
-    /// the command and its arguments, after --
-    #[argh(positional, greedy)]
-    pub command: Vec<String>,
+    json
 }
 
 /// `task run` flags, validated.
@@ -95,8 +86,7 @@ struct RunConfig {
 
 impl RunConfig {
     fn from_args(args: RunArgs) -> Result<Self> {
-        let flags =
-            OperatorFlags { server: args.server, token: args.token, data: args.data, json: args.json };
+        let flags = operator_flags!(args);
         let request = EnqueueRequest {
             app_ids: vec![args.appid.clone()],
             all: false,

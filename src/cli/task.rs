@@ -2,7 +2,6 @@
 //! `get` (show one task) and `list` (list tasks), plus the checks of ids and durations the other
 //! task commands share. `run`, `logs` and `cancel` live in their own modules.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
@@ -10,7 +9,7 @@ use argh::FromArgs;
 
 use super::cancel::{self, CancelArgs};
 use super::follow::{self, LogsArgs};
-use super::operator::{AdminToken, OperatorConfig, OperatorFlags, encode};
+use super::operator::{OperatorConfig, encode, operator_args, operator_flags};
 use super::output;
 use super::run::{self, RunArgs};
 use super::wait::{wait_task, wait_timeout};
@@ -45,115 +44,91 @@ pub enum TaskCommand {
     List(ListArgs),
 }
 
-/// Give a task to some hosts, or all, without waiting; prints one task id per line.
-#[derive(FromArgs, Debug)]
-#[argh(
-    subcommand,
-    name = "send",
-    example = "orange task send --appid web-1,web-2 --type shell --payload 'apt-get update'",
-    example = "orange task send --all --type ping",
-    example = "orange task send --appid laptop-7 --type shell --ttl 3600 --payload 'apt-get -y upgrade'",
-    note = "One task is created per host, queued whether its agent is online or not. A task whose \
-            agent does not come back within its time to live (--ttl, else the server's default of \
-            24 hours) ends `expired`. Follow them with `orange task logs -f ID`, `orange task get ID \
-            --wait 50` or `orange task list`; stop one with `orange task cancel ID`. Connection \
-            options as in `orange task run --help`."
-)]
-pub struct SendArgs {
-    /// app ids to send to, comma separated (repeatable)
-    #[argh(option)]
-    pub appid: Vec<String>,
-    /// send to every registered agent instead
-    #[argh(switch)]
-    pub all: bool,
-    /// task type: ping, shell or the name of a handler on the host
-    #[argh(option, long = "type")]
-    pub task_type: String,
-    /// the task's input, e.g. the command line of a shell task (default: empty)
-    #[argh(option, default = "String::new()")]
-    pub payload: String,
-    /// seconds the task may run on the host (default: the server's --default-timeout)
-    #[argh(option)]
-    pub timeout: Option<u64>,
-    /// seconds the task may wait queued for an offline agent before it ends `expired` (default:
-    /// the server's, 24 hours)
-    #[argh(option)]
-    pub ttl: Option<u64>,
-    /// server URL (default: ORANGE_SERVER, else http://127.0.0.1:8890)
-    #[argh(option)]
-    pub server: Option<String>,
-    /// admin token (default: ORANGE_TOKEN, else --data); ps shows argv, so prefer those two
-    #[argh(option)]
-    pub token: Option<AdminToken>,
-    /// the server's data directory; its admin.token is used when neither --token nor ORANGE_TOKEN is set
-    #[argh(option)]
-    pub data: Option<PathBuf>,
+operator_args! {
+    /// Give a task to some hosts, or all, without waiting; prints one task id per line.
+    #[derive(FromArgs, Debug)]
+    #[argh(
+        subcommand,
+        name = "send",
+        example = "orange task send --appid web-1,web-2 --type shell --payload 'apt-get update'",
+        example = "orange task send --all --type ping",
+        example = "orange task send --appid laptop-7 --type shell --ttl 3600 --payload 'apt-get -y upgrade'",
+        note = "One task is created per host, queued whether its agent is online or not. A task whose \
+                agent does not come back within its time to live (--ttl, else the server's default of \
+                24 hours) ends `expired`. Follow them with `orange task logs -f ID`, `orange task get ID \
+                --wait 50` or `orange task list`; stop one with `orange task cancel ID`. Connection \
+                options as in `orange task run --help`."
+    )]
+    pub struct SendArgs {
+        /// app ids to send to, comma separated (repeatable)
+        #[argh(option)]
+        pub appid: Vec<String>,
+        /// send to every registered agent instead
+        #[argh(switch)]
+        pub all: bool,
+        /// task type: ping, shell or the name of a handler on the host
+        #[argh(option, long = "type")]
+        pub task_type: String,
+        /// the task's input, e.g. the command line of a shell task (default: empty)
+        #[argh(option, default = "String::new()")]
+        pub payload: String,
+        /// seconds the task may run on the host (default: the server's --default-timeout)
+        #[argh(option)]
+        pub timeout: Option<u64>,
+        /// seconds the task may wait queued for an offline agent before it ends `expired` (default:
+        /// the server's, 24 hours)
+        #[argh(option)]
+        pub ttl: Option<u64>,
+    }
     /// print the server's answer (the created tasks) as JSON
-    #[argh(switch)]
-    pub json: bool,
+    json
 }
 
-/// Show one task: its state, history, exit code and captured output.
-#[derive(FromArgs, Debug)]
-#[argh(
-    subcommand,
-    name = "get",
-    example = "orange task get 0190a1b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b --wait 60",
-    note = "Shows every state the task reached, one per line in the order reached (a task handed \
-            out again after a lost delivery shows `delivered` twice), `(cancel requested)` after \
-            the status while a cancel waits for the agent, and how many bytes of output the \
-            server's output cap dropped from the middle, if any (the kept head and tail are shown). \
-            With --wait the command returns as soon as the task is finished, or when the wait is \
-            over, and shows the task either way. Connection options as in `orange task run --help`."
-)]
-pub struct GetArgs {
-    /// the task id
-    #[argh(positional)]
-    pub id: String,
-    /// seconds to wait for the task to finish first (default 0)
-    #[argh(option, default = "0")]
-    pub wait: u64,
-    /// server URL (default: ORANGE_SERVER, else http://127.0.0.1:8890)
-    #[argh(option)]
-    pub server: Option<String>,
-    /// admin token (default: ORANGE_TOKEN, else --data); ps shows argv, so prefer those two
-    #[argh(option)]
-    pub token: Option<AdminToken>,
-    /// the server's data directory; its admin.token is used when neither --token nor ORANGE_TOKEN is set
-    #[argh(option)]
-    pub data: Option<PathBuf>,
+operator_args! {
+    /// Show one task: its state, history, exit code and captured output.
+    #[derive(FromArgs, Debug)]
+    #[argh(
+        subcommand,
+        name = "get",
+        example = "orange task get 0190a1b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b --wait 60",
+        note = "Shows every state the task reached, one per line in the order reached (a task handed \
+                out again after a lost delivery shows `delivered` twice), `(cancel requested)` after \
+                the status while a cancel waits for the agent, and how many bytes of output the \
+                server's output cap dropped from the middle, if any (the kept head and tail are shown). \
+                With --wait the command returns as soon as the task is finished, or when the wait is \
+                over, and shows the task either way. Connection options as in `orange task run --help`."
+    )]
+    pub struct GetArgs {
+        /// the task id
+        #[argh(positional)]
+        pub id: String,
+        /// seconds to wait for the task to finish first (default 0)
+        #[argh(option, default = "0")]
+        pub wait: u64,
+    }
     /// print the task as JSON
-    #[argh(switch)]
-    pub json: bool,
+    json
 }
 
-/// List tasks, newest first.
-#[derive(FromArgs, Debug)]
-#[argh(
-    subcommand,
-    name = "list",
-    example = "orange task list --appid web-1 --limit 20",
-    note = "Connection options as in `orange task run --help`."
-)]
-pub struct ListArgs {
-    /// only tasks of this app id
-    #[argh(option)]
-    pub appid: Option<String>,
-    /// most tasks to show, 1 to 1000 (default: the server's, 100)
-    #[argh(option)]
-    pub limit: Option<usize>,
-    /// server URL (default: ORANGE_SERVER, else http://127.0.0.1:8890)
-    #[argh(option)]
-    pub server: Option<String>,
-    /// admin token (default: ORANGE_TOKEN, else --data); ps shows argv, so prefer those two
-    #[argh(option)]
-    pub token: Option<AdminToken>,
-    /// the server's data directory; its admin.token is used when neither --token nor ORANGE_TOKEN is set
-    #[argh(option)]
-    pub data: Option<PathBuf>,
+operator_args! {
+    /// List tasks, newest first.
+    #[derive(FromArgs, Debug)]
+    #[argh(
+        subcommand,
+        name = "list",
+        example = "orange task list --appid web-1 --limit 20",
+        note = "Connection options as in `orange task run --help`."
+    )]
+    pub struct ListArgs {
+        /// only tasks of this app id
+        #[argh(option)]
+        pub appid: Option<String>,
+        /// most tasks to show, 1 to 1000 (default: the server's, 100)
+        #[argh(option)]
+        pub limit: Option<usize>,
+    }
     /// print the list as JSON
-    #[argh(switch)]
-    pub json: bool,
+    json
 }
 
 /// Runs an `orange task` subcommand and returns the exit code.
@@ -185,7 +160,7 @@ pub(super) fn check_ttl(ttl: Option<u64>) -> Result<Option<u64>> {
 }
 
 fn send(args: SendArgs) -> Result<i32> {
-    let flags = OperatorFlags { server: args.server, token: args.token, data: args.data, json: args.json };
+    let flags = operator_flags!(args);
     let config = OperatorConfig::from_flags(flags)?;
     if args.task_type.trim().is_empty() {
         bail!("--type must name a task type: ping, shell or a handler");
@@ -235,7 +210,7 @@ pub(super) fn parse_app_ids(values: &[String]) -> Result<Vec<String>> {
 }
 
 fn get(args: GetArgs) -> Result<i32> {
-    let flags = OperatorFlags { server: args.server, token: args.token, data: args.data, json: args.json };
+    let flags = operator_flags!(args);
     let config = OperatorConfig::from_flags(flags)?;
     let task_id = check_task_id(&args.id)?;
     let deadline = Instant::now() + Duration::from_secs(args.wait);
@@ -256,7 +231,7 @@ pub(super) fn check_task_id(id: &str) -> Result<String> {
 }
 
 fn list(args: ListArgs) -> Result<i32> {
-    let flags = OperatorFlags { server: args.server, token: args.token, data: args.data, json: args.json };
+    let flags = operator_flags!(args);
     let config = OperatorConfig::from_flags(flags)?;
     let path = list_path(args.appid.as_deref(), args.limit)?;
     let list: TaskList = config.api(ADMIN_TIMEOUT).get(&path)?;

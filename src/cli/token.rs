@@ -2,13 +2,11 @@
 //! its secret once, `list` shows them without secrets, `revoke` ends one early; plus
 //! [`parse_ttl`], the duration syntax of `--ttl`.
 
-use std::path::PathBuf;
-
 use anyhow::{Result, bail};
 use argh::FromArgs;
 use chrono::Utc;
 
-use super::operator::{AdminToken, OperatorConfig, OperatorFlags, encode};
+use super::operator::{OperatorConfig, encode, operator_args, operator_flags};
 use super::output::{self, Printed};
 use crate::client::ADMIN_TIMEOUT;
 use crate::protocol::admin::{self, TokenList, TokenRequest, TokenView};
@@ -45,98 +43,74 @@ pub enum TokenCommand {
     Revoke(RevokeArgs),
 }
 
-/// Create an enrollment token and print it, once.
-#[derive(FromArgs, Debug)]
-#[argh(
-    subcommand,
-    name = "create",
-    example = "orange token create --ttl 24h",
-    example = "orange token create --ttl 7d --uses 20 > enroll.token",
-    example = "ORANGE_ENROLL_TOKEN=$(orange token create --ttl 30m) orange agent --server http://10.0.0.1:8890",
-    note = "Prints the token (`<id>.<secret>`) alone on stdout and a note on stderr. Give it to \
-            agents as ORANGE_ENROLL_TOKEN or in a file named by --enroll-token-file. The server \
-            never shows its secret again: if it is lost, revoke it and create another. Each agent \
-            that enrolls with it uses one use up; an agent already enrolled does not. DURATION is \
-            a whole number with a unit, s, m, h or d (90s, 30m, 24h, 7d), or plain seconds \
-            (3600); at most 365d. --json prints the token with its id, expiry and \
-            uses. Connection options as in `orange token list --help`."
-)]
-pub struct CreateArgs {
-    /// how long the token works: 30m, 24h, 7d, or seconds (at most 365d)
-    #[argh(option, arg_name = "duration", from_str_fn(parse_ttl))]
-    pub ttl: u64,
-    /// how many agents may enroll with it (default 1)
-    #[argh(option, arg_name = "n", default = "1", from_str_fn(parse_uses))]
-    pub uses: u32,
-    /// server URL (default: ORANGE_SERVER, else http://127.0.0.1:8890)
-    #[argh(option)]
-    pub server: Option<String>,
-    /// admin token (default: ORANGE_TOKEN, else --data); ps shows argv, so prefer those two
-    #[argh(option)]
-    pub token: Option<AdminToken>,
-    /// the server's data directory; its admin.token is used when neither --token nor ORANGE_TOKEN is set
-    #[argh(option)]
-    pub data: Option<PathBuf>,
+operator_args! {
+    /// Create an enrollment token and print it, once.
+    #[derive(FromArgs, Debug)]
+    #[argh(
+        subcommand,
+        name = "create",
+        example = "orange token create --ttl 24h",
+        example = "orange token create --ttl 7d --uses 20 > enroll.token",
+        example = "ORANGE_ENROLL_TOKEN=$(orange token create --ttl 30m) orange agent --server http://10.0.0.1:8890",
+        note = "Prints the token (`<id>.<secret>`) alone on stdout and a note on stderr. Give it to \
+                agents as ORANGE_ENROLL_TOKEN or in a file named by --enroll-token-file. The server \
+                never shows its secret again: if it is lost, revoke it and create another. Each agent \
+                that enrolls with it uses one use up; an agent already enrolled does not. DURATION is \
+                a whole number with a unit, s, m, h or d (90s, 30m, 24h, 7d), or plain seconds \
+                (3600); at most 365d. --json prints the token with its id, expiry and \
+                uses. Connection options as in `orange token list --help`."
+    )]
+    pub struct CreateArgs {
+        /// how long the token works: 30m, 24h, 7d, or seconds (at most 365d)
+        #[argh(option, arg_name = "duration", from_str_fn(parse_ttl))]
+        pub ttl: u64,
+        /// how many agents may enroll with it (default 1)
+        #[argh(option, arg_name = "n", default = "1", from_str_fn(parse_uses))]
+        pub uses: u32,
+    }
     /// print the token with its id, expiry and uses as JSON
-    #[argh(switch)]
-    pub json: bool,
+    json
 }
 
-/// List enrollment tokens, without their secrets.
-#[derive(FromArgs, Debug)]
-#[argh(
-    subcommand,
-    name = "list",
-    example = "orange token list",
-    example = "orange token list --json | jq -r '.tokens[] | select(.uses_left > 0) | .token_id'",
-    note = "STATE is `active` (agents may enroll with it), `expired`, `revoked` or `used up`. \
-            Expiry times are shown in UTC to the second. Connection options: --server (else \
-            ORANGE_SERVER, else http://127.0.0.1:8890); the admin token from --token, else \
-            ORANGE_TOKEN, else --data DIR/admin.token."
-)]
-pub struct ListArgs {
-    /// server URL (default: ORANGE_SERVER, else http://127.0.0.1:8890)
-    #[argh(option)]
-    pub server: Option<String>,
-    /// admin token (default: ORANGE_TOKEN, else --data); ps shows argv, so prefer those two
-    #[argh(option)]
-    pub token: Option<AdminToken>,
-    /// the server's data directory; its admin.token is used when neither --token nor ORANGE_TOKEN is set
-    #[argh(option)]
-    pub data: Option<PathBuf>,
+operator_args! {
+    /// List enrollment tokens, without their secrets.
+    #[derive(FromArgs, Debug)]
+    #[argh(
+        subcommand,
+        name = "list",
+        example = "orange token list",
+        example = "orange token list --json | jq -r '.tokens[] | select(.uses_left > 0) | .token_id'",
+        note = "STATE is `active` (agents may enroll with it), `expired`, `revoked` or `used up`. \
+                Expiry times are shown in UTC to the second. Connection options: --server (else \
+                ORANGE_SERVER, else http://127.0.0.1:8890); the admin token from --token, else \
+                ORANGE_TOKEN, else --data DIR/admin.token."
+    )]
+    pub struct ListArgs {
+    }
     /// print the list as JSON (fields token_id, created_at, expires_at, uses_left, revoked)
-    #[argh(switch)]
-    pub json: bool,
+    json
 }
 
-/// Revoke an enrollment token: no agent may enroll with it from now on.
-#[derive(FromArgs, Debug)]
-#[argh(
-    subcommand,
-    name = "revoke",
-    example = "orange token revoke 3f9a0c1d2e4b5a69",
-    note = "Agents that already enrolled with the token stay enrolled; forget one with `orange \
-            agents forget ID`. Revoking a revoked token succeeds again. ID is the TOKEN ID of \
-            `orange token list`. Prints `token ID: revoked` (--json: the token). Connection options \
-            as in `orange token list --help`.",
-    error_code(255, "the token is unknown, or orange failed")
-)]
-pub struct RevokeArgs {
-    /// the token id
-    #[argh(positional)]
-    pub id: String,
-    /// server URL (default: ORANGE_SERVER, else http://127.0.0.1:8890)
-    #[argh(option)]
-    pub server: Option<String>,
-    /// admin token (default: ORANGE_TOKEN, else --data); ps shows argv, so prefer those two
-    #[argh(option)]
-    pub token: Option<AdminToken>,
-    /// the server's data directory; its admin.token is used when neither --token nor ORANGE_TOKEN is set
-    #[argh(option)]
-    pub data: Option<PathBuf>,
+operator_args! {
+    /// Revoke an enrollment token: no agent may enroll with it from now on.
+    #[derive(FromArgs, Debug)]
+    #[argh(
+        subcommand,
+        name = "revoke",
+        example = "orange token revoke 3f9a0c1d2e4b5a69",
+        note = "Agents that already enrolled with the token stay enrolled; forget one with `orange \
+                agents forget ID`. Revoking a revoked token succeeds again. ID is the TOKEN ID of \
+                `orange token list`. Prints `token ID: revoked` (--json: the token). Connection options \
+                as in `orange token list --help`.",
+        error_code(255, "the token is unknown, or orange failed")
+    )]
+    pub struct RevokeArgs {
+        /// the token id
+        #[argh(positional)]
+        pub id: String,
+    }
     /// print the token as JSON
-    #[argh(switch)]
-    pub json: bool,
+    json
 }
 
 /// Runs an `orange token` subcommand and returns the exit code.
@@ -149,15 +123,15 @@ pub fn run(args: TokenArgs) -> Result<i32> {
 fn execute(args: TokenArgs) -> Result<Printed> {
     match args.command {
         TokenCommand::Create(a) => {
-            let flags = OperatorFlags { server: a.server, token: a.token, data: a.data, json: a.json };
+            let flags = operator_flags!(a);
             create(&OperatorConfig::from_flags(flags)?, TokenRequest { ttl_secs: a.ttl, uses: a.uses })
         }
         TokenCommand::List(a) => {
-            let flags = OperatorFlags { server: a.server, token: a.token, data: a.data, json: a.json };
+            let flags = operator_flags!(a);
             list(&OperatorConfig::from_flags(flags)?)
         }
         TokenCommand::Revoke(a) => {
-            let flags = OperatorFlags { server: a.server, token: a.token, data: a.data, json: a.json };
+            let flags = operator_flags!(a);
             revoke(&OperatorConfig::from_flags(flags)?, &a.id)
         }
     }
