@@ -119,6 +119,20 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     status
 }
 
+/// The first line `stdout` prints (the server's listening line), on a channel; the rest is
+/// drained so the child never blocks on a full pipe.
+fn first_line(stdout: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        for _ in lines {}
+    });
+    rx
+}
+
 /// SIGKILLs and reaps `child`.
 fn kill_child(child: &mut Child) {
     let _ = child.kill();
@@ -277,16 +291,7 @@ impl Server {
         let log = log_file(&self.stderr_path(), &format!("start #{}: {}", self.starts, self.command));
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log);
         let mut child = cmd.spawn().map_err(|e| format!("cannot spawn {}: {e}", self.command))?;
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            // Keep draining so the child never blocks on a full pipe.
-            for _ in lines {}
-        });
+        let rx = first_line(child.stdout.take().expect("piped stdout"));
         let line = match rx.recv_timeout(START_DEADLINE) {
             Ok(line) => line,
             Err(e) => {
@@ -1446,15 +1451,7 @@ impl ServerProcess {
         let stderr_path = logs.path().join("server.stderr");
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log_file(&stderr_path, &command));
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot spawn {command}: {e}"));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            for _ in lines {}
-        });
+        let rx = first_line(child.stdout.take().expect("piped stdout"));
         let line = rx.recv_timeout(START_DEADLINE).unwrap_or_else(|e| {
             kill_child(&mut child);
             panic!("{command}: no listening line ({e})\nstderr:\n{}", read_log(&stderr_path))

@@ -93,10 +93,9 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
     use super::*;
-    use crate::server::store::{AgentRecord, AgentStatus, Policy};
+    use crate::server::store::Policy;
 
     fn facts(kernel: &str) -> FactsRecord {
         let facts = HostFacts {
@@ -121,17 +120,7 @@ mod tests {
         let all = store.all_facts().unwrap();
         assert_eq!((all.len(), all.get("b")), (2, Some(&facts("5.10"))));
 
-        let agent = AgentRecord {
-            app_id: "a".into(),
-            secret: "s".into(),
-            labels: BTreeMap::new(),
-            version: None,
-            hostname: None,
-            registered_at_ms: 1,
-            last_seen_ms: 1,
-            processed_task_count: 0,
-            status: AgentStatus::Accepted,
-        };
+        let agent = crate::server::store::tests::agent("a");
         store.put_agent(&agent).unwrap();
         assert_eq!(store.forget_silent_agents(100).unwrap(), ["a"]);
         assert_eq!(store.facts("a").unwrap(), None);
