@@ -4,11 +4,16 @@
 //! id that is enrolled cannot be taken over with another secret; an operator can forget it.
 //! Every enrollment and operator action lands in the audit record.
 
-use sha2::{Digest, Sha256};
+use std::sync::Arc;
 
-use super::fleet::{Fleet, FleetError, now_ms, rfc3339};
-use super::store::{AgentRecord, AgentStatus, AuditRecord, FactsRecord, TokenRecord, secs_to_ms};
-use crate::protocol::admin::{AuditEntry, TokenView};
+use super::audit::Audit;
+use super::clock::now_ms;
+use super::dispatch::Dispatch;
+use super::error::ServiceError;
+use super::guard::{SecretHash, secret_hash};
+use super::store::{AgentRecord, AgentStatus, FactsRecord, Store, TokenRecord, secs_to_ms};
+use super::views::token_view;
+use crate::protocol::admin::TokenView;
 use crate::protocol::facts::check_facts;
 use crate::protocol::wire::{self, RegisterRequest};
 
@@ -28,20 +33,38 @@ pub enum Credential {
     None,
 }
 
-fn random_hex(bytes: usize) -> Result<String, FleetError> {
+fn random_hex(bytes: usize) -> Result<String, ServiceError> {
     let mut raw = vec![0u8; bytes];
-    getrandom::fill(&mut raw).map_err(|e| FleetError::BadRequest(format!("no randomness: {e}")))?;
+    getrandom::fill(&mut raw).map_err(|e| ServiceError::BadRequest(format!("no randomness: {e}")))?;
     Ok(hex::encode(raw))
 }
 
-impl Fleet {
+/// Registration, acceptance and enrollment tokens.
+pub struct Enrollment {
+    store: Arc<Store>,
+    dispatch: Arc<Dispatch>,
+    audit: Audit,
+    admin_token_hash: SecretHash,
+}
+
+impl Enrollment {
+    /// Enrollment over `store`; no agent may use the secret that hashes to `admin_token_hash`.
+    pub fn new(
+        store: Arc<Store>,
+        dispatch: Arc<Dispatch>,
+        audit: Audit,
+        admin_token_hash: SecretHash,
+    ) -> Self {
+        Enrollment { store, dispatch, audit, admin_token_hash }
+    }
+
     /// Registers an agent: enrolls a new app id (accepted, or pending without a credential),
     /// refreshes a known one registering with the same secret, refuses a different secret.
     pub async fn register(
         &self,
         mut request: RegisterRequest,
         credential: Credential,
-    ) -> Result<AgentRecord, FleetError> {
+    ) -> Result<AgentRecord, ServiceError> {
         self.check_secret(&request)?;
         let facts = request.facts.take();
         // A pending record proves nothing about who made it: a credential replaces it, so a
@@ -55,7 +78,7 @@ impl Fleet {
         if let Some(old) = &old
             && old.secret != request.secret
         {
-            return Err(FleetError::Conflict(format!(
+            return Err(ServiceError::Conflict(format!(
                 "app id {:?} is already enrolled with a different secret; an operator can reset it with \
                  `orange agents forget {}`",
                 request.app_id, request.app_id
@@ -77,21 +100,20 @@ impl Fleet {
         Ok(record)
     }
 
-    fn check_secret(&self, request: &RegisterRequest) -> Result<(), FleetError> {
-        wire::check_app_id(&request.app_id).map_err(FleetError::BadRequest)?;
-        wire::check_register_fields(request).map_err(FleetError::BadRequest)?;
+    fn check_secret(&self, request: &RegisterRequest) -> Result<(), ServiceError> {
+        wire::check_app_id(&request.app_id).map_err(ServiceError::BadRequest)?;
+        wire::check_register_fields(request).map_err(ServiceError::BadRequest)?;
         if let Some(facts) = &request.facts {
-            check_facts(facts, now_ms() / 1000).map_err(FleetError::BadRequest)?;
+            check_facts(facts, now_ms() / 1000).map_err(ServiceError::BadRequest)?;
         }
         if request.secret.is_empty() || request.secret.len() > wire::MAX_SECRET_LEN {
-            return Err(FleetError::BadRequest(format!(
+            return Err(ServiceError::BadRequest(format!(
                 "secret must be 1 to {} bytes",
                 wire::MAX_SECRET_LEN
             )));
         }
-        let hash: [u8; 32] = Sha256::digest(request.secret.as_bytes()).into();
-        if hash == self.admin_token_hash {
-            return Err(FleetError::BadRequest("an agent secret must not be the admin token".into()));
+        if secret_hash(&request.secret) == self.admin_token_hash {
+            return Err(ServiceError::BadRequest("an agent secret must not be the admin token".into()));
         }
         Ok(())
     }
@@ -102,7 +124,7 @@ impl Fleet {
         &self,
         old: Option<AgentStatus>,
         credential: &Credential,
-    ) -> Result<AgentStatus, FleetError> {
+    ) -> Result<AgentStatus, ServiceError> {
         match (credential, old) {
             (_, Some(AgentStatus::Accepted)) => Ok(AgentStatus::Accepted),
             (Credential::EnrollKey, _) => Ok(AgentStatus::Accepted),
@@ -110,13 +132,13 @@ impl Fleet {
                 if self.store.use_token(id.as_str())? {
                     Ok(AgentStatus::Accepted)
                 } else {
-                    Err(FleetError::Conflict(format!("enrollment token {id:?} has no uses left")))
+                    Err(ServiceError::Conflict(format!("enrollment token {id:?} has no uses left")))
                 }
             }
             (Credential::None, Some(status)) => Ok(status),
             (Credential::None, None) => {
                 if self.store.pending_agents()? >= MAX_PENDING {
-                    return Err(FleetError::TooLarge(format!(
+                    return Err(ServiceError::TooLarge(format!(
                         "{MAX_PENDING} agents already wait for acceptance; accept or forget some first"
                     )));
                 }
@@ -125,26 +147,14 @@ impl Fleet {
         }
     }
 
-    fn record_enrollment(&self, agent: &AgentRecord, credential: &Credential) -> Result<(), FleetError> {
+    fn record_enrollment(&self, agent: &AgentRecord, credential: &Credential) -> Result<(), ServiceError> {
         let how = match credential {
             Credential::EnrollKey => "with the enrollment key".to_owned(),
             Credential::Token(id) => format!("with enrollment token {id}"),
             Credential::None => "without a credential".to_owned(),
         };
         let action = if agent.status == AgentStatus::Pending { "agent.pending" } else { "agent.enroll" };
-        self.audit(&format!("agent:{}", agent.app_id), action, &agent.app_id, &how)
-    }
-
-    /// Appends an entry to the audit record.
-    pub fn audit(&self, actor: &str, action: &str, target: &str, detail: &str) -> Result<(), FleetError> {
-        let record = AuditRecord {
-            at_ms: now_ms(),
-            actor: actor.to_owned(),
-            action: action.to_owned(),
-            target: target.to_owned(),
-            detail: detail.to_owned(),
-        };
-        Ok(self.store.audit(&record)?)
+        self.audit.record(&format!("agent:{}", agent.app_id), action, &agent.app_id, &how)
     }
 
     /// Sets an agent's status on an operator's word (`accept` or `forget`).
@@ -153,12 +163,12 @@ impl Fleet {
         actor: &str,
         app_id: &str,
         status: AgentStatus,
-    ) -> Result<AgentRecord, FleetError> {
+    ) -> Result<AgentRecord, ServiceError> {
         let agent = self.store.set_agent_status(app_id, status)?.ok_or_else(|| {
-            FleetError::NotFound(format!("unknown agent {app_id:?} (a forgotten agent must enroll again)"))
+            ServiceError::NotFound(format!("unknown agent {app_id:?} (a forgotten agent must enroll again)"))
         })?;
         let action = if status == AgentStatus::Forgotten { "agent.forget" } else { "agent.accept" };
-        self.audit(actor, action, app_id, "")?;
+        self.audit.record(actor, action, app_id, "")?;
         self.store.durable().await?;
         if status == AgentStatus::Accepted {
             self.dispatch.wake_agent(app_id);
@@ -166,29 +176,15 @@ impl Fleet {
         Ok(agent)
     }
 
-    /// Parks a poll of a pending agent until an operator accepts it or the poll window ends.
-    pub async fn wait_for_acceptance(&self, app_id: &str) {
-        let poll = self.dispatch.park(app_id);
-        let deadline = tokio::time::Instant::now() + self.config.poll_window;
-        loop {
-            let woken = poll.slot.signal.notified();
-            let accepted =
-                matches!(self.store.agent(app_id), Ok(Some(a)) if a.status == AgentStatus::Accepted);
-            if accepted || poll.superseded() {
-                return;
-            }
-            tokio::select! {
-                _ = woken => {}
-                _ = tokio::time::sleep_until(deadline) => return,
-                _ = self.dispatch.stopped() => return,
-            }
-        }
-    }
-
     /// Creates an enrollment token; the answer is the only place its secret is shown.
-    pub async fn create_token(&self, actor: &str, ttl_secs: u64, uses: u32) -> Result<TokenView, FleetError> {
+    pub async fn create_token(
+        &self,
+        actor: &str,
+        ttl_secs: u64,
+        uses: u32,
+    ) -> Result<TokenView, ServiceError> {
         if ttl_secs == 0 || ttl_secs > MAX_TOKEN_TTL_SECS || uses == 0 {
-            return Err(FleetError::BadRequest(format!(
+            return Err(ServiceError::BadRequest(format!(
                 "ttl_secs must be 1 to {MAX_TOKEN_TTL_SECS} and uses at least 1"
             )));
         }
@@ -202,7 +198,7 @@ impl Fleet {
             revoked: false,
         };
         self.store.put_token(&token)?;
-        self.audit(actor, "token.create", &token.id, &format!("{uses} uses, {ttl_secs} s"))?;
+        self.audit.record(actor, "token.create", &token.id, &format!("{uses} uses, {ttl_secs} s"))?;
         self.store.durable().await?;
         let mut view = token_view(&token);
         view.token = Some(format!("{}.{}", token.id, token.secret));
@@ -210,36 +206,21 @@ impl Fleet {
     }
 
     /// Revokes an enrollment token.
-    pub async fn revoke_token(&self, actor: &str, id: &str) -> Result<TokenView, FleetError> {
+    pub async fn revoke_token(&self, actor: &str, id: &str) -> Result<TokenView, ServiceError> {
         let mut token = self
             .store
             .token(id)?
-            .ok_or_else(|| FleetError::NotFound(format!("unknown enrollment token {id:?}")))?;
+            .ok_or_else(|| ServiceError::NotFound(format!("unknown enrollment token {id:?}")))?;
         token.revoked = true;
         self.store.put_token(&token)?;
-        self.audit(actor, "token.revoke", id, "")?;
+        self.audit.record(actor, "token.revoke", id, "")?;
         self.store.durable().await?;
         Ok(token_view(&token))
     }
 
     /// Every enrollment token, without secrets.
-    pub fn token_views(&self) -> Result<Vec<TokenView>, FleetError> {
+    pub fn tokens(&self) -> Result<Vec<TokenView>, ServiceError> {
         Ok(self.store.tokens()?.iter().map(token_view).collect())
-    }
-
-    /// The newest `limit` audit entries.
-    pub fn audit_entries(&self, limit: usize) -> Result<Vec<AuditEntry>, FleetError> {
-        let entries = self.store.audit_entries(limit)?;
-        Ok(entries
-            .into_iter()
-            .map(|e| AuditEntry {
-                at: rfc3339(e.at_ms),
-                actor: e.actor,
-                action: e.action,
-                target: e.target,
-                detail: e.detail,
-            })
-            .collect())
     }
 }
 
@@ -255,16 +236,5 @@ fn agent_record(request: RegisterRequest, old: Option<&AgentRecord>, status: Age
         hostname: request.hostname,
         last_seen_ms: now,
         status,
-    }
-}
-
-fn token_view(token: &TokenRecord) -> TokenView {
-    TokenView {
-        token_id: token.id.clone(),
-        token: None,
-        created_at: rfc3339(token.created_ms),
-        expires_at: rfc3339(token.expires_ms),
-        uses_left: token.uses_left,
-        revoked: token.revoked,
     }
 }

@@ -1,21 +1,88 @@
-//! Guards of the agent endpoints against abuse. Replay protection: every signed request is
-//! accepted once; the store remembers a digest of each accepted request's identity (the app id
-//! and nonce for version-2 signatures, the signature itself for legacy ones) until its time
-//! leaves the signing window, across restarts. And a per-source limit on failed signatures, so
-//! a source cannot try secrets at line rate.
+//! Guards of the agent endpoints: the keys a call may be signed with (an agent's own secret,
+//! the enrollment key, an enrollment token's secret) and protection against abuse. Replay
+//! protection: every signed request is accepted once; the store remembers a digest of each
+//! accepted request's identity (the app id and nonce for version-2 signatures, the signature
+//! itself for legacy ones) until its time leaves the signing window, across restarts. And a
+//! per-source limit on failed signatures, so a source cannot try secrets at line rate.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use super::store::{Store, StoreError};
+use super::clock::now_ms;
+use super::error::ServiceError;
+use super::store::{AgentRecord, AgentStatus, Store, StoreError, TokenError};
+use crate::protocol::Signer;
 use crate::protocol::sign::TIME_WINDOW_SECS;
+use crate::protocol::wire;
 
 /// Failed signatures one source may send per minute before it is refused outright.
 pub const MAX_FAILURES_PER_MINUTE: u32 = 30;
+/// How stale `last_seen` may get before a request rewrites it.
+const TOUCH_GAP_MS: i64 = 5_000;
+
+/// SHA-256 of a secret: what the server keeps of the admin token.
+pub type SecretHash = [u8; 32];
+
+/// The SHA-256 of `secret`.
+pub fn secret_hash(secret: &str) -> SecretHash {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+/// What the agent endpoints check a signed call against.
+pub struct Guard {
+    store: Arc<Store>,
+    failures: FailureLimiter,
+    enroll_key: Signer,
+}
+
+impl Guard {
+    /// Guards over `store`; registrations may be signed with `enroll_key`.
+    pub fn new(store: Arc<Store>, enroll_key: &str) -> Self {
+        Guard { store, failures: FailureLimiter::default(), enroll_key: Signer::new(enroll_key) }
+    }
+
+    /// Refuses a source that failed to sign too often in the minute of `now_secs`.
+    pub fn check_source(&self, source: IpAddr, now_secs: i64) -> Result<(), TooManyFailures> {
+        self.failures.check(source, now_secs)
+    }
+
+    /// Counts one failed signature from `source`.
+    pub fn record_failure(&self, source: IpAddr, now_secs: i64) {
+        self.failures.record(source, now_secs);
+    }
+
+    /// Admits a request identified by `parts`, signed at `sent_secs`, once. The record of the
+    /// use is written but not synced.
+    pub fn admit_once(&self, parts: &[&[u8]], sent_secs: i64) -> Result<(), ReplayError> {
+        admit_once(&self.store, parts, sent_secs)
+    }
+
+    /// The key registrations are signed with by default.
+    pub fn enroll_key(&self) -> &Signer {
+        &self.enroll_key
+    }
+
+    /// The key of enrollment token `id`, if the token may still be used.
+    pub fn token_key(&self, id: &str) -> Result<Result<Signer, TokenError>, StoreError> {
+        Ok(self.store.usable_token(id, now_ms())?.map(|token| Signer::new(&token.secret)))
+    }
+
+    /// The agent `app_id`, or an error saying it must register (also when an operator forgot it).
+    pub fn known_agent(&self, app_id: &str) -> Result<AgentRecord, ServiceError> {
+        self.store.agent(app_id)?.filter(|a| a.status != AgentStatus::Forgotten).ok_or_else(|| {
+            ServiceError::NotFound(format!("{} {app_id:?}; register first", wire::UNKNOWN_APP_ID))
+        })
+    }
+
+    /// Notes that `agent` is alive (at most every few seconds, to spare writes).
+    pub fn touch(&self, agent: &AgentRecord) -> Result<(), StoreError> {
+        self.store.touch_record(agent, now_ms(), TOUCH_GAP_MS)
+    }
+}
 
 /// Why a request was refused as a replay.
 #[derive(Debug, Error)]

@@ -1,24 +1,39 @@
 //! The fleet's inventory: storing the host facts agents send, and the agent list operators read,
 //! with each agent's facts and uptime, filtered by labels and by being online.
 
-use super::fleet::{Fleet, FleetError, agent_view, now_ms, rfc3339};
-use super::store::{AgentRecord, FactsRecord, StoreError};
+use std::sync::Arc;
+
+use super::clock::{now_ms, rfc3339};
+use super::error::ServiceError;
+use super::store::{AgentRecord, FactsRecord, Store, StoreError};
+use super::views::agent_view;
 use crate::protocol::admin::{AgentFilter, AgentView};
 use crate::protocol::facts::{FactsView, HostFacts, check_facts};
+use crate::protocol::wire::shown;
 
-impl Fleet {
+/// The agents and their host facts.
+pub struct Inventory {
+    store: Arc<Store>,
+}
+
+impl Inventory {
+    /// The inventory kept in `store`.
+    pub fn new(store: Arc<Store>) -> Self {
+        Inventory { store }
+    }
+
     /// Replaces the facts of agent `app_id` (already authenticated) once they pass their limits;
     /// returns once they are on stable storage. Refused facts store nothing.
-    pub async fn update_facts(&self, app_id: &str, facts: HostFacts) -> Result<(), FleetError> {
+    pub async fn update_facts(&self, app_id: &str, facts: HostFacts) -> Result<(), ServiceError> {
         let now = now_ms();
-        check_facts(&facts, now / 1000).map_err(FleetError::BadRequest)?;
+        check_facts(&facts, now / 1000).map_err(ServiceError::BadRequest)?;
         self.store.put_facts(app_id, &FactsRecord::new(facts, now))?;
         self.store.durable().await?;
         Ok(())
     }
 
     /// Every agent that passes `filter`, sorted by app id, with its facts.
-    pub fn agent_views(&self, filter: &AgentFilter) -> Result<Vec<AgentView>, StoreError> {
+    pub fn agents(&self, filter: &AgentFilter) -> Result<Vec<AgentView>, StoreError> {
         let now = now_ms();
         let mut facts = self.store.all_facts()?;
         let agents = self.store.agents()?;
@@ -31,8 +46,17 @@ impl Fleet {
             .collect())
     }
 
-    /// One agent as the operator sees it, with its facts.
-    pub fn full_agent_view(&self, agent: &AgentRecord) -> Result<AgentView, StoreError> {
+    /// Agent `app_id` as the operator sees it, with its facts.
+    pub fn agent(&self, app_id: &str) -> Result<AgentView, ServiceError> {
+        let agent = self
+            .store
+            .agent(app_id)?
+            .ok_or_else(|| ServiceError::NotFound(format!("unknown agent {:?}", shown(app_id))))?;
+        Ok(self.view(&agent)?)
+    }
+
+    /// `agent` as the operator sees it, with its facts.
+    pub fn view(&self, agent: &AgentRecord) -> Result<AgentView, StoreError> {
         let now = now_ms();
         Ok(with_facts(agent_view(agent, now), self.store.facts(&agent.app_id)?, now))
     }

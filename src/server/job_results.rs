@@ -4,9 +4,10 @@
 //! target record still gives the final state, exit code and error.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use super::fleet::{Fleet, FleetError};
-use super::store::{JobRecord, StoreError, TargetRecord};
+use super::error::ServiceError;
+use super::store::{JobRecord, Store, StoreError, TargetRecord};
 use crate::protocol::TaskId;
 use crate::protocol::jobs::{
     JobGroups, JobResult, JobResults, JobState, MAX_GROUP_HOSTS, MAX_OUTPUT_GROUPS, MAX_RESULTS_PAGE,
@@ -16,15 +17,20 @@ use crate::protocol::jobs::{
 /// Most output per stream shown in results and groups.
 const RESULT_OUTPUT_LEN: usize = 4 * 1024;
 
-impl Fleet {
+/// Reads what became of a job's targets.
+pub struct JobOutcomes {
+    store: Arc<Store>,
+}
+
+impl JobOutcomes {
+    /// Results read from `store`.
+    pub fn new(store: Arc<Store>) -> Self {
+        JobOutcomes { store }
+    }
+
     /// Up to `limit` results of job `id` in app id order, after app id `after`.
-    pub fn job_results(
-        &self,
-        id: TaskId,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<JobResults, FleetError> {
-        let job = self.store.job(id)?.ok_or_else(|| FleetError::NotFound(format!("unknown job {id}")))?;
+    pub fn page(&self, id: TaskId, after: Option<&str>, limit: usize) -> Result<JobResults, ServiceError> {
+        let job = self.store.job(id)?.ok_or_else(|| ServiceError::NotFound(format!("unknown job {id}")))?;
         let limit = limit.clamp(1, MAX_RESULTS_PAGE);
         let mut targets = self.store.job_targets(&job, after, limit + 1)?;
         let more = targets.len() > limit;
@@ -73,8 +79,8 @@ impl Fleet {
     }
 
     /// Job `id`'s targets grouped by outcome, biggest group first, in one pass.
-    pub fn job_groups(&self, id: TaskId) -> Result<JobGroups, FleetError> {
-        let job = self.store.job(id)?.ok_or_else(|| FleetError::NotFound(format!("unknown job {id}")))?;
+    pub fn groups(&self, id: TaskId) -> Result<JobGroups, ServiceError> {
+        let job = self.store.job(id)?.ok_or_else(|| ServiceError::NotFound(format!("unknown job {id}")))?;
         type Key = (String, Option<i32>, String, String, Option<String>);
         let mut groups: HashMap<Key, OutputGroup> = HashMap::new();
         let mut other: Option<OutputGroup> = None;

@@ -1,17 +1,27 @@
 //! `orange server`: the agent endpoints of the original protocol, the operator API, long-poll
 //! dispatch and the embedded sled store.
 
+mod app;
+pub mod audit;
+pub mod clock;
 pub mod codec;
 pub mod commit;
 pub mod dispatch;
 pub mod enroll;
-pub mod fleet;
+pub mod error;
 pub mod guard;
 pub mod http;
 pub mod inventory;
 pub mod job_results;
 pub mod jobs;
+pub mod polling;
+pub mod reports;
 pub mod store;
+pub mod sweeper;
+pub mod tasks;
+pub mod views;
+
+pub use app::{Services, run};
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -107,8 +117,8 @@ pub struct Secrets {
     pub enroll_key: String,
 }
 
-/// Runs the server until SIGINT or SIGTERM: prepares the data directory and the admin token,
-/// binds, prints the address it listens on, and serves.
+/// Runs the server until SIGINT or SIGTERM: prepares the data directory and the secrets,
+/// starts the runtime, binds, prints the address it listens on, and hands over to [`run`].
 pub fn run_blocking(config: ServerConfig) -> Result<()> {
     prepare_data_dir(&config.data_dir)?;
     let secrets = resolve_secrets(&config)?;
@@ -117,28 +127,12 @@ pub fn run_blocking(config: ServerConfig) -> Result<()> {
         .build()
         .context("cannot start the runtime")?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
-        let tls = match &config.tls {
-            None => None,
-            Some(files) => Some(
-                axum_server::tls_rustls::RustlsConfig::from_pem_file(&files.cert, &files.key)
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "cannot load TLS certificate {} and key {}",
-                            files.cert.display(),
-                            files.key.display()
-                        )
-                    })?,
-            ),
-        };
-        let address = listener.local_addr().context("cannot read the bound address")?;
-        let scheme = if tls.is_some() { "https" } else { "http" };
+        let listener = http::Listener::bind(config.listen, config.tls.as_ref()).await?;
+        let address = listener.local_addr()?;
+        let scheme = listener.scheme();
         println!("orange server listening on {scheme}://{address}");
         info!(%address, data = %config.data_dir.display(), scheme, "orange server started");
-        http::serve(listener, config, secrets, tls, shutdown_signal()).await
+        run(config, secrets, listener, shutdown_signal()).await
     })
 }
 

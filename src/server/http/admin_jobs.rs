@@ -1,6 +1,5 @@
 //! Operator routes for jobs under `/api/v1/jobs`: create, dry run, list, get (with a wait for
-//! the next version), results, groups, pause, resume, cancel. Mounted under the admin token by
-//! `admin_api`; handlers parse, call the job operations of `Fleet`, and map errors.
+//! the next version), results, groups, pause, resume, cancel.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -15,16 +14,14 @@ use serde::Deserialize;
 use tracing::info;
 
 use super::AppState;
-use super::admin_api::{ApiFailure, ApiResult, bad_path, bad_query, read_json};
-use super::admin_enroll::actor;
+use super::admin_common::{ApiResult, actor, bad_query, path_id, read_json};
 use crate::protocol::TaskId;
 use crate::protocol::admin::{CancelRequest, MAX_LIST_LIMIT, MAX_WAIT_SECS};
 use crate::protocol::jobs::{
     JOBS_DRY_RUN_PATH, JOBS_PATH, JobGroups, JobList, JobRequest, JobResults, JobView, MAX_RESULTS_PAGE,
     TargetList,
 };
-use crate::protocol::wire::shown;
-use crate::server::jobs::job_view;
+use crate::server::views::job_view;
 
 /// Jobs listed when no limit is given.
 const DEFAULT_LIST_LIMIT: usize = 100;
@@ -43,13 +40,11 @@ pub fn routes() -> Router<AppState> {
 }
 
 fn job_id(path: Result<Path<String>, PathRejection>) -> ApiResult<TaskId> {
-    let Path(id) = path.map_err(bad_path)?;
-    TaskId::parse_str(&id)
-        .map_err(|_| ApiFailure(StatusCode::BAD_REQUEST, format!("job id {:?} is not a UUID", shown(&id))))
+    path_id(path, "job")
 }
 
 async fn create_job(
-    State(fleet): State<AppState>,
+    State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<JobView>)> {
@@ -61,8 +56,8 @@ async fn create_job(
         request.max_concurrency.map_or("none".into(), |l| l.to_string()),
         request.max_errors.map_or("none".into(), |l| l.to_string()),
     );
-    let job = fleet.create_job(request).await?;
-    fleet.audit(
+    let job = app.jobs().create(request).await?;
+    app.audit().record(
         &actor(peer),
         "job.send",
         &job.id.to_string(),
@@ -71,9 +66,9 @@ async fn create_job(
     Ok((StatusCode::CREATED, Json(job_view(&job))))
 }
 
-async fn dry_run(State(fleet): State<AppState>, body: Body) -> ApiResult<Json<TargetList>> {
+async fn dry_run(State(app): State<AppState>, body: Body) -> ApiResult<Json<TargetList>> {
     let request: JobRequest = read_json(body).await?;
-    Ok(Json(TargetList { app_ids: fleet.resolve_job(&request)? }))
+    Ok(Json(TargetList { app_ids: app.jobs().resolve(&request)? }))
 }
 
 /// Query of a job list.
@@ -83,12 +78,12 @@ struct ListQuery {
 }
 
 async fn list_jobs(
-    State(fleet): State<AppState>,
+    State(app): State<AppState>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> ApiResult<Json<JobList>> {
     let Query(query) = query.map_err(bad_query)?;
     let limit = query.limit.unwrap_or(DEFAULT_LIST_LIMIT).clamp(1, MAX_LIST_LIMIT);
-    Ok(Json(JobList { jobs: fleet.list_jobs(limit)? }))
+    Ok(Json(JobList { jobs: app.jobs().list(limit)? }))
 }
 
 /// Query of a job get.
@@ -99,14 +94,14 @@ struct JobQuery {
 }
 
 async fn get_job(
-    State(fleet): State<AppState>,
+    State(app): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<JobQuery>, QueryRejection>,
 ) -> ApiResult<Json<JobView>> {
     let id = job_id(path)?;
     let Query(query) = query.map_err(bad_query)?;
     let wait = Duration::from_secs(query.wait.unwrap_or(0).min(MAX_WAIT_SECS));
-    let job = fleet.wait_job(id, query.after_version, wait).await?;
+    let job = app.jobs().wait(id, query.after_version, wait).await?;
     Ok(Json(job_view(&job)))
 }
 
@@ -118,56 +113,61 @@ struct ResultsQuery {
 }
 
 async fn results(
-    State(fleet): State<AppState>,
+    State(app): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<ResultsQuery>, QueryRejection>,
 ) -> ApiResult<Json<JobResults>> {
     let id = job_id(path)?;
     let Query(query) = query.map_err(bad_query)?;
     let limit = query.limit.unwrap_or(MAX_RESULTS_PAGE);
-    Ok(Json(fleet.job_results(id, query.after.as_deref(), limit)?))
+    Ok(Json(app.job_outcomes().page(id, query.after.as_deref(), limit)?))
 }
 
 async fn groups(
-    State(fleet): State<AppState>,
+    State(app): State<AppState>,
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<JobGroups>> {
-    Ok(Json(fleet.job_groups(job_id(path)?)?))
+    Ok(Json(app.job_outcomes().groups(job_id(path)?)?))
 }
 
 async fn pause(
-    State(fleet): State<AppState>,
+    State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<JobView>> {
     let id = job_id(path)?;
-    let job = fleet.pause_job(id).await?;
-    fleet.audit(&actor(peer), "job.pause", &id.to_string(), "")?;
+    let job = app.jobs().pause(id).await?;
+    app.audit().record(&actor(peer), "job.pause", &id.to_string(), "")?;
     info!(job = %id, "job paused");
     Ok(Json(job_view(&job)))
 }
 
 async fn resume(
-    State(fleet): State<AppState>,
+    State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<JobView>> {
     let id = job_id(path)?;
-    let job = fleet.resume_job(id).await?;
-    fleet.audit(&actor(peer), "job.resume", &id.to_string(), "")?;
+    let job = app.jobs().resume(id).await?;
+    app.audit().record(&actor(peer), "job.resume", &id.to_string(), "")?;
     info!(job = %id, "job resumed");
     Ok(Json(job_view(&job)))
 }
 
 async fn cancel(
-    State(fleet): State<AppState>,
+    State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     path: Result<Path<String>, PathRejection>,
     body: Body,
 ) -> ApiResult<Json<JobView>> {
     let id = job_id(path)?;
     let request: CancelRequest = read_json(body).await?;
-    let job = fleet.cancel_job(id, request.force).await?;
-    fleet.audit(&actor(peer), "job.cancel", &id.to_string(), if request.force { "forced" } else { "" })?;
+    let job = app.jobs().cancel(id, request.force).await?;
+    app.audit().record(
+        &actor(peer),
+        "job.cancel",
+        &id.to_string(),
+        if request.force { "forced" } else { "" },
+    )?;
     Ok(Json(job_view(&job)))
 }

@@ -22,8 +22,10 @@ use crate::protocol::wire::{
     self, CODE_ERROR, CODE_NO_TASK, Envelope, OutputAck, OutputChunk, PollControl, RegisterReply,
     ReportRequest, shown,
 };
-use crate::server::fleet::{FleetError, PollResult, wire_task};
+use crate::server::error::ServiceError;
+use crate::server::polling::PollResult;
 use crate::server::store::{AgentRecord, AgentStatus};
+use crate::server::views::wire_task;
 
 /// Routes of the agent protocol.
 pub fn routes() -> axum::Router<AppState> {
@@ -51,21 +53,21 @@ fn refuse(message: impl Into<String>) -> Response {
 type Peer = ConnectInfo<SocketAddr>;
 
 async fn register(
-    State(state): State<AppState>,
+    State(app): State<AppState>,
     ConnectInfo(peer): Peer,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let (request, credential) = match registration(&state, peer.ip(), &headers, body).await {
+    let (request, credential) = match registration(&app, peer.ip(), &headers, body).await {
         Ok(ok) => ok,
         Err(refusal) => return answer_refusal("register", refusal),
     };
-    match state.register(request, credential).await {
+    match app.enrollment().register(request, credential).await {
         Ok(agent) => {
             info!(agent = %agent.app_id, version = ?agent.version, status = agent.status.as_str(), "agent registered");
             reply(Envelope::ok("registration successful", register_reply(&agent)))
         }
-        Err(FleetError::Store(e)) => unavailable("register", format!("server error, retry later: {e}")),
+        Err(ServiceError::Store(e)) => unavailable("register", format!("server error, retry later: {e}")),
         Err(e) => refused("register", e.to_string()),
     }
 }
@@ -103,15 +105,15 @@ fn answer_refusal(endpoint: &str, refusal: Refusal) -> Response {
 }
 
 async fn ping(
-    State(state): State<AppState>,
+    State(app): State<AppState>,
     ConnectInfo(peer): Peer,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match agent_call(&state, peer.ip(), wire::PING_PATH, &headers, body).await {
+    match agent_call(&app, peer.ip(), wire::PING_PATH, &headers, body).await {
         Ok((agent, _)) => {
             debug!(agent = %agent.app_id, "ping");
-            if let Err(e) = state.store.durable().await {
+            if let Err(e) = app.polling().pong().await {
                 return unavailable("ping", format!("server error, retry later: {e}"));
             }
             reply(Envelope::ok("pong", "pong"))
@@ -121,13 +123,13 @@ async fn ping(
 }
 
 async fn get_task(
-    State(state): State<AppState>,
+    State(app): State<AppState>,
     ConnectInfo(peer): Peer,
     Extension(place): Extension<BusyPermit>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let agent = match agent_call(&state, peer.ip(), wire::GET_TASK_PATH, &headers, body).await {
+    let agent = match agent_call(&app, peer.ip(), wire::GET_TASK_PATH, &headers, body).await {
         Ok((agent, _)) => agent,
         // A replayed or rate-limited getTask gets nothing; code 2 keeps an original client
         // (which exits on code 1) polling.
@@ -140,7 +142,7 @@ async fn get_task(
     // A parked poll is not load: its place goes back before it parks.
     place.release();
     if agent.status == AgentStatus::Pending {
-        state.wait_for_acceptance(&agent.app_id).await;
+        app.polling().wait_for_acceptance(&agent.app_id).await;
         let message = format!(
             "pending approval: an operator must run `orange agents accept {}` before this agent gets tasks",
             agent.app_id
@@ -151,15 +153,7 @@ async fn get_task(
         Ok(capacity) => capacity,
         Err(message) => return refused("getTask", message),
     };
-    let polled = state.next_task(&agent.app_id, capacity).await;
-    // What a poll hands out (a task, cancels) must not be had again by replaying it after a
-    // crash: its use record, and the delivery, go to disk first. An empty answer needs neither.
-    let polled = match polled {
-        Ok(PollResult::Empty) => Ok(PollResult::Empty),
-        Ok(found) => state.store.durable().await.map(|()| found),
-        Err(e) => Err(e),
-    };
-    match polled {
+    match app.polling().next_task(&agent.app_id, capacity).await {
         Ok(PollResult::Task(task)) => {
             info!(agent = %agent.app_id, task = %task.id, task_type = %task.task_type, "task delivered");
             reply(Envelope::ok("task fetched", wire_task(&task)))
@@ -194,12 +188,12 @@ fn capacity(headers: &HeaderMap) -> Result<Option<usize>, String> {
 }
 
 async fn output(
-    State(state): State<AppState>,
+    State(app): State<AppState>,
     ConnectInfo(peer): Peer,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let (agent, body) = match agent_call(&state, peer.ip(), wire::OUTPUT_PATH, &headers, body).await {
+    let (agent, body) = match agent_call(&app, peer.ip(), wire::OUTPUT_PATH, &headers, body).await {
         Ok(ok) => ok,
         Err(refusal) => return answer_refusal("output", refusal),
     };
@@ -207,20 +201,20 @@ async fn output(
         Ok(chunk) => chunk,
         Err(e) => return refused("output", format!("malformed JSON: {e}")),
     };
-    match state.store_output(&agent.app_id, chunk).await {
+    match app.reports().output(&agent.app_id, chunk).await {
         Ok(ack) => reply(Envelope::ok("output stored", OutputAck { cancel: ack.cancel })),
-        Err(FleetError::Store(e)) => unavailable("output", format!("server error, retry later: {e}")),
+        Err(ServiceError::Store(e)) => unavailable("output", format!("server error, retry later: {e}")),
         Err(e) => refused("output", e.to_string()),
     }
 }
 
 async fn report_task(
-    State(state): State<AppState>,
+    State(app): State<AppState>,
     ConnectInfo(peer): Peer,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let (agent, body) = match agent_call(&state, peer.ip(), wire::REPORT_TASK_PATH, &headers, body).await {
+    let (agent, body) = match agent_call(&app, peer.ip(), wire::REPORT_TASK_PATH, &headers, body).await {
         Ok(ok) => ok,
         Err(refusal) => return answer_refusal("reportTask", refusal),
     };
@@ -228,23 +222,23 @@ async fn report_task(
         Ok(report) => report,
         Err(e) => return refused("reportTask", format!("malformed JSON: {e}")),
     };
-    match state.report(&agent.app_id, report).await {
+    match app.reports().report(&agent.app_id, report).await {
         Ok(task) => {
             info!(agent = %agent.app_id, task = %task.id, status = %task.status, "task reported");
             reply(Envelope::<()>::empty(wire::CODE_OK, "task status updated successfully"))
         }
-        Err(FleetError::Store(e)) => unavailable("reportTask", format!("server error, retry later: {e}")),
+        Err(ServiceError::Store(e)) => unavailable("reportTask", format!("server error, retry later: {e}")),
         Err(e) => refused("reportTask", e.to_string()),
     }
 }
 
 async fn facts(
-    State(state): State<AppState>,
+    State(app): State<AppState>,
     ConnectInfo(peer): Peer,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let (agent, body) = match agent_call(&state, peer.ip(), FACTS_PATH, &headers, body).await {
+    let (agent, body) = match agent_call(&app, peer.ip(), FACTS_PATH, &headers, body).await {
         Ok(ok) => ok,
         Err(refusal) => return answer_refusal("facts", refusal),
     };
@@ -252,12 +246,12 @@ async fn facts(
         Ok(facts) => facts,
         Err(e) => return refused("facts", format!("malformed JSON: {e}")),
     };
-    match state.update_facts(&agent.app_id, facts).await {
+    match app.inventory().update_facts(&agent.app_id, facts).await {
         Ok(()) => {
             info!(agent = %agent.app_id, "facts updated");
             reply(Envelope::<()>::empty(wire::CODE_OK, "facts stored"))
         }
-        Err(FleetError::Store(e)) => unavailable("facts", format!("server error, retry later: {e}")),
+        Err(ServiceError::Store(e)) => unavailable("facts", format!("server error, retry later: {e}")),
         Err(e) => refused("facts", e.to_string()),
     }
 }

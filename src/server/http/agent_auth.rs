@@ -17,8 +17,8 @@ use crate::protocol::wire::{
     HEADER_SIGN_VERSION, HEADER_TIME, RegisterRequest,
 };
 use crate::server::enroll::Credential;
-use crate::server::fleet::FleetError;
-use crate::server::guard::{ReplayError, admit_once};
+use crate::server::error::ServiceError;
+use crate::server::guard::ReplayError;
 use crate::server::store::AgentRecord;
 
 /// Why an agent call was refused.
@@ -107,27 +107,30 @@ async fn read_body(body: Body) -> Result<Bytes, Refusal> {
 }
 
 /// Reads the body and checks the time, the signature against `key`, and that the request is
-/// not a replay. The record of this use is written but not yet synced: a handler must make it
-/// durable ([`crate::server::store::Store::durable`]) before an answer that a replay could
-/// profit from, or a crash right after the answer would let the same request in again.
+/// not a replay. The record of this use is written but not yet synced: the service that answers
+/// makes it durable (e.g. [`Polling::next_task`](crate::server::polling::Polling::next_task))
+/// before an answer that a replay could profit from, or a crash right after the answer would
+/// let the same request in again.
 pub async fn verified(
-    state: &AppState,
+    app: &AppState,
     source: IpAddr,
     path: &str,
     headers: &HeaderMap,
     body: Body,
     key: &Signer,
 ) -> Result<(Signed, Bytes), Refusal> {
-    state.failures.check(source, Utc::now().timestamp()).map_err(|e| Refusal::transient(e.to_string()))?;
+    app.guard()
+        .check_source(source, Utc::now().timestamp())
+        .map_err(|e| Refusal::transient(e.to_string()))?;
     let signed = signed_headers(headers)?;
     let body = read_body(body).await?;
-    check_signed(state, source, path, &signed, &body, key)?;
+    check_signed(app, source, path, &signed, &body, key)?;
     Ok((signed, body))
 }
 
 /// Checks the time, the signature of `body` against `key`, and that it is not a replay.
 fn check_signed(
-    state: &AppState,
+    app: &AppState,
     source: IpAddr,
     path: &str,
     signed: &Signed,
@@ -145,22 +148,24 @@ fn check_signed(
         }
     };
     if let Err(e) = checked {
-        state.failures.record(source, now.timestamp());
+        app.guard().record_failure(source, now.timestamp());
         return Err(format!("{e} for app id {:?}", wire::shown(&signed.app_id)).into());
     }
-    admit_signed_once(state, signed)
+    admit_signed_once(app, signed)
 }
 
 /// Authenticates a registration: by the enrollment key, an enrollment token, or (asking to
 /// wait for acceptance) the agent's own secret from the body. Returns the request and how it
 /// proved itself.
 pub async fn registration(
-    state: &AppState,
+    app: &AppState,
     source: IpAddr,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(RegisterRequest, Credential), Refusal> {
-    state.failures.check(source, Utc::now().timestamp()).map_err(|e| Refusal::transient(e.to_string()))?;
+    app.guard()
+        .check_source(source, Utc::now().timestamp())
+        .map_err(|e| Refusal::transient(e.to_string()))?;
     let signed = signed_headers(headers)?;
     let body = read_body(body).await?;
     let parse = || -> Result<RegisterRequest, Refusal> {
@@ -168,13 +173,13 @@ pub async fn registration(
     };
     let credential = credential(headers);
     let key = match &credential {
-        Credential::EnrollKey => Signer::new(&state.enroll_key),
-        Credential::Token(id) => Signer::new(&usable_token(state, id)?),
+        Credential::EnrollKey => app.guard().enroll_key().clone(),
+        Credential::Token(id) => token_key(app, id)?,
         // Signed with the secret it asks to enroll: the body is parsed (under its size limit)
         // only to find the key; nothing is stored before the signature checks out.
         Credential::None => Signer::new(&parse()?.secret),
     };
-    check_signed(state, source, wire::REGISTER_PATH, &signed, &body, &key)?;
+    check_signed(app, source, wire::REGISTER_PATH, &signed, &body, &key)?;
     let request = parse()?;
     if request.app_id != signed.app_id {
         return Err(format!("app_id {:?} differs from {HEADER_APPID}", wire::shown(&request.app_id)).into());
@@ -192,16 +197,16 @@ fn credential(headers: &HeaderMap) -> Credential {
     }
 }
 
-/// The secret of a usable enrollment token.
-fn usable_token(state: &AppState, id: &str) -> Result<String, Refusal> {
-    match state.store.usable_token(id, Utc::now().timestamp_millis()) {
-        Ok(Ok(token)) => Ok(token.secret),
+/// The key of a usable enrollment token.
+fn token_key(app: &AppState, id: &str) -> Result<Signer, Refusal> {
+    match app.guard().token_key(id) {
+        Ok(Ok(key)) => Ok(key),
         Ok(Err(e)) => Err(e.to_string().into()),
         Err(e) => Err(Refusal::transient(format!("server error, retry later: {e}"))),
     }
 }
 
-fn admit_signed_once(state: &AppState, signed: &Signed) -> Result<(), Refusal> {
+fn admit_signed_once(app: &AppState, signed: &Signed) -> Result<(), Refusal> {
     // parse_time succeeded inside check_time, so this is the same value.
     let sent = parse_time(&signed.time).unwrap_or(0);
     // Hex reads in either case, so the legacy identity is the signature in one case: a replay
@@ -211,7 +216,7 @@ fn admit_signed_once(state: &AppState, signed: &Signed) -> Result<(), Refusal> {
         Some(nonce) => [signed.app_id.as_bytes(), nonce.as_bytes()],
         None => [signed.app_id.as_bytes(), legacy_sign.as_bytes()],
     };
-    admit_once(&state.store, &identity, sent).map_err(|e| match e {
+    app.guard().admit_once(&identity, sent).map_err(|e| match e {
         ReplayError::Seen => Refusal { message: e.to_string(), kind: RefusalKind::Replay },
         ReplayError::Store(_) => Refusal::transient(format!("server error, retry later: {e}")),
     })
@@ -219,7 +224,7 @@ fn admit_signed_once(state: &AppState, signed: &Signed) -> Result<(), Refusal> {
 
 /// Authenticates a call signed with an agent's own secret and notes the agent is alive.
 pub async fn agent_call(
-    state: &AppState,
+    app: &AppState,
     source: IpAddr,
     path: &str,
     headers: &HeaderMap,
@@ -227,12 +232,12 @@ pub async fn agent_call(
 ) -> Result<(AgentRecord, Bytes), Refusal> {
     let app_id = header(headers, HEADER_APPID).ok_or("appid, sign, and time are required")?;
     wire::check_app_id(&app_id)?;
-    let agent = state.known_agent(&app_id).map_err(|e| match e {
-        FleetError::Store(e) => Refusal::transient(format!("server error, retry later: {e}")),
+    let agent = app.guard().known_agent(&app_id).map_err(|e| match e {
+        ServiceError::Store(e) => Refusal::transient(format!("server error, retry later: {e}")),
         other => other.to_string().into(),
     })?;
-    let (_, body) = verified(state, source, path, headers, body, &Signer::new(&agent.secret)).await?;
-    if let Err(e) = state.touch(&agent) {
+    let (_, body) = verified(app, source, path, headers, body, &Signer::new(&agent.secret)).await?;
+    if let Err(e) = app.guard().touch(&agent) {
         warn!(agent = %agent.app_id, error = %e, "cannot record last seen");
     }
     Ok((agent, body))

@@ -1,10 +1,13 @@
-//! The HTTP front: builds the router (agent endpoints of the original protocol and the operator
-//! API), runs it on a bound listener until a shutdown future completes, and the blocking entry
-//! point `orange server` uses.
+//! The HTTP front: the router built from the services (agent endpoints of the original protocol
+//! behind the overload limit, the operator API behind the admin token), and serving it on a
+//! bound listener until a shutdown future completes. Handlers parse, call a service, and map its
+//! answer; they never reach the store.
 
-mod admin_api;
-mod admin_enroll;
+mod admin_agents;
+mod admin_auth;
+mod admin_common;
 mod admin_jobs;
+mod admin_tasks;
 mod agent_api;
 mod agent_auth;
 mod busy;
@@ -16,29 +19,18 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use axum::Router;
+use axum::http::StatusCode;
 use axum_server::Handle;
 use axum_server::tls_rustls::RustlsConfig;
-use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
-use super::dispatch::Dispatch;
-use super::fleet::{Fleet, policy};
-use super::guard::FailureLimiter;
-use super::store::Store;
-use super::{Secrets, ServerConfig};
+use super::app::Services;
+use super::guard::SecretHash;
+use super::{ServerConfig, TlsFiles};
+use admin_common::ApiFailure;
 
 /// Shared state of every handler.
-pub type AppState = Arc<Fleet>;
-
-/// The whole router.
-pub fn router(fleet: AppState, admin_token: &str) -> Router {
-    let limiter = busy::Limiter::new(fleet.config.max_inflight, fleet.config.retry_after_secs);
-    let agent_routes = agent_api::routes().layer(axum::middleware::from_fn(move |request, next| {
-        busy::limit(Arc::clone(&limiter), request, next)
-    }));
-    Router::new().merge(agent_routes).merge(admin_api::routes(admin_token)).with_state(fleet)
-}
+pub type AppState = Arc<Services>;
 
 /// How long a client may take to send a request's headers (against slow-loris connections).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,61 +39,95 @@ pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// How long a graceful stop waits for requests in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Serves on `listener` (HTTPS when `tls` is given) until `shutdown` completes; then parked
-/// long polls answer "no task", in-flight requests finish, and the function returns.
-pub async fn serve(
-    listener: TcpListener,
-    config: ServerConfig,
-    secrets: Secrets,
+/// The whole router: agent routes under the overload limit, operator routes under the admin
+/// token whose SHA-256 is `admin_token_hash`.
+pub fn router(services: AppState, admin_token_hash: SecretHash, config: &ServerConfig) -> Router {
+    let limiter = busy::Limiter::new(config.max_inflight, config.retry_after_secs);
+    let agent_routes = agent_api::routes().layer(axum::middleware::from_fn(move |request, next| {
+        busy::limit(Arc::clone(&limiter), request, next)
+    }));
+    Router::new().merge(agent_routes).merge(admin_routes(admin_token_hash)).with_state(services)
+}
+
+/// Every route of the operator API under `/api/v1/`, behind the admin token.
+fn admin_routes(admin_token_hash: SecretHash) -> Router<AppState> {
+    let routes = Router::new()
+        .merge(admin_tasks::routes())
+        .merge(admin_agents::routes())
+        .merge(admin_jobs::routes())
+        .fallback(|| async { ApiFailure(StatusCode::NOT_FOUND, "no such API route".into()) })
+        .method_not_allowed_fallback(|| async {
+            ApiFailure(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this API route".into())
+        });
+    admin_auth::guarded(routes, admin_token_hash)
+}
+
+/// A bound socket and, for HTTPS, the TLS identity to serve it with.
+pub struct Listener {
+    tcp: TcpListener,
     tls: Option<RustlsConfig>,
+}
+
+impl Listener {
+    /// Binds `address` and loads the TLS identity of `tls`, if given.
+    pub async fn bind(address: SocketAddr, tls: Option<&TlsFiles>) -> Result<Self> {
+        let tcp = TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
+        let tls = match tls {
+            None => None,
+            Some(files) => {
+                Some(RustlsConfig::from_pem_file(&files.cert, &files.key).await.with_context(|| {
+                    format!(
+                        "cannot load TLS certificate {} and key {}",
+                        files.cert.display(),
+                        files.key.display()
+                    )
+                })?)
+            }
+        };
+        Ok(Listener { tcp, tls })
+    }
+
+    /// The address bound (with the port chosen, when port 0 was asked for).
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.tcp.local_addr().context("cannot read the bound address")
+    }
+
+    /// `https` or `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` completes; then requests in flight get up to
+/// [`DRAIN_TIMEOUT`] to finish, and the function returns.
+pub async fn serve(
+    listener: Listener,
+    app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    // The running server keeps only a hash of the admin token.
-    let Secrets { admin_token, enroll_key } = secrets;
-    let mut config = config;
-    config.admin_token = None;
-    let store = Store::open(&config.data_dir, config.cache_capacity_bytes, policy(&config))
-        .with_context(|| format!("cannot open the database in {}", config.data_dir.display()))?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let fleet = Arc::new(Fleet {
-        store,
-        dispatch: Dispatch::new(stop_rx),
-        config,
-        failures: FailureLimiter::default(),
-        admin_token_hash: Sha256::digest(admin_token.as_bytes()).into(),
-        enroll_key,
-    });
-    let sweeper = tokio::spawn(Arc::clone(&fleet).sweep_loop());
-    tokio::spawn(Arc::clone(&fleet).job_event_loop());
-    let app = router(Arc::clone(&fleet), &admin_token);
-    drop(admin_token);
     let handle = Handle::new();
     let stopper = handle.clone();
     tokio::spawn(async move {
         shutdown.await;
-        tracing::info!("stopping: answering parked polls and finishing requests");
-        let _ = stop_tx.send(true);
         stopper.graceful_shutdown(Some(DRAIN_TIMEOUT));
     });
-    let listener = listener.into_std().context("cannot take over the listening socket")?;
+    let Listener { tcp, tls } = listener;
+    let tcp = tcp.into_std().context("cannot take over the listening socket")?;
     let app = app.into_make_service_with_connect_info::<SocketAddr>();
     let served = match tls {
         None => {
-            let mut server = axum_server::from_tcp(listener).context("cannot serve on the socket")?;
+            let mut server = axum_server::from_tcp(tcp).context("cannot serve on the socket")?;
             limit_http(server.http_builder());
             server.handle(handle).serve(app).await
         }
         Some(tls) => {
-            let mut server = axum_server::tls_rustls::from_tcp_rustls(listener, tls)
-                .context("cannot serve on the socket")?;
+            let mut server =
+                axum_server::tls_rustls::from_tcp_rustls(tcp, tls).context("cannot serve on the socket")?;
             limit_http(server.http_builder());
             server.handle(handle).serve(app).await
         }
     };
-    served.context("server failed")?;
-    let _ = sweeper.await;
-    fleet.store.durable().await.context("cannot sync the database on shutdown")?;
-    Ok(())
+    served.context("server failed")
 }
 
 /// Puts the header limits on the HTTP/1 connections.

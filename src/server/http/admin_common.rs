@@ -1,0 +1,93 @@
+//! What every operator route shares: the error answer (`{"error": message}` with a status),
+//! reading a JSON body under its limit, refusing a malformed path or query, parsing an id, and
+//! naming the operator in the audit record.
+
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::Path;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use tracing::error;
+
+use crate::protocol::TaskId;
+use crate::protocol::admin::ApiError;
+use crate::protocol::wire::shown;
+use crate::server::error::ServiceError;
+use crate::server::store::StoreError;
+
+/// Largest admin request body.
+const MAX_ADMIN_BODY: usize = 1024 * 1024;
+
+/// An admin API failure: a status and a message, answered as `{"error": message}`.
+pub struct ApiFailure(pub StatusCode, pub String);
+
+impl IntoResponse for ApiFailure {
+    fn into_response(self) -> Response {
+        (self.0, Json(ApiError { error: self.1 })).into_response()
+    }
+}
+
+impl From<ServiceError> for ApiFailure {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::BadRequest(m) => ApiFailure(StatusCode::BAD_REQUEST, m),
+            ServiceError::NotFound(m) => ApiFailure(StatusCode::NOT_FOUND, m),
+            ServiceError::TooLarge(m) => ApiFailure(StatusCode::PAYLOAD_TOO_LARGE, m),
+            ServiceError::Conflict(m) => ApiFailure(StatusCode::CONFLICT, m),
+            ServiceError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<StoreError> for ApiFailure {
+    fn from(e: StoreError) -> Self {
+        error!(error = %e, "store failure in admin API");
+        ApiFailure(StatusCode::INTERNAL_SERVER_ERROR, format!("server error: {e}"))
+    }
+}
+
+/// The result of an admin handler.
+pub type ApiResult<T> = Result<T, ApiFailure>;
+
+/// Reads a JSON body under the admin body limit.
+pub async fn read_json<T: DeserializeOwned>(body: Body) -> ApiResult<T> {
+    let bytes = axum::body::to_bytes(body, MAX_ADMIN_BODY).await.map_err(|_| {
+        ApiFailure(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than {MAX_ADMIN_BODY} bytes"),
+        )
+    })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiFailure(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")))
+}
+
+/// A malformed query as a 400.
+pub fn bad_query(e: QueryRejection) -> ApiFailure {
+    ApiFailure(StatusCode::BAD_REQUEST, format!("bad query: {}", e.body_text()))
+}
+
+/// A malformed path as a 400.
+pub fn bad_path(e: PathRejection) -> ApiFailure {
+    ApiFailure(StatusCode::BAD_REQUEST, format!("bad path: {}", e.body_text()))
+}
+
+/// The id in a path, of a `what` (`task`, `job`): a UUID, else a 400.
+pub fn path_id(path: Result<Path<String>, PathRejection>, what: &str) -> ApiResult<TaskId> {
+    let Path(id) = path.map_err(bad_path)?;
+    parse_id(&id, what)
+}
+
+/// The id of a `what` (`task`, `job`): a UUID, else a 400.
+pub fn parse_id(id: &str, what: &str) -> ApiResult<TaskId> {
+    TaskId::parse_str(id)
+        .map_err(|_| ApiFailure(StatusCode::BAD_REQUEST, format!("{what} id {:?} is not a UUID", shown(id))))
+}
+
+/// Who an operator request comes from, for the audit record.
+pub fn actor(peer: SocketAddr) -> String {
+    format!("admin@{}", peer.ip())
+}

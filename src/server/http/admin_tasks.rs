@@ -1,0 +1,128 @@
+//! Operator routes for tasks under `/api/v1/tasks`: send, list, get (with a wait for the end),
+//! cancel, and read output page by page.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use tracing::info;
+
+use super::AppState;
+use super::admin_common::{ApiResult, actor, bad_path, bad_query, parse_id, path_id, read_json};
+use crate::protocol::admin::{
+    CancelRequest, EnqueueReply, EnqueueRequest, MAX_LIST_LIMIT, MAX_WAIT_SECS, OutputPage, TASKS_PATH,
+    TaskList, TaskView,
+};
+use crate::server::store::TaskRecord;
+
+/// Tasks listed when no limit is given.
+const DEFAULT_LIST_LIMIT: usize = 100;
+
+/// The task routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(TASKS_PATH, get(list_tasks).post(enqueue))
+        .route(&format!("{TASKS_PATH}/{{id}}"), get(get_task))
+        .route(&format!("{TASKS_PATH}/{{id}}/cancel"), post(cancel_task))
+        .route(&format!("{TASKS_PATH}/{{id}}/output"), get(task_output))
+}
+
+async fn enqueue(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<EnqueueReply>)> {
+    let request: EnqueueRequest = read_json(body).await?;
+    let detail = format!("type {}, payload {} bytes", request.task_type, request.payload.len());
+    let tasks = app.tasks().enqueue(request).await?;
+    app.audit().record(&actor(peer), "task.send", &audit_target(&tasks), &detail)?;
+    info!(count = tasks.len(), task_type = %tasks.first().map_or("", |t| t.task_type.as_str()), "tasks enqueued");
+    Ok((StatusCode::CREATED, Json(EnqueueReply { tasks: app.task_views().list(&tasks)? })))
+}
+
+/// The tasks of an enqueue as the audit record names them.
+fn audit_target(tasks: &[TaskRecord]) -> String {
+    match tasks {
+        [one] => one.id.to_string(),
+        many => format!(
+            "{} tasks, first {}",
+            many.len(),
+            many.first().map_or(String::new(), |t| t.id.to_string())
+        ),
+    }
+}
+
+/// Query of a task list.
+#[derive(Deserialize)]
+struct ListQuery {
+    app_id: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_tasks(
+    State(app): State<AppState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> ApiResult<Json<TaskList>> {
+    let Query(query) = query.map_err(bad_query)?;
+    let limit = query.limit.unwrap_or(DEFAULT_LIST_LIMIT).clamp(1, MAX_LIST_LIMIT);
+    let tasks = app.tasks().list(query.app_id.as_deref(), limit)?;
+    Ok(Json(TaskList { tasks: app.task_views().list(&tasks)? }))
+}
+
+/// Query of a task get.
+#[derive(Deserialize)]
+struct WaitQuery {
+    wait: Option<u64>,
+}
+
+async fn get_task(
+    State(app): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<WaitQuery>, QueryRejection>,
+) -> ApiResult<Json<TaskView>> {
+    let Path(id) = path.map_err(bad_path)?;
+    let Query(query) = query.map_err(bad_query)?;
+    let id = parse_id(&id, "task")?;
+    let wait = Duration::from_secs(query.wait.unwrap_or(0).min(MAX_WAIT_SECS));
+    let task = app.tasks().wait(id, wait).await?;
+    Ok(Json(app.task_views().full(&task)?))
+}
+
+async fn cancel_task(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    path: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> ApiResult<Json<TaskView>> {
+    let id = path_id(path, "task")?;
+    let request: CancelRequest = read_json(body).await?;
+    let task = app.tasks().cancel(id, request.force).await?;
+    let detail = if request.force { "forced" } else { "" };
+    app.audit().record(&actor(peer), "task.cancel", &id.to_string(), detail)?;
+    info!(task = %id, force = request.force, status = %task.status, "task cancel");
+    Ok(Json(app.task_views().full(&task)?))
+}
+
+/// Query of an output page.
+#[derive(Deserialize)]
+struct OutputQuery {
+    after: Option<u32>,
+    wait: Option<u64>,
+}
+
+async fn task_output(
+    State(app): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<OutputQuery>, QueryRejection>,
+) -> ApiResult<Json<OutputPage>> {
+    let id = path_id(path, "task")?;
+    let Query(query) = query.map_err(bad_query)?;
+    let wait = Duration::from_secs(query.wait.unwrap_or(0).min(MAX_WAIT_SECS));
+    Ok(Json(app.tasks().output_page(id, query.after.unwrap_or(0), wait).await?))
+}

@@ -1,0 +1,110 @@
+//! Handing work to agents: the long poll (cancels to tell first, then the next task if the agent
+//! has room), the wait of a pending agent for acceptance, and the answer to a ping. Whatever a
+//! poll hands out is on stable storage before it is answered.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::clock::now_ms;
+use super::dispatch::Dispatch;
+use super::store::{AgentStatus, Delivery, Store, StoreError, TaskRecord};
+use crate::protocol::TaskId;
+
+/// What one long poll brings an agent.
+#[derive(Debug)]
+pub enum PollResult {
+    /// A task to run.
+    Task(Box<TaskRecord>),
+    /// Running tasks the agent must stop.
+    Cancels(Vec<TaskId>),
+    /// Nothing within the window (or a newer poll replaced this one, or the server stops).
+    Empty,
+}
+
+/// The long polls of agents.
+pub struct Polling {
+    store: Arc<Store>,
+    dispatch: Arc<Dispatch>,
+    window: Duration,
+}
+
+impl Polling {
+    /// Long polls over `store` that wait up to `window` for work.
+    pub fn new(store: Arc<Store>, dispatch: Arc<Dispatch>, window: Duration) -> Self {
+        Polling { store, dispatch, window }
+    }
+
+    /// Long poll of `app_id`, waiting up to the poll window. `capacity` is what an orange agent
+    /// said it can start now (`None` for an original client, which gets neither cancels nor an
+    /// acknowledged delivery). A task or cancels are durable when this returns.
+    pub async fn next_task(&self, app_id: &str, capacity: Option<usize>) -> Result<PollResult, StoreError> {
+        let found = self.wait_for_work(app_id, capacity).await?;
+        // What a poll hands out (a task, cancels) must not be had again by replaying it after a
+        // crash: its use record, and the delivery, go to disk first. An empty answer needs neither.
+        if !matches!(found, PollResult::Empty) {
+            self.store.durable().await?;
+        }
+        Ok(found)
+    }
+
+    async fn wait_for_work(&self, app_id: &str, capacity: Option<usize>) -> Result<PollResult, StoreError> {
+        let poll = self.dispatch.park(app_id);
+        let deadline = tokio::time::Instant::now() + self.window;
+        loop {
+            // Registered before the store is read, so an enqueue in between is not missed.
+            let woken = poll.slot.signal.notified();
+            if poll.superseded() {
+                return Ok(PollResult::Empty);
+            }
+            if let Some(found) = self.poll_once(app_id, capacity)? {
+                return Ok(found);
+            }
+            tokio::select! {
+                _ = woken => continue,
+                _ = tokio::time::sleep_until(deadline) => return Ok(PollResult::Empty),
+                _ = self.dispatch.stopped() => return Ok(PollResult::Empty),
+            }
+        }
+    }
+
+    /// One look at the store for a poll: cancels to tell first, then a task if there is room.
+    fn poll_once(&self, app_id: &str, capacity: Option<usize>) -> Result<Option<PollResult>, StoreError> {
+        if capacity.is_some() {
+            let pending = self.store.pending_cancels(app_id)?;
+            let cancels = self.dispatch.cancels_to_tell(pending, Instant::now());
+            if !cancels.is_empty() {
+                return Ok(Some(PollResult::Cancels(cancels)));
+            }
+        }
+        let delivery = if capacity.is_some() { Delivery::Acknowledged } else { Delivery::Legacy };
+        if capacity == Some(0) {
+            return Ok(None);
+        }
+        Ok(self.store.take_next(app_id, delivery, now_ms())?.map(|task| PollResult::Task(Box::new(task))))
+    }
+
+    /// Parks a poll of a pending agent until an operator accepts it or the poll window ends.
+    pub async fn wait_for_acceptance(&self, app_id: &str) {
+        let poll = self.dispatch.park(app_id);
+        let deadline = tokio::time::Instant::now() + self.window;
+        loop {
+            let woken = poll.slot.signal.notified();
+            let accepted =
+                matches!(self.store.agent(app_id), Ok(Some(a)) if a.status == AgentStatus::Accepted);
+            if accepted || poll.superseded() {
+                return;
+            }
+            tokio::select! {
+                _ = woken => {}
+                _ = tokio::time::sleep_until(deadline) => return,
+                _ = self.dispatch.stopped() => return,
+            }
+        }
+    }
+
+    /// Returns once a ping may be answered: its use record is on stable storage, so a replay
+    /// after a crash cannot earn a second pong.
+    pub async fn pong(&self) -> Result<(), StoreError> {
+        self.store.durable().await
+    }
+}

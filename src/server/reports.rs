@@ -1,0 +1,111 @@
+//! What agents send about their tasks: reports of a task's state (`doing` acknowledges a
+//! delivery, a final one ends the task) and streamed output chunks. Both are on stable storage
+//! before they are acknowledged; operators following the task are woken after.
+
+use std::sync::Arc;
+
+use super::clock::now_ms;
+use super::dispatch::Dispatch;
+use super::error::ServiceError;
+use super::store::{ChunkAck, Outcome, Store, Stream, TaskRecord};
+use crate::protocol::wire::{self, OutputChunk, ReportRequest};
+use crate::protocol::{TaskId, TaskStatus};
+
+/// Longest error text a report may store, in characters.
+const REPORT_ERROR_CHARS: usize = 4096;
+
+/// Takes agents' reports and output.
+pub struct Reports {
+    store: Arc<Store>,
+    dispatch: Arc<Dispatch>,
+}
+
+impl Reports {
+    /// Reports into `store`, waking followers through `dispatch`.
+    pub fn new(store: Arc<Store>, dispatch: Arc<Dispatch>) -> Self {
+        Reports { store, dispatch }
+    }
+
+    /// Applies a report from `app_id`, makes it durable and wakes waiters.
+    pub async fn report(&self, app_id: &str, report: ReportRequest) -> Result<TaskRecord, ServiceError> {
+        let id = parse_task_id(&report.task_id)?;
+        let outcome = outcome_of(report)?;
+        let result = self.store.apply_report(app_id, id, &outcome, now_ms());
+        // A refused report may still have cleared a pending cancel: sync either way.
+        self.store.durable().await?;
+        let task = result?;
+        self.dispatch.task_changed(id);
+        Ok(task)
+    }
+
+    /// Stores one streamed output chunk, makes it durable and wakes followers.
+    pub async fn output(&self, app_id: &str, chunk: OutputChunk) -> Result<ChunkAck, ServiceError> {
+        let id = parse_task_id(&chunk.task_id)?;
+        let stream = Stream::from_name(&chunk.stream).ok_or_else(|| {
+            ServiceError::BadRequest(format!(
+                "stream {:?} is not stdout or stderr",
+                wire::shown(&chunk.stream)
+            ))
+        })?;
+        if chunk.data.len() > wire::MAX_CHUNK_LEN {
+            return Err(ServiceError::TooLarge(format!(
+                "output chunk is {} bytes; the limit is {}",
+                chunk.data.len(),
+                wire::MAX_CHUNK_LEN
+            )));
+        }
+        let ack = self.store.store_chunk(app_id, id, chunk.seq, stream, chunk.data.as_bytes(), now_ms())?;
+        self.store.durable().await?;
+        self.dispatch.task_changed(id);
+        Ok(ack)
+    }
+}
+
+fn parse_task_id(text: &str) -> Result<TaskId, ServiceError> {
+    TaskId::parse_str(text)
+        .map_err(|_| ServiceError::BadRequest(format!("task id {:?} is not a UUID", wire::shown(text))))
+}
+
+/// Maps a report's `do_status` and fields to a state change.
+fn outcome_of(report: ReportRequest) -> Result<Outcome, ServiceError> {
+    let status = reported_status(&report.do_status)?;
+    let mut output = Vec::new();
+    if report.output_chunks.is_none() {
+        output.push((Stream::Stdout, capped(report.stdout.unwrap_or_default())));
+        output.push((Stream::Stderr, capped(report.stderr.unwrap_or_default())));
+    }
+    output.push((Stream::Result, capped(report.result)));
+    output.retain(|(_, bytes)| !bytes.is_empty());
+    Ok(Outcome {
+        status,
+        exit_code: report.exit_code,
+        error: report.error.map(|e| e.chars().take(REPORT_ERROR_CHARS).collect()),
+        duration_ms: report.duration_ms,
+        output,
+    })
+}
+
+/// The state a report's `do_status` names.
+fn reported_status(do_status: &str) -> Result<TaskStatus, ServiceError> {
+    Ok(match do_status {
+        wire::DO_STATUS_DOING => TaskStatus::Running,
+        wire::DO_STATUS_SUCCESS => TaskStatus::Succeeded,
+        wire::DO_STATUS_FAILED => TaskStatus::Failed,
+        wire::DO_STATUS_TIMEOUT => TaskStatus::TimedOut,
+        wire::DO_STATUS_CANCELLED => TaskStatus::Cancelled,
+        wire::DO_STATUS_LOST => TaskStatus::Lost,
+        other => {
+            return Err(ServiceError::BadRequest(format!(
+                "do_status {:?} is not one of doing, success, failed, timeout, cancelled, lost",
+                wire::shown(other)
+            )));
+        }
+    })
+}
+
+/// Output a report may carry per stream: the agent caps it, the server enforces it.
+fn capped(text: String) -> Vec<u8> {
+    let mut bytes = text.into_bytes();
+    bytes.truncate(wire::MAX_OUTPUT_LEN);
+    bytes
+}

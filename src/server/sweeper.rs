@@ -1,0 +1,123 @@
+//! The background sweeper: applies due deadlines every sweep interval (queue expiry, ack window,
+//! end of run), and retention every minute (or every quarter of a shorter retention period):
+//! finished tasks, done jobs, used request records and silent agents older than the retention
+//! period, and job cancels cut short by a crash. After retention it compacts the database if it
+//! is mostly garbage.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use super::clock::{millis, now_ms};
+use super::dispatch::Dispatch;
+use super::guard::forget_old_uses;
+use super::store::{Store, StoreError};
+use super::tasks::tell_cancelled;
+
+/// How often retention runs (more often when the retention period is shorter than 4 minutes).
+const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Applies deadlines and retention until the server stops.
+pub struct Sweeper {
+    store: Arc<Store>,
+    dispatch: Arc<Dispatch>,
+    interval: Duration,
+    retention: Duration,
+}
+
+impl Sweeper {
+    /// A sweeper looking at deadlines every `interval` and keeping records for `retention`.
+    pub fn new(store: Arc<Store>, dispatch: Arc<Dispatch>, interval: Duration, retention: Duration) -> Self {
+        Sweeper { store, dispatch, interval, retention }
+    }
+
+    /// Sweeps until the server stops.
+    pub async fn run(self) {
+        let mut last_retention = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.interval) => {}
+                _ = self.dispatch.stopped() => return,
+            }
+            if let Err(e) = self.sweep_deadlines().await {
+                warn!(error = %e, "deadline sweep failed");
+            }
+            if last_retention.elapsed() >= RETENTION_INTERVAL.min(self.retention / 4) {
+                last_retention = tokio::time::Instant::now();
+                if let Err(e) = self.sweep_retention() {
+                    warn!(error = %e, "retention sweep failed");
+                }
+                self.compact_if_needed().await;
+            }
+        }
+    }
+
+    /// Applies the deadlines that passed; requeued tasks wake their agent.
+    async fn sweep_deadlines(&self) -> Result<usize, StoreError> {
+        let swept = self.store.sweep_deadlines(now_ms())?;
+        if swept.is_empty() {
+            return Ok(0);
+        }
+        self.store.durable().await?;
+        for moved in &swept {
+            info!(task = %moved.task.id, agent = %moved.task.app_id, status = %moved.task.status, "deadline passed");
+            if moved.requeued {
+                self.dispatch.wake_agent(&moved.task.app_id);
+            }
+            self.dispatch.task_changed(moved.task.id);
+        }
+        Ok(swept.len())
+    }
+
+    /// Compacts the database if it is mostly garbage, on a blocking thread (store operations
+    /// wait while it copies).
+    async fn compact_if_needed(&self) {
+        let store = Arc::clone(&self.store);
+        match tokio::task::spawn_blocking(move || store.compact_if_needed()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(error = %e, "compaction failed"),
+            Err(e) => warn!(error = %e, "compaction stopped"),
+        }
+    }
+
+    /// Removes finished tasks, done jobs and silent agents older than the retention period.
+    fn sweep_retention(&self) -> Result<(), StoreError> {
+        let cutoff = now_ms() - millis(self.retention);
+        let removed = repeat_batches(|| self.store.sweep_finished(cutoff))?;
+        self.sweep_job_retention(cutoff)?;
+        forget_old_uses(&self.store, now_ms() / 1000)?;
+        let forgotten = self.store.forget_silent_agents(cutoff)?;
+        if removed > 0 || !forgotten.is_empty() {
+            info!(tasks = removed, agents = forgotten.len(), "retention removed old records");
+        }
+        Ok(())
+    }
+
+    /// Finishes cancels cut short by a crash (see [`Store::finish_cancels`]) and tells the
+    /// agents; then removes jobs done before `cutoff_ms` with their targets and links.
+    fn sweep_job_retention(&self, cutoff_ms: i64) -> Result<(), StoreError> {
+        let cancelled = self.store.finish_cancels(now_ms())?;
+        tell_cancelled(&self.dispatch, &cancelled);
+        if !cancelled.is_empty() {
+            info!(tasks = cancelled.len(), "finished the cancel of jobs cut short");
+        }
+        let removed = repeat_batches(|| self.store.sweep_jobs(cutoff_ms))?;
+        if removed > 0 {
+            info!(jobs = removed, "retention removed old jobs");
+        }
+        Ok(())
+    }
+}
+
+/// Runs a batched removal until a batch removes nothing; the total removed.
+fn repeat_batches(mut batch: impl FnMut() -> Result<usize, StoreError>) -> Result<usize, StoreError> {
+    let mut removed = 0;
+    loop {
+        let done = batch()?;
+        if done == 0 {
+            return Ok(removed);
+        }
+        removed += done;
+    }
+}

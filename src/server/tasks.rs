@@ -1,0 +1,262 @@
+//! The operator's task operations: enqueue (checks, targets, queue room), cancel, list, wait for
+//! a task to finish, and read its output page by page. Each write is on stable storage before it
+//! is answered; agents and waiters are woken after.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::clock::now_ms;
+use super::dispatch::Dispatch;
+use super::error::ServiceError;
+use super::store::{AgentStatus, CancelOutcome, Store, StoreError, Stream, TaskRecord, TaskSpec};
+use super::views::chunk_view;
+use crate::protocol::TaskId;
+use crate::protocol::admin::{EnqueueRequest, OutputPage};
+use crate::protocol::task::new_task_id;
+use crate::protocol::wire;
+
+/// Most output bytes one output page carries.
+const PAGE_BYTES: usize = 1024 * 1024;
+/// Most tasks one agent's queue may hold; an enqueue beyond it is refused.
+pub const MAX_QUEUED_PER_AGENT: usize = 10_000;
+/// Most app ids one enqueue may name (`all` is not limited by it).
+pub const MAX_NAMED_TARGETS: usize = 10_000;
+/// Most payload bytes one enqueue may store in all (payload times targets).
+pub const MAX_ENQUEUE_BYTES: usize = 256 * 1024 * 1024;
+/// Longest task timeout: 30 days.
+pub const MAX_TIMEOUT_SECS: u64 = 30 * 24 * 3600;
+/// Longest time to live in a queue: a year.
+pub const MAX_TTL_SECS: u64 = 365 * 24 * 3600;
+
+/// The timeout and time to live of tasks sent without one.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskDefaults {
+    /// Timeout of a task enqueued without one.
+    pub timeout: Duration,
+    /// How long a task may wait queued when the operator gives no time to live.
+    pub ttl: Duration,
+}
+
+impl TaskDefaults {
+    /// A task's timeout and time to live in seconds: as asked, or the defaults, within their
+    /// limits.
+    pub fn resolve(
+        &self,
+        timeout_secs: Option<u64>,
+        ttl_secs: Option<u64>,
+    ) -> Result<(u64, u64), ServiceError> {
+        let timeout = bounded("timeout_secs", timeout_secs, self.timeout, MAX_TIMEOUT_SECS)?;
+        let ttl = bounded("ttl_secs", ttl_secs, self.ttl, MAX_TTL_SECS)?;
+        Ok((timeout, ttl))
+    }
+}
+
+/// Tasks as operators send and follow them.
+pub struct Tasks {
+    store: Arc<Store>,
+    dispatch: Arc<Dispatch>,
+    defaults: TaskDefaults,
+}
+
+impl Tasks {
+    /// Task operations over `store`, waking through `dispatch`.
+    pub fn new(store: Arc<Store>, dispatch: Arc<Dispatch>, defaults: TaskDefaults) -> Self {
+        Tasks { store, dispatch, defaults }
+    }
+
+    /// Creates one task per target agent, makes them durable, then wakes the agents.
+    pub async fn enqueue(&self, request: EnqueueRequest) -> Result<Vec<TaskRecord>, ServiceError> {
+        check_task_input(&request.task_type, &request.payload)?;
+        let (timeout_secs, ttl_secs) = self.defaults.resolve(request.timeout_secs, request.ttl_secs)?;
+        if request.app_ids.len() > MAX_NAMED_TARGETS {
+            return Err(ServiceError::TooLarge(format!(
+                "{} app ids named; the limit is {MAX_NAMED_TARGETS} (use all for the whole fleet)",
+                request.app_ids.len()
+            )));
+        }
+        let targets = self.targets(&request)?;
+        if request.payload.len().saturating_mul(targets.len()) > MAX_ENQUEUE_BYTES {
+            return Err(ServiceError::TooLarge(format!(
+                "{} tasks of {} payload bytes exceed the {MAX_ENQUEUE_BYTES} bytes one enqueue may store",
+                targets.len(),
+                request.payload.len()
+            )));
+        }
+        self.check_queue_room(&targets)?;
+        let now = now_ms();
+        let mut tasks: Vec<TaskRecord> = targets
+            .iter()
+            .map(|app_id| {
+                let spec = TaskSpec {
+                    app_id,
+                    task_type: &request.task_type,
+                    payload: &request.payload,
+                    timeout_secs,
+                    ttl_secs,
+                };
+                TaskRecord::new(spec, new_task_id(), now)
+            })
+            .collect();
+        self.store.enqueue(&mut tasks)?;
+        self.store.durable().await?;
+        for app_id in &targets {
+            self.dispatch.wake_agent(app_id);
+        }
+        Ok(tasks)
+    }
+
+    /// Refuses an enqueue that would take any agent's queue past [`MAX_QUEUED_PER_AGENT`].
+    fn check_queue_room(&self, targets: &[String]) -> Result<(), ServiceError> {
+        let mut adding: HashMap<&str, usize> = HashMap::new();
+        for app_id in targets {
+            *adding.entry(app_id).or_default() += 1;
+        }
+        for (app_id, new) in adding {
+            let queued = self.store.queued_count(app_id, MAX_QUEUED_PER_AGENT);
+            if queued + new > MAX_QUEUED_PER_AGENT {
+                return Err(ServiceError::TooLarge(format!(
+                    "agent {app_id:?} has {queued} tasks waiting; {new} more would pass the limit of \
+                     {MAX_QUEUED_PER_AGENT}; let it catch up or cancel some"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves the target agents of an enqueue: named ones must exist.
+    fn targets(&self, request: &EnqueueRequest) -> Result<Vec<String>, ServiceError> {
+        match (request.all, request.app_ids.is_empty()) {
+            (true, true) => Ok(self
+                .store
+                .agents()?
+                .into_iter()
+                .filter(|a| a.status == AgentStatus::Accepted)
+                .map(|a| a.app_id)
+                .collect()),
+            (false, false) => {
+                for app_id in &request.app_ids {
+                    self.check_target(app_id)?;
+                }
+                Ok(request.app_ids.clone())
+            }
+            (true, false) => Err(ServiceError::BadRequest("give either app_ids or all, not both".into())),
+            (false, true) => Err(ServiceError::BadRequest("give app_ids or set all".into())),
+        }
+    }
+
+    /// Refuses a named target that is not an accepted agent.
+    fn check_target(&self, app_id: &str) -> Result<(), ServiceError> {
+        wire::check_app_id(app_id).map_err(ServiceError::BadRequest)?;
+        match self.store.agent(app_id)?.map(|a| a.status) {
+            Some(AgentStatus::Accepted) => Ok(()),
+            Some(AgentStatus::Pending) => Err(ServiceError::Conflict(format!(
+                "agent {app_id:?} is pending approval; accept it with `orange agents accept {app_id}`"
+            ))),
+            _ => Err(ServiceError::NotFound(format!("unknown agent {app_id:?}"))),
+        }
+    }
+
+    /// Up to `limit` tasks, of agent `app_id` if given.
+    pub fn list(&self, app_id: Option<&str>, limit: usize) -> Result<Vec<TaskRecord>, StoreError> {
+        self.store.tasks(app_id, limit)
+    }
+
+    /// Cancels task `id` (see [`Store::cancel`]), makes it durable, and tells its agent.
+    pub async fn cancel(&self, id: TaskId, force: bool) -> Result<TaskRecord, ServiceError> {
+        let outcome = self.store.cancel(id, force, now_ms())?;
+        self.store.durable().await?;
+        tell_cancelled(&self.dispatch, std::slice::from_ref(&outcome));
+        Ok(outcome.task)
+    }
+
+    /// The task `id`; with a `wait`, parks until it is final or the wait ends.
+    pub async fn wait(&self, id: TaskId, wait: Duration) -> Result<TaskRecord, ServiceError> {
+        self.wait_until(id, wait, |task| Ok(task.status.is_final())).await
+    }
+
+    /// Output chunks of `id` from `after` on; with a `wait`, parks until there is one or the
+    /// task is final.
+    pub async fn output_page(
+        &self,
+        id: TaskId,
+        after: u32,
+        wait: Duration,
+    ) -> Result<OutputPage, ServiceError> {
+        let task = self
+            .wait_until(id, wait, |task| {
+                Ok(task.status.is_final() || !self.store.chunks(task.id, after, 1)?.is_empty())
+            })
+            .await?;
+        let chunks = self.store.chunks(id, after, PAGE_BYTES)?;
+        let next = chunks.last().map_or(after, |c| c.seq + 1);
+        let done = task.status.is_final() && next >= task.output.next_seq;
+        Ok(OutputPage {
+            // The original protocol's `result` text is kept with the output but is no stream
+            // of the process: the page skips it (its number still advances `next`).
+            chunks: chunks.into_iter().filter(|c| c.stream != Stream::Result).map(chunk_view).collect(),
+            next,
+            done,
+            status: task.status,
+            dropped_bytes: task.output.dropped_bytes,
+        })
+    }
+
+    /// Parks until `ready(task)` or the wait ends, re-reading the task on every change.
+    async fn wait_until(
+        &self,
+        id: TaskId,
+        wait: Duration,
+        ready: impl Fn(&TaskRecord) -> Result<bool, StoreError>,
+    ) -> Result<TaskRecord, ServiceError> {
+        let watch = self.dispatch.watch_task(id);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let changed = watch.signal.notified();
+            let task =
+                self.store.task(id)?.ok_or_else(|| ServiceError::NotFound(format!("unknown task {id}")))?;
+            if ready(&task)? || tokio::time::Instant::now() >= deadline {
+                return Ok(task);
+            }
+            tokio::select! {
+                _ = changed => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = self.dispatch.stopped() => return Ok(task),
+            }
+        }
+    }
+}
+
+/// Wakes the agents that must stop a cancelled task, and whoever follows the tasks.
+pub(super) fn tell_cancelled(dispatch: &Dispatch, cancelled: &[CancelOutcome]) {
+    for outcome in cancelled {
+        if outcome.tell_agent {
+            dispatch.wake_agent(&outcome.task.app_id);
+        }
+        dispatch.task_changed(outcome.task.id);
+    }
+}
+
+/// Checks a task's type and the size of its payload.
+pub(super) fn check_task_input(task_type: &str, payload: &str) -> Result<(), ServiceError> {
+    wire::check_task_type(task_type).map_err(ServiceError::BadRequest)?;
+    if payload.len() > wire::MAX_PAYLOAD_LEN {
+        return Err(ServiceError::TooLarge(format!(
+            "payload is {} bytes; the limit is {}",
+            payload.len(),
+            wire::MAX_PAYLOAD_LEN
+        )));
+    }
+    Ok(())
+}
+
+/// A number of seconds from a request, between 1 and `max`, or the default.
+fn bounded(name: &str, value: Option<u64>, default: Duration, max: u64) -> Result<u64, ServiceError> {
+    match value {
+        Some(secs) if secs == 0 || secs > max => {
+            Err(ServiceError::BadRequest(format!("{name} must be between 1 and {max} seconds")))
+        }
+        Some(secs) => Ok(secs),
+        None => Ok(default.as_secs().clamp(1, max)),
+    }
+}

@@ -1,0 +1,144 @@
+//! Records as their readers see them: the operator API's views of tasks, agents, jobs, tokens and
+//! audit entries, and the task object getTask hands out. Only task views read the store (for
+//! their output); the others are plain mappings.
+
+use std::sync::Arc;
+
+use super::clock::rfc3339;
+use super::store::{AgentRecord, AuditRecord, Chunk, JobRecord, Store, StoreError, TaskRecord, TokenRecord};
+use crate::protocol::admin::{
+    AgentView, AuditEntry, ONLINE_WINDOW_SECS, OutputChunkView, TaskView, TokenView, Transition,
+};
+use crate::protocol::jobs::JobView;
+use crate::protocol::wire::WireTask;
+
+/// Most output per stream shown in a task list.
+const LIST_OUTPUT_LEN: usize = 4 * 1024;
+/// Room above the output cap in a full view, for the original protocol's `result` text.
+const FULL_OUTPUT_SLACK: usize = 1024;
+
+/// Builds the operator's views of tasks, with their output read from the store.
+pub struct TaskViews {
+    store: Arc<Store>,
+    full_output: usize,
+}
+
+impl TaskViews {
+    /// Views over `store`; a full view shows up to `output_cap_bytes` of each stream.
+    pub fn new(store: Arc<Store>, output_cap_bytes: u64) -> Self {
+        let cap = usize::try_from(output_cap_bytes).unwrap_or(usize::MAX);
+        TaskViews { store, full_output: cap.saturating_add(FULL_OUTPUT_SLACK) }
+    }
+
+    /// Views for a task list (outputs shortened).
+    pub fn list(&self, tasks: &[TaskRecord]) -> Result<Vec<TaskView>, StoreError> {
+        tasks.iter().map(|t| self.with_output(t, LIST_OUTPUT_LEN)).collect()
+    }
+
+    /// The full view of a task (outputs up to the cap).
+    pub fn full(&self, task: &TaskRecord) -> Result<TaskView, StoreError> {
+        self.with_output(task, self.full_output)
+    }
+
+    /// The view of a task with up to `max_output` bytes of each stream.
+    fn with_output(&self, task: &TaskRecord, max_output: usize) -> Result<TaskView, StoreError> {
+        let [stdout, stderr, result] = self.store.output_texts(task, max_output)?;
+        let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
+        Ok(TaskView {
+            task_id: task.id.to_string(),
+            app_id: task.app_id.clone(),
+            task_type: task.task_type.clone(),
+            payload: task.payload.clone(),
+            status: task.status,
+            timeout_secs: task.timeout_secs,
+            cancel_requested: task.cancel_requested,
+            dropped_bytes: task.output.dropped_bytes,
+            history: task.history.iter().map(|(s, t)| Transition { status: *s, at: rfc3339(*t) }).collect(),
+            exit_code: task.exit_code,
+            stdout: text(stdout),
+            stderr: text(stderr),
+            result: text(result),
+            error: task.error.clone(),
+            duration_ms: task.duration_ms,
+        })
+    }
+}
+
+/// One output chunk as an output page shows it.
+pub fn chunk_view(chunk: Chunk) -> OutputChunkView {
+    OutputChunkView {
+        seq: chunk.seq,
+        stream: chunk.stream.name().to_owned(),
+        data: String::from_utf8_lossy(&chunk.data).into_owned(),
+    }
+}
+
+/// The operator's view of an agent at time `now_ms` (without its facts).
+pub fn agent_view(agent: &AgentRecord, now_ms: i64) -> AgentView {
+    AgentView {
+        app_id: agent.app_id.clone(),
+        online: now_ms - agent.last_seen_ms <= ONLINE_WINDOW_SECS * 1000,
+        last_seen: rfc3339(agent.last_seen_ms),
+        registered_at: rfc3339(agent.registered_at_ms),
+        labels: agent.labels.clone(),
+        version: agent.version.clone(),
+        hostname: agent.hostname.clone(),
+        processed_task_count: agent.processed_task_count,
+        status: agent.status.as_str().to_owned(),
+        facts: None,
+    }
+}
+
+/// The task object getTask hands out.
+pub fn wire_task(task: &TaskRecord) -> WireTask {
+    WireTask {
+        task_id: task.id.to_string(),
+        task_type: task.task_type.clone(),
+        do_status: String::new(),
+        create_at: rfc3339(task.created_ms()),
+        payload: task.payload.clone(),
+        result: String::new(),
+        timeout_secs: Some(task.timeout_secs),
+    }
+}
+
+/// The operator's view of a job.
+pub fn job_view(job: &JobRecord) -> JobView {
+    JobView {
+        job_id: job.id.to_string(),
+        created_at: rfc3339(job.created_ms),
+        state: job.state,
+        done: job.done_ms != 0,
+        task_type: job.task_type.clone(),
+        payload: job.payload.clone(),
+        timeout_secs: job.timeout_secs,
+        max_concurrency: job.max_concurrency,
+        max_errors: job.max_errors,
+        targets: job.targets,
+        counts: job.counts.clone(),
+        version: job.version,
+    }
+}
+
+/// An enrollment token without its secret.
+pub fn token_view(token: &TokenRecord) -> TokenView {
+    TokenView {
+        token_id: token.id.clone(),
+        token: None,
+        created_at: rfc3339(token.created_ms),
+        expires_at: rfc3339(token.expires_ms),
+        uses_left: token.uses_left,
+        revoked: token.revoked,
+    }
+}
+
+/// An entry of the audit record.
+pub fn audit_entry(record: AuditRecord) -> AuditEntry {
+    AuditEntry {
+        at: rfc3339(record.at_ms),
+        actor: record.actor,
+        action: record.action,
+        target: record.target,
+        detail: record.detail,
+    }
+}
