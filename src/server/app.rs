@@ -51,6 +51,8 @@ pub async fn run(
     let relay = Arc::clone(&services);
     tokio::spawn(async move { relay.jobs().relay_events().await });
     let app = http::router(services, admin_token_hash, &config);
+    // Nothing past this point needs the configuration, which may carry the admin token.
+    drop(config);
     let stopping = async move {
         shutdown.await;
         info!("stopping: answering parked polls and finishing requests");
@@ -164,5 +166,76 @@ impl Services {
     /// The audit record.
     pub fn audit(&self) -> &Audit {
         &self.audit
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::protocol::admin::TASKS_PATH;
+
+    fn config(dir: &Path) -> ServerConfig {
+        ServerConfig {
+            data_dir: dir.to_owned(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_token: None,
+            poll_window: Duration::from_secs(1),
+            default_task_timeout: Duration::from_secs(60),
+            cache_capacity_bytes: 1024 * 1024,
+            enroll_key: None,
+            ack_window: Duration::from_secs(30),
+            default_ttl: Duration::from_secs(3600),
+            lost_grace: Duration::from_secs(30),
+            retention: Duration::from_secs(3600),
+            output_cap_bytes: 1024 * 1024,
+            compact_min_bytes: 64 * 1024 * 1024,
+            sweep_interval: Duration::from_millis(100),
+            tls: None,
+            max_inflight: 16,
+            retry_after_secs: 1,
+        }
+    }
+
+    /// The status line of a task list asked for with `token`.
+    fn list_tasks_status(address: SocketAddr, token: &str) -> String {
+        let mut stream = TcpStream::connect(address).expect("connect");
+        write!(
+            stream,
+            "GET {TASKS_PATH} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send");
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).expect("read the status line");
+        line.trim_end().to_owned()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn run_serves_on_the_given_listener_until_its_shutdown_future_completes() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let listener = Listener::bind(config.listen, None).await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let secrets = Secrets { admin_token: "the-admin-token".into(), enroll_key: "the-enroll-key".into() };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(run(config, secrets, listener, async {
+            let _ = stopped.await;
+        }));
+        let statuses = tokio::task::spawn_blocking(move || {
+            [list_tasks_status(address, "the-admin-token"), list_tasks_status(address, "a-guess")]
+        })
+        .await
+        .unwrap();
+        assert_eq!(statuses, ["HTTP/1.1 200 OK", "HTTP/1.1 401 Unauthorized"]);
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("run returns once the shutdown future completes")
+            .unwrap()
+            .unwrap();
     }
 }

@@ -1,5 +1,7 @@
 //! `orange server`: the agent endpoints of the original protocol, the operator API, long-poll
-//! dispatch and the embedded sled store.
+//! dispatch and the embedded sled store. This module owns the configuration, the data
+//! directory and the secrets; [`run`] assembles the server from them, and [`run_blocking`] is
+//! what `orange server` calls.
 
 mod app;
 pub mod audit;
