@@ -99,7 +99,7 @@ impl Listener {
 }
 
 /// Serves `app` on `listener` until `shutdown` completes; then requests in flight get up to
-/// [`DRAIN_TIMEOUT`] to finish, and the function returns.
+/// 30 s (`DRAIN_TIMEOUT`) to finish, and the function returns.
 pub async fn serve(
     listener: Listener,
     app: Router,
