@@ -36,6 +36,7 @@ mod jobs;
 mod output;
 mod records;
 mod seen;
+mod stored;
 mod sweep;
 mod tasks;
 mod trees;
@@ -351,5 +352,7 @@ impl Store {
 mod compact_tests;
 #[cfg(test)]
 mod job_tests;
+#[cfg(test)]
+mod stored_tests;
 #[cfg(test)]
 mod tests;

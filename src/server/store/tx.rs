@@ -182,6 +182,6 @@ impl Tx<'_> {
 }
 
 /// Decodes a stored value inside a transaction, aborting it on a corrupt value.
-pub fn decode<T: serde::de::DeserializeOwned, E: From<StoreError>>(bytes: &[u8]) -> Result<T, TxError<E>> {
+pub fn decode<T: codec::Record, E: From<StoreError>>(bytes: &[u8]) -> Result<T, TxError<E>> {
     codec::decode(bytes).map_err(|e| ConflictableTransactionError::Abort(StoreError::from(e).into()))
 }
