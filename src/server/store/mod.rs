@@ -356,3 +356,5 @@ mod job_tests;
 mod stored_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod upgrade_tests;
