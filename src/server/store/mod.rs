@@ -29,6 +29,7 @@
 
 mod admin;
 mod compact;
+mod events;
 mod facts;
 mod gate;
 mod job_reads;
@@ -36,6 +37,7 @@ mod jobs;
 mod output;
 mod records;
 mod seen;
+mod seq;
 mod stored;
 mod sweep;
 mod tasks;
@@ -45,15 +47,15 @@ mod tx;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use sled::Transactional;
 use sled::transaction::TransactionError;
 use thiserror::Error;
 
 pub use admin::TokenError;
 pub use compact::{CURRENT_FILE, Compaction};
+pub use events::JobEvent;
 pub use facts::FactsRecord;
 use gate::{Gate, Pass};
-pub use jobs::{JobError, JobEvent};
+pub use jobs::JobError;
 pub use output::{Chunk, ChunkAck};
 pub use records::{
     AgentRecord, AgentStatus, AuditRecord, JobRecord, Outcome, OutputState, Policy, Stream, TargetEnd,
@@ -140,8 +142,8 @@ pub struct Store {
     /// The data directory.
     dir: PathBuf,
     cache_bytes: u64,
-    job_events: jobs::EventQueue,
-    seqs: jobs::SeqPool,
+    job_events: events::EventQueue,
+    seqs: seq::SeqPool,
     policy: Policy,
     committer: Committer,
 }
@@ -166,8 +168,8 @@ impl Store {
             gate,
             dir: dir.to_owned(),
             cache_bytes,
-            job_events: jobs::EventQueue::default(),
-            seqs: jobs::SeqPool::default(),
+            job_events: events::EventQueue::default(),
+            seqs: seq::SeqPool::default(),
             policy,
             committer,
         })
@@ -215,59 +217,12 @@ impl Store {
         seq_short: &std::cell::Cell<bool>,
     ) -> Result<T, E> {
         let job_events = std::cell::RefCell::new(Vec::new());
-        let t = self.trees();
-        let trees = (
-            &t.tasks,
-            &t.queue,
-            &t.by_agent,
-            &t.output,
-            &t.agents,
-            &t.deadlines,
-            &t.finished,
-            &t.cancels,
-            &t.jobs,
-            &t.job_targets,
-            &t.job_links,
-            &t.jobs_done,
-        );
-        let result = flatten(trees.transaction(
-            |(
-                tasks,
-                queue,
-                by_agent,
-                output,
-                agents,
-                deadlines,
-                finished,
-                cancels,
-                jobs,
-                job_targets,
-                job_links,
-                jobs_done,
-            )| {
-                job_events.borrow_mut().clear();
-                seqs_wanted.set(0);
-                seq_short.set(false);
-                f(&Tx {
-                    tasks,
-                    queue,
-                    by_agent,
-                    output,
-                    agents,
-                    deadlines,
-                    finished,
-                    cancels,
-                    jobs,
-                    job_targets,
-                    job_links,
-                    jobs_done,
-                    seqs: &self.seqs,
-                    seqs_wanted,
-                    seq_short,
-                    job_events: &job_events,
-                })
-            },
-        ));
+        let result = flatten(self.trees().transaction(|trees| {
+            job_events.borrow_mut().clear();
+            seqs_wanted.set(0);
+            seq_short.set(false);
+            f(&Tx { trees, seqs: &self.seqs, seqs_wanted, seq_short, job_events: &job_events })
+        }));
         if result.is_ok() {
             self.job_events.push(job_events.into_inner());
         }

@@ -1,13 +1,18 @@
-//! Keys of every tree and the transaction view over all of them, with the small moves that
+//! Keys of every tree and the transaction view ([`Tx`]: the trees of `trees.rs` and the
+//! transaction's queue numbers and job events), with the small moves that
 //! keep the indexes in step with a task record (queue entry, deadline, finished index).
 
 use std::cell::{Cell, RefCell};
+use std::ops::Deref;
 
-use sled::transaction::{ConflictableTransactionError, TransactionalTree};
+use sled::transaction::ConflictableTransactionError;
 
 use super::StoreError;
-use super::jobs::{self, JobEvent, SeqPool};
+use super::events::JobEvent;
+use super::jobs;
 use super::records::{AgentRecord, TaskRecord};
+use super::seq::SeqPool;
+use super::trees::TxTrees;
 use crate::protocol::TaskId;
 use crate::server::codec;
 
@@ -86,32 +91,11 @@ pub fn task_id_from(bytes: &[u8]) -> Result<TaskId, StoreError> {
     TaskId::from_slice(bytes).map_err(|_| corrupt_key("task id is not 16 bytes"))
 }
 
-/// Every tree, inside one transaction.
+/// Every tree a transaction uses (through [`Deref`] to [`TxTrees`]), and what the
+/// transaction needs besides: queue numbers and the job events it leaves.
 pub struct Tx<'a> {
-    /// Task records.
-    pub tasks: &'a TransactionalTree,
-    /// Per-agent FIFO queues.
-    pub queue: &'a TransactionalTree,
-    /// Per-agent task index.
-    pub by_agent: &'a TransactionalTree,
-    /// Output chunks.
-    pub output: &'a TransactionalTree,
-    /// Agent records.
-    pub agents: &'a TransactionalTree,
-    /// Deadline index.
-    pub deadlines: &'a TransactionalTree,
-    /// Finish-time index (retention).
-    pub finished: &'a TransactionalTree,
-    /// Pending cancels per agent.
-    pub cancels: &'a TransactionalTree,
-    /// Job records.
-    pub jobs: &'a TransactionalTree,
-    /// One record per job target.
-    pub job_targets: &'a TransactionalTree,
-    /// Task id → its job and target index.
-    pub job_links: &'a TransactionalTree,
-    /// Done-time index of jobs (retention).
-    pub jobs_done: &'a TransactionalTree,
+    /// The trees.
+    pub trees: TxTrees<'a>,
     /// Queue sequence numbers reserved for tasks a job starts.
     pub seqs: &'a SeqPool,
     /// Queue numbers this attempt asked `seqs` for.
@@ -120,6 +104,14 @@ pub struct Tx<'a> {
     pub seq_short: &'a Cell<bool>,
     /// What the transaction did to jobs, announced once it commits.
     pub job_events: &'a RefCell<Vec<JobEvent>>,
+}
+
+impl<'a> Deref for Tx<'a> {
+    type Target = TxTrees<'a>;
+
+    fn deref(&self) -> &TxTrees<'a> {
+        &self.trees
+    }
 }
 
 impl Tx<'_> {
