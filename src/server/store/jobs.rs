@@ -10,8 +10,9 @@ use super::events::JobEvent;
 use super::records::{
     AgentRecord, AgentStatus, JobRecord, TARGET_ERROR_LEN, TargetEnd, TargetRecord, TaskRecord, TaskSpec,
 };
-use super::tasks::{CancelOutcome, cancel_open};
-use super::tx::{Tx, TxError, abort, agent_task_key, decode, queue_key, task_id_from, time_key};
+use super::tx::{
+    CancelOutcome, Tx, TxError, abort, agent_task_key, cancel_open, decode, queue_key, task_id_from, time_key,
+};
 use super::{Store, StoreError};
 use crate::protocol::jobs::{JobCounts, JobState};
 use crate::protocol::task::new_task_id;
@@ -130,11 +131,7 @@ fn load_target<E: From<StoreError>>(
 
 /// Moves the job of `task` (if it has one) along with the task's change from the stored
 /// value `old`: counts, the target's end, the error limit, the window, done.
-pub(super) fn follow<E: From<StoreError>>(
-    tx: &Tx<'_>,
-    old: &[u8],
-    task: &TaskRecord,
-) -> Result<(), TxError<E>> {
+pub(super) fn follow(tx: &Tx<'_>, old: &[u8], task: &TaskRecord) -> Result<(), TxError<StoreError>> {
     let Some(link) = tx.job_links.get(task.id.as_bytes())? else { return Ok(()) };
     let old: TaskRecord = decode(old)?;
     if old.status == task.status {

@@ -62,8 +62,9 @@ pub use records::{
     TargetRecord, TaskRecord, TaskSpec, TokenRecord, secs_to_ms,
 };
 pub use sweep::Swept;
-pub use tasks::{CancelOutcome, Delivery};
+pub use tasks::Delivery;
 use trees::Trees;
+pub use tx::CancelOutcome;
 use tx::{Tx, TxError};
 
 use super::codec::{self, CodecError};
@@ -221,7 +222,14 @@ impl Store {
             job_events.borrow_mut().clear();
             seqs_wanted.set(0);
             seq_short.set(false);
-            f(&Tx { trees, seqs: &self.seqs, seqs_wanted, seq_short, job_events: &job_events })
+            f(&Tx {
+                trees,
+                seqs: &self.seqs,
+                seqs_wanted,
+                seq_short,
+                job_events: &job_events,
+                follow: jobs::follow,
+            })
         }));
         if result.is_ok() {
             self.job_events.push(job_events.into_inner());

@@ -7,13 +7,12 @@ use std::ops::Deref;
 
 use sled::transaction::ConflictableTransactionError;
 
-use super::StoreError;
 use super::events::JobEvent;
-use super::jobs;
 use super::records::{AgentRecord, TaskRecord};
 use super::seq::SeqPool;
 use super::trees::TxTrees;
-use crate::protocol::TaskId;
+use super::{ReportError, StoreError};
+use crate::protocol::{TaskId, TaskStatus};
 use crate::server::codec;
 
 /// An error inside a transaction: aborts it with `E`.
@@ -104,7 +103,13 @@ pub struct Tx<'a> {
     pub seq_short: &'a Cell<bool>,
     /// What the transaction did to jobs, announced once it commits.
     pub job_events: &'a RefCell<Vec<JobEvent>>,
+    /// Moves what follows a task's change of state (its job), in this transaction: called by
+    /// [`Tx::put_task`] with the task's previous stored value.
+    pub follow: Follow,
 }
+
+/// What [`Tx::put_task`] calls when it replaces a task record (see `jobs::follow`).
+pub type Follow = fn(&Tx<'_>, &[u8], &TaskRecord) -> Result<(), TxError<StoreError>>;
 
 impl<'a> Deref for Tx<'a> {
     type Target = TxTrees<'a>;
@@ -137,7 +142,7 @@ impl Tx<'_> {
     /// (counts, window, error limit), in this same transaction.
     pub fn put_task<E: From<StoreError>>(&self, task: &TaskRecord) -> Result<(), TxError<E>> {
         if let Some(old) = self.tasks.insert(task.id.as_bytes(), codec::encode(task))? {
-            jobs::follow(self, &old, task)?;
+            (self.follow)(self, &old, task).map_err(widen)?;
         }
         Ok(())
     }
@@ -173,7 +178,68 @@ impl Tx<'_> {
     }
 }
 
+/// An error of a transaction step that aborts with a [`StoreError`], as an error of a
+/// transaction that aborts with `E`.
+fn widen<E: From<StoreError>>(e: TxError<StoreError>) -> TxError<E> {
+    match e {
+        ConflictableTransactionError::Abort(e) => ConflictableTransactionError::Abort(e.into()),
+        ConflictableTransactionError::Conflict => ConflictableTransactionError::Conflict,
+        ConflictableTransactionError::Storage(e) => ConflictableTransactionError::Storage(e),
+    }
+}
+
 /// Decodes a stored value inside a transaction, aborting it on a corrupt value.
 pub fn decode<T: codec::Record, E: From<StoreError>>(bytes: &[u8]) -> Result<T, TxError<E>> {
     codec::decode(bytes).map_err(|e| ConflictableTransactionError::Abort(StoreError::from(e).into()))
+}
+
+/// What a cancel did.
+#[derive(Debug, Clone)]
+pub struct CancelOutcome {
+    /// The task after the cancel.
+    pub task: TaskRecord,
+    /// Its agent may be running it and must be told to stop.
+    pub tell_agent: bool,
+}
+
+/// Cancels `task`, which is not final: see `Store::cancel`.
+pub(super) fn cancel_open<E: From<StoreError>>(
+    tx: &Tx<'_>,
+    mut task: TaskRecord,
+    force: bool,
+    now_ms: i64,
+) -> Result<CancelOutcome, TxError<E>> {
+    let queued = task.status == TaskStatus::Queued;
+    if queued {
+        tx.queue.remove(queue_key(&task.app_id, task.queue_seq))?;
+    }
+    if queued || force {
+        task.move_to(TaskStatus::Cancelled, now_ms);
+        task.error = Some(cancel_note(queued).to_owned());
+        tx.close(&mut task, now_ms)?;
+    } else {
+        task.cancel_requested = true;
+    }
+    if !queued {
+        tx.cancels.insert(agent_task_key(&task.app_id, task.id), &[])?;
+    }
+    tx.put_task(&task)?;
+    Ok(CancelOutcome { tell_agent: !queued, task })
+}
+
+fn cancel_note(queued: bool) -> &'static str {
+    if queued {
+        "cancelled before it was delivered"
+    } else {
+        "cancelled by force on the server; its agent was told to stop it"
+    }
+}
+
+/// The task `id`, checked to belong to `app_id`.
+pub(super) fn owned_task(tx: &Tx<'_>, app_id: &str, id: TaskId) -> Result<TaskRecord, TxError<ReportError>> {
+    let Some(task) = tx.task::<ReportError>(id)? else { return abort(ReportError::UnknownTask(id)) };
+    if task.app_id != app_id {
+        return abort(ReportError::NotYours(id));
+    }
+    Ok(task)
 }
