@@ -1,6 +1,7 @@
 //! Jobs in the store: the job record, one record per target, the task → target links, and the
 //! moves that keep a job in step with its tasks. [`follow`] runs inside every transaction that
-//! changes a linked task's state (called by `Tx::put_task`): it moves the job's counts, records
+//! changes a linked task's state (called by `Tx::put_task`, which `Store::transact` gives it
+//! as `Tx::follow`): it moves the job's counts, records
 //! how a target ended, stops the job past its error limit, and starts the next waiting targets
 //! while the window has room. Nothing here waits for the disk: callers make writes durable.
 

@@ -23,6 +23,9 @@
 //! - `jobs_done`: time (i64 BE ms), job id → empty: done jobs, oldest first, for retention
 //! - sled's default tree: the id floor and size of a compacted database (see `trees.rs`)
 //!
+//! Every value is encoded by `codec` with its record type's own version and stored layout
+//! (`stored.rs`), so a record can gain a field without making older data directories unreadable.
+//!
 //! Writes are applied in memory first; [`Store::durable`] returns once they are on stable storage.
 //! The trees are reached only through [`Store::trees`], so that compaction (`compact.rs`) can
 //! replace the whole database while the server runs.

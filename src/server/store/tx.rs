@@ -1,6 +1,7 @@
 //! Keys of every tree and the transaction view ([`Tx`]: the trees of `trees.rs` and the
-//! transaction's queue numbers and job events), with the small moves that
-//! keep the indexes in step with a task record (queue entry, deadline, finished index).
+//! transaction's queue numbers and job events), with the small moves that keep the indexes in
+//! step with a task record (queue entry, deadline, finished index), the cancel of an open task
+//! and the check that a reported task is the reporter's.
 
 use std::cell::{Cell, RefCell};
 use std::ops::Deref;
