@@ -6,8 +6,6 @@
 //! The codec properties run each case in a child process (`fork`), so that an allocation
 //! failure, which aborts rather than panics, fails the property instead of the whole file.
 
-use std::collections::BTreeMap;
-
 use chrono::DateTime;
 use orange::protocol::sign::{
     Canonical, SignError, TIME_WINDOW_SECS, check_nonce, check_time, legacy_time_header, parse_time,
@@ -529,7 +527,9 @@ proptest! {
         let _ = codec::decode::<AgentRecord>(&bytes);
         let _ = codec::decode::<TokenRecord>(&bytes);
         let _ = codec::decode::<AuditRecord>(&bytes);
-        let _ = codec::decode::<BTreeMap<String, String>>(&bytes);
+        let _ = codec::decode::<orange::server::store::JobRecord>(&bytes);
+        let _ = codec::decode::<orange::server::store::TargetRecord>(&bytes);
+        let _ = codec::decode::<orange::server::store::FactsRecord>(&bytes);
     }
 }
 

@@ -107,12 +107,6 @@ enum RawLimit {
 
 impl<'de> Deserialize<'de> for Limit {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Limit, D::Error> {
-        if !deserializer.is_human_readable() {
-            // Binary formats (the server's stored records) cannot tell a string from a number
-            // by looking; they hold what `serialize` wrote, a string.
-            let text = String::deserialize(deserializer)?;
-            return Limit::parse(&text).map_err(serde::de::Error::custom);
-        }
         match RawLimit::deserialize(deserializer)? {
             RawLimit::Text(text) => Limit::parse(&text).map_err(serde::de::Error::custom),
             RawLimit::Number(n) => u32::try_from(n)

@@ -271,8 +271,11 @@ impl Jobs {
     /// Turns the job events of committed transactions into wake-ups (agents given a task by a
     /// job, operators waiting on a job) until the server stops.
     pub async fn relay_events(&self) {
+        let events = Arc::new(tokio::sync::Notify::new());
+        let notify = Arc::clone(&events);
+        self.store.on_job_events(move || notify.notify_one());
         loop {
-            let ready = self.store.job_events_ready();
+            let ready = events.notified();
             let mut changed = BTreeSet::new();
             for event in self.store.take_job_events() {
                 match event {

@@ -3,7 +3,8 @@
 //! target in one pass, the tasks still open, the job a task belongs to, the job events waiting
 //! for the wake-up loop, and retention of done jobs with their targets and links.
 
-use super::jobs::{JobEvent, corrupt, job_key, split_link, target_key};
+use super::events::JobEvent;
+use super::jobs::{corrupt, job_key, split_link, target_key};
 use super::records::{JobRecord, TargetRecord};
 use super::tx::{entries_before, time_key};
 use super::{Store, StoreError};
@@ -94,9 +95,10 @@ impl Store {
         self.job_events.take()
     }
 
-    /// Completes when job events may be waiting (create the future before taking the events).
-    pub fn job_events_ready(&self) -> tokio::sync::futures::Notified<'_> {
-        self.job_events.ready()
+    /// Has `wake` called after every commit that left job events to take (replacing an earlier
+    /// one). It runs on the committing thread: it should only signal whoever takes the events.
+    pub fn on_job_events(&self, wake: impl Fn() + Send + Sync + 'static) {
+        self.job_events.on_push(wake);
     }
 
     /// Removes jobs that were done before `cutoff_ms`, with their targets and task links (at

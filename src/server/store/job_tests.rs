@@ -347,7 +347,7 @@ fn a_queued_task_of_a_cancelled_job_is_never_handed_out() {
 
 #[test]
 fn a_burst_of_job_events_loses_no_earlier_wake_up() {
-    let queue = jobs::EventQueue::default();
+    let queue = events::EventQueue::default();
     queue.push(vec![JobEvent::Started("host-a".into())]);
     let job = new_task_id();
     let burst: Vec<JobEvent> = (0..100_000).map(|i| JobEvent::Started(format!("host-{i:06}"))).collect();

@@ -1,21 +1,19 @@
 //! Jobs in the store: the job record, one record per target, the task → target links, and the
 //! moves that keep a job in step with its tasks. [`follow`] runs inside every transaction that
-//! changes a linked task's state (called by `Tx::put_task`): it moves the job's counts, records
+//! changes a linked task's state (called by `Tx::put_task`, which `Store::transact` gives it
+//! as `Tx::follow`): it moves the job's counts, records
 //! how a target ended, stops the job past its error limit, and starts the next waiting targets
 //! while the window has room. Nothing here waits for the disk: callers make writes durable.
 
-use std::collections::{HashSet, VecDeque};
-use std::sync::Mutex;
-
 use thiserror::Error;
-use tokio::sync::Notify;
 
+use super::events::JobEvent;
 use super::records::{
     AgentRecord, AgentStatus, JobRecord, TARGET_ERROR_LEN, TargetEnd, TargetRecord, TaskRecord, TaskSpec,
 };
-use super::tasks::{CancelOutcome, cancel_open};
-use super::trees::Trees;
-use super::tx::{Tx, TxError, abort, agent_task_key, decode, queue_key, task_id_from, time_key};
+use super::tx::{
+    CancelOutcome, Tx, TxError, abort, agent_task_key, cancel_open, decode, queue_key, task_id_from, time_key,
+};
 use super::{Store, StoreError};
 use crate::protocol::jobs::{JobCounts, JobState};
 use crate::protocol::task::new_task_id;
@@ -27,15 +25,6 @@ const CANCEL_BATCH: usize = 1000;
 /// Most targets one transaction starts: a wide window opens in several transactions, so none
 /// holds sled's write lock (and every other write) for long.
 const START_BATCH: u32 = 1000;
-
-/// Something a committed transaction did that someone may be waiting for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JobEvent {
-    /// The job changed (its version grew).
-    Changed(TaskId),
-    /// A task was queued for this agent by a job.
-    Started(String),
-}
 
 /// Why a job operation was refused.
 #[derive(Debug, Error)]
@@ -68,91 +57,6 @@ enum Change {
     Keep,
     /// The job's state does not allow it.
     Refuse,
-}
-
-/// Job events of committed transactions, waiting for the wake-up loop. Each agent and each job
-/// is kept once (a wake-up is a hint), so the queue holds at most one entry per agent and job
-/// and never drops one.
-#[derive(Default)]
-pub struct EventQueue {
-    events: Mutex<PendingEvents>,
-    ready: Notify,
-}
-
-/// The agents and jobs to wake, each once.
-#[derive(Default)]
-struct PendingEvents {
-    changed: HashSet<TaskId>,
-    started: HashSet<String>,
-}
-
-impl EventQueue {
-    /// Adds the events of one committed transaction.
-    pub fn push(&self, new: Vec<JobEvent>) {
-        if new.is_empty() {
-            return;
-        }
-        let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
-        for event in new {
-            match event {
-                JobEvent::Changed(id) => events.changed.insert(id),
-                JobEvent::Started(app_id) => events.started.insert(app_id),
-            };
-        }
-        drop(events);
-        self.ready.notify_one();
-    }
-
-    /// Takes every event pushed so far.
-    pub fn take(&self) -> Vec<JobEvent> {
-        let events = std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()));
-        let started = events.started.into_iter().map(JobEvent::Started);
-        events.changed.into_iter().map(JobEvent::Changed).chain(started).collect()
-    }
-
-    /// Completes after the next push (or at once if one came since the last wait).
-    pub fn ready(&self) -> tokio::sync::futures::Notified<'_> {
-        self.ready.notified()
-    }
-}
-
-/// Queue sequence numbers reserved outside transactions. sled 0.34 runs a transaction under
-/// its global write lock, so `generate_id` (which takes the read lock) must not be called inside
-/// one: a job that starts a target inside another move's transaction takes its number from here.
-/// Every enqueue takes its numbers from here too, and the pool hands them out in increasing
-/// order, so an agent's queue stays in the order tasks were queued.
-#[derive(Default)]
-pub struct SeqPool {
-    ids: Mutex<VecDeque<u64>>,
-    /// Held while numbers are made and added, so that refills add them in increasing order.
-    refill: Mutex<()>,
-}
-
-/// Numbers the pool refills to when it runs low.
-const SEQ_POOL_LOW: usize = 32;
-
-impl SeqPool {
-    /// Makes sure at least `needed` (plus a margin) numbers are reserved; call outside any
-    /// transaction.
-    pub fn reserve(&self, trees: &Trees, needed: usize) -> Result<(), StoreError> {
-        let _refilling = self.refill.lock().unwrap_or_else(|p| p.into_inner());
-        let have = self.ids.lock().unwrap_or_else(|p| p.into_inner()).len();
-        if have > needed {
-            return Ok(());
-        }
-        // Not under the pool's lock: a transaction (holding sled's write lock) may be waiting
-        // for it, and generate_id waits for sled's read lock. Transactions never take the
-        // refill lock, so holding it here blocks nobody who holds sled's lock.
-        let fresh: Vec<u64> =
-            (0..needed + SEQ_POOL_LOW - have).map(|_| trees.next_id()).collect::<Result<_, _>>()?;
-        self.ids.lock().unwrap_or_else(|p| p.into_inner()).extend(fresh);
-        Ok(())
-    }
-
-    /// Takes the oldest reserved number.
-    pub fn take(&self) -> Option<u64> {
-        self.ids.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
-    }
 }
 
 /// Key of a job record or the prefix of its targets.
@@ -228,11 +132,7 @@ fn load_target<E: From<StoreError>>(
 
 /// Moves the job of `task` (if it has one) along with the task's change from the stored
 /// value `old`: counts, the target's end, the error limit, the window, done.
-pub(super) fn follow<E: From<StoreError>>(
-    tx: &Tx<'_>,
-    old: &[u8],
-    task: &TaskRecord,
-) -> Result<(), TxError<E>> {
+pub(super) fn follow(tx: &Tx<'_>, old: &[u8], task: &TaskRecord) -> Result<(), TxError<StoreError>> {
     let Some(link) = tx.job_links.get(task.id.as_bytes())? else { return Ok(()) };
     let old: TaskRecord = decode(old)?;
     if old.status == task.status {

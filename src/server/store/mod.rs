@@ -23,12 +23,16 @@
 //! - `jobs_done`: time (i64 BE ms), job id → empty: done jobs, oldest first, for retention
 //! - sled's default tree: the id floor and size of a compacted database (see `trees.rs`)
 //!
+//! Every value is encoded by `codec` with its record type's own version and stored layout
+//! (`stored.rs`), so a record can gain a field without making older data directories unreadable.
+//!
 //! Writes are applied in memory first; [`Store::durable`] returns once they are on stable storage.
 //! The trees are reached only through [`Store::trees`], so that compaction (`compact.rs`) can
 //! replace the whole database while the server runs.
 
 mod admin;
 mod compact;
+mod events;
 mod facts;
 mod gate;
 mod job_reads;
@@ -36,6 +40,8 @@ mod jobs;
 mod output;
 mod records;
 mod seen;
+mod seq;
+mod stored;
 mod sweep;
 mod tasks;
 mod trees;
@@ -44,23 +50,24 @@ mod tx;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use sled::Transactional;
 use sled::transaction::TransactionError;
 use thiserror::Error;
 
 pub use admin::TokenError;
 pub use compact::{CURRENT_FILE, Compaction};
+pub use events::JobEvent;
 pub use facts::FactsRecord;
 use gate::{Gate, Pass};
-pub use jobs::{JobError, JobEvent};
+pub use jobs::JobError;
 pub use output::{Chunk, ChunkAck};
 pub use records::{
     AgentRecord, AgentStatus, AuditRecord, JobRecord, Outcome, OutputState, Policy, Stream, TargetEnd,
     TargetRecord, TaskRecord, TaskSpec, TokenRecord, secs_to_ms,
 };
 pub use sweep::Swept;
-pub use tasks::{CancelOutcome, Delivery};
+pub use tasks::Delivery;
 use trees::Trees;
+pub use tx::CancelOutcome;
 use tx::{Tx, TxError};
 
 use super::codec::{self, CodecError};
@@ -139,8 +146,8 @@ pub struct Store {
     /// The data directory.
     dir: PathBuf,
     cache_bytes: u64,
-    job_events: jobs::EventQueue,
-    seqs: jobs::SeqPool,
+    job_events: events::EventQueue,
+    seqs: seq::SeqPool,
     policy: Policy,
     committer: Committer,
 }
@@ -165,8 +172,8 @@ impl Store {
             gate,
             dir: dir.to_owned(),
             cache_bytes,
-            job_events: jobs::EventQueue::default(),
-            seqs: jobs::SeqPool::default(),
+            job_events: events::EventQueue::default(),
+            seqs: seq::SeqPool::default(),
             policy,
             committer,
         })
@@ -214,59 +221,19 @@ impl Store {
         seq_short: &std::cell::Cell<bool>,
     ) -> Result<T, E> {
         let job_events = std::cell::RefCell::new(Vec::new());
-        let t = self.trees();
-        let trees = (
-            &t.tasks,
-            &t.queue,
-            &t.by_agent,
-            &t.output,
-            &t.agents,
-            &t.deadlines,
-            &t.finished,
-            &t.cancels,
-            &t.jobs,
-            &t.job_targets,
-            &t.job_links,
-            &t.jobs_done,
-        );
-        let result = flatten(trees.transaction(
-            |(
-                tasks,
-                queue,
-                by_agent,
-                output,
-                agents,
-                deadlines,
-                finished,
-                cancels,
-                jobs,
-                job_targets,
-                job_links,
-                jobs_done,
-            )| {
-                job_events.borrow_mut().clear();
-                seqs_wanted.set(0);
-                seq_short.set(false);
-                f(&Tx {
-                    tasks,
-                    queue,
-                    by_agent,
-                    output,
-                    agents,
-                    deadlines,
-                    finished,
-                    cancels,
-                    jobs,
-                    job_targets,
-                    job_links,
-                    jobs_done,
-                    seqs: &self.seqs,
-                    seqs_wanted,
-                    seq_short,
-                    job_events: &job_events,
-                })
-            },
-        ));
+        let result = flatten(self.trees().transaction(|trees| {
+            job_events.borrow_mut().clear();
+            seqs_wanted.set(0);
+            seq_short.set(false);
+            f(&Tx {
+                trees,
+                seqs: &self.seqs,
+                seqs_wanted,
+                seq_short,
+                job_events: &job_events,
+                follow: jobs::follow,
+            })
+        }));
         if result.is_ok() {
             self.job_events.push(job_events.into_inner());
         }
@@ -352,4 +319,8 @@ mod compact_tests;
 #[cfg(test)]
 mod job_tests;
 #[cfg(test)]
+mod stored_tests;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod upgrade_tests;

@@ -4,8 +4,9 @@
 //! two are counted.
 
 use super::records::{Stream, TaskRecord};
+use super::tx::owned_task;
 use super::tx::{Tx, TxError, chunk_key};
-use super::{CHUNK_LEN, ReportError, Store, StoreError, tasks::owned_task};
+use super::{CHUNK_LEN, ReportError, Store, StoreError};
 use crate::protocol::{TaskId, TaskStatus};
 
 /// One stored chunk.

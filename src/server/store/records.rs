@@ -1,5 +1,6 @@
-//! The values the store keeps: agents, tasks (with their deadline and output bookkeeping), and
-//! what an agent's report says. Encoded with [`crate::server::codec`].
+//! The values the store keeps, as the rest of the server sees them: agents, tasks (with their
+//! deadline and output bookkeeping), jobs and their targets, and what an agent's report says.
+//! How each is written to disk (its layout and version) is in `stored.rs`.
 
 use std::collections::BTreeMap;
 
@@ -102,7 +103,7 @@ impl std::fmt::Debug for AgentRecord {
 }
 
 /// A task and everything known about it except its output chunks.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TaskRecord {
     /// Task id.
     pub id: TaskId,
@@ -301,7 +302,7 @@ impl Default for Policy {
 
 /// A job: one command for many agents, started in a sliding window. Its targets are stored one
 /// per record in `job_targets`, so this value stays small whatever the number of targets.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct JobRecord {
     /// Job id (a UUID v7 like task ids, so keys sort by creation).
     pub id: TaskId,
@@ -339,7 +340,7 @@ pub struct JobRecord {
 
 /// One target of a job: its agent, its task once started, and how that task ended (kept here so
 /// the job's results outlive the task's retention).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TargetRecord {
     /// The agent.
     pub app_id: String,
@@ -350,7 +351,7 @@ pub struct TargetRecord {
 }
 
 /// The final state of a target's task.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TargetEnd {
     /// Final state.
     pub status: TaskStatus,

@@ -3,7 +3,10 @@
 //! task record.
 
 use super::records::{Outcome, TaskRecord, secs_to_ms};
-use super::tx::{Tx, TxError, abort, agent_prefix, agent_task_key, queue_key, task_id_from};
+use super::tx::{
+    CancelOutcome, Tx, TxError, abort, agent_prefix, agent_task_key, cancel_open, owned_task, queue_key,
+    task_id_from,
+};
 use super::{ReportError, Store, StoreError, jobs, output};
 use crate::protocol::{TaskId, TaskStatus};
 
@@ -16,15 +19,6 @@ pub enum Delivery {
     /// To an original client, which sends no acknowledgement: its first report counts, and the
     /// task is never handed out again (it may have run); it ends `lost` at the end of its run.
     Legacy,
-}
-
-/// What a cancel did.
-#[derive(Debug, Clone)]
-pub struct CancelOutcome {
-    /// The task after the cancel.
-    pub task: TaskRecord,
-    /// Its agent may be running it and must be told to stop.
-    pub tell_agent: bool,
 }
 
 impl Store {
@@ -188,46 +182,4 @@ impl Store {
         let prefix = agent_prefix(app_id);
         self.trees().cancels.scan_prefix(&prefix).keys().map(|k| task_id_from(&k?[prefix.len()..])).collect()
     }
-}
-
-/// Cancels `task`, which is not final: see [`Store::cancel`].
-pub(super) fn cancel_open<E: From<StoreError>>(
-    tx: &Tx<'_>,
-    mut task: TaskRecord,
-    force: bool,
-    now_ms: i64,
-) -> Result<CancelOutcome, TxError<E>> {
-    let queued = task.status == TaskStatus::Queued;
-    if queued {
-        tx.queue.remove(queue_key(&task.app_id, task.queue_seq))?;
-    }
-    if queued || force {
-        task.move_to(TaskStatus::Cancelled, now_ms);
-        task.error = Some(cancel_note(queued).to_owned());
-        tx.close(&mut task, now_ms)?;
-    } else {
-        task.cancel_requested = true;
-    }
-    if !queued {
-        tx.cancels.insert(agent_task_key(&task.app_id, task.id), &[])?;
-    }
-    tx.put_task(&task)?;
-    Ok(CancelOutcome { tell_agent: !queued, task })
-}
-
-fn cancel_note(queued: bool) -> &'static str {
-    if queued {
-        "cancelled before it was delivered"
-    } else {
-        "cancelled by force on the server; its agent was told to stop it"
-    }
-}
-
-/// The task `id`, checked to belong to `app_id`.
-pub(super) fn owned_task(tx: &Tx<'_>, app_id: &str, id: TaskId) -> Result<TaskRecord, TxError<ReportError>> {
-    let Some(task) = tx.task::<ReportError>(id)? else { return abort(ReportError::UnknownTask(id)) };
-    if task.app_id != app_id {
-        return abort(ReportError::NotYours(id));
-    }
-    Ok(task)
 }

@@ -1,10 +1,14 @@
 //! One open sled database: the `Db`, its data file (for fdatasync) and every tree the store
 //! uses, plus the few values kept in sled's default tree about the database itself. A new tree
-//! is a field here and a line in [`Trees::open`]; compaction copies every tree sled lists, so it
-//! needs no change.
+//! is one line in the `trees!` list here: it declares the field, opens the tree and, for a
+//! tree transactions use, adds it to the transaction view; compaction copies every tree sled
+//! lists, so it needs no change.
 
 use std::fs::File;
 use std::path::Path;
+
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionResult, TransactionResult, TransactionalTree};
 
 use super::StoreError;
 
@@ -15,82 +19,110 @@ const ID_FLOOR_KEY: &[u8] = b"orange.id_floor";
 /// compaction (absent for a database that was never compacted).
 const COMPACTED_BYTES_KEY: &[u8] = b"orange.compacted_bytes";
 
-/// The open database and its trees.
-pub struct Trees {
-    /// Name of its directory inside the data directory.
-    pub name: String,
-    /// The database.
-    pub db: sled::Db,
-    /// sled's data file, synced by [`Trees::sync`].
-    data_file: File,
-    /// Ids from `db.generate_id()` are offset by this.
-    id_floor: u64,
-    /// app id → agent record.
-    pub agents: sled::Tree,
-    /// task id → task record.
-    pub tasks: sled::Tree,
-    /// app id, 0, sequence → task id.
-    pub queue: sled::Tree,
-    /// app id, 0, task id → empty.
-    pub by_agent: sled::Tree,
-    /// task id, chunk number → stream tag and bytes.
-    pub output: sled::Tree,
-    /// time, task id → empty: open tasks' next deadline.
-    pub deadlines: sled::Tree,
-    /// time, task id → empty: finished tasks.
-    pub finished: sled::Tree,
-    /// app id, 0, task id → empty: unconfirmed cancels.
-    pub cancels: sled::Tree,
-    /// signing time, digest → empty: used signed requests.
-    pub seen: sled::Tree,
-    /// token id → token record.
-    pub tokens: sled::Tree,
-    /// time, sequence → audit record.
-    pub audit: sled::Tree,
-    /// app id → host facts.
-    pub facts: sled::Tree,
-    /// job id → job record.
-    pub jobs: sled::Tree,
-    /// job id, target index → target record.
-    pub job_targets: sled::Tree,
-    /// task id → job id, target index.
-    pub job_links: sled::Tree,
-    /// time, job id → empty: done jobs.
-    pub jobs_done: sled::Tree,
+/// Declares the trees once: the [`Trees`] struct, its opening, the transactional view
+/// [`TxTrees`] and [`Trees::transaction`] over the trees transactions use. A tree listed under
+/// `in_transactions` may be written inside a transaction; one under `outside` only directly.
+macro_rules! trees {
+    (
+        in_transactions { $($(#[doc = $tdoc:literal])* $tx:ident,)* }
+        outside { $($(#[doc = $pdoc:literal])* $plain:ident,)* }
+    ) => {
+        /// The open database and its trees.
+        pub struct Trees {
+            /// Name of its directory inside the data directory.
+            pub name: String,
+            /// The database.
+            pub db: sled::Db,
+            /// sled's data file, synced by [`Trees::sync`].
+            data_file: File,
+            /// Ids from `db.generate_id()` are offset by this.
+            id_floor: u64,
+            $($(#[doc = $tdoc])* pub $tx: sled::Tree,)*
+            $($(#[doc = $pdoc])* pub $plain: sled::Tree,)*
+        }
+
+        /// The trees transactions use, inside one transaction.
+        #[derive(Clone, Copy)]
+        pub struct TxTrees<'a> {
+            $($(#[doc = $tdoc])* pub $tx: &'a TransactionalTree,)*
+        }
+
+        impl Trees {
+            /// Opens (or creates) the sled database `dir/name`.
+            pub fn open(dir: &Path, name: &str, cache_bytes: u64) -> Result<Trees, StoreError> {
+                let path = dir.join(name);
+                let db = sled::Config::new().path(&path).cache_capacity(cache_bytes).open()?;
+                let data_file = File::open(path.join("db"))
+                    .map_err(|e| StoreError::Io(format!("cannot open {}: {e}", path.join("db").display())))?;
+                let id_floor = read_u64(&db, ID_FLOOR_KEY)?.unwrap_or(0);
+                Ok(Trees {
+                    $($tx: db.open_tree(stringify!($tx))?,)*
+                    $($plain: db.open_tree(stringify!($plain))?,)*
+                    name: name.to_owned(),
+                    db,
+                    data_file,
+                    id_floor,
+                })
+            }
+
+            /// Runs `f` as one sled transaction over every tree of [`TxTrees`] (again, when it
+            /// conflicts).
+            pub fn transaction<A, E>(
+                &self,
+                f: impl Fn(TxTrees<'_>) -> ConflictableTransactionResult<A, E>,
+            ) -> TransactionResult<A, E> {
+                let trees = [$(&self.$tx),*];
+                trees[..].transaction(|views| {
+                    let [$($tx),*] = views.as_slice() else {
+                        unreachable!("sled gives one view per tree");
+                    };
+                    f(TxTrees { $($tx),* })
+                })
+            }
+        }
+    };
+}
+
+trees! {
+    in_transactions {
+        /// task id → task record.
+        tasks,
+        /// app id, 0, sequence → task id.
+        queue,
+        /// app id, 0, task id → empty.
+        by_agent,
+        /// task id, chunk number → stream tag and bytes.
+        output,
+        /// app id → agent record.
+        agents,
+        /// time, task id → empty: open tasks' next deadline.
+        deadlines,
+        /// time, task id → empty: finished tasks.
+        finished,
+        /// app id, 0, task id → empty: unconfirmed cancels.
+        cancels,
+        /// job id → job record.
+        jobs,
+        /// job id, target index → target record.
+        job_targets,
+        /// task id → job id, target index.
+        job_links,
+        /// time, job id → empty: done jobs.
+        jobs_done,
+    }
+    outside {
+        /// signing time, digest → empty: used signed requests.
+        seen,
+        /// token id → token record.
+        tokens,
+        /// time, sequence → audit record.
+        audit,
+        /// app id → host facts.
+        facts,
+    }
 }
 
 impl Trees {
-    /// Opens (or creates) the sled database `dir/name`.
-    pub fn open(dir: &Path, name: &str, cache_bytes: u64) -> Result<Trees, StoreError> {
-        let path = dir.join(name);
-        let db = sled::Config::new().path(&path).cache_capacity(cache_bytes).open()?;
-        let data_file = File::open(path.join("db"))
-            .map_err(|e| StoreError::Io(format!("cannot open {}: {e}", path.join("db").display())))?;
-        let id_floor = read_u64(&db, ID_FLOOR_KEY)?.unwrap_or(0);
-        Ok(Trees {
-            agents: db.open_tree("agents")?,
-            tasks: db.open_tree("tasks")?,
-            queue: db.open_tree("queue")?,
-            by_agent: db.open_tree("by_agent")?,
-            output: db.open_tree("output")?,
-            deadlines: db.open_tree("deadlines")?,
-            finished: db.open_tree("finished")?,
-            cancels: db.open_tree("cancels")?,
-            seen: db.open_tree("seen")?,
-            tokens: db.open_tree("tokens")?,
-            audit: db.open_tree("audit")?,
-            facts: db.open_tree("facts")?,
-            jobs: db.open_tree("jobs")?,
-            job_targets: db.open_tree("job_targets")?,
-            job_links: db.open_tree("job_links")?,
-            jobs_done: db.open_tree("jobs_done")?,
-            name: name.to_owned(),
-            db,
-            data_file,
-            id_floor,
-        })
-    }
-
     /// A new id, larger than every id handed out before, also by the databases this one was
     /// compacted from.
     pub fn next_id(&self) -> Result<u64, StoreError> {

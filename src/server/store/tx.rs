@@ -1,14 +1,19 @@
-//! Keys of every tree and the transaction view over all of them, with the small moves that
-//! keep the indexes in step with a task record (queue entry, deadline, finished index).
+//! Keys of every tree and the transaction view ([`Tx`]: the trees of `trees.rs` and the
+//! transaction's queue numbers and job events), with the small moves that keep the indexes in
+//! step with a task record (queue entry, deadline, finished index), the cancel of an open task
+//! and the check that a reported task is the reporter's.
 
 use std::cell::{Cell, RefCell};
+use std::ops::Deref;
 
-use sled::transaction::{ConflictableTransactionError, TransactionalTree};
+use sled::transaction::ConflictableTransactionError;
 
-use super::StoreError;
-use super::jobs::{self, JobEvent, SeqPool};
+use super::events::JobEvent;
 use super::records::{AgentRecord, TaskRecord};
-use crate::protocol::TaskId;
+use super::seq::SeqPool;
+use super::trees::TxTrees;
+use super::{ReportError, StoreError};
+use crate::protocol::{TaskId, TaskStatus};
 use crate::server::codec;
 
 /// An error inside a transaction: aborts it with `E`.
@@ -86,32 +91,11 @@ pub fn task_id_from(bytes: &[u8]) -> Result<TaskId, StoreError> {
     TaskId::from_slice(bytes).map_err(|_| corrupt_key("task id is not 16 bytes"))
 }
 
-/// Every tree, inside one transaction.
+/// Every tree a transaction uses (through [`Deref`] to [`TxTrees`]), and what the
+/// transaction needs besides: queue numbers and the job events it leaves.
 pub struct Tx<'a> {
-    /// Task records.
-    pub tasks: &'a TransactionalTree,
-    /// Per-agent FIFO queues.
-    pub queue: &'a TransactionalTree,
-    /// Per-agent task index.
-    pub by_agent: &'a TransactionalTree,
-    /// Output chunks.
-    pub output: &'a TransactionalTree,
-    /// Agent records.
-    pub agents: &'a TransactionalTree,
-    /// Deadline index.
-    pub deadlines: &'a TransactionalTree,
-    /// Finish-time index (retention).
-    pub finished: &'a TransactionalTree,
-    /// Pending cancels per agent.
-    pub cancels: &'a TransactionalTree,
-    /// Job records.
-    pub jobs: &'a TransactionalTree,
-    /// One record per job target.
-    pub job_targets: &'a TransactionalTree,
-    /// Task id → its job and target index.
-    pub job_links: &'a TransactionalTree,
-    /// Done-time index of jobs (retention).
-    pub jobs_done: &'a TransactionalTree,
+    /// The trees.
+    pub trees: TxTrees<'a>,
     /// Queue sequence numbers reserved for tasks a job starts.
     pub seqs: &'a SeqPool,
     /// Queue numbers this attempt asked `seqs` for.
@@ -120,6 +104,20 @@ pub struct Tx<'a> {
     pub seq_short: &'a Cell<bool>,
     /// What the transaction did to jobs, announced once it commits.
     pub job_events: &'a RefCell<Vec<JobEvent>>,
+    /// Moves what follows a task's change of state (its job), in this transaction: called by
+    /// [`Tx::put_task`] with the task's previous stored value.
+    pub follow: Follow,
+}
+
+/// What [`Tx::put_task`] calls when it replaces a task record (see `jobs::follow`).
+pub type Follow = fn(&Tx<'_>, &[u8], &TaskRecord) -> Result<(), TxError<StoreError>>;
+
+impl<'a> Deref for Tx<'a> {
+    type Target = TxTrees<'a>;
+
+    fn deref(&self) -> &TxTrees<'a> {
+        &self.trees
+    }
 }
 
 impl Tx<'_> {
@@ -145,7 +143,7 @@ impl Tx<'_> {
     /// (counts, window, error limit), in this same transaction.
     pub fn put_task<E: From<StoreError>>(&self, task: &TaskRecord) -> Result<(), TxError<E>> {
         if let Some(old) = self.tasks.insert(task.id.as_bytes(), codec::encode(task))? {
-            jobs::follow(self, &old, task)?;
+            (self.follow)(self, &old, task).map_err(widen)?;
         }
         Ok(())
     }
@@ -181,7 +179,68 @@ impl Tx<'_> {
     }
 }
 
+/// An error of a transaction step that aborts with a [`StoreError`], as an error of a
+/// transaction that aborts with `E`.
+fn widen<E: From<StoreError>>(e: TxError<StoreError>) -> TxError<E> {
+    match e {
+        ConflictableTransactionError::Abort(e) => ConflictableTransactionError::Abort(e.into()),
+        ConflictableTransactionError::Conflict => ConflictableTransactionError::Conflict,
+        ConflictableTransactionError::Storage(e) => ConflictableTransactionError::Storage(e),
+    }
+}
+
 /// Decodes a stored value inside a transaction, aborting it on a corrupt value.
-pub fn decode<T: serde::de::DeserializeOwned, E: From<StoreError>>(bytes: &[u8]) -> Result<T, TxError<E>> {
+pub fn decode<T: codec::Record, E: From<StoreError>>(bytes: &[u8]) -> Result<T, TxError<E>> {
     codec::decode(bytes).map_err(|e| ConflictableTransactionError::Abort(StoreError::from(e).into()))
+}
+
+/// What a cancel did.
+#[derive(Debug, Clone)]
+pub struct CancelOutcome {
+    /// The task after the cancel.
+    pub task: TaskRecord,
+    /// Its agent may be running it and must be told to stop.
+    pub tell_agent: bool,
+}
+
+/// Cancels `task`, which is not final: see `Store::cancel`.
+pub(super) fn cancel_open<E: From<StoreError>>(
+    tx: &Tx<'_>,
+    mut task: TaskRecord,
+    force: bool,
+    now_ms: i64,
+) -> Result<CancelOutcome, TxError<E>> {
+    let queued = task.status == TaskStatus::Queued;
+    if queued {
+        tx.queue.remove(queue_key(&task.app_id, task.queue_seq))?;
+    }
+    if queued || force {
+        task.move_to(TaskStatus::Cancelled, now_ms);
+        task.error = Some(cancel_note(queued).to_owned());
+        tx.close(&mut task, now_ms)?;
+    } else {
+        task.cancel_requested = true;
+    }
+    if !queued {
+        tx.cancels.insert(agent_task_key(&task.app_id, task.id), &[])?;
+    }
+    tx.put_task(&task)?;
+    Ok(CancelOutcome { tell_agent: !queued, task })
+}
+
+fn cancel_note(queued: bool) -> &'static str {
+    if queued {
+        "cancelled before it was delivered"
+    } else {
+        "cancelled by force on the server; its agent was told to stop it"
+    }
+}
+
+/// The task `id`, checked to belong to `app_id`.
+pub(super) fn owned_task(tx: &Tx<'_>, app_id: &str, id: TaskId) -> Result<TaskRecord, TxError<ReportError>> {
+    let Some(task) = tx.task::<ReportError>(id)? else { return abort(ReportError::UnknownTask(id)) };
+    if task.app_id != app_id {
+        return abort(ReportError::NotYours(id));
+    }
+    Ok(task)
 }

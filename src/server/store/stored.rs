@@ -1,0 +1,340 @@
+//! The stored layouts of the records and their versions: which layout each record type is
+//! written in, and how each older version is read. The store's records that hold protocol
+//! types (task states, job states and counts, limits) are written through private mirrors of
+//! those types, so a change to the wire cannot change the bytes on disk unnoticed; the records
+//! made only of the store's own types are their own layout.
+//!
+//! The mirrors are `pub` only because they name [`Record::Stored`]; this module is private.
+//!
+//! To add a field to a record: copy its current layout here as `...V<n>` (frozen), add the field
+//! to the layout and the in-memory type, raise `VERSION`, and make `from_older` read version
+//! `n` through the frozen copy. Never change a layout whose version was released.
+
+use serde::{Deserialize, Serialize};
+
+use super::facts::FactsRecord;
+use super::records::{
+    AgentRecord, AuditRecord, JobRecord, OutputState, TargetEnd, TargetRecord, TaskRecord, TokenRecord,
+};
+use crate::protocol::jobs::{JobCounts, JobState, Limit};
+use crate::protocol::{TaskId, TaskStatus};
+use crate::server::codec::{CodecError, Record};
+
+/// Implements [`Record`] for a store type that is its own stored layout.
+macro_rules! own_layout {
+    ($($ty:ty => $name:literal, $version:literal;)*) => {$(
+        impl Record for $ty {
+            const NAME: &'static str = $name;
+            const VERSION: u8 = $version;
+            type Stored = $ty;
+
+            fn to_stored(&self) -> $ty {
+                self.clone()
+            }
+
+            fn from_stored(stored: $ty) -> Result<$ty, CodecError> {
+                Ok(stored)
+            }
+        }
+    )*};
+}
+
+own_layout! {
+    AgentRecord => "agent", 1;
+    TokenRecord => "token", 1;
+    AuditRecord => "audit", 1;
+    FactsRecord => "facts", 1;
+}
+
+/// [`TaskStatus`] as stored: variants in the order of version 1, never reordered.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub enum StoredTaskStatus {
+    Queued,
+    Delivered,
+    Running,
+    Succeeded,
+    Failed,
+    TimedOut,
+    Cancelled,
+    Expired,
+    Lost,
+}
+
+impl From<TaskStatus> for StoredTaskStatus {
+    fn from(status: TaskStatus) -> Self {
+        match status {
+            TaskStatus::Queued => StoredTaskStatus::Queued,
+            TaskStatus::Delivered => StoredTaskStatus::Delivered,
+            TaskStatus::Running => StoredTaskStatus::Running,
+            TaskStatus::Succeeded => StoredTaskStatus::Succeeded,
+            TaskStatus::Failed => StoredTaskStatus::Failed,
+            TaskStatus::TimedOut => StoredTaskStatus::TimedOut,
+            TaskStatus::Cancelled => StoredTaskStatus::Cancelled,
+            TaskStatus::Expired => StoredTaskStatus::Expired,
+            TaskStatus::Lost => StoredTaskStatus::Lost,
+        }
+    }
+}
+
+impl From<StoredTaskStatus> for TaskStatus {
+    fn from(status: StoredTaskStatus) -> Self {
+        match status {
+            StoredTaskStatus::Queued => TaskStatus::Queued,
+            StoredTaskStatus::Delivered => TaskStatus::Delivered,
+            StoredTaskStatus::Running => TaskStatus::Running,
+            StoredTaskStatus::Succeeded => TaskStatus::Succeeded,
+            StoredTaskStatus::Failed => TaskStatus::Failed,
+            StoredTaskStatus::TimedOut => TaskStatus::TimedOut,
+            StoredTaskStatus::Cancelled => TaskStatus::Cancelled,
+            StoredTaskStatus::Expired => TaskStatus::Expired,
+            StoredTaskStatus::Lost => TaskStatus::Lost,
+        }
+    }
+}
+
+/// A task record, version 1.
+#[derive(Serialize, Deserialize)]
+pub struct StoredTask {
+    id: TaskId,
+    app_id: String,
+    task_type: String,
+    payload: String,
+    status: StoredTaskStatus,
+    timeout_secs: u64,
+    expires_ms: i64,
+    history: Vec<(StoredTaskStatus, i64)>,
+    queue_seq: u64,
+    ack_required: bool,
+    deadline_ms: i64,
+    cancel_requested: bool,
+    exit_code: Option<i32>,
+    error: Option<String>,
+    duration_ms: Option<u64>,
+    output: OutputState,
+}
+
+impl Record for TaskRecord {
+    const NAME: &'static str = "task";
+    const VERSION: u8 = 1;
+    type Stored = StoredTask;
+
+    fn to_stored(&self) -> StoredTask {
+        StoredTask {
+            id: self.id,
+            app_id: self.app_id.clone(),
+            task_type: self.task_type.clone(),
+            payload: self.payload.clone(),
+            status: self.status.into(),
+            timeout_secs: self.timeout_secs,
+            expires_ms: self.expires_ms,
+            history: self.history.iter().map(|&(s, at)| (s.into(), at)).collect(),
+            queue_seq: self.queue_seq,
+            ack_required: self.ack_required,
+            deadline_ms: self.deadline_ms,
+            cancel_requested: self.cancel_requested,
+            exit_code: self.exit_code,
+            error: self.error.clone(),
+            duration_ms: self.duration_ms,
+            output: self.output.clone(),
+        }
+    }
+
+    fn from_stored(s: StoredTask) -> Result<TaskRecord, CodecError> {
+        Ok(TaskRecord {
+            id: s.id,
+            app_id: s.app_id,
+            task_type: s.task_type,
+            payload: s.payload,
+            status: s.status.into(),
+            timeout_secs: s.timeout_secs,
+            expires_ms: s.expires_ms,
+            history: s.history.into_iter().map(|(st, at)| (st.into(), at)).collect(),
+            queue_seq: s.queue_seq,
+            ack_required: s.ack_required,
+            deadline_ms: s.deadline_ms,
+            cancel_requested: s.cancel_requested,
+            exit_code: s.exit_code,
+            error: s.error,
+            duration_ms: s.duration_ms,
+            output: s.output,
+        })
+    }
+}
+
+/// [`JobState`] as stored: variants in the order of version 1, never reordered.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub enum StoredJobState {
+    Running,
+    Paused,
+    Stopped,
+    Cancelled,
+    Finished,
+}
+
+impl From<JobState> for StoredJobState {
+    fn from(state: JobState) -> Self {
+        match state {
+            JobState::Running => StoredJobState::Running,
+            JobState::Paused => StoredJobState::Paused,
+            JobState::Stopped => StoredJobState::Stopped,
+            JobState::Cancelled => StoredJobState::Cancelled,
+            JobState::Finished => StoredJobState::Finished,
+        }
+    }
+}
+
+impl From<StoredJobState> for JobState {
+    fn from(state: StoredJobState) -> Self {
+        match state {
+            StoredJobState::Running => JobState::Running,
+            StoredJobState::Paused => JobState::Paused,
+            StoredJobState::Stopped => JobState::Stopped,
+            StoredJobState::Cancelled => JobState::Cancelled,
+            StoredJobState::Finished => JobState::Finished,
+        }
+    }
+}
+
+/// Expands to the conversions between [`JobCounts`] and its stored mirror, field by field.
+macro_rules! job_counts {
+    ($($field:ident),*) => {
+        /// [`JobCounts`] as stored: fields in the order of version 1.
+        #[derive(Debug, Clone, Serialize, Deserialize)]
+        pub struct StoredJobCounts {
+            $($field: u32,)*
+        }
+
+        impl From<&JobCounts> for StoredJobCounts {
+            fn from(c: &JobCounts) -> Self {
+                StoredJobCounts { $($field: c.$field,)* }
+            }
+        }
+
+        impl From<StoredJobCounts> for JobCounts {
+            fn from(c: StoredJobCounts) -> Self {
+                JobCounts { $($field: c.$field,)* }
+            }
+        }
+    };
+}
+
+job_counts!(
+    waiting, queued, delivered, running, succeeded, failed, timed_out, cancelled, expired, lost, skipped
+);
+
+/// A job record, version 1. Limits are kept as operators write them (`10`, `10%`).
+#[derive(Serialize, Deserialize)]
+pub struct StoredJob {
+    id: TaskId,
+    created_ms: i64,
+    task_type: String,
+    payload: String,
+    timeout_secs: u64,
+    ttl_secs: u64,
+    max_concurrency: Option<String>,
+    max_errors: Option<String>,
+    window: u32,
+    error_limit: Option<u32>,
+    targets: u32,
+    next: u32,
+    state: StoredJobState,
+    counts: StoredJobCounts,
+    version: u64,
+    done_ms: i64,
+}
+
+fn limit_from(text: Option<String>) -> Result<Option<Limit>, CodecError> {
+    text.map(|t| Limit::parse(&t).map_err(|e| CodecError::Corrupt(format!("stored job limit: {e}"))))
+        .transpose()
+}
+
+impl Record for JobRecord {
+    const NAME: &'static str = "job";
+    const VERSION: u8 = 1;
+    type Stored = StoredJob;
+
+    fn to_stored(&self) -> StoredJob {
+        StoredJob {
+            id: self.id,
+            created_ms: self.created_ms,
+            task_type: self.task_type.clone(),
+            payload: self.payload.clone(),
+            timeout_secs: self.timeout_secs,
+            ttl_secs: self.ttl_secs,
+            max_concurrency: self.max_concurrency.map(|l| l.to_string()),
+            max_errors: self.max_errors.map(|l| l.to_string()),
+            window: self.window,
+            error_limit: self.error_limit,
+            targets: self.targets,
+            next: self.next,
+            state: self.state.into(),
+            counts: (&self.counts).into(),
+            version: self.version,
+            done_ms: self.done_ms,
+        }
+    }
+
+    fn from_stored(s: StoredJob) -> Result<JobRecord, CodecError> {
+        Ok(JobRecord {
+            id: s.id,
+            created_ms: s.created_ms,
+            task_type: s.task_type,
+            payload: s.payload,
+            timeout_secs: s.timeout_secs,
+            ttl_secs: s.ttl_secs,
+            max_concurrency: limit_from(s.max_concurrency)?,
+            max_errors: limit_from(s.max_errors)?,
+            window: s.window,
+            error_limit: s.error_limit,
+            targets: s.targets,
+            next: s.next,
+            state: s.state.into(),
+            counts: s.counts.into(),
+            version: s.version,
+            done_ms: s.done_ms,
+        })
+    }
+}
+
+/// A job target, version 1.
+#[derive(Serialize, Deserialize)]
+pub struct StoredTarget {
+    app_id: String,
+    task_id: Option<TaskId>,
+    end: Option<StoredTargetEnd>,
+}
+
+/// How a target's task ended, as stored in version 1 of a target.
+#[derive(Serialize, Deserialize)]
+pub struct StoredTargetEnd {
+    status: StoredTaskStatus,
+    exit_code: Option<i32>,
+    error: Option<String>,
+    duration_ms: Option<u64>,
+}
+
+impl Record for TargetRecord {
+    const NAME: &'static str = "job target";
+    const VERSION: u8 = 1;
+    type Stored = StoredTarget;
+
+    fn to_stored(&self) -> StoredTarget {
+        let end = self.end.as_ref().map(|e| StoredTargetEnd {
+            status: e.status.into(),
+            exit_code: e.exit_code,
+            error: e.error.clone(),
+            duration_ms: e.duration_ms,
+        });
+        StoredTarget { app_id: self.app_id.clone(), task_id: self.task_id, end }
+    }
+
+    fn from_stored(s: StoredTarget) -> Result<TargetRecord, CodecError> {
+        let end = s.end.map(|e| TargetEnd {
+            status: e.status.into(),
+            exit_code: e.exit_code,
+            error: e.error,
+            duration_ms: e.duration_ms,
+        });
+        Ok(TargetRecord { app_id: s.app_id, task_id: s.task_id, end })
+    }
+}

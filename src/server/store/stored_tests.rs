@@ -1,0 +1,208 @@
+//! Tests of the stored layouts: values written by 0.1.0 (version 1 of every record, bytes
+//! captured from that release) still decode, and an unknown version is refused by name.
+
+use std::collections::BTreeMap;
+
+use super::records::*;
+use crate::protocol::jobs::{JobCounts, JobState, Limit};
+use crate::protocol::{TaskId, TaskStatus};
+use crate::server::codec;
+use crate::server::store::FactsRecord;
+
+fn id(n: u8) -> TaskId {
+    TaskId::from_bytes([n; 16])
+}
+
+fn sample_agent() -> AgentRecord {
+    AgentRecord {
+        app_id: "web-1".into(),
+        secret: "s3cret".into(),
+        labels: BTreeMap::from([("role".into(), "web".into())]),
+        version: Some("0.1.0".into()),
+        hostname: None,
+        registered_at_ms: 1_700_000_000_000,
+        last_seen_ms: 1_700_000_001_000,
+        processed_task_count: 7,
+        status: AgentStatus::Pending,
+    }
+}
+
+fn sample_token() -> TokenRecord {
+    TokenRecord {
+        id: "0123456789abcdef".into(),
+        secret: "tok".into(),
+        created_ms: 5,
+        expires_ms: 6,
+        uses_left: 2,
+        revoked: true,
+    }
+}
+
+fn sample_audit() -> AuditRecord {
+    AuditRecord {
+        at_ms: 9,
+        actor: "admin@127.0.0.1".into(),
+        action: "task.send".into(),
+        target: "t".into(),
+        detail: "d".into(),
+    }
+}
+
+fn sample_task() -> TaskRecord {
+    TaskRecord {
+        id: id(1),
+        app_id: "web-1".into(),
+        task_type: "shell".into(),
+        payload: "echo hi".into(),
+        status: TaskStatus::TimedOut,
+        timeout_secs: 60,
+        expires_ms: 1000,
+        history: vec![(TaskStatus::Queued, 1), (TaskStatus::Lost, 2), (TaskStatus::TimedOut, 3)],
+        queue_seq: 42,
+        ack_required: true,
+        deadline_ms: 77,
+        cancel_requested: true,
+        exit_code: Some(-3),
+        error: Some("boom".into()),
+        duration_ms: Some(12),
+        output: OutputState {
+            next_seq: 3,
+            head_bytes: 100,
+            tail_start: Some(2),
+            tail_oldest: 2,
+            tail_bytes: 50,
+            dropped_bytes: 7,
+        },
+    }
+}
+
+fn sample_job() -> JobRecord {
+    JobRecord {
+        id: id(2),
+        created_ms: 11,
+        task_type: "shell".into(),
+        payload: "uptime".into(),
+        timeout_secs: 30,
+        ttl_secs: 60,
+        max_concurrency: Some(Limit::Percent(10)),
+        max_errors: Some(Limit::Count(2)),
+        window: 1,
+        error_limit: Some(2),
+        targets: 11,
+        next: 3,
+        state: JobState::Stopped,
+        counts: JobCounts {
+            waiting: 1,
+            queued: 2,
+            delivered: 3,
+            running: 4,
+            succeeded: 5,
+            failed: 6,
+            timed_out: 7,
+            cancelled: 8,
+            expired: 9,
+            lost: 10,
+            skipped: 11,
+        },
+        version: 12,
+        done_ms: 13,
+    }
+}
+
+fn sample_target() -> TargetRecord {
+    TargetRecord {
+        app_id: "web-2".into(),
+        task_id: Some(id(3)),
+        end: Some(TargetEnd {
+            status: TaskStatus::Expired,
+            exit_code: None,
+            error: Some("gone".into()),
+            duration_ms: None,
+        }),
+    }
+}
+
+fn sample_facts() -> FactsRecord {
+    FactsRecord {
+        hostname: Some("h".into()),
+        os_name: None,
+        os_version: Some("12".into()),
+        kernel: None,
+        arch: Some("x86_64".into()),
+        ips: vec!["10.0.0.1".into()],
+        boot_time: Some(-1),
+        updated_ms: 4,
+    }
+}
+
+fn unhex(hex: &str) -> Vec<u8> {
+    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
+}
+
+/// Asserts that `hex`, a value as orange 0.1.0 wrote it, decodes to `expected` and that this
+/// build, still at version 1 of the record, writes the same bytes.
+fn v1<T: codec::Record + PartialEq + std::fmt::Debug>(hex: &str, expected: T) {
+    let bytes = unhex(hex);
+    assert_eq!(bytes[0], 1, "0.1.0 wrote version 1");
+    assert_eq!(codec::decode::<T>(&bytes).unwrap(), expected, "decoding {}", T::NAME);
+    assert_eq!(codec::encode(&expected), bytes, "encoding {}", T::NAME);
+}
+
+// Bytes written by orange 0.1.0 for the samples above.
+const AGENT_V1: &str = "01057765622d31067333637265740104726f6c65037765620105302e312e3000fd00d0ca9f17030000fdd0d7ca9f170300000700";
+const TOKEN_V1: &str = "01103031323334353637383961626364656603746f6b0a0c0201";
+const AUDIT_V1: &str = "01120f61646d696e403132372e302e302e31097461736b2e73656e6401740164";
+const TASK_V1: &str = "011001010101010101010101010101010101057765622d31057368656c6c076563686f206869053cfbd007030002080405062a019a0101050104626f6f6d010c03640102023207";
+const JOB_V1: &str = "01100202020202020202020202020202020216057368656c6c06757074696d651e3c01033130250101320101020b03020102030405060708090a0b0c1a";
+const JOB_V1_NO_LIMITS: &str = "01100202020202020202020202020202020216057368656c6c06757074696d651e3c000001000b03040102030405060708090a0b0c1a";
+const TARGET_V1: &str = "01057765622d320110030303030303030303030303030303030107000104676f6e6500";
+const TARGET_V1_NOT_STARTED: &str = "01057765622d320000";
+const FACTS_V1: &str = "0101016800010231320001067838365f3634010831302e302e302e31010108";
+
+#[test]
+fn agents_tokens_audit_and_facts_written_by_0_1_0_decode() {
+    v1(AGENT_V1, sample_agent());
+    v1(TOKEN_V1, sample_token());
+    v1(AUDIT_V1, sample_audit());
+    v1(FACTS_V1, sample_facts());
+}
+
+#[test]
+fn tasks_written_by_0_1_0_decode() {
+    v1(TASK_V1, sample_task());
+}
+
+#[test]
+fn jobs_and_targets_written_by_0_1_0_decode() {
+    v1(JOB_V1, sample_job());
+    let mut job = sample_job();
+    (job.max_concurrency, job.max_errors, job.error_limit) = (None, None, None);
+    job.state = JobState::Finished;
+    v1(JOB_V1_NO_LIMITS, job);
+    v1(TARGET_V1, sample_target());
+    v1(TARGET_V1_NOT_STARTED, TargetRecord { app_id: "web-2".into(), task_id: None, end: None });
+}
+
+#[test]
+fn a_future_version_is_refused_naming_the_record() {
+    let mut bytes = unhex(TASK_V1);
+    bytes[0] = 2;
+    let err = codec::decode::<TaskRecord>(&bytes).unwrap_err();
+    assert_eq!(err.to_string(), "stored task record has version 2; this build reads versions up to 1");
+    let mut bytes = unhex(TARGET_V1);
+    bytes[0] = 7;
+    let err = codec::decode::<TargetRecord>(&bytes).unwrap_err();
+    assert_eq!(err.to_string(), "stored job target record has version 7; this build reads versions up to 1");
+}
+
+#[test]
+fn a_stored_limit_that_does_not_parse_is_corrupt() {
+    let mut job = sample_job();
+    job.max_errors = Some(Limit::Count(2));
+    let bytes = codec::encode(&job);
+    // "2" is stored as length 1, b'2'; make it "x".
+    let at = bytes.windows(2).position(|w| w == [1, b'2']).unwrap();
+    let mut bad = bytes.clone();
+    bad[at + 1] = b'x';
+    assert!(matches!(codec::decode::<JobRecord>(&bad), Err(codec::CodecError::Corrupt(_))));
+}

@@ -1,0 +1,194 @@
+//! The upgrade test: a data directory written by orange 0.1.0 (`tests/fixtures/`, made by
+//! `make-datadir-0.1.0.sh` through the real binary) opens with this build and keeps every agent,
+//! task, job, token and audit record that release's API showed (`datadir-0.1.0.json`); then it
+//! takes new writes and opens again.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+use super::*;
+use crate::protocol::jobs::{JobState, Limit};
+use crate::protocol::task::new_task_id;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// Unpacks the 0.1.0 data directory into a fresh temporary directory.
+fn unpack() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new("tar")
+        .arg("-xzf")
+        .arg(fixtures().join("datadir-0.1.0.tar.gz"))
+        .arg("-C")
+        .arg(dir.path())
+        .status()
+        .expect("tar runs");
+    assert!(status.success(), "tar could not unpack the fixture: {status}");
+    dir
+}
+
+fn manifest() -> Value {
+    let text = std::fs::read_to_string(fixtures().join("datadir-0.1.0.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn open_at(dir: &Path) -> Store {
+    Store::open(dir, 8 * 1024 * 1024, Policy::default()).unwrap()
+}
+
+/// The manifest's list `key`, asserted non-empty so that no check below passes vacuously.
+fn list<'a>(manifest: &'a Value, key: &str) -> &'a [Value] {
+    let items = manifest[key].as_array().unwrap();
+    assert!(!items.is_empty(), "the manifest lists no {key}");
+    items
+}
+
+fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    i64::try_from(since.as_millis()).unwrap()
+}
+
+fn json<T: serde::Serialize>(value: T) -> Value {
+    serde_json::to_value(value).unwrap()
+}
+
+fn task_id(value: &Value) -> TaskId {
+    value.as_str().unwrap().parse().unwrap()
+}
+
+fn check_agents(store: &Store, manifest: &Value) {
+    let expected = list(manifest, "agents");
+    let agents = store.agents().unwrap();
+    assert_eq!(agents.len(), expected.len());
+    for want in expected {
+        let got = store.agent(want["app_id"].as_str().unwrap()).unwrap().expect("agent kept");
+        assert_eq!(got.status.as_str(), want["status"], "{}", got.app_id);
+        assert_eq!(json(&got.labels), want["labels"], "{}", got.app_id);
+        assert_eq!(json(&got.version), want["version"], "{}", got.app_id);
+        assert_eq!(got.processed_task_count, want["processed_task_count"], "{}", got.app_id);
+    }
+}
+
+fn check_tasks(store: &Store, manifest: &Value) {
+    let expected = list(manifest, "tasks");
+    assert_eq!(store.tasks(None, 1000).unwrap().len(), expected.len());
+    for want in expected {
+        let task = store.task(task_id(&want["task_id"])).unwrap().expect("task kept");
+        let [stdout, stderr, _] = store.output_texts(&task, 1 << 20).unwrap();
+        let history: Vec<Value> = task.history.iter().map(|(s, _)| json(s)).collect();
+        assert_eq!(json(task.status), want["status"], "{}", task.id);
+        assert_eq!(json(task.exit_code), want["exit_code"], "{}", task.id);
+        assert_eq!(json(&task.error), want["error"], "{}", task.id);
+        assert_eq!(String::from_utf8_lossy(&stdout), want["stdout"].as_str().unwrap(), "{}", task.id);
+        assert_eq!(String::from_utf8_lossy(&stderr), want["stderr"].as_str().unwrap(), "{}", task.id);
+        assert_eq!(history, *want["history"].as_array().unwrap(), "{}", task.id);
+        assert_eq!(
+            (task.app_id.as_str(), task.task_type.as_str()),
+            (want["app_id"].as_str().unwrap(), want["task_type"].as_str().unwrap())
+        );
+        assert_eq!(
+            (task.payload.as_str(), task.timeout_secs),
+            (want["payload"].as_str().unwrap(), want["timeout_secs"].as_u64().unwrap())
+        );
+    }
+}
+
+fn check_jobs(store: &Store, manifest: &Value) {
+    let expected = list(manifest, "jobs");
+    assert_eq!(store.jobs(1000).unwrap().len(), expected.len());
+    for want in expected {
+        let job = store.job(task_id(&want["job_id"])).unwrap().expect("job kept");
+        assert_eq!(json(job.state), want["state"], "{}", job.id);
+        assert_eq!(json(&job.counts), want["counts"], "{}", job.id);
+        assert_eq!(job.targets, want["targets"], "{}", job.id);
+        assert_eq!(job.version, want["version"], "{}", job.id);
+        assert_eq!(
+            (job.task_type.as_str(), job.payload.as_str()),
+            (want["task_type"].as_str().unwrap(), want["payload"].as_str().unwrap())
+        );
+        assert_eq!(
+            job.max_concurrency.map(|l: Limit| l.to_string()),
+            want["max_concurrency"].as_str().map(String::from)
+        );
+        check_targets(store, &job, list(want, "results"));
+    }
+}
+
+fn check_targets(store: &Store, job: &JobRecord, expected: &[Value]) {
+    let targets = store.job_targets(job, None, 1000).unwrap();
+    assert_eq!(targets.len(), expected.len(), "{}", job.id);
+    for (got, want) in targets.iter().zip(expected) {
+        assert_eq!(got.app_id, want["app_id"].as_str().unwrap(), "{}", job.id);
+        assert_eq!(got.task_id, want["task_id"].as_str().map(|id| id.parse().unwrap()), "{}", job.id);
+        if let Some(end) = &got.end {
+            assert_eq!(json(end.status), want["state"], "{} {}", job.id, got.app_id);
+            assert_eq!(json(end.exit_code), want["exit_code"], "{} {}", job.id, got.app_id);
+        }
+    }
+    assert!(targets.iter().any(|t| t.end.is_some()) || job.state != JobState::Finished);
+}
+
+fn check_tokens_and_audit(store: &Store, manifest: &Value) {
+    let expected = list(manifest, "tokens");
+    assert_eq!(store.tokens().unwrap().len(), expected.len());
+    for want in expected {
+        let token = store.token(want["token_id"].as_str().unwrap()).unwrap().expect("token kept");
+        assert_eq!(
+            (token.uses_left, token.revoked),
+            (want["uses_left"].as_u64().unwrap() as u32, want["revoked"].as_bool().unwrap())
+        );
+    }
+    let expected = list(manifest, "audit");
+    let entries = store.audit_entries(1000).unwrap();
+    assert_eq!(entries.len(), expected.len());
+    for (got, want) in entries.iter().zip(expected) {
+        let got = [&got.actor, &got.action, &got.target, &got.detail];
+        let want = ["actor", "action", "target", "detail"].map(|k| want[k].as_str().unwrap());
+        assert_eq!(got, want);
+    }
+}
+
+fn check_all(store: &Store, manifest: &Value) {
+    check_agents(store, manifest);
+    check_tasks(store, manifest);
+    check_jobs(store, manifest);
+    check_tokens_and_audit(store, manifest);
+}
+
+#[test]
+fn a_data_directory_written_by_0_1_0_opens_with_every_record() {
+    let dir = unpack();
+    let manifest = manifest();
+    assert_eq!(manifest["release"], "0.1.0");
+    check_all(&open_at(dir.path()), &manifest);
+}
+
+#[test]
+fn a_data_directory_written_by_0_1_0_takes_new_tasks_and_reopens() {
+    let dir = unpack();
+    let manifest = manifest();
+    let store = open_at(dir.path());
+    let queued = store.queued_count("off-1", 100);
+    assert!(queued > 0, "the fixture has tasks queued for the offline agent");
+    let spec = TaskSpec {
+        app_id: "off-1",
+        task_type: "shell",
+        payload: "echo new",
+        timeout_secs: 60,
+        ttl_secs: 3600,
+    };
+    let mut tasks = vec![TaskRecord::new(spec, new_task_id(), now_ms())];
+    store.enqueue(&mut tasks).unwrap();
+    drop(store);
+
+    let store = open_at(dir.path());
+    check_agents(&store, &manifest);
+    check_jobs(&store, &manifest);
+    check_tokens_and_audit(&store, &manifest);
+    assert_eq!(store.task(tasks[0].id).unwrap().map(|t| t.status), Some(TaskStatus::Queued));
+    assert_eq!(store.queued_count("off-1", 100), queued + 1);
+    assert_eq!(store.tasks(None, 1000).unwrap().len(), list(&manifest, "tasks").len() + 1);
+}
