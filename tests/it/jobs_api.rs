@@ -4,21 +4,19 @@
 //! a job run by real agents. Simulated agents (`AgentClient`) make the server's side
 //! deterministic; real agents are used where the restart is what is tested.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::support::{
+    Agent, AgentOpts, BASE_SECRET, RawResponse, SIM_SECRET, Server, ServerOpts, http, most_open_at_once,
+    wait_until,
+};
 use orange::client::{AgentClient, Enrollment};
 use orange::protocol::admin::TaskView;
 use orange::protocol::jobs::{JobGroups, JobList, JobResult, JobResults, JobState, JobView, TargetList};
 use orange::protocol::wire::{DO_STATUS_CANCELLED, DO_STATUS_DOING, DO_STATUS_FAILED, DO_STATUS_SUCCESS};
 use orange::protocol::{RegisterRequest, ReportRequest};
 use serde_json::{Value, json};
-use support::{
-    Agent, AgentOpts, BASE_SECRET, RawResponse, SIM_SECRET, Server, ServerOpts, http, most_open_at_once,
-    wait_until,
-};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers

@@ -2,18 +2,17 @@
 //! in per-agent FIFO order after a restart, and reported results keep their status and output.
 //! A simulated agent (`orange::client::AgentClient`) plays the agent side.
 
-mod support;
-
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::support;
+use crate::support::{Server, ServerOpts};
 use orange::client::AgentClient;
 use orange::protocol::admin::EnqueueReply;
 use orange::protocol::wire::{DO_STATUS_DOING, DO_STATUS_FAILED, DO_STATUS_SUCCESS, DO_STATUS_TIMEOUT};
 use orange::protocol::{RegisterRequest, ReportRequest, WireTask};
 use serde_json::json;
-use support::{Server, ServerOpts};
 
 fn register(server: &Server, app_id: &str, secret: &str) -> AgentClient {
     let client = AgentClient::new(&server.url, app_id, secret);

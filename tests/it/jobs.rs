@@ -3,16 +3,14 @@
 //! resume and cancel. Hosts differ by the handlers directory they are given: a `check` handler
 //! that says `ok`, or one that says `disk full` and fails.
 
-mod support;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::support::{Agent, AgentOpts, Run, Server, ServerOpts, cli_with, most_open_at_once, wait_until};
 use orange::protocol::admin::TaskView;
 use orange::protocol::jobs::{JobResult, JobView};
 use serde_json::Value;
-use support::{Agent, AgentOpts, Run, Server, ServerOpts, cli_with, most_open_at_once, wait_until};
 use tempfile::TempDir;
 
 /// Deadline of a CLI call that waits for a whole job.

@@ -3,8 +3,6 @@
 //! agent), so that a CLI failure is told apart from an agent failure; the second group runs the
 //! real agent.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -13,28 +11,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::support::{
+    Agent, AgentOpts, BASE_SECRET, CLI_DEADLINE, Run, Server, ServerOpts, cli, cli_with, wait_until,
+};
 use orange::client::AgentClient;
 use orange::protocol::wire::{DO_STATUS_FAILED, DO_STATUS_SUCCESS};
 use orange::protocol::{RegisterRequest, ReportRequest, WireTask};
 use serde_json::Value;
-use support::{Agent, AgentOpts, BASE_SECRET, Run, Server, ServerOpts, cli, cli_with, wait_until};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-/// `--server URL --token T` for `server`.
-fn conn(server: &Server) -> [&str; 4] {
-    ["--server", &server.url, "--token", &server.token]
-}
-
-/// `args` with the connection flags added before `--` (after which every word is the command).
-fn with_conn<'a>(server: &'a Server, args: &[&'a str]) -> Vec<&'a str> {
-    let at = args.iter().position(|a| *a == "--").unwrap_or(args.len());
-    let mut all = args[..at].to_vec();
-    all.extend(conn(server));
-    all.extend_from_slice(&args[at..]);
-    all
-}
 
 /// The agents in `orange agents --json` output, by app id.
 fn agents_json(run: &Run) -> BTreeMap<String, Value> {
@@ -46,10 +32,9 @@ fn agents_json(run: &Run) -> BTreeMap<String, Value> {
 
 /// `orange task send` to one agent; returns the single task id it printed.
 fn send(server: &Server, app_id: &str, task_type: &str, payload: &str) -> String {
-    let run = cli(&with_conn(
-        server,
-        &["task", "send", "--appid", app_id, "--type", task_type, "--payload", payload],
-    ));
+    let run = server
+        .operator(&["task", "send", "--appid", app_id, "--type", task_type, "--payload", payload])
+        .run();
     run.assert_success();
     let ids: Vec<&str> = run.stdout.split_whitespace().collect();
     assert_eq!(ids.len(), 1, "one task id expected\n{run}");
@@ -60,7 +45,7 @@ fn send(server: &Server, app_id: &str, task_type: &str, payload: &str) -> String
 /// `orange task get ID --wait S --json`; asserts the task is final and returns it.
 fn get_final(server: &Server, id: &str, wait_secs: u64) -> Value {
     let wait = wait_secs.to_string();
-    let run = cli(&with_conn(server, &["task", "get", id, "--wait", &wait, "--json"]));
+    let run = server.operator(&["task", "get", id, "--wait", &wait, "--json"]).run();
     run.assert_success();
     let task = run.json();
     assert_eq!(task["task_id"], id, "{run}");
@@ -192,7 +177,7 @@ fn cli_task_run_prints_remote_output_and_exits_with_remote_code() {
     let server = Server::start(ServerOpts::poll_window(1));
     let _agent = SimAgent::start(&server, "sim");
     let run =
-        cli(&with_conn(&server, &["task", "run", "--appid", "sim", "--", "echo out; echo err >&2; exit 3"]));
+        server.operator(&["task", "run", "--appid", "sim", "--", "echo out; echo err >&2; exit 3"]).run();
     assert_eq!(run.code(), Some(3), "exit code must be the remote one\n{run}");
     assert_eq!(run.stdout, "out\n", "{run}");
     assert!(run.stderr.contains("err\n"), "{run}");
@@ -215,7 +200,7 @@ fn cli_send_get_list_and_agents_with_a_simulated_agent() {
 
     // list, finding server and token in the environment.
     let env = [("ORANGE_SERVER", server.url.as_str()), ("ORANGE_TOKEN", server.token.as_str())];
-    let run = cli_with(&["task", "list", "--appid", "sim", "--json"], &env, support::CLI_DEADLINE);
+    let run = cli_with(&["task", "list", "--appid", "sim", "--json"], &env, CLI_DEADLINE);
     run.assert_success();
     let json = run.json();
     let tasks = json.get("tasks").unwrap_or(&json).as_array().cloned().unwrap_or_default();
@@ -223,7 +208,7 @@ fn cli_send_get_list_and_agents_with_a_simulated_agent() {
     let listed = listed.unwrap_or_else(|| panic!("task {id} not listed\n{run}"));
     assert_eq!(listed["status"], "succeeded", "{run}");
 
-    let run = cli(&with_conn(&server, &["agents", "--json"]));
+    let run = server.operator(&["agents", "--json"]).run();
     run.assert_success();
     let agents = agents_json(&run);
     assert_eq!(agents.keys().collect::<Vec<_>>(), ["sim"], "{run}");
@@ -238,7 +223,7 @@ fn cli_unknown_agent_fails_at_once_with_a_message() {
         vec!["task", "run", "--appid", "ghost", "--", "true"],
         vec!["task", "send", "--appid", "ghost", "--type", "ping"],
     ] {
-        let run = cli(&with_conn(&server, &args));
+        let run = server.operator(&args).run();
         assert!(run.code().is_some_and(|c| c != 0), "must fail\n{run}");
         assert!(run.stderr.contains("ghost"), "the message must name the agent\n{run}");
         assert!(run.elapsed < Duration::from_secs(5), "did not fail at once\n{run}");
@@ -249,7 +234,7 @@ fn cli_unknown_agent_fails_at_once_with_a_message() {
 #[test]
 fn cli_wrong_token_fails_with_a_message() {
     let server = Server::start(ServerOpts::poll_window(1));
-    let run = cli(&["agents", "--server", &server.url, "--token", "wrong"]);
+    let run = cli_with(&["agents", "--server", &server.url], &[("ORANGE_TOKEN", "wrong")], CLI_DEADLINE);
     assert!(run.code().is_some_and(|c| c != 0), "must fail\n{run}");
     assert!(run.stderr.contains("token"), "the message must say the token is wrong\n{run}");
 }
@@ -261,7 +246,7 @@ fn cli_wrong_token_fails_with_a_message() {
 fn agent_runs_task_run_and_the_cli_exits_with_the_remote_code() {
     let (server, _agent) = server_and_agent("e1", shell_agent());
     let run =
-        cli(&with_conn(&server, &["task", "run", "--appid", "e1", "--", "echo out; echo err >&2; exit 3"]));
+        server.operator(&["task", "run", "--appid", "e1", "--", "echo out; echo err >&2; exit 3"]).run();
     assert_eq!(run.code(), Some(3), "exit code must be the remote one\n{run}");
     assert_eq!(run.stdout, "out\n", "{run}");
     assert!(run.stderr.contains("err\n"), "{run}");
@@ -271,7 +256,7 @@ fn agent_runs_task_run_and_the_cli_exits_with_the_remote_code() {
 fn agent_is_listed_online_with_its_labels() {
     let opts = AgentOpts { labels: vec!["role=web".into(), "zone=a".into()], ..shell_agent() };
     let (server, _agent) = server_and_agent("e1", opts);
-    let run = cli(&with_conn(&server, &["agents", "--json"]));
+    let run = server.operator(&["agents", "--json"]).run();
     run.assert_success();
     let agents = agents_json(&run);
     let agent = agents.get("e1").unwrap_or_else(|| panic!("e1 not listed\n{run}"));
@@ -327,10 +312,20 @@ fn agent_handler_gets_payload_on_stdin_and_task_id_in_env() {
 fn agent_stops_a_task_past_its_timeout() {
     let (server, _agent) = server_and_agent("e1", shell_agent());
     let started = Instant::now();
-    let run = cli(&with_conn(
-        &server,
-        &["task", "send", "--appid", "e1", "--type", "shell", "--timeout", "1", "--payload", "sleep 30"],
-    ));
+    let run = server
+        .operator(&[
+            "task",
+            "send",
+            "--appid",
+            "e1",
+            "--type",
+            "shell",
+            "--timeout",
+            "1",
+            "--payload",
+            "sleep 30",
+        ])
+        .run();
     run.assert_success();
     let id = run.stdout.trim().to_owned();
     let task = get_final(&server, &id, 10);

@@ -3,13 +3,11 @@
 //! Retry-After and wait at least that long before each retry; original clients are never refused;
 //! once the place is free again every task ends reported.
 
-mod support;
-
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use support::{
+use crate::support::{
     Agent, AgentOpts, GET_TASK, GoAgent, OUTPUT, PING, ProxiedRequest, Proxy, REPORT_TASK, RawResponse,
     Server, ServerOpts, fresh_nonce, raw_exchange, try_wait_until, unix_time_now, wait_until,
 };

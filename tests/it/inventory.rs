@@ -2,17 +2,15 @@
 //! `orange agents`; the `--label` and `--online` filters over several agents; oversize facts
 //! refused with a clear message; an original-protocol register without facts.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support::{Agent, AgentOpts, BASE_SECRET, GoAgent, Run, Server, ServerOpts, wait_until};
 use orange::client::{AgentClient, ClientError, Enrollment};
 use orange::protocol::RegisterRequest;
 use orange::protocol::facts::HostFacts;
 use serde_json::Value;
-use support::{Agent, AgentOpts, BASE_SECRET, GoAgent, Run, Server, ServerOpts, cli, wait_until};
 
 /// `orange agents ARGS --json` against `server`; the agents by app id.
 fn agents_json(server: &Server, args: &[&str]) -> BTreeMap<String, Value> {
@@ -23,12 +21,12 @@ fn agents_json(server: &Server, args: &[&str]) -> BTreeMap<String, Value> {
 }
 
 fn agents_cli(server: &Server, args: &[&str], json: bool) -> Run {
-    let mut all = vec!["agents", "--server", &server.url, "--token", &server.token];
+    let mut all = vec!["agents"];
     all.extend_from_slice(args);
     if json {
         all.push("--json");
     }
-    cli(&all)
+    server.operator(&all).run()
 }
 
 fn ids(agents: &BTreeMap<String, Value>) -> Vec<&str> {

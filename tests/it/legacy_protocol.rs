@@ -2,14 +2,13 @@
 //! canonicalized header names, the legacy local time layout and a signature computed here
 //! independently of the crate.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-use support::{
+use crate::support;
+use crate::support::{
     GoAgent, REGISTER, Server, ServerOpts, go_report, go_request, go_sign, go_time_now, raw_exchange,
 };
+use serde_json::json;
 
 #[test]
 fn original_client_full_flow_byte_for_byte() {
