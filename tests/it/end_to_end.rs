@@ -30,18 +30,6 @@ fn agents_json(run: &Run) -> BTreeMap<String, Value> {
     list.into_iter().map(|a| (a["app_id"].as_str().unwrap_or_default().to_owned(), a)).collect()
 }
 
-/// `orange task send` to one agent; returns the single task id it printed.
-fn send(server: &Server, app_id: &str, task_type: &str, payload: &str) -> String {
-    let run = server
-        .operator(&["task", "send", "--appid", app_id, "--type", task_type, "--payload", payload])
-        .run();
-    run.assert_success();
-    let ids: Vec<&str> = run.stdout.split_whitespace().collect();
-    assert_eq!(ids.len(), 1, "one task id expected\n{run}");
-    uuid::Uuid::parse_str(ids[0]).unwrap_or_else(|e| panic!("{:?} is not a task id: {e}\n{run}", ids[0]));
-    ids[0].to_owned()
-}
-
 /// `orange task get ID --wait S --json`; asserts the task is final and returns it.
 fn get_final(server: &Server, id: &str, wait_secs: u64) -> Value {
     let wait = wait_secs.to_string();
@@ -187,7 +175,7 @@ fn cli_task_run_prints_remote_output_and_exits_with_remote_code() {
 fn cli_send_get_list_and_agents_with_a_simulated_agent() {
     let server = Server::start(ServerOpts::poll_window(1));
     let _agent = SimAgent::start(&server, "sim");
-    let id = send(&server, "sim", "ping", "");
+    let id = server.send_task("sim", "ping", &[], "");
 
     // get, finding the token through --data DIR/admin.token.
     let data = server.data_dir().display().to_string();
@@ -267,7 +255,7 @@ fn agent_is_listed_online_with_its_labels() {
 #[test]
 fn agent_answers_ping_sent_with_task_send() {
     let (server, _agent) = server_and_agent("e1", AgentOpts::default());
-    let id = send(&server, "e1", "ping", "");
+    let id = server.send_task("e1", "ping", &[], "");
     let task = get_final(&server, &id, 10);
     assert_eq!(task["status"], "succeeded", "{task}");
     assert_eq!(task["app_id"], "e1", "{task}");
@@ -286,7 +274,7 @@ fn agent_handler_gets_payload_on_stdin_and_task_id_in_env() {
     let opts = AgentOpts { handlers: Some(handlers.path().to_path_buf()), ..AgentOpts::default() };
     let (server, _agent) = server_and_agent("e1", opts);
 
-    let id = send(&server, "e1", "echo-task", "hello world");
+    let id = server.send_task("e1", "echo-task", &[], "hello world");
     let task = get_final(&server, &id, 10);
     assert_eq!(task["status"], "succeeded", "{task}");
     assert_eq!(task["exit_code"], 0, "{task}");
@@ -295,14 +283,14 @@ fn agent_handler_gets_payload_on_stdin_and_task_id_in_env() {
     assert!(stdout.contains("payload=hello world\n"), "handler did not get the payload on stdin: {task}");
     assert!(task["stderr"].as_str().unwrap_or_default().contains("handler-err"), "{task}");
 
-    let id = send(&server, "e1", "fail-task", "");
+    let id = server.send_task("e1", "fail-task", &[], "");
     let task = get_final(&server, &id, 10);
     assert_eq!(task["status"], "failed", "{task}");
     assert_eq!(task["exit_code"], 5, "{task}");
     assert!(task["stderr"].as_str().unwrap_or_default().contains("failing"), "{task}");
 
     // A type with no handler is reported failed, with the reason.
-    let id = send(&server, "e1", "no-such-handler", "");
+    let id = server.send_task("e1", "no-such-handler", &[], "");
     assert_eq!(get_final(&server, &id, 10)["status"], "failed");
     let view = server.task(&id);
     assert!(view.error.as_deref().is_some_and(|e| !e.trim().is_empty()), "no reason given: {view:?}");
@@ -312,22 +300,7 @@ fn agent_handler_gets_payload_on_stdin_and_task_id_in_env() {
 fn agent_stops_a_task_past_its_timeout() {
     let (server, _agent) = server_and_agent("e1", shell_agent());
     let started = Instant::now();
-    let run = server
-        .operator(&[
-            "task",
-            "send",
-            "--appid",
-            "e1",
-            "--type",
-            "shell",
-            "--timeout",
-            "1",
-            "--payload",
-            "sleep 30",
-        ])
-        .run();
-    run.assert_success();
-    let id = run.stdout.trim().to_owned();
+    let id = server.send_task("e1", "shell", &["--timeout", "1"], "sleep 30");
     let task = get_final(&server, &id, 10);
     assert_eq!(task["status"], "timed_out", "{task}");
     assert!(started.elapsed() < Duration::from_secs(10), "a 1 s timeout took {:?}", started.elapsed());
@@ -336,7 +309,7 @@ fn agent_stops_a_task_past_its_timeout() {
 #[test]
 fn agent_refuses_shell_without_allow_shell_and_says_why() {
     let (server, mut agent) = server_and_agent("e1", AgentOpts::default());
-    let id = send(&server, "e1", "shell", "echo should-not-run");
+    let id = server.send_task("e1", "shell", &[], "echo should-not-run");
     let task = get_final(&server, &id, 10);
     assert_eq!(task["status"], "failed", "{task}");
     assert!(!task["stdout"].as_str().unwrap_or_default().contains("should-not-run"), "shell ran: {task}");
@@ -345,21 +318,21 @@ fn agent_refuses_shell_without_allow_shell_and_says_why() {
     assert!(!reason.trim().is_empty(), "a refused task must carry a reason: {view:?}");
     // The agent keeps working after a refusal.
     agent.assert_running();
-    let ping = send(&server, "e1", "ping", "");
+    let ping = server.send_task("e1", "ping", &[], "");
     assert_eq!(get_final(&server, &ping, 10)["status"], "succeeded");
 }
 
 #[test]
 fn restarted_agent_keeps_its_identity() {
     let (server, mut agent) = server_and_agent("e1", AgentOpts::default());
-    let first = send(&server, "e1", "ping", "");
+    let first = server.send_task("e1", "ping", &[], "");
     assert_eq!(get_final(&server, &first, 10)["status"], "succeeded");
     let before = snapshot(agent.state_dir());
     assert!(!before.is_empty(), "the agent kept nothing in its state dir {}", agent.state_dir().display());
     let registered_at = server.agent("e1").unwrap().registered_at;
 
     agent.restart();
-    let second = send(&server, "e1", "ping", "");
+    let second = server.send_task("e1", "ping", &[], "");
     assert_eq!(get_final(&server, &second, 15)["status"], "succeeded", "restarted agent does not poll");
     agent.assert_running();
     assert_eq!(snapshot(agent.state_dir()), before, "the state dir (the agent's secret) changed");
@@ -369,12 +342,12 @@ fn restarted_agent_keeps_its_identity() {
 #[test]
 fn agent_comes_back_by_itself_after_the_server_restarts() {
     let (mut server, mut agent) = server_and_agent("e1", AgentOpts::default());
-    let first = send(&server, "e1", "ping", "");
+    let first = server.send_task("e1", "ping", &[], "");
     assert_eq!(get_final(&server, &first, 10)["status"], "succeeded");
 
     let down = Instant::now();
     server.restart();
-    let id = send(&server, "e1", "ping", "");
+    let id = server.send_task("e1", "ping", &[], "");
     let task = get_final(&server, &id, 15);
     assert_eq!(task["status"], "succeeded", "the agent did not come back: {task}");
     agent.assert_running();

@@ -505,11 +505,7 @@ fn assert_streamed(run: &support::Run, lines: &[(Duration, String)], offset: usi
 #[test]
 fn task_logs_follow_streams_a_running_tasks_output() {
     let (server, _agent) = server_and_shell_agent();
-    let send = server
-        .operator(&["task", "send", "--appid", "e1", "--type", "shell", "--payload", COUNT_SLOWLY])
-        .run();
-    send.assert_success();
-    let id = send.stdout.trim().to_owned();
+    let id = server.send_task("e1", "shell", &[], COUNT_SLOWLY);
     let live: LiveRun = server.operator(&["task", "logs", "-f", &id]).live();
     let (run, lines) = live.finish(Duration::from_secs(20));
     assert_eq!(run.code(), Some(0), "{run}");
@@ -534,10 +530,7 @@ fn task_cancel_stops_a_real_task_within_seconds() {
     let dir = tempfile::TempDir::with_prefix("orange-cancel-").expect("temp dir");
     let pid_file = dir.path().join("pid");
     let payload = format!("echo $$ > {}; exec sleep 60", pid_file.display());
-    let send =
-        server.operator(&["task", "send", "--appid", "e1", "--type", "shell", "--payload", &payload]).run();
-    send.assert_success();
-    let id = send.stdout.trim().to_owned();
+    let id = server.send_task("e1", "shell", &[], &payload);
     let mut pid = None;
     wait_until(Duration::from_secs(10), "the task's sleep to start", || {
         pid = std::fs::read_to_string(&pid_file).ok().and_then(|t| t.trim().parse::<u32>().ok());
@@ -561,22 +554,7 @@ fn task_cancel_stops_a_real_task_within_seconds() {
 fn a_real_task_past_its_timeout_ends_timed_out() {
     let (server, _agent) = server_and_shell_agent();
     let started = Instant::now();
-    let send = server
-        .operator(&[
-            "task",
-            "send",
-            "--appid",
-            "e1",
-            "--type",
-            "shell",
-            "--timeout",
-            "1",
-            "--payload",
-            "sleep 30",
-        ])
-        .run();
-    send.assert_success();
-    let id = send.stdout.trim().to_owned();
+    let id = server.send_task("e1", "shell", &["--timeout", "1"], "sleep 30");
     let view = server.wait_task(&id, 15);
     assert_eq!(view.status.as_str(), "timed_out", "{view:?}");
     assert!(started.elapsed() < Duration::from_secs(8), "a 1 s timeout took {:?}", started.elapsed());

@@ -107,6 +107,20 @@ impl Server {
         all.extend_from_slice(&args[at..]);
         Cli::new(all).env("ORANGE_TOKEN", &self.token)
     }
+
+    /// `orange task send --appid APP_ID --type TASK_TYPE FLAGS --payload PAYLOAD` to this server;
+    /// asserts it succeeds and printed one task id, and returns that id.
+    pub fn send_task(&self, app_id: &str, task_type: &str, flags: &[&str], payload: &str) -> String {
+        let mut args = vec!["task", "send", "--appid", app_id, "--type", task_type];
+        args.extend_from_slice(flags);
+        args.extend(["--payload", payload]);
+        let run = self.operator(&args).run();
+        run.assert_success();
+        let ids: Vec<&str> = run.stdout.split_whitespace().collect();
+        assert_eq!(ids.len(), 1, "one task id expected\n{run}");
+        uuid::Uuid::parse_str(ids[0]).unwrap_or_else(|e| panic!("{:?} is not a task id: {e}\n{run}", ids[0]));
+        ids[0].to_owned()
+    }
 }
 
 fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
