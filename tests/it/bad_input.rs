@@ -4,12 +4,13 @@
 
 use std::time::{Duration, Instant};
 
+use serde_json::{Value, json};
+
 use crate::support::{
     BASE_SECRET, GET_TASK, GoAgent, PING, REGISTER, REPORT_TASK, Server, ServerOpts, Snapshot,
     assert_api_error, assert_refused, assert_unchanged, go_report, go_sign, go_signed_headers, go_time,
     go_time_now, http,
 };
-use serde_json::{Value, json};
 
 const AGENT_PATHS: [&str; 4] = [REGISTER, PING, GET_TASK, REPORT_TASK];
 

@@ -6,22 +6,19 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::support;
-use crate::support::{Server, ServerOpts};
 use orange::client::AgentClient;
 use orange::protocol::admin::EnqueueReply;
 use orange::protocol::wire::{DO_STATUS_DOING, DO_STATUS_FAILED, DO_STATUS_SUCCESS, DO_STATUS_TIMEOUT};
 use orange::protocol::{RegisterRequest, ReportRequest, WireTask};
 use serde_json::json;
 
+use crate::support::{Server, ServerOpts, register_as};
+
 fn register(server: &Server, app_id: &str, secret: &str) -> AgentClient {
-    let client = AgentClient::new(&server.url, app_id, secret);
-    let request =
-        RegisterRequest { app_id: app_id.into(), secret: secret.into(), ..RegisterRequest::default() };
-    client
-        .register(&request, &orange::client::Enrollment::Key(support::BASE_SECRET.into()))
-        .unwrap_or_else(|e| panic!("register {app_id}: {e}"));
-    client
+    register_as(
+        server,
+        &RegisterRequest { app_id: app_id.into(), secret: secret.into(), ..RegisterRequest::default() },
+    )
 }
 
 /// Polls until the queue is empty (one empty poll window), with a bound on count and time.

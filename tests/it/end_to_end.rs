@@ -11,13 +11,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::support::{
-    Agent, AgentOpts, BASE_SECRET, CLI_DEADLINE, Run, Server, ServerOpts, cli, cli_with, wait_until,
-};
-use orange::client::AgentClient;
 use orange::protocol::wire::{DO_STATUS_FAILED, DO_STATUS_SUCCESS};
-use orange::protocol::{RegisterRequest, ReportRequest, WireTask};
+use orange::protocol::{ReportRequest, WireTask};
 use serde_json::Value;
+
+use crate::support::{
+    Agent, AgentOpts, CLI_DEADLINE, Run, Server, ServerOpts, cli, cli_with, register_sim, wait_until,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -54,15 +54,7 @@ struct SimAgent {
 
 impl SimAgent {
     fn start(server: &Server, app_id: &str) -> SimAgent {
-        let client = AgentClient::new(&server.url, app_id, "sim-secret");
-        let request = RegisterRequest {
-            app_id: app_id.into(),
-            secret: "sim-secret".into(),
-            ..RegisterRequest::default()
-        };
-        client
-            .register(&request, &orange::client::Enrollment::Key(BASE_SECRET.into()))
-            .unwrap_or_else(|e| panic!("register {app_id}: {e}"));
+        let client = register_sim(server, app_id);
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
         let thread = std::thread::spawn(move || {

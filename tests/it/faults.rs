@@ -8,14 +8,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use crate::support;
-use crate::support::{
-    Agent, AgentOpts, Proxy, SIM_SECRET, Server, ServerOpts, history, process_alive, register_sim, wait_until,
-};
 use orange::client::{AdminClient, AgentClient, ClientError, PollAnswer};
 use orange::protocol::admin::{EnqueueReply, EnqueueRequest, TaskView};
 use orange::protocol::wire::{DO_STATUS_DOING, DO_STATUS_FAILED, DO_STATUS_SUCCESS, OutputAck, OutputChunk};
 use orange::protocol::{ReportRequest, TaskStatus, WireTask};
+
+use crate::support;
+use crate::support::{
+    Agent, AgentOpts, Proxy, SIM_SECRET, Server, ServerOpts, history, process_alive, register_sim, wait_until,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers

@@ -6,11 +6,12 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{Agent, AgentOpts, BASE_SECRET, GoAgent, Run, Server, ServerOpts, wait_until};
 use orange::client::{AgentClient, ClientError, Enrollment};
 use orange::protocol::RegisterRequest;
 use orange::protocol::facts::HostFacts;
 use serde_json::Value;
+
+use crate::support::{Agent, AgentOpts, BASE_SECRET, GoAgent, Run, Server, ServerOpts, wait_until};
 
 /// `orange agents ARGS --json` against `server`; the agents by app id.
 fn agents_json(server: &Server, args: &[&str]) -> BTreeMap<String, Value> {

@@ -7,16 +7,17 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::support::{
-    Agent, AgentOpts, BASE_SECRET, RawResponse, SIM_SECRET, Server, ServerOpts, http, most_open_at_once,
-    wait_until,
-};
-use orange::client::{AgentClient, Enrollment};
+use orange::client::AgentClient;
 use orange::protocol::admin::TaskView;
 use orange::protocol::jobs::{JobGroups, JobList, JobResult, JobResults, JobState, JobView, TargetList};
 use orange::protocol::wire::{DO_STATUS_CANCELLED, DO_STATUS_DOING, DO_STATUS_FAILED, DO_STATUS_SUCCESS};
 use orange::protocol::{RegisterRequest, ReportRequest};
 use serde_json::{Value, json};
+
+use crate::support::{
+    Agent, AgentOpts, RawResponse, SIM_SECRET, Server, ServerOpts, http, most_open_at_once, register_as,
+    wait_until,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -51,17 +52,13 @@ fn refused(response: RawResponse, status: u16) -> String {
 
 /// Registers a simulated agent with labels.
 fn register(server: &Server, app_id: &str, labels: &[(&str, &str)]) -> AgentClient {
-    let client = AgentClient::new(&server.url, app_id, SIM_SECRET);
     let request = RegisterRequest {
         app_id: app_id.into(),
         secret: SIM_SECRET.into(),
         labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         ..Default::default()
     };
-    client
-        .register(&request, &Enrollment::Key(BASE_SECRET.into()))
-        .unwrap_or_else(|e| panic!("{app_id}: {e}"));
-    client
+    register_as(server, &request)
 }
 
 /// `count` agents named `{prefix}-00` … with the given labels.

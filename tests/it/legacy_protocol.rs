@@ -4,11 +4,12 @@
 
 use std::time::{Duration, Instant};
 
+use serde_json::json;
+
 use crate::support;
 use crate::support::{
     GoAgent, REGISTER, Server, ServerOpts, go_report, go_request, go_sign, go_time_now, raw_exchange,
 };
-use serde_json::json;
 
 #[test]
 fn original_client_full_flow_byte_for_byte() {

@@ -6,17 +6,18 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support;
-use crate::support::{
-    Agent, AgentOpts, LiveRun, Server, ServerOpts, history, ms_between, process_alive, register_sim,
-    wait_until,
-};
 use orange::client::{AgentClient, ClientError, PollAnswer};
 use orange::protocol::admin::{EnqueueRequest, OutputPage, output_path};
 use orange::protocol::wire::{
     DO_STATUS_CANCELLED, DO_STATUS_DOING, DO_STATUS_SUCCESS, OutputAck, OutputChunk, PollControl,
 };
 use orange::protocol::{ReportRequest, WireTask};
+
+use crate::support;
+use crate::support::{
+    Agent, AgentOpts, LiveRun, Server, ServerOpts, history, ms_between, process_alive, register_sim,
+    wait_until,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers

@@ -1,6 +1,8 @@
 //! Simulated agents, whose every call the test makes itself through the crate's client, and
 //! what task histories say about when tasks ran.
 
+use orange::client::{AgentClient, Enrollment};
+use orange::protocol::RegisterRequest;
 use orange::protocol::admin::TaskView;
 
 use super::{BASE_SECRET, Server};
@@ -8,24 +10,21 @@ use super::{BASE_SECRET, Server};
 /// Secret of the simulated agents that [`register_sim`] registers.
 pub const SIM_SECRET: &str = "sim-secret";
 
-/// Registers `app_id` with [`SIM_SECRET`] and returns its signed client: a simulated agent
-/// whose every call the test makes itself.
-pub fn register_sim(server: &Server, app_id: &str) -> orange::client::AgentClient {
-    register_sim_at(&server.url, app_id)
+/// Registers `request` at `server` with the public enrollment key and returns its signed
+/// client: a simulated agent whose every call the test makes itself.
+pub fn register_as(server: &Server, request: &RegisterRequest) -> AgentClient {
+    let client = AgentClient::new(&server.url, &request.app_id, &request.secret);
+    client
+        .register(request, &Enrollment::Key(BASE_SECRET.into()))
+        .unwrap_or_else(|e| panic!("register {}: {e}", request.app_id));
+    client
 }
 
-/// [`register_sim`] against the server at `url`.
-pub fn register_sim_at(url: &str, app_id: &str) -> orange::client::AgentClient {
-    let client = orange::client::AgentClient::new(url, app_id, SIM_SECRET);
-    let request = orange::protocol::RegisterRequest {
-        app_id: app_id.into(),
-        secret: SIM_SECRET.into(),
-        ..Default::default()
-    };
-    client
-        .register(&request, &orange::client::Enrollment::Key(BASE_SECRET.into()))
-        .unwrap_or_else(|e| panic!("register {app_id}: {e}"));
-    client
+/// Registers `app_id` with [`SIM_SECRET`] and no labels; see [`register_as`].
+pub fn register_sim(server: &Server, app_id: &str) -> AgentClient {
+    let request =
+        RegisterRequest { app_id: app_id.into(), secret: SIM_SECRET.into(), ..RegisterRequest::default() };
+    register_as(server, &request)
 }
 
 /// The statuses of a task's history, in order.
