@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use crate::support::{
     BASE_SECRET, GET_TASK, GoAgent, PING, REGISTER, REPORT_TASK, Server, ServerOpts, Snapshot,
     assert_api_error, assert_refused, assert_unchanged, go_report, go_sign, go_signed_headers, go_time,
-    go_time_now, http,
+    go_time_now, http, next_legacy_second,
 };
 
 const AGENT_PATHS: [&str; 4] = [REGISTER, PING, GET_TASK, REPORT_TASK];
@@ -356,7 +356,7 @@ fn conflicting_report_after_success_is_refused_and_a_repeat_accepted() {
     // The Go client retries a report whose answer it lost: the same final report is accepted.
     // Its signature covers the time to the second, so a retry a second later is a new request
     // (the very same bytes again would be refused as a replay).
-    std::thread::sleep(std::time::Duration::from_millis(1100));
+    next_legacy_second();
     let repeat = f.agent.report(&go_report(&f.delivered, "success", "first"));
     assert_eq!(repeat, json!({"code": 0, "message": "task status updated successfully", "data": null}));
     let after = f.state();

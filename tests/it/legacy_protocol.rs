@@ -8,7 +8,8 @@ use serde_json::json;
 
 use crate::support;
 use crate::support::{
-    GoAgent, REGISTER, Server, ServerOpts, go_report, go_request, go_sign, go_time_now, raw_exchange,
+    GoAgent, REGISTER, Server, ServerOpts, go_report, go_request, go_sign, go_time_now, next_legacy_second,
+    raw_exchange,
 };
 
 #[test]
@@ -111,7 +112,7 @@ fn register_again_keeps_the_agent_and_counts() {
     // The original client registers again on every start (a process start later: the legacy
     // signature covers the time to the second, so the same register within one second would be
     // the same request, refused as a replay).
-    std::thread::sleep(std::time::Duration::from_millis(1100));
+    next_legacy_second();
     let again = agent.register();
     assert_eq!(again["code"], 0, "{again}");
     assert_eq!(again["data"]["processed_task_count"], 1, "{again}");

@@ -26,8 +26,8 @@ use tempfile::TempDir;
 use crate::support::{
     BASE_SECRET, EnrollKey, GET_TASK, GoAgent, OUTPUT, PING, REGISTER, REPORT_TASK, Server, ServerOpts,
     Snapshot, assert_api_error, assert_refused, assert_unchanged, cli_with, fresh_nonce, go_report,
-    go_request, go_sign, go_signed_headers, go_time_now, http, raw_exchange, replay, unix_time_now,
-    v2_headers, v2_sign, wait_until, write_secret,
+    go_request, go_sign, go_signed_headers, go_time_now, http, next_legacy_second, raw_exchange, replay,
+    unix_time_now, v2_headers, v2_sign, wait_until, write_secret,
 };
 
 /// The refusal of any replayed signed request.
@@ -78,13 +78,6 @@ fn enroll(server: &Server, app_id: &str, secret: &str, key: &str) -> GoAgent {
 fn enroll_token(view: &TokenView) -> EnrollToken {
     let text = view.token.as_deref().expect("the created token is shown once");
     text.parse().unwrap_or_else(|e| panic!("token {text:?} does not parse: {e}"))
-}
-
-/// A legacy signature covers the time to the second: waits for the next one, so that a new
-/// request of the same agent with the same body is not the same signed request.
-fn next_legacy_second() {
-    let now = go_time_now();
-    wait_until(Duration::from_secs(3), "the next second", || go_time_now() != now);
 }
 
 fn set_header(headers: &mut Vec<(String, String)>, name: &str, value: &str) {

@@ -123,6 +123,7 @@ impl Server {
     }
 }
 
+/// Reads `pipe` to its end on another thread, so the child never blocks on a full pipe.
 fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
     std::thread::spawn(move || {
         let mut bytes = Vec::new();

@@ -7,7 +7,7 @@ use std::time::Duration;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use super::{RawResponse, Server, raw_exchange};
+use super::{RawResponse, Server, raw_exchange, wait_until};
 
 /// The original's public base secret that `register` is signed with.
 pub const BASE_SECRET: &str = "orange-forge";
@@ -37,6 +37,13 @@ pub fn go_time_now() -> String {
 /// A time in the original client's layout.
 pub fn go_time(at: chrono::DateTime<chrono::Local>) -> String {
     at.format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+/// A legacy signature covers the time to the second: waits for the next one, so that a new
+/// request of the same agent with the same body is not the same signed request.
+pub fn next_legacy_second() {
+    let now = go_time_now();
+    wait_until(Duration::from_secs(3), "the next second", || go_time_now() != now);
 }
 
 /// The three signing headers as Go canonicalizes their names, in Go's (sorted) order.

@@ -66,6 +66,7 @@ pub(super) fn log_file(path: &Path, header: &str) -> File {
     file
 }
 
+/// The text of a child's log file, empty if it does not exist yet.
 pub(super) fn read_log(path: &Path) -> String {
     std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
 }
