@@ -1,9 +1,10 @@
 //! Test harness: one server launcher ([`Server`]), one agent launcher ([`Agent`]) and one CLI
-//! runner ([`Cli`]), each starting the real `orange` binary as a child process with its own temp
-//! dirs and an ephemeral port, killing it on drop, and on a failing test printing its command
-//! and stderr. Secrets reach children through the environment or files, never argv. Also a raw
-//! HTTP/1.1 client that writes requests byte for byte as Go's net/http does, an independent
-//! implementation of both signatures, and the snapshot a refused request must leave unchanged.
+//! runner ([`Cli`](cli::Cli)), each starting the real `orange` binary as a child process with
+//! its own temp dirs and an ephemeral port, killing it on drop, and on a failing test printing
+//! its command and stderr. Secrets reach children through the environment or files, never
+//! argv. Also a raw HTTP/1.1 client that writes requests byte for byte as Go's net/http does,
+//! an independent implementation of both signatures, and the snapshot a refused request must
+//! leave unchanged.
 
 mod agent;
 mod cli;
