@@ -113,13 +113,8 @@ fn run_like_an_agent(task: &WireTask) -> ReportRequest {
 /// A server with a short poll window and a real agent that is online.
 fn server_and_agent(app_id: &str, opts: AgentOpts) -> (Server, Agent) {
     let server = Server::start(ServerOpts::poll_window(2));
-    let mut agent = Agent::start(&server, app_id, opts);
-    agent.wait_online(&server, Duration::from_secs(10));
+    let agent = Agent::start_online(&server, app_id, opts);
     (server, agent)
-}
-
-fn shell_agent() -> AgentOpts {
-    AgentOpts { allow_shell: true, ..AgentOpts::default() }
 }
 
 /// Every regular file under `dir` with its content.
@@ -224,7 +219,7 @@ fn cli_wrong_token_fails_with_a_message() {
 
 #[test]
 fn agent_runs_task_run_and_the_cli_exits_with_the_remote_code() {
-    let (server, _agent) = server_and_agent("e1", shell_agent());
+    let (server, _agent) = server_and_agent("e1", AgentOpts::shell());
     let run =
         server.operator(&["task", "run", "--appid", "e1", "--", "echo out; echo err >&2; exit 3"]).run();
     assert_eq!(run.code(), Some(3), "exit code must be the remote one\n{run}");
@@ -234,7 +229,7 @@ fn agent_runs_task_run_and_the_cli_exits_with_the_remote_code() {
 
 #[test]
 fn agent_is_listed_online_with_its_labels() {
-    let opts = AgentOpts { labels: vec!["role=web".into(), "zone=a".into()], ..shell_agent() };
+    let opts = AgentOpts { labels: vec!["role=web".into(), "zone=a".into()], ..AgentOpts::shell() };
     let (server, _agent) = server_and_agent("e1", opts);
     let run = server.operator(&["agents", "--json"]).run();
     run.assert_success();
@@ -290,7 +285,7 @@ fn agent_handler_gets_payload_on_stdin_and_task_id_in_env() {
 
 #[test]
 fn agent_stops_a_task_past_its_timeout() {
-    let (server, _agent) = server_and_agent("e1", shell_agent());
+    let (server, _agent) = server_and_agent("e1", AgentOpts::shell());
     let started = Instant::now();
     let id = server.send_task("e1", "shell", &["--timeout", "1"], "sleep 30");
     let task = get_final(&server, &id, 10);

@@ -520,9 +520,8 @@ fn wait_for_pid(path: &std::path::Path) -> u32 {
 #[test]
 fn an_agent_killed_while_its_task_runs_reports_it_lost_after_restart_and_never_reruns_it() {
     let server = Server::start(ServerOpts::poll_window(2));
-    let opts = AgentOpts { allow_shell: true, ..AgentOpts::default() };
-    let mut agent = Agent::start(&server, "k1", opts);
-    agent.wait_online(&server, Duration::from_secs(10));
+    let opts = AgentOpts::shell();
+    let mut agent = Agent::start_online(&server, "k1", opts);
     let dir = tempfile::TempDir::with_prefix("orange-marker-").expect("temp dir");
     let marker = dir.path().join("ran");
     let payload = format!("echo $$ >> {}; exec sleep 30", marker.display());
@@ -561,8 +560,7 @@ fn an_agent_killed_before_its_ack_was_taken_leaves_a_task_that_runs_exactly_once
     let proxy = Proxy::start(server.addr);
     let agent_opts =
         AgentOpts { allow_shell: true, server_url: Some(proxy.url.clone()), ..AgentOpts::default() };
-    let mut agent = Agent::start(&server, "k1", agent_opts);
-    agent.wait_online(&server, Duration::from_secs(10));
+    let mut agent = Agent::start_online(&server, "k1", agent_opts);
     proxy.hold(support::REPORT_TASK);
     let dir = tempfile::TempDir::with_prefix("orange-marker-").expect("temp dir");
     let marker = dir.path().join("ran");

@@ -54,8 +54,7 @@ fn labelled(labels: &[&str]) -> AgentOpts {
 #[test]
 fn a_real_agents_facts_show_in_orange_agents() {
     let server = Server::start(ServerOpts::default());
-    let mut agent = Agent::start(&server, "w1", labelled(&["role=web"]));
-    agent.wait_online(&server, Duration::from_secs(30));
+    let _agent = Agent::start_online(&server, "w1", labelled(&["role=web"]));
 
     let agents = agents_json(&server, &[]);
     let w1 = &agents["w1"];
@@ -99,8 +98,7 @@ fn a_real_agents_facts_show_in_orange_agents() {
 fn label_and_online_filters_pick_agents() {
     let server = Server::start(ServerOpts::default());
     // Goes silent first, so it is offline by the end of the test (seen more than 90 s ago).
-    let mut gone = Agent::start(&server, "gone", labelled(&["role=web", "env=prod"]));
-    gone.wait_online(&server, Duration::from_secs(30));
+    let mut gone = Agent::start_online(&server, "gone", labelled(&["role=web", "env=prod"]));
     gone.kill();
     let mut running = [
         Agent::start(&server, "web-prod", labelled(&["role=web", "env=prod"])),

@@ -337,7 +337,7 @@ fn bad_job_requests_are_refused_with_specific_messages() {
 #[test]
 fn a_job_survives_a_sigkill_of_the_server_and_every_target_ends_once() {
     let mut server = Server::start(ServerOpts { poll_window: Some(2), ..ServerOpts::default() });
-    let opts = AgentOpts { allow_shell: true, ..AgentOpts::default() };
+    let opts = AgentOpts::shell();
     let mut agents: Vec<Agent> =
         (0..6).map(|i| Agent::start(&server, &format!("k-{i}"), opts.clone())).collect();
     for agent in &mut agents {

@@ -477,9 +477,7 @@ fn output_over_the_cap_keeps_head_and_tail_and_counts_what_it_dropped() {
 /// A server and a real shell-enabled agent `e1`, online.
 fn server_and_shell_agent() -> (Server, Agent) {
     let server = Server::start(ServerOpts::poll_window(5));
-    let opts = AgentOpts { allow_shell: true, ..AgentOpts::default() };
-    let mut agent = Agent::start(&server, "e1", opts);
-    agent.wait_online(&server, Duration::from_secs(10));
+    let agent = Agent::start_online(&server, "e1", AgentOpts::shell());
     (server, agent)
 }
 

@@ -120,8 +120,7 @@ fn overloaded_server_answers_429_and_agents_wait_then_finish_everything() {
     let proxy = Proxy::start(server.addr);
     let agent_opts =
         AgentOpts { allow_shell: true, server_url: Some(proxy.url.clone()), ..AgentOpts::default() };
-    let mut agent = Agent::start(&server, "w1", agent_opts);
-    agent.wait_online(&server, Duration::from_secs(30));
+    let mut agent = Agent::start_online(&server, "w1", agent_opts);
     let go = GoAgent::new(&server, "legacy", "s1").registered();
     // Running when the server fills up: its output and its report come while it is full.
     let first = server.enqueue(&["w1"], "shell", "sleep 4; echo one")[0].task_id.clone();

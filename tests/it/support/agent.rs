@@ -10,6 +10,10 @@ use tempfile::TempDir;
 use super::process::{clean_env, kill_child, log_file, read_log, show_command};
 use super::{BASE_SECRET, BIN, Server, try_wait_until};
 
+/// How long a started agent may take to be listed online; generous, since the wait ends as soon
+/// as it is.
+const ONLINE_DEADLINE: Duration = Duration::from_secs(30);
+
 /// Flags of `orange agent` a test may set.
 #[derive(Debug, Clone, Default)]
 pub struct AgentOpts {
@@ -39,7 +43,21 @@ pub struct Agent {
     starts: u32,
 }
 
+impl AgentOpts {
+    /// Options of an agent that runs `shell` tasks (`--allow-shell`).
+    pub fn shell() -> Self {
+        AgentOpts { allow_shell: true, ..AgentOpts::default() }
+    }
+}
+
 impl Agent {
+    /// [`Agent::start`], then waits until `server` lists the agent online.
+    pub fn start_online(server: &Server, app_id: &str, opts: AgentOpts) -> Agent {
+        let mut agent = Agent::start(server, app_id, opts);
+        agent.wait_online(server, ONLINE_DEADLINE);
+        agent
+    }
+
     /// Starts `orange agent` against `server` with a fresh state directory.
     pub fn start(server: &Server, app_id: &str, opts: AgentOpts) -> Agent {
         let mut agent = Agent {
