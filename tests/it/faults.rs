@@ -15,7 +15,8 @@ use orange::protocol::{ReportRequest, TaskStatus, WireTask};
 
 use crate::support;
 use crate::support::{
-    Agent, AgentOpts, Proxy, SIM_SECRET, Server, ServerOpts, history, process_alive, register_sim, wait_until,
+    Agent, AgentOpts, KillOnDrop, Proxy, SIM_SECRET, Server, ServerOpts, history, process_alive,
+    register_sim, wait_until,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -49,15 +50,6 @@ fn poll_task(agent: &AgentClient) -> WireTask {
     match agent.poll(1).unwrap_or_else(|e| panic!("poll: {e}")) {
         PollAnswer::Task(task) => task,
         PollAnswer::Idle(control) => panic!("expected a task, got {control:?}"),
-    }
-}
-
-/// Kills a process a killed agent left behind, also when the test fails.
-struct KillOnDrop(u32);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        support::kill_pid(self.0);
     }
 }
 

@@ -15,8 +15,8 @@ use orange::protocol::{ReportRequest, WireTask};
 
 use crate::support;
 use crate::support::{
-    Agent, AgentOpts, LiveRun, Server, ServerOpts, history, ms_between, process_alive, register_sim,
-    wait_until,
+    Agent, AgentOpts, KillOnDrop, LiveRun, Server, ServerOpts, history, ms_between, process_alive,
+    register_sim, wait_until,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -558,13 +558,4 @@ fn a_real_task_past_its_timeout_ends_timed_out() {
     assert_eq!(view.status.as_str(), "timed_out", "{view:?}");
     assert!(started.elapsed() < Duration::from_secs(8), "a 1 s timeout took {:?}", started.elapsed());
     assert_eq!(history(&view), ["queued", "delivered", "running", "timed_out"]);
-}
-
-/// Kills a process left behind when a test fails.
-struct KillOnDrop(u32);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        support::kill_pid(self.0);
-    }
 }

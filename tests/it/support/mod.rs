@@ -21,7 +21,7 @@ pub use agent::{Agent, AgentOpts};
 pub use cli::{LiveRun, Run, cli, cli_with};
 pub use go::*;
 pub use http::{ProxiedRequest, Proxy, RawResponse, http, raw_exchange};
-pub use process::{kill_pid, process_alive, rss_kib, write_secret};
+pub use process::{KillOnDrop, process_alive, rss_kib, write_secret};
 pub use server::{EnrollKey, Server, ServerOpts};
 pub use sim::{SIM_SECRET, history, most_open_at_once, ms_between, register_as, register_sim};
 pub use snapshot::{Snapshot, assert_api_error, assert_refused, assert_unchanged};

@@ -129,10 +129,15 @@ pub fn process_alive(pid: u32) -> bool {
     }
 }
 
-/// SIGKILLs process `pid` if it exists (cleanup of processes a killed agent left behind).
-pub fn kill_pid(pid: u32) {
-    if process_alive(pid) {
-        // SAFETY: kill(2) on a pid read from a marker file written by a task of this test.
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+/// Kills the process with this id (SIGKILL) when dropped, if it still exists: cleans up a process
+/// a killed agent left behind, also when the test fails.
+pub struct KillOnDrop(pub u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if process_alive(self.0) {
+            // SAFETY: kill(2) on a pid read from a marker file written by a task of this test.
+            unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGKILL) };
+        }
     }
 }
