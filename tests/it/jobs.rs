@@ -3,8 +3,6 @@
 //! resume and cancel. Hosts differ by the handlers directory they are given: a `check` handler
 //! that says `ok`, or one that says `disk full` and fails.
 
-mod support;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,16 +10,16 @@ use std::time::Duration;
 use orange::protocol::admin::TaskView;
 use orange::protocol::jobs::{JobResult, JobView};
 use serde_json::Value;
-use support::{Agent, AgentOpts, Run, Server, ServerOpts, cli_with, most_open_at_once, wait_until};
 use tempfile::TempDir;
+
+use crate::support::{Agent, AgentOpts, Run, Server, ServerOpts, most_open_at_once, wait_until};
 
 /// Deadline of a CLI call that waits for a whole job.
 const JOB_DEADLINE: Duration = Duration::from_secs(120);
 
 /// Runs `orange ARGS` against `server`.
 fn orange(server: &Server, args: &[&str]) -> Run {
-    let env = [("ORANGE_SERVER", server.url.as_str()), ("ORANGE_TOKEN", server.token.as_str())];
-    cli_with(args, &env, JOB_DEADLINE)
+    server.operator(args).deadline(JOB_DEADLINE).run()
 }
 
 /// A handlers directory whose `check` handler prints `text` and exits with `code`.

@@ -2,8 +2,6 @@
 //! in per-agent FIFO order after a restart, and reported results keep their status and output.
 //! A simulated agent (`orange::client::AgentClient`) plays the agent side.
 
-mod support;
-
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -13,16 +11,14 @@ use orange::protocol::admin::EnqueueReply;
 use orange::protocol::wire::{DO_STATUS_DOING, DO_STATUS_FAILED, DO_STATUS_SUCCESS, DO_STATUS_TIMEOUT};
 use orange::protocol::{RegisterRequest, ReportRequest, WireTask};
 use serde_json::json;
-use support::{Server, ServerOpts};
+
+use crate::support::{Server, ServerOpts, register_as};
 
 fn register(server: &Server, app_id: &str, secret: &str) -> AgentClient {
-    let client = AgentClient::new(&server.url, app_id, secret);
-    let request =
-        RegisterRequest { app_id: app_id.into(), secret: secret.into(), ..RegisterRequest::default() };
-    client
-        .register(&request, &orange::client::Enrollment::Key(support::BASE_SECRET.into()))
-        .unwrap_or_else(|e| panic!("register {app_id}: {e}"));
-    client
+    register_as(
+        server,
+        &RegisterRequest { app_id: app_id.into(), secret: secret.into(), ..RegisterRequest::default() },
+    )
 }
 
 /// Polls until the queue is empty (one empty poll window), with a bound on count and time.

@@ -3,8 +3,6 @@
 //! agents waits, refused reports and chunks, a task printing 100 MiB, and a graceful stop with
 //! requests in flight. Each test states exactly what must hold afterwards.
 
-mod support;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -14,8 +12,11 @@ use orange::client::{AdminClient, AgentClient, ClientError, PollAnswer};
 use orange::protocol::admin::{EnqueueReply, EnqueueRequest, TaskView};
 use orange::protocol::wire::{DO_STATUS_DOING, DO_STATUS_FAILED, DO_STATUS_SUCCESS, OutputAck, OutputChunk};
 use orange::protocol::{ReportRequest, TaskStatus, WireTask};
-use support::{
-    Agent, AgentOpts, Proxy, SIM_SECRET, Server, ServerOpts, history, process_alive, register_sim, wait_until,
+
+use crate::support;
+use crate::support::{
+    Agent, AgentOpts, KillOnDrop, Proxy, SIM_SECRET, Server, ServerOpts, history, process_alive,
+    register_sim, wait_until,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -49,15 +50,6 @@ fn poll_task(agent: &AgentClient) -> WireTask {
     match agent.poll(1).unwrap_or_else(|e| panic!("poll: {e}")) {
         PollAnswer::Task(task) => task,
         PollAnswer::Idle(control) => panic!("expected a task, got {control:?}"),
-    }
-}
-
-/// Kills a process a killed agent left behind, also when the test fails.
-struct KillOnDrop(u32);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        support::kill_pid(self.0);
     }
 }
 
@@ -520,9 +512,8 @@ fn wait_for_pid(path: &std::path::Path) -> u32 {
 #[test]
 fn an_agent_killed_while_its_task_runs_reports_it_lost_after_restart_and_never_reruns_it() {
     let server = Server::start(ServerOpts::poll_window(2));
-    let opts = AgentOpts { allow_shell: true, ..AgentOpts::default() };
-    let mut agent = Agent::start(&server, "k1", opts);
-    agent.wait_online(&server, Duration::from_secs(10));
+    let opts = AgentOpts::shell();
+    let mut agent = Agent::start_online(&server, "k1", opts);
     let dir = tempfile::TempDir::with_prefix("orange-marker-").expect("temp dir");
     let marker = dir.path().join("ran");
     let payload = format!("echo $$ >> {}; exec sleep 30", marker.display());
@@ -561,8 +552,7 @@ fn an_agent_killed_before_its_ack_was_taken_leaves_a_task_that_runs_exactly_once
     let proxy = Proxy::start(server.addr);
     let agent_opts =
         AgentOpts { allow_shell: true, server_url: Some(proxy.url.clone()), ..AgentOpts::default() };
-    let mut agent = Agent::start(&server, "k1", agent_opts);
-    agent.wait_online(&server, Duration::from_secs(10));
+    let mut agent = Agent::start_online(&server, "k1", agent_opts);
     proxy.hold(support::REPORT_TASK);
     let dir = tempfile::TempDir::with_prefix("orange-marker-").expect("temp dir");
     let marker = dir.path().join("ran");

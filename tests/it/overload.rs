@@ -3,13 +3,11 @@
 //! Retry-After and wait at least that long before each retry; original clients are never refused;
 //! once the place is free again every task ends reported.
 
-mod support;
-
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use support::{
+use crate::support::{
     Agent, AgentOpts, GET_TASK, GoAgent, OUTPUT, PING, ProxiedRequest, Proxy, REPORT_TASK, RawResponse,
     Server, ServerOpts, fresh_nonce, raw_exchange, try_wait_until, unix_time_now, wait_until,
 };
@@ -122,8 +120,7 @@ fn overloaded_server_answers_429_and_agents_wait_then_finish_everything() {
     let proxy = Proxy::start(server.addr);
     let agent_opts =
         AgentOpts { allow_shell: true, server_url: Some(proxy.url.clone()), ..AgentOpts::default() };
-    let mut agent = Agent::start(&server, "w1", agent_opts);
-    agent.wait_online(&server, Duration::from_secs(30));
+    let mut agent = Agent::start_online(&server, "w1", agent_opts);
     let go = GoAgent::new(&server, "legacy", "s1").registered();
     // Running when the server fills up: its output and its report come while it is full.
     let first = server.enqueue(&["w1"], "shell", "sleep 4; echo one")[0].task_id.clone();

@@ -3,8 +3,6 @@
 //! agent), so that a CLI failure is told apart from an agent failure; the second group runs the
 //! real agent.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -13,28 +11,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use orange::client::AgentClient;
 use orange::protocol::wire::{DO_STATUS_FAILED, DO_STATUS_SUCCESS};
-use orange::protocol::{RegisterRequest, ReportRequest, WireTask};
+use orange::protocol::{ReportRequest, WireTask};
 use serde_json::Value;
-use support::{Agent, AgentOpts, BASE_SECRET, Run, Server, ServerOpts, cli, cli_with, wait_until};
+
+use crate::support::{
+    Agent, AgentOpts, CLI_DEADLINE, Run, Server, ServerOpts, cli, cli_with, register_sim, wait_until,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-/// `--server URL --token T` for `server`.
-fn conn(server: &Server) -> [&str; 4] {
-    ["--server", &server.url, "--token", &server.token]
-}
-
-/// `args` with the connection flags added before `--` (after which every word is the command).
-fn with_conn<'a>(server: &'a Server, args: &[&'a str]) -> Vec<&'a str> {
-    let at = args.iter().position(|a| *a == "--").unwrap_or(args.len());
-    let mut all = args[..at].to_vec();
-    all.extend(conn(server));
-    all.extend_from_slice(&args[at..]);
-    all
-}
 
 /// The agents in `orange agents --json` output, by app id.
 fn agents_json(run: &Run) -> BTreeMap<String, Value> {
@@ -44,23 +30,10 @@ fn agents_json(run: &Run) -> BTreeMap<String, Value> {
     list.into_iter().map(|a| (a["app_id"].as_str().unwrap_or_default().to_owned(), a)).collect()
 }
 
-/// `orange task send` to one agent; returns the single task id it printed.
-fn send(server: &Server, app_id: &str, task_type: &str, payload: &str) -> String {
-    let run = cli(&with_conn(
-        server,
-        &["task", "send", "--appid", app_id, "--type", task_type, "--payload", payload],
-    ));
-    run.assert_success();
-    let ids: Vec<&str> = run.stdout.split_whitespace().collect();
-    assert_eq!(ids.len(), 1, "one task id expected\n{run}");
-    uuid::Uuid::parse_str(ids[0]).unwrap_or_else(|e| panic!("{:?} is not a task id: {e}\n{run}", ids[0]));
-    ids[0].to_owned()
-}
-
 /// `orange task get ID --wait S --json`; asserts the task is final and returns it.
 fn get_final(server: &Server, id: &str, wait_secs: u64) -> Value {
     let wait = wait_secs.to_string();
-    let run = cli(&with_conn(server, &["task", "get", id, "--wait", &wait, "--json"]));
+    let run = server.operator(&["task", "get", id, "--wait", &wait, "--json"]).run();
     run.assert_success();
     let task = run.json();
     assert_eq!(task["task_id"], id, "{run}");
@@ -81,15 +54,7 @@ struct SimAgent {
 
 impl SimAgent {
     fn start(server: &Server, app_id: &str) -> SimAgent {
-        let client = AgentClient::new(&server.url, app_id, "sim-secret");
-        let request = RegisterRequest {
-            app_id: app_id.into(),
-            secret: "sim-secret".into(),
-            ..RegisterRequest::default()
-        };
-        client
-            .register(&request, &orange::client::Enrollment::Key(BASE_SECRET.into()))
-            .unwrap_or_else(|e| panic!("register {app_id}: {e}"));
+        let client = register_sim(server, app_id);
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
         let thread = std::thread::spawn(move || {
@@ -148,13 +113,8 @@ fn run_like_an_agent(task: &WireTask) -> ReportRequest {
 /// A server with a short poll window and a real agent that is online.
 fn server_and_agent(app_id: &str, opts: AgentOpts) -> (Server, Agent) {
     let server = Server::start(ServerOpts::poll_window(2));
-    let mut agent = Agent::start(&server, app_id, opts);
-    agent.wait_online(&server, Duration::from_secs(10));
+    let agent = Agent::start_online(&server, app_id, opts);
     (server, agent)
-}
-
-fn shell_agent() -> AgentOpts {
-    AgentOpts { allow_shell: true, ..AgentOpts::default() }
 }
 
 /// Every regular file under `dir` with its content.
@@ -192,7 +152,7 @@ fn cli_task_run_prints_remote_output_and_exits_with_remote_code() {
     let server = Server::start(ServerOpts::poll_window(1));
     let _agent = SimAgent::start(&server, "sim");
     let run =
-        cli(&with_conn(&server, &["task", "run", "--appid", "sim", "--", "echo out; echo err >&2; exit 3"]));
+        server.operator(&["task", "run", "--appid", "sim", "--", "echo out; echo err >&2; exit 3"]).run();
     assert_eq!(run.code(), Some(3), "exit code must be the remote one\n{run}");
     assert_eq!(run.stdout, "out\n", "{run}");
     assert!(run.stderr.contains("err\n"), "{run}");
@@ -202,7 +162,7 @@ fn cli_task_run_prints_remote_output_and_exits_with_remote_code() {
 fn cli_send_get_list_and_agents_with_a_simulated_agent() {
     let server = Server::start(ServerOpts::poll_window(1));
     let _agent = SimAgent::start(&server, "sim");
-    let id = send(&server, "sim", "ping", "");
+    let id = server.send_task("sim", "ping", &[], "");
 
     // get, finding the token through --data DIR/admin.token.
     let data = server.data_dir().display().to_string();
@@ -215,7 +175,7 @@ fn cli_send_get_list_and_agents_with_a_simulated_agent() {
 
     // list, finding server and token in the environment.
     let env = [("ORANGE_SERVER", server.url.as_str()), ("ORANGE_TOKEN", server.token.as_str())];
-    let run = cli_with(&["task", "list", "--appid", "sim", "--json"], &env, support::CLI_DEADLINE);
+    let run = cli_with(&["task", "list", "--appid", "sim", "--json"], &env, CLI_DEADLINE);
     run.assert_success();
     let json = run.json();
     let tasks = json.get("tasks").unwrap_or(&json).as_array().cloned().unwrap_or_default();
@@ -223,7 +183,7 @@ fn cli_send_get_list_and_agents_with_a_simulated_agent() {
     let listed = listed.unwrap_or_else(|| panic!("task {id} not listed\n{run}"));
     assert_eq!(listed["status"], "succeeded", "{run}");
 
-    let run = cli(&with_conn(&server, &["agents", "--json"]));
+    let run = server.operator(&["agents", "--json"]).run();
     run.assert_success();
     let agents = agents_json(&run);
     assert_eq!(agents.keys().collect::<Vec<_>>(), ["sim"], "{run}");
@@ -238,7 +198,7 @@ fn cli_unknown_agent_fails_at_once_with_a_message() {
         vec!["task", "run", "--appid", "ghost", "--", "true"],
         vec!["task", "send", "--appid", "ghost", "--type", "ping"],
     ] {
-        let run = cli(&with_conn(&server, &args));
+        let run = server.operator(&args).run();
         assert!(run.code().is_some_and(|c| c != 0), "must fail\n{run}");
         assert!(run.stderr.contains("ghost"), "the message must name the agent\n{run}");
         assert!(run.elapsed < Duration::from_secs(5), "did not fail at once\n{run}");
@@ -249,7 +209,7 @@ fn cli_unknown_agent_fails_at_once_with_a_message() {
 #[test]
 fn cli_wrong_token_fails_with_a_message() {
     let server = Server::start(ServerOpts::poll_window(1));
-    let run = cli(&["agents", "--server", &server.url, "--token", "wrong"]);
+    let run = cli_with(&["agents", "--server", &server.url], &[("ORANGE_TOKEN", "wrong")], CLI_DEADLINE);
     assert!(run.code().is_some_and(|c| c != 0), "must fail\n{run}");
     assert!(run.stderr.contains("token"), "the message must say the token is wrong\n{run}");
 }
@@ -259,9 +219,9 @@ fn cli_wrong_token_fails_with_a_message() {
 
 #[test]
 fn agent_runs_task_run_and_the_cli_exits_with_the_remote_code() {
-    let (server, _agent) = server_and_agent("e1", shell_agent());
+    let (server, _agent) = server_and_agent("e1", AgentOpts::shell());
     let run =
-        cli(&with_conn(&server, &["task", "run", "--appid", "e1", "--", "echo out; echo err >&2; exit 3"]));
+        server.operator(&["task", "run", "--appid", "e1", "--", "echo out; echo err >&2; exit 3"]).run();
     assert_eq!(run.code(), Some(3), "exit code must be the remote one\n{run}");
     assert_eq!(run.stdout, "out\n", "{run}");
     assert!(run.stderr.contains("err\n"), "{run}");
@@ -269,9 +229,9 @@ fn agent_runs_task_run_and_the_cli_exits_with_the_remote_code() {
 
 #[test]
 fn agent_is_listed_online_with_its_labels() {
-    let opts = AgentOpts { labels: vec!["role=web".into(), "zone=a".into()], ..shell_agent() };
+    let opts = AgentOpts { labels: vec!["role=web".into(), "zone=a".into()], ..AgentOpts::shell() };
     let (server, _agent) = server_and_agent("e1", opts);
-    let run = cli(&with_conn(&server, &["agents", "--json"]));
+    let run = server.operator(&["agents", "--json"]).run();
     run.assert_success();
     let agents = agents_json(&run);
     let agent = agents.get("e1").unwrap_or_else(|| panic!("e1 not listed\n{run}"));
@@ -282,7 +242,7 @@ fn agent_is_listed_online_with_its_labels() {
 #[test]
 fn agent_answers_ping_sent_with_task_send() {
     let (server, _agent) = server_and_agent("e1", AgentOpts::default());
-    let id = send(&server, "e1", "ping", "");
+    let id = server.send_task("e1", "ping", &[], "");
     let task = get_final(&server, &id, 10);
     assert_eq!(task["status"], "succeeded", "{task}");
     assert_eq!(task["app_id"], "e1", "{task}");
@@ -301,7 +261,7 @@ fn agent_handler_gets_payload_on_stdin_and_task_id_in_env() {
     let opts = AgentOpts { handlers: Some(handlers.path().to_path_buf()), ..AgentOpts::default() };
     let (server, _agent) = server_and_agent("e1", opts);
 
-    let id = send(&server, "e1", "echo-task", "hello world");
+    let id = server.send_task("e1", "echo-task", &[], "hello world");
     let task = get_final(&server, &id, 10);
     assert_eq!(task["status"], "succeeded", "{task}");
     assert_eq!(task["exit_code"], 0, "{task}");
@@ -310,14 +270,14 @@ fn agent_handler_gets_payload_on_stdin_and_task_id_in_env() {
     assert!(stdout.contains("payload=hello world\n"), "handler did not get the payload on stdin: {task}");
     assert!(task["stderr"].as_str().unwrap_or_default().contains("handler-err"), "{task}");
 
-    let id = send(&server, "e1", "fail-task", "");
+    let id = server.send_task("e1", "fail-task", &[], "");
     let task = get_final(&server, &id, 10);
     assert_eq!(task["status"], "failed", "{task}");
     assert_eq!(task["exit_code"], 5, "{task}");
     assert!(task["stderr"].as_str().unwrap_or_default().contains("failing"), "{task}");
 
     // A type with no handler is reported failed, with the reason.
-    let id = send(&server, "e1", "no-such-handler", "");
+    let id = server.send_task("e1", "no-such-handler", &[], "");
     assert_eq!(get_final(&server, &id, 10)["status"], "failed");
     let view = server.task(&id);
     assert!(view.error.as_deref().is_some_and(|e| !e.trim().is_empty()), "no reason given: {view:?}");
@@ -325,14 +285,9 @@ fn agent_handler_gets_payload_on_stdin_and_task_id_in_env() {
 
 #[test]
 fn agent_stops_a_task_past_its_timeout() {
-    let (server, _agent) = server_and_agent("e1", shell_agent());
+    let (server, _agent) = server_and_agent("e1", AgentOpts::shell());
     let started = Instant::now();
-    let run = cli(&with_conn(
-        &server,
-        &["task", "send", "--appid", "e1", "--type", "shell", "--timeout", "1", "--payload", "sleep 30"],
-    ));
-    run.assert_success();
-    let id = run.stdout.trim().to_owned();
+    let id = server.send_task("e1", "shell", &["--timeout", "1"], "sleep 30");
     let task = get_final(&server, &id, 10);
     assert_eq!(task["status"], "timed_out", "{task}");
     assert!(started.elapsed() < Duration::from_secs(10), "a 1 s timeout took {:?}", started.elapsed());
@@ -341,7 +296,7 @@ fn agent_stops_a_task_past_its_timeout() {
 #[test]
 fn agent_refuses_shell_without_allow_shell_and_says_why() {
     let (server, mut agent) = server_and_agent("e1", AgentOpts::default());
-    let id = send(&server, "e1", "shell", "echo should-not-run");
+    let id = server.send_task("e1", "shell", &[], "echo should-not-run");
     let task = get_final(&server, &id, 10);
     assert_eq!(task["status"], "failed", "{task}");
     assert!(!task["stdout"].as_str().unwrap_or_default().contains("should-not-run"), "shell ran: {task}");
@@ -350,21 +305,21 @@ fn agent_refuses_shell_without_allow_shell_and_says_why() {
     assert!(!reason.trim().is_empty(), "a refused task must carry a reason: {view:?}");
     // The agent keeps working after a refusal.
     agent.assert_running();
-    let ping = send(&server, "e1", "ping", "");
+    let ping = server.send_task("e1", "ping", &[], "");
     assert_eq!(get_final(&server, &ping, 10)["status"], "succeeded");
 }
 
 #[test]
 fn restarted_agent_keeps_its_identity() {
     let (server, mut agent) = server_and_agent("e1", AgentOpts::default());
-    let first = send(&server, "e1", "ping", "");
+    let first = server.send_task("e1", "ping", &[], "");
     assert_eq!(get_final(&server, &first, 10)["status"], "succeeded");
     let before = snapshot(agent.state_dir());
     assert!(!before.is_empty(), "the agent kept nothing in its state dir {}", agent.state_dir().display());
     let registered_at = server.agent("e1").unwrap().registered_at;
 
     agent.restart();
-    let second = send(&server, "e1", "ping", "");
+    let second = server.send_task("e1", "ping", &[], "");
     assert_eq!(get_final(&server, &second, 15)["status"], "succeeded", "restarted agent does not poll");
     agent.assert_running();
     assert_eq!(snapshot(agent.state_dir()), before, "the state dir (the agent's secret) changed");
@@ -374,12 +329,12 @@ fn restarted_agent_keeps_its_identity() {
 #[test]
 fn agent_comes_back_by_itself_after_the_server_restarts() {
     let (mut server, mut agent) = server_and_agent("e1", AgentOpts::default());
-    let first = send(&server, "e1", "ping", "");
+    let first = server.send_task("e1", "ping", &[], "");
     assert_eq!(get_final(&server, &first, 10)["status"], "succeeded");
 
     let down = Instant::now();
     server.restart();
-    let id = send(&server, "e1", "ping", "");
+    let id = server.send_task("e1", "ping", &[], "");
     let task = get_final(&server, &id, 15);
     assert_eq!(task["status"], "succeeded", "the agent did not come back: {task}");
     agent.assert_running();

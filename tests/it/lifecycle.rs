@@ -4,8 +4,6 @@
 //! and CLI, live output, cancel and timeout. Simulated agents (`AgentClient`) make the server's
 //! side deterministic; the real agent is used where the behaviour is the agent's.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use orange::client::{AgentClient, ClientError, PollAnswer};
@@ -14,8 +12,10 @@ use orange::protocol::wire::{
     DO_STATUS_CANCELLED, DO_STATUS_DOING, DO_STATUS_SUCCESS, OutputAck, OutputChunk, PollControl,
 };
 use orange::protocol::{ReportRequest, WireTask};
-use support::{
-    Agent, AgentOpts, LiveRun, Server, ServerOpts, cli, cli_live, history, ms_between, process_alive,
+
+use crate::support;
+use crate::support::{
+    Agent, AgentOpts, KillOnDrop, LiveRun, Server, ServerOpts, history, ms_between, process_alive,
     register_sim, wait_until,
 };
 
@@ -179,8 +179,7 @@ fn a_task_past_its_ttl_in_the_queue_ends_expired() {
         ..EnqueueRequest::default()
     };
     let by_api = server.enqueue_request(&by_api)[0].task_id.clone();
-    let send =
-        cli(&with_conn(&server, &["task", "send", "--appid", "silent", "--type", "ping", "--ttl", "3"]));
+    let send = server.operator(&["task", "send", "--appid", "silent", "--type", "ping", "--ttl", "3"]).run();
     send.assert_success();
     let by_cli = send.stdout.trim().to_owned();
 
@@ -196,7 +195,7 @@ fn a_task_past_its_ttl_in_the_queue_ends_expired() {
     assert_eq!(server.task(&by_api).status.as_str(), "queued");
     assert_eq!(server.task(&by_cli).status.as_str(), "queued");
 
-    let run = cli(&with_conn(&server, &["task", "get", &by_flag, "--json"]));
+    let run = server.operator(&["task", "get", &by_flag, "--json"]).run();
     run.assert_success();
     let json = run.json();
     assert_eq!(json["status"], "expired", "{run}");
@@ -218,10 +217,9 @@ fn a_task_past_its_ttl_in_the_queue_ends_expired() {
 fn task_run_queue_with_a_ttl_ends_expired_when_the_agent_never_polls() {
     let server = Server::start(ServerOpts::poll_window(1));
     register_sim(&server, "silent");
-    let run = cli(&with_conn(
-        &server,
-        &["task", "run", "--appid", "silent", "--queue", "--ttl", "2", "--", "echo never"],
-    ));
+    let run = server
+        .operator(&["task", "run", "--appid", "silent", "--queue", "--ttl", "2", "--", "echo never"])
+        .run();
     assert_eq!(run.code(), Some(255), "an expired task has no exit code\n{run}");
     assert!(run.elapsed < Duration::from_secs(8), "{run}");
     assert_eq!(run.stdout, "", "{run}");
@@ -476,21 +474,10 @@ fn output_over_the_cap_keeps_head_and_tail_and_counts_what_it_dropped() {
 // ---------------------------------------------------------------------------------------------
 // The real agent and CLI
 
-/// `--server URL --token T` appended to `args`.
-fn with_conn<'a>(server: &'a Server, args: &[&'a str]) -> Vec<&'a str> {
-    let at = args.iter().position(|a| *a == "--").unwrap_or(args.len());
-    let mut all = args[..at].to_vec();
-    all.extend(["--server", server.url.as_str(), "--token", server.token.as_str()]);
-    all.extend_from_slice(&args[at..]);
-    all
-}
-
 /// A server and a real shell-enabled agent `e1`, online.
 fn server_and_shell_agent() -> (Server, Agent) {
     let server = Server::start(ServerOpts::poll_window(5));
-    let opts = AgentOpts { allow_shell: true, ..AgentOpts::default() };
-    let mut agent = Agent::start(&server, "e1", opts);
-    agent.wait_online(&server, Duration::from_secs(10));
+    let agent = Agent::start_online(&server, "e1", AgentOpts::shell());
     (server, agent)
 }
 
@@ -517,13 +504,8 @@ fn assert_streamed(run: &support::Run, lines: &[(Duration, String)], offset: usi
 #[test]
 fn task_logs_follow_streams_a_running_tasks_output() {
     let (server, _agent) = server_and_shell_agent();
-    let send = cli(&with_conn(
-        &server,
-        &["task", "send", "--appid", "e1", "--type", "shell", "--payload", COUNT_SLOWLY],
-    ));
-    send.assert_success();
-    let id = send.stdout.trim().to_owned();
-    let live: LiveRun = cli_live(&with_conn(&server, &["task", "logs", "-f", &id]));
+    let id = server.send_task("e1", "shell", &[], COUNT_SLOWLY);
+    let live: LiveRun = server.operator(&["task", "logs", "-f", &id]).live();
     let (run, lines) = live.finish(Duration::from_secs(20));
     assert_eq!(run.code(), Some(0), "{run}");
     assert_eq!(lines.len(), 5, "{run}");
@@ -534,7 +516,7 @@ fn task_logs_follow_streams_a_running_tasks_output() {
 #[test]
 fn task_run_prints_output_live() {
     let (server, _agent) = server_and_shell_agent();
-    let live = cli_live(&with_conn(&server, &["task", "run", "--appid", "e1", "--", COUNT_SLOWLY]));
+    let live = server.operator(&["task", "run", "--appid", "e1", "--", COUNT_SLOWLY]).live();
     let (run, lines) = live.finish(Duration::from_secs(20));
     assert_eq!(run.code(), Some(0), "{run}");
     assert_eq!(lines.len(), 5, "{run}");
@@ -547,12 +529,7 @@ fn task_cancel_stops_a_real_task_within_seconds() {
     let dir = tempfile::TempDir::with_prefix("orange-cancel-").expect("temp dir");
     let pid_file = dir.path().join("pid");
     let payload = format!("echo $$ > {}; exec sleep 60", pid_file.display());
-    let send = cli(&with_conn(
-        &server,
-        &["task", "send", "--appid", "e1", "--type", "shell", "--payload", &payload],
-    ));
-    send.assert_success();
-    let id = send.stdout.trim().to_owned();
+    let id = server.send_task("e1", "shell", &[], &payload);
     let mut pid = None;
     wait_until(Duration::from_secs(10), "the task's sleep to start", || {
         pid = std::fs::read_to_string(&pid_file).ok().and_then(|t| t.trim().parse::<u32>().ok());
@@ -562,7 +539,7 @@ fn task_cancel_stops_a_real_task_within_seconds() {
     let _cleanup = KillOnDrop(pid);
 
     let started = Instant::now();
-    let run = cli(&with_conn(&server, &["task", "cancel", &id]));
+    let run = server.operator(&["task", "cancel", &id]).run();
     run.assert_success();
     let view = server.wait_task(&id, 10);
     assert_eq!(view.status.as_str(), "cancelled", "{view:?}\n{run}");
@@ -576,23 +553,9 @@ fn task_cancel_stops_a_real_task_within_seconds() {
 fn a_real_task_past_its_timeout_ends_timed_out() {
     let (server, _agent) = server_and_shell_agent();
     let started = Instant::now();
-    let send = cli(&with_conn(
-        &server,
-        &["task", "send", "--appid", "e1", "--type", "shell", "--timeout", "1", "--payload", "sleep 30"],
-    ));
-    send.assert_success();
-    let id = send.stdout.trim().to_owned();
+    let id = server.send_task("e1", "shell", &["--timeout", "1"], "sleep 30");
     let view = server.wait_task(&id, 15);
     assert_eq!(view.status.as_str(), "timed_out", "{view:?}");
     assert!(started.elapsed() < Duration::from_secs(8), "a 1 s timeout took {:?}", started.elapsed());
     assert_eq!(history(&view), ["queued", "delivered", "running", "timed_out"]);
-}
-
-/// Kills a process left behind when a test fails.
-struct KillOnDrop(u32);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        support::kill_pid(self.0);
-    }
 }

@@ -2,15 +2,14 @@
 //! specific message and change nothing stored; the admin API answers a 4xx with a JSON
 //! `{"error": ...}`. Every test ends by checking that the server process is still alive.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use orange::protocol::admin::{AgentView, TaskView};
 use serde_json::{Value, json};
-use support::{
-    BASE_SECRET, GET_TASK, GoAgent, PING, REGISTER, REPORT_TASK, RawResponse, Server, ServerOpts, go_report,
-    go_sign, go_signed_headers, go_time, go_time_now, http,
+
+use crate::support::{
+    BASE_SECRET, GET_TASK, GoAgent, PING, REGISTER, REPORT_TASK, Server, ServerOpts, Snapshot,
+    assert_api_error, assert_refused, assert_unchanged, go_report, go_sign, go_signed_headers, go_time,
+    go_time_now, http, next_legacy_second,
 };
 
 const AGENT_PATHS: [&str; 4] = [REGISTER, PING, GET_TASK, REPORT_TASK];
@@ -39,32 +38,18 @@ impl Fixture {
         self.delivered["task_id"].as_str().expect("task id")
     }
 
-    /// What the server holds: every task in full, and every agent without its liveness fields
-    /// (which move with time, not with the requests under test).
-    fn state(&self) -> (Vec<TaskView>, Vec<AgentView>) {
-        let agents = self
-            .server
-            .agents()
-            .into_iter()
-            .map(|mut a| {
-                a.last_seen.clear();
-                a.online = false;
-                a
-            })
-            .collect();
-        (self.server.tasks(), agents)
+    /// What the server holds now.
+    fn state(&self) -> Snapshot {
+        Snapshot::of(&self.server)
     }
 
     /// Asserts nothing stored changed since `before`, the tasks are where the fixture left them,
     /// w1 still authenticates with its secret, and the server still runs.
-    fn assert_unchanged(&mut self, before: &(Vec<TaskView>, Vec<AgentView>)) {
-        let after = self.state();
-        assert_eq!(&after.1, &before.1, "agents changed");
-        assert_eq!(&after.0, &before.0, "tasks changed");
+    fn assert_unchanged(&mut self, before: &Snapshot) {
+        assert_unchanged(&mut self.server, before);
         assert_eq!(self.server.task(self.delivered_id()).status.as_str(), "delivered");
         assert_eq!(self.server.task(&self.queued).status.as_str(), "queued");
         assert_eq!(self.agent.ping()["code"], 0, "w1 can no longer authenticate");
-        self.server.assert_alive();
     }
 
     fn send(&self, path: &str, headers: &[(String, String)], body: &[u8]) -> Value {
@@ -75,15 +60,6 @@ impl Fixture {
     fn report_body(&self) -> Vec<u8> {
         go_report(&self.delivered, "success", "done").to_string().into_bytes()
     }
-}
-
-/// Asserts an envelope is a refusal (code 1, no data) whose message contains `needle`.
-#[track_caller]
-fn assert_refused(envelope: &Value, needle: &str) {
-    assert_eq!(envelope["code"], 1, "expected a refusal: {envelope}");
-    assert!(envelope["data"].is_null(), "a refusal carries no data: {envelope}");
-    let message = envelope["message"].as_str().unwrap_or_else(|| panic!("no message: {envelope}"));
-    assert!(message.contains(needle), "message {message:?} lacks {needle:?}");
 }
 
 /// The key each agent endpoint is signed with, and a body it would accept.
@@ -380,12 +356,12 @@ fn conflicting_report_after_success_is_refused_and_a_repeat_accepted() {
     // The Go client retries a report whose answer it lost: the same final report is accepted.
     // Its signature covers the time to the second, so a retry a second later is a new request
     // (the very same bytes again would be refused as a replay).
-    std::thread::sleep(std::time::Duration::from_millis(1100));
+    next_legacy_second();
     let repeat = f.agent.report(&go_report(&f.delivered, "success", "first"));
     assert_eq!(repeat, json!({"code": 0, "message": "task status updated successfully", "data": null}));
     let after = f.state();
-    assert_eq!(after.0, before.0, "tasks changed");
-    assert_eq!(after.1, before.1, "agents changed");
+    assert_eq!(after.tasks, before.tasks, "tasks changed");
+    assert_eq!(after.agents, before.agents, "agents changed");
     let view = f.server.task(&id);
     assert_eq!((view.status.as_str(), view.result.as_str()), ("succeeded", "first"), "{view:?}");
     assert_eq!(f.server.agent("w1").unwrap().processed_task_count, 1, "a repeat was counted twice");
@@ -416,30 +392,6 @@ fn get_task_on_an_empty_queue_never_answers_code_1() {
 // ---------------------------------------------------------------------------------------------
 // Admin API
 
-fn admin(server: &Server, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> RawResponse {
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let mut headers = vec![("Content-Type", "application/json")];
-    if let Some(auth) = &auth {
-        headers.push(("Authorization", auth.as_str()));
-    }
-    http(server.addr, method, path, &headers, body)
-}
-
-/// Asserts an admin API error: the status, JSON content, exactly `{"error": text}` with `needle`.
-#[track_caller]
-fn assert_api_error(response: &RawResponse, status: u16, needle: &str) {
-    assert_eq!(response.status, status, "body {:?}", response.text());
-    assert!(
-        response.header("content-type").is_some_and(|v| v.starts_with("application/json")),
-        "an API error must be JSON: {response:?}"
-    );
-    let body = response.json();
-    let object = body.as_object().unwrap_or_else(|| panic!("not an object: {body}"));
-    assert_eq!(object.len(), 1, "only the error field: {body}");
-    let error = object["error"].as_str().unwrap_or_else(|| panic!("error is not text: {body}"));
-    assert!(error.contains(needle), "error {error:?} lacks {needle:?}");
-}
-
 #[test]
 fn admin_api_requires_the_bearer_token() {
     let mut f = Fixture::new();
@@ -457,16 +409,16 @@ fn admin_api_requires_the_bearer_token() {
     for (method, path, body) in routes {
         let none = http(f.server.addr, method, path, &[("Content-Type", "application/json")], body);
         assert_api_error(&none, 401, "");
-        assert_api_error(&admin(&f.server, method, path, Some("wrong"), body), 401, "wrong admin token");
-        assert_api_error(&admin(&f.server, method, path, Some(""), body), 401, "");
+        assert_api_error(&f.server.admin_raw(method, path, Some("wrong"), body), 401, "wrong admin token");
+        assert_api_error(&f.server.admin_raw(method, path, Some(""), body), 401, "");
         let longer = format!("{token}x");
-        assert_api_error(&admin(&f.server, method, path, Some(&longer), body), 401, "");
+        assert_api_error(&f.server.admin_raw(method, path, Some(&longer), body), 401, "");
         let basic = format!("Basic {token}");
         let headers = [("Authorization", basic.as_str()), ("Content-Type", "application/json")];
         assert_api_error(&http(f.server.addr, method, path, &headers, body), 401, "Bearer");
     }
     // The right token works on the same requests.
-    assert_eq!(admin(&f.server, "GET", "/api/v1/agents", Some(&token), b"").status, 200);
+    assert_eq!(f.server.admin_raw("GET", "/api/v1/agents", Some(&token), b"").status, 200);
     f.assert_unchanged(&before);
 }
 
@@ -483,7 +435,7 @@ fn admin_api_refuses_malformed_json() {
         br#"{"app_ids":["w1"]}"#,
     ];
     for body in bodies {
-        let response = admin(&f.server, "POST", "/api/v1/tasks", Some(&token), body);
+        let response = f.server.admin_raw("POST", "/api/v1/tasks", Some(&token), body);
         assert_api_error(&response, 400, "malformed JSON");
     }
     f.assert_unchanged(&before);
@@ -494,12 +446,12 @@ fn admin_api_requires_targets() {
     let mut f = Fixture::new();
     let before = f.state();
     let token = f.server.token.clone();
-    let neither = admin(&f.server, "POST", "/api/v1/tasks", Some(&token), br#"{"task_type":"ping"}"#);
+    let neither = f.server.admin_raw("POST", "/api/v1/tasks", Some(&token), br#"{"task_type":"ping"}"#);
     assert_api_error(&neither, 400, "give app_ids or set all");
     let empty = br#"{"app_ids":[],"all":false,"task_type":"ping"}"#;
-    assert_api_error(&admin(&f.server, "POST", "/api/v1/tasks", Some(&token), empty), 400, "app_ids");
+    assert_api_error(&f.server.admin_raw("POST", "/api/v1/tasks", Some(&token), empty), 400, "app_ids");
     let both = br#"{"app_ids":["w1"],"all":true,"task_type":"ping"}"#;
-    assert_api_error(&admin(&f.server, "POST", "/api/v1/tasks", Some(&token), both), 400, "not both");
+    assert_api_error(&f.server.admin_raw("POST", "/api/v1/tasks", Some(&token), both), 400, "not both");
     f.assert_unchanged(&before);
 }
 
@@ -510,13 +462,13 @@ fn admin_api_refuses_bad_task_fields() {
     let token = f.server.token.clone();
     for task_type in ["", "../bin/sh", ".hidden", "a b"] {
         let body = json!({"app_ids": ["w1"], "task_type": task_type}).to_string();
-        let response = admin(&f.server, "POST", "/api/v1/tasks", Some(&token), body.as_bytes());
+        let response = f.server.admin_raw("POST", "/api/v1/tasks", Some(&token), body.as_bytes());
         assert_api_error(&response, 400, "task type");
     }
     let zero = br#"{"app_ids":["w1"],"task_type":"ping","timeout_secs":0}"#;
-    assert_api_error(&admin(&f.server, "POST", "/api/v1/tasks", Some(&token), zero), 400, "timeout_secs");
+    assert_api_error(&f.server.admin_raw("POST", "/api/v1/tasks", Some(&token), zero), 400, "timeout_secs");
     let bad_id = br#"{"app_ids":["w/1"],"task_type":"ping"}"#;
-    assert_api_error(&admin(&f.server, "POST", "/api/v1/tasks", Some(&token), bad_id), 400, "app id");
+    assert_api_error(&f.server.admin_raw("POST", "/api/v1/tasks", Some(&token), bad_id), 400, "app id");
     f.assert_unchanged(&before);
 }
 
@@ -526,11 +478,11 @@ fn admin_api_refuses_unknown_agents_without_creating_any_task() {
     let before = f.state();
     let token = f.server.token.clone();
     let ghost = br#"{"app_ids":["ghost"],"task_type":"ping"}"#;
-    assert_api_error(&admin(&f.server, "POST", "/api/v1/tasks", Some(&token), ghost), 404, "unknown agent");
+    assert_api_error(&f.server.admin_raw("POST", "/api/v1/tasks", Some(&token), ghost), 404, "unknown agent");
     // One known and one unknown agent: nothing is created for the known one either.
     let mixed = br#"{"app_ids":["w1","ghost"],"task_type":"ping"}"#;
-    assert_api_error(&admin(&f.server, "POST", "/api/v1/tasks", Some(&token), mixed), 404, "ghost");
-    assert_api_error(&admin(&f.server, "GET", "/api/v1/agents/ghost", Some(&token), b""), 404, "ghost");
+    assert_api_error(&f.server.admin_raw("POST", "/api/v1/tasks", Some(&token), mixed), 404, "ghost");
+    assert_api_error(&f.server.admin_raw("GET", "/api/v1/agents/ghost", Some(&token), b""), 404, "ghost");
     f.assert_unchanged(&before);
 }
 
@@ -540,15 +492,15 @@ fn admin_api_refuses_oversized_payload_and_body() {
     let before = f.state();
     let token = f.server.token.clone();
     let over = json!({"app_ids": ["w1"], "task_type": "ping", "payload": "p".repeat(64 * 1024 + 1)});
-    let response = admin(&f.server, "POST", "/api/v1/tasks", Some(&token), over.to_string().as_bytes());
+    let response = f.server.admin_raw("POST", "/api/v1/tasks", Some(&token), over.to_string().as_bytes());
     assert_api_error(&response, 413, "payload");
     let huge = json!({"app_ids": ["w1"], "task_type": "ping", "payload": "p".repeat(2 * 1024 * 1024)});
-    let response = admin(&f.server, "POST", "/api/v1/tasks", Some(&token), huge.to_string().as_bytes());
+    let response = f.server.admin_raw("POST", "/api/v1/tasks", Some(&token), huge.to_string().as_bytes());
     assert_api_error(&response, 413, "larger than");
     f.assert_unchanged(&before);
     // Exactly at the limit is accepted.
     let at = json!({"app_ids": ["w1"], "task_type": "ping", "payload": "p".repeat(64 * 1024)});
-    let response = admin(&f.server, "POST", "/api/v1/tasks", Some(&token), at.to_string().as_bytes());
+    let response = f.server.admin_raw("POST", "/api/v1/tasks", Some(&token), at.to_string().as_bytes());
     assert_eq!(response.status, 201, "{}", response.text());
 }
 
@@ -558,20 +510,20 @@ fn admin_api_refuses_bad_and_unknown_task_ids_and_routes() {
     let before = f.state();
     let token = f.server.token.clone();
     for bad in ["not-a-uuid", "1234", "%2E%2E"] {
-        let response = admin(&f.server, "GET", &format!("/api/v1/tasks/{bad}"), Some(&token), b"");
+        let response = f.server.admin_raw("GET", &format!("/api/v1/tasks/{bad}"), Some(&token), b"");
         assert_api_error(&response, 400, "is not a UUID");
     }
     let unknown = uuid::Uuid::now_v7().to_string();
-    let response = admin(&f.server, "GET", &format!("/api/v1/tasks/{unknown}"), Some(&token), b"");
+    let response = f.server.admin_raw("GET", &format!("/api/v1/tasks/{unknown}"), Some(&token), b"");
     assert_api_error(&response, 404, &format!("unknown task {unknown}"));
     let waited = Instant::now();
-    let response = admin(&f.server, "GET", &format!("/api/v1/tasks/{unknown}?wait=5"), Some(&token), b"");
+    let response = f.server.admin_raw("GET", &format!("/api/v1/tasks/{unknown}?wait=5"), Some(&token), b"");
     assert_api_error(&response, 404, "unknown task");
     assert!(waited.elapsed() < Duration::from_secs(3), "an unknown task was waited for");
-    let response = admin(&f.server, "GET", "/api/v1/tasks?limit=abc", Some(&token), b"");
+    let response = f.server.admin_raw("GET", "/api/v1/tasks?limit=abc", Some(&token), b"");
     assert_api_error(&response, 400, "limit");
     for path in ["/api/v1/nope", "/api/v1/tasks/a/b", "/api/v2/tasks"] {
-        assert_api_error(&admin(&f.server, "GET", path, Some(&token), b""), 404, "no such API route");
+        assert_api_error(&f.server.admin_raw("GET", path, Some(&token), b""), 404, "no such API route");
     }
     f.assert_unchanged(&before);
 }
@@ -584,7 +536,7 @@ fn admin_api_answers_a_wrong_method_with_a_json_error() {
     let task = format!("/api/v1/tasks/{}", f.queued);
     for (method, path) in [("DELETE", task.as_str()), ("PUT", "/api/v1/agents"), ("DELETE", "/api/v1/tasks")]
     {
-        let response = admin(&f.server, method, path, Some(&token), b"");
+        let response = f.server.admin_raw(method, path, Some(&token), b"");
         assert_api_error(&response, 405, "");
     }
     f.assert_unchanged(&before);

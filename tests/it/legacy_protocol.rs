@@ -2,13 +2,14 @@
 //! canonicalized header names, the legacy local time layout and a signature computed here
 //! independently of the crate.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{
-    GoAgent, REGISTER, Server, ServerOpts, go_report, go_request, go_sign, go_time_now, raw_exchange,
+
+use crate::support;
+use crate::support::{
+    GoAgent, REGISTER, Server, ServerOpts, go_report, go_request, go_sign, go_time_now, next_legacy_second,
+    raw_exchange,
 };
 
 #[test]
@@ -111,7 +112,7 @@ fn register_again_keeps_the_agent_and_counts() {
     // The original client registers again on every start (a process start later: the legacy
     // signature covers the time to the second, so the same register within one second would be
     // the same request, refused as a replay).
-    std::thread::sleep(std::time::Duration::from_millis(1100));
+    next_legacy_second();
     let again = agent.register();
     assert_eq!(again["code"], 0, "{again}");
     assert_eq!(again["data"]["processed_task_count"], 1, "{again}");

@@ -4,19 +4,18 @@
 //! a job run by real agents. Simulated agents (`AgentClient`) make the server's side
 //! deterministic; real agents are used where the restart is what is tested.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use orange::client::{AgentClient, Enrollment};
+use orange::client::AgentClient;
 use orange::protocol::admin::TaskView;
 use orange::protocol::jobs::{JobGroups, JobList, JobResult, JobResults, JobState, JobView, TargetList};
 use orange::protocol::wire::{DO_STATUS_CANCELLED, DO_STATUS_DOING, DO_STATUS_FAILED, DO_STATUS_SUCCESS};
 use orange::protocol::{RegisterRequest, ReportRequest};
 use serde_json::{Value, json};
-use support::{
-    Agent, AgentOpts, BASE_SECRET, RawResponse, SIM_SECRET, Server, ServerOpts, http, most_open_at_once,
+
+use crate::support::{
+    Agent, AgentOpts, RawResponse, SIM_SECRET, Server, ServerOpts, http, most_open_at_once, register_as,
     wait_until,
 };
 
@@ -53,17 +52,13 @@ fn refused(response: RawResponse, status: u16) -> String {
 
 /// Registers a simulated agent with labels.
 fn register(server: &Server, app_id: &str, labels: &[(&str, &str)]) -> AgentClient {
-    let client = AgentClient::new(&server.url, app_id, SIM_SECRET);
     let request = RegisterRequest {
         app_id: app_id.into(),
         secret: SIM_SECRET.into(),
         labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         ..Default::default()
     };
-    client
-        .register(&request, &Enrollment::Key(BASE_SECRET.into()))
-        .unwrap_or_else(|e| panic!("{app_id}: {e}"));
-    client
+    register_as(server, &request)
 }
 
 /// `count` agents named `{prefix}-00` … with the given labels.
@@ -342,7 +337,7 @@ fn bad_job_requests_are_refused_with_specific_messages() {
 #[test]
 fn a_job_survives_a_sigkill_of_the_server_and_every_target_ends_once() {
     let mut server = Server::start(ServerOpts { poll_window: Some(2), ..ServerOpts::default() });
-    let opts = AgentOpts { allow_shell: true, ..AgentOpts::default() };
+    let opts = AgentOpts::shell();
     let mut agents: Vec<Agent> =
         (0..6).map(|i| Agent::start(&server, &format!("k-{i}"), opts.clone())).collect();
     for agent in &mut agents {

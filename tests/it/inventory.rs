@@ -2,8 +2,6 @@
 //! `orange agents`; the `--label` and `--online` filters over several agents; oversize facts
 //! refused with a clear message; an original-protocol register without facts.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
@@ -12,7 +10,8 @@ use orange::client::{AgentClient, ClientError, Enrollment};
 use orange::protocol::RegisterRequest;
 use orange::protocol::facts::HostFacts;
 use serde_json::Value;
-use support::{Agent, AgentOpts, BASE_SECRET, GoAgent, Run, Server, ServerOpts, cli, wait_until};
+
+use crate::support::{Agent, AgentOpts, BASE_SECRET, GoAgent, Run, Server, ServerOpts, wait_until};
 
 /// `orange agents ARGS --json` against `server`; the agents by app id.
 fn agents_json(server: &Server, args: &[&str]) -> BTreeMap<String, Value> {
@@ -23,12 +22,12 @@ fn agents_json(server: &Server, args: &[&str]) -> BTreeMap<String, Value> {
 }
 
 fn agents_cli(server: &Server, args: &[&str], json: bool) -> Run {
-    let mut all = vec!["agents", "--server", &server.url, "--token", &server.token];
+    let mut all = vec!["agents"];
     all.extend_from_slice(args);
     if json {
         all.push("--json");
     }
-    cli(&all)
+    server.operator(&all).run()
 }
 
 fn ids(agents: &BTreeMap<String, Value>) -> Vec<&str> {
@@ -55,8 +54,7 @@ fn labelled(labels: &[&str]) -> AgentOpts {
 #[test]
 fn a_real_agents_facts_show_in_orange_agents() {
     let server = Server::start(ServerOpts::default());
-    let mut agent = Agent::start(&server, "w1", labelled(&["role=web"]));
-    agent.wait_online(&server, Duration::from_secs(30));
+    let _agent = Agent::start_online(&server, "w1", labelled(&["role=web"]));
 
     let agents = agents_json(&server, &[]);
     let w1 = &agents["w1"];
@@ -100,8 +98,7 @@ fn a_real_agents_facts_show_in_orange_agents() {
 fn label_and_online_filters_pick_agents() {
     let server = Server::start(ServerOpts::default());
     // Goes silent first, so it is offline by the end of the test (seen more than 90 s ago).
-    let mut gone = Agent::start(&server, "gone", labelled(&["role=web", "env=prod"]));
-    gone.wait_online(&server, Duration::from_secs(30));
+    let mut gone = Agent::start_online(&server, "gone", labelled(&["role=web", "env=prod"]));
     gone.kill();
     let mut running = [
         Agent::start(&server, "web-prod", labelled(&["role=web", "env=prod"])),

@@ -1,0 +1,18 @@
+//! The integration tests, one crate so that the test binary is linked once: each module is one
+//! area of behaviour, all driven through the harness in [`support`], which starts the real
+//! `orange` binary (server, agents, operator CLI) on ephemeral ports.
+
+mod support;
+
+mod bad_input;
+mod durability;
+mod end_to_end;
+mod faults;
+mod fuzz;
+mod inventory;
+mod jobs;
+mod jobs_api;
+mod legacy_protocol;
+mod lifecycle;
+mod overload;
+mod security;
