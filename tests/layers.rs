@@ -289,7 +289,12 @@ fn violations(file: &str, module_path: &[String], text: &str) -> (usize, Vec<Vio
         .iter()
         .filter(|r| r.target != from)
         .filter(|r| rank(&r.target).is_none_or(|to| to >= from_rank))
-        .map(|r| Violation { file: file.to_owned(), line: r.line, from: from.clone(), target: r.target.clone() })
+        .map(|r| Violation {
+            file: file.to_owned(),
+            line: r.line,
+            from: from.clone(),
+            target: r.target.clone(),
+        })
         .collect();
     (refs.len(), bad)
 }
@@ -318,7 +323,8 @@ fn no_layer_names_a_higher_one() {
     let (mut checked, mut seen, mut bad) = (0, 0, Vec::new());
     for path in &files {
         let relative = path.strip_prefix(&src).expect("a file under src/");
-        let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        let text =
+            std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
         let (count, found) = violations(&relative.display().to_string(), &module_path(relative), &text);
         checked += 1;
         seen += count;
@@ -349,7 +355,8 @@ fn super_chains_that_climb_out_are_caught() {
     let (_, bad) = violations("agent/config.rs", &module("agent/config.rs"), text);
     let targets: Vec<(usize, &str)> = bad.iter().map(|v| (v.line, v.target.as_str())).collect();
     assert_eq!(targets, [(4, "cli")], "{bad:?}");
-    let (_, bad) = violations("protocol/wire.rs", &module("protocol/wire.rs"), "use super::super::client::X;");
+    let (_, bad) =
+        violations("protocol/wire.rs", &module("protocol/wire.rs"), "use super::super::client::X;");
     assert_eq!(bad.len(), 1, "{bad:?}");
 }
 
@@ -368,7 +375,8 @@ fn lower_layers_may_be_named_and_unknown_roots_are_refused() {
 
 #[test]
 fn strings_and_char_literals_are_not_code() {
-    let text = "let a = '\"'; let b = r#\"crate::cli\"#; let c = 'x'; fn f<'a>(_: &'a str) { crate::cli::x(); }";
+    let text =
+        "let a = '\"'; let b = r#\"crate::cli\"#; let c = 'x'; fn f<'a>(_: &'a str) { crate::cli::x(); }";
     let refs = references(&module("agent/mod.rs"), text);
     assert_eq!(refs, [Reference { line: 1, target: "cli".into() }]);
 }

@@ -10,7 +10,7 @@
 //! output streams live to the server in ordered, acknowledged chunks with bounded memory.
 //!
 //! # Layout
-//! - [`config`]: `AgentConfig`, validated once from flags and environment; the `Secret` newtype.
+//! - [`config`]: `AgentConfig` and `AgentBuilder`, which checks plain values into one.
 //! - [`state`]: the state directory and the generated secret kept in it.
 //! - [`journal`]: one durable JSON file per task: taken, ran, finished (the report), reported.
 //! - [`facts`]: the host's facts (OS, kernel, architecture, addresses, boot time) and when they changed.
@@ -66,7 +66,8 @@ use anyhow::{Context, Result, bail};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use tracing::{info, warn};
 
-pub use config::{AgentConfig, Secret};
+pub use crate::protocol::Secret;
+pub use config::{AgentBuilder, AgentConfig};
 pub use executor::BuiltinExecutor;
 pub use handler::{CANCEL_GRACE, OutcomeStatus, TaskContext, TaskHandler, TaskOutcome};
 

@@ -126,7 +126,11 @@ mod tests {
             FakeApi::error("409 Conflict", &format!("task {ID} already finished as succeeded")),
             FakeApi::ok(&done),
         ]);
-        let args = CancelArgs::from_args(&["cancel"], &[ID, "--server", &api.url, "--token", "t"]).unwrap();
+        let args = CancelArgs::from_args(
+            &["cancel"],
+            &[ID, "--server", &api.url, "--token-file", crate::cli::operator::tests::token_file()],
+        )
+        .unwrap();
         let error = cancel(args).unwrap_err();
         assert_eq!(
             format!("{error:#}"),
@@ -141,8 +145,11 @@ mod tests {
             FakeApi::error("409 Conflict", &format!("task {ID} already finished as cancelled")),
             FakeApi::ok(&cancelled),
         ]);
-        let args = CancelArgs::from_args(&["cancel"], &[ID, "--json", "--server", &api.url, "--token", "t"])
-            .unwrap();
+        let args = CancelArgs::from_args(
+            &["cancel"],
+            &[ID, "--json", "--server", &api.url, "--token-file", crate::cli::operator::tests::token_file()],
+        )
+        .unwrap();
         assert_eq!(cancel(args).unwrap(), 0);
     }
 

@@ -383,7 +383,18 @@ mod tests {
     fn the_enqueue_carries_timeout_and_ttl() {
         let args = RunArgs::from_args(
             &["run"],
-            &["--appid", "web-1", "--timeout", "5", "--ttl", "60", "--token", "t", "--", "true"],
+            &[
+                "--appid",
+                "web-1",
+                "--timeout",
+                "5",
+                "--ttl",
+                "60",
+                "--token-file",
+                crate::cli::operator::tests::token_file(),
+                "--",
+                "true",
+            ],
         )
         .unwrap();
         let config = RunConfig::from_args(args).unwrap();

@@ -311,8 +311,18 @@ mod tests {
     fn send_passes_the_ttl_to_the_server() {
         let reply = EnqueueReply { tasks: vec![sample_task(ID, "web-1", Queued, None)] };
         let api = FakeApi::serve(vec![FakeApi::ok(&reply)]);
-        let argv =
-            ["--appid", "web-1", "--type", "ping", "--ttl", "3600", "--server", &api.url, "--token", "t"];
+        let argv = [
+            "--appid",
+            "web-1",
+            "--type",
+            "ping",
+            "--ttl",
+            "3600",
+            "--server",
+            &api.url,
+            "--token-file",
+            crate::cli::operator::tests::token_file(),
+        ];
         assert_eq!(send(SendArgs::from_args(&["send"], &argv).unwrap()).unwrap(), 0);
         let body: serde_json::Value = serde_json::from_str(&api.seen()[0].body).unwrap();
         assert_eq!((body["ttl_secs"].as_u64(), body["timeout_secs"].is_null()), (Some(3600), true));

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::limits;
+
 /// Route of the register call (signed with the enrollment key).
 pub const REGISTER_PATH: &str = "/orange-forge/api/register";
 /// Route of the heartbeat (body is the literal `ping`).
@@ -97,43 +99,18 @@ pub fn check_app_id(app_id: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Most labels an agent may carry.
-pub const MAX_LABELS: usize = 64;
-/// Longest label key, label value, version or host name.
+/// Longest version or host name.
 pub const MAX_FIELD_LEN: usize = 256;
 
 /// Checks the inventory fields of a register call (labels, version, host name) against their
 /// limits; the error names the bad value.
 pub fn check_register_fields(request: &RegisterRequest) -> Result<(), String> {
-    if request.labels.len() > MAX_LABELS {
-        return Err(format!("{} labels; the limit is {MAX_LABELS}", request.labels.len()));
-    }
+    limits::check_labels(&request.labels, limits::MAX_LABELS)?;
     let too_long = |text: &str| text.len() > MAX_FIELD_LEN || text.chars().any(char::is_control);
-    for (key, value) in &request.labels {
-        if key.is_empty() || too_long(key) || too_long(value) {
-            let shown: String = key.chars().take(40).collect();
-            return Err(format!(
-                "label {shown:?} must be 1 to {MAX_FIELD_LEN} printable characters, and so its value"
-            ));
-        }
-    }
     for (name, value) in [("version", &request.version), ("hostname", &request.hostname)] {
         if value.as_deref().is_some_and(too_long) {
             return Err(format!("{name} must be at most {MAX_FIELD_LEN} printable characters"));
         }
-    }
-    Ok(())
-}
-
-/// Checks a task type: 1 to 64 characters of `A-Z a-z 0-9 . _ -`, not starting with a dot, so
-/// that it names a plain file inside an agent's handlers directory and nothing else.
-pub fn check_task_type(task_type: &str) -> Result<(), String> {
-    let shown: String = task_type.chars().take(40).collect();
-    let plain = task_type.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-    if task_type.is_empty() || task_type.len() > 64 || !plain || task_type.starts_with('.') {
-        return Err(format!(
-            "task type {shown:?} must be 1 to 64 letters, digits, '.', '_' or '-', not starting with '.'"
-        ));
     }
     Ok(())
 }
@@ -333,15 +310,12 @@ mod tests {
     }
 
     #[test]
-    fn app_ids_and_task_types_are_plain_names() {
+    fn app_ids_are_plain_names() {
         assert!(check_app_id("web-01.prod").is_ok());
         assert!(check_app_id("").is_err());
         assert!(check_app_id("a/b").is_err());
         assert!(check_app_id("..").is_err());
         assert!(check_app_id(&"x".repeat(10_000)).is_err());
-        assert!(check_task_type("shell").is_ok());
-        assert!(check_task_type("../../bin/sh").is_err());
-        assert!(check_task_type(".hidden").is_err());
     }
 
     #[test]

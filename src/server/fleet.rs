@@ -20,6 +20,9 @@ use super::store::{
 use crate::protocol::admin::{
     AgentView, EnqueueRequest, ONLINE_WINDOW_SECS, OutputChunkView, OutputPage, TaskView, Transition,
 };
+use crate::protocol::limits::{
+    MAX_ENQUEUE_BYTES, MAX_NAMED_TARGETS, MAX_QUEUED_PER_AGENT, MAX_TIMEOUT_SECS, MAX_TTL_SECS,
+};
 use crate::protocol::task::new_task_id;
 use crate::protocol::wire::{self, OutputChunk, ReportRequest, WireTask};
 use crate::protocol::{TaskId, TaskStatus};
@@ -30,16 +33,6 @@ const TOUCH_GAP_MS: i64 = 5_000;
 const LIST_OUTPUT_LEN: usize = 4 * 1024;
 /// Most output bytes one output page carries.
 const PAGE_BYTES: usize = 1024 * 1024;
-/// Most tasks one agent's queue may hold; an enqueue beyond it is refused.
-pub const MAX_QUEUED_PER_AGENT: usize = 10_000;
-/// Most app ids one enqueue may name (`all` is not limited by it).
-pub const MAX_NAMED_TARGETS: usize = 10_000;
-/// Most payload bytes one enqueue may store in all (payload times targets).
-pub const MAX_ENQUEUE_BYTES: usize = 256 * 1024 * 1024;
-/// Longest task timeout: 30 days.
-pub const MAX_TIMEOUT_SECS: u64 = 30 * 24 * 3600;
-/// Longest time to live in a queue: a year.
-pub const MAX_TTL_SECS: u64 = 365 * 24 * 3600;
 /// How often retention runs (more often when the retention period is shorter than 4 minutes).
 const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -496,7 +489,7 @@ fn chunk_view(chunk: Chunk) -> OutputChunkView {
 
 /// Checks a task's type and the size of its payload.
 pub(super) fn check_task_input(task_type: &str, payload: &str) -> Result<(), FleetError> {
-    wire::check_task_type(task_type).map_err(FleetError::BadRequest)?;
+    crate::protocol::limits::check_task_type(task_type).map_err(FleetError::BadRequest)?;
     if payload.len() > wire::MAX_PAYLOAD_LEN {
         return Err(FleetError::TooLarge(format!(
             "payload is {} bytes; the limit is {}",
