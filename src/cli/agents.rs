@@ -31,7 +31,7 @@ operator_args! {
                 shown for online agents that reported their boot time; --json has every fact (os_name, \
                 os_version, kernel, arch, ips, boot_time, uptime_secs under `facts`). Times are shown \
                 in UTC to the second. Connection options: --server (else ORANGE_SERVER, else \
-                http://127.0.0.1:8890); the admin token from --token, else ORANGE_TOKEN, else --data \
+                http://127.0.0.1:8890); the admin token from --token-file, else ORANGE_TOKEN, else --data \
                 DIR/admin.token. They may also follow `accept ID` or `forget ID`."
     )]
     pub struct AgentsArgs {

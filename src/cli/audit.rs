@@ -22,7 +22,7 @@ operator_args! {
                 agent.pending (enrolled without a credential; waits for `orange agents accept`), \
                 token.create and token.revoke. Times are shown in UTC to the second (--json keeps \
                 milliseconds). The record is kept past task retention. Connection options: --server \
-                (else ORANGE_SERVER, else http://127.0.0.1:8890); the admin token from --token, else \
+                (else ORANGE_SERVER, else http://127.0.0.1:8890); the admin token from --token-file, else \
                 ORANGE_TOKEN, else --data DIR/admin.token."
     )]
     pub struct AuditArgs {

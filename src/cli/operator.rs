@@ -1,6 +1,6 @@
-//! The connection options every operator command takes (`--server`, `--token`, `--data`, `--json`),
-//! resolved once into an [`OperatorConfig`], and [`Api`], the admin client that turns failures into
-//! messages naming the server.
+//! The connection options every operator command takes (`--server`, `--token-file`, `--data`,
+//! `--json`; `--token` only to refuse it), resolved once into an [`OperatorConfig`], and [`Api`],
+//! the admin client that turns failures into messages naming the server.
 //!
 //! argh cannot flatten one struct of options into another, so each operator command declares its
 //! struct with [`operator_args!`], which adds the connection flags, and hands them over with
@@ -56,9 +56,9 @@ impl std::fmt::Debug for AdminToken {
     }
 }
 
-/// Declares an operator command's argh struct: its own fields, then `--server`, `--token` and
-/// `--data`, then `--json` with the doc comment written before `json` (each command says what it
-/// prints). Fields keep their order, which is the order of `--help`; a positional may sit among
+/// Declares an operator command's argh struct: its own fields, then `--server`, `--token-file`,
+/// `--token` (refused) and `--data`, then `--json` with the doc comment written before `json`
+/// (each command says what it prints). Fields keep their order, which is the order of `--help`; a positional may sit among
 /// the command's own fields, since help lists positionals apart. The own fields are passed on as
 /// plain tokens (each ending in a comma): argh's derive reads field types by their spelling,
 /// which a `$ty:ty` capture would hide.

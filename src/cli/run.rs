@@ -45,7 +45,7 @@ operator_args! {
                 --help`). The exit status is the remote command's, or one of the codes below. With \
                 --json nothing is printed live: the final task is printed as JSON, and the exit status \
                 is the same. Connection options: --server (else ORANGE_SERVER, else \
-                http://127.0.0.1:8890); the admin token from --token, else ORANGE_TOKEN, else --data \
+                http://127.0.0.1:8890); the admin token from --token-file, else ORANGE_TOKEN, else --data \
                 DIR/admin.token.",
         error_code(124, "the task ran past its timeout on the host (like timeout(1))"),
         error_code(130, "Ctrl-C: the task was cancelled, or a second Ctrl-C stopped waiting for it"),

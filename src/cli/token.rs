@@ -82,7 +82,7 @@ operator_args! {
         example = "orange token list --json | jq -r '.tokens[] | select(.uses_left > 0) | .token_id'",
         note = "STATE is `active` (agents may enroll with it), `expired`, `revoked` or `used up`. \
                 Expiry times are shown in UTC to the second. Connection options: --server (else \
-                ORANGE_SERVER, else http://127.0.0.1:8890); the admin token from --token, else \
+                ORANGE_SERVER, else http://127.0.0.1:8890); the admin token from --token-file, else \
                 ORANGE_TOKEN, else --data DIR/admin.token."
     )]
     pub struct ListArgs {
