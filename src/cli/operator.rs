@@ -57,11 +57,11 @@ impl std::fmt::Debug for AdminToken {
 }
 
 /// Declares an operator command's argh struct: its own fields, then `--server`, `--token-file`,
-/// `--token` (refused) and `--data`, then `--json` with the doc comment written before `json`
-/// (each command says what it prints). Fields keep their order, which is the order of `--help`; a positional may sit among
-/// the command's own fields, since help lists positionals apart. The own fields are passed on as
-/// plain tokens (each ending in a comma): argh's derive reads field types by their spelling,
-/// which a `$ty:ty` capture would hide.
+/// `--token` (refused) and `--data`, then `--json` with the doc comment written before `json` (each
+/// command says what it prints). Fields keep their order, which is the order of `--help`; a
+/// positional may sit among the command's own fields, since help lists positionals apart. The own
+/// fields are passed on as plain tokens (each ending in a comma): argh's derive reads field types
+/// by their spelling, which a `$ty:ty` capture would hide.
 ///
 /// ```ignore
 /// operator_args! {
