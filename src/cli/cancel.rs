@@ -4,9 +4,9 @@
 use anyhow::{Result, bail};
 use argh::FromArgs;
 
+use super::flags::check_task_id;
 use super::operator::{Api, OperatorConfig, operator_args, operator_flags};
 use super::output;
-use super::task::check_task_id;
 use crate::client::{ADMIN_TIMEOUT, ClientError};
 use crate::protocol::TaskStatus;
 use crate::protocol::admin::{self, CancelRequest, TaskView};

@@ -6,11 +6,12 @@ use anyhow::{Result, bail};
 use argh::FromArgs;
 use serde::Serialize;
 
+use super::flags::{check_timeout, check_ttl};
 use super::job_print;
 use super::job_run::{self, JobReport, fetch_results, wait_job};
 use super::operator::{Api, OperatorConfig, OperatorFlags, encode, operator_args, operator_flags};
 use super::output;
-use super::task::{check_timeout, check_ttl, parse_app_ids};
+use super::task::parse_app_ids;
 use super::wait::wait_timeout;
 use crate::client::ADMIN_TIMEOUT;
 use crate::protocol::admin::{CancelRequest, MAX_LIST_LIMIT};

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod cancel;
 #[cfg(test)]
 mod fake_api;
+pub mod flags;
 pub mod follow;
 pub mod interrupt;
 pub mod job;

@@ -6,11 +6,11 @@ use std::io::Write;
 use anyhow::{Context, Result, bail};
 use argh::FromArgs;
 
+use super::flags::{check_timeout, check_ttl};
 use super::follow::{Sink, Until, follow};
 use super::interrupt::{CancelOnInterrupt, EXIT_INTERRUPTED};
 use super::operator::{Api, OperatorConfig, encode, operator_args, operator_flags};
 use super::output;
-use super::task::{check_timeout, check_ttl};
 use super::wait::{wait_task, wait_timeout};
 use crate::client::{ADMIN_TIMEOUT, ClientError};
 use crate::protocol::TaskStatus;

@@ -99,6 +99,14 @@ pub fn check_task_type(task_type: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a number of seconds (a timeout, a time to live) named `name` against 1 to `most`.
+pub fn check_secs(name: &str, secs: u64, most: u64) -> Result<u64, String> {
+    if secs == 0 || secs > most {
+        return Err(format!("{name} must be between 1 and {most} seconds"));
+    }
+    Ok(secs)
+}
+
 /// The duration syntax, for error messages.
 pub const DURATION_LIKE: &str = "24h, 30m, 7d or 3600 (seconds)";
 

@@ -503,10 +503,7 @@ pub(super) fn check_task_input(task_type: &str, payload: &str) -> Result<(), Fle
 /// A number of seconds from a request, between 1 and `max`, or the default.
 fn bounded(name: &str, value: Option<u64>, default: Duration, max: u64) -> Result<u64, FleetError> {
     match value {
-        Some(secs) if secs == 0 || secs > max => {
-            Err(FleetError::BadRequest(format!("{name} must be between 1 and {max} seconds")))
-        }
-        Some(secs) => Ok(secs),
+        Some(secs) => crate::protocol::limits::check_secs(name, secs, max).map_err(FleetError::BadRequest),
         None => Ok(default.as_secs().clamp(1, max)),
     }
 }
