@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use super::handler::CANCEL_GRACE;
 use super::state;
 use crate::client::{Enrollment, TlsSettings};
 use crate::protocol::Secret;
@@ -17,6 +16,8 @@ use crate::protocol::wire::MAX_SECRET_LEN;
 
 /// Interval between heartbeats.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a cancelled task's process group has between SIGTERM and SIGKILL.
+pub const CANCEL_GRACE: Duration = Duration::from_secs(5);
 /// How long reports and output chunks keep being retried once the agent is stopping.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 

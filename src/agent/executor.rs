@@ -11,7 +11,8 @@ use std::time::Duration;
 use super::capture::Capture;
 use super::config::AgentConfig;
 use super::handler::{OutcomeStatus, TaskContext, TaskHandler, TaskOutcome};
-use super::process::{OutputSink, ProcessOutput, RunLimits, run_process_with};
+use super::process::{ProcessOutput, RunLimits, run_process_with};
+use super::sink::OutputSink;
 use crate::protocol::WireTask;
 use crate::protocol::wire::MAX_OUTPUT_LEN;
 

@@ -6,12 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use super::config::CANCEL_GRACE;
 use super::stream::{ChunkSink, TaskStream};
 use crate::protocol::WireTask;
 use crate::protocol::wire::{DO_STATUS_CANCELLED, DO_STATUS_FAILED, DO_STATUS_SUCCESS, DO_STATUS_TIMEOUT};
-
-/// How long a cancelled task's process group has between SIGTERM and SIGKILL.
-pub const CANCEL_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs tasks for the agent. Called on a worker thread, possibly for several tasks at once.
 ///

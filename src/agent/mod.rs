@@ -21,6 +21,7 @@
 //! - [`handler`]: the embedding API, `TaskHandler`, `TaskOutcome` and `TaskContext`.
 //! - [`executor`]: the built-in handler (`ping`, `shell`, the handlers directory).
 //! - [`process`]: running a process in its own group with a deadline, cancel and an output sink.
+//! - [`sink`]: where a process's output goes (`OutputSink`) and its two streams.
 //! - [`capture`]: the sink that keeps capped output (for runs outside the agent).
 //! - `stream`: the sink that streams output to the server as numbered chunks.
 //! - `report`: building `reportTask` bodies and sending final reports.
@@ -32,8 +33,7 @@
 //! use std::sync::Arc;
 //! use orange::agent::{AgentConfig, TaskHandler, TaskOutcome};
 //! # fn main() -> anyhow::Result<()> {
-//! # let args: orange::cli::AgentArgs = unimplemented!();
-//! let config = AgentConfig::from_args(args)?;
+//! let config = AgentConfig::builder("http://10.0.0.1:8890").app_id("web-1").max_tasks(2).build()?;
 //! let handler: Arc<dyn TaskHandler> = Arc::new(|task: &orange::protocol::WireTask| {
 //!     TaskOutcome::success(format!("got {}", task.payload))
 //! });
@@ -54,6 +54,7 @@ pub mod process;
 mod report;
 mod retry;
 mod shared;
+pub mod sink;
 pub mod state;
 mod stream;
 mod worker;
@@ -67,9 +68,10 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use tracing::{info, warn};
 
 pub use crate::protocol::Secret;
+pub use config::CANCEL_GRACE;
 pub use config::{AgentBuilder, AgentConfig};
 pub use executor::BuiltinExecutor;
-pub use handler::{CANCEL_GRACE, OutcomeStatus, TaskContext, TaskHandler, TaskOutcome};
+pub use handler::{OutcomeStatus, TaskContext, TaskHandler, TaskOutcome};
 
 use journal::Journal;
 use shared::Shared;

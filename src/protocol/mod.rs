@@ -6,6 +6,7 @@ pub mod admin;
 pub mod busy;
 pub mod facts;
 pub mod jobs;
+pub mod limit_table;
 pub mod limits;
 pub mod secret;
 pub mod sign;

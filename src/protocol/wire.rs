@@ -75,10 +75,7 @@ pub const MAX_POLL_WINDOW_SECS: u64 = 50;
 /// HTTP timeout of agent calls; longer than any server poll window.
 pub const CLIENT_TIMEOUT_SECS: u64 = 60;
 
-/// The start of an untrusted value, for an error message: at most 40 characters.
-pub fn shown(text: &str) -> String {
-    text.chars().take(40).collect()
-}
+pub use super::limits::shown;
 
 // A long poll's server window must end before the client gives up on it.
 const _: () = assert!(CLIENT_TIMEOUT_SECS > MAX_POLL_WINDOW_SECS + 5);
