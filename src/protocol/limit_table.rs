@@ -6,6 +6,13 @@ use super::{admin, busy, facts, jobs, wire};
 
 /// Every limit: its name, its value and what it bounds; SECURITY.md holds the same table.
 pub const TABLE: &[(&str, u64, &str)] = &[
+    ("MAX_HEAD_BYTES", MAX_HEAD_BYTES as u64, "bytes of one request's line and headers"),
+    ("MAX_ADMIN_BODY", MAX_ADMIN_BODY as u64, "bytes of one operator API request body"),
+    (
+        "MAX_FAILURES_PER_MINUTE",
+        MAX_FAILURES_PER_MINUTE as u64,
+        "failed signatures or wrong admin tokens per source and minute",
+    ),
     ("MAX_AGENT_BODY", wire::MAX_AGENT_BODY as u64, "bytes of one agent request body"),
     ("MAX_APP_ID_LEN", wire::MAX_APP_ID_LEN as u64, "characters of an app id"),
     ("MAX_SECRET_LEN", wire::MAX_SECRET_LEN as u64, "bytes of an agent secret"),

@@ -35,6 +35,13 @@ pub const MAX_NAMED_TARGETS: usize = 10_000;
 pub const MAX_ENQUEUE_BYTES: usize = 256 * 1024 * 1024;
 /// Most agents one job may target.
 pub const MAX_JOB_TARGETS: usize = 100_000;
+/// Largest operator API request body.
+pub const MAX_ADMIN_BODY: usize = 1024 * 1024;
+/// Largest request head (request line and headers) a server reads into memory.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Failed signatures (or wrong admin tokens) one source may send per minute before it is
+/// refused outright.
+pub const MAX_FAILURES_PER_MINUTE: u32 = 30;
 /// Most agents waiting for an operator to accept them.
 pub const MAX_PENDING: usize = 1000;
 

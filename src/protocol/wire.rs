@@ -316,6 +316,17 @@ mod tests {
     }
 
     #[test]
+    fn labels_an_agent_or_the_cli_accepts_are_accepted_by_register_and_no_others() {
+        let texts = ["k8s.io/zone=a".to_owned(), format!("{}={}", "k".repeat(63), "v".repeat(256))];
+        let labels = limits::parse_labels(&texts, limits::MAX_LABELS).unwrap();
+        let request = RegisterRequest { labels, ..Default::default() };
+        assert_eq!(check_register_fields(&request), Ok(()));
+        let spaced = BTreeMap::from([("a b".to_owned(), "v".to_owned())]);
+        let refused = check_register_fields(&RegisterRequest { labels: spaced, ..Default::default() });
+        assert_eq!(limits::parse_labels(&["a b=v".to_owned()], limits::MAX_LABELS).map(|_| ()), refused);
+    }
+
+    #[test]
     fn envelope_without_data_serializes_null() {
         let env: Envelope<()> = Envelope::empty(CODE_NO_TASK, "no task");
         assert_eq!(serde_json::to_string(&env).unwrap(), r#"{"code":2,"message":"no task","data":null}"#);

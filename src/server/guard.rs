@@ -14,8 +14,7 @@ use thiserror::Error;
 use super::store::{Store, StoreError};
 use crate::protocol::sign::TIME_WINDOW_SECS;
 
-/// Failed signatures one source may send per minute before it is refused outright.
-pub const MAX_FAILURES_PER_MINUTE: u32 = 30;
+pub use crate::protocol::limits::MAX_FAILURES_PER_MINUTE;
 
 /// Why a request was refused as a replay.
 #[derive(Debug, Error)]

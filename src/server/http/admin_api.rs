@@ -29,13 +29,11 @@ use crate::protocol::admin::{
     AGENTS_PATH, AgentFilter, AgentList, ApiError, CancelRequest, EnqueueReply, EnqueueRequest,
     MAX_LIST_LIMIT, MAX_WAIT_SECS, OutputPage, TASKS_PATH, TaskList, TaskView,
 };
+use crate::protocol::limits::MAX_ADMIN_BODY;
 use crate::protocol::wire::shown;
 use crate::server::fleet::FleetError;
 use crate::server::guard::FailureLimiter;
 use crate::server::store::StoreError;
-
-/// Largest admin request body.
-const MAX_ADMIN_BODY: usize = 1024 * 1024;
 /// Tasks listed when no limit is given.
 const DEFAULT_LIST_LIMIT: usize = 100;
 
@@ -99,7 +97,7 @@ pub fn routes(admin_token: &str) -> Router<AppState> {
 }
 
 /// Lets a request with the right token through; counts a wrong one against its source, which is
-/// refused with 429 for the rest of the minute after [`MAX_FAILURES_PER_MINUTE`](crate::server::guard::MAX_FAILURES_PER_MINUTE) of them, so a
+/// refused with 429 for the rest of the minute after [`MAX_FAILURES_PER_MINUTE`](crate::protocol::limits::MAX_FAILURES_PER_MINUTE) of them, so a
 /// token cannot be guessed at line rate.
 fn admitted(request: &Request, token_hash: &[u8; 32], failures: &FailureLimiter) -> ApiResult<()> {
     let source = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|peer| peer.0.ip());

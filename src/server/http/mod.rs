@@ -27,6 +27,7 @@ use super::fleet::{Fleet, policy};
 use super::guard::FailureLimiter;
 use super::store::Store;
 use super::{Secrets, ServerConfig};
+use crate::protocol::limits::MAX_HEAD_BYTES;
 
 /// Shared state of every handler.
 pub type AppState = Arc<Fleet>;
@@ -42,8 +43,6 @@ pub fn router(fleet: AppState, admin_token: &str) -> Router {
 
 /// How long a client may take to send a request's headers (against slow-loris connections).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest request head (request line and headers) read into memory.
-pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// How long a graceful stop waits for requests in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
