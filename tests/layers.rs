@@ -2,7 +2,9 @@
 //! `main`. This test reads every file under `src/`, finds each path that names a top-level
 //! module (`crate::x`, `use crate::{x, y}`, `$crate::x`, and `super::` chains that climb out of
 //! the file's top-level module) and fails, naming the file, the line and the rule, when a lower
-//! layer names a higher one or `agent` and `server` name each other.
+//! layer names a higher one or `agent` and `server` name each other. It also fails when
+//! `protocol` names a runtime (tokio, axum, ureq), the agent or the client an async one, or a
+//! file outside `server/store/` names sled (outside `server/codec.rs`, bincode).
 
 use std::path::{Path, PathBuf};
 
@@ -299,6 +301,46 @@ fn violations(file: &str, module_path: &[String], text: &str) -> (usize, Vec<Vio
     (refs.len(), bad)
 }
 
+/// The outside crates a file may not name, by where it is: `protocol` no runtime, the agent and
+/// the client no async runtime; only `server/store/` knows sled and only `server/codec.rs`
+/// bincode.
+fn forbidden_crates(module_path: &[String]) -> Vec<&'static str> {
+    let mut forbidden = Vec::new();
+    let top = module_path.first().map(String::as_str).unwrap_or_default();
+    if top == "protocol" {
+        forbidden.extend(["tokio", "axum", "axum_server", "hyper", "hyper_util", "ureq"]);
+    }
+    if top == "agent" || top == "client" {
+        forbidden.extend(["tokio", "axum", "axum_server", "hyper", "hyper_util"]);
+    }
+    let second = module_path.get(1).map(String::as_str);
+    if !(top == "server" && second == Some("store")) {
+        forbidden.push("sled");
+    }
+    if !(top == "server" && second == Some("codec")) {
+        forbidden.push("bincode");
+    }
+    forbidden
+}
+
+/// Lines where a file names a crate it may not (a path starting with that crate's name).
+fn crate_violations(file: &str, module_path: &[String], text: &str) -> Vec<String> {
+    let forbidden = forbidden_crates(module_path);
+    let toks = tokens(&code_only(text));
+    let mut bad = Vec::new();
+    for (i, tok) in toks.iter().enumerate() {
+        let starts_path = i == 0 || toks[i - 1].text != "::";
+        let is_path = toks.get(i + 1).is_some_and(|t| t.text == "::");
+        if starts_path && is_path && forbidden.contains(&tok.text.as_str()) {
+            bad.push(format!(
+                "{file}:{}: names the crate `{}`, which {file} may not use",
+                tok.line, tok.text
+            ));
+        }
+    }
+    bad
+}
+
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()));
     for entry in entries {
@@ -320,20 +362,43 @@ fn no_layer_names_a_higher_one() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
     rust_files(&src, &mut files);
-    let (mut checked, mut seen, mut bad) = (0, 0, Vec::new());
+    let (mut checked, mut seen, mut bad, mut crate_bad) = (0, 0, Vec::new(), Vec::new());
     for path in &files {
         let relative = path.strip_prefix(&src).expect("a file under src/");
         let text =
             std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-        let (count, found) = violations(&relative.display().to_string(), &module_path(relative), &text);
+        let file = relative.display().to_string();
+        let (count, found) = violations(&file, &module_path(relative), &text);
         checked += 1;
         seen += count;
         bad.extend(found);
+        crate_bad.extend(crate_violations(&file, &module_path(relative), &text));
     }
     assert!(checked >= 50, "only {checked} files found under {}", src.display());
     assert!(seen >= 200, "only {seen} references to top-level modules found; the scan is broken");
     let report: Vec<String> = bad.iter().map(ToString::to_string).collect();
     assert!(report.is_empty(), "{} references break the layers:\n{}", report.len(), report.join("\n"));
+    assert!(
+        crate_bad.is_empty(),
+        "{} files name crates they may not:\n{}",
+        crate_bad.len(),
+        crate_bad.join("\n")
+    );
+}
+
+#[test]
+fn a_runtime_named_in_protocol_or_sled_outside_the_store_is_caught() {
+    let text = "use serde::Serialize;\nuse tokio::sync::Notify;\nfn f() { let _ = sled::open(\"x\"); }\n";
+    let bad = crate_violations("protocol/wire.rs", &module("protocol/wire.rs"), text);
+    assert_eq!(bad.len(), 2, "{bad:?}");
+    assert!(bad[0].starts_with("protocol/wire.rs:2: names the crate `tokio`"), "{}", bad[0]);
+    assert!(
+        crate_violations("server/store/tx.rs", &module("server/store/tx.rs"), "use sled::Tree;").is_empty()
+    );
+    assert_eq!(
+        crate_violations("agent/poll.rs", &module("agent/poll.rs"), "#[tokio::main] fn f() {}").len(),
+        1
+    );
 }
 
 #[test]
