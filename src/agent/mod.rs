@@ -18,6 +18,7 @@
 //! - `poll`: registration, the capacity-aware poll loop and the heartbeat.
 //! - `worker`: what happens to a delivered task: journal, ack, run, report; cancels; recovery.
 //! - `outbox`: final reports sent again from the journal, on their own thread.
+//! - `control`: the cancel and acknowledged flags the agent and a running task share.
 //! - [`handler`]: the embedding API, `TaskHandler`, `TaskOutcome` and `TaskContext`.
 //! - [`executor`]: the built-in handler (`ping`, `shell`, the handlers directory).
 //! - [`process`]: running a process in its own group with a deadline, cancel and an output sink.
@@ -44,6 +45,7 @@
 pub mod backoff;
 pub mod capture;
 pub mod config;
+mod control;
 pub mod executor;
 pub mod facts;
 pub mod handler;

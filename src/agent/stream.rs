@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use super::handler::TaskControl;
+use super::control::TaskControl;
 use super::retry::{Sent, is_already_finished, until_done};
 use super::shared::Shared;
 use super::sink::{OutputSink, Stream};
