@@ -187,6 +187,7 @@ fn change(config: &OperatorConfig, id: &str, path_of: fn(&str) -> String) -> Res
 mod tests {
     use super::*;
     use crate::cli::fake_api::FakeApi;
+    use crate::cli::operator::tests::token_file;
 
     fn parse(argv: &[&str]) -> Result<AgentsArgs, argh::EarlyExit> {
         AgentsArgs::from_args(&["agents"], argv)
@@ -222,16 +223,8 @@ mod tests {
     fn accept_and_forget_parse_with_their_own_flags() {
         let args = parse(&["accept", "w1"]).unwrap();
         assert!(matches!(&args.command, Some(AgentsCommand::Accept(a)) if a.id == "w1" && !a.json));
-        let args = parse(&[
-            "--server",
-            "http://h:1",
-            "forget",
-            "w1",
-            "--json",
-            "--token-file",
-            crate::cli::operator::tests::token_file(),
-        ])
-        .unwrap();
+        let args = parse(&["--server", "http://h:1", "forget", "w1", "--json", "--token-file", token_file()])
+            .unwrap();
         assert_eq!(args.server.as_deref(), Some("http://h:1"));
         assert!(matches!(&args.command, Some(AgentsCommand::Forget(f)) if f.id == "w1" && f.json));
         assert!(parse(&["accept"]).is_err());
@@ -249,9 +242,7 @@ mod tests {
 
     #[test]
     fn filters_do_not_go_with_a_subcommand() {
-        let args =
-            parse(&["--pending", "accept", "w1", "--token-file", crate::cli::operator::tests::token_file()])
-                .unwrap();
+        let args = parse(&["--pending", "accept", "w1", "--token-file", token_file()]).unwrap();
         assert_eq!(
             execute(args).unwrap_err().to_string(),
             "--label, --online and --pending filter the list; they do not go with accept or forget"
@@ -260,15 +251,9 @@ mod tests {
 
     #[test]
     fn bad_app_ids_are_refused_before_any_call() {
-        let args = parse(&[
-            "forget",
-            "../tasks",
-            "--server",
-            "http://127.0.0.1:9",
-            "--token-file",
-            crate::cli::operator::tests::token_file(),
-        ])
-        .unwrap();
+        let args =
+            parse(&["forget", "../tasks", "--server", "http://127.0.0.1:9", "--token-file", token_file()])
+                .unwrap();
         assert_eq!(
             execute(args).unwrap_err().to_string(),
             "app id \"../tasks\" may only hold letters, digits and . _ - : @"
@@ -285,17 +270,9 @@ mod tests {
             ],
         };
         let api = FakeApi::serve(vec![FakeApi::ok(&all), FakeApi::ok(&all)]);
-        let printed = execute(
-            parse(&[
-                "--pending",
-                "--server",
-                &api.url,
-                "--token-file",
-                crate::cli::operator::tests::token_file(),
-            ])
-            .unwrap(),
-        )
-        .unwrap();
+        let printed =
+            execute(parse(&["--pending", "--server", &api.url, "--token-file", token_file()]).unwrap())
+                .unwrap();
         assert_eq!(
             printed,
             Printed::out(
@@ -305,16 +282,9 @@ mod tests {
                     .into()
             )
         );
-        let args = parse(&[
-            "--pending",
-            "--online",
-            "--json",
-            "--server",
-            &api.url,
-            "--token-file",
-            crate::cli::operator::tests::token_file(),
-        ])
-        .unwrap();
+        let args =
+            parse(&["--pending", "--online", "--json", "--server", &api.url, "--token-file", token_file()])
+                .unwrap();
         let json: AgentList = serde_json::from_str(&execute(args).unwrap().stdout).unwrap();
         assert_eq!(json.agents, vec![agent("w2", "pending", true)]);
         let seen = api.seen();
@@ -340,38 +310,21 @@ mod tests {
             "--server",
             &api.url,
             "--token-file",
-            crate::cli::operator::tests::token_file(),
+            token_file(),
         ];
         let json: AgentList = serde_json::from_str(&execute(parse(&argv).unwrap()).unwrap().stdout).unwrap();
         assert_eq!(json.agents, vec![web]);
         assert_eq!(api.seen()[0].target, "/api/v1/agents?label=env%3Dprod&label=role%3Dweb&online=true");
-        let bad = parse(&[
-            "--label",
-            "role",
-            "--server",
-            &api.url,
-            "--token-file",
-            crate::cli::operator::tests::token_file(),
-        ])
-        .unwrap();
+        let bad = parse(&["--label", "role", "--server", &api.url, "--token-file", token_file()]).unwrap();
         assert_eq!(format!("{:#}", execute(bad).unwrap_err()), "--label: label \"role\" is not k=v");
     }
 
     #[test]
     fn accept_posts_to_the_agent_and_says_it_is_accepted() {
         let api = FakeApi::serve(vec![FakeApi::ok(&agent("w1", "accepted", false))]);
-        let printed = execute(
-            parse(&[
-                "accept",
-                "w1",
-                "--server",
-                &api.url,
-                "--token-file",
-                crate::cli::operator::tests::token_file(),
-            ])
-            .unwrap(),
-        )
-        .unwrap();
+        let printed =
+            execute(parse(&["accept", "w1", "--server", &api.url, "--token-file", token_file()]).unwrap())
+                .unwrap();
         assert_eq!(printed, Printed::out("agent w1: accepted\n".into()));
         let seen = api.seen();
         assert_eq!(
@@ -384,25 +337,10 @@ mod tests {
     fn forget_posts_to_the_agent_and_prints_it_as_json() {
         let forgotten = agent("db:1", "forgotten", false);
         let api = FakeApi::serve(vec![FakeApi::ok(&forgotten), FakeApi::ok(&forgotten)]);
-        let argv = [
-            "forget",
-            "db:1",
-            "--server",
-            &api.url,
-            "--token-file",
-            crate::cli::operator::tests::token_file(),
-        ];
+        let argv = ["forget", "db:1", "--server", &api.url, "--token-file", token_file()];
         let printed = execute(parse(&argv).unwrap()).unwrap();
         assert_eq!(printed.stdout, "agent db:1: forgotten; it may enroll again with a new secret\n");
-        let argv = [
-            "--json",
-            "forget",
-            "db:1",
-            "--server",
-            &api.url,
-            "--token-file",
-            crate::cli::operator::tests::token_file(),
-        ];
+        let argv = ["--json", "forget", "db:1", "--server", &api.url, "--token-file", token_file()];
         let json: AgentView = serde_json::from_str(&execute(parse(&argv).unwrap()).unwrap().stdout).unwrap();
         assert_eq!(json, forgotten);
         let seen = api.seen();
@@ -415,18 +353,9 @@ mod tests {
     #[test]
     fn an_unknown_agent_names_the_call() {
         let api = FakeApi::serve(vec![FakeApi::error("404 Not Found", "unknown agent \"w9\"")]);
-        let error = execute(
-            parse(&[
-                "accept",
-                "w9",
-                "--server",
-                &api.url,
-                "--token-file",
-                crate::cli::operator::tests::token_file(),
-            ])
-            .unwrap(),
-        )
-        .unwrap_err();
+        let error =
+            execute(parse(&["accept", "w9", "--server", &api.url, "--token-file", token_file()]).unwrap())
+                .unwrap_err();
         assert_eq!(
             format!("{error:#}"),
             format!("POST {}/api/v1/agents/w9/accept: unknown agent \"w9\" (HTTP 404)", api.url)

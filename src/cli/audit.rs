@@ -66,6 +66,7 @@ mod tests {
 
     use super::*;
     use crate::cli::fake_api::FakeApi;
+    use crate::cli::operator::tests::token_file;
     use crate::protocol::admin::AuditEntry;
 
     fn parse(argv: &[&str]) -> Result<AuditArgs, argh::EarlyExit> {
@@ -119,18 +120,9 @@ mod tests {
             ],
         };
         let api = FakeApi::serve(vec![FakeApi::ok(&list), FakeApi::ok(&list)]);
-        let printed = execute(
-            parse(&[
-                "--limit",
-                "3",
-                "--server",
-                &api.url,
-                "--token-file",
-                crate::cli::operator::tests::token_file(),
-            ])
-            .unwrap(),
-        )
-        .unwrap();
+        let printed =
+            execute(parse(&["--limit", "3", "--server", &api.url, "--token-file", token_file()]).unwrap())
+                .unwrap();
         assert_eq!(
             printed,
             Printed::out(
@@ -141,17 +133,8 @@ mod tests {
                     .into()
             )
         );
-        let printed = execute(
-            parse(&[
-                "--json",
-                "--server",
-                &api.url,
-                "--token-file",
-                crate::cli::operator::tests::token_file(),
-            ])
-            .unwrap(),
-        )
-        .unwrap();
+        let printed =
+            execute(parse(&["--json", "--server", &api.url, "--token-file", token_file()]).unwrap()).unwrap();
         assert_eq!(serde_json::from_str::<AuditList>(&printed.stdout).unwrap().entries, list.entries);
         let seen = api.seen();
         assert_eq!((seen[0].method.as_str(), seen[0].target.as_str()), ("GET", "/api/v1/audit?limit=3"));

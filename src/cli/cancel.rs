@@ -90,6 +90,7 @@ mod tests {
     use super::*;
     use crate::cli::fake_api::FakeApi;
     use crate::cli::follow::tests::ID;
+    use crate::cli::operator::tests::token_file;
     use crate::cli::output::tests::sample_task;
     use crate::protocol::TaskStatus::*;
 
@@ -126,11 +127,9 @@ mod tests {
             FakeApi::error("409 Conflict", &format!("task {ID} already finished as succeeded")),
             FakeApi::ok(&done),
         ]);
-        let args = CancelArgs::from_args(
-            &["cancel"],
-            &[ID, "--server", &api.url, "--token-file", crate::cli::operator::tests::token_file()],
-        )
-        .unwrap();
+        let args =
+            CancelArgs::from_args(&["cancel"], &[ID, "--server", &api.url, "--token-file", token_file()])
+                .unwrap();
         let error = cancel(args).unwrap_err();
         assert_eq!(
             format!("{error:#}"),
@@ -147,7 +146,7 @@ mod tests {
         ]);
         let args = CancelArgs::from_args(
             &["cancel"],
-            &[ID, "--json", "--server", &api.url, "--token-file", crate::cli::operator::tests::token_file()],
+            &[ID, "--json", "--server", &api.url, "--token-file", token_file()],
         )
         .unwrap();
         assert_eq!(cancel(args).unwrap(), 0);

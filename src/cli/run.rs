@@ -231,6 +231,7 @@ mod tests {
     use super::*;
     use crate::cli::fake_api::FakeApi;
     use crate::cli::follow::tests::{ID, chunk, page};
+    use crate::cli::operator::tests::token_file;
     use crate::cli::output::tests::sample_task;
     use crate::protocol::TaskStatus::*;
 
@@ -391,7 +392,7 @@ mod tests {
                 "--ttl",
                 "60",
                 "--token-file",
-                crate::cli::operator::tests::token_file(),
+                token_file(),
                 "--",
                 "true",
             ],

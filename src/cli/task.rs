@@ -243,6 +243,7 @@ mod tests {
     use super::*;
     use crate::cli::fake_api::FakeApi;
     use crate::cli::follow::tests::ID;
+    use crate::cli::operator::tests::token_file;
     use crate::cli::output::tests::sample_task;
     use crate::protocol::TaskStatus::*;
 
@@ -291,7 +292,7 @@ mod tests {
             "--server",
             &api.url,
             "--token-file",
-            crate::cli::operator::tests::token_file(),
+            token_file(),
         ];
         assert_eq!(send(SendArgs::from_args(&["send"], &argv).unwrap()).unwrap(), 0);
         let body: serde_json::Value = serde_json::from_str(&api.seen()[0].body).unwrap();

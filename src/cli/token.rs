@@ -184,6 +184,7 @@ fn parse_uses(text: &str) -> Result<u32, String> {
 mod tests {
     use super::*;
     use crate::cli::fake_api::FakeApi;
+    use crate::cli::operator::tests::token_file;
 
     fn parse(argv: &[&str]) -> Result<TokenCommand, argh::EarlyExit> {
         TokenArgs::from_args(&["token"], argv).map(|args| args.command)
@@ -262,17 +263,8 @@ mod tests {
     fn create_posts_ttl_and_uses_and_prints_the_token_alone() {
         let created = view("3f9a", Some("3f9a.5ec7e7"), "2024-05-02T10:00:00.000Z", 3, false);
         let api = FakeApi::serve(vec![FakeApi::ok(&created), FakeApi::ok(&created)]);
-        let argv = [
-            "create",
-            "--ttl",
-            "24h",
-            "--uses",
-            "3",
-            "--server",
-            &api.url,
-            "--token-file",
-            crate::cli::operator::tests::token_file(),
-        ];
+        let argv =
+            ["create", "--ttl", "24h", "--uses", "3", "--server", &api.url, "--token-file", token_file()];
         let printed = execute(TokenArgs::from_args(&["token"], &argv).unwrap()).unwrap();
         assert_eq!(printed.stdout, "3f9a.5ec7e7\n");
         assert_eq!(
@@ -280,16 +272,7 @@ mod tests {
             "orange: give it to agents as ORANGE_ENROLL_TOKEN or --enroll-token-file; it is shown only \
              once; expires 2024-05-02T10:00:00Z; 3 uses\n"
         );
-        let argv = [
-            "create",
-            "--ttl",
-            "60",
-            "--json",
-            "--server",
-            &api.url,
-            "--token-file",
-            crate::cli::operator::tests::token_file(),
-        ];
+        let argv = ["create", "--ttl", "60", "--json", "--server", &api.url, "--token-file", token_file()];
         let printed = execute(TokenArgs::from_args(&["token"], &argv).unwrap()).unwrap();
         assert_eq!(serde_json::from_str::<TokenView>(&printed.stdout).unwrap(), created);
         let seen = api.seen();
@@ -311,7 +294,7 @@ mod tests {
             ],
         };
         let api = FakeApi::serve(vec![FakeApi::ok(&tokens)]);
-        let argv = ["list", "--server", &api.url, "--token-file", crate::cli::operator::tests::token_file()];
+        let argv = ["list", "--server", &api.url, "--token-file", token_file()];
         let printed = execute(TokenArgs::from_args(&["token"], &argv).unwrap()).unwrap();
         assert_eq!(
             printed,
@@ -332,14 +315,7 @@ mod tests {
     fn revoke_posts_to_the_token_and_says_so() {
         let revoked = view("3f9a", None, "2999-01-01T00:00:00.000Z", 1, true);
         let api = FakeApi::serve(vec![FakeApi::ok(&revoked)]);
-        let argv = [
-            "revoke",
-            "3f9a",
-            "--server",
-            &api.url,
-            "--token-file",
-            crate::cli::operator::tests::token_file(),
-        ];
+        let argv = ["revoke", "3f9a", "--server", &api.url, "--token-file", token_file()];
         let printed = execute(TokenArgs::from_args(&["token"], &argv).unwrap()).unwrap();
         assert_eq!(printed, Printed::out("token 3f9a: revoked\n".into()));
         let seen = api.seen();
@@ -352,8 +328,7 @@ mod tests {
     #[test]
     fn an_unknown_token_names_the_call() {
         let api = FakeApi::serve(vec![FakeApi::error("404 Not Found", "unknown enrollment token \"zz\"")]);
-        let argv =
-            ["revoke", "zz", "--server", &api.url, "--token-file", crate::cli::operator::tests::token_file()];
+        let argv = ["revoke", "zz", "--server", &api.url, "--token-file", token_file()];
         let error = execute(TokenArgs::from_args(&["token"], &argv).unwrap()).unwrap_err();
         assert_eq!(
             format!("{error:#}"),

@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use crate::protocol::busy::MAX_RETRY_AFTER;
 use crate::protocol::wire::{LEGACY_BASE_SECRET, MAX_POLL_WINDOW_SECS};
 
-/// Everything `orange server` needs, validated once from the command line.
+/// Everything `orange server` needs, checked once by [`ServerOptions::validate`].
 #[derive(Clone)]
 pub struct ServerConfig {
     /// Directory of the database, the admin token file and nothing else.

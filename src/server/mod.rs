@@ -19,8 +19,9 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::{Context, Result};
-pub use config::{ServerConfig, ServerOptions, TlsFiles};
 use tracing::{info, warn};
+
+pub use config::{ServerConfig, ServerOptions, TlsFiles};
 
 /// Name of the generated admin token file inside the data directory.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
