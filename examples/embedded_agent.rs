@@ -12,13 +12,13 @@
 //! the secret from `ORANGE_SECRET`, else one generated under `ORANGE_STATE` (default: the
 //! agent's usual state directory), which also holds the task journal.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use orange::agent::{AgentConfig, BuiltinExecutor, TaskContext, TaskHandler, TaskOutcome};
-use orange::cli::AgentArgs;
-use orange::protocol::WireTask;
+use orange::protocol::{Secret, WireTask};
 
 /// This program's callback: `greet` is answered here, everything else by the built-ins.
 struct Greeter {
@@ -47,28 +47,32 @@ fn greet(name: &str) -> TaskOutcome {
     TaskOutcome::success(format!("hello, {name}!"))
 }
 
-/// The agent's flags, as `orange agent` would parse them, from this program's arguments.
-fn agent_args() -> AgentArgs {
+/// The agent's config, built from this program's arguments and environment: no flag parser
+/// involved, just the values.
+fn agent_config() -> Result<AgentConfig> {
     let mut args = std::env::args().skip(1);
-    AgentArgs {
-        server: args.next(),
-        appid: args.next(),
-        state: std::env::var_os("ORANGE_STATE").map(PathBuf::from),
-        secret_file: None,
-        enroll_key_file: None,
-        enroll_token_file: None,
-        ca_file: None,
-        insecure: false,
-        allow_shell: false,
-        handlers: None,
-        label: vec!["embedded=true".to_owned()],
-        max_tasks: 2,
+    let server = args.next().or_else(|| std::env::var("ORANGE_SERVER").ok());
+    let Some(server) = server else {
+        bail!("give the server URL as the first argument or set ORANGE_SERVER")
+    };
+    let mut builder = AgentConfig::builder(server)
+        .labels(BTreeMap::from([("embedded".to_owned(), "true".to_owned())]))
+        .max_tasks(2);
+    if let Some(app_id) = args.next() {
+        builder = builder.app_id(app_id);
     }
+    if let Some(dir) = std::env::var_os("ORANGE_STATE") {
+        builder = builder.state_dir(PathBuf::from(dir));
+    }
+    if let Ok(secret) = std::env::var("ORANGE_SECRET") {
+        builder = builder.secret(Secret::new(secret.trim()));
+    }
+    builder.build()
 }
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt().with_writer(std::io::stderr).init();
-    let config = AgentConfig::from_args(agent_args())?;
+    let config = agent_config()?;
     let handler = Arc::new(Greeter { builtin: BuiltinExecutor::new(&config) });
     let stop = orange::agent::stop_on_signals()?;
     orange::agent::run(config, handler, stop)

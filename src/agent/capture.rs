@@ -2,7 +2,7 @@
 //! rest, and turns them into capped text with notes on what was dropped. Used when a task runs
 //! outside the agent (no server to stream to), e.g. `BuiltinExecutor::run`.
 
-use super::process::{OutputSink, Stream};
+use super::sink::{OutputSink, Stream};
 
 /// Bytes of stderr reserved for the notes about dropped output (two notes of at most ~55 bytes).
 const NOTE_ROOM: usize = 128;

@@ -1,5 +1,6 @@
-//! `AgentConfig`: the agent's settings, validated once from `orange agent` flags and the
-//! environment, and the `Secret` newtype that keeps keys out of `Debug` output and logs.
+//! `AgentConfig`: the agent's settings, and [`AgentBuilder`], which checks plain values into one.
+//! Whoever embeds the agent (the `orange agent` command, another program) supplies the values;
+//! reading flags, files and the environment is its job, not the agent's.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -7,42 +8,18 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use super::handler::CANCEL_GRACE;
 use super::state;
-use crate::cli::{AgentArgs, read_secret_file};
-use crate::client::{EnrollToken, Enrollment, TlsSettings};
+use crate::client::{Enrollment, TlsSettings};
+use crate::protocol::Secret;
+use crate::protocol::limits::{self, MAX_LABELS};
 use crate::protocol::wire::MAX_SECRET_LEN;
 
 /// Interval between heartbeats.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a cancelled task's process group has between SIGTERM and SIGKILL.
+pub const CANCEL_GRACE: Duration = Duration::from_secs(5);
 /// How long reports and output chunks keep being retried once the agent is stopping.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
-/// Longest label key.
-const MAX_LABEL_KEY_LEN: usize = 63;
-/// Longest label value.
-const MAX_LABEL_VALUE_LEN: usize = 256;
-
-/// A secret string whose `Debug` prints `***`, so it never reaches a log line by accident.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(secret: impl Into<String>) -> Self {
-        Secret(secret.into())
-    }
-
-    /// The secret itself, for signing; never log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("***")
-    }
-}
 
 /// Everything an agent needs, validated once. `Debug` masks the secrets.
 #[derive(Clone, Debug)]
@@ -81,55 +58,137 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
-    /// Validates `orange agent` flags, reading `ORANGE_SERVER`, `ORANGE_SECRET`,
-    /// `ORANGE_ENROLL_KEY` and `ORANGE_ENROLL_TOKEN` from the environment; may generate and
-    /// store the agent's secret.
-    pub fn from_args(args: AgentArgs) -> Result<AgentConfig> {
-        from_args_with_env(args, &|name| std::env::var(name).ok())
+    /// Starts a config for an agent of the server at `server` (`http://` or `https://`); every
+    /// other setting has a default until set on the builder.
+    pub fn builder(server: impl Into<String>) -> AgentBuilder {
+        AgentBuilder {
+            server: server.into(),
+            app_id: None,
+            secret: None,
+            enrollment: Enrollment::Pending,
+            tls: TlsSettings::default(),
+            state_dir: None,
+            allow_shell: false,
+            handlers_dir: None,
+            labels: BTreeMap::new(),
+            max_tasks: 4,
+        }
     }
 }
 
-/// [`AgentConfig::from_args`] with the environment passed in, so tests do not touch the real one.
-fn from_args_with_env(args: AgentArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<AgentConfig> {
-    let server = server_url(args.server, env)?;
-    let hostname = state::hostname()?;
-    let app_id = args.appid.unwrap_or_else(|| hostname.clone());
-    validate_app_id(&app_id)?;
-    let labels = parse_labels(&args.label)?;
-    if args.max_tasks == 0 {
-        bail!("--max-tasks must be at least 1");
-    }
-    let handlers_dir = args.handlers.as_deref().map(handlers_dir).transpose()?;
-    let state_dir = match args.state {
-        Some(dir) => dir,
-        None => state::default_state_dir()?,
-    };
-    let secret = agent_secret(args.secret_file.as_deref(), env, &state_dir)?;
-    let enrollment = enrollment(args.enroll_key_file.as_deref(), args.enroll_token_file.as_deref(), env)?;
-    let tls = TlsSettings::new(args.ca_file.as_deref(), args.insecure).map_err(anyhow::Error::msg)?;
-    Ok(AgentConfig {
-        server,
-        app_id,
-        secret,
-        enrollment,
-        tls,
-        state_dir,
-        allow_shell: args.allow_shell,
-        handlers_dir,
-        labels,
-        max_tasks: args.max_tasks,
-        hostname,
-        heartbeat: HEARTBEAT_INTERVAL,
-        cancel_grace: CANCEL_GRACE,
-        stop_grace: STOP_GRACE,
-    })
+/// The values an agent is configured with, checked by [`AgentBuilder::build`].
+#[derive(Debug)]
+pub struct AgentBuilder {
+    server: String,
+    app_id: Option<String>,
+    secret: Option<Secret>,
+    enrollment: Enrollment,
+    tls: TlsSettings,
+    state_dir: Option<PathBuf>,
+    allow_shell: bool,
+    handlers_dir: Option<PathBuf>,
+    labels: BTreeMap<String, String>,
+    max_tasks: usize,
 }
 
-/// The server URL from `--server` or `ORANGE_SERVER`, checked for an http(s) scheme.
-fn server_url(flag: Option<String>, env: &dyn Fn(&str) -> Option<String>) -> Result<String> {
-    let Some(url) = flag.or_else(|| env("ORANGE_SERVER")).filter(|u| !u.trim().is_empty()) else {
-        bail!("no server given; pass --server URL or set ORANGE_SERVER");
-    };
+impl AgentBuilder {
+    /// This agent's app id (default: the host name).
+    pub fn app_id(mut self, app_id: impl Into<String>) -> Self {
+        self.app_id = Some(app_id.into());
+        self
+    }
+
+    /// The agent's own secret (default: the one kept in the state directory, generated once).
+    pub fn secret(mut self, secret: Secret) -> Self {
+        self.secret = Some(secret);
+        self
+    }
+
+    /// How `register` proves the agent may enroll (default: pending, waiting for an operator).
+    pub fn enrollment(mut self, enrollment: Enrollment) -> Self {
+        self.enrollment = enrollment;
+        self
+    }
+
+    /// How the server's certificate is verified (default: the system roots).
+    pub fn tls(mut self, tls: TlsSettings) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// The state directory (default: ~/.local/state/orange, or /var/lib/orange for root).
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.state_dir = Some(dir.into());
+        self
+    }
+
+    /// Whether `shell` tasks may run (default: no).
+    pub fn allow_shell(mut self, allow: bool) -> Self {
+        self.allow_shell = allow;
+        self
+    }
+
+    /// The directory of handler executables, which must exist (default: none).
+    pub fn handlers_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.handlers_dir = Some(dir.into());
+        self
+    }
+
+    /// Operator labels sent with `register`, checked by [`limits::check_labels`].
+    pub fn labels(mut self, labels: BTreeMap<String, String>) -> Self {
+        self.labels = labels;
+        self
+    }
+
+    /// Most tasks running at once (default 4; at least 1).
+    pub fn max_tasks(mut self, max_tasks: usize) -> Self {
+        self.max_tasks = max_tasks;
+        self
+    }
+
+    /// Checks every value and fills in the defaults; may generate and store the agent's secret.
+    pub fn build(self) -> Result<AgentConfig> {
+        let server = server_url(&self.server)?;
+        let hostname = state::hostname()?;
+        let app_id = self.app_id.unwrap_or_else(|| hostname.clone());
+        validate_app_id(&app_id)?;
+        limits::check_labels(&self.labels, MAX_LABELS).map_err(anyhow::Error::msg)?;
+        if self.max_tasks == 0 {
+            bail!("max tasks must be at least 1");
+        }
+        let handlers_dir = self.handlers_dir.as_deref().map(handlers_dir).transpose()?;
+        let state_dir = match self.state_dir {
+            Some(dir) => dir,
+            None => state::default_state_dir()?,
+        };
+        let secret = match self.secret {
+            Some(secret) => secret,
+            None => Secret::new(state::load_or_create_secret(&state_dir)?),
+        };
+        if secret.expose().len() > MAX_SECRET_LEN {
+            bail!("the agent secret is {} bytes long; the limit is {MAX_SECRET_LEN}", secret.expose().len());
+        }
+        Ok(AgentConfig {
+            server,
+            app_id,
+            secret,
+            enrollment: self.enrollment,
+            tls: self.tls,
+            state_dir,
+            allow_shell: self.allow_shell,
+            handlers_dir,
+            labels: self.labels,
+            max_tasks: self.max_tasks,
+            hostname,
+            heartbeat: HEARTBEAT_INTERVAL,
+            cancel_grace: CANCEL_GRACE,
+            stop_grace: STOP_GRACE,
+        })
+    }
+}
+
+/// The server URL, checked for an http(s) scheme and a host, without a trailing slash.
+fn server_url(url: &str) -> Result<String> {
     let url = url.trim().trim_end_matches('/').to_owned();
     let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
     match rest {
@@ -143,134 +202,23 @@ pub fn validate_app_id(app_id: &str) -> Result<()> {
     crate::protocol::wire::check_app_id(app_id).map_err(anyhow::Error::msg)
 }
 
-/// Parses `--label k=v` flags; keys are `[A-Za-z0-9._/-]`, values printable, no key twice.
-pub fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>> {
-    let mut map = BTreeMap::new();
-    for label in labels {
-        let (key, value) = parse_label(label)?;
-        if map.insert(key.to_owned(), value.to_owned()).is_some() {
-            bail!("--label {label:?}: key {key:?} is given twice");
-        }
-    }
-    Ok(map)
-}
-
-fn parse_label(label: &str) -> Result<(&str, &str)> {
-    let Some((key, value)) = label.split_once('=') else {
-        bail!("--label {label:?} is not k=v");
-    };
-    let key_ok = key.bytes().all(|b| b.is_ascii_alphanumeric() || b"._/-".contains(&b));
-    if key.is_empty() || key.len() > MAX_LABEL_KEY_LEN || !key_ok {
-        bail!("--label {label:?}: key must be 1 to {MAX_LABEL_KEY_LEN} characters of A-Z a-z 0-9 . _ / -");
-    }
-    if value.len() > MAX_LABEL_VALUE_LEN || value.chars().any(char::is_control) {
-        bail!(
-            "--label {label:?}: value must be at most {MAX_LABEL_VALUE_LEN} bytes without control characters"
-        );
-    }
-    Ok((key, value))
-}
-
 /// The canonical handlers directory, which must exist.
 fn handlers_dir(dir: &Path) -> Result<PathBuf> {
-    let canonical =
-        dir.canonicalize().with_context(|| format!("--handlers {}: cannot open it", dir.display()))?;
+    let canonical = dir
+        .canonicalize()
+        .with_context(|| format!("handlers directory {}: cannot open it", dir.display()))?;
     if !canonical.is_dir() {
-        bail!("--handlers {} is not a directory", dir.display());
+        bail!("handlers directory {} is not a directory", dir.display());
     }
     Ok(canonical)
-}
-
-/// The agent's secret: `--secret-file`, else `ORANGE_SECRET`, else the one in the state directory.
-fn agent_secret(
-    file: Option<&Path>,
-    env: &dyn Fn(&str) -> Option<String>,
-    state_dir: &Path,
-) -> Result<Secret> {
-    let secret = match (file, non_empty_env(env, "ORANGE_SECRET")) {
-        (Some(path), _) => read_secret_file(path).context("--secret-file")?,
-        (None, Some(secret)) => secret,
-        (None, None) => state::load_or_create_secret(state_dir)?,
-    };
-    if secret.len() > MAX_SECRET_LEN {
-        bail!("the agent secret is {} bytes long; the limit is {MAX_SECRET_LEN}", secret.len());
-    }
-    Ok(Secret::new(secret))
-}
-
-/// The enrollment credential: the key (`--enroll-key-file`, else `ORANGE_ENROLL_KEY`), else a
-/// token (`--enroll-token-file`, else `ORANGE_ENROLL_TOKEN`), else none: the agent enrolls
-/// `pending` and waits for an operator to accept it.
-fn enrollment(
-    key_file: Option<&Path>,
-    token_file: Option<&Path>,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Enrollment> {
-    if key_file.is_some() && token_file.is_some() {
-        bail!("give --enroll-key-file or --enroll-token-file, not both");
-    }
-    let key = match key_file {
-        Some(path) => Some(read_secret_file(path).context("--enroll-key-file")?),
-        None if token_file.is_none() => non_empty_env(env, "ORANGE_ENROLL_KEY"),
-        None => None,
-    };
-    if let Some(key) = key {
-        return Ok(Enrollment::Key(key));
-    }
-    let token = match token_file {
-        Some(path) => Some(read_secret_file(path).context("--enroll-token-file")?),
-        None => non_empty_env(env, "ORANGE_ENROLL_TOKEN"),
-    };
-    match token {
-        Some(text) => Ok(Enrollment::Token(text.parse::<EnrollToken>().map_err(anyhow::Error::msg)?)),
-        None => Ok(Enrollment::Pending),
-    }
-}
-
-fn non_empty_env(env: &dyn Fn(&str) -> Option<String>, name: &str) -> Option<String> {
-    env(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn args(state: &Path) -> AgentArgs {
-        AgentArgs {
-            server: Some("http://127.0.0.1:8890/".into()),
-            appid: Some("w1".into()),
-            state: Some(state.to_owned()),
-            secret_file: None,
-            enroll_key_file: None,
-            enroll_token_file: None,
-            ca_file: None,
-            insecure: false,
-            allow_shell: false,
-            handlers: None,
-            label: vec![],
-            max_tasks: 4,
-        }
-    }
-
-    fn no_env(_: &str) -> Option<String> {
-        None
-    }
-
-    #[test]
-    fn label_parsing_accepts_k_v_and_names_the_bad_label() {
-        let ok = parse_labels(&["env=prod".into(), "rack=a=1".into(), "empty=".into()]).unwrap();
-        assert_eq!(ok.get("env").map(String::as_str), Some("prod"));
-        assert_eq!(ok.get("rack").map(String::as_str), Some("a=1"));
-        assert_eq!(ok.get("empty").map(String::as_str), Some(""));
-        let err = |l: &[&str]| {
-            let owned: Vec<String> = l.iter().map(|s| s.to_string()).collect();
-            format!("{:#}", parse_labels(&owned).unwrap_err())
-        };
-        assert_eq!(err(&["novalue"]), "--label \"novalue\" is not k=v");
-        assert!(err(&["=v"]).starts_with("--label \"=v\": key must be"), "{}", err(&["=v"]));
-        assert!(err(&["a b=v"]).starts_with("--label \"a b=v\": key must be"));
-        assert!(err(&["k=a\nb"]).starts_with("--label \"k=a\\nb\": value must be"));
-        assert_eq!(err(&["k=1", "k=2"]), "--label \"k=2\": key \"k\" is given twice");
+    fn builder(state: &Path) -> AgentBuilder {
+        AgentConfig::builder("http://127.0.0.1:8890/").app_id("w1").state_dir(state)
     }
 
     #[test]
@@ -285,72 +233,46 @@ mod tests {
     }
 
     #[test]
-    fn server_comes_from_flag_or_env_and_needs_a_scheme() {
-        let env = |name: &str| (name == "ORANGE_SERVER").then(|| "https://o.example/".to_string());
-        assert_eq!(server_url(None, &env).unwrap(), "https://o.example");
-        assert_eq!(server_url(Some("http://a:1".into()), &env).unwrap(), "http://a:1");
-        assert!(server_url(None, &no_env).unwrap_err().to_string().contains("ORANGE_SERVER"));
-        assert!(server_url(Some("ftp://a".into()), &no_env).is_err());
-        assert!(server_url(Some("http://".into()), &no_env).is_err());
+    fn the_server_needs_a_scheme_and_a_host() {
+        assert_eq!(server_url("https://o.example/").unwrap(), "https://o.example");
+        assert!(server_url("ftp://a").is_err());
+        assert!(server_url("http://").is_err());
     }
 
     #[test]
-    fn from_args_generates_a_secret_masks_it_and_enrolls_pending_without_a_credential() -> Result<()> {
+    fn build_generates_a_secret_masks_it_and_enrolls_pending_by_default() -> Result<()> {
         let tmp = tempfile::tempdir()?;
-        let config = from_args_with_env(args(tmp.path()), &no_env)?;
+        let config = builder(tmp.path()).build()?;
         assert_eq!(config.server, "http://127.0.0.1:8890");
         assert!(matches!(config.enrollment, Enrollment::Pending));
         assert_eq!(config.secret.expose().len(), 64);
         let debug = format!("{config:?}");
         assert!(!debug.contains(config.secret.expose()), "{debug}");
-        assert_eq!(from_args_with_env(args(tmp.path()), &no_env)?.secret, config.secret);
+        assert_eq!(builder(tmp.path()).build()?.secret, config.secret);
         Ok(())
     }
 
     #[test]
-    fn secret_file_and_env_win_over_the_state_dir() -> Result<()> {
+    fn a_given_secret_wins_over_the_state_dir() -> Result<()> {
         let tmp = tempfile::tempdir()?;
-        let env = |name: &str| match name {
-            "ORANGE_SECRET" => Some(" from-env \n".to_string()),
-            "ORANGE_ENROLL_KEY" => Some("enroll".to_string()),
-            _ => None,
-        };
-        let config = from_args_with_env(args(tmp.path()), &env)?;
-        assert_eq!(config.secret.expose(), "from-env");
-        assert!(matches!(&config.enrollment, Enrollment::Key(key) if key == "enroll"));
-        assert!(!format!("{config:?}").contains("enroll\""), "the key is masked");
+        let config = builder(tmp.path()).secret(Secret::new("given")).build()?;
+        assert_eq!(config.secret.expose(), "given");
         assert!(!tmp.path().join(state::SECRET_FILE).exists());
-        let file = tmp.path().join("s");
-        std::fs::write(&file, "from-file\n")?;
-        let config = from_args_with_env(AgentArgs { secret_file: Some(file), ..args(tmp.path()) }, &env)?;
-        assert_eq!(config.secret.expose(), "from-file");
         Ok(())
     }
 
     #[test]
-    fn an_enrollment_token_comes_from_its_file_or_the_environment() -> Result<()> {
+    fn bad_values_are_refused() -> Result<()> {
         let tmp = tempfile::tempdir()?;
-        let env = |name: &str| (name == "ORANGE_ENROLL_TOKEN").then(|| "0a1b.c0ffee".to_string());
-        let config = from_args_with_env(args(tmp.path()), &env)?;
-        assert!(matches!(&config.enrollment, Enrollment::Token(t) if t.id == "0a1b" && t.secret == "c0ffee"));
-        let bad = |name: &str| (name == "ORANGE_ENROLL_TOKEN").then(|| "not a token".to_string());
-        let err = from_args_with_env(args(tmp.path()), &bad).unwrap_err().to_string();
-        assert!(err.contains("<hex id>.<hex secret>"), "{err}");
-        Ok(())
-    }
-
-    #[test]
-    fn bad_flags_are_refused() -> Result<()> {
-        let tmp = tempfile::tempdir()?;
-        let zero = AgentArgs { max_tasks: 0, ..args(tmp.path()) };
-        assert_eq!(
-            from_args_with_env(zero, &no_env).unwrap_err().to_string(),
-            "--max-tasks must be at least 1"
-        );
-        let missing = AgentArgs { handlers: Some(tmp.path().join("nope")), ..args(tmp.path()) };
-        assert!(from_args_with_env(missing, &no_env).unwrap_err().to_string().contains("--handlers"));
-        let label = AgentArgs { label: vec!["x".into()], ..args(tmp.path()) };
-        assert_eq!(from_args_with_env(label, &no_env).unwrap_err().to_string(), "--label \"x\" is not k=v");
+        let zero = builder(tmp.path()).max_tasks(0).build().unwrap_err().to_string();
+        assert_eq!(zero, "max tasks must be at least 1");
+        let missing = builder(tmp.path()).handlers_dir(tmp.path().join("nope")).build().unwrap_err();
+        assert!(missing.to_string().contains("handlers directory"), "{missing}");
+        let label = BTreeMap::from([("a b".to_owned(), "v".to_owned())]);
+        let bad = builder(tmp.path()).labels(label).build().unwrap_err().to_string();
+        assert!(bad.starts_with("label \"a b\": key must be"), "{bad}");
+        let long = builder(tmp.path()).secret(Secret::new("s".repeat(MAX_SECRET_LEN + 1))).build();
+        assert!(long.unwrap_err().to_string().contains("the limit is 256"));
         Ok(())
     }
 }

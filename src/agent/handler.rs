@@ -3,15 +3,14 @@
 //! learns that it was cancelled and streams its process output to the server.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use super::config::CANCEL_GRACE;
+use super::control::TaskControl;
 use super::stream::{ChunkSink, TaskStream};
 use crate::protocol::WireTask;
 use crate::protocol::wire::{DO_STATUS_CANCELLED, DO_STATUS_FAILED, DO_STATUS_SUCCESS, DO_STATUS_TIMEOUT};
-
-/// How long a cancelled task's process group has between SIGTERM and SIGKILL.
-pub const CANCEL_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs tasks for the agent. Called on a worker thread, possibly for several tasks at once.
 ///
@@ -109,41 +108,6 @@ impl TaskOutcome {
 
     fn with_status(self, status: OutcomeStatus) -> Self {
         TaskOutcome { status, ..self }
-    }
-}
-
-/// What the agent and a running task share: the cancel flag and whether the server has
-/// acknowledged the task's start.
-#[derive(Debug, Default)]
-pub(crate) struct TaskControl {
-    cancelled: AtomicBool,
-    acked: AtomicBool,
-}
-
-impl TaskControl {
-    /// Asks the task to stop.
-    pub(crate) fn cancel(&self) {
-        self.cancelled.store(true, Ordering::SeqCst);
-    }
-
-    /// The flag a process supervisor watches.
-    pub(crate) fn cancel_flag(&self) -> &AtomicBool {
-        &self.cancelled
-    }
-
-    /// True once the task was asked to stop.
-    pub(crate) fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::SeqCst)
-    }
-
-    /// Records that the server acknowledged the start (`doing`).
-    pub(crate) fn set_acked(&self) {
-        self.acked.store(true, Ordering::SeqCst);
-    }
-
-    /// True once the server acknowledged the start.
-    pub(crate) fn is_acked(&self) -> bool {
-        self.acked.load(Ordering::SeqCst)
     }
 }
 

@@ -10,7 +10,7 @@
 //! output streams live to the server in ordered, acknowledged chunks with bounded memory.
 //!
 //! # Layout
-//! - [`config`]: `AgentConfig`, validated once from flags and environment; the `Secret` newtype.
+//! - [`config`]: `AgentConfig` and `AgentBuilder`, which checks plain values into one.
 //! - [`state`]: the state directory and the generated secret kept in it.
 //! - [`journal`]: one durable JSON file per task: taken, ran, finished (the report), reported.
 //! - [`facts`]: the host's facts (OS, kernel, architecture, addresses, boot time) and when they changed.
@@ -18,9 +18,11 @@
 //! - `poll`: registration, the capacity-aware poll loop and the heartbeat.
 //! - `worker`: what happens to a delivered task: journal, ack, run, report; cancels; recovery.
 //! - `outbox`: final reports sent again from the journal, on their own thread.
+//! - `control`: the cancel and acknowledged flags the agent and a running task share.
 //! - [`handler`]: the embedding API, `TaskHandler`, `TaskOutcome` and `TaskContext`.
 //! - [`executor`]: the built-in handler (`ping`, `shell`, the handlers directory).
 //! - [`process`]: running a process in its own group with a deadline, cancel and an output sink.
+//! - [`sink`]: where a process's output goes (`OutputSink`) and its two streams.
 //! - [`capture`]: the sink that keeps capped output (for runs outside the agent).
 //! - `stream`: the sink that streams output to the server as numbered chunks.
 //! - `report`: building `reportTask` bodies and sending final reports.
@@ -32,8 +34,7 @@
 //! use std::sync::Arc;
 //! use orange::agent::{AgentConfig, TaskHandler, TaskOutcome};
 //! # fn main() -> anyhow::Result<()> {
-//! # let args: orange::cli::AgentArgs = unimplemented!();
-//! let config = AgentConfig::from_args(args)?;
+//! let config = AgentConfig::builder("http://10.0.0.1:8890").app_id("web-1").max_tasks(2).build()?;
 //! let handler: Arc<dyn TaskHandler> = Arc::new(|task: &orange::protocol::WireTask| {
 //!     TaskOutcome::success(format!("got {}", task.payload))
 //! });
@@ -44,6 +45,7 @@
 pub mod backoff;
 pub mod capture;
 pub mod config;
+mod control;
 pub mod executor;
 pub mod facts;
 pub mod handler;
@@ -54,6 +56,7 @@ pub mod process;
 mod report;
 mod retry;
 mod shared;
+pub mod sink;
 pub mod state;
 mod stream;
 mod worker;
@@ -66,9 +69,11 @@ use anyhow::{Context, Result, bail};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use tracing::{info, warn};
 
-pub use config::{AgentConfig, Secret};
+pub use crate::protocol::Secret;
+pub use config::CANCEL_GRACE;
+pub use config::{AgentBuilder, AgentConfig};
 pub use executor::BuiltinExecutor;
-pub use handler::{CANCEL_GRACE, OutcomeStatus, TaskContext, TaskHandler, TaskOutcome};
+pub use handler::{OutcomeStatus, TaskContext, TaskHandler, TaskOutcome};
 
 use journal::Journal;
 use shared::Shared;

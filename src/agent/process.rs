@@ -17,6 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::capture::Capture;
+use super::sink::{OutputSink, Stream};
 
 /// How long to wait for the pipes to close after killing a process group; a process that left
 /// the group (setsid) may hold them open forever, and the result must not wait for it.
@@ -57,41 +58,6 @@ pub fn kill_running_groups() -> usize {
     let groups = running_groups();
     groups.iter().for_each(|&pgid| signal_group(pgid, libc::SIGKILL));
     groups.len()
-}
-
-/// One of a process's two output streams.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stream {
-    /// Standard output.
-    Stdout,
-    /// Standard error.
-    Stderr,
-}
-
-impl Stream {
-    /// 0 for stdout, 1 for stderr.
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    /// The wire name: `stdout` or `stderr`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Stream::Stdout => "stdout",
-            Stream::Stderr => "stderr",
-        }
-    }
-}
-
-/// Where a process's output goes. Runs on its own thread; a call may block, which is the
-/// back-pressure that keeps memory bounded.
-pub trait OutputSink: Send {
-    /// Takes bytes the process wrote on `stream`.
-    fn write(&mut self, stream: Stream, bytes: &[u8]);
-    /// Called at least every few tens of milliseconds while nothing arrives.
-    fn tick(&mut self);
-    /// The output ended (or was abandoned): hands out what was kept as stdout and stderr text.
-    fn close(&mut self) -> (String, String);
 }
 
 /// A process's deadline and how it can be cancelled.

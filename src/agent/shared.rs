@@ -10,8 +10,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::config::AgentConfig;
+use super::control::TaskControl;
 use super::facts::FactsWatch;
-use super::handler::TaskControl;
 use super::journal::Journal;
 use super::outbox::Outbox;
 use crate::client::AgentClient;

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use super::handler::TaskControl;
-use super::process::{OutputSink, Stream};
+use super::control::TaskControl;
 use super::retry::{Sent, is_already_finished, until_done};
 use super::shared::Shared;
+use super::sink::{OutputSink, Stream};
 use crate::protocol::wire::{MAX_CHUNK_LEN, OutputChunk};
 
 /// Longest time output waits in the agent before it is sent.

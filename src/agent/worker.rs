@@ -11,7 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{debug, error, info, info_span, warn};
 
-use super::handler::{TaskContext, TaskControl, TaskHandler, TaskOutcome};
+use super::control::TaskControl;
+use super::handler::{TaskContext, TaskHandler, TaskOutcome};
 use super::journal::{Entry, RETENTION, file_name};
 use super::report::{build_report, doing_report, lost_report, send_final};
 use super::retry::{Sent, until_done};

@@ -7,10 +7,9 @@ use argh::FromArgs;
 
 use super::operator::{OperatorConfig, OperatorFlags, encode, operator_args, operator_flags};
 use super::output::{self, Printed};
-use crate::agent::config::parse_labels;
 use crate::client::ADMIN_TIMEOUT;
 use crate::protocol::admin::{self, AgentFilter, AgentList, AgentView};
-use crate::protocol::wire;
+use crate::protocol::{limits, wire};
 
 operator_args! {
     /// List the agents the server knows, sorted by app id; accept or forget one.
@@ -32,7 +31,7 @@ operator_args! {
                 shown for online agents that reported their boot time; --json has every fact (os_name, \
                 os_version, kernel, arch, ips, boot_time, uptime_secs under `facts`). Times are shown \
                 in UTC to the second. Connection options: --server (else ORANGE_SERVER, else \
-                http://127.0.0.1:8890); the admin token from --token, else ORANGE_TOKEN, else --data \
+                http://127.0.0.1:8890); the admin token from --token-file, else ORANGE_TOKEN, else --data \
                 DIR/admin.token. They may also follow `accept ID` or `forget ID`."
     )]
     pub struct AgentsArgs {
@@ -122,7 +121,9 @@ pub fn run(args: AgentsArgs) -> Result<i32> {
 fn execute(args: AgentsArgs) -> Result<Printed> {
     let flags = operator_flags!(args);
     let Some(command) = args.command else {
-        let filter = AgentFilter { labels: parse_labels(&args.label)?, online: args.online };
+        let labels = limits::parse_labels(&args.label, limits::MAX_LABELS)
+            .map_err(|e| anyhow::anyhow!("--label: {e}"))?;
+        let filter = AgentFilter { labels, online: args.online };
         return list(&OperatorConfig::from_flags(flags)?, &filter, args.pending);
     };
     if args.online || args.pending || !args.label.is_empty() {
@@ -145,6 +146,7 @@ fn merge(own: OperatorFlags, outer: OperatorFlags) -> OperatorFlags {
     OperatorFlags {
         server: own.server.or(outer.server),
         token: own.token.or(outer.token),
+        token_file: own.token_file.or(outer.token_file),
         data: own.data.or(outer.data),
         json: own.json || outer.json,
     }
@@ -185,6 +187,7 @@ fn change(config: &OperatorConfig, id: &str, path_of: fn(&str) -> String) -> Res
 mod tests {
     use super::*;
     use crate::cli::fake_api::FakeApi;
+    use crate::cli::operator::tests::token_file;
 
     fn parse(argv: &[&str]) -> Result<AgentsArgs, argh::EarlyExit> {
         AgentsArgs::from_args(&["agents"], argv)
@@ -212,7 +215,7 @@ mod tests {
         assert_eq!(args.server.as_deref(), Some("http://h:1"));
         assert!(parse(&[]).unwrap().command.is_none());
         assert!(parse(&["--pending"]).unwrap().pending);
-        assert!(parse(&["--token", " "]).is_err());
+        assert!(parse(&["--token-file"]).is_err());
         assert!(parse(&["w1"]).is_err());
     }
 
@@ -220,7 +223,8 @@ mod tests {
     fn accept_and_forget_parse_with_their_own_flags() {
         let args = parse(&["accept", "w1"]).unwrap();
         assert!(matches!(&args.command, Some(AgentsCommand::Accept(a)) if a.id == "w1" && !a.json));
-        let args = parse(&["--server", "http://h:1", "forget", "w1", "--json", "--token", "t"]).unwrap();
+        let args = parse(&["--server", "http://h:1", "forget", "w1", "--json", "--token-file", token_file()])
+            .unwrap();
         assert_eq!(args.server.as_deref(), Some("http://h:1"));
         assert!(matches!(&args.command, Some(AgentsCommand::Forget(f)) if f.id == "w1" && f.json));
         assert!(parse(&["accept"]).is_err());
@@ -238,7 +242,7 @@ mod tests {
 
     #[test]
     fn filters_do_not_go_with_a_subcommand() {
-        let args = parse(&["--pending", "accept", "w1", "--token", "t"]).unwrap();
+        let args = parse(&["--pending", "accept", "w1", "--token-file", token_file()]).unwrap();
         assert_eq!(
             execute(args).unwrap_err().to_string(),
             "--label, --online and --pending filter the list; they do not go with accept or forget"
@@ -247,7 +251,9 @@ mod tests {
 
     #[test]
     fn bad_app_ids_are_refused_before_any_call() {
-        let args = parse(&["forget", "../tasks", "--server", "http://127.0.0.1:9", "--token", "t"]).unwrap();
+        let args =
+            parse(&["forget", "../tasks", "--server", "http://127.0.0.1:9", "--token-file", token_file()])
+                .unwrap();
         assert_eq!(
             execute(args).unwrap_err().to_string(),
             "app id \"../tasks\" may only hold letters, digits and . _ - : @"
@@ -264,7 +270,9 @@ mod tests {
             ],
         };
         let api = FakeApi::serve(vec![FakeApi::ok(&all), FakeApi::ok(&all)]);
-        let printed = execute(parse(&["--pending", "--server", &api.url, "--token", "t"]).unwrap()).unwrap();
+        let printed =
+            execute(parse(&["--pending", "--server", &api.url, "--token-file", token_file()]).unwrap())
+                .unwrap();
         assert_eq!(
             printed,
             Printed::out(
@@ -274,7 +282,9 @@ mod tests {
                     .into()
             )
         );
-        let args = parse(&["--pending", "--online", "--json", "--server", &api.url, "--token", "t"]).unwrap();
+        let args =
+            parse(&["--pending", "--online", "--json", "--server", &api.url, "--token-file", token_file()])
+                .unwrap();
         let json: AgentList = serde_json::from_str(&execute(args).unwrap().stdout).unwrap();
         assert_eq!(json.agents, vec![agent("w2", "pending", true)]);
         let seen = api.seen();
@@ -291,21 +301,30 @@ mod tests {
         let all = AgentList { agents: vec![web.clone(), db, agent("w3", "accepted", false)] };
         let api = FakeApi::serve(vec![FakeApi::ok(&all)]);
         let argv = [
-            "--label", "role=web", "--label", "env=prod", "--online", "--json", "--server", &api.url,
-            "--token", "t",
+            "--label",
+            "role=web",
+            "--label",
+            "env=prod",
+            "--online",
+            "--json",
+            "--server",
+            &api.url,
+            "--token-file",
+            token_file(),
         ];
         let json: AgentList = serde_json::from_str(&execute(parse(&argv).unwrap()).unwrap().stdout).unwrap();
         assert_eq!(json.agents, vec![web]);
         assert_eq!(api.seen()[0].target, "/api/v1/agents?label=env%3Dprod&label=role%3Dweb&online=true");
-        let bad = parse(&["--label", "role", "--server", &api.url, "--token", "t"]).unwrap();
-        assert_eq!(format!("{:#}", execute(bad).unwrap_err()), "--label \"role\" is not k=v");
+        let bad = parse(&["--label", "role", "--server", &api.url, "--token-file", token_file()]).unwrap();
+        assert_eq!(format!("{:#}", execute(bad).unwrap_err()), "--label: label \"role\" is not k=v");
     }
 
     #[test]
     fn accept_posts_to_the_agent_and_says_it_is_accepted() {
         let api = FakeApi::serve(vec![FakeApi::ok(&agent("w1", "accepted", false))]);
         let printed =
-            execute(parse(&["accept", "w1", "--server", &api.url, "--token", "t"]).unwrap()).unwrap();
+            execute(parse(&["accept", "w1", "--server", &api.url, "--token-file", token_file()]).unwrap())
+                .unwrap();
         assert_eq!(printed, Printed::out("agent w1: accepted\n".into()));
         let seen = api.seen();
         assert_eq!(
@@ -318,10 +337,10 @@ mod tests {
     fn forget_posts_to_the_agent_and_prints_it_as_json() {
         let forgotten = agent("db:1", "forgotten", false);
         let api = FakeApi::serve(vec![FakeApi::ok(&forgotten), FakeApi::ok(&forgotten)]);
-        let argv = ["forget", "db:1", "--server", &api.url, "--token", "t"];
+        let argv = ["forget", "db:1", "--server", &api.url, "--token-file", token_file()];
         let printed = execute(parse(&argv).unwrap()).unwrap();
         assert_eq!(printed.stdout, "agent db:1: forgotten; it may enroll again with a new secret\n");
-        let argv = ["--json", "forget", "db:1", "--server", &api.url, "--token", "t"];
+        let argv = ["--json", "forget", "db:1", "--server", &api.url, "--token-file", token_file()];
         let json: AgentView = serde_json::from_str(&execute(parse(&argv).unwrap()).unwrap().stdout).unwrap();
         assert_eq!(json, forgotten);
         let seen = api.seen();
@@ -335,7 +354,8 @@ mod tests {
     fn an_unknown_agent_names_the_call() {
         let api = FakeApi::serve(vec![FakeApi::error("404 Not Found", "unknown agent \"w9\"")]);
         let error =
-            execute(parse(&["accept", "w9", "--server", &api.url, "--token", "t"]).unwrap()).unwrap_err();
+            execute(parse(&["accept", "w9", "--server", &api.url, "--token-file", token_file()]).unwrap())
+                .unwrap_err();
         assert_eq!(
             format!("{error:#}"),
             format!("POST {}/api/v1/agents/w9/accept: unknown agent \"w9\" (HTTP 404)", api.url)

@@ -22,7 +22,7 @@ operator_args! {
                 agent.pending (enrolled without a credential; waits for `orange agents accept`), \
                 token.create and token.revoke. Times are shown in UTC to the second (--json keeps \
                 milliseconds). The record is kept past task retention. Connection options: --server \
-                (else ORANGE_SERVER, else http://127.0.0.1:8890); the admin token from --token, else \
+                (else ORANGE_SERVER, else http://127.0.0.1:8890); the admin token from --token-file, else \
                 ORANGE_TOKEN, else --data DIR/admin.token."
     )]
     pub struct AuditArgs {
@@ -66,6 +66,7 @@ mod tests {
 
     use super::*;
     use crate::cli::fake_api::FakeApi;
+    use crate::cli::operator::tests::token_file;
     use crate::protocol::admin::AuditEntry;
 
     fn parse(argv: &[&str]) -> Result<AuditArgs, argh::EarlyExit> {
@@ -120,7 +121,8 @@ mod tests {
         };
         let api = FakeApi::serve(vec![FakeApi::ok(&list), FakeApi::ok(&list)]);
         let printed =
-            execute(parse(&["--limit", "3", "--server", &api.url, "--token", "t"]).unwrap()).unwrap();
+            execute(parse(&["--limit", "3", "--server", &api.url, "--token-file", token_file()]).unwrap())
+                .unwrap();
         assert_eq!(
             printed,
             Printed::out(
@@ -131,7 +133,8 @@ mod tests {
                     .into()
             )
         );
-        let printed = execute(parse(&["--json", "--server", &api.url, "--token", "t"]).unwrap()).unwrap();
+        let printed =
+            execute(parse(&["--json", "--server", &api.url, "--token-file", token_file()]).unwrap()).unwrap();
         assert_eq!(serde_json::from_str::<AuditList>(&printed.stdout).unwrap().entries, list.entries);
         let seen = api.seen();
         assert_eq!((seen[0].method.as_str(), seen[0].target.as_str()), ("GET", "/api/v1/audit?limit=3"));

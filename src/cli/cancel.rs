@@ -4,9 +4,9 @@
 use anyhow::{Result, bail};
 use argh::FromArgs;
 
+use super::flags::check_task_id;
 use super::operator::{Api, OperatorConfig, operator_args, operator_flags};
 use super::output;
-use super::task::check_task_id;
 use crate::client::{ADMIN_TIMEOUT, ClientError};
 use crate::protocol::TaskStatus;
 use crate::protocol::admin::{self, CancelRequest, TaskView};
@@ -90,6 +90,7 @@ mod tests {
     use super::*;
     use crate::cli::fake_api::FakeApi;
     use crate::cli::follow::tests::ID;
+    use crate::cli::operator::tests::token_file;
     use crate::cli::output::tests::sample_task;
     use crate::protocol::TaskStatus::*;
 
@@ -126,7 +127,9 @@ mod tests {
             FakeApi::error("409 Conflict", &format!("task {ID} already finished as succeeded")),
             FakeApi::ok(&done),
         ]);
-        let args = CancelArgs::from_args(&["cancel"], &[ID, "--server", &api.url, "--token", "t"]).unwrap();
+        let args =
+            CancelArgs::from_args(&["cancel"], &[ID, "--server", &api.url, "--token-file", token_file()])
+                .unwrap();
         let error = cancel(args).unwrap_err();
         assert_eq!(
             format!("{error:#}"),
@@ -141,8 +144,11 @@ mod tests {
             FakeApi::error("409 Conflict", &format!("task {ID} already finished as cancelled")),
             FakeApi::ok(&cancelled),
         ]);
-        let args = CancelArgs::from_args(&["cancel"], &[ID, "--json", "--server", &api.url, "--token", "t"])
-            .unwrap();
+        let args = CancelArgs::from_args(
+            &["cancel"],
+            &[ID, "--json", "--server", &api.url, "--token-file", token_file()],
+        )
+        .unwrap();
         assert_eq!(cancel(args).unwrap(), 0);
     }
 

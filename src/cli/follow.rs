@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use argh::FromArgs;
 
+use super::flags::check_task_id;
 use super::operator::{Api, OperatorConfig, operator_args, operator_flags};
 use super::output;
-use super::task::check_task_id;
 use super::wait::{WAIT_CHUNK_SECS, get_patiently, wait_timeout};
 use crate::protocol::admin::{self, OutputChunkView, OutputPage, TaskView};
 

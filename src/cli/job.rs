@@ -6,16 +6,17 @@ use anyhow::{Result, bail};
 use argh::FromArgs;
 use serde::Serialize;
 
+use super::flags::{check_timeout, check_ttl};
 use super::job_print;
 use super::job_run::{self, JobReport, fetch_results, wait_job};
 use super::operator::{Api, OperatorConfig, OperatorFlags, encode, operator_args, operator_flags};
 use super::output;
-use super::task::{check_timeout, check_ttl, parse_app_ids};
+use super::task::parse_app_ids;
 use super::wait::wait_timeout;
-use crate::agent::config::parse_labels;
 use crate::client::ADMIN_TIMEOUT;
 use crate::protocol::admin::{CancelRequest, MAX_LIST_LIMIT};
 use crate::protocol::jobs::{self, JobList, JobRequest, JobView, Limit, TargetList, Targets};
+use crate::protocol::limits;
 
 /// Run one command on many hosts: targets, rate control, progress and grouped results.
 #[derive(FromArgs, Debug)]
@@ -300,10 +301,8 @@ fn targets(appid: &[String], label: &[String], all: bool) -> Result<Targets> {
         bail!("say where to run: --appid ID[,ID...], --label k=v or --all");
     }
     let app_ids = if appid.is_empty() { Vec::new() } else { parse_app_ids(appid)? };
-    let labels = parse_labels(label)?;
-    if labels.len() > jobs::MAX_TARGET_LABELS {
-        bail!("at most {} --label flags may be given", jobs::MAX_TARGET_LABELS);
-    }
+    let labels = limits::parse_labels(label, limits::MAX_TARGET_LABELS)
+        .map_err(|e| anyhow::anyhow!("--label: {e}"))?;
     Ok(Targets { app_ids, labels, all })
 }
 
@@ -489,7 +488,7 @@ mod tests {
         assert!(bad.request().unwrap_err().to_string().starts_with("--max-errors: \"lots\""));
         let label = words(&["role"]);
         let err = flags(&[], &label, false, &cmd).request().unwrap_err();
-        assert!(format!("{err:#}").contains("--label \"role\" is not k=v"), "{err:#}");
+        assert!(format!("{err:#}").contains("--label: label \"role\" is not k=v"), "{err:#}");
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! Command-line parsing: the argh structs of every `orange` subcommand, turned once into validated
 //! configs (`ServerConfig`, `AgentConfig`, `OperatorConfig`) and handed to the part that runs them.
 
+pub mod agent;
 pub mod agents;
 pub mod audit;
 pub mod cancel;
 #[cfg(test)]
 mod fake_api;
+pub mod flags;
 pub mod follow;
 pub mod interrupt;
 pub mod job;
@@ -14,19 +16,17 @@ pub mod job_run;
 pub mod operator;
 pub mod output;
 pub mod run;
+pub mod server;
 pub mod task;
 pub mod token;
 pub mod wait;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use argh::FromArgs;
 
-use crate::agent::AgentConfig;
-use crate::server::ServerConfig;
+use crate::protocol::read_secret_file;
 
 /// orange: send work to a fleet of hosts that poll this server; no open ports on hosts, no Redis.
 #[derive(FromArgs)]
@@ -80,7 +80,11 @@ pub struct ServerArgs {
     /// address to listen on (default 0.0.0.0:8890)
     #[argh(option, default = "String::from(\"0.0.0.0:8890\")")]
     pub listen: String,
-    /// admin bearer token; default: ORANGE_ADMIN_TOKEN, else DIR/admin.token (generated on first start)
+    /// file holding the admin bearer token (default: ORANGE_ADMIN_TOKEN, else DIR/admin.token,
+    /// generated on first start)
+    #[argh(option)]
+    pub admin_token_file: Option<PathBuf>,
+    /// refused: ps shows argv to every user; use --admin-token-file FILE or ORANGE_ADMIN_TOKEN
     #[argh(option)]
     pub admin_token: Option<String>,
     /// seconds a getTask long poll waits for work before answering "no task" (default 20, max 50)
@@ -92,12 +96,12 @@ pub struct ServerArgs {
     /// database cache size in MiB (default 64)
     #[argh(option, default = "64")]
     pub cache_mb: u64,
-    /// file holding the key agents enroll with (default: DIR/enroll.key, generated on first
-    /// start; `orange enroll-key --data DIR` prints it)
+    /// file holding the key agents enroll with (default: ORANGE_ENROLL_KEY, else DIR/enroll.key,
+    /// generated on first start; `orange enroll-key --data DIR` prints it)
     #[argh(option)]
     pub enroll_key_file: Option<PathBuf>,
-    /// the enrollment key itself; `--enroll-key orange-forge` lets original clients enroll
-    /// (insecure: that key is public)
+    /// only `--enroll-key orange-forge`, the original's public key, which lets original clients
+    /// enroll (insecure: anyone may use it); any other key is refused: use --enroll-key-file
     #[argh(option)]
     pub enroll_key: Option<String>,
     /// PEM certificate chain to serve HTTPS with (with --tls-key)
@@ -187,11 +191,11 @@ pub fn run(orange: Orange) -> Result<i32> {
     match orange.command {
         None => bail!("no command given; try `orange --help`"),
         Some(Command::Server(args)) => {
-            crate::server::run_blocking(server_config(args)?)?;
+            crate::server::run_blocking(server::server_config(args)?)?;
             Ok(0)
         }
         Some(Command::Agent(args)) => {
-            crate::agent::run_blocking(AgentConfig::from_args(args)?)?;
+            crate::agent::run_blocking(agent::agent_config(args)?)?;
             Ok(0)
         }
         Some(Command::Task(args)) => task::run(args),
@@ -219,78 +223,4 @@ pub fn quiet_broken_pipe() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-}
-
-/// Validates `orange server` flags into a [`ServerConfig`].
-fn server_config(args: ServerArgs) -> Result<ServerConfig> {
-    let listen: SocketAddr = args
-        .listen
-        .parse()
-        .with_context(|| format!("--listen {:?} is not an address like 0.0.0.0:8890", args.listen))?;
-    if args.poll_window == 0 || args.poll_window > crate::protocol::wire::MAX_POLL_WINDOW_SECS {
-        bail!(
-            "--poll-window {} must be between 1 and {} seconds",
-            args.poll_window,
-            crate::protocol::wire::MAX_POLL_WINDOW_SECS
-        );
-    }
-    for (flag, value) in [
-        ("--default-timeout", args.default_timeout),
-        ("--ack-window", args.ack_window),
-        ("--ttl", args.ttl),
-        ("--retention", args.retention),
-        ("--output-cap-mb", args.output_cap_mb),
-        ("--max-inflight", args.max_inflight as u64),
-        ("--retry-after", args.retry_after),
-    ] {
-        if value == 0 {
-            bail!("{flag} must be at least 1");
-        }
-    }
-    let most = crate::protocol::busy::MAX_RETRY_AFTER.as_secs();
-    if args.retry_after > most {
-        bail!("--retry-after {} must be at most {most} seconds", args.retry_after);
-    }
-    let enroll_key = match (&args.enroll_key, &args.enroll_key_file) {
-        (Some(_), Some(_)) => bail!("give --enroll-key or --enroll-key-file, not both"),
-        (Some(key), None) if key.trim().is_empty() => bail!("--enroll-key must not be empty"),
-        (Some(key), None) => Some(key.clone()),
-        (None, Some(path)) => Some(read_secret_file(path)?),
-        (None, None) => None,
-    };
-    let admin_token =
-        args.admin_token.or_else(|| std::env::var("ORANGE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()));
-    Ok(ServerConfig {
-        data_dir: args.data,
-        listen,
-        admin_token,
-        poll_window: Duration::from_secs(args.poll_window),
-        default_task_timeout: Duration::from_secs(args.default_timeout),
-        cache_capacity_bytes: args.cache_mb.saturating_mul(1024 * 1024),
-        enroll_key,
-        ack_window: Duration::from_secs(args.ack_window),
-        default_ttl: Duration::from_secs(args.ttl),
-        lost_grace: Duration::from_secs(args.lost_grace),
-        retention: Duration::from_secs(args.retention),
-        output_cap_bytes: args.output_cap_mb.saturating_mul(1024 * 1024),
-        compact_min_bytes: args.compact_at_mb.saturating_mul(1024 * 1024),
-        sweep_interval: Duration::from_secs(1),
-        max_inflight: args.max_inflight,
-        retry_after_secs: args.retry_after,
-        tls: match (args.tls_cert, args.tls_key) {
-            (Some(cert), Some(key)) => Some(crate::server::TlsFiles { cert, key }),
-            (None, None) => None,
-            _ => bail!("give both --tls-cert and --tls-key, or neither"),
-        },
-    })
-}
-
-/// Reads a secret from a file, trimming surrounding whitespace; refuses an empty file.
-pub fn read_secret_file(path: &std::path::Path) -> Result<String> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let secret = text.trim().to_owned();
-    if secret.is_empty() {
-        bail!("{} is empty", path.display());
-    }
-    Ok(secret)
 }

@@ -1,6 +1,6 @@
-//! The connection options every operator command takes (`--server`, `--token`, `--data`, `--json`),
-//! resolved once into an [`OperatorConfig`], and [`Api`], the admin client that turns failures into
-//! messages naming the server.
+//! The connection options every operator command takes (`--server`, `--token-file`, `--data`,
+//! `--json`; `--token` only to refuse it), resolved once into an [`OperatorConfig`], and [`Api`],
+//! the admin client that turns failures into messages naming the server.
 //!
 //! argh cannot flatten one struct of options into another, so each operator command declares its
 //! struct with [`operator_args!`], which adds the connection flags, and hands them over with
@@ -10,11 +10,12 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::client::{AdminClient, ClientError};
+use crate::protocol::read_secret_file;
 
 /// Server URL used when neither `--server` nor `ORANGE_SERVER` is set.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8890";
@@ -55,12 +56,12 @@ impl std::fmt::Debug for AdminToken {
     }
 }
 
-/// Declares an operator command's argh struct: its own fields, then `--server`, `--token` and
-/// `--data`, then `--json` with the doc comment written before `json` (each command says what it
-/// prints). Fields keep their order, which is the order of `--help`; a positional may sit among
-/// the command's own fields, since help lists positionals apart. The own fields are passed on as
-/// plain tokens (each ending in a comma): argh's derive reads field types by their spelling,
-/// which a `$ty:ty` capture would hide.
+/// Declares an operator command's argh struct: its own fields, then `--server`, `--token-file`,
+/// `--token` (refused) and `--data`, then `--json` with the doc comment written before `json` (each
+/// command says what it prints). Fields keep their order, which is the order of `--help`; a
+/// positional may sit among the command's own fields, since help lists positionals apart. The own
+/// fields are passed on as plain tokens (each ending in a comma): argh's derive reads field types
+/// by their spelling, which a `$ty:ty` capture would hide.
 ///
 /// ```ignore
 /// operator_args! {
@@ -89,10 +90,13 @@ macro_rules! operator_args {
             /// server URL (default: ORANGE_SERVER, else http://127.0.0.1:8890)
             #[argh(option)]
             pub server: Option<String>,
-            /// admin token (default: ORANGE_TOKEN, else --data); ps shows argv, so prefer those two
+            /// file holding the admin token (default: ORANGE_TOKEN, else --data)
             #[argh(option)]
-            pub token: Option<$crate::cli::operator::AdminToken>,
-            /// the server's data directory; its admin.token is used when neither --token nor ORANGE_TOKEN is set
+            pub token_file: Option<::std::path::PathBuf>,
+            /// refused: ps shows argv to every user; use --token-file FILE or ORANGE_TOKEN
+            #[argh(option)]
+            pub token: Option<String>,
+            /// the server's data directory; its admin.token is used when neither --token-file nor ORANGE_TOKEN is set
             #[argh(option)]
             pub data: Option<::std::path::PathBuf>,
             $(#[$json_meta])*
@@ -110,6 +114,7 @@ macro_rules! operator_flags {
         $crate::cli::operator::OperatorFlags {
             server: $args.server,
             token: $args.token,
+            token_file: $args.token_file,
             data: $args.data,
             json: $args.json,
         }
@@ -122,8 +127,10 @@ pub(crate) use operator_flags;
 pub struct OperatorFlags {
     /// `--server URL`.
     pub server: Option<String>,
-    /// `--token T`.
-    pub token: Option<AdminToken>,
+    /// `--token T`, refused: a token on argv is visible to every user.
+    pub token: Option<String>,
+    /// `--token-file FILE`.
+    pub token_file: Option<PathBuf>,
     /// `--data DIR`: the server's data directory, whose `admin.token` is read.
     pub data: Option<PathBuf>,
     /// `--json`.
@@ -148,13 +155,22 @@ impl OperatorConfig {
     }
 
     /// Resolves `flags`, reading variables through `env`: the server is `--server`, else
-    /// `ORANGE_SERVER`, else [`DEFAULT_SERVER`]; the token is `--token`, else `ORANGE_TOKEN`,
-    /// else `--data DIR`'s `admin.token`. Empty variables count as unset.
+    /// `ORANGE_SERVER`, else [`DEFAULT_SERVER`]; the token is `--token-file`'s, else
+    /// `ORANGE_TOKEN`, else `--data DIR`'s `admin.token`. Empty variables count as unset;
+    /// `--token T` is refused.
     pub fn resolve(flags: OperatorFlags, env: impl Fn(&str) -> Option<String>) -> Result<Self> {
         let env = |name: &str| env(name).filter(|value| !value.trim().is_empty());
         let server = flags.server.or_else(|| env(ENV_SERVER)).unwrap_or_else(|| DEFAULT_SERVER.to_owned());
-        let token = match (flags.token, env(ENV_TOKEN)) {
-            (Some(token), _) => token,
+        if flags.token.is_some() {
+            bail!(
+                "--token on the command line is visible to every user in ps; use --token-file FILE or \
+                 {ENV_TOKEN}"
+            );
+        }
+        let token = match (flags.token_file, env(ENV_TOKEN)) {
+            (Some(path), _) => {
+                read_secret_file(&path).context("--token-file")?.parse().map_err(anyhow::Error::msg)?
+            }
             (None, Some(text)) => text.parse().map_err(anyhow::Error::msg)?,
             (None, None) => token_from_data(flags.data.as_deref())?,
         };
@@ -174,11 +190,11 @@ impl OperatorConfig {
 fn token_from_data(data: Option<&Path>) -> Result<AdminToken> {
     let Some(dir) = data else {
         bail!(
-            "no admin token: pass --token T, set {ENV_TOKEN}, or pass --data DIR to read the server's \
-             DIR/{TOKEN_FILE}"
+            "no admin token: pass --token-file FILE, set {ENV_TOKEN}, or pass --data DIR to read the \
+             server's DIR/{TOKEN_FILE}"
         );
     };
-    let text = super::read_secret_file(&dir.join(TOKEN_FILE))?;
+    let text = read_secret_file(&dir.join(TOKEN_FILE))?;
     Ok(AdminToken(text))
 }
 
@@ -228,7 +244,7 @@ impl Api {
     pub fn explain(&self, method: &str, path: &str, error: ClientError) -> anyhow::Error {
         let context = match &error {
             ClientError::Api { status: 401, .. } => format!(
-                "{} refused the admin token; pass the server's token with --token, {ENV_TOKEN} or --data DIR",
+                "{} refused the admin token; pass the server's token with --token-file, {ENV_TOKEN} or --data DIR",
                 self.server
             ),
             ClientError::Api { .. } => format!("{method} {}{path}", self.server),
@@ -265,8 +281,24 @@ pub(super) mod tests {
         move |name| map.get(name).cloned()
     }
 
-    fn token(text: &str) -> Option<AdminToken> {
-        Some(text.parse().unwrap())
+    /// A file holding the token `t`, kept for the whole test run, for argv of parsed commands.
+    pub(crate) fn token_file() -> &'static str {
+        static FILE: std::sync::OnceLock<(tempfile::TempDir, String)> = std::sync::OnceLock::new();
+        &FILE
+            .get_or_init(|| {
+                let dir = tempfile::tempdir().expect("a temp dir");
+                let path = dir.path().join("token");
+                std::fs::write(&path, "t\n").expect("write the token file");
+                let path = path.to_str().expect("a utf-8 temp path").to_owned();
+                (dir, path)
+            })
+            .1
+    }
+
+    fn token_file_with(dir: &tempfile::TempDir, text: &str) -> Option<PathBuf> {
+        let path = dir.path().join("flag.token");
+        std::fs::write(&path, text).unwrap();
+        Some(path)
     }
 
     fn data_dir_with_token(text: &str) -> tempfile::TempDir {
@@ -281,7 +313,8 @@ pub(super) mod tests {
         let env = env_of(&[(ENV_SERVER, "http://env:1"), (ENV_TOKEN, "from-env")]);
         let flags = OperatorFlags {
             server: Some("http://flag:2/".into()),
-            token: token("from-flag"),
+            token: None,
+            token_file: token_file_with(&dir, "from-flag\n"),
             data: Some(dir.path().into()),
             json: true,
         };
@@ -292,12 +325,12 @@ pub(super) mod tests {
         );
 
         let config =
-            OperatorConfig::resolve(OperatorFlags { server: None, token: None, ..flags.clone() }, &env)
+            OperatorConfig::resolve(OperatorFlags { server: None, token_file: None, ..flags.clone() }, &env)
                 .unwrap();
         assert_eq!((config.server.as_str(), config.token.expose()), ("http://env:1", "from-env"));
 
         let config =
-            OperatorConfig::resolve(OperatorFlags { server: None, token: None, ..flags }, env_of(&[]))
+            OperatorConfig::resolve(OperatorFlags { server: None, token_file: None, ..flags }, env_of(&[]))
                 .unwrap();
         assert_eq!((config.server.as_str(), config.token.expose()), (DEFAULT_SERVER, "from-file"));
     }
@@ -315,8 +348,8 @@ pub(super) mod tests {
         let error = OperatorConfig::resolve(OperatorFlags::default(), env_of(&[])).unwrap_err().to_string();
         assert_eq!(
             error,
-            "no admin token: pass --token T, set ORANGE_TOKEN, or pass --data DIR to read the server's \
-             DIR/admin.token"
+            "no admin token: pass --token-file FILE, set ORANGE_TOKEN, or pass --data DIR to read the \
+             server's DIR/admin.token"
         );
     }
 
@@ -330,11 +363,24 @@ pub(super) mod tests {
 
     #[test]
     fn bad_server_urls_and_empty_tokens_are_refused() {
-        let flags =
-            OperatorFlags { server: Some("127.0.0.1:8890".into()), token: token("t"), ..Default::default() };
+        let flags = OperatorFlags {
+            server: Some("127.0.0.1:8890".into()),
+            token_file: Some(token_file().into()),
+            ..Default::default()
+        };
         let error = OperatorConfig::resolve(flags, env_of(&[])).unwrap_err().to_string();
         assert!(error.contains("\"127.0.0.1:8890\" is not a URL"), "{error}");
         assert_eq!("  \n".parse::<AdminToken>().unwrap_err(), "the admin token is empty");
+    }
+
+    #[test]
+    fn a_token_on_the_command_line_is_refused_naming_the_replacement() {
+        let flags = OperatorFlags { token: Some("s3cret".into()), ..Default::default() };
+        let error = OperatorConfig::resolve(flags, env_of(&[])).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "--token on the command line is visible to every user in ps; use --token-file FILE or ORANGE_TOKEN"
+        );
     }
 
     #[test]
@@ -382,7 +428,7 @@ pub(super) mod tests {
         assert_eq!(
             format!("{error:#}"),
             format!(
-                "{server} refused the admin token; pass the server's token with --token, ORANGE_TOKEN or \
+                "{server} refused the admin token; pass the server's token with --token-file, ORANGE_TOKEN or \
                  --data DIR: missing or wrong admin token (HTTP 401)"
             )
         );

@@ -6,11 +6,11 @@ use std::io::Write;
 use anyhow::{Context, Result, bail};
 use argh::FromArgs;
 
+use super::flags::{check_timeout, check_ttl};
 use super::follow::{Sink, Until, follow};
 use super::interrupt::{CancelOnInterrupt, EXIT_INTERRUPTED};
 use super::operator::{Api, OperatorConfig, encode, operator_args, operator_flags};
 use super::output;
-use super::task::{check_timeout, check_ttl};
 use super::wait::{wait_task, wait_timeout};
 use crate::client::{ADMIN_TIMEOUT, ClientError};
 use crate::protocol::TaskStatus;
@@ -45,7 +45,7 @@ operator_args! {
                 --help`). The exit status is the remote command's, or one of the codes below. With \
                 --json nothing is printed live: the final task is printed as JSON, and the exit status \
                 is the same. Connection options: --server (else ORANGE_SERVER, else \
-                http://127.0.0.1:8890); the admin token from --token, else ORANGE_TOKEN, else --data \
+                http://127.0.0.1:8890); the admin token from --token-file, else ORANGE_TOKEN, else --data \
                 DIR/admin.token.",
         error_code(124, "the task ran past its timeout on the host (like timeout(1))"),
         error_code(130, "Ctrl-C: the task was cancelled, or a second Ctrl-C stopped waiting for it"),
@@ -231,6 +231,7 @@ mod tests {
     use super::*;
     use crate::cli::fake_api::FakeApi;
     use crate::cli::follow::tests::{ID, chunk, page};
+    use crate::cli::operator::tests::token_file;
     use crate::cli::output::tests::sample_task;
     use crate::protocol::TaskStatus::*;
 
@@ -383,7 +384,18 @@ mod tests {
     fn the_enqueue_carries_timeout_and_ttl() {
         let args = RunArgs::from_args(
             &["run"],
-            &["--appid", "web-1", "--timeout", "5", "--ttl", "60", "--token", "t", "--", "true"],
+            &[
+                "--appid",
+                "web-1",
+                "--timeout",
+                "5",
+                "--ttl",
+                "60",
+                "--token-file",
+                token_file(),
+                "--",
+                "true",
+            ],
         )
         .unwrap();
         let config = RunConfig::from_args(args).unwrap();

@@ -8,13 +8,13 @@ use anyhow::{Result, bail};
 use argh::FromArgs;
 
 use super::cancel::{self, CancelArgs};
+use super::flags::{check_task_id, check_timeout, check_ttl};
 use super::follow::{self, LogsArgs};
 use super::operator::{OperatorConfig, encode, operator_args, operator_flags};
 use super::output;
 use super::run::{self, RunArgs};
 use super::wait::{wait_task, wait_timeout};
 use crate::client::ADMIN_TIMEOUT;
-use crate::protocol::TaskId;
 use crate::protocol::admin::{self, EnqueueReply, EnqueueRequest, TaskList};
 
 /// Run, send, follow, cancel, show and list tasks.
@@ -143,22 +143,6 @@ pub fn run(args: TaskArgs) -> Result<i32> {
     }
 }
 
-/// Refuses a zero `--timeout`.
-pub(super) fn check_timeout(timeout: Option<u64>) -> Result<Option<u64>> {
-    if timeout == Some(0) {
-        bail!("--timeout must be at least 1 second");
-    }
-    Ok(timeout)
-}
-
-/// Refuses a zero `--ttl`.
-pub(super) fn check_ttl(ttl: Option<u64>) -> Result<Option<u64>> {
-    if ttl == Some(0) {
-        bail!("--ttl must be at least 1 second");
-    }
-    Ok(ttl)
-}
-
 fn send(args: SendArgs) -> Result<i32> {
     let flags = operator_flags!(args);
     let config = OperatorConfig::from_flags(flags)?;
@@ -223,13 +207,6 @@ fn get(args: GetArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// Task ids are UUIDs; checking here gives a clear message and keeps the id a plain path segment.
-pub(super) fn check_task_id(id: &str) -> Result<String> {
-    let parsed =
-        TaskId::parse_str(id.trim()).map_err(|_| anyhow::anyhow!("{id:?} is not a task id (a UUID)"))?;
-    Ok(parsed.hyphenated().to_string())
-}
-
 fn list(args: ListArgs) -> Result<i32> {
     let flags = operator_flags!(args);
     let config = OperatorConfig::from_flags(flags)?;
@@ -266,6 +243,7 @@ mod tests {
     use super::*;
     use crate::cli::fake_api::FakeApi;
     use crate::cli::follow::tests::ID;
+    use crate::cli::operator::tests::token_file;
     use crate::cli::output::tests::sample_task;
     use crate::protocol::TaskStatus::*;
 
@@ -301,18 +279,21 @@ mod tests {
     }
 
     #[test]
-    fn zero_timeouts_and_ttls_are_refused() {
-        assert_eq!(check_timeout(Some(0)).unwrap_err().to_string(), "--timeout must be at least 1 second");
-        assert_eq!(check_ttl(Some(0)).unwrap_err().to_string(), "--ttl must be at least 1 second");
-        assert_eq!((check_timeout(None).unwrap(), check_ttl(Some(60)).unwrap()), (None, Some(60)));
-    }
-
-    #[test]
     fn send_passes_the_ttl_to_the_server() {
         let reply = EnqueueReply { tasks: vec![sample_task(ID, "web-1", Queued, None)] };
         let api = FakeApi::serve(vec![FakeApi::ok(&reply)]);
-        let argv =
-            ["--appid", "web-1", "--type", "ping", "--ttl", "3600", "--server", &api.url, "--token", "t"];
+        let argv = [
+            "--appid",
+            "web-1",
+            "--type",
+            "ping",
+            "--ttl",
+            "3600",
+            "--server",
+            &api.url,
+            "--token-file",
+            token_file(),
+        ];
         assert_eq!(send(SendArgs::from_args(&["send"], &argv).unwrap()).unwrap(), 0);
         let body: serde_json::Value = serde_json::from_str(&api.seen()[0].body).unwrap();
         assert_eq!((body["ttl_secs"].as_u64(), body["timeout_secs"].is_null()), (Some(3600), true));
@@ -324,15 +305,6 @@ mod tests {
         assert_eq!(list_path(Some("web 1"), Some(5)).unwrap(), "/api/v1/tasks?app_id=web%201&limit=5");
         assert!(list_path(None, Some(0)).is_err());
         assert!(list_path(None, Some(admin::MAX_LIST_LIMIT + 1)).is_err());
-    }
-
-    #[test]
-    fn task_ids_must_be_uuids() {
-        assert_eq!(check_task_id(ID).unwrap(), ID);
-        assert_eq!(
-            check_task_id("../agents").unwrap_err().to_string(),
-            "\"../agents\" is not a task id (a UUID)"
-        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use super::operator::{OperatorConfig, encode, operator_args, operator_flags};
 use super::output::{self, Printed};
 use crate::client::ADMIN_TIMEOUT;
 use crate::protocol::admin::{self, TokenList, TokenRequest, TokenView};
-use crate::server::enroll::MAX_TOKEN_TTL_SECS;
+use crate::protocol::limits::{self, MAX_TOKEN_TTL_SECS};
 
 /// Create, list and revoke enrollment tokens: one-off credentials agents enroll with.
 #[derive(FromArgs, Debug)]
@@ -82,7 +82,7 @@ operator_args! {
         example = "orange token list --json | jq -r '.tokens[] | select(.uses_left > 0) | .token_id'",
         note = "STATE is `active` (agents may enroll with it), `expired`, `revoked` or `used up`. \
                 Expiry times are shown in UTC to the second. Connection options: --server (else \
-                ORANGE_SERVER, else http://127.0.0.1:8890); the admin token from --token, else \
+                ORANGE_SERVER, else http://127.0.0.1:8890); the admin token from --token-file, else \
                 ORANGE_TOKEN, else --data DIR/admin.token."
     )]
     pub struct ListArgs {
@@ -166,41 +166,9 @@ fn revoke(config: &OperatorConfig, id: &str) -> Result<Printed> {
     Printed::json_or(config.json, &view, output::token_revoked_line)
 }
 
-/// The duration syntax, for error messages.
-const DURATION_LIKE: &str = "24h, 30m, 7d or 3600 (seconds)";
-
-/// Parses `--ttl`: a whole number with a unit `s`, `m`, `h` or `d` (`30m`, `24h`, `7d`), or plain
-/// seconds (`3600`), into seconds between 1 and 365 days.
+/// Parses `--ttl` by the duration syntax ([`limits::parse_duration`]): 1 second to 365 days.
 pub fn parse_ttl(text: &str) -> Result<u64, String> {
-    let trimmed = text.trim();
-    if trimmed.is_empty() {
-        return Err(format!("the duration is empty; give one like {DURATION_LIKE}"));
-    }
-    let (digits, unit) = match trimmed.char_indices().last() {
-        Some((at, c)) if c.is_ascii_alphabetic() => (&trimmed[..at], c),
-        _ => (trimmed, 's'),
-    };
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("{text:?} is not a duration like {DURATION_LIKE}"));
-    }
-    let scale: u64 = match unit {
-        's' => 1,
-        'm' => 60,
-        'h' => 3600,
-        'd' => 86_400,
-        _ => {
-            return Err(format!(
-                "{text:?} has an unknown unit {unit:?}; use s, m, h or d, like {DURATION_LIKE}"
-            ));
-        }
-    };
-    let too_long = || format!("{text:?} is longer than a token may work ({}d)", MAX_TOKEN_TTL_SECS / 86_400);
-    let secs = digits.parse::<u64>().ok().and_then(|n| n.checked_mul(scale)).ok_or_else(too_long)?;
-    match secs {
-        0 => Err(format!("{text:?} is zero; a token must work for at least 1 second")),
-        secs if secs > MAX_TOKEN_TTL_SECS => Err(too_long()),
-        secs => Ok(secs),
-    }
+    limits::parse_duration(text, MAX_TOKEN_TTL_SECS, "a token may work")
 }
 
 /// Parses `--uses`: a whole number of at least 1.
@@ -216,6 +184,7 @@ fn parse_uses(text: &str) -> Result<u32, String> {
 mod tests {
     use super::*;
     use crate::cli::fake_api::FakeApi;
+    use crate::cli::operator::tests::token_file;
 
     fn parse(argv: &[&str]) -> Result<TokenCommand, argh::EarlyExit> {
         TokenArgs::from_args(&["token"], argv).map(|args| args.command)
@@ -250,7 +219,7 @@ mod tests {
         for bad in ["h", "1.5h", "-1h", "1h30m", "+5", "1 h", "ten", "0x10"] {
             assert_eq!(parse_ttl(bad), Err(format!("{bad:?} is not a duration {like}")));
         }
-        assert_eq!(parse_ttl("0h"), Err("\"0h\" is zero; a token must work for at least 1 second".into()));
+        assert_eq!(parse_ttl("0h"), Err("\"0h\" is zero; the least is 1 second".into()));
         assert_eq!(parse_ttl("366d"), Err("\"366d\" is longer than a token may work (365d)".into()));
         assert_eq!(
             parse_ttl("99999999999999999999d"),
@@ -294,7 +263,8 @@ mod tests {
     fn create_posts_ttl_and_uses_and_prints_the_token_alone() {
         let created = view("3f9a", Some("3f9a.5ec7e7"), "2024-05-02T10:00:00.000Z", 3, false);
         let api = FakeApi::serve(vec![FakeApi::ok(&created), FakeApi::ok(&created)]);
-        let argv = ["create", "--ttl", "24h", "--uses", "3", "--server", &api.url, "--token", "t"];
+        let argv =
+            ["create", "--ttl", "24h", "--uses", "3", "--server", &api.url, "--token-file", token_file()];
         let printed = execute(TokenArgs::from_args(&["token"], &argv).unwrap()).unwrap();
         assert_eq!(printed.stdout, "3f9a.5ec7e7\n");
         assert_eq!(
@@ -302,7 +272,7 @@ mod tests {
             "orange: give it to agents as ORANGE_ENROLL_TOKEN or --enroll-token-file; it is shown only \
              once; expires 2024-05-02T10:00:00Z; 3 uses\n"
         );
-        let argv = ["create", "--ttl", "60", "--json", "--server", &api.url, "--token", "t"];
+        let argv = ["create", "--ttl", "60", "--json", "--server", &api.url, "--token-file", token_file()];
         let printed = execute(TokenArgs::from_args(&["token"], &argv).unwrap()).unwrap();
         assert_eq!(serde_json::from_str::<TokenView>(&printed.stdout).unwrap(), created);
         let seen = api.seen();
@@ -324,7 +294,7 @@ mod tests {
             ],
         };
         let api = FakeApi::serve(vec![FakeApi::ok(&tokens)]);
-        let argv = ["list", "--server", &api.url, "--token", "t"];
+        let argv = ["list", "--server", &api.url, "--token-file", token_file()];
         let printed = execute(TokenArgs::from_args(&["token"], &argv).unwrap()).unwrap();
         assert_eq!(
             printed,
@@ -345,7 +315,7 @@ mod tests {
     fn revoke_posts_to_the_token_and_says_so() {
         let revoked = view("3f9a", None, "2999-01-01T00:00:00.000Z", 1, true);
         let api = FakeApi::serve(vec![FakeApi::ok(&revoked)]);
-        let argv = ["revoke", "3f9a", "--server", &api.url, "--token", "t"];
+        let argv = ["revoke", "3f9a", "--server", &api.url, "--token-file", token_file()];
         let printed = execute(TokenArgs::from_args(&["token"], &argv).unwrap()).unwrap();
         assert_eq!(printed, Printed::out("token 3f9a: revoked\n".into()));
         let seen = api.seen();
@@ -358,7 +328,7 @@ mod tests {
     #[test]
     fn an_unknown_token_names_the_call() {
         let api = FakeApi::serve(vec![FakeApi::error("404 Not Found", "unknown enrollment token \"zz\"")]);
-        let argv = ["revoke", "zz", "--server", &api.url, "--token", "t"];
+        let argv = ["revoke", "zz", "--server", &api.url, "--token-file", token_file()];
         let error = execute(TokenArgs::from_args(&["token"], &argv).unwrap()).unwrap_err();
         assert_eq!(
             format!("{error:#}"),

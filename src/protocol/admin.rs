@@ -315,32 +315,14 @@ impl AgentFilter {
         for (key, value) in pairs {
             match key.as_str() {
                 QUERY_LABEL => {
-                    let Some((k, v)) = value.split_once('=') else {
-                        return Err(format!("label {:?} is not k=v", super::wire::shown(value)));
-                    };
-                    if k.is_empty()
-                        || k.len() > super::wire::MAX_FIELD_LEN
-                        || v.len() > super::wire::MAX_FIELD_LEN
-                    {
-                        return Err(format!(
-                            "label {:?}: key and value must be 1 to {} bytes",
-                            super::wire::shown(value),
-                            super::wire::MAX_FIELD_LEN
-                        ));
-                    }
+                    let (k, v) = super::limits::parse_label(value)?;
                     filter.labels.insert(k.to_owned(), v.to_owned());
                 }
                 QUERY_ONLINE => filter.online = parse_bool(value)?,
                 other => return Err(format!("unknown query parameter {:?}", super::wire::shown(other))),
             }
         }
-        if filter.labels.len() > super::wire::MAX_LABELS {
-            return Err(format!(
-                "{} label filters; the limit is {}",
-                filter.labels.len(),
-                super::wire::MAX_LABELS
-            ));
-        }
+        super::limits::check_labels(&filter.labels, super::limits::MAX_LABELS)?;
         Ok(filter)
     }
 }

@@ -61,7 +61,7 @@ pub fn check_facts(facts: &HostFacts, now_secs: i64) -> Result<(), String> {
         return Err(format!("facts: {} IP addresses; the limit is {MAX_FACT_IPS}", facts.ips.len()));
     }
     if let Some(bad) = facts.ips.iter().find(|ip| ip.parse::<IpAddr>().is_err()) {
-        return Err(format!("facts: {:?} is not an IP address", super::wire::shown(bad)));
+        return Err(format!("facts: {:?} is not an IP address", super::limits::shown(bad)));
     }
     if facts.boot_time.is_some_and(|t| t <= 0 || t > now_secs.saturating_add(BOOT_TIME_SKEW_SECS)) {
         return Err("facts: boot_time must be Unix seconds in the past".into());

@@ -14,8 +14,6 @@ use super::task::TaskStatus;
 pub const JOBS_PATH: &str = "/api/v1/jobs";
 /// Resolve a job's targets without creating it (POST a [`JobRequest`], answers [`TargetList`]).
 pub const JOBS_DRY_RUN_PATH: &str = "/api/v1/jobs/dry-run";
-/// Most labels one target selection may name.
-pub const MAX_TARGET_LABELS: usize = 32;
 /// Most results one results page returns.
 pub const MAX_RESULTS_PAGE: usize = 1000;
 /// Most distinct outcomes a groups answer keeps apart (see [`OutputGroup::state`]).

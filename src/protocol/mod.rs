@@ -6,10 +6,14 @@ pub mod admin;
 pub mod busy;
 pub mod facts;
 pub mod jobs;
+pub mod limit_table;
+pub mod limits;
+pub mod secret;
 pub mod sign;
 pub mod task;
 pub mod wire;
 
+pub use secret::{Secret, read_secret_file};
 pub use sign::{SignError, Signer};
 pub use task::{TaskId, TaskStatus};
 pub use wire::{Envelope, RegisterRequest, ReportRequest, WireTask};

@@ -7,6 +7,12 @@ use serde::{Deserialize, Serialize};
 /// which makes a store write under the same id idempotent.
 pub type TaskId = uuid::Uuid;
 
+/// Reads a task id as typed by an operator: a UUID, surrounding whitespace ignored. The error
+/// names the text.
+pub fn parse_task_id(text: &str) -> Result<TaskId, String> {
+    TaskId::parse_str(text.trim()).map_err(|_| format!("{text:?} is not a task id (a UUID)"))
+}
+
 /// Mints a new task id.
 pub fn new_task_id() -> TaskId {
     uuid::Uuid::now_v7()

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::limits;
+
 /// Route of the register call (signed with the enrollment key).
 pub const REGISTER_PATH: &str = "/orange-forge/api/register";
 /// Route of the heartbeat (body is the literal `ping`).
@@ -73,10 +75,7 @@ pub const MAX_POLL_WINDOW_SECS: u64 = 50;
 /// HTTP timeout of agent calls; longer than any server poll window.
 pub const CLIENT_TIMEOUT_SECS: u64 = 60;
 
-/// The start of an untrusted value, for an error message: at most 40 characters.
-pub fn shown(text: &str) -> String {
-    text.chars().take(40).collect()
-}
+pub use super::limits::shown;
 
 // A long poll's server window must end before the client gives up on it.
 const _: () = assert!(CLIENT_TIMEOUT_SECS > MAX_POLL_WINDOW_SECS + 5);
@@ -97,43 +96,18 @@ pub fn check_app_id(app_id: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Most labels an agent may carry.
-pub const MAX_LABELS: usize = 64;
-/// Longest label key, label value, version or host name.
+/// Longest version or host name.
 pub const MAX_FIELD_LEN: usize = 256;
 
 /// Checks the inventory fields of a register call (labels, version, host name) against their
 /// limits; the error names the bad value.
 pub fn check_register_fields(request: &RegisterRequest) -> Result<(), String> {
-    if request.labels.len() > MAX_LABELS {
-        return Err(format!("{} labels; the limit is {MAX_LABELS}", request.labels.len()));
-    }
+    limits::check_labels(&request.labels, limits::MAX_LABELS)?;
     let too_long = |text: &str| text.len() > MAX_FIELD_LEN || text.chars().any(char::is_control);
-    for (key, value) in &request.labels {
-        if key.is_empty() || too_long(key) || too_long(value) {
-            let shown: String = key.chars().take(40).collect();
-            return Err(format!(
-                "label {shown:?} must be 1 to {MAX_FIELD_LEN} printable characters, and so its value"
-            ));
-        }
-    }
     for (name, value) in [("version", &request.version), ("hostname", &request.hostname)] {
         if value.as_deref().is_some_and(too_long) {
             return Err(format!("{name} must be at most {MAX_FIELD_LEN} printable characters"));
         }
-    }
-    Ok(())
-}
-
-/// Checks a task type: 1 to 64 characters of `A-Z a-z 0-9 . _ -`, not starting with a dot, so
-/// that it names a plain file inside an agent's handlers directory and nothing else.
-pub fn check_task_type(task_type: &str) -> Result<(), String> {
-    let shown: String = task_type.chars().take(40).collect();
-    let plain = task_type.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-    if task_type.is_empty() || task_type.len() > 64 || !plain || task_type.starts_with('.') {
-        return Err(format!(
-            "task type {shown:?} must be 1 to 64 letters, digits, '.', '_' or '-', not starting with '.'"
-        ));
     }
     Ok(())
 }
@@ -333,15 +307,23 @@ mod tests {
     }
 
     #[test]
-    fn app_ids_and_task_types_are_plain_names() {
+    fn app_ids_are_plain_names() {
         assert!(check_app_id("web-01.prod").is_ok());
         assert!(check_app_id("").is_err());
         assert!(check_app_id("a/b").is_err());
         assert!(check_app_id("..").is_err());
         assert!(check_app_id(&"x".repeat(10_000)).is_err());
-        assert!(check_task_type("shell").is_ok());
-        assert!(check_task_type("../../bin/sh").is_err());
-        assert!(check_task_type(".hidden").is_err());
+    }
+
+    #[test]
+    fn labels_an_agent_or_the_cli_accepts_are_accepted_by_register_and_no_others() {
+        let texts = ["k8s.io/zone=a".to_owned(), format!("{}={}", "k".repeat(63), "v".repeat(256))];
+        let labels = limits::parse_labels(&texts, limits::MAX_LABELS).unwrap();
+        let request = RegisterRequest { labels, ..Default::default() };
+        assert_eq!(check_register_fields(&request), Ok(()));
+        let spaced = BTreeMap::from([("a b".to_owned(), "v".to_owned())]);
+        let refused = check_register_fields(&RegisterRequest { labels: spaced, ..Default::default() });
+        assert_eq!(limits::parse_labels(&["a b=v".to_owned()], limits::MAX_LABELS).map(|_| ()), refused);
     }
 
     #[test]

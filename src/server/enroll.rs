@@ -15,12 +15,8 @@ use super::store::{AgentRecord, AgentStatus, FactsRecord, Store, TokenRecord, se
 use super::views::token_view;
 use crate::protocol::admin::TokenView;
 use crate::protocol::facts::check_facts;
+use crate::protocol::limits::{MAX_PENDING, MAX_TOKEN_TTL_SECS};
 use crate::protocol::wire::{self, RegisterRequest};
-
-/// Most agents that may wait for acceptance at once.
-pub const MAX_PENDING: usize = 1000;
-/// Longest an enrollment token may work.
-pub const MAX_TOKEN_TTL_SECS: u64 = 365 * 24 * 3600;
 
 /// How a registering agent proved it may enroll.
 #[derive(Debug, Clone, PartialEq, Eq)]

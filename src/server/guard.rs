@@ -16,11 +16,10 @@ use super::clock::now_ms;
 use super::error::ServiceError;
 use super::store::{AgentRecord, AgentStatus, Store, StoreError, TokenError};
 use crate::protocol::Signer;
+use crate::protocol::limits::MAX_FAILURES_PER_MINUTE;
 use crate::protocol::sign::TIME_WINDOW_SECS;
 use crate::protocol::wire;
 
-/// Failed signatures one source may send per minute before it is refused outright.
-pub const MAX_FAILURES_PER_MINUTE: u32 = 30;
 /// How stale `last_seen` may get before a request rewrites it.
 const TOUCH_GAP_MS: i64 = 5_000;
 

@@ -14,17 +14,16 @@ use super::clock::now_ms;
 use super::dispatch::Dispatch;
 use super::error::ServiceError;
 use super::store::{AgentRecord, AgentStatus, JobEvent, JobRecord, Store};
-use super::tasks::{MAX_ENQUEUE_BYTES, MAX_NAMED_TARGETS, TaskDefaults, check_task_input, tell_cancelled};
+use super::tasks::{TaskDefaults, check_task_input, tell_cancelled};
 use super::views::job_view;
 use crate::protocol::TaskId;
-use crate::protocol::jobs::{JobCounts, JobRequest, JobState, JobView, Limit, MAX_TARGET_LABELS, Targets};
+use crate::protocol::jobs::{JobCounts, JobRequest, JobState, JobView, Limit, Targets};
+use crate::protocol::limits::{
+    self, MAX_ENQUEUE_BYTES, MAX_JOB_TARGETS, MAX_NAMED_TARGETS, MAX_TARGET_LABELS,
+};
 use crate::protocol::task::new_task_id;
 use crate::protocol::wire;
 
-/// Most agents one job may target.
-pub const MAX_JOB_TARGETS: usize = 100_000;
-/// Longest label key or value in a target selection.
-pub const MAX_LABEL_LEN: usize = 256;
 /// Most app ids named in an error message.
 const NAMED_IN_ERRORS: usize = 10;
 
@@ -85,13 +84,7 @@ fn check_labels(targets: &Targets) -> Result<(), ServiceError> {
         )));
     }
     for (key, value) in &targets.labels {
-        if key.is_empty() || key.len() > MAX_LABEL_LEN || value.len() > MAX_LABEL_LEN {
-            return Err(ServiceError::BadRequest(format!(
-                "label {:?}={:?}: keys must be 1 to {MAX_LABEL_LEN} bytes, values at most {MAX_LABEL_LEN}",
-                wire::shown(key),
-                wire::shown(value)
-            )));
-        }
+        limits::check_label(key, value).map_err(ServiceError::BadRequest)?;
     }
     Ok(())
 }

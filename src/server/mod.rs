@@ -8,6 +8,7 @@ pub mod audit;
 pub mod clock;
 pub mod codec;
 pub mod commit;
+pub mod config;
 pub mod dispatch;
 pub mod enroll;
 pub mod error;
@@ -26,85 +27,13 @@ pub mod views;
 pub use app::{Services, run};
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use tracing::{info, warn};
 
-/// Everything `orange server` needs, validated once from the command line.
-#[derive(Clone)]
-pub struct ServerConfig {
-    /// Directory of the database, the admin token file and nothing else.
-    pub data_dir: PathBuf,
-    /// Address to bind.
-    pub listen: SocketAddr,
-    /// Admin bearer token given by flag or environment; else read or generated in `data_dir`.
-    pub admin_token: Option<String>,
-    /// How long a getTask long poll waits before answering "no task".
-    pub poll_window: Duration,
-    /// Timeout of tasks enqueued without one.
-    pub default_task_timeout: Duration,
-    /// sled page cache size in bytes.
-    pub cache_capacity_bytes: u64,
-    /// Key that `register` calls must be signed with; `None`: the one generated in `data_dir`.
-    pub enroll_key: Option<String>,
-    /// How long an orange agent has to acknowledge a delivery before it is handed out again.
-    pub ack_window: Duration,
-    /// How long a task may wait queued when the operator gives no time to live.
-    pub default_ttl: Duration,
-    /// Added to a task's timeout before a silent task ends `lost`.
-    pub lost_grace: Duration,
-    /// How long finished tasks and silent agents are kept.
-    pub retention: Duration,
-    /// Most output bytes kept per task.
-    pub output_cap_bytes: u64,
-    /// The database is compacted only when larger than this (and than 4 times its size after
-    /// the last compaction).
-    pub compact_min_bytes: u64,
-    /// How often the sweeper looks at deadlines.
-    pub sweep_interval: Duration,
-    /// Certificate chain and private key (PEM files) to serve HTTPS with.
-    pub tls: Option<TlsFiles>,
-    /// Most agent requests handled at once (parked long polls not counted); past it agents are
-    /// told to come back later (HTTP 429 with Retry-After).
-    pub max_inflight: usize,
-    /// Base of the Retry-After answered past `max_inflight`: values are spread up to twice it.
-    pub retry_after_secs: u64,
-}
-
-/// The PEM files of the server's TLS identity.
-#[derive(Debug, Clone)]
-pub struct TlsFiles {
-    /// Certificate chain.
-    pub cert: PathBuf,
-    /// Private key.
-    pub key: PathBuf,
-}
-
-impl std::fmt::Debug for ServerConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerConfig")
-            .field("data_dir", &self.data_dir)
-            .field("listen", &self.listen)
-            .field("admin_token", &self.admin_token.as_ref().map(|_| "***"))
-            .field("poll_window", &self.poll_window)
-            .field("default_task_timeout", &self.default_task_timeout)
-            .field("cache_capacity_bytes", &self.cache_capacity_bytes)
-            .field("enroll_key", &"***")
-            .field("ack_window", &self.ack_window)
-            .field("default_ttl", &self.default_ttl)
-            .field("lost_grace", &self.lost_grace)
-            .field("retention", &self.retention)
-            .field("output_cap_bytes", &self.output_cap_bytes)
-            .field("max_inflight", &self.max_inflight)
-            .field("retry_after_secs", &self.retry_after_secs)
-            .field("compact_min_bytes", &self.compact_min_bytes)
-            .finish_non_exhaustive()
-    }
-}
+pub use config::{ServerConfig, ServerOptions, TlsFiles};
 
 /// Name of the generated admin token file inside the data directory.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
@@ -204,7 +133,7 @@ fn prepare_data_dir(dir: &Path) -> Result<()> {
 /// Reads a secret file, or writes a new random secret into it (mode 0600).
 fn load_or_create_secret(path: &Path) -> Result<String> {
     if path.exists() {
-        return crate::cli::read_secret_file(path);
+        return crate::protocol::read_secret_file(path);
     }
     let mut raw = [0u8; 32];
     getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("cannot get random bytes: {e}"))?;

@@ -13,21 +13,14 @@ use super::store::{AgentStatus, CancelOutcome, Store, StoreError, Stream, TaskRe
 use super::views::chunk_view;
 use crate::protocol::TaskId;
 use crate::protocol::admin::{EnqueueRequest, OutputPage};
+use crate::protocol::limits::{
+    MAX_ENQUEUE_BYTES, MAX_NAMED_TARGETS, MAX_QUEUED_PER_AGENT, MAX_TIMEOUT_SECS, MAX_TTL_SECS,
+};
 use crate::protocol::task::new_task_id;
 use crate::protocol::wire;
 
 /// Most output bytes one output page carries.
 const PAGE_BYTES: usize = 1024 * 1024;
-/// Most tasks one agent's queue may hold; an enqueue beyond it is refused.
-pub const MAX_QUEUED_PER_AGENT: usize = 10_000;
-/// Most app ids one enqueue may name (`all` is not limited by it).
-pub const MAX_NAMED_TARGETS: usize = 10_000;
-/// Most payload bytes one enqueue may store in all (payload times targets).
-pub const MAX_ENQUEUE_BYTES: usize = 256 * 1024 * 1024;
-/// Longest task timeout: 30 days.
-pub const MAX_TIMEOUT_SECS: u64 = 30 * 24 * 3600;
-/// Longest time to live in a queue: a year.
-pub const MAX_TTL_SECS: u64 = 365 * 24 * 3600;
 
 /// The timeout and time to live of tasks sent without one.
 #[derive(Debug, Clone, Copy)]
@@ -239,7 +232,7 @@ pub(super) fn tell_cancelled(dispatch: &Dispatch, cancelled: &[CancelOutcome]) {
 
 /// Checks a task's type and the size of its payload.
 pub(super) fn check_task_input(task_type: &str, payload: &str) -> Result<(), ServiceError> {
-    wire::check_task_type(task_type).map_err(ServiceError::BadRequest)?;
+    crate::protocol::limits::check_task_type(task_type).map_err(ServiceError::BadRequest)?;
     if payload.len() > wire::MAX_PAYLOAD_LEN {
         return Err(ServiceError::TooLarge(format!(
             "payload is {} bytes; the limit is {}",
@@ -253,10 +246,7 @@ pub(super) fn check_task_input(task_type: &str, payload: &str) -> Result<(), Ser
 /// A number of seconds from a request, between 1 and `max`, or the default.
 fn bounded(name: &str, value: Option<u64>, default: Duration, max: u64) -> Result<u64, ServiceError> {
     match value {
-        Some(secs) if secs == 0 || secs > max => {
-            Err(ServiceError::BadRequest(format!("{name} must be between 1 and {max} seconds")))
-        }
-        Some(secs) => Ok(secs),
+        Some(secs) => crate::protocol::limits::check_secs(name, secs, max).map_err(ServiceError::BadRequest),
         None => Ok(default.as_secs().clamp(1, max)),
     }
 }

@@ -12,6 +12,7 @@ mod fuzz;
 mod inventory;
 mod jobs;
 mod jobs_api;
+mod layers;
 mod legacy_protocol;
 mod lifecycle;
 mod overload;

@@ -30,7 +30,7 @@ pub fn guarded(routes: Router<AppState>, token_hash: SecretHash) -> Router<AppSt
 }
 
 /// Lets a request with the right token through; counts a wrong one against its source, which is
-/// refused with 429 for the rest of the minute after [`MAX_FAILURES_PER_MINUTE`](crate::server::guard::MAX_FAILURES_PER_MINUTE) of them, so a
+/// refused with 429 for the rest of the minute after [`MAX_FAILURES_PER_MINUTE`](crate::protocol::limits::MAX_FAILURES_PER_MINUTE) of them, so a
 /// token cannot be guessed at line rate.
 fn admitted(request: &Request, token_hash: &SecretHash, failures: &FailureLimiter) -> ApiResult<()> {
     let source = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|peer| peer.0.ip());

@@ -15,12 +15,10 @@ use tracing::error;
 
 use crate::protocol::TaskId;
 use crate::protocol::admin::ApiError;
+use crate::protocol::limits::MAX_ADMIN_BODY;
 use crate::protocol::wire::shown;
 use crate::server::error::ServiceError;
 use crate::server::store::StoreError;
-
-/// Largest admin request body.
-const MAX_ADMIN_BODY: usize = 1024 * 1024;
 
 /// An admin API failure: a status and a message, answered as `{"error": message}`.
 pub struct ApiFailure(pub StatusCode, pub String);

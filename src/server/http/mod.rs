@@ -27,6 +27,7 @@ use tokio::net::TcpListener;
 use super::app::Services;
 use super::guard::SecretHash;
 use super::{ServerConfig, TlsFiles};
+use crate::protocol::limits::MAX_HEAD_BYTES;
 use admin_common::ApiFailure;
 
 /// Shared state of every handler.
@@ -34,8 +35,6 @@ pub type AppState = Arc<Services>;
 
 /// How long a client may take to send a request's headers (against slow-loris connections).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest request head (request line and headers) read into memory.
-pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// How long a graceful stop waits for requests in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use orange::client::{AgentClient, ClientError, EnrollToken, Enrollment, TlsSettings};
 use orange::protocol::RegisterRequest;
 use orange::protocol::admin::{AuditEntry, TokenView};
-use orange::server::guard::MAX_FAILURES_PER_MINUTE;
+use orange::protocol::limits::MAX_FAILURES_PER_MINUTE;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 

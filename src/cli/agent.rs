@@ -1,0 +1,176 @@
+//! `orange agent`: its flags and the environment (`ORANGE_SERVER`, `ORANGE_SECRET`,
+//! `ORANGE_ENROLL_KEY`, `ORANGE_ENROLL_TOKEN`) read into the values an [`AgentConfig`] is built
+//! from. The agent itself reads neither.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+
+use super::AgentArgs;
+use crate::agent::AgentConfig;
+use crate::client::{EnrollToken, Enrollment, TlsSettings};
+use crate::protocol::limits::{self, MAX_LABELS};
+use crate::protocol::{Secret, read_secret_file};
+
+/// The environment, passed in so that tests do not touch the real one.
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// Builds the agent's config from `orange agent` flags and the process environment; may
+/// generate and store the agent's secret.
+pub fn agent_config(args: AgentArgs) -> Result<AgentConfig> {
+    agent_config_with_env(args, &|name| std::env::var(name).ok())
+}
+
+/// [`agent_config`] with the environment passed in.
+pub fn agent_config_with_env(args: AgentArgs, env: Env) -> Result<AgentConfig> {
+    let Some(server) = args.server.clone().or_else(|| non_empty_env(env, "ORANGE_SERVER")) else {
+        bail!("no server given; pass --server URL or set ORANGE_SERVER");
+    };
+    let labels =
+        limits::parse_labels(&args.label, MAX_LABELS).map_err(|e| anyhow::anyhow!("--label: {e}"))?;
+    let mut builder = AgentConfig::builder(server)
+        .enrollment(enrollment(args.enroll_key_file.as_deref(), args.enroll_token_file.as_deref(), env)?)
+        .tls(TlsSettings::new(args.ca_file.as_deref(), args.insecure).map_err(anyhow::Error::msg)?)
+        .allow_shell(args.allow_shell)
+        .labels(labels)
+        .max_tasks(args.max_tasks);
+    if let Some(app_id) = args.appid {
+        builder = builder.app_id(app_id);
+    }
+    if let Some(dir) = args.state {
+        builder = builder.state_dir(dir);
+    }
+    if let Some(dir) = args.handlers {
+        builder = builder.handlers_dir(dir);
+    }
+    if let Some(secret) = agent_secret(args.secret_file.as_deref(), env)? {
+        builder = builder.secret(secret);
+    }
+    builder.build()
+}
+
+/// The agent's secret: `--secret-file`, else `ORANGE_SECRET`, else none (the agent keeps one in
+/// its state directory).
+fn agent_secret(file: Option<&Path>, env: Env) -> Result<Option<Secret>> {
+    Ok(match (file, non_empty_env(env, "ORANGE_SECRET")) {
+        (Some(path), _) => Some(Secret::new(read_secret_file(path).context("--secret-file")?)),
+        (None, Some(secret)) => Some(Secret::new(secret)),
+        (None, None) => None,
+    })
+}
+
+/// The enrollment credential: the key (`--enroll-key-file`, else `ORANGE_ENROLL_KEY`), else a
+/// token (`--enroll-token-file`, else `ORANGE_ENROLL_TOKEN`), else none: the agent enrolls
+/// `pending` and waits for an operator to accept it.
+fn enrollment(key_file: Option<&Path>, token_file: Option<&Path>, env: Env) -> Result<Enrollment> {
+    if key_file.is_some() && token_file.is_some() {
+        bail!("give --enroll-key-file or --enroll-token-file, not both");
+    }
+    let key = match key_file {
+        Some(path) => Some(read_secret_file(path).context("--enroll-key-file")?),
+        None if token_file.is_none() => non_empty_env(env, "ORANGE_ENROLL_KEY"),
+        None => None,
+    };
+    if let Some(key) = key {
+        return Ok(Enrollment::Key(key));
+    }
+    let token = match token_file {
+        Some(path) => Some(read_secret_file(path).context("--enroll-token-file")?),
+        None => non_empty_env(env, "ORANGE_ENROLL_TOKEN"),
+    };
+    match token {
+        Some(text) => Ok(Enrollment::Token(text.parse::<EnrollToken>().map_err(anyhow::Error::msg)?)),
+        None => Ok(Enrollment::Pending),
+    }
+}
+
+/// A variable's value, trimmed; empty counts as unset.
+pub fn non_empty_env(env: Env, name: &str) -> Option<String> {
+    env(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(state: &Path) -> AgentArgs {
+        AgentArgs {
+            server: Some("http://127.0.0.1:8890/".into()),
+            appid: Some("w1".into()),
+            state: Some(state.to_owned()),
+            secret_file: None,
+            enroll_key_file: None,
+            enroll_token_file: None,
+            ca_file: None,
+            insecure: false,
+            allow_shell: false,
+            handlers: None,
+            label: vec![],
+            max_tasks: 4,
+        }
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn the_server_comes_from_the_flag_or_the_environment() -> Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let env = |name: &str| (name == "ORANGE_SERVER").then(|| "https://o.example/".to_string());
+        let config = agent_config_with_env(AgentArgs { server: None, ..args(tmp.path()) }, &env)?;
+        assert_eq!(config.server, "https://o.example");
+        let none = agent_config_with_env(AgentArgs { server: None, ..args(tmp.path()) }, &no_env);
+        assert!(none.unwrap_err().to_string().contains("ORANGE_SERVER"));
+        Ok(())
+    }
+
+    #[test]
+    fn secret_file_and_env_win_over_the_state_dir() -> Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let env = |name: &str| match name {
+            "ORANGE_SECRET" => Some(" from-env \n".to_string()),
+            "ORANGE_ENROLL_KEY" => Some("enroll".to_string()),
+            _ => None,
+        };
+        let config = agent_config_with_env(args(tmp.path()), &env)?;
+        assert_eq!(config.secret.expose(), "from-env");
+        assert!(matches!(&config.enrollment, Enrollment::Key(key) if key == "enroll"));
+        assert!(!format!("{config:?}").contains("enroll\""), "the key is masked");
+        let file = tmp.path().join("s");
+        std::fs::write(&file, "from-file\n")?;
+        let config = agent_config_with_env(AgentArgs { secret_file: Some(file), ..args(tmp.path()) }, &env)?;
+        assert_eq!(config.secret.expose(), "from-file");
+        Ok(())
+    }
+
+    #[test]
+    fn an_enrollment_token_comes_from_its_file_or_the_environment() -> Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let env = |name: &str| (name == "ORANGE_ENROLL_TOKEN").then(|| "0a1b.c0ffee".to_string());
+        let config = agent_config_with_env(args(tmp.path()), &env)?;
+        assert!(matches!(&config.enrollment, Enrollment::Token(t) if t.id == "0a1b" && t.secret == "c0ffee"));
+        let bad = |name: &str| (name == "ORANGE_ENROLL_TOKEN").then(|| "not a token".to_string());
+        let err = agent_config_with_env(args(tmp.path()), &bad).unwrap_err().to_string();
+        assert!(err.contains("<hex id>.<hex secret>"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn bad_flags_are_refused_naming_the_flag() -> Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let zero = AgentArgs { max_tasks: 0, ..args(tmp.path()) };
+        assert_eq!(
+            agent_config_with_env(zero, &no_env).unwrap_err().to_string(),
+            "max tasks must be at least 1"
+        );
+        let missing = AgentArgs { handlers: Some(tmp.path().join("nope")), ..args(tmp.path()) };
+        assert!(agent_config_with_env(missing, &no_env).unwrap_err().to_string().contains("handlers"));
+        let label = AgentArgs { label: vec!["x".into()], ..args(tmp.path()) };
+        assert_eq!(
+            agent_config_with_env(label, &no_env).unwrap_err().to_string(),
+            "--label: label \"x\" is not k=v"
+        );
+        Ok(())
+    }
+}

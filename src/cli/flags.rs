@@ -1,0 +1,50 @@
+//! Flag values checked by the rules in `protocol` (timeouts, times to live, task ids), with the
+//! flag named in the message; every command that takes such a flag uses these.
+
+use anyhow::Result;
+
+use crate::protocol::limits::{MAX_TIMEOUT_SECS, MAX_TTL_SECS, check_secs};
+use crate::protocol::task::parse_task_id;
+
+/// Checks `--timeout` (seconds), if given.
+pub fn check_timeout(timeout: Option<u64>) -> Result<Option<u64>> {
+    timeout
+        .map(|secs| check_secs("--timeout", secs, MAX_TIMEOUT_SECS))
+        .transpose()
+        .map_err(anyhow::Error::msg)
+}
+
+/// Checks `--ttl` (seconds), if given.
+pub fn check_ttl(ttl: Option<u64>) -> Result<Option<u64>> {
+    ttl.map(|secs| check_secs("--ttl", secs, MAX_TTL_SECS)).transpose().map_err(anyhow::Error::msg)
+}
+
+/// Task ids are UUIDs; checking here gives a clear message and keeps the id a plain path segment.
+pub fn check_task_id(id: &str) -> Result<String> {
+    let parsed = parse_task_id(id).map_err(anyhow::Error::msg)?;
+    Ok(parsed.hyphenated().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_or_too_long_timeouts_and_ttls_are_refused() {
+        let timeout = check_timeout(Some(0)).unwrap_err().to_string();
+        assert_eq!(timeout, "--timeout must be between 1 and 2592000 seconds");
+        let ttl = check_ttl(Some(MAX_TTL_SECS + 1)).unwrap_err().to_string();
+        assert_eq!(ttl, "--ttl must be between 1 and 31536000 seconds");
+        assert_eq!((check_timeout(None).unwrap(), check_ttl(Some(60)).unwrap()), (None, Some(60)));
+    }
+
+    #[test]
+    fn task_ids_must_be_uuids() {
+        const ID: &str = "0190a5e3-aaaa-7000-8000-000000000001";
+        assert_eq!(check_task_id(ID).unwrap(), ID);
+        assert_eq!(
+            check_task_id("../agents").unwrap_err().to_string(),
+            "\"../agents\" is not a task id (a UUID)"
+        );
+    }
+}

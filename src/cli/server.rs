@@ -1,0 +1,118 @@
+//! `orange server`: its flags and the environment (`ORANGE_ADMIN_TOKEN`, `ORANGE_ENROLL_KEY`)
+//! read into [`ServerOptions`], which the server checks. Secrets come from files or the
+//! environment, never from argv, where `ps` shows them to every user.
+
+use anyhow::{Context, Result, bail};
+
+use super::ServerArgs;
+use super::agent::{Env, non_empty_env};
+use crate::protocol::read_secret_file;
+use crate::server::config::is_public_enroll_key;
+use crate::server::{ServerConfig, ServerOptions};
+
+/// Environment variable holding the admin token.
+pub const ENV_ADMIN_TOKEN: &str = "ORANGE_ADMIN_TOKEN";
+/// Environment variable holding the enrollment key.
+pub const ENV_ENROLL_KEY: &str = "ORANGE_ENROLL_KEY";
+
+/// Validates `orange server` flags, with the process environment, into a [`ServerConfig`].
+pub fn server_config(args: ServerArgs) -> Result<ServerConfig> {
+    server_options(args, &|name| std::env::var(name).ok())?.validate()
+}
+
+/// The server's options from its flags and `env`; refuses a secret given on the command line.
+pub fn server_options(args: ServerArgs, env: Env) -> Result<ServerOptions> {
+    if args.admin_token.is_some() {
+        bail!(
+            "--admin-token on the command line is visible to every user in ps; use --admin-token-file FILE \
+             or {ENV_ADMIN_TOKEN}"
+        );
+    }
+    let admin_token = match &args.admin_token_file {
+        Some(path) => Some(read_secret_file(path).context("--admin-token-file")?),
+        None => non_empty_env(env, ENV_ADMIN_TOKEN),
+    };
+    let enroll_key = enroll_key(&args, env)?;
+    Ok(ServerOptions {
+        data: args.data,
+        listen: args.listen,
+        admin_token,
+        poll_window: args.poll_window,
+        default_timeout: args.default_timeout,
+        cache_mb: args.cache_mb,
+        enroll_key,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+        ack_window: args.ack_window,
+        ttl: args.ttl,
+        lost_grace: args.lost_grace,
+        retention: args.retention,
+        output_cap_mb: args.output_cap_mb,
+        max_inflight: args.max_inflight,
+        retry_after: args.retry_after,
+        compact_at_mb: args.compact_at_mb,
+    })
+}
+
+/// The enrollment key: `--enroll-key orange-forge` (public, so allowed on argv) or
+/// `--enroll-key-file`, else `ORANGE_ENROLL_KEY`, else none (the data directory's).
+fn enroll_key(args: &ServerArgs, env: Env) -> Result<Option<String>> {
+    match (&args.enroll_key, &args.enroll_key_file) {
+        (Some(_), Some(_)) => bail!("give --enroll-key or --enroll-key-file, not both"),
+        (Some(key), None) if is_public_enroll_key(key) => Ok(Some(key.clone())),
+        (Some(_), None) => bail!(
+            "--enroll-key on the command line is visible to every user in ps; use --enroll-key-file FILE or \
+             {ENV_ENROLL_KEY} (only the original's public key orange-forge may be given as a value)"
+        ),
+        (None, Some(path)) => Ok(Some(read_secret_file(path).context("--enroll-key-file")?)),
+        (None, None) => Ok(non_empty_env(env, ENV_ENROLL_KEY)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use argh::FromArgs;
+
+    use super::*;
+
+    fn parse(argv: &[&str]) -> ServerArgs {
+        ServerArgs::from_args(&["server"], argv).expect("flags parse")
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn secrets_given_as_values_are_refused_naming_the_replacement() {
+        let err = |argv: &[&str]| server_options(parse(argv), &no_env).unwrap_err().to_string();
+        let admin = err(&["--data", "d", "--admin-token", "s3cret"]);
+        assert!(admin.contains("use --admin-token-file FILE or ORANGE_ADMIN_TOKEN"), "{admin}");
+        let key = err(&["--data", "d", "--enroll-key", "s3cret"]);
+        assert!(key.contains("use --enroll-key-file FILE or ORANGE_ENROLL_KEY"), "{key}");
+        assert!(!admin.contains("s3cret") && !key.contains("s3cret"));
+    }
+
+    #[test]
+    fn the_public_key_may_be_a_value_and_secrets_come_from_files_or_the_environment() -> Result<()> {
+        let options = server_options(parse(&["--data", "d", "--enroll-key", "orange-forge"]), &no_env)?;
+        assert_eq!(options.enroll_key.as_deref(), Some("orange-forge"));
+        let env = |name: &str| match name {
+            "ORANGE_ADMIN_TOKEN" => Some("admin-env".to_string()),
+            "ORANGE_ENROLL_KEY" => Some(" key-env\n".to_string()),
+            _ => None,
+        };
+        let options = server_options(parse(&["--data", "d"]), &env)?;
+        assert_eq!(
+            (options.admin_token.as_deref(), options.enroll_key.as_deref()),
+            (Some("admin-env"), Some("key-env"))
+        );
+        let tmp = tempfile::tempdir()?;
+        let file = tmp.path().join("admin");
+        std::fs::write(&file, "admin-file\n")?;
+        let path = file.to_str().context("a utf-8 path")?;
+        let options = server_options(parse(&["--data", "d", "--admin-token-file", path]), &env)?;
+        assert_eq!(options.admin_token.as_deref(), Some("admin-file"));
+        Ok(())
+    }
+}

@@ -1,0 +1,205 @@
+//! Every limit and syntax rule that more than one part applies, defined once next to its check
+//! and its error message: labels, task types, durations, the sizes and counts of an enqueue or a
+//! job, token lifetimes. The server enforces them, the agent and the CLI check the same rules
+//! before sending, so what one side accepts the other does too. `limit_table` lists every limit
+//! for SECURITY.md.
+
+use std::collections::BTreeMap;
+
+/// The start of an untrusted value, for an error message: at most 40 characters.
+pub fn shown(text: &str) -> String {
+    text.chars().take(40).collect()
+}
+
+/// Longest label key.
+pub const MAX_LABEL_KEY_LEN: usize = 63;
+/// Longest label value.
+pub const MAX_LABEL_VALUE_LEN: usize = 256;
+/// Most labels an agent may carry, or an agent list may filter on.
+pub const MAX_LABELS: usize = 64;
+/// Most labels one job's target selection may name.
+pub const MAX_TARGET_LABELS: usize = 32;
+/// Longest task type.
+pub const MAX_TASK_TYPE_LEN: usize = 64;
+/// Longest task timeout an operator may ask for.
+pub const MAX_TIMEOUT_SECS: u64 = 30 * 24 * 3600;
+/// Longest time to live of a queued task.
+pub const MAX_TTL_SECS: u64 = 365 * 24 * 3600;
+/// Longest an enrollment token may work.
+pub const MAX_TOKEN_TTL_SECS: u64 = 365 * 24 * 3600;
+/// Most tasks queued for one agent.
+pub const MAX_QUEUED_PER_AGENT: usize = 10_000;
+/// Most app ids one enqueue or one job may name.
+pub const MAX_NAMED_TARGETS: usize = 10_000;
+/// Most payload bytes one enqueue (or one job's window) may store: payload × targets.
+pub const MAX_ENQUEUE_BYTES: usize = 256 * 1024 * 1024;
+/// Most agents one job may target.
+pub const MAX_JOB_TARGETS: usize = 100_000;
+/// Largest operator API request body.
+pub const MAX_ADMIN_BODY: usize = 1024 * 1024;
+/// Largest request head (request line and headers) a server reads into memory.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Failed signatures (or wrong admin tokens) one source may send per minute before it is
+/// refused outright.
+pub const MAX_FAILURES_PER_MINUTE: u32 = 30;
+/// Most agents waiting for an operator to accept them.
+pub const MAX_PENDING: usize = 1000;
+
+/// Checks one label: a key of 1 to [`MAX_LABEL_KEY_LEN`] characters of `A-Z a-z 0-9 . _ / -`
+/// and a value of at most [`MAX_LABEL_VALUE_LEN`] bytes without control characters.
+pub fn check_label(key: &str, value: &str) -> Result<(), String> {
+    let key_ok = key.bytes().all(|b| b.is_ascii_alphanumeric() || b"._/-".contains(&b));
+    if key.is_empty() || key.len() > MAX_LABEL_KEY_LEN || !key_ok {
+        return Err(format!(
+            "label {:?}: key must be 1 to {MAX_LABEL_KEY_LEN} characters of A-Z a-z 0-9 . _ / -",
+            shown(key)
+        ));
+    }
+    if value.len() > MAX_LABEL_VALUE_LEN || value.chars().any(char::is_control) {
+        return Err(format!(
+            "label {:?}: value must be at most {MAX_LABEL_VALUE_LEN} bytes without control characters",
+            shown(key)
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a set of labels: at most `most` of them, each by [`check_label`].
+pub fn check_labels(labels: &BTreeMap<String, String>, most: usize) -> Result<(), String> {
+    if labels.len() > most {
+        return Err(format!("{} labels given; the limit is {most}", labels.len()));
+    }
+    labels.iter().try_for_each(|(key, value)| check_label(key, value))
+}
+
+/// Parses one `k=v` label and checks it.
+pub fn parse_label(text: &str) -> Result<(&str, &str), String> {
+    let Some((key, value)) = text.split_once('=') else {
+        return Err(format!("label {:?} is not k=v", shown(text)));
+    };
+    check_label(key, value)?;
+    Ok((key, value))
+}
+
+/// Parses `k=v` labels into a map: each checked, no key twice, at most `most`.
+pub fn parse_labels(texts: &[String], most: usize) -> Result<BTreeMap<String, String>, String> {
+    let mut map = BTreeMap::new();
+    for text in texts {
+        let (key, value) = parse_label(text)?;
+        if map.insert(key.to_owned(), value.to_owned()).is_some() {
+            return Err(format!("label {:?}: key {key:?} is given twice", shown(text)));
+        }
+    }
+    check_labels(&map, most)?;
+    Ok(map)
+}
+
+/// Checks a task type: 1 to [`MAX_TASK_TYPE_LEN`] characters of `A-Z a-z 0-9 . _ -`, not
+/// starting with a dot, so that it names a plain file inside an agent's handlers directory
+/// and nothing else.
+pub fn check_task_type(task_type: &str) -> Result<(), String> {
+    let plain = task_type.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if task_type.is_empty() || task_type.len() > MAX_TASK_TYPE_LEN || !plain || task_type.starts_with('.') {
+        return Err(format!(
+            "task type {:?} must be 1 to {MAX_TASK_TYPE_LEN} letters, digits, '.', '_' or '-', not starting \
+             with '.'",
+            shown(task_type)
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a number of seconds (a timeout, a time to live) named `name` against 1 to `most`.
+pub fn check_secs(name: &str, secs: u64, most: u64) -> Result<u64, String> {
+    if secs == 0 || secs > most {
+        return Err(format!("{name} must be between 1 and {most} seconds"));
+    }
+    Ok(secs)
+}
+
+/// The duration syntax, for error messages.
+pub const DURATION_LIKE: &str = "24h, 30m, 7d or 3600 (seconds)";
+
+/// Parses a duration: a whole number with a unit `s`, `m`, `h` or `d` (`30m`, `24h`, `7d`), or
+/// plain seconds (`3600`), into seconds between 1 and `most`; `what` names the bounded thing
+/// in the error (e.g. "a token may work").
+pub fn parse_duration(text: &str, most: u64, what: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err(format!("the duration is empty; give one like {DURATION_LIKE}"));
+    }
+    let (digits, unit) = match trimmed.char_indices().last() {
+        Some((at, c)) if c.is_ascii_alphabetic() => (&trimmed[..at], c),
+        _ => (trimmed, 's'),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{text:?} is not a duration like {DURATION_LIKE}"));
+    }
+    let scale: u64 = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => {
+            return Err(format!(
+                "{text:?} has an unknown unit {unit:?}; use s, m, h or d, like {DURATION_LIKE}"
+            ));
+        }
+    };
+    let too_long = || format!("{text:?} is longer than {what} ({})", days_or_secs(most));
+    let secs = digits.parse::<u64>().ok().and_then(|n| n.checked_mul(scale)).ok_or_else(too_long)?;
+    match secs {
+        0 => Err(format!("{text:?} is zero; the least is 1 second")),
+        secs if secs > most => Err(too_long()),
+        secs => Ok(secs),
+    }
+}
+
+fn days_or_secs(secs: u64) -> String {
+    if secs % 86_400 == 0 { format!("{}d", secs / 86_400) } else { format!("{secs}s") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(texts: &[&str]) -> Result<BTreeMap<String, String>, String> {
+        parse_labels(&texts.iter().map(|s| s.to_string()).collect::<Vec<_>>(), MAX_LABELS)
+    }
+
+    #[test]
+    fn labels_are_k_v_with_a_plain_key_and_the_error_names_the_label() {
+        let ok = labels(&["env=prod", "rack=a=1", "empty=", "k8s.io/zone=a"]).unwrap();
+        assert_eq!(ok.get("rack").map(String::as_str), Some("a=1"));
+        assert_eq!(ok.get("empty").map(String::as_str), Some(""));
+        assert_eq!(labels(&["novalue"]).unwrap_err(), "label \"novalue\" is not k=v");
+        assert!(labels(&["=v"]).unwrap_err().starts_with("label \"\": key must be"));
+        assert!(labels(&["a b=v"]).unwrap_err().starts_with("label \"a b\": key must be"));
+        assert!(labels(&[&format!("{}=v", "k".repeat(64))]).unwrap_err().contains("key must be 1 to 63"));
+        assert!(labels(&["k=a\nb"]).unwrap_err().starts_with("label \"k\": value must be"));
+        assert_eq!(labels(&["k=1", "k=2"]).unwrap_err(), "label \"k=2\": key \"k\" is given twice");
+        let many: Vec<String> = (0..65).map(|i| format!("k{i}=v")).collect();
+        assert_eq!(parse_labels(&many, MAX_LABELS).unwrap_err(), "65 labels given; the limit is 64");
+    }
+
+    #[test]
+    fn task_types_name_a_plain_file() {
+        assert!(check_task_type("shell").is_ok());
+        assert!(check_task_type(&"a".repeat(MAX_TASK_TYPE_LEN)).is_ok());
+        for bad in ["", "../../bin/sh", ".hidden", "a b", &"a".repeat(MAX_TASK_TYPE_LEN + 1)] {
+            assert!(check_task_type(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn durations_take_a_unit_or_mean_seconds() {
+        let token = |t: &str| parse_duration(t, MAX_TOKEN_TTL_SECS, "a token may work");
+        assert_eq!(token("3600"), Ok(3600));
+        assert_eq!(token(" 24h "), Ok(86_400));
+        assert_eq!(token("365d"), Ok(MAX_TOKEN_TTL_SECS));
+        assert_eq!(token("366d").unwrap_err(), "\"366d\" is longer than a token may work (365d)");
+        assert!(token("0").unwrap_err().contains("is zero"));
+        assert!(token("5w").unwrap_err().contains("unknown unit 'w'"));
+        assert!(token("h").unwrap_err().contains("is not a duration like 24h"));
+    }
+}
