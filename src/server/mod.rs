@@ -19,12 +19,14 @@ pub mod job_results;
 pub mod jobs;
 pub mod polling;
 pub mod reports;
+pub mod services;
 pub mod store;
 pub mod sweeper;
 pub mod tasks;
 pub mod views;
 
-pub use app::{Services, run};
+pub use app::run;
+pub use services::Services;
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};

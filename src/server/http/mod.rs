@@ -24,8 +24,8 @@ use axum_server::Handle;
 use axum_server::tls_rustls::RustlsConfig;
 use tokio::net::TcpListener;
 
-use super::app::Services;
 use super::guard::SecretHash;
+use super::services::Services;
 use super::{ServerConfig, TlsFiles};
 use crate::protocol::limits::MAX_HEAD_BYTES;
 use admin_common::ApiFailure;

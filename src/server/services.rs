@@ -1,0 +1,114 @@
+//! The services the HTTP handlers call, one per concern, built over one store and one
+//! dispatch by the assembly point ([`super::app::run`]); handlers reach each through its
+//! accessor and never the store itself.
+
+use std::sync::Arc;
+
+use super::ServerConfig;
+use super::audit::Audit;
+use super::dispatch::Dispatch;
+use super::enroll::Enrollment;
+use super::guard::{Guard, SecretHash};
+use super::inventory::Inventory;
+use super::job_results::JobOutcomes;
+use super::jobs::Jobs;
+use super::polling::Polling;
+use super::reports::Reports;
+use super::store::Store;
+use super::tasks::{TaskDefaults, Tasks};
+use super::views::TaskViews;
+
+/// The services the HTTP handlers call, one per concern.
+pub struct Services {
+    guard: Guard,
+    polling: Polling,
+    reports: Reports,
+    tasks: Tasks,
+    task_views: TaskViews,
+    jobs: Jobs,
+    job_outcomes: JobOutcomes,
+    enrollment: Enrollment,
+    inventory: Inventory,
+    audit: Audit,
+}
+
+impl Services {
+    /// Every service over `store` and `dispatch`, set up as `config` says.
+    pub(super) fn new(
+        store: &Arc<Store>,
+        dispatch: &Arc<Dispatch>,
+        config: &ServerConfig,
+        admin_token_hash: SecretHash,
+        enroll_key: &str,
+    ) -> Self {
+        let defaults = TaskDefaults { timeout: config.default_task_timeout, ttl: config.default_ttl };
+        let audit = Audit::new(Arc::clone(store));
+        Services {
+            guard: Guard::new(Arc::clone(store), enroll_key),
+            polling: Polling::new(Arc::clone(store), Arc::clone(dispatch), config.poll_window),
+            reports: Reports::new(Arc::clone(store), Arc::clone(dispatch)),
+            tasks: Tasks::new(Arc::clone(store), Arc::clone(dispatch), defaults),
+            task_views: TaskViews::new(Arc::clone(store), config.output_cap_bytes),
+            jobs: Jobs::new(Arc::clone(store), Arc::clone(dispatch), defaults),
+            job_outcomes: JobOutcomes::new(Arc::clone(store)),
+            enrollment: Enrollment::new(
+                Arc::clone(store),
+                Arc::clone(dispatch),
+                audit.clone(),
+                admin_token_hash,
+            ),
+            inventory: Inventory::new(Arc::clone(store)),
+            audit,
+        }
+    }
+
+    /// Signing keys, replay protection and the failed-signature limit of agent calls.
+    pub fn guard(&self) -> &Guard {
+        &self.guard
+    }
+
+    /// Agents' long polls.
+    pub fn polling(&self) -> &Polling {
+        &self.polling
+    }
+
+    /// Agents' reports and output.
+    pub fn reports(&self) -> &Reports {
+        &self.reports
+    }
+
+    /// The operator's task operations.
+    pub fn tasks(&self) -> &Tasks {
+        &self.tasks
+    }
+
+    /// The operator's views of tasks.
+    pub fn task_views(&self) -> &TaskViews {
+        &self.task_views
+    }
+
+    /// The job operations.
+    pub fn jobs(&self) -> &Jobs {
+        &self.jobs
+    }
+
+    /// Jobs' results and groups.
+    pub fn job_outcomes(&self) -> &JobOutcomes {
+        &self.job_outcomes
+    }
+
+    /// Registration, acceptance and enrollment tokens.
+    pub fn enrollment(&self) -> &Enrollment {
+        &self.enrollment
+    }
+
+    /// Agents and their host facts.
+    pub fn inventory(&self) -> &Inventory {
+        &self.inventory
+    }
+
+    /// The audit record.
+    pub fn audit(&self) -> &Audit {
+        &self.audit
+    }
+}
