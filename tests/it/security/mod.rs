@@ -36,6 +36,7 @@ const REPLAY: &str = "this signed request was already used; replays are refused"
 const PRIVATE_KEY: &str = "a-private-enrollment-key-5c1d";
 
 mod admin_auth;
+mod argv;
 mod enrollment;
 mod files_and_tls;
 mod input_limits;
