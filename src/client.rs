@@ -163,14 +163,6 @@ impl TlsSettings {
         Ok(TlsSettings { ca_certs, insecure })
     }
 
-    /// Settings from the environment: `ORANGE_CA_FILE` and `ORANGE_INSECURE=1`.
-    pub fn from_env() -> Result<Self, String> {
-        let ca_file =
-            std::env::var_os("ORANGE_CA_FILE").filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
-        let insecure = std::env::var("ORANGE_INSECURE").is_ok_and(|v| v == "1" || v == "true");
-        TlsSettings::new(ca_file.as_deref(), insecure)
-    }
-
     fn config(&self) -> ureq::tls::TlsConfig {
         let roots = match &self.ca_certs {
             Some(certs) => ureq::tls::RootCerts::new_with_certs(certs),
@@ -400,12 +392,18 @@ pub struct AdminClient {
 }
 
 impl AdminClient {
-    /// A client for `base` using the bearer `token`; calls time out after `timeout`.
-    /// HTTPS servers are verified as `ORANGE_CA_FILE` and `ORANGE_INSECURE` say
-    /// ([`TlsSettings::from_env`]); a CA file that cannot be read fails every call.
+    /// A client for `base` using the bearer `token`; calls time out after `timeout`. HTTPS
+    /// servers are verified against the system's roots.
     pub fn new(base: &str, token: &str, timeout: Duration) -> Self {
+        Self::with_tls(base, token, timeout, TlsSettings::new(None, false))
+    }
+
+    /// A client as [`AdminClient::new`] whose HTTPS servers are verified as `tls` says; TLS
+    /// settings that could not be made (a CA file that cannot be read) fail every call with
+    /// their reason.
+    pub fn with_tls(base: &str, token: &str, timeout: Duration, tls: Result<TlsSettings, String>) -> Self {
         AdminClient {
-            http: TlsSettings::from_env().map(|tls| http_agent(timeout, &tls)),
+            http: tls.map(|tls| http_agent(timeout, &tls)),
             base: base.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
         }

@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::client::{AdminClient, ClientError};
+use crate::client::{AdminClient, ClientError, TlsSettings};
 use crate::protocol::read_secret_file;
 
 /// Server URL used when neither `--server` nor `ORANGE_SERVER` is set.
@@ -180,10 +180,17 @@ impl OperatorConfig {
     /// An admin API client whose calls time out after `timeout`.
     pub fn api(&self, timeout: Duration) -> Api {
         Api {
-            client: AdminClient::new(&self.server, self.token.expose(), timeout),
+            client: AdminClient::with_tls(&self.server, self.token.expose(), timeout, tls_from_env()),
             server: self.server.clone(),
         }
     }
+}
+
+/// TLS settings from the environment: `ORANGE_CA_FILE` and `ORANGE_INSECURE=1`.
+fn tls_from_env() -> Result<TlsSettings, String> {
+    let ca_file = std::env::var_os("ORANGE_CA_FILE").filter(|v| !v.is_empty()).map(PathBuf::from);
+    let insecure = std::env::var("ORANGE_INSECURE").is_ok_and(|v| v == "1" || v == "true");
+    TlsSettings::new(ca_file.as_deref(), insecure)
 }
 
 /// Reads the token from the server's data directory, or says how to give one.
