@@ -11,6 +11,7 @@ pub mod flags;
 pub mod follow;
 pub mod interrupt;
 pub mod job;
+pub mod job_args;
 pub mod job_print;
 pub mod job_run;
 pub mod operator;
@@ -50,7 +51,7 @@ pub enum Command {
     /// `orange task ...`
     Task(task::TaskArgs),
     /// `orange job ...`
-    Job(job::JobArgs),
+    Job(job_args::JobArgs),
     /// `orange agents`
     Agents(agents::AgentsArgs),
     /// `orange enroll-key`
