@@ -14,10 +14,11 @@
 //! - [`state`]: the state directory and the generated secret kept in it.
 //! - [`journal`]: one durable JSON file per task: taken, ran, finished (the report), reported.
 //! - [`facts`]: the host's facts (OS, kernel, architecture, addresses, boot time) and when they changed.
-//! - `shared`: state shared by the threads: stop and grace, slots, the tasks running here.
+//! - `shared`: state shared by the threads: slots, the tasks running here, the outbox queue.
+//! - `stop`: the stop flag, its grace and how soon sleeping loops notice it.
 //! - `poll`: registration, the capacity-aware poll loop and the heartbeat.
 //! - `worker`: what happens to a delivered task: journal, ack, run, report; cancels; recovery.
-//! - `outbox`: final reports sent again from the journal, on their own thread.
+//! - `outbox`: the thread sending final reports again from the journal.
 //! - `control`: the cancel and acknowledged flags the agent and a running task share.
 //! - [`handler`]: the embedding API, `TaskHandler`, `TaskOutcome` and `TaskContext`.
 //! - [`executor`]: the built-in handler (`ping`, `shell`, the handlers directory).
@@ -28,6 +29,11 @@
 //! - `report`: building `reportTask` bodies and sending final reports.
 //! - `retry`: sending one call until the server takes or refuses it.
 //! - [`backoff`]: capped exponential backoff with full jitter.
+//!
+//! Files depend downwards in this order: `mod`, `poll`, `worker`, `outbox`, `report`,
+//! `executor`, `handler`, `stream`, `retry`, `backoff`, `shared`, `stop`, `facts`, `config`,
+//! `state`, `journal`, `control`, `process`, `capture`, `sink` (`fake_server`, for tests, on
+//! none of them).
 //!
 //! # Embedding
 //! ```no_run
@@ -58,6 +64,7 @@ mod retry;
 mod shared;
 pub mod sink;
 pub mod state;
+mod stop;
 mod stream;
 mod worker;
 
@@ -129,11 +136,11 @@ pub fn run(config: AgentConfig, handler: Arc<dyn TaskHandler>, stop: Arc<AtomicB
         let shared = Arc::clone(&shared);
         move || poll::heartbeat_loop(shared)
     })?;
-    while !shared.stopping() && !poller.is_finished() {
-        thread::sleep(shared::STOP_CHECK);
+    while !shared.stop.stopping() && !poller.is_finished() {
+        thread::sleep(stop::STOP_CHECK);
     }
-    let crashed = !shared.stopping();
-    shared.request_stop();
+    let crashed = !shared.stop.stopping();
+    shared.stop.request();
     info!(running = shared.tasks.len(), "stopping: waiting for running tasks to finish");
     shared.tasks.wait_empty();
     let _ = poller.join();

@@ -19,7 +19,8 @@ use super::facts::{FACTS_CHECK_EVERY, collect};
 use super::handler::TaskHandler;
 use super::journal::PRUNE_EVERY;
 use super::retry::is_unknown_agent;
-use super::shared::{PollEvent, STOP_CHECK, Shared};
+use super::shared::{PollEvent, Shared};
+use super::stop::STOP_CHECK;
 use super::worker::{cancel_tasks, deliver, prune, recover};
 use crate::client::{ClientError, PollAnswer};
 use crate::protocol::RegisterRequest;
@@ -62,7 +63,7 @@ pub fn poll_loop(shared: Arc<Shared>, handler: Arc<dyn TaskHandler>, events: &Re
     }
     recover(&shared, &handler);
     let mut poller = Poller::new(shared, handler);
-    while !(poller.shared.stopping() && poller.shared.tasks.is_empty()) {
+    while !(poller.shared.stop.stopping() && poller.shared.tasks.is_empty()) {
         poller.step(events);
     }
     debug!("poll loop stopped");
@@ -85,7 +86,7 @@ impl Poller {
     }
 
     fn step(&mut self, events: &Receiver<PollEvent>) {
-        if !self.shared.stopping() && self.shared.take_register_request() && !register(&self.shared) {
+        if !self.shared.stop.stopping() && self.shared.take_register_request() && !register(&self.shared) {
             return;
         }
         if self.last_prune.elapsed() >= PRUNE_EVERY {
@@ -98,7 +99,7 @@ impl Poller {
         match events.recv_timeout(self.idle_wait()) {
             Ok(PollEvent::Answer { generation, result }) => self.answered(generation, result),
             Ok(PollEvent::TaskEnded) | Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => self.shared.request_stop(),
+            Err(RecvTimeoutError::Disconnected) => self.shared.stop.request(),
         }
     }
 
@@ -116,7 +117,7 @@ impl Poller {
 
     /// The capacity to poll with now: the free slots, or 0 once stopping.
     fn capacity(&self) -> usize {
-        if self.shared.stopping() { 0 } else { self.shared.slots.free() }
+        if self.shared.stop.stopping() { 0 } else { self.shared.slots.free() }
     }
 
     /// Whether to start a poll now: none is parked (and no backoff holds), or the parked one
@@ -221,7 +222,7 @@ fn server_is_back(backoff: &mut Backoff) {
 fn register(shared: &Shared) -> bool {
     let request = register_request(&shared.config, shared.facts.for_register());
     let mut backoff = Backoff::default();
-    while !shared.stopping() {
+    while !shared.stop.stopping() {
         match shared.client.register(&request, &shared.config.enrollment) {
             Ok(reply) => {
                 server_is_back(&mut backoff);
@@ -231,7 +232,7 @@ fn register(shared: &Shared) -> bool {
             Err(e) => {
                 let delay = backoff.next_delay_after(e.retry_after());
                 warn_retrying("register", &e, delay);
-                shared.sleep(delay);
+                shared.stop.sleep(delay);
             }
         }
     }
@@ -256,8 +257,8 @@ fn register_request(config: &AgentConfig, facts: HostFacts) -> RegisterRequest {
 pub fn heartbeat_loop(shared: Arc<Shared>) {
     let mut facts_checked = Instant::now();
     loop {
-        shared.sleep(shared.config.heartbeat);
-        if shared.stopping() {
+        shared.stop.sleep(shared.config.heartbeat);
+        if shared.stop.stopping() {
             return;
         }
         let mut result = shared.client.ping().map(|()| debug!("heartbeat sent"));
@@ -273,7 +274,7 @@ pub fn heartbeat_loop(shared: Arc<Shared>) {
             }
             Err(e) if e.retry_after().is_some() => {
                 debug!(error = %e, "heartbeat: server busy");
-                shared.sleep(e.retry_after().map(honoured).unwrap_or_default());
+                shared.stop.sleep(e.retry_after().map(honoured).unwrap_or_default());
             }
             Err(e) if e.is_transient() => debug!(error = %e, "heartbeat failed"),
             Err(e) => warn!(error = %e, "heartbeat refused"),

@@ -56,7 +56,7 @@ pub fn until_done<T>(
         }
         let delay = backoff.next_delay_after(e.retry_after());
         warn!(error = %e, what, retry_in_ms = delay.as_millis() as u64, "call failed, retrying");
-        if !shared.retry_sleep(delay) {
+        if !shared.stop.retry_sleep(delay) {
             error!(error = %e, what, "agent is stopping; giving up");
             return Sent::GaveUp;
         }

@@ -1,24 +1,19 @@
 //! State shared by the agent's threads: the client and settings, the stop flag and its grace,
 //! the task slots that cap concurrency, the registry of tasks in this process, the journal and
-//! the outbox of reports to send again.
+//! the outbox of reports to send again. Only state: what acts on it (the poll loop, workers,
+//! reports, the outbox thread) lives in the files above, which take it as `&Shared`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use super::config::AgentConfig;
 use super::control::TaskControl;
 use super::facts::FactsWatch;
 use super::journal::Journal;
-use super::outbox::Outbox;
+use super::stop::{STOP_CHECK, Stop};
 use crate::client::AgentClient;
-
-/// Longest pause before a sleeping loop notices a stop. Idle, the agent's threads wake only
-/// this often (plus their polls and heartbeats), so an idle agent costs no measurable CPU.
-pub const STOP_CHECK: Duration = Duration::from_millis(500);
 
 /// What wakes the poll loop.
 pub enum PollEvent {
@@ -51,8 +46,8 @@ pub struct Shared {
     pub events: Sender<PollEvent>,
     /// The host facts sent last.
     pub facts: FactsWatch,
-    stop: Arc<AtomicBool>,
-    give_up_at: OnceLock<Instant>,
+    /// The stop flag and its grace.
+    pub stop: Stop,
     need_register: AtomicBool,
 }
 
@@ -67,6 +62,7 @@ impl Shared {
         let client =
             AgentClient::with_tls(&config.server, &config.app_id, config.secret.expose(), &config.tls);
         let slots = Arc::new(Slots::new(config.max_tasks));
+        let stop = Stop::new(stop, config.stop_grace);
         Shared {
             client,
             config,
@@ -77,51 +73,8 @@ impl Shared {
             events,
             facts: FactsWatch::default(),
             stop,
-            give_up_at: OnceLock::new(),
             need_register: AtomicBool::new(true),
         }
-    }
-
-    /// True once the agent was asked to stop.
-    pub fn stopping(&self) -> bool {
-        self.stop.load(Ordering::SeqCst)
-    }
-
-    /// Stops the agent, as a signal would.
-    pub fn request_stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
-
-    /// Sleeps for `duration`, returning early when the agent stops.
-    pub fn sleep(&self, duration: Duration) {
-        let until = Instant::now() + duration;
-        while !self.stopping() {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return;
-            }
-            thread::sleep(left.min(STOP_CHECK));
-        }
-    }
-
-    /// Sleeps before a retry: the full `delay` even when stopping (so a stopping agent does not
-    /// hammer the server), but never past the stop grace. False when the grace is over.
-    pub fn retry_sleep(&self, delay: Duration) -> bool {
-        if !self.stopping() {
-            self.sleep(delay);
-        }
-        if !self.stopping() {
-            return true;
-        }
-        let give_up_at = *self.give_up_at.get_or_init(|| Instant::now() + self.config.stop_grace);
-        let left = give_up_at.saturating_duration_since(Instant::now());
-        thread::sleep(delay.min(left));
-        !left.is_zero()
-    }
-
-    /// True once the agent is stopping and a retry already used up the stop grace.
-    pub fn grace_over(&self) -> bool {
-        self.stopping() && self.give_up_at.get().is_some_and(|at| Instant::now() >= *at)
     }
 
     /// Asks the poll loop to register again before its next poll.
@@ -201,6 +154,60 @@ impl Tasks {
     }
 }
 
+/// Task ids whose journaled final report is to be sent again.
+#[derive(Default)]
+pub struct Outbox {
+    state: Mutex<OutboxState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct OutboxState {
+    queue: VecDeque<String>,
+    closed: bool,
+}
+
+impl Outbox {
+    fn lock(&self) -> MutexGuard<'_, OutboxState> {
+        // Nothing panics while holding the lock; the queue stays consistent anyway.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues task `id` (once, however often it is pushed before being sent).
+    pub fn push(&self, id: &str) {
+        let mut state = self.lock();
+        if !state.queue.iter().any(|queued| queued == id) {
+            state.queue.push_back(id.to_owned());
+        }
+        self.changed.notify_all();
+    }
+
+    /// Lets the outbox thread end once its queue is empty.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.changed.notify_all();
+    }
+
+    /// Number of ids waiting.
+    pub fn waiting(&self) -> usize {
+        self.lock().queue.len()
+    }
+
+    /// The next id, waiting for one; `None` once closed and empty.
+    pub fn wait_next(&self) -> Option<String> {
+        let mut state = self.lock();
+        loop {
+            if let Some(id) = state.queue.pop_front() {
+                return Some(id);
+            }
+            if state.closed {
+                return None;
+            }
+            state = self.changed.wait_timeout(state, STOP_CHECK).unwrap_or_else(PoisonError::into_inner).0;
+        }
+    }
+}
+
 /// Counts running tasks against `max_tasks`.
 pub struct Slots {
     busy: Mutex<usize>,
@@ -260,6 +267,9 @@ impl Drop for SlotGuard {
 
 #[cfg(test)]
 mod tests {
+    use std::thread;
+    use std::time::{Duration, Instant};
+
     use super::*;
 
     #[test]

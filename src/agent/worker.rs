@@ -28,7 +28,7 @@ const UNREADABLE_ERROR: &str =
 /// ignored the capacity the agent asked with (the task then waits here for a slot).
 pub fn deliver(shared: &Arc<Shared>, handler: &Arc<dyn TaskHandler>, task: WireTask) -> bool {
     let _span = info_span!("task", id = %task.task_id).entered();
-    if shared.stopping() {
+    if shared.stop.stopping() {
         info!("task arrived while stopping; not acknowledged, so the server hands it out again");
         return false;
     }
@@ -197,7 +197,7 @@ impl Worker<'_> {
 
     fn wait_for_slot(&self) -> Option<SlotGuard> {
         let shared = self.shared;
-        shared.slots.take_when_free(&|| shared.stopping() || self.control.is_cancelled())
+        shared.slots.take_when_free(&|| shared.stop.stopping() || self.control.is_cancelled())
     }
 
     fn not_run_outcome(&self) -> TaskOutcome {

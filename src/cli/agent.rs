@@ -2,15 +2,59 @@
 //! `ORANGE_ENROLL_KEY`, `ORANGE_ENROLL_TOKEN`) read into the values an [`AgentConfig`] is built
 //! from. The agent itself reads neither.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use argh::FromArgs;
 
-use super::AgentArgs;
 use crate::agent::AgentConfig;
 use crate::client::{EnrollToken, Enrollment, TlsSettings};
 use crate::protocol::limits::{self, MAX_LABELS};
 use crate::protocol::{Secret, read_secret_file};
+
+/// Run an agent: register with the server, poll for tasks, run them and report.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "agent")]
+pub struct AgentArgs {
+    /// server URL, e.g. http://10.0.0.1:8890 (default: ORANGE_SERVER)
+    #[argh(option)]
+    pub server: Option<String>,
+    /// this agent's app id (default: the host name)
+    #[argh(option)]
+    pub appid: Option<String>,
+    /// state directory holding the agent's secret (default: ~/.local/state/orange, or
+    /// /var/lib/orange for root)
+    #[argh(option)]
+    pub state: Option<PathBuf>,
+    /// file holding the agent's secret (else ORANGE_SECRET, else one generated in the state dir)
+    #[argh(option)]
+    pub secret_file: Option<PathBuf>,
+    /// file holding the server's enrollment key (else ORANGE_ENROLL_KEY); with neither a key
+    /// nor a token the agent enrolls `pending` and waits for `orange agents accept`
+    #[argh(option)]
+    pub enroll_key_file: Option<PathBuf>,
+    /// file holding an enrollment token from `orange token create` (else ORANGE_ENROLL_TOKEN)
+    #[argh(option)]
+    pub enroll_token_file: Option<PathBuf>,
+    /// PEM file of the CA that signed the server's certificate (default: the system roots)
+    #[argh(option)]
+    pub ca_file: Option<PathBuf>,
+    /// do not verify the server's certificate (warns on every start)
+    #[argh(switch)]
+    pub insecure: bool,
+    /// allow `shell` tasks (command lines run with sh -c)
+    #[argh(switch)]
+    pub allow_shell: bool,
+    /// directory of handler executables; a task of type T runs DIR/T
+    #[argh(option)]
+    pub handlers: Option<PathBuf>,
+    /// operator label k=v (repeatable)
+    #[argh(option)]
+    pub label: Vec<String>,
+    /// most tasks run at once (default 4)
+    #[argh(option, default = "4")]
+    pub max_tasks: usize,
+}
 
 /// The environment, passed in so that tests do not touch the real one.
 pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;

@@ -1,6 +1,7 @@
 //! `orange job run`: create the job, follow it with parked calls (`?after_version=&wait=`)
 //! while a progress line is redrawn on a terminal, then print the summary with identical outputs
-//! grouped, or every result as JSON. Also the waiting and fetching that `job get` shares.
+//! grouped, or every result as JSON. Also what `job send` and `job get` share with it: the dry
+//! run, the waiting and the fetching.
 
 use std::io::{IsTerminal, Write};
 use std::time::Instant;
@@ -8,12 +9,14 @@ use std::time::Instant;
 use anyhow::Result;
 use serde::Serialize;
 
-use super::job::{RunArgs, dry_run, job_flags};
+use super::job_args::{RunArgs, job_flags};
 use super::job_print;
 use super::operator::{Api, OperatorConfig, encode, operator_flags};
 use super::output;
 use super::wait::{get_patiently, wait_secs, wait_timeout};
-use crate::protocol::jobs::{self, JobGroups, JobResult, JobResults, JobView, MAX_RESULTS_PAGE};
+use crate::protocol::jobs::{
+    self, JobGroups, JobRequest, JobResult, JobResults, JobView, MAX_RESULTS_PAGE, TargetList,
+};
 
 /// Exit status of `job run` when some host did not succeed.
 pub const EXIT_SOME_FAILED: i32 = 1;
@@ -129,6 +132,25 @@ pub fn summary_text(api: &Api, job: &JobView, all_hosts: bool) -> Result<String>
     Ok(job_print::summary(job, &groups.groups, all_hosts))
 }
 
+/// Prints the hosts a job would run on and their count; sends nothing.
+pub(super) fn dry_run(api: &Api, request: &JobRequest, json: bool) -> Result<i32> {
+    let list: TargetList = api.post(jobs::JOBS_DRY_RUN_PATH, request)?;
+    if json {
+        output::print_json(&list)?;
+    } else {
+        output::emit(&dry_run_text(&list))?;
+    }
+    Ok(0)
+}
+
+/// The hosts one per line, then their count.
+fn dry_run_text(list: &TargetList) -> String {
+    let mut text: String = list.app_ids.iter().map(|id| format!("{id}\n")).collect();
+    let count = u32::try_from(list.app_ids.len()).unwrap_or(u32::MAX);
+    text.push_str(&format!("{} (dry run: nothing sent)\n", job_print::hosts(count)));
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,5 +166,11 @@ mod tests {
             JobCounts { succeeded: 2, failed: 1, skipped: 4, ..Default::default() },
         );
         assert_eq!(exit_status(&skipped), EXIT_SOME_FAILED);
+    }
+
+    #[test]
+    fn dry_runs_list_hosts_and_count_them() {
+        let list = TargetList { app_ids: vec!["web-1".into(), "web-2".into()] };
+        assert_eq!(dry_run_text(&list), "web-1\nweb-2\n2 hosts (dry run: nothing sent)\n");
     }
 }

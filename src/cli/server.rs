@@ -2,13 +2,83 @@
 //! read into [`ServerOptions`], which the server checks. Secrets come from files or the
 //! environment, never from argv, where `ps` shows them to every user.
 
-use anyhow::{Context, Result, bail};
+use std::path::PathBuf;
 
-use super::ServerArgs;
+use anyhow::{Context, Result, bail};
+use argh::FromArgs;
+
 use super::agent::{Env, non_empty_env};
 use crate::protocol::read_secret_file;
 use crate::server::config::is_public_enroll_key;
 use crate::server::{ServerConfig, ServerOptions};
+
+/// Run the server: agent endpoints, operator API and the embedded database.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "server")]
+pub struct ServerArgs {
+    /// data directory (created if missing)
+    #[argh(option)]
+    pub data: PathBuf,
+    /// address to listen on (default 0.0.0.0:8890)
+    #[argh(option, default = "String::from(\"0.0.0.0:8890\")")]
+    pub listen: String,
+    /// file holding the admin bearer token (default: ORANGE_ADMIN_TOKEN, else DIR/admin.token,
+    /// generated on first start)
+    #[argh(option)]
+    pub admin_token_file: Option<PathBuf>,
+    /// refused: ps shows argv to every user; use --admin-token-file FILE or ORANGE_ADMIN_TOKEN
+    #[argh(option)]
+    pub admin_token: Option<String>,
+    /// seconds a getTask long poll waits for work before answering "no task" (default 20, max 50)
+    #[argh(option, default = "20")]
+    pub poll_window: u64,
+    /// seconds a task may run when the operator gives no timeout (default 600)
+    #[argh(option, default = "600")]
+    pub default_timeout: u64,
+    /// database cache size in MiB (default 64)
+    #[argh(option, default = "64")]
+    pub cache_mb: u64,
+    /// file holding the key agents enroll with (default: ORANGE_ENROLL_KEY, else DIR/enroll.key,
+    /// generated on first start; `orange enroll-key --data DIR` prints it)
+    #[argh(option)]
+    pub enroll_key_file: Option<PathBuf>,
+    /// only `--enroll-key orange-forge`, the original's public key, which lets original clients
+    /// enroll (insecure: anyone may use it); any other key is refused: use --enroll-key-file
+    #[argh(option)]
+    pub enroll_key: Option<String>,
+    /// PEM certificate chain to serve HTTPS with (with --tls-key)
+    #[argh(option)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key to serve HTTPS with (with --tls-cert)
+    #[argh(option)]
+    pub tls_key: Option<PathBuf>,
+    /// seconds an agent has to acknowledge a task before it is handed out again (default 30)
+    #[argh(option, default = "30")]
+    pub ack_window: u64,
+    /// seconds a task may wait for an offline agent before it ends expired (default 86400)
+    #[argh(option, default = "86400")]
+    pub ttl: u64,
+    /// seconds after its timeout before a task whose agent went silent ends lost (default 60)
+    #[argh(option, default = "60")]
+    pub lost_grace: u64,
+    /// seconds finished tasks and silent agents are kept (default 604800, 7 days)
+    #[argh(option, default = "604800")]
+    pub retention: u64,
+    /// most output kept per task in MiB, head and tail (default 16)
+    #[argh(option, default = "16")]
+    pub output_cap_mb: u64,
+    /// most agent requests handled at once, parked long polls not counted; past it agents are
+    /// told to retry later with HTTP 429 (default 256)
+    #[argh(option, default = "256")]
+    pub max_inflight: usize,
+    /// seconds an overloaded server tells agents to wait, spread up to twice that (default 2)
+    #[argh(option, default = "2")]
+    pub retry_after: u64,
+    /// compact the database (rewrite its live data into a fresh copy) once it is larger than
+    /// this many MiB and than 4 times its size after the last compaction (default 64)
+    #[argh(option, default = "64")]
+    pub compact_at_mb: u64,
+}
 
 /// Environment variable holding the admin token.
 pub const ENV_ADMIN_TOKEN: &str = "ORANGE_ADMIN_TOKEN";
@@ -71,8 +141,6 @@ fn enroll_key(args: &ServerArgs, env: Env) -> Result<Option<String>> {
 
 #[cfg(test)]
 mod tests {
-    use argh::FromArgs;
-
     use super::*;
 
     fn parse(argv: &[&str]) -> ServerArgs {
