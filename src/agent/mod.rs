@@ -111,13 +111,14 @@ pub fn stop_on_signals() -> Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
-/// Runs the agent with `handler` until `stop` is set: opens the journal, registers, reports
-/// what an earlier run left in the journal, polls, runs tasks (at most `config.max_tasks` at
-/// once) and reports them. On stop it keeps polling with capacity 0 (for cancels) until running
+/// Runs the agent with `handler` until `stop` is set: makes the state directory private, opens
+/// the journal, registers, reports what an earlier run left in the journal, polls, runs tasks
+/// (at most `config.max_tasks` at once) and reports them. On stop it keeps polling with capacity 0 (for cancels) until running
 /// tasks finish and report, sends queued re-reports within the stop grace, then returns; results
 /// it could not report stay in the journal for the next start.
 pub fn run(config: AgentConfig, handler: Arc<dyn TaskHandler>, stop: Arc<AtomicBool>) -> Result<()> {
     info!(server = %config.server, app_id = %config.app_id, max_tasks = config.max_tasks, "agent starting");
+    state::prepare_state_dir(&config.state_dir)?;
     let journal = Journal::open(&config.state_dir)?;
     // Held until this function returns, whatever threads still hold the shared state.
     let _journal_lock = journal.lock()?;

@@ -1,14 +1,17 @@
-//! The agent's state directory and the identity kept in it: where the directory lives, and the
-//! agent's own secret, generated once and re-read on every later start so a restart keeps its
-//! identity. Also the host name, which is the default app id.
+//! The agent's state directory and the identity kept in it: where the directory lives, that it
+//! is private to the agent's user, and the agent's own secret, generated once and re-read on
+//! every later start so a restart keeps its identity. Also the host name, which is the default
+//! app id.
 
 use std::ffi::OsString;
 use std::fs;
 use std::io::{ErrorKind, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+
+use crate::protocol::private_dir::make_private;
 
 /// Name of the file holding a generated secret inside the state directory.
 pub const SECRET_FILE: &str = "secret";
@@ -35,17 +38,33 @@ fn state_dir_for(euid: u32, home: Option<OsString>) -> Result<PathBuf> {
     }
 }
 
-/// Reads the secret stored in `state_dir`, or generates, stores (mode 0600) and returns one.
+/// Reads the secret stored in `state_dir`, or generates, stores (mode 0600) and returns one. The
+/// directory is made private first ([`prepare_state_dir`]), so a secret others could read is
+/// closed before it is used.
 pub fn load_or_create_secret(state_dir: &Path) -> Result<String> {
+    prepare_state_dir(state_dir)?;
     let path = state_dir.join(SECRET_FILE);
     if let Some(secret) = read_stored_secret(&path)? {
         return Ok(secret);
     }
-    create_state_dir(state_dir)?;
     let secret = generate_secret()?;
     store_secret(&path, &secret)?;
     tracing::info!(path = %path.display(), "generated a new agent secret");
     Ok(secret)
+}
+
+/// Creates the state directory 0700 if it is missing, refuses one that others can write to
+/// (they could replace the secret or the journal), and makes one that others can read private
+/// again, with everything in it.
+pub fn prepare_state_dir(dir: &Path) -> Result<()> {
+    let done = make_private(dir, "state directory")?;
+    if let Some(mode) = done.dir_mode_was {
+        tracing::warn!(dir = %dir.display(), old_mode = %format!("{mode:o}"), "the state directory was open to other users; made it 0700");
+    }
+    if done.entries > 0 {
+        tracing::warn!(dir = %dir.display(), count = done.entries, "files in the state directory were open to other users; removed their group and other permissions");
+    }
+    Ok(())
 }
 
 /// The secret in `path`, or `None` when the file does not exist yet.
@@ -59,25 +78,7 @@ fn read_stored_secret(path: &Path) -> Result<Option<String>> {
     if secret.is_empty() {
         bail!("{} is empty; delete it to generate a new secret", path.display());
     }
-    warn_if_readable_by_others(path);
     Ok(Some(secret.to_owned()))
-}
-
-fn warn_if_readable_by_others(path: &Path) {
-    if let Ok(meta) = fs::metadata(path)
-        && meta.permissions().mode() & 0o077 != 0
-    {
-        tracing::warn!(path = %path.display(), "secret file is readable by other users; chmod 600 it");
-    }
-}
-
-/// Creates the state directory (and parents) with mode 0700 if it is missing.
-fn create_state_dir(dir: &Path) -> Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("cannot create state directory {}", dir.display()))
 }
 
 /// 32 random bytes from the OS, hex-encoded.
@@ -127,6 +128,8 @@ pub fn hostname() -> Result<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]
@@ -145,6 +148,20 @@ mod tests {
         assert_eq!(names, [SECRET_FILE]);
         let other = load_or_create_secret(&tmp.path().join("other"))?;
         assert_ne!(other, first);
+        Ok(())
+    }
+
+    #[test]
+    fn a_secret_others_can_read_is_made_private_before_it_is_used() -> Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().join("state");
+        fs::create_dir(&dir)?;
+        fs::write(dir.join(SECRET_FILE), "s1\n")?;
+        fs::set_permissions(dir.join(SECRET_FILE), fs::Permissions::from_mode(0o644))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
+        assert_eq!(load_or_create_secret(&dir)?, "s1");
+        assert_eq!(fs::metadata(dir.join(SECRET_FILE))?.permissions().mode() & 0o777, 0o600);
+        assert_eq!(fs::metadata(&dir)?.permissions().mode() & 0o777, 0o700);
         Ok(())
     }
 

@@ -8,6 +8,7 @@ pub mod facts;
 pub mod jobs;
 pub mod limit_table;
 pub mod limits;
+pub mod private_dir;
 pub mod secret;
 pub mod sign;
 pub mod task;

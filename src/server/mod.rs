@@ -29,13 +29,15 @@ pub use app::run;
 pub use services::Services;
 
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use tracing::{info, warn};
 
 pub use config::{ServerConfig, ServerOptions, TlsFiles};
+
+use crate::protocol::private_dir::make_private;
 
 /// Name of the generated admin token file inside the data directory.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
@@ -50,10 +52,13 @@ pub struct Secrets {
     pub enroll_key: String,
 }
 
-/// Runs the server until SIGINT or SIGTERM: prepares the data directory and the secrets,
-/// starts the runtime, binds, prints the address it listens on, and hands over to [`run`].
+/// Runs the server until SIGINT or SIGTERM: sets a private umask, prepares the data directory
+/// and the secrets, raises the open-files limit, starts the runtime, binds, prints the address
+/// it listens on, and hands over to [`run`].
 pub fn run_blocking(config: ServerConfig) -> Result<()> {
+    set_private_umask();
     prepare_data_dir(&config.data_dir)?;
+    log_open_files_limit();
     let secrets = resolve_secrets(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -109,27 +114,57 @@ fn resolve_secrets(config: &ServerConfig) -> Result<Secrets> {
     Ok(Secrets { admin_token, enroll_key })
 }
 
-/// Creates the data directory with mode 0700 if it is missing, and refuses one that others can
-/// write to (they could replace the database or the secrets).
+/// Creates the data directory with mode 0700 if it is missing, refuses one that others can
+/// write to (they could replace the database or the secrets), and makes one that others can
+/// read private again, with everything in it (a database written by an older version was 0644).
 fn prepare_data_dir(dir: &Path) -> Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
-    let mode = std::fs::metadata(dir)
-        .with_context(|| format!("cannot read {}", dir.display()))?
-        .permissions()
-        .mode();
-    if mode & 0o022 != 0 {
-        anyhow::bail!(
-            "data directory {} is writable by group or others (mode {:o}); run `chmod 700 {}`",
-            dir.display(),
-            mode & 0o777,
-            dir.display()
-        );
+    let done = make_private(dir, "data directory")?;
+    if let Some(mode) = done.dir_mode_was {
+        warn!(dir = %dir.display(), old_mode = %format!("{mode:o}"), "the data directory was open to other users; made it 0700");
+    }
+    if done.entries > 0 {
+        warn!(dir = %dir.display(), count = done.entries, "files in the data directory were open to other users; removed their group and other permissions");
     }
     Ok(())
+}
+
+/// Makes every file and directory the server creates private to its user, whatever the umask
+/// it was started with; the explicit modes on the secret files alone would leave sled's files
+/// 0644.
+fn set_private_umask() {
+    // SAFETY: umask has no preconditions and cannot fail; the server starts no child process
+    // that would inherit it.
+    unsafe { libc::umask(0o077) };
+}
+
+/// Raises the soft open-files limit to the hard one, so connections run into the server's own
+/// limits rather than EMFILE; returns the soft limit now in force.
+pub fn raise_open_files_limit() -> std::io::Result<libc::rlim_t> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: the pointer is to a live rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        // SAFETY: the pointer is to a live rlimit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        limit = raised;
+    }
+    Ok(limit.rlim_cur)
+}
+
+/// [`raise_open_files_limit`], logging the figure; a failure only costs head-room, so it is a
+/// warning.
+fn log_open_files_limit() {
+    match raise_open_files_limit() {
+        Ok(limit) => info!(open_files = limit, "open-files limit"),
+        Err(e) => {
+            warn!(error = %e, "cannot raise the open-files limit; the server keeps the one it was given")
+        }
+    }
 }
 
 /// Reads a secret file, or writes a new random secret into it (mode 0600).
@@ -151,4 +186,26 @@ fn load_or_create_secret(path: &Path) -> Result<String> {
         .with_context(|| format!("cannot write {}", path.display()))?;
     info!(file = %path.display(), "generated a secret");
     Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn soft_open_files_limit() -> libc::rlim_t {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: the pointer is to a live rlimit.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
+        limit.rlim_cur
+    }
+
+    #[test]
+    fn the_open_files_limit_is_raised_not_lowered() -> std::io::Result<()> {
+        let before = soft_open_files_limit();
+        let raised = raise_open_files_limit()?;
+        assert!(raised >= before, "raised to {raised} from {before}");
+        assert_eq!(soft_open_files_limit(), raised, "the returned figure is the one in force");
+        assert_eq!(raise_open_files_limit()?, raised, "a second call changes nothing");
+        Ok(())
+    }
 }
