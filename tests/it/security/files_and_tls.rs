@@ -182,7 +182,7 @@ fn a_data_dir_others_can_write_is_refused() {
             std::fs::read_dir(dir.path()).expect("read dir").map(|e| e.expect("entry").path()).collect();
         assert!(left.is_empty(), "mode {mode:o}: the refused server wrote {left:?}");
     }
-    // Readable by others is not writable by them: it starts.
+    // Readable by others is not writable by them: it starts, and makes the directory private.
     let dir = TempDir::with_prefix("orange-data-").expect("temp dir");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let mut server = Server::start(ServerOpts {
@@ -191,6 +191,8 @@ fn a_data_dir_others_can_write_is_refused() {
         ..ServerOpts::default()
     });
     assert!(server.is_alive());
+    let mode = std::fs::metadata(dir.path()).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
 }
 
 #[test]

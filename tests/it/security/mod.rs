@@ -1,6 +1,6 @@
 //! Attacks on the real `orange` binary, one claim of SECURITY.md at a time, one module per
 //! family: enrollment and takeovers, replays, signatures and their limit, hostile input and
-//! limits, operator credentials and the audit record, TLS and files.
+//! limits, operator credentials and the audit record, TLS and files, secrets on disk.
 //!
 //! Each refusal is asserted with its exact message, and every test that is refused something
 //! also checks that nothing stored changed: tasks, agents (without their liveness fields),
@@ -37,6 +37,7 @@ const PRIVATE_KEY: &str = "a-private-enrollment-key-5c1d";
 
 mod admin_auth;
 mod argv;
+mod disk;
 mod enrollment;
 mod files_and_tls;
 mod input_limits;
