@@ -3,9 +3,10 @@
 
 use std::net::SocketAddr;
 
+use super::client_addr::ClientAddr;
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -64,7 +65,7 @@ async fn set_status(
 
 async fn accept(
     State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(peer): ClientAddr,
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<AgentView>> {
     set_status(app, peer, path, AgentStatus::Accepted).await
@@ -72,7 +73,7 @@ async fn accept(
 
 async fn forget(
     State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(peer): ClientAddr,
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<AgentView>> {
     set_status(app, peer, path, AgentStatus::Forgotten).await
@@ -80,7 +81,7 @@ async fn forget(
 
 async fn create_token(
     State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(peer): ClientAddr,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<TokenView>)> {
     let request: TokenRequest = read_json(body).await?;
@@ -94,7 +95,7 @@ async fn list_tokens(State(app): State<AppState>) -> ApiResult<Json<TokenList>> 
 
 async fn revoke_token(
     State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(peer): ClientAddr,
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<TokenView>> {
     let Path(id) = path.map_err(bad_path)?;

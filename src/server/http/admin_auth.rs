@@ -1,11 +1,11 @@
 //! The admin bearer token in front of every operator route: compared by SHA-256 digest, with a
 //! per-source limit on wrong tokens so a token cannot be guessed at line rate.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
+use super::client_addr::ClientAddr;
 use axum::Router;
-use axum::extract::{ConnectInfo, Request};
+use axum::extract::Request;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::IntoResponse;
@@ -33,7 +33,7 @@ pub fn guarded(routes: Router<AppState>, token_hash: SecretHash) -> Router<AppSt
 /// refused with 429 for the rest of the minute after [`MAX_FAILURES_PER_MINUTE`](crate::protocol::limits::MAX_FAILURES_PER_MINUTE) of them, so a
 /// token cannot be guessed at line rate.
 fn admitted(request: &Request, token_hash: &SecretHash, failures: &FailureLimiter) -> ApiResult<()> {
-    let source = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|peer| peer.0.ip());
+    let source = ClientAddr::of(request.extensions()).map(|peer| peer.ip());
     let now = Utc::now().timestamp();
     if let Some(source) = source {
         failures.check(source, now).map_err(|e| ApiFailure(StatusCode::TOO_MANY_REQUESTS, e.to_string()))?;

@@ -1,12 +1,12 @@
 //! Operator routes for jobs under `/api/v1/jobs`: create, dry run, list, get (with a wait for
 //! the next version), results, groups, pause, resume, cancel.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::client_addr::ClientAddr;
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -45,7 +45,7 @@ fn job_id(path: Result<Path<String>, PathRejection>) -> ApiResult<TaskId> {
 
 async fn create_job(
     State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(peer): ClientAddr,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<JobView>)> {
     let request: JobRequest = read_json(body).await?;
@@ -132,7 +132,7 @@ async fn groups(
 
 async fn pause(
     State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(peer): ClientAddr,
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<JobView>> {
     let id = job_id(path)?;
@@ -144,7 +144,7 @@ async fn pause(
 
 async fn resume(
     State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(peer): ClientAddr,
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<JobView>> {
     let id = job_id(path)?;
@@ -156,7 +156,7 @@ async fn resume(
 
 async fn cancel(
     State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(peer): ClientAddr,
     path: Result<Path<String>, PathRejection>,
     body: Body,
 ) -> ApiResult<Json<JobView>> {

@@ -1,12 +1,12 @@
 //! Operator routes for tasks under `/api/v1/tasks`: send, list, get (with a wait for the end),
 //! cancel, and read output page by page.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::client_addr::ClientAddr;
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -35,7 +35,7 @@ pub fn routes() -> Router<AppState> {
 
 async fn enqueue(
     State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(peer): ClientAddr,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<EnqueueReply>)> {
     let request: EnqueueRequest = read_json(body).await?;
@@ -96,7 +96,7 @@ async fn get_task(
 
 async fn cancel_task(
     State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(peer): ClientAddr,
     path: Result<Path<String>, PathRejection>,
     body: Body,
 ) -> ApiResult<Json<TaskView>> {

@@ -4,10 +4,10 @@
 //! The body is read under a size limit and its signature verified before it is parsed.
 
 use axum::{Extension, Json};
-use std::net::SocketAddr;
 
+use super::client_addr::ClientAddr;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -49,12 +49,9 @@ fn refuse(message: impl Into<String>) -> Response {
     reply(Envelope::<()>::empty(CODE_ERROR, message))
 }
 
-/// Where a request came from (for the failed-signature limit).
-type Peer = ConnectInfo<SocketAddr>;
-
 async fn register(
     State(app): State<AppState>,
-    ConnectInfo(peer): Peer,
+    ClientAddr(peer): ClientAddr,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -106,7 +103,7 @@ fn answer_refusal(endpoint: &str, refusal: Refusal) -> Response {
 
 async fn ping(
     State(app): State<AppState>,
-    ConnectInfo(peer): Peer,
+    ClientAddr(peer): ClientAddr,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -124,7 +121,7 @@ async fn ping(
 
 async fn get_task(
     State(app): State<AppState>,
-    ConnectInfo(peer): Peer,
+    ClientAddr(peer): ClientAddr,
     Extension(place): Extension<BusyPermit>,
     headers: HeaderMap,
     body: Body,
@@ -189,7 +186,7 @@ fn capacity(headers: &HeaderMap) -> Result<Option<usize>, String> {
 
 async fn output(
     State(app): State<AppState>,
-    ConnectInfo(peer): Peer,
+    ClientAddr(peer): ClientAddr,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -210,7 +207,7 @@ async fn output(
 
 async fn report_task(
     State(app): State<AppState>,
-    ConnectInfo(peer): Peer,
+    ClientAddr(peer): ClientAddr,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -234,7 +231,7 @@ async fn report_task(
 
 async fn facts(
     State(app): State<AppState>,
-    ConnectInfo(peer): Peer,
+    ClientAddr(peer): ClientAddr,
     headers: HeaderMap,
     body: Body,
 ) -> Response {

@@ -11,6 +11,7 @@ mod admin_tasks;
 mod agent_api;
 mod agent_auth;
 mod busy;
+mod client_addr;
 
 use std::future::Future;
 use std::net::SocketAddr;
