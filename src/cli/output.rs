@@ -249,18 +249,32 @@ pub fn token_revoked_line(token: &TokenView) -> String {
     format!("token {}: {state}\n", token.token_id)
 }
 
-/// The `orange audit` table, in the order given (the server sends newest first).
+/// The `orange audit` table, in the order given (the server sends newest first). When the page
+/// holds agent-made entries, each of which stands for several events, it shows their LAST time
+/// and COUNT too (`-` for an operator action).
 pub fn audit_table(entries: &[AuditEntry]) -> String {
+    let counted = entries.iter().any(|entry| entry.last.is_some());
     let rows = entries.iter().map(|entry| {
-        vec![
+        let mut row = vec![
             short_time(&entry.at),
             one_line(&entry.actor),
             one_line(&entry.action),
             one_line(&entry.target),
             one_line(&entry.detail),
-        ]
+        ];
+        if counted {
+            let count = entry.last.as_ref().map_or(NONE.to_owned(), |_| entry.count.to_string());
+            row.insert(3, count);
+            row.insert(1, entry.last.as_deref().map_or(NONE.to_owned(), short_time));
+        }
+        row
     });
-    table(&["TIME", "ACTOR", "ACTION", "TARGET", "DETAIL"], rows.collect())
+    let header: &[&str] = if counted {
+        &["TIME", "LAST", "ACTOR", "ACTION", "COUNT", "TARGET", "DETAIL"]
+    } else {
+        &["TIME", "ACTOR", "ACTION", "TARGET", "DETAIL"]
+    };
+    table(header, rows.collect())
 }
 
 /// A table cell: control characters (a newline, a terminal escape) become spaces, an empty
@@ -522,6 +536,8 @@ pub(super) mod tests {
                 action: "task.send".into(),
                 target: "2 tasks, first 0190a1b2".into(),
                 detail: "type shell,\npayload\u{1b}[31m 6 bytes".into(),
+                count: 1,
+                last: None,
             },
             AuditEntry {
                 at: "2024-05-01T09:59:59Z".into(),
@@ -529,6 +545,8 @@ pub(super) mod tests {
                 action: "agent.enroll".into(),
                 target: "w1".into(),
                 detail: String::new(),
+                count: 1,
+                last: None,
             },
         ];
         assert_eq!(

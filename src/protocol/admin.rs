@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use super::audit::{AUDIT_PATH, AuditEntry, AuditList};
 use super::task::TaskStatus;
 
 /// Enqueue (POST) and list (GET, `?app_id=&limit=`) tasks.
@@ -209,33 +210,8 @@ pub struct TokenList {
     pub tokens: Vec<TokenView>,
 }
 
-/// One entry of the audit record.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct AuditEntry {
-    /// RFC 3339 time.
-    pub at: String,
-    /// Who.
-    pub actor: String,
-    /// What, e.g. `task.send`, `task.cancel`, `agent.accept`, `agent.forget`, `agent.enroll`,
-    /// `token.create`, `token.revoke`.
-    pub action: String,
-    /// On what.
-    pub target: String,
-    /// More about it.
-    pub detail: String,
-}
-
-/// Answer of `GET /api/v1/audit?limit=N`, newest first.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AuditList {
-    /// The entries.
-    pub entries: Vec<AuditEntry>,
-}
-
 /// Create (POST) and list (GET) enrollment tokens.
 pub const TOKENS_PATH: &str = "/api/v1/tokens";
-/// Read the audit record (GET).
-pub const AUDIT_PATH: &str = "/api/v1/audit";
 
 /// Answer of `GET /api/v1/agents`, sorted by app id.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -3,6 +3,7 @@
 //! async server and the blocking agent use exactly the same definitions.
 
 pub mod admin;
+pub mod audit;
 pub mod busy;
 pub mod facts;
 pub mod jobs;

@@ -80,7 +80,6 @@ impl Enrollment {
                 request.app_id, request.app_id
             )));
         }
-        let is_new = old.is_none();
         let status = self.status_after(old.as_ref().map(|a| a.status), &credential)?;
         let record = agent_record(request, old.as_ref(), status);
         self.store.put_agent(&record)?;
@@ -89,9 +88,7 @@ impl Enrollment {
             Some(facts) => self.store.put_facts(&record.app_id, &FactsRecord::new(facts, now_ms()))?,
             None => self.store.remove_facts(&record.app_id)?,
         }
-        if is_new || old.as_ref().map(|a| a.status) != Some(status) {
-            self.record_enrollment(&record, &credential)?;
-        }
+        self.record_enrollment(&record, old.as_ref().map(|a| a.status), &credential)?;
         self.store.durable().await?;
         Ok(record)
     }
@@ -143,14 +140,26 @@ impl Enrollment {
         }
     }
 
-    fn record_enrollment(&self, agent: &AgentRecord, credential: &Credential) -> Result<(), ServiceError> {
+    /// Counts an enrollment in the agent stream of the audit record: a new agent, a changed
+    /// status, and every registration of an agent still pending, so that a host retrying (or a
+    /// flood under one app id) shows as one entry with a count. An enrolled agent registering
+    /// again (it restarted) is not an event.
+    fn record_enrollment(
+        &self,
+        agent: &AgentRecord,
+        old: Option<AgentStatus>,
+        credential: &Credential,
+    ) -> Result<(), ServiceError> {
+        if old == Some(agent.status) && agent.status != AgentStatus::Pending {
+            return Ok(());
+        }
         let how = match credential {
             Credential::EnrollKey => "with the enrollment key".to_owned(),
             Credential::Token(id) => format!("with enrollment token {id}"),
             Credential::None => "without a credential".to_owned(),
         };
         let action = if agent.status == AgentStatus::Pending { "agent.pending" } else { "agent.enroll" };
-        self.audit.record(&format!("agent:{}", agent.app_id), action, &agent.app_id, &how)
+        self.audit.record_agent(&agent.app_id, action, &how)
     }
 
     /// Sets an agent's status on an operator's word (`accept` or `forget`).

@@ -1,13 +1,13 @@
-//! Records as their readers see them: the operator API's views of tasks, agents, jobs, tokens and
-//! audit entries, and the task object getTask hands out. Only task views read the store (for
+//! Records as their readers see them: the operator API's views of tasks, agents, jobs and
+//! tokens, and the task object getTask hands out (audit entries are mapped by `audit.rs`). Only task views read the store (for
 //! their output); the others are plain mappings.
 
 use std::sync::Arc;
 
 use super::clock::rfc3339;
-use super::store::{AgentRecord, AuditRecord, Chunk, JobRecord, Store, StoreError, TaskRecord, TokenRecord};
+use super::store::{AgentRecord, Chunk, JobRecord, Store, StoreError, TaskRecord, TokenRecord};
 use crate::protocol::admin::{
-    AgentView, AuditEntry, ONLINE_WINDOW_SECS, OutputChunkView, TaskView, TokenView, Transition,
+    AgentView, ONLINE_WINDOW_SECS, OutputChunkView, TaskView, TokenView, Transition,
 };
 use crate::protocol::jobs::JobView;
 use crate::protocol::wire::WireTask;
@@ -129,16 +129,5 @@ pub fn token_view(token: &TokenRecord) -> TokenView {
         expires_at: rfc3339(token.expires_ms),
         uses_left: token.uses_left,
         revoked: token.revoked,
-    }
-}
-
-/// An entry of the audit record.
-pub fn audit_entry(record: AuditRecord) -> AuditEntry {
-    AuditEntry {
-        at: rfc3339(record.at_ms),
-        actor: record.actor,
-        action: record.action,
-        target: record.target,
-        detail: record.detail,
     }
 }

@@ -10,18 +10,15 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
 
 use super::AppState;
 use super::admin_common::{ApiFailure, ApiResult, actor, bad_path, bad_query, read_json};
 use crate::protocol::admin::{
-    AGENTS_PATH, AUDIT_PATH, AgentFilter, AgentList, AgentView, AuditList, MAX_LIST_LIMIT, TOKENS_PATH,
-    TokenList, TokenRequest, TokenView,
+    AGENTS_PATH, AUDIT_PATH, AgentFilter, AgentList, AgentView, AuditList, TOKENS_PATH, TokenList,
+    TokenRequest, TokenView,
 };
+use crate::protocol::audit::AuditQuery;
 use crate::server::store::AgentStatus;
-
-/// Audit entries listed when no limit is given.
-const DEFAULT_AUDIT_LIMIT: usize = 100;
 
 /// The agent, enrollment and audit routes.
 pub fn routes() -> Router<AppState> {
@@ -102,17 +99,12 @@ async fn revoke_token(
     Ok(Json(app.enrollment().revoke_token(&actor(peer), &id).await?))
 }
 
-/// Query of the audit record.
-#[derive(Deserialize)]
-struct AuditQuery {
-    limit: Option<usize>,
-}
-
+/// The audit record: `?kind=&action=&actor=&since=&after=&limit=` (see [`AuditQuery`]).
 async fn audit(
     State(app): State<AppState>,
-    query: Result<Query<AuditQuery>, QueryRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> ApiResult<Json<AuditList>> {
-    let Query(query) = query.map_err(bad_query)?;
-    let limit = query.limit.unwrap_or(DEFAULT_AUDIT_LIMIT).clamp(1, MAX_LIST_LIMIT);
-    Ok(Json(AuditList { entries: app.audit().entries(limit)? }))
+    let Query(pairs) = query.map_err(bad_query)?;
+    let query = AuditQuery::from_pairs(&pairs).map_err(|m| ApiFailure(StatusCode::BAD_REQUEST, m))?;
+    Ok(Json(app.audit().list(&query)?))
 }

@@ -1,7 +1,6 @@
-//! Operator-side records: agent status changes (accept, forget), enrollment tokens, and the
-//! append-only audit record.
+//! Operator-side records: agent status changes (accept, forget) and enrollment tokens.
 
-use super::records::{AgentRecord, AgentStatus, AuditRecord, TokenRecord};
+use super::records::{AgentRecord, AgentStatus, TokenRecord};
 use super::{Store, StoreError};
 use crate::server::codec;
 
@@ -91,18 +90,5 @@ impl Store {
                 return Ok(true);
             }
         }
-    }
-
-    /// Appends an entry to the audit record.
-    pub fn audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
-        let mut key = record.at_ms.max(0).to_be_bytes().to_vec();
-        key.extend_from_slice(&self.next_id()?.to_be_bytes());
-        self.trees().audit.insert(key, codec::encode(record))?;
-        Ok(())
-    }
-
-    /// The newest `limit` audit entries, newest first.
-    pub fn audit_entries(&self, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
-        self.trees().audit.iter().values().rev().take(limit).map(|v| Ok(codec::decode(&v?)?)).collect()
     }
 }

@@ -14,7 +14,10 @@
 //! - `finished`:  time (i64 BE ms), task id → empty: finished tasks, oldest first, for retention
 //! - `cancels`:   app id, 0, task id → empty: cancels its agent has not confirmed yet
 //! - `tokens`:    token id → [`TokenRecord`]
-//! - `audit`:     time (i64 BE ms), sequence (u64 BE) → [`AuditRecord`], kept past task retention
+//! - `audit`:     time (i64 BE ms), sequence (u64 BE) → [`AuditRecord`]: operator actions, kept
+//!   past task retention up to their cap (`audit.rs`)
+//! - `agent_audit`: first time (i64 BE ms), sequence (u64 BE) → [`AgentAuditRecord`]: what agents
+//!   did, one entry per app id, action and hour with a count, up to its own cap
 //! - `seen`:      signing time (i64 BE s), request digest (u64) → empty: signed requests used
 //! - `facts`:     app id → [`FactsRecord`]: what each agent said about its host
 //! - `jobs`:      job id (16 bytes, UUID v7) → [`JobRecord`]
@@ -31,6 +34,7 @@
 //! replace the whole database while the server runs.
 
 mod admin;
+mod audit;
 mod compact;
 mod events;
 mod facts;
@@ -54,6 +58,10 @@ use sled::transaction::TransactionError;
 use thiserror::Error;
 
 pub use admin::TokenError;
+pub use audit::{
+    AGENT_AUDIT_PERIOD_MS, AgentAuditRecord, AuditItem, AuditKey, AuditScan, MAX_AGENT_AUDIT,
+    MAX_OPERATOR_AUDIT,
+};
 pub use compact::{CURRENT_FILE, Compaction};
 pub use events::JobEvent;
 pub use facts::FactsRecord;
@@ -150,6 +158,7 @@ pub struct Store {
     seqs: seq::SeqPool,
     policy: Policy,
     committer: Committer,
+    audit_streams: audit::AuditStreams,
 }
 
 fn flatten<T, E: From<StoreError>>(result: Result<T, TransactionError<E>>) -> Result<T, E> {
@@ -176,6 +185,7 @@ impl Store {
             seqs: seq::SeqPool::default(),
             policy,
             committer,
+            audit_streams: audit::AuditStreams::default(),
         })
     }
 

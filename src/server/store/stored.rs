@@ -12,6 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::audit::AgentAuditRecord;
 use super::facts::FactsRecord;
 use super::records::{
     AgentRecord, AuditRecord, JobRecord, OutputState, TargetEnd, TargetRecord, TaskRecord, TokenRecord,
@@ -44,6 +45,7 @@ own_layout! {
     TokenRecord => "token", 1;
     AuditRecord => "audit", 1;
     FactsRecord => "facts", 1;
+    AgentAuditRecord => "agent audit", 1;
 }
 
 /// [`TaskStatus`] as stored: variants in the order of version 1, never reordered.

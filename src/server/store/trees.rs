@@ -115,8 +115,10 @@ trees! {
         seen,
         /// token id → token record.
         tokens,
-        /// time, sequence → audit record.
+        /// time, sequence → audit record of an operator action.
         audit,
+        /// first time, sequence → agent-made audit entry (a count within a period).
+        agent_audit,
         /// app id → host facts.
         facts,
     }

@@ -1,7 +1,7 @@
 //! The upgrade test: a data directory written by orange 0.1.0 (`tests/fixtures/`, made by
 //! `make-datadir-0.1.0.sh` through the real binary) opens with this build and keeps every agent,
 //! task, job, token and audit record that release's API showed (`datadir-0.1.0.json`); then it
-//! takes new writes and opens again.
+//! takes new writes (a task, an operator's and an agent's audit entries) and opens again.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -142,13 +142,26 @@ fn check_tokens_and_audit(store: &Store, manifest: &Value) {
         );
     }
     let expected = list(manifest, "audit");
-    let entries = store.audit_entries(1000).unwrap();
+    let entries = every_audit_entry(store);
     assert_eq!(entries.len(), expected.len());
     for (got, want) in entries.iter().zip(expected) {
-        let got = [&got.actor, &got.action, &got.target, &got.detail];
+        let got = [&got.record.actor, &got.record.action, &got.record.target, &got.record.detail];
         let want = ["actor", "action", "target", "detail"].map(|k| want[k].as_str().unwrap());
         assert_eq!(got, want);
     }
+}
+
+/// Both audit streams, newest first.
+fn every_audit_entry(store: &Store) -> Vec<AuditItem> {
+    let scan = AuditScan {
+        operators: true,
+        agents: true,
+        before: None,
+        since_ms: None,
+        limit: 1000,
+        keep: &|_| true,
+    };
+    store.audit_page(&scan).unwrap().0
 }
 
 fn check_all(store: &Store, manifest: &Value) {
@@ -182,12 +195,24 @@ fn a_data_directory_written_by_0_1_0_takes_new_tasks_and_reopens() {
     };
     let mut tasks = vec![TaskRecord::new(spec, new_task_id(), now_ms())];
     store.enqueue(&mut tasks).unwrap();
+    let event = |actor: &str, action: &str| AuditRecord {
+        at_ms: now_ms(),
+        actor: actor.into(),
+        action: action.into(),
+        target: "new-1".into(),
+        detail: String::new(),
+    };
+    store.audit_agent(&event("agent:new-1", "agent.pending")).unwrap();
+    store.audit(&event("admin@127.0.0.1", "agent.accept")).unwrap();
     drop(store);
 
     let store = open_at(dir.path());
     check_agents(&store, &manifest);
     check_jobs(&store, &manifest);
-    check_tokens_and_audit(&store, &manifest);
+    let mut entries = every_audit_entry(&store);
+    let newest: Vec<(String, u64)> = entries.drain(..2).map(|e| (e.record.action, e.count)).collect();
+    assert_eq!(newest, [("agent.accept".into(), 1), ("agent.pending".into(), 1)]);
+    assert_eq!(entries.len(), list(&manifest, "audit").len(), "the old entries follow the new ones");
     assert_eq!(store.task(tasks[0].id).unwrap().map(|t| t.status), Some(TaskStatus::Queued));
     assert_eq!(store.queued_count("off-1", 100), queued + 1);
     assert_eq!(store.tasks(None, 1000).unwrap().len(), list(&manifest, "tasks").len() + 1);

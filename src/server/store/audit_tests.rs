@@ -1,0 +1,139 @@
+//! Unit tests of the audit streams: aggregation per period, the caps of each stream, the merged
+//! order, paging by key and the time floor.
+
+use super::super::Policy;
+use super::super::tests::open;
+use super::*;
+
+const HOUR: i64 = AGENT_AUDIT_PERIOD_MS;
+
+fn event(at_ms: i64, actor: &str, action: &str) -> AuditRecord {
+    AuditRecord {
+        at_ms,
+        actor: actor.into(),
+        action: action.into(),
+        target: actor.trim_start_matches("agent:").into(),
+        detail: "without a credential".into(),
+    }
+}
+
+fn page(
+    store: &Store,
+    before: Option<AuditKey>,
+    since_ms: Option<i64>,
+    limit: usize,
+) -> (Vec<AuditItem>, bool) {
+    let scan = AuditScan { operators: true, agents: true, before, since_ms, limit, keep: &|_| true };
+    store.audit_page(&scan).unwrap()
+}
+
+fn summary(items: &[AuditItem]) -> Vec<(i64, &str, u64)> {
+    items.iter().map(|i| (i.record.at_ms, i.record.actor.as_str(), i.count)).collect()
+}
+
+#[test]
+fn repeated_agent_events_in_one_period_share_an_entry_with_a_count() {
+    let (_dir, store) = open();
+    for at in [10 * HOUR + 5, 10 * HOUR + 7, 10 * HOUR + 9] {
+        store.audit_agent(&event(at, "agent:a", "agent.pending")).unwrap();
+    }
+    store.audit_agent(&event(10 * HOUR + 8, "agent:b", "agent.pending")).unwrap();
+    store.audit_agent(&event(10 * HOUR + 9, "agent:a", "agent.enroll")).unwrap();
+    store.audit_agent(&event(11 * HOUR + 1, "agent:a", "agent.pending")).unwrap();
+    let (items, more) = page(&store, None, None, 100);
+    assert!(!more);
+    assert_eq!(
+        summary(&items),
+        [
+            (11 * HOUR + 1, "agent:a", 1),
+            (10 * HOUR + 9, "agent:a", 1),
+            (10 * HOUR + 8, "agent:b", 1),
+            (10 * HOUR + 5, "agent:a", 3)
+        ]
+    );
+    assert_eq!(items[3].last_ms, Some(10 * HOUR + 9));
+    assert_eq!(items[3].record.action, "agent.pending");
+}
+
+#[test]
+fn an_entry_of_the_current_period_is_found_again_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = crate::server::clock::now_ms();
+    for _ in 0..2 {
+        let store = Store::open(dir.path(), 8 * 1024 * 1024, Policy::default()).unwrap();
+        store.audit_agent(&event(now, "agent:a", "agent.pending")).unwrap();
+    }
+    let store = Store::open(dir.path(), 8 * 1024 * 1024, Policy::default()).unwrap();
+    let (items, _) = page(&store, None, None, 10);
+    assert_eq!(summary(&items), [(now, "agent:a", 2)]);
+}
+
+#[test]
+fn each_stream_keeps_its_newest_entries_up_to_its_own_cap() {
+    let (_dir, store) = open();
+    store.audit_capped(&event(1, "admin@::1", "agent.forget"), 3).unwrap();
+    for at in 0..10 {
+        store
+            .audit_agent_capped(&event(100 + at, &format!("agent:x{at}"), "agent.pending"), HOUR, 4)
+            .unwrap();
+    }
+    store.audit_capped(&event(200, "admin@::1", "token.revoke"), 3).unwrap();
+    let (items, _) = page(&store, None, None, 100);
+    let actors: Vec<&str> = items.iter().map(|i| i.record.actor.as_str()).collect();
+    assert_eq!(actors, ["admin@::1", "agent:x9", "agent:x8", "agent:x7", "agent:x6", "admin@::1"]);
+    for at in 300..305 {
+        store.audit_capped(&event(at, "admin@::1", "task.send"), 3).unwrap();
+    }
+    let (items, _) = page(&store, None, None, 100);
+    let operators = items.iter().filter(|i| i.last_ms.is_none()).count();
+    assert_eq!((operators, items.len()), (3, 7));
+}
+
+#[test]
+fn pages_walk_both_streams_once_newest_first() {
+    let (_dir, store) = open();
+    for at in 0..25 {
+        if at % 3 == 0 {
+            store.audit(&event(at, "admin@::1", "task.send")).unwrap();
+        } else {
+            store.audit_agent(&event(at, &format!("agent:a{at}"), "agent.pending")).unwrap();
+        }
+    }
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let (items, more) = page(&store, before, None, 4);
+        seen.extend(items.iter().map(|i| i.record.at_ms));
+        before = items.last().map(|i| i.key);
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(seen, (0..25).rev().collect::<Vec<i64>>());
+}
+
+#[test]
+fn since_keeps_entries_whose_latest_event_is_recent_enough() {
+    let (_dir, store) = open();
+    store.audit(&event(HOUR + 10, "admin@::1", "task.send")).unwrap();
+    store.audit(&event(HOUR + 30, "admin@::1", "task.send")).unwrap();
+    store.audit_agent(&event(HOUR + 5, "agent:a", "agent.pending")).unwrap();
+    store.audit_agent(&event(HOUR + 40, "agent:a", "agent.pending")).unwrap();
+    store.audit_agent(&event(HOUR + 6, "agent:b", "agent.pending")).unwrap();
+    let (items, _) = page(&store, None, Some(HOUR + 20), 10);
+    assert_eq!(summary(&items), [(HOUR + 30, "admin@::1", 1), (HOUR + 5, "agent:a", 2)]);
+}
+
+#[test]
+fn the_filter_skips_entries_without_ending_the_page() {
+    let (_dir, store) = open();
+    for at in 0..10 {
+        store.audit(&event(at, if at % 2 == 0 { "admin@::1" } else { "admin@::2" }, "task.send")).unwrap();
+    }
+    let keep = |item: &AuditItem| item.record.actor == "admin@::2";
+    let scan =
+        AuditScan { operators: true, agents: false, before: None, since_ms: None, limit: 2, keep: &keep };
+    let (items, more) = store.audit_page(&scan).unwrap();
+    assert_eq!(summary(&items), [(9, "admin@::2", 1), (7, "admin@::2", 1)]);
+    assert!(more);
+}
