@@ -166,7 +166,7 @@ fn the_audit_record_names_every_operator_action_and_enrollment() {
     }
     // The CLI shows the same record.
     let run = cli_with(
-        &["audit", "--server", &server.url, "--json"],
+        &["audit", "--kind", "all", "--server", &server.url, "--json"],
         &[("ORANGE_TOKEN", server.token.as_str())],
         Duration::from_secs(30),
     );

@@ -363,10 +363,11 @@ impl Drop for Server {
 }
 
 impl Server {
-    /// `GET /api/v1/audit?limit=1000`: the audit record, newest first.
+    /// `GET /api/v1/audit?kind=all&limit=1000`: the audit record (operator actions and what
+    /// agents did), newest first.
     pub fn audit(&self) -> Vec<orange::protocol::admin::AuditEntry> {
         let list: orange::protocol::admin::AuditList =
-            self.admin().get("/api/v1/audit?limit=1000").unwrap_or_else(|e| panic!("audit: {e}"));
+            self.admin().get("/api/v1/audit?kind=all&limit=1000").unwrap_or_else(|e| panic!("audit: {e}"));
         list.entries
     }
 
