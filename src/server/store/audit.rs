@@ -159,25 +159,20 @@ impl Store {
     }
 
     fn audit_agent_capped(&self, record: &AuditRecord, period_ms: i64, cap: u64) -> Result<(), StoreError> {
-        let mut stream = locked(&self.audit_streams.agents);
-        let trees = self.trees();
+        let mut slot = locked(&self.audit_streams.agents);
         let period = record.at_ms.div_euclid(period_ms);
-        if stream.is_none() {
-            *stream = Some(self.load_agent_stream(period, period_ms)?);
-        }
-        let Some(stream) = stream.as_mut() else { unreachable!("loaded above") };
+        let stream = match &mut *slot {
+            Some(stream) => stream,
+            empty => empty.insert(self.load_agent_stream(period, period_ms)?),
+        };
         if stream.period != period {
             stream.open.clear();
             stream.period = period;
         }
         let group = group_of(&record.actor, &record.action, &record.detail);
-        if let Some(key) = stream.open.get(&group)
-            && let Some(old) = trees.agent_audit.get(key.bytes())?
+        if let Some(&key) = stream.open.get(&group)
+            && self.count_again(key, record.at_ms)?
         {
-            let mut entry: AgentAuditRecord = codec::decode(&old)?;
-            entry.count = entry.count.saturating_add(1);
-            entry.last_ms = entry.last_ms.max(record.at_ms);
-            trees.agent_audit.insert(key.bytes(), codec::encode(&entry))?;
             return Ok(());
         }
         let key = AuditKey { at_ms: record.at_ms, seq: self.next_id()? };
@@ -190,9 +185,26 @@ impl Store {
             target: record.target.clone(),
             detail: record.detail.clone(),
         };
-        trees.agent_audit.insert(key.bytes(), codec::encode(&entry))?;
+        self.trees().agent_audit.insert(key.bytes(), codec::encode(&entry))?;
         stream.open.insert(group, key);
         stream.count += 1;
+        self.trim_agent_stream(stream, cap)
+    }
+
+    /// Adds an event at `at_ms` to the entry at `key`; false when the cap has dropped it.
+    fn count_again(&self, key: AuditKey, at_ms: i64) -> Result<bool, StoreError> {
+        let trees = self.trees();
+        let Some(old) = trees.agent_audit.get(key.bytes())? else { return Ok(false) };
+        let mut entry: AgentAuditRecord = codec::decode(&old)?;
+        entry.count = entry.count.saturating_add(1);
+        entry.last_ms = entry.last_ms.max(at_ms);
+        trees.agent_audit.insert(key.bytes(), codec::encode(&entry))?;
+        Ok(true)
+    }
+
+    /// Drops the oldest agent-made entries beyond `cap`.
+    fn trim_agent_stream(&self, stream: &mut AgentStream, cap: u64) -> Result<(), StoreError> {
+        let trees = self.trees();
         while stream.count > cap {
             let Some((oldest, _)) = trees.agent_audit.pop_min()? else { break };
             let oldest = AuditKey::from_bytes(&oldest)?;

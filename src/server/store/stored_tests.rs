@@ -1,5 +1,6 @@
 //! Tests of the stored layouts: values written by 0.1.0 (version 1 of every record, bytes
-//! captured from that release) still decode, and an unknown version is refused by name.
+//! captured from that release) still decode, records new since keep the bytes of their first
+//! layout, and an unknown version is refused by name.
 
 use std::collections::BTreeMap;
 
@@ -7,7 +8,7 @@ use super::records::*;
 use crate::protocol::jobs::{JobCounts, JobState, Limit};
 use crate::protocol::{TaskId, TaskStatus};
 use crate::server::codec;
-use crate::server::store::FactsRecord;
+use crate::server::store::{AgentAuditRecord, FactsRecord};
 
 fn id(n: u8) -> TaskId {
     TaskId::from_bytes([n; 16])
@@ -205,4 +206,25 @@ fn a_stored_limit_that_does_not_parse_is_corrupt() {
     let mut bad = bytes.clone();
     bad[at + 1] = b'x';
     assert!(matches!(codec::decode::<JobRecord>(&bad), Err(codec::CodecError::Corrupt(_))));
+}
+
+fn sample_agent_audit() -> AgentAuditRecord {
+    AgentAuditRecord {
+        first_ms: 1_700_000_000_000,
+        last_ms: 1_700_000_003_000,
+        count: 300,
+        actor: "agent:p1".into(),
+        action: "agent.pending".into(),
+        target: "p1".into(),
+        detail: "without a credential".into(),
+    }
+}
+
+// Version 1 of the agent audit entry, new after 0.1.0: its bytes are frozen here so that a
+// change of the layout is noticed.
+const AGENT_AUDIT_V1: &str = "01fd00d0ca9f17030000fd70e7ca9f17030000fb2c01086167656e743a70310d6167656e742e70656e64696e6702703114776974686f757420612063726564656e7469616c";
+
+#[test]
+fn agent_audit_entries_keep_their_first_layout() {
+    v1(AGENT_AUDIT_V1, sample_agent_audit());
 }
