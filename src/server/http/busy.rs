@@ -341,6 +341,22 @@ mod tests {
     }
 
     #[test]
+    fn only_calls_naming_an_accepted_agent_use_the_main_pool() {
+        let with_app_id = |app_id: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(HEADER_APPID, HeaderValue::from_static(app_id));
+            headers
+        };
+        let accepted = |app_id: &str| app_id == "w1";
+        assert_eq!(classify(GET_TASK_PATH, &with_app_id("w1"), accepted), Pool::Verified);
+        assert_eq!(classify(REGISTER_PATH, &with_app_id("w1"), accepted), Pool::Unverified, "a register");
+        assert_eq!(classify(GET_TASK_PATH, &with_app_id("w2"), accepted), Pool::Unverified, "not accepted");
+        assert_eq!(classify(GET_TASK_PATH, &HeaderMap::new(), accepted), Pool::Unverified, "no app id");
+        let never = |_: &str| -> bool { panic!("an invalid app id is not looked up") };
+        assert_eq!(classify(GET_TASK_PATH, &with_app_id("a/b"), never), Pool::Unverified);
+    }
+
+    #[test]
     fn retry_after_is_spread_between_the_base_and_twice_it() {
         let limiter = Limiter::new(1, 3);
         let values: std::collections::BTreeSet<u64> = (0..500).map(|_| limiter.retry_after()).collect();
