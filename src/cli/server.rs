@@ -71,6 +71,10 @@ pub struct ServerArgs {
     /// told to retry later with HTTP 429 (default 256)
     #[argh(option, default = "256")]
     pub max_inflight: usize,
+    /// most registrations and requests of agents not (or not yet) accepted handled at once, in
+    /// a pool of their own that never takes --max-inflight's places (default 32)
+    #[argh(option, default = "32")]
+    pub max_unverified_inflight: usize,
     /// seconds an overloaded server tells agents to wait, spread up to twice that (default 2)
     #[argh(option, default = "2")]
     pub retry_after: u64,
@@ -119,6 +123,7 @@ pub fn server_options(args: ServerArgs, env: Env) -> Result<ServerOptions> {
         retention: args.retention,
         output_cap_mb: args.output_cap_mb,
         max_inflight: args.max_inflight,
+        max_unverified_inflight: args.max_unverified_inflight,
         retry_after: args.retry_after,
         compact_at_mb: args.compact_at_mb,
     })

@@ -94,6 +94,7 @@ mod tests {
             sweep_interval: Duration::from_millis(100),
             tls: None,
             max_inflight: 16,
+            max_unverified_inflight: 4,
             retry_after_secs: 1,
         }
     }

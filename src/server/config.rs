@@ -48,6 +48,10 @@ pub struct ServerConfig {
     /// Most agent requests handled at once (parked long polls not counted); past it agents are
     /// told to come back later (HTTP 429 with Retry-After).
     pub max_inflight: usize,
+    /// Most requests handled at once that come with no accepted agent's app id (registrations,
+    /// unknown and pending agents), in a pool of their own: they never take `max_inflight`'s
+    /// places.
+    pub max_unverified_inflight: usize,
     /// Base of the Retry-After answered past `max_inflight`: values are spread up to twice it.
     pub retry_after_secs: u64,
 }
@@ -77,6 +81,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("retention", &self.retention)
             .field("output_cap_bytes", &self.output_cap_bytes)
             .field("max_inflight", &self.max_inflight)
+            .field("max_unverified_inflight", &self.max_unverified_inflight)
             .field("retry_after_secs", &self.retry_after_secs)
             .field("compact_min_bytes", &self.compact_min_bytes)
             .finish_non_exhaustive()
@@ -118,6 +123,8 @@ pub struct ServerOptions {
     pub output_cap_mb: u64,
     /// Most agent requests handled at once.
     pub max_inflight: usize,
+    /// Most registrations and requests of agents not accepted handled at once.
+    pub max_unverified_inflight: usize,
     /// Seconds an overloaded server tells agents to wait.
     pub retry_after: u64,
     /// Compaction threshold in MiB.
@@ -178,6 +185,7 @@ impl ServerOptions {
             compact_min_bytes: mib(self.compact_at_mb),
             sweep_interval: Duration::from_secs(1),
             max_inflight: self.max_inflight,
+            max_unverified_inflight: self.max_unverified_inflight,
             retry_after_secs: self.retry_after,
             tls,
         })
@@ -192,6 +200,7 @@ impl ServerOptions {
             ("--retention", self.retention),
             ("--output-cap-mb", self.output_cap_mb),
             ("--max-inflight", self.max_inflight as u64),
+            ("--max-unverified-inflight", self.max_unverified_inflight as u64),
             ("--retry-after", self.retry_after),
         ] {
             if value == 0 {
@@ -225,6 +234,7 @@ mod tests {
             retention: 604_800,
             output_cap_mb: 16,
             max_inflight: 256,
+            max_unverified_inflight: 32,
             retry_after: 2,
             compact_at_mb: 64,
             ..ServerOptions::default()
@@ -248,6 +258,10 @@ mod tests {
             "--poll-window 51 must be between 1 and 50 seconds"
         );
         assert_eq!(err(ServerOptions { ttl: 0, ..options() }), "--ttl must be at least 1");
+        assert_eq!(
+            err(ServerOptions { max_unverified_inflight: 0, ..options() }),
+            "--max-unverified-inflight must be at least 1"
+        );
         assert!(err(ServerOptions { listen: "nope".into(), ..options() }).starts_with("--listen \"nope\""));
         assert!(err(ServerOptions { tls_cert: Some("c".into()), ..options() }).contains("--tls-key"));
         assert!(err(ServerOptions { retry_after: 301, ..options() }).contains("at most 300"));

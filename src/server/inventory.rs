@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::clock::{now_ms, rfc3339};
 use super::error::ServiceError;
-use super::store::{AgentRecord, FactsRecord, Store, StoreError};
+use super::store::{AgentRecord, AgentStatus, FactsRecord, Store, StoreError};
 use super::views::agent_view;
 use crate::protocol::admin::{AgentFilter, AgentView};
 use crate::protocol::facts::{FactsView, HostFacts, check_facts};
@@ -53,6 +53,12 @@ impl Inventory {
             .agent(app_id)?
             .ok_or_else(|| ServiceError::NotFound(format!("unknown agent {:?}", shown(app_id))))?;
         Ok(self.view(&agent)?)
+    }
+
+    /// Whether `app_id` is an enrolled agent an operator has not forgotten: what its calls need
+    /// to be served before those of strangers and pending agents.
+    pub fn is_accepted(&self, app_id: &str) -> Result<bool, StoreError> {
+        Ok(self.store.agent(app_id)?.is_some_and(|agent| agent.status == AgentStatus::Accepted))
     }
 
     /// `agent` as the operator sees it, with its facts.

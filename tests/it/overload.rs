@@ -1,68 +1,80 @@
 //! Overload with real processes: a server allowed one agent request at a time, whose only place
-//! the test holds with a request that never finishes its body. Orange agents get HTTP 429 with
-//! Retry-After and wait at least that long before each retry; original clients are never refused;
-//! once the place is free again every task ends reported.
+//! the test keeps taken with a flood of an accepted agent's pings (a request whose body never
+//! arrives holds no place: bodies are read before a place is taken). Orange agents get HTTP 429
+//! with Retry-After and wait at least that long before each retry; original clients are never
+//! refused; once the flood stops every task ends reported.
 
-use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::support::{
     Agent, AgentOpts, GET_TASK, GoAgent, OUTPUT, PING, ProxiedRequest, Proxy, REPORT_TASK, RawResponse,
-    Server, ServerOpts, fresh_nonce, raw_exchange, try_wait_until, unix_time_now, wait_until,
+    Server, ServerOpts, raw_exchange, wait_until,
 };
 
-/// Opens an orange agent's request and sends only part of its body: the server handles it
-/// (holding a place) until the connection closes. (An orange one: an original client's request
-/// arriving while the place is taken would be served later without a place.)
-fn open_partial_request(addr: SocketAddr) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).expect("connect to the server");
-    let head = format!(
-        "POST /orange-forge/api/register HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: 100\r\nX-Forge-Appid: holder\r\nX-Forge-Time: {}\r\nX-Forge-Sign: 00\r\n\
-         X-Orange-Sign-Version: 2\r\nX-Orange-Nonce: {}\r\n\r\n{{\"app_id\"",
-        unix_time_now(),
-        fresh_nonce()
-    );
-    stream.write_all(head.as_bytes()).expect("send a partial request");
-    stream
+/// Threads sending pings at once: more than one place can serve.
+const FLOODERS: usize = 8;
+
+/// Pings of an accepted orange agent sent back to back by [`FLOODERS`] threads until dropped,
+/// keeping a server of one place full; the last 429 seen is kept.
+struct Flood {
+    stop: Arc<AtomicBool>,
+    busy: Arc<Mutex<Option<RawResponse>>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
-/// Takes the server's only place with a request that never ends (trying again if another
-/// request had it at that moment); returns the connection and a 429 answered meanwhile.
-fn hold_the_place(addr: SocketAddr, go: &GoAgent) -> (TcpStream, RawResponse) {
-    for _ in 0..10 {
-        let hold = open_partial_request(addr);
-        let mut busy = None;
-        try_wait_until(Duration::from_secs(3), || {
-            let request = go.v2_request(PING, "s1", b"ping");
-            let response = raw_exchange(addr, request, Duration::from_secs(30)).expect("ping exchange");
-            let is_busy = response.status == 429;
-            busy = Some(response).filter(|_| is_busy);
-            is_busy
+impl Flood {
+    fn start(addr: SocketAddr, app_id: &str, secret: &str) -> Flood {
+        let stop = Arc::new(AtomicBool::new(false));
+        let busy = Arc::new(Mutex::new(None));
+        let threads = (0..FLOODERS)
+            .map(|_| {
+                let (stop, busy) = (Arc::clone(&stop), Arc::clone(&busy));
+                let go = GoAgent { addr, app_id: app_id.to_owned(), secret: secret.to_owned() };
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        let request = go.v2_request(PING, &go.secret, b"ping");
+                        let Ok(response) = raw_exchange(addr, request, Duration::from_secs(30)) else {
+                            continue;
+                        };
+                        if response.status == 429 {
+                            *busy.lock().unwrap_or_else(|p| p.into_inner()) = Some(response);
+                        }
+                    }
+                })
+            })
+            .collect();
+        Flood { stop, busy, threads }
+    }
+
+    /// A 429 answered to the flood, waiting for one up to `timeout`.
+    fn busy_answer(&self, timeout: Duration) -> RawResponse {
+        let mut seen = None;
+        wait_until(timeout, "a 429 answered to the flood", || {
+            seen = self.busy.lock().unwrap_or_else(|p| p.into_inner()).take();
+            seen.is_some()
         });
-        // The 429 may have come from another request that held the place when the hold
-        // arrived; then the hold itself was answered (or closed) and holds nothing. A second
-        // 429 a moment later, with the hold still unanswered, shows the hold has the place.
-        if busy.is_none() {
-            continue;
-        }
-        std::thread::sleep(Duration::from_millis(300));
-        let again = raw_exchange(addr, go.v2_request(PING, "s1", b"ping"), Duration::from_secs(30))
-            .expect("ping exchange");
-        if again.status == 429 && still_waiting(&hold) {
-            return (hold, again);
+        seen.expect("a 429 was seen")
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
         }
     }
-    panic!("the server never answered 429 while a request held its only place");
 }
 
-/// True while the server has neither answered nor closed `stream`'s request.
-fn still_waiting(stream: &TcpStream) -> bool {
-    stream.set_nonblocking(true).expect("non-blocking socket");
-    let waiting = matches!(stream.peek(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
-    stream.set_nonblocking(false).expect("blocking socket");
-    waiting
+/// Fills the server's only place with a flood of `go`'s pings; returns it and a 429 it met.
+fn hold_the_place(addr: SocketAddr, go: &GoAgent) -> (Flood, RawResponse) {
+    let flood = Flood::start(addr, &go.app_id, &go.secret);
+    let busy = flood.busy_answer(Duration::from_secs(30));
+    (flood, busy)
 }
 
 /// The requests `app_id` made to `path`, in order.

@@ -1,4 +1,4 @@
-//! Authentication of agent calls: the signing headers, the body read under its limit, the time
+//! Authentication of agent calls: the signing headers, the body (read by the overload guard), the time
 //! window, the signature (legacy or version 2) checked before anything is parsed, replay
 //! protection, and a per-source limit on failed signatures.
 
@@ -91,19 +91,12 @@ fn signed_headers(headers: &HeaderMap) -> Result<Signed, Refusal> {
     Ok(Signed { app_id, time, sign, nonce })
 }
 
-/// How long a request's body may take to arrive: a client trickling its body would otherwise
-/// hold one of the places the overload limit counts.
-const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
+/// The body, already read in full by the overload guard (under its size limit and its deadline,
+/// before the request took a place); the limit is checked again so that this never reads more.
 async fn read_body(body: Body) -> Result<Bytes, Refusal> {
-    let read = tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, wire::MAX_AGENT_BODY));
-    match read.await {
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(_)) => {
-            Err(format!("request body is larger than {} bytes or was cut off", wire::MAX_AGENT_BODY).into())
-        }
-        Err(_) => Err(format!("request body did not arrive within {} s", BODY_READ_TIMEOUT.as_secs()).into()),
-    }
+    axum::body::to_bytes(body, wire::MAX_AGENT_BODY).await.map_err(|_| {
+        format!("request body is larger than {} bytes or was cut off", wire::MAX_AGENT_BODY).into()
+    })
 }
 
 /// Reads the body and checks the time, the signature against `key`, and that the request is

@@ -1,26 +1,42 @@
-//! The overload guard of the agent endpoints: at most `max_inflight` agent requests are handled
-//! at once. A parked long poll gives its place back before it parks, so idle agents never count
-//! as load. Past the limit an orange agent gets HTTP 429 with a `Retry-After` drawn at random
-//! from `[retry_after, 2 × retry_after]` seconds, so a storm of agents does not come back in
-//! lockstep. An original client is not refused (it exits on a getTask that is not HTTP 200): its
-//! request waits the same drawn time, without counting as load, and is then served. Those waits
-//! are bounded too ([`HELD_PER_PLACE`] per place): past them an original getTask answers "no
-//! task" at once and any other original request HTTP 503, which original clients already meet
-//! when the server defers a request.
+//! The overload guard of the agent endpoints, in two pools of places. Calls of enrolled,
+//! accepted agents are served from the main pool (`max_inflight` requests at once); registrations
+//! and calls of app ids that are not accepted agents (unknown, pending, forgotten) from a smaller
+//! one of their own (`max_unverified_inflight`), so strangers can never take an enrolled agent's
+//! place. The pool is chosen from the path and the headers before anything else, and the body is
+//! read in full, under a short deadline that grows with its announced size ([`body`]), before a
+//! place is taken: a client trickling its body holds a connection, never a place.
+//!
+//! A parked long poll gives its place back before it parks, so idle agents never count as load.
+//! Past the limit an orange agent gets HTTP 429 with a `Retry-After` drawn at random from
+//! `[retry_after, 2 × retry_after]` seconds, so a storm of agents does not come back in lockstep.
+//! An original client is not refused (it exits on a getTask that is not HTTP 200): its request
+//! waits the same drawn time, without counting as load, and is then served. Those waits are
+//! bounded too ([`HELD_PER_PLACE`] per place): past them an original getTask answers "no task" at
+//! once and any other original request HTTP 503, which original clients already meet when the
+//! server defers a request. Refusals are logged as a count per kind and interval ([`summary`]),
+//! not one line each.
+
+mod body;
+mod summary;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::Request;
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tracing::{debug, warn};
 
+use super::AppState;
 use crate::protocol::busy::{BUSY_MESSAGE, HEADER_RETRY_AFTER};
-use crate::protocol::wire::{CODE_ERROR, CODE_NO_TASK, Envelope, GET_TASK_PATH, HEADER_SIGN_VERSION};
+use crate::protocol::wire::{
+    CODE_ERROR, CODE_NO_TASK, Envelope, GET_TASK_PATH, HEADER_APPID, HEADER_SIGN_VERSION, REGISTER_PATH,
+    check_app_id,
+};
+use summary::{SUMMARY_INTERVAL, Summary};
 
 /// Original clients' requests that may wait for their turn, per place.
 pub const HELD_PER_PLACE: usize = 4;
@@ -112,9 +128,123 @@ impl Limiter {
     }
 }
 
-/// The middleware: handles the request with a place (put in its extensions for the handler), or
-/// answers an orange agent 429, or makes an original client wait before serving it.
-pub async fn limit(limiter: Arc<Limiter>, mut request: Request, next: Next) -> Response {
+/// Which pool of places a request is served from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Pool {
+    /// Calls of enrolled agents an operator has accepted: `max_inflight` places.
+    Verified,
+    /// Registrations, and calls naming no accepted agent: `max_unverified_inflight` places.
+    Unverified,
+}
+
+impl Pool {
+    /// The name shown in log lines.
+    fn as_str(self) -> &'static str {
+        match self {
+            Pool::Verified => "verified",
+            Pool::Unverified => "unverified",
+        }
+    }
+}
+
+/// The pool of a request to `path` with `headers`; `accepted` says whether an app id is an
+/// accepted agent. Only a call naming one may use the main pool: its signature is checked
+/// later, but a forger gains only a place for as long as a refusal takes, and the failed
+/// signature counts against its source.
+pub fn classify(path: &str, headers: &HeaderMap, accepted: impl FnOnce(&str) -> bool) -> Pool {
+    if path == REGISTER_PATH {
+        return Pool::Unverified;
+    }
+    let app_id = headers.get(HEADER_APPID).and_then(|v| v.to_str().ok());
+    match app_id {
+        Some(app_id) if check_app_id(app_id).is_ok() && accepted(app_id) => Pool::Verified,
+        _ => Pool::Unverified,
+    }
+}
+
+/// Whether `app_id` is an accepted agent; a store that cannot say makes it a stranger.
+fn is_accepted(app: &AppState, app_id: &str) -> bool {
+    app.inventory().is_accepted(app_id).unwrap_or_else(|e| {
+        debug!(app_id, error = %e, "cannot look the agent up; serving it as unverified");
+        false
+    })
+}
+
+/// What a line about refusals is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Refused {
+    /// An orange agent told to retry later (HTTP 429).
+    RetryLater,
+    /// An original client's request refused because too many wait already.
+    TooManyHeld,
+    /// A body that did not arrive in time or was too large.
+    Body,
+}
+
+/// The two pools and the summary of their refusals.
+#[derive(Debug)]
+pub struct Pools {
+    verified: Arc<Limiter>,
+    unverified: Arc<Limiter>,
+    refusals: Summary<(Refused, Pool)>,
+}
+
+impl Pools {
+    /// Pools of `max_inflight` places for accepted agents and `max_unverified_inflight` for the
+    /// rest, answering overload with a Retry-After of `retry_after_secs` to twice that.
+    pub fn new(max_inflight: usize, max_unverified_inflight: usize, retry_after_secs: u64) -> Arc<Self> {
+        Arc::new(Pools {
+            verified: Limiter::new(max_inflight, retry_after_secs),
+            unverified: Limiter::new(max_unverified_inflight, retry_after_secs),
+            refusals: Summary::new(SUMMARY_INTERVAL),
+        })
+    }
+
+    fn limiter(&self, pool: Pool) -> &Arc<Limiter> {
+        match pool {
+            Pool::Verified => &self.verified,
+            Pool::Unverified => &self.unverified,
+        }
+    }
+
+    /// Counts a refusal, and logs the count when a line about this kind is due.
+    fn log_refusal(&self, refused: Refused, pool: Pool, path: &str, detail: &str) {
+        let Some(count) = self.refusals.note((refused, pool), Instant::now()) else { return };
+        let (pool, busy) = (pool.as_str(), self.limiter(pool).busy());
+        match refused {
+            Refused::RetryLater => {
+                warn!(path, pool, busy, count, detail, "overloaded: agent told to retry later");
+            }
+            Refused::TooManyHeld => {
+                warn!(
+                    path,
+                    pool, busy, count, "overloaded: too many original clients' requests wait already"
+                );
+            }
+            Refused::Body => warn!(path, pool, count, detail, "agent request body refused"),
+        }
+    }
+}
+
+/// The middleware: chooses the request's pool, reads its body, then handles it with a place
+/// (put in its extensions for the handler), or answers an orange agent 429, or makes an
+/// original client wait before serving it.
+pub async fn limit(pools: Arc<Pools>, app: AppState, request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_owned();
+    let pool = classify(&path, request.headers(), |app_id| is_accepted(&app, app_id));
+    let request = match body::buffered(request).await {
+        Ok(request) => request,
+        Err(failure) => {
+            pools.log_refusal(Refused::Body, pool, &path, &failure.to_string());
+            return failure.answer(&path);
+        }
+    };
+    with_place(&pools, pool, path, request, next).await
+}
+
+/// Serves `request` with a place of `pool`, or refuses or holds it as the module says.
+async fn with_place(pools: &Pools, pool: Pool, path: String, mut request: Request, next: Next) -> Response {
+    let limiter = pools.limiter(pool);
     if let Some(permit) = limiter.try_acquire() {
         request.extensions_mut().insert(permit.clone());
         let response = next.run(request).await;
@@ -122,23 +252,21 @@ pub async fn limit(limiter: Arc<Limiter>, mut request: Request, next: Next) -> R
         return response;
     }
     let secs = limiter.retry_after();
-    let path = request.uri().path().to_owned();
     if request.headers().contains_key(HEADER_SIGN_VERSION) {
-        warn!(path = %path, retry_after = secs, busy = limiter.busy(), "overloaded: agent told to retry later");
+        pools.log_refusal(Refused::RetryLater, pool, &path, &format!("retry after {secs} s"));
         return too_many(secs);
     }
     let Some(held) = limiter.try_hold() else {
-        warn!(path = %path, "overloaded: too many original clients' requests wait already");
+        pools.log_refusal(Refused::TooManyHeld, pool, &path, "");
         return original_refusal(&path, secs);
     };
-    debug!(path = %path, delay = secs, "overloaded: holding an original client's request");
+    debug!(path = %path, pool = pool.as_str(), delay = secs, "overloaded: holding an original client's request");
     tokio::time::sleep(Duration::from_secs(secs)).await;
     drop(held);
     // Served without a place: it waited its turn, and refusing it could make it exit.
-    request.extensions_mut().insert(BusyPermit(Arc::new(Held {
-        limiter: Arc::clone(&limiter),
-        released: AtomicBool::new(true),
-    })));
+    request
+        .extensions_mut()
+        .insert(BusyPermit(Arc::new(Held { limiter: Arc::clone(limiter), released: AtomicBool::new(true) })));
     next.run(request).await
 }
 
@@ -157,10 +285,14 @@ fn original_refusal(path: &str, secs: u64) -> Response {
 }
 
 fn busy_answer(status: StatusCode, code: i32, secs: u64) -> Response {
-    let envelope = Envelope::<()>::empty(code, format!("{BUSY_MESSAGE}: retry after {secs} s"));
-    let mut response = (status, Json(envelope)).into_response();
+    let mut response = envelope_answer(status, code, format!("{BUSY_MESSAGE}: retry after {secs} s"));
     response.headers_mut().insert(HEADER_RETRY_AFTER, HeaderValue::from(secs));
     response
+}
+
+/// An answer with `status` and an envelope of `code` and `message`.
+fn envelope_answer(status: StatusCode, code: i32, message: String) -> Response {
+    (status, Json(Envelope::<()>::empty(code, message))).into_response()
 }
 
 /// One of the original clients' requests waiting for their turn; counted until dropped.
@@ -206,6 +338,22 @@ mod tests {
         assert_eq!(no_task.status(), StatusCode::OK);
         assert_eq!(no_task.headers()[HEADER_RETRY_AFTER], "3");
         assert_eq!(original_refusal("/orange-forge/api/ping", 3).status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn only_calls_naming_an_accepted_agent_use_the_main_pool() {
+        let with_app_id = |app_id: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(HEADER_APPID, HeaderValue::from_static(app_id));
+            headers
+        };
+        let accepted = |app_id: &str| app_id == "w1";
+        assert_eq!(classify(GET_TASK_PATH, &with_app_id("w1"), accepted), Pool::Verified);
+        assert_eq!(classify(REGISTER_PATH, &with_app_id("w1"), accepted), Pool::Unverified, "a register");
+        assert_eq!(classify(GET_TASK_PATH, &with_app_id("w2"), accepted), Pool::Unverified, "not accepted");
+        assert_eq!(classify(GET_TASK_PATH, &HeaderMap::new(), accepted), Pool::Unverified, "no app id");
+        let never = |_: &str| -> bool { panic!("an invalid app id is not looked up") };
+        assert_eq!(classify(GET_TASK_PATH, &with_app_id("a/b"), never), Pool::Unverified);
     }
 
     #[test]

@@ -39,12 +39,15 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a graceful stop waits for requests in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The whole router: agent routes under the overload limit, operator routes under the admin
-/// token whose SHA-256 is `admin_token_hash`.
+/// The whole router: agent routes under the overload limit (a pool for accepted agents, a
+/// smaller one for everyone else), operator routes under the admin token whose SHA-256 is
+/// `admin_token_hash`.
 pub fn router(services: AppState, admin_token_hash: SecretHash, config: &ServerConfig) -> Router {
-    let limiter = busy::Limiter::new(config.max_inflight, config.retry_after_secs);
+    let pools =
+        busy::Pools::new(config.max_inflight, config.max_unverified_inflight, config.retry_after_secs);
+    let app = Arc::clone(&services);
     let agent_routes = agent_api::routes().layer(axum::middleware::from_fn(move |request, next| {
-        busy::limit(Arc::clone(&limiter), request, next)
+        busy::limit(Arc::clone(&pools), Arc::clone(&app), request, next)
     }));
     Router::new().merge(agent_routes).merge(admin_routes(admin_token_hash)).with_state(services)
 }

@@ -42,6 +42,7 @@ mod disk;
 mod enrollment;
 mod files_and_tls;
 mod input_limits;
+mod pools;
 mod replay;
 mod signatures;
 
