@@ -9,7 +9,9 @@ use argh::FromArgs;
 
 use super::agent::{Env, non_empty_env};
 use crate::protocol::read_secret_file;
-use crate::server::config::is_public_enroll_key;
+use crate::server::config::{
+    ConnectionOptions, DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_MAX_CONNECTIONS_PER_SOURCE, is_public_enroll_key,
+};
 use crate::server::{ServerConfig, ServerOptions};
 
 /// Run the server: agent endpoints, operator API and the embedded database.
@@ -78,6 +80,24 @@ pub struct ServerArgs {
     /// this many MiB and than 4 times its size after the last compaction (default 64)
     #[argh(option, default = "64")]
     pub compact_at_mb: u64,
+    /// most connections open at once; past it a new one is closed at once (default: the
+    /// open-files limit, raised to its hard limit at start, less 128 kept for the database)
+    #[argh(option)]
+    pub max_connections: Option<usize>,
+    /// most connections open at once from one client address, the one a balancer names with
+    /// --proxy-protocol-from; past it a new one is closed at once (default 16384, room for a
+    /// large fleet behind one NAT)
+    #[argh(option, default = "DEFAULT_MAX_CONNECTIONS_PER_SOURCE")]
+    pub max_connections_per_source: usize,
+    /// seconds a connection may take to send a request's headers when none is in flight: its
+    /// first one, or the next on a kept-alive connection; then it is closed (default 5)
+    #[argh(option, default = "DEFAULT_IDLE_TIMEOUT_SECS")]
+    pub idle_timeout: u64,
+    /// balancers (IP addresses or CIDR ranges, comma-separated) whose connections start with a
+    /// PROXY protocol v1 or v2 header naming the client, as HAProxy's send-proxy and
+    /// send-proxy-v2 send it; their connections without one are refused (default: none)
+    #[argh(option)]
+    pub proxy_protocol_from: Option<String>,
 }
 
 /// Environment variable holding the admin token.
@@ -121,6 +141,12 @@ pub fn server_options(args: ServerArgs, env: Env) -> Result<ServerOptions> {
         max_inflight: args.max_inflight,
         retry_after: args.retry_after,
         compact_at_mb: args.compact_at_mb,
+        connections: ConnectionOptions {
+            max_connections: args.max_connections,
+            max_per_source: args.max_connections_per_source,
+            idle_timeout: args.idle_timeout,
+            proxy_protocol_from: args.proxy_protocol_from,
+        },
     })
 }
 
