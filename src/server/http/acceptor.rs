@@ -67,7 +67,11 @@ impl Shared {
                 Ok((Header::Proxied(client), prefix)) => (canonical(client), prefix),
                 Ok((Header::Local, prefix)) => (peer, prefix),
                 Err(e) => {
-                    return Err(self.refuse(peer.ip(), "no valid PROXY protocol header", Some(e.to_string())));
+                    return Err(self.refuse(
+                        peer.ip(),
+                        "no valid PROXY protocol header",
+                        Some(e.to_string()),
+                    ));
                 }
             },
         };

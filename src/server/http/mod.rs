@@ -27,7 +27,7 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum_server::Handle;
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tracing::{info, warn};
 
 use super::config::ConnectionLimits;
@@ -40,6 +40,9 @@ use admin_common::ApiFailure;
 /// Shared state of every handler.
 pub type AppState = Arc<Services>;
 
+/// Connections the kernel queues before the server accepts them (capped by
+/// `net.core.somaxconn`).
+const LISTEN_BACKLOG: u32 = 4096;
 /// The open-files limit assumed when it cannot be read.
 const FALLBACK_OPEN_FILES: u64 = 1024;
 /// How long a graceful stop waits for requests in flight.
@@ -77,7 +80,7 @@ pub struct Listener {
 impl Listener {
     /// Binds `address` and loads the TLS identity of `tls`, if given.
     pub async fn bind(address: SocketAddr, tls: Option<&TlsFiles>) -> Result<Self> {
-        let tcp = TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
+        let tcp = listen(address).with_context(|| format!("cannot listen on {address}"))?;
         let tls = match tls {
             None => None,
             Some(files) => {
@@ -102,6 +105,19 @@ impl Listener {
     pub fn scheme(&self) -> &'static str {
         if self.tls.is_some() { "https" } else { "http" }
     }
+}
+
+/// Binds `address` with a long queue of connections not yet accepted: past it the kernel drops
+/// new ones and clients wait seconds to retry, so a burst of connections (a fleet coming back,
+/// a flood) must not fill it before the server accepts them and closes what it refuses.
+fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match address {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Serves `app` on `listener` within `limits` until `shutdown` completes; then requests in
