@@ -209,4 +209,27 @@ mod tests {
         assert_eq!(options.admin_token.as_deref(), Some("admin-file"));
         Ok(())
     }
+
+    #[test]
+    fn connection_flags_have_their_defaults_and_reach_the_options() -> Result<()> {
+        let defaults = server_options(parse(&["--data", "d"]), &no_env)?.connections;
+        assert_eq!(defaults, ConnectionOptions::default());
+        let argv = [
+            "--data",
+            "d",
+            "--max-connections",
+            "900",
+            "--max-connections-per-source",
+            "50",
+            "--idle-timeout",
+            "7",
+            "--proxy-protocol-from",
+            "10.0.0.0/8,::1",
+        ];
+        let limits = server_options(parse(&argv), &no_env)?.connections.validate()?;
+        assert_eq!((limits.max_total, limits.max_per_source), (Some(900), 50));
+        assert_eq!(limits.idle_timeout, std::time::Duration::from_secs(7));
+        assert!(limits.trusts_proxy("10.9.8.7".parse()?) && limits.trusts_proxy("::1".parse()?));
+        Ok(())
+    }
 }

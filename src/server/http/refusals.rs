@@ -78,7 +78,7 @@ impl Refusals {
                 detail: tally.detail,
             })
             .collect();
-        lines.sort_by(|a, b| b.count.cmp(&a.count));
+        lines.sort_by_key(|line| std::cmp::Reverse(line.count));
         if counts.others > 0 {
             lines.push(Summary { source: None, reason: None, count: counts.others, detail: None });
         }
