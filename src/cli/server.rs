@@ -90,7 +90,7 @@ pub struct ServerArgs {
     #[argh(option, default = "DEFAULT_MAX_CONNECTIONS_PER_SOURCE")]
     pub max_connections_per_source: usize,
     /// seconds a connection may take to send a request's headers when none is in flight: its
-    /// first one, or the next on a kept-alive connection; then it is closed (default 5)
+    /// first one, or the next on a kept-alive connection; then it is closed (default 10)
     #[argh(option, default = "DEFAULT_IDLE_TIMEOUT_SECS")]
     pub idle_timeout: u64,
     /// balancers (IP addresses or CIDR ranges, comma-separated) whose connections start with a

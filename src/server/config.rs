@@ -73,7 +73,7 @@ pub struct ConnectionLimits {
 
 /// Default of `--idle-timeout`, in seconds: enough for a client on a slow link to send a
 /// request's headers, short enough that silent connections do not pile up.
-pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 5;
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 10;
 /// Default of `--max-connections-per-source`: above the 10,000 agents a load test runs from one
 /// address, and any fleet behind one NAT or balancer that does not send the PROXY header.
 pub const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: usize = 16_384;

@@ -106,7 +106,7 @@ fn five_thousand_idle_connections_leave_the_agent_and_the_cli_working_and_are_cl
         took < Duration::from_secs(15),
         "task run and the agent list took {took:?} beside idle connections"
     );
-    // The default idle timeout is 5 s: every silent connection is closed soon after it is
+    // The default idle timeout is 10 s: every silent connection is closed soon after it is
     // accepted (on a busy machine, accepting 5,000 takes a while).
     for (i, stream) in idle.iter_mut().enumerate() {
         let left = Duration::from_secs(60).saturating_sub(opened.elapsed()).max(Duration::from_millis(10));
