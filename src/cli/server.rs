@@ -9,7 +9,9 @@ use argh::FromArgs;
 
 use super::agent::{Env, non_empty_env};
 use crate::protocol::read_secret_file;
-use crate::server::config::is_public_enroll_key;
+use crate::server::config::{
+    ConnectionOptions, DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_MAX_CONNECTIONS_PER_SOURCE, is_public_enroll_key,
+};
 use crate::server::{ServerConfig, ServerOptions};
 
 /// Run the server: agent endpoints, operator API and the embedded database.
@@ -82,6 +84,24 @@ pub struct ServerArgs {
     /// this many MiB and than 4 times its size after the last compaction (default 64)
     #[argh(option, default = "64")]
     pub compact_at_mb: u64,
+    /// most connections open at once; past it a new one is closed at once (default: the
+    /// open-files limit, raised to its hard limit at start, less 128 kept for the database)
+    #[argh(option)]
+    pub max_connections: Option<usize>,
+    /// most connections open at once from one client address, the one a balancer names with
+    /// --proxy-protocol-from; past it a new one is closed at once (default 16384, room for a
+    /// large fleet behind one NAT)
+    #[argh(option, default = "DEFAULT_MAX_CONNECTIONS_PER_SOURCE")]
+    pub max_connections_per_source: usize,
+    /// seconds a connection may take to send a request's headers when none is in flight: its
+    /// first one, or the next on a kept-alive connection; then it is closed (default 10)
+    #[argh(option, default = "DEFAULT_IDLE_TIMEOUT_SECS")]
+    pub idle_timeout: u64,
+    /// balancers (IP addresses or CIDR ranges, comma-separated) whose connections start with a
+    /// PROXY protocol v1 or v2 header naming the client, as HAProxy's send-proxy and
+    /// send-proxy-v2 send it; their connections without one are refused (default: none)
+    #[argh(option)]
+    pub proxy_protocol_from: Option<String>,
 }
 
 /// Environment variable holding the admin token.
@@ -126,6 +146,12 @@ pub fn server_options(args: ServerArgs, env: Env) -> Result<ServerOptions> {
         max_unverified_inflight: args.max_unverified_inflight,
         retry_after: args.retry_after,
         compact_at_mb: args.compact_at_mb,
+        connections: ConnectionOptions {
+            max_connections: args.max_connections,
+            max_per_source: args.max_connections_per_source,
+            idle_timeout: args.idle_timeout,
+            proxy_protocol_from: args.proxy_protocol_from,
+        },
     })
 }
 
@@ -186,6 +212,29 @@ mod tests {
         let path = file.to_str().context("a utf-8 path")?;
         let options = server_options(parse(&["--data", "d", "--admin-token-file", path]), &env)?;
         assert_eq!(options.admin_token.as_deref(), Some("admin-file"));
+        Ok(())
+    }
+
+    #[test]
+    fn connection_flags_have_their_defaults_and_reach_the_options() -> Result<()> {
+        let defaults = server_options(parse(&["--data", "d"]), &no_env)?.connections;
+        assert_eq!(defaults, ConnectionOptions::default());
+        let argv = [
+            "--data",
+            "d",
+            "--max-connections",
+            "900",
+            "--max-connections-per-source",
+            "50",
+            "--idle-timeout",
+            "7",
+            "--proxy-protocol-from",
+            "10.0.0.0/8,::1",
+        ];
+        let limits = server_options(parse(&argv), &no_env)?.connections.validate()?;
+        assert_eq!((limits.max_total, limits.max_per_source), (Some(900), 50));
+        assert_eq!(limits.idle_timeout, std::time::Duration::from_secs(7));
+        assert!(limits.trusts_proxy("10.9.8.7".parse()?) && limits.trusts_proxy("::1".parse()?));
         Ok(())
     }
 }

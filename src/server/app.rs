@@ -43,6 +43,7 @@ pub async fn run(
     let relay = Arc::clone(&services);
     tokio::spawn(async move { relay.jobs().relay_events().await });
     let app = http::router(services, admin_token_hash, &config);
+    let connections = config.connections.clone();
     // Nothing past this point needs the configuration, which may carry the admin token.
     drop(config);
     let stopping = async move {
@@ -50,7 +51,7 @@ pub async fn run(
         info!("stopping: answering parked polls and finishing requests");
         let _ = stop_tx.send(true);
     };
-    http::serve(listener, app, stopping).await?;
+    http::serve(listener, app, &connections, stopping).await?;
     let _ = sweeper.await;
     store.durable().await.context("cannot sync the database on shutdown")?;
     Ok(())
@@ -96,6 +97,7 @@ mod tests {
             max_inflight: 16,
             max_unverified_inflight: 4,
             retry_after_secs: 1,
+            connections: crate::server::config::ConnectionOptions::default().validate().unwrap(),
         }
     }
 

@@ -2,8 +2,9 @@
 //! plain values (as the command line gives them); [`ServerOptions::validate`] is the one place
 //! they are checked and turned into durations and byte counts.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -54,6 +55,118 @@ pub struct ServerConfig {
     pub max_unverified_inflight: usize,
     /// Base of the Retry-After answered past `max_inflight`: values are spread up to twice it.
     pub retry_after_secs: u64,
+    /// How many connections may be open and for how long, and which balancers name the client.
+    pub connections: ConnectionLimits,
+}
+
+/// Connections kept within bounds (the open-files limit, one address's share, idle time) and
+/// the balancers trusted to name the client of a connection with a PROXY protocol header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Most connections open at once; `None`: the open-files limit (known once the server has
+    /// raised it) less [`OPEN_FILES_RESERVE`].
+    pub max_total: Option<usize>,
+    /// Most connections open at once from one client address.
+    pub max_per_source: usize,
+    /// How long a connection without a request in flight may take to send the next request's
+    /// headers (its first one, or the next on a kept-alive connection) before it is closed.
+    pub idle_timeout: Duration,
+    /// Peers whose connections must start with a PROXY protocol header naming the client.
+    pub proxy_from: Vec<AddressRange>,
+}
+
+/// Default of `--idle-timeout`, in seconds: enough for a client on a slow link to send a
+/// request's headers, short enough that silent connections do not pile up.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 10;
+/// Default of `--max-connections-per-source`: above the 10,000 agents a load test runs from one
+/// address, and any fleet behind one NAT or balancer that does not send the PROXY header.
+pub const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: usize = 16_384;
+/// Open files kept for the database, the logs and the listener when the connection limit is
+/// derived from the open-files limit.
+pub const OPEN_FILES_RESERVE: u64 = 128;
+/// Longest `--idle-timeout` accepted, in seconds.
+const MAX_IDLE_TIMEOUT_SECS: u64 = 600;
+
+impl ConnectionLimits {
+    /// The limit on open connections: the configured one, else `open_files` less
+    /// [`OPEN_FILES_RESERVE`] (but at least half of it, for a very low limit).
+    pub fn total(&self, open_files: u64) -> usize {
+        self.max_total.unwrap_or_else(|| {
+            let derived = open_files.saturating_sub(OPEN_FILES_RESERVE).max(open_files / 2).max(1);
+            usize::try_from(derived).unwrap_or(usize::MAX)
+        })
+    }
+
+    /// True when connections from `peer` start with a PROXY protocol header.
+    pub fn trusts_proxy(&self, peer: IpAddr) -> bool {
+        self.proxy_from.iter().any(|range| range.contains(peer))
+    }
+}
+
+/// An IP address or a CIDR range of them, like `10.0.0.7`, `10.0.0.0/8` or `fd00::/8`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddressRange {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl AddressRange {
+    /// True when `ip` is in the range (an IPv4 address written as IPv6, `::ffff:a.b.c.d`,
+    /// counts as the IPv4 one).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.network, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                prefix_bits(u32::from(net), self.prefix, 32) == prefix_bits(u32::from(ip), self.prefix, 32)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                prefix_bits(u128::from(net), self.prefix, 128)
+                    == prefix_bits(u128::from(ip), self.prefix, 128)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The first `prefix` of the `width` bits of `value`.
+fn prefix_bits<T>(value: T, prefix: u8, width: u8) -> T
+where
+    T: std::ops::Shr<u32, Output = T> + std::ops::Shl<u32, Output = T> + Default,
+{
+    if prefix == 0 {
+        return T::default();
+    }
+    let shift = u32::from(width - prefix);
+    (value >> shift) << shift
+}
+
+impl FromStr for AddressRange {
+    type Err = anyhow::Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        let (address, prefix) = match text.split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (text, None),
+        };
+        let network: IpAddr = address
+            .parse()
+            .with_context(|| format!("{text:?} is not an IP address or a range like 10.0.0.0/8"))?;
+        let network = network.to_canonical();
+        let width = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => width,
+            Some(bits) => match bits.parse::<u8>() {
+                Ok(n) if n <= width && bits.bytes().all(|b| b.is_ascii_digit()) => n,
+                _ => bail!("{text:?} has a prefix length that is not between 0 and {width}"),
+            },
+        };
+        Ok(AddressRange { network, prefix })
+    }
+}
+
+impl std::fmt::Display for AddressRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
 }
 
 /// The PEM files of the server's TLS identity.
@@ -84,6 +197,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("max_unverified_inflight", &self.max_unverified_inflight)
             .field("retry_after_secs", &self.retry_after_secs)
             .field("compact_min_bytes", &self.compact_min_bytes)
+            .field("connections", &self.connections)
             .finish_non_exhaustive()
     }
 }
@@ -129,6 +243,63 @@ pub struct ServerOptions {
     pub retry_after: u64,
     /// Compaction threshold in MiB.
     pub compact_at_mb: u64,
+    /// Connection limits and trusted balancers.
+    pub connections: ConnectionOptions,
+}
+
+/// The connection settings as plain values, before they are checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionOptions {
+    /// Most connections open at once; `None`: derived from the open-files limit.
+    pub max_connections: Option<usize>,
+    /// Most connections open at once from one client address.
+    pub max_per_source: usize,
+    /// Seconds a connection may go without a request.
+    pub idle_timeout: u64,
+    /// Balancers sending the PROXY protocol header: addresses or CIDR ranges, comma-separated.
+    pub proxy_protocol_from: Option<String>,
+}
+
+impl Default for ConnectionOptions {
+    fn default() -> Self {
+        ConnectionOptions {
+            max_connections: None,
+            max_per_source: DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT_SECS,
+            proxy_protocol_from: None,
+        }
+    }
+}
+
+impl ConnectionOptions {
+    /// Checks every value (the error names the flag and the bad value) into [`ConnectionLimits`].
+    pub fn validate(self) -> Result<ConnectionLimits> {
+        if self.max_connections == Some(0) {
+            bail!("--max-connections must be at least 1");
+        }
+        if self.max_per_source == 0 {
+            bail!("--max-connections-per-source must be at least 1");
+        }
+        if self.idle_timeout == 0 || self.idle_timeout > MAX_IDLE_TIMEOUT_SECS {
+            bail!(
+                "--idle-timeout {} must be between 1 and {MAX_IDLE_TIMEOUT_SECS} seconds",
+                self.idle_timeout
+            );
+        }
+        let proxy_from = match &self.proxy_protocol_from {
+            None => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(|item| item.trim().parse().context("--proxy-protocol-from"))
+                .collect::<Result<_>>()?,
+        };
+        Ok(ConnectionLimits {
+            max_total: self.max_connections,
+            max_per_source: self.max_per_source,
+            idle_timeout: Duration::from_secs(self.idle_timeout),
+            proxy_from,
+        })
+    }
 }
 
 impl std::fmt::Debug for ServerOptions {
@@ -168,6 +339,7 @@ impl ServerOptions {
             (None, None) => None,
             _ => bail!("give both --tls-cert and --tls-key, or neither"),
         };
+        let connections = self.connections.validate()?;
         let mib = |n: u64| n.saturating_mul(1024 * 1024);
         Ok(ServerConfig {
             data_dir: self.data,
@@ -188,6 +360,7 @@ impl ServerOptions {
             max_unverified_inflight: self.max_unverified_inflight,
             retry_after_secs: self.retry_after,
             tls,
+            connections,
         })
     }
 
@@ -268,5 +441,71 @@ mod tests {
         assert!(
             err(ServerOptions { enroll_key: Some(" ".into()), ..options() }).contains("must not be empty")
         );
+    }
+
+    fn range(text: &str) -> AddressRange {
+        text.parse().unwrap_or_else(|e| panic!("{text}: {e:#}"))
+    }
+
+    #[test]
+    fn address_ranges_hold_their_addresses_only() {
+        let ip = |text: &str| text.parse::<IpAddr>().expect("an address");
+        assert!(range("10.0.0.0/8").contains(ip("10.200.1.2")));
+        assert!(!range("10.0.0.0/8").contains(ip("11.0.0.1")));
+        assert!(range("10.0.0.7").contains(ip("10.0.0.7")) && !range("10.0.0.7").contains(ip("10.0.0.8")));
+        assert!(range("10.0.0.7").contains(ip("::ffff:10.0.0.7")), "IPv4 written as IPv6");
+        assert!(range("0.0.0.0/0").contains(ip("1.2.3.4")) && !range("0.0.0.0/0").contains(ip("::1")));
+        assert!(range("fd00::/8").contains(ip("fd12::1")) && !range("fd00::/8").contains(ip("fe80::1")));
+        assert!(range("::1").contains(ip("::1")));
+        assert_eq!(range("192.168.1.9/24").to_string(), "192.168.1.9/24");
+        for bad in ["", "10.0.0.0/33", "10.0.0.0/+8", "10.0.0.0/", "::/129", "host.example", "10.0.0.0/8/1"] {
+            assert!(bad.parse::<AddressRange>().is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn connection_options_are_checked_into_limits() -> Result<()> {
+        let limits = ConnectionOptions {
+            proxy_protocol_from: Some("10.0.0.5, 192.168.0.0/16".into()),
+            ..ConnectionOptions::default()
+        }
+        .validate()?;
+        assert_eq!(limits.idle_timeout, Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS));
+        assert!(limits.trusts_proxy("192.168.3.4".parse()?) && !limits.trusts_proxy("10.0.0.6".parse()?));
+        assert!(
+            !ConnectionOptions::default().validate()?.trusts_proxy("127.0.0.1".parse()?),
+            "off by default"
+        );
+        let err = |o: ConnectionOptions| o.validate().unwrap_err();
+        let bad_range = err(ConnectionOptions {
+            proxy_protocol_from: Some("10.0.0.1,nope".into()),
+            ..Default::default()
+        });
+        assert!(format!("{bad_range:#}").contains("--proxy-protocol-from: \"nope\""), "{bad_range:#}");
+        assert_eq!(
+            err(ConnectionOptions { idle_timeout: 0, ..Default::default() }).to_string(),
+            "--idle-timeout 0 must be between 1 and 600 seconds"
+        );
+        assert!(
+            err(ConnectionOptions { max_connections: Some(0), ..Default::default() })
+                .to_string()
+                .contains("--max-connections")
+        );
+        assert!(
+            err(ConnectionOptions { max_per_source: 0, ..Default::default() })
+                .to_string()
+                .contains("-per-source")
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn the_default_connection_limit_keeps_files_for_the_server() {
+        let derived = ConnectionOptions::default().validate().expect("defaults are valid");
+        assert_eq!(derived.total(20_000), 20_000 - OPEN_FILES_RESERVE as usize);
+        assert_eq!(derived.total(200), 100, "half of a very low limit");
+        assert_eq!(derived.total(0), 1);
+        let given = ConnectionLimits { max_total: Some(7), ..derived };
+        assert_eq!(given.total(20_000), 7);
     }
 }

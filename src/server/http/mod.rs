@@ -1,8 +1,9 @@
 //! The HTTP front: the router built from the services (agent endpoints of the original protocol
 //! behind the overload limit, the operator API behind the admin token), and serving it on a
-//! bound listener until a shutdown future completes. Handlers parse, call a service, and map its
-//! answer; they never reach the store.
+//! bound listener until a shutdown future completes, within the connection limits. Handlers
+//! parse, call a service, and map its answer; they never reach the store.
 
+mod acceptor;
 mod admin_agents;
 mod admin_auth;
 mod admin_common;
@@ -12,6 +13,9 @@ mod agent_api;
 mod agent_auth;
 mod busy;
 mod client_addr;
+mod connections;
+mod proxy_protocol;
+mod refusals;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,9 +26,11 @@ use anyhow::{Context, Result};
 use axum::Router;
 use axum::http::StatusCode;
 use axum_server::Handle;
-use axum_server::tls_rustls::RustlsConfig;
-use tokio::net::TcpListener;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
+use tokio::net::{TcpListener, TcpSocket};
+use tracing::{info, warn};
 
+use super::config::ConnectionLimits;
 use super::guard::SecretHash;
 use super::services::Services;
 use super::{ServerConfig, TlsFiles};
@@ -34,8 +40,11 @@ use admin_common::ApiFailure;
 /// Shared state of every handler.
 pub type AppState = Arc<Services>;
 
-/// How long a client may take to send a request's headers (against slow-loris connections).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections the kernel queues before the server accepts them (capped by
+/// `net.core.somaxconn`).
+const LISTEN_BACKLOG: u32 = 4096;
+/// The open-files limit assumed when it cannot be read.
+const FALLBACK_OPEN_FILES: u64 = 1024;
 /// How long a graceful stop waits for requests in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -74,7 +83,7 @@ pub struct Listener {
 impl Listener {
     /// Binds `address` and loads the TLS identity of `tls`, if given.
     pub async fn bind(address: SocketAddr, tls: Option<&TlsFiles>) -> Result<Self> {
-        let tcp = TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
+        let tcp = listen(address).with_context(|| format!("cannot listen on {address}"))?;
         let tls = match tls {
             None => None,
             Some(files) => {
@@ -101,11 +110,25 @@ impl Listener {
     }
 }
 
-/// Serves `app` on `listener` until `shutdown` completes; then requests in flight get up to
-/// 30 s (`DRAIN_TIMEOUT`) to finish, and the function returns.
+/// Binds `address` with a long queue of connections not yet accepted: past it the kernel drops
+/// new ones and clients wait seconds to retry, so a burst of connections (a fleet coming back,
+/// a flood) must not fill it before the server accepts them and closes what it refuses.
+fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match address {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Serves `app` on `listener` within `limits` until `shutdown` completes; then requests in
+/// flight get up to 30 s (`DRAIN_TIMEOUT`) to finish, and the function returns.
 pub async fn serve(
     listener: Listener,
     app: Router,
+    limits: &ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let handle = Handle::new();
@@ -114,30 +137,60 @@ pub async fn serve(
         shutdown.await;
         stopper.graceful_shutdown(Some(DRAIN_TIMEOUT));
     });
+    let refusals = Arc::new(refusals::Refusals::default());
+    let summaries = tokio::spawn(Arc::clone(&refusals).log_every_interval());
+    let acceptor = acceptor::Acceptor::new(limits, max_connections(limits), Arc::clone(&refusals));
     let Listener { tcp, tls } = listener;
     let tcp = tcp.into_std().context("cannot take over the listening socket")?;
     let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    let mut server = axum_server::from_tcp(tcp)
+        .context("cannot serve on the socket")?
+        .handle(handle)
+        .first_request_timeout(limits.idle_timeout);
+    limit_http(server.http_builder(), limits.idle_timeout);
+    // The TLS handshake keeps axum-server's own deadline (10 s), which also closes a silent
+    // connection on an HTTPS listener.
     let served = match tls {
-        None => {
-            let mut server = axum_server::from_tcp(tcp).context("cannot serve on the socket")?;
-            limit_http(server.http_builder());
-            server.handle(handle).serve(app).await
-        }
-        Some(tls) => {
-            let mut server =
-                axum_server::tls_rustls::from_tcp_rustls(tcp, tls).context("cannot serve on the socket")?;
-            limit_http(server.http_builder());
-            server.handle(handle).serve(app).await
-        }
+        None => server.acceptor(acceptor).serve(app).await,
+        Some(tls) => server.acceptor(RustlsAcceptor::new(tls).acceptor(acceptor)).serve(app).await,
     };
+    summaries.abort();
+    refusals.log();
     served.context("server failed")
 }
 
-/// Puts the header limits on the HTTP/1 connections.
-fn limit_http(builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>) {
+/// The limit on open connections: the configured one, else derived from the open-files
+/// limit (raised to its hard limit at start; raising again changes nothing). Logged, with the
+/// other limits.
+fn max_connections(limits: &ConnectionLimits) -> usize {
+    let open_files = super::raise_open_files_limit().unwrap_or_else(|e| {
+        warn!(error = %e, assumed = FALLBACK_OPEN_FILES, "cannot read the open-files limit");
+        FALLBACK_OPEN_FILES
+    });
+    let total = limits.total(open_files);
+    let proxy_from: Vec<String> = limits.proxy_from.iter().map(ToString::to_string).collect();
+    info!(
+        open_files,
+        max_connections = total,
+        max_connections_per_source = limits.max_per_source,
+        idle_timeout_secs = limits.idle_timeout.as_secs(),
+        proxy_protocol_from = %proxy_from.join(","),
+        "connection limits"
+    );
+    total
+}
+
+/// Puts the header limits on the HTTP/1 connections: hyper's header timer runs from the moment
+/// a connection waits for a request (at its start, and after each answer on a kept-alive
+/// connection) until the headers are in, so it is also the idle timeout between requests; it
+/// never runs while a request is in flight (a parked long poll, a streamed answer).
+fn limit_http(
+    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    idle_timeout: Duration,
+) {
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(idle_timeout)
         .max_buf_size(MAX_HEAD_BYTES);
 }

@@ -38,6 +38,7 @@ const PRIVATE_KEY: &str = "a-private-enrollment-key-5c1d";
 mod admin_auth;
 mod argv;
 mod audit_flood;
+mod connections;
 mod disk;
 mod enrollment;
 mod files_and_tls;
