@@ -12,6 +12,7 @@ mod agent_api;
 mod agent_auth;
 mod busy;
 mod client_addr;
+mod refusal_log;
 
 use std::future::Future;
 use std::net::SocketAddr;
