@@ -40,7 +40,10 @@ mod argv;
 mod disk;
 mod enrollment;
 mod files_and_tls;
+mod guessing;
 mod input_limits;
+mod lockout;
+mod log_flood;
 mod replay;
 mod signatures;
 
