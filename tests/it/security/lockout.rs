@@ -55,12 +55,12 @@ fn a_host_failing_from_the_agents_address_does_not_lock_the_agent_out() {
         // The bad host keeps failing while h1, on the same address, gets and runs a task.
         let started = Instant::now();
         let task = server.enqueue(&["h1"], "ping", "")[0].task_id.clone();
-        let status = server.wait_task(&task, 20).status;
+        let status = server.wait_task(&task, 30).status;
         let took = started.elapsed();
         stop.store(true, Ordering::SeqCst);
         let messages = attacker.join().expect("bad host");
         assert_eq!(status.as_str(), "succeeded", "h1's task after {took:?}");
-        assert!(took < Duration::from_secs(10), "h1 took {took:?} to run a task");
+        assert!(took < Duration::from_secs(30), "h1 took {took:?} to run a task");
         messages
     });
     let expected = BTreeSet::from([
