@@ -11,7 +11,22 @@ pub const TABLE: &[(&str, u64, &str)] = &[
     (
         "MAX_FAILURES_PER_MINUTE",
         MAX_FAILURES_PER_MINUTE as u64,
-        "failed signatures or wrong admin tokens per source and minute",
+        "failed signatures, agent secrets or admin tokens per source and minute",
+    ),
+    (
+        "MAX_FAILURES_PER_APP_ID_SOURCE",
+        MAX_FAILURES_PER_APP_ID_SOURCE as u64,
+        "failed signatures or secrets per app id, source and minute",
+    ),
+    (
+        "MAX_FAILURES_PER_APP_ID",
+        MAX_FAILURES_PER_APP_ID as u64,
+        "failed signatures or secrets per app id and minute, all sources",
+    ),
+    (
+        "MAX_WRONG_ADMIN_TOKENS_PER_MINUTE",
+        MAX_WRONG_ADMIN_TOKENS_PER_MINUTE as u64,
+        "wrong admin tokens per minute, all sources",
     ),
     ("MAX_AGENT_BODY", wire::MAX_AGENT_BODY as u64, "bytes of one agent request body"),
     ("MAX_APP_ID_LEN", wire::MAX_APP_ID_LEN as u64, "characters of an app id"),

@@ -39,9 +39,17 @@ pub const MAX_JOB_TARGETS: usize = 100_000;
 pub const MAX_ADMIN_BODY: usize = 1024 * 1024;
 /// Largest request head (request line and headers) a server reads into memory.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// Failed signatures (or wrong admin tokens) one source may send per minute before it is
-/// refused outright.
+/// Failed attempts (bad signatures, wrong agent secrets, wrong admin tokens) one source may
+/// make per minute before its requests are refused unverified (all but those of agents whose
+/// last good request came from it).
 pub const MAX_FAILURES_PER_MINUTE: u32 = 30;
+/// Failed attempts for one app id from one source per minute.
+pub const MAX_FAILURES_PER_APP_ID_SOURCE: u32 = 10;
+/// Failed attempts for one app id from all sources together per minute.
+pub const MAX_FAILURES_PER_APP_ID: u32 = 30;
+/// Wrong admin tokens from all sources together per minute before every wrong one is answered
+/// 429 (a right token is never refused).
+pub const MAX_WRONG_ADMIN_TOKENS_PER_MINUTE: u32 = 300;
 /// Most agents waiting for an operator to accept them.
 pub const MAX_PENDING: usize = 1000;
 

@@ -2,16 +2,20 @@
 //! the server's enrollment key, or with an enrollment token (limited uses, an expiry, revocable),
 //! or with no credential, in which case it waits `pending` until an operator accepts it. An app
 //! id that is enrolled cannot be taken over with another secret; an operator can forget it.
-//! Every enrollment and operator action lands in the audit record.
+//! A registration that does not prove the right to its app id is refused with one message,
+//! whatever was wrong, so that the answer tells a guesser nothing. Every enrollment and
+//! operator action lands in the audit record.
 
 use std::sync::Arc;
+
+use thiserror::Error;
 
 use super::audit::Audit;
 use super::clock::now_ms;
 use super::dispatch::Dispatch;
 use super::error::ServiceError;
 use super::guard::{SecretHash, secret_hash};
-use super::store::{AgentRecord, AgentStatus, FactsRecord, Store, TokenRecord, secs_to_ms};
+use super::store::{AgentRecord, AgentStatus, FactsRecord, Store, StoreError, TokenRecord, secs_to_ms};
 use super::views::token_view;
 use crate::protocol::admin::TokenView;
 use crate::protocol::facts::check_facts;
@@ -27,6 +31,36 @@ pub enum Credential {
     Token(String),
     /// No credential: signed with its own secret; it waits for an operator.
     None,
+}
+
+/// The one answer to a registration that does not prove the right to `app_id`: a bad signature,
+/// another secret than the one the app id is enrolled with, or the admin token as the secret.
+/// It is the same for each, so that a guess learns nothing but that it failed.
+pub fn not_proven(app_id: &str) -> String {
+    format!(
+        "registration of app id {:?} refused: wrong signature or secret (if this host lost its secret, \
+         an operator can reset the app id with `orange agents forget {}`)",
+        wire::shown(app_id),
+        wire::shown(app_id)
+    )
+}
+
+/// Why a registration was refused.
+#[derive(Debug, Error)]
+pub enum RegisterError {
+    /// The secret does not prove the right to the app id: a failed attempt, answered with
+    /// [`not_proven`].
+    #[error("{}", not_proven(.0))]
+    NotProven(String),
+    /// Any other refusal, with its own message.
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+}
+
+impl From<StoreError> for RegisterError {
+    fn from(e: StoreError) -> Self {
+        RegisterError::Service(ServiceError::Store(e))
+    }
 }
 
 fn random_hex(bytes: usize) -> Result<String, ServiceError> {
@@ -55,12 +89,13 @@ impl Enrollment {
     }
 
     /// Registers an agent: enrolls a new app id (accepted, or pending without a credential),
-    /// refreshes a known one registering with the same secret, refuses a different secret.
+    /// refreshes a known one registering with the same secret, refuses a different secret (and
+    /// the admin token) as [`RegisterError::NotProven`].
     pub async fn register(
         &self,
         mut request: RegisterRequest,
         credential: Credential,
-    ) -> Result<AgentRecord, ServiceError> {
+    ) -> Result<AgentRecord, RegisterError> {
         self.check_secret(&request)?;
         let facts = request.facts.take();
         // A pending record proves nothing about who made it: a credential replaces it, so a
@@ -74,11 +109,7 @@ impl Enrollment {
         if let Some(old) = &old
             && old.secret != request.secret
         {
-            return Err(ServiceError::Conflict(format!(
-                "app id {:?} is already enrolled with a different secret; an operator can reset it with \
-                 `orange agents forget {}`",
-                request.app_id, request.app_id
-            )));
+            return Err(RegisterError::NotProven(request.app_id));
         }
         let status = self.status_after(old.as_ref().map(|a| a.status), &credential)?;
         let record = agent_record(request, old.as_ref(), status);
@@ -93,7 +124,7 @@ impl Enrollment {
         Ok(record)
     }
 
-    fn check_secret(&self, request: &RegisterRequest) -> Result<(), ServiceError> {
+    fn check_secret(&self, request: &RegisterRequest) -> Result<(), RegisterError> {
         wire::check_app_id(&request.app_id).map_err(ServiceError::BadRequest)?;
         wire::check_register_fields(request).map_err(ServiceError::BadRequest)?;
         if let Some(facts) = &request.facts {
@@ -103,10 +134,12 @@ impl Enrollment {
             return Err(ServiceError::BadRequest(format!(
                 "secret must be 1 to {} bytes",
                 wire::MAX_SECRET_LEN
-            )));
+            ))
+            .into());
         }
+        // The same answer as a wrong secret: whether a guess is the admin token is not told.
         if secret_hash(&request.secret) == self.admin_token_hash {
-            return Err(ServiceError::BadRequest("an agent secret must not be the admin token".into()));
+            return Err(RegisterError::NotProven(request.app_id.clone()));
         }
         Ok(())
     }

@@ -2,21 +2,20 @@
 //! the enrollment key, an enrollment token's secret) and protection against abuse. Replay
 //! protection: every signed request is accepted once; the store remembers a digest of each
 //! accepted request's identity (the app id and nonce for version-2 signatures, the signature
-//! itself for legacy ones) until its time leaves the signing window, across restarts. And a
-//! per-source limit on failed signatures, so a source cannot try secrets at line rate.
+//! itself for legacy ones) until its time leaves the signing window, across restarts. And the
+//! failure limits of [`super::failures`], so that nobody can try secrets at line rate.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use super::clock::now_ms;
 use super::error::ServiceError;
+use super::failures::{AgentFailures, Standing, TooManyFailures};
 use super::store::{AgentRecord, AgentStatus, Store, StoreError, TokenError};
 use crate::protocol::Signer;
-use crate::protocol::limits::MAX_FAILURES_PER_MINUTE;
 use crate::protocol::sign::TIME_WINDOW_SECS;
 use crate::protocol::wire;
 
@@ -34,24 +33,30 @@ pub fn secret_hash(secret: &str) -> SecretHash {
 /// What the agent endpoints check a signed call against.
 pub struct Guard {
     store: Arc<Store>,
-    failures: FailureLimiter,
+    failures: AgentFailures,
     enroll_key: Signer,
 }
 
 impl Guard {
     /// Guards over `store`; registrations may be signed with `enroll_key`.
     pub fn new(store: Arc<Store>, enroll_key: &str) -> Self {
-        Guard { store, failures: FailureLimiter::default(), enroll_key: Signer::new(enroll_key) }
+        Guard { store, failures: AgentFailures::default(), enroll_key: Signer::new(enroll_key) }
     }
 
-    /// Refuses a source that failed to sign too often in the minute of `now_secs`.
-    pub fn check_source(&self, source: IpAddr, now_secs: i64) -> Result<(), TooManyFailures> {
-        self.failures.check(source, now_secs)
+    /// How a request from `source` signed for `app_id` is handled; an error if it must be
+    /// refused before its signature is checked.
+    pub fn standing(&self, source: IpAddr, app_id: &str, now_secs: i64) -> Result<Standing, TooManyFailures> {
+        self.failures.standing(source, app_id, now_secs)
     }
 
-    /// Counts one failed signature from `source`.
-    pub fn record_failure(&self, source: IpAddr, now_secs: i64) {
-        self.failures.record(source, now_secs);
+    /// Counts one failed attempt (a bad signature, a wrong secret) from `source` for `app_id`.
+    pub fn record_failure(&self, source: IpAddr, app_id: &str, now_secs: i64) {
+        self.failures.record_failure(source, app_id, now_secs);
+    }
+
+    /// Notes that a request from `source` proved the right to `app_id`: its last good source.
+    pub fn record_success(&self, source: IpAddr, app_id: &str, now_secs: i64) {
+        self.failures.record_success(source, app_id, now_secs);
     }
 
     /// Admits a request identified by `parts`, signed at `sent_secs`, once. The record of the
@@ -117,63 +122,6 @@ pub fn forget_old_uses(store: &Store, now_secs: i64) -> Result<usize, StoreError
     store.forget_uses_before(now_secs - TIME_WINDOW_SECS - 1)
 }
 
-/// A source that failed to sign too often.
-#[derive(Debug, Error, PartialEq, Eq)]
-#[error("too many {what} from {address} ({count} this minute); retry in {retry_in} s")]
-pub struct TooManyFailures {
-    /// What failed, e.g. `failed signatures`.
-    pub what: &'static str,
-    /// The source address.
-    pub address: IpAddr,
-    /// Failures counted this minute.
-    pub count: u32,
-    /// Seconds until the minute ends.
-    pub retry_in: i64,
-}
-
-/// Counts failures (bad signatures, wrong admin tokens) per source address over one-minute
-/// windows.
-pub struct FailureLimiter {
-    what: &'static str,
-    sources: Mutex<HashMap<IpAddr, (i64, u32)>>,
-}
-
-impl Default for FailureLimiter {
-    fn default() -> Self {
-        FailureLimiter::new("failed signatures")
-    }
-}
-
-impl FailureLimiter {
-    /// A limiter whose refusals name `what` failed (plural, e.g. `wrong admin tokens`).
-    pub fn new(what: &'static str) -> Self {
-        FailureLimiter { what, sources: Mutex::default() }
-    }
-
-    /// Refuses a source that failed too often in the minute of `now_secs`.
-    pub fn check(&self, source: IpAddr, now_secs: i64) -> Result<(), TooManyFailures> {
-        let minute = now_secs.div_euclid(60);
-        let sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
-        match sources.get(&source) {
-            Some(&(m, count)) if m == minute && count >= MAX_FAILURES_PER_MINUTE => Err(TooManyFailures {
-                what: self.what,
-                address: source,
-                count,
-                retry_in: 60 - now_secs.rem_euclid(60),
-            }),
-            _ => Ok(()),
-        }
-    }
-
-    /// Counts one failed signature from `source`.
-    pub fn record(&self, source: IpAddr, now_secs: i64) {
-        let minute = now_secs.div_euclid(60);
-        let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
-        sources.retain(|_, (m, _)| *m == minute);
-        sources.entry(source).or_insert((minute, 0)).1 += 1;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,20 +162,5 @@ mod tests {
         );
         assert_eq!(forget_old_uses(&store, 500).unwrap(), 1);
         assert!(matches!(admit_once(&store, &[b"new"], 500), Err(ReplayError::Seen)));
-    }
-
-    #[test]
-    fn a_source_failing_too_often_is_refused_until_the_minute_ends() {
-        let limiter = FailureLimiter::default();
-        let source: IpAddr = [127, 0, 0, 1].into();
-        let other: IpAddr = [127, 0, 0, 2].into();
-        for _ in 0..MAX_FAILURES_PER_MINUTE {
-            assert!(limiter.check(source, 600).is_ok());
-            limiter.record(source, 600);
-        }
-        let refused = limiter.check(source, 630).unwrap_err();
-        assert_eq!((refused.count, refused.retry_in), (MAX_FAILURES_PER_MINUTE, 30));
-        assert!(limiter.check(other, 630).is_ok());
-        assert!(limiter.check(source, 660).is_ok(), "a new minute");
     }
 }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod dispatch;
 pub mod enroll;
 pub mod error;
+pub mod failures;
 pub mod guard;
 pub mod http;
 pub mod inventory;

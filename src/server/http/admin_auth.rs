@@ -1,9 +1,11 @@
-//! The admin bearer token in front of every operator route: compared by SHA-256 digest, with a
-//! per-source limit on wrong tokens so a token cannot be guessed at line rate.
+//! The admin bearer token in front of every operator route: compared by SHA-256 digest and
+//! checked first, so a right token is never refused. Wrong tokens are counted per source and in
+//! all; past either limit, a wrong token is answered 429 after the tarpit delay, so a token
+//! cannot be guessed at line rate and nobody can lock the operator out.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::client_addr::ClientAddr;
 use axum::Router;
 use axum::extract::Request;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -12,51 +14,66 @@ use axum::response::IntoResponse;
 use chrono::Utc;
 
 use super::AppState;
-use super::admin_common::{ApiFailure, ApiResult};
-use crate::server::guard::{FailureLimiter, SecretHash, secret_hash};
+use super::admin_common::ApiFailure;
+use super::client_addr::ClientAddr;
+use super::refusal_log;
+use crate::server::failures::{TARPIT, TokenFailures};
+use crate::server::guard::{SecretHash, secret_hash};
 
 /// `routes`, each letting through only requests that carry the token hashing to `token_hash`.
 pub fn guarded(routes: Router<AppState>, token_hash: SecretHash) -> Router<AppState> {
-    let failures = Arc::new(FailureLimiter::new("wrong admin tokens"));
+    let failures = Arc::new(TokenFailures::default());
     routes.layer(middleware::from_fn(move |request: Request, next: Next| {
         let failures = Arc::clone(&failures);
         async move {
-            match admitted(&request, &token_hash, &failures) {
+            match bearer_ok(request.headers(), &token_hash) {
                 Ok(()) => next.run(request).await,
-                Err(failure) => failure.into_response(),
+                Err(error) => {
+                    let source = ClientAddr::of(request.extensions()).map(|peer| peer.ip());
+                    let path = request.uri().path().to_owned();
+                    drop(request);
+                    refusal(source, &path, error, &failures).await.into_response()
+                }
             }
         }
     }))
 }
 
-/// Lets a request with the right token through; counts a wrong one against its source, which is
-/// refused with 429 for the rest of the minute after [`MAX_FAILURES_PER_MINUTE`](crate::protocol::limits::MAX_FAILURES_PER_MINUTE) of them, so a
-/// token cannot be guessed at line rate.
-fn admitted(request: &Request, token_hash: &SecretHash, failures: &FailureLimiter) -> ApiResult<()> {
-    let source = ClientAddr::of(request.extensions()).map(|peer| peer.ip());
-    let now = Utc::now().timestamp();
-    if let Some(source) = source {
-        failures.check(source, now).map_err(|e| ApiFailure(StatusCode::TOO_MANY_REQUESTS, e.to_string()))?;
-    }
-    let checked = bearer_ok(request.headers(), token_hash);
-    if let (Err(BearerError::Wrong(_)), Some(source)) = (&checked, source) {
-        failures.record(source, now);
-    }
-    checked.map_err(BearerError::into_failure)
+/// The answer to a request without the right token: 401, or for a wrong token over a limit
+/// 429 after [`TARPIT`]. Only wrong tokens count (a missing header is no guess).
+async fn refusal(
+    source: Option<IpAddr>,
+    path: &str,
+    error: BearerError,
+    failures: &TokenFailures,
+) -> ApiFailure {
+    let failure = match error {
+        BearerError::Malformed(failure) => failure,
+        BearerError::Wrong(failure) => match failures.record(source, Utc::now().timestamp()) {
+            Ok(()) => failure,
+            Err(too_many) => {
+                tokio::time::sleep(TARPIT).await;
+                ApiFailure(StatusCode::TOO_MANY_REQUESTS, too_many.to_string())
+            }
+        },
+    };
+    let reason = match failure.0 {
+        StatusCode::TOO_MANY_REQUESTS => "too many wrong admin tokens",
+        _ if failure.1 == WRONG_TOKEN => "wrong admin token",
+        _ => "no admin token",
+    };
+    let unknown = IpAddr::from([0, 0, 0, 0]);
+    refusal_log::refused(source.unwrap_or(unknown), path, reason, &failure.1);
+    failure
 }
+
+/// The answer to a wrong token.
+const WRONG_TOKEN: &str = "wrong admin token";
 
 /// Why a bearer check failed: no usable header (not a guess), or a wrong token (a guess).
 enum BearerError {
     Malformed(ApiFailure),
     Wrong(ApiFailure),
-}
-
-impl BearerError {
-    fn into_failure(self) -> ApiFailure {
-        match self {
-            BearerError::Malformed(failure) | BearerError::Wrong(failure) => failure,
-        }
-    }
 }
 
 /// Checks the bearer token by comparing SHA-256 digests, which reveals nothing through timing
@@ -74,7 +91,7 @@ fn bearer_ok(headers: &HeaderMap, token_hash: &SecretHash) -> Result<(), BearerE
     let given = secret_hash(token.trim());
     let diff = given.iter().zip(token_hash).fold(0u8, |acc, (a, b)| acc | (a ^ b));
     if diff != 0 {
-        return Err(BearerError::Wrong(ApiFailure(StatusCode::UNAUTHORIZED, "wrong admin token".into())));
+        return Err(BearerError::Wrong(ApiFailure(StatusCode::UNAUTHORIZED, WRONG_TOKEN.into())));
     }
     Ok(())
 }

@@ -1,28 +1,35 @@
 //! The four agent endpoints of the original protocol. Every answer is HTTP 200 with the JSON
 //! envelope; errors carry code 1 and a specific message, except on getTask, where a transient
 //! server fault answers code 2 so that an original client (which exits on code 1) keeps polling.
-//! The body is read under a size limit and its signature verified before it is parsed.
+//! The body is read under a size limit and its signature verified before it is parsed. Refusals
+//! are logged through the refusal log, which sums up repeated ones.
 
-use axum::{Extension, Json};
+use std::net::IpAddr;
 
-use super::client_addr::ClientAddr;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::{Extension, Json};
+use chrono::Utc;
 use serde::Serialize;
 use tracing::{debug, info, warn};
 
 use super::AppState;
-use super::agent_auth::{Refusal, RefusalKind, agent_call, registration};
+use super::agent_auth::{Refusal, RefusalKind, Registration, agent_call, failed_attempt, registration};
 use super::busy::BusyPermit;
+use super::client_addr::ClientAddr;
+use super::refusal_log::{self, Reason};
+use crate::protocol::busy::HEADER_RETRY_AFTER;
 use crate::protocol::facts::{FACTS_PATH, HostFacts};
 use crate::protocol::wire::{
     self, CODE_ERROR, CODE_NO_TASK, Envelope, OutputAck, OutputChunk, PollControl, RegisterReply,
     ReportRequest, shown,
 };
+use crate::server::enroll::{RegisterError, not_proven};
 use crate::server::error::ServiceError;
+use crate::server::failures::TARPIT;
 use crate::server::polling::PollResult;
 use crate::server::store::{AgentRecord, AgentStatus};
 use crate::server::views::wire_task;
@@ -52,20 +59,30 @@ fn refuse(message: impl Into<String>) -> Response {
 async fn register(
     State(app): State<AppState>,
     ClientAddr(peer): ClientAddr,
+    Extension(place): Extension<BusyPermit>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let (request, credential) = match registration(&app, peer.ip(), &headers, body).await {
-        Ok(ok) => ok,
-        Err(refusal) => return answer_refusal("register", refusal),
-    };
+    let source = peer.ip();
+    let Registration { request, credential, standing } =
+        match registration(&app, source, &headers, body).await {
+            Ok(ok) => ok,
+            Err(refusal) => return answer_refusal("register", source, refusal, &place).await,
+        };
     match app.enrollment().register(request, credential).await {
         Ok(agent) => {
+            app.guard().record_success(source, &agent.app_id, Utc::now().timestamp());
             info!(agent = %agent.app_id, version = ?agent.version, status = agent.status.as_str(), "agent registered");
             reply(Envelope::ok("registration successful", register_reply(&agent)))
         }
-        Err(ServiceError::Store(e)) => unavailable("register", format!("server error, retry later: {e}")),
-        Err(e) => refused("register", e.to_string()),
+        Err(RegisterError::NotProven(app_id)) => {
+            let refusal = failed_attempt(&app, source, &app_id, standing, not_proven(&app_id));
+            answer_refusal("register", source, refusal, &place).await
+        }
+        Err(RegisterError::Service(ServiceError::Store(e))) => {
+            unavailable("register", source, format!("server error, retry later: {e}"))
+        }
+        Err(RegisterError::Service(e)) => refused("register", source, "bad request", e.to_string()),
     }
 }
 
@@ -80,42 +97,56 @@ fn register_reply(agent: &AgentRecord) -> RegisterReply {
     }
 }
 
-fn refused(endpoint: &str, message: String) -> Response {
-    warn!(endpoint, %message, "agent request refused");
+fn refused(endpoint: &str, source: IpAddr, reason: Reason, message: String) -> Response {
+    refusal_log::refused(source, endpoint, reason, &message);
     refuse(message)
 }
 
 /// A refusal to retry later: HTTP 503 with the envelope, which clients treat as "try again"
 /// (orange agents retry; they never drop work on it).
-fn unavailable(endpoint: &str, message: String) -> Response {
-    warn!(endpoint, %message, "agent request deferred");
+fn unavailable(endpoint: &str, source: IpAddr, message: String) -> Response {
+    refusal_log::refused(source, endpoint, "deferred", &message);
     (axum::http::StatusCode::SERVICE_UNAVAILABLE, refuse(message)).into_response()
 }
 
 /// Answers a refusal as its kind says (not for getTask, which never answers code 1 for a
-/// passing reason).
-fn answer_refusal(endpoint: &str, refusal: Refusal) -> Response {
-    match refusal.kind {
-        RefusalKind::Transient => unavailable(endpoint, refusal.message),
-        RefusalKind::Final | RefusalKind::Replay => refused(endpoint, refusal.message),
+/// passing reason); a failure over a limit waits [`TARPIT`] first, without its place among the
+/// requests being handled.
+async fn answer_refusal(endpoint: &str, source: IpAddr, refusal: Refusal, place: &BusyPermit) -> Response {
+    if refusal.tarpit {
+        place.release();
+        tokio::time::sleep(TARPIT).await;
     }
+    refusal_log::refused(source, endpoint, refusal.reason, &refusal.message);
+    let mut response = match refusal.kind {
+        RefusalKind::Transient => {
+            (axum::http::StatusCode::SERVICE_UNAVAILABLE, refuse(refusal.message)).into_response()
+        }
+        RefusalKind::Final | RefusalKind::Replay => refuse(refusal.message),
+    };
+    if let Some(secs) = refusal.retry_after {
+        response.headers_mut().insert(HEADER_RETRY_AFTER, secs.into());
+    }
+    response
 }
 
 async fn ping(
     State(app): State<AppState>,
     ClientAddr(peer): ClientAddr,
+    Extension(place): Extension<BusyPermit>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match agent_call(&app, peer.ip(), wire::PING_PATH, &headers, body).await {
+    let source = peer.ip();
+    match agent_call(&app, source, wire::PING_PATH, &headers, body).await {
         Ok((agent, _)) => {
             debug!(agent = %agent.app_id, "ping");
             if let Err(e) = app.polling().pong().await {
-                return unavailable("ping", format!("server error, retry later: {e}"));
+                return unavailable("ping", source, format!("server error, retry later: {e}"));
             }
             reply(Envelope::ok("pong", "pong"))
         }
-        Err(refusal) => answer_refusal("ping", refusal),
+        Err(refusal) => answer_refusal("ping", source, refusal, &place).await,
     }
 }
 
@@ -126,15 +157,16 @@ async fn get_task(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let agent = match agent_call(&app, peer.ip(), wire::GET_TASK_PATH, &headers, body).await {
+    let source = peer.ip();
+    let agent = match agent_call(&app, source, wire::GET_TASK_PATH, &headers, body).await {
         Ok((agent, _)) => agent,
         // A replayed or rate-limited getTask gets nothing; code 2 keeps an original client
         // (which exits on code 1) polling.
         Err(refusal) if refusal.kind != RefusalKind::Final => {
-            warn!(message = %refusal.message, "getTask refused; answering no task");
+            refusal_log::refused(source, "getTask", refusal.reason, &refusal.message);
             return reply(Envelope::<()>::empty(CODE_NO_TASK, refusal.message));
         }
-        Err(refusal) => return refused("getTask", refusal.message),
+        Err(refusal) => return answer_refusal("getTask", source, refusal, &place).await,
     };
     // A parked poll is not load: its place goes back before it parks.
     place.release();
@@ -148,7 +180,7 @@ async fn get_task(
     }
     let capacity = match capacity(&headers) {
         Ok(capacity) => capacity,
-        Err(message) => return refused("getTask", message),
+        Err(message) => return refused("getTask", source, "bad request", message),
     };
     match app.polling().next_task(&agent.app_id, capacity).await {
         Ok(PollResult::Task(task)) => {
@@ -187,68 +219,80 @@ fn capacity(headers: &HeaderMap) -> Result<Option<usize>, String> {
 async fn output(
     State(app): State<AppState>,
     ClientAddr(peer): ClientAddr,
+    Extension(place): Extension<BusyPermit>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let (agent, body) = match agent_call(&app, peer.ip(), wire::OUTPUT_PATH, &headers, body).await {
+    let source = peer.ip();
+    let (agent, body) = match agent_call(&app, source, wire::OUTPUT_PATH, &headers, body).await {
         Ok(ok) => ok,
-        Err(refusal) => return answer_refusal("output", refusal),
+        Err(refusal) => return answer_refusal("output", source, refusal, &place).await,
     };
     let chunk: OutputChunk = match serde_json::from_slice(&body) {
         Ok(chunk) => chunk,
-        Err(e) => return refused("output", format!("malformed JSON: {e}")),
+        Err(e) => return refused("output", source, "bad request", format!("malformed JSON: {e}")),
     };
     match app.reports().output(&agent.app_id, chunk).await {
         Ok(ack) => reply(Envelope::ok("output stored", OutputAck { cancel: ack.cancel })),
-        Err(ServiceError::Store(e)) => unavailable("output", format!("server error, retry later: {e}")),
-        Err(e) => refused("output", e.to_string()),
+        Err(ServiceError::Store(e)) => {
+            unavailable("output", source, format!("server error, retry later: {e}"))
+        }
+        Err(e) => refused("output", source, "bad request", e.to_string()),
     }
 }
 
 async fn report_task(
     State(app): State<AppState>,
     ClientAddr(peer): ClientAddr,
+    Extension(place): Extension<BusyPermit>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let (agent, body) = match agent_call(&app, peer.ip(), wire::REPORT_TASK_PATH, &headers, body).await {
+    let source = peer.ip();
+    let (agent, body) = match agent_call(&app, source, wire::REPORT_TASK_PATH, &headers, body).await {
         Ok(ok) => ok,
-        Err(refusal) => return answer_refusal("reportTask", refusal),
+        Err(refusal) => return answer_refusal("reportTask", source, refusal, &place).await,
     };
     let report: ReportRequest = match serde_json::from_slice(&body) {
         Ok(report) => report,
-        Err(e) => return refused("reportTask", format!("malformed JSON: {e}")),
+        Err(e) => return refused("reportTask", source, "bad request", format!("malformed JSON: {e}")),
     };
     match app.reports().report(&agent.app_id, report).await {
         Ok(task) => {
             info!(agent = %agent.app_id, task = %task.id, status = %task.status, "task reported");
             reply(Envelope::<()>::empty(wire::CODE_OK, "task status updated successfully"))
         }
-        Err(ServiceError::Store(e)) => unavailable("reportTask", format!("server error, retry later: {e}")),
-        Err(e) => refused("reportTask", e.to_string()),
+        Err(ServiceError::Store(e)) => {
+            unavailable("reportTask", source, format!("server error, retry later: {e}"))
+        }
+        Err(e) => refused("reportTask", source, "bad request", e.to_string()),
     }
 }
 
 async fn facts(
     State(app): State<AppState>,
     ClientAddr(peer): ClientAddr,
+    Extension(place): Extension<BusyPermit>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let (agent, body) = match agent_call(&app, peer.ip(), FACTS_PATH, &headers, body).await {
+    let source = peer.ip();
+    let (agent, body) = match agent_call(&app, source, FACTS_PATH, &headers, body).await {
         Ok(ok) => ok,
-        Err(refusal) => return answer_refusal("facts", refusal),
+        Err(refusal) => return answer_refusal("facts", source, refusal, &place).await,
     };
     let facts: HostFacts = match serde_json::from_slice(&body) {
         Ok(facts) => facts,
-        Err(e) => return refused("facts", format!("malformed JSON: {e}")),
+        Err(e) => return refused("facts", source, "bad request", format!("malformed JSON: {e}")),
     };
     match app.inventory().update_facts(&agent.app_id, facts).await {
         Ok(()) => {
             info!(agent = %agent.app_id, "facts updated");
             reply(Envelope::<()>::empty(wire::CODE_OK, "facts stored"))
         }
-        Err(ServiceError::Store(e)) => unavailable("facts", format!("server error, retry later: {e}")),
-        Err(e) => refused("facts", e.to_string()),
+        Err(ServiceError::Store(e)) => {
+            unavailable("facts", source, format!("server error, retry later: {e}"))
+        }
+        Err(e) => refused("facts", source, "bad request", e.to_string()),
     }
 }

@@ -1,6 +1,8 @@
 //! Authentication of agent calls: the signing headers, the body (read by the overload guard), the time
 //! window, the signature (legacy or version 2) checked before anything is parsed, replay
-//! protection, and a per-source limit on failed signatures.
+//! protection, and the failure limits: a request over one is refused before its signature is
+//! checked, unless it comes from its app id's last good source, whose failures are only slowed.
+//! A registration that does not prove the right to its app id gets one answer, whatever failed.
 
 use std::net::IpAddr;
 
@@ -10,14 +12,16 @@ use chrono::Utc;
 use tracing::warn;
 
 use super::AppState;
+use super::refusal_log::Reason;
 use crate::protocol::Signer;
-use crate::protocol::sign::{Canonical, SIGN_VERSION_2, check_nonce, check_time, parse_time};
+use crate::protocol::sign::{Canonical, SIGN_VERSION_2, SignError, check_nonce, check_time, parse_time};
 use crate::protocol::wire::{
     self, ENROLL_PENDING, HEADER_APPID, HEADER_ENROLL, HEADER_ENROLL_TOKEN, HEADER_NONCE, HEADER_SIGN,
     HEADER_SIGN_VERSION, HEADER_TIME, RegisterRequest,
 };
-use crate::server::enroll::Credential;
+use crate::server::enroll::{Credential, not_proven};
 use crate::server::error::ServiceError;
+use crate::server::failures::Standing;
 use crate::server::guard::ReplayError;
 use crate::server::store::AgentRecord;
 
@@ -28,6 +32,13 @@ pub struct Refusal {
     pub message: String,
     /// How the refusal is answered.
     pub kind: RefusalKind,
+    /// Why, as the refusal log groups refusals.
+    pub reason: Reason,
+    /// Answered only after [`TARPIT`](crate::server::failures::TARPIT): a failure over a limit
+    /// from its app id's last good source.
+    pub tarpit: bool,
+    /// Seconds after which a refusal for a passing reason may be retried, if known.
+    pub retry_after: Option<u64>,
 }
 
 /// How a refusal is answered.
@@ -44,15 +55,26 @@ pub enum RefusalKind {
 }
 
 impl Refusal {
+    /// A refusal for good, for `reason`.
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
+        Refusal {
+            message: message.into(),
+            kind: RefusalKind::Final,
+            reason,
+            tarpit: false,
+            retry_after: None,
+        }
+    }
+
     /// A refusal to retry later.
     pub fn transient(message: impl Into<String>) -> Self {
-        Refusal { message: message.into(), kind: RefusalKind::Transient }
+        Refusal { kind: RefusalKind::Transient, ..Refusal::new("deferred", message) }
     }
 }
 
 impl<T: Into<String>> From<T> for Refusal {
     fn from(message: T) -> Self {
-        Refusal { message: message.into(), kind: RefusalKind::Final }
+        Refusal::new("bad request", message)
     }
 }
 
@@ -112,54 +134,101 @@ pub async fn verified(
     body: Body,
     key: &Signer,
 ) -> Result<(Signed, Bytes), Refusal> {
-    app.guard()
-        .check_source(source, Utc::now().timestamp())
-        .map_err(|e| Refusal::transient(e.to_string()))?;
     let signed = signed_headers(headers)?;
+    let standing = standing(app, source, &signed.app_id)?;
     let body = read_body(body).await?;
-    check_signed(app, source, path, &signed, &body, key)?;
+    let check = Check { app, source, standing };
+    check
+        .signed(path, &signed, &body, key, |e| format!("{e} for app id {:?}", wire::shown(&signed.app_id)))?;
+    app.guard().record_success(source, &signed.app_id, Utc::now().timestamp());
     Ok((signed, body))
 }
 
-/// Checks the time, the signature of `body` against `key`, and that it is not a replay.
-fn check_signed(
+/// How a request for `app_id` from `source` is handled; a refusal, before anything is read or
+/// verified, if it is over a failure limit and not from the app id's last good source.
+fn standing(app: &AppState, source: IpAddr, app_id: &str) -> Result<Standing, Refusal> {
+    app.guard().standing(source, app_id, Utc::now().timestamp()).map_err(|e| Refusal {
+        retry_after: u64::try_from(e.retry_in).ok(),
+        ..Refusal { reason: "too many failures", ..Refusal::transient(e.to_string()) }
+    })
+}
+
+/// A failed attempt (a bad signature, a wrong secret) from `source` for `app_id`: counted, and
+/// answered `message`, after the tarpit delay if `standing` says so.
+pub fn failed_attempt(
     app: &AppState,
     source: IpAddr,
-    path: &str,
-    signed: &Signed,
-    body: &[u8],
-    key: &Signer,
-) -> Result<(), Refusal> {
-    let now = Utc::now();
-    check_time(&signed.time, now).map_err(|e| e.to_string())?;
-    let checked = match &signed.nonce {
-        None => key.verify(&signed.app_id, body, &signed.time, &signed.sign),
-        Some(nonce) => {
-            let canonical =
-                Canonical { method: "POST", path, app_id: &signed.app_id, time: &signed.time, nonce, body };
-            key.verify_v2(&canonical, &signed.sign)
+    app_id: &str,
+    standing: Standing,
+    message: String,
+) -> Refusal {
+    app.guard().record_failure(source, app_id, Utc::now().timestamp());
+    Refusal { tarpit: standing == Standing::Tarpit, ..Refusal::new("failed attempt", message) }
+}
+
+/// What checking a signature needs to know besides the request: where it came from and how it
+/// stands against the failure limits.
+struct Check<'a> {
+    app: &'a AppState,
+    source: IpAddr,
+    standing: Standing,
+}
+
+impl Check<'_> {
+    /// Checks the time, the signature of `body` against `key` (a mismatch, counted as a failed
+    /// attempt, is answered as `mismatch` says), and that it is not a replay.
+    fn signed(
+        &self,
+        path: &str,
+        signed: &Signed,
+        body: &[u8],
+        key: &Signer,
+        mismatch: impl FnOnce(&SignError) -> String,
+    ) -> Result<(), Refusal> {
+        check_time(&signed.time, Utc::now()).map_err(|e| e.to_string())?;
+        let checked = match &signed.nonce {
+            None => key.verify(&signed.app_id, body, &signed.time, &signed.sign),
+            Some(nonce) => {
+                let canonical = Canonical {
+                    method: "POST",
+                    path,
+                    app_id: &signed.app_id,
+                    time: &signed.time,
+                    nonce,
+                    body,
+                };
+                key.verify_v2(&canonical, &signed.sign)
+            }
+        };
+        if let Err(e) = checked {
+            return Err(failed_attempt(self.app, self.source, &signed.app_id, self.standing, mismatch(&e)));
         }
-    };
-    if let Err(e) = checked {
-        app.guard().record_failure(source, now.timestamp());
-        return Err(format!("{e} for app id {:?}", wire::shown(&signed.app_id)).into());
+        admit_signed_once(self.app, signed)
     }
-    admit_signed_once(app, signed)
+}
+
+/// A registration that proved itself: the request, how, and how its source stood against the
+/// failure limits (for the answer to a secret the enrollment then refuses).
+pub struct Registration {
+    /// The request, parsed once its signature checked out.
+    pub request: RegisterRequest,
+    /// How it proved it may enroll.
+    pub credential: Credential,
+    /// How its source stood against the failure limits.
+    pub standing: Standing,
 }
 
 /// Authenticates a registration: by the enrollment key, an enrollment token, or (asking to
-/// wait for acceptance) the agent's own secret from the body. Returns the request and how it
-/// proved itself.
+/// wait for acceptance) the agent's own secret from the body. A bad signature is answered
+/// [`not_proven`], as the enrollment answers a wrong secret.
 pub async fn registration(
     app: &AppState,
     source: IpAddr,
     headers: &HeaderMap,
     body: Body,
-) -> Result<(RegisterRequest, Credential), Refusal> {
-    app.guard()
-        .check_source(source, Utc::now().timestamp())
-        .map_err(|e| Refusal::transient(e.to_string()))?;
+) -> Result<Registration, Refusal> {
     let signed = signed_headers(headers)?;
+    let standing = standing(app, source, &signed.app_id)?;
     let body = read_body(body).await?;
     let parse = || -> Result<RegisterRequest, Refusal> {
         serde_json::from_slice(&body).map_err(|e| format!("malformed JSON: {e}").into())
@@ -172,12 +241,13 @@ pub async fn registration(
         // only to find the key; nothing is stored before the signature checks out.
         Credential::None => Signer::new(&parse()?.secret),
     };
-    check_signed(app, source, wire::REGISTER_PATH, &signed, &body, &key)?;
+    let check = Check { app, source, standing };
+    check.signed(wire::REGISTER_PATH, &signed, &body, &key, |_| not_proven(&signed.app_id))?;
     let request = parse()?;
     if request.app_id != signed.app_id {
         return Err(format!("app_id {:?} differs from {HEADER_APPID}", wire::shown(&request.app_id)).into());
     }
-    Ok((request, credential))
+    Ok(Registration { request, credential, standing })
 }
 
 fn credential(headers: &HeaderMap) -> Credential {
@@ -210,7 +280,7 @@ fn admit_signed_once(app: &AppState, signed: &Signed) -> Result<(), Refusal> {
         None => [signed.app_id.as_bytes(), legacy_sign.as_bytes()],
     };
     app.guard().admit_once(&identity, sent).map_err(|e| match e {
-        ReplayError::Seen => Refusal { message: e.to_string(), kind: RefusalKind::Replay },
+        ReplayError::Seen => Refusal { kind: RefusalKind::Replay, ..Refusal::new("replay", e.to_string()) },
         ReplayError::Store(_) => Refusal::transient(format!("server error, retry later: {e}")),
     })
 }
@@ -227,7 +297,7 @@ pub async fn agent_call(
     wire::check_app_id(&app_id)?;
     let agent = app.guard().known_agent(&app_id).map_err(|e| match e {
         ServiceError::Store(e) => Refusal::transient(format!("server error, retry later: {e}")),
-        other => other.to_string().into(),
+        other => Refusal::new("unknown app id", other.to_string()),
     })?;
     let (_, body) = verified(app, source, path, headers, body, &Signer::new(&agent.secret)).await?;
     if let Err(e) = app.guard().touch(&agent) {

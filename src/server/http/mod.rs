@@ -15,6 +15,7 @@ mod busy;
 mod client_addr;
 mod connections;
 mod proxy_protocol;
+mod refusal_log;
 mod refusals;
 
 use std::future::Future;

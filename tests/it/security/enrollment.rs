@@ -2,6 +2,7 @@
 //! pending agents and their bound.
 
 use super::*;
+use orange::server::enroll::not_proven;
 
 #[test]
 fn taking_over_an_enrolled_app_id_is_refused_on_every_enrollment_route() {
@@ -10,13 +11,12 @@ fn taking_over_an_enrolled_app_id_is_refused_on_every_enrollment_route() {
     let task = server.enqueue(&["w1"], "PING", "for w1")[0].task_id.clone();
     let token = enroll_token(&server.create_token(3600, 5));
     let before = Snapshot::of(&server);
-    let refusal = "app id \"w1\" is already enrolled with a different secret; an operator can reset it \
-                   with `orange agents forget w1`";
+    let refusal = not_proven("w1");
     // The original client's way: the public key, legacy signature.
     let thief = GoAgent::new(&server, "w1", "stolen");
     let envelope = thief.register();
-    assert_refused(&envelope, "already enrolled with a different secret");
-    assert_eq!(envelope["message"], refusal);
+    assert_refused(&envelope, "refused: wrong signature or secret");
+    assert_eq!(envelope["message"], refusal.as_str());
     // orange's way: version 2 with the key, with a token, or asking to wait for acceptance.
     for enrollment in [Enrollment::Key(BASE_SECRET.into()), Enrollment::Token(token), Enrollment::Pending] {
         assert_eq!(register_refusal(&server, "w1", "stolen", &enrollment), refusal, "{enrollment:?}");
@@ -88,7 +88,7 @@ fn a_pending_agent_gets_no_task_until_an_operator_accepts_it() {
     enroll(&server, "w1", "s1", PRIVATE_KEY);
     // The original client's public key does not enroll here.
     let stranger = GoAgent::new(&server, "p1", "sp1");
-    assert_refused(&stranger.register(), "signature does not match for app id \"p1\"");
+    assert_eq!(stranger.register()["message"], not_proven("p1").as_str());
     assert!(server.agent("p1").is_none(), "p1 was stored");
     // Without a credential it lands pending.
     let client = AgentClient::new(&server.url, "p1", "sp1");
@@ -132,7 +132,7 @@ fn a_stranger_squatting_an_app_id_as_pending_is_replaced_by_the_enrolling_host()
     // Another stranger without a credential cannot replace the pending record either.
     let before = Snapshot::of(&server);
     let refusal = register_refusal(&server, "web-01", "other", &Enrollment::Pending);
-    assert!(refusal.contains("is already enrolled with a different secret"), "{refusal}");
+    assert_eq!(refusal, not_proven("web-01"));
     assert_unchanged(&mut server, &before);
     // The real host, with the key, takes its app id back: a pending record proves nothing.
     let key = Enrollment::Key(PRIVATE_KEY.into());
@@ -196,9 +196,9 @@ fn revoked_expired_unknown_and_forged_tokens_are_refused() {
             format!("enrollment token {:?} has expired", expiring.id),
         ),
         ("u1", Enrollment::Token(unknown), "unknown enrollment token \"00112233aabbccdd\"".to_owned()),
-        ("f1", Enrollment::Token(forged), "signature does not match for app id \"f1\"".to_owned()),
+        ("f1", Enrollment::Token(forged), not_proven("f1")),
         // A token's secret is not the enrollment key.
-        ("k1", Enrollment::Key(good.secret.clone()), "signature does not match for app id \"k1\"".to_owned()),
+        ("k1", Enrollment::Key(good.secret.clone()), not_proven("k1")),
     ];
     for (app_id, enrollment, expected) in &cases {
         assert_eq!(&register_refusal(&server, app_id, "s", enrollment), expected);

@@ -1,7 +1,8 @@
-//! Forged, malformed and mistimed signatures, the failed-signature limit per source, and
+//! Forged, malformed and mistimed signatures, the failure limit per source and app id, and
 //! the independent signers checked against the crate's.
 
 use super::*;
+use orange::protocol::limits::MAX_FAILURES_PER_APP_ID_SOURCE;
 
 #[test]
 fn forged_and_mismatched_v2_signatures_are_refused() {
@@ -160,27 +161,33 @@ fn leave_room_in_this_minute(secs: i64) {
     }
 }
 
-/// Sends 30 failed signatures from 127.0.0.1, then checks the 31st is refused by the limit.
+/// Sends as many failed signatures for w1 from 127.0.0.1 as the limit per app id and source
+/// allows, then checks the next one is refused by the limit, unchecked.
 fn exhaust_failed_signatures(w1: &GoAgent) {
-    for n in 1..=30 {
+    for n in 1..=MAX_FAILURES_PER_APP_ID_SOURCE {
         let envelope = w1.send_signed(PING, "wrong", b"ping").json();
         assert_eq!(envelope["message"], "signature does not match for app id \"w1\"", "failure {n}");
     }
     let envelope = w1.send_signed(PING, "wrong", b"ping").json();
-    assert_refused(&envelope, "too many failed signatures from 127.0.0.1 (30 this minute); retry in ");
+    assert_refused(
+        &envelope,
+        "too many failed attempts for app id \"w1\" from 127.0.0.1 (10 this minute); retry in ",
+    );
 }
 
 #[test]
-fn failed_signatures_are_limited_per_source_address() {
+fn failed_signatures_are_limited_per_source_and_app_id() {
     let mut server = Server::start(ServerOpts::poll_window(1));
     let w1 = GoAgent::new(&server, "w1", "s1").registered();
     let task = server.enqueue(&["w1"], "PING", "")[0].task_id.clone();
+    // A restart forgets where w1's good requests came from: 127.0.0.1 is now just an address.
+    server.restart();
     let before = Snapshot::of(&server);
     leave_room_in_this_minute(10);
     exhaust_failed_signatures(&w1);
-    // The documented trade-off: until the minute ends, correct requests from the same address
-    // are deferred too (HTTP 503: agents retry them later; they are not dropped).
-    let limited = "too many failed signatures from 127.0.0.1";
+    // Until the minute ends, w1's requests from this address are deferred unchecked (HTTP 503:
+    // agents retry them later; they are not dropped), since no good one came from it since.
+    let limited = "too many failed attempts for app id \"w1\" from 127.0.0.1";
     assert_refused(&w1.ping(), limited);
     assert_refused(&w1.send_v2(PING, "s1", b"ping"), limited);
     assert_refused(&w1.register(), limited);
@@ -189,19 +196,22 @@ fn failed_signatures_are_limited_per_source_address() {
     // Nothing about that is stored.
     assert_unchanged(&mut server, &before);
     assert_eq!(task_status(&server, &task), "queued");
+    // Another app id from the same address is not held back.
+    GoAgent::new(&server, "w2", "s2").registered();
 }
 
 #[test]
 fn get_task_refused_by_the_failure_limit_keeps_an_original_client_polling() {
     let mut server = Server::start(ServerOpts::poll_window(1));
     let w1 = GoAgent::new(&server, "w1", "s1").registered();
+    server.restart();
     leave_room_in_this_minute(10);
     exhaust_failed_signatures(&w1);
     // The original client exits on any getTask answer but 0 and 2 (PROTOCOL.md), so a
     // transient refusal of its correct poll must be code 2, as a replayed poll's is.
     let envelope = w1.get_task();
     let message = envelope["message"].as_str().unwrap_or_default();
-    assert!(message.contains("too many failed signatures from 127.0.0.1"), "{envelope}");
+    assert!(message.contains("too many failed attempts for app id \"w1\" from 127.0.0.1"), "{envelope}");
     assert_eq!(
         envelope["code"], 2,
         "a correctly signed getTask refused by the failure limit answers code 1, which makes an \

@@ -1,8 +1,10 @@
-//! Raw HTTP/1.1 over a socket, a request written byte for byte and the response read back,
-//! and a TCP [`Proxy`] that notes every request it forwards.
+//! Raw HTTP/1.1 over a socket, a request written byte for byte and the response read back, a
+//! keep-alive [`Connection`] from a chosen source address, and a TCP [`Proxy`] that notes every
+//! request it forwards.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::fd::FromRawFd;
 use std::time::{Duration, Instant};
 
 /// A response read off a raw socket.
@@ -129,6 +131,80 @@ pub fn http(
     bytes.extend_from_slice(body);
     raw_exchange(addr, bytes, Duration::from_secs(60))
         .unwrap_or_else(|e| panic!("{method} {path} on {addr} failed: {e}"))
+}
+
+/// A keep-alive HTTP/1.1 connection from a chosen IPv4 source address (any address of
+/// 127.0.0.0/8 is local on Linux), so that many requests from "another host" go out quickly.
+/// When the server closes it, the next exchange opens a new one.
+pub struct Connection {
+    source: Ipv4Addr,
+    addr: SocketAddr,
+    reader: Option<BufReader<TcpStream>>,
+}
+
+impl Connection {
+    /// A connection to `addr` from `source` (opened at the first exchange).
+    pub fn new(source: Ipv4Addr, addr: SocketAddr) -> Self {
+        Connection { source, addr, reader: None }
+    }
+
+    /// Writes `request` (which must not ask to close the connection) and reads its response;
+    /// sends it again once on a new connection if the kept one was closed.
+    pub fn exchange(&mut self, request: &[u8]) -> std::io::Result<RawResponse> {
+        match self.try_exchange(request) {
+            Ok(response) => Ok(response),
+            Err(_) => {
+                self.reader = None;
+                self.try_exchange(request)
+            }
+        }
+    }
+
+    fn try_exchange(&mut self, request: &[u8]) -> std::io::Result<RawResponse> {
+        if self.reader.is_none() {
+            let stream = connect_from(self.source, self.addr)?;
+            stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+            self.reader = Some(BufReader::new(stream));
+        }
+        let reader = self.reader.as_mut().ok_or_else(|| bad_data("no connection".into()))?;
+        reader.get_mut().write_all(request)?;
+        let response = read_response(reader)?;
+        if response.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
+            self.reader = None;
+        }
+        Ok(response)
+    }
+}
+
+/// A TCP connection to `addr` whose local end is bound to `source`.
+pub fn connect_from(source: Ipv4Addr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let SocketAddr::V4(to) = addr else {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "an IPv4 server address"));
+    };
+    let sockaddr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: a new socket is owned by the TcpStream at once; the addresses outlive the calls.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        let local = sockaddr(source, 0);
+        if libc::bind(fd, (&raw const local).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let remote = sockaddr(*to.ip(), to.port());
+        if libc::connect(fd, (&raw const remote).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(stream)
+    }
 }
 
 // A TCP proxy that notes every HTTP request it forwards

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 pub use agent::{Agent, AgentOpts};
 pub use cli::{LiveRun, Run, cli, cli_with};
 pub use go::*;
-pub use http::{ProxiedRequest, Proxy, RawResponse, http, raw_exchange};
+pub use http::{Connection, ProxiedRequest, Proxy, RawResponse, http, raw_exchange};
 pub use process::{KillOnDrop, process_alive, rss_kib, write_secret};
 pub use server::{EnrollKey, Server, ServerOpts};
 pub use sim::{SIM_SECRET, history, most_open_at_once, ms_between, register_as, register_sim};
