@@ -70,12 +70,7 @@ pub enum PollAnswer {
     /// A task to run.
     Task(WireTask),
     /// No task; possibly control messages (cancels) for running tasks.
-    Idle {
-        /// Cancels for running tasks, if any.
-        control: PollControl,
-        /// The server's words (why the poll ended, or why it was turned away).
-        message: String,
-    },
+    Idle(PollControl),
 }
 
 /// Largest response body either client reads.
@@ -347,17 +342,16 @@ impl AgentClient {
             url: format!("{}{}", self.base, wire::GET_TASK_PATH),
             reason,
         };
-        let message = envelope.message;
         match (envelope.code, envelope.data) {
             (CODE_OK, Some(data)) => {
                 serde_json::from_value(data).map(PollAnswer::Task).map_err(|e| bad(e.to_string()))
             }
             (CODE_OK, None) => Err(bad("task fetched without a task".into())),
-            (CODE_NO_TASK, data) => {
-                let control = data.and_then(|data| serde_json::from_value(data).ok()).unwrap_or_default();
-                Ok(PollAnswer::Idle { control, message })
+            (CODE_NO_TASK, None) => Ok(PollAnswer::Idle(PollControl::default())),
+            (CODE_NO_TASK, Some(data)) => {
+                Ok(PollAnswer::Idle(serde_json::from_value(data).unwrap_or_default()))
             }
-            _ => Err(ClientError::Refused(message)),
+            _ => Err(ClientError::Refused(envelope.message)),
         }
     }
 

@@ -183,18 +183,16 @@ impl Poller {
                     self.capacity_ignored = true;
                 }
             }
-            PollAnswer::Idle { control, .. } => cancel_tasks(&self.shared, &control.cancel),
+            PollAnswer::Idle(control) => cancel_tasks(&self.shared, &control.cancel),
         }
     }
 
     /// Sets when the next poll may start after `answer`, which took `lasted`.
     fn pace_after(&mut self, answer: &PollAnswer, lasted: Duration) {
-        let (outcome, message) = match answer {
-            PollAnswer::Task(_) => (PollOutcome::Task, ""),
-            PollAnswer::Idle { control, message } if !control.cancel.is_empty() => {
-                (PollOutcome::Cancels, message.as_str())
-            }
-            PollAnswer::Idle { message, .. } => (PollOutcome::Empty { lasted }, message.as_str()),
+        let outcome = match answer {
+            PollAnswer::Task(_) => PollOutcome::Task,
+            PollAnswer::Idle(control) if !control.cancel.is_empty() => PollOutcome::Cancels,
+            PollAnswer::Idle(_) => PollOutcome::Empty { lasted },
         };
         let was_failing = self.pace.is_failing();
         let wait = self.pace.next_wait(outcome);
@@ -204,7 +202,7 @@ impl Poller {
         if !wait.is_zero() {
             let retry_in_ms = wait.as_millis() as u64;
             let lasted_ms = lasted.as_millis() as u64;
-            warn!(%message, lasted_ms, retry_in_ms, "getTask answered at once without a task; polling again later");
+            warn!(lasted_ms, retry_in_ms, "getTask answered at once without a task; polling again later");
             self.not_before = Instant::now() + wait;
         }
     }

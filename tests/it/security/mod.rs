@@ -43,6 +43,7 @@ mod files_and_tls;
 mod input_limits;
 mod replay;
 mod signatures;
+mod task_environ;
 
 /// A server whose enrollment key is private, with a 1 s poll window.
 fn private_server() -> Server {
