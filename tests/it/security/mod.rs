@@ -36,6 +36,7 @@ const REPLAY: &str = "this signed request was already used; replays are refused"
 const PRIVATE_KEY: &str = "a-private-enrollment-key-5c1d";
 
 mod admin_auth;
+mod agent_backoff;
 mod argv;
 mod disk;
 mod enrollment;
