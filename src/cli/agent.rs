@@ -294,6 +294,20 @@ mod tests {
     }
 
     #[test]
+    fn secrets_handed_over_on_the_pipe_are_read_and_a_bad_descriptor_is_refused() -> Result<()> {
+        let (read_end, write_end) = secrets_pipe()?;
+        let secrets = BTreeMap::from([("ORANGE_ENROLL_KEY".to_owned(), "k\nwith a newline".to_owned())]);
+        std::fs::File::from(write_end).write_all(&serde_json::to_vec(&secrets)?)?;
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(read_end);
+        assert_eq!(read_handed_over(&fd.to_string())?, secrets);
+        for bad in ["x", "1", "-4"] {
+            let e = read_handed_over(bad).unwrap_err().to_string();
+            assert!(e.contains(&format!("ORANGE_SECRETS_FD={bad:?}")), "{e}");
+        }
+        Ok(())
+    }
+
+    #[test]
     fn bad_flags_are_refused_naming_the_flag() -> Result<()> {
         let tmp = tempfile::tempdir()?;
         let zero = AgentArgs { max_tasks: 0, ..args(tmp.path()) };

@@ -1,7 +1,8 @@
 //! A turned-away agent does not hammer its server: a real `orange agent` pointed at a stub that
 //! accepts its registration and then refuses every getTask at once (HTTP 429 without
 //! `Retry-After`, code 1, code 2 with no wait, a reset connection) polls a few times a second at
-//! most, and keeps running.
+//! most, and keeps running; and so does a real agent whose address the real server locked out
+//! after others' bad signatures in its name.
 
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
@@ -173,4 +174,34 @@ fn an_agent_answered_no_task_at_once_backs_off() {
 #[test]
 fn an_agent_whose_connections_are_reset_backs_off() {
     agent_backs_off(Refusal::Reset);
+}
+
+#[test]
+fn a_real_agent_whose_source_is_locked_out_polls_a_few_times_a_second_at_most() {
+    let server = Server::start(ServerOpts::poll_window(2));
+    let proxy = crate::support::Proxy::start(server.addr);
+    let opts = crate::support::AgentOpts { server_url: Some(proxy.url.clone()), ..Default::default() };
+    let mut agent = crate::support::Agent::start_online(&server, "b1", opts);
+    // Bad signatures in the agent's name, from its address, past the failure limit.
+    let forger = GoAgent::new(&server, "b1", "not-the-secret");
+    for _ in 0..=MAX_FAILURES_PER_MINUTE {
+        forger.ping();
+    }
+    let started = Instant::now();
+    std::thread::sleep(WATCH);
+    let polls: Vec<Instant> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == GET_TASK && r.at >= started + Duration::from_secs(1))
+        .map(|r| r.at)
+        .collect();
+    let most = MOST_PER_SECOND * (WATCH.as_secs() as usize - 1);
+    assert!(
+        polls.len() <= most,
+        "{} getTask calls in {} s (at most {most})\n{}",
+        polls.len(),
+        WATCH.as_secs() - 1,
+        agent.output()
+    );
+    agent.assert_running();
 }
