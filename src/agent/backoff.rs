@@ -1,6 +1,9 @@
 //! Capped exponential backoff with full jitter, used for every retry the agent makes (register,
-//! getTask, ping, report) so that a fleet does not hammer a server that comes back; and the wait
-//! an overloaded server asks for (`Retry-After`), honoured with jitter on top.
+//! getTask, ping, report) so that a fleet does not hammer a server that comes back; the wait
+//! an overloaded server asks for (`Retry-After`), honoured with jitter on top; and the pace of
+//! the long poll ([`PollPace`]), which backs off as well when the server answers "no task" at
+//! once, again and again, instead of holding the poll (a source it locked out, a server without
+//! a long poll).
 
 use std::time::Duration;
 
@@ -69,6 +72,70 @@ impl Backoff {
 /// come back together.
 pub fn honoured(asked: Duration) -> Duration {
     asked.saturating_add(jitter((asked / 2).max(BUSY_JITTER_MIN)))
+}
+
+/// An empty getTask answer that came back sooner than this did not wait on the server: the
+/// shortest poll window a server may have is a second.
+pub const QUICK_ANSWER: Duration = Duration::from_millis(500);
+
+/// How one long poll ended, as far as the pace of the next one is concerned.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PollOutcome {
+    /// It brought a task.
+    Task,
+    /// It brought cancels for running tasks: the server answers those at once by design.
+    Cancels,
+    /// It ended without a task after `lasted`.
+    Empty {
+        /// How long the call took.
+        lasted: Duration,
+    },
+    /// It failed (refused, unreachable, busy); the server may have asked to wait `retry_after`.
+    Failed {
+        /// The server's `Retry-After`, if it sent one.
+        retry_after: Option<Duration>,
+    },
+}
+
+/// When the next long poll may start. A task, or an empty poll that lasted (the server held it),
+/// starts over; a failure backs off, honouring the server's `Retry-After`; an empty answer that
+/// came back at once ([`QUICK_ANSWER`]) backs off too, except the first after a poll that
+/// lasted: a stopping server answers its parked polls that way, and a restarted one should be
+/// polled again at once. Cancels change nothing: they are the one answer meant to come at once.
+#[derive(Debug, Clone, Default)]
+pub struct PollPace {
+    backoff: Backoff,
+    /// An empty answer came back at once since the last poll that lasted.
+    quick_seen: bool,
+}
+
+impl PollPace {
+    /// Records how a poll ended and returns how long to wait before the next one.
+    pub fn next_wait(&mut self, outcome: PollOutcome) -> Duration {
+        match outcome {
+            PollOutcome::Task => self.reset(),
+            PollOutcome::Empty { lasted } if lasted >= QUICK_ANSWER => self.reset(),
+            PollOutcome::Cancels => Duration::ZERO,
+            PollOutcome::Empty { .. } if !self.quick_seen && !self.backoff.is_failing() => {
+                self.quick_seen = true;
+                Duration::ZERO
+            }
+            PollOutcome::Empty { .. } => self.backoff.next_delay(),
+            PollOutcome::Failed { retry_after } => self.backoff.next_delay_after(retry_after),
+        }
+    }
+
+    /// True while polls fail or come back empty at once.
+    pub fn is_failing(&self) -> bool {
+        self.backoff.is_failing()
+    }
+
+    /// Starts over, as after a task; returns no wait.
+    pub fn reset(&mut self) -> Duration {
+        self.backoff.reset();
+        self.quick_seen = false;
+        Duration::ZERO
+    }
 }
 
 /// A uniformly random duration in `[0, ceiling]`.
@@ -141,6 +208,70 @@ mod tests {
         }
         assert!(grown.next_delay_after(Some(Duration::from_secs(1))) >= Duration::from_secs(1));
         assert!(Backoff::default().next_delay_after(None) <= BACKOFF_START);
+    }
+
+    /// The waits a pace gives for `outcomes`, in order.
+    fn waits(pace: &mut PollPace, outcomes: &[PollOutcome]) -> Vec<Duration> {
+        outcomes.iter().map(|outcome| pace.next_wait(*outcome)).collect()
+    }
+
+    const QUICK: PollOutcome = PollOutcome::Empty { lasted: Duration::from_millis(3) };
+    const LASTED: PollOutcome = PollOutcome::Empty { lasted: Duration::from_secs(1) };
+    const REFUSED: PollOutcome = PollOutcome::Failed { retry_after: None };
+
+    #[test]
+    fn quick_empty_answers_back_off_after_the_first_up_to_the_cap() {
+        let mut pace = PollPace::default();
+        assert_eq!(pace.next_wait(QUICK), Duration::ZERO, "the first may be a stopping server");
+        let mut ceiling = BACKOFF_START;
+        for _ in 0..12 {
+            assert!(pace.next_wait(QUICK) <= ceiling);
+            ceiling = (ceiling * 2).min(BACKOFF_CAP);
+        }
+        assert!(pace.is_failing());
+        assert_eq!(pace.backoff.ceiling(), BACKOFF_CAP);
+        // Thousands of them cost a few minutes of waiting, not thousands of requests a second.
+        let total: Duration = (0..200).map(|_| pace.next_wait(QUICK)).sum();
+        assert!(total > Duration::from_secs(1000), "{total:?}");
+    }
+
+    #[test]
+    fn a_task_or_a_poll_that_lasted_starts_over() {
+        for start_over in [PollOutcome::Task, LASTED] {
+            let mut pace = PollPace::default();
+            waits(&mut pace, &[QUICK, QUICK, REFUSED, QUICK]);
+            assert!(pace.is_failing());
+            assert_eq!(pace.next_wait(start_over), Duration::ZERO);
+            assert!(!pace.is_failing());
+            assert_eq!(waits(&mut pace, &[QUICK]), [Duration::ZERO], "after {start_over:?}");
+            assert!(pace.next_wait(QUICK) <= BACKOFF_START);
+        }
+    }
+
+    #[test]
+    fn cancels_come_at_once_and_change_nothing() {
+        let mut pace = PollPace::default();
+        assert_eq!(waits(&mut pace, &[PollOutcome::Cancels; 5]), [Duration::ZERO; 5]);
+        assert!(!pace.is_failing());
+        waits(&mut pace, &[QUICK, QUICK, QUICK, QUICK]);
+        let ceiling = pace.backoff.ceiling();
+        assert_eq!(pace.next_wait(PollOutcome::Cancels), Duration::ZERO);
+        assert_eq!(pace.backoff.ceiling(), ceiling, "cancels neither grow nor reset the backoff");
+    }
+
+    #[test]
+    fn failures_back_off_from_the_first_and_honour_retry_after() {
+        let mut pace = PollPace::default();
+        assert!(pace.next_wait(REFUSED) <= BACKOFF_START);
+        // After a failure, even the first quick empty answer waits.
+        assert!(pace.is_failing());
+        let asked = Duration::from_secs(7);
+        let busy = pace.next_wait(PollOutcome::Failed { retry_after: Some(asked) });
+        assert!(busy >= asked && busy <= asked + asked / 2, "{busy:?}");
+        let mut fresh = PollPace::default();
+        fresh.next_wait(REFUSED);
+        let quick: Vec<Duration> = (0..50).map(|_| fresh.clone().next_wait(QUICK)).collect();
+        assert!(quick.iter().any(|w| *w > Duration::ZERO), "{quick:?}");
     }
 
     #[test]

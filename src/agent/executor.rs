@@ -22,8 +22,16 @@ pub const DEFAULT_TASK_TIMEOUT: Duration = Duration::from_secs(600);
 pub const SHELL_DISABLED: &str = "shell tasks are disabled on this agent; start it with --allow-shell";
 /// The shell of `shell` tasks, by absolute path so that the agent's PATH does not matter.
 const SHELL: &str = "/bin/sh";
-/// Variables of the agent's own environment that task processes must not inherit.
-const HIDDEN_ENV: [&str; 3] = ["ORANGE_SECRET", "ORANGE_ENROLL_KEY", "ORANGE_ENROLL_TOKEN"];
+/// Variables that hold secrets (and the descriptor `orange agent` hands its secrets over on):
+/// task processes never inherit them, and `orange agent` runs without them in its environment.
+pub const SECRET_ENV: [&str; 6] = [
+    "ORANGE_SECRET",
+    "ORANGE_ENROLL_KEY",
+    "ORANGE_ENROLL_TOKEN",
+    "ORANGE_TOKEN",
+    "ORANGE_ADMIN_TOKEN",
+    "ORANGE_SECRETS_FD",
+];
 
 /// The default [`TaskHandler`]: `ping`, `shell` and the handlers directory.
 #[derive(Debug, Clone)]
@@ -127,7 +135,7 @@ fn run_command(
     ctx: &TaskContext,
 ) -> TaskOutcome {
     command.env("ORANGE_TASK_ID", &task.task_id);
-    for name in HIDDEN_ENV {
+    for name in SECRET_ENV {
         command.env_remove(name);
     }
     let timeout = task.timeout_secs.map_or(DEFAULT_TASK_TIMEOUT, Duration::from_secs);

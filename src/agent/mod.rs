@@ -28,7 +28,7 @@
 //! - `stream`: the sink that streams output to the server as numbered chunks.
 //! - `report`: building `reportTask` bodies and sending final reports.
 //! - `retry`: sending one call until the server takes or refuses it.
-//! - [`backoff`]: capped exponential backoff with full jitter.
+//! - [`backoff`]: capped exponential backoff with full jitter, and the pace of the long poll.
 //!
 //! Files depend downwards in this order: `mod`, `poll`, `worker`, `outbox`, `report`,
 //! `executor`, `handler`, `stream`, `retry`, `backoff`, `shared`, `stop`, `facts`, `config`,

@@ -5,6 +5,10 @@
 //! no task but answers at once with the ids of cancelled tasks. Polls run on short-lived threads
 //! so the loop can react to a freed slot while a capacity-0 poll is parked: it starts a new poll,
 //! which supersedes the old one on the server. Everything is blocking; there is no async runtime.
+//!
+//! Polls are paced by [`PollPace`]: a refusal, an error, or "no task" answered at once instead of
+//! a held poll (a server that locked this source out answers so) makes the next poll wait longer
+//! each time, up to half a minute, so a turned-away agent never hammers its server.
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -13,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 
-use super::backoff::{Backoff, honoured};
+use super::backoff::{Backoff, PollOutcome, PollPace, honoured};
 use super::config::AgentConfig;
 use super::facts::{FACTS_CHECK_EVERY, collect};
 use super::handler::TaskHandler;
@@ -44,8 +48,8 @@ struct Poller {
     in_flight: Option<InFlight>,
     /// No poll starts before this (backoff after a failure).
     not_before: Instant,
-    /// Grows while the server is unreachable or refuses getTask.
-    server: Backoff,
+    /// Grows while the server is unreachable, refuses getTask or answers it at once with no task.
+    pace: PollPace,
     /// Grows while getTask keeps saying "unknown app id" right after registering again.
     unknown: Backoff,
     /// Set once the server handed out a task with no free slot: it ignores the capacity
@@ -78,7 +82,7 @@ impl Poller {
             generation: 0,
             in_flight: None,
             not_before: now,
-            server: Backoff::default(),
+            pace: PollPace::default(),
             unknown: Backoff::default(),
             capacity_ignored: false,
             last_prune: now,
@@ -97,7 +101,7 @@ impl Poller {
             self.start_poll();
         }
         match events.recv_timeout(self.idle_wait()) {
-            Ok(PollEvent::Answer { generation, result }) => self.answered(generation, result),
+            Ok(PollEvent::Answer { generation, lasted, result }) => self.answered(generation, lasted, result),
             Ok(PollEvent::TaskEnded) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => self.shared.stop.request(),
         }
@@ -136,9 +140,11 @@ impl Poller {
         let poll = InFlight { generation: self.generation, capacity: self.capacity() };
         let shared = Arc::clone(&self.shared);
         let spawned = thread::Builder::new().name("orange-poll".into()).spawn(move || {
+            let started = Instant::now();
             let result = shared.client.poll(poll.capacity);
+            let lasted = started.elapsed();
             // The loop is gone only once the agent stopped; the answer is not needed then.
-            let _ = shared.events.send(PollEvent::Answer { generation: poll.generation, result });
+            let _ = shared.events.send(PollEvent::Answer { generation: poll.generation, lasted, result });
         });
         match spawned {
             Ok(_) => self.in_flight = Some(poll),
@@ -149,15 +155,18 @@ impl Poller {
         }
     }
 
-    fn answered(&mut self, generation: u64, result: Result<PollAnswer, ClientError>) {
+    fn answered(&mut self, generation: u64, lasted: Duration, result: Result<PollAnswer, ClientError>) {
         let current = self.in_flight.is_some_and(|poll| poll.generation == generation);
         if current {
             self.in_flight = None;
         }
         match result {
             Ok(answer) => {
-                server_is_back(&mut self.server);
                 self.unknown.reset();
+                // A superseded poll ends early by design: only the current one sets the pace.
+                if current {
+                    self.pace_after(&answer, lasted);
+                }
                 self.handle(answer);
             }
             Err(e) if !current => debug!(error = %e, "a superseded poll failed"),
@@ -178,10 +187,29 @@ impl Poller {
         }
     }
 
+    /// Sets when the next poll may start after `answer`, which took `lasted`.
+    fn pace_after(&mut self, answer: &PollAnswer, lasted: Duration) {
+        let outcome = match answer {
+            PollAnswer::Task(_) => PollOutcome::Task,
+            PollAnswer::Idle(control) if !control.cancel.is_empty() => PollOutcome::Cancels,
+            PollAnswer::Idle(_) => PollOutcome::Empty { lasted },
+        };
+        let was_failing = self.pace.is_failing();
+        let wait = self.pace.next_wait(outcome);
+        if was_failing && !self.pace.is_failing() {
+            info!("server reachable again");
+        }
+        if !wait.is_zero() {
+            let retry_in_ms = wait.as_millis() as u64;
+            let lasted_ms = lasted.as_millis() as u64;
+            warn!(lasted_ms, retry_in_ms, "getTask answered at once without a task; polling again later");
+            self.not_before = Instant::now() + wait;
+        }
+    }
+
     /// The server answered but lost this agent's registration: register again at once, and
     /// back off only if that keeps happening.
     fn unknown_agent(&mut self, e: &ClientError) {
-        server_is_back(&mut self.server);
         warn!(error = %e, "server does not know this agent; registering again");
         self.shared.request_register();
         let repeated = self.unknown.is_failing();
@@ -192,7 +220,7 @@ impl Poller {
     }
 
     fn poll_failed(&mut self, e: &ClientError) {
-        let delay = self.server.next_delay_after(e.retry_after());
+        let delay = self.pace.next_wait(PollOutcome::Failed { retry_after: e.retry_after() });
         warn_retrying("getTask", e, delay);
         self.not_before = Instant::now() + delay;
     }

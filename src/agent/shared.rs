@@ -21,6 +21,8 @@ pub enum PollEvent {
     Answer {
         /// Which poll.
         generation: u64,
+        /// How long the call took.
+        lasted: std::time::Duration,
         /// What it brought.
         result: Result<crate::client::PollAnswer, crate::client::ClientError>,
     },

@@ -1,13 +1,24 @@
 //! `orange agent`: its flags and the environment (`ORANGE_SERVER`, `ORANGE_SECRET`,
 //! `ORANGE_ENROLL_KEY`, `ORANGE_ENROLL_TOKEN`) read into the values an [`AgentConfig`] is built
 //! from. The agent itself reads neither.
+//!
+//! A task could read the environment the agent process started with in `/proc/<pid>/environ`,
+//! whatever the agent unsets later. So when secrets come in the environment, `orange agent`
+//! re-executes itself (same binary, same pid, same argv) with an environment without them, and
+//! hands them over on an inherited pipe whose descriptor number it names in `ORANGE_SECRETS_FD`;
+//! the new image reads the pipe once and closes it.
 
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use argh::FromArgs;
 
 use crate::agent::AgentConfig;
+use crate::agent::executor::SECRET_ENV;
 use crate::client::{EnrollToken, Enrollment, TlsSettings};
 use crate::protocol::limits::{self, MAX_LABELS};
 use crate::protocol::{Secret, read_secret_file};
@@ -59,10 +70,92 @@ pub struct AgentArgs {
 /// The environment, passed in so that tests do not touch the real one.
 pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
+/// Variable naming the descriptor on which a re-executed agent reads its secrets.
+const SECRETS_FD_ENV: &str = "ORANGE_SECRETS_FD";
+/// Most bytes of secrets handed over; far below a pipe's buffer, so writing never blocks.
+const MAX_HANDED_OVER: usize = 16 * 1024;
+
 /// Builds the agent's config from `orange agent` flags and the process environment; may
-/// generate and store the agent's secret.
+/// generate and store the agent's secret. When the environment holds secrets, this first
+/// re-executes the process without them (see the module doc) and does not return in this image.
 pub fn agent_config(args: AgentArgs) -> Result<AgentConfig> {
-    agent_config_with_env(args, &|name| std::env::var(name).ok())
+    let handed_over = match std::env::var(SECRETS_FD_ENV).ok() {
+        Some(fd) => read_handed_over(&fd)?,
+        None => {
+            reexec_without_secrets()?;
+            BTreeMap::new()
+        }
+    };
+    agent_config_with_env(args, &|name| handed_over.get(name).cloned().or_else(|| std::env::var(name).ok()))
+}
+
+/// Re-executes this process with the secret variables taken out of its environment and sent
+/// down a pipe instead; returns only when there is none (or no `/proc` to re-execute from).
+fn reexec_without_secrets() -> Result<()> {
+    let secrets: BTreeMap<String, String> = SECRET_ENV
+        .iter()
+        .filter_map(|name| std::env::var(name).ok().map(|value| (name.to_string(), value)))
+        .collect();
+    if secrets.is_empty() {
+        return Ok(());
+    }
+    let exe = Path::new("/proc/self/exe");
+    if !exe.exists() {
+        tracing::warn!("no /proc/self/exe: secrets stay in this process's environment");
+        return Ok(());
+    }
+    let bytes = serde_json::to_vec(&secrets).context("cannot encode the secrets to hand over")?;
+    if bytes.len() > MAX_HANDED_OVER {
+        bail!("the secret variables hold {} bytes; at most {MAX_HANDED_OVER} are taken", bytes.len());
+    }
+    let (read_end, write_end) = secrets_pipe()?;
+    std::fs::File::from(write_end).write_all(&bytes).context("cannot write the secrets to the pipe")?;
+    let mut argv = std::env::args_os();
+    let mut command = std::process::Command::new(exe);
+    command.arg0(argv.next().unwrap_or_else(|| "orange".into())).args(argv);
+    for name in SECRET_ENV {
+        command.env_remove(name);
+    }
+    command.env(SECRETS_FD_ENV, std::os::fd::AsRawFd::as_raw_fd(&read_end).to_string());
+    let e = command.exec();
+    Err(e).context("cannot re-execute /proc/self/exe to take the secrets out of the environment")
+}
+
+/// A pipe whose read end survives `exec` and whose write end does not.
+fn secrets_pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new descriptors into the array it is given.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("cannot create the secrets pipe");
+    }
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: fcntl on a descriptor this function owns; clears close-on-exec on the read end.
+    if unsafe { libc::fcntl(fds[0], libc::F_SETFD, 0) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("cannot keep the secrets pipe open");
+    }
+    Ok((read_end, write_end))
+}
+
+/// Reads the secrets the previous image of this process wrote on descriptor `fd`, and closes it.
+fn read_handed_over(fd: &str) -> Result<BTreeMap<String, String>> {
+    let number: i32 = fd
+        .parse()
+        .ok()
+        .filter(|n| *n > 2)
+        .with_context(|| format!("{SECRETS_FD_ENV}={fd:?} is not a descriptor"))?;
+    // SAFETY: F_GETFD only asks whether the descriptor is open.
+    if unsafe { libc::fcntl(number, libc::F_GETFD) } < 0 {
+        bail!("{SECRETS_FD_ENV}={fd:?} is not an open descriptor");
+    }
+    // SAFETY: the descriptor is open and was left to this image for this read only; it is
+    // closed when the file drops.
+    let file = unsafe { std::fs::File::from_raw_fd(number) };
+    let mut bytes = Vec::new();
+    file.take(MAX_HANDED_OVER as u64 + 1)
+        .read_to_end(&mut bytes)
+        .context("cannot read the handed-over secrets")?;
+    serde_json::from_slice(&bytes).context("the handed-over secrets are not a JSON object of strings")
 }
 
 /// [`agent_config`] with the environment passed in.
@@ -197,6 +290,20 @@ mod tests {
         let bad = |name: &str| (name == "ORANGE_ENROLL_TOKEN").then(|| "not a token".to_string());
         let err = agent_config_with_env(args(tmp.path()), &bad).unwrap_err().to_string();
         assert!(err.contains("<hex id>.<hex secret>"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn secrets_handed_over_on_the_pipe_are_read_and_a_bad_descriptor_is_refused() -> Result<()> {
+        let (read_end, write_end) = secrets_pipe()?;
+        let secrets = BTreeMap::from([("ORANGE_ENROLL_KEY".to_owned(), "k\nwith a newline".to_owned())]);
+        std::fs::File::from(write_end).write_all(&serde_json::to_vec(&secrets)?)?;
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(read_end);
+        assert_eq!(read_handed_over(&fd.to_string())?, secrets);
+        for bad in ["x", "1", "-4"] {
+            let e = read_handed_over(bad).unwrap_err().to_string();
+            assert!(e.contains(&format!("ORANGE_SECRETS_FD={bad:?}")), "{e}");
+        }
         Ok(())
     }
 

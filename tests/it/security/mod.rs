@@ -36,6 +36,7 @@ const REPLAY: &str = "this signed request was already used; replays are refused"
 const PRIVATE_KEY: &str = "a-private-enrollment-key-5c1d";
 
 mod admin_auth;
+mod agent_backoff;
 mod argv;
 mod audit_flood;
 mod connections;
@@ -49,6 +50,7 @@ mod log_flood;
 mod pools;
 mod replay;
 mod signatures;
+mod task_environ;
 
 /// A server whose enrollment key is private, with a 1 s poll window.
 fn private_server() -> Server {
