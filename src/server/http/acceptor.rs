@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use super::client_addr::ClientAddr;
 use super::connections::{Connections, Slot};
 use super::proxy_protocol::{self, Header};
-use super::refusals::Refusals;
+use super::refusal_log;
 use crate::server::config::ConnectionLimits;
 
 /// Admits connections within the limits and learns their client's address.
@@ -30,15 +30,13 @@ pub struct Acceptor {
 struct Shared {
     connections: Arc<Connections>,
     limits: ConnectionLimits,
-    refusals: Arc<Refusals>,
 }
 
 impl Acceptor {
-    /// An acceptor holding at most `max_total` connections, and `limits`' other bounds;
-    /// refused connections are counted in `refusals`.
-    pub fn new(limits: &ConnectionLimits, max_total: usize, refusals: Arc<Refusals>) -> Self {
+    /// An acceptor holding at most `max_total` connections, and `limits`' other bounds.
+    pub fn new(limits: &ConnectionLimits, max_total: usize) -> Self {
         let connections = Connections::new(max_total, limits.max_per_source);
-        Acceptor { shared: Arc::new(Shared { connections, limits: limits.clone(), refusals }) }
+        Acceptor { shared: Arc::new(Shared { connections, limits: limits.clone() }) }
     }
 }
 
@@ -67,11 +65,8 @@ impl Shared {
                 Ok((Header::Proxied(client), prefix)) => (canonical(client), prefix),
                 Ok((Header::Local, prefix)) => (peer, prefix),
                 Err(e) => {
-                    return Err(self.refuse(
-                        peer.ip(),
-                        "no valid PROXY protocol header",
-                        Some(e.to_string()),
-                    ));
+                    let detail = e.to_string();
+                    return Err(self.refuse(peer.ip(), "no valid PROXY protocol header", Some(&detail)));
                 }
             },
         };
@@ -79,9 +74,9 @@ impl Shared {
         Ok((Connection { stream, prefix, prefix_read: 0, _slot: slot }, client))
     }
 
-    /// Counts a refusal; the error returned ends the connection.
-    fn refuse(&self, source: IpAddr, reason: &'static str, detail: Option<String>) -> io::Error {
-        self.refusals.note(source, reason, detail);
+    /// Logs a refusal; the error returned ends the connection.
+    fn refuse(&self, source: IpAddr, reason: &'static str, detail: Option<&str>) -> io::Error {
+        refusal_log::connection_refused(source, reason, detail);
         io::Error::new(io::ErrorKind::ConnectionRefused, reason)
     }
 }

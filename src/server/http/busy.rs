@@ -13,11 +13,10 @@
 //! waits the same drawn time, without counting as load, and is then served. Those waits are
 //! bounded too ([`HELD_PER_PLACE`] per place): past them an original getTask answers "no task" at
 //! once and any other original request HTTP 503, which original clients already meet when the
-//! server defers a request. Refusals are logged as a count per kind and interval ([`summary`]),
-//! not one line each.
+//! server defers a request. Refusals are logged as a count per kind and interval
+//! ([`super::refusal_log`]), not one line each.
 
 mod body;
-mod summary;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -31,12 +30,12 @@ use axum::response::{IntoResponse, Response};
 use tracing::{debug, warn};
 
 use super::AppState;
+use super::refusal_log::{self, Ended, RefusalLog};
 use crate::protocol::busy::{BUSY_MESSAGE, HEADER_RETRY_AFTER};
 use crate::protocol::wire::{
     CODE_ERROR, CODE_NO_TASK, Envelope, GET_TASK_PATH, HEADER_APPID, HEADER_SIGN_VERSION, REGISTER_PATH,
     check_app_id,
 };
-use summary::{SUMMARY_INTERVAL, Summary};
 
 /// Original clients' requests that may wait for their turn, per place.
 pub const HELD_PER_PLACE: usize = 4;
@@ -181,12 +180,22 @@ enum Refused {
     Body,
 }
 
+impl Refused {
+    fn as_str(self) -> &'static str {
+        match self {
+            Refused::RetryLater => "retry later",
+            Refused::TooManyHeld => "too many held",
+            Refused::Body => "body",
+        }
+    }
+}
+
 /// The two pools and the summary of their refusals.
 #[derive(Debug)]
 pub struct Pools {
     verified: Arc<Limiter>,
     unverified: Arc<Limiter>,
-    refusals: Summary<(Refused, Pool)>,
+    refusals: RefusalLog<(Refused, Pool)>,
 }
 
 impl Pools {
@@ -196,7 +205,7 @@ impl Pools {
         Arc::new(Pools {
             verified: Limiter::new(max_inflight, retry_after_secs),
             unverified: Limiter::new(max_unverified_inflight, retry_after_secs),
-            refusals: Summary::new(SUMMARY_INTERVAL),
+            refusals: RefusalLog::new(refusal_log::INTERVAL, refusal_log::MAX_KINDS),
         })
     }
 
@@ -207,21 +216,24 @@ impl Pools {
         }
     }
 
-    /// Counts a refusal, and logs the count when a line about this kind is due.
+    /// Logs a refusal, or counts it when one of its kind was logged lately.
     fn log_refusal(&self, refused: Refused, pool: Pool, path: &str, detail: &str) {
-        let Some(count) = self.refusals.note((refused, pool), Instant::now()) else { return };
+        let noted = self.refusals.note((refused, pool), Instant::now());
+        for Ended { kind, count } in noted.ended {
+            let (refused, pool) =
+                kind.map_or(("any", "any"), |(refused, pool)| (refused.as_str(), pool.as_str()));
+            warn!(refused, pool, count, "more agent requests refused in the last interval");
+        }
+        if !noted.first {
+            return;
+        }
         let (pool, busy) = (pool.as_str(), self.limiter(pool).busy());
         match refused {
-            Refused::RetryLater => {
-                warn!(path, pool, busy, count, detail, "overloaded: agent told to retry later");
-            }
+            Refused::RetryLater => warn!(path, pool, busy, detail, "overloaded: agent told to retry later"),
             Refused::TooManyHeld => {
-                warn!(
-                    path,
-                    pool, busy, count, "overloaded: too many original clients' requests wait already"
-                );
+                warn!(path, pool, busy, "overloaded: too many original clients' requests wait already");
             }
-            Refused::Body => warn!(path, pool, count, detail, "agent request body refused"),
+            Refused::Body => warn!(path, pool, detail, "agent request body refused"),
         }
     }
 }

@@ -16,7 +16,6 @@ mod client_addr;
 mod connections;
 mod proxy_protocol;
 mod refusal_log;
-mod refusals;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -138,9 +137,8 @@ pub async fn serve(
         shutdown.await;
         stopper.graceful_shutdown(Some(DRAIN_TIMEOUT));
     });
-    let refusals = Arc::new(refusals::Refusals::default());
-    let summaries = tokio::spawn(Arc::clone(&refusals).log_every_interval());
-    let acceptor = acceptor::Acceptor::new(limits, max_connections(limits), Arc::clone(&refusals));
+    let summaries = tokio::spawn(refusal_log::flush_every_interval());
+    let acceptor = acceptor::Acceptor::new(limits, max_connections(limits));
     let Listener { tcp, tls } = listener;
     let tcp = tcp.into_std().context("cannot take over the listening socket")?;
     let app = app.into_make_service_with_connect_info::<SocketAddr>();
@@ -156,7 +154,7 @@ pub async fn serve(
         Some(tls) => server.acceptor(RustlsAcceptor::new(tls).acceptor(acceptor)).serve(app).await,
     };
     summaries.abort();
-    refusals.log();
+    refusal_log::flush(true);
     served.context("server failed")
 }
 

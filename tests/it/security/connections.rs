@@ -139,7 +139,7 @@ fn a_source_past_its_connection_limit_is_refused_while_another_keeps_working() {
     assert_eq!(create_token(&server, other, b""), Some(201), "127.0.0.2 has its own share");
     wait_until(Duration::from_secs(15), "a summary of the refusals in the log", || {
         server.stderr().lines().any(|line| {
-            line.contains("connections refused")
+            line.contains("connection refused")
                 && line.contains("127.0.0.1")
                 && line.contains("source at its")
         })
