@@ -16,6 +16,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::group::GroupRecord;
 use crate::protocol::{ReportRequest, WireTask};
 
 /// Directory of the journal inside the state directory.
@@ -59,6 +60,11 @@ pub struct Entry {
     /// The task as delivered, so that one never run can be run after a restart.
     #[serde(default)]
     pub task: Option<WireTask>,
+    /// The process groups of the task's processes that are running now: recorded as soon as one
+    /// starts, removed once its process is gone. What a restart finds here, for a task without a
+    /// report, is what the agent died with; it is ended before the task is reported `lost`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<GroupRecord>,
 }
 
 fn counts_as_run() -> bool {
@@ -77,6 +83,7 @@ impl Entry {
             reported: false,
             ran: false,
             task: Some(task.clone()),
+            groups: Vec::new(),
         }
     }
 }
