@@ -70,7 +70,10 @@ pub fn end_orphans(journal: &Journal) {
     let found = end_groups(&groups, ORPHAN_GRACE);
     for entry in unfinished {
         let _span = info_span!("task", id = %entry.task_id).entered();
-        info!(groups = entry.groups.len(), "the agent died while this task ran; its process groups were ended");
+        info!(
+            groups = entry.groups.len(),
+            "the agent died while this task ran; its process groups were ended"
+        );
         if let Err(e) = journal.put(&Entry { groups: Vec::new(), ..entry }) {
             error!(error = %format!("{e:#}"), "cannot journal that the task's process groups ended");
         }
