@@ -314,6 +314,24 @@ mod tests {
     }
 
     #[test]
+    fn process_groups_round_trip_and_entries_without_them_read_as_none() -> Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let journal = Journal::open(tmp.path())?;
+        let plain = Entry::started(&task("g"));
+        let json = serde_json::to_string(&plain)?;
+        assert!(!json.contains("groups"), "an entry without groups is written as before: {json}");
+        let group = GroupRecord { pgid: 42, session: 40, leader_start: 7, boot_id: "b".into() };
+        let running = Entry { ran: true, groups: vec![group], ..plain };
+        journal.put(&running)?;
+        assert_eq!(journal.get("g")?, Some(running));
+        // As written by the previous release, without the field.
+        let old = r#"{"task_id":"o","task_type":"shell","create_at":"x","started_ms":1,"report":null,"reported":false,"ran":true}"#;
+        fs::write(journal.dir().join("o.json"), old)?;
+        assert_eq!(journal.get("o")?.map(|e| e.groups), Some(Vec::new()));
+        Ok(())
+    }
+
+    #[test]
     fn ids_that_are_not_plain_names_are_hashed() -> Result<()> {
         assert_eq!(file_name("abc-1_2"), "abc-1_2.json");
         for id in ["../../etc/passwd", "", "a/b", &"x".repeat(129)] {
