@@ -64,15 +64,19 @@ impl GroupRecord {
     /// The live processes left of this group; none when the group is gone or the ids now name
     /// another group.
     pub fn members(&self) -> Vec<libc::pid_t> {
-        if boot_id().as_deref() != Some(self.boot_id.as_str()) {
+        self.members_in(&Snapshot::take())
+    }
+
+    /// The live processes of this group in `snapshot`.
+    fn members_in(&self, snapshot: &Snapshot) -> Vec<libc::pid_t> {
+        if snapshot.boot_id.as_deref() != Some(self.boot_id.as_str()) {
             return Vec::new();
         }
-        let stats = all_stats();
-        if stats.iter().any(|s| s.pid == self.pgid && s.start != self.leader_start) {
+        if snapshot.stats.iter().any(|s| s.pid == self.pgid && s.start != self.leader_start) {
             // The leader's pid names a newer process: the group ended and its id was reused.
             return Vec::new();
         }
-        stats.iter().filter(|s| !s.zombie && self.holds(s)).map(|s| s.pid).collect()
+        snapshot.stats.iter().filter(|s| !s.zombie && self.holds(s)).map(|s| s.pid).collect()
     }
 
     fn holds(&self, stat: &Stat) -> bool {
@@ -83,22 +87,28 @@ impl GroupRecord {
 /// Ends what is left of `groups`: SIGTERM to each group that still has members, SIGKILL after
 /// `grace` to those that did not end. Returns how many processes were found.
 pub fn end_groups(groups: &[GroupRecord], grace: Duration) -> usize {
-    let found: usize = groups.iter().map(|g| g.members().len()).sum();
+    let found: usize = live_groups(groups).map(|(_, members)| members).sum();
     if found == 0 {
         return 0;
     }
     signal_live(groups, libc::SIGTERM);
     let deadline = Instant::now() + grace;
-    while Instant::now() < deadline && groups.iter().any(|g| !g.members().is_empty()) {
+    while Instant::now() < deadline && live_groups(groups).next().is_some() {
         thread::sleep(SWEEP_TICK);
     }
     signal_live(groups, libc::SIGKILL);
     found
 }
 
+/// The groups that still have members, with how many, from one look at `/proc`.
+fn live_groups(groups: &[GroupRecord]) -> impl Iterator<Item = (&GroupRecord, usize)> {
+    let snapshot = Snapshot::take();
+    groups.iter().map(move |g| (g, g.members_in(&snapshot).len())).filter(|(_, members)| *members > 0)
+}
+
 /// Sends `signal` to each group that still has members (checked just before).
 fn signal_live(groups: &[GroupRecord], signal: libc::c_int) {
-    for group in groups.iter().filter(|g| !g.members().is_empty()) {
+    for (group, _) in live_groups(groups) {
         // SAFETY: kill has no memory-safety preconditions; a negative pid names the process
         // group, which cannot be another group's while it has members.
         let rc = unsafe { libc::kill(-group.pgid, signal) };
@@ -106,6 +116,18 @@ fn signal_live(groups: &[GroupRecord], signal: libc::c_int) {
             let error = std::io::Error::last_os_error();
             tracing::debug!(pgid = group.pgid, signal, %error, "cannot signal a leftover process group");
         }
+    }
+}
+
+/// One look at the processes of this boot.
+struct Snapshot {
+    boot_id: Option<String>,
+    stats: Vec<Stat>,
+}
+
+impl Snapshot {
+    fn take() -> Snapshot {
+        Snapshot { boot_id: boot_id(), stats: all_stats() }
     }
 }
 
