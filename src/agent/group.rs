@@ -181,8 +181,13 @@ mod tests {
 
     /// Starts `sh -c 'sleep 30 & sleep 30'` in its own group and waits for both sleeps.
     fn leftover_group() -> (std::process::Child, GroupRecord) {
+        group_of("sleep 30 & sleep 30")
+    }
+
+    /// Starts `script` (a shell and two processes) in its own group and waits for all three.
+    fn group_of(script: &str) -> (std::process::Child, GroupRecord) {
         let mut command = Command::new("sh");
-        command.args(["-c", "sleep 30 & sleep 30"]).process_group(0).stdout(Stdio::null());
+        command.args(["-c", script]).process_group(0).stdout(Stdio::null());
         let child = command.spawn().expect("spawn sh");
         let pid = libc::pid_t::try_from(child.id()).expect("a pid fits");
         let record = GroupRecord::of_leader(pid).expect("a record of the new group");
@@ -223,5 +228,22 @@ mod tests {
         assert_eq!(record.members().len(), 3, "nothing was signalled");
         end_groups(&[record], Duration::ZERO);
         let _ = child.wait();
+    }
+
+    #[test]
+    fn a_group_ignoring_sigterm_is_killed_after_the_grace() {
+        let (mut child, record) = group_of("trap '' TERM; sleep 30 & sleep 30");
+        assert_eq!(record.members().len(), 3);
+        let grace = Duration::from_millis(300);
+        let started = Instant::now();
+        assert_eq!(end_groups(std::slice::from_ref(&record), grace), 3);
+        let took = started.elapsed();
+        assert!(took >= grace && took < grace + Duration::from_secs(1), "{took:?}");
+        let _ = child.wait();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !record.members().is_empty() && Instant::now() < deadline {
+            thread::sleep(SWEEP_TICK);
+        }
+        assert_eq!(record.members(), Vec::<libc::pid_t>::new());
     }
 }

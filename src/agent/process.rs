@@ -72,7 +72,7 @@ pub fn kill_running_groups() -> usize {
 /// Told when a task's process group starts and when it is gone, so that what is left of a
 /// group still running when the agent died can be found and ended after a restart.
 pub trait GroupWatch: Send + Sync {
-    /// The process group `group` started (called on the spawning thread, before any output).
+    /// The process group `group` started (called on the spawning thread, before its output is read).
     fn started(&self, group: &GroupRecord);
     /// The process of `group` exited and nothing holds its output open (or its group was
     /// killed): from now on, what it left in the group was left on purpose.
