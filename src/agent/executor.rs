@@ -139,7 +139,12 @@ fn run_command(
         command.env_remove(name);
     }
     let timeout = task.timeout_secs.map_or(DEFAULT_TASK_TIMEOUT, Duration::from_secs);
-    let limits = RunLimits { timeout, cancel: Some(ctx.cancel_flag()), cancel_grace: ctx.cancel_grace() };
+    let limits = RunLimits {
+        timeout,
+        cancel: Some(ctx.cancel_flag()),
+        cancel_grace: ctx.cancel_grace(),
+        watch: ctx.group_watch(),
+    };
     let sink: Box<dyn OutputSink> = match ctx.output_sink() {
         Some(sink) => Box::new(sink),
         None => Box::new(Capture::new(MAX_OUTPUT_LEN)),

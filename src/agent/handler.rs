@@ -1,6 +1,7 @@
 //! The embedding API: the `TaskHandler` trait that runs one task, the `TaskOutcome` it returns
 //! (which the agent journals and reports), and the `TaskContext` through which a running task
-//! learns that it was cancelled and streams its process output to the server.
+//! learns that it was cancelled, streams its process output to the server and has its process
+//! groups journaled.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use super::config::CANCEL_GRACE;
 use super::control::TaskControl;
+use super::process::GroupWatch;
 use super::stream::{ChunkSink, TaskStream};
 use crate::protocol::WireTask;
 use crate::protocol::wire::{DO_STATUS_CANCELLED, DO_STATUS_FAILED, DO_STATUS_SUCCESS, DO_STATUS_TIMEOUT};
@@ -112,22 +114,29 @@ impl TaskOutcome {
 }
 
 /// A running task's view of the agent: whether it was cancelled, and (crate-internal) where its
-/// process output streams to and how long a cancelled process may take to stop.
+/// process output streams to, how long a cancelled process may take to stop and who journals
+/// its process groups.
 pub struct TaskContext {
     control: Arc<TaskControl>,
     stream: Option<Arc<TaskStream>>,
     cancel_grace: Duration,
+    watch: Option<Arc<dyn GroupWatch>>,
 }
 
 impl TaskContext {
     /// A context outside the agent: never cancelled, output captured into the outcome.
     pub fn detached() -> Self {
-        TaskContext { control: Arc::default(), stream: None, cancel_grace: CANCEL_GRACE }
+        TaskContext { control: Arc::default(), stream: None, cancel_grace: CANCEL_GRACE, watch: None }
     }
 
     /// The context of a task the agent runs.
     pub(crate) fn new(control: Arc<TaskControl>, stream: Arc<TaskStream>, cancel_grace: Duration) -> Self {
-        TaskContext { control, stream: Some(stream), cancel_grace }
+        TaskContext { control, stream: Some(stream), cancel_grace, watch: None }
+    }
+
+    /// The same context, with its processes' groups told to `watch`.
+    pub(crate) fn watched_by(self, watch: Arc<dyn GroupWatch>) -> Self {
+        TaskContext { watch: Some(watch), ..self }
     }
 
     /// True once an operator cancelled the task (or the server finished it): stop soon.
@@ -143,6 +152,11 @@ impl TaskContext {
     /// Time between SIGTERM and SIGKILL for a cancelled process group.
     pub(crate) fn cancel_grace(&self) -> Duration {
         self.cancel_grace
+    }
+
+    /// Who is told when a process group of the task starts and ends; `None` when detached.
+    pub(crate) fn group_watch(&self) -> Option<&dyn GroupWatch> {
+        self.watch.as_deref()
     }
 
     /// A sink streaming process output to the server; `None` when detached (capture instead).

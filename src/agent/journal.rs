@@ -16,6 +16,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::group::GroupRecord;
 use crate::protocol::{ReportRequest, WireTask};
 
 /// Directory of the journal inside the state directory.
@@ -59,6 +60,11 @@ pub struct Entry {
     /// The task as delivered, so that one never run can be run after a restart.
     #[serde(default)]
     pub task: Option<WireTask>,
+    /// The process groups of the task's processes that are running now: recorded as soon as one
+    /// starts, removed once its process is gone. What a restart finds here, for a task without a
+    /// report, is what the agent died with; it is ended before the task is reported `lost`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<GroupRecord>,
 }
 
 fn counts_as_run() -> bool {
@@ -77,6 +83,7 @@ impl Entry {
             reported: false,
             ran: false,
             task: Some(task.clone()),
+            groups: Vec::new(),
         }
     }
 }
@@ -303,6 +310,24 @@ mod tests {
         assert_eq!(names, ["0190a5e3-aaaa-7000-8000-000000000001.json"]);
         let mode = fs::metadata(journal.dir().join(&names[0]))?.permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+        Ok(())
+    }
+
+    #[test]
+    fn process_groups_round_trip_and_entries_without_them_read_as_none() -> Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let journal = Journal::open(tmp.path())?;
+        let plain = Entry::started(&task("g"));
+        let json = serde_json::to_string(&plain)?;
+        assert!(!json.contains("groups"), "an entry without groups is written as before: {json}");
+        let group = GroupRecord { pgid: 42, session: 40, leader_start: 7, boot_id: "b".into() };
+        let running = Entry { ran: true, groups: vec![group], ..plain };
+        journal.put(&running)?;
+        assert_eq!(journal.get("g")?, Some(running));
+        // As written by the previous release, without the field.
+        let old = r#"{"task_id":"o","task_type":"shell","create_at":"x","started_ms":1,"report":null,"reported":false,"ran":true}"#;
+        fs::write(journal.dir().join("o.json"), old)?;
+        assert_eq!(journal.get("o")?.map(|e| e.groups), Some(Vec::new()));
         Ok(())
     }
 

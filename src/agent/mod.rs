@@ -5,7 +5,8 @@
 //! before the agent acknowledges it with `doing` and runs it, and its final report is journaled
 //! before it is sent and retried until the server takes it, across outages and restarts. A task
 //! delivered again is re-reported or re-acknowledged, never re-run; one that a restart cut short
-//! while it ran is reported `lost`, and one taken but never run is run after the restart. While tasks run, a capacity-0 long poll stays parked so operator cancels
+//! while it ran is reported `lost` (after what is left of its process group is ended), and one
+//! taken but never run is run after the restart. While tasks run, a capacity-0 long poll stays parked so operator cancels
 //! arrive within moments (SIGTERM to the process group, SIGKILL after a grace), and process
 //! output streams live to the server in ordered, acknowledged chunks with bounded memory.
 //!
@@ -18,11 +19,14 @@
 //! - `stop`: the stop flag, its grace and how soon sleeping loops notice it.
 //! - `poll`: registration, the capacity-aware poll loop and the heartbeat.
 //! - `worker`: what happens to a delivered task: journal, ack, run, report; cancels; recovery.
+//! - `orphans`: a running task's process groups in the journal, and ending at start what a
+//!   dead agent left of them.
 //! - `outbox`: the thread sending final reports again from the journal.
 //! - `control`: the cancel and acknowledged flags the agent and a running task share.
 //! - [`handler`]: the embedding API, `TaskHandler`, `TaskOutcome` and `TaskContext`.
 //! - [`executor`]: the built-in handler (`ping`, `shell`, the handlers directory).
 //! - [`process`]: running a process in its own group with a deadline, cancel and an output sink.
+//! - [`group`]: a task's process group as journaled, and ending what a dead agent left of one.
 //! - [`sink`]: where a process's output goes (`OutputSink`) and its two streams.
 //! - [`capture`]: the sink that keeps capped output (for runs outside the agent).
 //! - `stream`: the sink that streams output to the server as numbered chunks.
@@ -30,10 +34,10 @@
 //! - `retry`: sending one call until the server takes or refuses it.
 //! - [`backoff`]: capped exponential backoff with full jitter, and the pace of the long poll.
 //!
-//! Files depend downwards in this order: `mod`, `poll`, `worker`, `outbox`, `report`,
+//! Files depend downwards in this order: `mod`, `poll`, `worker`, `orphans`, `outbox`, `report`,
 //! `executor`, `handler`, `stream`, `retry`, `backoff`, `shared`, `stop`, `facts`, `config`,
-//! `state`, `journal`, `control`, `process`, `capture`, `sink` (`fake_server`, for tests, on
-//! none of them).
+//! `state`, `journal`, `control`, `process`, `group`, `capture`, `sink` (`fake_server`, for
+//! tests, on none of them).
 //!
 //! # Embedding
 //! ```no_run
@@ -54,8 +58,10 @@ pub mod config;
 mod control;
 pub mod executor;
 pub mod facts;
+pub mod group;
 pub mod handler;
 pub mod journal;
+mod orphans;
 mod outbox;
 mod poll;
 pub mod process;
@@ -112,7 +118,8 @@ pub fn stop_on_signals() -> Result<Arc<AtomicBool>> {
 }
 
 /// Runs the agent with `handler` until `stop` is set: makes the state directory private, opens
-/// the journal, registers, reports what an earlier run left in the journal, polls, runs tasks
+/// the journal, ends what is left of the process groups of tasks an earlier run died with,
+/// registers, reports what an earlier run left in the journal, polls, runs tasks
 /// (at most `config.max_tasks` at once) and reports them. On stop it keeps polling with capacity 0 (for cancels) until running
 /// tasks finish and report, sends queued re-reports within the stop grace, then returns; results
 /// it could not report stay in the journal for the next start.
@@ -123,6 +130,7 @@ pub fn run(config: AgentConfig, handler: Arc<dyn TaskHandler>, stop: Arc<AtomicB
     // Held until this function returns, whatever threads still hold the shared state.
     let _journal_lock = journal.lock()?;
     journal.remove_temp_files()?;
+    orphans::end_orphans(&journal);
     let (events_tx, events) = mpsc::channel();
     let shared = Arc::new(Shared::new(config, journal, stop, events_tx));
     let poller = spawn_named("orange-poll-loop", {

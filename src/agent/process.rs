@@ -3,6 +3,14 @@
 //! small bounded queue, and a supervisor that ends the whole group at the deadline (SIGKILL) or
 //! on a cancel (SIGTERM, then SIGKILL after a grace).
 //!
+//! The group never outlives the agent. The leader is started with a parent-death signal
+//! (`PR_SET_PDEATHSIG`, SIGKILL), so it dies with the agent; the kernel sends it when the
+//! *thread* that forked dies, which is why a process is spawned by the thread that supervises
+//! it until it ends (the task's worker). The signal reaches the leader only: the rest of the
+//! group is ended by the restarted agent, which finds the group through the record a
+//! [`GroupWatch`] was given when the process started (the task journal keeps it until the
+//! process is gone).
+//!
 //! Memory stays bounded: each reader holds one buffer and the queue holds [`PIPE_QUEUE`] pieces,
 //! so a sink that blocks (a slow server) blocks the readers, and then the child's writes.
 
@@ -17,6 +25,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::capture::Capture;
+use super::group::GroupRecord;
 use super::sink::{OutputSink, Stream};
 
 /// How long to wait for the pipes to close after killing a process group; a process that left
@@ -60,8 +69,18 @@ pub fn kill_running_groups() -> usize {
     groups.len()
 }
 
+/// Told when a task's process group starts and when it is gone, so that what is left of a
+/// group still running when the agent died can be found and ended after a restart.
+pub trait GroupWatch: Send + Sync {
+    /// The process group `group` started (called on the spawning thread, before its output is read).
+    fn started(&self, group: &GroupRecord);
+    /// The process of `group` exited and nothing holds its output open (or its group was
+    /// killed): from now on, what it left in the group was left on purpose.
+    fn ended(&self, group: &GroupRecord);
+}
+
 /// A process's deadline and how it can be cancelled.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct RunLimits<'a> {
     /// When the group is killed and the run counts as timed out.
     pub timeout: Duration,
@@ -69,6 +88,19 @@ pub struct RunLimits<'a> {
     pub cancel: Option<&'a AtomicBool>,
     /// Time between SIGTERM and SIGKILL on a cancel.
     pub cancel_grace: Duration,
+    /// Told when the process group starts and ends (the agent journals it).
+    pub watch: Option<&'a dyn GroupWatch>,
+}
+
+impl std::fmt::Debug for RunLimits<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunLimits")
+            .field("timeout", &self.timeout)
+            .field("cancel", &self.cancel)
+            .field("cancel_grace", &self.cancel_grace)
+            .field("watch", &self.watch.is_some())
+            .finish()
+    }
 }
 
 /// What a finished (or killed) process left behind.
@@ -106,12 +138,13 @@ pub fn run_process(
     timeout: Duration,
     cap: usize,
 ) -> io::Result<ProcessOutput> {
-    let limits = RunLimits { timeout, cancel: None, cancel_grace: Duration::ZERO };
+    let limits = RunLimits { timeout, cancel: None, cancel_grace: Duration::ZERO, watch: None };
     run_process_with(command, input, &limits, Box::new(Capture::new(cap)))
 }
 
 /// Runs `command` in a new process group with `input` on stdin, its output going to `sink`,
-/// within `limits`.
+/// within `limits`. The process gets SIGKILL if the calling thread dies before it, so call
+/// this from a thread that lives as long as the process is watched.
 pub fn run_process_with(
     mut command: Command,
     input: Option<Vec<u8>>,
@@ -123,12 +156,18 @@ pub fn run_process_with(
     // A pid always fits in pid_t; the kernel hands out positive values below 2^22.
     let pgid = libc::pid_t::try_from(child.id()).unwrap_or(libc::pid_t::MAX);
     let _running = RunningGroup::new(pgid);
+    // Read before the child can be reaped, so the record names this very process.
+    let group = limits.watch.and_then(|_| GroupRecord::of_leader(pgid));
+    if let (Some(watch), Some(group)) = (limits.watch, &group) {
+        watch.started(group);
+    }
     let (tx, rx) = mpsc::channel();
     let abandon = Arc::new(AtomicBool::new(false));
     start_helpers(&mut child, input, sink, tx.clone(), Arc::clone(&abandon));
     thread::spawn(move || tx.send(Event::Exited(child.wait())));
-    let mut supervisor = Supervisor::new(rx, pgid, limits, deadline);
+    let mut supervisor = Supervisor::new(rx, pgid, limits, deadline, group);
     supervisor.run();
+    supervisor.tell_ended();
     if supervisor.output.is_none() {
         if supervisor.pipes_closed < 2 {
             abandon.store(true, Ordering::SeqCst);
@@ -139,6 +178,7 @@ pub fn run_process_with(
 }
 
 fn spawn(command: &mut Command, with_stdin: bool) -> io::Result<Child> {
+    die_with_parent(command);
     command
         .process_group(0)
         .stdin(if with_stdin { Stdio::piped() } else { Stdio::null() })
@@ -146,6 +186,33 @@ fn spawn(command: &mut Command, with_stdin: bool) -> io::Result<Child> {
         .stderr(Stdio::piped())
         .spawn()
 }
+
+/// Has the kernel SIGKILL the child when the thread that spawns it dies (`PR_SET_PDEATHSIG`,
+/// Linux 2.1.57 on); if the agent died between fork and exec, the child ends at once. The signal
+/// is kept across exec, except of a set-user-id program. Best effort: a failing prctl leaves
+/// the process to the restarted agent's sweep.
+#[cfg(target_os = "linux")]
+fn die_with_parent(command: &mut Command) {
+    let parent = libc::pid_t::try_from(std::process::id()).unwrap_or(libc::pid_t::MAX);
+    let hook = move || {
+        // SAFETY: prctl and getppid are async-signal-safe system calls taking no pointers;
+        // _exit ends the child without running anything of the parent's.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+            if libc::getppid() != parent {
+                libc::_exit(137);
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs in the child between fork and exec, and only makes system calls
+    // that are safe there (see above); it allocates nothing and takes no lock.
+    unsafe { command.pre_exec(hook) };
+}
+
+/// No parent-death signal on this system: the restarted agent's sweep ends a leftover group.
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_command: &mut Command) {}
 
 /// Starts the stdin writer, the two output readers and the pump that feeds the sink.
 fn start_helpers(
@@ -254,10 +321,18 @@ struct Supervisor<'a> {
     kill_at: Option<Instant>,
     /// When SIGKILL was sent.
     killed_at: Option<Instant>,
+    /// The group's record, until the watch is told that it ended.
+    group: Option<GroupRecord>,
 }
 
 impl<'a> Supervisor<'a> {
-    fn new(rx: Receiver<Event>, pgid: libc::pid_t, limits: &'a RunLimits<'a>, deadline: Instant) -> Self {
+    fn new(
+        rx: Receiver<Event>,
+        pgid: libc::pid_t,
+        limits: &'a RunLimits<'a>,
+        deadline: Instant,
+        group: Option<GroupRecord>,
+    ) -> Self {
         Supervisor {
             rx,
             pgid,
@@ -270,6 +345,15 @@ impl<'a> Supervisor<'a> {
             cancelled: false,
             kill_at: None,
             killed_at: None,
+            group,
+        }
+    }
+
+    /// Tells the watch, once, that the group's process is gone: called as soon as it is, before
+    /// the last output is sent (which may wait on the server), and when the supervisor gives up.
+    fn tell_ended(&mut self) {
+        if let (Some(watch), Some(group)) = (self.limits.watch, self.group.take()) {
+            watch.ended(&group);
         }
     }
 
@@ -295,6 +379,9 @@ impl<'a> Supervisor<'a> {
                 Ok(event) => self.record(event),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
+            }
+            if self.process_gone() {
+                self.tell_ended();
             }
             self.enforce(Instant::now());
         }
@@ -463,8 +550,12 @@ mod tests {
             flag.store(true, Ordering::SeqCst);
             Instant::now()
         });
-        let limits =
-            RunLimits { timeout: Duration::from_secs(20), cancel: Some(&cancel), cancel_grace: grace };
+        let limits = RunLimits {
+            timeout: Duration::from_secs(20),
+            cancel: Some(&cancel),
+            cancel_grace: grace,
+            watch: None,
+        };
         let out = run_process_with(sh(script), None, &limits, Box::new(Capture::new(1000)))?;
         let cancelled_at = canceller.join().expect("no panic");
         Ok((out, cancelled_at.elapsed()))

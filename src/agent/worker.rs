@@ -14,6 +14,7 @@ use tracing::{debug, error, info, info_span, warn};
 use super::control::TaskControl;
 use super::handler::{TaskContext, TaskHandler, TaskOutcome};
 use super::journal::{Entry, RETENTION, file_name};
+use super::orphans::JournaledGroups;
 use super::report::{build_report, doing_report, lost_report, send_final};
 use super::retry::{Sent, until_done};
 use super::shared::{Shared, SlotGuard};
@@ -161,8 +162,10 @@ impl Worker<'_> {
         }
         info!(task_type = %self.task.task_type, "task started");
         let stream = TaskStream::new(Arc::clone(self.shared), &self.task.task_id, Arc::clone(&self.control));
+        let groups = JournaledGroups::new(Arc::clone(self.shared), entry.clone());
         let ctx =
-            TaskContext::new(Arc::clone(&self.control), Arc::clone(&stream), self.shared.config.cancel_grace);
+            TaskContext::new(Arc::clone(&self.control), Arc::clone(&stream), self.shared.config.cancel_grace)
+                .watched_by(Arc::new(groups));
         let started = Instant::now();
         let outcome = run_handler(handler, self.task, &ctx);
         self.finish(entry, outcome, started.elapsed(), stream.summary());

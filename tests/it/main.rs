@@ -15,5 +15,6 @@ mod jobs_api;
 mod layers;
 mod legacy_protocol;
 mod lifecycle;
+mod orphans;
 mod overload;
 mod security;

@@ -244,3 +244,41 @@ fn polling_goes_on_with_capacity_zero_while_the_only_slot_is_busy() {
     let after = state.polls.iter().find(|(at, _)| *at > reported).map(|p| p.1);
     assert_eq!(after, Some(Some(1)), "a freed slot is asked for at once");
 }
+
+#[test]
+fn a_running_task_has_its_process_group_journaled_until_its_process_is_gone() -> Result<()> {
+    let fx = Fixture::new();
+    let tmp = tempfile::tempdir()?;
+    let (pid_file, release) = (tmp.path().join("pid"), tmp.path().join("release"));
+    let script = format!(
+        "echo $$ > {pid}.tmp && mv {pid}.tmp {pid}; while [ ! -e {release} ]; do sleep 0.02; done; \
+         nohup sleep 30 >/dev/null 2>&1 &",
+        pid = pid_file.display(),
+        release = release.display()
+    );
+    let _agent = fx.start(1);
+    fx.server.state.push_task(shell("g1", &script));
+    wait_for_file(&pid_file);
+    let pgid: libc::pid_t = std::fs::read_to_string(&pid_file)?.trim().parse()?;
+    // Journaled just after the spawn, so possibly after the shell's first line.
+    let deadline = Instant::now() + WAIT;
+    let groups = loop {
+        let groups = fx.journal().get("g1")?.expect("journaled").groups;
+        if !groups.is_empty() || Instant::now() > deadline {
+            break groups;
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(groups.iter().map(|g| g.pgid).collect::<Vec<_>>(), [pgid], "{groups:?}");
+    assert!(groups[0].members().contains(&pgid), "the record finds the running shell");
+
+    std::fs::write(&release, "")?;
+    fx.server.state.wait_until(WAIT, "its report", |s| s.report("g1").is_some());
+    let entry = fx.journal().get("g1")?.expect("journaled");
+    assert!(entry.groups.is_empty(), "a finished task keeps no group: {entry:?}");
+    let left = groups[0].members();
+    assert_eq!(left.len(), 1, "the nohup sleep is left in the group: {left:?}");
+    // SAFETY: kill(2) of the test's own sleep.
+    unsafe { libc::kill(left[0], libc::SIGKILL) };
+    Ok(())
+}
