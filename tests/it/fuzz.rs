@@ -7,6 +7,7 @@
 //! failure, which aborts rather than panics, fails the property instead of the whole file.
 
 use chrono::DateTime;
+use orange::protocol::bytes::Encoding;
 use orange::protocol::sign::{
     Canonical, SignError, TIME_WINDOW_SECS, check_nonce, check_time, legacy_time_header, parse_time,
     time_header,
@@ -289,8 +290,10 @@ fn report_request() -> impl Strategy<Value = ReportRequest> {
             payload,
             result,
             exit_code,
+            stdout_encoding: stdout.as_ref().filter(|s| s.len() % 2 == 1).map(|_| Encoding::Base64),
             stdout,
             stderr,
+            stderr_encoding: None,
             duration_ms,
             error,
             output_chunks,
