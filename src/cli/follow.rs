@@ -28,7 +28,7 @@ operator_args! {
         example = "orange task logs 0190a1b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b > output.bin",
         example = "orange task logs --json 0190a1b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b | jq -r 'select(.stream == \"stderr\") | .data'",
         note = "The host's stdout goes to stdout and its stderr to stderr, byte for byte and in the \
-                order the host wrote them. With -f the command keeps printing new output as the host \
+                order the host wrote them (an original Go client's result text is printed as one line). With -f the command keeps printing new output as the host \
                 sends it and exits 0 once the task has ended, whatever its result: the remote exit code \
                 is not mirrored (see it with `orange task get ID`, or use `orange task run`, which \
                 mirrors it). Ctrl-C stops following and leaves the task alone. With --json every chunk \
@@ -58,7 +58,13 @@ pub fn logs(args: LogsArgs) -> Result<i32> {
     let task_id = check_task_id(&args.id)?;
     let until = if args.follow { Until::Done } else { Until::CaughtUp };
     let mut sink = Sink::new(std::io::stdout(), std::io::stderr(), config.json);
-    follow(&config.api(wait_timeout()), &task_id, &mut sink, until)?;
+    let api = config.api(wait_timeout());
+    let last = follow(&api, &task_id, &mut sink, until)?;
+    if last.done && sink.is_empty() && !config.json {
+        // An original client's output is its result text, kept in the task, not in chunks.
+        let task: TaskView = api.get(&admin::task_path(&task_id))?;
+        sink.whole(&task)?;
+    }
     sink.finish()?;
     Ok(0)
 }

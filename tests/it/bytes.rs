@@ -212,6 +212,8 @@ fn an_original_clients_result_is_a_line_of_task_run_exits_0_or_1_and_shows_in_jo
         let (run, _) = live.finish(DEADLINE);
         assert_eq!(run.code(), Some(code), "{run}");
         assert_eq!(run.stdout, format!("{}\n", result.trim_end()), "{run}");
+        let id = server.tasks()[0].task_id.clone();
+        assert_eq!(ok(&server, &["task", "logs", &id]).stdout, run.stdout, "task logs prints it alike");
     }
 
     let sent = ok(&server, &["job", "send", "--appid", "go-1", "--", "uptime"]);
