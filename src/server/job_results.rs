@@ -117,6 +117,7 @@ fn shown(bytes: Vec<u8>) -> (String, Option<Encoding>) {
     bytes::encode_owned(shortened(bytes))
 }
 
+/// The first [`RESULT_OUTPUT_LEN`] bytes of an output, without a character cut at the end.
 fn shortened(mut bytes: Vec<u8>) -> Vec<u8> {
     if bytes.len() >= RESULT_OUTPUT_LEN {
         bytes.truncate(RESULT_OUTPUT_LEN);
