@@ -126,3 +126,49 @@ fn capped(mut bytes: Vec<u8>) -> Vec<u8> {
     bytes.truncate(wire::MAX_OUTPUT_LEN);
     bytes
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(bytes: &[u8]) -> OutputChunk {
+        OutputChunk::new("t", 0, "stdout", bytes)
+    }
+
+    #[test]
+    fn a_chunk_holds_at_most_the_limit_in_bytes_whether_text_or_base64() {
+        let max = wire::MAX_CHUNK_LEN;
+        assert_eq!(chunk_bytes(&chunk(&vec![b'a'; max])).unwrap().len(), max);
+        assert_eq!(chunk_bytes(&chunk(&vec![0xff; max])).unwrap().len(), max);
+        for over in [vec![b'a'; max + 1], vec![0xff; max + 1], vec![0xff; 3 * max]] {
+            let error = chunk_bytes(&chunk(&over)).unwrap_err();
+            assert!(matches!(error, ServiceError::TooLarge(_)), "{error:?}");
+        }
+    }
+
+    #[test]
+    fn marked_data_that_is_not_base64_is_a_bad_request_naming_it() {
+        let bad = OutputChunk { data: "caf\u{e9}".into(), ..chunk(b"\xff") };
+        match chunk_bytes(&bad) {
+            Err(ServiceError::BadRequest(message)) => assert!(message.contains("base64"), "{message}"),
+            other => panic!("expected a bad request, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn report_outputs_are_decoded_as_marked() {
+        let (stdout, stdout_encoding) = bytes::encode(b"caf\xe9");
+        let report = ReportRequest {
+            do_status: wire::DO_STATUS_SUCCESS.into(),
+            stdout: Some(stdout),
+            stdout_encoding,
+            stderr: Some("plain".into()),
+            ..ReportRequest::default()
+        };
+        let outcome = outcome_of(report).unwrap();
+        assert_eq!(
+            outcome.output,
+            [(Stream::Stdout, b"caf\xe9".to_vec()), (Stream::Stderr, b"plain".to_vec())]
+        );
+    }
+}

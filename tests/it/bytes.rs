@@ -154,6 +154,13 @@ fn a_jobs_results_and_output_groups_keep_the_bytes_the_hosts_wrote() {
     let job = ok(&server, &["job", "run", "--appid", "j-1", "--json", "--", &cat]).json();
     let (stdout, _) = outputs(&job["results"][0]);
     assert_eq!(stdout, bytes[..4096], "a result shows the first 4 KiB, unchanged");
+
+    // 4096 bytes of `é€` repeated end inside an `é`: the shortened text drops it and stays text.
+    let long_text = "yes 'é€' | tr -d '\\n' | head -c 6000";
+    let job = ok(&server, &["job", "run", "--appid", "j-1", "--json", "--", long_text]).json();
+    let result = &job["results"][0];
+    assert!(result.get("stdout_encoding").is_none(), "{result}");
+    assert_eq!(result["stdout"].as_str().map(str::len), Some(4095), "{result}");
 }
 
 /// A task for the simulated agent `w1`, delivered and acknowledged.
