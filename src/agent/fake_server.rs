@@ -86,18 +86,22 @@ pub struct Inner {
 }
 
 impl Inner {
-    /// The stored output of `task`, all chunks concatenated.
+    /// The stored output of `task`, all chunks concatenated, as (lossy) text.
     pub fn output(&self, task: &str) -> String {
-        self.chunks
-            .get(task)
-            .map(|chunks| chunks.iter().map(|c| c.data.as_str()).collect())
-            .unwrap_or_default()
+        String::from_utf8_lossy(&self.output_bytes(task)).into_owned()
     }
 
-    /// The stored output of one stream of `task`.
-    pub fn stream_output(&self, task: &str, stream: &str) -> String {
+    /// The stored output of `task`, all chunks' bytes concatenated.
+    pub fn output_bytes(&self, task: &str) -> Vec<u8> {
         let chunks = self.chunks.get(task).into_iter().flatten();
-        chunks.filter(|c| c.stream == stream).map(|c| c.data.as_str()).collect()
+        chunks.flat_map(|c| c.bytes().expect("chunks the fake server stored decode")).collect()
+    }
+
+    /// The stored output of one stream of `task`, as (lossy) text.
+    pub fn stream_output(&self, task: &str, stream: &str) -> String {
+        let chunks = self.chunks.get(task).into_iter().flatten().filter(|c| c.stream == stream);
+        let bytes: Vec<u8> = chunks.flat_map(|c| c.bytes().expect("stored chunks decode")).collect();
+        String::from_utf8_lossy(&bytes).into_owned()
     }
 
     /// The accepted final report of `task`.
@@ -419,7 +423,10 @@ fn output(state: &State, body: &[u8]) -> Reply {
         inner.duplicate_chunks += 1;
     } else {
         inner.next_seq.insert(chunk.task_id.clone(), next + 1);
-        inner.chunk_bytes += chunk.data.len() as u64;
+        let Ok(bytes) = chunk.bytes() else {
+            return refused("chunk data marked base64 does not decode");
+        };
+        inner.chunk_bytes += bytes.len() as u64;
         if !inner.discard_output {
             inner.chunks.entry(chunk.task_id.clone()).or_default().push(chunk.clone());
         }

@@ -2,8 +2,9 @@
 //! [`ChunkSink`] buffers at most about one chunk per stream and flushes every
 //! [`FLUSH_EVERY`] while output flows, or as soon as a stream has [`MAX_CHUNK_LEN`] bytes;
 //! [`TaskStream`] numbers the chunks from 0 without gaps and sends them one at a time, each
-//! retried until acknowledged. A chunk never splits a UTF-8 character; invalid bytes become
-//! U+FFFD, one per invalid sequence, so no byte disappears without a trace.
+//! retried until acknowledged. Chunks carry the bytes the process wrote, unchanged: as text when
+//! they are valid UTF-8 (a character cut by a flush waits for its last bytes), else as base64
+//! marked so on the wire (see `protocol::bytes`).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -67,23 +68,19 @@ impl TaskStream {
         })
     }
 
-    /// Sends `data` as the next chunk, retrying until the server acknowledges it. After a
-    /// refusal or giving up, later data is only counted as dropped.
-    fn send(&self, stream: Stream, data: String) {
+    /// Sends `bytes` as the next chunk, retrying until the server acknowledges it. After a
+    /// refusal or giving up, later bytes are only counted as dropped.
+    fn send(&self, stream: Stream, bytes: &[u8]) {
         let mut state = self.lock();
+        let len = bytes.len() as u64;
         if state.stopped.is_some() {
-            state.dropped += data.len() as u64;
+            state.dropped += len;
             return;
         }
-        let chunk = OutputChunk {
-            task_id: self.task_id.clone(),
-            seq: state.next_seq,
-            stream: stream.name().to_owned(),
-            data,
-        };
+        let chunk = OutputChunk::new(&self.task_id, state.next_seq, stream.name(), bytes);
         match until_done(&self.shared, "output chunk", || self.shared.client.post_output(&chunk)) {
             Sent::Done(ack) => {
-                debug!(seq = chunk.seq, stream = %chunk.stream, bytes = chunk.data.len(), "output chunk sent");
+                debug!(seq = chunk.seq, stream = %chunk.stream, bytes = len, "output chunk sent");
                 state.next_seq += 1;
                 if ack.cancel && !self.control.is_cancelled() {
                     info!("the server says the task was cancelled; stopping it");
@@ -95,11 +92,11 @@ impl TaskStream {
                 if is_already_finished(&reason) {
                     self.control.cancel();
                 }
-                state.dropped += chunk.data.len() as u64;
+                state.dropped += len;
                 state.stopped = Some(format!("the server refused it: {reason}"));
             }
             Sent::GaveUp => {
-                state.dropped += chunk.data.len() as u64;
+                state.dropped += len;
                 state.stopped = Some("the agent stopped while the server was unreachable".to_owned());
             }
         }
@@ -123,23 +120,23 @@ impl ChunkSink {
     /// Sends full chunks of `stream` while it has at least [`MAX_CHUNK_LEN`] bytes buffered.
     fn send_full(&mut self, stream: Stream) {
         while self.pending[stream.index()].len() >= MAX_CHUNK_LEN {
-            let text = take_text(&mut self.pending[stream.index()], MAX_CHUNK_LEN, false);
-            if text.is_empty() {
+            let bytes = take_chunk(&mut self.pending[stream.index()], MAX_CHUNK_LEN, false);
+            if bytes.is_empty() {
                 break;
             }
-            self.stream.send(stream, text);
+            self.stream.send(stream, &bytes);
         }
     }
 
-    /// Sends everything buffered (but an incomplete character, unless the output `ended`).
+    /// Sends everything buffered (but a cut character, unless the output `ended`).
     fn flush(&mut self, ended: bool) {
         for stream in [Stream::Stdout, Stream::Stderr] {
             loop {
-                let text = take_text(&mut self.pending[stream.index()], MAX_CHUNK_LEN, ended);
-                if text.is_empty() {
+                let bytes = take_chunk(&mut self.pending[stream.index()], MAX_CHUNK_LEN, ended);
+                if bytes.is_empty() {
                     break;
                 }
-                self.stream.send(stream, text);
+                self.stream.send(stream, &bytes);
             }
         }
         self.since = self.pending.iter().any(|p| !p.is_empty()).then(Instant::now);
@@ -169,45 +166,35 @@ impl OutputSink for ChunkSink {
     }
 }
 
-/// Takes from the front of `buf` the longest text of at most `max` bytes that does not split a
-/// character. Invalid sequences become U+FFFD; an incomplete character at the end stays in
-/// `buf` for more bytes, unless the output `ended`.
-pub fn take_text(buf: &mut Vec<u8>, max: usize, ended: bool) -> String {
-    let mut out = String::new();
-    let mut used = 0;
-    while used < buf.len() {
-        let rest = &buf[used..];
-        let (valid, bad) = match std::str::from_utf8(rest) {
-            Ok(_) => (rest.len(), None),
-            Err(e) => (e.valid_up_to(), Some(e.error_len())),
-        };
-        let text = String::from_utf8_lossy(&rest[..valid]);
-        let taken = push_fitting(&mut out, &text, max);
-        used += taken;
-        let replace = match bad {
-            Some(Some(len)) => len,
-            Some(None) if ended => rest.len() - valid,
-            _ => break,
-        };
-        if taken < valid || out.len() + char::REPLACEMENT_CHARACTER.len_utf8() > max {
-            break;
-        }
-        out.push(char::REPLACEMENT_CHARACTER);
-        used += replace;
+/// Takes from the front of `buf` at most `max` bytes to send as one chunk. A character cut at
+/// the end stays in `buf` for the bytes that complete it, unless the output `ended`, so that
+/// text output travels as text; any other bytes go as they are.
+pub fn take_chunk(buf: &mut Vec<u8>, max: usize, ended: bool) -> Vec<u8> {
+    let mut end = buf.len().min(max);
+    if !ended {
+        end -= incomplete_tail(&buf[..end]);
     }
-    buf.drain(..used);
-    out
+    buf.drain(..end).collect()
 }
 
-/// Appends the longest prefix of `text` that keeps `out` within `max` bytes without splitting a
-/// character; returns its length.
-fn push_fitting(out: &mut String, text: &str, max: usize) -> usize {
-    let mut end = max.saturating_sub(out.len()).min(text.len());
-    while !text.is_char_boundary(end) {
-        end -= 1;
+/// Length of the start of a UTF-8 character at the end of `bytes` that misses its last bytes
+/// (0 when `bytes` ends on a character boundary or in bytes that are not UTF-8 anyway).
+fn incomplete_tail(bytes: &[u8]) -> usize {
+    let back = bytes.len().min(3);
+    for len in 1..=back {
+        let byte = bytes[bytes.len() - len];
+        if byte & 0xC0 == 0x80 {
+            continue; // a continuation byte: look further back for the lead byte
+        }
+        let needed = match byte {
+            0xC2..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF4 => 4,
+            _ => return 0,
+        };
+        return if len < needed { len } else { 0 };
     }
-    out.push_str(&text[..end]);
-    end
+    0
 }
 
 #[cfg(test)]
@@ -215,44 +202,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn text_is_cut_on_character_boundaries_and_incomplete_tails_wait() {
+    fn a_character_cut_at_the_end_waits_for_its_last_bytes() {
         let mut buf = "aé€".as_bytes().to_vec();
         buf.push(0xF0); // the first byte of a four-byte character
-        assert_eq!(take_text(&mut buf, 4, false), "aé");
-        assert_eq!(take_text(&mut buf, 4, false), "€");
+        assert_eq!(take_chunk(&mut buf, 4, false), "aé".as_bytes());
+        assert_eq!(take_chunk(&mut buf, 4, false), "€".as_bytes());
         assert_eq!(buf, [0xF0]);
-        assert_eq!(take_text(&mut buf, 4, false), "");
+        assert_eq!(take_chunk(&mut buf, 4, false), b"");
         buf.extend_from_slice(&[0x9F, 0x8D, 0x8A]);
-        assert_eq!(take_text(&mut buf, 4, false), "🍊");
+        assert_eq!(take_chunk(&mut buf, 4, false), "🍊".as_bytes());
         assert!(buf.is_empty());
     }
 
     #[test]
-    fn invalid_bytes_become_replacement_characters_and_nothing_is_lost() {
+    fn bytes_that_are_not_text_go_unchanged() {
         let mut buf = b"ok\xff\xfe!".to_vec();
-        assert_eq!(take_text(&mut buf, 100, false), "ok\u{fffd}\u{fffd}!");
+        assert_eq!(take_chunk(&mut buf, 100, false), b"ok\xff\xfe!");
         let mut tail = b"x\xe2\x82".to_vec();
-        assert_eq!(take_text(&mut tail, 100, false), "x");
-        assert_eq!(take_text(&mut tail, 100, true), "\u{fffd}");
+        assert_eq!(take_chunk(&mut tail, 100, false), b"x");
+        assert_eq!(take_chunk(&mut tail, 100, true), b"\xe2\x82");
         assert!(tail.is_empty());
-        let mut tight = b"ab\xff".to_vec();
-        assert_eq!(take_text(&mut tight, 4, false), "ab");
-        assert_eq!(take_text(&mut tight, 4, false), "\u{fffd}");
+        let mut stray = b"a\x80\x80\x80\x80".to_vec();
+        assert_eq!(take_chunk(&mut stray, 100, false), b"a\x80\x80\x80\x80");
     }
 
     #[test]
-    fn chunks_of_a_long_text_reassemble_exactly() {
+    fn chunks_of_any_output_reassemble_exactly() {
         let text: String = (0..5000).map(|i| format!("{i} é€🍊\n")).collect();
-        let mut buf = text.as_bytes().to_vec();
-        let mut joined = String::new();
-        loop {
-            let piece = take_text(&mut buf, 1000, true);
-            if piece.is_empty() {
-                break;
+        let binary: Vec<u8> = (0..50_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+        for bytes in [text.as_bytes(), &binary] {
+            let mut buf = bytes.to_vec();
+            let mut joined = Vec::new();
+            loop {
+                let piece = take_chunk(&mut buf, 1000, true);
+                if piece.is_empty() {
+                    break;
+                }
+                assert!(piece.len() <= 1000);
+                joined.extend_from_slice(&piece);
             }
-            assert!(piece.len() <= 1000);
-            joined.push_str(&piece);
+            assert_eq!(joined, bytes);
         }
-        assert_eq!(joined, text);
+        let mut buf = text.as_bytes().to_vec();
+        while !buf.is_empty() {
+            let piece = take_chunk(&mut buf, 1000, false);
+            assert!(std::str::from_utf8(&piece).is_ok(), "text is cut on character boundaries");
+        }
     }
 }

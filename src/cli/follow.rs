@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow};
 use argh::FromArgs;
 
 use super::flags::check_task_id;
@@ -25,13 +25,16 @@ operator_args! {
         name = "logs",
         example = "orange task logs 0190a1b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b",
         example = "orange task logs -f 0190a1b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b 2>/dev/null | grep -i error",
+        example = "orange task logs 0190a1b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b > output.bin",
         example = "orange task logs --json 0190a1b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b | jq -r 'select(.stream == \"stderr\") | .data'",
         note = "The host's stdout goes to stdout and its stderr to stderr, byte for byte and in the \
-                order the host wrote them. With -f the command keeps printing new output as the host \
+                order the host wrote them (an original Go client's result text is printed as one line). With -f the command keeps printing new output as the host \
                 sends it and exits 0 once the task has ended, whatever its result: the remote exit code \
                 is not mirrored (see it with `orange task get ID`, or use `orange task run`, which \
                 mirrors it). Ctrl-C stops following and leaves the task alone. With --json every chunk \
-                is one JSON line on stdout: {{\"seq\": N, \"stream\": \"stdout\"|\"stderr\", \"data\": TEXT}}. \
+                is one JSON line on stdout: {{\"seq\": N, \"stream\": \"stdout\"|\"stderr\", \"data\": TEXT}}; \
+                TEXT is the bytes themselves when they are valid UTF-8, else their base64, and then the \
+                line also has \"encoding\": \"base64\". \
                 When the task wrote more than the server keeps, the middle of its output is dropped \
                 (numbers of --json chunks jump) and, if chunks were missing here, a note saying how \
                 many bytes the server dropped is printed on stderr at the end. Connection options as in `orange task run --help`."
@@ -55,7 +58,13 @@ pub fn logs(args: LogsArgs) -> Result<i32> {
     let task_id = check_task_id(&args.id)?;
     let until = if args.follow { Until::Done } else { Until::CaughtUp };
     let mut sink = Sink::new(std::io::stdout(), std::io::stderr(), config.json);
-    follow(&config.api(wait_timeout()), &task_id, &mut sink, until)?;
+    let api = config.api(wait_timeout());
+    let last = follow(&api, &task_id, &mut sink, until)?;
+    if last.done && sink.is_empty() && !config.json {
+        // An original client's output is its result text, kept in the task, not in chunks.
+        let task: TaskView = api.get(&admin::task_path(&task_id))?;
+        sink.whole(&task)?;
+    }
     sink.finish()?;
     Ok(0)
 }
@@ -145,9 +154,10 @@ impl<O: Write, E: Write> Sink<O, E> {
             let line = output::chunk_json_line(chunk)?;
             return write_flush(&mut self.out, line.as_bytes(), "stdout");
         }
+        let bytes = chunk.bytes().map_err(|e| anyhow!("output chunk {}: {e}", chunk.seq))?;
         match chunk.stream.as_str() {
-            "stderr" => write_flush(&mut self.err, chunk.data.as_bytes(), "stderr"),
-            _ => write_flush(&mut self.out, chunk.data.as_bytes(), "stdout"),
+            "stderr" => write_flush(&mut self.err, &bytes, "stderr"),
+            _ => write_flush(&mut self.out, &bytes, "stdout"),
         }
     }
 
@@ -157,13 +167,19 @@ impl<O: Write, E: Write> Sink<O, E> {
     }
 
     /// Writes the output a server kept only in the final task (an agent that reports output
-    /// instead of streaming it; a legacy agent's `result` stands in for stdout when both are
-    /// empty).
+    /// instead of streaming it). An original client's `result` text stands in for stdout when
+    /// both are empty, as a line (a newline is added when it has none).
     pub fn whole(&mut self, task: &TaskView) -> Result<()> {
-        let stdout =
-            if task.stdout.is_empty() && task.stderr.is_empty() { &task.result } else { &task.stdout };
-        write_flush(&mut self.out, stdout.as_bytes(), "stdout")?;
-        write_flush(&mut self.err, task.stderr.as_bytes(), "stderr")
+        let mut stdout = task.stdout_bytes().map_err(|e| anyhow!("task {} stdout: {e}", task.task_id))?;
+        let stderr = task.stderr_bytes().map_err(|e| anyhow!("task {} stderr: {e}", task.task_id))?;
+        if stdout.is_empty() && stderr.is_empty() && !task.result.is_empty() {
+            stdout = task.result.clone().into_bytes();
+            if !task.result.ends_with('\n') {
+                stdout.push(b'\n');
+            }
+        }
+        write_flush(&mut self.out, &stdout, "stdout")?;
+        write_flush(&mut self.err, &stderr, "stderr")
     }
 
     /// Ends the output: says on `err` how much the output cap dropped, when chunks were missing
@@ -189,7 +205,7 @@ pub(crate) mod tests {
     pub(crate) const ID: &str = "0190a1b2-0000-7000-8000-000000000001";
 
     pub(crate) fn chunk(seq: u32, stream: &str, data: &str) -> OutputChunkView {
-        OutputChunkView { seq, stream: stream.into(), data: data.into() }
+        OutputChunkView::new(seq, stream, data.as_bytes())
     }
 
     pub(crate) fn page(chunks: Vec<OutputChunkView>, next: u32, status: TaskStatus) -> OutputPage {

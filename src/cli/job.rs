@@ -64,7 +64,7 @@ fn get(args: GetArgs) -> Result<i32> {
     if config.json {
         output::print_json(&JobReport { results: fetch_results(&api, &job_id)?, job })?;
     } else {
-        output::emit(&job_run::summary_text(&api, &job, args.hosts)?)?;
+        output::emit_bytes(&job_run::summary_text(&api, &job, args.hosts)?)?;
     }
     Ok(0)
 }

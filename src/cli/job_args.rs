@@ -61,8 +61,10 @@ operator_args! {
                 that many failed, timed out, expired or were lost (the rest end `skipped`). \
                 `orange job pause|resume|cancel ID` act on a running job from anywhere; Ctrl-C only \
                 stops watching. Hosts that ended alike (same state, exit code and output) are shown \
-                as one group; --hosts lists every host of every group. --json prints the job and \
-                every host's result. Connection options as in `orange task run --help`.",
+                as one group, with the first 4 KiB of their output as the hosts wrote it (an original Go \
+                client's result text too); --hosts lists every host of every group. --json prints the job \
+                and every host's result (stdout and stderr as text, or base64 with \"stdout_encoding\": \
+                \"base64\" when they are not UTF-8). Connection options as in `orange task run --help`.",
         error_code(1, "some host did not succeed (failed, timed out, expired, lost, cancelled or skipped)"),
         error_code(255, "orange failed (bad flags, server unreachable, refused)")
     )]

@@ -3,8 +3,6 @@
 //! one-line answers of cancel, pause and resume. Builders return strings so tests compare them
 //! exactly.
 
-use std::fmt::Write as _;
-
 use super::output::{short_time, table};
 use crate::protocol::jobs::{JobCounts, JobView, OutputGroup};
 
@@ -79,30 +77,36 @@ pub fn job_headline(job: &JobView) -> String {
 }
 
 /// The summary printed when a job ends (and by `job get`): the headline, then each group of
-/// hosts that ended alike, biggest first, with their shared output; `all_hosts` names every host
-/// of every group, else only the hosts of groups that did not succeed, up to a few per group.
-pub fn summary(job: &JobView, groups: &[OutputGroup], all_hosts: bool) -> String {
-    let mut out = job_headline(job);
+/// hosts that ended alike, biggest first, with their shared output (the bytes the hosts wrote);
+/// `all_hosts` names every host of every group, else only the hosts of groups that did not
+/// succeed, up to a few per group.
+pub fn summary(job: &JobView, groups: &[OutputGroup], all_hosts: bool) -> Vec<u8> {
+    let mut out = job_headline(job).into_bytes();
     for group in groups {
-        out.push_str(&group_block(group, all_hosts));
+        out.extend_from_slice(&group_block(group, all_hosts));
     }
     out
 }
 
 /// One group: `1,842 hosts: succeeded (exit 0)`, its output indented, and its hosts.
-fn group_block(group: &OutputGroup, all_hosts: bool) -> String {
-    let mut out = format!("\n{}: {}{}\n", hosts(group.count), group.state, exit_note(group.exit_code));
+fn group_block(group: &OutputGroup, all_hosts: bool) -> Vec<u8> {
+    let mut out =
+        format!("\n{}: {}{}\n", hosts(group.count), group.state, exit_note(group.exit_code)).into_bytes();
     let text = group_text(group);
-    let lines: Vec<&str> = text.lines().collect();
+    let lines: Vec<&[u8]> =
+        text.split(|&b| b == b'\n').map(|line| line.strip_suffix(b"\r").unwrap_or(line)).collect();
     let shown = if all_hosts { lines.len() } else { lines.len().min(LINES_SHOWN) };
     for line in &lines[..shown] {
-        let _ = writeln!(out, "    {line}");
+        out.extend_from_slice(b"    ");
+        out.extend_from_slice(line);
+        out.push(b'\n');
     }
     if shown < lines.len() {
-        let _ = writeln!(out, "    … {} more lines (orange job get --hosts shows all)", lines.len() - shown);
+        let more = format!("    … {} more lines (orange job get --hosts shows all)\n", lines.len() - shown);
+        out.extend_from_slice(more.as_bytes());
     }
     if all_hosts || group.state != "succeeded" {
-        out.push_str(&hosts_line(group, all_hosts));
+        out.extend_from_slice(hosts_line(group, all_hosts).as_bytes());
     }
     out
 }
@@ -112,15 +116,19 @@ fn exit_note(exit_code: Option<i32>) -> String {
     exit_code.map_or_else(String::new, |code| format!(" (exit {code})"))
 }
 
-/// What the hosts of a group said: their error, stdout and stderr, without trailing blank space;
-/// `(no output)` when they said nothing.
-fn group_text(group: &OutputGroup) -> String {
-    let parts: Vec<&str> = [group.error.as_deref().unwrap_or(""), &group.stdout, &group.stderr]
+/// What the hosts of a group said: their error, stdout, stderr and (original clients) result,
+/// without trailing blank space; `(no output)` when they said nothing.
+fn group_text(group: &OutputGroup) -> Vec<u8> {
+    let undecodable = |e: String| format!("(output not shown: {e})").into_bytes();
+    let stdout = group.stdout_bytes().unwrap_or_else(undecodable);
+    let stderr = group.stderr_bytes().unwrap_or_else(undecodable);
+    let error = group.error.as_deref().unwrap_or("").as_bytes();
+    let parts: Vec<&[u8]> = [error, &stdout, &stderr, group.result.as_bytes()]
         .into_iter()
-        .map(str::trim_end)
+        .map(<[u8]>::trim_ascii_end)
         .filter(|part| !part.is_empty())
         .collect();
-    if parts.is_empty() { "(no output)".to_owned() } else { parts.join("\n") }
+    if parts.is_empty() { b"(no output)".to_vec() } else { parts.join(&b'\n') }
 }
 
 /// `  hosts: a, b, c (+ 12 more)`.
@@ -189,11 +197,18 @@ pub(crate) mod tests {
             state: state.into(),
             exit_code: code,
             stdout: stdout.into(),
+            stdout_encoding: None,
             stderr: String::new(),
+            stderr_encoding: None,
+            result: String::new(),
             error: None,
             count,
             app_ids: hosts.iter().map(|h| h.to_string()).collect(),
         }
+    }
+
+    fn block(group: &OutputGroup, all_hosts: bool) -> String {
+        String::from_utf8(group_block(group, all_hosts)).expect("text groups print text")
     }
 
     #[test]
@@ -232,7 +247,8 @@ pub(crate) mod tests {
             group("succeeded", Some(0), "ok\n", &["web-1", "web-2"], 1842),
             group("failed", Some(1), "disk full\n", &["db-1", "db-2", "db-3"], 3),
         ];
-        let text = summary(&sample_job(JobState::Finished, counts), &groups, false);
+        let text =
+            String::from_utf8(summary(&sample_job(JobState::Finished, counts), &groups, false)).unwrap();
         assert_eq!(
             text,
             "job 0190a1b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b: finished on 1,845 hosts: 1,842 succeeded, 3 failed\n\
@@ -246,22 +262,31 @@ pub(crate) mod tests {
         let names: Vec<String> = (0..12).map(|i| format!("h{i}")).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let failed = group("failed", Some(2), "", &refs, 12);
-        let short = group_block(&failed, false);
+        let short = block(&failed, false);
         assert!(short.contains("    (no output)\n"), "{short}");
         assert!(short.ends_with("h9 (+ 2 more; --hosts lists them)\n"), "{short}");
-        let long = group_block(&failed, true);
+        let long = block(&failed, true);
         assert!(long.ends_with("h10, h11\n"), "{long}");
         let ok = group("succeeded", Some(0), "fine", &["a"], 1);
-        assert!(!group_block(&ok, false).contains("hosts:"));
-        assert!(group_block(&ok, true).contains("  hosts: a\n"));
+        assert!(!block(&ok, false).contains("hosts:"));
+        assert!(block(&ok, true).contains("  hosts: a\n"));
     }
 
     #[test]
     fn long_outputs_are_cut_to_a_few_lines() {
         let text: String = (0..15).map(|i| format!("line {i}\n")).collect();
-        let block = group_block(&group("succeeded", Some(0), &text, &["a"], 1), false);
-        assert!(block.contains("    line 9\n    … 5 more lines"), "{block}");
-        assert!(!block.contains("line 10"));
+        let shown = block(&group("succeeded", Some(0), &text, &["a"], 1), false);
+        assert!(shown.contains("    line 9\n    … 5 more lines"), "{shown}");
+        assert!(!shown.contains("line 10"));
+    }
+
+    #[test]
+    fn bytes_are_shown_as_the_hosts_wrote_them_and_a_result_as_text() {
+        let (stdout, stdout_encoding) = crate::protocol::bytes::encode(b"caf\xe9\r\n");
+        let binary = OutputGroup { stdout, stdout_encoding, ..group("succeeded", Some(0), "", &["a"], 1) };
+        assert_eq!(group_block(&binary, false), b"\n1 host: succeeded (exit 0)\n    caf\xe9\n");
+        let original = OutputGroup { result: "hello".into(), ..group("succeeded", None, "", &["go-1"], 1) };
+        assert_eq!(block(&original, false), "\n1 host: succeeded\n    hello\n");
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
     if config.json {
         output::print_json(&JobReport { results: fetch_results(&api, &job.job_id)?, job: job.clone() })?;
     } else {
-        output::emit(&summary_text(&api, &job, args.hosts)?)?;
+        output::emit_bytes(&summary_text(&api, &job, args.hosts)?)?;
     }
     Ok(exit_status(&job))
 }
@@ -127,7 +127,7 @@ pub fn fetch_results(api: &Api, job_id: &str) -> Result<Vec<JobResult>> {
 }
 
 /// The summary of `job`, with its groups asked from the server.
-pub fn summary_text(api: &Api, job: &JobView, all_hosts: bool) -> Result<String> {
+pub fn summary_text(api: &Api, job: &JobView, all_hosts: bool) -> Result<Vec<u8>> {
     let groups: JobGroups = api.get(&jobs::job_groups_path(&encode(&job.job_id)))?;
     Ok(job_print::summary(job, &groups.groups, all_hosts))
 }

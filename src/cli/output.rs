@@ -21,8 +21,13 @@ const GAP: &str = "  ";
 
 /// Writes `text` to stdout as is.
 pub fn emit(text: &str) -> Result<()> {
+    emit_bytes(text.as_bytes())
+}
+
+/// Writes `bytes` to stdout as they are (output the hosts wrote need not be text).
+pub fn emit_bytes(bytes: &[u8]) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
-    stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()).context("cannot write to stdout")
+    stdout.write_all(bytes).and_then(|()| stdout.flush()).context("cannot write to stdout")
 }
 
 /// Writes `value` to stdout as pretty JSON and a newline.
@@ -314,8 +319,8 @@ pub fn task_detail(task: &TaskView) -> String {
         .iter()
         .map(|(key, value)| format!("{:<width$} {value}", format!("{key}:")).trim_end().to_owned() + "\n")
         .collect();
-    text.push_str(&section("stdout", &task.stdout));
-    text.push_str(&section("stderr", &task.stderr));
+    text.push_str(&output_section(task, "stdout", task.stdout_bytes()));
+    text.push_str(&output_section(task, "stderr", task.stderr_bytes()));
     if !task.result.is_empty() {
         text.push_str(&section("result", &task.result));
     }
@@ -358,6 +363,21 @@ fn seconds(ms: u64) -> String {
     format!("{}.{:03}s", ms / 1000, ms % 1000)
 }
 
+/// The section of one output stream: its text, or a note where it is not text (a terminal
+/// would garble it; `task logs` writes the bytes).
+fn output_section(task: &TaskView, name: &str, bytes: Result<Vec<u8>, String>) -> String {
+    match bytes.map(String::from_utf8) {
+        Ok(Ok(text)) => section(name, &text),
+        Ok(Err(binary)) => {
+            let len = binary.as_bytes().len();
+            let note =
+                format!("({len} bytes, not UTF-8 text: `orange task logs {}` writes them)", task.task_id);
+            section(name, &note)
+        }
+        Err(e) => section(name, &format!("(not shown: {e})")),
+    }
+}
+
 /// A `--- name ---` section holding `text`, ending in a newline; `(empty)` when there is none.
 fn section(name: &str, text: &str) -> String {
     let body = if text.is_empty() { "(empty)" } else { text };
@@ -398,7 +418,9 @@ pub(super) mod tests {
             history,
             exit_code,
             stdout: "up 3 days\n".into(),
+            stdout_encoding: None,
             stderr: String::new(),
+            stderr_encoding: None,
             result: String::new(),
             error: None,
             duration_ms: Some(1250),
@@ -613,6 +635,17 @@ pub(super) mod tests {
         assert!(text.contains("exit code: -\nduration:  -\n"), "{text}");
         assert!(
             text.ends_with("--- stdout ---\n(empty)\n--- stderr ---\n(empty)\n--- result ---\nlegacy text\n")
+        );
+    }
+
+    #[test]
+    fn output_that_is_not_text_is_described_not_printed() {
+        let mut task = sample_task("t-5", "web-1", TaskStatus::Succeeded, Some(0));
+        (task.stdout, task.stdout_encoding) = crate::protocol::bytes::encode(b"caf\xe9");
+        let text = task_detail(&task);
+        assert!(
+            text.contains("--- stdout ---\n(4 bytes, not UTF-8 text: `orange task logs t-5` writes them)\n"),
+            "{text}"
         );
     }
 

@@ -18,6 +18,9 @@ use crate::protocol::admin::{self, AgentView, EnqueueReply, EnqueueRequest, Task
 
 /// Exit status of `task run` when the task ran past its timeout, like timeout(1).
 pub const EXIT_TIMED_OUT: i32 = 124;
+/// Exit status of `task run` when an original Go client reported the task failed (it sends no
+/// exit code).
+pub const EXIT_ORIGINAL_FAILED: i32 = 1;
 /// Exit status of `task run` when the task ended without an exit code, like ssh's own failures.
 pub const EXIT_NO_CODE: i32 = 255;
 
@@ -36,15 +39,17 @@ operator_args! {
                 --allow-shell. An unknown agent is an error at once; so is an offline one, unless \
                 --queue is given: then the task waits in the agent's queue until the agent comes back or \
                 its time to live (--ttl, else the server's default of 24 hours) runs out, and ends \
-                `expired`. The remote stdout and stderr are written to orange's stdout and stderr as \
-                the host sends them (if orange falls behind a task that writes more than the server's \
+                `expired`. The remote stdout and stderr are written to orange's stdout and stderr byte \
+                for byte as the host sends them (if orange falls behind a task that writes more than the server's \
                 output cap, the chunks dropped meanwhile are missing and a note on stderr says so). \
                 Ctrl-C cancels the task (its agent stops the command: SIGTERM, a \
                 grace period, SIGKILL) and orange keeps printing until the task has ended; a second \
                 Ctrl-C stops waiting at once and leaves the task to the server (see `orange task cancel \
-                --help`). The exit status is the remote command's, or one of the codes below. With \
-                --json nothing is printed live: the final task is printed as JSON, and the exit status \
-                is the same. Connection options: --server (else ORANGE_SERVER, else \
+                --help`). The exit status is the remote command's, or one of the codes below. An original Go client's result \
+                text is printed as one line, and orange exits 1 when it reported a failure. With \
+                --json nothing is printed live: the final task is printed as JSON (stdout and stderr \
+                as text, or as base64 with \"stdout_encoding\": \"base64\" when they are not UTF-8), \
+                and the exit status is the same. Connection options: --server (else ORANGE_SERVER, else \
                 http://127.0.0.1:8890); the admin token from --token-file, else ORANGE_TOKEN, else --data \
                 DIR/admin.token.",
         error_code(124, "the task ran past its timeout on the host (like timeout(1))"),
@@ -117,7 +122,8 @@ pub fn run_remote(args: RunArgs) -> Result<i32> {
     } else {
         show_live(&api, &task.task_id, &mut Sink::new(std::io::stdout(), std::io::stderr(), false))?
     };
-    finish_run(&done, config.operator.json, ctrl_c.interrupted())
+    let original = failed_on_original_client(&api, &done);
+    finish_run(&done, config.operator.json, ctrl_c.interrupted(), original)
 }
 
 /// Joins command words with single spaces, as ssh does; refuses an empty command.
@@ -182,9 +188,19 @@ fn no_output_route(error: &anyhow::Error) -> bool {
     matches!(error.downcast_ref::<ClientError>(), Some(ClientError::Api { status: 404, .. }))
 }
 
+/// True when `task` failed without an exit code or an error on an original Go client (an agent
+/// that gave no version): such a client reports only its result text and whether it failed.
+fn failed_on_original_client(api: &Api, task: &TaskView) -> bool {
+    if task.status != TaskStatus::Failed || task.exit_code.is_some() || task.error.is_some() {
+        return false;
+    }
+    let path = admin::agent_path(&encode(&task.app_id));
+    api.try_get::<AgentView>(&path).is_ok_and(|agent| agent.version.is_none())
+}
+
 /// Prints the JSON (when asked) and the problem of the finished task, and returns the exit status.
-fn finish_run(task: &TaskView, json: bool, interrupted: bool) -> Result<i32> {
-    let (code, problem) = run_outcome(task, interrupted);
+fn finish_run(task: &TaskView, json: bool, interrupted: bool, original: bool) -> Result<i32> {
+    let (code, problem) = run_outcome(task, interrupted, original);
     if json {
         output::print_json(task)?;
     }
@@ -196,8 +212,9 @@ fn finish_run(task: &TaskView, json: bool, interrupted: bool) -> Result<i32> {
 
 /// The exit status of `task run` for a final task, and what to say when the host gave no code:
 /// [`EXIT_INTERRUPTED`] for a task cancelled after Ctrl-C; [`EXIT_TIMED_OUT`] for a timeout; else
-/// the remote code; 0 for a success without a code (a legacy agent); else [`EXIT_NO_CODE`].
-pub fn run_outcome(task: &TaskView, interrupted: bool) -> (i32, Option<String>) {
+/// the remote code; 0 for a success without a code (an original client); 1 for a failure an
+/// `original` client reported (it has no exit code to give); else [`EXIT_NO_CODE`].
+pub fn run_outcome(task: &TaskView, interrupted: bool, original: bool) -> (i32, Option<String>) {
     let problem = || {
         let reason = task.error.clone().unwrap_or_else(|| no_code_reason(task));
         Some(format!("task {} {}: {reason}", task.task_id, task.status))
@@ -209,6 +226,7 @@ pub fn run_outcome(task: &TaskView, interrupted: bool) -> (i32, Option<String>) 
         (TaskStatus::TimedOut, _) => (EXIT_TIMED_OUT, problem()),
         (_, Some(code)) => (code, None),
         (TaskStatus::Succeeded, None) => (0, None),
+        (TaskStatus::Failed, None) if original => (EXIT_ORIGINAL_FAILED, None),
         _ => (EXIT_NO_CODE, problem()),
     }
 }
@@ -273,23 +291,31 @@ mod tests {
         for (status, exit_code, code, problem) in cases {
             let task = sample_task(id, "web-1", status, exit_code);
             let expected = (code, problem.map(str::to_owned));
-            assert_eq!(run_outcome(&task, false), expected, "{status} {exit_code:?}");
+            assert_eq!(run_outcome(&task, false, false), expected, "{status} {exit_code:?}");
         }
+    }
+
+    #[test]
+    fn an_original_clients_failure_exits_1_and_its_success_0() {
+        let failed = sample_task("t-4", "go-1", Failed, None);
+        assert_eq!(run_outcome(&failed, false, true), (1, None));
+        let succeeded = sample_task("t-4", "go-1", Succeeded, None);
+        assert_eq!(run_outcome(&succeeded, false, true), (0, None));
     }
 
     #[test]
     fn after_ctrl_c_a_cancelled_task_exits_130_and_a_finished_one_keeps_its_code() {
         let cancelled = sample_task("t-3", "web-1", Cancelled, Some(143));
-        assert_eq!(run_outcome(&cancelled, true), (130, Some("task t-3 cancelled".to_owned())));
+        assert_eq!(run_outcome(&cancelled, true, false), (130, Some("task t-3 cancelled".to_owned())));
         let finished = sample_task("t-3", "web-1", Failed, Some(4));
-        assert_eq!(run_outcome(&finished, true), (4, None));
+        assert_eq!(run_outcome(&finished, true, false), (4, None));
     }
 
     #[test]
     fn the_error_text_explains_a_task_without_exit_code() {
         let mut task = sample_task("t-2", "web-1", Failed, None);
         task.error = Some("shell tasks are not allowed on this agent".into());
-        let (code, problem) = run_outcome(&task, false);
+        let (code, problem) = run_outcome(&task, false, false);
         assert_eq!(code, EXIT_NO_CODE);
         assert_eq!(problem.unwrap(), "task t-2 failed: shell tasks are not allowed on this agent");
     }
@@ -355,7 +381,7 @@ mod tests {
         let api = FakeApi::serve(vec![FakeApi::ok(&page(vec![], 0, Succeeded)), FakeApi::ok(&done)]);
         let mut sink = Sink::new(Vec::new(), Vec::new(), false);
         show_live(&api.client(), ID, &mut sink).unwrap();
-        assert_eq!((text(&sink.out), text(&sink.err)), ("legacy result".to_owned(), String::new()));
+        assert_eq!((text(&sink.out), text(&sink.err)), ("legacy result\n".to_owned(), String::new()));
     }
 
     #[test]

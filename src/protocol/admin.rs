@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use super::audit::{AUDIT_PATH, AuditEntry, AuditList};
+use super::bytes::Encoding;
 use super::task::TaskStatus;
 
 /// Enqueue (POST) and list (GET, `?app_id=&limit=`) tasks.
@@ -57,8 +58,24 @@ pub struct OutputChunkView {
     pub seq: u32,
     /// `stdout` or `stderr`.
     pub stream: String,
-    /// The text.
+    /// The bytes: as text when they are valid UTF-8, else their base64 (see `encoding`).
     pub data: String,
+    /// `base64` when `data` is base64; absent when it is the text itself (see [`super::bytes`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<Encoding>,
+}
+
+impl OutputChunkView {
+    /// Chunk `seq` of `stream` holding `bytes`, encoded for JSON.
+    pub fn new(seq: u32, stream: &str, bytes: &[u8]) -> Self {
+        let (data, encoding) = super::bytes::encode(bytes);
+        OutputChunkView { seq, stream: stream.to_owned(), data, encoding }
+    }
+
+    /// The chunk's bytes; the error says its base64 is bad.
+    pub fn bytes(&self) -> Result<Vec<u8>, String> {
+        super::bytes::decode(&self.data, self.encoding)
+    }
 }
 
 /// Answer of `GET /api/v1/tasks/{id}/output?after=SEQ&wait=S`: the chunks numbered `after` and
@@ -108,11 +125,18 @@ pub struct TaskView {
     pub history: Vec<Transition>,
     /// Exit code of the process, when there was one.
     pub exit_code: Option<i32>,
-    /// Captured standard output.
+    /// Captured standard output: text when it is valid UTF-8, else base64 (see
+    /// `stdout_encoding`).
     pub stdout: String,
-    /// Captured standard error.
+    /// `base64` when `stdout` is base64; absent when it is the text itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout_encoding: Option<Encoding>,
+    /// Captured standard error: text, or base64 when `stderr_encoding` says so.
     pub stderr: String,
-    /// The original protocol's free-form result text.
+    /// `base64` when `stderr` is base64; absent when it is the text itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr_encoding: Option<Encoding>,
+    /// The original protocol's free-form result text (what an original Go client reported).
     pub result: String,
     /// Why the task failed without running, if it did.
     pub error: Option<String>,
@@ -130,6 +154,16 @@ pub struct Transition {
 }
 
 impl TaskView {
+    /// The bytes of the captured standard output; the error says its base64 is bad.
+    pub fn stdout_bytes(&self) -> Result<Vec<u8>, String> {
+        super::bytes::decode(&self.stdout, self.stdout_encoding)
+    }
+
+    /// The bytes of the captured standard error; the error says its base64 is bad.
+    pub fn stderr_bytes(&self) -> Result<Vec<u8>, String> {
+        super::bytes::decode(&self.stderr, self.stderr_encoding)
+    }
+
     /// When the task first reached `status`, if it did.
     pub fn reached(&self, status: TaskStatus) -> Option<&str> {
         self.history.iter().find(|t| t.status == status).map(|t| t.at.as_str())

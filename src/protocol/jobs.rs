@@ -8,6 +8,7 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::bytes::Encoding;
 use super::task::TaskStatus;
 
 /// Create (POST) and list (GET, `?limit=N`, newest first) jobs.
@@ -287,7 +288,7 @@ pub struct JobList {
 }
 
 /// One target of a job and what became of it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct JobResult {
     /// The agent.
     pub app_id: String,
@@ -297,10 +298,19 @@ pub struct JobResult {
     pub task_id: Option<String>,
     /// Exit code of the process, when there was one.
     pub exit_code: Option<i32>,
-    /// Standard output (its first 4 KiB).
+    /// Standard output (its first 4 KiB): text, or base64 when `stdout_encoding` says so.
     pub stdout: String,
-    /// Standard error (its first 4 KiB).
+    /// `base64` when `stdout` is base64; absent when it is the text itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout_encoding: Option<Encoding>,
+    /// Standard error (its first 4 KiB): text, or base64 when `stderr_encoding` says so.
     pub stderr: String,
+    /// `base64` when `stderr` is base64; absent when it is the text itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr_encoding: Option<Encoding>,
+    /// The result text an original Go client reported (its first 4 KiB); empty for orange agents.
+    #[serde(default)]
+    pub result: String,
     /// Why the task failed without running, if it did.
     pub error: Option<String>,
     /// Wall time of the run in milliseconds, as the agent measured it.
@@ -327,16 +337,39 @@ pub struct OutputGroup {
     pub state: String,
     /// The exit code they share.
     pub exit_code: Option<i32>,
-    /// The standard output they share (its first 4 KiB).
+    /// The standard output they share (its first 4 KiB): text, or base64 when
+    /// `stdout_encoding` says so.
     pub stdout: String,
-    /// The standard error they share (its first 4 KiB).
+    /// `base64` when `stdout` is base64; absent when it is the text itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout_encoding: Option<Encoding>,
+    /// The standard error they share (its first 4 KiB): text, or base64 when `stderr_encoding`
+    /// says so.
     pub stderr: String,
+    /// `base64` when `stderr` is base64; absent when it is the text itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr_encoding: Option<Encoding>,
+    /// The result text they share (original Go clients'; empty for orange agents).
+    #[serde(default)]
+    pub result: String,
     /// The error they share.
     pub error: Option<String>,
     /// How many targets are in the group.
     pub count: u32,
     /// Their app ids, sorted (at most [`MAX_GROUP_HOSTS`]).
     pub app_ids: Vec<String>,
+}
+
+impl OutputGroup {
+    /// The bytes of the standard output they share; the error says its base64 is bad.
+    pub fn stdout_bytes(&self) -> Result<Vec<u8>, String> {
+        super::bytes::decode(&self.stdout, self.stdout_encoding)
+    }
+
+    /// The bytes of the standard error they share; the error says its base64 is bad.
+    pub fn stderr_bytes(&self) -> Result<Vec<u8>, String> {
+        super::bytes::decode(&self.stderr, self.stderr_encoding)
+    }
 }
 
 /// Answer of `GET /api/v1/jobs/{id}/groups`: the targets grouped by outcome, biggest group first.

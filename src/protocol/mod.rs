@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod audit;
 pub mod busy;
+pub mod bytes;
 pub mod facts;
 pub mod jobs;
 pub mod limit_table;

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::bytes::Encoding;
 use super::limits;
 
 /// Route of the register call (signed with the enrollment key).
@@ -232,12 +233,20 @@ pub struct ReportRequest {
     /// Process exit code, when the task was a process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
-    /// Captured standard output (capped at [`MAX_OUTPUT_LEN`]).
+    /// Captured standard output (capped at [`MAX_OUTPUT_LEN`] bytes): text, or base64 when
+    /// `stdout_encoding` says so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdout: Option<String>,
-    /// Captured standard error (capped at [`MAX_OUTPUT_LEN`]).
+    /// `base64` when `stdout` holds bytes that are not UTF-8 (see [`super::bytes`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout_encoding: Option<Encoding>,
+    /// Captured standard error (capped at [`MAX_OUTPUT_LEN`] bytes): text, or base64 when
+    /// `stderr_encoding` says so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stderr: Option<String>,
+    /// `base64` when `stderr` holds bytes that are not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr_encoding: Option<Encoding>,
     /// Wall time the task ran, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
@@ -272,8 +281,25 @@ pub struct OutputChunk {
     pub seq: u32,
     /// `stdout` or `stderr`.
     pub stream: String,
-    /// The bytes, lossy UTF-8, at most [`MAX_CHUNK_LEN`].
+    /// The bytes (at most [`MAX_CHUNK_LEN`]): as text when they are valid UTF-8, else base64.
     pub data: String,
+    /// `base64` when `data` is the base64 of bytes that are not UTF-8; absent for text (and from
+    /// agents before orange sent bytes, whose data is always text). See [`super::bytes`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<Encoding>,
+}
+
+impl OutputChunk {
+    /// Chunk `seq` of `task_id`'s `stream` holding `bytes`, encoded for JSON.
+    pub fn new(task_id: &str, seq: u32, stream: &str, bytes: &[u8]) -> Self {
+        let (data, encoding) = super::bytes::encode(bytes);
+        OutputChunk { task_id: task_id.to_owned(), seq, stream: stream.to_owned(), data, encoding }
+    }
+
+    /// The chunk's bytes; the error says its base64 is bad.
+    pub fn bytes(&self) -> Result<Vec<u8>, String> {
+        super::bytes::decode(&self.data, self.encoding)
+    }
 }
 
 /// Answer (`data`) of an output post.

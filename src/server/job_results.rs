@@ -9,6 +9,7 @@ use std::sync::Arc;
 use super::error::ServiceError;
 use super::store::{JobRecord, Store, StoreError, TargetRecord};
 use crate::protocol::TaskId;
+use crate::protocol::bytes::{self, Encoding};
 use crate::protocol::jobs::{
     JobGroups, JobResult, JobResults, JobState, MAX_GROUP_HOSTS, MAX_OUTPUT_GROUPS, MAX_RESULTS_PAGE,
     OutputGroup,
@@ -53,15 +54,20 @@ impl JobOutcomes {
             task_id: target.task_id.map(|id| id.to_string()),
             exit_code: None,
             stdout: String::new(),
+            stdout_encoding: None,
             stderr: String::new(),
+            stderr_encoding: None,
+            result: String::new(),
             error: None,
             duration_ms: None,
         };
         if let Some(task) = task {
-            let [stdout, stderr, _] = self.store.output_texts(&task, RESULT_OUTPUT_LEN)?;
+            let [stdout, stderr, text] = self.store.output_texts(&task, RESULT_OUTPUT_LEN)?;
             result.state = task.status.as_str().to_owned();
-            result.stdout = String::from_utf8_lossy(&stdout).into_owned();
-            result.stderr = String::from_utf8_lossy(&stderr).into_owned();
+            (result.stdout, result.stdout_encoding) = shown(stdout);
+            (result.stderr, result.stderr_encoding) = shown(stderr);
+            // Text from the original client's JSON (stored as its UTF-8 bytes).
+            result.result = String::from_utf8_lossy(&shortened(text)).into_owned();
             (result.exit_code, result.error, result.duration_ms) =
                 (task.exit_code, task.error, task.duration_ms);
         } else if let Some(end) = target.end {
@@ -81,20 +87,20 @@ impl JobOutcomes {
     /// Job `id`'s targets grouped by outcome, biggest group first, in one pass.
     pub fn groups(&self, id: TaskId) -> Result<JobGroups, ServiceError> {
         let job = self.store.job(id)?.ok_or_else(|| ServiceError::NotFound(format!("unknown job {id}")))?;
-        type Key = (String, Option<i32>, String, String, Option<String>);
-        let mut groups: HashMap<Key, OutputGroup> = HashMap::new();
+        let mut groups: HashMap<GroupKey, OutputGroup> = HashMap::new();
         let mut other: Option<OutputGroup> = None;
         self.store.each_target(id, |target| {
-            let r = self.job_result(&job, target)?;
-            let key: Key = (r.state, r.exit_code, r.stdout, r.stderr, r.error);
+            let mut r = self.job_result(&job, target)?;
+            let app_id = std::mem::take(&mut r.app_id);
+            let key = GroupKey::of(r);
             let group = if groups.contains_key(&key) || groups.len() < MAX_OUTPUT_GROUPS {
-                groups.entry(key).or_insert_with_key(|k| new_group(k.0.clone(), k.1, &k.2, &k.3, k.4.clone()))
+                groups.entry(key).or_insert_with_key(GroupKey::group)
             } else {
-                other.get_or_insert_with(|| new_group("other".into(), None, "", "", None))
+                other.get_or_insert_with(|| GroupKey::of(JobResult::default()).group_as("other"))
             };
             group.count += 1;
             if group.app_ids.len() < MAX_GROUP_HOSTS {
-                group.app_ids.push(r.app_id);
+                group.app_ids.push(app_id);
             }
             Ok(())
         })?;
@@ -105,20 +111,62 @@ impl JobOutcomes {
     }
 }
 
-fn new_group(
+/// The first [`RESULT_OUTPUT_LEN`] bytes of an output (a character cut at the end dropped, so a
+/// shortened text stays text) in its JSON form.
+fn shown(bytes: Vec<u8>) -> (String, Option<Encoding>) {
+    bytes::encode_owned(shortened(bytes))
+}
+
+/// The first [`RESULT_OUTPUT_LEN`] bytes of an output, without a character cut at the end.
+fn shortened(mut bytes: Vec<u8>) -> Vec<u8> {
+    if bytes.len() >= RESULT_OUTPUT_LEN {
+        bytes.truncate(RESULT_OUTPUT_LEN);
+        bytes::trim_cut_character(&mut bytes);
+    }
+    bytes
+}
+
+/// What targets that ended alike share: a result without its app id, task and duration.
+#[derive(PartialEq, Eq, Hash)]
+struct GroupKey {
     state: String,
     exit_code: Option<i32>,
-    stdout: &str,
-    stderr: &str,
+    stdout: (String, Option<Encoding>),
+    stderr: (String, Option<Encoding>),
+    result: String,
     error: Option<String>,
-) -> OutputGroup {
-    OutputGroup {
-        state,
-        exit_code,
-        stdout: stdout.to_owned(),
-        stderr: stderr.to_owned(),
-        error,
-        count: 0,
-        app_ids: Vec::new(),
+}
+
+impl GroupKey {
+    fn of(r: JobResult) -> Self {
+        GroupKey {
+            state: r.state,
+            exit_code: r.exit_code,
+            stdout: (r.stdout, r.stdout_encoding),
+            stderr: (r.stderr, r.stderr_encoding),
+            result: r.result,
+            error: r.error,
+        }
+    }
+
+    /// An empty group of this outcome.
+    fn group(&self) -> OutputGroup {
+        OutputGroup {
+            state: self.state.clone(),
+            exit_code: self.exit_code,
+            stdout: self.stdout.0.clone(),
+            stdout_encoding: self.stdout.1,
+            stderr: self.stderr.0.clone(),
+            stderr_encoding: self.stderr.1,
+            result: self.result.clone(),
+            error: self.error.clone(),
+            count: 0,
+            app_ids: Vec::new(),
+        }
+    }
+
+    /// An empty group of state `state` and nothing else.
+    fn group_as(self, state: &str) -> OutputGroup {
+        OutputGroup { state: state.to_owned(), ..self.group() }
     }
 }

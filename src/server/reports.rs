@@ -8,6 +8,7 @@ use super::clock::now_ms;
 use super::dispatch::Dispatch;
 use super::error::ServiceError;
 use super::store::{ChunkAck, Outcome, Store, Stream, TaskRecord};
+use crate::protocol::bytes::{self, Encoding};
 use crate::protocol::wire::{self, OutputChunk, ReportRequest};
 use crate::protocol::{TaskId, TaskStatus};
 
@@ -47,18 +48,27 @@ impl Reports {
                 wire::shown(&chunk.stream)
             ))
         })?;
-        if chunk.data.len() > wire::MAX_CHUNK_LEN {
-            return Err(ServiceError::TooLarge(format!(
-                "output chunk is {} bytes; the limit is {}",
-                chunk.data.len(),
-                wire::MAX_CHUNK_LEN
-            )));
-        }
-        let ack = self.store.store_chunk(app_id, id, chunk.seq, stream, chunk.data.as_bytes(), now_ms())?;
+        let data = chunk_bytes(&chunk)?;
+        let ack = self.store.store_chunk(app_id, id, chunk.seq, stream, &data, now_ms())?;
         self.store.durable().await?;
         self.dispatch.task_changed(id);
         Ok(ack)
     }
+}
+
+/// A chunk's bytes (its text, or its base64 decoded), within [`wire::MAX_CHUNK_LEN`].
+fn chunk_bytes(chunk: &OutputChunk) -> Result<Vec<u8>, ServiceError> {
+    let too_large = |len: usize| {
+        ServiceError::TooLarge(format!("output chunk is {len} bytes; the limit is {}", wire::MAX_CHUNK_LEN))
+    };
+    if bytes::max_decoded_len(chunk.data.len(), chunk.encoding) > wire::MAX_CHUNK_LEN + 2 {
+        return Err(too_large(bytes::max_decoded_len(chunk.data.len(), chunk.encoding)));
+    }
+    let data = chunk.bytes().map_err(|e| ServiceError::BadRequest(format!("output chunk: {e}")))?;
+    if data.len() > wire::MAX_CHUNK_LEN {
+        return Err(too_large(data.len()));
+    }
+    Ok(data)
 }
 
 fn parse_task_id(text: &str) -> Result<TaskId, ServiceError> {
@@ -71,10 +81,12 @@ fn outcome_of(report: ReportRequest) -> Result<Outcome, ServiceError> {
     let status = reported_status(&report.do_status)?;
     let mut output = Vec::new();
     if report.output_chunks.is_none() {
-        output.push((Stream::Stdout, capped(report.stdout.unwrap_or_default())));
-        output.push((Stream::Stderr, capped(report.stderr.unwrap_or_default())));
+        let stdout = report_bytes("stdout", report.stdout.as_deref(), report.stdout_encoding)?;
+        let stderr = report_bytes("stderr", report.stderr.as_deref(), report.stderr_encoding)?;
+        output.push((Stream::Stdout, capped(stdout)));
+        output.push((Stream::Stderr, capped(stderr)));
     }
-    output.push((Stream::Result, capped(report.result)));
+    output.push((Stream::Result, capped(report.result.into_bytes())));
     output.retain(|(_, bytes)| !bytes.is_empty());
     Ok(Outcome {
         status,
@@ -103,9 +115,60 @@ fn reported_status(do_status: &str) -> Result<TaskStatus, ServiceError> {
     })
 }
 
+/// The bytes of a report's `stdout` or `stderr` (`name`), decoded as its encoding says.
+fn report_bytes(name: &str, text: Option<&str>, encoding: Option<Encoding>) -> Result<Vec<u8>, ServiceError> {
+    bytes::decode(text.unwrap_or_default(), encoding)
+        .map_err(|e| ServiceError::BadRequest(format!("report {name}: {e}")))
+}
+
 /// Output a report may carry per stream: the agent caps it, the server enforces it.
-fn capped(text: String) -> Vec<u8> {
-    let mut bytes = text.into_bytes();
+fn capped(mut bytes: Vec<u8>) -> Vec<u8> {
     bytes.truncate(wire::MAX_OUTPUT_LEN);
     bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(bytes: &[u8]) -> OutputChunk {
+        OutputChunk::new("t", 0, "stdout", bytes)
+    }
+
+    #[test]
+    fn a_chunk_holds_at_most_the_limit_in_bytes_whether_text_or_base64() {
+        let max = wire::MAX_CHUNK_LEN;
+        assert_eq!(chunk_bytes(&chunk(&vec![b'a'; max])).unwrap().len(), max);
+        assert_eq!(chunk_bytes(&chunk(&vec![0xff; max])).unwrap().len(), max);
+        for over in [vec![b'a'; max + 1], vec![0xff; max + 1], vec![0xff; 3 * max]] {
+            let error = chunk_bytes(&chunk(&over)).unwrap_err();
+            assert!(matches!(error, ServiceError::TooLarge(_)), "{error:?}");
+        }
+    }
+
+    #[test]
+    fn marked_data_that_is_not_base64_is_a_bad_request_naming_it() {
+        let bad = OutputChunk { data: "caf\u{e9}".into(), ..chunk(b"\xff") };
+        match chunk_bytes(&bad) {
+            Err(ServiceError::BadRequest(message)) => assert!(message.contains("base64"), "{message}"),
+            other => panic!("expected a bad request, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn report_outputs_are_decoded_as_marked() {
+        let (stdout, stdout_encoding) = bytes::encode(b"caf\xe9");
+        let report = ReportRequest {
+            do_status: wire::DO_STATUS_SUCCESS.into(),
+            stdout: Some(stdout),
+            stdout_encoding,
+            stderr: Some("plain".into()),
+            ..ReportRequest::default()
+        };
+        let outcome = outcome_of(report).unwrap();
+        assert_eq!(
+            outcome.output,
+            [(Stream::Stdout, b"caf\xe9".to_vec()), (Stream::Stderr, b"plain".to_vec())]
+        );
+    }
 }

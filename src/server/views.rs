@@ -9,6 +9,7 @@ use super::store::{AgentRecord, Chunk, JobRecord, Store, StoreError, TaskRecord,
 use crate::protocol::admin::{
     AgentView, ONLINE_WINDOW_SECS, OutputChunkView, TaskView, TokenView, Transition,
 };
+use crate::protocol::bytes;
 use crate::protocol::jobs::JobView;
 use crate::protocol::wire::WireTask;
 
@@ -42,8 +43,15 @@ impl TaskViews {
 
     /// The view of a task with up to `max_output` bytes of each stream.
     fn with_output(&self, task: &TaskRecord, max_output: usize) -> Result<TaskView, StoreError> {
-        let [stdout, stderr, result] = self.store.output_texts(task, max_output)?;
-        let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
+        let [mut stdout, mut stderr, result] = self.store.output_texts(task, max_output)?;
+        for output in [&mut stdout, &mut stderr] {
+            if output.len() >= max_output {
+                // Shortened here: a character cut at the end must not turn text into base64.
+                bytes::trim_cut_character(output);
+            }
+        }
+        let (stdout, stdout_encoding) = bytes::encode_owned(stdout);
+        let (stderr, stderr_encoding) = bytes::encode_owned(stderr);
         Ok(TaskView {
             task_id: task.id.to_string(),
             app_id: task.app_id.clone(),
@@ -55,9 +63,12 @@ impl TaskViews {
             dropped_bytes: task.output.dropped_bytes,
             history: task.history.iter().map(|(s, t)| Transition { status: *s, at: rfc3339(*t) }).collect(),
             exit_code: task.exit_code,
-            stdout: text(stdout),
-            stderr: text(stderr),
-            result: text(result),
+            stdout,
+            stdout_encoding,
+            stderr,
+            stderr_encoding,
+            // Text from the original client's JSON (stored as its UTF-8 bytes).
+            result: String::from_utf8_lossy(&result).into_owned(),
             error: task.error.clone(),
             duration_ms: task.duration_ms,
         })
@@ -66,11 +77,7 @@ impl TaskViews {
 
 /// One output chunk as an output page shows it.
 pub fn chunk_view(chunk: Chunk) -> OutputChunkView {
-    OutputChunkView {
-        seq: chunk.seq,
-        stream: chunk.stream.name().to_owned(),
-        data: String::from_utf8_lossy(&chunk.data).into_owned(),
-    }
+    OutputChunkView::new(chunk.seq, chunk.stream.name(), &chunk.data)
 }
 
 /// The operator's view of an agent at time `now_ms` (without its facts).

@@ -7,6 +7,7 @@
 //! failure, which aborts rather than panics, fails the property instead of the whole file.
 
 use chrono::DateTime;
+use orange::protocol::bytes::Encoding;
 use orange::protocol::sign::{
     Canonical, SignError, TIME_WINDOW_SECS, check_nonce, check_time, legacy_time_header, parse_time,
     time_header,
@@ -289,8 +290,10 @@ fn report_request() -> impl Strategy<Value = ReportRequest> {
             payload,
             result,
             exit_code,
+            stdout_encoding: stdout.as_ref().filter(|s| s.len() % 2 == 1).map(|_| Encoding::Base64),
             stdout,
             stderr,
+            stderr_encoding: None,
             duration_ms,
             error,
             output_chunks,
@@ -582,5 +585,34 @@ proptest! {
     fn reports_round_trip_through_json(report in report_request()) {
         let body = serde_json::to_vec(&report).expect("a report serializes");
         prop_assert_eq!(serde_json::from_slice::<ReportRequest>(&body).ok(), Some(report));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output bytes in JSON
+
+proptest! {
+    #![proptest_config(config(512))]
+
+    #[test]
+    fn any_output_round_trips_through_a_json_chunk_and_text_stays_text(
+        raw in prop::collection::vec(any::<u8>(), 0..2048),
+        words in text(),
+    ) {
+        for output in [raw, words.into_bytes()] {
+            let chunk = OutputChunk::new("t", 0, "stdout", &output);
+            prop_assert_eq!(chunk.encoding.is_none(), std::str::from_utf8(&output).is_ok());
+            let body = serde_json::to_vec(&chunk).expect("a chunk serializes");
+            let back: OutputChunk = serde_json::from_slice(&body).expect("a chunk decodes");
+            prop_assert_eq!(back.bytes(), Ok(output));
+        }
+    }
+
+    #[test]
+    fn marked_data_that_is_not_base64_is_an_error_never_a_panic(data in text()) {
+        let chunk = OutputChunk { task_id: "t".into(), seq: 0, stream: "stdout".into(), data, encoding: Some(Encoding::Base64) };
+        if let Ok(bytes) = chunk.bytes() {
+            prop_assert_eq!(OutputChunk::new("t", 0, "stdout", &bytes).bytes(), Ok(bytes));
+        }
     }
 }

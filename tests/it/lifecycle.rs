@@ -51,7 +51,7 @@ fn poll_until_task(agent: &AgentClient, within: Duration) -> Option<(WireTask, I
 
 /// An output chunk.
 fn chunk(task_id: &str, seq: u32, stream: &str, data: &str) -> OutputChunk {
-    OutputChunk { task_id: task_id.into(), seq, stream: stream.into(), data: data.into() }
+    OutputChunk { task_id: task_id.into(), seq, stream: stream.into(), data: data.into(), encoding: None }
 }
 
 /// The message of a refused agent call.

@@ -69,7 +69,7 @@ fn a_task_that_ended_in_time_is_not_timed_out_by_a_slow_server() {
 }
 
 #[test]
-fn chunks_never_split_a_character_and_nothing_is_lost() {
+fn text_chunks_never_split_a_character_and_nothing_is_lost() {
     let fx = Fixture::new();
     let _agent = fx.start(1);
     // 300000 bytes of 9-byte lines, cut in the middle of a character at the end.
@@ -79,9 +79,33 @@ fn chunks_never_split_a_character_and_nothing_is_lost() {
     let line = "é€🍊\n".as_bytes();
     let bytes: Vec<u8> = line.iter().copied().cycle().take(300_001).collect();
     let state = fx.server.state.lock();
-    assert_eq!(state.output("t1"), String::from_utf8_lossy(&bytes));
-    assert!(state.chunks["t1"].iter().all(|c| c.data.len() <= MAX_CHUNK_LEN));
-    assert!(state.chunks["t1"].len() >= 5);
+    assert_eq!(state.output_bytes("t1"), bytes);
+    let chunks = &state.chunks["t1"];
+    assert!(chunks.iter().all(|c| c.bytes().unwrap().len() <= MAX_CHUNK_LEN));
+    assert!(chunks.len() >= 5);
+    let (last, text) = chunks.split_last().expect("chunks");
+    assert!(text.iter().all(|c| c.encoding.is_none()), "text goes as text");
+    assert!(last.encoding.is_some(), "the cut character at the very end goes as bytes");
+}
+
+#[test]
+fn bytes_that_are_not_text_stream_unchanged() {
+    let fx = Fixture::new();
+    let _agent = fx.start(1);
+    // Random bytes on stdout; on stderr `caf` and Latin-1 é, then the same random bytes.
+    let script = "printf 'caf\\351' >&2; head -c 300000 /dev/urandom | tee /dev/stderr";
+    fx.server.state.push_task(shell("t1", script));
+    fx.server.state.wait_until(WAIT, "report", |s| s.reports.len() == 1);
+    let state = fx.server.state.lock();
+    let bytes_of = |stream: &str| -> Vec<u8> {
+        let chunks = state.chunks["t1"].iter().filter(|c| c.stream == stream);
+        chunks.flat_map(|c| c.bytes().expect("chunks decode")).collect()
+    };
+    let (stdout, stderr) = (bytes_of("stdout"), bytes_of("stderr"));
+    assert_eq!(stdout.len(), 300_000);
+    assert_eq!(&stderr[..4], b"caf\xe9");
+    assert_eq!(&stderr[4..], &stdout[..]);
+    assert!(state.chunks["t1"].iter().any(|c| c.encoding.is_some()));
 }
 
 #[test]

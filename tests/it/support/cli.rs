@@ -64,11 +64,15 @@ impl Cli {
         if status.is_none() {
             kill_child(&mut child);
         }
+        let raw_stdout = stdout.join().expect("stdout reader");
+        let raw_stderr = stderr.join().expect("stderr reader");
         Run {
             command,
             status,
-            stdout: stdout.join().expect("stdout reader"),
-            stderr: stderr.join().expect("stderr reader"),
+            stdout: String::from_utf8_lossy(&raw_stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&raw_stderr).into_owned(),
+            raw_stdout,
+            raw_stderr,
             elapsed: started.elapsed(),
         }
     }
@@ -124,11 +128,11 @@ impl Server {
 }
 
 /// Reads `pipe` to its end on another thread, so the child never blocks on a full pipe.
-fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
+fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
     std::thread::spawn(move || {
         let mut bytes = Vec::new();
         let _ = pipe.read_to_end(&mut bytes);
-        String::from_utf8_lossy(&bytes).into_owned()
+        bytes
     })
 }
 
@@ -156,10 +160,14 @@ pub struct Run {
     pub command: String,
     /// Exit status; `None` if it was killed at the deadline.
     pub status: Option<ExitStatus>,
-    /// Standard output.
+    /// Standard output (lossy text).
     pub stdout: String,
-    /// Standard error.
+    /// Standard error (lossy text).
     pub stderr: String,
+    /// Standard output, the bytes themselves.
+    pub raw_stdout: Vec<u8>,
+    /// Standard error, the bytes themselves.
+    pub raw_stderr: Vec<u8>,
     /// Wall time.
     pub elapsed: Duration,
 }
@@ -199,7 +207,7 @@ pub struct LiveRun {
     started: Instant,
     lines: Arc<Mutex<Vec<(Duration, String)>>>,
     stdout: Option<JoinHandle<()>>,
-    stderr: Option<JoinHandle<String>>,
+    stderr: Option<JoinHandle<Vec<u8>>>,
 }
 
 impl LiveRun {
@@ -219,10 +227,15 @@ impl LiveRun {
         if let Some(reader) = self.stdout.take() {
             reader.join().expect("stdout reader");
         }
-        let stderr = self.stderr.take().map(|r| r.join().expect("stderr reader")).unwrap_or_default();
+        let raw_stderr = self.stderr.take().map(|r| r.join().expect("stderr reader")).unwrap_or_default();
+        let stderr = String::from_utf8_lossy(&raw_stderr).into_owned();
         let lines = self.lines();
-        let stdout = lines.iter().map(|(_, l)| l.as_str()).collect();
-        (Run { command: self.command.clone(), status, stdout, stderr, elapsed }, lines)
+        let stdout: String = lines.iter().map(|(_, l)| l.as_str()).collect();
+        let raw_stdout = stdout.as_bytes().to_vec();
+        (
+            Run { command: self.command.clone(), status, stdout, stderr, raw_stdout, raw_stderr, elapsed },
+            lines,
+        )
     }
 }
 
