@@ -5,7 +5,7 @@
 use anyhow::{Result, bail};
 use argh::FromArgs;
 
-use super::flags::{check_timeout, check_ttl};
+use super::flags::{check_cwd_flag, check_env, check_timeout, check_ttl};
 use super::operator::operator_args;
 use super::task::parse_app_ids;
 use crate::protocol::jobs::{JobRequest, Limit, Targets};
@@ -98,6 +98,14 @@ operator_args! {
         /// list every host of every result group
         #[argh(switch)]
         pub hosts: bool,
+        /// environment variable NAME=value for the command (repeatable); the agents must support
+        /// the `env` task feature
+        #[argh(option)]
+        pub env: Vec<String>,
+        /// working directory of the command on each host (an absolute path); the agents must
+        /// support the `cwd` task feature
+        #[argh(option)]
+        pub cwd: Option<String>,
         /// the command (the task's payload), after --
         #[argh(positional, greedy)]
         pub command: Vec<String>,
@@ -143,6 +151,14 @@ operator_args! {
         /// print the hosts the job would run on and their count; send nothing
         #[argh(switch)]
         pub dry_run: bool,
+        /// environment variable NAME=value for the command (repeatable); the agents must support
+        /// the `env` task feature
+        #[argh(option)]
+        pub env: Vec<String>,
+        /// working directory of the command on each host (an absolute path); the agents must
+        /// support the `cwd` task feature
+        #[argh(option)]
+        pub cwd: Option<String>,
         /// the command (the task's payload), after --
         #[argh(positional, greedy)]
         pub command: Vec<String>,
@@ -241,6 +257,8 @@ pub(super) struct JobFlags<'a> {
     pub max_errors: Option<&'a str>,
     pub timeout: Option<u64>,
     pub ttl: Option<u64>,
+    pub env: &'a [String],
+    pub cwd: Option<String>,
     pub command: &'a [String],
 }
 
@@ -257,6 +275,8 @@ macro_rules! job_flags {
             max_errors: $args.max_errors.as_deref(),
             timeout: $args.timeout,
             ttl: $args.ttl,
+            env: &$args.env,
+            cwd: $args.cwd,
             command: &$args.command,
         }
     };
@@ -281,6 +301,8 @@ impl JobFlags<'_> {
             ttl_secs: check_ttl(self.ttl)?,
             max_concurrency: limit("--max-concurrency", self.max_concurrency)?,
             max_errors: limit("--max-errors", self.max_errors)?,
+            env: check_env(self.env)?,
+            cwd: check_cwd_flag(self.cwd)?,
         })
     }
 }
@@ -334,6 +356,8 @@ mod tests {
             max_errors: Some("2"),
             timeout: None,
             ttl: None,
+            env: &[],
+            cwd: None,
             command,
         }
     }

@@ -393,6 +393,8 @@ pub(super) mod tests {
             payload: "uptime".into(),
             status,
             timeout_secs: 600,
+            env: Default::default(),
+            cwd: None,
             cancel_requested: false,
             dropped_bytes: 0,
             history,

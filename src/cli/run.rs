@@ -6,7 +6,7 @@ use std::io::Write;
 use anyhow::{Context, Result, bail};
 use argh::FromArgs;
 
-use super::flags::{check_timeout, check_ttl};
+use super::flags::{check_cwd_flag, check_env, check_timeout, check_ttl};
 use super::follow::{Sink, Until, follow};
 use super::interrupt::{CancelOnInterrupt, EXIT_INTERRUPTED};
 use super::operator::{Api, OperatorConfig, encode, operator_args, operator_flags};
@@ -68,6 +68,14 @@ operator_args! {
         /// the server's, 24 hours)
         #[argh(option)]
         pub ttl: Option<u64>,
+        /// environment variable NAME=value for the command (repeatable); the agent must support
+        /// the `env` task feature
+        #[argh(option)]
+        pub env: Vec<String>,
+        /// working directory of the command on the host (an absolute path); the agent must
+        /// support the `cwd` task feature
+        #[argh(option)]
+        pub cwd: Option<String>,
         /// the command and its arguments, after --
         #[argh(positional, greedy)]
         pub command: Vec<String>,
@@ -94,6 +102,8 @@ impl RunConfig {
             payload: join_command(&args.command)?,
             timeout_secs: check_timeout(args.timeout)?,
             ttl_secs: check_ttl(args.ttl)?,
+            env: check_env(&args.env)?,
+            cwd: check_cwd_flag(args.cwd)?,
         };
         let operator = OperatorConfig::from_flags(flags)?;
         Ok(RunConfig { operator, app_id: args.appid, queue: args.queue, request })

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod audit;
 pub mod busy;
 pub mod facts;
+pub mod features;
 pub mod jobs;
 pub mod limit_table;
 pub mod limits;

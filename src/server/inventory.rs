@@ -32,6 +32,16 @@ impl Inventory {
         Ok(())
     }
 
+    /// Keeps the task features agent `app_id` announced on a poll, when they changed. Not
+    /// waited on to be durable: the poll's own features decide what it is handed, and the next
+    /// poll writes them again if a crash lost them.
+    pub fn note_features(&self, app_id: &str, features: &[String]) -> Result<(), StoreError> {
+        if self.store.note_features(app_id, features, now_ms())? {
+            tracing::info!(agent = %app_id, features = ?features, "agent features changed");
+        }
+        Ok(())
+    }
+
     /// Every agent that passes `filter`, sorted by app id, with its facts.
     pub fn agents(&self, filter: &AgentFilter) -> Result<Vec<AgentView>, StoreError> {
         let now = now_ms();

@@ -127,6 +127,8 @@ fn task_record() -> impl Strategy<Value = TaskRecord> {
         )| TaskRecord {
             id: uuid::Uuid::from_bytes(id),
             app_id,
+            env: std::collections::BTreeMap::from([(task_type.clone(), payload.clone())]),
+            cwd: (timeout_secs % 2 == 0).then(|| payload.clone()),
             task_type,
             payload,
             status,

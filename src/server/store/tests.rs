@@ -32,8 +32,19 @@ pub(super) fn agent(app_id: &str) -> AgentRecord {
     }
 }
 
+/// The environment of a task without one.
+pub(super) static NO_ENV: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+
 pub(super) fn spec(app_id: &str) -> TaskSpec<'_> {
-    TaskSpec { app_id, task_type: "ping", payload: "", timeout_secs: 60, ttl_secs: 3600 }
+    TaskSpec {
+        app_id,
+        task_type: "ping",
+        payload: "",
+        env: &NO_ENV,
+        cwd: None,
+        timeout_secs: 60,
+        ttl_secs: 3600,
+    }
 }
 
 pub(super) fn queued(store: &Store, app_id: &str, n: usize) -> Vec<TaskId> {
@@ -44,7 +55,7 @@ pub(super) fn queued(store: &Store, app_id: &str, n: usize) -> Vec<TaskId> {
 }
 
 pub(super) fn take(store: &Store, app_id: &str) -> Option<TaskRecord> {
-    store.take_next(app_id, Delivery::Acknowledged, 20).unwrap()
+    store.take_next(app_id, Delivery::Acknowledged, &[], &mut Vec::new(), 20).unwrap()
 }
 
 fn outcome(status: TaskStatus, stdout: &str) -> Outcome {
@@ -243,7 +254,7 @@ fn an_acknowledged_task_is_not_handed_out_again_and_ends_lost_when_silent() {
 fn a_legacy_delivery_is_never_handed_out_again() {
     let (_dir, store) = open();
     let id = queued(&store, "a", 1)[0];
-    store.take_next("a", Delivery::Legacy, 20).unwrap().unwrap();
+    store.take_next("a", Delivery::Legacy, &[], &mut Vec::new(), 20).unwrap().unwrap();
     let swept = store.sweep_deadlines(20 + 60_000 + Policy::default().lost_grace_ms).unwrap();
     assert_eq!((swept[0].task.id, swept[0].task.status, swept[0].requeued), (id, TaskStatus::Lost, false));
 }
