@@ -8,6 +8,7 @@ mod bad_input;
 mod durability;
 mod end_to_end;
 mod faults;
+mod features;
 mod fuzz;
 mod inventory;
 mod jobs;
