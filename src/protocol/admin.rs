@@ -185,6 +185,10 @@ pub struct AgentView {
     /// clients and servers that predate facts.
     #[serde(default)]
     pub facts: Option<super::facts::FactsView>,
+    /// Task features it announced (`cwd`, `env`): a task needing one is given only to agents
+    /// that announced it. Empty for original clients and older orange agents.
+    #[serde(default)]
+    pub features: Vec<String>,
 }
 
 fn accepted() -> String {

@@ -88,6 +88,7 @@ pub fn agent_view(agent: &AgentRecord, now_ms: i64) -> AgentView {
         processed_task_count: agent.processed_task_count,
         status: agent.status.as_str().to_owned(),
         facts: None,
+        features: Vec::new(),
     }
 }
 

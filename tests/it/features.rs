@@ -104,6 +104,17 @@ fn a_job_needing_a_feature_ends_the_hosts_lacking_it_at_once_and_runs_on_the_oth
     let _go = GoAgent::new(&server, "go-1", "s1").registered();
     let _agent = Agent::start_online(&server, "web-1", AgentOpts::shell());
 
+    let listed = orange(&server, &["agents", "--json"]);
+    listed.assert_success();
+    let features: Vec<(Value, Value)> = listed.json()["agents"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no agent list\n{listed}"))
+        .iter()
+        .map(|a| (a["app_id"].clone(), a["features"].clone()))
+        .collect();
+    let expected = [("go-1", serde_json::json!([])), ("web-1", serde_json::json!(["cwd", "env"]))];
+    assert_eq!(features, expected.map(|(id, f)| (Value::from(id), f)), "{listed}");
+
     let args =
         ["job", "run", "--appid", "go-1,web-1", "--env", "GREETING=hi", "--json", "--", "echo $GREETING"];
     let run = orange(&server, &args);

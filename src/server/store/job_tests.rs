@@ -459,3 +459,26 @@ fn a_target_whose_agent_was_forgotten_ends_expired_without_holding_the_window() 
         Some((TaskStatus::Expired, Some("its agent was forgotten before its turn came".to_owned())))
     );
 }
+
+#[test]
+fn a_target_whose_agent_lacks_a_feature_of_the_job_ends_failed_without_a_task() {
+    let (_dir, store) = open();
+    store.note_features("host-00001", &["cwd".to_owned(), "env".to_owned()], T0).unwrap();
+    let mut job = job(2, 2, None);
+    job.env = std::collections::BTreeMap::from([("A".to_owned(), "b".to_owned())]);
+    let job = store.create_job(&job, &app_ids(2)).unwrap();
+    let all = targets(&store, job.id);
+    assert!(all[0].1.is_none(), "no task for the agent that announced nothing");
+    assert_eq!(all[1].1.as_ref().map(|t| t.env.clone()), Some(job.env.clone()));
+    assert_eq!((job.counts.failed, job.counts.queued, job.counts.waiting), (1, 1, 0));
+    let mut ends = Vec::new();
+    store
+        .each_target(job.id, |t| {
+            ends.push(t.end);
+            Ok(())
+        })
+        .unwrap();
+    let end = ends[0].clone().expect("ended");
+    assert_eq!(end.status, TaskStatus::Failed);
+    assert!(end.error.unwrap_or_default().contains("\"host-00000\" does not support the task feature env"));
+}

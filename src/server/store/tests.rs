@@ -310,3 +310,29 @@ fn touch_updates_last_seen_only_after_the_gap() {
     store.touch_agent("a", 10_000, 5_000).unwrap();
     assert_eq!(store.agent("a").unwrap().unwrap().last_seen_ms, 10_000);
 }
+
+#[test]
+fn a_task_needing_a_feature_is_handed_only_to_a_poll_announcing_it_and_ends_failed_otherwise() {
+    let (_dir, store) = open();
+    let env = BTreeMap::from([("A".to_owned(), "b".to_owned())]);
+    let mut tasks: Vec<TaskRecord> =
+        (0..2).map(|_| TaskRecord::new(TaskSpec { env: &env, ..spec("a") }, new_task_id(), 10)).collect();
+    store.enqueue(&mut tasks).unwrap();
+    let mut refused = Vec::new();
+    let only_cwd = ["cwd".to_owned()];
+    assert_eq!(store.take_next("a", Delivery::Legacy, &only_cwd, &mut refused, 20).unwrap(), None);
+    // Both were looked at and ended; neither is handed out later.
+    assert_eq!(refused, [tasks[0].id, tasks[1].id]);
+    let failed = store.task(tasks[0].id).unwrap().unwrap();
+    assert_eq!((failed.status, failed.deadline_ms), (TaskStatus::Failed, 0));
+    assert!(
+        failed.error.unwrap_or_default().starts_with("agent \"a\" does not support the task feature env")
+    );
+
+    let mut again = vec![TaskRecord::new(TaskSpec { env: &env, ..spec("a") }, new_task_id(), 30)];
+    store.enqueue(&mut again).unwrap();
+    let both = ["cwd".to_owned(), "env".to_owned()];
+    let taken = store.take_next("a", Delivery::Acknowledged, &both, &mut refused, 40).unwrap().unwrap();
+    assert_eq!((taken.id, taken.env), (again[0].id, env));
+    assert_eq!(refused.len(), 2);
+}
