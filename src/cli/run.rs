@@ -413,5 +413,24 @@ mod tests {
         assert_eq!(body["ttl_secs"], 60);
         assert_eq!(body["timeout_secs"], 5);
         assert_eq!(body["payload"], "true");
+        assert!(body.get("env").is_none() && body.get("cwd").is_none(), "left out when unused: {body}");
+    }
+
+    #[test]
+    fn the_enqueue_carries_env_and_cwd_and_refuses_bad_ones() {
+        let parse = |extra: &[&str]| {
+            let mut all = vec!["--appid", "web-1", "--token-file", token_file()];
+            all.extend_from_slice(extra);
+            all.extend(["--", "env"]);
+            RunConfig::from_args(RunArgs::from_args(&["run"], &all).unwrap())
+        };
+        let config = parse(&["--env", "A=b", "--env", "C=d=e", "--cwd", "/srv"]).unwrap();
+        let body = serde_json::to_value(&config.request).unwrap();
+        assert_eq!(body["env"], serde_json::json!({"A": "b", "C": "d=e"}));
+        assert_eq!(body["cwd"], "/srv");
+        let refused = |extra: &[&str]| parse(extra).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(refused(&["--env", "A"]).starts_with("--env: environment variable \"A\" is not NAME=value"));
+        assert!(refused(&["--env", "ORANGE_TASK_ID=x"]).contains("belong to the agent"));
+        assert!(refused(&["--cwd", "srv"]).starts_with("--cwd: working directory \"srv\""));
     }
 }
