@@ -507,7 +507,7 @@ proptest! {
         at in any::<Index>(),
     ) {
         let encoded = codec::encode(&task);
-        prop_assert_eq!(encoded[0], codec::FORMAT_VERSION);
+        prop_assert_eq!(encoded[0], <TaskRecord as codec::Record>::VERSION);
         prop_assert_eq!(codec::decode::<TaskRecord>(&encoded).ok(), Some(task));
         // Cut short, or with a byte more, it is refused, never half-read.
         let cut = at.index(encoded.len());
