@@ -135,6 +135,13 @@ fn a_job_needing_a_feature_ends_the_hosts_lacking_it_at_once_and_runs_on_the_oth
     assert_eq!(go["task_id"], Value::Null, "no task was made for it\n{run}");
     let web = by_host("web-1");
     assert_eq!((web["state"].as_str(), web["stdout"].as_str()), (Some("succeeded"), Some("hi\n")), "{run}");
+
+    // The summary names the host and says why.
+    let args = ["job", "run", "--appid", "go-1,web-1", "--cwd", "/tmp", "--", "pwd"];
+    let run = orange(&server, &args);
+    assert_eq!(run.code(), Some(1), "{run}");
+    let shown = format!("{}{}", run.stdout, run.stderr);
+    assert!(shown.contains("go-1") && shown.contains("does not support the task feature cwd"), "{run}");
 }
 
 #[test]
