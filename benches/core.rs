@@ -31,6 +31,8 @@ fn task() -> TaskRecord {
         app_id: "web-01",
         task_type: "shell",
         payload: &payload,
+        env: &std::collections::BTreeMap::new(),
+        cwd: None,
         timeout_secs: 600,
         ttl_secs: 86_400,
     };
@@ -70,7 +72,8 @@ fn store_bench(c: &mut Criterion) {
         b.iter(|| {
             let mut tasks = vec![task()];
             store.enqueue(&mut tasks).unwrap();
-            let taken = store.take_next("web-01", Delivery::Acknowledged, 1).unwrap().unwrap();
+            let taken =
+                store.take_next("web-01", Delivery::Acknowledged, &[], &mut Vec::new(), 1).unwrap().unwrap();
             store.apply_report("web-01", taken.id, &done, 2).unwrap();
         })
     });

@@ -10,6 +10,7 @@ use thiserror::Error;
 use crate::protocol::admin::ApiError;
 use crate::protocol::busy::{HEADER_RETRY_AFTER, parse_retry_after};
 use crate::protocol::facts::{FACTS_PATH, HostFacts};
+use crate::protocol::features::{HEADER_FEATURES, header_value};
 use crate::protocol::sign::{Canonical, SIGN_VERSION_2, new_nonce, time_header};
 use crate::protocol::wire::{
     self, CODE_NO_TASK, CODE_OK, OutputAck, OutputChunk, PollControl, RegisterReply,
@@ -330,14 +331,20 @@ impl AgentClient {
     }
 
     /// Long-polls as an orange agent that can start `capacity` tasks now (0: only control
-    /// messages). Answers a task, or the control messages of an empty window.
+    /// messages) and announces no task feature (as orange agents before features did). Answers
+    /// a task, or the control messages of an empty window.
     pub fn poll(&self, capacity: usize) -> Result<PollAnswer, ClientError> {
-        let envelope = self.call_with::<serde_json::Value>(
-            wire::GET_TASK_PATH,
-            b"",
-            &self.signer,
-            &[(wire::HEADER_CAPACITY, capacity.to_string())],
-        )?;
+        self.poll_announcing(capacity, &[])
+    }
+
+    /// [`Self::poll`] announcing the task `features` the agent understands.
+    pub fn poll_announcing(&self, capacity: usize, features: &[String]) -> Result<PollAnswer, ClientError> {
+        let mut headers = vec![(wire::HEADER_CAPACITY, capacity.to_string())];
+        if !features.is_empty() {
+            headers.push((HEADER_FEATURES, header_value(features)));
+        }
+        let envelope =
+            self.call_with::<serde_json::Value>(wire::GET_TASK_PATH, b"", &self.signer, &headers)?;
         let bad = |reason: String| ClientError::BadAnswer {
             url: format!("{}{}", self.base, wire::GET_TASK_PATH),
             reason,

@@ -145,8 +145,16 @@ fn seed_part(store: &Store, ids: &[String], part: usize, tasks: usize, done: &At
 /// Enqueues `n` tasks for `app_id`, hands each out and reports it succeeded.
 fn finish_tasks(store: &Store, app_id: &str, n: usize) -> Result<()> {
     let now = chrono::Utc::now().timestamp_millis();
-    let spec =
-        TaskSpec { app_id, task_type: "shell", payload: "uptime", timeout_secs: 600, ttl_secs: 86_400 };
+    let env = std::collections::BTreeMap::new();
+    let spec = TaskSpec {
+        app_id,
+        task_type: "shell",
+        payload: "uptime",
+        env: &env,
+        cwd: None,
+        timeout_secs: 600,
+        ttl_secs: 86_400,
+    };
     let mut batch: Vec<TaskRecord> = (0..n).map(|_| TaskRecord::new(spec, new_task_id(), now)).collect();
     store.enqueue(&mut batch).map_err(|e| anyhow!("{e}"))?;
     let outcome = Outcome {
@@ -158,7 +166,7 @@ fn finish_tasks(store: &Store, app_id: &str, n: usize) -> Result<()> {
     };
     for _ in 0..n {
         let task = store
-            .take_next(app_id, Delivery::Acknowledged, now)
+            .take_next(app_id, Delivery::Acknowledged, &[], &mut Vec::new(), now)
             .map_err(|e| anyhow!("{e}"))?
             .ok_or_else(|| anyhow!("a seeded task of {app_id} was not queued"))?;
         store.apply_report(app_id, task.id, &outcome, now).map_err(|e| anyhow!("{e}"))?;

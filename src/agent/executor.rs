@@ -2,7 +2,9 @@
 //! when allowed), and any other type T runs the executable `<handlers>/T`. A task that cannot run
 //! becomes a failed outcome with a reason, never a dropped task. Inside the agent a process's
 //! output streams to the server and a cancel stops its group; outside it (`run`), output is
-//! captured into the outcome.
+//! captured into the outcome. A task's `env` is added to its process's environment (never the
+//! agent's own `ORANGE_*` variables) and its `cwd` becomes the process's working directory,
+//! which must exist.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,6 +17,7 @@ use super::process::{ProcessOutput, RunLimits, run_process_with};
 use super::sink::OutputSink;
 use crate::protocol::WireTask;
 use crate::protocol::wire::MAX_OUTPUT_LEN;
+use crate::protocol::{features, limits};
 
 /// Timeout of a task that does not carry one.
 pub const DEFAULT_TASK_TIMEOUT: Duration = Duration::from_secs(600);
@@ -94,6 +97,10 @@ impl TaskHandler for BuiltinExecutor {
         self.run_with(task, &TaskContext::detached())
     }
 
+    fn features(&self) -> Vec<String> {
+        features::KNOWN.iter().map(|f| (*f).to_owned()).collect()
+    }
+
     fn run_with(&self, task: &WireTask, ctx: &TaskContext) -> TaskOutcome {
         match task.task_type.as_str() {
             // The original's own server names this type `PING`, so any case is accepted.
@@ -134,6 +141,9 @@ fn run_command(
     what: &str,
     ctx: &TaskContext,
 ) -> TaskOutcome {
+    if let Err(reason) = apply_context(&mut command, task) {
+        return TaskOutcome::failed(reason);
+    }
     command.env("ORANGE_TASK_ID", &task.task_id);
     for name in SECRET_ENV {
         command.env_remove(name);
@@ -153,6 +163,24 @@ fn run_command(
         Ok(output) => outcome_of(output, &limits),
         Err(e) => TaskOutcome::failed(format!("cannot start {what}: {e}")),
     }
+}
+
+/// Gives `command` the task's environment and working directory, checked again here (a server
+/// is not trusted to have done it): names of the agent's own `ORANGE_*` variables are refused,
+/// and the directory must exist on this host.
+fn apply_context(command: &mut Command, task: &WireTask) -> Result<(), String> {
+    limits::check_env(&task.env)?;
+    command.envs(&task.env);
+    if let Some(cwd) = &task.cwd {
+        limits::check_cwd(cwd)?;
+        match std::fs::metadata(cwd) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(format!("working directory {cwd:?} is not a directory on this host")),
+            Err(e) => return Err(format!("working directory {cwd:?} cannot be used on this host: {e}")),
+        }
+        command.current_dir(cwd);
+    }
+    Ok(())
 }
 
 fn outcome_of(output: ProcessOutput, limits: &RunLimits<'_>) -> TaskOutcome {
@@ -197,6 +225,8 @@ mod tests {
             payload: payload.into(),
             result: String::new(),
             timeout_secs: Some(5),
+            env: Default::default(),
+            cwd: None,
         }
     }
 
@@ -316,6 +346,41 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
         assert_eq!(outcome.status, OutcomeStatus::TimedOut);
         assert_eq!(outcome.error.as_deref(), Some("timed out after 1 s; the process group was killed"));
+    }
+
+    #[test]
+    fn env_is_added_and_cwd_is_used_by_shell_and_handlers() -> std::io::Result<()> {
+        let mut shell = task("shell", "printf '%s %s' \"$GREETING\" \"$(pwd)\"");
+        shell.env.insert("GREETING".into(), "hi there".into());
+        shell.cwd = Some("/tmp".into());
+        assert_eq!(shell_allowed().run(&shell).stdout, "hi there /tmp");
+        let (_tmp, executor) = with_handlers()?;
+        let dir = executor.handlers_dir.clone().expect("set above");
+        write_handler(&dir, "show", "#!/bin/sh\nprintf '%s %s' \"$A\" \"$(pwd)\"\n")?;
+        let mut handled = task("show", "");
+        handled.env.insert("A".into(), "b".into());
+        handled.cwd = Some("/".into());
+        assert_eq!(executor.run(&handled).stdout, "b /");
+        assert_eq!(executor.features(), ["cwd", "env"]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_missing_cwd_or_an_orange_variable_fails_the_task_without_running_it() {
+        let mut missing = task("shell", "touch /tmp/orange-never-run");
+        missing.cwd = Some("/nonexistent/orange-test".into());
+        let outcome = shell_allowed().run(&missing);
+        assert_eq!(outcome.status, OutcomeStatus::Failed);
+        let error = outcome.error.unwrap_or_default();
+        assert!(
+            error.starts_with("working directory \"/nonexistent/orange-test\" cannot be used"),
+            "{error}"
+        );
+        let mut secret = task("shell", "echo \"$ORANGE_TASK_ID\"");
+        secret.env.insert("ORANGE_TASK_ID".into(), "forged".into());
+        let outcome = shell_allowed().run(&secret);
+        assert_eq!(outcome.status, OutcomeStatus::Failed);
+        assert!(outcome.error.unwrap_or_default().contains("belong to the agent"));
     }
 
     #[test]

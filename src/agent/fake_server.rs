@@ -37,6 +37,8 @@ pub struct Inner {
     pub delivered: Vec<(Instant, String)>,
     /// Every getTask: when, and its capacity header (`None` when absent).
     pub polls: Vec<(Instant, Option<usize>)>,
+    /// The features header of every getTask (`None` when absent).
+    pub poll_features: Vec<Option<String>>,
     /// Every register call, accepted or not.
     pub register_calls: usize,
     /// Answer code 1 to every register.
@@ -289,6 +291,8 @@ fn answer(state: &State, request: &Request) -> Reply {
         wire::PING_PATH => ping(state),
         wire::GET_TASK_PATH => {
             let capacity = header(request, wire::HEADER_CAPACITY).and_then(|v| v.parse().ok());
+            let features = header(request, crate::protocol::features::HEADER_FEATURES).map(str::to_owned);
+            state.lock().poll_features.push(features);
             get_task(state, capacity)
         }
         wire::REPORT_TASK_PATH => report(state, &request.body),

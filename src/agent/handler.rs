@@ -34,6 +34,14 @@ pub trait TaskHandler: Send + Sync {
         let _ = ctx;
         self.run(task)
     }
+
+    /// The task features this handler applies (see [`crate::protocol::features`]), announced
+    /// to the server so that it hands out only tasks the handler runs as asked. None by
+    /// default: a handler that honours a task's `env` or `cwd` says so here (an embedding
+    /// program that hands tasks to [`super::BuiltinExecutor`] may forward its features).
+    fn features(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 impl<F> TaskHandler for F
@@ -180,6 +188,8 @@ mod tests {
             payload: "hi".into(),
             result: String::new(),
             timeout_secs: None,
+            env: Default::default(),
+            cwd: None,
         };
         assert_eq!(TaskHandler::run(&handler, &task).stdout, "HI");
         assert_eq!(handler.run_with(&task, &TaskContext::detached()).stdout, "HI");
@@ -191,5 +201,6 @@ mod tests {
         let cancelled = TaskOutcome::cancelled("stop");
         assert_eq!((cancelled.status, cancelled.error.as_deref()), (OutcomeStatus::Cancelled, Some("stop")));
         assert!(!TaskContext::detached().is_cancelled());
+        assert!(handler.features().is_empty(), "a closure announces no task feature");
     }
 }

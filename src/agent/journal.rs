@@ -290,6 +290,8 @@ mod tests {
             payload: "true".into(),
             result: String::new(),
             timeout_secs: None,
+            env: Default::default(),
+            cwd: None,
         }
     }
 

@@ -132,7 +132,7 @@ pub fn run(config: AgentConfig, handler: Arc<dyn TaskHandler>, stop: Arc<AtomicB
     journal.remove_temp_files()?;
     orphans::end_orphans(&journal);
     let (events_tx, events) = mpsc::channel();
-    let shared = Arc::new(Shared::new(config, journal, stop, events_tx));
+    let shared = Arc::new(Shared::new(config, journal, stop, events_tx, handler.features()));
     let poller = spawn_named("orange-poll-loop", {
         let shared = Arc::clone(&shared);
         move || poll::poll_loop(shared, handler, &events)

@@ -101,7 +101,9 @@ impl Poller {
             self.start_poll();
         }
         match events.recv_timeout(self.idle_wait()) {
-            Ok(PollEvent::Answer { generation, lasted, result }) => self.answered(generation, lasted, result),
+            Ok(PollEvent::Answer { generation, lasted, result }) => {
+                self.answered(generation, lasted, *result)
+            }
             Ok(PollEvent::TaskEnded) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => self.shared.stop.request(),
         }
@@ -141,10 +143,14 @@ impl Poller {
         let shared = Arc::clone(&self.shared);
         let spawned = thread::Builder::new().name("orange-poll".into()).spawn(move || {
             let started = Instant::now();
-            let result = shared.client.poll(poll.capacity);
+            let result = shared.client.poll_announcing(poll.capacity, &shared.features);
             let lasted = started.elapsed();
             // The loop is gone only once the agent stopped; the answer is not needed then.
-            let _ = shared.events.send(PollEvent::Answer { generation: poll.generation, lasted, result });
+            let _ = shared.events.send(PollEvent::Answer {
+                generation: poll.generation,
+                lasted,
+                result: Box::new(result),
+            });
         });
         match spawned {
             Ok(_) => self.in_flight = Some(poll),
@@ -248,7 +254,7 @@ fn server_is_back(backoff: &mut Backoff) {
 
 /// Registers, retrying with backoff; false if the agent stopped first.
 fn register(shared: &Shared) -> bool {
-    let request = register_request(&shared.config, shared.facts.for_register());
+    let request = register_request(&shared.config, shared.facts.for_register(), &shared.features);
     let mut backoff = Backoff::default();
     while !shared.stop.stopping() {
         match shared.client.register(&request, &shared.config.enrollment) {
@@ -267,7 +273,7 @@ fn register(shared: &Shared) -> bool {
     false
 }
 
-fn register_request(config: &AgentConfig, facts: HostFacts) -> RegisterRequest {
+fn register_request(config: &AgentConfig, facts: HostFacts, features: &[String]) -> RegisterRequest {
     RegisterRequest {
         app_id: config.app_id.clone(),
         secret: config.secret.expose().to_owned(),
@@ -275,6 +281,7 @@ fn register_request(config: &AgentConfig, facts: HostFacts) -> RegisterRequest {
         version: Some(env!("CARGO_PKG_VERSION").to_owned()),
         hostname: Some(config.hostname.clone()),
         facts: Some(facts),
+        features: features.to_vec(),
     }
 }
 
@@ -337,7 +344,7 @@ mod tests {
         config.secret = crate::agent::Secret::new("facts-secret");
         let journal = Journal::open(state.path()).expect("journal");
         let (events, _receiver) = mpsc::channel();
-        let shared = Shared::new(config, journal, Arc::new(AtomicBool::new(false)), events);
+        let shared = Shared::new(config, journal, Arc::new(AtomicBool::new(false)), events, Vec::new());
 
         assert!(register(&shared));
         let sent = server.state.lock().registrations[0].facts.clone().expect("facts sent with register");

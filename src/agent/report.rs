@@ -140,6 +140,8 @@ mod tests {
             payload: "echo hi".into(),
             result: String::new(),
             timeout_secs: None,
+            env: Default::default(),
+            cwd: None,
         }
     }
 

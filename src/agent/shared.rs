@@ -23,8 +23,8 @@ pub enum PollEvent {
         generation: u64,
         /// How long the call took.
         lasted: std::time::Duration,
-        /// What it brought.
-        result: Result<crate::client::PollAnswer, crate::client::ClientError>,
+        /// What it brought (boxed: a task is large next to the other event).
+        result: Box<Result<crate::client::PollAnswer, crate::client::ClientError>>,
     },
     /// A task ended, so a slot may be free.
     TaskEnded,
@@ -48,18 +48,22 @@ pub struct Shared {
     pub events: Sender<PollEvent>,
     /// The host facts sent last.
     pub facts: FactsWatch,
+    /// The task features the handler applies, announced with register and every poll.
+    pub features: Vec<String>,
     /// The stop flag and its grace.
     pub stop: Stop,
     need_register: AtomicBool,
 }
 
 impl Shared {
-    /// Shared state for `config`; the poll loop starts by registering.
+    /// Shared state for `config` and a handler applying `features`; the poll loop starts by
+    /// registering.
     pub fn new(
         config: AgentConfig,
         journal: Journal,
         stop: Arc<AtomicBool>,
         events: Sender<PollEvent>,
+        features: Vec<String>,
     ) -> Self {
         let client =
             AgentClient::with_tls(&config.server, &config.app_id, config.secret.expose(), &config.tls);
@@ -74,6 +78,7 @@ impl Shared {
             tasks: Tasks::default(),
             events,
             facts: FactsWatch::default(),
+            features,
             stop,
             need_register: AtomicBool::new(true),
         }

@@ -20,6 +20,7 @@ use super::retry::{Sent, until_done};
 use super::shared::{Shared, SlotGuard};
 use super::stream::{StreamSummary, TaskStream};
 use crate::protocol::WireTask;
+use crate::protocol::features;
 
 /// Start of the error of a task whose journal entry could not be read: it may have run once.
 const UNREADABLE_ERROR: &str =
@@ -247,10 +248,19 @@ impl Worker<'_> {
     }
 }
 
-/// Runs the handler unless the task was already cancelled; a panic becomes a failure.
+/// Runs the handler unless the task was already cancelled or needs a feature the handler does
+/// not have (a server must not hand it out; if one does, the task fails instead of running
+/// wrong); a panic becomes a failure.
 fn run_handler(handler: &dyn TaskHandler, task: &WireTask, ctx: &TaskContext) -> TaskOutcome {
     if ctx.is_cancelled() {
         return TaskOutcome::cancelled("cancelled before it started");
+    }
+    let missing = features::missing(&task.required_features(), &handler.features());
+    if !missing.is_empty() {
+        return TaskOutcome::failed(format!(
+            "this agent does not support the task feature(s) {}; the task was not run",
+            missing.join(", ")
+        ));
     }
     catch_unwind(AssertUnwindSafe(|| handler.run_with(task, ctx))).unwrap_or_else(|_| {
         error!("task handler panicked");

@@ -205,6 +205,7 @@ mod tests {
             processed_task_count: 0,
             status: status.into(),
             facts: None,
+            features: Vec::new(),
         }
     }
 

@@ -1,7 +1,12 @@
-//! Flag values checked by the rules in `protocol` (timeouts, times to live, task ids), with the
-//! flag named in the message; every command that takes such a flag uses these.
+//! Flag values checked by the rules in `protocol` (timeouts, times to live, task ids, a task's
+//! `--env` and `--cwd`), with the flag named in the message; every command that takes such a
+//! flag uses these.
 
-use anyhow::Result;
+use std::collections::BTreeMap;
+
+use anyhow::{Result, anyhow};
+
+use crate::protocol::limits::{check_cwd, parse_env};
 
 use crate::protocol::limits::{MAX_TIMEOUT_SECS, MAX_TTL_SECS, check_secs};
 use crate::protocol::task::parse_task_id;
@@ -23,6 +28,19 @@ pub fn check_ttl(ttl: Option<u64>) -> Result<Option<u64>> {
 pub fn check_task_id(id: &str) -> Result<String> {
     let parsed = parse_task_id(id).map_err(anyhow::Error::msg)?;
     Ok(parsed.hyphenated().to_string())
+}
+
+/// The `--env NAME=value` flags (repeatable) as a task's environment.
+pub fn check_env(texts: &[String]) -> Result<BTreeMap<String, String>> {
+    parse_env(texts).map_err(|e| anyhow!("--env: {e}"))
+}
+
+/// The `--cwd DIR` flag: an absolute path (whether it exists is checked on the host).
+pub fn check_cwd_flag(cwd: Option<String>) -> Result<Option<String>> {
+    if let Some(dir) = &cwd {
+        check_cwd(dir).map_err(|e| anyhow!("--cwd: {e}"))?;
+    }
+    Ok(cwd)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 use anyhow::{Result, bail};
 use argh::FromArgs;
 
-use super::flags::{check_timeout, check_ttl};
+use super::flags::{check_cwd_flag, check_env, check_timeout, check_ttl};
 use super::operator::operator_args;
 use super::task::parse_app_ids;
 use crate::protocol::jobs::{JobRequest, Limit, Targets};
@@ -100,6 +100,14 @@ operator_args! {
         /// list every host of every result group
         #[argh(switch)]
         pub hosts: bool,
+        /// environment variable NAME=value for the command (repeatable); the agents must support
+        /// the `env` task feature
+        #[argh(option)]
+        pub env: Vec<String>,
+        /// working directory of the command on each host (an absolute path); the agents must
+        /// support the `cwd` task feature
+        #[argh(option)]
+        pub cwd: Option<String>,
         /// the command (the task's payload), after --
         #[argh(positional, greedy)]
         pub command: Vec<String>,
@@ -145,6 +153,14 @@ operator_args! {
         /// print the hosts the job would run on and their count; send nothing
         #[argh(switch)]
         pub dry_run: bool,
+        /// environment variable NAME=value for the command (repeatable); the agents must support
+        /// the `env` task feature
+        #[argh(option)]
+        pub env: Vec<String>,
+        /// working directory of the command on each host (an absolute path); the agents must
+        /// support the `cwd` task feature
+        #[argh(option)]
+        pub cwd: Option<String>,
         /// the command (the task's payload), after --
         #[argh(positional, greedy)]
         pub command: Vec<String>,
@@ -243,6 +259,8 @@ pub(super) struct JobFlags<'a> {
     pub max_errors: Option<&'a str>,
     pub timeout: Option<u64>,
     pub ttl: Option<u64>,
+    pub env: &'a [String],
+    pub cwd: Option<String>,
     pub command: &'a [String],
 }
 
@@ -259,6 +277,8 @@ macro_rules! job_flags {
             max_errors: $args.max_errors.as_deref(),
             timeout: $args.timeout,
             ttl: $args.ttl,
+            env: &$args.env,
+            cwd: $args.cwd,
             command: &$args.command,
         }
     };
@@ -283,6 +303,8 @@ impl JobFlags<'_> {
             ttl_secs: check_ttl(self.ttl)?,
             max_concurrency: limit("--max-concurrency", self.max_concurrency)?,
             max_errors: limit("--max-errors", self.max_errors)?,
+            env: check_env(self.env)?,
+            cwd: check_cwd_flag(self.cwd)?,
         })
     }
 }
@@ -336,6 +358,8 @@ mod tests {
             max_errors: Some("2"),
             timeout: None,
             ttl: None,
+            env: &[],
+            cwd: None,
             command,
         }
     }

@@ -184,6 +184,8 @@ pub(crate) mod tests {
             task_type: "shell".into(),
             payload: "df -h /".into(),
             timeout_secs: 600,
+            env: Default::default(),
+            cwd: None,
             max_concurrency: Some(Limit::Percent(10)),
             max_errors: None,
             targets: counts.total(),

@@ -337,6 +337,10 @@ fn detail_pairs(task: &TaskView) -> Vec<(String, String)> {
         ("payload".to_owned(), task.payload.clone()),
         ("timeout".to_owned(), format!("{}s", task.timeout_secs)),
     ];
+    if let Some(cwd) = &task.cwd {
+        pairs.push(("cwd".to_owned(), cwd.clone()));
+    }
+    pairs.extend(task.env.iter().map(|(name, value)| ("env".to_owned(), format!("{name}={value}"))));
     pairs.extend(task.history.iter().map(|step| (step.status.to_string(), step.at.clone())));
     pairs.push(("exit code".to_owned(), task.exit_code.map_or_else(|| NONE.to_owned(), |c| c.to_string())));
     pairs.push(("duration".to_owned(), task.duration_ms.map_or_else(|| NONE.to_owned(), seconds)));
@@ -413,6 +417,8 @@ pub(super) mod tests {
             payload: "uptime".into(),
             status,
             timeout_secs: 600,
+            env: Default::default(),
+            cwd: None,
             cancel_requested: false,
             dropped_bytes: 0,
             history,
@@ -439,6 +445,7 @@ pub(super) mod tests {
             processed_task_count: 3,
             status: if online { "accepted" } else { "pending" }.into(),
             facts: None,
+            features: Vec::new(),
         }
     }
 
@@ -622,6 +629,18 @@ pub(super) mod tests {
              up 3 days\n\
              --- stderr ---\n\
              no such file\n"
+        );
+    }
+
+    #[test]
+    fn task_detail_shows_the_working_directory_and_each_variable() {
+        let mut task = sample_task("t-3", "web-1", TaskStatus::Succeeded, Some(0));
+        task.cwd = Some("/srv/app".into());
+        task.env = [("A".to_owned(), "b".to_owned()), ("B".to_owned(), "x y".to_owned())].into();
+        let text = task_detail(&task);
+        assert!(
+            text.contains("timeout:   600s\ncwd:       /srv/app\nenv:       A=b\nenv:       B=x y\n"),
+            "{text}"
         );
     }
 

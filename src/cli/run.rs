@@ -6,7 +6,7 @@ use std::io::Write;
 use anyhow::{Context, Result, bail};
 use argh::FromArgs;
 
-use super::flags::{check_timeout, check_ttl};
+use super::flags::{check_cwd_flag, check_env, check_timeout, check_ttl};
 use super::follow::{Sink, Until, follow};
 use super::interrupt::{CancelOnInterrupt, EXIT_INTERRUPTED};
 use super::operator::{Api, OperatorConfig, encode, operator_args, operator_flags};
@@ -73,6 +73,14 @@ operator_args! {
         /// the server's, 24 hours)
         #[argh(option)]
         pub ttl: Option<u64>,
+        /// environment variable NAME=value for the command (repeatable); the agent must support
+        /// the `env` task feature
+        #[argh(option)]
+        pub env: Vec<String>,
+        /// working directory of the command on the host (an absolute path); the agent must
+        /// support the `cwd` task feature
+        #[argh(option)]
+        pub cwd: Option<String>,
         /// the command and its arguments, after --
         #[argh(positional, greedy)]
         pub command: Vec<String>,
@@ -99,6 +107,8 @@ impl RunConfig {
             payload: join_command(&args.command)?,
             timeout_secs: check_timeout(args.timeout)?,
             ttl_secs: check_ttl(args.ttl)?,
+            env: check_env(&args.env)?,
+            cwd: check_cwd_flag(args.cwd)?,
         };
         let operator = OperatorConfig::from_flags(flags)?;
         Ok(RunConfig { operator, app_id: args.appid, queue: args.queue, request })
@@ -429,5 +439,24 @@ mod tests {
         assert_eq!(body["ttl_secs"], 60);
         assert_eq!(body["timeout_secs"], 5);
         assert_eq!(body["payload"], "true");
+        assert!(body.get("env").is_none() && body.get("cwd").is_none(), "left out when unused: {body}");
+    }
+
+    #[test]
+    fn the_enqueue_carries_env_and_cwd_and_refuses_bad_ones() {
+        let parse = |extra: &[&str]| {
+            let mut all = vec!["--appid", "web-1", "--token-file", token_file()];
+            all.extend_from_slice(extra);
+            all.extend(["--", "env"]);
+            RunConfig::from_args(RunArgs::from_args(&["run"], &all).unwrap())
+        };
+        let config = parse(&["--env", "A=b", "--env", "C=d=e", "--cwd", "/srv"]).unwrap();
+        let body = serde_json::to_value(&config.request).unwrap();
+        assert_eq!(body["env"], serde_json::json!({"A": "b", "C": "d=e"}));
+        assert_eq!(body["cwd"], "/srv");
+        let refused = |extra: &[&str]| parse(extra).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(refused(&["--env", "A"]).starts_with("--env: environment variable \"A\" is not NAME=value"));
+        assert!(refused(&["--env", "ORANGE_TASK_ID=x"]).contains("belong to the agent"));
+        assert!(refused(&["--cwd", "srv"]).starts_with("--cwd: working directory \"srv\""));
     }
 }

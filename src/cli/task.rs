@@ -8,7 +8,7 @@ use anyhow::{Result, bail};
 use argh::FromArgs;
 
 use super::cancel::{self, CancelArgs};
-use super::flags::{check_task_id, check_timeout, check_ttl};
+use super::flags::{check_cwd_flag, check_env, check_task_id, check_timeout, check_ttl};
 use super::follow::{self, LogsArgs};
 use super::operator::{OperatorConfig, encode, operator_args, operator_flags};
 use super::output;
@@ -79,6 +79,14 @@ operator_args! {
         /// the server's, 24 hours)
         #[argh(option)]
         pub ttl: Option<u64>,
+        /// environment variable NAME=value for the command (repeatable); the agent must support
+        /// the `env` task feature
+        #[argh(option)]
+        pub env: Vec<String>,
+        /// working directory of the command on the host (an absolute path); the agent must
+        /// support the `cwd` task feature
+        #[argh(option)]
+        pub cwd: Option<String>,
     }
     /// print the server's answer (the created tasks) as JSON
     json
@@ -156,6 +164,8 @@ fn send(args: SendArgs) -> Result<i32> {
         payload: args.payload,
         timeout_secs: check_timeout(args.timeout)?,
         ttl_secs: check_ttl(args.ttl)?,
+        env: check_env(&args.env)?,
+        cwd: check_cwd_flag(args.cwd)?,
     };
     let reply: EnqueueReply = config.api(ADMIN_TIMEOUT).post(admin::TASKS_PATH, &request)?;
     if config.json {

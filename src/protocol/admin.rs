@@ -41,6 +41,14 @@ pub struct EnqueueRequest {
     /// server's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_secs: Option<u64>,
+    /// Environment variables added to the task's process; only agents that announced the
+    /// `env` feature take such a task.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Working directory of the task's process (absolute); only agents that announced the
+    /// `cwd` feature take such a task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
 }
 
 /// Body of `POST /api/v1/tasks/{id}/cancel`.
@@ -116,6 +124,12 @@ pub struct TaskView {
     pub status: TaskStatus,
     /// Seconds the agent may run it.
     pub timeout_secs: u64,
+    /// Environment variables added to its process (servers that predate them send none).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory of its process, if one was asked for.
+    #[serde(default)]
+    pub cwd: Option<String>,
     /// An operator asked to cancel it and its agent has not yet confirmed.
     pub cancel_requested: bool,
     /// Bytes of output dropped from the middle by the output cap (the head and tail are kept).
@@ -205,6 +219,10 @@ pub struct AgentView {
     /// clients and servers that predate facts.
     #[serde(default)]
     pub facts: Option<super::facts::FactsView>,
+    /// Task features it announced (`cwd`, `env`): a task needing one is given only to agents
+    /// that announced it. Empty for original clients and older orange agents.
+    #[serde(default)]
+    pub features: Vec<String>,
 }
 
 fn accepted() -> String {

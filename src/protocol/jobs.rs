@@ -139,6 +139,13 @@ pub struct JobRequest {
     /// new agent is started and the agents not started end `skipped`; no limit when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_errors: Option<Limit>,
+    /// Environment variables added to every task's process (feature `env`: a target whose
+    /// agent did not announce it ends `failed` at once, saying so).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Working directory of every task's process (feature `cwd`, likewise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
 }
 
 /// Answer of the dry run: the agents a job would be sent to, sorted by app id.
@@ -266,6 +273,12 @@ pub struct JobView {
     pub payload: String,
     /// Seconds each agent may run it.
     pub timeout_secs: u64,
+    /// Environment variables added to every task's process.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory of every task's process, if one was asked for.
+    #[serde(default)]
+    pub cwd: Option<String>,
     /// The window as asked (`10`, `10%`), if any.
     pub max_concurrency: Option<Limit>,
     /// The error limit as asked, if any.

@@ -2,7 +2,7 @@
 //! lists them; a test keeps the two equal.
 
 use super::limits::*;
-use super::{admin, busy, facts, jobs, wire};
+use super::{admin, busy, facts, features, jobs, wire};
 
 /// Every limit: its name, its value and what it bounds; SECURITY.md holds the same table.
 pub const TABLE: &[(&str, u64, &str)] = &[
@@ -56,6 +56,16 @@ pub const TABLE: &[(&str, u64, &str)] = &[
     ("MAX_GROUP_HOSTS", jobs::MAX_GROUP_HOSTS as u64, "hosts named in one output group"),
     ("MAX_FACT_IPS", facts::MAX_FACT_IPS as u64, "addresses in an agent's host facts"),
     ("MAX_FACT_LEN", facts::MAX_FACT_LEN as u64, "bytes of one host fact"),
+    ("MAX_ENV_VARS", MAX_ENV_VARS as u64, "environment variables one task may set"),
+    (
+        "MAX_ENV_NAME_LEN",
+        MAX_ENV_NAME_LEN as u64,
+        "characters of an environment variable name (A-Z a-z 0-9 _)",
+    ),
+    ("MAX_ENV_BYTES", MAX_ENV_BYTES as u64, "bytes of a task's environment, names and values"),
+    ("MAX_CWD_LEN", MAX_CWD_LEN as u64, "bytes of a task's working directory"),
+    ("MAX_FEATURES", features::MAX_FEATURES as u64, "task features an agent may announce"),
+    ("MAX_FEATURE_LEN", features::MAX_FEATURE_LEN as u64, "characters of a task feature name"),
     ("MAX_RETRY_AFTER", busy::MAX_RETRY_AFTER.as_secs(), "seconds of a Retry-After"),
 ];
 

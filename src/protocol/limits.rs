@@ -52,6 +52,16 @@ pub const MAX_FAILURES_PER_APP_ID: u32 = 30;
 pub const MAX_WRONG_ADMIN_TOKENS_PER_MINUTE: u32 = 300;
 /// Most agents waiting for an operator to accept them.
 pub const MAX_PENDING: usize = 1000;
+/// Most environment variables one task may set (`--env`).
+pub const MAX_ENV_VARS: usize = 64;
+/// Longest environment variable name.
+pub const MAX_ENV_NAME_LEN: usize = 128;
+/// Most bytes of a task's environment: every name and value together.
+pub const MAX_ENV_BYTES: usize = 32 * 1024;
+/// Longest working directory of a task (`--cwd`).
+pub const MAX_CWD_LEN: usize = 4096;
+/// Prefix of the variables the agent owns (the task id, secrets): a task cannot set them.
+pub const RESERVED_ENV_PREFIX: &str = "ORANGE_";
 
 /// Checks one label: a key of 1 to [`MAX_LABEL_KEY_LEN`] characters of `A-Z a-z 0-9 . _ / -`
 /// and a value of at most [`MAX_LABEL_VALUE_LEN`] bytes without control characters.
@@ -100,6 +110,77 @@ pub fn parse_labels(texts: &[String], most: usize) -> Result<BTreeMap<String, St
     }
     check_labels(&map, most)?;
     Ok(map)
+}
+
+/// Checks one environment variable of a task: a name of 1 to [`MAX_ENV_NAME_LEN`] characters
+/// of `A-Z a-z 0-9 _`, not starting with a digit nor with [`RESERVED_ENV_PREFIX`], and a value
+/// without NUL bytes.
+pub fn check_env_var(name: &str, value: &str) -> Result<(), String> {
+    let plain = name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if name.is_empty()
+        || name.len() > MAX_ENV_NAME_LEN
+        || !plain
+        || name.starts_with(|c: char| c.is_ascii_digit())
+    {
+        return Err(format!(
+            "environment variable {:?}: the name must be 1 to {MAX_ENV_NAME_LEN} characters of A-Z a-z 0-9 _, \
+             not starting with a digit",
+            shown(name)
+        ));
+    }
+    if name.starts_with(RESERVED_ENV_PREFIX) {
+        return Err(format!(
+            "environment variable {:?}: names starting with {RESERVED_ENV_PREFIX} belong to the agent",
+            shown(name)
+        ));
+    }
+    if value.contains('\0') {
+        return Err(format!("environment variable {:?}: the value holds a NUL byte", shown(name)));
+    }
+    Ok(())
+}
+
+/// Checks a task's environment: at most [`MAX_ENV_VARS`] variables of at most
+/// [`MAX_ENV_BYTES`] in all, each by [`check_env_var`].
+pub fn check_env(env: &BTreeMap<String, String>) -> Result<(), String> {
+    if env.len() > MAX_ENV_VARS {
+        return Err(format!("{} environment variables given; the limit is {MAX_ENV_VARS}", env.len()));
+    }
+    let bytes: usize = env.iter().map(|(name, value)| name.len() + value.len()).sum();
+    if bytes > MAX_ENV_BYTES {
+        return Err(format!("the environment is {bytes} bytes; the limit is {MAX_ENV_BYTES}"));
+    }
+    env.iter().try_for_each(|(name, value)| check_env_var(name, value))
+}
+
+/// Parses `NAME=value` texts (`--env`, repeatable) into a task's environment: each checked, no
+/// name twice, within the limits.
+pub fn parse_env(texts: &[String]) -> Result<BTreeMap<String, String>, String> {
+    let mut env = BTreeMap::new();
+    for text in texts {
+        let Some((name, value)) = text.split_once('=') else {
+            return Err(format!("environment variable {:?} is not NAME=value", shown(text)));
+        };
+        check_env_var(name, value)?;
+        if env.insert(name.to_owned(), value.to_owned()).is_some() {
+            return Err(format!("environment variable {name:?} is given twice"));
+        }
+    }
+    check_env(&env)?;
+    Ok(env)
+}
+
+/// Checks a task's working directory: an absolute path of at most [`MAX_CWD_LEN`] bytes
+/// without control characters. Whether it exists is for the agent to find out.
+pub fn check_cwd(cwd: &str) -> Result<(), String> {
+    if !cwd.starts_with('/') || cwd.len() > MAX_CWD_LEN || cwd.chars().any(char::is_control) {
+        return Err(format!(
+            "working directory {:?} must be an absolute path of at most {MAX_CWD_LEN} bytes without control \
+             characters",
+            shown(cwd)
+        ));
+    }
+    Ok(())
 }
 
 /// Checks a task type: 1 to [`MAX_TASK_TYPE_LEN`] characters of `A-Z a-z 0-9 . _ -`, not
@@ -188,6 +269,32 @@ mod tests {
         assert_eq!(labels(&["k=1", "k=2"]).unwrap_err(), "label \"k=2\": key \"k\" is given twice");
         let many: Vec<String> = (0..65).map(|i| format!("k{i}=v")).collect();
         assert_eq!(parse_labels(&many, MAX_LABELS).unwrap_err(), "65 labels given; the limit is 64");
+    }
+
+    #[test]
+    fn env_is_name_value_with_plain_names_and_no_reserved_ones() {
+        let env = |texts: &[&str]| parse_env(&texts.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let ok = env(&["A=b", "PATH_2=x=y", "EMPTY="]).unwrap();
+        assert_eq!(ok.get("PATH_2").map(String::as_str), Some("x=y"));
+        assert_eq!(ok.get("EMPTY").map(String::as_str), Some(""));
+        assert_eq!(env(&["A"]).unwrap_err(), "environment variable \"A\" is not NAME=value");
+        assert!(env(&["1A=b"]).unwrap_err().contains("the name must be"));
+        assert!(env(&["A-B=b"]).unwrap_err().contains("the name must be"));
+        assert!(env(&["ORANGE_SECRET=x"]).unwrap_err().contains("belong to the agent"));
+        assert!(env(&["A=b\0c"]).unwrap_err().contains("NUL"));
+        assert_eq!(env(&["A=1", "A=2"]).unwrap_err(), "environment variable \"A\" is given twice");
+        let many: Vec<String> = (0..=MAX_ENV_VARS).map(|i| format!("V{i}=x")).collect();
+        assert!(parse_env(&many).unwrap_err().contains("the limit is 64"));
+        let big = vec![format!("A={}", "x".repeat(MAX_ENV_BYTES))];
+        assert!(parse_env(&big).unwrap_err().contains("bytes; the limit is"));
+    }
+
+    #[test]
+    fn a_working_directory_is_an_absolute_path() {
+        assert!(check_cwd("/tmp").is_ok());
+        for bad in ["tmp", "", "/a\nb", &format!("/{}", "a".repeat(MAX_CWD_LEN))] {
+            assert!(check_cwd(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod busy;
 pub mod bytes;
 pub mod facts;
+pub mod features;
 pub mod jobs;
 pub mod limit_table;
 pub mod limits;

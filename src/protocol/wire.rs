@@ -100,10 +100,11 @@ pub fn check_app_id(app_id: &str) -> Result<(), String> {
 /// Longest version or host name.
 pub const MAX_FIELD_LEN: usize = 256;
 
-/// Checks the inventory fields of a register call (labels, version, host name) against their
+/// Checks the inventory fields of a register call (labels, features, version, host name) against their
 /// limits; the error names the bad value.
 pub fn check_register_fields(request: &RegisterRequest) -> Result<(), String> {
     limits::check_labels(&request.labels, limits::MAX_LABELS)?;
+    super::features::check_features(&request.features)?;
     let too_long = |text: &str| text.len() > MAX_FIELD_LEN || text.chars().any(char::is_control);
     for (name, value) in [("version", &request.version), ("hostname", &request.hostname)] {
         if value.as_deref().is_some_and(too_long) {
@@ -155,6 +156,9 @@ pub struct RegisterRequest {
     /// Facts about the agent's host (orange addition; see [`super::facts`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub facts: Option<super::facts::HostFacts>,
+    /// Task features the agent understands (orange addition; see [`super::features`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
 }
 
 /// The client record `register` answers with, as the original shapes it (`secret` masked).
@@ -195,6 +199,20 @@ pub struct WireTask {
     /// Seconds the agent may run the task before killing it (orange addition).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
+    /// Environment variables added to the task's process (orange addition, feature `env`;
+    /// absent when none, so original clients see the task they know).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Working directory of the task's process (orange addition, feature `cwd`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+}
+
+impl WireTask {
+    /// The features an agent must understand to run this task.
+    pub fn required_features(&self) -> Vec<&'static str> {
+        super::features::required_by(&self.env, self.cwd.as_deref())
+    }
 }
 
 /// `do_status` an agent reports while a task still runs.

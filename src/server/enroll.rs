@@ -98,6 +98,7 @@ impl Enrollment {
     ) -> Result<AgentRecord, RegisterError> {
         self.check_secret(&request)?;
         let facts = request.facts.take();
+        let features = std::mem::take(&mut request.features);
         // A pending record proves nothing about who made it: a credential replaces it, so a
         // stranger cannot squat an app id before its real host enrolls.
         let replaceable = |a: &AgentRecord| {
@@ -119,6 +120,8 @@ impl Enrollment {
             Some(facts) => self.store.put_facts(&record.app_id, &FactsRecord::new(facts, now_ms()))?,
             None => self.store.remove_facts(&record.app_id)?,
         }
+        // Likewise features: an original client or an older orange agent announces none.
+        self.store.note_features(&record.app_id, &sorted(features), now_ms())?;
         self.record_enrollment(&record, old.as_ref().map(|a| a.status), &credential)?;
         self.store.durable().await?;
         Ok(record)
@@ -260,6 +263,13 @@ impl Enrollment {
     pub fn tokens(&self) -> Result<Vec<TokenView>, ServiceError> {
         Ok(self.store.tokens()?.iter().map(token_view).collect())
     }
+}
+
+/// `features` sorted and without repeats, as stored and compared.
+fn sorted(mut features: Vec<String>) -> Vec<String> {
+    features.sort();
+    features.dedup();
+    features
 }
 
 fn agent_record(request: RegisterRequest, old: Option<&AgentRecord>, status: AgentStatus) -> AgentRecord {

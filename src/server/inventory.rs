@@ -32,18 +32,29 @@ impl Inventory {
         Ok(())
     }
 
+    /// Keeps the task features agent `app_id` announced on a poll, when they changed. Not
+    /// waited on to be durable: the poll's own features decide what it is handed, and the next
+    /// poll writes them again if a crash lost them.
+    pub fn note_features(&self, app_id: &str, features: &[String]) -> Result<(), StoreError> {
+        if self.store.note_features(app_id, features, now_ms())? {
+            tracing::info!(agent = %app_id, features = ?features, "agent features changed");
+        }
+        Ok(())
+    }
+
     /// Every agent that passes `filter`, sorted by app id, with its facts.
     pub fn agents(&self, filter: &AgentFilter) -> Result<Vec<AgentView>, StoreError> {
         let now = now_ms();
         let mut facts = self.store.all_facts()?;
         let agents = self.store.agents()?;
         let views = agents.iter().map(|agent| agent_view(agent, now)).filter(|v| filter.matches(v));
-        Ok(views
-            .map(|view| {
+        views
+            .map(|mut view| {
+                view.features = self.store.features(&view.app_id)?;
                 let record = facts.remove(&view.app_id);
-                with_facts(view, record, now)
+                Ok(with_facts(view, record, now))
             })
-            .collect())
+            .collect()
     }
 
     /// Agent `app_id` as the operator sees it, with its facts.
@@ -64,7 +75,9 @@ impl Inventory {
     /// `agent` as the operator sees it, with its facts.
     pub fn view(&self, agent: &AgentRecord) -> Result<AgentView, StoreError> {
         let now = now_ms();
-        Ok(with_facts(agent_view(agent, now), self.store.facts(&agent.app_id)?, now))
+        let mut view = agent_view(agent, now);
+        view.features = self.store.features(&agent.app_id)?;
+        Ok(with_facts(view, self.store.facts(&agent.app_id)?, now))
     }
 }
 

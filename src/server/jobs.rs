@@ -14,7 +14,7 @@ use super::clock::now_ms;
 use super::dispatch::Dispatch;
 use super::error::ServiceError;
 use super::store::{AgentRecord, AgentStatus, JobEvent, JobRecord, Store};
-use super::tasks::{TaskDefaults, check_task_input, tell_cancelled};
+use super::tasks::{TaskDefaults, check_task_context, check_task_input, task_bytes, tell_cancelled};
 use super::views::job_view;
 use crate::protocol::TaskId;
 use crate::protocol::jobs::{JobCounts, JobRequest, JobState, JobView, Limit, Targets};
@@ -56,6 +56,7 @@ fn describe(targets: &Targets) -> String {
 /// Checks everything in a job request but its targets' existence.
 fn check_request(request: &JobRequest) -> Result<(), ServiceError> {
     check_task_input(&request.task_type, &request.payload)?;
+    check_task_context(&request.env, request.cwd.as_deref())?;
     let targets = &request.targets;
     if targets.is_empty() {
         return Err(ServiceError::BadRequest("no targets: give app_ids, labels or all".into()));
@@ -174,11 +175,11 @@ impl Jobs {
         let app_ids = self.resolve(&request)?;
         let (timeout_secs, ttl_secs) = self.defaults.resolve(request.timeout_secs, request.ttl_secs)?;
         let (window, error_limit) = resolve_limits(&request, app_ids.len());
-        if request.payload.len().saturating_mul(window as usize) > MAX_ENQUEUE_BYTES {
+        let task_bytes = task_bytes(&request.payload, &request.env, request.cwd.as_deref());
+        if task_bytes.saturating_mul(window as usize) > MAX_ENQUEUE_BYTES {
             return Err(ServiceError::TooLarge(format!(
-                "a window of {window} tasks of {} payload bytes exceeds the {MAX_ENQUEUE_BYTES} bytes one \
-                 enqueue may store; lower max_concurrency",
-                request.payload.len()
+                "a window of {window} tasks of {task_bytes} payload and environment bytes exceeds the \
+                 {MAX_ENQUEUE_BYTES} bytes one enqueue may store; lower max_concurrency",
             )));
         }
         let job = JobRecord {
@@ -186,6 +187,8 @@ impl Jobs {
             created_ms: now_ms(),
             task_type: request.task_type,
             payload: request.payload,
+            env: request.env,
+            cwd: request.cwd,
             timeout_secs,
             ttl_secs,
             max_concurrency: request.max_concurrency,

@@ -36,9 +36,16 @@ impl Polling {
 
     /// Long poll of `app_id`, waiting up to the poll window. `capacity` is what an orange agent
     /// said it can start now (`None` for an original client, which gets neither cancels nor an
-    /// acknowledged delivery). A task or cancels are durable when this returns.
-    pub async fn next_task(&self, app_id: &str, capacity: Option<usize>) -> Result<PollResult, StoreError> {
-        let found = self.wait_for_work(app_id, capacity).await?;
+    /// acknowledged delivery); `features` what it announced it understands (none for an original
+    /// client): a queued task needing another one ends `failed` instead of being handed out. A
+    /// task or cancels are durable when this returns.
+    pub async fn next_task(
+        &self,
+        app_id: &str,
+        capacity: Option<usize>,
+        features: &[String],
+    ) -> Result<PollResult, StoreError> {
+        let found = self.wait_for_work(app_id, capacity, features).await?;
         // What a poll hands out (a task, cancels) must not be had again by replaying it after a
         // crash: its use record, and the delivery, go to disk first. An empty answer needs neither.
         if !matches!(found, PollResult::Empty) {
@@ -47,7 +54,12 @@ impl Polling {
         Ok(found)
     }
 
-    async fn wait_for_work(&self, app_id: &str, capacity: Option<usize>) -> Result<PollResult, StoreError> {
+    async fn wait_for_work(
+        &self,
+        app_id: &str,
+        capacity: Option<usize>,
+        features: &[String],
+    ) -> Result<PollResult, StoreError> {
         let poll = self.dispatch.park(app_id);
         let deadline = tokio::time::Instant::now() + self.window;
         loop {
@@ -56,7 +68,10 @@ impl Polling {
             if poll.superseded() {
                 return Ok(PollResult::Empty);
             }
-            if let Some(found) = self.poll_once(app_id, capacity)? {
+            let mut refused = Vec::new();
+            let found = self.poll_once(app_id, capacity, features, &mut refused)?;
+            self.tell_refused(&refused).await?;
+            if let Some(found) = found {
                 return Ok(found);
             }
             tokio::select! {
@@ -67,8 +82,28 @@ impl Polling {
         }
     }
 
-    /// One look at the store for a poll: cancels to tell first, then a task if there is room.
-    fn poll_once(&self, app_id: &str, capacity: Option<usize>) -> Result<Option<PollResult>, StoreError> {
+    /// Wakes whoever follows the tasks a poll refused (their agent lacks a feature they need),
+    /// once their end is on stable storage.
+    async fn tell_refused(&self, refused: &[TaskId]) -> Result<(), StoreError> {
+        if refused.is_empty() {
+            return Ok(());
+        }
+        self.store.durable().await?;
+        for &id in refused {
+            self.dispatch.task_changed(id);
+        }
+        Ok(())
+    }
+
+    /// One look at the store for a poll: cancels to tell first, then a task if there is room
+    /// (tasks needing a feature the agent lacks are ended and listed in `refused`).
+    fn poll_once(
+        &self,
+        app_id: &str,
+        capacity: Option<usize>,
+        features: &[String],
+        refused: &mut Vec<TaskId>,
+    ) -> Result<Option<PollResult>, StoreError> {
         if capacity.is_some() {
             let pending = self.store.pending_cancels(app_id)?;
             let cancels = self.dispatch.cancels_to_tell(pending, Instant::now());
@@ -80,7 +115,8 @@ impl Polling {
         if capacity == Some(0) {
             return Ok(None);
         }
-        Ok(self.store.take_next(app_id, delivery, now_ms())?.map(|task| PollResult::Task(Box::new(task))))
+        let taken = self.store.take_next(app_id, delivery, features, refused, now_ms())?;
+        Ok(taken.map(|task| PollResult::Task(Box::new(task))))
     }
 
     /// Parks a poll of a pending agent until an operator accepts it or the poll window ends.

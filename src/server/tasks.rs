@@ -2,7 +2,7 @@
 //! a task to finish, and read its output page by page. Each write is on stable storage before it
 //! is answered; agents and waiters are woken after.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,8 +13,9 @@ use super::store::{AgentStatus, CancelOutcome, Store, StoreError, Stream, TaskRe
 use super::views::chunk_view;
 use crate::protocol::TaskId;
 use crate::protocol::admin::{EnqueueRequest, OutputPage};
+use crate::protocol::features::{missing, refusal, required_by};
 use crate::protocol::limits::{
-    MAX_ENQUEUE_BYTES, MAX_NAMED_TARGETS, MAX_QUEUED_PER_AGENT, MAX_TIMEOUT_SECS, MAX_TTL_SECS,
+    self, MAX_ENQUEUE_BYTES, MAX_NAMED_TARGETS, MAX_QUEUED_PER_AGENT, MAX_TIMEOUT_SECS, MAX_TTL_SECS,
 };
 use crate::protocol::task::new_task_id;
 use crate::protocol::wire;
@@ -61,6 +62,7 @@ impl Tasks {
     /// Creates one task per target agent, makes them durable, then wakes the agents.
     pub async fn enqueue(&self, request: EnqueueRequest) -> Result<Vec<TaskRecord>, ServiceError> {
         check_task_input(&request.task_type, &request.payload)?;
+        check_task_context(&request.env, request.cwd.as_deref())?;
         let (timeout_secs, ttl_secs) = self.defaults.resolve(request.timeout_secs, request.ttl_secs)?;
         if request.app_ids.len() > MAX_NAMED_TARGETS {
             return Err(ServiceError::TooLarge(format!(
@@ -69,13 +71,15 @@ impl Tasks {
             )));
         }
         let targets = self.targets(&request)?;
-        if request.payload.len().saturating_mul(targets.len()) > MAX_ENQUEUE_BYTES {
+        let task_bytes = task_bytes(&request.payload, &request.env, request.cwd.as_deref());
+        if task_bytes.saturating_mul(targets.len()) > MAX_ENQUEUE_BYTES {
             return Err(ServiceError::TooLarge(format!(
-                "{} tasks of {} payload bytes exceed the {MAX_ENQUEUE_BYTES} bytes one enqueue may store",
+                "{} tasks of {task_bytes} payload and environment bytes exceed the {MAX_ENQUEUE_BYTES} bytes \
+                 one enqueue may store",
                 targets.len(),
-                request.payload.len()
             )));
         }
+        self.check_features(&targets, &required_by(&request.env, request.cwd.as_deref()))?;
         self.check_queue_room(&targets)?;
         let now = now_ms();
         let mut tasks: Vec<TaskRecord> = targets
@@ -85,6 +89,8 @@ impl Tasks {
                     app_id,
                     task_type: &request.task_type,
                     payload: &request.payload,
+                    env: &request.env,
+                    cwd: request.cwd.as_deref(),
                     timeout_secs,
                     ttl_secs,
                 };
@@ -97,6 +103,27 @@ impl Tasks {
             self.dispatch.wake_agent(app_id);
         }
         Ok(tasks)
+    }
+
+    /// Refuses an enqueue of a task needing `required` features to agents that did not
+    /// announce them all: they would run it wrong. The message names the first such agent and
+    /// what it lacks.
+    fn check_features(&self, targets: &[String], required: &[&str]) -> Result<(), ServiceError> {
+        if required.is_empty() {
+            return Ok(());
+        }
+        let mut lacking = Vec::new();
+        for app_id in targets {
+            let missing = missing(required, &self.store.features(app_id)?);
+            if !missing.is_empty() {
+                lacking.push(refusal(app_id, &missing));
+            }
+        }
+        match lacking.len() {
+            0 => Ok(()),
+            1 => Err(ServiceError::Conflict(lacking.swap_remove(0))),
+            n => Err(ServiceError::Conflict(format!("{} (and {} more agents)", lacking[0], n - 1))),
+        }
     }
 
     /// Refuses an enqueue that would take any agent's queue past [`MAX_QUEUED_PER_AGENT`].
@@ -241,6 +268,22 @@ pub(super) fn check_task_input(task_type: &str, payload: &str) -> Result<(), Ser
         )));
     }
     Ok(())
+}
+
+/// Checks a task's environment and working directory against their limits.
+pub(super) fn check_task_context(
+    env: &BTreeMap<String, String>,
+    cwd: Option<&str>,
+) -> Result<(), ServiceError> {
+    limits::check_env(env).map_err(ServiceError::BadRequest)?;
+    cwd.map_or(Ok(()), limits::check_cwd).map_err(ServiceError::BadRequest)
+}
+
+/// The bytes one task stores of what the operator sent: its payload, environment and working
+/// directory (what [`MAX_ENQUEUE_BYTES`] bounds).
+pub(super) fn task_bytes(payload: &str, env: &BTreeMap<String, String>, cwd: Option<&str>) -> usize {
+    let env_bytes: usize = env.iter().map(|(name, value)| name.len() + value.len()).sum();
+    payload.len() + env_bytes + cwd.map_or(0, str::len)
 }
 
 /// A number of seconds from a request, between 1 and `max`, or the default.

@@ -59,6 +59,8 @@ impl TaskViews {
             payload: task.payload.clone(),
             status: task.status,
             timeout_secs: task.timeout_secs,
+            env: task.env.clone(),
+            cwd: task.cwd.clone(),
             cancel_requested: task.cancel_requested,
             dropped_bytes: task.output.dropped_bytes,
             history: task.history.iter().map(|(s, t)| Transition { status: *s, at: rfc3339(*t) }).collect(),
@@ -93,6 +95,7 @@ pub fn agent_view(agent: &AgentRecord, now_ms: i64) -> AgentView {
         processed_task_count: agent.processed_task_count,
         status: agent.status.as_str().to_owned(),
         facts: None,
+        features: Vec::new(),
     }
 }
 
@@ -106,6 +109,8 @@ pub fn wire_task(task: &TaskRecord) -> WireTask {
         payload: task.payload.clone(),
         result: String::new(),
         timeout_secs: Some(task.timeout_secs),
+        env: task.env.clone(),
+        cwd: task.cwd.clone(),
     }
 }
 
@@ -119,6 +124,8 @@ pub fn job_view(job: &JobRecord) -> JobView {
         task_type: job.task_type.clone(),
         payload: job.payload.clone(),
         timeout_secs: job.timeout_secs,
+        env: job.env.clone(),
+        cwd: job.cwd.clone(),
         max_concurrency: job.max_concurrency,
         max_errors: job.max_errors,
         targets: job.targets,

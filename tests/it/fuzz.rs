@@ -128,6 +128,8 @@ fn task_record() -> impl Strategy<Value = TaskRecord> {
         )| TaskRecord {
             id: uuid::Uuid::from_bytes(id),
             app_id,
+            env: std::collections::BTreeMap::from([(task_type.clone(), payload.clone())]),
+            cwd: (timeout_secs % 2 == 0).then(|| payload.clone()),
             task_type,
             payload,
             status,
@@ -508,7 +510,7 @@ proptest! {
         at in any::<Index>(),
     ) {
         let encoded = codec::encode(&task);
-        prop_assert_eq!(encoded[0], codec::FORMAT_VERSION);
+        prop_assert_eq!(encoded[0], <TaskRecord as codec::Record>::VERSION);
         prop_assert_eq!(codec::decode::<TaskRecord>(&encoded).ok(), Some(task));
         // Cut short, or with a byte more, it is refused, never half-read.
         let cut = at.index(encoded.len());

@@ -9,6 +9,7 @@ mod bytes;
 mod durability;
 mod end_to_end;
 mod faults;
+mod features;
 mod fuzz;
 mod inventory;
 mod jobs;

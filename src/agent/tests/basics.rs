@@ -28,6 +28,8 @@ fn registers_runs_tasks_and_reports_them() {
     assert_eq!(registration.labels, BTreeMap::from([("env".to_owned(), "test".to_owned())]));
     assert_eq!(registration.version.as_deref(), Some(env!("CARGO_PKG_VERSION")));
     assert_eq!(registration.hostname.as_deref(), Some("h1"));
+    assert_eq!(registration.features, ["cwd", "env"], "the built-in executors apply env and cwd");
+    assert!(state.poll_features.iter().all(|f| f.as_deref() == Some("cwd,env")), "{:?}", state.poll_features);
     let t1 = state.report("t1").expect("reported");
     assert_eq!((t1.do_status.as_str(), t1.exit_code), ("success", Some(0)));
     assert_eq!((t1.stdout.as_deref(), t1.stderr.as_deref()), (None, None), "output was streamed");
@@ -172,4 +174,24 @@ fn heartbeat_pings_on_its_interval() {
     config.heartbeat = Duration::from_millis(100);
     let _agent = RunningAgent::start(config);
     fx.server.state.wait_until(WAIT, "three pings", |s| s.pings >= 3);
+}
+
+#[test]
+fn a_handler_without_features_announces_none_and_fails_a_task_needing_one_unrun() {
+    let fx = Fixture::new();
+    let handler: Arc<dyn TaskHandler> =
+        Arc::new(|task: &WireTask| TaskOutcome::success(task.payload.clone()));
+    let _agent = RunningAgent::with_handler(fx.config(1), handler);
+    // A server that hands it out anyway (it must not) does not get it run without its cwd.
+    let mut task = WireTask { task_type: "greet".into(), ..shell("t1", "ran") };
+    task.cwd = Some("/tmp".into());
+    fx.server.state.push_task(task);
+    fx.server.state.wait_until(WAIT, "a report", |s| s.reports.len() == 1);
+    let state = fx.server.state.lock();
+    assert!(state.registrations[0].features.is_empty());
+    assert!(state.poll_features.iter().all(Option::is_none), "{:?}", state.poll_features);
+    let report = &state.reports[0].1;
+    assert_eq!((report.do_status.as_str(), report.stdout.as_deref()), ("failed", Some("")), "not run");
+    let error = report.error.as_deref().unwrap_or_default();
+    assert!(error.contains("does not support the task feature(s) cwd"), "{error}");
 }

@@ -88,6 +88,8 @@ fn shell(id: &str, script: &str) -> WireTask {
         payload: script.into(),
         result: String::new(),
         timeout_secs: Some(10),
+        env: Default::default(),
+        cwd: None,
     }
 }
 

@@ -39,11 +39,25 @@ async fn enqueue(
     body: Body,
 ) -> ApiResult<(StatusCode, Json<EnqueueReply>)> {
     let request: EnqueueRequest = read_json(body).await?;
-    let detail = format!("type {}, payload {} bytes", request.task_type, request.payload.len());
+    let detail = send_detail(&request);
     let tasks = app.tasks().enqueue(request).await?;
     app.audit().record(&actor(peer), "task.send", &audit_target(&tasks), &detail)?;
     info!(count = tasks.len(), task_type = %tasks.first().map_or("", |t| t.task_type.as_str()), "tasks enqueued");
     Ok((StatusCode::CREATED, Json(EnqueueReply { tasks: app.task_views().list(&tasks)? })))
+}
+
+/// What the audit record says of an enqueue: the type, the payload's size, the names of the
+/// environment variables (not their values) and the working directory.
+fn send_detail(request: &EnqueueRequest) -> String {
+    let mut detail = format!("type {}, payload {} bytes", request.task_type, request.payload.len());
+    if !request.env.is_empty() {
+        let names: Vec<&str> = request.env.keys().map(String::as_str).collect();
+        detail.push_str(&format!(", env {}", names.join(" ")));
+    }
+    if let Some(cwd) = &request.cwd {
+        detail.push_str(&format!(", cwd {cwd}"));
+    }
+    detail
 }
 
 /// The tasks of an enqueue as the audit record names them.

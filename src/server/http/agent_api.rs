@@ -23,6 +23,7 @@ use super::client_addr::ClientAddr;
 use super::refusal_log::{self, Reason};
 use crate::protocol::busy::HEADER_RETRY_AFTER;
 use crate::protocol::facts::{FACTS_PATH, HostFacts};
+use crate::protocol::features::{HEADER_FEATURES, parse_header};
 use crate::protocol::wire::{
     self, CODE_ERROR, CODE_NO_TASK, Envelope, OutputAck, OutputChunk, PollControl, RegisterReply,
     ReportRequest, shown,
@@ -178,11 +179,14 @@ async fn get_task(
         );
         return reply(Envelope::<()>::empty(CODE_NO_TASK, message));
     }
-    let capacity = match capacity(&headers) {
-        Ok(capacity) => capacity,
+    let (capacity, features) = match capacity(&headers).and_then(|c| Ok((c, features(&headers)?))) {
+        Ok(found) => found,
         Err(message) => return refused("getTask", source, "bad request", message),
     };
-    match app.polling().next_task(&agent.app_id, capacity).await {
+    if let Err(e) = app.inventory().note_features(&agent.app_id, &features) {
+        warn!(agent = %agent.app_id, error = %e, "cannot store the agent's features");
+    }
+    match app.polling().next_task(&agent.app_id, capacity, &features).await {
         Ok(PollResult::Task(task)) => {
             info!(agent = %agent.app_id, task = %task.id, task_type = %task.task_type, "task delivered");
             reply(Envelope::ok("task fetched", wire_task(&task)))
@@ -214,6 +218,14 @@ fn capacity(headers: &HeaderMap) -> Result<Option<usize>, String> {
     text.parse::<u16>()
         .map(|n| Some(usize::from(n)))
         .map_err(|_| format!("{} {:?} is not a number from 0 to 65535", wire::HEADER_CAPACITY, shown(text)))
+}
+
+/// The task features an agent announces on getTask; none when the header is absent (original
+/// clients, older orange agents).
+fn features(headers: &HeaderMap) -> Result<Vec<String>, String> {
+    let Some(value) = headers.get(HEADER_FEATURES) else { return Ok(Vec::new()) };
+    let text = value.to_str().map_err(|_| format!("{HEADER_FEATURES} is not plain text"))?;
+    parse_header(text).map_err(|e| format!("{HEADER_FEATURES}: {e}"))
 }
 
 async fn output(

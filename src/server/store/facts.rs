@@ -1,6 +1,8 @@
-//! Host facts of agents, in their own tree (`facts`: app id → [`FactsRecord`]) so that agent
-//! records keep their layout: original clients have none, and an agent's facts change without
-//! its registration being written again.
+//! What agents say about themselves, each in its own tree so that agent records keep their
+//! layout: host facts (`facts`: app id → [`FactsRecord`]; original clients have none, and an
+//! agent's facts change without its registration being written again) and the task features it
+//! announced (`features`: app id → [`FeaturesRecord`]; none for original clients and older
+//! orange agents), which a transaction starting a job's task reads.
 
 use std::collections::HashMap;
 
@@ -60,7 +62,38 @@ impl FactsRecord {
     }
 }
 
+/// The task features an agent announced last, sorted (a plain struct, as bincode needs).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FeaturesRecord {
+    /// Feature names.
+    pub features: Vec<String>,
+    /// Unix milliseconds the server received them.
+    pub updated_ms: i64,
+}
+
 impl Store {
+    /// The features agent `app_id` announced last (none if it never announced any).
+    pub fn features(&self, app_id: &str) -> Result<Vec<String>, StoreError> {
+        let record: Option<FeaturesRecord> =
+            self.trees().features.get(app_id)?.map(|v| codec::decode(&v)).transpose()?;
+        Ok(record.map(|r| r.features).unwrap_or_default())
+    }
+
+    /// Stores the features agent `app_id` announces, when they differ from those stored (none
+    /// removes the entry); true when something was written.
+    pub fn note_features(&self, app_id: &str, features: &[String], now_ms: i64) -> Result<bool, StoreError> {
+        if self.features(app_id)? == features {
+            return Ok(false);
+        }
+        if features.is_empty() {
+            self.trees().features.remove(app_id.as_bytes())?;
+        } else {
+            let record = FeaturesRecord { features: features.to_vec(), updated_ms: now_ms };
+            self.trees().features.insert(app_id.as_bytes(), codec::encode(&record))?;
+        }
+        Ok(true)
+    }
+
     /// Stores the facts of agent `app_id`, replacing earlier ones.
     pub fn put_facts(&self, app_id: &str, record: &FactsRecord) -> Result<(), StoreError> {
         self.trees().facts.insert(app_id.as_bytes(), codec::encode(record))?;
@@ -84,9 +117,10 @@ impl Store {
             .collect()
     }
 
-    /// Drops the facts of agent `app_id`.
+    /// Drops the facts and features of agent `app_id`.
     pub fn remove_facts(&self, app_id: &str) -> Result<(), StoreError> {
         self.trees().facts.remove(app_id.as_bytes())?;
+        self.trees().features.remove(app_id.as_bytes())?;
         Ok(())
     }
 }
@@ -105,6 +139,20 @@ mod tests {
             ..HostFacts::default()
         };
         FactsRecord::new(facts, 5)
+    }
+
+    #[test]
+    fn features_are_written_only_when_they_change_and_none_removes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8 * 1024 * 1024, Policy::default()).unwrap();
+        let both = vec!["cwd".to_owned(), "env".to_owned()];
+        assert!(store.features("a").unwrap().is_empty());
+        assert!(!store.note_features("a", &[], 1).unwrap());
+        assert!(store.note_features("a", &both, 1).unwrap());
+        assert!(!store.note_features("a", &both, 2).unwrap());
+        assert_eq!(store.features("a").unwrap(), both);
+        assert!(store.note_features("a", &[], 3).unwrap());
+        assert!(store.features("a").unwrap().is_empty());
     }
 
     #[test]

@@ -24,6 +24,8 @@ fn job(targets: usize, window: usize, error_limit: Option<u32>) -> JobRecord {
         created_ms: T0,
         task_type: "shell".into(),
         payload: "true".into(),
+        env: Default::default(),
+        cwd: None,
         timeout_secs: 60,
         ttl_secs: 600,
         max_concurrency: Some(Limit::Count(window as u32)),
@@ -65,7 +67,10 @@ fn open_tasks(store: &Store, job: TaskId) -> Vec<TaskRecord> {
 
 /// Delivers, starts and ends the task of `app_id` with `status`.
 fn run(store: &Store, app_id: &str, status: TaskStatus, now: i64) -> TaskRecord {
-    let task = store.take_next(app_id, Delivery::Acknowledged, now).unwrap().expect("a task is queued");
+    let task = store
+        .take_next(app_id, Delivery::Acknowledged, &[], &mut Vec::new(), now)
+        .unwrap()
+        .expect("a task is queued");
     store.apply_report(app_id, task.id, &outcome(TaskStatus::Running, 0), now).unwrap();
     store.apply_report(app_id, task.id, &outcome(status, 1), now + 1).unwrap()
 }
@@ -109,7 +114,8 @@ fn the_window_starts_the_next_target_when_a_task_ends() {
 fn counts_follow_every_transition_of_a_task() {
     let (_dir, store) = open();
     let job = create(&store, 1, 1, None);
-    let task = store.take_next("host-00000", Delivery::Acknowledged, T0 + 1).unwrap().unwrap();
+    let task =
+        store.take_next("host-00000", Delivery::Acknowledged, &[], &mut Vec::new(), T0 + 1).unwrap().unwrap();
     assert_eq!(job_now(&store, job.id).counts.delivered, 1);
     store.apply_report("host-00000", task.id, &outcome(TaskStatus::Running, 0), T0 + 2).unwrap();
     let running = job_now(&store, job.id);
@@ -146,7 +152,12 @@ fn past_the_error_limit_the_job_stops_and_waiting_targets_are_skipped() {
         done.counts,
         JobCounts { succeeded: 2, failed: 1, timed_out: 1, skipped: 6, ..JobCounts::default() }
     );
-    assert!(store.take_next("host-00004", Delivery::Acknowledged, T0 + 5).unwrap().is_none());
+    assert!(
+        store
+            .take_next("host-00004", Delivery::Acknowledged, &[], &mut Vec::new(), T0 + 5)
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[test]
@@ -174,7 +185,8 @@ fn a_paused_job_starts_nothing_until_resumed() {
 fn cancel_skips_waiting_ends_queued_and_marks_running_tasks() {
     let (_dir, store) = open();
     let job = create(&store, 6, 3, None);
-    let running = store.take_next("host-00000", Delivery::Acknowledged, T0 + 1).unwrap().unwrap();
+    let running =
+        store.take_next("host-00000", Delivery::Acknowledged, &[], &mut Vec::new(), T0 + 1).unwrap().unwrap();
     store.apply_report("host-00000", running.id, &outcome(TaskStatus::Running, 0), T0 + 1).unwrap();
     let (cancelled, outcomes) = store.cancel_job(job.id, false, T0 + 2).unwrap();
     assert_eq!(cancelled.state, JobState::Cancelled);
@@ -206,7 +218,8 @@ fn cancelling_a_paused_job_with_nothing_open_makes_it_done() {
 fn a_forced_cancel_ends_running_tasks_at_once() {
     let (_dir, store) = open();
     let job = create(&store, 2, 2, None);
-    let task = store.take_next("host-00001", Delivery::Acknowledged, T0 + 1).unwrap().unwrap();
+    let task =
+        store.take_next("host-00001", Delivery::Acknowledged, &[], &mut Vec::new(), T0 + 1).unwrap().unwrap();
     let (cancelled, outcomes) = store.cancel_job(job.id, true, T0 + 2).unwrap();
     assert_eq!(outcomes.len(), 2);
     assert_eq!(store.task(task.id).unwrap().unwrap().status, TaskStatus::Cancelled);
@@ -232,7 +245,8 @@ fn an_expired_task_counts_as_an_error_and_advances_the_window() {
 fn an_unacknowledged_delivery_going_back_to_the_queue_is_counted() {
     let (_dir, store) = open();
     let job = create(&store, 1, 1, None);
-    let task = store.take_next("host-00000", Delivery::Acknowledged, T0 + 1).unwrap().unwrap();
+    let task =
+        store.take_next("host-00000", Delivery::Acknowledged, &[], &mut Vec::new(), T0 + 1).unwrap().unwrap();
     store.sweep_deadlines(task.deadline_ms).unwrap();
     assert_eq!(job_now(&store, job.id).counts, JobCounts { queued: 1, ..JobCounts::default() });
 }
@@ -283,14 +297,15 @@ fn a_job_of_ten_thousand_targets_stores_no_large_value() {
 fn a_task_started_by_a_job_takes_its_place_at_the_end_of_its_agents_queue() {
     let (_dir, store) = open();
     let job = create(&store, 2, 1, None);
-    let spec =
-        TaskSpec { app_id: "host-00001", task_type: "ping", payload: "", timeout_secs: 60, ttl_secs: 600 };
+    let spec = TaskSpec { ttl_secs: 600, ..super::tests::spec("host-00001") };
     let mut earlier = vec![TaskRecord::new(spec, new_task_id(), T0 + 1)];
     store.enqueue(&mut earlier).unwrap();
     run(&store, "host-00000", TaskStatus::Succeeded, T0 + 2);
-    let first = store.take_next("host-00001", Delivery::Acknowledged, T0 + 3).unwrap().unwrap();
+    let first =
+        store.take_next("host-00001", Delivery::Acknowledged, &[], &mut Vec::new(), T0 + 3).unwrap().unwrap();
     assert_eq!(first.id, earlier[0].id, "the task queued before the job reached this agent goes first");
-    let second = store.take_next("host-00001", Delivery::Acknowledged, T0 + 3).unwrap().unwrap();
+    let second =
+        store.take_next("host-00001", Delivery::Acknowledged, &[], &mut Vec::new(), T0 + 3).unwrap().unwrap();
     assert_eq!(store.job_of_task(second.id).unwrap(), Some((job.id, 1)));
 }
 
@@ -301,7 +316,10 @@ fn concurrent_reports_that_start_the_next_targets_all_succeed() {
     let started: Vec<TaskRecord> = (0..200)
         .map(|i| {
             let app_id = format!("host-{i:05}");
-            let task = store.take_next(&app_id, Delivery::Acknowledged, T0 + 1).unwrap().unwrap();
+            let task = store
+                .take_next(&app_id, Delivery::Acknowledged, &[], &mut Vec::new(), T0 + 1)
+                .unwrap()
+                .unwrap();
             store.apply_report(&app_id, task.id, &outcome(TaskStatus::Running, 0), T0 + 1).unwrap()
         })
         .collect();
@@ -335,11 +353,17 @@ fn a_queued_task_of_a_cancelled_job_is_never_handed_out() {
     half.counts.skipped += half.counts.waiting;
     half.counts.waiting = 0;
     store.trees().jobs.insert(jobs::job_key(job.id), codec::encode(&half)).unwrap();
-    assert_eq!(store.take_next("host-00000", Delivery::Acknowledged, T0 + 1).unwrap(), None);
+    assert_eq!(
+        store.take_next("host-00000", Delivery::Acknowledged, &[], &mut Vec::new(), T0 + 1).unwrap(),
+        None
+    );
     let first = targets(&store, job.id).remove(0).1.unwrap();
     assert_eq!(first.status, TaskStatus::Cancelled);
     assert!(store.queued_count("host-00000", 10) == 0);
-    assert_eq!(store.take_next("host-00001", Delivery::Acknowledged, T0 + 2).unwrap(), None);
+    assert_eq!(
+        store.take_next("host-00001", Delivery::Acknowledged, &[], &mut Vec::new(), T0 + 2).unwrap(),
+        None
+    );
     let done = job_now(&store, job.id);
     assert_eq!(done.counts, JobCounts { cancelled: 2, skipped: 1, ..JobCounts::default() });
     assert_eq!((done.state, done.done_ms), (JobState::Cancelled, T0 + 2));
@@ -382,7 +406,8 @@ fn a_wide_window_opens_in_transactions_of_bounded_size() {
 fn a_cancel_cut_short_is_finished_for_running_tasks_by_the_next_pass() {
     let (_dir, store) = open();
     let job = create(&store, 3, 2, None);
-    let task = store.take_next("host-00000", Delivery::Acknowledged, T0 + 1).unwrap().unwrap();
+    let task =
+        store.take_next("host-00000", Delivery::Acknowledged, &[], &mut Vec::new(), T0 + 1).unwrap().unwrap();
     store.apply_report("host-00000", task.id, &outcome(TaskStatus::Running, 0), T0 + 1).unwrap();
     // A crash right after the cancel's first transaction.
     let mut half = job_now(&store, job.id);
@@ -433,4 +458,27 @@ fn a_target_whose_agent_was_forgotten_ends_expired_without_holding_the_window() 
         ends[1],
         Some((TaskStatus::Expired, Some("its agent was forgotten before its turn came".to_owned())))
     );
+}
+
+#[test]
+fn a_target_whose_agent_lacks_a_feature_of_the_job_ends_failed_without_a_task() {
+    let (_dir, store) = open();
+    store.note_features("host-00001", &["cwd".to_owned(), "env".to_owned()], T0).unwrap();
+    let mut job = job(2, 2, None);
+    job.env = std::collections::BTreeMap::from([("A".to_owned(), "b".to_owned())]);
+    let job = store.create_job(&job, &app_ids(2)).unwrap();
+    let all = targets(&store, job.id);
+    assert!(all[0].1.is_none(), "no task for the agent that announced nothing");
+    assert_eq!(all[1].1.as_ref().map(|t| t.env.clone()), Some(job.env.clone()));
+    assert_eq!((job.counts.failed, job.counts.queued, job.counts.waiting), (1, 1, 0));
+    let mut ends = Vec::new();
+    store
+        .each_target(job.id, |t| {
+            ends.push(t.end);
+            Ok(())
+        })
+        .unwrap();
+    let end = ends[0].clone().expect("ended");
+    assert_eq!(end.status, TaskStatus::Failed);
+    assert!(end.error.unwrap_or_default().contains("\"host-00000\" does not support the task feature env"));
 }

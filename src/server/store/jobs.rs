@@ -8,6 +8,7 @@
 use thiserror::Error;
 
 use super::events::JobEvent;
+use super::facts::FeaturesRecord;
 use super::records::{
     AgentRecord, AgentStatus, JobRecord, TARGET_ERROR_LEN, TargetEnd, TargetRecord, TaskRecord, TaskSpec,
 };
@@ -15,6 +16,7 @@ use super::tx::{
     CancelOutcome, Tx, TxError, abort, agent_task_key, cancel_open, decode, queue_key, task_id_from, time_key,
 };
 use super::{Store, StoreError};
+use crate::protocol::features;
 use crate::protocol::jobs::{JobCounts, JobState};
 use crate::protocol::task::new_task_id;
 use crate::protocol::{TaskId, TaskStatus};
@@ -227,12 +229,18 @@ fn start_target<E: From<StoreError>>(
     let index = job.next;
     let mut target = load_target(tx, job.id, index)?;
     if agent_forgotten(tx, &target.app_id)? {
-        return end_unstarted(tx, job, index, target);
+        let note = "its agent was forgotten before its turn came".to_owned();
+        return end_unstarted(tx, job, index, target, TaskStatus::Expired, note);
+    }
+    if let Some(refusal) = lacks_features(tx, job, &target.app_id)? {
+        return end_unstarted(tx, job, index, target, TaskStatus::Failed, refusal);
     }
     let spec = TaskSpec {
         app_id: &target.app_id,
         task_type: &job.task_type,
         payload: &job.payload,
+        env: &job.env,
+        cwd: job.cwd.as_deref(),
         timeout_secs: job.timeout_secs,
         ttl_secs: job.ttl_secs,
     };
@@ -263,22 +271,39 @@ fn agent_forgotten<E: From<StoreError>>(tx: &Tx<'_>, app_id: &str) -> Result<boo
     Ok(agent.status == AgentStatus::Forgotten)
 }
 
-/// Ends target `index` `expired` without a task (its agent was forgotten) and moves on.
+/// Why the job's task cannot go to agent `app_id`, when the agent did not announce a feature
+/// the task needs (an original client or an older orange agent would run it wrong).
+fn lacks_features<E: From<StoreError>>(
+    tx: &Tx<'_>,
+    job: &JobRecord,
+    app_id: &str,
+) -> Result<Option<String>, TxError<E>> {
+    let required = features::required_by(&job.env, job.cwd.as_deref());
+    if required.is_empty() {
+        return Ok(None);
+    }
+    let announced: Vec<String> = match tx.features.get(app_id)? {
+        Some(bytes) => decode::<FeaturesRecord, E>(&bytes)?.features,
+        None => Vec::new(),
+    };
+    let missing = features::missing(&required, &announced);
+    Ok((!missing.is_empty()).then(|| features::refusal(app_id, &missing)))
+}
+
+/// Ends target `index` in `status` without a task (its agent was forgotten, or lacks a feature
+/// the task needs), saying why in `note`, and moves on.
 fn end_unstarted<E: From<StoreError>>(
     tx: &Tx<'_>,
     job: &mut JobRecord,
     index: u32,
     mut target: TargetRecord,
+    status: TaskStatus,
+    note: String,
 ) -> Result<(), TxError<E>> {
-    target.end = Some(TargetEnd {
-        status: TaskStatus::Expired,
-        exit_code: None,
-        error: Some("its agent was forgotten before its turn came".to_owned()),
-        duration_ms: None,
-    });
+    target.end = Some(TargetEnd { status, exit_code: None, error: Some(note), duration_ms: None });
     tx.job_targets.insert(target_key(job.id, index), codec::encode(&target))?;
     job.counts.waiting = job.counts.waiting.saturating_sub(1);
-    job.counts.expired += 1;
+    job.counts.add(status);
     job.next += 1;
     stop_past_error_limit(job);
     Ok(())

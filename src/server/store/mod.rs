@@ -20,6 +20,7 @@
 //!   did, one entry per app id, action and hour with a count, up to its own cap
 //! - `seen`:      signing time (i64 BE s), request digest (u64) → empty: signed requests used
 //! - `facts`:     app id → [`FactsRecord`]: what each agent said about its host
+//! - `features`:  app id → [`FeaturesRecord`]: the task features each agent announced
 //! - `jobs`:      job id (16 bytes, UUID v7) → [`JobRecord`]
 //! - `job_targets`: job id, target index (u32 BE) → [`TargetRecord`], targets sorted by app id
 //! - `job_links`: task id → job id, target index (u32 BE): which tasks belong to a job
@@ -64,7 +65,7 @@ pub use audit::{
 };
 pub use compact::{CURRENT_FILE, Compaction};
 pub use events::JobEvent;
-pub use facts::FactsRecord;
+pub use facts::{FactsRecord, FeaturesRecord};
 use gate::{Gate, Pass};
 pub use jobs::JobError;
 pub use output::{Chunk, ChunkAck};

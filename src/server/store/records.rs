@@ -113,6 +113,10 @@ pub struct TaskRecord {
     pub task_type: String,
     /// Input.
     pub payload: String,
+    /// Environment variables added to its process (feature `env`).
+    pub env: BTreeMap<String, String>,
+    /// Working directory of its process (feature `cwd`).
+    pub cwd: Option<String>,
     /// Current state.
     pub status: TaskStatus,
     /// Seconds the agent may run it.
@@ -166,6 +170,8 @@ impl TaskRecord {
             app_id: spec.app_id.to_owned(),
             task_type: spec.task_type.to_owned(),
             payload: spec.payload.to_owned(),
+            env: spec.env.clone(),
+            cwd: spec.cwd.map(str::to_owned),
             status: TaskStatus::Queued,
             timeout_secs: spec.timeout_secs,
             expires_ms: now_ms.saturating_add(secs_to_ms(spec.ttl_secs)),
@@ -191,6 +197,11 @@ impl TaskRecord {
         self.status.is_final().then(|| self.history.last().map_or(0, |(_, t)| *t))
     }
 
+    /// The features an agent must have announced to be given this task.
+    pub fn required_features(&self) -> Vec<&'static str> {
+        crate::protocol::features::required_by(&self.env, self.cwd.as_deref())
+    }
+
     /// Moves to `status`, recording when.
     pub fn move_to(&mut self, status: TaskStatus, now_ms: i64) {
         self.status = status;
@@ -207,6 +218,10 @@ pub struct TaskSpec<'a> {
     pub task_type: &'a str,
     /// Input.
     pub payload: &'a str,
+    /// Environment variables added to its process.
+    pub env: &'a BTreeMap<String, String>,
+    /// Working directory of its process.
+    pub cwd: Option<&'a str>,
     /// Seconds the agent may run it.
     pub timeout_secs: u64,
     /// Seconds it may wait in the queue.
@@ -312,6 +327,10 @@ pub struct JobRecord {
     pub task_type: String,
     /// Input of every task (at most the payload limit, 64 KiB).
     pub payload: String,
+    /// Environment variables added to every task's process.
+    pub env: BTreeMap<String, String>,
+    /// Working directory of every task's process.
+    pub cwd: Option<String>,
     /// Seconds each agent may run it.
     pub timeout_secs: u64,
     /// Seconds each task may wait in its agent's queue.

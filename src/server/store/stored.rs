@@ -10,16 +10,18 @@
 //! to the layout and the in-memory type, raise `VERSION`, and make `from_older` read version
 //! `n` through the frozen copy. Never change a layout whose version was released.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::audit::AgentAuditRecord;
-use super::facts::FactsRecord;
+use super::facts::{FactsRecord, FeaturesRecord};
 use super::records::{
     AgentRecord, AuditRecord, JobRecord, OutputState, TargetEnd, TargetRecord, TaskRecord, TokenRecord,
 };
 use crate::protocol::jobs::{JobCounts, JobState, Limit};
 use crate::protocol::{TaskId, TaskStatus};
-use crate::server::codec::{CodecError, Record};
+use crate::server::codec::{CodecError, Record, decode_body};
 
 /// Implements [`Record`] for a store type that is its own stored layout.
 macro_rules! own_layout {
@@ -45,6 +47,7 @@ own_layout! {
     TokenRecord => "token", 1;
     AuditRecord => "audit", 1;
     FactsRecord => "facts", 1;
+    FeaturesRecord => "agent features", 1;
     AgentAuditRecord => "agent audit", 1;
 }
 
@@ -94,9 +97,32 @@ impl From<StoredTaskStatus> for TaskStatus {
     }
 }
 
-/// A task record, version 1.
+/// A task record, version 2: version 1 and the task's environment and working directory.
 #[derive(Serialize, Deserialize)]
 pub struct StoredTask {
+    id: TaskId,
+    app_id: String,
+    task_type: String,
+    payload: String,
+    env: BTreeMap<String, String>,
+    cwd: Option<String>,
+    status: StoredTaskStatus,
+    timeout_secs: u64,
+    expires_ms: i64,
+    history: Vec<(StoredTaskStatus, i64)>,
+    queue_seq: u64,
+    ack_required: bool,
+    deadline_ms: i64,
+    cancel_requested: bool,
+    exit_code: Option<i32>,
+    error: Option<String>,
+    duration_ms: Option<u64>,
+    output: OutputState,
+}
+
+/// A task record, version 1 (orange 0.1.0); frozen.
+#[derive(Serialize, Deserialize)]
+pub struct StoredTaskV1 {
     id: TaskId,
     app_id: String,
     task_type: String,
@@ -115,9 +141,34 @@ pub struct StoredTask {
     output: OutputState,
 }
 
+impl From<StoredTaskV1> for StoredTask {
+    fn from(v1: StoredTaskV1) -> Self {
+        StoredTask {
+            id: v1.id,
+            app_id: v1.app_id,
+            task_type: v1.task_type,
+            payload: v1.payload,
+            env: BTreeMap::new(),
+            cwd: None,
+            status: v1.status,
+            timeout_secs: v1.timeout_secs,
+            expires_ms: v1.expires_ms,
+            history: v1.history,
+            queue_seq: v1.queue_seq,
+            ack_required: v1.ack_required,
+            deadline_ms: v1.deadline_ms,
+            cancel_requested: v1.cancel_requested,
+            exit_code: v1.exit_code,
+            error: v1.error,
+            duration_ms: v1.duration_ms,
+            output: v1.output,
+        }
+    }
+}
+
 impl Record for TaskRecord {
     const NAME: &'static str = "task";
-    const VERSION: u8 = 1;
+    const VERSION: u8 = 2;
     type Stored = StoredTask;
 
     fn to_stored(&self) -> StoredTask {
@@ -126,6 +177,8 @@ impl Record for TaskRecord {
             app_id: self.app_id.clone(),
             task_type: self.task_type.clone(),
             payload: self.payload.clone(),
+            env: self.env.clone(),
+            cwd: self.cwd.clone(),
             status: self.status.into(),
             timeout_secs: self.timeout_secs,
             expires_ms: self.expires_ms,
@@ -147,6 +200,8 @@ impl Record for TaskRecord {
             app_id: s.app_id,
             task_type: s.task_type,
             payload: s.payload,
+            env: s.env,
+            cwd: s.cwd,
             status: s.status.into(),
             timeout_secs: s.timeout_secs,
             expires_ms: s.expires_ms,
@@ -160,6 +215,10 @@ impl Record for TaskRecord {
             duration_ms: s.duration_ms,
             output: s.output,
         })
+    }
+
+    fn from_older(version: u8, body: &[u8]) -> Option<Result<TaskRecord, CodecError>> {
+        (version == 1).then(|| decode_body::<StoredTaskV1>(body).and_then(|v1| Self::from_stored(v1.into())))
     }
 }
 
@@ -224,9 +283,33 @@ job_counts!(
     waiting, queued, delivered, running, succeeded, failed, timed_out, cancelled, expired, lost, skipped
 );
 
-/// A job record, version 1. Limits are kept as operators write them (`10`, `10%`).
+/// A job record, version 2: version 1 and its tasks' environment and working directory.
+/// Limits are kept as operators write them (`10`, `10%`).
 #[derive(Serialize, Deserialize)]
 pub struct StoredJob {
+    id: TaskId,
+    created_ms: i64,
+    task_type: String,
+    payload: String,
+    env: BTreeMap<String, String>,
+    cwd: Option<String>,
+    timeout_secs: u64,
+    ttl_secs: u64,
+    max_concurrency: Option<String>,
+    max_errors: Option<String>,
+    window: u32,
+    error_limit: Option<u32>,
+    targets: u32,
+    next: u32,
+    state: StoredJobState,
+    counts: StoredJobCounts,
+    version: u64,
+    done_ms: i64,
+}
+
+/// A job record, version 1 (orange 0.1.0); frozen.
+#[derive(Serialize, Deserialize)]
+pub struct StoredJobV1 {
     id: TaskId,
     created_ms: i64,
     task_type: String,
@@ -245,6 +328,31 @@ pub struct StoredJob {
     done_ms: i64,
 }
 
+impl From<StoredJobV1> for StoredJob {
+    fn from(v1: StoredJobV1) -> Self {
+        StoredJob {
+            id: v1.id,
+            created_ms: v1.created_ms,
+            task_type: v1.task_type,
+            payload: v1.payload,
+            env: BTreeMap::new(),
+            cwd: None,
+            timeout_secs: v1.timeout_secs,
+            ttl_secs: v1.ttl_secs,
+            max_concurrency: v1.max_concurrency,
+            max_errors: v1.max_errors,
+            window: v1.window,
+            error_limit: v1.error_limit,
+            targets: v1.targets,
+            next: v1.next,
+            state: v1.state,
+            counts: v1.counts,
+            version: v1.version,
+            done_ms: v1.done_ms,
+        }
+    }
+}
+
 fn limit_from(text: Option<String>) -> Result<Option<Limit>, CodecError> {
     text.map(|t| Limit::parse(&t).map_err(|e| CodecError::Corrupt(format!("stored job limit: {e}"))))
         .transpose()
@@ -252,7 +360,7 @@ fn limit_from(text: Option<String>) -> Result<Option<Limit>, CodecError> {
 
 impl Record for JobRecord {
     const NAME: &'static str = "job";
-    const VERSION: u8 = 1;
+    const VERSION: u8 = 2;
     type Stored = StoredJob;
 
     fn to_stored(&self) -> StoredJob {
@@ -261,6 +369,8 @@ impl Record for JobRecord {
             created_ms: self.created_ms,
             task_type: self.task_type.clone(),
             payload: self.payload.clone(),
+            env: self.env.clone(),
+            cwd: self.cwd.clone(),
             timeout_secs: self.timeout_secs,
             ttl_secs: self.ttl_secs,
             max_concurrency: self.max_concurrency.map(|l| l.to_string()),
@@ -282,6 +392,8 @@ impl Record for JobRecord {
             created_ms: s.created_ms,
             task_type: s.task_type,
             payload: s.payload,
+            env: s.env,
+            cwd: s.cwd,
             timeout_secs: s.timeout_secs,
             ttl_secs: s.ttl_secs,
             max_concurrency: limit_from(s.max_concurrency)?,
@@ -295,6 +407,10 @@ impl Record for JobRecord {
             version: s.version,
             done_ms: s.done_ms,
         })
+    }
+
+    fn from_older(version: u8, body: &[u8]) -> Option<Result<JobRecord, CodecError>> {
+        (version == 1).then(|| decode_body::<StoredJobV1>(body).and_then(|v1| Self::from_stored(v1.into())))
     }
 }
 

@@ -55,6 +55,8 @@ fn sample_task() -> TaskRecord {
         app_id: "web-1".into(),
         task_type: "shell".into(),
         payload: "echo hi".into(),
+        env: BTreeMap::new(),
+        cwd: None,
         status: TaskStatus::TimedOut,
         timeout_secs: 60,
         expires_ms: 1000,
@@ -83,6 +85,8 @@ fn sample_job() -> JobRecord {
         created_ms: 11,
         task_type: "shell".into(),
         payload: "uptime".into(),
+        env: BTreeMap::new(),
+        cwd: None,
         timeout_secs: 30,
         ttl_secs: 60,
         max_concurrency: Some(Limit::Percent(10)),
@@ -136,6 +140,23 @@ fn sample_facts() -> FactsRecord {
     }
 }
 
+/// Asserts that `hex`, a value as orange 0.1.0 wrote it in version 1 of a record this build
+/// writes in a later version, decodes to `expected` (the new fields at their defaults) and is
+/// written back in the current version.
+fn older<T: codec::Record + PartialEq + std::fmt::Debug>(hex: &str, expected: T) {
+    let bytes = unhex(hex);
+    assert_eq!(bytes[0], 1, "0.1.0 wrote version 1");
+    assert_eq!(codec::decode::<T>(&bytes).unwrap(), expected, "decoding {}", T::NAME);
+    assert_eq!(codec::encode(&expected)[0], T::VERSION, "{} is written in its current version", T::NAME);
+}
+
+/// Asserts that `expected` is written as `hex` (frozen bytes of a layout since 0.1.0) and reads
+/// back.
+fn frozen<T: codec::Record + PartialEq + std::fmt::Debug>(hex: &str, expected: T) {
+    assert_eq!(hex::encode(codec::encode(&expected)), hex, "encoding {}", T::NAME);
+    assert_eq!(codec::decode::<T>(&unhex(hex)).unwrap(), expected, "decoding {}", T::NAME);
+}
+
 fn unhex(hex: &str) -> Vec<u8> {
     (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
 }
@@ -170,16 +191,43 @@ fn agents_tokens_audit_and_facts_written_by_0_1_0_decode() {
 
 #[test]
 fn tasks_written_by_0_1_0_decode() {
-    v1(TASK_V1, sample_task());
+    older(TASK_V1, sample_task());
+}
+
+/// A task with an environment and a working directory: version 2 of the task record.
+fn sample_task_v2() -> TaskRecord {
+    let mut task = sample_task();
+    task.env = BTreeMap::from([("A".to_owned(), "b".to_owned())]);
+    task.cwd = Some("/tmp".into());
+    task
+}
+
+/// A job with an environment and a working directory: version 2 of the job record.
+fn sample_job_v2() -> JobRecord {
+    let mut job = sample_job();
+    job.env = BTreeMap::from([("A".to_owned(), "b".to_owned())]);
+    job.cwd = Some("/srv".into());
+    job
+}
+
+// Version 2 of the task and job records (environment and working directory): frozen here so
+// that a change of the layout is noticed.
+const TASK_V2: &str = "021001010101010101010101010101010101057765622d31057368656c6c076563686f206869010141016201042f746d70053cfbd007030002080405062a019a0101050104626f6f6d010c03640102023207";
+const JOB_V2: &str = "02100202020202020202020202020202020216057368656c6c06757074696d65010141016201042f7372761e3c01033130250101320101020b03020102030405060708090a0b0c1a";
+
+#[test]
+fn tasks_and_jobs_with_env_and_cwd_keep_their_second_layout() {
+    frozen(TASK_V2, sample_task_v2());
+    frozen(JOB_V2, sample_job_v2());
 }
 
 #[test]
 fn jobs_and_targets_written_by_0_1_0_decode() {
-    v1(JOB_V1, sample_job());
+    older(JOB_V1, sample_job());
     let mut job = sample_job();
     (job.max_concurrency, job.max_errors, job.error_limit) = (None, None, None);
     job.state = JobState::Finished;
-    v1(JOB_V1_NO_LIMITS, job);
+    older(JOB_V1_NO_LIMITS, job);
     v1(TARGET_V1, sample_target());
     v1(TARGET_V1_NOT_STARTED, TargetRecord { app_id: "web-2".into(), task_id: None, end: None });
 }
@@ -187,9 +235,9 @@ fn jobs_and_targets_written_by_0_1_0_decode() {
 #[test]
 fn a_future_version_is_refused_naming_the_record() {
     let mut bytes = unhex(TASK_V1);
-    bytes[0] = 2;
+    bytes[0] = 3;
     let err = codec::decode::<TaskRecord>(&bytes).unwrap_err();
-    assert_eq!(err.to_string(), "stored task record has version 2; this build reads versions up to 1");
+    assert_eq!(err.to_string(), "stored task record has version 3; this build reads versions up to 2");
     let mut bytes = unhex(TARGET_V1);
     bytes[0] = 7;
     let err = codec::decode::<TargetRecord>(&bytes).unwrap_err();

@@ -8,6 +8,7 @@ use super::tx::{
     task_id_from,
 };
 use super::{ReportError, Store, StoreError, jobs, output};
+use crate::protocol::features;
 use crate::protocol::{TaskId, TaskStatus};
 
 /// How a task is handed out.
@@ -19,6 +20,20 @@ pub enum Delivery {
     /// To an original client, which sends no acknowledgement: its first report counts, and the
     /// task is never handed out again (it may have run); it ends `lost` at the end of its run.
     Legacy,
+}
+
+/// Ends queued `task` `failed` without handing it out: its agent lacks the `missing` features
+/// (it would run the task wrong).
+fn refuse_unsupported(
+    tx: &Tx<'_>,
+    mut task: TaskRecord,
+    missing: &[&str],
+    now_ms: i64,
+) -> Result<(), TxError<StoreError>> {
+    task.move_to(TaskStatus::Failed, now_ms);
+    task.error = Some(features::refusal(&task.app_id, missing));
+    tx.close(&mut task, now_ms)?;
+    tx.put_task(&task)
 }
 
 impl Store {
@@ -46,11 +61,15 @@ impl Store {
         })
     }
 
-    /// Takes the oldest queued task of `app_id` and marks it delivered.
+    /// Takes the oldest queued task of `app_id` and marks it delivered. A queued task that
+    /// needs a feature the polling agent did not announce (`features`) is not handed out: it
+    /// ends `failed` at once, saying which, and its id goes to `refused`.
     pub fn take_next(
         &self,
         app_id: &str,
         delivery: Delivery,
+        features: &[String],
+        refused: &mut Vec<TaskId>,
         now_ms: i64,
     ) -> Result<Option<TaskRecord>, StoreError> {
         loop {
@@ -72,6 +91,11 @@ impl Store {
                     cancel_open(tx, task, false, now_ms)?;
                     return Ok(None);
                 }
+                let missing = features::missing(&task.required_features(), features);
+                if !missing.is_empty() {
+                    refuse_unsupported(tx, task, &missing, now_ms)?;
+                    return Ok(Some(Err(id)));
+                }
                 task.move_to(TaskStatus::Delivered, now_ms);
                 task.ack_required = delivery == Delivery::Acknowledged;
                 let deadline = match delivery {
@@ -80,10 +104,12 @@ impl Store {
                 };
                 tx.set_deadline(&mut task, deadline)?;
                 tx.put_task(&task)?;
-                Ok::<_, TxError<StoreError>>(Some(task))
+                Ok::<_, TxError<StoreError>>(Some(Ok(task)))
             })?;
-            if let Some(task) = taken {
-                return Ok(Some(task));
+            match taken {
+                Some(Ok(task)) => return Ok(Some(task)),
+                Some(Err(id)) => refused.push(id),
+                None => {}
             }
         }
     }

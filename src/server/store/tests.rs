@@ -32,8 +32,19 @@ pub(super) fn agent(app_id: &str) -> AgentRecord {
     }
 }
 
+/// The environment of a task without one.
+pub(super) static NO_ENV: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+
 pub(super) fn spec(app_id: &str) -> TaskSpec<'_> {
-    TaskSpec { app_id, task_type: "ping", payload: "", timeout_secs: 60, ttl_secs: 3600 }
+    TaskSpec {
+        app_id,
+        task_type: "ping",
+        payload: "",
+        env: &NO_ENV,
+        cwd: None,
+        timeout_secs: 60,
+        ttl_secs: 3600,
+    }
 }
 
 pub(super) fn queued(store: &Store, app_id: &str, n: usize) -> Vec<TaskId> {
@@ -44,7 +55,7 @@ pub(super) fn queued(store: &Store, app_id: &str, n: usize) -> Vec<TaskId> {
 }
 
 pub(super) fn take(store: &Store, app_id: &str) -> Option<TaskRecord> {
-    store.take_next(app_id, Delivery::Acknowledged, 20).unwrap()
+    store.take_next(app_id, Delivery::Acknowledged, &[], &mut Vec::new(), 20).unwrap()
 }
 
 fn outcome(status: TaskStatus, stdout: &str) -> Outcome {
@@ -243,7 +254,7 @@ fn an_acknowledged_task_is_not_handed_out_again_and_ends_lost_when_silent() {
 fn a_legacy_delivery_is_never_handed_out_again() {
     let (_dir, store) = open();
     let id = queued(&store, "a", 1)[0];
-    store.take_next("a", Delivery::Legacy, 20).unwrap().unwrap();
+    store.take_next("a", Delivery::Legacy, &[], &mut Vec::new(), 20).unwrap().unwrap();
     let swept = store.sweep_deadlines(20 + 60_000 + Policy::default().lost_grace_ms).unwrap();
     assert_eq!((swept[0].task.id, swept[0].task.status, swept[0].requeued), (id, TaskStatus::Lost, false));
 }
@@ -298,4 +309,30 @@ fn touch_updates_last_seen_only_after_the_gap() {
     assert_eq!(store.agent("a").unwrap().unwrap().last_seen_ms, 1);
     store.touch_agent("a", 10_000, 5_000).unwrap();
     assert_eq!(store.agent("a").unwrap().unwrap().last_seen_ms, 10_000);
+}
+
+#[test]
+fn a_task_needing_a_feature_is_handed_only_to_a_poll_announcing_it_and_ends_failed_otherwise() {
+    let (_dir, store) = open();
+    let env = BTreeMap::from([("A".to_owned(), "b".to_owned())]);
+    let mut tasks: Vec<TaskRecord> =
+        (0..2).map(|_| TaskRecord::new(TaskSpec { env: &env, ..spec("a") }, new_task_id(), 10)).collect();
+    store.enqueue(&mut tasks).unwrap();
+    let mut refused = Vec::new();
+    let only_cwd = ["cwd".to_owned()];
+    assert_eq!(store.take_next("a", Delivery::Legacy, &only_cwd, &mut refused, 20).unwrap(), None);
+    // Both were looked at and ended; neither is handed out later.
+    assert_eq!(refused, [tasks[0].id, tasks[1].id]);
+    let failed = store.task(tasks[0].id).unwrap().unwrap();
+    assert_eq!((failed.status, failed.deadline_ms), (TaskStatus::Failed, 0));
+    assert!(
+        failed.error.unwrap_or_default().starts_with("agent \"a\" does not support the task feature env")
+    );
+
+    let mut again = vec![TaskRecord::new(TaskSpec { env: &env, ..spec("a") }, new_task_id(), 30)];
+    store.enqueue(&mut again).unwrap();
+    let both = ["cwd".to_owned(), "env".to_owned()];
+    let taken = store.take_next("a", Delivery::Acknowledged, &both, &mut refused, 40).unwrap().unwrap();
+    assert_eq!((taken.id, taken.env), (again[0].id, env));
+    assert_eq!(refused.len(), 2);
 }

@@ -109,6 +109,8 @@ trees! {
         job_links,
         /// time, job id → empty: done jobs.
         jobs_done,
+        /// app id → task features the agent announced.
+        features,
     }
     outside {
         /// signing time, digest → empty: used signed requests.

@@ -93,6 +93,9 @@ fn check_tasks(store: &Store, manifest: &Value) {
             (task.payload.as_str(), task.timeout_secs),
             (want["payload"].as_str().unwrap(), want["timeout_secs"].as_u64().unwrap())
         );
+        // 0.1.0 had no task environment nor working directory: its tasks need no feature.
+        assert!(task.env.is_empty() && task.cwd.is_none(), "{}", task.id);
+        assert!(task.required_features().is_empty(), "{}", task.id);
     }
 }
 
@@ -109,6 +112,7 @@ fn check_jobs(store: &Store, manifest: &Value) {
             (job.task_type.as_str(), job.payload.as_str()),
             (want["task_type"].as_str().unwrap(), want["payload"].as_str().unwrap())
         );
+        assert!(job.env.is_empty() && job.cwd.is_none(), "{}", job.id);
         assert_eq!(
             job.max_concurrency.map(|l: Limit| l.to_string()),
             want["max_concurrency"].as_str().map(String::from)
@@ -190,6 +194,8 @@ fn a_data_directory_written_by_0_1_0_takes_new_tasks_and_reopens() {
         app_id: "off-1",
         task_type: "shell",
         payload: "echo new",
+        env: &std::collections::BTreeMap::new(),
+        cwd: None,
         timeout_secs: 60,
         ttl_secs: 3600,
     };

@@ -1,0 +1,114 @@
+//! Task features: what a task needs of its agent beyond the original protocol (a working
+//! directory, extra environment), and what an agent says it understands. An orange agent
+//! announces its features with `register` and on every getTask ([`HEADER_FEATURES`]); the
+//! original client and older orange agents announce none. A task that needs a feature is handed
+//! only to an agent that announced it, so an agent never runs a task while silently ignoring
+//! part of it.
+
+use std::collections::BTreeMap;
+
+use super::limits::shown;
+
+/// The task carries extra environment variables (`env`).
+pub const FEATURE_ENV: &str = "env";
+/// The task carries a working directory (`cwd`).
+pub const FEATURE_CWD: &str = "cwd";
+/// Every feature this build knows, sorted.
+pub const KNOWN: [&str; 2] = [FEATURE_CWD, FEATURE_ENV];
+
+/// getTask header of orange agents: their features, comma separated (absent: none).
+pub const HEADER_FEATURES: &str = "X-ORANGE-FEATURES";
+/// Most features an agent may announce.
+pub const MAX_FEATURES: usize = 32;
+/// Longest feature name.
+pub const MAX_FEATURE_LEN: usize = 32;
+
+/// Checks announced features: at most [`MAX_FEATURES`], each 1 to [`MAX_FEATURE_LEN`]
+/// characters of `a-z 0-9 _ -`. Names this build does not know are allowed (a newer agent).
+pub fn check_features(features: &[String]) -> Result<(), String> {
+    if features.len() > MAX_FEATURES {
+        return Err(format!("{} features announced; the limit is {MAX_FEATURES}", features.len()));
+    }
+    for name in features {
+        let plain = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-".contains(&b));
+        if name.is_empty() || name.len() > MAX_FEATURE_LEN || !plain {
+            return Err(format!(
+                "feature {:?} must be 1 to {MAX_FEATURE_LEN} characters of a-z 0-9 _ -",
+                shown(name)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Reads the value of [`HEADER_FEATURES`]: names separated by commas (spaces ignored), checked,
+/// sorted and without repeats.
+pub fn parse_header(text: &str) -> Result<Vec<String>, String> {
+    let mut features: Vec<String> =
+        text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+    features.sort();
+    features.dedup();
+    check_features(&features)?;
+    Ok(features)
+}
+
+/// The value of [`HEADER_FEATURES`] announcing `features`.
+pub fn header_value(features: &[String]) -> String {
+    features.join(",")
+}
+
+/// The features a task with this environment and working directory needs, sorted.
+pub fn required_by(env: &BTreeMap<String, String>, cwd: Option<&str>) -> Vec<&'static str> {
+    let mut needs = Vec::new();
+    if cwd.is_some() {
+        needs.push(FEATURE_CWD);
+    }
+    if !env.is_empty() {
+        needs.push(FEATURE_ENV);
+    }
+    needs
+}
+
+/// The features of `required` that `announced` lacks.
+pub fn missing<'a>(required: &[&'a str], announced: &[String]) -> Vec<&'a str> {
+    required.iter().copied().filter(|need| !announced.iter().any(|have| have == need)).collect()
+}
+
+/// Why a task needing `missing` features is not given to agent `app_id`.
+pub fn refusal(app_id: &str, missing: &[&str]) -> String {
+    let (noun, names) = match missing {
+        [one] => ("feature", (*one).to_owned()),
+        many => ("features", many.join(", ")),
+    };
+    format!(
+        "agent {:?} does not support the task {noun} {names} (an original client or an older orange \
+         agent announces none): upgrade its agent, or send the task without it",
+        shown(app_id)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_header_is_a_sorted_checked_list() {
+        assert_eq!(parse_header("env, cwd,env"), Ok(vec!["cwd".to_owned(), "env".to_owned()]));
+        assert_eq!(parse_header(""), Ok(vec![]));
+        assert!(parse_header("Env").unwrap_err().contains("a-z 0-9"));
+        assert!(parse_header(&"x".repeat(MAX_FEATURE_LEN + 1)).is_err());
+        let many: Vec<String> = (0..=MAX_FEATURES).map(|i| format!("f{i}")).collect();
+        assert!(parse_header(&many.join(",")).unwrap_err().contains("the limit is 32"));
+        assert_eq!(header_value(&["cwd".into(), "env".into()]), "cwd,env");
+    }
+
+    #[test]
+    fn missing_features_are_named_with_the_agent() {
+        let announced = vec!["cwd".to_owned()];
+        assert_eq!(missing(&[FEATURE_ENV, FEATURE_CWD], &announced), [FEATURE_ENV]);
+        assert!(missing(&[FEATURE_CWD], &announced).is_empty());
+        let text = refusal("web-1", &["env"]);
+        assert!(text.starts_with("agent \"web-1\" does not support the task feature env"), "{text}");
+        assert!(refusal("a", &["cwd", "env"]).contains("features cwd, env"));
+    }
+}
