@@ -60,7 +60,7 @@ operator_args! {
                 starts when one finishes); --max-errors N or P% stops starting hosts once more than \
                 that many failed, timed out, expired or were lost (the rest end `skipped`). \
                 `orange job pause|resume|cancel ID` act on a running job from anywhere; Ctrl-C only \
-                stops watching. Hosts that ended alike (same state, exit code and output) are shown \
+                stops watching, and so do SIGTERM, SIGHUP and a closed output: the job goes on. Hosts that ended alike (same state, exit code and output) are shown \
                 as one group; --hosts lists every host of every group. --json prints the job and \
                 every host's result. Connection options as in `orange task run --help`.",
         error_code(1, "some host did not succeed (failed, timed out, expired, lost, cancelled or skipped)"),
