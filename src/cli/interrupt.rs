@@ -8,7 +8,7 @@
 //!   (the reader went away, as in `orange task run -- yes | head -1`): nobody is left to show the
 //!   task to, so the same cancel is sent (once; one already in flight after Ctrl-C is waited for)
 //!   and orange exits with 128 + the signal's number, as a shell reports a process killed by it
-//!   (143, 129, 141). Another signal meanwhile exits at once.
+//!   (143, 129, 141). Another SIGTERM or Ctrl-C meanwhile exits at once.
 
 use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -100,18 +100,21 @@ impl CancelOnInterrupt {
     }
 
     /// Passes `error` on, unless it comes from writing the task's output to a reader that went
-    /// away (or the terminal or output was lost already): then [`Self::output_lost`].
+    /// away or a terminal that hung up (or the terminal or output was lost already): then
+    /// [`Self::output_lost`].
     pub fn unless_output_lost<T>(&self, error: anyhow::Error) -> Result<T> {
-        if is_broken_pipe(&error) || self.shared.lock().lost.is_some() {
-            self.output_lost();
+        match lost_output(&error) {
+            Some(signal) => self.output_lost(signal),
+            None if self.shared.lock().lost.is_some() => self.output_lost(SIGPIPE),
+            None => Err(error),
         }
-        Err(error)
     }
 
-    /// The task's output could not be written: its reader went away. Cancels the task as
-    /// SIGPIPE does and exits; never returns.
-    pub fn output_lost(&self) -> ! {
-        self.shared.output_lost();
+    /// The task's output could not be written: its reader went away (`signal` SIGPIPE) or its
+    /// terminal hung up (SIGHUP). Cancels the task as that signal does and exits; never
+    /// returns.
+    pub fn output_lost(&self, signal: c_int) -> ! {
+        self.shared.output_lost(signal);
         // Another thread is cancelling and exits the process once it is done.
         loop {
             std::thread::park();
@@ -229,13 +232,14 @@ impl Shared {
     }
 
     /// SIGTERM, SIGHUP or SIGPIPE: cancels the task on a thread of its own (once it is known)
-    /// and exits. A further signal exits at once, except the SIGPIPE that comes with a failed
-    /// write, which [`Self::output_lost`] handles.
+    /// and exits. A further SIGTERM exits at once; a further SIGPIPE or SIGHUP does not, being
+    /// the echo of the same loss (the signal that comes with a failed write, a hang-up told
+    /// twice), which [`Self::output_lost`] or the first signal handles.
     fn lost(self: &Arc<Self>, signal: c_int) {
         let next = {
             let mut state = self.lock();
             if state.lost.is_some() {
-                if signal == SIGPIPE { AfterLoss::Nothing } else { AfterLoss::ExitNow }
+                if signal == SIGTERM { AfterLoss::ExitNow } else { AfterLoss::Nothing }
             } else {
                 state.lost = Some(signal);
                 // Without a task yet, `set_task` leaves once it exists.
@@ -258,12 +262,12 @@ impl Shared {
         }
     }
 
-    /// A write of the task's output failed: leaves as on SIGPIPE, in the calling thread, unless
-    /// another thread already does (then returns).
-    fn output_lost(self: &Arc<Self>) {
+    /// A write of the task's output failed: leaves as on `signal` (or the loss seen before), in
+    /// the calling thread, unless another thread already does (then returns).
+    fn output_lost(self: &Arc<Self>, signal: c_int) {
         let leave = {
             let mut state = self.lock();
-            let signal = *state.lost.get_or_insert(SIGPIPE);
+            let signal = *state.lost.get_or_insert(signal);
             if state.leaving {
                 None
             } else {
@@ -316,11 +320,18 @@ impl Shared {
     }
 }
 
-/// True when `error` comes from a write to a pipe whose reader went away (EPIPE: the runtime
-/// ignores SIGPIPE unless it is watched, and a watched one still fails the write).
-fn is_broken_pipe(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| {
-        cause.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+/// The signal a failed write of the output stands for: SIGPIPE for a pipe whose reader went
+/// away (EPIPE: the runtime ignores SIGPIPE unless it is watched, and a watched one still fails
+/// the write), SIGHUP for a terminal that hung up (EIO); none for any other error.
+fn lost_output(error: &anyhow::Error) -> Option<c_int> {
+    error.chain().filter_map(|cause| cause.downcast_ref::<std::io::Error>()).find_map(|e| {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            Some(SIGPIPE)
+        } else if e.raw_os_error() == Some(libc::EIO) {
+            Some(SIGHUP)
+        } else {
+            None
+        }
     })
 }
 
@@ -502,9 +513,9 @@ mod tests {
             shared.set_task(ID);
             if pipe_signal_first {
                 shared.lost(SIGPIPE);
-                shared.output_lost();
+                shared.output_lost(SIGPIPE);
             } else {
-                shared.output_lost();
+                shared.output_lost(SIGPIPE);
                 shared.lost(SIGPIPE);
             }
             assert_eq!(exits_after(&exits, 1), [141]);
@@ -520,18 +531,32 @@ mod tests {
         let (shared, exits) = shared(&api);
         shared.set_task(ID);
         shared.interrupted();
-        shared.output_lost();
+        shared.output_lost(SIGPIPE);
         assert_eq!(*exits.lock().unwrap(), [141]);
         assert_eq!(api.seen(), [cancel_request()], "the Ctrl-C cancel was answered before the exit");
     }
 
     #[test]
-    fn only_a_write_to_a_closed_pipe_counts_as_a_lost_output() {
+    fn only_a_write_to_a_closed_pipe_or_a_hung_up_terminal_counts_as_a_lost_output() {
         let closed = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
-        assert!(is_broken_pipe(&anyhow::Error::new(closed).context("cannot write to stdout")));
+        assert_eq!(lost_output(&anyhow::Error::new(closed).context("cannot write to stdout")), Some(SIGPIPE));
+        let hung_up = std::io::Error::from_raw_os_error(libc::EIO);
+        assert_eq!(lost_output(&anyhow::Error::new(hung_up).context("cannot write to stderr")), Some(SIGHUP));
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        assert!(!is_broken_pipe(&anyhow::Error::new(refused).context("cannot connect")));
-        assert!(!is_broken_pipe(&anyhow::anyhow!("unknown task")));
+        assert_eq!(lost_output(&anyhow::Error::new(refused).context("cannot connect")), None);
+        assert_eq!(lost_output(&anyhow::anyhow!("unknown task")), None);
+    }
+
+    #[test]
+    fn a_hang_up_told_twice_still_cancels_before_the_exit() {
+        let api = requested();
+        let (shared, exits) = shared(&api);
+        shared.lost(SIGHUP);
+        shared.lost(SIGHUP);
+        assert!(exits.lock().unwrap().is_empty(), "the echo does not exit at once");
+        shared.set_task(ID);
+        assert_eq!(api.seen(), [cancel_request()]);
+        assert_eq!(*exits.lock().unwrap(), [129]);
     }
 
     #[test]

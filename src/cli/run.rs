@@ -45,7 +45,8 @@ operator_args! {
                 --help`). orange owns the task while it waits: if its output's reader goes away (SIGPIPE, \
                 e.g. `orange task run ... -- yes | head -1`), its terminal hangs up (SIGHUP) or it is \
                 told to stop (SIGTERM), it cancels the task the same way and exits with 128 + the \
-                signal (141, 129, 143); another signal meanwhile exits at once. The exit status is the remote command's, or one of the codes below. With \
+                signal (141, 129, 143); SIGTERM or Ctrl-C again meanwhile exits at once. The exit \
+                status is the remote command's, or one of the codes below. With \
                 --json nothing is printed live: the final task is printed as JSON, and the exit status \
                 is the same. Connection options: --server (else ORANGE_SERVER, else \
                 http://127.0.0.1:8890); the admin token from --token-file, else ORANGE_TOKEN, else --data \
