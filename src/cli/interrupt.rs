@@ -99,14 +99,15 @@ impl CancelOnInterrupt {
         self.shared.lock().interrupts > 0
     }
 
-    /// Passes `error` on, unless it comes from writing the task's output to a reader that went
-    /// away or a terminal that hung up (or the terminal or output was lost already): then
-    /// [`Self::output_lost`].
-    pub fn unless_output_lost<T>(&self, error: anyhow::Error) -> Result<T> {
-        match lost_output(&error) {
+    /// `result`, unless the terminal or the output is lost, before or by `result`'s error (a
+    /// write to a reader that went away or to a hung-up terminal): then the task is cancelled
+    /// and the process exits, as [`Self::output_lost`] does, so that a task ending meanwhile
+    /// never replaces the signal's exit status.
+    pub fn unless_lost<T>(&self, result: Result<T>) -> Result<T> {
+        let before = self.shared.lock().lost;
+        match result.as_ref().err().and_then(lost_output).or(before) {
             Some(signal) => self.output_lost(signal),
-            None if self.shared.lock().lost.is_some() => self.output_lost(SIGPIPE),
-            None => Err(error),
+            None => result,
         }
     }
 

@@ -122,11 +122,10 @@ pub fn run_remote(args: RunArgs) -> Result<i32> {
     let done = if config.operator.json {
         wait_task(&api, &task.task_id, None)?
     } else {
-        show_live(&api, &task.task_id, &mut Sink::new(std::io::stdout(), std::io::stderr(), false))
-            .or_else(|error| ctrl_c.unless_output_lost(error))?
+        let mut sink = Sink::new(std::io::stdout(), std::io::stderr(), false);
+        ctrl_c.unless_lost(show_live(&api, &task.task_id, &mut sink))?
     };
-    finish_run(&done, config.operator.json, ctrl_c.interrupted())
-        .or_else(|error| ctrl_c.unless_output_lost(error))
+    ctrl_c.unless_lost(finish_run(&done, config.operator.json, ctrl_c.interrupted()))
 }
 
 /// Joins command words with single spaces, as ssh does; refuses an empty command.
