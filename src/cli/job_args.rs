@@ -60,7 +60,8 @@ operator_args! {
                 starts when one finishes); --max-errors N or P% stops starting hosts once more than \
                 that many failed, timed out, expired or were lost (the rest end `skipped`). \
                 `orange job pause|resume|cancel ID` act on a running job from anywhere; Ctrl-C only \
-                stops watching. Hosts that ended alike (same state, exit code and output) are shown \
+                stops watching, and so do SIGTERM, SIGHUP and a closed output: the job goes on. Hosts \
+                that ended alike (same state, exit code and output) are shown \
                 as one group, with the first 4 KiB of their output as the hosts wrote it (an original Go \
                 client's result text too); --hosts lists every host of every group. --json prints the job \
                 and every host's result (stdout and stderr as text, or base64 with \"stdout_encoding\": \

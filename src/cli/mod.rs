@@ -83,10 +83,7 @@ pub fn run(orange: Orange) -> Result<i32> {
     }
     match orange.command {
         None => bail!("no command given; try `orange --help`"),
-        Some(Command::Server(args)) => {
-            crate::server::run_blocking(server::server_config(args)?)?;
-            Ok(0)
-        }
+        Some(Command::Server(args)) => server::run(args),
         Some(Command::Agent(args)) => {
             crate::agent::run_blocking(agent::agent_config(args)?)?;
             Ok(0)

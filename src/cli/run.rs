@@ -1,5 +1,5 @@
 //! `orange task run`: run a command on one host and wait for it like ssh, showing its output live
-//! and exiting with its exit status; Ctrl-C cancels it.
+//! and exiting with its exit status; Ctrl-C, SIGTERM, SIGHUP and a closed output cancel it.
 
 use std::io::Write;
 
@@ -45,7 +45,11 @@ operator_args! {
                 Ctrl-C cancels the task (its agent stops the command: SIGTERM, a \
                 grace period, SIGKILL) and orange keeps printing until the task has ended; a second \
                 Ctrl-C stops waiting at once and leaves the task to the server (see `orange task cancel \
-                --help`). The exit status is the remote command's, or one of the codes below. An original Go client's result \
+                --help`). orange owns the task while it waits: if its output's reader goes away (SIGPIPE, \
+                e.g. `orange task run ... -- yes | head -1`), its terminal hangs up (SIGHUP) or it is \
+                told to stop (SIGTERM), it cancels the task the same way and exits with 128 + the \
+                signal (141, 129, 143); SIGTERM or Ctrl-C again meanwhile exits at once. The exit \
+                status is the remote command's, or one of the codes below. An original Go client's result \
                 text is printed as one line, and orange exits 1 when it reported a failure. With \
                 --json nothing is printed live: the final task is printed as JSON (stdout and stderr \
                 as text, or as base64 with \"stdout_encoding\": \"base64\" when they are not UTF-8), \
@@ -53,7 +57,10 @@ operator_args! {
                 http://127.0.0.1:8890); the admin token from --token-file, else ORANGE_TOKEN, else --data \
                 DIR/admin.token.",
         error_code(124, "the task ran past its timeout on the host (like timeout(1))"),
+        error_code(129, "SIGHUP (the terminal went away): the task was cancelled"),
         error_code(130, "Ctrl-C: the task was cancelled, or a second Ctrl-C stopped waiting for it"),
+        error_code(141, "the output's reader went away (SIGPIPE): the task was cancelled"),
+        error_code(143, "SIGTERM: the task was cancelled"),
         error_code(
             255,
             "the task ended without an exit code (could not start, cancelled, expired, lost), or orange failed"
@@ -130,10 +137,11 @@ pub fn run_remote(args: RunArgs) -> Result<i32> {
     let done = if config.operator.json {
         wait_task(&api, &task.task_id, None)?
     } else {
-        show_live(&api, &task.task_id, &mut Sink::new(std::io::stdout(), std::io::stderr(), false))?
+        let mut sink = Sink::new(std::io::stdout(), std::io::stderr(), false);
+        ctrl_c.unless_lost(show_live(&api, &task.task_id, &mut sink))?
     };
     let original = failed_on_original_client(&api, &done);
-    finish_run(&done, config.operator.json, ctrl_c.interrupted(), original)
+    ctrl_c.unless_lost(finish_run(&done, config.operator.json, ctrl_c.interrupted(), original))
 }
 
 /// Joins command words with single spaces, as ssh does; refuses an empty command.

@@ -12,11 +12,16 @@ use crate::protocol::read_secret_file;
 use crate::server::config::{
     ConnectionOptions, DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_MAX_CONNECTIONS_PER_SOURCE, is_public_enroll_key,
 };
+use crate::server::lock::LockError;
 use crate::server::{ServerConfig, ServerOptions};
 
 /// Run the server: agent endpoints, operator API and the embedded database.
 #[derive(FromArgs)]
-#[argh(subcommand, name = "server")]
+#[argh(
+    subcommand,
+    name = "server",
+    error_code(1, "another orange server holds the data directory (one line names it and its pid)")
+)]
 pub struct ServerArgs {
     /// data directory (created if missing)
     #[argh(option)]
@@ -102,6 +107,22 @@ pub struct ServerArgs {
     /// send-proxy-v2 send it; their connections without one are refused (default: none)
     #[argh(option)]
     pub proxy_protocol_from: Option<String>,
+}
+
+/// Exit status of `orange server` when another orange server holds its data directory.
+pub const EXIT_DATA_DIR_IN_USE: i32 = 1;
+
+/// Runs `orange server` until it is stopped; returns its exit status. A data directory held by
+/// another server is one line on stderr and [`EXIT_DATA_DIR_IN_USE`].
+pub fn run(args: ServerArgs) -> Result<i32> {
+    let Err(error) = crate::server::run_blocking(server_config(args)?) else { return Ok(0) };
+    match error.downcast_ref::<LockError>() {
+        Some(in_use @ LockError::InUse { .. }) => {
+            eprintln!("orange: {in_use}");
+            Ok(EXIT_DATA_DIR_IN_USE)
+        }
+        _ => Err(error),
+    }
 }
 
 /// Environment variable holding the admin token.

@@ -1,7 +1,8 @@
-//! The server assembled: [`run`] opens the store (and with it the group committer), builds the
-//! services the HTTP handlers call, starts the background loops (the sweeper, the relay of job
-//! events), serves until the shutdown future completes, and syncs the store one last time. No
-//! other module knows how these parts are wired together.
+//! The server assembled: [`assemble`] opens the store (and with it the group committer) and
+//! builds the services the HTTP handlers call; [`Assembled::serve`] starts the background loops
+//! (the sweeper, the relay of job events), serves until the shutdown future completes, and syncs
+//! the store one last time. [`run`] does both. No other module knows how these parts are wired
+//! together.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use tracing::info;
 
 use super::clock::millis;
 use super::dispatch::Dispatch;
-use super::guard::secret_hash;
+use super::guard::{SecretHash, secret_hash};
 use super::http::{self, Listener};
 use super::services::Services;
 use super::store::{Policy, Store};
@@ -27,6 +28,22 @@ pub async fn run(
     listener: Listener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    assemble(config, secrets)?.serve(listener, shutdown).await
+}
+
+/// A server whose store is open and whose services are built, not serving yet: what
+/// `orange server` has before it says it listens.
+pub struct Assembled {
+    config: ServerConfig,
+    store: Arc<Store>,
+    dispatch: Arc<Dispatch>,
+    services: Arc<Services>,
+    admin_token_hash: SecretHash,
+    stop_tx: watch::Sender<bool>,
+}
+
+/// Opens the store in the configured data directory and builds the services on it.
+pub fn assemble(config: ServerConfig, secrets: Secrets) -> Result<Assembled> {
     // The running server keeps only a hash of the admin token.
     let admin_token_hash = secret_hash(&secrets.admin_token);
     let store = Arc::new(
@@ -37,24 +54,37 @@ pub async fn run(
     let dispatch = Arc::new(Dispatch::new(stop_rx));
     let services = Arc::new(Services::new(&store, &dispatch, &config, admin_token_hash, &secrets.enroll_key));
     drop(secrets);
-    let sweeper =
-        Sweeper::new(Arc::clone(&store), Arc::clone(&dispatch), config.sweep_interval, config.retention);
-    let sweeper = tokio::spawn(sweeper.run());
-    let relay = Arc::clone(&services);
-    tokio::spawn(async move { relay.jobs().relay_events().await });
-    let app = http::router(services, admin_token_hash, &config);
-    let connections = config.connections.clone();
-    // Nothing past this point needs the configuration, which may carry the admin token.
-    drop(config);
-    let stopping = async move {
-        shutdown.await;
-        info!("stopping: answering parked polls and finishing requests");
-        let _ = stop_tx.send(true);
-    };
-    http::serve(listener, app, &connections, stopping).await?;
-    let _ = sweeper.await;
-    store.durable().await.context("cannot sync the database on shutdown")?;
-    Ok(())
+    Ok(Assembled { config, store, dispatch, services, admin_token_hash, stop_tx })
+}
+
+impl Assembled {
+    /// Starts the background loops and serves on `listener` until `shutdown` completes; then
+    /// parked long polls answer "no task", requests in flight finish, the loops stop and the
+    /// store is synced.
+    pub async fn serve(
+        self,
+        listener: Listener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        let Assembled { config, store, dispatch, services, admin_token_hash, stop_tx } = self;
+        let sweeper = Sweeper::new(Arc::clone(&store), dispatch, config.sweep_interval, config.retention);
+        let sweeper = tokio::spawn(sweeper.run());
+        let relay = Arc::clone(&services);
+        tokio::spawn(async move { relay.jobs().relay_events().await });
+        let app = http::router(services, admin_token_hash, &config);
+        let connections = config.connections.clone();
+        // Nothing past this point needs the configuration, which may carry the admin token.
+        drop(config);
+        let stopping = async move {
+            shutdown.await;
+            info!("stopping: answering parked polls and finishing requests");
+            let _ = stop_tx.send(true);
+        };
+        http::serve(listener, app, &connections, stopping).await?;
+        let _ = sweeper.await;
+        store.durable().await.context("cannot sync the database on shutdown")?;
+        Ok(())
+    }
 }
 
 /// The store policy a configuration asks for.

@@ -1,7 +1,7 @@
 //! `orange server`: the agent endpoints of the original protocol, the operator API, long-poll
 //! dispatch and the embedded sled store. This module owns the configuration, the data
-//! directory and the secrets; [`run`] assembles the server from them, and [`run_blocking`] is
-//! what `orange server` calls.
+//! directory (locked by one server at a time, `lock.rs`) and the secrets; [`run`] assembles the
+//! server from them, and [`run_blocking`] is what `orange server` calls.
 
 mod app;
 pub mod audit;
@@ -18,6 +18,7 @@ pub mod http;
 pub mod inventory;
 pub mod job_results;
 pub mod jobs;
+pub mod lock;
 pub mod polling;
 pub mod reports;
 pub mod services;
@@ -39,6 +40,7 @@ use tracing::{info, warn};
 pub use config::{ServerConfig, ServerOptions, TlsFiles};
 
 use crate::protocol::private_dir::make_private;
+use lock::DataDirLock;
 
 /// Name of the generated admin token file inside the data directory.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
@@ -53,25 +55,30 @@ pub struct Secrets {
     pub enroll_key: String,
 }
 
-/// Runs the server until SIGINT or SIGTERM: sets a private umask, prepares the data directory
-/// and the secrets, raises the open-files limit, starts the runtime, binds, prints the address
-/// it listens on, and hands over to [`run`].
+/// Runs the server until SIGINT or SIGTERM: sets a private umask, prepares and locks the data
+/// directory (a second server on it stops here with one line naming the holder), resolves the
+/// secrets, raises the open-files limit, starts the runtime, opens the store, binds, and only
+/// then prints the address it listens on and serves.
 pub fn run_blocking(config: ServerConfig) -> Result<()> {
     set_private_umask();
     prepare_data_dir(&config.data_dir)?;
+    // Held until the server has stopped; nothing in the directory is touched before it.
+    let _lock = DataDirLock::acquire(&config.data_dir)?;
     log_open_files_limit();
     let secrets = resolve_secrets(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
+    let (listen, tls, data_dir) = (config.listen, config.tls.clone(), config.data_dir.clone());
     runtime.block_on(async move {
-        let listener = http::Listener::bind(config.listen, config.tls.as_ref()).await?;
+        let server = app::assemble(config, secrets)?;
+        let listener = http::Listener::bind(listen, tls.as_ref()).await?;
         let address = listener.local_addr()?;
         let scheme = listener.scheme();
         println!("orange server listening on {scheme}://{address}");
-        info!(%address, data = %config.data_dir.display(), scheme, "orange server started");
-        run(config, secrets, listener, shutdown_signal()).await
+        info!(%address, data = %data_dir.display(), scheme, "orange server started");
+        server.serve(listener, shutdown_signal()).await
     })
 }
 

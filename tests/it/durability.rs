@@ -377,3 +377,26 @@ fn sigkill_during_a_startup_compaction_keeps_the_old_database_until_the_switch()
     assert_eq!(order, expected);
     server.assert_alive();
 }
+
+#[test]
+fn a_second_server_on_a_data_directory_in_use_stops_with_one_line_naming_the_first() {
+    let mut first = Server::start(ServerOpts::default());
+    let dir = first.data_dir().to_str().expect("a utf-8 path").to_owned();
+    let args = ["server", "--data", &dir, "--listen", "127.0.0.1:0", "--enroll-key", "orange-forge"];
+    let second = crate::support::cli_with(&args, &[], Duration::from_secs(15));
+    assert_eq!(second.code(), Some(1), "{second}");
+    assert!(second.elapsed < Duration::from_secs(5), "took {:?}\n{second}", second.elapsed);
+    assert_eq!(second.stdout, "", "nothing announced\n{second}");
+    let lines: Vec<&str> = second.stderr.lines().collect();
+    assert_eq!(
+        lines,
+        [format!("orange: data directory {dir} is in use by another orange server (pid {})", first.pid())],
+        "{second}"
+    );
+    first.assert_alive();
+    first.create_token(60, 1);
+    assert_eq!(first.tokens().len(), 1, "the first still writes");
+    // The lock goes with its holder, however it ends: a SIGKILLed server's directory opens again.
+    first.restart();
+    first.assert_alive();
+}

@@ -19,4 +19,5 @@ mod legacy_protocol;
 mod lifecycle;
 mod orphans;
 mod overload;
+mod owned_task;
 mod security;

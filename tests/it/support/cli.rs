@@ -41,7 +41,9 @@ impl Cli {
         self
     }
 
-    fn command(&self) -> Command {
+    /// The command, not started: stdin null, stdout and stderr piped (a test that spawns it
+    /// itself kills it).
+    pub fn command(&self) -> Command {
         let mut cmd = Command::new(BIN);
         cmd.args(&self.args);
         clean_env(&mut cmd);
