@@ -118,6 +118,7 @@ impl Admin {
             payload: String::new(),
             timeout_secs: None,
             ttl_secs: None,
+            require_online: false,
         };
         let body = serde_json::to_vec(&request).context("cannot encode the enqueue")?;
         let reply: EnqueueReply = serde_json::from_slice(&self.post(TASKS_PATH, body).await?)

@@ -156,6 +156,7 @@ fn send(args: SendArgs) -> Result<i32> {
         payload: args.payload,
         timeout_secs: check_timeout(args.timeout)?,
         ttl_secs: check_ttl(args.ttl)?,
+        require_online: false,
     };
     let reply: EnqueueReply = config.api(ADMIN_TIMEOUT).post(admin::TASKS_PATH, &request)?;
     if config.json {

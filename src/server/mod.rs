@@ -19,6 +19,7 @@ pub mod inventory;
 pub mod job_results;
 pub mod jobs;
 pub mod polling;
+pub mod presence;
 pub mod reports;
 pub mod services;
 pub mod store;

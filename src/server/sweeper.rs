@@ -88,6 +88,9 @@ impl Sweeper {
         self.sweep_job_retention(cutoff)?;
         forget_old_uses(&self.store, now_ms() / 1000)?;
         let forgotten = self.store.forget_silent_agents(cutoff)?;
+        for app_id in &forgotten {
+            self.dispatch.presence().forget(app_id);
+        }
         if removed > 0 || !forgotten.is_empty() {
             info!(tasks = removed, agents = forgotten.len(), "retention removed old records");
         }

@@ -16,4 +16,5 @@ mod layers;
 mod legacy_protocol;
 mod lifecycle;
 mod overload;
+mod presence;
 mod security;
