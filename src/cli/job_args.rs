@@ -8,7 +8,7 @@ use argh::FromArgs;
 use super::flags::{check_timeout, check_ttl};
 use super::operator::operator_args;
 use super::task::parse_app_ids;
-use crate::protocol::jobs::{JobRequest, Limit, Targets};
+use crate::protocol::jobs::{JobRequest, Limit, Targets, check_host_timeout};
 use crate::protocol::limits;
 
 /// Run one command on many hosts: targets, rate control, progress and grouped results.
@@ -58,12 +58,15 @@ operator_args! {
                 shell, a command line run with sh -c on each host (agents need --allow-shell). \
                 --max-concurrency N or P% keeps at most that many hosts' tasks open (the next host \
                 starts when one finishes); --max-errors N or P% stops starting hosts once more than \
-                that many failed, timed out, expired or were lost (the rest end `skipped`). \
+                that many failed, timed out, expired or were lost (the rest end `skipped`). Hosts \
+                offline when the job starts end `offline` at once (not an error, but exit 1 names them) \
+                unless --queue; a host whose agent goes silent mid-job (no request at all: a live agent \
+                keeps polling while its task runs) ends after --host-timeout. \
                 `orange job pause|resume|cancel ID` act on a running job from anywhere; Ctrl-C only \
                 stops watching. Hosts that ended alike (same state, exit code and output) are shown \
                 as one group; --hosts lists every host of every group. --json prints the job and \
                 every host's result. Connection options as in `orange task run --help`.",
-        error_code(1, "some host did not succeed (failed, timed out, expired, lost, cancelled or skipped)"),
+        error_code(1, "some host did not succeed (failed, timed out, expired, lost, cancelled, skipped or offline)"),
         error_code(255, "orange failed (bad flags, server unreachable, refused)")
     )]
     pub struct RunArgs {
@@ -92,6 +95,14 @@ operator_args! {
         /// server's, 24 hours)
         #[argh(option)]
         pub ttl: Option<u64>,
+        /// seconds a task may wait on a host whose agent went silent (no request, no poll) before
+        /// it ends `lost` (or `expired` if not yet handed out); default 60
+        #[argh(option)]
+        pub host_timeout: Option<u64>,
+        /// also queue tasks for hosts offline when the job starts (they run when their agent comes
+        /// back, within --ttl); without it such hosts end `offline` at once, not as errors
+        #[argh(switch)]
+        pub queue: bool,
         /// print the hosts the job would run on and their count; send nothing
         #[argh(switch)]
         pub dry_run: bool,
@@ -140,6 +151,14 @@ operator_args! {
         /// seconds a task may wait for an offline host before it ends `expired` (default: 24 hours)
         #[argh(option)]
         pub ttl: Option<u64>,
+        /// seconds a task may wait on a host whose agent went silent (no request, no poll) before
+        /// it ends `lost` (or `expired` if not yet handed out); default 60
+        #[argh(option)]
+        pub host_timeout: Option<u64>,
+        /// also queue tasks for hosts offline when the job starts (they run when their agent comes
+        /// back, within --ttl); without it such hosts end `offline` at once, not as errors
+        #[argh(switch)]
+        pub queue: bool,
         /// print the hosts the job would run on and their count; send nothing
         #[argh(switch)]
         pub dry_run: bool,
@@ -241,6 +260,8 @@ pub(super) struct JobFlags<'a> {
     pub max_errors: Option<&'a str>,
     pub timeout: Option<u64>,
     pub ttl: Option<u64>,
+    pub host_timeout: Option<u64>,
+    pub queue: bool,
     pub command: &'a [String],
 }
 
@@ -257,6 +278,8 @@ macro_rules! job_flags {
             max_errors: $args.max_errors.as_deref(),
             timeout: $args.timeout,
             ttl: $args.ttl,
+            host_timeout: $args.host_timeout,
+            queue: $args.queue,
             command: &$args.command,
         }
     };
@@ -281,6 +304,11 @@ impl JobFlags<'_> {
             ttl_secs: check_ttl(self.ttl)?,
             max_concurrency: limit("--max-concurrency", self.max_concurrency)?,
             max_errors: limit("--max-errors", self.max_errors)?,
+            queue: self.queue,
+            host_timeout_secs: self
+                .host_timeout
+                .map(|secs| check_host_timeout(secs).map_err(|e| anyhow::anyhow!("--host-timeout: {e}")))
+                .transpose()?,
         })
     }
 }
@@ -334,6 +362,8 @@ mod tests {
             max_errors: Some("2"),
             timeout: None,
             ttl: None,
+            host_timeout: None,
+            queue: false,
             command,
         }
     }

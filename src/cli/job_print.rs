@@ -62,6 +62,7 @@ pub fn counts_line(counts: &JobCounts) -> String {
         ("expired", counts.expired),
         ("cancelled", counts.cancelled),
         ("skipped", counts.skipped),
+        ("offline", counts.offline),
         ("running", counts.running + counts.delivered),
         ("queued", counts.queued),
         ("waiting", counts.waiting),
@@ -180,6 +181,7 @@ pub(crate) mod tests {
             max_errors: None,
             targets: counts.total(),
             counts,
+            host_timeout_secs: 60,
             version: 7,
         }
     }

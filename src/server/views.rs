@@ -115,6 +115,7 @@ pub fn job_view(job: &JobRecord) -> JobView {
         max_errors: job.max_errors,
         targets: job.targets,
         counts: job.counts.clone(),
+        host_timeout_secs: job.host_timeout_secs,
         version: job.version,
     }
 }

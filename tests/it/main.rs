@@ -5,6 +5,7 @@
 mod support;
 
 mod bad_input;
+mod down_hosts;
 mod durability;
 mod end_to_end;
 mod faults;

@@ -19,7 +19,7 @@ use super::records::{
 };
 use crate::protocol::jobs::{JobCounts, JobState, Limit};
 use crate::protocol::{TaskId, TaskStatus};
-use crate::server::codec::{CodecError, Record};
+use crate::server::codec::{CodecError, Record, decode_body};
 
 /// Implements [`Record`] for a store type that is its own stored layout.
 macro_rules! own_layout {
@@ -197,34 +197,68 @@ impl From<StoredJobState> for JobState {
     }
 }
 
-/// Expands to the conversions between [`JobCounts`] and its stored mirror, field by field.
+/// Expands to a stored mirror of [`JobCounts`] with `$field`s and the conversions, field by
+/// field (a field the mirror lacks reads as 0).
 macro_rules! job_counts {
-    ($($field:ident),*) => {
-        /// [`JobCounts`] as stored: fields in the order of version 1.
+    ($(#[$doc:meta])* $name:ident { $($field:ident),* }) => {
+        $(#[$doc])*
         #[derive(Debug, Clone, Serialize, Deserialize)]
-        pub struct StoredJobCounts {
+        pub struct $name {
             $($field: u32,)*
         }
 
-        impl From<&JobCounts> for StoredJobCounts {
+        impl From<&JobCounts> for $name {
             fn from(c: &JobCounts) -> Self {
-                StoredJobCounts { $($field: c.$field,)* }
+                $name { $($field: c.$field,)* }
             }
         }
 
-        impl From<StoredJobCounts> for JobCounts {
-            fn from(c: StoredJobCounts) -> Self {
-                JobCounts { $($field: c.$field,)* }
+        impl From<$name> for JobCounts {
+            #[allow(clippy::needless_update)] // the last version names every field
+            fn from(c: $name) -> Self {
+                JobCounts { $($field: c.$field,)* ..JobCounts::default() }
             }
         }
     };
 }
 
 job_counts!(
-    waiting, queued, delivered, running, succeeded, failed, timed_out, cancelled, expired, lost, skipped
+    /// [`JobCounts`] as stored in version 1 of a job (frozen).
+    StoredJobCountsV1 {
+        waiting, queued, delivered, running, succeeded, failed, timed_out, cancelled, expired, lost, skipped
+    }
 );
 
-/// A job record, version 1. Limits are kept as operators write them (`10`, `10%`).
+job_counts!(
+    /// [`JobCounts`] as stored: the fields of version 1, then `offline` (version 2).
+    StoredJobCounts {
+        waiting, queued, delivered, running, succeeded, failed, timed_out, cancelled, expired, lost, skipped,
+        offline
+    }
+);
+
+/// A job record, version 1 (frozen). Limits are kept as operators write them (`10`, `10%`).
+#[derive(Serialize, Deserialize)]
+pub struct StoredJobV1 {
+    id: TaskId,
+    created_ms: i64,
+    task_type: String,
+    payload: String,
+    timeout_secs: u64,
+    ttl_secs: u64,
+    max_concurrency: Option<String>,
+    max_errors: Option<String>,
+    window: u32,
+    error_limit: Option<u32>,
+    targets: u32,
+    next: u32,
+    state: StoredJobState,
+    counts: StoredJobCountsV1,
+    version: u64,
+    done_ms: i64,
+}
+
+/// A job record, version 2: version 1 with the `offline` count and the host timeout.
 #[derive(Serialize, Deserialize)]
 pub struct StoredJob {
     id: TaskId,
@@ -243,6 +277,32 @@ pub struct StoredJob {
     counts: StoredJobCounts,
     version: u64,
     done_ms: i64,
+    host_timeout_secs: u64,
+}
+
+impl From<StoredJobV1> for StoredJob {
+    /// A job of version 1 had no host timeout (0: none) and no offline targets.
+    fn from(v: StoredJobV1) -> Self {
+        StoredJob {
+            id: v.id,
+            created_ms: v.created_ms,
+            task_type: v.task_type,
+            payload: v.payload,
+            timeout_secs: v.timeout_secs,
+            ttl_secs: v.ttl_secs,
+            max_concurrency: v.max_concurrency,
+            max_errors: v.max_errors,
+            window: v.window,
+            error_limit: v.error_limit,
+            targets: v.targets,
+            next: v.next,
+            state: v.state,
+            counts: (&JobCounts::from(v.counts)).into(),
+            version: v.version,
+            done_ms: v.done_ms,
+            host_timeout_secs: 0,
+        }
+    }
 }
 
 fn limit_from(text: Option<String>) -> Result<Option<Limit>, CodecError> {
@@ -252,8 +312,12 @@ fn limit_from(text: Option<String>) -> Result<Option<Limit>, CodecError> {
 
 impl Record for JobRecord {
     const NAME: &'static str = "job";
-    const VERSION: u8 = 1;
+    const VERSION: u8 = 2;
     type Stored = StoredJob;
+
+    fn from_older(version: u8, body: &[u8]) -> Option<Result<Self, CodecError>> {
+        (version == 1).then(|| Self::from_stored(decode_body::<StoredJobV1>(body)?.into()))
+    }
 
     fn to_stored(&self) -> StoredJob {
         StoredJob {
@@ -273,6 +337,7 @@ impl Record for JobRecord {
             counts: (&self.counts).into(),
             version: self.version,
             done_ms: self.done_ms,
+            host_timeout_secs: self.host_timeout_secs,
         }
     }
 
@@ -294,16 +359,27 @@ impl Record for JobRecord {
             counts: s.counts.into(),
             version: s.version,
             done_ms: s.done_ms,
+            host_timeout_secs: s.host_timeout_secs,
         })
     }
 }
 
-/// A job target, version 1.
+/// A job target, version 1 (frozen).
+#[derive(Serialize, Deserialize)]
+pub struct StoredTargetV1 {
+    app_id: String,
+    task_id: Option<TaskId>,
+    end: Option<StoredTargetEnd>,
+}
+
+/// A job target, version 2: version 1 with when its agent was last seen, for a target that
+/// ended `offline` without a task.
 #[derive(Serialize, Deserialize)]
 pub struct StoredTarget {
     app_id: String,
     task_id: Option<TaskId>,
     end: Option<StoredTargetEnd>,
+    offline_since_ms: Option<i64>,
 }
 
 /// How a target's task ended, as stored in version 1 of a target.
@@ -317,8 +393,20 @@ pub struct StoredTargetEnd {
 
 impl Record for TargetRecord {
     const NAME: &'static str = "job target";
-    const VERSION: u8 = 1;
+    const VERSION: u8 = 2;
     type Stored = StoredTarget;
+
+    fn from_older(version: u8, body: &[u8]) -> Option<Result<Self, CodecError>> {
+        (version == 1).then(|| {
+            let v: StoredTargetV1 = decode_body(body)?;
+            Self::from_stored(StoredTarget {
+                app_id: v.app_id,
+                task_id: v.task_id,
+                end: v.end,
+                offline_since_ms: None,
+            })
+        })
+    }
 
     fn to_stored(&self) -> StoredTarget {
         let end = self.end.as_ref().map(|e| StoredTargetEnd {
@@ -327,7 +415,12 @@ impl Record for TargetRecord {
             error: e.error.clone(),
             duration_ms: e.duration_ms,
         });
-        StoredTarget { app_id: self.app_id.clone(), task_id: self.task_id, end }
+        StoredTarget {
+            app_id: self.app_id.clone(),
+            task_id: self.task_id,
+            end,
+            offline_since_ms: self.offline_since_ms,
+        }
     }
 
     fn from_stored(s: StoredTarget) -> Result<TargetRecord, CodecError> {
@@ -337,6 +430,6 @@ impl Record for TargetRecord {
             error: e.error,
             duration_ms: e.duration_ms,
         });
-        Ok(TargetRecord { app_id: s.app_id, task_id: s.task_id, end })
+        Ok(TargetRecord { app_id: s.app_id, task_id: s.task_id, end, offline_since_ms: s.offline_since_ms })
     }
 }

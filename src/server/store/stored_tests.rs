@@ -104,9 +104,11 @@ fn sample_job() -> JobRecord {
             expired: 9,
             lost: 10,
             skipped: 11,
+            offline: 0,
         },
         version: 12,
         done_ms: 13,
+        host_timeout_secs: 0,
     }
 }
 
@@ -120,6 +122,7 @@ fn sample_target() -> TargetRecord {
             error: Some("gone".into()),
             duration_ms: None,
         }),
+        offline_since_ms: None,
     }
 }
 
@@ -173,15 +176,46 @@ fn tasks_written_by_0_1_0_decode() {
     v1(TASK_V1, sample_task());
 }
 
+/// Asserts that `hex`, a value as orange 0.1.0 wrote it in version 1 of a record this build
+/// writes in a later version, decodes to `expected`.
+fn read_v1<T: codec::Record + PartialEq + std::fmt::Debug>(hex: &str, expected: T) {
+    let bytes = unhex(hex);
+    assert_eq!(bytes[0], 1, "0.1.0 wrote version 1");
+    assert!(T::VERSION > 1);
+    assert_eq!(codec::decode::<T>(&bytes).unwrap(), expected, "decoding {}", T::NAME);
+}
+
 #[test]
-fn jobs_and_targets_written_by_0_1_0_decode() {
-    v1(JOB_V1, sample_job());
+fn jobs_and_targets_written_by_0_1_0_decode_without_host_timeout_or_offline_targets() {
+    read_v1(JOB_V1, sample_job());
     let mut job = sample_job();
     (job.max_concurrency, job.max_errors, job.error_limit) = (None, None, None);
     job.state = JobState::Finished;
-    v1(JOB_V1_NO_LIMITS, job);
-    v1(TARGET_V1, sample_target());
-    v1(TARGET_V1_NOT_STARTED, TargetRecord { app_id: "web-2".into(), task_id: None, end: None });
+    read_v1(JOB_V1_NO_LIMITS, job);
+    read_v1(TARGET_V1, sample_target());
+    let not_started =
+        TargetRecord { app_id: "web-2".into(), task_id: None, end: None, offline_since_ms: None };
+    read_v1(TARGET_V1_NOT_STARTED, not_started);
+}
+
+// Version 2 of jobs and targets (the offline count, the host timeout, offline targets): their
+// bytes are frozen here so that a change of the layout is noticed.
+const JOB_V2: &str = "02100202020202020202020202020202020216057368656c6c06757074696d651e3c01033130250101320101020b03020102030405060708090a0b0e0c1a3c";
+const TARGET_V2_OFFLINE: &str = "02057765622d330000011e";
+
+#[test]
+fn jobs_and_targets_keep_their_second_layout() {
+    let mut job = sample_job();
+    job.counts.offline = 14;
+    job.host_timeout_secs = 60;
+    let target =
+        TargetRecord { app_id: "web-3".into(), task_id: None, end: None, offline_since_ms: Some(15) };
+    for (hex, bytes) in [(JOB_V2, codec::encode(&job)), (TARGET_V2_OFFLINE, codec::encode(&target))] {
+        let hex_now: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, hex_now);
+    }
+    assert_eq!(codec::decode::<JobRecord>(&unhex(JOB_V2)).unwrap(), job);
+    assert_eq!(codec::decode::<TargetRecord>(&unhex(TARGET_V2_OFFLINE)).unwrap(), target);
 }
 
 #[test]
@@ -193,7 +227,7 @@ fn a_future_version_is_refused_naming_the_record() {
     let mut bytes = unhex(TARGET_V1);
     bytes[0] = 7;
     let err = codec::decode::<TargetRecord>(&bytes).unwrap_err();
-    assert_eq!(err.to_string(), "stored job target record has version 7; this build reads versions up to 1");
+    assert_eq!(err.to_string(), "stored job target record has version 7; this build reads versions up to 2");
 }
 
 #[test]

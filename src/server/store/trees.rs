@@ -109,6 +109,9 @@ trees! {
         job_links,
         /// time, job id → empty: done jobs.
         jobs_done,
+        /// job id → empty: jobs not done yet (those written since the host timeout existed),
+        /// read by the host-timeout sweep.
+        jobs_open,
     }
     outside {
         /// signing time, digest → empty: used signed requests.
