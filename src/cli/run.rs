@@ -33,10 +33,11 @@ operator_args! {
         example = "orange task run --appid laptop-7 --queue --ttl 3600 -- 'apt-get -y upgrade'",
         note = "The words after -- are joined by single spaces and run with sh -c on the host, like ssh \
                 does: quote what the remote shell must see as one word. The agent must be started with \
-                --allow-shell. An unknown agent is an error at once; so is an offline one, unless \
-                --queue is given: then the task waits in the agent's queue until the agent comes back or \
-                its time to live (--ttl, else the server's default of 24 hours) runs out, and ends \
-                `expired`. The remote stdout and stderr are written to orange's stdout and stderr as \
+                --allow-shell. An unknown agent is an error at once; so is an offline one (not seen \
+                within 90 s, or stopped: a stopping agent says goodbye), named with its last-seen time, \
+                unless --queue is given: then the task waits in the agent's queue until the agent comes \
+                back or its time to live (--ttl, else the server's default of 24 hours) runs out, and \
+                ends `expired`; while it waits, a line on stderr says so every few seconds. The remote stdout and stderr are written to orange's stdout and stderr as \
                 the host sends them (if orange falls behind a task that writes more than the server's \
                 output cap, the chunks dropped meanwhile are missing and a note on stderr says so). \
                 Ctrl-C cancels the task (its agent stops the command: SIGTERM, a \
