@@ -139,8 +139,8 @@ pub struct JobRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_errors: Option<Limit>,
     /// Queue tasks for agents offline when the job starts too (they run when their agent comes
-    /// back, within the TTL). Without it those targets end `offline` at once, not run and not
-    /// counted as errors.
+    /// back, within the TTL; the host timeout does not end a queued task then). Without it
+    /// those targets end `offline` at once, not run and not counted as errors.
     #[serde(default, skip_serializing_if = "is_false")]
     pub queue: bool,
     /// Seconds a target's task may wait on an agent that has gone silent (no request from it, no

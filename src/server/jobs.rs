@@ -204,6 +204,7 @@ impl Jobs {
             version: 0,
             done_ms: 0,
             host_timeout_secs,
+            queue: request.queue,
         };
         let offline = if request.queue { HashMap::new() } else { self.offline(&app_ids)? };
         let job = self.store.create_job(&job, &app_ids, &offline)?;

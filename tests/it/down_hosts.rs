@@ -43,12 +43,14 @@ fn job_run_with_queue_waits_for_a_stopped_agent() {
     let mut agents = fleet(&server, &["web-1", "web-2"]);
     agents[1].stop(Duration::from_secs(20));
     let run = server
-        .operator(&["job", "run", "--all", "--queue", "--", "echo", "ok"])
+        .operator(&["job", "run", "--all", "--queue", "--host-timeout", "1", "--", "echo", "ok"])
         .deadline(JOB_DEADLINE)
         .live();
     wait_until(Duration::from_secs(20), "web-1's task done", || {
         server.tasks().iter().any(|t| t.app_id == "web-1" && t.status.as_str() == "succeeded")
     });
+    // Longer than the host timeout: a queued task of a --queue job waits for its agent.
+    std::thread::sleep(Duration::from_secs(3));
     agents[1].restart();
     let (run, _) = run.finish(JOB_DEADLINE);
     assert_eq!(run.code(), Some(0), "{run}");

@@ -39,6 +39,7 @@ fn job(targets: usize, window: usize, error_limit: Option<u32>) -> JobRecord {
         version: 0,
         done_ms: 0,
         host_timeout_secs: 60,
+        queue: false,
     }
 }
 

@@ -338,6 +338,9 @@ pub struct JobRecord {
     pub done_ms: i64,
     /// Seconds a task may wait on a silent agent before it ends (0: no limit).
     pub host_timeout_secs: u64,
+    /// Sent with `queue`: tasks wait in offline agents' queues (within the TTL), so the host
+    /// timeout applies only once a task was handed out.
+    pub queue: bool,
 }
 
 /// One target of a job: its agent, its task once started, and how that task ended (kept here so

@@ -258,7 +258,7 @@ pub struct StoredJobV1 {
     done_ms: i64,
 }
 
-/// A job record, version 2: version 1 with the `offline` count and the host timeout.
+/// A job record, version 2: version 1 with the `offline` count, the host timeout and `queue`.
 #[derive(Serialize, Deserialize)]
 pub struct StoredJob {
     id: TaskId,
@@ -278,6 +278,7 @@ pub struct StoredJob {
     version: u64,
     done_ms: i64,
     host_timeout_secs: u64,
+    queue: bool,
 }
 
 impl From<StoredJobV1> for StoredJob {
@@ -301,6 +302,7 @@ impl From<StoredJobV1> for StoredJob {
             version: v.version,
             done_ms: v.done_ms,
             host_timeout_secs: 0,
+            queue: false,
         }
     }
 }
@@ -338,6 +340,7 @@ impl Record for JobRecord {
             version: self.version,
             done_ms: self.done_ms,
             host_timeout_secs: self.host_timeout_secs,
+            queue: self.queue,
         }
     }
 
@@ -360,6 +363,7 @@ impl Record for JobRecord {
             version: s.version,
             done_ms: s.done_ms,
             host_timeout_secs: s.host_timeout_secs,
+            queue: s.queue,
         })
     }
 }

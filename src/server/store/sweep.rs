@@ -83,7 +83,8 @@ impl Store {
     }
 
     /// The open tasks of jobs not done that have a host timeout, each with that timeout in
-    /// milliseconds (tasks of a cancelled job are left to the cancel).
+    /// milliseconds (tasks of a cancelled job are left to the cancel; queued tasks of a job sent
+    /// with `queue` wait for their agent within their TTL).
     pub fn open_job_tasks(&self) -> Result<Vec<(TaskRecord, i64)>, StoreError> {
         let mut open = Vec::new();
         for key in self.trees().jobs_open.iter().keys() {
@@ -93,7 +94,8 @@ impl Store {
             }
             let timeout_ms = secs_to_ms(job.host_timeout_secs);
             for id in self.open_tasks(job.id)? {
-                if let Some(task) = self.task(id)?.filter(|t| !t.status.is_final()) {
+                let waits = |t: &TaskRecord| job.queue && t.status == TaskStatus::Queued;
+                if let Some(task) = self.task(id)?.filter(|t| !t.status.is_final() && !waits(t)) {
                     open.push((task, timeout_ms));
                 }
             }
