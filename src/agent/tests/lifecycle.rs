@@ -244,3 +244,17 @@ fn polling_goes_on_with_capacity_zero_while_the_only_slot_is_busy() {
     let after = state.polls.iter().find(|(at, _)| *at > reported).map(|p| p.1);
     assert_eq!(after, Some(Some(1)), "a freed slot is asked for at once");
 }
+
+#[test]
+fn a_stopped_agent_says_goodbye_once_after_its_running_task_reported() -> Result<()> {
+    let fx = Fixture::new();
+    let agent = fx.start(1);
+    fx.server.state.push_task(shell("t1", "sleep 0.3; echo done"));
+    fx.server.state.wait_until(WAIT, "the task acknowledged", |s| s.doings.len() == 1);
+    agent.stop(Duration::from_secs(10));
+    let state = fx.server.state.lock();
+    assert_eq!(state.goodbyes.len(), 1, "one goodbye");
+    assert_eq!(state.reports.len(), 1, "the running task finished and reported first");
+    assert!(state.reports[0].0 <= state.goodbyes[0]);
+    Ok(())
+}
