@@ -179,6 +179,9 @@ pub const OFFLINE_NOTE: &str = "its agent was offline when the job started; not 
 pub struct TargetList {
     /// Their app ids.
     pub app_ids: Vec<String>,
+    /// Those offline now, sorted: the job would end them `offline` unless sent with `queue`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offline: Vec<String>,
 }
 
 /// Where a job stands.

@@ -18,7 +18,8 @@ use super::tasks::{TaskDefaults, check_task_input, tell_cancelled};
 use super::views::job_view;
 use crate::protocol::TaskId;
 use crate::protocol::jobs::{
-    DEFAULT_HOST_TIMEOUT_SECS, JobCounts, JobRequest, JobState, JobView, Limit, Targets, check_host_timeout,
+    DEFAULT_HOST_TIMEOUT_SECS, JobCounts, JobRequest, JobState, JobView, Limit, TargetList, Targets,
+    check_host_timeout,
 };
 use crate::protocol::limits::{
     self, MAX_ENQUEUE_BYTES, MAX_JOB_TARGETS, MAX_NAMED_TARGETS, MAX_TARGET_LABELS,
@@ -211,6 +212,14 @@ impl Jobs {
         self.store.durable().await?;
         info!(job = %job.id, targets = job.targets, offline = offline.len(), window, "job created");
         Ok(job)
+    }
+
+    /// The dry run: the targets `request` resolves to, and which of them are offline now.
+    pub fn dry_run(&self, request: &JobRequest) -> Result<TargetList, ServiceError> {
+        let app_ids = self.resolve(request)?;
+        let mut offline: Vec<String> = self.offline(&app_ids)?.into_keys().collect();
+        offline.sort();
+        Ok(TargetList { app_ids, offline })
     }
 
     /// Of `app_ids`, the agents offline now, with when each was last seen.

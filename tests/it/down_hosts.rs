@@ -26,6 +26,8 @@ fn job_run_all_with_one_agent_stopped_returns_at_once_naming_it() {
     let server = Server::start(ServerOpts::default());
     let mut agents = fleet(&server, &["web-1", "web-2", "web-3"]);
     agents[1].stop(Duration::from_secs(20));
+    let dry = job_run(&server, &["--all", "--dry-run", "--", "echo", "ok"]);
+    assert_eq!(dry.stdout, "web-1\nweb-2 (offline)\nweb-3\n3 hosts (dry run: nothing sent)\n", "{dry}");
 
     let run = job_run(&server, &["--all", "--max-errors", "0", "--", "echo", "ok"]);
     assert_eq!(run.code(), Some(1), "a host did not run it\n{run}");
