@@ -25,12 +25,14 @@ fn a_stopped_agent_is_offline_at_once_and_task_run_to_it_fails_naming_its_last_s
     let stopped = Instant::now();
     let view = listed(&server, "web-1");
     assert_eq!(view["online"], false, "a stopped agent is listed offline at once: {view}");
-    assert!(stopped.elapsed() < Duration::from_secs(1), "listed after {:?}", stopped.elapsed());
+    // The first listing after the stop already shows it (bounded generously for a loaded machine;
+    // without the goodbye it would stay online for the 90 s window).
+    assert!(stopped.elapsed() < Duration::from_secs(5), "listed after {:?}", stopped.elapsed());
     assert!(agent.output().contains("said goodbye"), "{}", agent.output());
 
     let run = server.operator(&["task", "run", "--appid", "web-1", "--", "echo", "hi"]).run();
     assert_eq!(run.code(), Some(255), "{run}");
-    assert!(run.elapsed < Duration::from_secs(3), "task run took {:?}\n{run}", run.elapsed);
+    assert!(run.elapsed < Duration::from_secs(5), "task run took {:?}\n{run}", run.elapsed);
     let last_seen = view["last_seen"].as_str().expect("last_seen");
     let seconds = &last_seen[..19];
     assert!(
