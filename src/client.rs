@@ -261,12 +261,27 @@ impl AgentClient {
         signer: &Signer,
         extra: &[(&str, String)],
     ) -> Result<Envelope<T>, ClientError> {
+        self.call_within(path, body, signer, extra, None)
+    }
+
+    /// [`Self::call_with`], within `timeout` instead of the client's own when one is given.
+    fn call_within<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &[u8],
+        signer: &Signer,
+        extra: &[(&str, String)],
+        timeout: Option<Duration>,
+    ) -> Result<Envelope<T>, ClientError> {
         let url = format!("{}{}", self.base, path);
         let time = time_header(chrono::Utc::now());
         let nonce = new_nonce();
         let canonical =
             Canonical { method: "POST", path, app_id: &self.app_id, time: &time, nonce: &nonce, body };
         let mut request = self.http.post(&url);
+        if let Some(timeout) = timeout {
+            request = request.config().timeout_global(Some(timeout)).build();
+        }
         for (name, value) in extra {
             request = request.header(*name, value);
         }
@@ -314,6 +329,14 @@ impl AgentClient {
     /// Sends a heartbeat.
     pub fn ping(&self) -> Result<(), ClientError> {
         let envelope = self.call::<serde_json::Value>(wire::PING_PATH, wire::PING_BODY, &self.signer)?;
+        ok_or_refused(envelope).map(|_| ())
+    }
+
+    /// Says goodbye: the agent is stopping cleanly, so the server shows it offline at once. One
+    /// try within `timeout`, so that a stopping agent never waits long on an unreachable server.
+    pub fn goodbye(&self, timeout: Duration) -> Result<(), ClientError> {
+        let envelope =
+            self.call_within::<serde_json::Value>(wire::GOODBYE_PATH, b"", &self.signer, &[], Some(timeout))?;
         ok_or_refused(envelope).map(|_| ())
     }
 

@@ -118,6 +118,7 @@ impl Admin {
             payload: String::new(),
             timeout_secs: None,
             ttl_secs: None,
+            require_online: false,
             ..EnqueueRequest::default()
         };
         let body = serde_json::to_vec(&request).context("cannot encode the enqueue")?;

@@ -49,6 +49,8 @@ pub struct Inner {
     pub report_calls_by_task: BTreeMap<String, usize>,
     /// Accepted pings.
     pub pings: usize,
+    /// When each goodbye arrived.
+    pub goodbyes: Vec<Instant>,
     /// Requests whose signature did not verify.
     pub bad_signatures: usize,
     /// Answer "unknown app id" to getTask and ping until the agent registers again.
@@ -289,6 +291,10 @@ fn answer(state: &State, request: &Request) -> Reply {
     match request.path.as_str() {
         wire::REGISTER_PATH => register(state, &request.body),
         wire::PING_PATH => ping(state),
+        wire::GOODBYE_PATH => {
+            state.update(|inner| inner.goodbyes.push(Instant::now()));
+            envelope(CODE_OK, "goodbye", Value::Null)
+        }
         wire::GET_TASK_PATH => {
             let capacity = header(request, wire::HEADER_CAPACITY).and_then(|v| v.parse().ok());
             let features = header(request, crate::protocol::features::HEADER_FEATURES).map(str::to_owned);

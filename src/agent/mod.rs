@@ -158,8 +158,22 @@ pub fn run(config: AgentConfig, handler: Arc<dyn TaskHandler>, stop: Arc<AtomicB
     if crashed {
         bail!("the poll loop ended unexpectedly");
     }
+    say_goodbye(&shared);
     info!("agent stopped");
     Ok(())
+}
+
+/// How long a stopping agent waits for the server to take its goodbye.
+const GOODBYE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Tells the server this agent stops, so it shows offline at once (one try: a server that
+/// does not hear it, or an older one without the call, shows it offline after its online
+/// window instead).
+fn say_goodbye(shared: &Shared) {
+    match shared.client.goodbye(GOODBYE_TIMEOUT) {
+        Ok(()) => info!("said goodbye to the server"),
+        Err(e) => warn!(error = %e, "could not say goodbye to the server; it shows this agent offline later"),
+    }
 }
 
 fn spawn_named<F: FnOnce() + Send + 'static>(name: &str, f: F) -> Result<thread::JoinHandle<()>> {

@@ -8,7 +8,7 @@ use argh::FromArgs;
 use super::flags::{check_cwd_flag, check_env, check_timeout, check_ttl};
 use super::operator::operator_args;
 use super::task::parse_app_ids;
-use crate::protocol::jobs::{JobRequest, Limit, Targets};
+use crate::protocol::jobs::{JobRequest, Limit, Targets, check_host_timeout};
 use crate::protocol::limits;
 
 /// Run one command on many hosts: targets, rate control, progress and grouped results.
@@ -58,7 +58,10 @@ operator_args! {
                 shell, a command line run with sh -c on each host (agents need --allow-shell). \
                 --max-concurrency N or P% keeps at most that many hosts' tasks open (the next host \
                 starts when one finishes); --max-errors N or P% stops starting hosts once more than \
-                that many failed, timed out, expired or were lost (the rest end `skipped`). \
+                that many failed, timed out, expired or were lost (the rest end `skipped`). Hosts \
+                offline when the job starts end `offline` at once (not an error, but exit 1 names them) \
+                unless --queue; a host whose agent goes silent mid-job (no request at all: a live agent \
+                keeps polling while its task runs) ends after --host-timeout. \
                 `orange job pause|resume|cancel ID` act on a running job from anywhere; Ctrl-C only \
                 stops watching, and so do SIGTERM, SIGHUP and a closed output: the job goes on. Hosts \
                 that ended alike (same state, exit code and output) are shown \
@@ -66,7 +69,7 @@ operator_args! {
                 client's result text too); --hosts lists every host of every group. --json prints the job \
                 and every host's result (stdout and stderr as text, or base64 with \"stdout_encoding\": \
                 \"base64\" when they are not UTF-8). Connection options as in `orange task run --help`.",
-        error_code(1, "some host did not succeed (failed, timed out, expired, lost, cancelled or skipped)"),
+        error_code(1, "some host did not succeed (failed, timed out, expired, lost, cancelled, skipped or offline)"),
         error_code(255, "orange failed (bad flags, server unreachable, refused)")
     )]
     pub struct RunArgs {
@@ -95,6 +98,14 @@ operator_args! {
         /// server's, 24 hours)
         #[argh(option)]
         pub ttl: Option<u64>,
+        /// seconds a task may wait on a host whose agent went silent (no request, no poll) before
+        /// it ends `lost` (or `expired` if not yet handed out); default 60
+        #[argh(option)]
+        pub host_timeout: Option<u64>,
+        /// also queue tasks for hosts offline when the job starts (they run when their agent comes
+        /// back, within --ttl); without it such hosts end `offline` at once, not as errors
+        #[argh(switch)]
+        pub queue: bool,
         /// print the hosts the job would run on and their count; send nothing
         #[argh(switch)]
         pub dry_run: bool,
@@ -151,6 +162,14 @@ operator_args! {
         /// seconds a task may wait for an offline host before it ends `expired` (default: 24 hours)
         #[argh(option)]
         pub ttl: Option<u64>,
+        /// seconds a task may wait on a host whose agent went silent (no request, no poll) before
+        /// it ends `lost` (or `expired` if not yet handed out); default 60
+        #[argh(option)]
+        pub host_timeout: Option<u64>,
+        /// also queue tasks for hosts offline when the job starts (they run when their agent comes
+        /// back, within --ttl); without it such hosts end `offline` at once, not as errors
+        #[argh(switch)]
+        pub queue: bool,
         /// print the hosts the job would run on and their count; send nothing
         #[argh(switch)]
         pub dry_run: bool,
@@ -262,6 +281,8 @@ pub(super) struct JobFlags<'a> {
     pub ttl: Option<u64>,
     pub env: &'a [String],
     pub cwd: Option<String>,
+    pub host_timeout: Option<u64>,
+    pub queue: bool,
     pub command: &'a [String],
 }
 
@@ -280,6 +301,8 @@ macro_rules! job_flags {
             ttl: $args.ttl,
             env: &$args.env,
             cwd: $args.cwd,
+            host_timeout: $args.host_timeout,
+            queue: $args.queue,
             command: &$args.command,
         }
     };
@@ -306,6 +329,11 @@ impl JobFlags<'_> {
             max_errors: limit("--max-errors", self.max_errors)?,
             env: check_env(self.env)?,
             cwd: check_cwd_flag(self.cwd)?,
+            queue: self.queue,
+            host_timeout_secs: self
+                .host_timeout
+                .map(|secs| check_host_timeout(secs).map_err(|e| anyhow::anyhow!("--host-timeout: {e}")))
+                .transpose()?,
         })
     }
 }
@@ -361,6 +389,8 @@ mod tests {
             ttl: None,
             env: &[],
             cwd: None,
+            host_timeout: None,
+            queue: false,
             command,
         }
     }

@@ -60,6 +60,7 @@ pub fn counts_line(counts: &JobCounts) -> String {
         ("expired", counts.expired),
         ("cancelled", counts.cancelled),
         ("skipped", counts.skipped),
+        ("offline", counts.offline),
         ("running", counts.running + counts.delivered),
         ("queued", counts.queued),
         ("waiting", counts.waiting),
@@ -190,6 +191,7 @@ pub(crate) mod tests {
             max_errors: None,
             targets: counts.total(),
             counts,
+            host_timeout_secs: 60,
             version: 7,
         }
     }

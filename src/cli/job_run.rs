@@ -143,9 +143,10 @@ pub(super) fn dry_run(api: &Api, request: &JobRequest, json: bool) -> Result<i32
     Ok(0)
 }
 
-/// The hosts one per line, then their count.
+/// The hosts one per line (those offline now marked), then their count.
 fn dry_run_text(list: &TargetList) -> String {
-    let mut text: String = list.app_ids.iter().map(|id| format!("{id}\n")).collect();
+    let mark = |id: &String| if list.offline.contains(id) { " (offline)" } else { "" };
+    let mut text: String = list.app_ids.iter().map(|id| format!("{id}{}\n", mark(id))).collect();
     let count = u32::try_from(list.app_ids.len()).unwrap_or(u32::MAX);
     text.push_str(&format!("{} (dry run: nothing sent)\n", job_print::hosts(count)));
     text
@@ -170,7 +171,9 @@ mod tests {
 
     #[test]
     fn dry_runs_list_hosts_and_count_them() {
-        let list = TargetList { app_ids: vec!["web-1".into(), "web-2".into()] };
+        let mut list = TargetList { app_ids: vec!["web-1".into(), "web-2".into()], offline: vec![] };
         assert_eq!(dry_run_text(&list), "web-1\nweb-2\n2 hosts (dry run: nothing sent)\n");
+        list.offline = vec!["web-2".into()];
+        assert_eq!(dry_run_text(&list), "web-1\nweb-2 (offline)\n2 hosts (dry run: nothing sent)\n");
     }
 }

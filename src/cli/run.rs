@@ -14,7 +14,7 @@ use super::output;
 use super::wait::{wait_task, wait_timeout};
 use crate::client::{ADMIN_TIMEOUT, ClientError};
 use crate::protocol::TaskStatus;
-use crate::protocol::admin::{self, AgentView, EnqueueReply, EnqueueRequest, TaskView};
+use crate::protocol::admin::{self, AgentView, EnqueueReply, EnqueueRequest, OutputPage, TaskView};
 
 /// Exit status of `task run` when the task ran past its timeout, like timeout(1).
 pub const EXIT_TIMED_OUT: i32 = 124;
@@ -36,11 +36,13 @@ operator_args! {
         example = "orange task run --appid laptop-7 --queue --ttl 3600 -- 'apt-get -y upgrade'",
         note = "The words after -- are joined by single spaces and run with sh -c on the host, like ssh \
                 does: quote what the remote shell must see as one word. The agent must be started with \
-                --allow-shell. An unknown agent is an error at once; so is an offline one, unless \
-                --queue is given: then the task waits in the agent's queue until the agent comes back or \
-                its time to live (--ttl, else the server's default of 24 hours) runs out, and ends \
-                `expired`. The remote stdout and stderr are written to orange's stdout and stderr byte \
-                for byte as the host sends them (if orange falls behind a task that writes more than the server's \
+                --allow-shell. An unknown agent is an error at once; so is an offline one (not seen \
+                within 90 s, or stopped: a stopping agent says goodbye), named with its last-seen time, \
+                unless --queue is given: then the task waits in the agent's queue until the agent comes \
+                back or its time to live (--ttl, else the server's default of 24 hours) runs out, and \
+                ends `expired`; while it waits, a line on stderr says so every few seconds. The remote \
+                stdout and stderr are written to orange's stdout and stderr byte for byte as the host \
+                sends them (if orange falls behind a task that writes more than the server's \
                 output cap, the chunks dropped meanwhile are missing and a note on stderr says so). \
                 Ctrl-C cancels the task (its agent stops the command: SIGTERM, a \
                 grace period, SIGKILL) and orange keeps printing until the task has ended; a second \
@@ -100,7 +102,6 @@ operator_args! {
 struct RunConfig {
     operator: OperatorConfig,
     app_id: String,
-    queue: bool,
     request: EnqueueRequest,
 }
 
@@ -116,9 +117,10 @@ impl RunConfig {
             ttl_secs: check_ttl(args.ttl)?,
             env: check_env(&args.env)?,
             cwd: check_cwd_flag(args.cwd)?,
+            require_online: !args.queue,
         };
         let operator = OperatorConfig::from_flags(flags)?;
-        Ok(RunConfig { operator, app_id: args.appid, queue: args.queue, request })
+        Ok(RunConfig { operator, app_id: args.appid, request })
     }
 }
 
@@ -126,14 +128,10 @@ impl RunConfig {
 pub fn run_remote(args: RunArgs) -> Result<i32> {
     let config = RunConfig::from_args(args)?;
     let api = config.operator.api(wait_timeout());
-    let offline = check_agent(&api, &config.app_id, config.queue)?;
     let ctrl_c = CancelOnInterrupt::install(config.operator.api(ADMIN_TIMEOUT))?;
-    let reply: EnqueueReply = api.post(admin::TASKS_PATH, &config.request)?;
-    let task = reply.tasks.into_iter().next().context("the server answered the enqueue with no task")?;
+    let task = enqueue(&api, &config.request)?;
     ctrl_c.set_task(&task.task_id);
-    if let Some(agent) = offline {
-        eprintln!("{}", queued_note(&agent, &task.task_id));
-    }
+    wait_for_agent(&api, &config.app_id, &task.task_id)?;
     let done = if config.operator.json {
         wait_task(&api, &task.task_id, None)?
     } else {
@@ -153,32 +151,58 @@ fn join_command(words: &[String]) -> Result<String> {
     Ok(command)
 }
 
-/// Fails when the agent is unknown, or offline without `queue` (rather than queueing work nobody
-/// takes); returns the agent when it is offline and the task is to be queued anyway.
-fn check_agent(api: &Api, app_id: &str, queue: bool) -> Result<Option<AgentView>> {
-    let path = admin::agent_path(&encode(app_id));
-    let agent: AgentView = match api.try_get(&path) {
-        Ok(agent) => agent,
-        Err(ClientError::Api { status: 404, .. }) => bail!("unknown agent {app_id:?}"),
-        Err(error) => return Err(api.explain("GET", &path, error)),
+/// Enqueues the task. The server refuses an unknown agent, and an offline one unless the
+/// request leaves `require_online` unset (`--queue`): one round trip, no race with the check.
+fn enqueue(api: &Api, request: &EnqueueRequest) -> Result<TaskView> {
+    let reply: EnqueueReply = match api.try_post(admin::TASKS_PATH, request) {
+        Ok(reply) => reply,
+        Err(ClientError::Api { status: 404, message }) => bail!("{message}"),
+        Err(ClientError::Api { status: 409, message }) if message.contains(admin::OFFLINE_REFUSAL) => {
+            bail!("{message}; add --queue to wait for it")
+        }
+        Err(error) => return Err(api.explain("POST", admin::TASKS_PATH, error)),
     };
-    match (agent.online, queue) {
-        (true, _) => Ok(None),
-        (false, true) => Ok(Some(agent)),
-        (false, false) => bail!(
-            "agent {app_id:?} is offline (last seen {}); add --queue to wait for it",
-            output::short_time(&agent.last_seen)
-        ),
+    reply.tasks.into_iter().next().context("the server answered the enqueue with no task")
+}
+
+/// How long one look at a queued task waits, and so how often `task run` says that it still
+/// waits for its agent.
+const WAITING_NOTE_SECS: u64 = 5;
+
+/// Returns once the task left its agent's queue (or ended). While it waits, says so on stderr:
+/// at once when its agent is offline, then every [`WAITING_NOTE_SECS`] seconds.
+fn wait_for_agent(api: &Api, app_id: &str, task_id: &str) -> Result<()> {
+    let mut first = true;
+    loop {
+        let wait = if first { 0 } else { WAITING_NOTE_SECS };
+        let path = format!("{}?wait={wait}", admin::output_path(task_id));
+        // A server without the output API: `show_live` waits the old way.
+        let Ok(page) = api.try_get::<OutputPage>(&path) else { return Ok(()) };
+        if page.status != TaskStatus::Queued {
+            return Ok(());
+        }
+        let agent: AgentView = api.get(&admin::agent_path(&encode(app_id)))?;
+        if !(first && agent.online) {
+            eprintln!("{}", waiting_note(&agent, task_id));
+        }
+        first = false;
     }
 }
 
-/// The stderr line of a task queued for an offline agent.
-fn queued_note(agent: &AgentView, task_id: &str) -> String {
-    format!(
-        "orange: agent {:?} is offline (last seen {}); task {task_id} waits in its queue (Ctrl-C cancels it)",
-        agent.app_id,
-        output::short_time(&agent.last_seen)
-    )
+/// The stderr line of a task still waiting in its agent's queue.
+fn waiting_note(agent: &AgentView, task_id: &str) -> String {
+    let app_id = &agent.app_id;
+    if agent.online {
+        format!(
+            "orange: waiting for {app_id} to take task {task_id} (it is online; its task slots may all be busy)"
+        )
+    } else {
+        format!(
+            "orange: waiting for {app_id} (offline since {}); task {task_id} stays queued until it comes \
+             back or its time to live runs out (Ctrl-C cancels it)",
+            output::short_time(&agent.last_seen)
+        )
+    }
 }
 
 /// Writes the task's output into `sink` as it comes and returns the final task.
@@ -342,34 +366,70 @@ mod tests {
         "registered_at":"2024-04-01T00:00:00Z","labels":{},"version":null,"hostname":null,
         "processed_task_count":0}"#;
 
-    fn agent_reply(online: bool) -> FakeApi {
+    fn agent(online: bool) -> AgentView {
         let agent: AgentView = serde_json::from_str(AGENT).unwrap();
-        FakeApi::serve(vec![FakeApi::ok(&AgentView { online, ..agent })])
+        AgentView { online, ..agent }
+    }
+
+    fn request(require_online: bool) -> EnqueueRequest {
+        EnqueueRequest {
+            app_ids: vec!["web-1".into()],
+            task_type: "shell".into(),
+            payload: "true".into(),
+            require_online,
+            ..EnqueueRequest::default()
+        }
     }
 
     #[test]
-    fn an_unknown_agent_is_refused_even_with_queue() {
+    fn an_unknown_agent_is_refused_in_the_servers_words() {
         let api = FakeApi::serve(vec![FakeApi::error("404 Not Found", "unknown agent \"web-9\"")]);
-        let error = check_agent(&api.client(), "web-9", true).unwrap_err();
+        let error = enqueue(&api.client(), &request(false)).unwrap_err();
         assert_eq!(format!("{error:#}"), "unknown agent \"web-9\"");
     }
 
     #[test]
-    fn an_offline_agent_is_refused_unless_queue() {
-        let error = check_agent(&agent_reply(false).client(), "web-1", false).unwrap_err();
+    fn an_offline_agent_refused_by_the_server_gets_the_queue_hint() {
+        let refusal = admin::offline_refusal("web-1", "2024-05-01T10:00:00Z", true);
+        let api = FakeApi::serve(vec![FakeApi::error("409 Conflict", &refusal)]);
+        let error = enqueue(&api.client(), &request(true)).unwrap_err();
         assert_eq!(
             format!("{error:#}"),
-            "agent \"web-1\" is offline (last seen 2024-05-01T10:00:00Z); add --queue to wait for it"
+            "agent \"web-1\" is offline (last seen 2024-05-01T10:00:00Z, when it stopped); add --queue to \
+             wait for it"
         );
-        let agent = check_agent(&agent_reply(false).client(), "web-1", true).unwrap().unwrap();
+        let body: serde_json::Value = serde_json::from_str(&api.seen()[0].body).unwrap();
+        assert_eq!(body["require_online"], true);
+        assert!(serde_json::to_value(request(false)).unwrap().get("require_online").is_none());
+    }
+
+    #[test]
+    fn the_waiting_note_names_the_agent_and_when_it_was_last_seen() {
         assert_eq!(
-            queued_note(&agent, ID),
+            waiting_note(&agent(false), ID),
             format!(
-                "orange: agent \"web-1\" is offline (last seen 2024-05-01T10:00:00Z); task {ID} waits in its \
-                 queue (Ctrl-C cancels it)"
+                "orange: waiting for web-1 (offline since 2024-05-01T10:00:00Z); task {ID} stays queued until \
+                 it comes back or its time to live runs out (Ctrl-C cancels it)"
             )
         );
-        assert!(check_agent(&agent_reply(true).client(), "web-1", false).unwrap().is_none());
+        assert!(waiting_note(&agent(true), ID).contains("it is online"));
+    }
+
+    #[test]
+    fn a_task_queued_for_an_offline_agent_is_announced_until_it_leaves_the_queue() {
+        let api = FakeApi::serve(vec![
+            FakeApi::ok(&page(vec![], 0, Queued)),
+            FakeApi::ok(&agent(false)),
+            FakeApi::ok(&page(vec![], 0, Queued)),
+            FakeApi::ok(&agent(false)),
+            FakeApi::ok(&page(vec![], 0, Running)),
+        ]);
+        wait_for_agent(&api.client(), "web-1", ID).unwrap();
+        let targets: Vec<String> = api.seen().into_iter().map(|seen| seen.target).collect();
+        let output = format!("/api/v1/tasks/{ID}/output");
+        assert_eq!(targets[0], format!("{output}?wait=0"));
+        assert_eq!(targets[2], format!("{output}?wait={WAITING_NOTE_SECS}"));
+        assert_eq!(targets.len(), 5);
     }
 
     #[test]

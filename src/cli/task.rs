@@ -166,6 +166,7 @@ fn send(args: SendArgs) -> Result<i32> {
         ttl_secs: check_ttl(args.ttl)?,
         env: check_env(&args.env)?,
         cwd: check_cwd_flag(args.cwd)?,
+        require_online: false,
     };
     let reply: EnqueueReply = config.api(ADMIN_TIMEOUT).post(admin::TASKS_PATH, &request)?;
     if config.json {

@@ -49,6 +49,25 @@ pub struct EnqueueRequest {
     /// `cwd` feature take such a task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
+    /// Refuse (409, naming the agent's last-seen time) instead of queueing when a target agent
+    /// is offline: not seen within [`ONLINE_WINDOW_SECS`], or it said goodbye when it stopped.
+    /// `task run` sends it unless `--queue`; absent, an offline agent's task waits in its queue.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub require_online: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+/// What every refusal of an offline agent says (`task run` adds its `--queue` hint to it).
+pub const OFFLINE_REFUSAL: &str = "is offline (last seen";
+
+/// The refusal of a task for offline agent `app_id`, last seen at `last_seen` (RFC 3339);
+/// `left` when it said goodbye.
+pub fn offline_refusal(app_id: &str, last_seen: &str, left: bool) -> String {
+    let how = if left { ", when it stopped" } else { "" };
+    format!("agent {app_id:?} {OFFLINE_REFUSAL} {last_seen}{how})")
 }
 
 /// Body of `POST /api/v1/tasks/{id}/cancel`.

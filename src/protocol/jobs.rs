@@ -146,13 +146,50 @@ pub struct JobRequest {
     /// Working directory of every task's process (feature `cwd`, likewise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
+    /// Queue tasks for agents offline when the job starts too (they run when their agent comes
+    /// back, within the TTL; the host timeout does not end a queued task then). Without it
+    /// those targets end `offline` at once, not run and not counted as errors.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub queue: bool,
+    /// Seconds a target's task may wait on an agent that has gone silent (no request from it, no
+    /// poll parked) before it ends: `expired` if it was still queued, `lost` if it was handed
+    /// out. [`DEFAULT_HOST_TIMEOUT_SECS`] when absent; 1 to [`MAX_HOST_TIMEOUT_SECS`]. An agent
+    /// that keeps polling or reporting is never silent, however long its task runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_timeout_secs: Option<u64>,
 }
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+/// The host timeout of a job that names none, in seconds.
+pub const DEFAULT_HOST_TIMEOUT_SECS: u64 = 60;
+/// The longest host timeout a job may ask for, in seconds (a day).
+pub const MAX_HOST_TIMEOUT_SECS: u64 = 86_400;
+
+/// Checks a requested host timeout: 1 to [`MAX_HOST_TIMEOUT_SECS`] seconds.
+pub fn check_host_timeout(secs: u64) -> Result<u64, String> {
+    if (1..=MAX_HOST_TIMEOUT_SECS).contains(&secs) {
+        Ok(secs)
+    } else {
+        Err(format!("host timeout {secs}s is out of range: give 1 to {MAX_HOST_TIMEOUT_SECS} seconds"))
+    }
+}
+
+/// The state of a target whose agent was offline when the job started (without `queue`).
+pub const OFFLINE_STATE: &str = "offline";
+/// What an `offline` target's result says.
+pub const OFFLINE_NOTE: &str = "its agent was offline when the job started; not run (--queue waits for it)";
 
 /// Answer of the dry run: the agents a job would be sent to, sorted by app id.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TargetList {
     /// Their app ids.
     pub app_ids: Vec<String>,
+    /// Those offline now, sorted: the job would end them `offline` unless sent with `queue`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offline: Vec<String>,
 }
 
 /// Where a job stands.
@@ -216,6 +253,9 @@ pub struct JobCounts {
     pub lost: u32,
     /// Never started: the job was stopped or cancelled first.
     pub skipped: u32,
+    /// Never started: its agent was offline when the job started (not an error).
+    #[serde(default)]
+    pub offline: u32,
 }
 
 impl JobCounts {
@@ -226,7 +266,7 @@ impl JobCounts {
 
     /// Targets that will not change any more (ended or skipped).
     pub fn ended(&self) -> u32 {
-        self.succeeded + self.errors() + self.cancelled + self.skipped
+        self.succeeded + self.errors() + self.cancelled + self.skipped + self.offline
     }
 
     /// Targets with a task that is open (queued, delivered or running).
@@ -287,6 +327,9 @@ pub struct JobView {
     pub targets: u32,
     /// Targets per state.
     pub counts: JobCounts,
+    /// Seconds a task may wait on a silent agent (0: no limit, for jobs made before it existed).
+    #[serde(default)]
+    pub host_timeout_secs: u64,
     /// Grows by one at every change of the job; `GET /api/v1/jobs/{id}?after_version=V&wait=S`
     /// waits up to S seconds for a version above V (a done job answers at once: it will not
     /// change any more).
@@ -305,7 +348,7 @@ pub struct JobList {
 pub struct JobResult {
     /// The agent.
     pub app_id: String,
-    /// `waiting`, `skipped`, or the task's state (`queued` … `lost`).
+    /// `waiting`, `skipped`, `offline`, or the task's state (`queued` … `lost`).
     pub state: String,
     /// The agent's task, once started.
     pub task_id: Option<String>,

@@ -54,6 +54,7 @@ pub const TABLE: &[(&str, u64, &str)] = &[
     ("MAX_RESULTS_PAGE", jobs::MAX_RESULTS_PAGE as u64, "results of one job results page"),
     ("MAX_OUTPUT_GROUPS", jobs::MAX_OUTPUT_GROUPS as u64, "output groups of one job"),
     ("MAX_GROUP_HOSTS", jobs::MAX_GROUP_HOSTS as u64, "hosts named in one output group"),
+    ("MAX_HOST_TIMEOUT_SECS", jobs::MAX_HOST_TIMEOUT_SECS, "seconds a job's task may wait on a silent agent"),
     ("MAX_FACT_IPS", facts::MAX_FACT_IPS as u64, "addresses in an agent's host facts"),
     ("MAX_FACT_LEN", facts::MAX_FACT_LEN as u64, "bytes of one host fact"),
     ("MAX_ENV_VARS", MAX_ENV_VARS as u64, "environment variables one task may set"),

@@ -20,6 +20,9 @@ pub const REPORT_TASK_PATH: &str = "/orange-forge/api/reportTask";
 
 /// Route on which an orange agent streams a running task's output (orange addition).
 pub const OUTPUT_PATH: &str = "/orange-forge/api/output";
+/// Route on which an orange agent stopping cleanly says goodbye (orange addition; empty body):
+/// the server shows it offline at once instead of after the online window.
+pub const GOODBYE_PATH: &str = "/orange-forge/api/goodbye";
 
 /// Header carrying the agent's app id.
 pub const HEADER_APPID: &str = "X-FORGE-APPID";

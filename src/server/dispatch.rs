@@ -1,6 +1,7 @@
 //! In-memory wake-ups: a parked getTask waits on its agent's signal, an operator waiting for a
 //! result waits on its task's signal. A wake-up is only a hint to look at the store again: the
-//! store is the truth, so a lost or spurious wake-up costs a read, never a task.
+//! store is the truth, so a lost or spurious wake-up costs a read, never a task. It also holds
+//! the agents' [`Presence`], which every service reads.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
 
+use super::clock::now_ms;
+use super::presence::Presence;
 use crate::protocol::TaskId;
 
 /// One agent's wake-up signal and the generation of its newest long poll.
@@ -43,6 +46,7 @@ pub struct Dispatch {
     tasks: Mutex<HashMap<TaskId, Arc<Notify>>>,
     cancels_told: Mutex<HashMap<TaskId, Instant>>,
     stopping: watch::Receiver<bool>,
+    presence: Arc<Presence>,
 }
 
 /// A registration to hear about one task; dropping it forgets the signal when no one else waits.
@@ -71,6 +75,22 @@ impl Dispatch {
             tasks: Mutex::default(),
             cancels_told: Mutex::default(),
             stopping,
+            presence: Arc::new(Presence::new(now_ms())),
+        }
+    }
+
+    /// The agents' presence (requests, parked polls, goodbyes).
+    pub fn presence(&self) -> &Arc<Presence> {
+        &self.presence
+    }
+
+    /// Ends the parked poll of `app_id`, if any, with "no task" (its agent said goodbye: its
+    /// connection must not be handed a task).
+    pub fn dismiss(&self, app_id: &str) {
+        let agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = agents.get(app_id) {
+            slot.generation.fetch_add(1, Ordering::SeqCst);
+            slot.signal.notify_waiters();
         }
     }
 

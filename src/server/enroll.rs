@@ -124,6 +124,7 @@ impl Enrollment {
         self.store.note_features(&record.app_id, &sorted(features), now_ms())?;
         self.record_enrollment(&record, old.as_ref().map(|a| a.status), &credential)?;
         self.store.durable().await?;
+        self.dispatch.presence().registered(&record.app_id, now_ms());
         Ok(record)
     }
 
@@ -211,8 +212,9 @@ impl Enrollment {
         let action = if status == AgentStatus::Forgotten { "agent.forget" } else { "agent.accept" };
         self.audit.record(actor, action, app_id, "")?;
         self.store.durable().await?;
-        if status == AgentStatus::Accepted {
-            self.dispatch.wake_agent(app_id);
+        match status {
+            AgentStatus::Accepted => self.dispatch.wake_agent(app_id),
+            _ => self.dispatch.presence().forget(app_id),
         }
         Ok(agent)
     }

@@ -14,6 +14,7 @@ use thiserror::Error;
 use super::clock::now_ms;
 use super::error::ServiceError;
 use super::failures::{AgentFailures, Standing, TooManyFailures};
+use super::presence::Presence;
 use super::store::{AgentRecord, AgentStatus, Store, StoreError, TokenError};
 use crate::protocol::Signer;
 use crate::protocol::sign::TIME_WINDOW_SECS;
@@ -35,12 +36,14 @@ pub struct Guard {
     store: Arc<Store>,
     failures: AgentFailures,
     enroll_key: Signer,
+    presence: Arc<Presence>,
 }
 
 impl Guard {
-    /// Guards over `store`; registrations may be signed with `enroll_key`.
-    pub fn new(store: Arc<Store>, enroll_key: &str) -> Self {
-        Guard { store, failures: AgentFailures::default(), enroll_key: Signer::new(enroll_key) }
+    /// Guards over `store`; registrations may be signed with `enroll_key`; verified calls are
+    /// noted in `presence`.
+    pub fn new(store: Arc<Store>, enroll_key: &str, presence: Arc<Presence>) -> Self {
+        Guard { store, failures: AgentFailures::default(), enroll_key: Signer::new(enroll_key), presence }
     }
 
     /// How a request from `source` signed for `app_id` is handled; an error if it must be
@@ -82,9 +85,12 @@ impl Guard {
         })
     }
 
-    /// Notes that `agent` is alive (at most every few seconds, to spare writes).
+    /// Notes that `agent` is alive: in memory at once, in the store at most every few seconds
+    /// (to spare writes).
     pub fn touch(&self, agent: &AgentRecord) -> Result<(), StoreError> {
-        self.store.touch_record(agent, now_ms(), TOUCH_GAP_MS)
+        let now = now_ms();
+        self.presence.request(&agent.app_id, now);
+        self.store.touch_record(agent, now, TOUCH_GAP_MS)
     }
 }
 

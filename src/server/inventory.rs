@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::clock::{now_ms, rfc3339};
 use super::error::ServiceError;
+use super::presence::Presence;
 use super::store::{AgentRecord, AgentStatus, FactsRecord, Store, StoreError};
 use super::views::agent_view;
 use crate::protocol::admin::{AgentFilter, AgentView};
@@ -14,12 +15,13 @@ use crate::protocol::wire::shown;
 /// The agents and their host facts.
 pub struct Inventory {
     store: Arc<Store>,
+    presence: Arc<Presence>,
 }
 
 impl Inventory {
-    /// The inventory kept in `store`.
-    pub fn new(store: Arc<Store>) -> Self {
-        Inventory { store }
+    /// The inventory kept in `store`; who is online is read from `presence`.
+    pub fn new(store: Arc<Store>, presence: Arc<Presence>) -> Self {
+        Inventory { store, presence }
     }
 
     /// Replaces the facts of agent `app_id` (already authenticated) once they pass their limits;
@@ -47,7 +49,10 @@ impl Inventory {
         let now = now_ms();
         let mut facts = self.store.all_facts()?;
         let agents = self.store.agents()?;
-        let views = agents.iter().map(|agent| agent_view(agent, now)).filter(|v| filter.matches(v));
+        let views = agents
+            .iter()
+            .map(|agent| agent_view(agent, self.presence.liveness(agent, now)))
+            .filter(|v| filter.matches(v));
         views
             .map(|mut view| {
                 view.features = self.store.features(&view.app_id)?;
@@ -75,7 +80,7 @@ impl Inventory {
     /// `agent` as the operator sees it, with its facts.
     pub fn view(&self, agent: &AgentRecord) -> Result<AgentView, StoreError> {
         let now = now_ms();
-        let mut view = agent_view(agent, now);
+        let mut view = agent_view(agent, self.presence.liveness(agent, now));
         view.features = self.store.features(&agent.app_id)?;
         Ok(with_facts(view, self.store.facts(&agent.app_id)?, now))
     }

@@ -12,7 +12,7 @@ use crate::protocol::TaskId;
 use crate::protocol::bytes::{self, Encoding};
 use crate::protocol::jobs::{
     JobGroups, JobResult, JobResults, JobState, MAX_GROUP_HOSTS, MAX_OUTPUT_GROUPS, MAX_RESULTS_PAGE,
-    OutputGroup,
+    OFFLINE_NOTE, OFFLINE_STATE, OutputGroup,
 };
 
 /// Most output per stream shown in results and groups.
@@ -61,7 +61,10 @@ impl JobOutcomes {
             error: None,
             duration_ms: None,
         };
-        if let Some(task) = task {
+        if target.offline_since_ms.is_some() {
+            result.state = OFFLINE_STATE.to_owned();
+            result.error = Some(OFFLINE_NOTE.to_owned());
+        } else if let Some(task) = task {
             let [stdout, stderr, text] = self.store.output_texts(&task, RESULT_OUTPUT_LEN)?;
             result.state = task.status.as_str().to_owned();
             (result.stdout, result.stdout_encoding) = shown(stdout);

@@ -4,7 +4,7 @@
 //! retention in `sweeper.rs`. The sliding window itself lives in the store (see
 //! `store/jobs.rs`): it moves in the same transaction as the task that frees a slot.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +17,10 @@ use super::store::{AgentRecord, AgentStatus, JobEvent, JobRecord, Store};
 use super::tasks::{TaskDefaults, check_task_context, check_task_input, task_bytes, tell_cancelled};
 use super::views::job_view;
 use crate::protocol::TaskId;
-use crate::protocol::jobs::{JobCounts, JobRequest, JobState, JobView, Limit, Targets};
+use crate::protocol::jobs::{
+    DEFAULT_HOST_TIMEOUT_SECS, JobCounts, JobRequest, JobState, JobView, Limit, TargetList, Targets,
+    check_host_timeout,
+};
 use crate::protocol::limits::{
     self, MAX_ENQUEUE_BYTES, MAX_JOB_TARGETS, MAX_NAMED_TARGETS, MAX_TARGET_LABELS,
 };
@@ -174,6 +177,8 @@ impl Jobs {
     pub async fn create(&self, request: JobRequest) -> Result<JobRecord, ServiceError> {
         let app_ids = self.resolve(&request)?;
         let (timeout_secs, ttl_secs) = self.defaults.resolve(request.timeout_secs, request.ttl_secs)?;
+        let host_timeout = request.host_timeout_secs.unwrap_or(DEFAULT_HOST_TIMEOUT_SECS);
+        let host_timeout_secs = check_host_timeout(host_timeout).map_err(ServiceError::BadRequest)?;
         let (window, error_limit) = resolve_limits(&request, app_ids.len());
         let task_bytes = task_bytes(&request.payload, &request.env, request.cwd.as_deref());
         if task_bytes.saturating_mul(window as usize) > MAX_ENQUEUE_BYTES {
@@ -202,11 +207,36 @@ impl Jobs {
             counts: JobCounts::default(),
             version: 0,
             done_ms: 0,
+            host_timeout_secs,
+            queue: request.queue,
         };
-        let job = self.store.create_job(&job, &app_ids)?;
+        let offline = if request.queue { HashMap::new() } else { self.offline(&app_ids)? };
+        let job = self.store.create_job(&job, &app_ids, &offline)?;
         self.store.durable().await?;
-        info!(job = %job.id, targets = job.targets, window, "job created");
+        info!(job = %job.id, targets = job.targets, offline = offline.len(), window, "job created");
         Ok(job)
+    }
+
+    /// The dry run: the targets `request` resolves to, and which of them are offline now.
+    pub fn dry_run(&self, request: &JobRequest) -> Result<TargetList, ServiceError> {
+        let app_ids = self.resolve(request)?;
+        let mut offline: Vec<String> = self.offline(&app_ids)?.into_keys().collect();
+        offline.sort();
+        Ok(TargetList { app_ids, offline })
+    }
+
+    /// Of `app_ids`, the agents offline now, with when each was last seen.
+    fn offline(&self, app_ids: &[String]) -> Result<HashMap<String, i64>, ServiceError> {
+        let now = now_ms();
+        let mut offline = HashMap::new();
+        for app_id in app_ids {
+            let Some(agent) = self.store.agent(app_id)? else { continue };
+            let liveness = self.dispatch.presence().liveness(&agent, now);
+            if !liveness.online {
+                offline.insert(app_id.clone(), liveness.last_seen_ms);
+            }
+        }
+        Ok(offline)
     }
 
     /// The job `id`; with `after_version`, parks up to `wait` until its version passes it (or

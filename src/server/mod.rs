@@ -20,6 +20,7 @@ pub mod job_results;
 pub mod jobs;
 pub mod lock;
 pub mod polling;
+pub mod presence;
 pub mod reports;
 pub mod services;
 pub mod store;

@@ -61,6 +61,8 @@ impl Polling {
         features: &[String],
     ) -> Result<PollResult, StoreError> {
         let poll = self.dispatch.park(app_id);
+        // The agent counts as present while its poll is parked, however long it waits.
+        let _present = self.dispatch.presence().park(app_id, now_ms());
         let deadline = tokio::time::Instant::now() + self.window;
         loop {
             // Registered before the store is read, so an enqueue in between is not missed.
@@ -136,6 +138,15 @@ impl Polling {
                 _ = self.dispatch.stopped() => return,
             }
         }
+    }
+
+    /// `app_id` said goodbye: it shows offline at once, and its parked poll (if the server
+    /// still holds it) answers "no task", so no task is handed to a connection about to close.
+    /// Returns once the request's use record is on stable storage.
+    pub async fn goodbye(&self, app_id: &str) -> Result<(), StoreError> {
+        self.dispatch.presence().goodbye(app_id, now_ms());
+        self.dispatch.dismiss(app_id);
+        self.store.durable().await
     }
 
     /// Returns once a ping may be answered: its use record is on stable storage, so a replay

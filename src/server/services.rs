@@ -44,7 +44,7 @@ impl Services {
         let defaults = TaskDefaults { timeout: config.default_task_timeout, ttl: config.default_ttl };
         let audit = Audit::new(Arc::clone(store));
         Services {
-            guard: Guard::new(Arc::clone(store), enroll_key),
+            guard: Guard::new(Arc::clone(store), enroll_key, Arc::clone(dispatch.presence())),
             polling: Polling::new(Arc::clone(store), Arc::clone(dispatch), config.poll_window),
             reports: Reports::new(Arc::clone(store), Arc::clone(dispatch)),
             tasks: Tasks::new(Arc::clone(store), Arc::clone(dispatch), defaults),
@@ -57,7 +57,7 @@ impl Services {
                 audit.clone(),
                 admin_token_hash,
             ),
-            inventory: Inventory::new(Arc::clone(store)),
+            inventory: Inventory::new(Arc::clone(store), Arc::clone(dispatch.presence())),
             audit,
         }
     }

@@ -1,9 +1,10 @@
 //! The background sweeper: applies due deadlines every sweep interval (queue expiry, ack window,
-//! end of run), and retention every minute (or every quarter of a shorter retention period):
+//! end of run) and jobs' host timeouts (tasks of agents gone silent), and retention every minute (or every quarter of a shorter retention period):
 //! finished tasks, done jobs, used request records and silent agents older than the retention
 //! period, and job cancels cut short by a crash. After retention it compacts the database if it
 //! is mostly garbage.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,6 +44,9 @@ impl Sweeper {
             if let Err(e) = self.sweep_deadlines().await {
                 warn!(error = %e, "deadline sweep failed");
             }
+            if let Err(e) = self.sweep_silent_hosts().await {
+                warn!(error = %e, "host timeout sweep failed");
+            }
             if last_retention.elapsed() >= RETENTION_INTERVAL.min(self.retention / 4) {
                 last_retention = tokio::time::Instant::now();
                 if let Err(e) = self.sweep_retention() {
@@ -70,6 +74,43 @@ impl Sweeper {
         Ok(swept.len())
     }
 
+    /// Ends the open tasks of jobs whose agent has been silent (no request, no poll parked) for
+    /// longer than the job's host timeout; a live agent, which keeps a poll parked while its
+    /// tasks run, is never silent.
+    async fn sweep_silent_hosts(&self) -> Result<usize, StoreError> {
+        let now = now_ms();
+        let mut agents = HashMap::new();
+        let mut ended = Vec::new();
+        for (task, timeout_ms) in self.store.open_job_tasks()? {
+            if !agents.contains_key(&task.app_id) {
+                let agent = self.store.agent(&task.app_id)?;
+                agents.insert(task.app_id.clone(), agent);
+            }
+            let Some(Some(agent)) = agents.get(&task.app_id) else { continue };
+            let silent_ms = self.dispatch.presence().silent_ms(agent, now);
+            if silent_ms <= timeout_ms {
+                continue;
+            }
+            let note = format!(
+                "its agent went silent: no request from it for {} s, past the job's host timeout of {} s",
+                silent_ms / 1000,
+                timeout_ms / 1000
+            );
+            if let Some(task) = self.store.end_silent(task.id, &note, now)? {
+                ended.push(task);
+            }
+        }
+        if ended.is_empty() {
+            return Ok(0);
+        }
+        self.store.durable().await?;
+        for task in &ended {
+            info!(task = %task.id, agent = %task.app_id, status = %task.status, "host timeout passed");
+            self.dispatch.task_changed(task.id);
+        }
+        Ok(ended.len())
+    }
+
     /// Compacts the database if it is mostly garbage, on a blocking thread (store operations
     /// wait while it copies).
     async fn compact_if_needed(&self) {
@@ -88,6 +129,9 @@ impl Sweeper {
         self.sweep_job_retention(cutoff)?;
         forget_old_uses(&self.store, now_ms() / 1000)?;
         let forgotten = self.store.forget_silent_agents(cutoff)?;
+        for app_id in &forgotten {
+            self.dispatch.presence().forget(app_id);
+        }
         if removed > 0 || !forgotten.is_empty() {
             info!(tasks = removed, agents = forgotten.len(), "retention removed old records");
         }

@@ -6,13 +6,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::clock::now_ms;
+use super::clock::{now_ms, rfc3339_secs};
 use super::dispatch::Dispatch;
 use super::error::ServiceError;
 use super::store::{AgentStatus, CancelOutcome, Store, StoreError, Stream, TaskRecord, TaskSpec};
 use super::views::chunk_view;
 use crate::protocol::TaskId;
-use crate::protocol::admin::{EnqueueRequest, OutputPage};
+use crate::protocol::admin::{EnqueueRequest, OutputPage, offline_refusal};
 use crate::protocol::features::{missing, refusal, required_by};
 use crate::protocol::limits::{
     self, MAX_ENQUEUE_BYTES, MAX_NAMED_TARGETS, MAX_QUEUED_PER_AGENT, MAX_TIMEOUT_SECS, MAX_TTL_SECS,
@@ -82,6 +82,9 @@ impl Tasks {
         self.check_features(&targets, &required_by(&request.env, request.cwd.as_deref()))?;
         self.check_queue_room(&targets)?;
         let now = now_ms();
+        if request.require_online {
+            self.check_online(&targets, now)?;
+        }
         let mut tasks: Vec<TaskRecord> = targets
             .iter()
             .map(|app_id| {
@@ -163,6 +166,19 @@ impl Tasks {
             (true, false) => Err(ServiceError::BadRequest("give either app_ids or all, not both".into())),
             (false, true) => Err(ServiceError::BadRequest("give app_ids or set all".into())),
         }
+    }
+
+    /// Refuses targets of which one is offline, naming it and when it was last seen.
+    fn check_online(&self, targets: &[String], now_ms: i64) -> Result<(), ServiceError> {
+        for app_id in targets {
+            let Some(agent) = self.store.agent(app_id)? else { continue };
+            let liveness = self.dispatch.presence().liveness(&agent, now_ms);
+            if !liveness.online {
+                let last_seen = rfc3339_secs(liveness.last_seen_ms);
+                return Err(ServiceError::Conflict(offline_refusal(app_id, &last_seen, liveness.left)));
+            }
+        }
+        Ok(())
     }
 
     /// Refuses a named target that is not an accepted agent.

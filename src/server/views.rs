@@ -5,10 +5,9 @@
 use std::sync::Arc;
 
 use super::clock::rfc3339;
+use super::presence::Liveness;
 use super::store::{AgentRecord, Chunk, JobRecord, Store, StoreError, TaskRecord, TokenRecord};
-use crate::protocol::admin::{
-    AgentView, ONLINE_WINDOW_SECS, OutputChunkView, TaskView, TokenView, Transition,
-};
+use crate::protocol::admin::{AgentView, OutputChunkView, TaskView, TokenView, Transition};
 use crate::protocol::bytes;
 use crate::protocol::jobs::JobView;
 use crate::protocol::wire::WireTask;
@@ -82,12 +81,12 @@ pub fn chunk_view(chunk: Chunk) -> OutputChunkView {
     OutputChunkView::new(chunk.seq, chunk.stream.name(), &chunk.data)
 }
 
-/// The operator's view of an agent at time `now_ms` (without its facts).
-pub fn agent_view(agent: &AgentRecord, now_ms: i64) -> AgentView {
+/// The operator's view of an agent whose presence is `liveness` (without its facts).
+pub fn agent_view(agent: &AgentRecord, liveness: Liveness) -> AgentView {
     AgentView {
         app_id: agent.app_id.clone(),
-        online: now_ms - agent.last_seen_ms <= ONLINE_WINDOW_SECS * 1000,
-        last_seen: rfc3339(agent.last_seen_ms),
+        online: liveness.online,
+        last_seen: rfc3339(liveness.last_seen_ms),
         registered_at: rfc3339(agent.registered_at_ms),
         labels: agent.labels.clone(),
         version: agent.version.clone(),
@@ -130,6 +129,7 @@ pub fn job_view(job: &JobRecord) -> JobView {
         max_errors: job.max_errors,
         targets: job.targets,
         counts: job.counts.clone(),
+        host_timeout_secs: job.host_timeout_secs,
         version: job.version,
     }
 }

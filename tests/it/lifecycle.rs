@@ -176,6 +176,7 @@ fn a_task_past_its_ttl_in_the_queue_ends_expired() {
         app_ids: vec!["silent".into()],
         task_type: "ping".into(),
         ttl_secs: Some(3),
+        require_online: false,
         ..EnqueueRequest::default()
     };
     let by_api = server.enqueue_request(&by_api)[0].task_id.clone();

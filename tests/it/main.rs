@@ -6,6 +6,7 @@ mod support;
 
 mod bad_input;
 mod bytes;
+mod down_hosts;
 mod durability;
 mod end_to_end;
 mod faults;
@@ -20,4 +21,5 @@ mod lifecycle;
 mod orphans;
 mod overload;
 mod owned_task;
+mod presence;
 mod security;

@@ -68,7 +68,7 @@ async fn create_job(
 
 async fn dry_run(State(app): State<AppState>, body: Body) -> ApiResult<Json<TargetList>> {
     let request: JobRequest = read_json(body).await?;
-    Ok(Json(TargetList { app_ids: app.jobs().resolve(&request)? }))
+    Ok(Json(app.jobs().dry_run(&request)?))
 }
 
 /// Query of a job list.

@@ -1,4 +1,4 @@
-//! The four agent endpoints of the original protocol. Every answer is HTTP 200 with the JSON
+//! The four agent endpoints of the original protocol, and orange's own (output, facts, goodbye). Every answer is HTTP 200 with the JSON
 //! envelope; errors carry code 1 and a specific message, except on getTask, where a transient
 //! server fault answers code 2 so that an original client (which exits on code 1) keeps polling.
 //! The body is read under a size limit and its signature verified before it is parsed. Refusals
@@ -44,6 +44,7 @@ pub fn routes() -> axum::Router<AppState> {
         .route(wire::REPORT_TASK_PATH, post(report_task))
         .route(wire::OUTPUT_PATH, post(output))
         .route(FACTS_PATH, post(facts))
+        .route(wire::GOODBYE_PATH, post(goodbye))
         .method_not_allowed_fallback(|| async {
             (axum::http::StatusCode::METHOD_NOT_ALLOWED, refuse("agent endpoints accept only POST"))
         })
@@ -148,6 +149,27 @@ async fn ping(
             reply(Envelope::ok("pong", "pong"))
         }
         Err(refusal) => answer_refusal("ping", source, refusal, &place).await,
+    }
+}
+
+/// An orange agent stopping cleanly: offline from now on, until it is heard from again.
+async fn goodbye(
+    State(app): State<AppState>,
+    ClientAddr(peer): ClientAddr,
+    Extension(place): Extension<BusyPermit>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let source = peer.ip();
+    match agent_call(&app, source, wire::GOODBYE_PATH, &headers, body).await {
+        Ok((agent, _)) => {
+            if let Err(e) = app.polling().goodbye(&agent.app_id).await {
+                return unavailable("goodbye", source, format!("server error, retry later: {e}"));
+            }
+            info!(agent = %agent.app_id, "agent said goodbye");
+            reply(Envelope::<()>::empty(wire::CODE_OK, "goodbye"))
+        }
+        Err(refusal) => answer_refusal("goodbye", source, refusal, &place).await,
     }
 }
 

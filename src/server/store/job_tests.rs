@@ -2,6 +2,8 @@
 //! cancel, counts that follow every task transition, deadlines that advance the window,
 //! retention, and the size of stored values.
 
+use std::collections::HashMap;
+
 use super::*;
 use crate::protocol::jobs::{JobCounts, JobState, Limit};
 use crate::protocol::task::new_task_id;
@@ -38,11 +40,13 @@ fn job(targets: usize, window: usize, error_limit: Option<u32>) -> JobRecord {
         counts: JobCounts::default(),
         version: 0,
         done_ms: 0,
+        host_timeout_secs: 60,
+        queue: false,
     }
 }
 
 fn create(store: &Store, targets: usize, window: usize, error_limit: Option<u32>) -> JobRecord {
-    store.create_job(&job(targets, window, error_limit), &app_ids(targets)).unwrap()
+    store.create_job(&job(targets, window, error_limit), &app_ids(targets), &Default::default()).unwrap()
 }
 
 fn outcome(status: TaskStatus, exit_code: i32) -> Outcome {
@@ -279,7 +283,7 @@ fn a_job_of_ten_thousand_targets_stores_no_large_value() {
     let (_dir, store) = open();
     let mut big = job(10_000, 100, None);
     big.payload = "x".repeat(crate::protocol::wire::MAX_PAYLOAD_LEN);
-    let created = store.create_job(&big, &app_ids(10_000)).unwrap();
+    let created = store.create_job(&big, &app_ids(10_000), &Default::default()).unwrap();
     assert_eq!(created.counts.queued, 100);
     run(&store, "host-00000", TaskStatus::Succeeded, T0 + 1);
     let mut values = 0;
@@ -466,7 +470,7 @@ fn a_target_whose_agent_lacks_a_feature_of_the_job_ends_failed_without_a_task() 
     store.note_features("host-00001", &["cwd".to_owned(), "env".to_owned()], T0).unwrap();
     let mut job = job(2, 2, None);
     job.env = std::collections::BTreeMap::from([("A".to_owned(), "b".to_owned())]);
-    let job = store.create_job(&job, &app_ids(2)).unwrap();
+    let job = store.create_job(&job, &app_ids(2), &HashMap::new()).unwrap();
     let all = targets(&store, job.id);
     assert!(all[0].1.is_none(), "no task for the agent that announced nothing");
     assert_eq!(all[1].1.as_ref().map(|t| t.env.clone()), Some(job.env.clone()));
@@ -481,4 +485,29 @@ fn a_target_whose_agent_lacks_a_feature_of_the_job_ends_failed_without_a_task() 
     let end = ends[0].clone().expect("ended");
     assert_eq!(end.status, TaskStatus::Failed);
     assert!(end.error.unwrap_or_default().contains("\"host-00000\" does not support the task feature env"));
+}
+
+#[test]
+fn targets_offline_at_the_start_end_offline_without_a_task_and_are_no_errors() {
+    let (_dir, store) = open();
+    let offline: HashMap<String, i64> = [("host-00001".to_owned(), 7), ("host-00003".to_owned(), 8)].into();
+    let created = store.create_job(&job(4, 1, Some(0)), &app_ids(4), &offline).unwrap();
+    assert_eq!((created.counts.offline, created.counts.waiting, created.counts.queued), (2, 1, 1));
+    // The window of one goes past the offline targets to the next online one.
+    run(&store, "host-00000", TaskStatus::Succeeded, T0 + 10);
+    run(&store, "host-00002", TaskStatus::Succeeded, T0 + 20);
+    let done = job_now(&store, created.id);
+    assert_eq!((done.counts.succeeded, done.counts.offline, done.counts.errors()), (2, 2, 0));
+    assert_eq!((done.state, done.done_ms), (JobState::Finished, T0 + 21));
+    let started: Vec<bool> = targets(&store, created.id).iter().map(|(_, t)| t.is_some()).collect();
+    assert_eq!(started, [true, false, true, false]);
+}
+
+#[test]
+fn a_job_whose_targets_are_all_offline_is_done_at_once() {
+    let (_dir, store) = open();
+    let offline: HashMap<String, i64> = app_ids(3).into_iter().map(|a| (a, 5)).collect();
+    let created = store.create_job(&job(3, 3, None), &app_ids(3), &offline).unwrap();
+    assert_eq!((created.counts.offline, created.counts.total(), created.done_ms), (3, 3, T0));
+    assert_eq!(created.state, JobState::Finished);
 }

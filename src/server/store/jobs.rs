@@ -5,6 +5,8 @@
 //! how a target ended, stops the job past its error limit, and starts the next waiting targets
 //! while the window has room. Nothing here waits for the disk: callers make writes durable.
 
+use std::collections::HashMap;
+
 use thiserror::Error;
 
 use super::events::JobEvent;
@@ -117,6 +119,11 @@ fn load_job<E: From<StoreError>>(tx: &Tx<'_>, id: TaskId) -> Result<Option<JobRe
 fn save_job<E>(tx: &Tx<'_>, job: &mut JobRecord) -> Result<(), TxError<E>> {
     job.version += 1;
     tx.jobs.insert(&job_key(job.id), codec::encode(job))?;
+    if job.done_ms == 0 {
+        tx.jobs_open.insert(&job_key(job.id), &[])?;
+    } else {
+        tx.jobs_open.remove(&job_key(job.id))?;
+    }
     tx.job_events.borrow_mut().push(JobEvent::Changed(job.id));
     Ok(())
 }
@@ -228,6 +235,11 @@ fn start_target<E: From<StoreError>>(
 ) -> Result<(), TxError<E>> {
     let index = job.next;
     let mut target = load_target(tx, job.id, index)?;
+    if target.offline_since_ms.is_some() {
+        // Ended `offline` when the job was created (and counted then).
+        job.next += 1;
+        return Ok(());
+    }
     if agent_forgotten(tx, &target.app_id)? {
         let note = "its agent was forgotten before its turn came".to_owned();
         return end_unstarted(tx, job, index, target, TaskStatus::Expired, note);
@@ -325,19 +337,29 @@ fn mark_done<E>(tx: &Tx<'_>, job: &mut JobRecord, now_ms: i64) -> Result<(), TxE
 
 impl Store {
     /// Creates `job` over `app_ids` (sorted, one target each) and starts its first window.
-    pub fn create_job(&self, job: &JobRecord, app_ids: &[String]) -> Result<JobRecord, StoreError> {
+    /// Targets whose agent is in `offline` (with its last-seen time) end `offline` at once.
+    pub fn create_job(
+        &self,
+        job: &JobRecord,
+        app_ids: &[String],
+        offline: &HashMap<String, i64>,
+    ) -> Result<JobRecord, StoreError> {
         // The targets go in first, outside the transaction: a crash before the job record is
         // written leaves only unreachable targets, and the transaction stays small.
         // (Not a sled batch: `apply_batch` takes sled's global write lock.)
+        let mut offline_count = 0;
         for (index, app_id) in app_ids.iter().enumerate() {
             let index = u32::try_from(index).map_err(|_| corrupt("too many targets"))?;
-            let target = TargetRecord { app_id: app_id.clone(), task_id: None, end: None };
+            let offline_since_ms = offline.get(app_id).copied();
+            offline_count += u32::from(offline_since_ms.is_some());
+            let target = TargetRecord { app_id: app_id.clone(), task_id: None, end: None, offline_since_ms };
             self.trees().job_targets.insert(target_key(job.id, index), codec::encode(&target))?;
         }
         self.seqs.reserve(&self.trees(), job.window.min(START_BATCH) as usize)?;
         let created = self.transact(|tx| {
             let mut job = job.clone();
-            job.counts = JobCounts { waiting: job.targets, ..JobCounts::default() };
+            let waiting = job.targets.saturating_sub(offline_count);
+            job.counts = JobCounts { waiting, offline: offline_count, ..JobCounts::default() };
             let now_ms = job.created_ms;
             refill(tx, &mut job, now_ms)?;
             mark_done(tx, &mut job, now_ms)?;

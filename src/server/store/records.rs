@@ -355,6 +355,11 @@ pub struct JobRecord {
     pub version: u64,
     /// Unix milliseconds at which the last task ended (0 while not done).
     pub done_ms: i64,
+    /// Seconds a task may wait on a silent agent before it ends (0: no limit).
+    pub host_timeout_secs: u64,
+    /// Sent with `queue`: tasks wait in offline agents' queues (within the TTL), so the host
+    /// timeout applies only once a task was handed out.
+    pub queue: bool,
 }
 
 /// One target of a job: its agent, its task once started, and how that task ended (kept here so
@@ -367,6 +372,9 @@ pub struct TargetRecord {
     pub task_id: Option<TaskId>,
     /// How the task ended, once it has.
     pub end: Option<TargetEnd>,
+    /// Its agent was offline when the job started (last seen then): it ended `offline`,
+    /// without a task.
+    pub offline_since_ms: Option<i64>,
 }
 
 /// The final state of a target's task.

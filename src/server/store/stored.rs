@@ -256,35 +256,49 @@ impl From<StoredJobState> for JobState {
     }
 }
 
-/// Expands to the conversions between [`JobCounts`] and its stored mirror, field by field.
+/// Expands to a stored mirror of [`JobCounts`] with `$field`s and the conversions, field by
+/// field (a field the mirror lacks reads as 0).
 macro_rules! job_counts {
-    ($($field:ident),*) => {
-        /// [`JobCounts`] as stored: fields in the order of version 1.
+    ($(#[$doc:meta])* $name:ident { $($field:ident),* }) => {
+        $(#[$doc])*
         #[derive(Debug, Clone, Serialize, Deserialize)]
-        pub struct StoredJobCounts {
+        pub struct $name {
             $($field: u32,)*
         }
 
-        impl From<&JobCounts> for StoredJobCounts {
+        impl From<&JobCounts> for $name {
             fn from(c: &JobCounts) -> Self {
-                StoredJobCounts { $($field: c.$field,)* }
+                $name { $($field: c.$field,)* }
             }
         }
 
-        impl From<StoredJobCounts> for JobCounts {
-            fn from(c: StoredJobCounts) -> Self {
-                JobCounts { $($field: c.$field,)* }
+        impl From<$name> for JobCounts {
+            #[allow(clippy::needless_update)] // the last version names every field
+            fn from(c: $name) -> Self {
+                JobCounts { $($field: c.$field,)* ..JobCounts::default() }
             }
         }
     };
 }
 
 job_counts!(
-    waiting, queued, delivered, running, succeeded, failed, timed_out, cancelled, expired, lost, skipped
+    /// [`JobCounts`] as stored in version 1 of a job (frozen).
+    StoredJobCountsV1 {
+        waiting, queued, delivered, running, succeeded, failed, timed_out, cancelled, expired, lost, skipped
+    }
 );
 
-/// A job record, version 2: version 1 and its tasks' environment and working directory.
-/// Limits are kept as operators write them (`10`, `10%`).
+job_counts!(
+    /// [`JobCounts`] as stored: the fields of version 1, then `offline` (version 2).
+    StoredJobCounts {
+        waiting, queued, delivered, running, succeeded, failed, timed_out, cancelled, expired, lost, skipped,
+        offline
+    }
+);
+
+/// A job record, version 2: version 1 with its tasks' environment and working directory, the
+/// `offline` count, the host timeout and `queue`. Limits are kept as operators write them
+/// (`10`, `10%`).
 #[derive(Serialize, Deserialize)]
 pub struct StoredJob {
     id: TaskId,
@@ -305,6 +319,8 @@ pub struct StoredJob {
     counts: StoredJobCounts,
     version: u64,
     done_ms: i64,
+    host_timeout_secs: u64,
+    queue: bool,
 }
 
 /// A job record, version 1 (orange 0.1.0); frozen.
@@ -323,12 +339,14 @@ pub struct StoredJobV1 {
     targets: u32,
     next: u32,
     state: StoredJobState,
-    counts: StoredJobCounts,
+    counts: StoredJobCountsV1,
     version: u64,
     done_ms: i64,
 }
 
 impl From<StoredJobV1> for StoredJob {
+    /// A job of version 1 had no environment, working directory, host timeout (0: none) or
+    /// offline targets.
     fn from(v1: StoredJobV1) -> Self {
         StoredJob {
             id: v1.id,
@@ -346,9 +364,11 @@ impl From<StoredJobV1> for StoredJob {
             targets: v1.targets,
             next: v1.next,
             state: v1.state,
-            counts: v1.counts,
+            counts: (&JobCounts::from(v1.counts)).into(),
             version: v1.version,
             done_ms: v1.done_ms,
+            host_timeout_secs: 0,
+            queue: false,
         }
     }
 }
@@ -383,6 +403,8 @@ impl Record for JobRecord {
             counts: (&self.counts).into(),
             version: self.version,
             done_ms: self.done_ms,
+            host_timeout_secs: self.host_timeout_secs,
+            queue: self.queue,
         }
     }
 
@@ -406,6 +428,8 @@ impl Record for JobRecord {
             counts: s.counts.into(),
             version: s.version,
             done_ms: s.done_ms,
+            host_timeout_secs: s.host_timeout_secs,
+            queue: s.queue,
         })
     }
 
@@ -414,12 +438,22 @@ impl Record for JobRecord {
     }
 }
 
-/// A job target, version 1.
+/// A job target, version 1 (frozen).
+#[derive(Serialize, Deserialize)]
+pub struct StoredTargetV1 {
+    app_id: String,
+    task_id: Option<TaskId>,
+    end: Option<StoredTargetEnd>,
+}
+
+/// A job target, version 2: version 1 with when its agent was last seen, for a target that
+/// ended `offline` without a task.
 #[derive(Serialize, Deserialize)]
 pub struct StoredTarget {
     app_id: String,
     task_id: Option<TaskId>,
     end: Option<StoredTargetEnd>,
+    offline_since_ms: Option<i64>,
 }
 
 /// How a target's task ended, as stored in version 1 of a target.
@@ -433,8 +467,20 @@ pub struct StoredTargetEnd {
 
 impl Record for TargetRecord {
     const NAME: &'static str = "job target";
-    const VERSION: u8 = 1;
+    const VERSION: u8 = 2;
     type Stored = StoredTarget;
+
+    fn from_older(version: u8, body: &[u8]) -> Option<Result<Self, CodecError>> {
+        (version == 1).then(|| {
+            let v: StoredTargetV1 = decode_body(body)?;
+            Self::from_stored(StoredTarget {
+                app_id: v.app_id,
+                task_id: v.task_id,
+                end: v.end,
+                offline_since_ms: None,
+            })
+        })
+    }
 
     fn to_stored(&self) -> StoredTarget {
         let end = self.end.as_ref().map(|e| StoredTargetEnd {
@@ -443,7 +489,12 @@ impl Record for TargetRecord {
             error: e.error.clone(),
             duration_ms: e.duration_ms,
         });
-        StoredTarget { app_id: self.app_id.clone(), task_id: self.task_id, end }
+        StoredTarget {
+            app_id: self.app_id.clone(),
+            task_id: self.task_id,
+            end,
+            offline_since_ms: self.offline_since_ms,
+        }
     }
 
     fn from_stored(s: StoredTarget) -> Result<TargetRecord, CodecError> {
@@ -453,6 +504,6 @@ impl Record for TargetRecord {
             error: e.error,
             duration_ms: e.duration_ms,
         });
-        Ok(TargetRecord { app_id: s.app_id, task_id: s.task_id, end })
+        Ok(TargetRecord { app_id: s.app_id, task_id: s.task_id, end, offline_since_ms: s.offline_since_ms })
     }
 }

@@ -108,9 +108,12 @@ fn sample_job() -> JobRecord {
             expired: 9,
             lost: 10,
             skipped: 11,
+            offline: 0,
         },
         version: 12,
         done_ms: 13,
+        host_timeout_secs: 0,
+        queue: false,
     }
 }
 
@@ -124,6 +127,7 @@ fn sample_target() -> TargetRecord {
             error: Some("gone".into()),
             duration_ms: None,
         }),
+        offline_since_ms: None,
     }
 }
 
@@ -202,18 +206,23 @@ fn sample_task_v2() -> TaskRecord {
     task
 }
 
-/// A job with an environment and a working directory: version 2 of the job record.
+/// A job with an environment, a working directory, offline targets, a host timeout and
+/// `queue`: version 2 of the job record.
 fn sample_job_v2() -> JobRecord {
     let mut job = sample_job();
     job.env = BTreeMap::from([("A".to_owned(), "b".to_owned())]);
     job.cwd = Some("/srv".into());
+    job.counts.offline = 14;
+    job.host_timeout_secs = 60;
+    job.queue = true;
     job
 }
 
-// Version 2 of the task and job records (environment and working directory): frozen here so
+// Version 2 of the task and job records (environment and working directory; a job's offline
+// count, host timeout and `queue`): frozen here so
 // that a change of the layout is noticed.
 const TASK_V2: &str = "021001010101010101010101010101010101057765622d31057368656c6c076563686f206869010141016201042f746d70053cfbd007030002080405062a019a0101050104626f6f6d010c03640102023207";
-const JOB_V2: &str = "02100202020202020202020202020202020216057368656c6c06757074696d65010141016201042f7372761e3c01033130250101320101020b03020102030405060708090a0b0c1a";
+const JOB_V2: &str = "02100202020202020202020202020202020216057368656c6c06757074696d65010141016201042f7372761e3c01033130250101320101020b03020102030405060708090a0b0e0c1a3c01";
 
 #[test]
 fn tasks_and_jobs_with_env_and_cwd_keep_their_second_layout() {
@@ -222,14 +231,27 @@ fn tasks_and_jobs_with_env_and_cwd_keep_their_second_layout() {
 }
 
 #[test]
-fn jobs_and_targets_written_by_0_1_0_decode() {
+fn jobs_and_targets_written_by_0_1_0_decode_without_host_timeout_or_offline_targets() {
     older(JOB_V1, sample_job());
     let mut job = sample_job();
     (job.max_concurrency, job.max_errors, job.error_limit) = (None, None, None);
     job.state = JobState::Finished;
     older(JOB_V1_NO_LIMITS, job);
-    v1(TARGET_V1, sample_target());
-    v1(TARGET_V1_NOT_STARTED, TargetRecord { app_id: "web-2".into(), task_id: None, end: None });
+    older(TARGET_V1, sample_target());
+    let not_started =
+        TargetRecord { app_id: "web-2".into(), task_id: None, end: None, offline_since_ms: None };
+    older(TARGET_V1_NOT_STARTED, not_started);
+}
+
+// Version 2 of targets (offline targets): the bytes are frozen here so that a change of the
+// layout is noticed.
+const TARGET_V2_OFFLINE: &str = "02057765622d330000011e";
+
+#[test]
+fn targets_keep_their_second_layout() {
+    let target =
+        TargetRecord { app_id: "web-3".into(), task_id: None, end: None, offline_since_ms: Some(15) };
+    frozen(TARGET_V2_OFFLINE, target);
 }
 
 #[test]
@@ -241,7 +263,7 @@ fn a_future_version_is_refused_naming_the_record() {
     let mut bytes = unhex(TARGET_V1);
     bytes[0] = 7;
     let err = codec::decode::<TargetRecord>(&bytes).unwrap_err();
-    assert_eq!(err.to_string(), "stored job target record has version 7; this build reads versions up to 1");
+    assert_eq!(err.to_string(), "stored job target record has version 7; this build reads versions up to 2");
 }
 
 #[test]

@@ -2,9 +2,10 @@
 //! passed (queue expiry, unacknowledged deliveries, silent runs) and retention of finished tasks
 //! and of agents gone silent.
 
-use super::records::TaskRecord;
+use super::records::{TaskRecord, secs_to_ms};
 use super::tx::{Tx, TxError, agent_task_key, entries_before, queue_key, time_key};
 use super::{Store, StoreError};
+use crate::protocol::jobs::JobState;
 use crate::protocol::{TaskId, TaskStatus};
 
 /// A task a deadline moved.
@@ -79,6 +80,48 @@ impl Store {
         }
         tx.put_task(&task)?;
         Ok(Some(Swept { task, requeued: requeue }))
+    }
+
+    /// The open tasks of jobs not done that have a host timeout, each with that timeout in
+    /// milliseconds (tasks of a cancelled job are left to the cancel; queued tasks of a job sent
+    /// with `queue` wait for their agent within their TTL).
+    pub fn open_job_tasks(&self) -> Result<Vec<(TaskRecord, i64)>, StoreError> {
+        let mut open = Vec::new();
+        for key in self.trees().jobs_open.iter().keys() {
+            let Some(job) = self.job(super::tx::task_id_from(&key?)?)? else { continue };
+            if job.host_timeout_secs == 0 || job.done_ms != 0 || job.state == JobState::Cancelled {
+                continue;
+            }
+            let timeout_ms = secs_to_ms(job.host_timeout_secs);
+            for id in self.open_tasks(job.id)? {
+                let waits = |t: &TaskRecord| job.queue && t.status == TaskStatus::Queued;
+                if let Some(task) = self.task(id)?.filter(|t| !t.status.is_final() && !waits(t)) {
+                    open.push((task, timeout_ms));
+                }
+            }
+        }
+        Ok(open)
+    }
+
+    /// Ends open task `id` because its agent went silent: `expired` if it was still queued,
+    /// else `lost`, with `note` as its error. `None` if it had ended already.
+    pub fn end_silent(&self, id: TaskId, note: &str, now_ms: i64) -> Result<Option<TaskRecord>, StoreError> {
+        self.transact(|tx| {
+            let Some(mut task) = tx.task::<StoreError>(id)?.filter(|t| !t.status.is_final()) else {
+                return Ok(None);
+            };
+            let status = if task.status == TaskStatus::Queued {
+                tx.queue.remove(queue_key(&task.app_id, task.queue_seq))?;
+                TaskStatus::Expired
+            } else {
+                TaskStatus::Lost
+            };
+            task.move_to(status, now_ms);
+            task.error = Some(note.to_owned());
+            tx.close(&mut task, now_ms)?;
+            tx.put_task(&task)?;
+            Ok::<_, TxError<StoreError>>(Some(task))
+        })
     }
 
     /// Removes finished tasks (record, index entries, output) that finished before `cutoff_ms`

@@ -111,6 +111,9 @@ trees! {
         jobs_done,
         /// app id → task features the agent announced.
         features,
+        /// job id → empty: jobs not done yet (those written since the host timeout existed),
+        /// read by the host-timeout sweep.
+        jobs_open,
     }
     outside {
         /// signing time, digest → empty: used signed requests.

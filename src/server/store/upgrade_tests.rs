@@ -105,7 +105,10 @@ fn check_jobs(store: &Store, manifest: &Value) {
     for want in expected {
         let job = store.job(task_id(&want["job_id"])).unwrap().expect("job kept");
         assert_eq!(json(job.state), want["state"], "{}", job.id);
-        assert_eq!(json(&job.counts), want["counts"], "{}", job.id);
+        // 0.1.0 had no `offline` count: its jobs read 0 there, and no host timeout.
+        let counts: crate::protocol::jobs::JobCounts =
+            serde_json::from_value(want["counts"].clone()).unwrap();
+        assert_eq!((&job.counts, job.host_timeout_secs, job.queue), (&counts, 0, false), "{}", job.id);
         assert_eq!(job.targets, want["targets"], "{}", job.id);
         assert_eq!(job.version, want["version"], "{}", job.id);
         assert_eq!(

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use super::process::{clean_env, kill_child, log_file, read_log, show_command};
+use super::process::{clean_env, kill_child, log_file, read_log, show_command, signal, wait_exit};
 use super::{BASE_SECRET, BIN, Server, try_wait_until};
 
 /// How long a started agent may take to be listed online; generous, since the wait ends as soon
@@ -153,6 +153,21 @@ impl Agent {
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             kill_child(&mut child);
+        }
+    }
+
+    /// Stops the agent cleanly (SIGTERM) and waits up to `timeout` for it to exit; panics with
+    /// its output if it does not.
+    pub fn stop(&mut self, timeout: Duration) {
+        let mut child = self.child.take().expect("agent is running");
+        signal(&mut child, libc::SIGTERM);
+        if wait_exit(&mut child, timeout).is_none() {
+            kill_child(&mut child);
+            panic!(
+                "agent {} did not stop within {timeout:?} of SIGTERM\noutput:\n{}",
+                self.app_id,
+                self.output()
+            );
         }
     }
 
