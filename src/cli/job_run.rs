@@ -40,7 +40,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
         return dry_run(&api, &request, config.json);
     }
     let job: JobView = api.post(jobs::JOBS_PATH, &request)?;
-    eprintln!("orange: job {} on {}", job.job_id, job_print::hosts(job.targets));
+    output::note(format_args!("orange: job {} on {}", job.job_id, job_print::hosts(job.targets)));
     let show_progress = !config.json && std::io::stderr().is_terminal();
     let mut progress = Progress { shown: show_progress };
     progress.draw(&job);

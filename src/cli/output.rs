@@ -19,6 +19,12 @@ const NONE: &str = "-";
 /// Space between table columns.
 const GAP: &str = "  ";
 
+/// Writes a note line on stderr. A closed or broken stderr loses the note instead of
+/// stopping orange (`eprintln!` panics then), so a command still finishes what it owes its task.
+pub fn note(line: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
 /// Writes `text` to stdout as is.
 pub fn emit(text: &str) -> Result<()> {
     emit_bytes(text.as_bytes())

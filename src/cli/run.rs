@@ -183,7 +183,7 @@ fn wait_for_agent(api: &Api, app_id: &str, task_id: &str) -> Result<()> {
         }
         let agent: AgentView = api.get(&admin::agent_path(&encode(app_id)))?;
         if !(first && agent.online) {
-            eprintln!("{}", waiting_note(&agent, task_id));
+            output::note(format_args!("{}", waiting_note(&agent, task_id)));
         }
         first = false;
     }
@@ -247,7 +247,7 @@ fn finish_run(task: &TaskView, json: bool, interrupted: bool, original: bool) ->
         output::print_json(task)?;
     }
     if let Some(problem) = problem {
-        eprintln!("orange: {problem}");
+        output::note(format_args!("orange: {problem}"));
     }
     Ok(code)
 }

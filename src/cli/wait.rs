@@ -8,6 +8,7 @@ use anyhow::Result;
 use serde::de::DeserializeOwned;
 
 use super::operator::Api;
+use super::output;
 use crate::protocol::admin::{self, TaskView};
 
 /// Seconds one `?wait=` call parks on the server while `run`, `logs -f` or `get --wait` waits.
@@ -48,7 +49,7 @@ pub fn get_patiently<T: DeserializeOwned>(
             Ok(value) => return Ok(value),
             Err(error) if error.is_transient() && failures < WAIT_RETRIES => {
                 failures += 1;
-                eprintln!("orange: waiting for {what}: {error}; retrying");
+                output::note(format_args!("orange: waiting for {what}: {error}; retrying"));
                 std::thread::sleep(RETRY_PAUSE);
             }
             Err(error) if failures > 0 => {
