@@ -14,6 +14,7 @@ use axum::routing::post;
 use axum::{Extension, Json};
 use chrono::Utc;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
 
 use super::AppState;
@@ -250,6 +251,35 @@ fn features(headers: &HeaderMap) -> Result<Vec<String>, String> {
     parse_header(text).map_err(|e| format!("{HEADER_FEATURES}: {e}"))
 }
 
+/// A signed call to `path` by an agent, its JSON body parsed as `T`; or the answer refusing it
+/// (logged under `endpoint`).
+async fn signed_json<T: DeserializeOwned>(
+    app: &AppState,
+    source: IpAddr,
+    place: &BusyPermit,
+    (endpoint, path): (&str, &str),
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(AgentRecord, T), Response> {
+    let (agent, body) = match agent_call(app, source, path, headers, body).await {
+        Ok(ok) => ok,
+        Err(refusal) => return Err(answer_refusal(endpoint, source, refusal, place).await),
+    };
+    match serde_json::from_slice(&body) {
+        Ok(parsed) => Ok((agent, parsed)),
+        Err(e) => Err(refused(endpoint, source, "bad request", format!("malformed JSON: {e}"))),
+    }
+}
+
+/// The answer to a service's refusal: a store failure is deferred (the agent retries), any
+/// other error refused with its message.
+fn service_failure(endpoint: &str, source: IpAddr, error: ServiceError) -> Response {
+    match error {
+        ServiceError::Store(e) => unavailable(endpoint, source, format!("server error, retry later: {e}")),
+        e => refused(endpoint, source, "bad request", e.to_string()),
+    }
+}
+
 async fn output(
     State(app): State<AppState>,
     ClientAddr(peer): ClientAddr,
@@ -257,21 +287,15 @@ async fn output(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let source = peer.ip();
-    let (agent, body) = match agent_call(&app, source, wire::OUTPUT_PATH, &headers, body).await {
+    let (source, call) = (peer.ip(), ("output", wire::OUTPUT_PATH));
+    let (agent, chunk): (_, OutputChunk) = match signed_json(&app, source, &place, call, &headers, body).await
+    {
         Ok(ok) => ok,
-        Err(refusal) => return answer_refusal("output", source, refusal, &place).await,
-    };
-    let chunk: OutputChunk = match serde_json::from_slice(&body) {
-        Ok(chunk) => chunk,
-        Err(e) => return refused("output", source, "bad request", format!("malformed JSON: {e}")),
+        Err(answer) => return answer,
     };
     match app.reports().output(&agent.app_id, chunk).await {
         Ok(ack) => reply(Envelope::ok("output stored", OutputAck { cancel: ack.cancel })),
-        Err(ServiceError::Store(e)) => {
-            unavailable("output", source, format!("server error, retry later: {e}"))
-        }
-        Err(e) => refused("output", source, "bad request", e.to_string()),
+        Err(e) => service_failure(call.0, source, e),
     }
 }
 
@@ -282,24 +306,18 @@ async fn report_task(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let source = peer.ip();
-    let (agent, body) = match agent_call(&app, source, wire::REPORT_TASK_PATH, &headers, body).await {
-        Ok(ok) => ok,
-        Err(refusal) => return answer_refusal("reportTask", source, refusal, &place).await,
-    };
-    let report: ReportRequest = match serde_json::from_slice(&body) {
-        Ok(report) => report,
-        Err(e) => return refused("reportTask", source, "bad request", format!("malformed JSON: {e}")),
-    };
+    let (source, call) = (peer.ip(), ("reportTask", wire::REPORT_TASK_PATH));
+    let (agent, report): (_, ReportRequest) =
+        match signed_json(&app, source, &place, call, &headers, body).await {
+            Ok(ok) => ok,
+            Err(answer) => return answer,
+        };
     match app.reports().report(&agent.app_id, report).await {
         Ok(task) => {
             info!(agent = %agent.app_id, task = %task.id, status = %task.status, "task reported");
             reply(Envelope::<()>::empty(wire::CODE_OK, "task status updated successfully"))
         }
-        Err(ServiceError::Store(e)) => {
-            unavailable("reportTask", source, format!("server error, retry later: {e}"))
-        }
-        Err(e) => refused("reportTask", source, "bad request", e.to_string()),
+        Err(e) => service_failure(call.0, source, e),
     }
 }
 
@@ -310,23 +328,16 @@ async fn facts(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let source = peer.ip();
-    let (agent, body) = match agent_call(&app, source, FACTS_PATH, &headers, body).await {
+    let (source, call) = (peer.ip(), ("facts", FACTS_PATH));
+    let (agent, facts): (_, HostFacts) = match signed_json(&app, source, &place, call, &headers, body).await {
         Ok(ok) => ok,
-        Err(refusal) => return answer_refusal("facts", source, refusal, &place).await,
-    };
-    let facts: HostFacts = match serde_json::from_slice(&body) {
-        Ok(facts) => facts,
-        Err(e) => return refused("facts", source, "bad request", format!("malformed JSON: {e}")),
+        Err(answer) => return answer,
     };
     match app.inventory().update_facts(&agent.app_id, facts).await {
         Ok(()) => {
             info!(agent = %agent.app_id, "facts updated");
             reply(Envelope::<()>::empty(wire::CODE_OK, "facts stored"))
         }
-        Err(ServiceError::Store(e)) => {
-            unavailable("facts", source, format!("server error, retry later: {e}"))
-        }
-        Err(e) => refused("facts", source, "bad request", e.to_string()),
+        Err(e) => service_failure(call.0, source, e),
     }
 }
