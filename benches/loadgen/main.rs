@@ -52,7 +52,8 @@ impl Options {
     /// and `--max-unverified-inflight` for the registrations) is set above any fleet the bench runs, so that it measures the server, not the guard:
     /// simulated agents, unlike real ones, do not wait out a 429.
     pub fn server_args(&self) -> Vec<String> {
-        let mut args = ["--max-inflight", "20000", "--max-unverified-inflight", "20000"].map(str::to_owned).to_vec();
+        let mut args =
+            ["--max-inflight", "20000", "--max-unverified-inflight", "20000"].map(str::to_owned).to_vec();
         if let Some(secs) = self.poll_window {
             args.extend(["--poll-window".to_owned(), secs.to_string()]);
         }

@@ -1,0 +1,133 @@
+//! sled trees whose writes go to the write-ahead log (`wal.rs`) as well: [`LoggedTree`] for
+//! writes outside transactions (each one record, appended under the store's write lock just
+//! before sled applies it) and [`LoggedTx`] for writes inside one (gathered, then appended as
+//! one record by `Trees::transaction` when the transaction's closure succeeded, before sled
+//! commits it, still under the lock). A write logged that sled then fails to apply marks the
+//! log failed (`Writer::fail`).
+//! Reads go straight to sled through `Deref`; every write method the store uses is defined
+//! here, so it shadows sled's own.
+
+use std::cell::RefCell;
+use std::ops::Deref;
+use std::sync::Arc;
+
+use sled::transaction::{TransactionalTree, UnabortableTransactionError};
+use sled::{CompareAndSwapError, IVec};
+
+/// What a transactional write returns.
+type TxResult = Result<Option<IVec>, UnabortableTransactionError>;
+
+use super::wal::Wal;
+use super::wal_record::push_op;
+
+/// A tree written outside transactions.
+pub struct LoggedTree {
+    tree: sled::Tree,
+    name: &'static str,
+    wal: Arc<Wal>,
+}
+
+impl LoggedTree {
+    /// `tree`, named `name` in the log, writing to `wal`.
+    pub fn new(tree: sled::Tree, name: &'static str, wal: Arc<Wal>) -> LoggedTree {
+        LoggedTree { tree, name, wal }
+    }
+
+    /// The tree itself, for replay (writes through it are not logged).
+    pub fn raw(&self) -> &sled::Tree {
+        &self.tree
+    }
+
+    /// sled's `insert`, logged first.
+    pub fn insert<K: AsRef<[u8]>, V: Into<IVec>>(&self, key: K, value: V) -> sled::Result<Option<IVec>> {
+        let value = value.into();
+        let mut writer = self.wal.writer();
+        writer.append(&self.op(key.as_ref(), Some(&value))).map_err(to_sled)?;
+        self.tree.insert(key.as_ref(), value).map_err(|e| to_sled(writer.fail(&e.to_string())))
+    }
+
+    /// sled's `remove`, logged first.
+    pub fn remove<K: AsRef<[u8]>>(&self, key: K) -> sled::Result<Option<IVec>> {
+        let mut writer = self.wal.writer();
+        writer.append(&self.op(key.as_ref(), None)).map_err(to_sled)?;
+        self.tree.remove(key.as_ref()).map_err(|e| to_sled(writer.fail(&e.to_string())))
+    }
+
+    /// sled's `compare_and_swap`, logged first when it is going to swap: every write of the
+    /// tree holds the write lock, so the value read under it is the one sled compares.
+    pub fn compare_and_swap<K: AsRef<[u8]>, OV: AsRef<[u8]>, NV: Into<IVec>>(
+        &self,
+        key: K,
+        old: Option<OV>,
+        new: Option<NV>,
+    ) -> sled::Result<Result<(), CompareAndSwapError>> {
+        let new: Option<IVec> = new.map(Into::into);
+        let mut writer = self.wal.writer();
+        let current = self.tree.get(key.as_ref())?;
+        let swaps = current.as_deref() == old.as_ref().map(AsRef::as_ref);
+        if swaps {
+            writer.append(&self.op(key.as_ref(), new.as_deref())).map_err(to_sled)?;
+        }
+        match self.tree.compare_and_swap(key.as_ref(), old, new) {
+            Ok(Err(_)) | Err(_) if swaps => {
+                Err(to_sled(writer.fail("a logged compare-and-swap did not swap")))
+            }
+            result => result,
+        }
+    }
+
+    fn op(&self, key: &[u8], value: Option<&[u8]>) -> Vec<u8> {
+        let mut ops = Vec::with_capacity(key.len() + value.map_or(0, <[u8]>::len) + 32);
+        push_op(&mut ops, self.name, key, value);
+        ops
+    }
+}
+
+impl Deref for LoggedTree {
+    type Target = sled::Tree;
+
+    fn deref(&self) -> &sled::Tree {
+        &self.tree
+    }
+}
+
+/// A tree inside one transaction: its writes are gathered into the transaction's record.
+#[derive(Clone, Copy)]
+pub struct LoggedTx<'a> {
+    tree: &'a TransactionalTree,
+    name: &'static str,
+    ops: &'a RefCell<Vec<u8>>,
+}
+
+impl<'a> LoggedTx<'a> {
+    /// `tree`, named `name` in the log, gathering its writes into `ops`.
+    pub fn new(tree: &'a TransactionalTree, name: &'static str, ops: &'a RefCell<Vec<u8>>) -> LoggedTx<'a> {
+        LoggedTx { tree, name, ops }
+    }
+
+    /// sled's transactional `insert`, gathered for the log.
+    pub fn insert<K: AsRef<[u8]> + Into<IVec>, V: Into<IVec>>(&self, key: K, value: V) -> TxResult {
+        let value = value.into();
+        push_op(&mut self.ops.borrow_mut(), self.name, key.as_ref(), Some(&value));
+        self.tree.insert(key, value)
+    }
+
+    /// sled's transactional `remove`, gathered for the log.
+    pub fn remove<K: AsRef<[u8]> + Into<IVec>>(&self, key: K) -> TxResult {
+        push_op(&mut self.ops.borrow_mut(), self.name, key.as_ref(), None);
+        self.tree.remove(key)
+    }
+}
+
+impl Deref for LoggedTx<'_> {
+    type Target = TransactionalTree;
+
+    fn deref(&self) -> &TransactionalTree {
+        self.tree
+    }
+}
+
+/// A log failure as a sled error, for callers that speak sled's.
+fn to_sled(e: super::StoreError) -> sled::Error {
+    sled::Error::Io(std::io::Error::other(e.to_string()))
+}
