@@ -62,7 +62,9 @@ macro_rules! trees {
             /// Opens (or creates) the sled database `dir/name`, its writes logged to `wal`.
             pub fn open(dir: &Path, name: &str, cache_bytes: u64, wal: Arc<Wal>) -> Result<Trees, StoreError> {
                 let path = dir.join(name);
-                let db = sled::Config::new().path(&path).cache_capacity(cache_bytes).open()?;
+                // No background flush every 500 ms: the write-ahead log carries durability, and
+                // checkpoints flush sled (a flush holds up every sled transaction meanwhile).
+                let db = sled::Config::new().path(&path).cache_capacity(cache_bytes).flush_every_ms(None).open()?;
                 let data_file = File::open(path.join("db"))
                     .map_err(|e| StoreError::Io(format!("cannot open {}: {e}", path.join("db").display())))?;
                 let id_floor = read_u64(&db, ID_FLOOR_KEY)?.unwrap_or(0);
