@@ -21,3 +21,4 @@ mod orphans;
 mod overload;
 mod owned_task;
 mod security;
+mod wal;
