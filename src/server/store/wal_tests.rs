@@ -147,3 +147,50 @@ fn the_log_alone_rebuilds_every_tree_of_the_store() {
     let rebuilt = Store::open(copy.path(), 8 << 20, Policy::default()).unwrap();
     assert_eq!(rebuilt.dump(), before);
 }
+
+#[test]
+fn concurrent_writers_of_the_same_key_are_logged_in_the_order_sled_applied_them() {
+    use crate::server::store::AgentRecord;
+    use crate::server::store::tests::{agent, queued, success, take};
+    let (dir, store) = open();
+    store.put_agent(&agent("a")).unwrap();
+    std::thread::scope(|scope| {
+        // Transactions that read agent `a` and write it back with one more finished task...
+        for _ in 0..3 {
+            scope.spawn(|| {
+                for i in 0..60 {
+                    queued(&store, "a", 1);
+                    if let Some(task) = take(&store, "a") {
+                        store.apply_report("a", task.id, &success("x"), 100 + i).unwrap();
+                    }
+                }
+            });
+        }
+        // ...racing compare-and-swaps of the same record to a later `last_seen_ms`.
+        scope.spawn(|| {
+            for i in 2..400 {
+                let current = store.agent("a").unwrap().unwrap();
+                store.touch_record(&current, i, 0).unwrap();
+            }
+        });
+    });
+    let live = store.agent("a").unwrap().unwrap();
+    drop(store);
+    // Each write of `a` was made from the one before it, so in sled's order both counters only
+    // grow; a log out of that order would show one going back.
+    let mut versions = Vec::new();
+    Wal::open(&dir.path().join(crate::server::store::WAL_DIR))
+        .unwrap()
+        .replay(|op| {
+            if op.tree == b"agents" && op.key == b"a" {
+                let record: AgentRecord = crate::server::codec::decode(op.value.unwrap()).unwrap();
+                versions.push((record.processed_task_count, record.last_seen_ms));
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert!(versions.len() > 100, "only {} writes of the agent", versions.len());
+    let backwards: Vec<_> = versions.windows(2).filter(|w| w[1].0 < w[0].0 || w[1].1 < w[0].1).collect();
+    assert!(backwards.is_empty(), "the log has writes out of sled's order: {backwards:?}");
+    assert_eq!(versions.last(), Some(&(live.processed_task_count, live.last_seen_ms)));
+}
