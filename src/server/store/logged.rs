@@ -4,8 +4,9 @@
 //! one record by `Trees::transaction` when the transaction's closure succeeded, before sled
 //! commits it, still under the lock). A write logged that sled then fails to apply marks the
 //! log failed (`Writer::fail`).
-//! Reads go straight to sled through `Deref`; every write method the store uses is defined
-//! here, so it shadows sled's own.
+//! Reads go straight to sled through `Deref`; every write method the store uses (`insert`,
+//! `remove`, `compare_and_swap`, `pop_min`) is defined here, so it shadows sled's own: a new
+//! kind of write must be added here first, or it would bypass the log.
 
 use std::cell::RefCell;
 use std::ops::Deref;
@@ -74,6 +75,16 @@ impl LoggedTree {
             }
             result => result,
         }
+    }
+
+    /// sled's `pop_min` (removes and returns the first entry), logged first: every write of
+    /// the tree holds the write lock, so the first entry read under it is the one removed.
+    pub fn pop_min(&self) -> sled::Result<Option<(IVec, IVec)>> {
+        let mut writer = self.wal.writer();
+        let Some((key, value)) = self.tree.first()? else { return Ok(None) };
+        writer.append(&self.op(&key, None)).map_err(to_sled)?;
+        self.tree.remove(&key).map_err(|e| to_sled(writer.fail(&e.to_string())))?;
+        Ok(Some((key, value)))
     }
 
     fn op(&self, key: &[u8], value: Option<&[u8]>) -> Vec<u8> {

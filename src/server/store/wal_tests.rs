@@ -3,9 +3,8 @@
 //! drop what sled holds, and the log alone rebuilds the store.
 
 use super::*;
-use crate::server::store::tests::open;
+use crate::server::store::tests::{open, rebuilt_from_log};
 use crate::server::store::wal_record::push_op;
-use crate::server::store::{Policy, Store};
 
 /// The ops of record `n`: a put and a removal.
 fn ops(n: u8) -> Vec<u8> {
@@ -137,14 +136,7 @@ fn the_log_alone_rebuilds_every_tree_of_the_store() {
     crate::server::store::compact_tests::every_tree_has_records(&before);
     drop(store);
     // A data directory with only the log: every write since the (empty) start is in it.
-    let copy = tempfile::tempdir().unwrap();
-    let wal_copy = copy.path().join(crate::server::store::WAL_DIR);
-    fs::create_dir(&wal_copy).unwrap();
-    for entry in fs::read_dir(dir.path().join(crate::server::store::WAL_DIR)).unwrap() {
-        let entry = entry.unwrap();
-        fs::copy(entry.path(), wal_copy.join(entry.file_name())).unwrap();
-    }
-    let rebuilt = Store::open(copy.path(), 8 << 20, Policy::default()).unwrap();
+    let (_copy, rebuilt) = rebuilt_from_log(dir.path());
     assert_eq!(rebuilt.dump(), before);
 }
 
