@@ -4,12 +4,11 @@
 //! one record by `Trees::transaction` when the transaction's closure succeeded, before sled
 //! commits it, still under the lock). A write logged that sled then fails to apply marks the
 //! log failed (`Writer::fail`).
-//! Reads go straight to sled through `Deref`; every write method the store uses (`insert`,
-//! `remove`, `compare_and_swap`, `pop_min`) is defined here, so it shadows sled's own: a new
-//! kind of write must be added here first, or it would bypass the log.
+//! The wrappers offer the reads the store uses, straight from sled, and the writes it uses
+//! (`insert`, `remove`, `compare_and_swap`, `pop_min`), logged; nothing else, so a write that
+//! would bypass the log does not compile.
 
 use std::cell::RefCell;
-use std::ops::Deref;
 use std::sync::Arc;
 
 use sled::transaction::{TransactionalTree, UnabortableTransactionError};
@@ -94,11 +93,32 @@ impl LoggedTree {
     }
 }
 
-impl Deref for LoggedTree {
-    type Target = sled::Tree;
+/// Reads, straight from sled. There is deliberately no `Deref` to `sled::Tree`: a write method
+/// not defined above must not compile.
+impl LoggedTree {
+    /// sled's `get`.
+    pub fn get<K: AsRef<[u8]>>(&self, key: K) -> sled::Result<Option<IVec>> {
+        self.tree.get(key)
+    }
 
-    fn deref(&self) -> &sled::Tree {
-        &self.tree
+    /// sled's `iter`.
+    pub fn iter(&self) -> sled::Iter {
+        self.tree.iter()
+    }
+
+    /// sled's `range`.
+    pub fn range<K: AsRef<[u8]>, R: std::ops::RangeBounds<K>>(&self, range: R) -> sled::Iter {
+        self.tree.range(range)
+    }
+
+    /// sled's `scan_prefix`.
+    pub fn scan_prefix<P: AsRef<[u8]>>(&self, prefix: P) -> sled::Iter {
+        self.tree.scan_prefix(prefix)
+    }
+
+    /// sled's `len` (a full scan).
+    pub fn len(&self) -> usize {
+        self.tree.len()
     }
 }
 
@@ -130,11 +150,11 @@ impl<'a> LoggedTx<'a> {
     }
 }
 
-impl Deref for LoggedTx<'_> {
-    type Target = TransactionalTree;
-
-    fn deref(&self) -> &TransactionalTree {
-        self.tree
+impl LoggedTx<'_> {
+    /// sled's transactional `get` (it sees the transaction's own writes). No `Deref` to the
+    /// transactional tree, so that no unlogged write compiles.
+    pub fn get<K: AsRef<[u8]>>(&self, key: K) -> TxResult {
+        self.tree.get(key)
     }
 }
 
