@@ -11,7 +11,9 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
-use sled::transaction::{TransactionalTree, UnabortableTransactionError};
+use std::collections::BTreeMap;
+
+use sled::transaction::UnabortableTransactionError;
 use sled::{CompareAndSwapError, IVec};
 
 /// What a transactional write returns.
@@ -122,40 +124,65 @@ impl LoggedTree {
     }
 }
 
-/// A tree inside one transaction: its writes are gathered into the transaction's record.
+/// The writes of one tree inside a transaction, not yet applied: key → new value or removal.
+pub type Overlay = RefCell<BTreeMap<Vec<u8>, Option<IVec>>>;
+
+/// A tree inside one transaction: its writes are kept in the transaction's overlay (which its
+/// reads see) and gathered into the transaction's record; `Trees::transaction` applies them.
 #[derive(Clone, Copy)]
 pub struct LoggedTx<'a> {
-    tree: &'a TransactionalTree,
+    tree: &'a sled::Tree,
     name: &'static str,
     ops: &'a RefCell<Vec<u8>>,
+    overlay: &'a Overlay,
 }
 
 impl<'a> LoggedTx<'a> {
-    /// `tree`, named `name` in the log, gathering its writes into `ops`.
-    pub fn new(tree: &'a TransactionalTree, name: &'static str, ops: &'a RefCell<Vec<u8>>) -> LoggedTx<'a> {
-        LoggedTx { tree, name, ops }
+    /// `tree`, named `name` in the log, gathering its writes into `ops` and `overlay`.
+    pub fn new(
+        tree: &'a sled::Tree,
+        name: &'static str,
+        ops: &'a RefCell<Vec<u8>>,
+        overlay: &'a Overlay,
+    ) -> LoggedTx<'a> {
+        LoggedTx { tree, name, ops, overlay }
     }
 
-    /// sled's transactional `insert`, gathered for the log.
+    /// The value of `key` as this transaction sees it.
+    pub fn get<K: AsRef<[u8]>>(&self, key: K) -> TxResult {
+        if let Some(value) = self.overlay.borrow().get(key.as_ref()) {
+            return Ok(value.clone());
+        }
+        self.tree.get(key).map_err(UnabortableTransactionError::Storage)
+    }
+
+    /// Puts `value` at `key` in this transaction; returns the value before.
     pub fn insert<K: AsRef<[u8]> + Into<IVec>, V: Into<IVec>>(&self, key: K, value: V) -> TxResult {
-        let value = value.into();
-        push_op(&mut self.ops.borrow_mut(), self.name, key.as_ref(), Some(&value));
-        self.tree.insert(key, value)
+        self.write(key.as_ref(), Some(value.into()))
     }
 
-    /// sled's transactional `remove`, gathered for the log.
+    /// Removes `key` in this transaction; returns the value before.
     pub fn remove<K: AsRef<[u8]> + Into<IVec>>(&self, key: K) -> TxResult {
-        push_op(&mut self.ops.borrow_mut(), self.name, key.as_ref(), None);
-        self.tree.remove(key)
+        self.write(key.as_ref(), None)
+    }
+
+    fn write(&self, key: &[u8], value: Option<IVec>) -> TxResult {
+        let old = self.get(key)?;
+        push_op(&mut self.ops.borrow_mut(), self.name, key, value.as_deref());
+        self.overlay.borrow_mut().insert(key.to_vec(), value);
+        Ok(old)
     }
 }
 
-impl LoggedTx<'_> {
-    /// sled's transactional `get` (it sees the transaction's own writes). No `Deref` to the
-    /// transactional tree, so that no unlogged write compiles.
-    pub fn get<K: AsRef<[u8]>>(&self, key: K) -> TxResult {
-        self.tree.get(key)
+/// Applies a committed transaction's writes of one tree to sled.
+pub fn apply_overlay(tree: &LoggedTree, overlay: Overlay) -> sled::Result<()> {
+    for (key, value) in overlay.into_inner() {
+        match value {
+            Some(value) => tree.tree.insert(key, value)?,
+            None => tree.tree.remove(key)?,
+        };
     }
+    Ok(())
 }
 
 /// A log failure as a sled error, for callers that speak sled's.

@@ -6,18 +6,17 @@
 //! (`logged.rs`); a transaction runs under the log's write lock and appends its record before
 //! sled commits it, so the log holds writes in the order sled applied them, never behind.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
-use sled::Transactional;
 use sled::transaction::{
     ConflictableTransactionError, ConflictableTransactionResult, TransactionError, TransactionResult,
 };
 
 use super::StoreError;
-use super::logged::{LoggedTree, LoggedTx};
+use super::logged::{LoggedTree, LoggedTx, Overlay, apply_overlay};
 use super::wal::Wal;
 use super::wal_record::Op;
 
@@ -79,37 +78,34 @@ macro_rules! trees {
                 })
             }
 
-            /// Runs `f` as one sled transaction over every tree of [`TxTrees`], under the log's
-            /// write lock: once `f` succeeded, its writes are appended to the log as one record,
-            /// then sled commits them. Every writer holds the lock, so sled never finds a
-            /// conflict and runs `f` again; if it did, the log would hold a write sled dropped,
-            /// so that fails the log.
+            /// Runs `f` as one transaction over every tree of [`TxTrees`], under the log's
+            /// write lock, which every writer holds: `f`'s writes go to an overlay (its reads
+            /// see them); once it succeeded they are appended to the log as one record, then
+            /// applied to sled with plain writes (sled's own transactions would seal and write
+            /// an I/O buffer each). A crash in the middle of the apply is repaired by the
+            /// replay of the record; a failed apply fails the log.
             pub fn transaction<A, E>(
                 &self,
                 f: impl Fn(TxTrees<'_>) -> ConflictableTransactionResult<A, E>,
             ) -> TransactionResult<A, E> {
                 let ops = RefCell::new(Vec::new());
-                let trees = [$(self.$tx.raw()),*];
-                let writer = RefCell::new(self.wal.writer());
-                let logged = Cell::new(false);
-                let result = trees[..].transaction(|views| {
-                    let [$($tx),*] = views.as_slice() else {
-                        unreachable!("sled gives one view per tree");
-                    };
-                    if logged.get() {
-                        let e = writer.borrow_mut().fail("a logged transaction ran again");
-                        return Err(ConflictableTransactionError::Storage(storage(e)));
+                $(let $tx = Overlay::default();)*
+                let mut writer = self.wal.writer();
+                let result = match f(TxTrees { $($tx: LoggedTx::new(self.$tx.raw(), stringify!($tx), &ops, &$tx)),* }) {
+                    Ok(result) => result,
+                    Err(ConflictableTransactionError::Abort(e)) => return Err(TransactionError::Abort(e)),
+                    Err(ConflictableTransactionError::Storage(e)) => return Err(TransactionError::Storage(e)),
+                    Err(ConflictableTransactionError::Conflict) => {
+                        return Err(TransactionError::Storage(storage(StoreError::Io("a transaction conflicted".into()))))
                     }
-                    ops.borrow_mut().clear();
-                    let result = f(TxTrees { $($tx: LoggedTx::new($tx, stringify!($tx), &ops)),* })?;
-                    writer.borrow_mut().append(&ops.borrow()).map_err(|e| ConflictableTransactionError::Storage(storage(e)))?;
-                    logged.set(!ops.borrow().is_empty());
-                    Ok(result)
-                });
-                if let (Err(TransactionError::Storage(e)), true) = (&result, logged.get()) {
-                    writer.borrow_mut().fail(&e.to_string());
-                }
-                result
+                };
+                writer.append(&ops.borrow()).map_err(|e| TransactionError::Storage(storage(e)))?;
+                let applied = || -> sled::Result<()> {
+                    $(apply_overlay(&self.$tx, $tx)?;)*
+                    Ok(())
+                };
+                applied().map_err(|e| TransactionError::Storage(storage(writer.fail(&e.to_string()))))?;
+                Ok(result)
             }
 
             /// Applies one write read back from the log, without logging it again.
