@@ -48,11 +48,12 @@ pub struct Options {
 }
 
 impl Options {
-    /// Extra `orange server` flags these options ask for. The overload guard (`--max-inflight`)
-    /// is set above any fleet the bench runs, so that it measures the server, not the guard:
+    /// Extra `orange server` flags these options ask for. The overload guard (`--max-inflight`,
+    /// and `--max-unverified-inflight` for the registrations) is set above any fleet the bench runs, so that it measures the server, not the guard:
     /// simulated agents, unlike real ones, do not wait out a 429.
     pub fn server_args(&self) -> Vec<String> {
-        let mut args = vec!["--max-inflight".to_owned(), "20000".to_owned()];
+        let mut args =
+            ["--max-inflight", "20000", "--max-unverified-inflight", "20000"].map(str::to_owned).to_vec();
         if let Some(secs) = self.poll_window {
             args.extend(["--poll-window".to_owned(), secs.to_string()]);
         }

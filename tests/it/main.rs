@@ -23,3 +23,4 @@ mod overload;
 mod owned_task;
 mod presence;
 mod security;
+mod wal;

@@ -269,7 +269,7 @@ struct Newest {
 
 impl Newest {
     fn of(
-        tree: &sled::Tree,
+        tree: &super::logged::LoggedTree,
         read: bool,
         before: &[u8; 16],
         floor_ms: Option<i64>,

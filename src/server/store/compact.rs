@@ -10,16 +10,19 @@
 //! switch to it and delete the old one. A crash before the rename leaves the old database in use
 //! (the half-made copy is deleted at the next start); after it, the new one, complete. Every
 //! store operation is paused during the copy, so no write lands in the old database after its
-//! copy began.
+//! copy began. The write-ahead log is checkpointed into the old database before the copy, so
+//! the fresh one holds every logged write and the log needs nothing from the old one.
 
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
 use super::trees::Trees;
+use super::wal::Wal;
 use super::{Store, StoreError};
 
 /// The file naming the database directory in use.
@@ -63,7 +66,9 @@ impl Store {
         let started = Instant::now();
         let mut sole = self.gate.sole();
         let old_name = sole.name.clone();
-        let (fresh, before_bytes) = rewrite(&sole, &self.dir, self.cache_bytes)?;
+        // Everything logged is in the old database first, so the copy needs no log.
+        self.wal.checkpoint(|| sole.sync())?;
+        let (fresh, before_bytes) = rewrite(&sole, &self.dir, self.cache_bytes, &self.wal)?;
         let after_bytes = fresh.size_on_disk()?;
         // Drops the old database: passes always take the current one, so nothing else holds it.
         sole.replace(fresh);
@@ -102,14 +107,22 @@ pub(super) fn current_name(dir: &Path) -> Result<String, StoreError> {
 }
 
 /// Opens the database in use in `dir`, compacting it first if it is mostly garbage.
-pub(super) fn open_current(dir: &Path, cache_bytes: u64, min_bytes: u64) -> Result<Trees, StoreError> {
+/// Before that, replays the write-ahead log onto it and checkpoints.
+pub(super) fn open_current(
+    dir: &Path,
+    cache_bytes: u64,
+    min_bytes: u64,
+    wal: &Arc<Wal>,
+) -> Result<Trees, StoreError> {
     let name = current_name(dir)?;
-    let trees = Trees::open(dir, &name, cache_bytes)?;
+    let trees = Trees::open(dir, &name, cache_bytes, Arc::clone(wal))?;
+    wal.replay(|op| trees.apply(&op))?;
+    wal.checkpoint(|| trees.sync())?;
     if !needs_compaction(&trees, min_bytes)? {
         return Ok(trees);
     }
     let started = Instant::now();
-    let (fresh, before_bytes) = rewrite(&trees, dir, cache_bytes)?;
+    let (fresh, before_bytes) = rewrite(&trees, dir, cache_bytes, wal)?;
     drop(trees);
     remove_dir(&dir.join(&name))?;
     finished(before_bytes, fresh.size_on_disk()?, started);
@@ -118,11 +131,11 @@ pub(super) fn open_current(dir: &Path, cache_bytes: u64, min_bytes: u64) -> Resu
 
 /// Copies `old` into the next database directory and makes that the one in use; returns it
 /// and the old one's size.
-fn rewrite(old: &Trees, dir: &Path, cache_bytes: u64) -> Result<(Trees, u64), StoreError> {
+fn rewrite(old: &Trees, dir: &Path, cache_bytes: u64, wal: &Arc<Wal>) -> Result<(Trees, u64), StoreError> {
     let before_bytes = old.size_on_disk()?;
     let new_name = next_name(&old.name);
     info!(from = %old.name, to = %new_name, before_bytes, "compacting the database");
-    let fresh = copy_into(old, dir, &new_name, cache_bytes).inspect_err(|_| {
+    let fresh = copy_into(old, dir, &new_name, cache_bytes, wal).inspect_err(|_| {
         // Give the space back (the disk may be full); the old database stays in use.
         let _ = remove_dir(&dir.join(&new_name));
     })?;
@@ -175,12 +188,18 @@ fn remove_others(dir: &Path, keep: &str) -> Result<(), StoreError> {
 
 /// Copies every tree of `old` into a fresh database `dir/name`, records where its ids continue
 /// and its size, and syncs it with its directory entries.
-fn copy_into(old: &Trees, dir: &Path, name: &str, cache_bytes: u64) -> Result<Trees, StoreError> {
+fn copy_into(
+    old: &Trees,
+    dir: &Path,
+    name: &str,
+    cache_bytes: u64,
+    wal: &Arc<Wal>,
+) -> Result<Trees, StoreError> {
     let path = dir.join(name);
     if path.exists() {
         remove_dir(&path)?; // a copy a crash left half made
     }
-    let mut fresh = Trees::open(dir, name, cache_bytes)?;
+    let mut fresh = Trees::open(dir, name, cache_bytes, Arc::clone(wal))?;
     for tree in old.db.tree_names() {
         copy_tree(&old.db.open_tree(&tree)?, &fresh.db.open_tree(&tree)?)?;
     }

@@ -12,7 +12,7 @@ const CACHE: u64 = 8 * 1024 * 1024;
 
 /// Puts records into every tree: agents, queued, delivered, running (with a pending cancel),
 /// finished tasks with multi-chunk output, tokens, audit entries, used requests.
-fn fill(store: &Store) {
+pub(super) fn fill(store: &Store) {
     store.put_agent(&agent("a")).unwrap();
     store.put_agent(&agent("b")).unwrap();
     let a = queued(store, "a", 12);
@@ -50,7 +50,7 @@ fn fill(store: &Store) {
     }
 }
 
-fn every_tree_has_records(dump: &compact::Dump) {
+pub(super) fn every_tree_has_records(dump: &compact::Dump) {
     for tree in ["agents", "tasks", "queue", "by_agent", "output", "deadlines", "finished", "cancels", "seen"]
     {
         assert!(dump.get(tree.as_bytes()).is_some_and(|r| !r.is_empty()), "tree {tree} is empty");

@@ -273,9 +273,9 @@ fn results_outlive_task_retention_and_job_retention_removes_everything() {
     assert_eq!(store.sweep_jobs(done.done_ms).unwrap(), 0, "not older than the cutoff yet");
     assert_eq!(store.sweep_jobs(done.done_ms + 1).unwrap(), 1);
     assert!(store.job(job.id).unwrap().is_none());
-    assert!(store.trees().job_targets.is_empty());
-    assert!(store.trees().job_links.is_empty());
-    assert!(store.trees().jobs_done.is_empty());
+    assert!(store.trees().job_targets.raw().is_empty());
+    assert!(store.trees().job_links.raw().is_empty());
+    assert!(store.trees().jobs_done.raw().is_empty());
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The only module that knows sled: agents, per-agent FIFO queues, task records, their output,
-//! the deadline and retention indexes, and making writes durable (flush plus fdatasync,
-//! through the group committer).
+//! the deadline and retention indexes, and making writes durable: every write is appended to
+//! the store's write-ahead log (`wal.rs`), whose fdatasync the group committer runs; sled is
+//! flushed only by background checkpoints (`checkpoint.rs`).
 //!
 //! Trees and keys (app ids never contain a 0 byte):
 //! - `agents`:    app id → [`AgentRecord`]
@@ -36,12 +37,14 @@
 
 mod admin;
 mod audit;
+mod checkpoint;
 mod compact;
 mod events;
 mod facts;
 mod gate;
 mod job_reads;
 mod jobs;
+mod logged;
 mod output;
 mod records;
 mod seen;
@@ -51,10 +54,13 @@ mod sweep;
 mod tasks;
 mod trees;
 mod tx;
+mod wal;
+mod wal_record;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use checkpoint::Checkpointer;
 use sled::transaction::TransactionError;
 use thiserror::Error;
 
@@ -78,6 +84,7 @@ pub use tasks::Delivery;
 use trees::Trees;
 pub use tx::CancelOutcome;
 use tx::{Tx, TxError};
+use wal::Wal;
 
 use super::codec::{self, CodecError};
 use super::commit::Committer;
@@ -85,6 +92,9 @@ use crate::protocol::{TaskId, TaskStatus};
 
 /// Most times a transaction runs again because the queue-number pool ran dry under it.
 const MAX_SEQ_RETRIES: usize = 8;
+
+/// The write-ahead log's directory inside the data directory.
+pub const WAL_DIR: &str = "wal";
 
 /// Largest stored output chunk.
 pub const CHUNK_LEN: usize = 64 * 1024;
@@ -159,6 +169,9 @@ pub struct Store {
     seqs: seq::SeqPool,
     policy: Policy,
     committer: Committer,
+    /// The write-ahead log: what is acknowledged is there first.
+    wal: Arc<Wal>,
+    _checkpointer: Checkpointer,
     audit_streams: audit::AuditStreams,
 }
 
@@ -170,15 +183,20 @@ fn flatten<T, E: From<StoreError>>(result: Result<T, TransactionError<E>>) -> Re
 }
 
 impl Store {
-    /// Opens (or creates) the database in `dir` with a page cache of `cache_bytes`, compacting
-    /// it first if it is mostly garbage.
+    /// Opens (or creates) the database in `dir` with a page cache of `cache_bytes`, replays
+    /// its write-ahead log, and compacts it first if it is mostly garbage.
     pub fn open(dir: &Path, cache_bytes: u64, policy: Policy) -> Result<Store, StoreError> {
-        let trees = compact::open_current(dir, cache_bytes, policy.compact_min_bytes)?;
+        let wal = Arc::new(Wal::open(&dir.join(WAL_DIR))?);
+        let trees = compact::open_current(dir, cache_bytes, policy.compact_min_bytes, &wal)?;
         let gate = Arc::new(Gate::new(trees));
-        let syncing = Arc::clone(&gate);
-        let committer = Committer::start(Box::new(move || syncing.pass().sync()))
+        let syncing = Arc::clone(&wal);
+        let committer = Committer::start(Box::new(move || syncing.sync()))
             .map_err(|e| StoreError::Io(format!("cannot start the commit thread: {e}")))?;
+        let checkpointer = Checkpointer::start(Arc::clone(&wal), Arc::clone(&gate))
+            .map_err(|e| StoreError::Io(format!("cannot start the checkpoint thread: {e}")))?;
         Ok(Store {
+            wal,
+            _checkpointer: checkpointer,
             gate,
             dir: dir.to_owned(),
             cache_bytes,

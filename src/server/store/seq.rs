@@ -31,7 +31,7 @@ impl SeqPool {
         if have > needed {
             return Ok(());
         }
-        // Not under the pool's lock: a transaction (holding sled's write lock) may be waiting
+        // Not under the pool's lock: a transaction (holding the store's write lock) may be waiting
         // for it, and generate_id waits for sled's read lock. Transactions never take the
         // refill lock, so holding it here blocks nobody who holds sled's lock.
         let fresh: Vec<u64> =

@@ -18,6 +18,20 @@ pub(super) fn open() -> (tempfile::TempDir, Store) {
     open_with(Policy::default())
 }
 
+/// A store opened on a copy of only the write-ahead log of the data directory `dir` (whose
+/// store may still be open): what replaying the log alone gives.
+pub(super) fn rebuilt_from_log(dir: &std::path::Path) -> (tempfile::TempDir, Store) {
+    let copy = tempfile::tempdir().unwrap();
+    let wal_copy = copy.path().join(WAL_DIR);
+    std::fs::create_dir(&wal_copy).unwrap();
+    for entry in std::fs::read_dir(dir.join(WAL_DIR)).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), wal_copy.join(entry.file_name())).unwrap();
+    }
+    let store = Store::open(copy.path(), 8 * 1024 * 1024, Policy::default()).unwrap();
+    (copy, store)
+}
+
 pub(super) fn agent(app_id: &str) -> AgentRecord {
     AgentRecord {
         app_id: app_id.into(),

@@ -2,15 +2,23 @@
 //! uses, plus the few values kept in sled's default tree about the database itself. A new tree
 //! is one line in the `trees!` list here: it declares the field, opens the tree and, for a
 //! tree transactions use, adds it to the transaction view; compaction copies every tree sled
-//! lists, so it needs no change.
+//! lists, so it needs no change. Every tree's writes go to the write-ahead log too
+//! (`logged.rs`); a transaction runs under the log's write lock and appends its record before
+//! sled commits it, so the log holds writes in the order sled applied them, never behind.
 
+use std::cell::RefCell;
 use std::fs::File;
 use std::path::Path;
+use std::sync::Arc;
 
-use sled::Transactional;
-use sled::transaction::{ConflictableTransactionResult, TransactionResult, TransactionalTree};
+use sled::transaction::{
+    ConflictableTransactionError, ConflictableTransactionResult, TransactionError, TransactionResult,
+};
 
 use super::StoreError;
+use super::logged::{LoggedTree, LoggedTx, Overlay, apply_overlay};
+use super::wal::Wal;
+use super::wal_record::Op;
 
 /// Key, in sled's default tree, of the smallest id [`Trees::next_id`] may hand out: ids of a
 /// compacted database continue above those of the one it was copied from.
@@ -37,27 +45,32 @@ macro_rules! trees {
             data_file: File,
             /// Ids from `db.generate_id()` are offset by this.
             id_floor: u64,
-            $($(#[doc = $tdoc])* pub $tx: sled::Tree,)*
-            $($(#[doc = $pdoc])* pub $plain: sled::Tree,)*
+            /// The log every tree's writes go to.
+            wal: Arc<Wal>,
+            $($(#[doc = $tdoc])* pub $tx: LoggedTree,)*
+            $($(#[doc = $pdoc])* pub $plain: LoggedTree,)*
         }
 
         /// The trees transactions use, inside one transaction.
         #[derive(Clone, Copy)]
         pub struct TxTrees<'a> {
-            $($(#[doc = $tdoc])* pub $tx: &'a TransactionalTree,)*
+            $($(#[doc = $tdoc])* pub $tx: LoggedTx<'a>,)*
         }
 
         impl Trees {
-            /// Opens (or creates) the sled database `dir/name`.
-            pub fn open(dir: &Path, name: &str, cache_bytes: u64) -> Result<Trees, StoreError> {
+            /// Opens (or creates) the sled database `dir/name`, its writes logged to `wal`.
+            pub fn open(dir: &Path, name: &str, cache_bytes: u64, wal: Arc<Wal>) -> Result<Trees, StoreError> {
                 let path = dir.join(name);
-                let db = sled::Config::new().path(&path).cache_capacity(cache_bytes).open()?;
+                // No background flush every 500 ms: the write-ahead log carries durability, and
+                // checkpoints flush sled (a flush holds up every sled transaction meanwhile).
+                let db = sled::Config::new().path(&path).cache_capacity(cache_bytes).flush_every_ms(None).open()?;
                 let data_file = File::open(path.join("db"))
                     .map_err(|e| StoreError::Io(format!("cannot open {}: {e}", path.join("db").display())))?;
                 let id_floor = read_u64(&db, ID_FLOOR_KEY)?.unwrap_or(0);
                 Ok(Trees {
-                    $($tx: db.open_tree(stringify!($tx))?,)*
-                    $($plain: db.open_tree(stringify!($plain))?,)*
+                    $($tx: LoggedTree::new(db.open_tree(stringify!($tx))?, stringify!($tx), Arc::clone(&wal)),)*
+                    $($plain: LoggedTree::new(db.open_tree(stringify!($plain))?, stringify!($plain), Arc::clone(&wal)),)*
+                    wal,
                     name: name.to_owned(),
                     db,
                     data_file,
@@ -65,19 +78,53 @@ macro_rules! trees {
                 })
             }
 
-            /// Runs `f` as one sled transaction over every tree of [`TxTrees`] (again, when it
-            /// conflicts).
+            /// Runs `f` as one transaction over every tree of [`TxTrees`], under the log's
+            /// write lock, which every writer holds: `f`'s writes go to an overlay (its reads
+            /// see them); once it succeeded they are appended to the log as one record, then
+            /// applied to sled with plain writes (sled's own transactions would seal and write
+            /// an I/O buffer each). A crash in the middle of the apply is repaired by the
+            /// replay of the record; a failed apply fails the log.
             pub fn transaction<A, E>(
                 &self,
                 f: impl Fn(TxTrees<'_>) -> ConflictableTransactionResult<A, E>,
             ) -> TransactionResult<A, E> {
-                let trees = [$(&self.$tx),*];
-                trees[..].transaction(|views| {
-                    let [$($tx),*] = views.as_slice() else {
-                        unreachable!("sled gives one view per tree");
-                    };
-                    f(TxTrees { $($tx),* })
-                })
+                let ops = RefCell::new(Vec::new());
+                $(let $tx = Overlay::default();)*
+                let mut writer = self.wal.writer();
+                let result = match f(TxTrees { $($tx: LoggedTx::new(self.$tx.raw(), stringify!($tx), &ops, &$tx)),* }) {
+                    Ok(result) => result,
+                    Err(ConflictableTransactionError::Abort(e)) => return Err(TransactionError::Abort(e)),
+                    Err(ConflictableTransactionError::Storage(e)) => return Err(TransactionError::Storage(e)),
+                    Err(ConflictableTransactionError::Conflict) => {
+                        return Err(TransactionError::Storage(storage(StoreError::Io("a transaction conflicted".into()))))
+                    }
+                };
+                writer.append(&ops.borrow()).map_err(|e| TransactionError::Storage(storage(e)))?;
+                let applied = || -> sled::Result<()> {
+                    $(apply_overlay(&self.$tx, $tx)?;)*
+                    Ok(())
+                };
+                applied().map_err(|e| TransactionError::Storage(storage(writer.fail(&e.to_string()))))?;
+                Ok(result)
+            }
+
+            /// Applies one write read back from the log, without logging it again.
+            pub fn apply(&self, op: &Op<'_>) -> Result<(), StoreError> {
+                let tree = match op.tree {
+                    $(name if name == stringify!($tx).as_bytes() => self.$tx.raw(),)*
+                    $(name if name == stringify!($plain).as_bytes() => self.$plain.raw(),)*
+                    name => {
+                        return Err(StoreError::Io(format!(
+                            "the write-ahead log names an unknown tree {:?}",
+                            String::from_utf8_lossy(name)
+                        )))
+                    }
+                };
+                match op.value {
+                    Some(value) => tree.insert(op.key, value)?,
+                    None => tree.remove(op.key)?,
+                };
+                Ok(())
             }
         }
     };
@@ -161,6 +208,11 @@ impl Trees {
         self.db.insert(COMPACTED_BYTES_KEY, &bytes.to_be_bytes())?;
         Ok(())
     }
+}
+
+/// A log failure as a sled storage error.
+fn storage(e: StoreError) -> sled::Error {
+    sled::Error::Io(std::io::Error::other(e.to_string()))
 }
 
 fn read_u64(db: &sled::Db, key: &[u8]) -> Result<Option<u64>, StoreError> {

@@ -57,7 +57,7 @@ pub fn time_key(ms: i64, id: TaskId) -> Vec<u8> {
 /// The entries of a time index (`deadlines`, `finished`, `jobs_done`: time, then an id) before
 /// `before_ms`, oldest first, at most `limit`.
 pub fn entries_before(
-    tree: &sled::Tree,
+    tree: &super::logged::LoggedTree,
     before_ms: i64,
     limit: usize,
 ) -> Result<Vec<(i64, TaskId)>, StoreError> {

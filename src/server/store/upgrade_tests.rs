@@ -1,7 +1,8 @@
 //! The upgrade test: a data directory written by orange 0.1.0 (`tests/fixtures/`, made by
 //! `make-datadir-0.1.0.sh` through the real binary) opens with this build and keeps every agent,
 //! task, job, token and audit record that release's API showed (`datadir-0.1.0.json`); then it
-//! takes new writes (a task, an operator's and an agent's audit entries) and opens again.
+//! takes new writes (a task, an operator's and an agent's audit entries), which now go to the
+//! write-ahead log it did not have, and opens again.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -190,7 +191,9 @@ fn a_data_directory_written_by_0_1_0_opens_with_every_record() {
 fn a_data_directory_written_by_0_1_0_takes_new_tasks_and_reopens() {
     let dir = unpack();
     let manifest = manifest();
+    assert!(!dir.path().join(WAL_DIR).exists(), "0.1.0 kept no write-ahead log");
     let store = open_at(dir.path());
+    assert!(dir.path().join(WAL_DIR).join("checkpoint").is_file(), "the log starts at the first open");
     let queued = store.queued_count("off-1", 100);
     assert!(queued > 0, "the fixture has tasks queued for the offline agent");
     let spec = TaskSpec {
