@@ -1,6 +1,6 @@
 //! Flag values checked by the rules in `protocol` (timeouts, times to live, task ids, a task's
-//! `--env` and `--cwd`), with the flag named in the message; every command that takes such a
-//! flag uses these.
+//! `--env` and `--cwd`), with the flag named in the message, and the command words after `--`
+//! turned into a shell command line; every command that takes such a flag uses these.
 
 use std::collections::BTreeMap;
 
@@ -43,9 +43,51 @@ pub fn check_cwd_flag(cwd: Option<String>) -> Result<Option<String>> {
     Ok(cwd)
 }
 
+/// The command words after `--` as the command line a shell task runs with `sh -c`: one word
+/// is a shell script, taken as it is (`-- 'tar x -C /srv && echo ok'`); several are an argv, each
+/// word quoted so that the remote shell sees exactly those words (`-- sh -c 'echo a; echo b'`).
+/// `None` when there is no command (no words, or only blanks).
+pub fn command_line(words: &[String]) -> Option<String> {
+    let line = match words {
+        [script] => script.clone(),
+        words => words.iter().map(|word| shell_quote(word)).collect::<Vec<_>>().join(" "),
+    };
+    (!line.trim().is_empty()).then_some(line)
+}
+
+/// `word` as one POSIX shell word: left as it is when made only of characters no shell treats
+/// specially (`=` is not among them: `A=b` first would be an assignment), else in single quotes,
+/// each `'` written `'\''`.
+pub fn shell_quote(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_-+/.,:@".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        return word.to_owned();
+    }
+    format!("'{}'", word.replace('\'', "'\\''"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn words(list: &[&str]) -> Vec<String> {
+        list.iter().map(|word| word.to_string()).collect()
+    }
+
+    #[test]
+    fn one_word_is_a_script_and_several_are_quoted_words() {
+        assert_eq!(command_line(&words(&["echo hi && id"])).unwrap(), "echo hi && id");
+        assert_eq!(command_line(&words(&["ls", "-la", "/tmp dir"])).unwrap(), "ls -la '/tmp dir'");
+        assert_eq!(command_line(&words(&["sh", "-c", "echo a; echo b"])).unwrap(), "sh -c 'echo a; echo b'");
+        assert_eq!(
+            command_line(&words(&["printf", "%s\\n", "it's", ""])).unwrap(),
+            "printf '%s\\n' 'it'\\''s' ''"
+        );
+        assert_eq!(command_line(&[]), None);
+        assert_eq!(command_line(&words(&[" "])), None);
+        assert_eq!(command_line(&words(&["", ""])).unwrap(), "'' ''");
+        assert_eq!(command_line(&words(&["A=b", "~", "$HOME"])).unwrap(), "'A=b' '~' '$HOME'");
+    }
 
     #[test]
     fn zero_or_too_long_timeouts_and_ttls_are_refused() {

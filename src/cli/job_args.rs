@@ -2,10 +2,10 @@
 //! `run` and `send` share into a [`JobRequest`]. What the subcommands do is in `job.rs` and
 //! `job_run.rs`, which both read their flags from here.
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use argh::FromArgs;
 
-use super::flags::{check_cwd_flag, check_env, check_timeout, check_ttl};
+use super::flags::{check_cwd_flag, check_env, check_timeout, check_ttl, command_line};
 use super::operator::operator_args;
 use super::task::parse_app_ids;
 use crate::protocol::jobs::{JobRequest, Limit, Targets, check_host_timeout};
@@ -54,8 +54,10 @@ operator_args! {
         note = "Targets: --appid names hosts, --label picks every accepted agent carrying all the given \
                 labels, --all every accepted agent; --appid and --label add up. The list is resolved \
                 and frozen when the job is created; --dry-run prints it and sends nothing. The words \
-                after -- are joined by single spaces into the task's payload: for the default type \
-                shell, a command line run with sh -c on each host (agents need --allow-shell). \
+                after -- are the task's payload: for the default type shell, a command line run with sh -c \
+                on each host (agents need --allow-shell), one argument being a shell script and several \
+                a command and its arguments, quoted so that the remote shell sees exactly those words, \
+                as in `orange task run --help`; for another type, the words joined by single spaces. \
                 --max-concurrency N or P% keeps at most that many hosts' tasks open (the next host \
                 starts when one finishes); --max-errors N or P% stops starting hosts once more than \
                 that many failed, timed out, expired or were lost (the rest end `skipped`). Hosts \
@@ -315,10 +317,11 @@ impl JobFlags<'_> {
         if self.task_type.trim().is_empty() {
             bail!("--type must name a task type: shell, ping or a handler");
         }
-        let payload = self.command.join(" ");
-        if self.task_type == "shell" && payload.trim().is_empty() {
-            bail!("no command given; usage: orange job run --all -- CMD [ARGS...]");
-        }
+        let payload = match self.task_type.as_str() {
+            "shell" => command_line(self.command)
+                .context("no command given; usage: orange job run --all -- CMD [ARGS...]")?,
+            _ => self.command.join(" "),
+        };
         Ok(JobRequest {
             targets: targets(self.appid, self.label, self.all)?,
             task_type: self.task_type,
@@ -402,6 +405,12 @@ mod tests {
         assert_eq!(request.targets.app_ids, words(&["a", "b"]));
         assert_eq!(request.targets.labels.get("role").map(String::as_str), Some("web"));
         assert_eq!(request.payload, "df -h");
+        let (argv, host) = (words(&["sh", "-c", "echo a; echo b"]), words(&["a"]));
+        let quoted = flags(&host, &[], false, &argv).request().unwrap();
+        assert_eq!(quoted.payload, "sh -c 'echo a; echo b'");
+        let mut handler = flags(&host, &[], false, &argv);
+        handler.task_type = "deploy".into();
+        assert_eq!(handler.request().unwrap().payload, "sh -c echo a; echo b");
         assert_eq!(
             (request.max_concurrency, request.max_errors),
             (Some(Limit::Percent(10)), Some(Limit::Count(2)))

@@ -6,7 +6,7 @@ use std::io::Write;
 use anyhow::{Context, Result, bail};
 use argh::FromArgs;
 
-use super::flags::{check_cwd_flag, check_env, check_timeout, check_ttl};
+use super::flags::{check_cwd_flag, check_env, check_timeout, check_ttl, command_line};
 use super::follow::{Sink, Until, follow};
 use super::interrupt::{CancelOnInterrupt, EXIT_INTERRUPTED};
 use super::operator::{Api, OperatorConfig, encode, operator_args, operator_flags};
@@ -34,9 +34,12 @@ operator_args! {
         example = "orange task run --appid web-1 -- df -h /",
         example = "orange task run --appid web-1 --timeout 30 -- 'systemctl restart nginx && echo ok'",
         example = "orange task run --appid laptop-7 --queue --ttl 3600 -- 'apt-get -y upgrade'",
-        note = "The words after -- are joined by single spaces and run with sh -c on the host, like ssh \
-                does: quote what the remote shell must see as one word. The agent must be started with \
-                --allow-shell. An unknown agent is an error at once; so is an offline one (not seen \
+        note = "The command runs with sh -c on the host. One argument after -- is a shell script, taken \
+                as it is (-- 'cd /srv && ls | wc -l'); several are a command and its arguments, each \
+                quoted for the remote shell so that it sees exactly those words (-- sh -c 'echo a; echo \
+                b' runs sh with the two arguments -c and 'echo a; echo b'; -- printf '%s\\n' 'a b' c \
+                prints two lines). The agent must be started with --allow-shell. An unknown agent is \
+                an error at once; so is an offline one (not seen \
                 within 90 s, or stopped: a stopping agent says goodbye), named with its last-seen time, \
                 unless --queue is given: then the task waits in the agent's queue until the agent comes \
                 back or its time to live (--ttl, else the server's default of 24 hours) runs out, and \
@@ -142,13 +145,9 @@ pub fn run_remote(args: RunArgs) -> Result<i32> {
     ctrl_c.unless_lost(finish_run(&done, config.operator.json, ctrl_c.interrupted(), original))
 }
 
-/// Joins command words with single spaces, as ssh does; refuses an empty command.
+/// The command line of the task (see [`command_line`]); refuses an empty command.
 fn join_command(words: &[String]) -> Result<String> {
-    let command = words.join(" ");
-    if command.trim().is_empty() {
-        bail!("no command given; usage: orange task run --appid ID -- CMD [ARGS...]");
-    }
-    Ok(command)
+    command_line(words).context("no command given; usage: orange task run --appid ID -- CMD [ARGS...]")
 }
 
 /// Enqueues the task. The server refuses an unknown agent, and an offline one unless the
@@ -304,8 +303,8 @@ mod tests {
     }
 
     #[test]
-    fn command_words_are_joined_by_single_spaces() {
-        assert_eq!(join_command(&words(&["ls", "-la", "/tmp dir"])).unwrap(), "ls -la /tmp dir");
+    fn one_command_word_is_a_script_and_several_are_quoted() {
+        assert_eq!(join_command(&words(&["ls", "-la", "/tmp dir"])).unwrap(), "ls -la '/tmp dir'");
         assert_eq!(join_command(&words(&["echo hi && id"])).unwrap(), "echo hi && id");
         assert!(join_command(&[]).unwrap_err().to_string().starts_with("no command given"));
         assert!(join_command(&words(&[""])).is_err());
