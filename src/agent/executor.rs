@@ -21,6 +21,8 @@ use crate::protocol::{features, limits};
 
 /// Timeout of a task that does not carry one.
 pub const DEFAULT_TASK_TIMEOUT: Duration = Duration::from_secs(600);
+/// Why a handler task carrying stdin fails: a handler reads its payload on stdin.
+const HANDLER_STDIN: &str = "a handler reads its payload on stdin; a task for it cannot carry stdin";
 /// Why a shell task was refused.
 pub const SHELL_DISABLED: &str = "shell tasks are disabled on this agent; start it with --allow-shell";
 /// The shell of `shell` tasks, by absolute path so that the agent's PATH does not matter.
@@ -62,11 +64,15 @@ impl BuiltinExecutor {
         }
         let mut command = Command::new(SHELL);
         command.arg("-c").arg(&task.payload);
-        run_command(command, task, None, SHELL, ctx)
+        // The task's stdin, written from a thread (a command that does not read it never blocks
+        // the agent); none: /dev/null.
+        let input = (!task.stdin.is_empty()).then(|| task.stdin.clone());
+        run_command(command, task, input, SHELL, ctx)
     }
 
     fn handler(&self, task: &WireTask, ctx: &TaskContext) -> TaskOutcome {
         match self.handler_path(&task.task_type) {
+            Ok(_) if !task.stdin.is_empty() => TaskOutcome::failed(HANDLER_STDIN),
             Ok(path) => {
                 let what = path.display().to_string();
                 let input = Some(task.payload.as_bytes().to_vec());

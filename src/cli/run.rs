@@ -1,7 +1,8 @@
 //! `orange task run`: run a command on one host and wait for it like ssh, showing its output live
 //! and exiting with its exit status; Ctrl-C, SIGTERM, SIGHUP and a closed output cancel it.
 
-use std::io::Write;
+use std::io::{IsTerminal, Read, Write};
+use std::os::fd::AsFd;
 
 use anyhow::{Context, Result, bail};
 use argh::FromArgs;
@@ -15,6 +16,7 @@ use super::wait::{wait_task, wait_timeout};
 use crate::client::{ADMIN_TIMEOUT, ClientError};
 use crate::protocol::TaskStatus;
 use crate::protocol::admin::{self, AgentView, EnqueueReply, EnqueueRequest, OutputPage, TaskView};
+use crate::protocol::limits::MAX_STDIN_BYTES;
 
 /// Exit status of `task run` when the task ran past its timeout, like timeout(1).
 pub const EXIT_TIMED_OUT: i32 = 124;
@@ -93,6 +95,10 @@ operator_args! {
         /// support the `cwd` task feature
         #[argh(option)]
         pub cwd: Option<String>,
+        /// send no stdin: the command reads an empty input even when orange's stdin is a pipe
+        /// or a file (as ssh -n; for scripts and `while read` loops)
+        #[argh(switch, short = 'n')]
+        pub no_stdin: bool,
         /// the command and its arguments, after --
         #[argh(positional, greedy)]
         pub command: Vec<String>,
@@ -120,11 +126,45 @@ impl RunConfig {
             ttl_secs: check_ttl(args.ttl)?,
             env: check_env(&args.env)?,
             cwd: check_cwd_flag(args.cwd)?,
+            stdin: if args.no_stdin { Vec::new() } else { read_stdin()? },
             require_online: !args.queue,
         };
         let operator = OperatorConfig::from_flags(flags)?;
         Ok(RunConfig { operator, app_id: args.appid, request })
     }
+}
+
+/// orange's own stdin when it is a pipe, a socket or a regular file (not a terminal, not
+/// `/dev/null`), read whole, at most [`MAX_STDIN_BYTES`]; else nothing. Past the limit it is an
+/// error, before anything is sent.
+pub fn read_stdin() -> Result<Vec<u8>> {
+    let stdin = std::io::stdin();
+    if !forwards(&stdin) {
+        return Ok(Vec::new());
+    }
+    let mut bytes = Vec::new();
+    let limit = MAX_STDIN_BYTES as u64;
+    stdin.lock().take(limit + 1).read_to_end(&mut bytes).context("cannot read stdin")?;
+    if bytes.len() > MAX_STDIN_BYTES {
+        bail!(
+            "stdin is larger than the {MAX_STDIN_BYTES} bytes a task may carry; nothing was sent \
+             (copy large files another way, or give -n to send no stdin)"
+        );
+    }
+    Ok(bytes)
+}
+
+/// True when `stdin` is a pipe, a socket or a regular file: input meant for the command.
+fn forwards(stdin: &std::io::Stdin) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    if stdin.is_terminal() {
+        return false;
+    }
+    // A closed stdin has no file to look at: nothing to forward.
+    let Ok(fd) = stdin.as_fd().try_clone_to_owned() else { return false };
+    let Ok(meta) = std::fs::File::from(fd).metadata() else { return false };
+    let kind = meta.file_type();
+    kind.is_fifo() || kind.is_socket() || kind.is_file()
 }
 
 /// Runs `orange task run` and returns the remote exit status (or one of ours).

@@ -158,6 +158,7 @@ fn send(args: SendArgs) -> Result<i32> {
         bail!("--type must name a task type: ping, shell or a handler");
     }
     let request = EnqueueRequest {
+        stdin: Vec::new(),
         app_ids: targets(&args.appid, args.all)?,
         all: args.all,
         task_type: args.task_type,

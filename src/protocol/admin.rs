@@ -49,6 +49,12 @@ pub struct EnqueueRequest {
     /// `cwd` feature take such a task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
+    /// Bytes for the task's standard input, as base64 (at most [`MAX_STDIN_BYTES`]); only
+    /// agents that announced the `stdin` feature take such a task. Absent: an empty input.
+    ///
+    /// [`MAX_STDIN_BYTES`]: super::limits::MAX_STDIN_BYTES
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "super::bytes::base64_field")]
+    pub stdin: Vec<u8>,
     /// Refuse (409, naming the agent's last-seen time) instead of queueing when a target agent
     /// is offline: not seen within [`ONLINE_WINDOW_SECS`], or it said goodbye when it stopped.
     /// `task run` sends it unless `--queue`; absent, an offline agent's task waits in its queue.

@@ -63,6 +63,27 @@ pub fn max_decoded_len(text_len: usize, encoding: Option<Encoding>) -> usize {
     }
 }
 
+/// Serde of a byte field as standard base64 text (`#[serde(with = "base64_field")]`), for input
+/// bytes such as a task's stdin, which are sent whole rather than shown.
+pub mod base64_field {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes `bytes` as base64 text.
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    /// Reads base64 text; the error says it does not decode.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        STANDARD
+            .decode(text.as_bytes())
+            .map_err(|e| serde::de::Error::custom(format!("stdin is not base64: {e}")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,6 +105,20 @@ mod tests {
             assert_eq!(decode(&text, encoding).unwrap(), bytes);
             assert!(max_decoded_len(text.len(), encoding) >= bytes.len());
         }
+    }
+
+    #[test]
+    fn a_base64_field_round_trips_and_refuses_bad_text() {
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct Input {
+            #[serde(with = "base64_field")]
+            stdin: Vec<u8>,
+        }
+        let input = Input { stdin: b"caf\xe9".to_vec() };
+        let text = serde_json::to_string(&input).unwrap();
+        assert_eq!(text, r#"{"stdin":"Y2Fm6Q=="}"#);
+        assert_eq!(serde_json::from_str::<Input>(&text).unwrap(), input);
+        assert!(serde_json::from_str::<Input>(r#"{"stdin":"!"}"#).is_err());
     }
 
     #[test]

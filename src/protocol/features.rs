@@ -13,8 +13,10 @@ use super::limits::shown;
 pub const FEATURE_ENV: &str = "env";
 /// The task carries a working directory (`cwd`).
 pub const FEATURE_CWD: &str = "cwd";
+/// The task carries bytes for its process's standard input (`stdin`).
+pub const FEATURE_STDIN: &str = "stdin";
 /// Every feature this build knows, sorted.
-pub const KNOWN: [&str; 2] = [FEATURE_CWD, FEATURE_ENV];
+pub const KNOWN: [&str; 3] = [FEATURE_CWD, FEATURE_ENV, FEATURE_STDIN];
 
 /// getTask header of orange agents: their features, comma separated (absent: none).
 pub const HEADER_FEATURES: &str = "X-ORANGE-FEATURES";
@@ -65,6 +67,19 @@ pub fn required_by(env: &BTreeMap<String, String>, cwd: Option<&str>) -> Vec<&'s
     }
     if !env.is_empty() {
         needs.push(FEATURE_ENV);
+    }
+    needs
+}
+
+/// [`required_by`] of a task that also carries `stdin` bytes (none: not needed), sorted.
+pub fn required_with_stdin(
+    env: &BTreeMap<String, String>,
+    cwd: Option<&str>,
+    stdin: &[u8],
+) -> Vec<&'static str> {
+    let mut needs = required_by(env, cwd);
+    if !stdin.is_empty() {
+        needs.push(FEATURE_STDIN);
     }
     needs
 }

@@ -33,6 +33,10 @@ pub const MAX_QUEUED_PER_AGENT: usize = 10_000;
 pub const MAX_NAMED_TARGETS: usize = 10_000;
 /// Most payload bytes one enqueue (or one job's window) may store: payload × targets.
 pub const MAX_ENQUEUE_BYTES: usize = 256 * 1024 * 1024;
+/// Most bytes of standard input one task may carry (`task run` forwards its stdin).
+pub const MAX_STDIN_BYTES: usize = 16 * 1024 * 1024;
+/// Largest body of an enqueue: an operator request and a task's stdin as base64.
+pub const MAX_ENQUEUE_BODY: usize = MAX_ADMIN_BODY + MAX_STDIN_BYTES.div_ceil(3) * 4;
 /// Most agents one job may target.
 pub const MAX_JOB_TARGETS: usize = 100_000;
 /// Largest operator API request body.

@@ -209,12 +209,16 @@ pub struct WireTask {
     /// Working directory of the task's process (orange addition, feature `cwd`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
+    /// Bytes written to the task's standard input, as base64 (orange addition, feature `stdin`;
+    /// absent when none: the process reads an empty input).
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "super::bytes::base64_field")]
+    pub stdin: Vec<u8>,
 }
 
 impl WireTask {
     /// The features an agent must understand to run this task.
     pub fn required_features(&self) -> Vec<&'static str> {
-        super::features::required_by(&self.env, self.cwd.as_deref())
+        super::features::required_with_stdin(&self.env, self.cwd.as_deref(), &self.stdin)
     }
 }
 

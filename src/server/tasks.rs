@@ -13,7 +13,7 @@ use super::store::{AgentStatus, CancelOutcome, Store, StoreError, Stream, TaskRe
 use super::views::chunk_view;
 use crate::protocol::TaskId;
 use crate::protocol::admin::{EnqueueRequest, OutputPage, offline_refusal};
-use crate::protocol::features::{missing, refusal, required_by};
+use crate::protocol::features::{missing, refusal, required_with_stdin};
 use crate::protocol::limits::{
     self, MAX_ENQUEUE_BYTES, MAX_NAMED_TARGETS, MAX_QUEUED_PER_AGENT, MAX_TIMEOUT_SECS, MAX_TTL_SECS,
 };
@@ -63,6 +63,7 @@ impl Tasks {
     pub async fn enqueue(&self, request: EnqueueRequest) -> Result<Vec<TaskRecord>, ServiceError> {
         check_task_input(&request.task_type, &request.payload)?;
         check_task_context(&request.env, request.cwd.as_deref())?;
+        check_stdin(&request.stdin)?;
         let (timeout_secs, ttl_secs) = self.defaults.resolve(request.timeout_secs, request.ttl_secs)?;
         if request.app_ids.len() > MAX_NAMED_TARGETS {
             return Err(ServiceError::TooLarge(format!(
@@ -71,15 +72,17 @@ impl Tasks {
             )));
         }
         let targets = self.targets(&request)?;
-        let task_bytes = task_bytes(&request.payload, &request.env, request.cwd.as_deref());
+        let task_bytes =
+            task_bytes(&request.payload, &request.env, request.cwd.as_deref()) + request.stdin.len();
         if task_bytes.saturating_mul(targets.len()) > MAX_ENQUEUE_BYTES {
             return Err(ServiceError::TooLarge(format!(
-                "{} tasks of {task_bytes} payload and environment bytes exceed the {MAX_ENQUEUE_BYTES} bytes \
+                "{} tasks of {task_bytes} payload, environment and stdin bytes exceed the {MAX_ENQUEUE_BYTES} bytes \
                  one enqueue may store",
                 targets.len(),
             )));
         }
-        self.check_features(&targets, &required_by(&request.env, request.cwd.as_deref()))?;
+        let required = required_with_stdin(&request.env, request.cwd.as_deref(), &request.stdin);
+        self.check_features(&targets, &required)?;
         self.check_queue_room(&targets)?;
         let now = now_ms();
         if request.require_online {
@@ -94,6 +97,7 @@ impl Tasks {
                     payload: &request.payload,
                     env: &request.env,
                     cwd: request.cwd.as_deref(),
+                    stdin: &request.stdin,
                     timeout_secs,
                     ttl_secs,
                 };
@@ -293,6 +297,18 @@ pub(super) fn check_task_context(
 ) -> Result<(), ServiceError> {
     limits::check_env(env).map_err(ServiceError::BadRequest)?;
     cwd.map_or(Ok(()), limits::check_cwd).map_err(ServiceError::BadRequest)
+}
+
+/// Refuses a task's stdin past [`limits::MAX_STDIN_BYTES`].
+fn check_stdin(stdin: &[u8]) -> Result<(), ServiceError> {
+    if stdin.len() > limits::MAX_STDIN_BYTES {
+        return Err(ServiceError::TooLarge(format!(
+            "stdin of {} bytes is larger than the {} bytes a task may carry",
+            stdin.len(),
+            limits::MAX_STDIN_BYTES
+        )));
+    }
+    Ok(())
 }
 
 /// The bytes one task stores of what the operator sent: its payload, environment and working

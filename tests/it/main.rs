@@ -24,4 +24,5 @@ mod overload;
 mod owned_task;
 mod presence;
 mod security;
+mod stdin;
 mod wal;

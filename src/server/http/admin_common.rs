@@ -53,11 +53,13 @@ pub type ApiResult<T> = Result<T, ApiFailure>;
 
 /// Reads a JSON body under the admin body limit.
 pub async fn read_json<T: DeserializeOwned>(body: Body) -> ApiResult<T> {
-    let bytes = axum::body::to_bytes(body, MAX_ADMIN_BODY).await.map_err(|_| {
-        ApiFailure(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body is larger than {MAX_ADMIN_BODY} bytes"),
-        )
+    read_json_within(body, MAX_ADMIN_BODY).await
+}
+
+/// Reads a JSON body of at most `limit` bytes.
+pub async fn read_json_within<T: DeserializeOwned>(body: Body, limit: usize) -> ApiResult<T> {
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiFailure(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than {limit} bytes"))
     })?;
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiFailure(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")))

@@ -14,11 +14,14 @@ use serde::Deserialize;
 use tracing::info;
 
 use super::AppState;
-use super::admin_common::{ApiResult, actor, bad_path, bad_query, parse_id, path_id, read_json};
+use super::admin_common::{
+    ApiResult, actor, bad_path, bad_query, parse_id, path_id, read_json, read_json_within,
+};
 use crate::protocol::admin::{
     CancelRequest, EnqueueReply, EnqueueRequest, MAX_LIST_LIMIT, MAX_WAIT_SECS, OutputPage, TASKS_PATH,
     TaskList, TaskView,
 };
+use crate::protocol::limits::MAX_ENQUEUE_BODY;
 use crate::server::store::TaskRecord;
 
 /// Tasks listed when no limit is given.
@@ -38,7 +41,8 @@ async fn enqueue(
     ClientAddr(peer): ClientAddr,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<EnqueueReply>)> {
-    let request: EnqueueRequest = read_json(body).await?;
+    // An enqueue may carry a task's stdin, so it may be larger than other requests.
+    let request: EnqueueRequest = read_json_within(body, MAX_ENQUEUE_BODY).await?;
     let detail = send_detail(&request);
     let tasks = app.tasks().enqueue(request).await?;
     app.audit().record(&actor(peer), "task.send", &audit_target(&tasks), &detail)?;

@@ -253,6 +253,7 @@ fn start_target<E: From<StoreError>>(
         payload: &job.payload,
         env: &job.env,
         cwd: job.cwd.as_deref(),
+        stdin: &[],
         timeout_secs: job.timeout_secs,
         ttl_secs: job.ttl_secs,
     };

@@ -117,6 +117,8 @@ pub struct TaskRecord {
     pub env: BTreeMap<String, String>,
     /// Working directory of its process (feature `cwd`).
     pub cwd: Option<String>,
+    /// Bytes written to its process's standard input (feature `stdin`; empty: none).
+    pub stdin: Vec<u8>,
     /// Current state.
     pub status: TaskStatus,
     /// Seconds the agent may run it.
@@ -172,6 +174,7 @@ impl TaskRecord {
             payload: spec.payload.to_owned(),
             env: spec.env.clone(),
             cwd: spec.cwd.map(str::to_owned),
+            stdin: spec.stdin.to_vec(),
             status: TaskStatus::Queued,
             timeout_secs: spec.timeout_secs,
             expires_ms: now_ms.saturating_add(secs_to_ms(spec.ttl_secs)),
@@ -199,7 +202,7 @@ impl TaskRecord {
 
     /// The features an agent must have announced to be given this task.
     pub fn required_features(&self) -> Vec<&'static str> {
-        crate::protocol::features::required_by(&self.env, self.cwd.as_deref())
+        crate::protocol::features::required_with_stdin(&self.env, self.cwd.as_deref(), &self.stdin)
     }
 
     /// Moves to `status`, recording when.
@@ -222,6 +225,8 @@ pub struct TaskSpec<'a> {
     pub env: &'a BTreeMap<String, String>,
     /// Working directory of its process.
     pub cwd: Option<&'a str>,
+    /// Bytes for its process's standard input (empty: none).
+    pub stdin: &'a [u8],
     /// Seconds the agent may run it.
     pub timeout_secs: u64,
     /// Seconds it may wait in the queue.

@@ -97,9 +97,33 @@ impl From<StoredTaskStatus> for TaskStatus {
     }
 }
 
-/// A task record, version 2: version 1 and the task's environment and working directory.
+/// A task record, version 3: version 2 and the bytes of the task's standard input.
 #[derive(Serialize, Deserialize)]
 pub struct StoredTask {
+    id: TaskId,
+    app_id: String,
+    task_type: String,
+    payload: String,
+    env: BTreeMap<String, String>,
+    cwd: Option<String>,
+    stdin: Vec<u8>,
+    status: StoredTaskStatus,
+    timeout_secs: u64,
+    expires_ms: i64,
+    history: Vec<(StoredTaskStatus, i64)>,
+    queue_seq: u64,
+    ack_required: bool,
+    deadline_ms: i64,
+    cancel_requested: bool,
+    exit_code: Option<i32>,
+    error: Option<String>,
+    duration_ms: Option<u64>,
+    output: OutputState,
+}
+
+/// A task record, version 2: version 1 and the task's environment and working directory; frozen.
+#[derive(Serialize, Deserialize)]
+pub struct StoredTaskV2 {
     id: TaskId,
     app_id: String,
     task_type: String,
@@ -141,9 +165,9 @@ pub struct StoredTaskV1 {
     output: OutputState,
 }
 
-impl From<StoredTaskV1> for StoredTask {
+impl From<StoredTaskV1> for StoredTaskV2 {
     fn from(v1: StoredTaskV1) -> Self {
-        StoredTask {
+        StoredTaskV2 {
             id: v1.id,
             app_id: v1.app_id,
             task_type: v1.task_type,
@@ -166,9 +190,35 @@ impl From<StoredTaskV1> for StoredTask {
     }
 }
 
+impl From<StoredTaskV2> for StoredTask {
+    fn from(v2: StoredTaskV2) -> Self {
+        StoredTask {
+            id: v2.id,
+            app_id: v2.app_id,
+            task_type: v2.task_type,
+            payload: v2.payload,
+            env: v2.env,
+            cwd: v2.cwd,
+            stdin: Vec::new(),
+            status: v2.status,
+            timeout_secs: v2.timeout_secs,
+            expires_ms: v2.expires_ms,
+            history: v2.history,
+            queue_seq: v2.queue_seq,
+            ack_required: v2.ack_required,
+            deadline_ms: v2.deadline_ms,
+            cancel_requested: v2.cancel_requested,
+            exit_code: v2.exit_code,
+            error: v2.error,
+            duration_ms: v2.duration_ms,
+            output: v2.output,
+        }
+    }
+}
+
 impl Record for TaskRecord {
     const NAME: &'static str = "task";
-    const VERSION: u8 = 2;
+    const VERSION: u8 = 3;
     type Stored = StoredTask;
 
     fn to_stored(&self) -> StoredTask {
@@ -179,6 +229,7 @@ impl Record for TaskRecord {
             payload: self.payload.clone(),
             env: self.env.clone(),
             cwd: self.cwd.clone(),
+            stdin: self.stdin.clone(),
             status: self.status.into(),
             timeout_secs: self.timeout_secs,
             expires_ms: self.expires_ms,
@@ -202,6 +253,7 @@ impl Record for TaskRecord {
             payload: s.payload,
             env: s.env,
             cwd: s.cwd,
+            stdin: s.stdin,
             status: s.status.into(),
             timeout_secs: s.timeout_secs,
             expires_ms: s.expires_ms,
@@ -218,7 +270,14 @@ impl Record for TaskRecord {
     }
 
     fn from_older(version: u8, body: &[u8]) -> Option<Result<TaskRecord, CodecError>> {
-        (version == 1).then(|| decode_body::<StoredTaskV1>(body).and_then(|v1| Self::from_stored(v1.into())))
+        match version {
+            1 => Some(
+                decode_body::<StoredTaskV1>(body)
+                    .and_then(|v1| Self::from_stored(StoredTaskV2::from(v1).into())),
+            ),
+            2 => Some(decode_body::<StoredTaskV2>(body).and_then(|v2| Self::from_stored(v2.into()))),
+            _ => None,
+        }
     }
 }
 

@@ -56,6 +56,7 @@ pub(super) fn spec(app_id: &str) -> TaskSpec<'_> {
         payload: "",
         env: &NO_ENV,
         cwd: None,
+        stdin: &[],
         timeout_secs: 60,
         ttl_secs: 3600,
     }

@@ -202,6 +202,7 @@ fn a_data_directory_written_by_0_1_0_takes_new_tasks_and_reopens() {
         payload: "echo new",
         env: &std::collections::BTreeMap::new(),
         cwd: None,
+        stdin: &[],
         timeout_secs: 60,
         ttl_secs: 3600,
     };

@@ -20,18 +20,25 @@ pub struct Cli {
     args: Vec<OsString>,
     env: Vec<(String, String)>,
     deadline: Duration,
+    stdin: Option<Vec<u8>>,
 }
 
 impl Cli {
     /// `orange ARGS` with a clean orange environment and the default deadline.
     pub fn new<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> Cli {
         let args = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
-        Cli { args, env: Vec::new(), deadline: CLI_DEADLINE }
+        Cli { args, env: Vec::new(), deadline: CLI_DEADLINE, stdin: None }
     }
 
     /// Sets the environment variable `name` for the child.
     pub fn env(mut self, name: &str, value: &str) -> Cli {
         self.env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Gives the child `bytes` on a pipe as its stdin (by default its stdin is /dev/null).
+    pub fn stdin(mut self, bytes: Vec<u8>) -> Cli {
+        self.stdin = Some(bytes);
         self
     }
 
@@ -41,7 +48,7 @@ impl Cli {
         self
     }
 
-    /// The command, not started: stdin null, stdout and stderr piped (a test that spawns it
+    /// The command, not started: stdin null (or piped, with [`Cli::stdin`]), stdout and stderr piped (a test that spawns it
     /// itself kills it).
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(BIN);
@@ -50,7 +57,8 @@ impl Cli {
         for (name, value) in &self.env {
             cmd.env(name, value);
         }
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let stdin = if self.stdin.is_some() { Stdio::piped() } else { Stdio::null() };
+        cmd.stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd
     }
 
@@ -60,6 +68,10 @@ impl Cli {
         let command = show_command(&cmd);
         let started = Instant::now();
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot spawn {command}: {e}"));
+        if let (Some(mut pipe), Some(bytes)) = (child.stdin.take(), self.stdin.clone()) {
+            // A child that exits without reading it all closes the pipe: not the test's concern.
+            std::thread::spawn(move || std::io::Write::write_all(&mut pipe, &bytes));
+        }
         let stdout = drain(child.stdout.take().expect("piped stdout"));
         let stderr = drain(child.stderr.take().expect("piped stderr"));
         let status = wait_exit(&mut child, self.deadline);
