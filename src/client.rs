@@ -67,6 +67,7 @@ impl std::str::FromStr for EnrollToken {
 
 /// What one long poll brought.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // one answer per poll; moved, not stored
 pub enum PollAnswer {
     /// A task to run.
     Task(WireTask),

@@ -233,6 +233,7 @@ mod tests {
             timeout_secs: Some(5),
             env: Default::default(),
             cwd: None,
+            stdin: Vec::new(),
         }
     }
 

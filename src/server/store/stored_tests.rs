@@ -57,6 +57,7 @@ fn sample_task() -> TaskRecord {
         payload: "echo hi".into(),
         env: BTreeMap::new(),
         cwd: None,
+        stdin: Vec::new(),
         status: TaskStatus::TimedOut,
         timeout_secs: 60,
         expires_ms: 1000,
