@@ -52,7 +52,11 @@ pub const TABLE: &[(&str, u64, &str)] = &[
         "payload, environment and stdin bytes one enqueue or job window stores",
     ),
     ("MAX_STDIN_BYTES", MAX_STDIN_BYTES as u64, "bytes of standard input one task carries"),
-    ("MAX_ENQUEUE_BODY", MAX_ENQUEUE_BODY as u64, "bytes of one enqueue request body (stdin as base64)"),
+    (
+        "MAX_ENQUEUE_BODY",
+        MAX_ENQUEUE_BODY as u64,
+        "bytes of one enqueue or job request body (stdin as base64)",
+    ),
     ("MAX_JOB_TARGETS", MAX_JOB_TARGETS as u64, "agents one job may target"),
     ("MAX_PENDING", MAX_PENDING as u64, "agents waiting to be accepted"),
     ("MAX_LIST_LIMIT", admin::MAX_LIST_LIMIT as u64, "entries of one list page"),

@@ -28,8 +28,16 @@ fn registers_runs_tasks_and_reports_them() {
     assert_eq!(registration.labels, BTreeMap::from([("env".to_owned(), "test".to_owned())]));
     assert_eq!(registration.version.as_deref(), Some(env!("CARGO_PKG_VERSION")));
     assert_eq!(registration.hostname.as_deref(), Some("h1"));
-    assert_eq!(registration.features, ["cwd", "env"], "the built-in executors apply env and cwd");
-    assert!(state.poll_features.iter().all(|f| f.as_deref() == Some("cwd,env")), "{:?}", state.poll_features);
+    assert_eq!(
+        registration.features,
+        ["cwd", "env", "stdin"],
+        "the built-in executors apply env, cwd and stdin"
+    );
+    assert!(
+        state.poll_features.iter().all(|f| f.as_deref() == Some("cwd,env,stdin")),
+        "{:?}",
+        state.poll_features
+    );
     let t1 = state.report("t1").expect("reported");
     assert_eq!((t1.do_status.as_str(), t1.exit_code), ("success", Some(0)));
     assert_eq!((t1.stdout.as_deref(), t1.stderr.as_deref()), (None, None), "output was streamed");

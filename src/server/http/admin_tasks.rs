@@ -51,7 +51,7 @@ async fn enqueue(
 }
 
 /// What the audit record says of an enqueue: the type, the payload's size, the names of the
-/// environment variables (not their values) and the working directory.
+/// environment variables (not their values) the working directory and the size of the stdin.
 fn send_detail(request: &EnqueueRequest) -> String {
     let mut detail = format!("type {}, payload {} bytes", request.task_type, request.payload.len());
     if !request.env.is_empty() {
@@ -60,6 +60,9 @@ fn send_detail(request: &EnqueueRequest) -> String {
     }
     if let Some(cwd) = &request.cwd {
         detail.push_str(&format!(", cwd {cwd}"));
+    }
+    if !request.stdin.is_empty() {
+        detail.push_str(&format!(", stdin {} bytes", request.stdin.len()));
     }
     detail
 }

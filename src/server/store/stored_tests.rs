@@ -149,8 +149,15 @@ fn sample_facts() -> FactsRecord {
 /// writes in a later version, decodes to `expected` (the new fields at their defaults) and is
 /// written back in the current version.
 fn older<T: codec::Record + PartialEq + std::fmt::Debug>(hex: &str, expected: T) {
+    assert_eq!(unhex(hex)[0], 1, "0.1.0 wrote version 1");
+    earlier(hex, expected);
+}
+
+/// Asserts that `hex`, a value in an earlier version of its record, decodes to `expected` (the
+/// new fields at their defaults) and is written back in the current version.
+fn earlier<T: codec::Record + PartialEq + std::fmt::Debug>(hex: &str, expected: T) {
     let bytes = unhex(hex);
-    assert_eq!(bytes[0], 1, "0.1.0 wrote version 1");
+    assert!(bytes[0] < T::VERSION, "{} version {} is not an earlier one", T::NAME, bytes[0]);
     assert_eq!(codec::decode::<T>(&bytes).unwrap(), expected, "decoding {}", T::NAME);
     assert_eq!(codec::encode(&expected)[0], T::VERSION, "{} is written in its current version", T::NAME);
 }
@@ -220,15 +227,32 @@ fn sample_job_v2() -> JobRecord {
 }
 
 // Version 2 of the task and job records (environment and working directory; a job's offline
-// count, host timeout and `queue`): frozen here so
-// that a change of the layout is noticed.
+// count, host timeout and `queue`): frozen here so that a change of the layout is noticed (the
+// task record has a third version since; its second is still read).
 const TASK_V2: &str = "021001010101010101010101010101010101057765622d31057368656c6c076563686f206869010141016201042f746d70053cfbd007030002080405062a019a0101050104626f6f6d010c03640102023207";
 const JOB_V2: &str = "02100202020202020202020202020202020216057368656c6c06757074696d65010141016201042f7372761e3c01033130250101320101020b03020102030405060708090a0b0e0c1a3c01";
 
 #[test]
-fn tasks_and_jobs_with_env_and_cwd_keep_their_second_layout() {
-    frozen(TASK_V2, sample_task_v2());
+fn tasks_of_the_second_layout_still_read_and_jobs_keep_it() {
+    earlier(TASK_V2, sample_task_v2());
     frozen(JOB_V2, sample_job_v2());
+}
+
+/// A task with an environment, a working directory and a standard input: version 3 of the
+/// task record.
+fn sample_task_v3() -> TaskRecord {
+    let mut task = sample_task_v2();
+    task.stdin = b"in\n\xff".to_vec();
+    task
+}
+
+// Version 3 of the task record (standard input): frozen here so that a change of the layout is
+// noticed.
+const TASK_V3: &str = "031001010101010101010101010101010101057765622d31057368656c6c076563686f206869010141016201042f746d7004696e0aff053cfbd007030002080405062a019a0101050104626f6f6d010c03640102023207";
+
+#[test]
+fn tasks_with_stdin_keep_their_third_layout() {
+    frozen(TASK_V3, sample_task_v3());
 }
 
 #[test]
@@ -258,9 +282,9 @@ fn targets_keep_their_second_layout() {
 #[test]
 fn a_future_version_is_refused_naming_the_record() {
     let mut bytes = unhex(TASK_V1);
-    bytes[0] = 3;
+    bytes[0] = 4;
     let err = codec::decode::<TaskRecord>(&bytes).unwrap_err();
-    assert_eq!(err.to_string(), "stored task record has version 3; this build reads versions up to 2");
+    assert_eq!(err.to_string(), "stored task record has version 4; this build reads versions up to 3");
     let mut bytes = unhex(TARGET_V1);
     bytes[0] = 7;
     let err = codec::decode::<TargetRecord>(&bytes).unwrap_err();

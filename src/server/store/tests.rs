@@ -133,6 +133,27 @@ fn report_moves_the_task_and_stores_output_in_chunks() {
 }
 
 #[test]
+fn a_task_keeps_its_stdin_until_it_ends_and_is_stored_without_it_after() {
+    let (_dir, store) = open();
+    store.put_agent(&agent("a")).unwrap();
+    let mut spec = spec("a");
+    spec.stdin = b"input bytes";
+    let mut tasks = vec![TaskRecord::new(spec, new_task_id(), 10)];
+    store.enqueue(&mut tasks).unwrap();
+    let id = tasks[0].id;
+    let stdin = ["stdin".to_owned()];
+    let taken = store.take_next("a", Delivery::Acknowledged, &stdin, &mut Vec::new(), 20).unwrap();
+    assert_eq!(taken.expect("handed out").stdin, b"input bytes", "the delivery carries the stdin");
+    assert_eq!(
+        store.task(id).unwrap().unwrap().stdin,
+        b"input bytes",
+        "kept while it may be handed out again"
+    );
+    store.apply_report("a", id, &success(""), 30).unwrap();
+    assert!(store.task(id).unwrap().unwrap().stdin.is_empty(), "an ended task is stored without its stdin");
+}
+
+#[test]
 fn repeated_report_is_accepted_and_conflicting_one_refused() {
     let (_dir, store) = open();
     store.put_agent(&agent("a")).unwrap();

@@ -140,9 +140,15 @@ impl Tx<'_> {
     }
 
     /// Writes a task record. A change of state of a job's task moves the job along with it
-    /// (counts, window, error limit), in this same transaction.
+    /// (counts, window, error limit), in this same transaction. A task that has ended is
+    /// written without its stdin: nothing reads it again, and it may be megabytes.
     pub fn put_task<E: From<StoreError>>(&self, task: &TaskRecord) -> Result<(), TxError<E>> {
-        if let Some(old) = self.tasks.insert(task.id.as_bytes(), codec::encode(task))? {
+        let bytes = if task.status.is_final() && !task.stdin.is_empty() {
+            codec::encode(&TaskRecord { stdin: Vec::new(), ..task.clone() })
+        } else {
+            codec::encode(task)
+        };
+        if let Some(old) = self.tasks.insert(task.id.as_bytes(), bytes)? {
             (self.follow)(self, &old, task).map_err(widen)?;
         }
         Ok(())
