@@ -154,6 +154,20 @@ fn a_task_keeps_its_stdin_until_it_ends_and_is_stored_without_it_after() {
 }
 
 #[test]
+fn a_sync_makes_sleds_blob_files_durable_too() {
+    let (_dir, store) = open();
+    let mut spec = spec("a");
+    // Past sled's blob threshold (128 KiB): sled keeps the record in a file of its own.
+    let big = vec![7u8; 300 * 1024];
+    spec.stdin = &big;
+    let mut tasks = vec![TaskRecord::new(spec, new_task_id(), 10)];
+    store.enqueue(&mut tasks).unwrap();
+    store.trees().sync().unwrap();
+    assert!(store.trees().synced_blob_count() >= 1, "the task record's blob file was synced");
+    assert_eq!(store.task(tasks[0].id).unwrap().unwrap().stdin, big);
+}
+
+#[test]
 fn repeated_report_is_accepted_and_conflicting_one_refused() {
     let (_dir, store) = open();
     store.put_agent(&agent("a")).unwrap();

@@ -7,9 +7,11 @@
 //! sled commits it, so the log holds writes in the order sled applied them, never behind.
 
 use std::cell::RefCell;
+use std::collections::HashSet;
+use std::ffi::OsString;
 use std::fs::File;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use sled::transaction::{
     ConflictableTransactionError, ConflictableTransactionResult, TransactionError, TransactionResult,
@@ -43,6 +45,9 @@ macro_rules! trees {
             pub db: sled::Db,
             /// sled's data file, synced by [`Trees::sync`].
             data_file: File,
+            /// sled's blob files (values past its blob threshold, 128 KiB), synced by
+            /// [`Trees::sync`] too: sled never fsyncs them.
+            blobs: BlobFiles,
             /// Ids from `db.generate_id()` are offset by this.
             id_floor: u64,
             /// The log every tree's writes go to.
@@ -74,6 +79,7 @@ macro_rules! trees {
                     name: name.to_owned(),
                     db,
                     data_file,
+                    blobs: BlobFiles::new(path.join("blobs")),
                     id_floor,
                 })
             }
@@ -183,16 +189,24 @@ impl Trees {
         Ok(self.id_floor.saturating_add(self.db.generate_id()?))
     }
 
-    /// Writes sled's buffers and fdatasyncs its data file. sled's own `flush` only calls
-    /// sync_file_range, which does not survive a power cut.
+    /// Writes sled's buffers and fdatasyncs its data file and its new blob files. sled's own
+    /// `flush` only calls sync_file_range, which does not survive a power cut, and never syncs
+    /// a blob file.
     pub fn sync(&self) -> std::io::Result<()> {
         self.db.flush().map_err(std::io::Error::other)?;
-        self.data_file.sync_data()
+        self.data_file.sync_data()?;
+        self.blobs.sync_new()
     }
 
     /// The database's size on disk.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         Ok(self.db.size_on_disk()?)
+    }
+
+    /// How many of sled's blob files the checkpoints have synced.
+    #[cfg(test)]
+    pub fn synced_blob_count(&self) -> usize {
+        self.blobs.synced_count()
     }
 
     /// Its size right after the compaction that wrote it, if it was written by one.
@@ -224,4 +238,54 @@ fn read_u64(db: &sled::Db, key: &[u8]) -> Result<Option<u64>, StoreError> {
         )))
     })?;
     Ok(Some(u64::from_be_bytes(bytes)))
+}
+
+/// sled's blob directory: each value past sled's blob threshold is a file of its own, written
+/// once and removed when the value is replaced; sled never fsyncs them, so a checkpoint does.
+struct BlobFiles {
+    dir: PathBuf,
+    /// Names of the files already synced (each is written once).
+    synced: Mutex<HashSet<OsString>>,
+}
+
+impl BlobFiles {
+    fn new(dir: PathBuf) -> BlobFiles {
+        BlobFiles { dir, synced: Mutex::new(HashSet::new()) }
+    }
+
+    /// fdatasyncs every blob file not synced before, then the directory that names them.
+    fn sync_new(&self) -> std::io::Result<()> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut synced = self.synced.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut present = HashSet::new();
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            if !synced.contains(&name) {
+                match File::open(entry.path()) {
+                    Ok(file) => file.sync_data()?,
+                    // Removed by sled since it was listed: nothing to keep.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            present.insert(name);
+        }
+        let new = present.iter().any(|name| !synced.contains(name));
+        *synced = present;
+        if new {
+            File::open(&self.dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// How many blob files are known synced.
+    #[cfg(test)]
+    fn synced_count(&self) -> usize {
+        self.synced.lock().map(|synced| synced.len()).unwrap_or(0)
+    }
 }
