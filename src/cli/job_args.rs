@@ -122,6 +122,10 @@ operator_args! {
         /// support the `cwd` task feature
         #[argh(option)]
         pub cwd: Option<String>,
+        /// send no stdin: the command reads an empty input on every host even when orange's
+        /// stdin is a pipe or a file (as ssh -n)
+        #[argh(switch, short = 'n')]
+        pub no_stdin: bool,
         /// the command (the task's payload), after --
         #[argh(positional, greedy)]
         pub command: Vec<String>,
@@ -183,6 +187,10 @@ operator_args! {
         /// support the `cwd` task feature
         #[argh(option)]
         pub cwd: Option<String>,
+        /// send no stdin: the command reads an empty input on every host even when orange's
+        /// stdin is a pipe or a file (as ssh -n)
+        #[argh(switch, short = 'n')]
+        pub no_stdin: bool,
         /// the command (the task's payload), after --
         #[argh(positional, greedy)]
         pub command: Vec<String>,
@@ -286,6 +294,8 @@ pub(super) struct JobFlags<'a> {
     pub host_timeout: Option<u64>,
     pub queue: bool,
     pub command: &'a [String],
+    /// What every task's process reads on its standard input (empty: nothing).
+    pub stdin: Vec<u8>,
 }
 
 /// The [`JobFlags`] of a [`RunArgs`] or [`SendArgs`], which declare the same job flags; `task_type`
@@ -306,6 +316,7 @@ macro_rules! job_flags {
             host_timeout: $args.host_timeout,
             queue: $args.queue,
             command: &$args.command,
+            stdin: $crate::cli::run::stdin_unless($args.no_stdin)?,
         }
     };
 }
@@ -333,6 +344,7 @@ impl JobFlags<'_> {
             env: check_env(self.env)?,
             cwd: check_cwd_flag(self.cwd)?,
             queue: self.queue,
+            stdin: self.stdin,
             host_timeout_secs: self
                 .host_timeout
                 .map(|secs| check_host_timeout(secs).map_err(|e| anyhow::anyhow!("--host-timeout: {e}")))
@@ -395,6 +407,7 @@ mod tests {
             host_timeout: None,
             queue: false,
             command,
+            stdin: Vec::new(),
         }
     }
 

@@ -36,11 +36,14 @@ operator_args! {
         example = "orange task run --appid web-1 -- df -h /",
         example = "orange task run --appid web-1 --timeout 30 -- 'systemctl restart nginx && echo ok'",
         example = "orange task run --appid laptop-7 --queue --ttl 3600 -- 'apt-get -y upgrade'",
+        example = "tar c ./site | orange task run --appid web-1 -- 'tar x -C /srv/www'",
         note = "The command runs with sh -c on the host. One argument after -- is a shell script, taken \
                 as it is (-- 'cd /srv && ls | wc -l'); several are a command and its arguments, each \
                 quoted for the remote shell so that it sees exactly those words (-- sh -c 'echo a; echo \
                 b' runs sh with the two arguments -c and 'echo a; echo b'; -- printf '%s\\n' 'a b' c \
-                prints two lines). The agent must be started with --allow-shell. An unknown agent is \
+                prints two lines). orange's stdin, when it is a pipe or a file (at most 16 MiB), is the \
+                command's stdin (tar c dir | orange task run --appid web-1 -- 'tar x -C /srv'); -n sends \
+                none; otherwise the command reads an empty input. The agent must be started with --allow-shell. An unknown agent is \
                 an error at once; so is an offline one (not seen \
                 within 90 s, or stopped: a stopping agent says goodbye), named with its last-seen time, \
                 unless --queue is given: then the task waits in the agent's queue until the agent comes \
@@ -126,12 +129,17 @@ impl RunConfig {
             ttl_secs: check_ttl(args.ttl)?,
             env: check_env(&args.env)?,
             cwd: check_cwd_flag(args.cwd)?,
-            stdin: if args.no_stdin { Vec::new() } else { read_stdin()? },
+            stdin: stdin_unless(args.no_stdin)?,
             require_online: !args.queue,
         };
         let operator = OperatorConfig::from_flags(flags)?;
         Ok(RunConfig { operator, app_id: args.appid, request })
     }
+}
+
+/// Nothing when `no_stdin` (the flag -n), else [`read_stdin`].
+pub fn stdin_unless(no_stdin: bool) -> Result<Vec<u8>> {
+    if no_stdin { Ok(Vec::new()) } else { read_stdin() }
 }
 
 /// orange's own stdin when it is a pipe, a socket or a regular file (not a terminal, not

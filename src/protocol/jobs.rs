@@ -146,6 +146,12 @@ pub struct JobRequest {
     /// Working directory of every task's process (feature `cwd`, likewise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
+    /// Bytes every task's process reads on its standard input, as base64 (feature `stdin`,
+    /// likewise; at most [`MAX_STDIN_BYTES`]). Absent: an empty input.
+    ///
+    /// [`MAX_STDIN_BYTES`]: super::limits::MAX_STDIN_BYTES
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "super::bytes::base64_field")]
+    pub stdin: Vec<u8>,
     /// Queue tasks for agents offline when the job starts too (they run when their agent comes
     /// back, within the TTL; the host timeout does not end a queued task then). Without it
     /// those targets end `offline` at once, not run and not counted as errors.

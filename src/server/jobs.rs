@@ -14,7 +14,9 @@ use super::clock::now_ms;
 use super::dispatch::Dispatch;
 use super::error::ServiceError;
 use super::store::{AgentRecord, AgentStatus, JobEvent, JobRecord, Store};
-use super::tasks::{TaskDefaults, check_task_context, check_task_input, task_bytes, tell_cancelled};
+use super::tasks::{
+    TaskDefaults, check_stdin, check_task_context, check_task_input, task_bytes, tell_cancelled,
+};
 use super::views::job_view;
 use crate::protocol::TaskId;
 use crate::protocol::jobs::{
@@ -180,11 +182,13 @@ impl Jobs {
         let host_timeout = request.host_timeout_secs.unwrap_or(DEFAULT_HOST_TIMEOUT_SECS);
         let host_timeout_secs = check_host_timeout(host_timeout).map_err(ServiceError::BadRequest)?;
         let (window, error_limit) = resolve_limits(&request, app_ids.len());
-        let task_bytes = task_bytes(&request.payload, &request.env, request.cwd.as_deref());
+        check_stdin(&request.stdin)?;
+        let task_bytes =
+            task_bytes(&request.payload, &request.env, request.cwd.as_deref()) + request.stdin.len();
         if task_bytes.saturating_mul(window as usize) > MAX_ENQUEUE_BYTES {
             return Err(ServiceError::TooLarge(format!(
-                "a window of {window} tasks of {task_bytes} payload and environment bytes exceeds the \
-                 {MAX_ENQUEUE_BYTES} bytes one enqueue may store; lower max_concurrency",
+                "a window of {window} tasks of {task_bytes} payload, environment and stdin bytes exceeds \
+                 the {MAX_ENQUEUE_BYTES} bytes one enqueue may store; lower max_concurrency",
             )));
         }
         let job = JobRecord {
@@ -211,7 +215,7 @@ impl Jobs {
             queue: request.queue,
         };
         let offline = if request.queue { HashMap::new() } else { self.offline(&app_ids)? };
-        let job = self.store.create_job(&job, &app_ids, &offline)?;
+        let job = self.store.create_job(&job, &request.stdin, &app_ids, &offline)?;
         self.store.durable().await?;
         info!(job = %job.id, targets = job.targets, offline = offline.len(), window, "job created");
         Ok(job)

@@ -300,7 +300,7 @@ pub(super) fn check_task_context(
 }
 
 /// Refuses a task's stdin past [`limits::MAX_STDIN_BYTES`].
-fn check_stdin(stdin: &[u8]) -> Result<(), ServiceError> {
+pub fn check_stdin(stdin: &[u8]) -> Result<(), ServiceError> {
     if stdin.len() > limits::MAX_STDIN_BYTES {
         return Err(ServiceError::TooLarge(format!(
             "stdin of {} bytes is larger than the {} bytes a task may carry",

@@ -1,6 +1,7 @@
 //! `task run` forwards its stdin to the remote command: a `tar` stream unpacks on the host
 //! byte for byte, `-n` sends none, an input past the limit is refused before anything is sent,
-//! and an original client, which cannot take stdin, is never given such a task.
+//! and an original client, which cannot take stdin, is never given such a task; `job run` sends
+//! one stdin to every host.
 
 use std::path::Path;
 use std::process::Command;
@@ -108,4 +109,51 @@ fn an_original_client_is_refused_a_task_with_stdin() {
     assert_ne!(run.code(), Some(0), "{run}");
     let needle = "agent \"go-1\" does not support the task feature stdin";
     assert!(run.stderr.contains(needle), "stderr lacks {needle:?}\n{run}");
+}
+
+/// Each result of a `job run --json` as (app id, status, stdout), in app id order.
+fn job_results(run: &Run) -> Vec<(String, String, String)> {
+    let json = run.json();
+    let results = json["results"].as_array().cloned().unwrap_or_default();
+    let text = |value: &serde_json::Value| value.as_str().unwrap_or_default().to_owned();
+    results.iter().map(|r| (text(&r["app_id"]), text(&r["state"]), text(&r["stdout"]))).collect()
+}
+
+#[test]
+fn job_run_sends_the_same_stdin_to_every_host_and_none_with_n() {
+    let server = Server::start(ServerOpts::default());
+    let _agents: Vec<Agent> =
+        ["j-1", "j-2"].iter().map(|id| Agent::start_online(&server, id, AgentOpts::shell())).collect();
+    let job = ["job", "run", "--appid", "j-1,j-2", "--json", "--", "tr a-z A-Z"];
+    let run = orange_with_stdin(&server, &job, b"same input\n".to_vec());
+    run.assert_success();
+    let upper = |id: &str| (id.to_owned(), "succeeded".to_owned(), "SAME INPUT\n".to_owned());
+    assert_eq!(job_results(&run), [upper("j-1"), upper("j-2")], "{run}");
+
+    let count = ["job", "run", "-n", "--appid", "j-1,j-2", "--json", "--", "wc -c"];
+    let run = orange_with_stdin(&server, &count, b"ignored".to_vec());
+    run.assert_success();
+    let none = |id: &str| (id.to_owned(), "succeeded".to_owned(), "0\n".to_owned());
+    assert_eq!(job_results(&run), [none("j-1"), none("j-2")], "{run}");
+}
+
+#[test]
+fn a_job_with_stdin_fails_at_once_on_an_original_client_and_runs_on_orange_agents() {
+    let server = Server::start(ServerOpts::default());
+    let _agent = Agent::start_online(&server, "j-1", AgentOpts::shell());
+    let _go = GoAgent::new(&server, "go-1", "s1").registered();
+    let job = ["job", "run", "--appid", "go-1,j-1", "--json", "--", "cat"];
+    let run = orange_with_stdin(&server, &job, b"data".to_vec());
+    assert_eq!(run.code(), Some(1), "one host did not succeed\n{run}");
+    let results = run.json()["results"].as_array().cloned().unwrap_or_default();
+    let go = results.iter().find(|r| r["app_id"] == "go-1").expect("go-1 has a result");
+    assert_eq!(go["state"], "failed", "{run}");
+    let needle = "does not support the task feature stdin";
+    assert!(go.to_string().contains(needle), "go-1's result lacks {needle:?}\n{run}");
+    let orange = results.iter().find(|r| r["app_id"] == "j-1").expect("j-1 has a result");
+    assert_eq!(
+        (orange["state"].as_str(), orange["stdout"].as_str()),
+        (Some("succeeded"), Some("data")),
+        "{run}"
+    );
 }

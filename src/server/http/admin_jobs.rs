@@ -14,13 +14,14 @@ use serde::Deserialize;
 use tracing::info;
 
 use super::AppState;
-use super::admin_common::{ApiResult, actor, bad_query, path_id, read_json};
+use super::admin_common::{ApiResult, actor, bad_query, path_id, read_json, read_json_within};
 use crate::protocol::TaskId;
 use crate::protocol::admin::{CancelRequest, MAX_LIST_LIMIT, MAX_WAIT_SECS};
 use crate::protocol::jobs::{
     JOBS_DRY_RUN_PATH, JOBS_PATH, JobGroups, JobList, JobRequest, JobResults, JobView, MAX_RESULTS_PAGE,
     TargetList,
 };
+use crate::protocol::limits::MAX_ENQUEUE_BODY;
 use crate::server::views::job_view;
 
 /// Jobs listed when no limit is given.
@@ -48,14 +49,18 @@ async fn create_job(
     ClientAddr(peer): ClientAddr,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<JobView>)> {
-    let request: JobRequest = read_json(body).await?;
-    let detail = format!(
+    // A job may carry the stdin of its tasks, so it may be larger than other requests.
+    let request: JobRequest = read_json_within(body, MAX_ENQUEUE_BODY).await?;
+    let mut detail = format!(
         "type {}, payload {} bytes, max_concurrency {}, max_errors {}",
         request.task_type,
         request.payload.len(),
         request.max_concurrency.map_or("none".into(), |l| l.to_string()),
         request.max_errors.map_or("none".into(), |l| l.to_string()),
     );
+    if !request.stdin.is_empty() {
+        detail.push_str(&format!(", stdin {} bytes", request.stdin.len()));
+    }
     let job = app.jobs().create(request).await?;
     app.audit().record(
         &actor(peer),
@@ -67,7 +72,7 @@ async fn create_job(
 }
 
 async fn dry_run(State(app): State<AppState>, body: Body) -> ApiResult<Json<TargetList>> {
-    let request: JobRequest = read_json(body).await?;
+    let request: JobRequest = read_json_within(body, MAX_ENQUEUE_BODY).await?;
     Ok(Json(app.jobs().dry_run(&request)?))
 }
 

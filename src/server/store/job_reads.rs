@@ -101,7 +101,7 @@ impl Store {
         self.job_events.on_push(wake);
     }
 
-    /// Removes jobs that were done before `cutoff_ms`, with their targets and task links (at
+    /// Removes jobs that were done before `cutoff_ms`, with their targets, task links and stdin (at
     /// most a batch); returns how many.
     pub fn sweep_jobs(&self, cutoff_ms: i64) -> Result<usize, StoreError> {
         let trees = self.trees();
@@ -115,6 +115,7 @@ impl Store {
                 }
                 trees.job_targets.remove(target_key)?;
             }
+            trees.job_inputs.remove(job_key(id))?;
             // The index entry goes last: if this stops half way, it still leads here next time.
             trees.jobs.remove(job_key(id))?;
             trees.jobs_done.remove(time_key(ms, id))?;

@@ -46,7 +46,7 @@ fn job(targets: usize, window: usize, error_limit: Option<u32>) -> JobRecord {
 }
 
 fn create(store: &Store, targets: usize, window: usize, error_limit: Option<u32>) -> JobRecord {
-    store.create_job(&job(targets, window, error_limit), &app_ids(targets), &Default::default()).unwrap()
+    store.create_job(&job(targets, window, error_limit), &[], &app_ids(targets), &Default::default()).unwrap()
 }
 
 fn outcome(status: TaskStatus, exit_code: i32) -> Outcome {
@@ -283,7 +283,7 @@ fn a_job_of_ten_thousand_targets_stores_no_large_value() {
     let (_dir, store) = open();
     let mut big = job(10_000, 100, None);
     big.payload = "x".repeat(crate::protocol::wire::MAX_PAYLOAD_LEN);
-    let created = store.create_job(&big, &app_ids(10_000), &Default::default()).unwrap();
+    let created = store.create_job(&big, &[], &app_ids(10_000), &Default::default()).unwrap();
     assert_eq!(created.counts.queued, 100);
     run(&store, "host-00000", TaskStatus::Succeeded, T0 + 1);
     let mut values = 0;
@@ -470,7 +470,7 @@ fn a_target_whose_agent_lacks_a_feature_of_the_job_ends_failed_without_a_task() 
     store.note_features("host-00001", &["cwd".to_owned(), "env".to_owned()], T0).unwrap();
     let mut job = job(2, 2, None);
     job.env = std::collections::BTreeMap::from([("A".to_owned(), "b".to_owned())]);
-    let job = store.create_job(&job, &app_ids(2), &HashMap::new()).unwrap();
+    let job = store.create_job(&job, &[], &app_ids(2), &HashMap::new()).unwrap();
     let all = targets(&store, job.id);
     assert!(all[0].1.is_none(), "no task for the agent that announced nothing");
     assert_eq!(all[1].1.as_ref().map(|t| t.env.clone()), Some(job.env.clone()));
@@ -491,7 +491,7 @@ fn a_target_whose_agent_lacks_a_feature_of_the_job_ends_failed_without_a_task() 
 fn targets_offline_at_the_start_end_offline_without_a_task_and_are_no_errors() {
     let (_dir, store) = open();
     let offline: HashMap<String, i64> = [("host-00001".to_owned(), 7), ("host-00003".to_owned(), 8)].into();
-    let created = store.create_job(&job(4, 1, Some(0)), &app_ids(4), &offline).unwrap();
+    let created = store.create_job(&job(4, 1, Some(0)), &[], &app_ids(4), &offline).unwrap();
     assert_eq!((created.counts.offline, created.counts.waiting, created.counts.queued), (2, 1, 1));
     // The window of one goes past the offline targets to the next online one.
     run(&store, "host-00000", TaskStatus::Succeeded, T0 + 10);
@@ -507,7 +507,7 @@ fn targets_offline_at_the_start_end_offline_without_a_task_and_are_no_errors() {
 fn a_job_whose_targets_are_all_offline_is_done_at_once() {
     let (_dir, store) = open();
     let offline: HashMap<String, i64> = app_ids(3).into_iter().map(|a| (a, 5)).collect();
-    let created = store.create_job(&job(3, 3, None), &app_ids(3), &offline).unwrap();
+    let created = store.create_job(&job(3, 3, None), &[], &app_ids(3), &offline).unwrap();
     assert_eq!((created.counts.offline, created.counts.total(), created.done_ms), (3, 3, T0));
     assert_eq!(created.state, JobState::Finished);
 }

@@ -244,7 +244,8 @@ fn start_target<E: From<StoreError>>(
         let note = "its agent was forgotten before its turn came".to_owned();
         return end_unstarted(tx, job, index, target, TaskStatus::Expired, note);
     }
-    if let Some(refusal) = lacks_features(tx, job, &target.app_id)? {
+    let stdin = tx.job_inputs.get(job_key(job.id))?.unwrap_or_default();
+    if let Some(refusal) = lacks_features(tx, job, &stdin, &target.app_id)? {
         return end_unstarted(tx, job, index, target, TaskStatus::Failed, refusal);
     }
     let spec = TaskSpec {
@@ -253,7 +254,7 @@ fn start_target<E: From<StoreError>>(
         payload: &job.payload,
         env: &job.env,
         cwd: job.cwd.as_deref(),
-        stdin: &[],
+        stdin: &stdin,
         timeout_secs: job.timeout_secs,
         ttl_secs: job.ttl_secs,
     };
@@ -289,9 +290,10 @@ fn agent_forgotten<E: From<StoreError>>(tx: &Tx<'_>, app_id: &str) -> Result<boo
 fn lacks_features<E: From<StoreError>>(
     tx: &Tx<'_>,
     job: &JobRecord,
+    stdin: &[u8],
     app_id: &str,
 ) -> Result<Option<String>, TxError<E>> {
-    let required = features::required_by(&job.env, job.cwd.as_deref());
+    let required = features::required_with_stdin(&job.env, job.cwd.as_deref(), stdin);
     if required.is_empty() {
         return Ok(None);
     }
@@ -342,6 +344,7 @@ impl Store {
     pub fn create_job(
         &self,
         job: &JobRecord,
+        stdin: &[u8],
         app_ids: &[String],
         offline: &HashMap<String, i64>,
     ) -> Result<JobRecord, StoreError> {
@@ -355,6 +358,9 @@ impl Store {
             offline_count += u32::from(offline_since_ms.is_some());
             let target = TargetRecord { app_id: app_id.clone(), task_id: None, end: None, offline_since_ms };
             self.trees().job_targets.insert(target_key(job.id, index), codec::encode(&target))?;
+        }
+        if !stdin.is_empty() {
+            self.trees().job_inputs.insert(job_key(job.id), stdin)?;
         }
         self.seqs.reserve(&self.trees(), job.window.min(START_BATCH) as usize)?;
         let created = self.transact(|tx| {

@@ -26,6 +26,8 @@
 //! - `job_targets`: job id, target index (u32 BE) → [`TargetRecord`], targets sorted by app id
 //! - `job_links`: task id → job id, target index (u32 BE): which tasks belong to a job
 //! - `jobs_done`: time (i64 BE ms), job id → empty: done jobs, oldest first, for retention
+//! - `job_inputs`: job id → raw bytes: the stdin every task of the job gets (absent: none),
+//!   stored once and copied into each task as it starts
 //! - sled's default tree: the id floor and size of a compacted database (see `trees.rs`)
 //!
 //! Every value is encoded by `codec` with its record type's own version and stored layout

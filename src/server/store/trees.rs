@@ -162,6 +162,8 @@ trees! {
         job_links,
         /// time, job id → empty: done jobs.
         jobs_done,
+        /// job id → the stdin of every task of the job (absent: none).
+        job_inputs,
         /// app id → task features the agent announced.
         features,
         /// job id → empty: jobs not done yet (those written since the host timeout existed),
