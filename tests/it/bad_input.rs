@@ -506,7 +506,9 @@ fn admin_api_refuses_oversized_payload_and_body() {
     let over = json!({"app_ids": ["w1"], "task_type": "ping", "payload": "p".repeat(64 * 1024 + 1)});
     let response = f.server.admin_raw("POST", "/api/v1/tasks", Some(&token), over.to_string().as_bytes());
     assert_api_error(&response, 413, "payload");
-    let huge = json!({"app_ids": ["w1"], "task_type": "ping", "payload": "p".repeat(2 * 1024 * 1024)});
+    // Past the enqueue body limit (larger than other requests', as it may carry a stdin).
+    let huge_len = orange::protocol::limits::MAX_ENQUEUE_BODY + 1;
+    let huge = json!({"app_ids": ["w1"], "task_type": "ping", "payload": "p".repeat(huge_len)});
     let response = f.server.admin_raw("POST", "/api/v1/tasks", Some(&token), huge.to_string().as_bytes());
     assert_api_error(&response, 413, "larger than");
     f.assert_unchanged(&before);

@@ -112,7 +112,7 @@ fn a_job_needing_a_feature_ends_the_hosts_lacking_it_at_once_and_runs_on_the_oth
         .iter()
         .map(|a| (a["app_id"].clone(), a["features"].clone()))
         .collect();
-    let expected = [("go-1", serde_json::json!([])), ("web-1", serde_json::json!(["cwd", "env"]))];
+    let expected = [("go-1", serde_json::json!([])), ("web-1", serde_json::json!(["cwd", "env", "stdin"]))];
     assert_eq!(features, expected.map(|(id, f)| (Value::from(id), f)), "{listed}");
 
     let args =
