@@ -12,14 +12,41 @@ fn main() -> ExitCode {
     if !matches!(role.as_deref(), Some("server" | "agent")) {
         orange::cli::quiet_broken_pipe();
     }
-    let orange: orange::cli::Orange = argh::from_env();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let orange = match orange::cli::argv::parse(&args) {
+        orange::cli::argv::Parsed::Run(orange) => *orange,
+        orange::cli::argv::Parsed::Exit { text, code } => return print_and_exit(&text, code),
+    };
+    let failure = orange::cli::failure_code(&orange);
     match orange::cli::run(orange) {
-        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Ok(code) => exit_code(code),
+        Err(e) if e.downcast_ref::<orange::cli::argv::Usage>().is_some() => {
+            eprintln!("orange: {e:#}");
+            exit_code(orange::cli::argv::EXIT_USAGE)
+        }
         Err(e) => {
             eprintln!("orange: {e:#}");
-            ExitCode::from(255)
+            exit_code(failure)
         }
     }
+}
+
+/// `text` on stdout when `code` is 0 (help, the version), else on stderr; then `code`.
+fn print_and_exit(text: &str, code: i32) -> ExitCode {
+    use std::io::Write;
+    let text = if text.ends_with('\n') { text.to_owned() } else { format!("{text}\n") };
+    // Nothing is left to do if the terminal or pipe is gone.
+    let _ = if code == 0 {
+        std::io::stdout().write_all(text.as_bytes())
+    } else {
+        std::io::stderr().write_all(text.as_bytes())
+    };
+    exit_code(code)
+}
+
+/// `code` as a process exit status (one byte; anything else is 1).
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
 /// Logs to stderr (in colour on a terminal) at the level `ORANGE_LOG` names: `info` (the

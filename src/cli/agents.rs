@@ -2,9 +2,10 @@
 //! one of them: `orange agents accept ID` lets a pending agent take tasks, `orange agents forget
 //! ID` drops an agent's secret so its app id may enroll again.
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use argh::FromArgs;
 
+use super::argv::{usage, usage_bail};
 use super::operator::{OperatorConfig, OperatorFlags, encode, operator_args, operator_flags};
 use super::output::{self, Printed};
 use crate::client::ADMIN_TIMEOUT;
@@ -122,12 +123,12 @@ fn execute(args: AgentsArgs) -> Result<Printed> {
     let flags = operator_flags!(args);
     let Some(command) = args.command else {
         let labels = limits::parse_labels(&args.label, limits::MAX_LABELS)
-            .map_err(|e| anyhow::anyhow!("--label: {e}"))?;
+            .map_err(|e| usage(format!("--label: {e}")))?;
         let filter = AgentFilter { labels, online: args.online };
         return list(&OperatorConfig::from_flags(flags)?, &filter, args.pending);
     };
     if args.online || args.pending || !args.label.is_empty() {
-        bail!("--label, --online and --pending filter the list; they do not go with accept or forget");
+        usage_bail!("--label, --online and --pending filter the list; they do not go with accept or forget");
     }
     match command {
         AgentsCommand::Accept(a) => {

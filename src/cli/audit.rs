@@ -1,9 +1,10 @@
 //! `orange audit`: the server's audit record of operator actions and of what agents did,
 //! newest first, filtered by kind, action, actor and time on the server, and paged by a cursor.
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use argh::FromArgs;
 
+use super::argv::usage_bail;
 use super::operator::{OperatorConfig, encode, operator_args, operator_flags};
 use super::output::{self, Printed};
 use crate::client::ADMIN_TIMEOUT;
@@ -85,7 +86,7 @@ fn query_pairs(args: &AuditArgs) -> Result<Vec<(String, String)>> {
     if let Some(limit) = args.limit
         && (limit == 0 || limit > admin::MAX_LIST_LIMIT)
     {
-        bail!("--limit {limit} must be between 1 and {}", admin::MAX_LIST_LIMIT);
+        usage_bail!("--limit {limit} must be between 1 and {}", admin::MAX_LIST_LIMIT);
     }
     let mut pairs = Vec::new();
     let mut add = |key: &str, value: Option<String>| {
@@ -109,7 +110,7 @@ fn query_pairs(args: &AuditArgs) -> Result<Vec<(String, String)>> {
 fn audit_path(args: &AuditArgs) -> Result<String> {
     let pairs = query_pairs(args)?;
     if let Err(message) = AuditQuery::from_pairs(&pairs) {
-        bail!("{message}");
+        usage_bail!("{message}");
     }
     if pairs.is_empty() {
         return Ok(admin::AUDIT_PATH.to_owned());

@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
+
+use super::argv::usage;
 
 use crate::protocol::limits::{check_cwd, parse_env};
 
@@ -13,32 +15,29 @@ use crate::protocol::task::parse_task_id;
 
 /// Checks `--timeout` (seconds), if given.
 pub fn check_timeout(timeout: Option<u64>) -> Result<Option<u64>> {
-    timeout
-        .map(|secs| check_secs("--timeout", secs, MAX_TIMEOUT_SECS))
-        .transpose()
-        .map_err(anyhow::Error::msg)
+    timeout.map(|secs| check_secs("--timeout", secs, MAX_TIMEOUT_SECS)).transpose().map_err(usage)
 }
 
 /// Checks `--ttl` (seconds), if given.
 pub fn check_ttl(ttl: Option<u64>) -> Result<Option<u64>> {
-    ttl.map(|secs| check_secs("--ttl", secs, MAX_TTL_SECS)).transpose().map_err(anyhow::Error::msg)
+    ttl.map(|secs| check_secs("--ttl", secs, MAX_TTL_SECS)).transpose().map_err(usage)
 }
 
 /// Task ids are UUIDs; checking here gives a clear message and keeps the id a plain path segment.
 pub fn check_task_id(id: &str) -> Result<String> {
-    let parsed = parse_task_id(id).map_err(anyhow::Error::msg)?;
+    let parsed = parse_task_id(id).map_err(usage)?;
     Ok(parsed.hyphenated().to_string())
 }
 
 /// The `--env NAME=value` flags (repeatable) as a task's environment.
 pub fn check_env(texts: &[String]) -> Result<BTreeMap<String, String>> {
-    parse_env(texts).map_err(|e| anyhow!("--env: {e}"))
+    parse_env(texts).map_err(|e| usage(format!("--env: {e}")))
 }
 
 /// The `--cwd DIR` flag: an absolute path (whether it exists is checked on the host).
 pub fn check_cwd_flag(cwd: Option<String>) -> Result<Option<String>> {
     if let Some(dir) = &cwd {
-        check_cwd(dir).map_err(|e| anyhow!("--cwd: {e}"))?;
+        check_cwd(dir).map_err(|e| usage(format!("--cwd: {e}")))?;
     }
     Ok(cwd)
 }

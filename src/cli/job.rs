@@ -2,9 +2,10 @@
 //! `job_args.rs`) and runs the short ones (`send`, `get`, `list`, `cancel`, `pause`, `resume`).
 //! `run`, which waits and shows progress, is in `job_run.rs`.
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use serde::Serialize;
 
+use super::argv::usage_bail;
 use super::job_args::{GetArgs, JobArgs, JobCommand, ListArgs, SendArgs, check_job_id, job_flags};
 use super::job_print;
 use super::job_run::{self, JobReport, dry_run, fetch_results, wait_job};
@@ -74,7 +75,7 @@ fn list(args: ListArgs) -> Result<i32> {
     let config = OperatorConfig::from_flags(flags)?;
     let path = match args.limit {
         Some(limit) if limit == 0 || limit > MAX_LIST_LIMIT => {
-            bail!("--limit {limit} must be between 1 and {MAX_LIST_LIMIT}")
+            usage_bail!("--limit {limit} must be between 1 and {MAX_LIST_LIMIT}")
         }
         Some(limit) => format!("{}?limit={limit}", jobs::JOBS_PATH),
         None => jobs::JOBS_PATH.to_owned(),

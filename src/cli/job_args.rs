@@ -2,9 +2,10 @@
 //! `run` and `send` share into a [`JobRequest`]. What the subcommands do is in `job.rs` and
 //! `job_run.rs`, which both read their flags from here.
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use argh::FromArgs;
 
+use super::argv::{usage, usage_bail};
 use super::flags::{check_cwd_flag, check_env, check_timeout, check_ttl, command_line};
 use super::operator::operator_args;
 use super::task::parse_app_ids;
@@ -13,7 +14,14 @@ use crate::protocol::limits;
 
 /// Run one command on many hosts: targets, rate control, progress and grouped results.
 #[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "job")]
+#[argh(
+    subcommand,
+    name = "job",
+    example = "orange job run --label role=web --max-concurrency 10% -- 'systemctl restart nginx'",
+    example = "orange job send --all -- 'apt-get -y upgrade'",
+    example = "orange job get 0190a1b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b --hosts",
+    example = "orange job list"
+)]
 pub struct JobArgs {
     /// what to do
     #[argh(subcommand)]
@@ -326,11 +334,11 @@ impl JobFlags<'_> {
     /// Validates the flags into the request the server takes.
     pub(super) fn request(self) -> Result<JobRequest> {
         if self.task_type.trim().is_empty() {
-            bail!("--type must name a task type: shell, ping or a handler");
+            usage_bail!("--type must name a task type: shell, ping or a handler");
         }
         let payload = match self.task_type.as_str() {
             "shell" => command_line(self.command)
-                .context("no command given; usage: orange job run --all -- CMD [ARGS...]")?,
+                .ok_or_else(|| usage("no command given; usage: orange job run --all -- CMD [ARGS...]"))?,
             _ => self.command.join(" "),
         };
         Ok(JobRequest {
@@ -347,7 +355,7 @@ impl JobFlags<'_> {
             stdin: self.stdin,
             host_timeout_secs: self
                 .host_timeout
-                .map(|secs| check_host_timeout(secs).map_err(|e| anyhow::anyhow!("--host-timeout: {e}")))
+                .map(|secs| check_host_timeout(secs).map_err(|e| usage(format!("--host-timeout: {e}"))))
                 .transpose()?,
         })
     }
@@ -356,23 +364,23 @@ impl JobFlags<'_> {
 /// The target selection: `--appid` and `--label` add up; `--all` stands alone.
 fn targets(appid: &[String], label: &[String], all: bool) -> Result<Targets> {
     if all && !(appid.is_empty() && label.is_empty()) {
-        bail!("--all already picks every agent; leave out --appid and --label");
+        usage_bail!("--all already picks every agent; leave out --appid and --label");
     }
     if !all && appid.is_empty() && label.is_empty() {
-        bail!("say where to run: --appid ID[,ID...], --label k=v or --all");
+        usage_bail!("say where to run: --appid ID[,ID...], --label k=v or --all");
     }
     let app_ids = if appid.is_empty() { Vec::new() } else { parse_app_ids(appid)? };
-    let labels = limits::parse_labels(label, limits::MAX_TARGET_LABELS)
-        .map_err(|e| anyhow::anyhow!("--label: {e}"))?;
+    let labels =
+        limits::parse_labels(label, limits::MAX_TARGET_LABELS).map_err(|e| usage(format!("--label: {e}")))?;
     Ok(Targets { app_ids, labels, all })
 }
 
 /// Parses an `N` or `P%` flag; `--max-concurrency` must allow at least one host.
 fn limit(flag: &str, value: Option<&str>) -> Result<Option<Limit>> {
     let Some(value) = value else { return Ok(None) };
-    let limit = Limit::parse(value).map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
+    let limit = Limit::parse(value).map_err(|e| usage(format!("{flag}: {e}")))?;
     if flag == "--max-concurrency" && matches!(limit, Limit::Count(0) | Limit::Percent(0)) {
-        bail!("{flag} must allow at least one host at a time");
+        usage_bail!("{flag} must allow at least one host at a time");
     }
     Ok(Some(limit))
 }
@@ -380,7 +388,7 @@ fn limit(flag: &str, value: Option<&str>) -> Result<Option<Limit>> {
 /// Job ids are UUIDs; checking here gives a clear message and keeps the id a plain path segment.
 pub(super) fn check_job_id(id: &str) -> Result<String> {
     let parsed =
-        uuid::Uuid::parse_str(id.trim()).map_err(|_| anyhow::anyhow!("{id:?} is not a job id (a UUID)"))?;
+        uuid::Uuid::parse_str(id.trim()).map_err(|_| usage(format!("{id:?} is not a job id (a UUID)")))?;
     Ok(parsed.hyphenated().to_string())
 }
 

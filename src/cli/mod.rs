@@ -3,10 +3,11 @@
 //!
 //! Files depend downwards in this order: `mod`, `server`, `agent`, `token`, `audit`, `agents`,
 //! `job`, `job_run`, `job_args`, `task`, `run`, `interrupt`, `cancel`, `follow`, `wait`,
-//! `fake_api` (tests), `job_print`, `output`, `flags`, `operator`.
+//! `fake_api` (tests), `job_print`, `output`, `flags`, `operator`, `argv`.
 
 pub mod agent;
 pub mod agents;
+pub mod argv;
 pub mod audit;
 pub mod cancel;
 #[cfg(test)]
@@ -35,6 +36,21 @@ use crate::protocol::read_secret_file;
 
 /// orange: send work to a fleet of hosts that poll this server; no open ports on hosts, no Redis.
 #[derive(FromArgs)]
+#[argh(
+    example = "orange server --data /var/lib/orange",
+    example = "orange agent --server https://orange.example:8890 --allow-shell",
+    example = "orange task run --appid web-1 -- df -h /",
+    example = "orange job run --label role=web --max-concurrency 10% -- 'systemctl restart nginx'",
+    note = "Every command takes -h/--help and -V/--version, and --flag=value as well as --flag value. \
+            `orange task run` exits with the remote command's status (255 when orange itself failed, \
+            as ssh); see `orange task run --help`.",
+    error_code(0, "done"),
+    error_code(
+        1,
+        "orange failed (the server refused or could not be reached, a host did not succeed in a job)"
+    ),
+    error_code(2, "usage: an unknown command or option, a missing or bad value")
+)]
 pub struct Orange {
     /// print the version and exit
     #[argh(switch)]
@@ -73,6 +89,16 @@ pub struct EnrollKeyArgs {
     /// the server's data directory
     #[argh(option)]
     pub data: PathBuf,
+}
+
+/// The exit status `orange` ends with when `orange` fails with an error of its own: 255 for
+/// `task run`, whose other statuses are the remote command's (as ssh), [`argv::EXIT_FAILED`]
+/// for every other command.
+pub fn failure_code(orange: &Orange) -> i32 {
+    match &orange.command {
+        Some(Command::Task(task::TaskArgs { command: task::TaskCommand::Run(_) })) => run::EXIT_NO_CODE,
+        _ => argv::EXIT_FAILED,
+    }
 }
 
 /// Parses argv, runs the command and returns the process exit code.

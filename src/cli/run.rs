@@ -7,6 +7,7 @@ use std::os::fd::AsFd;
 use anyhow::{Context, Result, bail};
 use argh::FromArgs;
 
+use super::argv::usage;
 use super::flags::{check_cwd_flag, check_env, check_timeout, check_ttl, command_line};
 use super::follow::{Sink, Until, follow};
 use super::interrupt::{CancelOnInterrupt, EXIT_INTERRUPTED};
@@ -195,7 +196,8 @@ pub fn run_remote(args: RunArgs) -> Result<i32> {
 
 /// The command line of the task (see [`command_line`]); refuses an empty command.
 fn join_command(words: &[String]) -> Result<String> {
-    command_line(words).context("no command given; usage: orange task run --appid ID -- CMD [ARGS...]")
+    command_line(words)
+        .ok_or_else(|| usage("no command given; usage: orange task run --appid ID -- CMD [ARGS...]"))
 }
 
 /// Enqueues the task. The server refuses an unknown agent, and an offline one unless the

@@ -4,9 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use argh::FromArgs;
 
+use super::argv::usage_bail;
 use super::cancel::{self, CancelArgs};
 use super::flags::{check_cwd_flag, check_env, check_task_id, check_timeout, check_ttl};
 use super::follow::{self, LogsArgs};
@@ -19,7 +20,14 @@ use crate::protocol::admin::{self, EnqueueReply, EnqueueRequest, TaskList};
 
 /// Run, send, follow, cancel, show and list tasks.
 #[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "task")]
+#[argh(
+    subcommand,
+    name = "task",
+    example = "orange task run --appid web-1 -- uptime",
+    example = "orange task send --all --type shell --payload 'apt-get update'",
+    example = "orange task logs -f 0190a1b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b",
+    example = "orange task list --appid web-1 --limit 20"
+)]
 pub struct TaskArgs {
     /// what to do
     #[argh(subcommand)]
@@ -155,7 +163,7 @@ fn send(args: SendArgs) -> Result<i32> {
     let flags = operator_flags!(args);
     let config = OperatorConfig::from_flags(flags)?;
     if args.task_type.trim().is_empty() {
-        bail!("--type must name a task type: ping, shell or a handler");
+        usage_bail!("--type must name a task type: ping, shell or a handler");
     }
     let request = EnqueueRequest {
         stdin: Vec::new(),
@@ -181,8 +189,8 @@ fn send(args: SendArgs) -> Result<i32> {
 /// The app ids of `send`: from `--appid` (empty with `--all`); exactly one of the two is needed.
 fn targets(appid: &[String], all: bool) -> Result<Vec<String>> {
     match (appid.is_empty(), all) {
-        (true, false) => bail!("say where to send: --appid ID[,ID...] or --all"),
-        (false, true) => bail!("give either --appid or --all, not both"),
+        (true, false) => usage_bail!("say where to send: --appid ID[,ID...] or --all"),
+        (false, true) => usage_bail!("give either --appid or --all, not both"),
         (true, true) => Ok(Vec::new()),
         (false, false) => parse_app_ids(appid),
     }
@@ -194,10 +202,10 @@ pub(super) fn parse_app_ids(values: &[String]) -> Result<Vec<String>> {
     for value in values {
         for id in value.split(',').map(str::trim) {
             if id.is_empty() {
-                bail!("--appid {value:?} has an empty app id");
+                usage_bail!("--appid {value:?} has an empty app id");
             }
             if ids.iter().any(|seen| seen == id) {
-                bail!("--appid lists {id:?} twice");
+                usage_bail!("--appid lists {id:?} twice");
             }
             ids.push(id.to_owned());
         }
@@ -240,7 +248,7 @@ fn list_path(app_id: Option<&str>, limit: Option<usize>) -> Result<String> {
     }
     if let Some(limit) = limit {
         if limit == 0 || limit > admin::MAX_LIST_LIMIT {
-            bail!("--limit {limit} must be between 1 and {}", admin::MAX_LIST_LIMIT);
+            usage_bail!("--limit {limit} must be between 1 and {}", admin::MAX_LIST_LIMIT);
         }
         query.push(format!("limit={limit}"));
     }

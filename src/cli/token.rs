@@ -6,6 +6,7 @@ use anyhow::{Result, bail};
 use argh::FromArgs;
 use chrono::Utc;
 
+use super::argv::usage_bail;
 use super::operator::{OperatorConfig, encode, operator_args, operator_flags};
 use super::output::{self, Printed};
 use crate::client::ADMIN_TIMEOUT;
@@ -159,7 +160,7 @@ fn list(config: &OperatorConfig) -> Result<Printed> {
 fn revoke(config: &OperatorConfig, id: &str) -> Result<Printed> {
     let id = id.trim();
     if id.is_empty() {
-        bail!("the token id is empty; `orange token list` shows them");
+        usage_bail!("the token id is empty; `orange token list` shows them");
     }
     let view: TokenView =
         config.api(ADMIN_TIMEOUT).post(&admin::revoke_path(&encode(id)), &serde_json::json!({}))?;

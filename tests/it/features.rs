@@ -69,10 +69,10 @@ fn the_cli_refuses_an_orange_variable_and_a_relative_directory_before_sending() 
     let server = Server::start(ServerOpts::default());
     let run =
         orange(&server, &["task", "send", "--appid", "x", "--type", "shell", "--env", "ORANGE_SECRET=x"]);
-    assert_eq!(run.code(), Some(255), "{run}");
+    assert_eq!(run.code(), Some(2), "a usage error\n{run}");
     assert!(run.stderr.contains("--env: environment variable \"ORANGE_SECRET\""), "{run}");
     let run = orange(&server, &["task", "run", "--appid", "x", "--cwd", "tmp", "--", "pwd"]);
-    assert_eq!(run.code(), Some(255), "{run}");
+    assert_eq!(run.code(), Some(2), "a usage error\n{run}");
     assert!(run.stderr.contains("--cwd: working directory \"tmp\" must be an absolute path"), "{run}");
 }
 

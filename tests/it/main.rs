@@ -6,6 +6,7 @@ mod support;
 
 mod bad_input;
 mod bytes;
+mod cli_conventions;
 mod command_words;
 mod down_hosts;
 mod durability;

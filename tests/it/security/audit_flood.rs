@@ -181,6 +181,6 @@ fn bad_audit_queries_are_refused_naming_the_value() {
         &[("ORANGE_TOKEN", server.token.as_str())],
         Duration::from_secs(30),
     );
-    assert_eq!(run.code(), Some(255), "{run}");
+    assert_eq!(run.code(), Some(2), "a usage error\n{run}");
     assert!(run.stderr.contains("since \"yesterday\" is neither a time like"), "{run}");
 }

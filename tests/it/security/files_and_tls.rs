@@ -129,7 +129,7 @@ fn the_cli_verifies_the_server_certificate() {
         let mut env = env;
         env.push(("ORANGE_TOKEN", token));
         let run = cli_with(&args, &env, deadline);
-        assert_eq!(run.code(), Some(255), "{run}");
+        assert_eq!(run.code(), Some(1), "{run}");
         assert!(run.stderr.contains("certificate") && run.stderr.contains("UnknownIssuer"), "{run}");
         assert!(run.stdout.is_empty(), "{run}");
     }
@@ -173,7 +173,7 @@ fn a_data_dir_others_can_write_is_refused() {
             &[],
             Duration::from_secs(10),
         );
-        assert_eq!(run.code(), Some(255), "mode {mode:o}\n{run}");
+        assert_eq!(run.code(), Some(1), "mode {mode:o}\n{run}");
         let expected = format!(
             "data directory {path} is writable by group or others (mode {mode:o}); run `chmod 700 {path}`"
         );
