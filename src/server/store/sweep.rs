@@ -42,8 +42,9 @@ impl Store {
     /// that process, and its agent must get it again before the tasks queued behind it, or
     /// they would run first (its ack window would hand it out again only later). An agent that
     /// did get it re-reports it from its journal instead of running it twice. Returns how
-    /// many went back. Such a delivery's deadline is within one ack window of now, so only
-    /// that part of the deadline index is read.
+    /// many went back. One handed out [`MAX_DELIVERIES`] times is left to its deadline. Such
+    /// a delivery's deadline is within one ack window of now, so only that part of the
+    /// deadline index is read.
     pub fn requeue_unacknowledged(&self, now_ms: i64) -> Result<usize, StoreError> {
         let horizon = now_ms.saturating_add(self.policy.ack_window_ms).saturating_add(1);
         let due = entries_before(&self.trees().deadlines, horizon, usize::MAX)?;
@@ -56,6 +57,8 @@ impl Store {
                         && t.status == TaskStatus::Delivered
                         && t.ack_required
                         && !t.cancel_requested
+                        && t.history.iter().filter(|(s, _)| *s == TaskStatus::Delivered).count()
+                            < MAX_DELIVERIES
                 }) else {
                     return Ok(false);
                 };
