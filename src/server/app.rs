@@ -50,6 +50,15 @@ pub fn assemble(config: ServerConfig, secrets: Secrets) -> Result<Assembled> {
         Store::open(&config.data_dir, config.cache_capacity_bytes, policy(&config))
             .with_context(|| format!("cannot open the database in {}", config.data_dir.display()))?,
     );
+    let requeued = store.requeue_unacknowledged(super::clock::now_ms()).with_context(|| {
+        format!("cannot requeue unacknowledged deliveries in {}", config.data_dir.display())
+    })?;
+    if requeued > 0 {
+        info!(
+            tasks = requeued,
+            "deliveries not acknowledged before the restart are at the front of their queues again"
+        );
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let dispatch = Arc::new(Dispatch::new(stop_rx));
     let services = Arc::new(Services::new(&store, &dispatch, &config, admin_token_hash, &secrets.enroll_key));

@@ -8,6 +8,7 @@ mod bad_input;
 mod bytes;
 mod cli_conventions;
 mod command_words;
+mod crash_random;
 mod down_hosts;
 mod durability;
 mod end_to_end;

@@ -37,6 +37,44 @@ impl Store {
         Ok(swept)
     }
 
+    /// Puts the deliveries an earlier process made and no agent acknowledged yet back at the
+    /// front of their queues, at start: the answer that carried one may have been lost with
+    /// that process, and its agent must get it again before the tasks queued behind it, or
+    /// they would run first (its ack window would hand it out again only later). An agent that
+    /// did get it re-reports it from its journal instead of running it twice. Returns how
+    /// many went back. One handed out [`MAX_DELIVERIES`] times is left to its deadline. Such
+    /// a delivery's deadline is within one ack window of now, so only that part of the
+    /// deadline index is read.
+    pub fn requeue_unacknowledged(&self, now_ms: i64) -> Result<usize, StoreError> {
+        let horizon = now_ms.saturating_add(self.policy.ack_window_ms).saturating_add(1);
+        let due = entries_before(&self.trees().deadlines, horizon, usize::MAX)?;
+        let mut requeued = 0;
+        for (deadline, id) in due {
+            let moved = self.transact(|tx| {
+                let task = tx.task::<StoreError>(id)?;
+                let Some(mut task) = task.filter(|t| {
+                    t.deadline_ms == deadline
+                        && t.status == TaskStatus::Delivered
+                        && t.ack_required
+                        && !t.cancel_requested
+                        && t.history.iter().filter(|(s, _)| *s == TaskStatus::Delivered).count()
+                            < MAX_DELIVERIES
+                }) else {
+                    return Ok(false);
+                };
+                task.move_to(TaskStatus::Queued, now_ms);
+                task.ack_required = false;
+                tx.queue.insert(queue_key(&task.app_id, task.queue_seq), id.as_bytes())?;
+                let expires = task.expires_ms;
+                tx.set_deadline(&mut task, expires)?;
+                tx.put_task(&task)?;
+                Ok::<_, TxError<StoreError>>(true)
+            })?;
+            requeued += usize::from(moved);
+        }
+        Ok(requeued)
+    }
+
     fn pass_deadline(
         &self,
         tx: &Tx<'_>,

@@ -288,6 +288,21 @@ fn an_unacknowledged_delivery_is_handed_out_again_at_the_front() {
 }
 
 #[test]
+fn at_start_an_unacknowledged_delivery_goes_back_to_the_front_before_the_tasks_behind_it() {
+    let (_dir, store) = open();
+    let ids = queued(&store, "a", 3);
+    take(&store, "a");
+    let acknowledged = take(&store, "a").unwrap();
+    store.apply_report("a", acknowledged.id, &outcome(TaskStatus::Running, ""), 25).unwrap();
+    // A restart well within the ack window: the first delivery's answer may have been lost.
+    assert_eq!(store.requeue_unacknowledged(30).unwrap(), 1);
+    assert_eq!(take(&store, "a").unwrap().id, ids[0], "the lost delivery comes first");
+    assert_eq!(take(&store, "a").unwrap().id, ids[2]);
+    assert_eq!(store.task(ids[1]).unwrap().unwrap().status, TaskStatus::Running, "acknowledged: kept");
+    assert_eq!(store.requeue_unacknowledged(30).unwrap(), 2, "both deliveries since are unacknowledged");
+}
+
+#[test]
 fn an_acknowledged_task_is_not_handed_out_again_and_ends_lost_when_silent() {
     let (_dir, store) = open();
     let id = queued(&store, "a", 1)[0];

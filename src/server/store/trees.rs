@@ -25,6 +25,11 @@ use super::wal_record::Op;
 /// Key, in sled's default tree, of the smallest id [`Trees::next_id`] may hand out: ids of a
 /// compacted database continue above those of the one it was copied from.
 const ID_FLOOR_KEY: &[u8] = b"orange.id_floor";
+/// Key, in the `meta` tree (logged), of the id ceiling: every id [`Trees::next_id`] handed out
+/// is below it.
+const ID_CEILING_KEY: &[u8] = b"id_ceiling";
+/// Ids reserved by one write of the ceiling.
+const ID_BLOCK: u64 = 4096;
 /// Key, in sled's default tree, of the database's size on disk right after it was written by a
 /// compaction (absent for a database that was never compacted).
 const COMPACTED_BYTES_KEY: &[u8] = b"orange.compacted_bytes";
@@ -50,6 +55,9 @@ macro_rules! trees {
             blobs: BlobFiles,
             /// Ids from `db.generate_id()` are offset by this.
             id_floor: u64,
+            /// The next id and the ceiling logged for it; `None` until the first id (after
+            /// the log was replayed).
+            ids: Mutex<Option<IdRange>>,
             /// The log every tree's writes go to.
             wal: Arc<Wal>,
             $($(#[doc = $tdoc])* pub $tx: LoggedTree,)*
@@ -81,6 +89,7 @@ macro_rules! trees {
                     data_file,
                     blobs: BlobFiles::new(path.join("blobs")),
                     id_floor,
+                    ids: Mutex::new(None),
                 })
             }
 
@@ -181,14 +190,44 @@ trees! {
         agent_audit,
         /// app id → host facts.
         facts,
+        /// name → value: what the store keeps about itself that must follow the log (the id
+        /// ceiling).
+        meta,
     }
 }
 
 impl Trees {
     /// A new id, larger than every id handed out before, also by the databases this one was
     /// compacted from.
+    ///
+    /// sled's `generate_id` alone is not enough: with sled flushed only by checkpoints, the
+    /// counter it recovers after a crash can be below ids already handed out (and stored in the
+    /// log). So ids come from a counter of our own, whose ceiling is written through the log
+    /// before an id under it is handed out: any write carrying an id is logged after the
+    /// ceiling that covers it, so a replay never restarts below a used id. The first id of a
+    /// process starts above both the ceiling and sled's counter (which databases written
+    /// before the log relied on).
     pub fn next_id(&self) -> Result<u64, StoreError> {
-        Ok(self.id_floor.saturating_add(self.db.generate_id()?))
+        let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        let range = match &mut *ids {
+            Some(range) => range,
+            empty => empty.insert(self.first_ids()?),
+        };
+        if range.next >= range.ceiling {
+            let ceiling = range.next.saturating_add(ID_BLOCK);
+            self.meta.insert(ID_CEILING_KEY, &ceiling.to_be_bytes())?;
+            range.ceiling = ceiling;
+        }
+        let id = range.next;
+        range.next += 1;
+        Ok(id)
+    }
+
+    /// Where ids start in this process: above sled's counter and above the logged ceiling.
+    fn first_ids(&self) -> Result<IdRange, StoreError> {
+        let sled_next = self.id_floor.saturating_add(self.db.generate_id()?);
+        let ceiling = read_u64_from(self.meta.raw(), ID_CEILING_KEY)?.unwrap_or(0);
+        Ok(IdRange { next: sled_next.max(ceiling), ceiling })
     }
 
     /// Writes sled's buffers and fdatasyncs its data file and its new blob files. sled's own
@@ -221,6 +260,8 @@ impl Trees {
     pub fn mark_compacted(&mut self, id_floor: u64, bytes: u64) -> Result<(), StoreError> {
         self.db.insert(ID_FLOOR_KEY, &id_floor.to_be_bytes())?;
         self.id_floor = id_floor;
+        // Ids start again from the new floor (and the ceiling copied with the `meta` tree).
+        *self.ids.get_mut().unwrap_or_else(|p| p.into_inner()) = None;
         self.db.insert(COMPACTED_BYTES_KEY, &bytes.to_be_bytes())?;
         Ok(())
     }
@@ -231,8 +272,18 @@ fn storage(e: StoreError) -> sled::Error {
     sled::Error::Io(std::io::Error::other(e.to_string()))
 }
 
+/// The next id to hand out and the ceiling logged for it (ids below it are covered).
+struct IdRange {
+    next: u64,
+    ceiling: u64,
+}
+
 fn read_u64(db: &sled::Db, key: &[u8]) -> Result<Option<u64>, StoreError> {
-    let Some(bytes) = db.get(key)? else { return Ok(None) };
+    read_u64_from(db, key)
+}
+
+fn read_u64_from(tree: &sled::Tree, key: &[u8]) -> Result<Option<u64>, StoreError> {
+    let Some(bytes) = tree.get(key)? else { return Ok(None) };
     let bytes: [u8; 8] = bytes.as_ref().try_into().map_err(|_| {
         StoreError::Codec(crate::server::codec::CodecError::Corrupt(format!(
             "{} is not 8 bytes",

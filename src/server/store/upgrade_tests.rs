@@ -1,8 +1,9 @@
-//! The upgrade test: a data directory written by orange 0.1.0 (`tests/fixtures/`, made by
-//! `make-datadir-0.1.0.sh` through the real binary) opens with this build and keeps every agent,
-//! task, job, token and audit record that release's API showed (`datadir-0.1.0.json`); then it
-//! takes new writes (a task, an operator's and an agent's audit entries), which now go to the
-//! write-ahead log it did not have, and opens again.
+//! The upgrade tests: data directories written by earlier builds (`tests/fixtures/`, each made
+//! by its `make-datadir-*.sh` through the real binary: release 0.1.0, and 4fba5c5, the last
+//! build before the write-ahead log) open with this build and keep every agent, task, job,
+//! token and audit record that build's API showed (`datadir-*.json`); then they take new writes
+//! (a task, an operator's and an agent's audit entries), which now go to the write-ahead log
+//! they did not have, and open again.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,12 +18,17 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-/// Unpacks the 0.1.0 data directory into a fresh temporary directory.
-fn unpack() -> tempfile::TempDir {
+/// Release 0.1.0.
+const V0_1_0: &str = "0.1.0";
+/// The last build before the write-ahead log.
+const PRE_WAL: &str = "4fba5c5";
+
+/// Unpacks the data directory written by `build` into a fresh temporary directory.
+fn unpack(build: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let status = Command::new("tar")
         .arg("-xzf")
-        .arg(fixtures().join("datadir-0.1.0.tar.gz"))
+        .arg(fixtures().join(format!("datadir-{build}.tar.gz")))
         .arg("-C")
         .arg(dir.path())
         .status()
@@ -31,9 +37,11 @@ fn unpack() -> tempfile::TempDir {
     dir
 }
 
-fn manifest() -> Value {
-    let text = std::fs::read_to_string(fixtures().join("datadir-0.1.0.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
+fn manifest(build: &str) -> Value {
+    let text = std::fs::read_to_string(fixtures().join(format!("datadir-{build}.json"))).unwrap();
+    let manifest: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(manifest["release"], build);
+    manifest
 }
 
 fn open_at(dir: &Path) -> Store {
@@ -70,6 +78,9 @@ fn check_agents(store: &Store, manifest: &Value) {
         assert_eq!(json(&got.labels), want["labels"], "{}", got.app_id);
         assert_eq!(json(&got.version), want["version"], "{}", got.app_id);
         assert_eq!(got.processed_task_count, want["processed_task_count"], "{}", got.app_id);
+        // 0.1.0 kept no features; later builds list what each agent announced.
+        let features = want.get("features").cloned().unwrap_or_else(|| Value::Array(Vec::new()));
+        assert_eq!(json(store.features(&got.app_id).unwrap()), features, "{}", got.app_id);
     }
 }
 
@@ -95,8 +106,14 @@ fn check_tasks(store: &Store, manifest: &Value) {
             (want["payload"].as_str().unwrap(), want["timeout_secs"].as_u64().unwrap())
         );
         // 0.1.0 had no task environment nor working directory: its tasks need no feature.
-        assert!(task.env.is_empty() && task.cwd.is_none(), "{}", task.id);
-        assert!(task.required_features().is_empty(), "{}", task.id);
+        let env = want.get("env").cloned().unwrap_or_else(|| serde_json::json!({}));
+        assert_eq!(
+            (json(&task.env), json(&task.cwd)),
+            (env, want.get("cwd").cloned().unwrap_or(Value::Null))
+        );
+        let needs_env = !task.env.is_empty();
+        assert_eq!(task.required_features().contains(&"env"), needs_env, "{}", task.id);
+        assert_eq!(task.required_features().contains(&"cwd"), task.cwd.is_some(), "{}", task.id);
     }
 }
 
@@ -106,17 +123,19 @@ fn check_jobs(store: &Store, manifest: &Value) {
     for want in expected {
         let job = store.job(task_id(&want["job_id"])).unwrap().expect("job kept");
         assert_eq!(json(job.state), want["state"], "{}", job.id);
-        // 0.1.0 had no `offline` count: its jobs read 0 there, and no host timeout.
+        // 0.1.0 had no `offline` count (its jobs read 0 there) and no host timeout.
         let counts: crate::protocol::jobs::JobCounts =
             serde_json::from_value(want["counts"].clone()).unwrap();
-        assert_eq!((&job.counts, job.host_timeout_secs, job.queue), (&counts, 0, false), "{}", job.id);
+        let host_timeout = want.get("host_timeout_secs").map_or(0, |t| t.as_u64().unwrap());
+        assert_eq!((&job.counts, job.host_timeout_secs), (&counts, host_timeout), "{}", job.id);
         assert_eq!(job.targets, want["targets"], "{}", job.id);
         assert_eq!(job.version, want["version"], "{}", job.id);
         assert_eq!(
             (job.task_type.as_str(), job.payload.as_str()),
             (want["task_type"].as_str().unwrap(), want["payload"].as_str().unwrap())
         );
-        assert!(job.env.is_empty() && job.cwd.is_none(), "{}", job.id);
+        let env = want.get("env").cloned().unwrap_or_else(|| serde_json::json!({}));
+        assert_eq!((json(&job.env), json(&job.cwd)), (env, want.get("cwd").cloned().unwrap_or(Value::Null)));
         assert_eq!(
             job.max_concurrency.map(|l: Limit| l.to_string()),
             want["max_concurrency"].as_str().map(String::from)
@@ -179,25 +198,24 @@ fn check_all(store: &Store, manifest: &Value) {
     check_tokens_and_audit(store, manifest);
 }
 
-#[test]
-fn a_data_directory_written_by_0_1_0_opens_with_every_record() {
-    let dir = unpack();
-    let manifest = manifest();
-    assert_eq!(manifest["release"], "0.1.0");
-    check_all(&open_at(dir.path()), &manifest);
+/// Opens the data directory `build` wrote and checks every record against its manifest.
+fn opens_with_every_record(build: &str) {
+    let dir = unpack(build);
+    check_all(&open_at(dir.path()), &manifest(build));
 }
 
-#[test]
-fn a_data_directory_written_by_0_1_0_takes_new_tasks_and_reopens() {
-    let dir = unpack();
-    let manifest = manifest();
-    assert!(!dir.path().join(WAL_DIR).exists(), "0.1.0 kept no write-ahead log");
+/// Opens the data directory `build` wrote, which has no write-ahead log, adds a task queued
+/// for `agent` and audit entries, and opens it again: old and new records are all there.
+fn takes_new_tasks_and_reopens(build: &str, agent: &str) {
+    let dir = unpack(build);
+    let manifest = manifest(build);
+    assert!(!dir.path().join(WAL_DIR).exists(), "{build} kept no write-ahead log");
     let store = open_at(dir.path());
     assert!(dir.path().join(WAL_DIR).join("checkpoint").is_file(), "the log starts at the first open");
-    let queued = store.queued_count("off-1", 100);
+    let queued = store.queued_count(agent, 100);
     assert!(queued > 0, "the fixture has tasks queued for the offline agent");
     let spec = TaskSpec {
-        app_id: "off-1",
+        app_id: agent,
         task_type: "shell",
         payload: "echo new",
         env: &std::collections::BTreeMap::new(),
@@ -227,6 +245,44 @@ fn a_data_directory_written_by_0_1_0_takes_new_tasks_and_reopens() {
     assert_eq!(newest, [("agent.accept".into(), 1), ("agent.pending".into(), 1)]);
     assert_eq!(entries.len(), list(&manifest, "audit").len(), "the old entries follow the new ones");
     assert_eq!(store.task(tasks[0].id).unwrap().map(|t| t.status), Some(TaskStatus::Queued));
-    assert_eq!(store.queued_count("off-1", 100), queued + 1);
+    assert_eq!(store.queued_count(agent, 100), queued + 1);
     assert_eq!(store.tasks(None, 1000).unwrap().len(), list(&manifest, "tasks").len() + 1);
+    let order: Vec<TaskId> = std::iter::from_fn(|| {
+        store
+            .take_next(
+                agent,
+                Delivery::Acknowledged,
+                &["env".into(), "cwd".into()],
+                &mut Vec::new(),
+                now_ms(),
+            )
+            .unwrap()
+    })
+    .map(|t| t.id)
+    .collect();
+    assert_eq!(order.last(), Some(&tasks[0].id), "the new task queues behind the old ones: {order:?}");
+}
+
+#[test]
+fn a_data_directory_written_by_0_1_0_opens_with_every_record() {
+    opens_with_every_record(V0_1_0);
+}
+
+#[test]
+fn a_data_directory_written_by_0_1_0_takes_new_tasks_and_reopens() {
+    takes_new_tasks_and_reopens(V0_1_0, "off-1");
+}
+
+#[test]
+fn a_data_directory_written_before_the_write_ahead_log_opens_with_every_record() {
+    let manifest = manifest(PRE_WAL);
+    let states: std::collections::BTreeSet<&str> =
+        list(&manifest, "tasks").iter().map(|t| t["status"].as_str().unwrap()).collect();
+    assert_eq!(states.len(), 9, "the fixture holds a task in every state: {states:?}");
+    opens_with_every_record(PRE_WAL);
+}
+
+#[test]
+fn a_data_directory_written_before_the_write_ahead_log_takes_new_tasks_and_reopens() {
+    takes_new_tasks_and_reopens(PRE_WAL, "off-1");
 }

@@ -10,7 +10,9 @@
 //!
 //! Reading stops quietly at a torn tail (a record cut short, or a tail of zero bytes: what a
 //! crash in the middle of an append leaves); a complete record whose checksum, version or ops
-//! are wrong is an error naming the file and the offset, never skipped.
+//! are wrong is an error naming the file and the offset, never skipped. So is a record whose
+//! length runs past the end while a complete record under its checksum is there: its length
+//! was damaged, and cutting it off as torn would drop it and every record after it.
 
 use std::path::Path;
 
@@ -102,7 +104,19 @@ fn next_record<'a>(bytes: &'a [u8], at: usize, path: &Path) -> Result<Option<&'a
     if len == 0 || len > MAX_RECORD {
         return Err(corrupt(path, at, &format!("record length {len} out of range")));
     }
-    let Some(body) = rest.get(HEADER..HEADER + len) else { return Ok(None) };
+    let Some(body) = rest.get(HEADER..HEADER + len) else {
+        // Past the end: a torn record, unless its length field is what was damaged.
+        return match complete_prefix(&rest[HEADER..], crc) {
+            Some(whole) => Err(corrupt(
+                path,
+                at,
+                &format!(
+                    "record length {len} runs past the end, but a complete record of {whole} bytes is there"
+                ),
+            )),
+            None => Ok(None),
+        };
+    };
     if crc32fast::hash(body) != crc {
         return Err(corrupt(path, at, "checksum mismatch"));
     }
@@ -110,6 +124,25 @@ fn next_record<'a>(bytes: &'a [u8], at: usize, path: &Path) -> Result<Option<&'a
         return Err(corrupt(path, at, &format!("unknown record version {}", body[0])));
     }
     Ok(Some(&body[1..]))
+}
+
+/// The length of a record body at the start of `bytes` (the rest of a segment, after a header
+/// whose length runs past its end) that matches the header's checksum `crc`, if one does.
+/// A torn record has none (its body is cut short); a complete record whose length field was
+/// damaged has one, and must not be cut off as a torn tail with the records after it. Runs
+/// only when a segment's last record seems torn, once per open.
+fn complete_prefix(bytes: &[u8], crc: u32) -> Option<usize> {
+    if bytes.first() != Some(&VERSION) {
+        return None;
+    }
+    let mut hasher = crc32fast::Hasher::new();
+    for (at, byte) in bytes.iter().enumerate() {
+        hasher.update(std::slice::from_ref(byte));
+        if hasher.clone().finalize() == crc {
+            return Some(at + 1);
+        }
+    }
+    None
 }
 
 /// The ops of a record read by [`scan`] from `path` at `offset`.
