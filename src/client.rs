@@ -205,7 +205,8 @@ fn exchange(
     url: &str,
     result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
 ) -> Result<(u16, Vec<u8>), ClientError> {
-    let transport = |e: ureq::Error| ClientError::Transport { url: url.to_owned(), reason: e.to_string() };
+    let transport =
+        |e: ureq::Error| ClientError::Transport { url: url.to_owned(), reason: transport_reason(&e) };
     let mut response = result.map_err(transport)?;
     let status = response.status().as_u16();
     let retry_after = response
@@ -219,6 +220,32 @@ fn exchange(
     let body = response.body_mut().with_config().limit(MAX_RESPONSE_BODY).read_to_vec().map_err(transport)?;
     Ok((status, body))
 }
+
+/// What a transport error says, with a server certificate that does not verify named as such.
+fn transport_reason(e: &ureq::Error) -> String {
+    let text = e.to_string();
+    if text.contains("invalid peer certificate") {
+        format!(
+            "certificate not trusted: {text} (give the CA that signed the server's certificate with \
+             --ca-file or ORANGE_CA_FILE)"
+        )
+    } else {
+        text
+    }
+}
+
+/// At most [`SNIPPET_CHARS`] characters of an error answer's body, as text, for a message.
+fn body_snippet(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    match text.char_indices().nth(SNIPPET_CHARS) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+/// Characters of an error answer's body quoted in a message.
+const SNIPPET_CHARS: usize = 200;
 
 /// An agent's signed connection to the server's agent endpoints.
 pub struct AgentClient {
@@ -297,7 +324,10 @@ impl AgentClient {
         let (status, bytes) = exchange(&url, request)?;
         let bad = |reason: String| ClientError::BadAnswer { url: url.clone(), reason };
         if status != 200 {
-            return Err(bad(format!("HTTP {status}")));
+            return Err(match body_snippet(&bytes) {
+                body if body.is_empty() => bad(format!("HTTP {status}")),
+                body => bad(format!("HTTP {status}: {body}")),
+            });
         }
         serde_json::from_slice(&bytes).map_err(|e| bad(format!("not an envelope: {e}")))
     }

@@ -49,10 +49,16 @@ fn exit_code(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
-/// Logs to stderr (in colour on a terminal) at the level `ORANGE_LOG` names: `info` (the
-/// default), `warn`, `debug`, or per module like `info,orange::server::store=debug`.
+/// Logs to stderr (in colour on a terminal) at the level `ORANGE_LOG` names, else `RUST_LOG`:
+/// `info` (the default: lifecycle of the server, agents and jobs), `debug` (every task's
+/// delivery, report and deadline too), `warn`, or per module like
+/// `info,orange::server::store=debug`.
 fn init_logging() {
-    let asked = std::env::var("ORANGE_LOG").ok().filter(|text| !text.trim().is_empty());
+    let variable = |name: &str| std::env::var(name).ok().filter(|text| !text.trim().is_empty());
+    let (name, asked) = match variable("ORANGE_LOG") {
+        Some(text) => ("ORANGE_LOG", Some(text)),
+        None => ("RUST_LOG", variable("RUST_LOG")),
+    };
     let (filter, refused) = match asked.as_deref().map(str::parse::<Targets>) {
         Some(Ok(targets)) => (targets, None),
         Some(Err(e)) => (Targets::new().with_default(LevelFilter::INFO), Some(e)),
@@ -62,6 +68,6 @@ fn init_logging() {
     let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(stderr_is_terminal);
     tracing_subscriber::registry().with(layer).with(filter).init();
     if let (Some(text), Some(e)) = (asked, refused) {
-        tracing::warn!("ORANGE_LOG={text:?} is not a log filter ({e}); logging at info");
+        tracing::warn!("{name}={text:?} is not a log filter ({e}); logging at info");
     }
 }

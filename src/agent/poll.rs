@@ -233,15 +233,21 @@ impl Poller {
 }
 
 /// Logs a failed `call` that is tried again after `delay`, saying why: the server is busy,
-/// unreachable, or refused it.
+/// unreachable (a TLS certificate it shows that is not trusted included), answered with an
+/// error status (named, with its body), or refused it.
 fn warn_retrying(call: &str, e: &ClientError, delay: Duration) {
     let retry_in_ms = delay.as_millis() as u64;
-    if matches!(e, ClientError::Busy { .. }) {
-        warn!(error = %e, retry_in_ms, "server busy, {call} again later");
-    } else if e.is_transient() {
-        warn!(error = %e, retry_in_ms, "server unreachable, retrying {call}");
-    } else {
-        warn!(error = %e, retry_in_ms, "server refused {call}, retrying");
+    match e {
+        ClientError::Busy { .. } => warn!(error = %e, retry_in_ms, "server busy, {call} again later"),
+        ClientError::Transport { .. } => {
+            warn!(error = %e, retry_in_ms, "server unreachable, retrying {call}")
+        }
+        ClientError::BadAnswer { .. } => {
+            warn!(error = %e, retry_in_ms, "server answered {call} with an error, retrying")
+        }
+        ClientError::Api { .. } | ClientError::Refused(_) => {
+            warn!(error = %e, retry_in_ms, "server refused {call}, retrying")
+        }
     }
 }
 

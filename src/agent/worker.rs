@@ -161,7 +161,7 @@ impl Worker<'_> {
             ));
             return self.finish(entry, outcome, Duration::ZERO, None);
         }
-        info!(task_type = %self.task.task_type, "task started");
+        debug!(task_type = %self.task.task_type, "task started");
         let stream = TaskStream::new(Arc::clone(self.shared), &self.task.task_id, Arc::clone(&self.control));
         let groups = JournaledGroups::new(Arc::clone(self.shared), entry.clone());
         let ctx =
@@ -221,7 +221,7 @@ impl Worker<'_> {
         streamed: Option<StreamSummary>,
     ) {
         let report = build_report(self.task, outcome, took, streamed);
-        info!(
+        debug!(
             status = %report.do_status,
             exit_code = ?report.exit_code,
             duration_ms = report.duration_ms,

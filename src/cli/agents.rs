@@ -76,7 +76,8 @@ operator_args! {
                 once. Accepting an agent that is already accepted changes nothing. Prints `agent ID: \
                 accepted` (--json: the agent). Recorded in `orange audit`. Connection options as in \
                 `orange agents --help`.",
-        error_code(255, "the agent is unknown, or orange failed")
+        error_code(1, "the agent is unknown, or orange failed"),
+        error_code(2, "usage: a bad or missing argument")
     )]
     pub struct AcceptArgs {
         /// the agent's app id
@@ -101,7 +102,8 @@ operator_args! {
                 enrollment key or a token, otherwise it waits `pending` again. So to keep a host out, \
                 stop its agent or do not accept it. Prints `agent ID: forgotten; ...` (--json: the \
                 agent). Recorded in `orange audit`. Connection options as in `orange agents --help`.",
-        error_code(255, "the agent is unknown, or orange failed")
+        error_code(1, "the agent is unknown, or orange failed"),
+        error_code(2, "usage: a bad or missing argument")
     )]
     pub struct ForgetArgs {
         /// the agent's app id

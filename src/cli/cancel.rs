@@ -28,7 +28,8 @@ operator_args! {
                 task stands (--json: the task). Cancelling a task that is already cancelled succeeds \
                 and says so, so scripts may repeat a cancel; cancelling a task that finished otherwise \
                 is an error. Connection options as in `orange task run --help`.",
-        error_code(255, "the task had already finished (not as cancelled), is unknown, or orange failed")
+        error_code(1, "the task had already finished (not as cancelled), is unknown, or orange failed"),
+        error_code(2, "usage: a bad or missing argument")
     )]
     pub struct CancelArgs {
         /// the task id

@@ -79,8 +79,8 @@ operator_args! {
                 client's result text too); --hosts lists every host of every group. --json prints the job \
                 and every host's result (stdout and stderr as text, or base64 with \"stdout_encoding\": \
                 \"base64\" when they are not UTF-8). Connection options as in `orange task run --help`.",
-        error_code(1, "some host did not succeed (failed, timed out, expired, lost, cancelled, skipped or offline)"),
-        error_code(255, "orange failed (bad flags, server unreachable, refused)")
+        error_code(1, "some host did not succeed (failed, timed out, expired, lost, cancelled, skipped or offline), or orange failed (server unreachable, refused)"),
+        error_code(2, "usage: bad flags, no target, no command")
     )]
     pub struct RunArgs {
         /// app ids to run on, comma separated (repeatable)

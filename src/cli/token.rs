@@ -103,7 +103,8 @@ operator_args! {
                 agents forget ID`. Revoking a revoked token succeeds again. ID is the TOKEN ID of \
                 `orange token list`. Prints `token ID: revoked` (--json: the token). Connection options \
                 as in `orange token list --help`.",
-        error_code(255, "the token is unknown, or orange failed")
+        error_code(1, "the token is unknown, or orange failed"),
+        error_code(2, "usage: a bad or missing argument")
     )]
     pub struct RevokeArgs {
         /// the token id

@@ -79,6 +79,7 @@ pub fn run_blocking(config: ServerConfig) -> Result<()> {
         let scheme = listener.scheme();
         println!("orange server listening on {scheme}://{address}");
         info!(%address, data = %data_dir.display(), scheme, "orange server started");
+        warn_if_plain_http_off_loopback(scheme, address);
         server.serve(listener, shutdown_signal()).await
     })
 }
@@ -216,5 +217,38 @@ mod tests {
         assert_eq!(soft_open_files_limit(), raised, "the returned figure is the one in force");
         assert_eq!(raise_open_files_limit()?, raised, "a second call changes nothing");
         Ok(())
+    }
+}
+
+/// Warns when the server answers plain HTTP on an address other hosts can reach.
+fn warn_if_plain_http_off_loopback(scheme: &str, address: std::net::SocketAddr) {
+    if let Some(warning) = plain_http_warning(scheme, address) {
+        warn!(%address, "{warning}");
+    }
+}
+
+/// The warning for plain HTTP on an address that is not loopback: agents' requests are
+/// signed, but the admin token, task payloads and their output cross the network readable by
+/// anyone on the path.
+fn plain_http_warning(scheme: &str, address: std::net::SocketAddr) -> Option<&'static str> {
+    (scheme == "http" && !address.ip().is_loopback()).then_some(
+        "serving plain HTTP on an address that is not loopback: admin tokens, task payloads and output \
+         cross the network unencrypted; give --tls-cert and --tls-key, or put a TLS proxy in front",
+    )
+}
+
+#[cfg(test)]
+mod plain_http_tests {
+    use super::plain_http_warning;
+
+    #[test]
+    fn plain_http_is_warned_about_off_loopback_only() {
+        let at = |text: &str| text.parse().expect("a socket address");
+        assert!(plain_http_warning("http", at("0.0.0.0:8890")).is_some_and(|w| w.contains("--tls-cert")));
+        assert!(plain_http_warning("http", at("[::]:8890")).is_some());
+        assert!(plain_http_warning("http", at("10.1.2.3:8890")).is_some());
+        assert!(plain_http_warning("http", at("127.0.0.1:8890")).is_none());
+        assert!(plain_http_warning("http", at("[::1]:8890")).is_none());
+        assert!(plain_http_warning("https", at("0.0.0.0:8890")).is_none());
     }
 }

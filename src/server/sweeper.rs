@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::clock::{millis, now_ms};
 use super::dispatch::Dispatch;
@@ -65,7 +65,7 @@ impl Sweeper {
         }
         self.store.durable().await?;
         for moved in &swept {
-            info!(task = %moved.task.id, agent = %moved.task.app_id, status = %moved.task.status, "deadline passed");
+            debug!(task = %moved.task.id, agent = %moved.task.app_id, status = %moved.task.status, "deadline passed");
             if moved.requeued {
                 self.dispatch.wake_agent(&moved.task.app_id);
             }
@@ -105,7 +105,7 @@ impl Sweeper {
         }
         self.store.durable().await?;
         for task in &ended {
-            info!(task = %task.id, agent = %task.app_id, status = %task.status, "host timeout passed");
+            debug!(task = %task.id, agent = %task.app_id, status = %task.status, "host timeout passed");
             self.dispatch.task_changed(task.id);
         }
         Ok(ended.len())

@@ -91,3 +91,31 @@ pub fn parse_id(id: &str, what: &str) -> ApiResult<TaskId> {
 pub fn actor(peer: SocketAddr) -> String {
     format!("admin@{}", peer.ip())
 }
+
+/// Characters of a task's command or payload an audit record quotes.
+pub const AUDIT_PAYLOAD_CHARS: usize = 200;
+
+/// What an audit record says of a task's input: `command "..."` for a shell task, `payload
+/// "..."` for another type, quoted, its first [`AUDIT_PAYLOAD_CHARS`] characters and its size
+/// when it is longer; environment values are never part of it.
+pub fn payload_detail(task_type: &str, payload: &str) -> String {
+    let label = if task_type == "shell" { "command" } else { "payload" };
+    match payload.char_indices().nth(AUDIT_PAYLOAD_CHARS) {
+        Some((cut, _)) => format!("{label} {:?}... ({} bytes)", &payload[..cut], payload.len()),
+        None => format!("{label} {payload:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_audit_quotes_a_commands_head_and_the_size_of_a_long_one() {
+        assert_eq!(payload_detail("shell", "df -h /"), r#"command "df -h /""#);
+        assert_eq!(payload_detail("ping", "a\"b\n"), r#"payload "a\"b\n""#);
+        let long = "é".repeat(AUDIT_PAYLOAD_CHARS + 1);
+        let head = "é".repeat(AUDIT_PAYLOAD_CHARS);
+        assert_eq!(payload_detail("shell", &long), format!("command {head:?}... ({} bytes)", long.len()));
+    }
+}

@@ -14,7 +14,9 @@ use serde::Deserialize;
 use tracing::info;
 
 use super::AppState;
-use super::admin_common::{ApiResult, actor, bad_query, path_id, read_json, read_json_within};
+use super::admin_common::{
+    ApiResult, actor, bad_query, path_id, payload_detail, read_json, read_json_within,
+};
 use crate::protocol::TaskId;
 use crate::protocol::admin::{CancelRequest, MAX_LIST_LIMIT, MAX_WAIT_SECS};
 use crate::protocol::jobs::{
@@ -52,9 +54,9 @@ async fn create_job(
     // A job may carry the stdin of its tasks, so it may be larger than other requests.
     let request: JobRequest = read_json_within(body, MAX_ENQUEUE_BODY).await?;
     let mut detail = format!(
-        "type {}, payload {} bytes, max_concurrency {}, max_errors {}",
+        "type {}, {}, max_concurrency {}, max_errors {}",
         request.task_type,
-        request.payload.len(),
+        payload_detail(&request.task_type, &request.payload),
         request.max_concurrency.map_or("none".into(), |l| l.to_string()),
         request.max_errors.map_or("none".into(), |l| l.to_string()),
     );

@@ -15,7 +15,7 @@ use tracing::info;
 
 use super::AppState;
 use super::admin_common::{
-    ApiResult, actor, bad_path, bad_query, parse_id, path_id, read_json, read_json_within,
+    ApiResult, actor, bad_path, bad_query, parse_id, path_id, payload_detail, read_json, read_json_within,
 };
 use crate::protocol::admin::{
     CancelRequest, EnqueueReply, EnqueueRequest, MAX_LIST_LIMIT, MAX_WAIT_SECS, OutputPage, TASKS_PATH,
@@ -50,10 +50,12 @@ async fn enqueue(
     Ok((StatusCode::CREATED, Json(EnqueueReply { tasks: app.task_views().list(&tasks)? })))
 }
 
-/// What the audit record says of an enqueue: the type, the payload's size, the names of the
-/// environment variables (not their values) the working directory and the size of the stdin.
+/// What the audit record says of an enqueue: the type, the command or payload (its head), the
+/// names of the environment variables (not their values), the working directory and the size
+/// of the stdin.
 fn send_detail(request: &EnqueueRequest) -> String {
-    let mut detail = format!("type {}, payload {} bytes", request.task_type, request.payload.len());
+    let mut detail =
+        format!("type {}, {}", request.task_type, payload_detail(&request.task_type, &request.payload));
     if !request.env.is_empty() {
         let names: Vec<&str> = request.env.keys().map(String::as_str).collect();
         detail.push_str(&format!(", env {}", names.join(" ")));

@@ -211,11 +211,11 @@ async fn get_task(
     }
     match app.polling().next_task(&agent.app_id, capacity, &features).await {
         Ok(PollResult::Task(task)) => {
-            info!(agent = %agent.app_id, task = %task.id, task_type = %task.task_type, "task delivered");
+            debug!(agent = %agent.app_id, task = %task.id, task_type = %task.task_type, "task delivered");
             reply(Envelope::ok("task fetched", wire_task(&task)))
         }
         Ok(PollResult::Cancels(ids)) => {
-            info!(agent = %agent.app_id, count = ids.len(), "cancels told");
+            debug!(agent = %agent.app_id, count = ids.len(), "cancels told");
             let control = PollControl { cancel: ids.iter().map(ToString::to_string).collect() };
             reply(Envelope {
                 code: CODE_NO_TASK,
@@ -314,7 +314,7 @@ async fn report_task(
         };
     match app.reports().report(&agent.app_id, report).await {
         Ok(task) => {
-            info!(agent = %agent.app_id, task = %task.id, status = %task.status, "task reported");
+            debug!(agent = %agent.app_id, task = %task.id, status = %task.status, "task reported");
             reply(Envelope::<()>::empty(wire::CODE_OK, "task status updated successfully"))
         }
         Err(e) => service_failure(call.0, source, e),
@@ -335,7 +335,7 @@ async fn facts(
     };
     match app.inventory().update_facts(&agent.app_id, facts).await {
         Ok(()) => {
-            info!(agent = %agent.app_id, "facts updated");
+            debug!(agent = %agent.app_id, "facts updated");
             reply(Envelope::<()>::empty(wire::CODE_OK, "facts stored"))
         }
         Err(e) => service_failure(call.0, source, e),

@@ -148,7 +148,7 @@ fn the_audit_record_names_every_operator_action_and_enrollment() {
         ("agent:t1", "agent.enroll", "t1", format!("with enrollment token {}", token.id)),
         (admin, "token.revoke", token.id.as_str(), String::new()),
         (admin, "agent.accept", "p1", String::new()),
-        (admin, "task.send", task.as_str(), "type ping, payload 5 bytes".to_owned()),
+        (admin, "task.send", task.as_str(), "type ping, payload \"hello\"".to_owned()),
         (admin, "task.cancel", task.as_str(), String::new()),
         (admin, "agent.forget", "t1", String::new()),
     ];

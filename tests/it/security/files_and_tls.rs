@@ -130,7 +130,11 @@ fn the_cli_verifies_the_server_certificate() {
         env.push(("ORANGE_TOKEN", token));
         let run = cli_with(&args, &env, deadline);
         assert_eq!(run.code(), Some(1), "{run}");
-        assert!(run.stderr.contains("certificate") && run.stderr.contains("UnknownIssuer"), "{run}");
+        assert!(
+            run.stderr.contains("certificate not trusted") && run.stderr.contains("UnknownIssuer"),
+            "{run}"
+        );
+        assert!(run.stderr.contains("ORANGE_CA_FILE"), "names how to trust it\n{run}");
         assert!(run.stdout.is_empty(), "{run}");
     }
     // Verification off: works, and says so on stderr.

@@ -22,6 +22,7 @@ const ORANGE_ENV: &[&str] = &[
     "ORANGE_CA_FILE",
     "ORANGE_INSECURE",
     "ORANGE_LOG",
+    "RUST_LOG",
 ];
 
 /// Writes `secret` to `dir/name`, readable by its owner only, and returns the path: how a test

@@ -63,6 +63,8 @@ pub struct ServerOpts {
     pub compact_at_mb: Option<u64>,
     /// Further flags, passed as given (e.g. `--max-inflight 1`).
     pub extra_args: Vec<String>,
+    /// Environment variables set for it (e.g. `RUST_LOG`), after the harness cleared orange's.
+    pub env: Vec<(String, String)>,
 }
 
 impl ServerOpts {
@@ -178,6 +180,7 @@ impl Server {
             }
         }
         cmd.args(&self.opts.extra_args);
+        cmd.envs(self.opts.env.iter().map(|(name, value)| (name, value)));
         cmd
     }
 
