@@ -20,6 +20,7 @@ use crate::protocol::jobs::{self, JobList, JobView};
 pub fn run(args: JobArgs) -> Result<i32> {
     match args.command {
         JobCommand::Run(args) => job_run::run(args),
+        JobCommand::Retry(args) => job_run::retry(args),
         JobCommand::Send(args) => send(args),
         JobCommand::Get(args) => get(args),
         JobCommand::List(args) => list(args),

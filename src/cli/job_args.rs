@@ -46,6 +46,8 @@ pub enum JobCommand {
     Pause(PauseArgs),
     /// `orange job resume`
     Resume(ResumeArgs),
+    /// `orange job retry`
+    Retry(RetryArgs),
 }
 
 operator_args! {
@@ -204,6 +206,36 @@ operator_args! {
         pub command: Vec<String>,
     }
     /// print the created job as JSON
+    json
+}
+
+operator_args! {
+    /// Run a job that ended again, as a new job linked to it: the same command, input and limits,
+    /// on every host it targeted or, with --failed, on those that did not succeed.
+    #[derive(FromArgs, Debug)]
+    #[argh(
+        subcommand,
+        name = "retry",
+        example = "orange job retry 0190a1b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b --failed",
+        note = "The new job's `retry_of` names the first one. Hosts whose agent was forgotten since are \
+                left out. It is followed like `orange job run`: a progress line, then the summary. \
+                Connection options as in `orange task run --help`.",
+        error_code(1, "some host did not succeed, nothing was left to retry, or orange failed"),
+        error_code(2, "usage: a bad or missing argument")
+    )]
+    pub struct RetryArgs {
+        /// the job id
+        #[argh(positional)]
+        pub id: String,
+        /// only the hosts that did not succeed (failed, timed out, expired, lost, cancelled,
+        /// skipped or offline)
+        #[argh(switch)]
+        pub failed: bool,
+        /// list every host of every result group
+        #[argh(switch)]
+        pub hosts: bool,
+    }
+    /// print the new job and every host's result as JSON
     json
 }
 

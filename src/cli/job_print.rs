@@ -192,6 +192,7 @@ pub(crate) mod tests {
             targets: counts.total(),
             counts,
             host_timeout_secs: 60,
+            retry_of: None,
             version: 7,
         }
     }

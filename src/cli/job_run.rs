@@ -9,13 +9,13 @@ use std::time::Instant;
 use anyhow::Result;
 use serde::Serialize;
 
-use super::job_args::{RunArgs, job_flags};
+use super::job_args::{RetryArgs, RunArgs, check_job_id, job_flags};
 use super::job_print;
 use super::operator::{Api, OperatorConfig, encode, operator_flags};
 use super::output;
 use super::wait::{get_patiently, wait_secs, wait_timeout};
 use crate::protocol::jobs::{
-    self, JobGroups, JobRequest, JobResult, JobResults, JobView, MAX_RESULTS_PAGE, TargetList,
+    self, JobGroups, JobRequest, JobResult, JobResults, JobView, MAX_RESULTS_PAGE, RetryRequest, TargetList,
 };
 
 /// Exit status of `job run` when some host did not succeed.
@@ -41,15 +41,38 @@ pub fn run(args: RunArgs) -> Result<i32> {
     }
     let job: JobView = api.post(jobs::JOBS_PATH, &request)?;
     output::note(format_args!("orange: job {} on {}", job.job_id, job_print::hosts(job.targets)));
-    let show_progress = !config.json && std::io::stderr().is_terminal();
+    follow_to_the_end(&api, job, config.json, args.hosts)
+}
+
+/// Runs `orange job retry`: the job again as a new one, followed like `job run`.
+pub fn retry(args: RetryArgs) -> Result<i32> {
+    let id = check_job_id(&args.id)?;
+    let flags = operator_flags!(args);
+    let config = OperatorConfig::from_flags(flags)?;
+    let api = config.api(wait_timeout());
+    let request = RetryRequest { failed: args.failed };
+    let job: JobView = api.post(&jobs::job_retry_path(&encode(&id)), &request)?;
+    output::note(format_args!(
+        "orange: job {} retries job {id} on {}",
+        job.job_id,
+        job_print::hosts(job.targets)
+    ));
+    follow_to_the_end(&api, job, config.json, args.hosts)
+}
+
+/// Follows the new `job` with a progress line on a terminal until it is done, then prints its
+/// summary (every host with `hosts`) or, with `json`, the job and every result; returns the
+/// exit status.
+fn follow_to_the_end(api: &Api, job: JobView, json: bool, hosts: bool) -> Result<i32> {
+    let show_progress = !json && std::io::stderr().is_terminal();
     let mut progress = Progress { shown: show_progress };
     progress.draw(&job);
-    let job = wait_job(&api, &job.job_id, None, |job| progress.draw(job))?;
+    let job = wait_job(api, &job.job_id, None, |job| progress.draw(job))?;
     progress.clear();
-    if config.json {
-        output::print_json(&JobReport { results: fetch_results(&api, &job.job_id)?, job: job.clone() })?;
+    if json {
+        output::print_json(&JobReport { results: fetch_results(api, &job.job_id)?, job: job.clone() })?;
     } else {
-        output::emit_bytes(&summary_text(&api, &job, args.hosts)?)?;
+        output::emit_bytes(&summary_text(api, &job, hosts)?)?;
     }
     Ok(exit_status(&job))
 }

@@ -42,6 +42,7 @@ pub const AUDIT_ACTIONS: &[&str] = &[
     "job.pause",
     "job.resume",
     "job.cancel",
+    "job.retry",
     "agent.accept",
     "agent.forget",
     "agent.enroll",

@@ -336,6 +336,9 @@ pub struct JobView {
     /// Seconds a task may wait on a silent agent (0: no limit, for jobs made before it existed).
     #[serde(default)]
     pub host_timeout_secs: u64,
+    /// The job this one runs again (`POST /api/v1/jobs/{id}/retry`), if it is a retry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<String>,
     /// Grows by one at every change of the job; `GET /api/v1/jobs/{id}?after_version=V&wait=S`
     /// waits up to S seconds for a version above V (a done job answers at once: it will not
     /// change any more).
@@ -459,6 +462,20 @@ pub fn job_groups_path(job_id: &str) -> String {
 /// `POST` path cancelling a job (`{"force": true}` closes its running tasks on the server at once).
 pub fn job_cancel_path(job_id: &str) -> String {
     format!("{JOBS_PATH}/{job_id}/cancel")
+}
+
+/// `POST` path running a job that ended again, as a new job (body [`RetryRequest`]).
+pub fn job_retry_path(job_id: &str) -> String {
+    format!("{JOBS_PATH}/{job_id}/retry")
+}
+
+/// Body of `POST /api/v1/jobs/{id}/retry`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct RetryRequest {
+    /// Only the hosts that did not succeed (failed, timed out, expired, lost, cancelled,
+    /// skipped or offline); else every host of the job.
+    #[serde(default)]
+    pub failed: bool,
 }
 
 /// `POST` path pausing a job.

@@ -18,7 +18,6 @@ use super::tasks::{
     TaskDefaults, check_stdin, check_task_context, check_task_input, task_bytes, tell_cancelled,
 };
 use super::views::job_view;
-use crate::protocol::TaskId;
 use crate::protocol::jobs::{
     DEFAULT_HOST_TIMEOUT_SECS, JobCounts, JobRequest, JobState, JobView, Limit, TargetList, Targets,
     check_host_timeout,
@@ -28,6 +27,7 @@ use crate::protocol::limits::{
 };
 use crate::protocol::task::new_task_id;
 use crate::protocol::wire;
+use crate::protocol::{TaskId, TaskStatus};
 
 /// Most app ids named in an error message.
 const NAMED_IN_ERRORS: usize = 10;
@@ -178,6 +178,66 @@ impl Jobs {
     /// job event loop.
     pub async fn create(&self, request: JobRequest) -> Result<JobRecord, ServiceError> {
         let app_ids = self.resolve(&request)?;
+        self.create_on(request, app_ids, None).await
+    }
+
+    /// Runs job `id` again as a new job linked to it (`retry_of`), with the same command,
+    /// input and limits: on every host it targeted, or with `failed_only` on those that did
+    /// not succeed. The job must have ended; hosts whose agent is no longer accepted are left
+    /// out.
+    pub async fn retry(&self, id: TaskId, failed_only: bool) -> Result<JobRecord, ServiceError> {
+        let first = self.store.job(id)?.ok_or_else(|| ServiceError::NotFound(format!("unknown job {id}")))?;
+        if first.done_ms == 0 {
+            return Err(ServiceError::Conflict(format!(
+                "job {id} has not ended yet; wait for it, or cancel it, before retrying it"
+            )));
+        }
+        let mut app_ids = Vec::new();
+        self.store.each_target(id, |target| {
+            let succeeded = target.end.as_ref().is_some_and(|end| end.status == TaskStatus::Succeeded);
+            if !(failed_only && succeeded) {
+                app_ids.push(target.app_id);
+            }
+            Ok(())
+        })?;
+        let accepted = |app_id: &String| {
+            self.store.agent(app_id).map(|agent| agent.is_some_and(|a| a.status == AgentStatus::Accepted))
+        };
+        let mut reachable = Vec::with_capacity(app_ids.len());
+        for app_id in app_ids {
+            if accepted(&app_id)? {
+                reachable.push(app_id);
+            }
+        }
+        if reachable.is_empty() {
+            let why = if failed_only { "every host succeeded" } else { "no host of it is still accepted" };
+            return Err(ServiceError::Conflict(format!("nothing to retry in job {id}: {why}")));
+        }
+        let request = JobRequest {
+            targets: Targets { app_ids: reachable.clone(), ..Targets::default() },
+            task_type: first.task_type,
+            payload: first.payload,
+            timeout_secs: Some(first.timeout_secs),
+            ttl_secs: Some(first.ttl_secs),
+            max_concurrency: first.max_concurrency,
+            max_errors: first.max_errors,
+            env: first.env,
+            cwd: first.cwd,
+            queue: first.queue,
+            // 0: a job written before host timeouts existed; it gets the default.
+            host_timeout_secs: (first.host_timeout_secs != 0).then_some(first.host_timeout_secs),
+            stdin: self.store.job_stdin(id)?,
+        };
+        self.create_on(request, reachable, Some(id)).await
+    }
+
+    /// Creates the job of `request` on the resolved `app_ids`.
+    async fn create_on(
+        &self,
+        request: JobRequest,
+        app_ids: Vec<String>,
+        retry_of: Option<TaskId>,
+    ) -> Result<JobRecord, ServiceError> {
         let (timeout_secs, ttl_secs) = self.defaults.resolve(request.timeout_secs, request.ttl_secs)?;
         let host_timeout = request.host_timeout_secs.unwrap_or(DEFAULT_HOST_TIMEOUT_SECS);
         let host_timeout_secs = check_host_timeout(host_timeout).map_err(ServiceError::BadRequest)?;
@@ -213,11 +273,12 @@ impl Jobs {
             done_ms: 0,
             host_timeout_secs,
             queue: request.queue,
+            retry_of,
         };
         let offline = if request.queue { HashMap::new() } else { self.offline(&app_ids)? };
         let job = self.store.create_job(&job, &request.stdin, &app_ids, &offline)?;
         self.store.durable().await?;
-        info!(job = %job.id, targets = job.targets, offline = offline.len(), window, "job created");
+        info!(job = %job.id, targets = job.targets, offline = offline.len(), window, retry_of = ?retry_of, "job created");
         Ok(job)
     }
 

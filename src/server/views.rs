@@ -131,6 +131,7 @@ pub fn job_view(job: &JobRecord) -> JobView {
         targets: job.targets,
         counts: job.counts.clone(),
         host_timeout_secs: job.host_timeout_secs,
+        retry_of: job.retry_of.map(|id| id.to_string()),
         version: job.version,
     }
 }

@@ -16,6 +16,7 @@ mod faults;
 mod features;
 mod fuzz;
 mod inventory;
+mod job_retry;
 mod jobs;
 mod jobs_api;
 mod layers;

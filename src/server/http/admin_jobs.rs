@@ -21,7 +21,7 @@ use crate::protocol::TaskId;
 use crate::protocol::admin::{CancelRequest, MAX_LIST_LIMIT, MAX_WAIT_SECS};
 use crate::protocol::jobs::{
     JOBS_DRY_RUN_PATH, JOBS_PATH, JobGroups, JobList, JobRequest, JobResults, JobView, MAX_RESULTS_PAGE,
-    TargetList,
+    RetryRequest, TargetList,
 };
 use crate::protocol::limits::MAX_ENQUEUE_BODY;
 use crate::server::views::job_view;
@@ -40,6 +40,7 @@ pub fn routes() -> Router<AppState> {
         .route(&format!("{JOBS_PATH}/{{id}}/pause"), post(pause))
         .route(&format!("{JOBS_PATH}/{{id}}/resume"), post(resume))
         .route(&format!("{JOBS_PATH}/{{id}}/cancel"), post(cancel))
+        .route(&format!("{JOBS_PATH}/{{id}}/retry"), post(retry))
 }
 
 fn job_id(path: Result<Path<String>, PathRejection>) -> ApiResult<TaskId> {
@@ -159,6 +160,25 @@ async fn resume(
     app.audit().record(&actor(peer), "job.resume", &id.to_string(), "")?;
     info!(job = %id, "job resumed");
     Ok(Json(job_view(&job)))
+}
+
+async fn retry(
+    State(app): State<AppState>,
+    ClientAddr(peer): ClientAddr,
+    path: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<JobView>)> {
+    let id = job_id(path)?;
+    let request: RetryRequest = read_json(body).await?;
+    let job = app.jobs().retry(id, request.failed).await?;
+    let detail = format!(
+        "as job {}, {} hosts{}",
+        job.id,
+        job.targets,
+        if request.failed { ", failed only" } else { "" }
+    );
+    app.audit().record(&actor(peer), "job.retry", &id.to_string(), &detail)?;
+    Ok((StatusCode::CREATED, Json(job_view(&job))))
 }
 
 async fn cancel(

@@ -20,6 +20,11 @@ impl Store {
         self.trees().jobs.get(job_key(id))?.map(|v| codec::decode(&v)).transpose().map_err(Into::into)
     }
 
+    /// The stdin every task of job `id` gets (empty: none).
+    pub fn job_stdin(&self, id: TaskId) -> Result<Vec<u8>, StoreError> {
+        Ok(self.trees().job_inputs.get(job_key(id))?.map(|bytes| bytes.to_vec()).unwrap_or_default())
+    }
+
     /// Up to `limit` jobs, newest first.
     pub fn jobs(&self, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
         self.trees().jobs.iter().values().rev().take(limit).map(|v| Ok(codec::decode(&v?)?)).collect()

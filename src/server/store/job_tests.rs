@@ -42,6 +42,7 @@ fn job(targets: usize, window: usize, error_limit: Option<u32>) -> JobRecord {
         done_ms: 0,
         host_timeout_secs: 60,
         queue: false,
+        retry_of: None,
     }
 }
 

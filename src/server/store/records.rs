@@ -365,6 +365,8 @@ pub struct JobRecord {
     /// Sent with `queue`: tasks wait in offline agents' queues (within the TTL), so the host
     /// timeout applies only once a task was handed out.
     pub queue: bool,
+    /// The job this one runs again (`orange job retry`), if any.
+    pub retry_of: Option<TaskId>,
 }
 
 /// One target of a job: its agent, its task once started, and how that task ended (kept here so

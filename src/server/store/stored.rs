@@ -355,11 +355,37 @@ job_counts!(
     }
 );
 
-/// A job record, version 2: version 1 with its tasks' environment and working directory, the
+/// A job record, version 3: version 2 with the job it retries.
+#[derive(Serialize, Deserialize)]
+pub struct StoredJob {
+    id: TaskId,
+    created_ms: i64,
+    task_type: String,
+    payload: String,
+    env: BTreeMap<String, String>,
+    cwd: Option<String>,
+    timeout_secs: u64,
+    ttl_secs: u64,
+    max_concurrency: Option<String>,
+    max_errors: Option<String>,
+    window: u32,
+    error_limit: Option<u32>,
+    targets: u32,
+    next: u32,
+    state: StoredJobState,
+    counts: StoredJobCounts,
+    version: u64,
+    done_ms: i64,
+    host_timeout_secs: u64,
+    queue: bool,
+    retry_of: Option<TaskId>,
+}
+
+/// A job record, version 2 (frozen): version 1 with its tasks' environment and working directory, the
 /// `offline` count, the host timeout and `queue`. Limits are kept as operators write them
 /// (`10`, `10%`).
 #[derive(Serialize, Deserialize)]
-pub struct StoredJob {
+pub struct StoredJobV2 {
     id: TaskId,
     created_ms: i64,
     task_type: String,
@@ -403,11 +429,11 @@ pub struct StoredJobV1 {
     done_ms: i64,
 }
 
-impl From<StoredJobV1> for StoredJob {
+impl From<StoredJobV1> for StoredJobV2 {
     /// A job of version 1 had no environment, working directory, host timeout (0: none) or
     /// offline targets.
     fn from(v1: StoredJobV1) -> Self {
-        StoredJob {
+        StoredJobV2 {
             id: v1.id,
             created_ms: v1.created_ms,
             task_type: v1.task_type,
@@ -432,6 +458,35 @@ impl From<StoredJobV1> for StoredJob {
     }
 }
 
+impl From<StoredJobV2> for StoredJob {
+    /// A job of version 2 retried no other job.
+    fn from(v2: StoredJobV2) -> Self {
+        StoredJob {
+            id: v2.id,
+            created_ms: v2.created_ms,
+            task_type: v2.task_type,
+            payload: v2.payload,
+            env: v2.env,
+            cwd: v2.cwd,
+            timeout_secs: v2.timeout_secs,
+            ttl_secs: v2.ttl_secs,
+            max_concurrency: v2.max_concurrency,
+            max_errors: v2.max_errors,
+            window: v2.window,
+            error_limit: v2.error_limit,
+            targets: v2.targets,
+            next: v2.next,
+            state: v2.state,
+            counts: v2.counts,
+            version: v2.version,
+            done_ms: v2.done_ms,
+            host_timeout_secs: v2.host_timeout_secs,
+            queue: v2.queue,
+            retry_of: None,
+        }
+    }
+}
+
 fn limit_from(text: Option<String>) -> Result<Option<Limit>, CodecError> {
     text.map(|t| Limit::parse(&t).map_err(|e| CodecError::Corrupt(format!("stored job limit: {e}"))))
         .transpose()
@@ -439,7 +494,7 @@ fn limit_from(text: Option<String>) -> Result<Option<Limit>, CodecError> {
 
 impl Record for JobRecord {
     const NAME: &'static str = "job";
-    const VERSION: u8 = 2;
+    const VERSION: u8 = 3;
     type Stored = StoredJob;
 
     fn to_stored(&self) -> StoredJob {
@@ -464,6 +519,7 @@ impl Record for JobRecord {
             done_ms: self.done_ms,
             host_timeout_secs: self.host_timeout_secs,
             queue: self.queue,
+            retry_of: self.retry_of,
         }
     }
 
@@ -489,11 +545,19 @@ impl Record for JobRecord {
             done_ms: s.done_ms,
             host_timeout_secs: s.host_timeout_secs,
             queue: s.queue,
+            retry_of: s.retry_of,
         })
     }
 
     fn from_older(version: u8, body: &[u8]) -> Option<Result<JobRecord, CodecError>> {
-        (version == 1).then(|| decode_body::<StoredJobV1>(body).and_then(|v1| Self::from_stored(v1.into())))
+        match version {
+            1 => Some(
+                decode_body::<StoredJobV1>(body)
+                    .and_then(|v1| Self::from_stored(StoredJobV2::from(v1).into())),
+            ),
+            2 => Some(decode_body::<StoredJobV2>(body).and_then(|v2| Self::from_stored(v2.into()))),
+            _ => None,
+        }
     }
 }
 

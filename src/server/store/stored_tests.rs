@@ -115,6 +115,7 @@ fn sample_job() -> JobRecord {
         done_ms: 13,
         host_timeout_secs: 0,
         queue: false,
+        retry_of: None,
     }
 }
 
@@ -228,14 +229,30 @@ fn sample_job_v2() -> JobRecord {
 
 // Version 2 of the task and job records (environment and working directory; a job's offline
 // count, host timeout and `queue`): frozen here so that a change of the layout is noticed (the
-// task record has a third version since; its second is still read).
+// records have a third version since; their second is still read).
 const TASK_V2: &str = "021001010101010101010101010101010101057765622d31057368656c6c076563686f206869010141016201042f746d70053cfbd007030002080405062a019a0101050104626f6f6d010c03640102023207";
 const JOB_V2: &str = "02100202020202020202020202020202020216057368656c6c06757074696d65010141016201042f7372761e3c01033130250101320101020b03020102030405060708090a0b0e0c1a3c01";
 
 #[test]
-fn tasks_of_the_second_layout_still_read_and_jobs_keep_it() {
+fn tasks_and_jobs_of_the_second_layout_still_read() {
     earlier(TASK_V2, sample_task_v2());
-    frozen(JOB_V2, sample_job_v2());
+    earlier(JOB_V2, sample_job_v2());
+}
+
+/// A job that retries another: version 3 of the job record.
+fn sample_job_v3() -> JobRecord {
+    let mut job = sample_job_v2();
+    job.retry_of = Some(id(9));
+    job
+}
+
+// Version 3 of the job record (the job it retries): frozen here so that a change of the layout
+// is noticed.
+const JOB_V3: &str = "03100202020202020202020202020202020216057368656c6c06757074696d65010141016201042f7372761e3c01033130250101320101020b03020102030405060708090a0b0e0c1a3c01011009090909090909090909090909090909";
+
+#[test]
+fn jobs_that_retry_another_keep_their_third_layout() {
+    frozen(JOB_V3, sample_job_v3());
 }
 
 /// A task with an environment, a working directory and a standard input: version 3 of the
