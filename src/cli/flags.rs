@@ -34,6 +34,23 @@ pub fn check_env(texts: &[String]) -> Result<BTreeMap<String, String>> {
     parse_env(texts).map_err(|e| usage(format!("--env: {e}")))
 }
 
+/// The `--secret-env NAME` flags (repeatable): each value read from orange's own environment,
+/// checked like `--env`.
+pub fn check_secret_env(names: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut texts = Vec::with_capacity(names.len());
+    for name in names {
+        let Some(value) = std::env::var_os(name) else {
+            return Err(usage(format!("--secret-env {name}: {name} is not set in orange's environment")));
+        };
+        let Some(value) = value.to_str() else {
+            return Err(usage(format!("--secret-env {name}: the value of {name} is not UTF-8")));
+        };
+        texts.push(format!("{name}={value}"));
+    }
+    // The message names the variable, never its value.
+    parse_env(&texts).map_err(|e| usage(format!("--secret-env: {}", e.split(':').next().unwrap_or_default())))
+}
+
 /// The `--cwd DIR` flag: an absolute path (whether it exists is checked on the host).
 pub fn check_cwd_flag(cwd: Option<String>) -> Result<Option<String>> {
     if let Some(dir) = &cwd {

@@ -6,7 +6,7 @@ use anyhow::Result;
 use argh::FromArgs;
 
 use super::argv::{usage, usage_bail};
-use super::flags::{check_cwd_flag, check_env, check_timeout, check_ttl, command_line};
+use super::flags::{check_cwd_flag, check_env, check_secret_env, check_timeout, check_ttl, command_line};
 use super::operator::operator_args;
 use super::task::parse_app_ids;
 use crate::protocol::jobs::{JobRequest, Limit, Targets, check_host_timeout};
@@ -128,6 +128,11 @@ operator_args! {
         /// the `env` task feature
         #[argh(option)]
         pub env: Vec<String>,
+        /// environment variable NAME whose value is read from orange's own environment and kept
+        /// secret (repeatable): never shown by task get, the audit or logs, and dropped from the
+        /// server once the task ends; the agents must support the `env` task feature
+        #[argh(option)]
+        pub secret_env: Vec<String>,
         /// working directory of the command on each host (an absolute path); the agents must
         /// support the `cwd` task feature
         #[argh(option)]
@@ -193,6 +198,11 @@ operator_args! {
         /// the `env` task feature
         #[argh(option)]
         pub env: Vec<String>,
+        /// environment variable NAME whose value is read from orange's own environment and kept
+        /// secret (repeatable): never shown by task get, the audit or logs, and dropped from the
+        /// server once the task ends; the agents must support the `env` task feature
+        #[argh(option)]
+        pub secret_env: Vec<String>,
         /// working directory of the command on each host (an absolute path); the agents must
         /// support the `cwd` task feature
         #[argh(option)]
@@ -330,6 +340,7 @@ pub(super) struct JobFlags<'a> {
     pub timeout: Option<u64>,
     pub ttl: Option<u64>,
     pub env: &'a [String],
+    pub secret_env: &'a [String],
     pub cwd: Option<String>,
     pub host_timeout: Option<u64>,
     pub queue: bool,
@@ -352,6 +363,7 @@ macro_rules! job_flags {
             timeout: $args.timeout,
             ttl: $args.ttl,
             env: &$args.env,
+            secret_env: &$args.secret_env,
             cwd: $args.cwd,
             host_timeout: $args.host_timeout,
             queue: $args.queue,
@@ -382,6 +394,7 @@ impl JobFlags<'_> {
             max_concurrency: limit("--max-concurrency", self.max_concurrency)?,
             max_errors: limit("--max-errors", self.max_errors)?,
             env: check_env(self.env)?,
+            secret_env: check_secret_env(self.secret_env)?,
             cwd: check_cwd_flag(self.cwd)?,
             queue: self.queue,
             stdin: self.stdin,
@@ -443,6 +456,7 @@ mod tests {
             timeout: None,
             ttl: None,
             env: &[],
+            secret_env: &[],
             cwd: None,
             host_timeout: None,
             queue: false,

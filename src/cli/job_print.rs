@@ -187,6 +187,7 @@ pub(crate) mod tests {
             timeout_secs: 600,
             env: Default::default(),
             cwd: None,
+            secret_env: Vec::new(),
             max_concurrency: Some(Limit::Percent(10)),
             max_errors: None,
             targets: counts.total(),

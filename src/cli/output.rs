@@ -423,6 +423,7 @@ pub(super) mod tests {
             payload: "uptime".into(),
             status,
             timeout_secs: 600,
+            secret_env: Vec::new(),
             env: Default::default(),
             cwd: None,
             cancel_requested: false,

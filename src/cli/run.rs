@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use argh::FromArgs;
 
 use super::argv::usage;
-use super::flags::{check_cwd_flag, check_env, check_timeout, check_ttl, command_line};
+use super::flags::{check_cwd_flag, check_env, check_secret_env, check_timeout, check_ttl, command_line};
 use super::follow::{Sink, Until, follow};
 use super::interrupt::{CancelOnInterrupt, EXIT_INTERRUPTED};
 use super::operator::{Api, OperatorConfig, encode, operator_args, operator_flags};
@@ -95,6 +95,11 @@ operator_args! {
         /// the `env` task feature
         #[argh(option)]
         pub env: Vec<String>,
+        /// environment variable NAME whose value is read from orange's own environment and kept
+        /// secret (repeatable): never shown by task get, the audit or logs, and dropped from the
+        /// server once the task ends; the agents must support the `env` task feature
+        #[argh(option)]
+        pub secret_env: Vec<String>,
         /// working directory of the command on the host (an absolute path); the agent must
         /// support the `cwd` task feature
         #[argh(option)]
@@ -129,6 +134,7 @@ impl RunConfig {
             timeout_secs: check_timeout(args.timeout)?,
             ttl_secs: check_ttl(args.ttl)?,
             env: check_env(&args.env)?,
+            secret_env: check_secret_env(&args.secret_env)?,
             cwd: check_cwd_flag(args.cwd)?,
             stdin: stdin_unless(args.no_stdin)?,
             require_online: !args.queue,

@@ -9,7 +9,7 @@ use argh::FromArgs;
 
 use super::argv::usage_bail;
 use super::cancel::{self, CancelArgs};
-use super::flags::{check_cwd_flag, check_env, check_task_id, check_timeout, check_ttl};
+use super::flags::{check_cwd_flag, check_env, check_secret_env, check_task_id, check_timeout, check_ttl};
 use super::follow::{self, LogsArgs};
 use super::operator::{OperatorConfig, encode, operator_args, operator_flags};
 use super::output;
@@ -91,6 +91,11 @@ operator_args! {
         /// the `env` task feature
         #[argh(option)]
         pub env: Vec<String>,
+        /// environment variable NAME whose value is read from orange's own environment and kept
+        /// secret (repeatable): never shown by task get, the audit or logs, and dropped from the
+        /// server once the task ends; the agents must support the `env` task feature
+        #[argh(option)]
+        pub secret_env: Vec<String>,
         /// working directory of the command on the host (an absolute path); the agent must
         /// support the `cwd` task feature
         #[argh(option)]
@@ -174,6 +179,7 @@ fn send(args: SendArgs) -> Result<i32> {
         timeout_secs: check_timeout(args.timeout)?,
         ttl_secs: check_ttl(args.ttl)?,
         env: check_env(&args.env)?,
+        secret_env: check_secret_env(&args.secret_env)?,
         cwd: check_cwd_flag(args.cwd)?,
         require_online: false,
     };

@@ -10,6 +10,9 @@ use super::bytes::Encoding;
 use super::task::TaskStatus;
 
 /// Enqueue (POST) and list (GET, `?app_id=&limit=`) tasks.
+/// What views show instead of the value of a secret environment variable.
+pub const REDACTED: &str = "<secret>";
+
 pub const TASKS_PATH: &str = "/api/v1/tasks";
 /// List agents (GET).
 pub const AGENTS_PATH: &str = "/api/v1/agents";
@@ -45,6 +48,11 @@ pub struct EnqueueRequest {
     /// `env` feature take such a task.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Secret environment variables added to the task's process (feature `env`, likewise):
+    /// never shown in views, the audit or logs, and dropped from the server's records once
+    /// the task ends. A name may not also be in `env`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_env: BTreeMap<String, String>,
     /// Working directory of the task's process (absolute); only agents that announced the
     /// `cwd` feature take such a task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -149,9 +157,13 @@ pub struct TaskView {
     pub status: TaskStatus,
     /// Seconds the agent may run it.
     pub timeout_secs: u64,
-    /// Environment variables added to its process (servers that predate them send none).
+    /// Environment variables added to its process (servers that predate them send none); a
+    /// secret one's value is shown as [`REDACTED`].
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Names of its secret environment variables (their values are never shown).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_env: Vec<String>,
     /// Working directory of its process, if one was asked for.
     #[serde(default)]
     pub cwd: Option<String>,

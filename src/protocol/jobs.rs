@@ -143,6 +143,10 @@ pub struct JobRequest {
     /// agent did not announce it ends `failed` at once, saying so).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Secret environment variables of every task's process (feature `env`): never shown, and
+    /// dropped from the server's records once the job is done. A name may not also be in `env`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_env: BTreeMap<String, String>,
     /// Working directory of every task's process (feature `cwd`, likewise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
@@ -322,6 +326,9 @@ pub struct JobView {
     /// Environment variables added to every task's process.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Names of its secret environment variables (their values are never shown).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_env: Vec<String>,
     /// Working directory of every task's process, if one was asked for.
     #[serde(default)]
     pub cwd: Option<String>,

@@ -4,7 +4,7 @@
 //! retention in `sweeper.rs`. The sliding window itself lives in the store (see
 //! `store/jobs.rs`): it moves in the same transaction as the task that frees a slot.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +15,8 @@ use super::dispatch::Dispatch;
 use super::error::ServiceError;
 use super::store::{AgentRecord, AgentStatus, JobEvent, JobRecord, Store};
 use super::tasks::{
-    TaskDefaults, check_stdin, check_task_context, check_task_input, task_bytes, tell_cancelled,
+    TaskDefaults, check_stdin, check_task_context, check_task_input, merge_secret_env, task_bytes,
+    tell_cancelled,
 };
 use super::views::job_view;
 use crate::protocol::jobs::{
@@ -61,7 +62,9 @@ fn describe(targets: &Targets) -> String {
 /// Checks everything in a job request but its targets' existence.
 fn check_request(request: &JobRequest) -> Result<(), ServiceError> {
     check_task_input(&request.task_type, &request.payload)?;
-    check_task_context(&request.env, request.cwd.as_deref())?;
+    let mut env = request.env.clone();
+    merge_secret_env(&mut env, request.secret_env.clone())?;
+    check_task_context(&env, request.cwd.as_deref())?;
     let targets = &request.targets;
     if targets.is_empty() {
         return Err(ServiceError::BadRequest("no targets: give app_ids, labels or all".into()));
@@ -187,6 +190,14 @@ impl Jobs {
     /// out.
     pub async fn retry(&self, id: TaskId, failed_only: bool) -> Result<JobRecord, ServiceError> {
         let first = self.store.job(id)?.ok_or_else(|| ServiceError::NotFound(format!("unknown job {id}")))?;
+        if !first.secret_names.is_empty() {
+            let names: Vec<&str> = first.secret_names.iter().map(String::as_str).collect();
+            return Err(ServiceError::Conflict(format!(
+                "job {id} had secret environment variables ({}), whose values were dropped when it ended; \
+                 run it again with job run --secret-env",
+                names.join(", ")
+            )));
+        }
         if first.done_ms == 0 {
             return Err(ServiceError::Conflict(format!(
                 "job {id} has not ended yet; wait for it, or cancel it, before retrying it"
@@ -222,6 +233,7 @@ impl Jobs {
             max_concurrency: first.max_concurrency,
             max_errors: first.max_errors,
             env: first.env,
+            secret_env: BTreeMap::new(),
             cwd: first.cwd,
             queue: first.queue,
             // 0: a job written before host timeouts existed; it gets the default.
@@ -238,6 +250,8 @@ impl Jobs {
         app_ids: Vec<String>,
         retry_of: Option<TaskId>,
     ) -> Result<JobRecord, ServiceError> {
+        let mut request = request;
+        let secret_names = merge_secret_env(&mut request.env, std::mem::take(&mut request.secret_env))?;
         let (timeout_secs, ttl_secs) = self.defaults.resolve(request.timeout_secs, request.ttl_secs)?;
         let host_timeout = request.host_timeout_secs.unwrap_or(DEFAULT_HOST_TIMEOUT_SECS);
         let host_timeout_secs = check_host_timeout(host_timeout).map_err(ServiceError::BadRequest)?;
@@ -273,6 +287,7 @@ impl Jobs {
             done_ms: 0,
             host_timeout_secs,
             queue: request.queue,
+            secret_names,
             retry_of,
         };
         let offline = if request.queue { HashMap::new() } else { self.offline(&app_ids)? };

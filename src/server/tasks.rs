@@ -2,7 +2,7 @@
 //! a task to finish, and read its output page by page. Each write is on stable storage before it
 //! is answered; agents and waiters are woken after.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,7 +60,8 @@ impl Tasks {
     }
 
     /// Creates one task per target agent, makes them durable, then wakes the agents.
-    pub async fn enqueue(&self, request: EnqueueRequest) -> Result<Vec<TaskRecord>, ServiceError> {
+    pub async fn enqueue(&self, mut request: EnqueueRequest) -> Result<Vec<TaskRecord>, ServiceError> {
+        let secret_names = merge_secret_env(&mut request.env, std::mem::take(&mut request.secret_env))?;
         check_task_input(&request.task_type, &request.payload)?;
         check_task_context(&request.env, request.cwd.as_deref())?;
         check_stdin(&request.stdin)?;
@@ -101,7 +102,9 @@ impl Tasks {
                     timeout_secs,
                     ttl_secs,
                 };
-                TaskRecord::new(spec, new_task_id(), now)
+                let mut task = TaskRecord::new(spec, new_task_id(), now);
+                task.secret_names = secret_names.clone();
+                task
             })
             .collect();
         self.store.enqueue(&mut tasks)?;
@@ -297,6 +300,25 @@ pub(super) fn check_task_context(
 ) -> Result<(), ServiceError> {
     limits::check_env(env).map_err(ServiceError::BadRequest)?;
     cwd.map_or(Ok(()), limits::check_cwd).map_err(ServiceError::BadRequest)
+}
+
+/// Adds the `secret` environment variables to `env` and returns their names; a name in both
+/// is refused. The merged environment is then checked as a whole, by the same rules.
+pub fn merge_secret_env(
+    env: &mut BTreeMap<String, String>,
+    secret: BTreeMap<String, String>,
+) -> Result<BTreeSet<String>, ServiceError> {
+    let mut names = BTreeSet::new();
+    for (name, value) in secret {
+        if env.contains_key(&name) {
+            return Err(ServiceError::BadRequest(format!(
+                "environment variable {name:?} is given both as env and as secret_env"
+            )));
+        }
+        names.insert(name.clone());
+        env.insert(name, value);
+    }
+    Ok(names)
 }
 
 /// Refuses a task's stdin past [`limits::MAX_STDIN_BYTES`].

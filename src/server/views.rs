@@ -2,12 +2,13 @@
 //! tokens, and the task object getTask hands out (audit entries are mapped by `audit.rs`). Only task views read the store (for
 //! their output); the others are plain mappings.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::clock::rfc3339;
 use super::presence::Liveness;
 use super::store::{AgentRecord, Chunk, JobRecord, Store, StoreError, TaskRecord, TokenRecord};
-use crate::protocol::admin::{AgentView, OutputChunkView, TaskView, TokenView, Transition};
+use crate::protocol::admin::{AgentView, OutputChunkView, REDACTED, TaskView, TokenView, Transition};
 use crate::protocol::bytes;
 use crate::protocol::jobs::JobView;
 use crate::protocol::wire::WireTask;
@@ -58,7 +59,8 @@ impl TaskViews {
             payload: task.payload.clone(),
             status: task.status,
             timeout_secs: task.timeout_secs,
-            env: task.env.clone(),
+            env: shown_env(&task.env, &task.secret_names),
+            secret_env: task.secret_names.iter().cloned().collect(),
             cwd: task.cwd.clone(),
             cancel_requested: task.cancel_requested,
             dropped_bytes: task.output.dropped_bytes,
@@ -98,6 +100,17 @@ pub fn agent_view(agent: &AgentRecord, liveness: Liveness) -> AgentView {
     }
 }
 
+/// `env` as views show it: the value of each name in `secret` replaced by [`REDACTED`] (a
+/// secret dropped once its task ended is not there any more).
+fn shown_env(env: &BTreeMap<String, String>, secret: &BTreeSet<String>) -> BTreeMap<String, String> {
+    env.iter()
+        .map(|(name, value)| {
+            let shown = if secret.contains(name) { REDACTED.to_owned() } else { value.clone() };
+            (name.clone(), shown)
+        })
+        .collect()
+}
+
 /// The task object getTask hands out.
 pub fn wire_task(task: &TaskRecord) -> WireTask {
     WireTask {
@@ -124,7 +137,8 @@ pub fn job_view(job: &JobRecord) -> JobView {
         task_type: job.task_type.clone(),
         payload: job.payload.clone(),
         timeout_secs: job.timeout_secs,
-        env: job.env.clone(),
+        env: shown_env(&job.env, &job.secret_names),
+        secret_env: job.secret_names.iter().cloned().collect(),
         cwd: job.cwd.clone(),
         max_concurrency: job.max_concurrency,
         max_errors: job.max_errors,

@@ -27,6 +27,7 @@ mod orphans;
 mod overload;
 mod owned_task;
 mod presence;
+mod secret_env;
 mod security;
 mod stdin;
 mod wal;

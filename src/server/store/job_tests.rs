@@ -28,6 +28,7 @@ fn job(targets: usize, window: usize, error_limit: Option<u32>) -> JobRecord {
         payload: "true".into(),
         env: Default::default(),
         cwd: None,
+        secret_names: Default::default(),
         timeout_secs: 60,
         ttl_secs: 600,
         max_concurrency: Some(Limit::Count(window as u32)),

@@ -259,6 +259,7 @@ fn start_target<E: From<StoreError>>(
         ttl_secs: job.ttl_secs,
     };
     let mut task = TaskRecord::new(spec, new_task_id(), now_ms);
+    task.secret_names = job.secret_names.clone();
     task.queue_seq = tx.take_seq()?;
     let mut link = id_bytes(job.id);
     link.extend_from_slice(&index.to_be_bytes());
@@ -331,6 +332,10 @@ fn mark_done<E>(tx: &Tx<'_>, job: &mut JobRecord, now_ms: i64) -> Result<(), TxE
         return Ok(());
     }
     job.done_ms = now_ms.max(1);
+    // Its secrets are needed no more: every target has ended.
+    let secret = std::mem::take(&mut job.secret_names);
+    job.env.retain(|name, _| !secret.contains(name));
+    job.secret_names = secret;
     if matches!(job.state, JobState::Running | JobState::Paused) {
         job.state = JobState::Finished;
     }

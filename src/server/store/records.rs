@@ -2,7 +2,7 @@
 //! deadline and output bookkeeping), jobs and their targets, and what an agent's report says.
 //! How each is written to disk (its layout and version) is in `stored.rs`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -117,6 +117,9 @@ pub struct TaskRecord {
     pub env: BTreeMap<String, String>,
     /// Working directory of its process (feature `cwd`).
     pub cwd: Option<String>,
+    /// Names of the `env` entries whose values are secret: never shown, and dropped from the
+    /// record when the task ends (the names stay).
+    pub secret_names: BTreeSet<String>,
     /// Bytes written to its process's standard input (feature `stdin`; empty: none).
     pub stdin: Vec<u8>,
     /// Current state.
@@ -174,6 +177,7 @@ impl TaskRecord {
             payload: spec.payload.to_owned(),
             env: spec.env.clone(),
             cwd: spec.cwd.map(str::to_owned),
+            secret_names: BTreeSet::new(),
             stdin: spec.stdin.to_vec(),
             status: TaskStatus::Queued,
             timeout_secs: spec.timeout_secs,
@@ -336,6 +340,9 @@ pub struct JobRecord {
     pub env: BTreeMap<String, String>,
     /// Working directory of every task's process.
     pub cwd: Option<String>,
+    /// Names of the `env` entries whose values are secret: never shown, and dropped from the
+    /// record when the job is done (the names stay).
+    pub secret_names: BTreeSet<String>,
     /// Seconds each agent may run it.
     pub timeout_secs: u64,
     /// Seconds each task may wait in its agent's queue.

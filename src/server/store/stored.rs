@@ -10,7 +10,7 @@
 //! to the layout and the in-memory type, raise `VERSION`, and make `from_older` read version
 //! `n` through the frozen copy. Never change a layout whose version was released.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -97,7 +97,8 @@ impl From<StoredTaskStatus> for TaskStatus {
     }
 }
 
-/// A task record, version 3: version 2 and the bytes of the task's standard input.
+/// A task record, version 3: version 2 with the names of its secret environment variables and
+/// the bytes of its standard input.
 #[derive(Serialize, Deserialize)]
 pub struct StoredTask {
     id: TaskId,
@@ -106,6 +107,7 @@ pub struct StoredTask {
     payload: String,
     env: BTreeMap<String, String>,
     cwd: Option<String>,
+    secret_names: BTreeSet<String>,
     stdin: Vec<u8>,
     status: StoredTaskStatus,
     timeout_secs: u64,
@@ -199,6 +201,7 @@ impl From<StoredTaskV2> for StoredTask {
             payload: v2.payload,
             env: v2.env,
             cwd: v2.cwd,
+            secret_names: BTreeSet::new(),
             stdin: Vec::new(),
             status: v2.status,
             timeout_secs: v2.timeout_secs,
@@ -229,6 +232,7 @@ impl Record for TaskRecord {
             payload: self.payload.clone(),
             env: self.env.clone(),
             cwd: self.cwd.clone(),
+            secret_names: self.secret_names.clone(),
             stdin: self.stdin.clone(),
             status: self.status.into(),
             timeout_secs: self.timeout_secs,
@@ -253,6 +257,7 @@ impl Record for TaskRecord {
             payload: s.payload,
             env: s.env,
             cwd: s.cwd,
+            secret_names: s.secret_names,
             stdin: s.stdin,
             status: s.status.into(),
             timeout_secs: s.timeout_secs,
@@ -355,7 +360,8 @@ job_counts!(
     }
 );
 
-/// A job record, version 3: version 2 with the job it retries.
+/// A job record, version 3: version 2 with the names of its secret environment variables and
+/// the job it retries.
 #[derive(Serialize, Deserialize)]
 pub struct StoredJob {
     id: TaskId,
@@ -364,6 +370,7 @@ pub struct StoredJob {
     payload: String,
     env: BTreeMap<String, String>,
     cwd: Option<String>,
+    secret_names: BTreeSet<String>,
     timeout_secs: u64,
     ttl_secs: u64,
     max_concurrency: Option<String>,
@@ -482,6 +489,7 @@ impl From<StoredJobV2> for StoredJob {
             done_ms: v2.done_ms,
             host_timeout_secs: v2.host_timeout_secs,
             queue: v2.queue,
+            secret_names: BTreeSet::new(),
             retry_of: None,
         }
     }
@@ -519,6 +527,7 @@ impl Record for JobRecord {
             done_ms: self.done_ms,
             host_timeout_secs: self.host_timeout_secs,
             queue: self.queue,
+            secret_names: self.secret_names.clone(),
             retry_of: self.retry_of,
         }
     }
@@ -545,6 +554,7 @@ impl Record for JobRecord {
             done_ms: s.done_ms,
             host_timeout_secs: s.host_timeout_secs,
             queue: s.queue,
+            secret_names: s.secret_names,
             retry_of: s.retry_of,
         })
     }

@@ -57,6 +57,7 @@ fn sample_task() -> TaskRecord {
         payload: "echo hi".into(),
         env: BTreeMap::new(),
         cwd: None,
+        secret_names: Default::default(),
         stdin: Vec::new(),
         status: TaskStatus::TimedOut,
         timeout_secs: 60,
@@ -88,6 +89,7 @@ fn sample_job() -> JobRecord {
         payload: "uptime".into(),
         env: BTreeMap::new(),
         cwd: None,
+        secret_names: Default::default(),
         timeout_secs: 30,
         ttl_secs: 60,
         max_concurrency: Some(Limit::Percent(10)),
@@ -239,33 +241,35 @@ fn tasks_and_jobs_of_the_second_layout_still_read() {
     earlier(JOB_V2, sample_job_v2());
 }
 
-/// A job that retries another: version 3 of the job record.
+/// A job that retries another, with a secret environment variable: version 3 of the job record.
 fn sample_job_v3() -> JobRecord {
     let mut job = sample_job_v2();
     job.retry_of = Some(id(9));
+    job.secret_names = ["A".to_owned()].into();
     job
 }
 
 // Version 3 of the job record (the job it retries): frozen here so that a change of the layout
 // is noticed.
-const JOB_V3: &str = "03100202020202020202020202020202020216057368656c6c06757074696d65010141016201042f7372761e3c01033130250101320101020b03020102030405060708090a0b0e0c1a3c01011009090909090909090909090909090909";
+const JOB_V3: &str = "03100202020202020202020202020202020216057368656c6c06757074696d65010141016201042f7372760101411e3c01033130250101320101020b03020102030405060708090a0b0e0c1a3c01011009090909090909090909090909090909";
 
 #[test]
 fn jobs_that_retry_another_keep_their_third_layout() {
     frozen(JOB_V3, sample_job_v3());
 }
 
-/// A task with an environment, a working directory and a standard input: version 3 of the
-/// task record.
+/// A task with an environment (one variable secret), a working directory and a standard input:
+/// version 3 of the task record.
 fn sample_task_v3() -> TaskRecord {
     let mut task = sample_task_v2();
     task.stdin = b"in\n\xff".to_vec();
+    task.secret_names = ["A".to_owned()].into();
     task
 }
 
 // Version 3 of the task record (standard input): frozen here so that a change of the layout is
 // noticed.
-const TASK_V3: &str = "031001010101010101010101010101010101057765622d31057368656c6c076563686f206869010141016201042f746d7004696e0aff053cfbd007030002080405062a019a0101050104626f6f6d010c03640102023207";
+const TASK_V3: &str = "031001010101010101010101010101010101057765622d31057368656c6c076563686f206869010141016201042f746d7001014104696e0aff053cfbd007030002080405062a019a0101050104626f6f6d010c03640102023207";
 
 #[test]
 fn tasks_with_stdin_keep_their_third_layout() {

@@ -141,10 +141,15 @@ impl Tx<'_> {
 
     /// Writes a task record. A change of state of a job's task moves the job along with it
     /// (counts, window, error limit), in this same transaction. A task that has ended is
-    /// written without its stdin: nothing reads it again, and it may be megabytes.
+    /// written without its stdin (nothing reads it again, and it may be megabytes) and without
+    /// the values of its secret environment variables.
     pub fn put_task<E: From<StoreError>>(&self, task: &TaskRecord) -> Result<(), TxError<E>> {
-        let bytes = if task.status.is_final() && !task.stdin.is_empty() {
-            codec::encode(&TaskRecord { stdin: Vec::new(), ..task.clone() })
+        let keeps_inputs =
+            !task.stdin.is_empty() || task.secret_names.iter().any(|n| task.env.contains_key(n));
+        let bytes = if task.status.is_final() && keeps_inputs {
+            let mut ended = TaskRecord { stdin: Vec::new(), ..task.clone() };
+            ended.env.retain(|name, _| !task.secret_names.contains(name));
+            codec::encode(&ended)
         } else {
             codec::encode(task)
         };
