@@ -211,9 +211,29 @@ pub fn tasks_table(tasks: &[TaskView]) -> String {
             task.status.to_string(),
             task.exit_code.map_or_else(|| NONE.to_owned(), |code| code.to_string()),
             task.reached(TaskStatus::Queued).map_or_else(|| NONE.to_owned(), short_time),
+            command_cell(&task.payload),
         ]
     });
-    table(&["TASK ID", "AGENT", "TYPE", "STATUS", "EXIT", "CREATED"], rows.collect())
+    table(&["TASK ID", "AGENT", "TYPE", "STATUS", "EXIT", "CREATED", "COMMAND"], rows.collect())
+}
+
+/// Widest COMMAND cell of a task table, in characters.
+pub const COMMAND_WIDTH: usize = 40;
+
+/// A task's payload as the COMMAND column shows it: its first non-blank line, control
+/// characters as spaces, cut to [`COMMAND_WIDTH`] characters with `…`, and `…` after it when
+/// more lines follow; `-` when empty.
+pub fn command_cell(payload: &str) -> String {
+    let mut lines = payload.lines().map(str::trim).skip_while(|line| line.is_empty());
+    let Some(first) = lines.next() else { return NONE.to_owned() };
+    let more = lines.any(|line| !line.is_empty());
+    let clean: String = first.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if clean.chars().count() > COMMAND_WIDTH {
+        let mut cut: String = clean.chars().take(COMMAND_WIDTH - 1).collect();
+        cut.push('…');
+        return cut;
+    }
+    if more { format!("{clean} …") } else { clean }
 }
 
 /// Whether an enrollment token still works at `now`: `revoked`, `used up`, `expired` or `active`
@@ -605,10 +625,23 @@ pub(super) mod tests {
         ];
         assert_eq!(
             tasks_table(&tasks),
-            "TASK ID                               AGENT  TYPE   STATUS     EXIT  CREATED\n\
-             0190a1b2-0000-7000-8000-000000000002  web-1  shell  succeeded  0     2024-05-01T10:00:00Z\n\
-             0190a1b2-0000-7000-8000-000000000001  db-10  shell  lost       -     2024-05-01T10:00:00Z\n"
+            "TASK ID                               AGENT  TYPE   STATUS     EXIT  CREATED               COMMAND\n\
+             0190a1b2-0000-7000-8000-000000000002  web-1  shell  succeeded  0     2024-05-01T10:00:00Z  uptime\n\
+             0190a1b2-0000-7000-8000-000000000001  db-10  shell  lost       -     2024-05-01T10:00:00Z  uptime\n"
         );
+    }
+
+    #[test]
+    fn the_command_cell_is_the_first_line_cut_to_fit() {
+        assert_eq!(command_cell("uptime"), "uptime");
+        assert_eq!(command_cell(""), "-");
+        assert_eq!(command_cell("\n  \n"), "-");
+        assert_eq!(command_cell("\n  echo a\necho b\n"), "echo a …");
+        assert_eq!(command_cell("printf 'a\tb'"), "printf 'a b'");
+        let long = "x".repeat(COMMAND_WIDTH + 5);
+        let cell = command_cell(&long);
+        assert_eq!((cell.chars().count(), cell.ends_with('…')), (COMMAND_WIDTH, true));
+        assert_eq!(command_cell(&"é".repeat(COMMAND_WIDTH)), "é".repeat(COMMAND_WIDTH));
     }
 
     #[test]
