@@ -201,6 +201,53 @@ fn labels(agent: &AgentView) -> String {
     agent.labels.iter().map(|(key, value)| format!("{key}={value}")).collect::<Vec<_>>().join(",")
 }
 
+/// The `orange agents show` block: aligned `key: value` lines of the agent, then its open tasks
+/// and its latest tasks as tables (`none` when there are none).
+pub fn agent_detail(agent: &AgentView, open: &[TaskView], recent: &[TaskView]) -> String {
+    let pairs = agent_pairs(agent);
+    let width = pairs.iter().map(|(key, _)| key.len() + 1).max().unwrap_or(0);
+    let mut text: String =
+        pairs.iter().map(|(key, value)| format!("{:<width$} {value}\n", format!("{key}:"))).collect();
+    for (title, tasks) in [("open tasks (queued, delivered, running)", open), ("last 10 tasks", recent)] {
+        text.push_str(&format!("\n{title}:\n"));
+        text.push_str(&if tasks.is_empty() { "none\n".to_owned() } else { tasks_table(tasks) });
+    }
+    text
+}
+
+/// The `key: value` lines of `orange agents show`.
+fn agent_pairs(agent: &AgentView) -> Vec<(&'static str, String)> {
+    let facts = agent.facts.as_ref();
+    let fact = |get: fn(&HostFacts) -> Option<&String>| {
+        facts.and_then(|f| get(&f.facts)).map_or(NONE, |v| v.as_str()).to_owned()
+    };
+    let or_none = |value: &Option<String>| value.clone().unwrap_or_else(|| NONE.to_owned());
+    let joined = |items: &[String]| if items.is_empty() { NONE.to_owned() } else { items.join(", ") };
+    vec![
+        ("agent", agent.app_id.clone()),
+        ("status", agent.status.clone()),
+        ("online", if agent.online { "yes" } else { "no" }.to_owned()),
+        ("last seen", short_time(&agent.last_seen)),
+        ("registered", short_time(&agent.registered_at)),
+        ("hostname", or_none(&agent.hostname)),
+        ("version", or_none(&agent.version)),
+        ("os", facts.map_or_else(|| NONE.to_owned(), |f| os(&f.facts))),
+        ("kernel", fact(|f| f.kernel.as_ref())),
+        ("arch", fact(|f| f.arch.as_ref())),
+        ("ips", joined(facts.map_or(&[][..], |f| &f.facts.ips))),
+        (
+            "uptime",
+            facts
+                .and_then(|f| f.uptime_secs)
+                .filter(|_| agent.online)
+                .map_or_else(|| NONE.to_owned(), uptime),
+        ),
+        ("features", joined(&agent.features)),
+        ("labels", labels(agent)),
+        ("tasks done", agent.processed_task_count.to_string()),
+    ]
+}
+
 /// The `orange task list` table.
 pub fn tasks_table(tasks: &[TaskView]) -> String {
     let rows = tasks.iter().map(|task| {
@@ -476,6 +523,39 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn agent_detail_shows_the_agent_then_its_tasks() {
+        let mut web = agent("web-1", true, Some("0.1.0"), &[("role", "web")]);
+        web.features = vec!["cwd".into(), "env".into()];
+        let open = [sample_task("0190a1b2-0000-7000-8000-000000000002", "web-1", TaskStatus::Queued, None)];
+        let text = agent_detail(&web, &open, &[]);
+        assert_eq!(
+            text,
+            "agent:      web-1\n\
+             status:     accepted\n\
+             online:     yes\n\
+             last seen:  2024-05-01T08:00:00Z\n\
+             registered: 2024-04-01T00:00:00Z\n\
+             hostname:   web-1.example.net\n\
+             version:    0.1.0\n\
+             os:         -\n\
+             kernel:     -\n\
+             arch:       -\n\
+             ips:        -\n\
+             uptime:     -\n\
+             features:   cwd, env\n\
+             labels:     role=web\n\
+             tasks done: 3\n\
+             \n\
+             open tasks (queued, delivered, running):\n\
+             TASK ID                               AGENT  TYPE   STATUS  EXIT  CREATED               COMMAND\n\
+             0190a1b2-0000-7000-8000-000000000002  web-1  shell  queued  -     2024-05-01T10:00:00Z  uptime\n\
+             \n\
+             last 10 tasks:\n\
+             none\n"
+        );
+    }
+
+    #[test]
     fn agents_table_aligns_columns() {
         let agents = [
             agent("db-1", false, None, &[]),
@@ -614,7 +694,7 @@ pub(super) mod tests {
 
     #[test]
     fn an_empty_table_is_its_header() {
-        assert_eq!(tasks_table(&[]), "TASK ID  AGENT  TYPE  STATUS  EXIT  CREATED\n");
+        assert_eq!(tasks_table(&[]), "TASK ID  AGENT  TYPE  STATUS  EXIT  CREATED  COMMAND\n");
     }
 
     #[test]
