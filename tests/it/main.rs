@@ -21,6 +21,7 @@ mod jobs_api;
 mod layers;
 mod legacy_protocol;
 mod lifecycle;
+mod lists;
 mod orphans;
 mod overload;
 mod owned_task;
