@@ -400,10 +400,7 @@ mod tests {
     #[test]
     fn list_paths_carry_encoded_filters_and_checked_limits() {
         assert_eq!(path_of(&[]).unwrap(), "/api/v1/tasks");
-        assert_eq!(
-            path_of(&["--appid", "web 1", "--limit", "5"]).unwrap_err().to_string().contains("web 1"),
-            true
-        );
+        assert!(path_of(&["--appid", "web 1", "--limit", "5"]).unwrap_err().to_string().contains("web 1"));
         assert_eq!(
             path_of(&["--appid", "web-1", "--limit", "5"]).unwrap(),
             "/api/v1/tasks?app_id=web-1&limit=5"

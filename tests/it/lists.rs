@@ -65,7 +65,7 @@ fn task_list_filters_by_agent_status_and_age_on_the_server() {
 
     assert_eq!(set(&listed(&server, &["--agent", "w2"]).0), set(&queued));
     assert_eq!(set(&listed(&server, &["--appid", "w2"]).0), set(&queued), "--appid is --agent");
-    assert_eq!(listed(&server, &["--status", "failed"]).0, [failed.clone()]);
+    assert_eq!(listed(&server, &["--status", "failed"]).0, vec![failed.clone()]);
     let mut queued_or_failed = queued.clone();
     queued_or_failed.push(failed.clone());
     assert_eq!(set(&listed(&server, &["--status", "queued,failed"]).0), set(&queued_or_failed));

@@ -46,8 +46,7 @@ impl Store {
         // Held for the whole scan, so that a compaction cannot swap the trees under it.
         let trees = self.trees();
         let mut tasks = Vec::new();
-        let mut scanned = 0;
-        for id in task_ids_newest_first(&trees, query.app_id, query.before) {
+        for (scanned, id) in task_ids_newest_first(&trees, query.app_id, query.before).enumerate() {
             let id = id?;
             if query.since_ms.is_some_and(|since| id_ms(id) < since.saturating_sub(ID_TIME_SLACK_MS)) {
                 break;
@@ -56,7 +55,6 @@ impl Store {
                 let next = tasks.last().map_or(id, |task: &TaskRecord| task.id);
                 return Ok(TaskPage { tasks, next: Some(next) });
             }
-            scanned += 1;
             let Some(task) = self.task(id)? else { continue };
             let created_ms = task.history.first().map_or(0, |(_, ms)| *ms);
             if query.since_ms.is_some_and(|since| created_ms < since) || !keep(&task) {
