@@ -4,13 +4,16 @@
 
 use anyhow::Result;
 use argh::FromArgs;
+use serde::{Deserialize, Serialize};
 
 use super::argv::{usage, usage_bail};
-use super::operator::{OperatorConfig, OperatorFlags, encode, operator_args, operator_flags};
+use super::operator::{Api, OperatorConfig, OperatorFlags, encode, operator_args, operator_flags};
 use super::output::{self, Printed};
+use super::task;
 use crate::client::ADMIN_TIMEOUT;
-use crate::protocol::admin::{self, AgentFilter, AgentList, AgentView};
-use crate::protocol::{limits, wire};
+use crate::protocol::admin::{self, AgentFilter, AgentList, AgentView, TaskList, TaskView};
+use crate::protocol::task_query::TaskQuery;
+use crate::protocol::{TaskStatus, limits, wire};
 
 operator_args! {
     /// List the agents the server knows, sorted by app id; accept or forget one.
@@ -61,7 +64,47 @@ pub enum AgentsCommand {
     Accept(AcceptArgs),
     /// `orange agents forget`
     Forget(ForgetArgs),
+    /// `orange agents show`
+    Show(ShowArgs),
 }
+
+operator_args! {
+    /// Show one agent: its facts, labels, status, last seen, open tasks and last 10 tasks.
+    #[derive(FromArgs, Debug)]
+    #[argh(
+        subcommand,
+        name = "show",
+        example = "orange agents show web-7",
+        example = "orange agents show web-7 --json | jq '.open_tasks | length'",
+        note = "Open tasks are those queued, delivered or running (up to 1000, oldest last); the last \
+                10 tasks are the newest, in any state. Times are shown in UTC to the second. --json \
+                prints an object with `agent`, `open_tasks` and `recent_tasks`, the agent as in \
+                `orange agents --json` and the tasks as in `orange task list --json`. Connection \
+                options as in `orange agents --help`.",
+        error_code(1, "the agent is unknown, or orange failed")
+    )]
+    pub struct ShowArgs {
+        /// the agent's app id
+        #[argh(positional)]
+        pub id: String,
+    }
+    /// print the agent and its tasks as JSON
+    json
+}
+
+/// What `orange agents show --json` prints.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AgentDetail {
+    /// The agent, as `orange agents --json` shows it.
+    pub agent: AgentView,
+    /// Its tasks queued, delivered or running, newest first.
+    pub open_tasks: Vec<TaskView>,
+    /// Its newest tasks, in any state.
+    pub recent_tasks: Vec<TaskView>,
+}
+
+/// Tasks shown under "last tasks" by `orange agents show`.
+const RECENT_TASKS: usize = 10;
 
 operator_args! {
     /// Accept a pending agent: from now on it takes tasks.
@@ -130,7 +173,9 @@ fn execute(args: AgentsArgs) -> Result<Printed> {
         return list(&OperatorConfig::from_flags(flags)?, &filter, args.pending);
     };
     if args.online || args.pending || !args.label.is_empty() {
-        usage_bail!("--label, --online and --pending filter the list; they do not go with accept or forget");
+        usage_bail!(
+            "--label, --online and --pending filter the list; they do not go with accept, forget or show"
+        );
     }
     match command {
         AgentsCommand::Accept(a) => {
@@ -140,6 +185,10 @@ fn execute(args: AgentsArgs) -> Result<Printed> {
         AgentsCommand::Forget(f) => {
             let own = operator_flags!(f);
             change(&OperatorConfig::from_flags(merge(own, flags))?, &f.id, admin::forget_path)
+        }
+        AgentsCommand::Show(s) => {
+            let own = operator_flags!(s);
+            show(&OperatorConfig::from_flags(merge(own, flags))?, &s.id)
         }
     }
 }
@@ -160,7 +209,42 @@ fn merge(own: OperatorFlags, outer: OperatorFlags) -> OperatorFlags {
 fn list(config: &OperatorConfig, filter: &AgentFilter, pending: bool) -> Result<Printed> {
     let mut list: AgentList = config.api(ADMIN_TIMEOUT).get(&list_path(filter))?;
     list.agents.retain(|agent| filter.matches(agent) && (!pending || agent.status == "pending"));
+    if list.agents.is_empty() && !config.json {
+        let filtered = !filter.labels.is_empty() || filter.online || pending;
+        let note = if filtered { "orange: no agents match\n" } else { "orange: no agents\n" };
+        return Ok(Printed { stdout: String::new(), stderr: note.to_owned() });
+    }
     Printed::json_or(config.json, &list, |list| output::agents_table(&list.agents))
+}
+
+/// The tasks `query` asks for, filtered here again (older servers ignore the filters).
+fn agent_tasks(api: &Api, query: &TaskQuery) -> Result<Vec<TaskView>> {
+    let mut list: TaskList = api.get(&task::list_path(query, None))?;
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    list.tasks.retain(|task| query.matches_view(task, now_ms));
+    list.tasks.truncate(query.limit());
+    Ok(list.tasks)
+}
+
+/// `orange agents show ID`: the agent, then its open tasks and its newest tasks, each asked of
+/// the server's task list (and filtered here again, for servers that ignore the filters).
+fn show(config: &OperatorConfig, id: &str) -> Result<Printed> {
+    wire::check_app_id(id).map_err(usage)?;
+    let api = config.api(ADMIN_TIMEOUT);
+    let agent: AgentView = api.get(&admin::agent_path(&encode(id)))?;
+    let open = TaskQuery {
+        app_id: Some(id.to_owned()),
+        statuses: vec![TaskStatus::Queued, TaskStatus::Delivered, TaskStatus::Running],
+        limit: Some(admin::MAX_LIST_LIMIT),
+        ..TaskQuery::default()
+    };
+    let recent = TaskQuery { app_id: Some(id.to_owned()), limit: Some(RECENT_TASKS), ..TaskQuery::default() };
+    let detail = AgentDetail {
+        agent,
+        open_tasks: agent_tasks(&api, &open)?,
+        recent_tasks: agent_tasks(&api, &recent)?,
+    };
+    Printed::json_or(config.json, &detail, |d| output::agent_detail(&d.agent, &d.open_tasks, &d.recent_tasks))
 }
 
 /// The agents path with the filter as query parameters.
@@ -249,7 +333,7 @@ mod tests {
         let args = parse(&["--pending", "accept", "w1", "--token-file", token_file()]).unwrap();
         assert_eq!(
             execute(args).unwrap_err().to_string(),
-            "--label, --online and --pending filter the list; they do not go with accept or forget"
+            "--label, --online and --pending filter the list; they do not go with accept, forget or show"
         );
     }
 
@@ -321,6 +405,17 @@ mod tests {
         assert_eq!(api.seen()[0].target, "/api/v1/agents?label=env%3Dprod&label=role%3Dweb&online=true");
         let bad = parse(&["--label", "role", "--server", &api.url, "--token-file", token_file()]).unwrap();
         assert_eq!(format!("{:#}", execute(bad).unwrap_err()), "--label: label \"role\" is not k=v");
+    }
+
+    #[test]
+    fn no_match_is_said_on_stderr_instead_of_a_bare_header() {
+        let none = AgentList { agents: vec![agent("w1", "accepted", true)] };
+        let api = FakeApi::serve(vec![FakeApi::ok(&none), FakeApi::ok(&AgentList { agents: Vec::new() })]);
+        let argv = ["--label", "role=nothing", "--server", &api.url, "--token-file", token_file()];
+        let printed = execute(parse(&argv).unwrap()).unwrap();
+        assert_eq!(printed, Printed { stdout: String::new(), stderr: "orange: no agents match\n".into() });
+        let printed = execute(parse(&["--server", &api.url, "--token-file", token_file()]).unwrap()).unwrap();
+        assert_eq!(printed.stderr, "orange: no agents\n");
     }
 
     #[test]

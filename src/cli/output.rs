@@ -201,6 +201,53 @@ fn labels(agent: &AgentView) -> String {
     agent.labels.iter().map(|(key, value)| format!("{key}={value}")).collect::<Vec<_>>().join(",")
 }
 
+/// The `orange agents show` block: aligned `key: value` lines of the agent, then its open tasks
+/// and its latest tasks as tables (`none` when there are none).
+pub fn agent_detail(agent: &AgentView, open: &[TaskView], recent: &[TaskView]) -> String {
+    let pairs = agent_pairs(agent);
+    let width = pairs.iter().map(|(key, _)| key.len() + 1).max().unwrap_or(0);
+    let mut text: String =
+        pairs.iter().map(|(key, value)| format!("{:<width$} {value}\n", format!("{key}:"))).collect();
+    for (title, tasks) in [("open tasks (queued, delivered, running)", open), ("last 10 tasks", recent)] {
+        text.push_str(&format!("\n{title}:\n"));
+        text.push_str(&if tasks.is_empty() { "none\n".to_owned() } else { tasks_table(tasks) });
+    }
+    text
+}
+
+/// The `key: value` lines of `orange agents show`.
+fn agent_pairs(agent: &AgentView) -> Vec<(&'static str, String)> {
+    let facts = agent.facts.as_ref();
+    let fact = |get: fn(&HostFacts) -> Option<&String>| {
+        facts.and_then(|f| get(&f.facts)).map_or(NONE, |v| v.as_str()).to_owned()
+    };
+    let or_none = |value: &Option<String>| value.clone().unwrap_or_else(|| NONE.to_owned());
+    let joined = |items: &[String]| if items.is_empty() { NONE.to_owned() } else { items.join(", ") };
+    vec![
+        ("agent", agent.app_id.clone()),
+        ("status", agent.status.clone()),
+        ("online", if agent.online { "yes" } else { "no" }.to_owned()),
+        ("last seen", short_time(&agent.last_seen)),
+        ("registered", short_time(&agent.registered_at)),
+        ("hostname", or_none(&agent.hostname)),
+        ("version", or_none(&agent.version)),
+        ("os", facts.map_or_else(|| NONE.to_owned(), |f| os(&f.facts))),
+        ("kernel", fact(|f| f.kernel.as_ref())),
+        ("arch", fact(|f| f.arch.as_ref())),
+        ("ips", joined(facts.map_or(&[][..], |f| &f.facts.ips))),
+        (
+            "uptime",
+            facts
+                .and_then(|f| f.uptime_secs)
+                .filter(|_| agent.online)
+                .map_or_else(|| NONE.to_owned(), uptime),
+        ),
+        ("features", joined(&agent.features)),
+        ("labels", labels(agent)),
+        ("tasks done", agent.processed_task_count.to_string()),
+    ]
+}
+
 /// The `orange task list` table.
 pub fn tasks_table(tasks: &[TaskView]) -> String {
     let rows = tasks.iter().map(|task| {
@@ -211,9 +258,29 @@ pub fn tasks_table(tasks: &[TaskView]) -> String {
             task.status.to_string(),
             task.exit_code.map_or_else(|| NONE.to_owned(), |code| code.to_string()),
             task.reached(TaskStatus::Queued).map_or_else(|| NONE.to_owned(), short_time),
+            command_cell(&task.payload),
         ]
     });
-    table(&["TASK ID", "AGENT", "TYPE", "STATUS", "EXIT", "CREATED"], rows.collect())
+    table(&["TASK ID", "AGENT", "TYPE", "STATUS", "EXIT", "CREATED", "COMMAND"], rows.collect())
+}
+
+/// Widest COMMAND cell of a task table, in characters.
+pub const COMMAND_WIDTH: usize = 40;
+
+/// A task's payload as the COMMAND column shows it: its first non-blank line, control
+/// characters as spaces, cut to [`COMMAND_WIDTH`] characters with `…`, and `…` after it when
+/// more lines follow; `-` when empty.
+pub fn command_cell(payload: &str) -> String {
+    let mut lines = payload.lines().map(str::trim).skip_while(|line| line.is_empty());
+    let Some(first) = lines.next() else { return NONE.to_owned() };
+    let more = lines.any(|line| !line.is_empty());
+    let clean: String = first.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if clean.chars().count() > COMMAND_WIDTH {
+        let mut cut: String = clean.chars().take(COMMAND_WIDTH - 1).collect();
+        cut.push('…');
+        return cut;
+    }
+    if more { format!("{clean} …") } else { clean }
 }
 
 /// Whether an enrollment token still works at `now`: `revoked`, `used up`, `expired` or `active`
@@ -457,6 +524,39 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn agent_detail_shows_the_agent_then_its_tasks() {
+        let mut web = agent("web-1", true, Some("0.1.0"), &[("role", "web")]);
+        web.features = vec!["cwd".into(), "env".into()];
+        let open = [sample_task("0190a1b2-0000-7000-8000-000000000002", "web-1", TaskStatus::Queued, None)];
+        let text = agent_detail(&web, &open, &[]);
+        assert_eq!(
+            text,
+            "agent:      web-1\n\
+             status:     accepted\n\
+             online:     yes\n\
+             last seen:  2024-05-01T08:00:00Z\n\
+             registered: 2024-04-01T00:00:00Z\n\
+             hostname:   web-1.example.net\n\
+             version:    0.1.0\n\
+             os:         -\n\
+             kernel:     -\n\
+             arch:       -\n\
+             ips:        -\n\
+             uptime:     -\n\
+             features:   cwd, env\n\
+             labels:     role=web\n\
+             tasks done: 3\n\
+             \n\
+             open tasks (queued, delivered, running):\n\
+             TASK ID                               AGENT  TYPE   STATUS  EXIT  CREATED               COMMAND\n\
+             0190a1b2-0000-7000-8000-000000000002  web-1  shell  queued  -     2024-05-01T10:00:00Z  uptime\n\
+             \n\
+             last 10 tasks:\n\
+             none\n"
+        );
+    }
+
+    #[test]
     fn agents_table_aligns_columns() {
         let agents = [
             agent("db-1", false, None, &[]),
@@ -595,7 +695,7 @@ pub(super) mod tests {
 
     #[test]
     fn an_empty_table_is_its_header() {
-        assert_eq!(tasks_table(&[]), "TASK ID  AGENT  TYPE  STATUS  EXIT  CREATED\n");
+        assert_eq!(tasks_table(&[]), "TASK ID  AGENT  TYPE  STATUS  EXIT  CREATED  COMMAND\n");
     }
 
     #[test]
@@ -606,10 +706,23 @@ pub(super) mod tests {
         ];
         assert_eq!(
             tasks_table(&tasks),
-            "TASK ID                               AGENT  TYPE   STATUS     EXIT  CREATED\n\
-             0190a1b2-0000-7000-8000-000000000002  web-1  shell  succeeded  0     2024-05-01T10:00:00Z\n\
-             0190a1b2-0000-7000-8000-000000000001  db-10  shell  lost       -     2024-05-01T10:00:00Z\n"
+            "TASK ID                               AGENT  TYPE   STATUS     EXIT  CREATED               COMMAND\n\
+             0190a1b2-0000-7000-8000-000000000002  web-1  shell  succeeded  0     2024-05-01T10:00:00Z  uptime\n\
+             0190a1b2-0000-7000-8000-000000000001  db-10  shell  lost       -     2024-05-01T10:00:00Z  uptime\n"
         );
+    }
+
+    #[test]
+    fn the_command_cell_is_the_first_line_cut_to_fit() {
+        assert_eq!(command_cell("uptime"), "uptime");
+        assert_eq!(command_cell(""), "-");
+        assert_eq!(command_cell("\n  \n"), "-");
+        assert_eq!(command_cell("\n  echo a\necho b\n"), "echo a …");
+        assert_eq!(command_cell("printf 'a\tb'"), "printf 'a b'");
+        let long = "x".repeat(COMMAND_WIDTH + 5);
+        let cell = command_cell(&long);
+        assert_eq!((cell.chars().count(), cell.ends_with('…')), (COMMAND_WIDTH, true));
+        assert_eq!(command_cell(&"é".repeat(COMMAND_WIDTH)), "é".repeat(COMMAND_WIDTH));
     }
 
     #[test]

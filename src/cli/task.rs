@@ -7,16 +7,18 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use argh::FromArgs;
 
-use super::argv::usage_bail;
+use super::argv::{usage, usage_bail};
 use super::cancel::{self, CancelArgs};
 use super::flags::{check_cwd_flag, check_env, check_secret_env, check_task_id, check_timeout, check_ttl};
 use super::follow::{self, LogsArgs};
 use super::operator::{OperatorConfig, encode, operator_args, operator_flags};
-use super::output;
+use super::output::{self, Printed};
 use super::run::{self, RunArgs};
 use super::wait::{wait_task, wait_timeout};
 use crate::client::ADMIN_TIMEOUT;
 use crate::protocol::admin::{self, EnqueueReply, EnqueueRequest, TaskList};
+use crate::protocol::audit;
+use crate::protocol::task_query::{self, TaskQuery};
 
 /// Run, send, follow, cancel, show and list tasks.
 #[derive(FromArgs, Debug)]
@@ -132,23 +134,45 @@ operator_args! {
 }
 
 operator_args! {
-    /// List tasks, newest first.
+    /// List tasks, newest first, filtered by agent, state and age on the server, a page at a time.
     #[derive(FromArgs, Debug)]
     #[argh(
         subcommand,
         name = "list",
-        example = "orange task list --appid web-1 --limit 20",
-        note = "Connection options as in `orange task run --help`."
+        example = "orange task list --agent web-1 --limit 20",
+        example = "orange task list --status failed,timed_out --since 24h",
+        example = "orange task list --status queued,delivered,running",
+        example = "orange task list --limit 100 --after 0190a1b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b",
+        note = "STATUS is one of queued, delivered, running, succeeded, failed, timed_out, cancelled, \
+                expired and lost; --status takes several, repeated or comma separated. --since takes \
+                a time (2026-12-04T10:00:00Z) or a duration back from the server's now (1h, 30m, 7d, \
+                3600). COMMAND is the first line of the task's payload, cut to 40 characters (`…` \
+                marks a cut or more lines); `orange task get ID` shows it whole. When more tasks match \
+                than were shown, a line on stderr names the --after cursor of the next page (--json: \
+                `next`); with no match, stdout is empty and stderr says `no tasks`. Connection options \
+                as in `orange task run --help`."
     )]
     pub struct ListArgs {
-        /// only tasks of this app id
+        /// only tasks of this agent (app id)
+        #[argh(option)]
+        pub agent: Option<String>,
+        /// the same as --agent
         #[argh(option)]
         pub appid: Option<String>,
+        /// only tasks in this state; repeatable or a comma list (e.g. failed,timed_out)
+        #[argh(option)]
+        pub status: Vec<String>,
+        /// only tasks created since this time (2026-12-04T10:00:00Z) or for this long (1h, 30m, 7d)
+        #[argh(option)]
+        pub since: Option<String>,
+        /// continue after this cursor, printed at the end of the previous page
+        #[argh(option)]
+        pub after: Option<String>,
         /// most tasks to show, 1 to 1000 (default: the server's, 100)
         #[argh(option)]
         pub limit: Option<usize>,
     }
-    /// print the list as JSON
+    /// print the page as JSON (tasks; and next, when more tasks match)
     json
 }
 
@@ -234,34 +258,79 @@ fn get(args: GetArgs) -> Result<i32> {
 }
 
 fn list(args: ListArgs) -> Result<i32> {
-    let flags = operator_flags!(args);
-    let config = OperatorConfig::from_flags(flags)?;
-    let path = list_path(args.appid.as_deref(), args.limit)?;
-    let list: TaskList = config.api(ADMIN_TIMEOUT).get(&path)?;
-    if config.json {
-        output::print_json(&list)?
-    } else {
-        output::emit(&output::tasks_table(&list.tasks))?
-    }
+    list_page(args)?.emit()?;
     Ok(0)
 }
 
-/// `GET /api/v1/tasks` with the filters given.
-fn list_path(app_id: Option<&str>, limit: Option<usize>) -> Result<String> {
-    let mut query = Vec::new();
-    if let Some(app_id) = app_id {
-        query.push(format!("app_id={}", encode(app_id)));
+/// `GET /api/v1/tasks` with the filters given, and what to print.
+fn list_page(args: ListArgs) -> Result<Printed> {
+    let query = list_query(&args)?;
+    let path = list_path(&query, args.since.as_deref());
+    let flags = operator_flags!(args);
+    let config = OperatorConfig::from_flags(flags)?;
+    let mut list: TaskList = config.api(ADMIN_TIMEOUT).get(&path)?;
+    // Older servers ignore the filters: they are applied here again.
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    list.tasks.retain(|task| query.matches_view(task, now_ms));
+    let mut printed = Printed::json_or(config.json, &list, |list| {
+        if list.tasks.is_empty() { String::new() } else { output::tasks_table(&list.tasks) }
+    })?;
+    if !config.json {
+        printed.stderr = list_notes(&list, query.filters());
     }
-    if let Some(limit) = limit {
-        if limit == 0 || limit > admin::MAX_LIST_LIMIT {
-            usage_bail!("--limit {limit} must be between 1 and {}", admin::MAX_LIST_LIMIT);
+    Ok(printed)
+}
+
+/// The stderr lines after a task table: that nothing matched, that a next page exists.
+fn list_notes(list: &TaskList, filtered: bool) -> String {
+    let mut notes = String::new();
+    if list.tasks.is_empty() {
+        notes.push_str(if filtered { "orange: no tasks match\n" } else { "orange: no tasks\n" });
+    }
+    if let Some(next) = &list.next {
+        notes.push_str(&format!("orange: more tasks may match; the next page: --after {next}\n"));
+    }
+    notes
+}
+
+/// The query the flags ask for, checked as the server checks it, so a bad value is named
+/// before anything is sent.
+fn list_query(args: &ListArgs) -> Result<TaskQuery> {
+    if let Some(limit) = args.limit
+        && (limit == 0 || limit > admin::MAX_LIST_LIMIT)
+    {
+        usage_bail!("--limit {limit} must be between 1 and {}", admin::MAX_LIST_LIMIT);
+    }
+    let agent = match (&args.agent, &args.appid) {
+        (Some(agent), Some(appid)) if agent != appid => {
+            usage_bail!("--agent and --appid name the same thing; give one")
         }
-        query.push(format!("limit={limit}"));
+        (agent, appid) => agent.as_ref().or(appid.as_ref()),
+    };
+    let mut pairs = Vec::new();
+    let mut add = |key: &str, value: Option<&String>| {
+        if let Some(value) = value {
+            pairs.push((key.to_owned(), value.clone()));
+        }
+    };
+    add(task_query::QUERY_APP_ID, agent);
+    for status in &args.status {
+        add(task_query::QUERY_STATUS, Some(status));
     }
-    if query.is_empty() {
-        return Ok(admin::TASKS_PATH.to_owned());
+    add(audit::QUERY_SINCE, args.since.as_ref());
+    add(audit::QUERY_AFTER, args.after.as_ref());
+    add(audit::QUERY_LIMIT, args.limit.map(|limit| limit.to_string()).as_ref());
+    TaskQuery::from_pairs(&pairs).map_err(usage)
+}
+
+/// `GET /api/v1/tasks` with the query; `since` as typed.
+pub(super) fn list_path(query: &TaskQuery, since: Option<&str>) -> String {
+    let pairs = query.to_pairs(since);
+    if pairs.is_empty() {
+        return admin::TASKS_PATH.to_owned();
     }
-    Ok(format!("{}?{}", admin::TASKS_PATH, query.join("&")))
+    let query: Vec<String> = pairs.iter().map(|(key, value)| format!("{key}={}", encode(value))).collect();
+    format!("{}?{}", admin::TASKS_PATH, query.join("&"))
 }
 
 #[cfg(test)]
@@ -325,12 +394,78 @@ mod tests {
         assert_eq!((body["ttl_secs"].as_u64(), body["timeout_secs"].is_null()), (Some(3600), true));
     }
 
+    fn list_args(argv: &[&str]) -> ListArgs {
+        ListArgs::from_args(&["list"], argv).unwrap()
+    }
+
+    fn path_of(argv: &[&str]) -> Result<String> {
+        let args = list_args(argv);
+        Ok(list_path(&list_query(&args)?, args.since.as_deref()))
+    }
+
     #[test]
     fn list_paths_carry_encoded_filters_and_checked_limits() {
-        assert_eq!(list_path(None, None).unwrap(), "/api/v1/tasks");
-        assert_eq!(list_path(Some("web 1"), Some(5)).unwrap(), "/api/v1/tasks?app_id=web%201&limit=5");
-        assert!(list_path(None, Some(0)).is_err());
-        assert!(list_path(None, Some(admin::MAX_LIST_LIMIT + 1)).is_err());
+        assert_eq!(path_of(&[]).unwrap(), "/api/v1/tasks");
+        assert!(path_of(&["--appid", "web 1", "--limit", "5"]).unwrap_err().to_string().contains("web 1"));
+        assert_eq!(
+            path_of(&["--appid", "web-1", "--limit", "5"]).unwrap(),
+            "/api/v1/tasks?app_id=web-1&limit=5"
+        );
+        assert_eq!(
+            path_of(&[
+                "--agent",
+                "w1",
+                "--status",
+                "failed",
+                "--status",
+                "lost,queued",
+                "--since",
+                "1h",
+                "--after",
+                ID
+            ])
+            .unwrap(),
+            format!("/api/v1/tasks?app_id=w1&status=failed%2Clost%2Cqueued&since=1h&after={ID}")
+        );
+        assert_eq!(path_of(&["--agent", "w1", "--appid", "w1"]).unwrap(), "/api/v1/tasks?app_id=w1");
+        let refused = |argv: &[&str]| {
+            let error = path_of(argv).unwrap_err();
+            assert!(error.downcast_ref::<crate::cli::argv::Usage>().is_some(), "{error}");
+            error.to_string()
+        };
+        assert_eq!(refused(&["--limit", "0"]), "--limit 0 must be between 1 and 1000");
+        assert!(refused(&["--limit", "1001"]).starts_with("--limit 1001"));
+        assert_eq!(
+            refused(&["--agent", "a", "--appid", "b"]),
+            "--agent and --appid name the same thing; give one"
+        );
+        assert!(refused(&["--status", "done"]).starts_with("unknown task status \"done\""));
+        assert!(refused(&["--since", "yesterday"]).starts_with("since \"yesterday\" is neither"));
+        assert!(refused(&["--after", "12"]).starts_with("cursor \"12\" is not one the server returned"));
+    }
+
+    #[test]
+    fn list_prints_a_table_a_next_page_line_or_no_tasks() {
+        let mut old = sample_task(ID, "web-1", Succeeded, Some(0));
+        old.payload = "echo a\necho b".into();
+        let page = TaskList { tasks: vec![old], next: Some(ID.into()) };
+        let empty = TaskList { tasks: Vec::new(), next: None };
+        let api = FakeApi::serve(vec![FakeApi::ok(&page), FakeApi::ok(&empty), FakeApi::ok(&empty)]);
+        let with = |extra: &[&str]| {
+            let mut argv = vec!["--server", api.url.as_str(), "--token-file", token_file()];
+            argv.extend_from_slice(extra);
+            list_page(list_args(&argv)).unwrap()
+        };
+        let printed = with(&["--limit", "1"]);
+        assert!(printed.stdout.starts_with("TASK ID"), "{}", printed.stdout);
+        assert!(printed.stdout.contains("echo a …"), "{}", printed.stdout);
+        assert_eq!(printed.stderr, format!("orange: more tasks may match; the next page: --after {ID}\n"));
+        assert_eq!(
+            with(&["--status", "lost"]),
+            Printed { stdout: String::new(), stderr: "orange: no tasks match\n".into() }
+        );
+        let json = with(&["--json"]);
+        assert_eq!((json.stdout.trim(), json.stderr.as_str()), ("{\n  \"tasks\": []\n}", ""));
     }
 
     #[test]

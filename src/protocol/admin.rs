@@ -221,11 +221,15 @@ impl TaskView {
     }
 }
 
-/// Answer of `GET /api/v1/tasks`, newest first.
+/// Answer of `GET /api/v1/tasks`, newest first (see [`super::task_query::TaskQuery`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskList {
     /// The tasks.
     pub tasks: Vec<TaskView>,
+    /// The `after` of the next page (a task id), when more tasks may match; absent on the last
+    /// page and from older servers, which ignore the filters and the cursor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// An agent as the operator sees it.

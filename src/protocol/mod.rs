@@ -15,6 +15,7 @@ pub mod private_dir;
 pub mod secret;
 pub mod sign;
 pub mod task;
+pub mod task_query;
 pub mod wire;
 
 pub use secret::{Secret, read_secret_file};

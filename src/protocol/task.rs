@@ -61,6 +61,31 @@ impl TaskStatus {
         }
     }
 
+    /// Every state, in the order a task may reach them.
+    pub const ALL: [TaskStatus; 9] = [
+        TaskStatus::Queued,
+        TaskStatus::Delivered,
+        TaskStatus::Running,
+        TaskStatus::Succeeded,
+        TaskStatus::Failed,
+        TaskStatus::TimedOut,
+        TaskStatus::Cancelled,
+        TaskStatus::Expired,
+        TaskStatus::Lost,
+    ];
+
+    /// Reads a state by its lowercase name (`timed_out`); the error lists the names.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        TaskStatus::ALL.into_iter().find(|status| status.as_str() == text).ok_or_else(|| {
+            let names: Vec<&str> = TaskStatus::ALL.iter().map(|status| status.as_str()).collect();
+            format!(
+                "unknown task status {:?}; the states are {}",
+                super::limits::shown(text),
+                names.join(", ")
+            )
+        })
+    }
+
     /// The lowercase name used in the admin API and CLI output.
     pub fn as_str(self) -> &'static str {
         use TaskStatus::*;

@@ -9,7 +9,9 @@ use std::time::Duration;
 use super::clock::{now_ms, rfc3339_secs};
 use super::dispatch::Dispatch;
 use super::error::ServiceError;
-use super::store::{AgentStatus, CancelOutcome, Store, StoreError, Stream, TaskRecord, TaskSpec};
+use super::store::{
+    AgentStatus, CancelOutcome, Store, StoreError, Stream, TaskPage, TaskPageQuery, TaskRecord, TaskSpec,
+};
 use super::views::chunk_view;
 use crate::protocol::TaskId;
 use crate::protocol::admin::{EnqueueRequest, OutputPage, offline_refusal};
@@ -18,6 +20,7 @@ use crate::protocol::limits::{
     self, MAX_ENQUEUE_BYTES, MAX_NAMED_TARGETS, MAX_QUEUED_PER_AGENT, MAX_TIMEOUT_SECS, MAX_TTL_SECS,
 };
 use crate::protocol::task::new_task_id;
+use crate::protocol::task_query::{MAX_TASK_SCAN, TaskQuery};
 use crate::protocol::wire;
 
 /// Most output bytes one output page carries.
@@ -200,9 +203,17 @@ impl Tasks {
         }
     }
 
-    /// Up to `limit` tasks, of agent `app_id` if given.
-    pub fn list(&self, app_id: Option<&str>, limit: usize) -> Result<Vec<TaskRecord>, StoreError> {
-        self.store.tasks(app_id, limit)
+    /// The page of tasks `query` asks for, newest first, with the cursor of the next page.
+    pub fn page(&self, query: &TaskQuery) -> Result<TaskPage, StoreError> {
+        let now = now_ms();
+        let page = TaskPageQuery {
+            app_id: query.app_id.as_deref(),
+            before: query.after,
+            since_ms: query.since.map(|since| since.to_ms(now)),
+            limit: query.limit(),
+            max_scan: MAX_TASK_SCAN,
+        };
+        self.store.task_page(&page, |task| query.statuses.is_empty() || query.statuses.contains(&task.status))
     }
 
     /// Cancels task `id` (see [`Store::cancel`]), makes it durable, and tells its agent.

@@ -22,6 +22,7 @@ mod jobs_api;
 mod layers;
 mod legacy_protocol;
 mod lifecycle;
+mod lists;
 mod logs;
 mod orphans;
 mod overload;

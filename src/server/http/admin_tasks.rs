@@ -15,17 +15,15 @@ use tracing::info;
 
 use super::AppState;
 use super::admin_common::{
-    ApiResult, actor, bad_path, bad_query, parse_id, path_id, payload_detail, read_json, read_json_within,
+    ApiFailure, ApiResult, actor, bad_path, bad_query, parse_id, path_id, payload_detail, read_json,
+    read_json_within,
 };
 use crate::protocol::admin::{
-    CancelRequest, EnqueueReply, EnqueueRequest, MAX_LIST_LIMIT, MAX_WAIT_SECS, OutputPage, TASKS_PATH,
-    TaskList, TaskView,
+    CancelRequest, EnqueueReply, EnqueueRequest, MAX_WAIT_SECS, OutputPage, TASKS_PATH, TaskList, TaskView,
 };
 use crate::protocol::limits::MAX_ENQUEUE_BODY;
+use crate::protocol::task_query::TaskQuery;
 use crate::server::store::TaskRecord;
-
-/// Tasks listed when no limit is given.
-const DEFAULT_LIST_LIMIT: usize = 100;
 
 /// The task routes.
 pub fn routes() -> Router<AppState> {
@@ -81,21 +79,18 @@ fn audit_target(tasks: &[TaskRecord]) -> String {
     }
 }
 
-/// Query of a task list.
-#[derive(Deserialize)]
-struct ListQuery {
-    app_id: Option<String>,
-    limit: Option<usize>,
-}
-
+/// A page of tasks: `?app_id=&status=&since=&after=&limit=` (see [`TaskQuery`]).
 async fn list_tasks(
     State(app): State<AppState>,
-    query: Result<Query<ListQuery>, QueryRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> ApiResult<Json<TaskList>> {
-    let Query(query) = query.map_err(bad_query)?;
-    let limit = query.limit.unwrap_or(DEFAULT_LIST_LIMIT).clamp(1, MAX_LIST_LIMIT);
-    let tasks = app.tasks().list(query.app_id.as_deref(), limit)?;
-    Ok(Json(TaskList { tasks: app.task_views().list(&tasks)? }))
+    let Query(pairs) = query.map_err(bad_query)?;
+    let query = TaskQuery::from_pairs(&pairs).map_err(|m| ApiFailure(StatusCode::BAD_REQUEST, m))?;
+    let page = app.tasks().page(&query)?;
+    Ok(Json(TaskList {
+        tasks: app.task_views().list(&page.tasks)?,
+        next: page.next.map(|id| id.to_string()),
+    }))
 }
 
 /// Query of a task get.

@@ -53,6 +53,7 @@ mod seen;
 mod seq;
 mod stored;
 mod sweep;
+mod task_pages;
 mod tasks;
 mod trees;
 mod tx;
@@ -82,6 +83,7 @@ pub use records::{
     TargetRecord, TaskRecord, TaskSpec, TokenRecord, secs_to_ms,
 };
 pub use sweep::Swept;
+pub use task_pages::{TaskPage, TaskPageQuery};
 pub use tasks::Delivery;
 use trees::Trees;
 pub use tx::CancelOutcome;
