@@ -54,8 +54,8 @@ impl Store {
                 let expires = task.expires_ms;
                 tx.set_deadline(&mut task, expires)?;
                 tx.put_task(&task)?;
-                tx.queue.insert(queue_key(&task.app_id, task.queue_seq), task.id.as_bytes())?;
-                tx.by_agent.insert(agent_task_key(&task.app_id, task.id), &[])?;
+                tx.queue.put(queue_key(&task.app_id, task.queue_seq), task.id.as_bytes());
+                tx.by_agent.put(agent_task_key(&task.app_id, task.id), &[]);
             }
             Ok::<_, TxError<StoreError>>(())
         })
@@ -133,7 +133,7 @@ impl Store {
             let mut task = owned_task(tx, app_id, id)?;
             if task.status == outcome.status || task.status.is_final() {
                 // The agent is done with it either way: no cancel is pending any more.
-                tx.cancels.remove(agent_task_key(app_id, id))?;
+                tx.cancels.delete(agent_task_key(app_id, id));
                 return Ok(if task.status == outcome.status {
                     Ok(task)
                 } else {
@@ -169,7 +169,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<(), TxError<E>> {
         if task.status == TaskStatus::Queued {
-            tx.queue.remove(queue_key(&task.app_id, task.queue_seq))?;
+            tx.queue.delete(queue_key(&task.app_id, task.queue_seq));
             task.move_to(TaskStatus::Delivered, now_ms);
         }
         if task.status == TaskStatus::Delivered {
