@@ -227,6 +227,7 @@ mod tests {
             timeout_secs: Some(5),
             env: Default::default(),
             cwd: None,
+            more: Vec::new(),
         }
     }
 

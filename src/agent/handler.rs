@@ -190,6 +190,7 @@ mod tests {
             timeout_secs: None,
             env: Default::default(),
             cwd: None,
+            more: Vec::new(),
         };
         assert_eq!(TaskHandler::run(&handler, &task).stdout, "HI");
         assert_eq!(handler.run_with(&task, &TaskContext::detached()).stdout, "HI");

@@ -39,6 +39,29 @@ impl Reports {
         Ok(task)
     }
 
+    /// Applies several reports from `app_id` in order, makes them durable with one sync and
+    /// wakes waiters; each report's own outcome, in order (a refused one changes nothing).
+    pub async fn report_many(
+        &self,
+        app_id: &str,
+        reports: Vec<ReportRequest>,
+    ) -> Result<Vec<Result<TaskRecord, ServiceError>>, ServiceError> {
+        let results: Vec<_> = reports.into_iter().map(|report| self.apply(app_id, report)).collect();
+        // Refused reports may still have cleared pending cancels: sync either way.
+        self.store.durable().await?;
+        for task in results.iter().flatten() {
+            self.dispatch.task_changed(task.id);
+        }
+        Ok(results)
+    }
+
+    /// Applies one report (not yet durable).
+    fn apply(&self, app_id: &str, report: ReportRequest) -> Result<TaskRecord, ServiceError> {
+        let id = parse_task_id(&report.task_id)?;
+        let outcome = outcome_of(report)?;
+        Ok(self.store.apply_report(app_id, id, &outcome, now_ms())?)
+    }
+
     /// Stores one streamed output chunk, makes it durable and wakes followers.
     pub async fn output(&self, app_id: &str, chunk: OutputChunk) -> Result<ChunkAck, ServiceError> {
         let id = parse_task_id(&chunk.task_id)?;

@@ -110,6 +110,7 @@ pub fn wire_task(task: &TaskRecord) -> WireTask {
         timeout_secs: Some(task.timeout_secs),
         env: task.env.clone(),
         cwd: task.cwd.clone(),
+        more: Vec::new(),
     }
 }
 

@@ -90,6 +90,7 @@ fn shell(id: &str, script: &str) -> WireTask {
         timeout_secs: Some(10),
         env: Default::default(),
         cwd: None,
+        more: Vec::new(),
     }
 }
 
