@@ -61,7 +61,7 @@ fn a_report_batch_answers_each_report_and_applies_the_good_ones() {
     let mine: Vec<String> = (0..3).map(|_| server.enqueue(&["b1"], "ping", "")[0].task_id.clone()).collect();
     let theirs = server.enqueue(&["b2"], "ping", "")[0].task_id.clone();
     assert_eq!(ids(&poll(&agent, 3, &[AGENT_BATCH])), mine);
-    assert_eq!(ids(&poll(&other, 1, &[AGENT_BATCH])), [theirs.clone()]);
+    assert_eq!(ids(&poll(&other, 1, &[AGENT_BATCH])), std::slice::from_ref(&theirs));
 
     let doing: Vec<ReportRequest> = mine.iter().map(|id| report(id, DO_STATUS_DOING)).collect();
     let results = agent.report_many(&doing).unwrap_or_else(|e| panic!("doing batch: {e}"));
