@@ -13,7 +13,8 @@ use crate::protocol::facts::{FACTS_PATH, HostFacts};
 use crate::protocol::features::{HEADER_FEATURES, header_value};
 use crate::protocol::sign::{Canonical, SIGN_VERSION_2, new_nonce, time_header};
 use crate::protocol::wire::{
-    self, CODE_NO_TASK, CODE_OK, OutputAck, OutputChunk, PollControl, RegisterReply,
+    self, CODE_NO_TASK, CODE_OK, OutputAck, OutputChunk, PollControl, RegisterReply, ReportBatch,
+    ReportResult, ReportResults,
 };
 use crate::protocol::{Envelope, RegisterRequest, ReportRequest, Signer, WireTask};
 
@@ -67,7 +68,7 @@ impl std::str::FromStr for EnrollToken {
 
 /// What one long poll brought.
 #[derive(Debug, Clone, PartialEq)]
-#[allow(clippy::large_enum_variant)] // one answer per poll; moved, not stored
+#[allow(clippy::large_enum_variant)] // one answer at a time, moved straight to its use
 pub enum PollAnswer {
     /// A task to run.
     Task(WireTask),
@@ -438,6 +439,23 @@ impl AgentClient {
         let body = serde_json::to_vec(report).expect("report body serializes");
         let envelope = self.call::<serde_json::Value>(wire::REPORT_TASK_PATH, &body, &self.signer)?;
         ok_or_refused(envelope).map(|_| ())
+    }
+
+    /// Reports several tasks in one call (a server that took the batch feature from this agent);
+    /// each report's result, in order.
+    pub fn report_many(&self, reports: &[ReportRequest]) -> Result<Vec<ReportResult>, ClientError> {
+        let batch = ReportBatch { reports: reports.to_vec() };
+        // Serializing a struct of strings and numbers cannot fail.
+        let body = serde_json::to_vec(&batch).expect("report batch serializes");
+        let envelope = self.call::<ReportResults>(wire::REPORT_TASKS_PATH, &body, &self.signer)?;
+        let results = ok_or_refused(envelope)?.unwrap_or_default().results;
+        if results.len() != reports.len() {
+            return Err(ClientError::BadAnswer {
+                url: format!("{}{}", self.base, wire::REPORT_TASKS_PATH),
+                reason: format!("{} results for {} reports", results.len(), reports.len()),
+            });
+        }
+        Ok(results)
     }
 }
 

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::Options;
 use crate::http::Admin;
-use crate::procs::{ADMIN_TOKEN, AgentProc, BIN, ENROLL_KEY, ServerProc};
+use crate::procs::{ADMIN_TOKEN, AgentProc, ENROLL_KEY, ServerProc, bin};
 use crate::report::{Table, ms, percentiles};
 use crate::sim::SimAgent;
 
@@ -141,7 +141,7 @@ pub async fn wait_online(server: &ServerProc, app_id: &str) -> Result<()> {
 /// One `orange task run -- true` as a fresh process; its wall time.
 fn task_run(url: &str) -> Result<Duration> {
     let started = Instant::now();
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(bin())
         .args(["task", "run", "--appid", "bench", "--", "true"])
         .env("ORANGE_SERVER", url)
         .env("ORANGE_TOKEN", ADMIN_TOKEN)

@@ -41,6 +41,9 @@ pub struct Options {
     pub enqueuers: Option<usize>,
     /// Tasks per enqueue (`throughput`).
     pub batch: Option<usize>,
+    /// Tasks an agent takes per poll and reports per call, through the batch feature
+    /// (`throughput`; 1, the default, is the protocol every orange agent speaks).
+    pub per_poll: Option<usize>,
     /// The server's `--poll-window` in seconds (its default when not given).
     pub poll_window: Option<u64>,
     /// A data directory to keep (`restart`: seeded only if it holds no database yet).
@@ -62,7 +65,7 @@ impl Options {
 }
 
 const USAGE: &str = "usage: cargo bench --bench loadgen -- latency|throughput|fanout|idle|restart|footprint \
-                     [--agents N] [--tasks N] [--secs N] [--runs N] [--enqueuers N] [--batch N] [--poll-window S] [--data DIR]";
+                     [--agents N] [--tasks N] [--secs N] [--runs N] [--enqueuers N] [--batch N] [--per-poll N] [--poll-window S] [--data DIR]";
 
 fn main() {
     if let Err(e) = run() {
@@ -114,6 +117,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
             "--runs" => options.runs = Some(number),
             "--enqueuers" => options.enqueuers = Some(number),
             "--batch" => options.batch = Some(number),
+            "--per-poll" => options.per_poll = Some(number),
             "--poll-window" => options.poll_window = Some(number as u64),
             _ => bail!("unknown option {flag:?}\n{USAGE}"),
         }

@@ -11,8 +11,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 
-/// The binary under test: the one cargo built next to this bench (release profile).
-pub const BIN: &str = env!("CARGO_BIN_EXE_orange");
+/// The binary under test: the one cargo built next to this bench (release profile), unless
+/// [`BIN_VAR`] names another (to compare two builds with one load generator).
+pub fn bin() -> String {
+    std::env::var(BIN_VAR).unwrap_or_else(|_| env!("CARGO_BIN_EXE_orange").to_owned())
+}
+/// The environment variable that names another `orange` binary to run.
+pub const BIN_VAR: &str = "LOADGEN_ORANGE";
 /// The admin token every scenario's server uses (given through the environment, not argv).
 pub const ADMIN_TOKEN: &str = "loadgen-admin-token-0123456789abcdef";
 /// The enrollment key simulated and real agents enroll with.
@@ -55,7 +60,7 @@ impl ServerProc {
         let key_file = data.with_extension("enroll.key");
         std::fs::write(&key_file, ENROLL_KEY).context("cannot write the enrollment key file")?;
         let log = std::fs::File::create(data.with_extension("server.log")).context("cannot create log")?;
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(bin())
             .args(["server", "--data"])
             .arg(data)
             .args(["--listen", listen, "--enroll-key-file"])
@@ -67,7 +72,7 @@ impl ServerProc {
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
-            .with_context(|| format!("cannot start {BIN} server"))?;
+            .with_context(|| format!("cannot start {} server", bin()))?;
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout pipe"))?;
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -118,7 +123,7 @@ impl AgentProc {
     /// Starts `orange agent --appid APP_ID --allow-shell` against `server`, state under `state`.
     pub fn start(server: SocketAddr, app_id: &str, state: &Path) -> Result<AgentProc> {
         let log = std::fs::File::create(state.with_extension("agent.log")).context("cannot create log")?;
-        let child = Command::new(BIN)
+        let child = Command::new(bin())
             .args(["agent", "--appid", app_id, "--allow-shell", "--state"])
             .arg(state)
             .env("ORANGE_SERVER", format!("http://{server}"))
@@ -128,7 +133,7 @@ impl AgentProc {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .with_context(|| format!("cannot start {BIN} agent"))?;
+            .with_context(|| format!("cannot start {} agent", bin()))?;
         Ok(AgentProc { child })
     }
 

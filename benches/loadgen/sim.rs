@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use hyper::Method;
+use orange::protocol::features::{AGENT_BATCH, HEADER_FEATURES};
 use orange::protocol::sign::{Canonical, SIGN_VERSION_2, new_nonce, time_header};
-use orange::protocol::wire::{self, CODE_NO_TASK, CODE_OK, Envelope};
+use orange::protocol::wire::{self, CODE_NO_TASK, CODE_OK, Envelope, ReportBatch, ReportResults};
 use orange::protocol::{RegisterRequest, ReportRequest, Signer, WireTask};
 use tokio::task::JoinHandle;
 
@@ -57,7 +58,7 @@ impl SimAgent {
         };
         let body = serde_json::to_vec(&request).context("cannot encode register")?;
         let key = Signer::new(enroll_key);
-        let envelope = agent.signed(wire::REGISTER_PATH, body, &key, None).await?;
+        let envelope = agent.signed(wire::REGISTER_PATH, body, &key, &[]).await?;
         if envelope.code != CODE_OK {
             bail!("register {app_id} refused: {}", envelope.message);
         }
@@ -69,12 +70,51 @@ impl SimAgent {
         let capacity = capacity.to_string();
         let signer = self.signer.clone();
         let envelope = self
-            .signed(wire::GET_TASK_PATH, Vec::new(), &signer, Some((wire::HEADER_CAPACITY, &capacity)))
+            .signed(wire::GET_TASK_PATH, Vec::new(), &signer, &[(wire::HEADER_CAPACITY, &capacity)])
             .await?;
         match (envelope.code, envelope.data) {
             (CODE_OK, Some(data)) => Ok(Some(serde_json::from_value(data).context("task does not decode")?)),
             (CODE_NO_TASK, _) => Ok(None),
             (code, _) => bail!("getTask of {} answered code {code}: {}", self.app_id, envelope.message),
+        }
+    }
+
+    /// One long poll of an agent announcing the batch feature with `capacity` free slots: up to
+    /// that many tasks (none when the window ended).
+    pub async fn poll_batch(&mut self, capacity: usize) -> Result<Vec<WireTask>> {
+        let capacity = capacity.to_string();
+        let signer = self.signer.clone();
+        let extra = [(wire::HEADER_CAPACITY, capacity.as_str()), (HEADER_FEATURES, AGENT_BATCH)];
+        let envelope = self.signed(wire::GET_TASK_PATH, Vec::new(), &signer, &extra).await?;
+        match (envelope.code, envelope.data) {
+            (CODE_OK, Some(data)) => {
+                let mut first: WireTask = serde_json::from_value(data).context("task does not decode")?;
+                let mut tasks = std::mem::take(&mut first.more);
+                tasks.insert(0, first);
+                Ok(tasks)
+            }
+            (CODE_NO_TASK, _) => Ok(Vec::new()),
+            (code, _) => bail!("getTask of {} answered code {code}: {}", self.app_id, envelope.message),
+        }
+    }
+
+    /// Acknowledges `tasks` with `doing` in one call, then reports them all done in another
+    /// (the batch feature's `reportTasks`).
+    pub async fn finish_all(&mut self, tasks: &[WireTask]) -> Result<()> {
+        self.report_batch(tasks.iter().map(doing).collect()).await?;
+        self.report_batch(tasks.iter().map(done).collect()).await
+    }
+
+    async fn report_batch(&mut self, reports: Vec<ReportRequest>) -> Result<()> {
+        let body = serde_json::to_vec(&ReportBatch { reports }).context("cannot encode reports")?;
+        let signer = self.signer.clone();
+        let envelope = self.signed(wire::REPORT_TASKS_PATH, body, &signer, &[]).await?;
+        expect_ok(&self.app_id, "reportTasks", &envelope)?;
+        let results: ReportResults =
+            serde_json::from_value(envelope.data.unwrap_or_default()).context("results do not decode")?;
+        match results.results.iter().find(|r| r.code != CODE_OK) {
+            Some(refused) => bail!("a report of {} was refused: {}", self.app_id, refused.message),
+            None => Ok(()),
         }
     }
 
@@ -85,7 +125,7 @@ impl SimAgent {
         }
         self.last_ping = Instant::now();
         let signer = self.signer.clone();
-        let envelope = self.signed(wire::PING_PATH, wire::PING_BODY.to_vec(), &signer, None).await?;
+        let envelope = self.signed(wire::PING_PATH, wire::PING_BODY.to_vec(), &signer, &[]).await?;
         expect_ok(&self.app_id, "ping", &envelope)
     }
 
@@ -98,7 +138,7 @@ impl SimAgent {
     async fn report(&mut self, report: &ReportRequest) -> Result<()> {
         let body = serde_json::to_vec(report).context("cannot encode report")?;
         let signer = self.signer.clone();
-        let envelope = self.signed(wire::REPORT_TASK_PATH, body, &signer, None).await?;
+        let envelope = self.signed(wire::REPORT_TASK_PATH, body, &signer, &[]).await?;
         expect_ok(&self.app_id, "reportTask", &envelope)
     }
 
@@ -108,7 +148,7 @@ impl SimAgent {
         path: &str,
         body: Vec<u8>,
         signer: &Signer,
-        extra: Option<(&str, &str)>,
+        extra: &[(&str, &str)],
     ) -> Result<Envelope<serde_json::Value>> {
         let time = time_header(chrono::Utc::now());
         let nonce = new_nonce();
@@ -123,7 +163,7 @@ impl SimAgent {
             (wire::HEADER_SIGN, sign.as_str()),
             ("content-type", "application/json"),
         ];
-        headers.extend(extra);
+        headers.extend_from_slice(extra);
         let answer = self.conn.call(Method::POST, path, &headers, Bytes::from(body)).await?;
         if answer.status != 200 {
             bail!("{path} of {}: HTTP {}", self.app_id, answer.status);

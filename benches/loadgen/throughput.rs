@@ -2,7 +2,9 @@
 //! report tasks while `--enqueuers` operators (default 4) enqueue batches of `--batch` tasks
 //! (default 100, one per agent, round robin) as fast as the server acknowledges them durably,
 //! keeping at most five tasks per agent outstanding. After a 5 s warm-up, the tasks reported
-//! in `--secs` seconds (default 30) give the sustained rate.
+//! in `--secs` seconds (default 30) give the sustained rate. With `--per-poll N` (N > 1) the
+//! agents announce the batch feature: up to N tasks per poll, their `doing` acknowledgements in
+//! one call and their final reports in another.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -53,6 +55,7 @@ struct Measured {
     per_second: Vec<u64>,
     server_cpu: Duration,
     own_cpu: Duration,
+    per_poll: usize,
     counters: Arc<Counters>,
 }
 
@@ -73,6 +76,7 @@ async fn measure(server: &ServerProc, agents: usize, secs: u64, options: &Option
         per_second,
         server_cpu: cpu_time(server.pid())? - cpu_start,
         own_cpu: cpu_time(std::process::id())? - own_start,
+        per_poll: options.per_poll.unwrap_or(1),
         counters: Arc::clone(&counters),
     };
     counters.stop.store(true, Relaxed);
@@ -94,8 +98,10 @@ async fn start_load(
     counters: &Arc<Counters>,
 ) -> Result<Vec<JoinHandle<()>>> {
     let ids = app_ids("tp", agents);
+    let per_poll = options.per_poll.unwrap_or(1);
     let mut handles =
-        start_fleet(server.addr, &ids, ENROLL_KEY, 200, |a| agent_loop(a, Arc::clone(counters))).await?;
+        start_fleet(server.addr, &ids, ENROLL_KEY, 200, |a| agent_loop(a, per_poll, Arc::clone(counters)))
+            .await?;
     let ids = Arc::new(ids);
     for _ in 0..options.enqueuers.unwrap_or(4) {
         let mut admin = Admin::open(server.addr, ADMIN_TOKEN).await?;
@@ -128,7 +134,7 @@ fn print(m: &Measured) {
     row("server CPU in the window", share(m.server_cpu), "");
     row("load generator's own CPU in the window (same machine)", share(m.own_cpu), "");
     row("errors", count(m.counters.errors.load(Relaxed)), "0");
-    println!("## throughput: {} agents\n", m.agents);
+    println!("## throughput: {} agents, up to {} tasks per poll\n", m.agents, m.per_poll);
     table.print();
 }
 
@@ -151,20 +157,27 @@ fn min_max(per_second: &[u64]) -> String {
     format!("{} / {} tasks/s", count(min), count(max))
 }
 
-/// One agent: poll, acknowledge, report, until stopped or a call fails.
-async fn agent_loop(mut agent: SimAgent, counters: Arc<Counters>) {
+/// One agent: poll, acknowledge, report, until stopped or a call fails; with `per_poll` > 1
+/// through the batch feature.
+async fn agent_loop(mut agent: SimAgent, per_poll: usize, counters: Arc<Counters>) {
     while !counters.stop.load(Relaxed) {
         let step = async {
+            if per_poll > 1 {
+                let tasks = agent.poll_batch(per_poll).await?;
+                if tasks.is_empty() {
+                    return agent.ping_if_due().await.map(|()| 0);
+                }
+                return agent.finish_all(&tasks).await.map(|()| tasks.len() as u64);
+            }
             match agent.poll(1).await? {
-                Some(task) => agent.finish(&task).await.map(|()| true),
-                None => agent.ping_if_due().await.map(|()| false),
+                Some(task) => agent.finish(&task).await.map(|()| 1),
+                None => agent.ping_if_due().await.map(|()| 0),
             }
         };
         match step.await {
-            Ok(true) => {
-                counters.reported.fetch_add(1, Relaxed);
+            Ok(done) => {
+                counters.reported.fetch_add(done, Relaxed);
             }
-            Ok(false) => {}
             Err(e) => {
                 eprintln!("agent {}: {e:#}", agent.app_id);
                 counters.errors.fetch_add(1, Relaxed);

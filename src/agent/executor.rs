@@ -234,6 +234,7 @@ mod tests {
             env: Default::default(),
             cwd: None,
             stdin: Vec::new(),
+            more: Vec::new(),
         }
     }
 

@@ -191,6 +191,7 @@ mod tests {
             env: Default::default(),
             cwd: None,
             stdin: Vec::new(),
+            more: Vec::new(),
         };
         assert_eq!(TaskHandler::run(&handler, &task).stdout, "HI");
         assert_eq!(handler.run_with(&task, &TaskContext::detached()).stdout, "HI");

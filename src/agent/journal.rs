@@ -293,6 +293,7 @@ mod tests {
             env: Default::default(),
             cwd: None,
             stdin: Vec::new(),
+            more: Vec::new(),
         }
     }
 

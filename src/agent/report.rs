@@ -143,6 +143,7 @@ mod tests {
             env: Default::default(),
             cwd: None,
             stdin: Vec::new(),
+            more: Vec::new(),
         }
     }
 

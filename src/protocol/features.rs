@@ -18,6 +18,15 @@ pub const FEATURE_STDIN: &str = "stdin";
 /// Every feature this build knows, sorted.
 pub const KNOWN: [&str; 3] = [FEATURE_CWD, FEATURE_ENV, FEATURE_STDIN];
 
+/// An agent feature, not a task's: the agent takes several tasks from one getTask (up to its
+/// announced capacity, at most [`MAX_TASKS_PER_POLL`], the rest in the first task's `more`) and
+/// may report several tasks in one call ([`REPORT_TASKS_PATH`]). Agents that do not announce it
+/// get one task per poll, as always.
+///
+/// [`MAX_TASKS_PER_POLL`]: super::wire::MAX_TASKS_PER_POLL
+/// [`REPORT_TASKS_PATH`]: super::wire::REPORT_TASKS_PATH
+pub const AGENT_BATCH: &str = "batch";
+
 /// getTask header of orange agents: their features, comma separated (absent: none).
 pub const HEADER_FEATURES: &str = "X-ORANGE-FEATURES";
 /// Most features an agent may announce.

@@ -35,6 +35,12 @@ pub const TABLE: &[(&str, u64, &str)] = &[
     ("MAX_OUTPUT_LEN", wire::MAX_OUTPUT_LEN as u64, "bytes of one output stream inside a report"),
     ("MAX_CHUNK_LEN", wire::MAX_CHUNK_LEN as u64, "bytes of one streamed output chunk"),
     ("MAX_POLL_WINDOW_SECS", wire::MAX_POLL_WINDOW_SECS, "seconds a long poll may be parked"),
+    (
+        "MAX_TASKS_PER_POLL",
+        wire::MAX_TASKS_PER_POLL as u64,
+        "tasks one getTask hands to an agent announcing the batch feature",
+    ),
+    ("MAX_REPORTS_PER_CALL", wire::MAX_REPORTS_PER_CALL as u64, "reports in one reportTasks call"),
     ("MAX_FIELD_LEN", wire::MAX_FIELD_LEN as u64, "bytes of an agent's version or host name"),
     ("MAX_LABEL_KEY_LEN", MAX_LABEL_KEY_LEN as u64, "characters of a label key (A-Z a-z 0-9 . _ / -)"),
     ("MAX_LABEL_VALUE_LEN", MAX_LABEL_VALUE_LEN as u64, "bytes of a label value"),

@@ -18,6 +18,16 @@ pub const GET_TASK_PATH: &str = "/orange-forge/api/getTask";
 /// Route on which an agent reports a task's state or result.
 pub const REPORT_TASK_PATH: &str = "/orange-forge/api/reportTask";
 
+/// Route on which an orange agent that announced [`features::AGENT_BATCH`] reports several tasks
+/// in one call (orange addition): body [`ReportBatch`], answer [`ReportResults`].
+///
+/// [`features::AGENT_BATCH`]: super::features::AGENT_BATCH
+pub const REPORT_TASKS_PATH: &str = "/orange-forge/api/reportTasks";
+/// Most tasks one getTask hands to an agent that announced the batch feature.
+pub const MAX_TASKS_PER_POLL: usize = 16;
+/// Most reports one [`REPORT_TASKS_PATH`] call carries.
+pub const MAX_REPORTS_PER_CALL: usize = 64;
+
 /// Route on which an orange agent streams a running task's output (orange addition).
 pub const OUTPUT_PATH: &str = "/orange-forge/api/output";
 /// Route on which an orange agent stopping cleanly says goodbye (orange addition; empty body):
@@ -213,6 +223,10 @@ pub struct WireTask {
     /// absent when none: the process reads an empty input).
     #[serde(default, skip_serializing_if = "Vec::is_empty", with = "super::bytes::base64_field")]
     pub stdin: Vec<u8>,
+    /// Further tasks handed out by the same poll, oldest first, to an agent that announced the
+    /// batch feature (orange addition; absent otherwise, so other clients see the task they know).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more: Vec<WireTask>,
 }
 
 impl WireTask {
@@ -235,6 +249,29 @@ pub const DO_STATUS_CANCELLED: &str = "cancelled";
 /// `do_status` of a task whose run was interrupted by an agent restart (orange addition): it is
 /// never run again.
 pub const DO_STATUS_LOST: &str = "lost";
+
+/// Body of [`REPORT_TASKS_PATH`]: several reports, each as `reportTask` takes it.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+pub struct ReportBatch {
+    /// The reports, applied in order; at most [`MAX_REPORTS_PER_CALL`].
+    pub reports: Vec<ReportRequest>,
+}
+
+/// Data of the answer to [`REPORT_TASKS_PATH`]: one result per report, in the order sent.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+pub struct ReportResults {
+    /// What `reportTask` would have answered to each report.
+    pub results: Vec<ReportResult>,
+}
+
+/// The answer to one report of a batch: its envelope code and message.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+pub struct ReportResult {
+    /// [`CODE_OK`] when the report was taken, [`CODE_ERROR`] when refused.
+    pub code: i32,
+    /// The outcome, specific on a refusal.
+    pub message: String,
+}
 
 /// Body of `reportTask`: the task object with the outcome, plus orange's optional result detail.
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]

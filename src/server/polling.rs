@@ -13,8 +13,8 @@ use crate::protocol::TaskId;
 /// What one long poll brings an agent.
 #[derive(Debug)]
 pub enum PollResult {
-    /// A task to run.
-    Task(Box<TaskRecord>),
+    /// Tasks to run, oldest first (never empty; more than one only when the poll asked for it).
+    Tasks(Vec<TaskRecord>),
     /// Running tasks the agent must stop.
     Cancels(Vec<TaskId>),
     /// Nothing within the window (or a newer poll replaced this one, or the server stops).
@@ -37,15 +37,17 @@ impl Polling {
     /// Long poll of `app_id`, waiting up to the poll window. `capacity` is what an orange agent
     /// said it can start now (`None` for an original client, which gets neither cancels nor an
     /// acknowledged delivery); `features` what it announced it understands (none for an original
-    /// client): a queued task needing another one ends `failed` instead of being handed out. A
-    /// task or cancels are durable when this returns.
+    /// client): a queued task needing another one ends `failed` instead of being handed out. Up
+    /// to `most` tasks (at least one) are handed out at once, if queued. Tasks or cancels are
+    /// durable when this returns, all with one sync.
     pub async fn next_task(
         &self,
         app_id: &str,
         capacity: Option<usize>,
         features: &[String],
+        most: usize,
     ) -> Result<PollResult, StoreError> {
-        let found = self.wait_for_work(app_id, capacity, features).await?;
+        let found = self.wait_for_work(app_id, capacity, features, most.max(1)).await?;
         // What a poll hands out (a task, cancels) must not be had again by replaying it after a
         // crash: its use record, and the delivery, go to disk first. An empty answer needs neither.
         if !matches!(found, PollResult::Empty) {
@@ -59,6 +61,7 @@ impl Polling {
         app_id: &str,
         capacity: Option<usize>,
         features: &[String],
+        most: usize,
     ) -> Result<PollResult, StoreError> {
         let poll = self.dispatch.park(app_id);
         // The agent counts as present while its poll is parked, however long it waits.
@@ -71,7 +74,7 @@ impl Polling {
                 return Ok(PollResult::Empty);
             }
             let mut refused = Vec::new();
-            let found = self.poll_once(app_id, capacity, features, &mut refused)?;
+            let found = self.poll_once(app_id, (capacity, most), features, &mut refused)?;
             self.tell_refused(&refused).await?;
             if let Some(found) = found {
                 return Ok(found);
@@ -97,12 +100,12 @@ impl Polling {
         Ok(())
     }
 
-    /// One look at the store for a poll: cancels to tell first, then a task if there is room
-    /// (tasks needing a feature the agent lacks are ended and listed in `refused`).
+    /// One look at the store for a poll: cancels to tell first, then up to `most` tasks if there
+    /// is room (tasks needing a feature the agent lacks are ended and listed in `refused`).
     fn poll_once(
         &self,
         app_id: &str,
-        capacity: Option<usize>,
+        (capacity, most): (Option<usize>, usize),
         features: &[String],
         refused: &mut Vec<TaskId>,
     ) -> Result<Option<PollResult>, StoreError> {
@@ -117,8 +120,14 @@ impl Polling {
         if capacity == Some(0) {
             return Ok(None);
         }
-        let taken = self.store.take_next(app_id, delivery, features, refused, now_ms())?;
-        Ok(taken.map(|task| PollResult::Task(Box::new(task))))
+        let mut tasks = Vec::new();
+        while tasks.len() < most {
+            match self.store.take_next(app_id, delivery, features, refused, now_ms())? {
+                Some(task) => tasks.push(task),
+                None => break,
+            }
+        }
+        Ok((!tasks.is_empty()).then_some(PollResult::Tasks(tasks)))
     }
 
     /// Parks a poll of a pending agent until an operator accepts it or the poll window ends.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::clock::now_ms;
 use super::dispatch::Dispatch;
 use super::error::ServiceError;
-use super::store::{ChunkAck, Outcome, Store, Stream, TaskRecord};
+use super::store::{ChunkAck, Outcome, Store, StoreError, Stream, TaskRecord};
 use crate::protocol::bytes::{self, Encoding};
 use crate::protocol::wire::{self, OutputChunk, ReportRequest};
 use crate::protocol::{TaskId, TaskStatus};
@@ -37,6 +37,40 @@ impl Reports {
         let task = result?;
         self.dispatch.task_changed(id);
         Ok(task)
+    }
+
+    /// Applies several reports from `app_id` in order (in one transaction), makes them durable
+    /// with one sync and wakes waiters; each report's own outcome, in order (a refused one
+    /// changes nothing).
+    pub async fn report_many(
+        &self,
+        app_id: &str,
+        reports: Vec<ReportRequest>,
+    ) -> Result<Vec<Result<TaskRecord, ServiceError>>, ServiceError> {
+        // Reports that do not parse are refused here; the others go to the store together.
+        let (mut valid, mut unparsed) = (Vec::new(), Vec::new());
+        for report in reports {
+            let parsed = parse_task_id(&report.task_id).and_then(|id| Ok((id, outcome_of(report)?)));
+            unparsed.push(parsed.map(|one| valid.push(one)).err());
+        }
+        let mut applied = self.store.apply_reports(app_id, &valid, now_ms())?.into_iter();
+        // Refused reports may still have cleared pending cancels: sync either way.
+        self.store.durable().await?;
+        let results: Vec<Result<TaskRecord, ServiceError>> = unparsed
+            .into_iter()
+            .map(|refused| match refused {
+                Some(e) => Err(e),
+                // The store returned one result per report it was given, in order.
+                None => applied.next().map_or_else(
+                    || Err(ServiceError::Store(StoreError::Io("a report was not applied".into()))),
+                    |r| r.map_err(ServiceError::from),
+                ),
+            })
+            .collect();
+        for task in results.iter().flatten() {
+            self.dispatch.task_changed(task.id);
+        }
+        Ok(results)
     }
 
     /// Stores one streamed output chunk, makes it durable and wakes followers.

@@ -124,6 +124,7 @@ pub fn wire_task(task: &TaskRecord) -> WireTask {
         env: task.env.clone(),
         cwd: task.cwd.clone(),
         stdin: task.stdin.clone(),
+        more: Vec::new(),
     }
 }
 

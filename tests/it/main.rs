@@ -5,6 +5,7 @@
 mod support;
 
 mod bad_input;
+mod batch;
 mod bytes;
 mod cli_conventions;
 mod command_words;

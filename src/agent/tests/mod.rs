@@ -91,6 +91,7 @@ fn shell(id: &str, script: &str) -> WireTask {
         env: Default::default(),
         cwd: None,
         stdin: Vec::new(),
+        more: Vec::new(),
     }
 }
 

@@ -24,10 +24,10 @@ use super::client_addr::ClientAddr;
 use super::refusal_log::{self, Reason};
 use crate::protocol::busy::HEADER_RETRY_AFTER;
 use crate::protocol::facts::{FACTS_PATH, HostFacts};
-use crate::protocol::features::{HEADER_FEATURES, parse_header};
+use crate::protocol::features::{AGENT_BATCH, HEADER_FEATURES, parse_header};
 use crate::protocol::wire::{
-    self, CODE_ERROR, CODE_NO_TASK, Envelope, OutputAck, OutputChunk, PollControl, RegisterReply,
-    ReportRequest, shown,
+    self, CODE_ERROR, CODE_NO_TASK, CODE_OK, Envelope, MAX_REPORTS_PER_CALL, MAX_TASKS_PER_POLL, OutputAck,
+    OutputChunk, PollControl, RegisterReply, ReportBatch, ReportRequest, ReportResult, ReportResults, shown,
 };
 use crate::server::enroll::{RegisterError, not_proven};
 use crate::server::error::ServiceError;
@@ -43,6 +43,7 @@ pub fn routes() -> axum::Router<AppState> {
         .route(wire::PING_PATH, post(ping))
         .route(wire::GET_TASK_PATH, post(get_task))
         .route(wire::REPORT_TASK_PATH, post(report_task))
+        .route(wire::REPORT_TASKS_PATH, post(report_tasks))
         .route(wire::OUTPUT_PATH, post(output))
         .route(FACTS_PATH, post(facts))
         .route(wire::GOODBYE_PATH, post(goodbye))
@@ -209,10 +210,21 @@ async fn get_task(
     if let Err(e) = app.inventory().note_features(&agent.app_id, &features) {
         warn!(agent = %agent.app_id, error = %e, "cannot store the agent's features");
     }
-    match app.polling().next_task(&agent.app_id, capacity, &features).await {
-        Ok(PollResult::Task(task)) => {
-            debug!(agent = %agent.app_id, task = %task.id, task_type = %task.task_type, "task delivered");
-            reply(Envelope::ok("task fetched", wire_task(&task)))
+    let most = tasks_per_poll(capacity, &features);
+    match app.polling().next_task(&agent.app_id, capacity, &features, most).await {
+        Ok(PollResult::Tasks(tasks)) => {
+            for task in &tasks {
+                debug!(agent = %agent.app_id, task = %task.id, task_type = %task.task_type, "task delivered");
+            }
+            let Some((first, more)) = tasks.split_first() else {
+                return reply(Envelope::<()>::empty(
+                    CODE_NO_TASK,
+                    "timeout reached without receiving a task",
+                ));
+            };
+            let mut task = wire_task(first);
+            task.more = more.iter().map(wire_task).collect();
+            reply(Envelope::ok("task fetched", task))
         }
         Ok(PollResult::Cancels(ids)) => {
             debug!(agent = %agent.app_id, count = ids.len(), "cancels told");
@@ -231,6 +243,15 @@ async fn get_task(
             warn!(agent = %agent.app_id, error = %e, "getTask failed; answering no task");
             reply(Envelope::<()>::empty(CODE_NO_TASK, format!("no task: server error: {e}")))
         }
+    }
+}
+
+/// How many tasks one getTask may hand out: up to the announced capacity (at most
+/// [`MAX_TASKS_PER_POLL`]) for an agent that announced the batch feature, else one.
+fn tasks_per_poll(capacity: Option<usize>, features: &[String]) -> usize {
+    match capacity {
+        Some(free) if features.iter().any(|f| f == AGENT_BATCH) => free.clamp(1, MAX_TASKS_PER_POLL),
+        _ => 1,
     }
 }
 
@@ -319,6 +340,50 @@ async fn report_task(
         }
         Err(e) => service_failure(call.0, source, e),
     }
+}
+
+/// Several reports in one call (orange agents announcing the batch feature): each applied as
+/// `reportTask` would, all made durable by one sync, and answered one result each. A failure
+/// of the store answers the whole call "retry later" (a repeated report changes nothing).
+async fn report_tasks(
+    State(app): State<AppState>,
+    ClientAddr(peer): ClientAddr,
+    Extension(place): Extension<BusyPermit>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let (source, call) = (peer.ip(), ("reportTasks", wire::REPORT_TASKS_PATH));
+    let (agent, batch): (_, ReportBatch) = match signed_json(&app, source, &place, call, &headers, body).await
+    {
+        Ok(ok) => ok,
+        Err(answer) => return answer,
+    };
+    if batch.reports.len() > MAX_REPORTS_PER_CALL {
+        let message =
+            format!("{} reports in one call; the limit is {MAX_REPORTS_PER_CALL}", batch.reports.len());
+        return refused(call.0, source, "bad request", message);
+    }
+    let results = match app.reports().report_many(&agent.app_id, batch.reports).await {
+        Ok(results) => results,
+        Err(e) => return service_failure(call.0, source, e),
+    };
+    let mut answers = Vec::with_capacity(results.len());
+    for result in results {
+        answers.push(match result {
+            Ok(task) => {
+                debug!(agent = %agent.app_id, task = %task.id, status = %task.status, "task reported");
+                ReportResult { code: CODE_OK, message: "task status updated successfully".into() }
+            }
+            Err(ServiceError::Store(e)) => {
+                return unavailable(call.0, source, format!("server error, retry later: {e}"));
+            }
+            Err(e) => {
+                refusal_log::refused(source, call.0, "bad request", &e.to_string());
+                ReportResult { code: CODE_ERROR, message: e.to_string() }
+            }
+        });
+    }
+    reply(Envelope::ok("reports taken", ReportResults { results: answers }))
 }
 
 async fn facts(

@@ -52,7 +52,7 @@ fn append_one<E>(
     let mut value = Vec::with_capacity(piece.len() + 1);
     value.push(stream as u8);
     value.extend_from_slice(piece);
-    tx.output.insert(chunk_key(task.id, seq), value)?;
+    tx.output.put(chunk_key(task.id, seq), value);
     task.output.next_seq += 1;
     let half = cap / 2;
     let state = &mut task.output;

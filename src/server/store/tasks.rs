@@ -4,8 +4,7 @@
 
 use super::records::{Outcome, TaskRecord, secs_to_ms};
 use super::tx::{
-    CancelOutcome, Tx, TxError, abort, agent_prefix, agent_task_key, cancel_open, owned_task, queue_key,
-    task_id_from,
+    CancelOutcome, Tx, TxError, abort, agent_prefix, agent_task_key, cancel_open, queue_key, task_id_from,
 };
 use super::{ReportError, Store, StoreError, jobs, output};
 use crate::protocol::features;
@@ -54,8 +53,8 @@ impl Store {
                 let expires = task.expires_ms;
                 tx.set_deadline(&mut task, expires)?;
                 tx.put_task(&task)?;
-                tx.queue.insert(queue_key(&task.app_id, task.queue_seq), task.id.as_bytes())?;
-                tx.by_agent.insert(agent_task_key(&task.app_id, task.id), &[])?;
+                tx.queue.put(queue_key(&task.app_id, task.queue_seq), task.id.as_bytes());
+                tx.by_agent.put(agent_task_key(&task.app_id, task.id), &[]);
             }
             Ok::<_, TxError<StoreError>>(())
         })
@@ -129,34 +128,63 @@ impl Store {
         outcome: &Outcome,
         now_ms: i64,
     ) -> Result<TaskRecord, ReportError> {
+        self.transact(|tx| self.report_in(tx, app_id, id, outcome, now_ms))?
+    }
+
+    /// Applies several reports of `app_id` in order, in one transaction, each as
+    /// [`Store::apply_report`] would: a refused one changes nothing (but a cleared cancel) and
+    /// does not stop the others. One record in the log and one write of each touched record
+    /// (the agent's counter) instead of one per report.
+    pub fn apply_reports(
+        &self,
+        app_id: &str,
+        reports: &[(TaskId, Outcome)],
+        now_ms: i64,
+    ) -> Result<Vec<Result<TaskRecord, ReportError>>, StoreError> {
         self.transact(|tx| {
-            let mut task = owned_task(tx, app_id, id)?;
-            if task.status == outcome.status || task.status.is_final() {
-                // The agent is done with it either way: no cancel is pending any more.
-                tx.cancels.remove(agent_task_key(app_id, id))?;
-                return Ok(if task.status == outcome.status {
-                    Ok(task)
-                } else {
-                    Err(ReportError::AlreadyFinished { id, status: task.status })
-                });
+            reports.iter().map(|(id, outcome)| self.report_in(tx, app_id, *id, outcome, now_ms)).collect()
+        })
+    }
+
+    /// One report inside a transaction: the task after it, or why it was refused.
+    fn report_in(
+        &self,
+        tx: &Tx<'_>,
+        app_id: &str,
+        id: TaskId,
+        outcome: &Outcome,
+        now_ms: i64,
+    ) -> Result<Result<TaskRecord, ReportError>, TxError<StoreError>> {
+        let mut task = match tx.task::<StoreError>(id)? {
+            None => return Ok(Err(ReportError::UnknownTask(id))),
+            Some(task) if task.app_id != app_id => return Ok(Err(ReportError::NotYours(id))),
+            Some(task) => task,
+        };
+        if task.status == outcome.status || task.status.is_final() {
+            // The agent is done with it either way: no cancel is pending any more.
+            tx.cancels.delete(agent_task_key(app_id, id));
+            return Ok(if task.status == outcome.status {
+                Ok(task)
+            } else {
+                Err(ReportError::AlreadyFinished { id, status: task.status })
+            });
+        }
+        self.start_if_needed(tx, &mut task, outcome.status, now_ms)?;
+        if !task.status.can_move_to(outcome.status) {
+            return Ok(Err(ReportError::BadMove { id, from: task.status, to: outcome.status }));
+        }
+        task.move_to(outcome.status, now_ms);
+        task.exit_code = outcome.exit_code.or(task.exit_code);
+        task.error = outcome.error.clone().or(task.error.take());
+        task.duration_ms = outcome.duration_ms.or(task.duration_ms);
+        if task.status.is_final() {
+            for (stream, bytes) in &outcome.output {
+                output::append(tx, &mut task, *stream, bytes, self.policy.output_cap)?;
             }
-            self.start_if_needed(tx, &mut task, outcome.status, now_ms)?;
-            if !task.status.can_move_to(outcome.status) {
-                return Ok(Err(ReportError::BadMove { id, from: task.status, to: outcome.status }));
-            }
-            task.move_to(outcome.status, now_ms);
-            task.exit_code = outcome.exit_code.or(task.exit_code);
-            task.error = outcome.error.clone().or(task.error.take());
-            task.duration_ms = outcome.duration_ms.or(task.duration_ms);
-            if task.status.is_final() {
-                for (stream, bytes) in &outcome.output {
-                    output::append(tx, &mut task, *stream, bytes, self.policy.output_cap)?;
-                }
-                tx.close(&mut task, now_ms)?;
-            }
-            tx.put_task(&task)?;
-            Ok::<_, TxError<ReportError>>(Ok(task))
-        })?
+            tx.close(&mut task, now_ms)?;
+        }
+        tx.put_task(&task)?;
+        Ok(Ok(task))
     }
 
     /// Brings a task that an agent evidently runs to `running`: out of the queue if its
@@ -169,7 +197,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<(), TxError<E>> {
         if task.status == TaskStatus::Queued {
-            tx.queue.remove(queue_key(&task.app_id, task.queue_seq))?;
+            tx.queue.delete(queue_key(&task.app_id, task.queue_seq));
             task.move_to(TaskStatus::Delivered, now_ms);
         }
         if task.status == TaskStatus::Delivered {

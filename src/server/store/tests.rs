@@ -182,6 +182,39 @@ fn repeated_report_is_accepted_and_conflicting_one_refused() {
 }
 
 #[test]
+fn a_batch_of_reports_is_applied_in_order_in_one_transaction_and_refusals_stay_apart() {
+    let (dir, store) = open();
+    store.put_agent(&agent("a")).unwrap();
+    let ids = queued(&store, "a", 2);
+    let foreign = queued(&store, "b", 1)[0];
+    let (first, second) = (take(&store, "a").unwrap().id, take(&store, "a").unwrap().id);
+    assert_eq!([first, second], [ids[0], ids[1]]);
+    let batch = [
+        (first, outcome(TaskStatus::Running, "")),
+        (first, success("one")),
+        (foreign, success("not mine")),
+        (second, success("two")),
+    ];
+    let results = store.apply_reports("a", &batch, 30).unwrap();
+    let statuses: Vec<_> = results.iter().map(|r| r.as_ref().map(|t| t.status)).collect();
+    assert!(matches!(
+        statuses[..],
+        [Ok(TaskStatus::Running), Ok(TaskStatus::Succeeded), Err(_), Ok(TaskStatus::Succeeded)]
+    ));
+    assert!(matches!(results[2], Err(ReportError::NotYours(id)) if id == foreign));
+    assert_eq!(
+        (status(&store, first), status(&store, second)),
+        (TaskStatus::Succeeded, TaskStatus::Succeeded)
+    );
+    assert_eq!(status(&store, foreign), TaskStatus::Queued);
+    assert_eq!(store.agent("a").unwrap().unwrap().processed_task_count, 2);
+    // The log alone holds the same.
+    let (_copy, rebuilt) = rebuilt_from_log(dir.path());
+    assert_eq!(status(&rebuilt, second), TaskStatus::Succeeded);
+    assert_eq!(rebuilt.agent("a").unwrap().unwrap().processed_task_count, 2);
+}
+
+#[test]
 fn reports_for_unknown_or_foreign_tasks_are_refused() {
     let (_dir, store) = open();
     let id = queued(&store, "a", 1)[0];

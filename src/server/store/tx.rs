@@ -153,7 +153,11 @@ impl Tx<'_> {
         } else {
             codec::encode(task)
         };
-        if let Some(old) = self.tasks.insert(task.id.as_bytes(), bytes)? {
+        // Only a job's task needs the value it replaces (the job follows its change of state):
+        // a task outside jobs is written without reading it back from sled.
+        if self.job_links.get(task.id.as_bytes())?.is_none() {
+            self.tasks.put(task.id.as_bytes(), bytes);
+        } else if let Some(old) = self.tasks.insert(task.id.as_bytes(), bytes)? {
             (self.follow)(self, &old, task).map_err(widen)?;
         }
         Ok(())
@@ -162,10 +166,10 @@ impl Tx<'_> {
     /// Moves the task's indexed deadline to `deadline_ms` (0: none).
     pub fn set_deadline<E>(&self, task: &mut TaskRecord, deadline_ms: i64) -> Result<(), TxError<E>> {
         if task.deadline_ms != 0 {
-            self.deadlines.remove(time_key(task.deadline_ms, task.id))?;
+            self.deadlines.delete(time_key(task.deadline_ms, task.id));
         }
         if deadline_ms != 0 {
-            self.deadlines.insert(time_key(deadline_ms, task.id), &[])?;
+            self.deadlines.put(time_key(deadline_ms, task.id), &[]);
         }
         task.deadline_ms = deadline_ms;
         Ok(())
@@ -176,8 +180,8 @@ impl Tx<'_> {
     pub fn close<E: From<StoreError>>(&self, task: &mut TaskRecord, now_ms: i64) -> Result<(), TxError<E>> {
         self.set_deadline(task, 0)?;
         task.cancel_requested = false;
-        self.cancels.remove(agent_task_key(&task.app_id, task.id))?;
-        self.finished.insert(time_key(now_ms, task.id), &[])?;
+        self.cancels.delete(agent_task_key(&task.app_id, task.id));
+        self.finished.put(time_key(now_ms, task.id), &[]);
         self.count_processed(&task.app_id)
     }
 
@@ -185,7 +189,7 @@ impl Tx<'_> {
         let Some(bytes) = self.agents.get(app_id)? else { return Ok(()) };
         let mut agent: AgentRecord = decode(&bytes)?;
         agent.processed_task_count += 1;
-        self.agents.insert(app_id.as_bytes(), codec::encode(&agent))?;
+        self.agents.put(app_id.as_bytes(), codec::encode(&agent));
         Ok(())
     }
 }
@@ -223,7 +227,7 @@ pub(super) fn cancel_open<E: From<StoreError>>(
 ) -> Result<CancelOutcome, TxError<E>> {
     let queued = task.status == TaskStatus::Queued;
     if queued {
-        tx.queue.remove(queue_key(&task.app_id, task.queue_seq))?;
+        tx.queue.delete(queue_key(&task.app_id, task.queue_seq));
     }
     if queued || force {
         task.move_to(TaskStatus::Cancelled, now_ms);
@@ -233,7 +237,7 @@ pub(super) fn cancel_open<E: From<StoreError>>(
         task.cancel_requested = true;
     }
     if !queued {
-        tx.cancels.insert(agent_task_key(&task.app_id, task.id), &[])?;
+        tx.cancels.put(agent_task_key(&task.app_id, task.id), &[]);
     }
     tx.put_task(&task)?;
     Ok(CancelOutcome { tell_agent: !queued, task })
