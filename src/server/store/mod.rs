@@ -39,6 +39,7 @@ mod admin;
 mod audit;
 mod checkpoint;
 mod compact;
+mod db_dirs;
 mod events;
 mod facts;
 mod gate;
@@ -69,7 +70,8 @@ pub use audit::{
     AGENT_AUDIT_PERIOD_MS, AgentAuditRecord, AuditItem, AuditKey, AuditScan, MAX_AGENT_AUDIT,
     MAX_OPERATOR_AUDIT,
 };
-pub use compact::{CURRENT_FILE, Compaction};
+pub use compact::Compaction;
+pub use db_dirs::CURRENT_FILE;
 pub use events::JobEvent;
 pub use facts::{FactsRecord, FeaturesRecord};
 use gate::{Gate, Pass};
@@ -165,6 +167,8 @@ pub struct Store {
     /// The data directory.
     dir: PathBuf,
     cache_bytes: u64,
+    /// Held by a compaction from start to end.
+    compacting: compact::CompactLock,
     job_events: events::EventQueue,
     seqs: seq::SeqPool,
     policy: Policy,
@@ -200,6 +204,7 @@ impl Store {
             gate,
             dir: dir.to_owned(),
             cache_bytes,
+            compacting: compact::CompactLock::default(),
             job_events: events::EventQueue::default(),
             seqs: seq::SeqPool::default(),
             policy,
