@@ -6,6 +6,7 @@ mod support;
 
 mod bad_input;
 mod bytes;
+mod compaction;
 mod down_hosts;
 mod durability;
 mod end_to_end;

@@ -40,6 +40,10 @@ use super::{Store, StoreError};
 const GROWTH: u64 = 4;
 /// Records copied per batch.
 const COPY_BATCH: usize = 1000;
+/// The copy is synced every time this many bytes were copied, so that its writes reach the disk
+/// in small steps: a large backlog of them would hold up the log's fdatasyncs (the file
+/// system's journal commits wait for them) and with them every acknowledgement.
+const SYNC_EVERY_BYTES: usize = 4 << 20;
 /// Catching up stops once a round replayed at most this many bytes of records...
 const CAUGHT_UP_BYTES: usize = 256 * 1024;
 /// ... or after this many rounds (writers faster than replay: the last step replays the rest).
@@ -223,24 +227,32 @@ fn open_fresh(dir: &Path, name: &str, cache_bytes: u64, wal: &Arc<Wal>) -> Resul
 }
 
 /// Copies every tree sled lists in `old` into `fresh` (not logged: the log already holds
-/// every write).
+/// every write), syncing `fresh` every [`SYNC_EVERY_BYTES`] copied.
 fn copy_trees(old: &Trees, fresh: &Trees) -> Result<(), StoreError> {
+    let mut unsynced = 0;
     for tree in old.db.tree_names() {
-        copy_tree(&old.db.open_tree(&tree)?, &fresh.db.open_tree(&tree)?)?;
+        copy_tree(&old.db.open_tree(&tree)?, fresh, &tree, &mut unsynced)?;
     }
     Ok(())
 }
 
-fn copy_tree(from: &sled::Tree, to: &sled::Tree) -> Result<(), StoreError> {
+/// Copies one tree; `unsynced` counts the bytes copied since `fresh` was last synced.
+fn copy_tree(from: &sled::Tree, fresh: &Trees, name: &[u8], unsynced: &mut usize) -> Result<(), StoreError> {
+    let to = fresh.db.open_tree(name)?;
     let mut batch = sled::Batch::default();
     let mut in_batch = 0;
     for entry in from.iter() {
         let (key, value) = entry?;
+        *unsynced += key.len() + value.len();
         batch.insert(key, value);
         in_batch += 1;
-        if in_batch == COPY_BATCH {
+        if in_batch == COPY_BATCH || *unsynced >= SYNC_EVERY_BYTES {
             to.apply_batch(std::mem::take(&mut batch))?;
             in_batch = 0;
+        }
+        if *unsynced >= SYNC_EVERY_BYTES {
+            fresh.sync().map_err(|e| StoreError::Sync(format!("cannot sync the compacted copy: {e}")))?;
+            *unsynced = 0;
         }
     }
     to.apply_batch(batch)?;
