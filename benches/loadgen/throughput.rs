@@ -2,7 +2,10 @@
 //! report tasks while `--enqueuers` operators (default 4) enqueue batches of `--batch` tasks
 //! (default 100, one per agent, round robin) as fast as the server acknowledges them durably,
 //! keeping at most five tasks per agent outstanding. After a 5 s warm-up, the tasks reported
-//! in `--secs` seconds (default 30) give the sustained rate.
+//! in `--secs` seconds (default 30) give the sustained rate. With `--compact-at SECS` the server
+//! is told (SIGUSR1) to compact its database that many seconds into the window, and the table
+//! shows the compaction, the slowest second and the longest request; with `--data DIR` the
+//! server runs on that data directory (e.g. one `restart` seeded) instead of an empty one.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -30,6 +33,17 @@ struct Counters {
     errors: AtomicU64,
     next_agent: AtomicUsize,
     stop: AtomicBool,
+    /// Longest enqueue in the window, in microseconds.
+    longest_enqueue_us: AtomicU64,
+    /// Longest acknowledgement + report of one task in the window, in microseconds.
+    longest_finish_us: AtomicU64,
+}
+
+impl Counters {
+    /// Counts a call that took `took` in `longest` (microseconds).
+    fn timed(longest: &AtomicU64, took: Duration) {
+        longest.fetch_max(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Relaxed);
+    }
 }
 
 /// Runs the scenario and prints its table.
@@ -38,7 +52,8 @@ pub async fn run(options: &Options, fds: u64) -> Result<()> {
     let secs = options.secs.unwrap_or(30);
     check_fds(agents, fds)?;
     let dir = tempfile::tempdir().context("cannot make a temporary directory")?;
-    let server = ServerProc::start(&dir.path().join("db"), &options.server_args())?;
+    let data = options.data.clone().unwrap_or_else(|| dir.path().join("db"));
+    let server = ServerProc::start(&data, &options.server_args())?;
     let result = measure(&server, agents, secs, options).await.with_context(|| server.log_tail());
     drop(server);
     result
@@ -54,6 +69,8 @@ struct Measured {
     server_cpu: Duration,
     own_cpu: Duration,
     counters: Arc<Counters>,
+    /// The server's log lines about compactions, when one was asked for.
+    compactions: Option<Vec<String>>,
 }
 
 async fn measure(server: &ServerProc, agents: usize, secs: u64, options: &Options) -> Result<()> {
@@ -64,7 +81,13 @@ async fn measure(server: &ServerProc, agents: usize, secs: u64, options: &Option
     tokio::time::sleep(WARM_UP).await;
     let (own_start, cpu_start) = (cpu_time(std::process::id())?, cpu_time(server.pid())?);
     let (reported_start, started) = (counters.reported.load(Relaxed), Instant::now());
+    counters.longest_enqueue_us.store(0, Relaxed);
+    counters.longest_finish_us.store(0, Relaxed);
+    let compacting = options.compact_at.map(|at| compact_at(server, at));
     let per_second = sample_window(&counters, secs).await;
+    if let Some(compacting) = compacting {
+        compacting.await?;
+    }
     let measured = Measured {
         agents,
         enroll_time,
@@ -74,6 +97,7 @@ async fn measure(server: &ServerProc, agents: usize, secs: u64, options: &Option
         server_cpu: cpu_time(server.pid())? - cpu_start,
         own_cpu: cpu_time(std::process::id())? - own_start,
         counters: Arc::clone(&counters),
+        compactions: options.compact_at.map(|_| server.log_lines("compact")),
     };
     counters.stop.store(true, Relaxed);
     for handle in handles {
@@ -84,6 +108,13 @@ async fn measure(server: &ServerProc, agents: usize, secs: u64, options: &Option
         0 => Ok(()),
         errors => bail!("{errors} calls failed"),
     }
+}
+
+/// Tells the server to compact `at` seconds from now.
+async fn compact_at(server: &ServerProc, at: u64) -> Result<()> {
+    tokio::time::sleep(Duration::from_secs(at)).await;
+    server.compact_now();
+    Ok(())
 }
 
 /// Enrolls the agents and starts them and the enqueuers; their handles.
@@ -127,9 +158,21 @@ fn print(m: &Measured) {
     row("enqueued / reported, whole run", format!("{} / {}", count(enqueued), count(reported)), "");
     row("server CPU in the window", share(m.server_cpu), "");
     row("load generator's own CPU in the window (same machine)", share(m.own_cpu), "");
+    if let Some(lines) = &m.compactions {
+        let longest = |us: &AtomicU64| format!("{:.1} ms", us.load(Relaxed) as f64 / 1000.0);
+        row("longest enqueue in the window", longest(&m.counters.longest_enqueue_us), "");
+        row("longest acknowledgement + report in the window", longest(&m.counters.longest_finish_us), "");
+        let logged = lines.iter().map(|l| compaction_fields(l)).collect::<Vec<_>>().join("; ");
+        row("compaction (server log)", if logged.is_empty() { "none".into() } else { logged }, "");
+    }
     row("errors", count(m.counters.errors.load(Relaxed)), "0");
     println!("## throughput: {} agents\n", m.agents);
     table.print();
+}
+
+/// The `key=value` fields of a log line, without its time and level.
+fn compaction_fields(line: &str) -> String {
+    line.split_whitespace().filter(|w| w.contains('=')).collect::<Vec<_>>().join(" ")
 }
 
 /// Counts reports per second for `secs` seconds.
@@ -156,7 +199,12 @@ async fn agent_loop(mut agent: SimAgent, counters: Arc<Counters>) {
     while !counters.stop.load(Relaxed) {
         let step = async {
             match agent.poll(1).await? {
-                Some(task) => agent.finish(&task).await.map(|()| true),
+                Some(task) => {
+                    let started = Instant::now();
+                    agent.finish(&task).await?;
+                    Counters::timed(&counters.longest_finish_us, started.elapsed());
+                    Ok(true)
+                }
                 None => agent.ping_if_due().await.map(|()| false),
             }
         };
@@ -186,8 +234,10 @@ async fn enqueue_loop(admin: &mut Admin, ids: &[String], batch: usize, counters:
         }
         let first = counters.next_agent.fetch_add(batch, Relaxed);
         let targets: Vec<String> = (first..first + batch).map(|i| ids[i % ids.len()].clone()).collect();
+        let started = Instant::now();
         match admin.enqueue(&targets, "ping").await {
             Ok(tasks) => {
+                Counters::timed(&counters.longest_enqueue_us, started.elapsed());
                 counters.enqueued.fetch_add(tasks.len() as u64, Relaxed);
             }
             Err(e) => {

@@ -214,7 +214,8 @@ impl Store {
     }
 
     /// The open database. Every store method reaches the trees through this and holds the pass
-    /// while it works with them, so that a compaction never copies while a write is half done.
+    /// while it works with them, so that a compaction never swaps the database while a write
+    /// to it is half done (nor lets a write reach the old one after it).
     /// Holding a pass while calling another store method is fine (passes are re-entrant).
     fn trees(&self) -> Pass<'_, Trees> {
         self.gate.pass()
