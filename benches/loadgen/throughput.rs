@@ -83,11 +83,8 @@ async fn measure(server: &ServerProc, agents: usize, secs: u64, options: &Option
     let (reported_start, started) = (counters.reported.load(Relaxed), Instant::now());
     counters.longest_enqueue_us.store(0, Relaxed);
     counters.longest_finish_us.store(0, Relaxed);
-    let compacting = options.compact_at.map(|at| compact_at(server, at));
-    let per_second = sample_window(&counters, secs).await;
-    if let Some(compacting) = compacting {
-        compacting.await?;
-    }
+    let (per_second, ()) =
+        tokio::join!(sample_window(&counters, secs), compact_at(server, options.compact_at));
     let measured = Measured {
         agents,
         enroll_time,
@@ -110,11 +107,12 @@ async fn measure(server: &ServerProc, agents: usize, secs: u64, options: &Option
     }
 }
 
-/// Tells the server to compact `at` seconds from now.
-async fn compact_at(server: &ServerProc, at: u64) -> Result<()> {
-    tokio::time::sleep(Duration::from_secs(at)).await;
-    server.compact_now();
-    Ok(())
+/// Tells the server to compact `at` seconds from now, if asked to.
+async fn compact_at(server: &ServerProc, at: Option<u64>) {
+    if let Some(at) = at {
+        tokio::time::sleep(Duration::from_secs(at)).await;
+        server.compact_now();
+    }
 }
 
 /// Enrolls the agents and starts them and the enqueuers; their handles.

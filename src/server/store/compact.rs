@@ -43,7 +43,7 @@ const COPY_BATCH: usize = 1000;
 /// The copy is synced every time this many bytes were copied, so that its writes reach the disk
 /// in small steps: a large backlog of them would hold up the log's fdatasyncs (the file
 /// system's journal commits wait for them) and with them every acknowledgement.
-const SYNC_EVERY_BYTES: usize = 4 << 20;
+const SYNC_EVERY_BYTES: usize = 1 << 20;
 /// Catching up stops once a round replayed at most this many bytes of records...
 const CAUGHT_UP_BYTES: usize = 256 * 1024;
 /// ... or after this many rounds (writers faster than replay: the last step replays the rest).
