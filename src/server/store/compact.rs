@@ -7,8 +7,9 @@
 //! Online, without stopping the store for the copy:
 //! 1. A tap opens on the write-ahead log (`wal::Tap`): every record appended from then on is
 //!    also kept in memory, in the order sled applies them.
-//! 2. Every tree is copied into `sled.N+1` while writers go on. A sled iterator is not a
-//!    snapshot: each key is read with some value it held after the tap opened.
+//! 2. Every tree is copied into `sled.N+1` while writers go on, on a thread of the lowest
+//!    priority (steps 2 and 3), so that on a busy machine requests come first. A sled iterator
+//!    is not a snapshot: each key is read with some value it held after the tap opened.
 //! 3. The tapped records are replayed onto the copy, in rounds, while writers go on; then the
 //!    copy is synced, and caught up again. A record holds the final values of the keys it
 //!    wrote and replay is in append order, so every key the tap saw ends with its last value,
@@ -101,9 +102,13 @@ impl Store {
         self.compact_observed(&mut |_| {})
     }
 
-    /// [`Store::compact`], calling `observe` at each [`Step`] (on this thread; at `Sealed` and
-    /// `Switched` under sole access, so it must not call the store then).
-    pub(super) fn compact_observed(&self, observe: &mut dyn FnMut(Step)) -> Result<Compaction, StoreError> {
+    /// [`Store::compact`], calling `observe` at each [`Step`] (at `Copied` and `Synced` on the
+    /// copying thread; at `Sealed` and `Switched` on this one, under sole access, so it must not
+    /// call the store then).
+    pub(super) fn compact_observed(
+        &self,
+        observe: &mut (dyn FnMut(Step) + Send),
+    ) -> Result<Compaction, StoreError> {
         let _one = self.compacting.lock().unwrap_or_else(|p| p.into_inner());
         let started = Instant::now();
         // The tap before the copy begins: every write the copy may miss is in it.
@@ -125,25 +130,27 @@ impl Store {
         Ok(finished(Compaction { before_bytes, after_bytes, took: started.elapsed(), paused }))
     }
 
-    /// Copies `old` into `new_name`, catches it up with `tap`, and swaps it in; returns its
-    /// size and how long operations were held off.
+    /// Copies `old` into `new_name` and catches it up with `tap` on a thread of the lowest
+    /// priority, then swaps it in on this one; returns its size and how long operations were
+    /// held off.
     fn copy_and_swap(
         &self,
         old: &Trees,
         tap: &Tap<'_>,
         new_name: &str,
-        observe: &mut dyn FnMut(Step),
+        observe: &mut (dyn FnMut(Step) + Send),
     ) -> Result<(u64, Duration), StoreError> {
-        let mut fresh = open_fresh(&self.dir, new_name, self.cache_bytes, &self.wal)?;
-        copy_trees(old, &fresh)?;
-        observe(Step::Copied);
-        catch_up(&fresh, tap)?;
-        sync_all(&fresh, &self.dir)?;
-        catch_up(&fresh, tap)?;
-        // Writes of the last round are synced here, so the last step's sync is short.
-        sync(&fresh, &self.dir)?;
-        catch_up(&fresh, tap)?;
-        observe(Step::Synced);
+        let mut fresh = std::thread::scope(|scope| {
+            let copying = std::thread::Builder::new()
+                .name("orange-compact".into())
+                .spawn_scoped(scope, || {
+                    lower_priority();
+                    self.make_copy(old, tap, new_name, observe)
+                })
+                .map_err(|e| StoreError::Io(format!("cannot start the compaction thread: {e}")))?;
+            copying.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })?;
+        // At normal priority: every operation waits for this step.
         let _no_checkpoint = self.wal.hold_checkpoints();
         let mut sole = self.gate.sole();
         let paused = Instant::now();
@@ -154,6 +161,37 @@ impl Store {
         observe(Step::Switched);
         sole.replace(fresh);
         Ok((after_bytes, paused.elapsed()))
+    }
+
+    /// Copies `old` into `new_name` and catches the copy up with `tap`, synced.
+    fn make_copy(
+        &self,
+        old: &Trees,
+        tap: &Tap<'_>,
+        new_name: &str,
+        observe: &mut (dyn FnMut(Step) + Send),
+    ) -> Result<Trees, StoreError> {
+        let fresh = open_fresh(&self.dir, new_name, self.cache_bytes, &self.wal)?;
+        copy_trees(old, &fresh)?;
+        observe(Step::Copied);
+        catch_up(&fresh, tap)?;
+        sync_all(&fresh, &self.dir)?;
+        catch_up(&fresh, tap)?;
+        // Writes of the last round are synced here, so the last step's sync is short.
+        sync(&fresh, &self.dir)?;
+        catch_up(&fresh, tap)?;
+        observe(Step::Synced);
+        Ok(fresh)
+    }
+}
+
+/// Gives the calling thread the lowest priority (nice 19), so that on a busy machine the copy
+/// takes the CPU the server's requests leave. On Linux, `setpriority(PRIO_PROCESS, 0, ..)`
+/// applies to the calling thread only.
+fn lower_priority() {
+    // SAFETY: setpriority takes plain integers and changes only the calling thread's priority.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) } != 0 {
+        warn!(error = %std::io::Error::last_os_error(), "cannot lower the compaction's priority");
     }
 }
 
