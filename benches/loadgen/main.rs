@@ -3,7 +3,7 @@
 //! and prints each scenario's figures as a markdown table.
 //!
 //! Run: `cargo bench --bench loadgen -- SCENARIO [--agents N] [--tasks N] [--secs N] [--runs N]
-//! [--poll-window S]`
+//! [--poll-window S] [--data DIR] [--compact-at SECS]`
 //! with SCENARIO one of `latency`, `throughput`, `fanout`, `idle`, `restart`, `footprint`.
 //!
 //! Layout:
@@ -46,8 +46,11 @@ pub struct Options {
     pub per_poll: Option<usize>,
     /// The server's `--poll-window` in seconds (its default when not given).
     pub poll_window: Option<u64>,
-    /// A data directory to keep (`restart`: seeded only if it holds no database yet).
+    /// A data directory to keep (`restart`: seeded only if it holds no database yet;
+    /// `throughput`: the server runs on it).
     pub data: Option<std::path::PathBuf>,
+    /// Seconds into the measured window at which the server is told to compact (`throughput`).
+    pub compact_at: Option<u64>,
 }
 
 impl Options {
@@ -60,12 +63,16 @@ impl Options {
         if let Some(secs) = self.poll_window {
             args.extend(["--poll-window".to_owned(), secs.to_string()]);
         }
+        if self.compact_at.is_some() {
+            // Only the compaction asked for (SIGUSR1) runs, not one the size rule starts.
+            args.extend(["--compact-at-mb".to_owned(), "1048576".to_owned()]);
+        }
         args
     }
 }
 
 const USAGE: &str = "usage: cargo bench --bench loadgen -- latency|throughput|fanout|idle|restart|footprint \
-                     [--agents N] [--tasks N] [--secs N] [--runs N] [--enqueuers N] [--batch N] [--per-poll N] [--poll-window S] [--data DIR]";
+                     [--agents N] [--tasks N] [--secs N] [--runs N] [--enqueuers N] [--batch N] [--per-poll N] [--poll-window S] [--data DIR] [--compact-at SECS]";
 
 fn main() {
     if let Err(e) = run() {
@@ -119,6 +126,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
             "--batch" => options.batch = Some(number),
             "--per-poll" => options.per_poll = Some(number),
             "--poll-window" => options.poll_window = Some(number as u64),
+            "--compact-at" => options.compact_at = Some(number as u64),
             _ => bail!("unknown option {flag:?}\n{USAGE}"),
         }
     }

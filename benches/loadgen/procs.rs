@@ -67,7 +67,8 @@ impl ServerProc {
             .arg(&key_file)
             .args(extra)
             .env("ORANGE_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("ORANGE_LOG", "warn")
+            // Compactions are logged at info: `throughput --compact-at` reports them.
+            .env("ORANGE_LOG", "warn,orange::server::store::compact=info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -86,6 +87,17 @@ impl ServerProc {
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The lines of the server's log (its stderr) so far that contain `what`.
+    pub fn log_lines(&self, what: &str) -> Vec<String> {
+        let text = std::fs::read_to_string(self.data.with_extension("server.log")).unwrap_or_default();
+        text.lines().filter(|l| l.contains(what)).map(str::to_owned).collect()
+    }
+
+    /// Sends SIGUSR1, which asks the server to compact its database now.
+    pub fn compact_now(&self) {
+        signal(self.child.id(), libc::SIGUSR1);
     }
 
     /// The server's log so far (its stderr), for an error message.

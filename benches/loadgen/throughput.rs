@@ -5,6 +5,10 @@
 //! in `--secs` seconds (default 30) give the sustained rate. With `--per-poll N` (N > 1) the
 //! agents announce the batch feature: up to N tasks per poll, their `doing` acknowledgements in
 //! one call and their final reports in another.
+//! With `--compact-at SECS` the server
+//! is told (SIGUSR1) to compact its database that many seconds into the window, and the table
+//! shows the compaction, the slowest second and the longest request; with `--data DIR` the
+//! server runs on that data directory (e.g. one `restart` seeded) instead of an empty one.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -32,6 +36,17 @@ struct Counters {
     errors: AtomicU64,
     next_agent: AtomicUsize,
     stop: AtomicBool,
+    /// Longest enqueue in the window, in microseconds.
+    longest_enqueue_us: AtomicU64,
+    /// Longest acknowledgement + report of one task in the window, in microseconds.
+    longest_finish_us: AtomicU64,
+}
+
+impl Counters {
+    /// Counts a call that took `took` in `longest` (microseconds).
+    fn timed(longest: &AtomicU64, took: Duration) {
+        longest.fetch_max(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Relaxed);
+    }
 }
 
 /// Runs the scenario and prints its table.
@@ -40,7 +55,8 @@ pub async fn run(options: &Options, fds: u64) -> Result<()> {
     let secs = options.secs.unwrap_or(30);
     check_fds(agents, fds)?;
     let dir = tempfile::tempdir().context("cannot make a temporary directory")?;
-    let server = ServerProc::start(&dir.path().join("db"), &options.server_args())?;
+    let data = options.data.clone().unwrap_or_else(|| dir.path().join("db"));
+    let server = ServerProc::start(&data, &options.server_args())?;
     let result = measure(&server, agents, secs, options).await.with_context(|| server.log_tail());
     drop(server);
     result
@@ -57,6 +73,8 @@ struct Measured {
     own_cpu: Duration,
     per_poll: usize,
     counters: Arc<Counters>,
+    /// The server's log lines about compactions, when one was asked for.
+    compactions: Option<Vec<String>>,
 }
 
 async fn measure(server: &ServerProc, agents: usize, secs: u64, options: &Options) -> Result<()> {
@@ -67,7 +85,10 @@ async fn measure(server: &ServerProc, agents: usize, secs: u64, options: &Option
     tokio::time::sleep(WARM_UP).await;
     let (own_start, cpu_start) = (cpu_time(std::process::id())?, cpu_time(server.pid())?);
     let (reported_start, started) = (counters.reported.load(Relaxed), Instant::now());
-    let per_second = sample_window(&counters, secs).await;
+    counters.longest_enqueue_us.store(0, Relaxed);
+    counters.longest_finish_us.store(0, Relaxed);
+    let (per_second, ()) =
+        tokio::join!(sample_window(&counters, secs), compact_at(server, options.compact_at));
     let measured = Measured {
         agents,
         enroll_time,
@@ -78,6 +99,7 @@ async fn measure(server: &ServerProc, agents: usize, secs: u64, options: &Option
         own_cpu: cpu_time(std::process::id())? - own_start,
         per_poll: options.per_poll.unwrap_or(1),
         counters: Arc::clone(&counters),
+        compactions: options.compact_at.map(|_| server.log_lines("compact")),
     };
     counters.stop.store(true, Relaxed);
     for handle in handles {
@@ -87,6 +109,14 @@ async fn measure(server: &ServerProc, agents: usize, secs: u64, options: &Option
     match counters.errors.load(Relaxed) {
         0 => Ok(()),
         errors => bail!("{errors} calls failed"),
+    }
+}
+
+/// Tells the server to compact `at` seconds from now, if asked to.
+async fn compact_at(server: &ServerProc, at: Option<u64>) {
+    if let Some(at) = at {
+        tokio::time::sleep(Duration::from_secs(at)).await;
+        server.compact_now();
     }
 }
 
@@ -133,9 +163,21 @@ fn print(m: &Measured) {
     row("enqueued / reported, whole run", format!("{} / {}", count(enqueued), count(reported)), "");
     row("server CPU in the window", share(m.server_cpu), "");
     row("load generator's own CPU in the window (same machine)", share(m.own_cpu), "");
+    if let Some(lines) = &m.compactions {
+        let longest = |us: &AtomicU64| format!("{:.1} ms", us.load(Relaxed) as f64 / 1000.0);
+        row("longest enqueue in the window", longest(&m.counters.longest_enqueue_us), "");
+        row("longest acknowledgement + report in the window", longest(&m.counters.longest_finish_us), "");
+        let logged = lines.iter().map(|l| compaction_fields(l)).collect::<Vec<_>>().join("; ");
+        row("compaction (server log)", if logged.is_empty() { "none".into() } else { logged }, "");
+    }
     row("errors", count(m.counters.errors.load(Relaxed)), "0");
     println!("## throughput: {} agents, up to {} tasks per poll\n", m.agents, m.per_poll);
     table.print();
+}
+
+/// The `key=value` fields of a log line, without its time and level.
+fn compaction_fields(line: &str) -> String {
+    line.split_whitespace().filter(|w| w.contains('=')).collect::<Vec<_>>().join(" ")
 }
 
 /// Counts reports per second for `secs` seconds.
@@ -170,7 +212,12 @@ async fn agent_loop(mut agent: SimAgent, per_poll: usize, counters: Arc<Counters
                 return agent.finish_all(&tasks).await.map(|()| tasks.len() as u64);
             }
             match agent.poll(1).await? {
-                Some(task) => agent.finish(&task).await.map(|()| 1),
+                Some(task) => {
+                    let started = Instant::now();
+                    agent.finish(&task).await?;
+                    Counters::timed(&counters.longest_finish_us, started.elapsed());
+                    Ok(1)
+                }
                 None => agent.ping_if_due().await.map(|()| 0),
             }
         };
@@ -199,8 +246,10 @@ async fn enqueue_loop(admin: &mut Admin, ids: &[String], batch: usize, counters:
         }
         let first = counters.next_agent.fetch_add(batch, Relaxed);
         let targets: Vec<String> = (first..first + batch).map(|i| ids[i % ids.len()].clone()).collect();
+        let started = Instant::now();
         match admin.enqueue(&targets, "ping").await {
             Ok(tasks) => {
+                Counters::timed(&counters.longest_enqueue_us, started.elapsed());
                 counters.enqueued.fetch_add(tasks.len() as u64, Relaxed);
             }
             Err(e) => {

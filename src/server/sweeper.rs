@@ -2,7 +2,7 @@
 //! end of run) and jobs' host timeouts (tasks of agents gone silent), and retention every minute (or every quarter of a shorter retention period):
 //! finished tasks, done jobs, used request records and silent agents older than the retention
 //! period, and job cancels cut short by a crash. After retention it compacts the database if it
-//! is mostly garbage.
+//! is mostly garbage; SIGUSR1 compacts it at once, whatever its size.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,9 +36,15 @@ impl Sweeper {
     /// Sweeps until the server stops.
     pub async fn run(self) {
         let mut last_retention = tokio::time::Instant::now();
+        let mut compact_signal = compact_signal();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(self.interval) => {}
+                () = next_signal(&mut compact_signal) => {
+                    info!("SIGUSR1: compacting the database now");
+                    self.compact(false).await;
+                    continue;
+                }
                 _ = self.dispatch.stopped() => return,
             }
             if let Err(e) = self.sweep_deadlines().await {
@@ -52,7 +58,7 @@ impl Sweeper {
                 if let Err(e) = self.sweep_retention() {
                     warn!(error = %e, "retention sweep failed");
                 }
-                self.compact_if_needed().await;
+                self.compact(true).await;
             }
         }
     }
@@ -111,17 +117,40 @@ impl Sweeper {
         Ok(ended.len())
     }
 
-    /// Compacts the database if it is mostly garbage, on a blocking thread (store operations
-    /// wait while it copies).
-    async fn compact_if_needed(&self) {
+    /// Compacts the database (only if it is mostly garbage when `if_needed`), on a blocking
+    /// thread; store operations go on while it copies (see `store/compact.rs`).
+    async fn compact(&self, if_needed: bool) {
         let store = Arc::clone(&self.store);
-        match tokio::task::spawn_blocking(move || store.compact_if_needed()).await {
+        let compact = move || if if_needed { store.compact_if_needed() } else { store.compact().map(Some) };
+        match tokio::task::spawn_blocking(compact).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => warn!(error = %e, "compaction failed"),
             Err(e) => warn!(error = %e, "compaction stopped"),
         }
     }
+}
 
+/// SIGUSR1, which asks for a compaction now; `None` (and a warning) if it cannot be listened to.
+fn compact_signal() -> Option<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{SignalKind, signal};
+    signal(SignalKind::user_defined1())
+        .inspect_err(|e| warn!(error = %e, "cannot listen to SIGUSR1; compaction only by size"))
+        .ok()
+}
+
+/// The next arrival of `signal`; never, without one.
+async fn next_signal(signal: &mut Option<tokio::signal::unix::Signal>) {
+    match signal {
+        Some(signal) => {
+            if signal.recv().await.is_none() {
+                std::future::pending::<()>().await; // no more signals can arrive
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+impl Sweeper {
     /// Removes finished tasks, done jobs and silent agents older than the retention period.
     fn sweep_retention(&self) -> Result<(), StoreError> {
         let cutoff = now_ms() - millis(self.retention);

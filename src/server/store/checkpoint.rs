@@ -56,9 +56,9 @@ fn run(stop: &(Mutex<bool>, Condvar), wal: &Wal, gate: &Gate<Trees>) {
         if len < CHECKPOINT_BYTES && (len == 0 || last.elapsed() < CHECKPOINT_EVERY) {
             continue;
         }
-        // The pass first, then the log's checkpoint lock: the order compaction takes them in.
-        let trees = gate.pass();
-        if let Err(e) = wal.checkpoint(|| trees.sync()) {
+        // The log's checkpoint lock first, then the pass: the order compaction takes them in
+        // (the lock, then sole access), so a compaction never waits for a checkpoint's pass.
+        if let Err(e) = wal.checkpoint(|| gate.pass().sync()) {
             warn!(error = %e, "checkpoint failed; the write-ahead log keeps growing until one succeeds");
         }
         last = Instant::now();

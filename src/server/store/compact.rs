@@ -2,37 +2,53 @@
 //! at most half live, and re-examines a segment only when a page in it is rewritten; pages that
 //! time-ordered deletes leave behind are never rewritten, so under steady churn the file keeps
 //! growing. When the database is mostly garbage, its live records are copied into a fresh
-//! database, which then replaces it while the server runs.
+//! database (`db_dirs.rs` names them), which then replaces it while the server runs.
 //!
-//! Layout: `DIR/sled` (a database never compacted) or `DIR/sled.N`; the file `DIR/sled.current`
-//! names the one in use (absent: `sled`). A compaction of `sled.N` writes `sled.N+1`, syncs it,
-//! then replaces `sled.current` by an atomic rename and syncs `DIR`; only then does the server
-//! switch to it and delete the old one. A crash before the rename leaves the old database in use
-//! (the half-made copy is deleted at the next start); after it, the new one, complete. Every
-//! store operation is paused during the copy, so no write lands in the old database after its
-//! copy began. The write-ahead log is checkpointed into the old database before the copy, so
-//! the fresh one holds every logged write and the log needs nothing from the old one.
+//! Online, without stopping the store for the copy:
+//! 1. A tap opens on the write-ahead log (`wal::Tap`): every record appended from then on is
+//!    also kept in memory, in the order sled applies them.
+//! 2. Every tree is copied into `sled.N+1` while writers go on, on a thread of the lowest
+//!    priority (steps 2 and 3), so that on a busy machine requests come first. A sled iterator
+//!    is not a snapshot: each key is read with some value it held after the tap opened.
+//! 3. The tapped records are replayed onto the copy, in rounds, while writers go on; then the
+//!    copy is synced, and caught up again. A record holds the final values of the keys it
+//!    wrote and replay is in append order, so every key the tap saw ends with its last value,
+//!    whatever the copy read; a key it did not see was not written since the tap opened, so
+//!    the copy read its current value.
+//! 4. Last step, brief: checkpoints held off, sole access to the trees (no store operation is
+//!    in the middle of a write, none starts), the last tapped records replayed, the id floor
+//!    and size recorded, the copy synced, `sled.current` switched to it (atomic rename,
+//!    directory fsync), and the copy made the database in use. Then the old one is deleted.
+//!
+//! A crash before the rename leaves the old database in use (the half-made copy is deleted at
+//! the next start) and the log replays onto it as always; after it, the new one, complete up to
+//! the switch, onto which the log replays from its checkpoint: replay is idempotent and in
+//! order, so records the copy already holds end with the same values.
 
-use std::fs::{self, File};
-use std::io::Write;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
+use super::db_dirs::{current_name, io_error, next_name, remove_dir, switch_to, sync_path};
 use super::trees::Trees;
-use super::wal::Wal;
+use super::wal::{Tap, Wal};
+use super::wal_record;
 use super::{Store, StoreError};
 
-/// The file naming the database directory in use.
-pub const CURRENT_FILE: &str = "sled.current";
-/// The database directory of a data directory that was never compacted.
-const FIRST_NAME: &str = "sled";
 /// Compact once the database is this many times the size of its last compacted copy.
 const GROWTH: u64 = 4;
 /// Records copied per batch.
 const COPY_BATCH: usize = 1000;
+/// The copy is synced every time this many bytes were copied, so that its writes reach the disk
+/// in small steps: a large backlog of them would hold up the log's fdatasyncs (the file
+/// system's journal commits wait for them) and with them every acknowledgement.
+const SYNC_EVERY_BYTES: usize = 1 << 20;
+/// Catching up stops once a round replayed at most this many bytes of records...
+const CAUGHT_UP_BYTES: usize = 256 * 1024;
+/// ... or after this many rounds (writers faster than replay: the last step replays the rest).
+const CATCH_UP_ROUNDS: usize = 16;
 
 /// What a compaction did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,9 +57,28 @@ pub struct Compaction {
     pub before_bytes: u64,
     /// Size on disk of the fresh copy.
     pub after_bytes: u64,
-    /// How long the store was paused.
+    /// How long it took, start to end.
     pub took: Duration,
+    /// How long store operations were held off (the last step).
+    pub paused: Duration,
 }
+
+/// The moments of an online compaction, for tests that look at the data directory or write
+/// between them (see [`Store::compact_observed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Step {
+    /// Every tree is copied; the old database is in use and writers go on.
+    Copied,
+    /// The copy caught up with the log and is synced; writers go on.
+    Synced,
+    /// Sole access: the copy holds every write and is synced; the switch comes next.
+    Sealed,
+    /// `sled.current` names the copy; the old database is not yet replaced nor deleted.
+    Switched,
+}
+
+/// Serialises compactions (the sweeper's, and tests' direct calls).
+pub(super) type CompactLock = Mutex<()>;
 
 impl Store {
     /// Compacts the database if it is mostly garbage: larger than both the policy's minimum
@@ -60,23 +95,103 @@ impl Store {
         self.compact().map(Some)
     }
 
-    /// Copies every tree into a fresh database, makes it the one in use (durably), and deletes
-    /// the old one. Store operations wait while it runs.
+    /// Copies every tree into a fresh database while store operations go on, makes it the one
+    /// in use (durably), and deletes the old one. Store operations wait only for the last step
+    /// (replaying the writes made since the last catch-up and switching).
     pub fn compact(&self) -> Result<Compaction, StoreError> {
+        self.compact_observed(&mut |_| {})
+    }
+
+    /// [`Store::compact`], calling `observe` at each [`Step`] (at `Copied` and `Synced` on the
+    /// copying thread; at `Sealed` and `Switched` on this one, under sole access, so it must not
+    /// call the store then).
+    pub(super) fn compact_observed(
+        &self,
+        observe: &mut (dyn FnMut(Step) + Send),
+    ) -> Result<Compaction, StoreError> {
+        let _one = self.compacting.lock().unwrap_or_else(|p| p.into_inner());
         let started = Instant::now();
-        let mut sole = self.gate.sole();
-        let old_name = sole.name.clone();
-        // Everything logged is in the old database first, so the copy needs no log.
-        self.wal.checkpoint(|| sole.sync())?;
-        let (fresh, before_bytes) = rewrite(&sole, &self.dir, self.cache_bytes, &self.wal)?;
-        let after_bytes = fresh.size_on_disk()?;
-        // Drops the old database: passes always take the current one, so nothing else holds it.
-        sole.replace(fresh);
-        drop(sole);
-        if let Err(e) = remove_dir(&self.dir.join(&old_name)) {
+        // The tap before the copy begins: every write the copy may miss is in it.
+        let tap = self.wal.tap();
+        let old = self.gate.current();
+        let before_bytes = old.size_on_disk()?;
+        let new_name = next_name(&old.name);
+        info!(from = %old.name, to = %new_name, before_bytes, "compacting the database");
+        let (after_bytes, paused) = self.copy_and_swap(&old, &tap, &new_name, observe).inspect_err(|_| {
+            // Give the space back (the disk may be full); the old database stays in use.
+            let _ = remove_dir(&self.dir.join(&new_name));
+        })?;
+        drop(tap);
+        let old_path = self.dir.join(&old.name);
+        drop(old);
+        if let Err(e) = remove_dir(&old_path) {
             warn!(error = %e, "cannot delete the old database; the next start retries");
         }
-        Ok(finished(before_bytes, after_bytes, started))
+        Ok(finished(Compaction { before_bytes, after_bytes, took: started.elapsed(), paused }))
+    }
+
+    /// Copies `old` into `new_name` and catches it up with `tap` on a thread of the lowest
+    /// priority, then swaps it in on this one; returns its size and how long operations were
+    /// held off.
+    fn copy_and_swap(
+        &self,
+        old: &Trees,
+        tap: &Tap<'_>,
+        new_name: &str,
+        observe: &mut (dyn FnMut(Step) + Send),
+    ) -> Result<(u64, Duration), StoreError> {
+        let mut fresh = std::thread::scope(|scope| {
+            let copying = std::thread::Builder::new()
+                .name("orange-compact".into())
+                .spawn_scoped(scope, || {
+                    lower_priority();
+                    self.make_copy(old, tap, new_name, observe)
+                })
+                .map_err(|e| StoreError::Io(format!("cannot start the compaction thread: {e}")))?;
+            copying.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })?;
+        // At normal priority: every operation waits for this step.
+        let _no_checkpoint = self.wal.hold_checkpoints();
+        let mut sole = self.gate.sole();
+        let paused = Instant::now();
+        replay(&fresh, &tap.take().0)?;
+        let after_bytes = seal(&mut fresh, old.next_id()?, &self.dir)?;
+        observe(Step::Sealed);
+        switch_to(&self.dir, new_name)?;
+        observe(Step::Switched);
+        sole.replace(fresh);
+        Ok((after_bytes, paused.elapsed()))
+    }
+
+    /// Copies `old` into `new_name` and catches the copy up with `tap`, synced.
+    fn make_copy(
+        &self,
+        old: &Trees,
+        tap: &Tap<'_>,
+        new_name: &str,
+        observe: &mut (dyn FnMut(Step) + Send),
+    ) -> Result<Trees, StoreError> {
+        let fresh = open_fresh(&self.dir, new_name, self.cache_bytes, &self.wal)?;
+        copy_trees(old, &fresh)?;
+        observe(Step::Copied);
+        catch_up(&fresh, tap)?;
+        sync_all(&fresh, &self.dir)?;
+        catch_up(&fresh, tap)?;
+        // Writes of the last round are synced here, so the last step's sync is short.
+        sync(&fresh, &self.dir)?;
+        catch_up(&fresh, tap)?;
+        observe(Step::Synced);
+        Ok(fresh)
+    }
+}
+
+/// Gives the calling thread the lowest priority (nice 19), so that on a busy machine the copy
+/// takes the CPU the server's requests leave. On Linux, `setpriority(PRIO_PROCESS, 0, ..)`
+/// applies to the calling thread only.
+fn lower_priority() {
+    // SAFETY: setpriority takes plain integers and changes only the calling thread's priority.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) } != 0 {
+        warn!(error = %std::io::Error::last_os_error(), "cannot lower the compaction's priority");
     }
 }
 
@@ -84,26 +199,6 @@ impl Store {
 fn needs_compaction(trees: &Trees, min_bytes: u64) -> Result<bool, StoreError> {
     let last = trees.compacted_bytes()?.unwrap_or(0);
     Ok(trees.size_on_disk()? > min_bytes.max(last.saturating_mul(GROWTH)))
-}
-
-/// The database directory in use in `dir`, after deleting any other (a copy a crash left half
-/// made, or an old database a crash kept from being deleted).
-pub(super) fn current_name(dir: &Path) -> Result<String, StoreError> {
-    let pointer = dir.join(CURRENT_FILE);
-    let name = match fs::read_to_string(&pointer) {
-        Ok(text) => text.trim().to_owned(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => FIRST_NAME.to_owned(),
-        Err(e) => return Err(io_error(&pointer, e)),
-    };
-    if generation(&name).is_none() {
-        return Err(StoreError::Io(format!("{} names no database: {name:?}", pointer.display())));
-    }
-    if pointer.exists() && !dir.join(&name).is_dir() {
-        // Opening it would create an empty database in place of the data.
-        return Err(StoreError::Io(format!("{} names {name}, which is missing", pointer.display())));
-    }
-    remove_others(dir, &name)?;
-    Ok(name)
 }
 
 /// Opens the database in use in `dir`, compacting it first if it is mostly garbage.
@@ -122,144 +217,133 @@ pub(super) fn open_current(
         return Ok(trees);
     }
     let started = Instant::now();
-    let (fresh, before_bytes) = rewrite(&trees, dir, cache_bytes, wal)?;
+    let before_bytes = trees.size_on_disk()?;
+    let new_name = next_name(&name);
+    info!(from = %name, to = %new_name, before_bytes, "compacting the database");
+    let fresh = rewrite(&trees, dir, &new_name, cache_bytes, wal).inspect_err(|_| {
+        let _ = remove_dir(&dir.join(&new_name));
+    })?;
     drop(trees);
     remove_dir(&dir.join(&name))?;
-    finished(before_bytes, fresh.size_on_disk()?, started);
+    let took = started.elapsed();
+    finished(Compaction { before_bytes, after_bytes: fresh.size_on_disk()?, took, paused: took });
     Ok(fresh)
 }
 
-/// Copies `old` into the next database directory and makes that the one in use; returns it
-/// and the old one's size.
-fn rewrite(old: &Trees, dir: &Path, cache_bytes: u64, wal: &Arc<Wal>) -> Result<(Trees, u64), StoreError> {
-    let before_bytes = old.size_on_disk()?;
-    let new_name = next_name(&old.name);
-    info!(from = %old.name, to = %new_name, before_bytes, "compacting the database");
-    let fresh = copy_into(old, dir, &new_name, cache_bytes, wal).inspect_err(|_| {
-        // Give the space back (the disk may be full); the old database stays in use.
-        let _ = remove_dir(&dir.join(&new_name));
-    })?;
-    switch_to(dir, &new_name)?;
-    Ok((fresh, before_bytes))
-}
-
-fn finished(before_bytes: u64, after_bytes: u64, started: Instant) -> Compaction {
-    let done = Compaction { before_bytes, after_bytes, took: started.elapsed() };
-    let took_ms = u64::try_from(done.took.as_millis()).unwrap_or(u64::MAX);
-    info!(before_bytes, after_bytes, took_ms, "database compacted");
-    done
-}
-
-/// `sled` → 0, `sled.N` → N.
-fn generation(name: &str) -> Option<u64> {
-    let rest = name.strip_prefix(FIRST_NAME)?;
-    if rest.is_empty() {
-        return Some(0);
-    }
-    let digits = rest.strip_prefix('.')?;
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
-}
-
-fn next_name(name: &str) -> String {
-    format!("{FIRST_NAME}.{}", generation(name).unwrap_or(0) + 1)
-}
-
-/// Deletes every database directory in `dir` other than `keep`.
-fn remove_others(dir: &Path, keep: &str) -> Result<(), StoreError> {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_error(dir, e)),
-    };
-    for entry in entries {
-        let entry = entry.map_err(|e| io_error(dir, e))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let is_dir = entry.file_type().map_err(|e| io_error(&entry.path(), e))?.is_dir();
-        if is_dir && name != keep && generation(&name).is_some() {
-            info!(database = %name, "deleting a database no longer in use");
-            remove_dir(&entry.path())?;
-        }
-    }
-    Ok(())
-}
-
-/// Copies every tree of `old` into a fresh database `dir/name`, records where its ids continue
-/// and its size, and syncs it with its directory entries.
-fn copy_into(
+/// Copies `old`, alone (at start, before anything writes), into `dir/new_name` and makes that
+/// the database in use.
+fn rewrite(
     old: &Trees,
     dir: &Path,
-    name: &str,
+    new_name: &str,
     cache_bytes: u64,
     wal: &Arc<Wal>,
 ) -> Result<Trees, StoreError> {
+    let mut fresh = open_fresh(dir, new_name, cache_bytes, wal)?;
+    copy_trees(old, &fresh)?;
+    sync_all(&fresh, dir)?;
+    seal(&mut fresh, old.next_id()?, dir)?;
+    switch_to(dir, new_name)?;
+    Ok(fresh)
+}
+
+fn finished(done: Compaction) -> Compaction {
+    let Compaction { before_bytes, after_bytes, .. } = done;
+    let took_ms = u64::try_from(done.took.as_millis()).unwrap_or(u64::MAX);
+    let paused_ms = u64::try_from(done.paused.as_millis()).unwrap_or(u64::MAX);
+    info!(before_bytes, after_bytes, took_ms, paused_ms, "database compacted");
+    done
+}
+
+/// Opens an empty database `dir/name`, deleting what a crash left there first.
+fn open_fresh(dir: &Path, name: &str, cache_bytes: u64, wal: &Arc<Wal>) -> Result<Trees, StoreError> {
     let path = dir.join(name);
     if path.exists() {
         remove_dir(&path)?; // a copy a crash left half made
     }
-    let mut fresh = Trees::open(dir, name, cache_bytes, Arc::clone(wal))?;
-    for tree in old.db.tree_names() {
-        copy_tree(&old.db.open_tree(&tree)?, &fresh.db.open_tree(&tree)?)?;
-    }
-    fresh.sync().map_err(|e| io_error(&path, e))?;
-    let bytes = fresh.size_on_disk()?;
-    fresh.mark_compacted(old.next_id()?, bytes)?;
-    fresh.sync().map_err(|e| io_error(&path, e))?;
-    for file in ["conf", "blobs", ""] {
-        sync_path(&path.join(file))?;
-    }
-    sync_path(dir)?;
-    Ok(fresh)
+    Trees::open(dir, name, cache_bytes, Arc::clone(wal))
 }
 
-fn copy_tree(from: &sled::Tree, to: &sled::Tree) -> Result<(), StoreError> {
+/// Copies every tree sled lists in `old` into `fresh` (not logged: the log already holds
+/// every write), syncing `fresh` every [`SYNC_EVERY_BYTES`] copied.
+fn copy_trees(old: &Trees, fresh: &Trees) -> Result<(), StoreError> {
+    let mut unsynced = 0;
+    for tree in old.db.tree_names() {
+        copy_tree(&old.db.open_tree(&tree)?, fresh, &tree, &mut unsynced)?;
+    }
+    Ok(())
+}
+
+/// Copies one tree; `unsynced` counts the bytes copied since `fresh` was last synced.
+fn copy_tree(from: &sled::Tree, fresh: &Trees, name: &[u8], unsynced: &mut usize) -> Result<(), StoreError> {
+    let to = fresh.db.open_tree(name)?;
     let mut batch = sled::Batch::default();
     let mut in_batch = 0;
     for entry in from.iter() {
         let (key, value) = entry?;
+        *unsynced += key.len() + value.len();
         batch.insert(key, value);
         in_batch += 1;
-        if in_batch == COPY_BATCH {
+        if in_batch == COPY_BATCH || *unsynced >= SYNC_EVERY_BYTES {
             to.apply_batch(std::mem::take(&mut batch))?;
             in_batch = 0;
+        }
+        if *unsynced >= SYNC_EVERY_BYTES {
+            fresh.sync().map_err(|e| StoreError::Sync(format!("cannot sync the compacted copy: {e}")))?;
+            *unsynced = 0;
         }
     }
     to.apply_batch(batch)?;
     Ok(())
 }
 
-/// Makes `name` the database in use: writes the pointer beside, syncs it, renames it over the
-/// old one, and syncs the directory. Once the rename succeeded, `name` is in use whatever
-/// follows, so a failure of the last sync is only logged.
-fn switch_to(dir: &Path, name: &str) -> Result<(), StoreError> {
-    let target = dir.join(CURRENT_FILE);
-    let temp = dir.join(format!("{CURRENT_FILE}.new"));
-    let write = || -> std::io::Result<()> {
-        let mut file = File::create(&temp)?;
-        file.write_all(format!("{name}\n").as_bytes())?;
-        file.sync_all()?;
-        fs::rename(&temp, &target)
-    };
-    write().map_err(|e| io_error(&target, e))?;
-    if let Err(e) = sync_path(dir) {
-        warn!(error = %e, "the switch to the compacted database may not survive a power cut");
+/// Replays the records tapped so far onto `fresh`, round after round, until a round finds
+/// little (or enough rounds ran).
+fn catch_up(fresh: &Trees, tap: &Tap<'_>) -> Result<(), StoreError> {
+    for _ in 0..CATCH_UP_ROUNDS {
+        let (records, bytes) = tap.take();
+        replay(fresh, &records)?;
+        if bytes <= CAUGHT_UP_BYTES {
+            break;
+        }
     }
     Ok(())
 }
 
-/// fsync of a file or a directory.
-fn sync_path(path: &Path) -> Result<(), StoreError> {
-    File::open(path).and_then(|f| f.sync_all()).map_err(|e| io_error(path, e))
+/// Applies `records` (each a record's ops, as the log holds them) to `fresh`, in order.
+fn replay(fresh: &Trees, records: &[Vec<u8>]) -> Result<(), StoreError> {
+    let source = Path::new("(records appended during a compaction)");
+    for ops in records {
+        for op in wal_record::decode_ops(ops, source, 0)? {
+            fresh.apply(&op)?;
+        }
+    }
+    Ok(())
 }
 
-fn remove_dir(path: &Path) -> Result<(), StoreError> {
-    fs::remove_dir_all(path).map_err(|e| io_error(path, e))
+/// Records in `fresh` where ids continue and its size, and syncs it; returns the size.
+fn seal(fresh: &mut Trees, id_floor: u64, dir: &Path) -> Result<u64, StoreError> {
+    let bytes = fresh.size_on_disk()?;
+    fresh.mark_compacted(id_floor, bytes)?;
+    sync(fresh, dir)?;
+    Ok(bytes)
 }
 
-fn io_error(path: &Path, e: std::io::Error) -> StoreError {
-    StoreError::Io(format!("{}: {e}", path.display()))
+/// Syncs `fresh` and its directory.
+fn sync(fresh: &Trees, dir: &Path) -> Result<(), StoreError> {
+    let path = dir.join(&fresh.name);
+    fresh.sync().map_err(|e| io_error(&path, e))?;
+    sync_path(&path)
+}
+
+/// Syncs `fresh` with every directory entry it has (its files, itself in `dir`).
+fn sync_all(fresh: &Trees, dir: &Path) -> Result<(), StoreError> {
+    sync(fresh, dir)?;
+    let path = dir.join(&fresh.name);
+    for file in ["conf", "blobs"] {
+        sync_path(&path.join(file))?;
+    }
+    sync_path(dir)
 }
 
 /// Every record of every tree, by tree name, except sled's default tree (which holds the
@@ -292,22 +376,5 @@ impl Store {
     /// [`Store::next_id`] for tests.
     pub(super) fn fresh_id(&self) -> u64 {
         self.next_id().expect("generate an id")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn database_names_carry_their_generation() {
-        assert_eq!(generation("sled"), Some(0));
-        assert_eq!(generation("sled.7"), Some(7));
-        assert_eq!(generation("sled.current"), None);
-        assert_eq!(generation("sled.+7"), None);
-        assert_eq!(generation("sled."), None);
-        assert_eq!(generation("sledge"), None);
-        assert_eq!(next_name("sled"), "sled.1");
-        assert_eq!(next_name("sled.9"), "sled.10");
     }
 }

@@ -1,7 +1,10 @@
 //! The one way to the database's trees, so that compaction can swap the whole database while
 //! the server runs: every store operation holds a shared pass for as long as it reads or writes,
-//! and a swap waits until no pass is out (and lets no new one start) before it copies and
-//! replaces the trees.
+//! and a swap waits until no pass is out (and lets no new one start) before it replaces the
+//! trees, so that no write lands in a database after it was replaced.
+//!
+//! A compaction copies the database without a pass (see [`Gate::current`]); it takes sole
+//! access only for its last step, to replay what was written meanwhile and swap.
 //!
 //! A pass is re-entrant on its thread: a store method holding one may call another store method,
 //! which then takes its own pass without waiting, even while a swap is waiting. A pass cannot
@@ -71,6 +74,12 @@ impl<T> Gate<T> {
         state.passes += 1;
         HELD.with(|held| held.set(held.get() + 1));
         Pass { gate: self, value: Arc::clone(&state.current), _not_send: PhantomData }
+    }
+
+    /// The current value, without a pass: a swap does not wait for it. Only for the one who
+    /// swaps (a compaction reads the database it copies through this while others write).
+    pub fn current(&self) -> Arc<T> {
+        Arc::clone(&self.lock().current)
     }
 
     /// Sole access: stops new passes, then waits for the ones out to be dropped. The calling

@@ -41,6 +41,7 @@ mod admin;
 mod audit;
 mod checkpoint;
 mod compact;
+mod db_dirs;
 mod events;
 mod facts;
 mod gate;
@@ -72,7 +73,8 @@ pub use audit::{
     AGENT_AUDIT_PERIOD_MS, AgentAuditRecord, AuditItem, AuditKey, AuditScan, MAX_AGENT_AUDIT,
     MAX_OPERATOR_AUDIT,
 };
-pub use compact::{CURRENT_FILE, Compaction};
+pub use compact::Compaction;
+pub use db_dirs::CURRENT_FILE;
 pub use events::JobEvent;
 pub use facts::{FactsRecord, FeaturesRecord};
 use gate::{Gate, Pass};
@@ -169,6 +171,8 @@ pub struct Store {
     /// The data directory.
     dir: PathBuf,
     cache_bytes: u64,
+    /// Held by a compaction from start to end.
+    compacting: compact::CompactLock,
     job_events: events::EventQueue,
     seqs: seq::SeqPool,
     policy: Policy,
@@ -204,6 +208,7 @@ impl Store {
             gate,
             dir: dir.to_owned(),
             cache_bytes,
+            compacting: compact::CompactLock::default(),
             job_events: events::EventQueue::default(),
             seqs: seq::SeqPool::default(),
             policy,
@@ -213,7 +218,8 @@ impl Store {
     }
 
     /// The open database. Every store method reaches the trees through this and holds the pass
-    /// while it works with them, so that a compaction never copies while a write is half done.
+    /// while it works with them, so that a compaction never swaps the database while a write
+    /// to it is half done (nor lets a write reach the old one after it).
     /// Holding a pass while calling another store method is fine (passes are re-entrant).
     fn trees(&self) -> Pass<'_, Trees> {
         self.gate.pass()

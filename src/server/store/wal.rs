@@ -9,6 +9,9 @@
 //! segment's number and deletes the older segments. Opening replays every segment from the
 //! checkpoint on; only the last segment may end in a torn record, which is cut off.
 //!
+//! A compaction copying the database opens a [`Tap`]: the records appended meanwhile are kept
+//! in memory too, and replayed onto the copy before it replaces the database.
+//!
 //! Appends reach the file (`write`) at once, under the write lock and before sled applies the
 //! write, so a killed process loses none of the writes sled applied: sled's own files are never
 //! ahead of the log.
@@ -44,6 +47,41 @@ struct Active {
     /// Set by a failed append: the log no longer holds every applied write, so nothing may be
     /// acknowledged any more.
     failed: Option<String>,
+    /// While a compaction copies the database: a copy of every record appended since it began
+    /// (see [`Tap`]).
+    tap: Option<Tapped>,
+}
+
+/// Records appended while a tap was open, not yet taken.
+#[derive(Default)]
+struct Tapped {
+    /// Each record's ops, in the order appended.
+    records: Vec<Vec<u8>>,
+    /// Their bytes.
+    bytes: usize,
+}
+
+/// An open tap on the log: from its opening on, every record appended is also kept in memory
+/// (in append order, which is sled's), for a compaction to replay onto its copy. Dropping it
+/// closes it.
+pub struct Tap<'a> {
+    wal: &'a Wal,
+}
+
+impl Tap<'_> {
+    /// Takes the records appended since the tap opened or since the last take, oldest first,
+    /// and their size in bytes.
+    pub fn take(&self) -> (Vec<Vec<u8>>, usize) {
+        let mut writer = self.wal.writer();
+        let tapped = writer.active.tap.as_mut().map(std::mem::take).unwrap_or_default();
+        (tapped.records, tapped.bytes)
+    }
+}
+
+impl Drop for Tap<'_> {
+    fn drop(&mut self) {
+        self.wal.writer().active.tap = None;
+    }
 }
 
 /// The store's write lock: held while a write is appended and applied to sled, so that the
@@ -69,6 +107,10 @@ impl Writer<'_> {
             return Err(StoreError::Sync(e));
         }
         self.active.len += record.len() as u64;
+        if let Some(tap) = &mut self.active.tap {
+            tap.records.push(ops.to_vec());
+            tap.bytes += ops.len();
+        }
         Ok(())
     }
 
@@ -100,7 +142,8 @@ impl Wal {
             cut_torn_tail(&segment_path(dir, last))?;
         }
         let number = pending.last().map_or(first, |last| last + 1);
-        let active = Active { file: Arc::new(create_segment(dir, number)?), number, len: 0, failed: None };
+        let active =
+            Active { file: Arc::new(create_segment(dir, number)?), number, len: 0, failed: None, tap: None };
         Ok(Wal { dir: dir.to_owned(), active: Mutex::new(active), checkpointing: Mutex::new(()), pending })
     }
 
@@ -139,6 +182,15 @@ impl Wal {
         Writer { active: self.active.lock().unwrap_or_else(|p| p.into_inner()) }
     }
 
+    /// Opens a tap: every record appended from now on is kept for [`Tap::take`] too, until the
+    /// tap is dropped. One at a time (compactions do not overlap).
+    pub fn tap(&self) -> Tap<'_> {
+        let mut writer = self.writer();
+        debug_assert!(writer.active.tap.is_none(), "a second tap on the log");
+        writer.active.tap = Some(Tapped::default());
+        Tap { wal: self }
+    }
+
     /// Bytes appended to the active segment.
     pub fn active_len(&self) -> u64 {
         self.writer().active.len
@@ -157,10 +209,17 @@ impl Wal {
         file.sync_data()
     }
 
+    /// Keeps checkpoints from starting (one running is waited for) until the guard is dropped:
+    /// a compaction holds it while it swaps the database, so that no checkpoint syncs the old
+    /// one meanwhile.
+    pub fn hold_checkpoints(&self) -> MutexGuard<'_, ()> {
+        self.checkpointing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Starts a new segment, runs `sync_db` (which must make every write sled applied so far
     /// durable in sled's own files), then drops the segments before the new one.
     pub fn checkpoint(&self, sync_db: impl FnOnce() -> std::io::Result<()>) -> Result<(), StoreError> {
-        let _one = self.checkpointing.lock().unwrap_or_else(|p| p.into_inner());
+        let _one = self.hold_checkpoints();
         let cut = self.rotate()?;
         sync_db().map_err(|e| StoreError::Sync(format!("cannot checkpoint the database: {e}")))?;
         write_checkpoint(&self.dir, cut)?;
