@@ -181,6 +181,7 @@ pub(crate) mod tests {
             job_id: "0190a1b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b".into(),
             created_at: "2026-11-26T10:00:00.123Z".into(),
             state,
+            status: state,
             done: counts.ended() == counts.total(),
             task_type: "shell".into(),
             payload: "df -h /".into(),

@@ -203,10 +203,11 @@ pub struct TargetList {
 }
 
 /// Where a job stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     /// Starting agents as the window allows.
+    #[default]
     Running,
     /// An operator paused it: tasks already started go on, no new agent starts.
     Paused,
@@ -315,6 +316,10 @@ pub struct JobView {
     pub created_at: String,
     /// Where it stands.
     pub state: JobState,
+    /// The same as `state`, under the name tasks use for theirs (one vocabulary across
+    /// commands); `state` stays for the clients that read it.
+    #[serde(default)]
+    pub status: JobState,
     /// Every target's task has ended or was skipped: nothing more will happen.
     pub done: bool,
     /// Task type.
@@ -366,6 +371,9 @@ pub struct JobResult {
     pub app_id: String,
     /// `waiting`, `skipped`, `offline`, or the task's state (`queued` … `lost`).
     pub state: String,
+    /// The same as `state`, under the name tasks use (one vocabulary across commands).
+    #[serde(default)]
+    pub status: String,
     /// The agent's task, once started.
     pub task_id: Option<String>,
     /// Exit code of the process, when there was one.

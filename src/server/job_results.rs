@@ -51,6 +51,7 @@ impl JobOutcomes {
         let mut result = JobResult {
             app_id: target.app_id,
             state: String::new(),
+            status: String::new(),
             task_id: target.task_id.map(|id| id.to_string()),
             exit_code: None,
             stdout: String::new(),
@@ -84,6 +85,7 @@ impl JobOutcomes {
         } else {
             result.state = "waiting".to_owned();
         }
+        result.status = result.state.clone();
         Ok(result)
     }
 

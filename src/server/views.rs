@@ -134,6 +134,7 @@ pub fn job_view(job: &JobRecord) -> JobView {
         job_id: job.id.to_string(),
         created_at: rfc3339(job.created_ms),
         state: job.state,
+        status: job.state,
         done: job.done_ms != 0,
         task_type: job.task_type.clone(),
         payload: job.payload.clone(),

@@ -15,6 +15,10 @@ fn states(run: &Run) -> Vec<(String, String)> {
     let json = run.json();
     let results = json["results"].as_array().cloned().unwrap_or_default();
     let text = |value: &serde_json::Value| value.as_str().unwrap_or_default().to_owned();
+    for result in &results {
+        assert_eq!(result["status"], result["state"], "`status` beside `state`: {result}");
+    }
+    assert_eq!(json["job"]["status"], json["job"]["state"], "`status` beside `state` on the job");
     results.iter().map(|r| (text(&r["app_id"]), text(&r["state"]))).collect()
 }
 
