@@ -74,17 +74,7 @@ fn time_text() -> impl Strategy<Value = String> {
 }
 
 fn task_status() -> impl Strategy<Value = TaskStatus> {
-    prop::sample::select(vec![
-        TaskStatus::Queued,
-        TaskStatus::Delivered,
-        TaskStatus::Running,
-        TaskStatus::Succeeded,
-        TaskStatus::Failed,
-        TaskStatus::TimedOut,
-        TaskStatus::Cancelled,
-        TaskStatus::Expired,
-        TaskStatus::Lost,
-    ])
+    prop::sample::select(TaskStatus::ALL.to_vec())
 }
 
 fn output_state() -> impl Strategy<Value = OutputState> {

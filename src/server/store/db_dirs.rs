@@ -77,19 +77,25 @@ fn remove_others(dir: &Path, keep: &str) -> Result<(), StoreError> {
 /// old one, and syncs the directory. Once the rename succeeded, `name` is in use whatever
 /// follows, so a failure of the last sync is only logged.
 pub fn switch_to(dir: &Path, name: &str) -> Result<(), StoreError> {
-    let target = dir.join(CURRENT_FILE);
-    let temp = dir.join(format!("{CURRENT_FILE}.new"));
-    let write = || -> std::io::Result<()> {
-        let mut file = File::create(&temp)?;
-        file.write_all(format!("{name}\n").as_bytes())?;
-        file.sync_all()?;
-        fs::rename(&temp, &target)
-    };
-    write().map_err(|e| io_error(&target, e))?;
+    replace_file(dir, CURRENT_FILE, &format!("{name}\n"))?;
     if let Err(e) = sync_path(dir) {
         warn!(error = %e, "the switch to the compacted database may not survive a power cut");
     }
     Ok(())
+}
+
+/// Replaces the file `dir/name` by one holding `contents`: a temporary file written and synced
+/// beside it, then renamed over it (atomic). The directory is not synced: the caller does.
+pub fn replace_file(dir: &Path, name: &str, contents: &str) -> Result<(), StoreError> {
+    let target = dir.join(name);
+    let temp = dir.join(format!("{name}.new"));
+    let write = || -> std::io::Result<()> {
+        let mut file = File::create(&temp)?;
+        file.write_all(contents.as_bytes())?;
+        file.sync_all()?;
+        fs::rename(&temp, &target)
+    };
+    write().map_err(|e| io_error(&target, e))
 }
 
 /// fsync of a file or a directory.

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tracing::info;
 
 use super::StoreError;
+use super::db_dirs::{io_error, replace_file, sync_path};
 use super::wal_record::{self, Op};
 
 const CHECKPOINT_FILE: &str = "checkpoint";
@@ -267,7 +268,7 @@ fn segment_path(dir: &Path, number: u64) -> PathBuf {
 fn create_segment(dir: &Path, number: u64) -> Result<File, StoreError> {
     let path = segment_path(dir, number);
     let file = OpenOptions::new().append(true).create(true).open(&path).map_err(|e| io_error(&path, e))?;
-    sync_dir(dir)?;
+    sync_path(dir)?;
     Ok(file)
 }
 
@@ -298,28 +299,12 @@ fn read_checkpoint(dir: &Path) -> Result<u64, StoreError> {
 
 /// Records durably that replay starts at segment `number`: a synced file renamed into place.
 fn write_checkpoint(dir: &Path, number: u64) -> Result<(), StoreError> {
-    let path = dir.join(CHECKPOINT_FILE);
-    let temp = dir.join(format!("{CHECKPOINT_FILE}.new"));
-    let write = || -> std::io::Result<()> {
-        let mut file = File::create(&temp)?;
-        file.write_all(format!("{number}\n").as_bytes())?;
-        file.sync_all()?;
-        fs::rename(&temp, &path)
-    };
-    write().map_err(|e| io_error(&path, e))?;
-    sync_dir(dir)
-}
-
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir).and_then(|f| f.sync_all()).map_err(|e| io_error(dir, e))
+    replace_file(dir, CHECKPOINT_FILE, &format!("{number}\n"))?;
+    sync_path(dir)
 }
 
 fn remove(path: &Path) -> Result<(), StoreError> {
     fs::remove_file(path).map_err(|e| io_error(path, e))
-}
-
-fn io_error(path: &Path, e: std::io::Error) -> StoreError {
-    StoreError::Io(format!("{}: {e}", path.display()))
 }
 
 #[cfg(test)]
