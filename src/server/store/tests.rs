@@ -56,6 +56,7 @@ pub(super) fn spec(app_id: &str) -> TaskSpec<'_> {
         payload: "",
         env: &NO_ENV,
         cwd: None,
+        user: None,
         stdin: &[],
         timeout_secs: 60,
         ttl_secs: 3600,
@@ -393,7 +394,7 @@ async fn tasks_are_listed_newest_first_after_reopening() {
         store.durable().await.unwrap();
         ids
     };
-    let store = Store::open(dir.path(), 8 * 1024 * 1024, Policy::default()).unwrap();
+    let store = Store::open(dir.path(), 8 * 1024 * 1024, Policy::default()).expect("reopening the store");
     let listed: Vec<TaskId> = store.tasks(Some("a"), 10).unwrap().iter().map(|t| t.id).collect();
     assert_eq!(listed, vec![ids[1], ids[0]], "newest first");
     assert_eq!(store.tasks(None, 1).unwrap()[0].id, ids[1]);

@@ -76,7 +76,7 @@ macro_rules! trees {
                 let path = dir.join(name);
                 // No background flush every 500 ms: the write-ahead log carries durability, and
                 // checkpoints flush sled (a flush holds up every sled transaction meanwhile).
-                let db = sled::Config::new().path(&path).cache_capacity(cache_bytes).flush_every_ms(None).open()?;
+                let db = open_sled(&path, cache_bytes)?;
                 let data_file = File::open(path.join("db"))
                     .map_err(|e| StoreError::Io(format!("cannot open {}: {e}", path.join("db").display())))?;
                 let id_floor = read_u64(&db, ID_FLOOR_KEY)?.unwrap_or(0);
@@ -340,5 +340,27 @@ impl BlobFiles {
     #[cfg(test)]
     fn synced_count(&self) -> usize {
         self.synced.lock().map(|synced| synced.len()).unwrap_or(0)
+    }
+}
+
+/// How long [`open_sled`] waits for the previous handle of the same database to let go of it.
+const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Opens the sled database at `path`. sled locks its file, and its background threads close the
+/// file a moment after the last handle is dropped; the data directory's own lock
+/// ([`crate::server::lock`]) already keeps other processes out, so a held sled lock is this
+/// process's previous handle of the same database still closing (a store reopened at once), and
+/// the open is retried for up to [`SLED_LOCK_WAIT`].
+fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, sled::Error> {
+    let started = std::time::Instant::now();
+    loop {
+        match sled::Config::new().path(path).cache_capacity(cache_bytes).flush_every_ms(None).open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock") && started.elapsed() < SLED_LOCK_WAIT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            opened => return opened,
+        }
     }
 }
