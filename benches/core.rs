@@ -33,6 +33,7 @@ fn task() -> TaskRecord {
         payload: &payload,
         env: &std::collections::BTreeMap::new(),
         cwd: None,
+        user: None,
         stdin: &[],
         timeout_secs: 600,
         ttl_secs: 86_400,

@@ -152,6 +152,7 @@ fn finish_tasks(store: &Store, app_id: &str, n: usize) -> Result<()> {
         payload: "uptime",
         env: &env,
         cwd: None,
+        user: None,
         stdin: &[],
         timeout_secs: 600,
         ttl_secs: 86_400,

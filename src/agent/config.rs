@@ -41,6 +41,8 @@ pub struct AgentConfig {
     pub allow_shell: bool,
     /// Directory of handler executables (canonical path), if any.
     pub handlers_dir: Option<PathBuf>,
+    /// Users a task may ask to run as (`--allow-user`; the agent must run as root).
+    pub allowed_users: Vec<String>,
     /// Operator labels sent with `register`.
     pub labels: BTreeMap<String, String>,
     /// Most tasks running at once (at least 1).
@@ -70,6 +72,7 @@ impl AgentConfig {
             state_dir: None,
             allow_shell: false,
             handlers_dir: None,
+            allowed_users: Vec::new(),
             labels: BTreeMap::new(),
             max_tasks: 4,
         }
@@ -87,6 +90,7 @@ pub struct AgentBuilder {
     state_dir: Option<PathBuf>,
     allow_shell: bool,
     handlers_dir: Option<PathBuf>,
+    allowed_users: Vec<String>,
     labels: BTreeMap<String, String>,
     max_tasks: usize,
 }
@@ -134,6 +138,13 @@ impl AgentBuilder {
         self
     }
 
+    /// Users a task may ask to run as (default: none; tasks run as the agent's own user), each
+    /// checked by [`limits::check_user`]. The agent switches user only when it runs as root.
+    pub fn allowed_users(mut self, users: Vec<String>) -> Self {
+        self.allowed_users = users;
+        self
+    }
+
     /// Operator labels sent with `register`, checked by [`limits::check_labels`].
     pub fn labels(mut self, labels: BTreeMap<String, String>) -> Self {
         self.labels = labels;
@@ -157,6 +168,9 @@ impl AgentBuilder {
             bail!("max tasks must be at least 1");
         }
         let handlers_dir = self.handlers_dir.as_deref().map(handlers_dir).transpose()?;
+        for user in &self.allowed_users {
+            limits::check_user(user).map_err(|e| anyhow::anyhow!("--allow-user: {e}"))?;
+        }
         let state_dir = match self.state_dir {
             Some(dir) => dir,
             None => state::default_state_dir()?,
@@ -177,6 +191,7 @@ impl AgentBuilder {
             state_dir,
             allow_shell: self.allow_shell,
             handlers_dir,
+            allowed_users: self.allowed_users,
             labels: self.labels,
             max_tasks: self.max_tasks,
             hostname,

@@ -3,8 +3,9 @@
 //! becomes a failed outcome with a reason, never a dropped task. Inside the agent a process's
 //! output streams to the server and a cancel stops its group; outside it (`run`), output is
 //! captured into the outcome. A task's `env` is added to its process's environment (never the
-//! agent's own `ORANGE_*` variables) and its `cwd` becomes the process's working directory,
-//! which must exist.
+//! agent's own `ORANGE_*` variables), its `cwd` becomes the process's working directory,
+//! which must exist, and its `user` the process's identity when the agent allows it
+//! ([`super::run_as`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,6 +15,7 @@ use super::capture::Capture;
 use super::config::AgentConfig;
 use super::handler::{OutcomeStatus, TaskContext, TaskHandler, TaskOutcome};
 use super::process::{ProcessOutput, RunLimits, run_process_with};
+use super::run_as;
 use super::sink::OutputSink;
 use crate::protocol::WireTask;
 use crate::protocol::wire::MAX_OUTPUT_LEN;
@@ -43,6 +45,7 @@ pub const SECRET_ENV: [&str; 6] = [
 pub struct BuiltinExecutor {
     allow_shell: bool,
     handlers_dir: Option<PathBuf>,
+    allowed_users: Vec<String>,
     ping_answer: String,
 }
 
@@ -50,12 +53,20 @@ impl BuiltinExecutor {
     /// The executors `config` allows.
     pub fn new(config: &AgentConfig) -> Self {
         BuiltinExecutor::with(config.allow_shell, config.handlers_dir.clone(), &config.hostname)
+            .allowing_users(config.allowed_users.clone())
     }
 
     /// Executors from their settings; `handlers_dir` should be canonical.
     pub fn with(allow_shell: bool, handlers_dir: Option<PathBuf>, hostname: &str) -> Self {
         let ping_answer = format!("orange {} on {hostname}", env!("CARGO_PKG_VERSION"));
-        BuiltinExecutor { allow_shell, handlers_dir, ping_answer }
+        BuiltinExecutor { allow_shell, handlers_dir, allowed_users: Vec::new(), ping_answer }
+    }
+
+    /// These executors, running a task as another user when it asks for one of `users` (and
+    /// the agent runs as root).
+    pub fn allowing_users(mut self, users: Vec<String>) -> Self {
+        self.allowed_users = users;
+        self
     }
 
     fn shell(&self, task: &WireTask, ctx: &TaskContext) -> TaskOutcome {
@@ -67,7 +78,7 @@ impl BuiltinExecutor {
         // The task's stdin, written from a thread (a command that does not read it never blocks
         // the agent); none: /dev/null.
         let input = (!task.stdin.is_empty()).then(|| task.stdin.clone());
-        run_command(command, task, input, SHELL, ctx)
+        run_command(command, task, input, SHELL, &self.allowed_users, ctx)
     }
 
     fn handler(&self, task: &WireTask, ctx: &TaskContext) -> TaskOutcome {
@@ -76,7 +87,7 @@ impl BuiltinExecutor {
             Ok(path) => {
                 let what = path.display().to_string();
                 let input = Some(task.payload.as_bytes().to_vec());
-                run_command(Command::new(&path), task, input, &what, ctx)
+                run_command(Command::new(&path), task, input, &what, &self.allowed_users, ctx)
             }
             Err(reason) => TaskOutcome::failed(reason),
         }
@@ -145,9 +156,10 @@ fn run_command(
     task: &WireTask,
     input: Option<Vec<u8>>,
     what: &str,
+    allowed_users: &[String],
     ctx: &TaskContext,
 ) -> TaskOutcome {
-    if let Err(reason) = apply_context(&mut command, task) {
+    if let Err(reason) = apply_context(&mut command, task, allowed_users) {
         return TaskOutcome::failed(reason);
     }
     command.env("ORANGE_TASK_ID", &task.task_id);
@@ -171,10 +183,18 @@ fn run_command(
     }
 }
 
-/// Gives `command` the task's environment and working directory, checked again here (a server
-/// is not trusted to have done it): names of the agent's own `ORANGE_*` variables are refused,
-/// and the directory must exist on this host.
-fn apply_context(command: &mut Command, task: &WireTask) -> Result<(), String> {
+/// Gives `command` the task's user, environment and working directory, checked again here (a
+/// server is not trusted to have done it): the user must be allowed, names of the agent's own
+/// `ORANGE_*` variables are refused, and the directory must exist on this host.
+fn apply_context(command: &mut Command, task: &WireTask, allowed_users: &[String]) -> Result<(), String> {
+    if let Some(user) = &task.user {
+        limits::check_user(user)?;
+        // First: the switch must come before the other pre-exec hooks, and the task's own
+        // environment and directory override the user's defaults.
+        if let Some(run_as) = run_as::resolve(user, allowed_users, run_as::effective_uid())? {
+            run_as.apply(command);
+        }
+    }
     limits::check_env(&task.env)?;
     command.envs(&task.env);
     if let Some(cwd) = &task.cwd {
@@ -233,6 +253,7 @@ mod tests {
             timeout_secs: Some(5),
             env: Default::default(),
             cwd: None,
+            user: None,
             stdin: Vec::new(),
             more: Vec::new(),
         }
@@ -369,7 +390,7 @@ mod tests {
         handled.env.insert("A".into(), "b".into());
         handled.cwd = Some("/".into());
         assert_eq!(executor.run(&handled).stdout, "b /");
-        assert_eq!(executor.features(), ["cwd", "env", "stdin"]);
+        assert_eq!(executor.features(), ["cwd", "env", "stdin", "user"]);
         Ok(())
     }
 
@@ -389,6 +410,25 @@ mod tests {
         let outcome = shell_allowed().run(&secret);
         assert_eq!(outcome.status, OutcomeStatus::Failed);
         assert!(outcome.error.unwrap_or_default().contains("belong to the agent"));
+    }
+
+    #[test]
+    fn another_user_is_refused_unless_allowed_and_then_switched_to() {
+        let mut as_nobody = task("shell", "id -un; id -u; printf '%s %s ' \"$HOME\" \"$USER\"; pwd");
+        as_nobody.user = Some("nobody".into());
+        let refused = shell_allowed().run(&as_nobody);
+        assert_eq!(refused.status, OutcomeStatus::Failed);
+        assert!(refused.error.unwrap_or_default().contains("--allow-user nobody"));
+        let outcome = shell_allowed().allowing_users(vec!["nobody".into()]).run(&as_nobody);
+        if run_as::effective_uid() != 0 {
+            assert!(outcome.error.unwrap_or_default().contains("not root"));
+            return;
+        }
+        let nobody = nix::unistd::User::from_name("nobody").ok().flatten().expect("a nobody user");
+        let home = nobody.dir.display().to_string();
+        let start = if nobody.dir.is_dir() { home.clone() } else { "/".to_owned() };
+        let expected = format!("nobody\n{}\n{home} nobody {start}\n", nobody.uid);
+        assert_eq!((outcome.status, outcome.stdout), (OutcomeStatus::Succeeded, expected));
     }
 
     #[test]

@@ -190,6 +190,7 @@ mod tests {
             timeout_secs: None,
             env: Default::default(),
             cwd: None,
+            user: None,
             stdin: Vec::new(),
             more: Vec::new(),
         };

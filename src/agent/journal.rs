@@ -292,6 +292,7 @@ mod tests {
             timeout_secs: None,
             env: Default::default(),
             cwd: None,
+            user: None,
             stdin: Vec::new(),
             more: Vec::new(),
         }

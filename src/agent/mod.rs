@@ -67,6 +67,7 @@ mod poll;
 pub mod process;
 mod report;
 mod retry;
+pub mod run_as;
 mod shared;
 pub mod sink;
 pub mod state;

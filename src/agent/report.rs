@@ -142,6 +142,7 @@ mod tests {
             timeout_secs: None,
             env: Default::default(),
             cwd: None,
+            user: None,
             stdin: Vec::new(),
             more: Vec::new(),
         }

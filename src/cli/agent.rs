@@ -59,6 +59,10 @@ pub struct AgentArgs {
     /// directory of handler executables; a task of type T runs DIR/T
     #[argh(option)]
     pub handlers: Option<PathBuf>,
+    /// user a task may ask to run as with --user (repeatable; default none: tasks run as the
+    /// agent's own user); switching needs the agent to run as root
+    #[argh(option)]
+    pub allow_user: Vec<String>,
     /// operator label k=v (repeatable)
     #[argh(option)]
     pub label: Vec<String>,
@@ -169,6 +173,7 @@ pub fn agent_config_with_env(args: AgentArgs, env: Env) -> Result<AgentConfig> {
         .enrollment(enrollment(args.enroll_key_file.as_deref(), args.enroll_token_file.as_deref(), env)?)
         .tls(TlsSettings::new(args.ca_file.as_deref(), args.insecure).map_err(anyhow::Error::msg)?)
         .allow_shell(args.allow_shell)
+        .allowed_users(args.allow_user)
         .labels(labels)
         .max_tasks(args.max_tasks);
     if let Some(app_id) = args.appid {
@@ -242,6 +247,7 @@ mod tests {
             insecure: false,
             allow_shell: false,
             handlers: None,
+            allow_user: Vec::new(),
             label: vec![],
             max_tasks: 4,
         }

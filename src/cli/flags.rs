@@ -8,7 +8,7 @@ use anyhow::Result;
 
 use super::argv::usage;
 
-use crate::protocol::limits::{check_cwd, parse_env};
+use crate::protocol::limits::{check_cwd, check_user, parse_env};
 
 use crate::protocol::limits::{MAX_TIMEOUT_SECS, MAX_TTL_SECS, check_secs};
 use crate::protocol::task::parse_task_id;
@@ -57,6 +57,15 @@ pub fn check_cwd_flag(cwd: Option<String>) -> Result<Option<String>> {
         check_cwd(dir).map_err(|e| usage(format!("--cwd: {e}")))?;
     }
     Ok(cwd)
+}
+
+/// The `--user NAME` flag: a plain user name or uid (whether the host allows it is up to its
+/// agent's `--allow-user`).
+pub fn check_user_flag(user: Option<String>) -> Result<Option<String>> {
+    if let Some(name) = &user {
+        check_user(name).map_err(|e| usage(format!("--user: {e}")))?;
+    }
+    Ok(user)
 }
 
 /// The command words after `--` as the command line a shell task runs with `sh -c`: one word

@@ -6,7 +6,9 @@ use anyhow::Result;
 use argh::FromArgs;
 
 use super::argv::{usage, usage_bail};
-use super::flags::{check_cwd_flag, check_env, check_secret_env, check_timeout, check_ttl, command_line};
+use super::flags::{
+    check_cwd_flag, check_env, check_secret_env, check_timeout, check_ttl, check_user_flag, command_line,
+};
 use super::operator::operator_args;
 use super::task::parse_app_ids;
 use crate::protocol::jobs::{JobRequest, Limit, Targets, check_host_timeout};
@@ -137,6 +139,10 @@ operator_args! {
         /// support the `cwd` task feature
         #[argh(option)]
         pub cwd: Option<String>,
+        /// user the command runs as on each host; each agent must run as root and list the
+        /// user in its --allow-user (otherwise that host's task fails, saying so)
+        #[argh(option)]
+        pub user: Option<String>,
         /// send no stdin: the command reads an empty input on every host even when orange's
         /// stdin is a pipe or a file (as ssh -n)
         #[argh(switch, short = 'n')]
@@ -207,6 +213,10 @@ operator_args! {
         /// support the `cwd` task feature
         #[argh(option)]
         pub cwd: Option<String>,
+        /// user the command runs as on each host; each agent must run as root and list the
+        /// user in its --allow-user (otherwise that host's task fails, saying so)
+        #[argh(option)]
+        pub user: Option<String>,
         /// send no stdin: the command reads an empty input on every host even when orange's
         /// stdin is a pipe or a file (as ssh -n)
         #[argh(switch, short = 'n')]
@@ -342,6 +352,7 @@ pub(super) struct JobFlags<'a> {
     pub env: &'a [String],
     pub secret_env: &'a [String],
     pub cwd: Option<String>,
+    pub user: Option<String>,
     pub host_timeout: Option<u64>,
     pub queue: bool,
     pub command: &'a [String],
@@ -365,6 +376,7 @@ macro_rules! job_flags {
             env: &$args.env,
             secret_env: &$args.secret_env,
             cwd: $args.cwd,
+            user: $args.user,
             host_timeout: $args.host_timeout,
             queue: $args.queue,
             command: &$args.command,
@@ -396,6 +408,7 @@ impl JobFlags<'_> {
             env: check_env(self.env)?,
             secret_env: check_secret_env(self.secret_env)?,
             cwd: check_cwd_flag(self.cwd)?,
+            user: check_user_flag(self.user)?,
             queue: self.queue,
             stdin: self.stdin,
             host_timeout_secs: self
@@ -458,6 +471,7 @@ mod tests {
             env: &[],
             secret_env: &[],
             cwd: None,
+            user: None,
             host_timeout: None,
             queue: false,
             command,

@@ -188,6 +188,7 @@ pub(crate) mod tests {
             timeout_secs: 600,
             env: Default::default(),
             cwd: None,
+            user: None,
             secret_env: Vec::new(),
             max_concurrency: Some(Limit::Percent(10)),
             max_errors: None,

@@ -413,6 +413,9 @@ fn detail_pairs(task: &TaskView) -> Vec<(String, String)> {
     if let Some(cwd) = &task.cwd {
         pairs.push(("cwd".to_owned(), cwd.clone()));
     }
+    if let Some(user) = &task.user {
+        pairs.push(("user".to_owned(), user.clone()));
+    }
     pairs.extend(task.env.iter().map(|(name, value)| ("env".to_owned(), format!("{name}={value}"))));
     pairs.extend(task.history.iter().map(|step| (step.status.to_string(), step.at.clone())));
     pairs.push(("exit code".to_owned(), task.exit_code.map_or_else(|| NONE.to_owned(), |c| c.to_string())));
@@ -493,6 +496,7 @@ pub(super) mod tests {
             secret_env: Vec::new(),
             env: Default::default(),
             cwd: None,
+            user: None,
             cancel_requested: false,
             dropped_bytes: 0,
             history,

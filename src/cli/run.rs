@@ -8,7 +8,9 @@ use anyhow::{Context, Result, bail};
 use argh::FromArgs;
 
 use super::argv::usage;
-use super::flags::{check_cwd_flag, check_env, check_secret_env, check_timeout, check_ttl, command_line};
+use super::flags::{
+    check_cwd_flag, check_env, check_secret_env, check_timeout, check_ttl, check_user_flag, command_line,
+};
 use super::follow::{Sink, Until, follow};
 use super::interrupt::{CancelOnInterrupt, EXIT_INTERRUPTED};
 use super::operator::{Api, OperatorConfig, encode, operator_args, operator_flags};
@@ -104,6 +106,10 @@ operator_args! {
         /// support the `cwd` task feature
         #[argh(option)]
         pub cwd: Option<String>,
+        /// user the command runs as on the host; its agent must run as root and list the user
+        /// in its --allow-user (otherwise the task fails, saying so)
+        #[argh(option)]
+        pub user: Option<String>,
         /// send no stdin: the command reads an empty input even when orange's stdin is a pipe
         /// or a file (as ssh -n; for scripts and `while read` loops)
         #[argh(switch, short = 'n')]
@@ -136,6 +142,7 @@ impl RunConfig {
             env: check_env(&args.env)?,
             secret_env: check_secret_env(&args.secret_env)?,
             cwd: check_cwd_flag(args.cwd)?,
+            user: check_user_flag(args.user)?,
             stdin: stdin_unless(args.no_stdin)?,
             require_online: !args.queue,
         };

@@ -9,7 +9,9 @@ use argh::FromArgs;
 
 use super::argv::{usage, usage_bail};
 use super::cancel::{self, CancelArgs};
-use super::flags::{check_cwd_flag, check_env, check_secret_env, check_task_id, check_timeout, check_ttl};
+use super::flags::{
+    check_cwd_flag, check_env, check_secret_env, check_task_id, check_timeout, check_ttl, check_user_flag,
+};
 use super::follow::{self, LogsArgs};
 use super::operator::{OperatorConfig, encode, operator_args, operator_flags};
 use super::output::{self, Printed};
@@ -102,6 +104,10 @@ operator_args! {
         /// support the `cwd` task feature
         #[argh(option)]
         pub cwd: Option<String>,
+        /// user the command runs as on the host; its agent must run as root and list the user
+        /// in its --allow-user (otherwise the task fails, saying so)
+        #[argh(option)]
+        pub user: Option<String>,
     }
     /// print the server's answer (the created tasks) as JSON
     json
@@ -205,6 +211,7 @@ fn send(args: SendArgs) -> Result<i32> {
         env: check_env(&args.env)?,
         secret_env: check_secret_env(&args.secret_env)?,
         cwd: check_cwd_flag(args.cwd)?,
+        user: check_user_flag(args.user)?,
         require_online: false,
     };
     let reply: EnqueueReply = config.api(ADMIN_TIMEOUT).post(admin::TASKS_PATH, &request)?;

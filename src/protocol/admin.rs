@@ -57,6 +57,10 @@ pub struct EnqueueRequest {
     /// `cwd` feature take such a task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
+    /// User the task's process runs as; only agents that announced the `user` feature take such
+    /// a task, and the agent runs it only if the user is in its `--allow-user` list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// Bytes for the task's standard input, as base64 (at most [`MAX_STDIN_BYTES`]); only
     /// agents that announced the `stdin` feature take such a task. Absent: an empty input.
     ///
@@ -167,6 +171,9 @@ pub struct TaskView {
     /// Working directory of its process, if one was asked for.
     #[serde(default)]
     pub cwd: Option<String>,
+    /// User its process runs as, if one was asked for (absent: the agent's own user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// An operator asked to cancel it and its agent has not yet confirmed.
     pub cancel_requested: bool,
     /// Bytes of output dropped from the middle by the output cap (the head and tail are kept).

@@ -15,8 +15,10 @@ pub const FEATURE_ENV: &str = "env";
 pub const FEATURE_CWD: &str = "cwd";
 /// The task carries bytes for its process's standard input (`stdin`).
 pub const FEATURE_STDIN: &str = "stdin";
+/// The task names the user its process runs as (`user`).
+pub const FEATURE_USER: &str = "user";
 /// Every feature this build knows, sorted.
-pub const KNOWN: [&str; 3] = [FEATURE_CWD, FEATURE_ENV, FEATURE_STDIN];
+pub const KNOWN: [&str; 4] = [FEATURE_CWD, FEATURE_ENV, FEATURE_STDIN, FEATURE_USER];
 
 /// An agent feature, not a task's: the agent takes several tasks from one getTask (up to its
 /// announced capacity, at most [`MAX_TASKS_PER_POLL`], the rest in the first task's `more`) and
@@ -68,29 +70,30 @@ pub fn header_value(features: &[String]) -> String {
     features.join(",")
 }
 
-/// The features a task with this environment and working directory needs, sorted.
-pub fn required_by(env: &BTreeMap<String, String>, cwd: Option<&str>) -> Vec<&'static str> {
-    let mut needs = Vec::new();
-    if cwd.is_some() {
-        needs.push(FEATURE_CWD);
-    }
-    if !env.is_empty() {
-        needs.push(FEATURE_ENV);
-    }
-    needs
+/// What a task asks of its agent beyond running its payload: the parts that need a feature.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskAsks<'a> {
+    /// Environment variables added to its process.
+    pub env: &'a BTreeMap<String, String>,
+    /// Working directory of its process.
+    pub cwd: Option<&'a str>,
+    /// Bytes for its process's standard input (empty: none).
+    pub stdin: &'a [u8],
+    /// User its process runs as.
+    pub user: Option<&'a str>,
 }
 
-/// [`required_by`] of a task that also carries `stdin` bytes (none: not needed), sorted.
-pub fn required_with_stdin(
-    env: &BTreeMap<String, String>,
-    cwd: Option<&str>,
-    stdin: &[u8],
-) -> Vec<&'static str> {
-    let mut needs = required_by(env, cwd);
-    if !stdin.is_empty() {
-        needs.push(FEATURE_STDIN);
+impl TaskAsks<'_> {
+    /// The features an agent must have announced to be given such a task, sorted.
+    pub fn required(&self) -> Vec<&'static str> {
+        let wanted = [
+            (self.cwd.is_some(), FEATURE_CWD),
+            (!self.env.is_empty(), FEATURE_ENV),
+            (!self.stdin.is_empty(), FEATURE_STDIN),
+            (self.user.is_some(), FEATURE_USER),
+        ];
+        wanted.into_iter().filter_map(|(asked, feature)| asked.then_some(feature)).collect()
     }
-    needs
 }
 
 /// The features of `required` that `announced` lacks.
@@ -124,6 +127,17 @@ mod tests {
         let many: Vec<String> = (0..=MAX_FEATURES).map(|i| format!("f{i}")).collect();
         assert!(parse_header(&many.join(",")).unwrap_err().contains("the limit is 32"));
         assert_eq!(header_value(&["cwd".into(), "env".into()]), "cwd,env");
+    }
+
+    #[test]
+    fn a_task_needs_the_features_of_what_it_asks() {
+        let env = BTreeMap::from([("A".to_owned(), "1".to_owned())]);
+        let none = BTreeMap::new();
+        let plain = TaskAsks { env: &none, cwd: None, stdin: b"", user: None };
+        assert!(plain.required().is_empty());
+        let all = TaskAsks { env: &env, cwd: Some("/tmp"), stdin: b"x", user: Some("nobody") };
+        assert_eq!(all.required(), KNOWN);
+        assert_eq!(TaskAsks { user: Some("www-data"), ..plain }.required(), [FEATURE_USER]);
     }
 
     #[test]

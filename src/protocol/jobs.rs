@@ -150,6 +150,10 @@ pub struct JobRequest {
     /// Working directory of every task's process (feature `cwd`, likewise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
+    /// User every task's process runs as (feature `user`, likewise; each agent must also allow
+    /// the user with `--allow-user`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// Bytes every task's process reads on its standard input, as base64 (feature `stdin`,
     /// likewise; at most [`MAX_STDIN_BYTES`]). Absent: an empty input.
     ///
@@ -337,6 +341,9 @@ pub struct JobView {
     /// Working directory of every task's process, if one was asked for.
     #[serde(default)]
     pub cwd: Option<String>,
+    /// User every task's process runs as, if one was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// The window as asked (`10`, `10%`), if any.
     pub max_concurrency: Option<Limit>,
     /// The error limit as asked, if any.

@@ -81,6 +81,7 @@ pub const TABLE: &[(&str, u64, &str)] = &[
     ),
     ("MAX_ENV_BYTES", MAX_ENV_BYTES as u64, "bytes of a task's environment, names and values"),
     ("MAX_CWD_LEN", MAX_CWD_LEN as u64, "bytes of a task's working directory"),
+    ("MAX_USER_LEN", MAX_USER_LEN as u64, "characters of the user a task runs as"),
     ("MAX_FEATURES", features::MAX_FEATURES as u64, "task features an agent may announce"),
     ("MAX_FEATURE_LEN", features::MAX_FEATURE_LEN as u64, "characters of a task feature name"),
     ("MAX_RETRY_AFTER", busy::MAX_RETRY_AFTER.as_secs(), "seconds of a Retry-After"),

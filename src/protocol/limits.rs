@@ -64,6 +64,8 @@ pub const MAX_ENV_NAME_LEN: usize = 128;
 pub const MAX_ENV_BYTES: usize = 32 * 1024;
 /// Longest working directory of a task (`--cwd`).
 pub const MAX_CWD_LEN: usize = 4096;
+/// Longest user name a task may ask to run as (`--user`).
+pub const MAX_USER_LEN: usize = 32;
 /// Prefix of the variables the agent owns (the task id, secrets): a task cannot set them.
 pub const RESERVED_ENV_PREFIX: &str = "ORANGE_";
 
@@ -187,6 +189,20 @@ pub fn check_cwd(cwd: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks the user a task asks to run as: 1 to [`MAX_USER_LEN`] characters of
+/// `A-Z a-z 0-9 . _ -`, not starting with `-`, or a numeric uid. Whether the user exists, and
+/// may be used, is for the agent to decide.
+pub fn check_user(user: &str) -> Result<(), String> {
+    let plain = user.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if user.is_empty() || user.len() > MAX_USER_LEN || !plain || user.starts_with('-') {
+        return Err(format!(
+            "user {:?} must be 1 to {MAX_USER_LEN} characters of A-Z a-z 0-9 . _ -, not starting with '-'",
+            shown(user)
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a task type: 1 to [`MAX_TASK_TYPE_LEN`] characters of `A-Z a-z 0-9 . _ -`, not
 /// starting with a dot, so that it names a plain file inside an agent's handlers directory
 /// and nothing else.
@@ -296,6 +312,12 @@ mod tests {
     #[test]
     fn a_working_directory_is_an_absolute_path() {
         assert!(check_cwd("/tmp").is_ok());
+        for good in ["nobody", "www-data", "svc.app_1", "1000"] {
+            assert!(check_user(good).is_ok(), "{good:?}");
+        }
+        for bad in ["", "-x", "a b", "root\n", "a/b", &"u".repeat(MAX_USER_LEN + 1)] {
+            assert!(check_user(bad).unwrap_err().contains("must be 1 to 32"), "{bad:?}");
+        }
         for bad in ["tmp", "", "/a\nb", &format!("/{}", "a".repeat(MAX_CWD_LEN))] {
             assert!(check_cwd(bad).is_err(), "{bad:?}");
         }

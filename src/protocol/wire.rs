@@ -223,6 +223,10 @@ pub struct WireTask {
     /// absent when none: the process reads an empty input).
     #[serde(default, skip_serializing_if = "Vec::is_empty", with = "super::bytes::base64_field")]
     pub stdin: Vec<u8>,
+    /// User the task's process runs as (orange addition, feature `user`; absent: the agent's
+    /// own user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// Further tasks handed out by the same poll, oldest first, to an agent that announced the
     /// batch feature (orange addition; absent otherwise, so other clients see the task they know).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -232,7 +236,13 @@ pub struct WireTask {
 impl WireTask {
     /// The features an agent must understand to run this task.
     pub fn required_features(&self) -> Vec<&'static str> {
-        super::features::required_with_stdin(&self.env, self.cwd.as_deref(), &self.stdin)
+        super::features::TaskAsks {
+            env: &self.env,
+            cwd: self.cwd.as_deref(),
+            stdin: &self.stdin,
+            user: self.user.as_deref(),
+        }
+        .required()
     }
 }
 

@@ -64,7 +64,7 @@ fn check_request(request: &JobRequest) -> Result<(), ServiceError> {
     check_task_input(&request.task_type, &request.payload)?;
     let mut env = request.env.clone();
     merge_secret_env(&mut env, request.secret_env.clone())?;
-    check_task_context(&env, request.cwd.as_deref())?;
+    check_task_context(&env, request.cwd.as_deref(), request.user.as_deref())?;
     let targets = &request.targets;
     if targets.is_empty() {
         return Err(ServiceError::BadRequest("no targets: give app_ids, labels or all".into()));
@@ -235,6 +235,7 @@ impl Jobs {
             env: first.env,
             secret_env: BTreeMap::new(),
             cwd: first.cwd,
+            user: first.user,
             queue: first.queue,
             // 0: a job written before host timeouts existed; it gets the default.
             host_timeout_secs: (first.host_timeout_secs != 0).then_some(first.host_timeout_secs),
@@ -258,7 +259,8 @@ impl Jobs {
         let (window, error_limit) = resolve_limits(&request, app_ids.len());
         check_stdin(&request.stdin)?;
         let task_bytes =
-            task_bytes(&request.payload, &request.env, request.cwd.as_deref()) + request.stdin.len();
+            task_bytes(&request.payload, &request.env, request.cwd.as_deref(), request.user.as_deref())
+                + request.stdin.len();
         if task_bytes.saturating_mul(window as usize) > MAX_ENQUEUE_BYTES {
             return Err(ServiceError::TooLarge(format!(
                 "a window of {window} tasks of {task_bytes} payload, environment and stdin bytes exceeds \
@@ -272,6 +274,7 @@ impl Jobs {
             payload: request.payload,
             env: request.env,
             cwd: request.cwd,
+            user: request.user,
             timeout_secs,
             ttl_secs,
             max_concurrency: request.max_concurrency,

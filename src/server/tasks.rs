@@ -15,7 +15,7 @@ use super::store::{
 use super::views::chunk_view;
 use crate::protocol::TaskId;
 use crate::protocol::admin::{EnqueueRequest, OutputPage, offline_refusal};
-use crate::protocol::features::{missing, refusal, required_with_stdin};
+use crate::protocol::features::{TaskAsks, missing, refusal};
 use crate::protocol::limits::{
     self, MAX_ENQUEUE_BYTES, MAX_NAMED_TARGETS, MAX_QUEUED_PER_AGENT, MAX_TIMEOUT_SECS, MAX_TTL_SECS,
 };
@@ -66,7 +66,7 @@ impl Tasks {
     pub async fn enqueue(&self, mut request: EnqueueRequest) -> Result<Vec<TaskRecord>, ServiceError> {
         let secret_names = merge_secret_env(&mut request.env, std::mem::take(&mut request.secret_env))?;
         check_task_input(&request.task_type, &request.payload)?;
-        check_task_context(&request.env, request.cwd.as_deref())?;
+        check_task_context(&request.env, request.cwd.as_deref(), request.user.as_deref())?;
         check_stdin(&request.stdin)?;
         let (timeout_secs, ttl_secs) = self.defaults.resolve(request.timeout_secs, request.ttl_secs)?;
         if request.app_ids.len() > MAX_NAMED_TARGETS {
@@ -77,7 +77,8 @@ impl Tasks {
         }
         let targets = self.targets(&request)?;
         let task_bytes =
-            task_bytes(&request.payload, &request.env, request.cwd.as_deref()) + request.stdin.len();
+            task_bytes(&request.payload, &request.env, request.cwd.as_deref(), request.user.as_deref())
+                + request.stdin.len();
         if task_bytes.saturating_mul(targets.len()) > MAX_ENQUEUE_BYTES {
             return Err(ServiceError::TooLarge(format!(
                 "{} tasks of {task_bytes} payload, environment and stdin bytes exceed the {MAX_ENQUEUE_BYTES} bytes \
@@ -85,7 +86,13 @@ impl Tasks {
                 targets.len(),
             )));
         }
-        let required = required_with_stdin(&request.env, request.cwd.as_deref(), &request.stdin);
+        let required = TaskAsks {
+            env: &request.env,
+            cwd: request.cwd.as_deref(),
+            stdin: &request.stdin,
+            user: request.user.as_deref(),
+        }
+        .required();
         self.check_features(&targets, &required)?;
         self.check_queue_room(&targets)?;
         let now = now_ms();
@@ -101,6 +108,7 @@ impl Tasks {
                     payload: &request.payload,
                     env: &request.env,
                     cwd: request.cwd.as_deref(),
+                    user: request.user.as_deref(),
                     stdin: &request.stdin,
                     timeout_secs,
                     ttl_secs,
@@ -304,13 +312,15 @@ pub(super) fn check_task_input(task_type: &str, payload: &str) -> Result<(), Ser
     Ok(())
 }
 
-/// Checks a task's environment and working directory against their limits.
+/// Checks a task's environment, working directory and user against their limits.
 pub(super) fn check_task_context(
     env: &BTreeMap<String, String>,
     cwd: Option<&str>,
+    user: Option<&str>,
 ) -> Result<(), ServiceError> {
     limits::check_env(env).map_err(ServiceError::BadRequest)?;
-    cwd.map_or(Ok(()), limits::check_cwd).map_err(ServiceError::BadRequest)
+    cwd.map_or(Ok(()), limits::check_cwd).map_err(ServiceError::BadRequest)?;
+    user.map_or(Ok(()), limits::check_user).map_err(ServiceError::BadRequest)
 }
 
 /// Adds the `secret` environment variables to `env` and returns their names; a name in both
@@ -344,11 +354,16 @@ pub fn check_stdin(stdin: &[u8]) -> Result<(), ServiceError> {
     Ok(())
 }
 
-/// The bytes one task stores of what the operator sent: its payload, environment and working
-/// directory (what [`MAX_ENQUEUE_BYTES`] bounds).
-pub(super) fn task_bytes(payload: &str, env: &BTreeMap<String, String>, cwd: Option<&str>) -> usize {
+/// The bytes one task stores of what the operator sent: its payload, environment, working
+/// directory and user (what [`MAX_ENQUEUE_BYTES`] bounds).
+pub(super) fn task_bytes(
+    payload: &str,
+    env: &BTreeMap<String, String>,
+    cwd: Option<&str>,
+    user: Option<&str>,
+) -> usize {
     let env_bytes: usize = env.iter().map(|(name, value)| name.len() + value.len()).sum();
-    payload.len() + env_bytes + cwd.map_or(0, str::len)
+    payload.len() + env_bytes + cwd.map_or(0, str::len) + user.map_or(0, str::len)
 }
 
 /// A number of seconds from a request, between 1 and `max`, or the default.

@@ -62,6 +62,7 @@ impl TaskViews {
             env: shown_env(&task.env, &task.secret_names),
             secret_env: task.secret_names.iter().cloned().collect(),
             cwd: task.cwd.clone(),
+            user: task.user.clone(),
             cancel_requested: task.cancel_requested,
             dropped_bytes: task.output.dropped_bytes,
             history: task.history.iter().map(|(s, t)| Transition { status: *s, at: rfc3339(*t) }).collect(),
@@ -123,6 +124,7 @@ pub fn wire_task(task: &TaskRecord) -> WireTask {
         timeout_secs: Some(task.timeout_secs),
         env: task.env.clone(),
         cwd: task.cwd.clone(),
+        user: task.user.clone(),
         stdin: task.stdin.clone(),
         more: Vec::new(),
     }
@@ -142,6 +144,7 @@ pub fn job_view(job: &JobRecord) -> JobView {
         env: shown_env(&job.env, &job.secret_names),
         secret_env: job.secret_names.iter().cloned().collect(),
         cwd: job.cwd.clone(),
+        user: job.user.clone(),
         max_concurrency: job.max_concurrency,
         max_errors: job.max_errors,
         targets: job.targets,

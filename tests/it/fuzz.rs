@@ -120,6 +120,7 @@ fn task_record() -> impl Strategy<Value = TaskRecord> {
             app_id,
             env: std::collections::BTreeMap::from([(task_type.clone(), payload.clone())]),
             cwd: (timeout_secs % 2 == 0).then(|| payload.clone()),
+            user: None,
             secret_names: Default::default(),
             stdin: Vec::new(),
             task_type,

@@ -30,6 +30,7 @@ mod orphans;
 mod overload;
 mod owned_task;
 mod presence;
+mod run_as;
 mod secret_env;
 mod security;
 mod stdin;

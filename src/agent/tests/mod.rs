@@ -70,6 +70,7 @@ pub(crate) fn config(server: &str, max_tasks: usize, state: &Path) -> AgentConfi
         state_dir: state.to_owned(),
         allow_shell: true,
         handlers_dir: None,
+        allowed_users: Vec::new(),
         labels: BTreeMap::from([("env".to_owned(), "test".to_owned())]),
         max_tasks,
         hostname: "h1".into(),
@@ -90,6 +91,7 @@ fn shell(id: &str, script: &str) -> WireTask {
         timeout_secs: Some(10),
         env: Default::default(),
         cwd: None,
+        user: None,
         stdin: Vec::new(),
         more: Vec::new(),
     }

@@ -61,6 +61,9 @@ async fn create_job(
         request.max_concurrency.map_or("none".into(), |l| l.to_string()),
         request.max_errors.map_or("none".into(), |l| l.to_string()),
     );
+    if let Some(user) = &request.user {
+        detail.push_str(&format!(", user {user}"));
+    }
     if !request.stdin.is_empty() {
         detail.push_str(&format!(", stdin {} bytes", request.stdin.len()));
     }

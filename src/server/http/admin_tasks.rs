@@ -49,8 +49,8 @@ async fn enqueue(
 }
 
 /// What the audit record says of an enqueue: the type, the command or payload (its head), the
-/// names of the environment variables (not their values), the working directory and the size
-/// of the stdin.
+/// names of the environment variables (not their values), the working directory, the user and
+/// the size of the stdin.
 fn send_detail(request: &EnqueueRequest) -> String {
     let mut detail =
         format!("type {}, {}", request.task_type, payload_detail(&request.task_type, &request.payload));
@@ -60,6 +60,9 @@ fn send_detail(request: &EnqueueRequest) -> String {
     }
     if let Some(cwd) = &request.cwd {
         detail.push_str(&format!(", cwd {cwd}"));
+    }
+    if let Some(user) = &request.user {
+        detail.push_str(&format!(", user {user}"));
     }
     if !request.stdin.is_empty() {
         detail.push_str(&format!(", stdin {} bytes", request.stdin.len()));

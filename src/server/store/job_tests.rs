@@ -28,6 +28,7 @@ fn job(targets: usize, window: usize, error_limit: Option<u32>) -> JobRecord {
         payload: "true".into(),
         env: Default::default(),
         cwd: None,
+        user: None,
         secret_names: Default::default(),
         timeout_secs: 60,
         ttl_secs: 600,

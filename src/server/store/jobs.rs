@@ -254,6 +254,7 @@ fn start_target<E: From<StoreError>>(
         payload: &job.payload,
         env: &job.env,
         cwd: job.cwd.as_deref(),
+        user: job.user.as_deref(),
         stdin: &stdin,
         timeout_secs: job.timeout_secs,
         ttl_secs: job.ttl_secs,
@@ -294,7 +295,9 @@ fn lacks_features<E: From<StoreError>>(
     stdin: &[u8],
     app_id: &str,
 ) -> Result<Option<String>, TxError<E>> {
-    let required = features::required_with_stdin(&job.env, job.cwd.as_deref(), stdin);
+    let asks =
+        features::TaskAsks { env: &job.env, cwd: job.cwd.as_deref(), stdin, user: job.user.as_deref() };
+    let required = asks.required();
     if required.is_empty() {
         return Ok(None);
     }

@@ -117,6 +117,8 @@ pub struct TaskRecord {
     pub env: BTreeMap<String, String>,
     /// Working directory of its process (feature `cwd`).
     pub cwd: Option<String>,
+    /// User its process runs as (feature `user`; `None`: the agent's own user).
+    pub user: Option<String>,
     /// Names of the `env` entries whose values are secret: never shown, and dropped from the
     /// record when the task ends (the names stay).
     pub secret_names: BTreeSet<String>,
@@ -177,6 +179,7 @@ impl TaskRecord {
             payload: spec.payload.to_owned(),
             env: spec.env.clone(),
             cwd: spec.cwd.map(str::to_owned),
+            user: spec.user.map(str::to_owned),
             secret_names: BTreeSet::new(),
             stdin: spec.stdin.to_vec(),
             status: TaskStatus::Queued,
@@ -206,7 +209,13 @@ impl TaskRecord {
 
     /// The features an agent must have announced to be given this task.
     pub fn required_features(&self) -> Vec<&'static str> {
-        crate::protocol::features::required_with_stdin(&self.env, self.cwd.as_deref(), &self.stdin)
+        crate::protocol::features::TaskAsks {
+            env: &self.env,
+            cwd: self.cwd.as_deref(),
+            stdin: &self.stdin,
+            user: self.user.as_deref(),
+        }
+        .required()
     }
 
     /// Moves to `status`, recording when.
@@ -229,6 +238,8 @@ pub struct TaskSpec<'a> {
     pub env: &'a BTreeMap<String, String>,
     /// Working directory of its process.
     pub cwd: Option<&'a str>,
+    /// User its process runs as.
+    pub user: Option<&'a str>,
     /// Bytes for its process's standard input (empty: none).
     pub stdin: &'a [u8],
     /// Seconds the agent may run it.
@@ -340,6 +351,8 @@ pub struct JobRecord {
     pub env: BTreeMap<String, String>,
     /// Working directory of every task's process.
     pub cwd: Option<String>,
+    /// User every task's process runs as (`None`: each agent's own user).
+    pub user: Option<String>,
     /// Names of the `env` entries whose values are secret: never shown, and dropped from the
     /// record when the job is done (the names stay).
     pub secret_names: BTreeSet<String>,

@@ -97,10 +97,36 @@ impl From<StoredTaskStatus> for TaskStatus {
     }
 }
 
-/// A task record, version 3: version 2 with the names of its secret environment variables and
-/// the bytes of its standard input.
+/// A task record, version 4: version 3 with the user its process runs as.
 #[derive(Serialize, Deserialize)]
 pub struct StoredTask {
+    id: TaskId,
+    app_id: String,
+    task_type: String,
+    payload: String,
+    env: BTreeMap<String, String>,
+    cwd: Option<String>,
+    user: Option<String>,
+    secret_names: BTreeSet<String>,
+    stdin: Vec<u8>,
+    status: StoredTaskStatus,
+    timeout_secs: u64,
+    expires_ms: i64,
+    history: Vec<(StoredTaskStatus, i64)>,
+    queue_seq: u64,
+    ack_required: bool,
+    deadline_ms: i64,
+    cancel_requested: bool,
+    exit_code: Option<i32>,
+    error: Option<String>,
+    duration_ms: Option<u64>,
+    output: OutputState,
+}
+
+/// A task record, version 3 (frozen): version 2 with the names of its secret environment
+/// variables and the bytes of its standard input.
+#[derive(Serialize, Deserialize)]
+pub struct StoredTaskV3 {
     id: TaskId,
     app_id: String,
     task_type: String,
@@ -192,9 +218,9 @@ impl From<StoredTaskV1> for StoredTaskV2 {
     }
 }
 
-impl From<StoredTaskV2> for StoredTask {
+impl From<StoredTaskV2> for StoredTaskV3 {
     fn from(v2: StoredTaskV2) -> Self {
-        StoredTask {
+        StoredTaskV3 {
             id: v2.id,
             app_id: v2.app_id,
             task_type: v2.task_type,
@@ -219,9 +245,38 @@ impl From<StoredTaskV2> for StoredTask {
     }
 }
 
+impl From<StoredTaskV3> for StoredTask {
+    /// A task of version 3 ran as its agent's own user.
+    fn from(v3: StoredTaskV3) -> Self {
+        StoredTask {
+            id: v3.id,
+            app_id: v3.app_id,
+            task_type: v3.task_type,
+            payload: v3.payload,
+            env: v3.env,
+            cwd: v3.cwd,
+            user: None,
+            secret_names: v3.secret_names,
+            stdin: v3.stdin,
+            status: v3.status,
+            timeout_secs: v3.timeout_secs,
+            expires_ms: v3.expires_ms,
+            history: v3.history,
+            queue_seq: v3.queue_seq,
+            ack_required: v3.ack_required,
+            deadline_ms: v3.deadline_ms,
+            cancel_requested: v3.cancel_requested,
+            exit_code: v3.exit_code,
+            error: v3.error,
+            duration_ms: v3.duration_ms,
+            output: v3.output,
+        }
+    }
+}
+
 impl Record for TaskRecord {
     const NAME: &'static str = "task";
-    const VERSION: u8 = 3;
+    const VERSION: u8 = 4;
     type Stored = StoredTask;
 
     fn to_stored(&self) -> StoredTask {
@@ -232,6 +287,7 @@ impl Record for TaskRecord {
             payload: self.payload.clone(),
             env: self.env.clone(),
             cwd: self.cwd.clone(),
+            user: self.user.clone(),
             secret_names: self.secret_names.clone(),
             stdin: self.stdin.clone(),
             status: self.status.into(),
@@ -257,6 +313,7 @@ impl Record for TaskRecord {
             payload: s.payload,
             env: s.env,
             cwd: s.cwd,
+            user: s.user,
             secret_names: s.secret_names,
             stdin: s.stdin,
             status: s.status.into(),
@@ -276,11 +333,15 @@ impl Record for TaskRecord {
 
     fn from_older(version: u8, body: &[u8]) -> Option<Result<TaskRecord, CodecError>> {
         match version {
-            1 => Some(
-                decode_body::<StoredTaskV1>(body)
-                    .and_then(|v1| Self::from_stored(StoredTaskV2::from(v1).into())),
-            ),
-            2 => Some(decode_body::<StoredTaskV2>(body).and_then(|v2| Self::from_stored(v2.into()))),
+            1 => Some(decode_body::<StoredTaskV1>(body).and_then(|v1| {
+                let v3: StoredTaskV3 = StoredTaskV2::from(v1).into();
+                Self::from_stored(v3.into())
+            })),
+            2 => Some(decode_body::<StoredTaskV2>(body).and_then(|v2| {
+                let v3: StoredTaskV3 = v2.into();
+                Self::from_stored(v3.into())
+            })),
+            3 => Some(decode_body::<StoredTaskV3>(body).and_then(|v3| Self::from_stored(v3.into()))),
             _ => None,
         }
     }
@@ -360,10 +421,38 @@ job_counts!(
     }
 );
 
-/// A job record, version 3: version 2 with the names of its secret environment variables and
-/// the job it retries.
+/// A job record, version 4: version 3 with the user its tasks run as.
 #[derive(Serialize, Deserialize)]
 pub struct StoredJob {
+    id: TaskId,
+    created_ms: i64,
+    task_type: String,
+    payload: String,
+    env: BTreeMap<String, String>,
+    cwd: Option<String>,
+    user: Option<String>,
+    secret_names: BTreeSet<String>,
+    timeout_secs: u64,
+    ttl_secs: u64,
+    max_concurrency: Option<String>,
+    max_errors: Option<String>,
+    window: u32,
+    error_limit: Option<u32>,
+    targets: u32,
+    next: u32,
+    state: StoredJobState,
+    counts: StoredJobCounts,
+    version: u64,
+    done_ms: i64,
+    host_timeout_secs: u64,
+    queue: bool,
+    retry_of: Option<TaskId>,
+}
+
+/// A job record, version 3 (frozen): version 2 with the names of its secret environment
+/// variables and the job it retries.
+#[derive(Serialize, Deserialize)]
+pub struct StoredJobV3 {
     id: TaskId,
     created_ms: i64,
     task_type: String,
@@ -465,10 +554,10 @@ impl From<StoredJobV1> for StoredJobV2 {
     }
 }
 
-impl From<StoredJobV2> for StoredJob {
+impl From<StoredJobV2> for StoredJobV3 {
     /// A job of version 2 retried no other job.
     fn from(v2: StoredJobV2) -> Self {
-        StoredJob {
+        StoredJobV3 {
             id: v2.id,
             created_ms: v2.created_ms,
             task_type: v2.task_type,
@@ -495,6 +584,37 @@ impl From<StoredJobV2> for StoredJob {
     }
 }
 
+impl From<StoredJobV3> for StoredJob {
+    /// A job of version 3 ran its tasks as each agent's own user.
+    fn from(v3: StoredJobV3) -> Self {
+        StoredJob {
+            id: v3.id,
+            created_ms: v3.created_ms,
+            task_type: v3.task_type,
+            payload: v3.payload,
+            env: v3.env,
+            cwd: v3.cwd,
+            user: None,
+            secret_names: v3.secret_names,
+            timeout_secs: v3.timeout_secs,
+            ttl_secs: v3.ttl_secs,
+            max_concurrency: v3.max_concurrency,
+            max_errors: v3.max_errors,
+            window: v3.window,
+            error_limit: v3.error_limit,
+            targets: v3.targets,
+            next: v3.next,
+            state: v3.state,
+            counts: v3.counts,
+            version: v3.version,
+            done_ms: v3.done_ms,
+            host_timeout_secs: v3.host_timeout_secs,
+            queue: v3.queue,
+            retry_of: v3.retry_of,
+        }
+    }
+}
+
 fn limit_from(text: Option<String>) -> Result<Option<Limit>, CodecError> {
     text.map(|t| Limit::parse(&t).map_err(|e| CodecError::Corrupt(format!("stored job limit: {e}"))))
         .transpose()
@@ -502,7 +622,7 @@ fn limit_from(text: Option<String>) -> Result<Option<Limit>, CodecError> {
 
 impl Record for JobRecord {
     const NAME: &'static str = "job";
-    const VERSION: u8 = 3;
+    const VERSION: u8 = 4;
     type Stored = StoredJob;
 
     fn to_stored(&self) -> StoredJob {
@@ -513,6 +633,7 @@ impl Record for JobRecord {
             payload: self.payload.clone(),
             env: self.env.clone(),
             cwd: self.cwd.clone(),
+            user: self.user.clone(),
             timeout_secs: self.timeout_secs,
             ttl_secs: self.ttl_secs,
             max_concurrency: self.max_concurrency.map(|l| l.to_string()),
@@ -540,6 +661,7 @@ impl Record for JobRecord {
             payload: s.payload,
             env: s.env,
             cwd: s.cwd,
+            user: s.user,
             timeout_secs: s.timeout_secs,
             ttl_secs: s.ttl_secs,
             max_concurrency: limit_from(s.max_concurrency)?,
@@ -561,11 +683,15 @@ impl Record for JobRecord {
 
     fn from_older(version: u8, body: &[u8]) -> Option<Result<JobRecord, CodecError>> {
         match version {
-            1 => Some(
-                decode_body::<StoredJobV1>(body)
-                    .and_then(|v1| Self::from_stored(StoredJobV2::from(v1).into())),
-            ),
-            2 => Some(decode_body::<StoredJobV2>(body).and_then(|v2| Self::from_stored(v2.into()))),
+            1 => Some(decode_body::<StoredJobV1>(body).and_then(|v1| {
+                let v3: StoredJobV3 = StoredJobV2::from(v1).into();
+                Self::from_stored(v3.into())
+            })),
+            2 => Some(decode_body::<StoredJobV2>(body).and_then(|v2| {
+                let v3: StoredJobV3 = v2.into();
+                Self::from_stored(v3.into())
+            })),
+            3 => Some(decode_body::<StoredJobV3>(body).and_then(|v3| Self::from_stored(v3.into()))),
             _ => None,
         }
     }

@@ -57,6 +57,7 @@ fn sample_task() -> TaskRecord {
         payload: "echo hi".into(),
         env: BTreeMap::new(),
         cwd: None,
+        user: None,
         secret_names: Default::default(),
         stdin: Vec::new(),
         status: TaskStatus::TimedOut,
@@ -89,6 +90,7 @@ fn sample_job() -> JobRecord {
         payload: "uptime".into(),
         env: BTreeMap::new(),
         cwd: None,
+        user: None,
         secret_names: Default::default(),
         timeout_secs: 30,
         ttl_secs: 60,
@@ -250,12 +252,12 @@ fn sample_job_v3() -> JobRecord {
 }
 
 // Version 3 of the job record (the job it retries): frozen here so that a change of the layout
-// is noticed.
+// is noticed (the record has a fourth version since; its third is still read).
 const JOB_V3: &str = "03100202020202020202020202020202020216057368656c6c06757074696d65010141016201042f7372760101411e3c01033130250101320101020b03020102030405060708090a0b0e0c1a3c01011009090909090909090909090909090909";
 
 #[test]
-fn jobs_that_retry_another_keep_their_third_layout() {
-    frozen(JOB_V3, sample_job_v3());
+fn jobs_that_retry_another_of_the_third_layout_still_read() {
+    earlier(JOB_V3, sample_job_v3());
 }
 
 /// A task with an environment (one variable secret), a working directory and a standard input:
@@ -268,12 +270,37 @@ fn sample_task_v3() -> TaskRecord {
 }
 
 // Version 3 of the task record (standard input): frozen here so that a change of the layout is
-// noticed.
+// noticed (the record has a fourth version since; its third is still read).
 const TASK_V3: &str = "031001010101010101010101010101010101057765622d31057368656c6c076563686f206869010141016201042f746d7001014104696e0aff053cfbd007030002080405062a019a0101050104626f6f6d010c03640102023207";
 
 #[test]
-fn tasks_with_stdin_keep_their_third_layout() {
-    frozen(TASK_V3, sample_task_v3());
+fn tasks_with_stdin_of_the_third_layout_still_read() {
+    earlier(TASK_V3, sample_task_v3());
+}
+
+/// A task that runs as another user: version 4 of the task record.
+fn sample_task_v4() -> TaskRecord {
+    let mut task = sample_task_v3();
+    task.user = Some("www-data".into());
+    task
+}
+
+/// A job whose tasks run as another user: version 4 of the job record.
+fn sample_job_v4() -> JobRecord {
+    let mut job = sample_job_v3();
+    job.user = Some("www-data".into());
+    job
+}
+
+// Version 4 of the task and job records (the user): frozen here so that a change of the layout
+// is noticed.
+const TASK_V4: &str = "041001010101010101010101010101010101057765622d31057368656c6c076563686f206869010141016201042f746d7001087777772d6461746101014104696e0aff053cfbd007030002080405062a019a0101050104626f6f6d010c03640102023207";
+const JOB_V4: &str = "04100202020202020202020202020202020216057368656c6c06757074696d65010141016201042f73727601087777772d646174610101411e3c01033130250101320101020b03020102030405060708090a0b0e0c1a3c01011009090909090909090909090909090909";
+
+#[test]
+fn tasks_and_jobs_that_run_as_another_user_keep_their_fourth_layout() {
+    frozen(TASK_V4, sample_task_v4());
+    frozen(JOB_V4, sample_job_v4());
 }
 
 #[test]
@@ -303,9 +330,9 @@ fn targets_keep_their_second_layout() {
 #[test]
 fn a_future_version_is_refused_naming_the_record() {
     let mut bytes = unhex(TASK_V1);
-    bytes[0] = 4;
+    bytes[0] = 5;
     let err = codec::decode::<TaskRecord>(&bytes).unwrap_err();
-    assert_eq!(err.to_string(), "stored task record has version 4; this build reads versions up to 3");
+    assert_eq!(err.to_string(), "stored task record has version 5; this build reads versions up to 4");
     let mut bytes = unhex(TARGET_V1);
     bytes[0] = 7;
     let err = codec::decode::<TargetRecord>(&bytes).unwrap_err();

@@ -220,6 +220,7 @@ fn takes_new_tasks_and_reopens(build: &str, agent: &str) {
         payload: "echo new",
         env: &std::collections::BTreeMap::new(),
         cwd: None,
+        user: None,
         stdin: &[],
         timeout_secs: 60,
         ttl_secs: 3600,

@@ -25,6 +25,8 @@ pub struct AgentOpts {
     pub labels: Vec<String>,
     /// `--max-tasks`.
     pub max_tasks: Option<usize>,
+    /// `--allow-user NAME`, repeated.
+    pub allow_users: Vec<String>,
     /// The URL the agent talks to instead of the server's own (e.g. a [`Proxy`] in front of it).
     pub server_url: Option<String>,
 }
@@ -95,6 +97,9 @@ impl Agent {
         }
         if let Some(max) = self.opts.max_tasks {
             cmd.arg("--max-tasks").arg(max.to_string());
+        }
+        for user in &self.opts.allow_users {
+            cmd.arg("--allow-user").arg(user);
         }
         clean_env(&mut cmd);
         // Harness servers run with `--enroll-key orange-forge` unless told otherwise.
