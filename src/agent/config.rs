@@ -41,6 +41,10 @@ pub struct AgentConfig {
     pub allow_shell: bool,
     /// Directory of handler executables (canonical path), if any.
     pub handlers_dir: Option<PathBuf>,
+    /// Directories (canonical) under which `file.put` tasks may write; none: refused.
+    pub write_roots: Vec<PathBuf>,
+    /// Directories (canonical) under which `file.get` tasks may read; none: refused.
+    pub read_roots: Vec<PathBuf>,
     /// Operator labels sent with `register`.
     pub labels: BTreeMap<String, String>,
     /// Most tasks running at once (at least 1).
@@ -70,6 +74,8 @@ impl AgentConfig {
             state_dir: None,
             allow_shell: false,
             handlers_dir: None,
+            write_roots: Vec::new(),
+            read_roots: Vec::new(),
             labels: BTreeMap::new(),
             max_tasks: 4,
         }
@@ -87,6 +93,8 @@ pub struct AgentBuilder {
     state_dir: Option<PathBuf>,
     allow_shell: bool,
     handlers_dir: Option<PathBuf>,
+    write_roots: Vec<PathBuf>,
+    read_roots: Vec<PathBuf>,
     labels: BTreeMap<String, String>,
     max_tasks: usize,
 }
@@ -134,6 +142,20 @@ impl AgentBuilder {
         self
     }
 
+    /// A directory under which `file.put` tasks may write (repeatable; it must exist; default:
+    /// none, and every `file.put` is refused).
+    pub fn allow_write_root(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.write_roots.push(dir.into());
+        self
+    }
+
+    /// A directory under which `file.get` tasks may read (repeatable; it must exist; default:
+    /// none, and every `file.get` is refused).
+    pub fn allow_read_root(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.read_roots.push(dir.into());
+        self
+    }
+
     /// Operator labels sent with `register`, checked by [`limits::check_labels`].
     pub fn labels(mut self, labels: BTreeMap<String, String>) -> Self {
         self.labels = labels;
@@ -157,6 +179,8 @@ impl AgentBuilder {
             bail!("max tasks must be at least 1");
         }
         let handlers_dir = self.handlers_dir.as_deref().map(handlers_dir).transpose()?;
+        let write_roots = canonical_dirs("--allow-write-root", &self.write_roots)?;
+        let read_roots = canonical_dirs("--allow-read-root", &self.read_roots)?;
         let state_dir = match self.state_dir {
             Some(dir) => dir,
             None => state::default_state_dir()?,
@@ -177,6 +201,8 @@ impl AgentBuilder {
             state_dir,
             allow_shell: self.allow_shell,
             handlers_dir,
+            write_roots,
+            read_roots,
             labels: self.labels,
             max_tasks: self.max_tasks,
             hostname,
@@ -211,6 +237,20 @@ fn handlers_dir(dir: &Path) -> Result<PathBuf> {
         bail!("handlers directory {} is not a directory", dir.display());
     }
     Ok(canonical)
+}
+
+/// The canonical paths of `dirs`, each an existing directory (named by `flag` when not).
+fn canonical_dirs(flag: &str, dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    dirs.iter()
+        .map(|dir| {
+            let canonical =
+                dir.canonicalize().with_context(|| format!("{flag} {}: cannot open it", dir.display()))?;
+            if !canonical.is_dir() {
+                bail!("{flag} {} is not a directory", dir.display());
+            }
+            Ok(canonical)
+        })
+        .collect()
 }
 
 #[cfg(test)]

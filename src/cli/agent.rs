@@ -59,6 +59,14 @@ pub struct AgentArgs {
     /// directory of handler executables; a task of type T runs DIR/T
     #[argh(option)]
     pub handlers: Option<PathBuf>,
+    /// directory under which `orange cp` may write files (repeatable; default none: pushes are
+    /// refused)
+    #[argh(option)]
+    pub allow_write_root: Vec<PathBuf>,
+    /// directory under which `orange cp` may read files (repeatable; default none: pulls are
+    /// refused)
+    #[argh(option)]
+    pub allow_read_root: Vec<PathBuf>,
     /// operator label k=v (repeatable)
     #[argh(option)]
     pub label: Vec<String>,
@@ -180,6 +188,12 @@ pub fn agent_config_with_env(args: AgentArgs, env: Env) -> Result<AgentConfig> {
     if let Some(dir) = args.handlers {
         builder = builder.handlers_dir(dir);
     }
+    for dir in args.allow_write_root {
+        builder = builder.allow_write_root(dir);
+    }
+    for dir in args.allow_read_root {
+        builder = builder.allow_read_root(dir);
+    }
     if let Some(secret) = agent_secret(args.secret_file.as_deref(), env)? {
         builder = builder.secret(secret);
     }
@@ -242,6 +256,8 @@ mod tests {
             insecure: false,
             allow_shell: false,
             handlers: None,
+            allow_write_root: vec![],
+            allow_read_root: vec![],
             label: vec![],
             max_tasks: 4,
         }

@@ -15,8 +15,10 @@ pub const FEATURE_ENV: &str = "env";
 pub const FEATURE_CWD: &str = "cwd";
 /// The task carries bytes for its process's standard input (`stdin`).
 pub const FEATURE_STDIN: &str = "stdin";
+/// The task copies a file to or from the host (task types `file.put`, `file.get`).
+pub const FEATURE_FILES: &str = "files";
 /// Every feature this build knows, sorted.
-pub const KNOWN: [&str; 3] = [FEATURE_CWD, FEATURE_ENV, FEATURE_STDIN];
+pub const KNOWN: [&str; 4] = [FEATURE_CWD, FEATURE_ENV, FEATURE_FILES, FEATURE_STDIN];
 
 /// An agent feature, not a task's: the agent takes several tasks from one getTask (up to its
 /// announced capacity, at most [`MAX_TASKS_PER_POLL`], the rest in the first task's `more`) and
@@ -80,13 +82,18 @@ pub fn required_by(env: &BTreeMap<String, String>, cwd: Option<&str>) -> Vec<&'s
     needs
 }
 
-/// [`required_by`] of a task that also carries `stdin` bytes (none: not needed), sorted.
+/// [`required_by`] of a task of type `task_type` that also carries `stdin` bytes (none: not
+/// needed), sorted: a file copy's type needs [`FEATURE_FILES`].
 pub fn required_with_stdin(
+    task_type: &str,
     env: &BTreeMap<String, String>,
     cwd: Option<&str>,
     stdin: &[u8],
 ) -> Vec<&'static str> {
     let mut needs = required_by(env, cwd);
+    if super::files::is_file_task(task_type) {
+        needs.push(FEATURE_FILES);
+    }
     if !stdin.is_empty() {
         needs.push(FEATURE_STDIN);
     }

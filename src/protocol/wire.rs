@@ -232,7 +232,7 @@ pub struct WireTask {
 impl WireTask {
     /// The features an agent must understand to run this task.
     pub fn required_features(&self) -> Vec<&'static str> {
-        super::features::required_with_stdin(&self.env, self.cwd.as_deref(), &self.stdin)
+        super::features::required_with_stdin(&self.task_type, &self.env, self.cwd.as_deref(), &self.stdin)
     }
 }
 

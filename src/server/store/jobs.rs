@@ -294,7 +294,7 @@ fn lacks_features<E: From<StoreError>>(
     stdin: &[u8],
     app_id: &str,
 ) -> Result<Option<String>, TxError<E>> {
-    let required = features::required_with_stdin(&job.env, job.cwd.as_deref(), stdin);
+    let required = features::required_with_stdin(&job.task_type, &job.env, job.cwd.as_deref(), stdin);
     if required.is_empty() {
         return Ok(None);
     }
