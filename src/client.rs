@@ -431,7 +431,8 @@ impl AgentClient {
         // Serializing a struct of a string and a number cannot fail.
         let body = serde_json::to_vec(request).expect("chunk request serializes");
         let envelope = self.call::<ChunkReply>(FILE_CHUNK_PATH, &body, &self.signer)?;
-        ok_or_refused(envelope)?.ok_or_else(|| ClientError::Refused("file chunk answer carries no data".into()))
+        ok_or_refused(envelope)?
+            .ok_or_else(|| ClientError::Refused("file chunk answer carries no data".into()))
     }
 
     /// Sends bytes a `file.get` task read; answers whether the task was cancelled.
@@ -535,7 +536,11 @@ impl AdminClient {
     }
 
     /// `POST path` streaming `file` as the raw body, answer decoded as `T`.
-    pub fn post_file<T: DeserializeOwned>(&self, path: &str, file: &mut std::fs::File) -> Result<T, ClientError> {
+    pub fn post_file<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        file: &mut std::fs::File,
+    ) -> Result<T, ClientError> {
         let url = format!("{}{}", self.base, path);
         let request = self
             .http(&url)?

@@ -183,7 +183,11 @@ mod tests {
         assert!(check_remote_path("/").unwrap_err().contains("does not name a file"));
         assert!(check_remote_path("/srv/").is_err());
         assert!(check_remote_path("/srv/..").is_err());
-        assert!(check_remote_path(&format!("/{}", "a".repeat(MAX_REMOTE_PATH_LEN))).unwrap_err().contains("limit"));
+        assert!(
+            check_remote_path(&format!("/{}", "a".repeat(MAX_REMOTE_PATH_LEN)))
+                .unwrap_err()
+                .contains("limit")
+        );
         assert!(check_remote_path("/a\0b").is_err());
     }
 

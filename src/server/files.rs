@@ -101,7 +101,9 @@ impl Files {
     pub async fn upload_from_agent(&self, app_id: &str, chunk: UploadChunk) -> Result<bool, ServiceError> {
         let task = self.open_task_of(app_id, &chunk.task_id, TASK_FILE_GET)?;
         if chunk.data.len() > WIRE_CHUNK_LEN.div_ceil(3) * 4 {
-            return Err(ServiceError::TooLarge(format!("a file chunk carries at most {WIRE_CHUNK_LEN} bytes")));
+            return Err(ServiceError::TooLarge(format!(
+                "a file chunk carries at most {WIRE_CHUNK_LEN} bytes"
+            )));
         }
         let data = files::decode(&chunk.data).map_err(ServiceError::BadRequest)?;
         let end = chunk.offset.saturating_add(data.len() as u64);
@@ -126,9 +128,13 @@ impl Files {
 
     /// Up to `max` bytes from `offset` of what `file.get` task `id` read.
     pub fn download(&self, id: TaskId, offset: u64, max: usize) -> Result<Vec<u8>, ServiceError> {
-        let task = self.store.task(id)?.ok_or_else(|| ServiceError::NotFound(format!("unknown task {id}")))?;
+        let task =
+            self.store.task(id)?.ok_or_else(|| ServiceError::NotFound(format!("unknown task {id}")))?;
         if task.task_type != TASK_FILE_GET {
-            return Err(ServiceError::BadRequest(format!("task {id} is a {} task, not file.get", task.task_type)));
+            return Err(ServiceError::BadRequest(format!(
+                "task {id} is a {} task, not file.get",
+                task.task_type
+            )));
         }
         Ok(self.store.read_file(id, offset, max)?)
     }

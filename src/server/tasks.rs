@@ -89,7 +89,8 @@ impl Tasks {
                 targets.len(),
             )));
         }
-        let required = required_with_stdin(&request.task_type, &request.env, request.cwd.as_deref(), &request.stdin);
+        let required =
+            required_with_stdin(&request.task_type, &request.env, request.cwd.as_deref(), &request.stdin);
         self.check_features(&targets, &required)?;
         self.check_queue_room(&targets)?;
         let now = now_ms();

@@ -13,7 +13,9 @@ use super::AppState;
 use super::agent_api::{reply, service_failure, signed_json};
 use super::busy::BusyPermit;
 use super::client_addr::ClientAddr;
-use crate::protocol::files::{self, ChunkReply, ChunkRequest, FILE_CHUNK_PATH, FILE_UPLOAD_PATH, UploadChunk};
+use crate::protocol::files::{
+    self, ChunkReply, ChunkRequest, FILE_CHUNK_PATH, FILE_UPLOAD_PATH, UploadChunk,
+};
 use crate::protocol::wire::{Envelope, OutputAck};
 
 /// The file routes of the agent protocol.

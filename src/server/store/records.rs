@@ -206,7 +206,12 @@ impl TaskRecord {
 
     /// The features an agent must have announced to be given this task.
     pub fn required_features(&self) -> Vec<&'static str> {
-        crate::protocol::features::required_with_stdin(&self.task_type, &self.env, self.cwd.as_deref(), &self.stdin)
+        crate::protocol::features::required_with_stdin(
+            &self.task_type,
+            &self.env,
+            self.cwd.as_deref(),
+            &self.stdin,
+        )
     }
 
     /// Moves to `status`, recording when.
