@@ -9,6 +9,7 @@ mod batch;
 mod bytes;
 mod cli_conventions;
 mod command_words;
+mod copy;
 mod compaction;
 mod crash_random;
 mod down_hosts;

@@ -27,6 +27,8 @@ pub struct AgentOpts {
     pub max_tasks: Option<usize>,
     /// The URL the agent talks to instead of the server's own (e.g. a [`Proxy`] in front of it).
     pub server_url: Option<String>,
+    /// Further flags, passed as given (e.g. `--allow-write-root DIR`).
+    pub extra_args: Vec<String>,
 }
 
 /// A running `orange agent` with its own state directory.
@@ -96,6 +98,7 @@ impl Agent {
         if let Some(max) = self.opts.max_tasks {
             cmd.arg("--max-tasks").arg(max.to_string());
         }
+        cmd.args(&self.opts.extra_args);
         clean_env(&mut cmd);
         // Harness servers run with `--enroll-key orange-forge` unless told otherwise.
         cmd.env("ORANGE_ENROLL_KEY", BASE_SECRET);
