@@ -381,7 +381,7 @@ mod tests {
         handled.env.insert("A".into(), "b".into());
         handled.cwd = Some("/".into());
         assert_eq!(executor.run(&handled).stdout, "b /");
-        assert_eq!(executor.features(), ["cwd", "env", "stdin"]);
+        assert_eq!(executor.features(), ["cwd", "env", "files", "stdin"]);
         Ok(())
     }
 

@@ -73,7 +73,8 @@ fn a_file_of_several_mib_pushed_to_two_agents_lands_whole_and_pulls_back_identic
     std::fs::set_permissions(&local, std::fs::Permissions::from_mode(0o640)).expect("chmod");
     let remote = root.join("app.bin");
     let target = format!(":{}", remote.display());
-    let run = orange(&server, &["cp", local.to_str().expect("utf-8"), "--label", "role=web", &target, "--json"]);
+    let run =
+        orange(&server, &["cp", local.to_str().expect("utf-8"), "--label", "role=web", &target, "--json"]);
     run.assert_success();
     let report = run.json();
     assert_eq!(report["job"]["counts"]["succeeded"], 2, "{run}");
@@ -86,11 +87,15 @@ fn a_file_of_several_mib_pushed_to_two_agents_lands_whole_and_pulls_back_identic
     let written = std::fs::read(&remote).expect("the pushed file");
     assert_eq!(sha256(&written), sha256(&bytes));
     assert_eq!(mode_of(&remote), 0o640, "the local mode is kept");
-    let leftovers: Vec<_> = std::fs::read_dir(&root).expect("read root").map(|e| e.expect("entry").file_name()).collect();
+    let leftovers: Vec<_> =
+        std::fs::read_dir(&root).expect("read root").map(|e| e.expect("entry").file_name()).collect();
     assert_eq!(leftovers.len(), 1, "no temporary file is left: {leftovers:?}");
 
     // --mode sets another mode; the file is replaced whole.
-    let run = orange(&server, &["cp", local.to_str().expect("utf-8"), "--appid", "web-1", "--mode", "600", &target]);
+    let run = orange(
+        &server,
+        &["cp", local.to_str().expect("utf-8"), "--appid", "web-1", "--mode", "600", &target],
+    );
     run.assert_success();
     assert_eq!(mode_of(&remote), 0o600);
 
@@ -129,7 +134,10 @@ fn agents_refuse_copies_without_a_root_outside_their_roots_and_through_dotdot_or
     let to = |path: &Path| format!(":{}", path.display());
     let run = orange(&server, &["cp", local, "--appid", "bare", &to(&root.join("f.txt"))]);
     assert_refused(&run, "--allow-write-root");
-    let run = orange(&server, &["cp", "--appid", "bare", &to(&root.join("f.txt")), work.path().to_str().expect("utf-8")]);
+    let run = orange(
+        &server,
+        &["cp", "--appid", "bare", &to(&root.join("f.txt")), work.path().to_str().expect("utf-8")],
+    );
     assert_refused(&run, "--allow-read-root");
 
     let run = orange(&server, &["cp", local, "--appid", "web-1", &to(&outside.join("f.txt"))]);
@@ -145,7 +153,8 @@ fn agents_refuse_copies_without_a_root_outside_their_roots_and_through_dotdot_or
     let back = back.to_str().expect("utf-8");
     let run = orange(&server, &["cp", "--appid", "web-1", &to(&root.join("secret-link")), back]);
     assert_refused(&run, "outside the directories this agent may read");
-    let run = orange(&server, &["cp", "--appid", "web-1", &format!(":{}/../outside/secret", root.display()), back]);
+    let run =
+        orange(&server, &["cp", "--appid", "web-1", &format!(":{}/../outside/secret", root.display()), back]);
     assert_refused(&run, "outside the directories this agent may read");
     assert!(!Path::new(back).exists(), "nothing was pulled");
 

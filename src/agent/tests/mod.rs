@@ -70,6 +70,8 @@ pub(crate) fn config(server: &str, max_tasks: usize, state: &Path) -> AgentConfi
         state_dir: state.to_owned(),
         allow_shell: true,
         handlers_dir: None,
+        write_roots: Vec::new(),
+        read_roots: Vec::new(),
         labels: BTreeMap::from([("env".to_owned(), "test".to_owned())]),
         max_tasks,
         hostname: "h1".into(),
