@@ -1,7 +1,7 @@
 //! `orange cp` with the real binaries: a file of several MiB pushed to two agents lands with its
 //! bytes, mode and checksum, and pulls back identical; agents refuse without a root (naming the
 //! flag), outside their roots, and through `..` or a symlink; the server's `--max-file-mb` refuses
-//! a larger file both ways with a clear message.
+//! a larger file both ways with a clear message; an original client is never handed a copy.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::support::{Agent, AgentOpts, Run, Server, ServerOpts};
+use crate::support::{Agent, AgentOpts, GoAgent, Run, Server, ServerOpts};
 
 /// An agent allowed to write under `write` and read under `read`.
 fn copy_agent(server: &Server, app_id: &str, write: &[&Path], read: &[&Path]) -> Agent {
@@ -187,4 +187,22 @@ fn the_servers_file_limit_refuses_a_larger_file_both_ways() {
     let run = orange(&server, &["cp", "--appid", "web-1", &target, back.to_str().expect("utf-8")]);
     assert_refused(&run, "--max-file-mb");
     assert!(!back.exists());
+}
+
+#[test]
+fn an_original_client_is_never_handed_a_copy() {
+    let server = Server::start(ServerOpts::default());
+    let _go = GoAgent::new(&server, "go-1", "s1").registered();
+    let work = tempfile::tempdir().expect("temp dir");
+    let local = work.path().join("f.txt");
+    std::fs::write(&local, "hello\n").expect("write local");
+
+    let run = orange(&server, &["cp", local.to_str().expect("utf-8"), "--appid", "go-1", ":/tmp/f.txt"]);
+    assert_refused(&run, "does not support the task feature files");
+    let run =
+        orange(&server, &["cp", "--appid", "go-1", ":/etc/hostname", work.path().to_str().expect("utf-8")]);
+    assert_refused(&run, "does not support the task feature files");
+    let tasks = orange(&server, &["task", "list", "--agent", "go-1", "--status", "queued", "--json"]);
+    tasks.assert_success();
+    assert_eq!(tasks.json()["tasks"].as_array().map(Vec::len), Some(0), "nothing queued\n{tasks}");
 }
