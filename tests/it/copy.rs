@@ -109,6 +109,19 @@ fn a_file_of_several_mib_pushed_to_two_agents_lands_whole_and_pulls_back_identic
     assert_eq!(std::fs::read(&pulled).expect("pulled file"), bytes);
     assert_eq!(mode_of(&pulled), 0o600);
 
+    // An empty file goes both ways too.
+    let empty = work.path().join("empty");
+    std::fs::write(&empty, "").expect("write empty");
+    let empty_target = format!(":{}", root.join("empty").display());
+    orange(&server, &["cp", empty.to_str().expect("utf-8"), "--appid", "web-1", &empty_target])
+        .assert_success();
+    assert_eq!(std::fs::read(root.join("empty")).expect("empty pushed"), b"");
+    let empty_back = work.path().join("empty-back");
+    let run =
+        orange(&server, &["cp", "--appid", "web-1", &empty_target, empty_back.to_str().expect("utf-8")]);
+    run.assert_success();
+    assert_eq!(std::fs::read(&empty_back).expect("empty pulled"), b"");
+
     let audit = orange(&server, &["audit", "--json"]);
     audit.assert_success();
     assert!(audit.stdout.contains("file.upload") && audit.stdout.contains(&sha256(&bytes)), "{audit}");
