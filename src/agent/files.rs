@@ -62,7 +62,13 @@ impl FileRoots {
             let _ = fs::remove_file(&temp);
             return Err(stop);
         }
-        Ok(success(&GotFile { size: spec.size, mode: spec.mode, sha256: spec.sha256 }))
+        Ok(TaskOutcome::success(format!(
+            "wrote {} bytes to {} (mode {:04o}, sha256 {})\n",
+            spec.size,
+            target.display(),
+            spec.mode,
+            spec.sha256
+        )))
     }
 
     /// The canonical directory and the file name `path` writes to, the directory under a write root.
@@ -149,6 +155,7 @@ fn io_failed(what: &str, path: &Path, e: std::io::Error) -> Stop {
     TaskOutcome::failed(format!("cannot {what} {}: {e}", path.display()))
 }
 
+/// The outcome of a `file.get`: what it read, as JSON the CLI checks its download against.
 fn success(got: &GotFile) -> TaskOutcome {
     // A struct of numbers and a string always serializes.
     TaskOutcome::success(serde_json::to_string(got).unwrap_or_default())
