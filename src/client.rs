@@ -11,6 +11,7 @@ use crate::protocol::admin::ApiError;
 use crate::protocol::busy::{HEADER_RETRY_AFTER, parse_retry_after};
 use crate::protocol::facts::{FACTS_PATH, HostFacts};
 use crate::protocol::features::{HEADER_FEATURES, header_value};
+use crate::protocol::files::{ChunkReply, ChunkRequest, FILE_CHUNK_PATH, FILE_UPLOAD_PATH, UploadChunk};
 use crate::protocol::sign::{Canonical, SIGN_VERSION_2, new_nonce, time_header};
 use crate::protocol::wire::{
     self, CODE_NO_TASK, CODE_OK, OutputAck, OutputChunk, PollControl, RegisterReply, ReportBatch,
@@ -425,6 +426,23 @@ impl AgentClient {
         ok_or_refused(envelope).map(Option::unwrap_or_default)
     }
 
+    /// Fetches the bytes from `offset` of the file a `file.put` task writes.
+    pub fn file_chunk(&self, request: &ChunkRequest) -> Result<ChunkReply, ClientError> {
+        // Serializing a struct of a string and a number cannot fail.
+        let body = serde_json::to_vec(request).expect("chunk request serializes");
+        let envelope = self.call::<ChunkReply>(FILE_CHUNK_PATH, &body, &self.signer)?;
+        ok_or_refused(envelope)?
+            .ok_or_else(|| ClientError::Refused("file chunk answer carries no data".into()))
+    }
+
+    /// Sends bytes a `file.get` task read; answers whether the task was cancelled.
+    pub fn file_upload(&self, chunk: &UploadChunk) -> Result<OutputAck, ClientError> {
+        // Serializing a struct of strings and a number cannot fail.
+        let body = serde_json::to_vec(chunk).expect("upload chunk serializes");
+        let envelope = self.call::<OutputAck>(FILE_UPLOAD_PATH, &body, &self.signer)?;
+        ok_or_refused(envelope).map(Option::unwrap_or_default)
+    }
+
     /// Sends the host's facts again (they changed since `register`).
     pub fn send_facts(&self, facts: &HostFacts) -> Result<(), ClientError> {
         // Serializing a struct of strings and numbers cannot fail.
@@ -515,6 +533,34 @@ impl AdminClient {
             .content_type("application/json")
             .send(&bytes[..]);
         decode_api(&url, exchange(&url, request)?)
+    }
+
+    /// `POST path` streaming `file` as the raw body, answer decoded as `T`.
+    pub fn post_file<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        file: &mut std::fs::File,
+    ) -> Result<T, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let request = self
+            .http(&url)?
+            .post(&url)
+            .header("Authorization", format!("Bearer {}", self.token))
+            .content_type("application/octet-stream")
+            .send(ureq::SendBody::from_reader(file));
+        decode_api(&url, exchange(&url, request)?)
+    }
+
+    /// `GET path` (with its query): the raw bytes of a successful answer.
+    pub fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let request =
+            self.http(&url)?.get(&url).header("Authorization", format!("Bearer {}", self.token)).call();
+        let (status, bytes) = exchange(&url, request)?;
+        if (200..300).contains(&status) {
+            return Ok(bytes);
+        }
+        decode_api::<serde_json::Value>(&url, (status, bytes)).map(|_| Vec::new())
     }
 }
 

@@ -43,6 +43,10 @@ pub struct AgentConfig {
     pub handlers_dir: Option<PathBuf>,
     /// Users a task may ask to run as (`--allow-user`; the agent must run as root).
     pub allowed_users: Vec<String>,
+    /// Directories (canonical) under which `file.put` tasks may write; none: refused.
+    pub write_roots: Vec<PathBuf>,
+    /// Directories (canonical) under which `file.get` tasks may read; none: refused.
+    pub read_roots: Vec<PathBuf>,
     /// Operator labels sent with `register`.
     pub labels: BTreeMap<String, String>,
     /// Most tasks running at once (at least 1).
@@ -73,6 +77,8 @@ impl AgentConfig {
             allow_shell: false,
             handlers_dir: None,
             allowed_users: Vec::new(),
+            write_roots: Vec::new(),
+            read_roots: Vec::new(),
             labels: BTreeMap::new(),
             max_tasks: 4,
         }
@@ -91,6 +97,8 @@ pub struct AgentBuilder {
     allow_shell: bool,
     handlers_dir: Option<PathBuf>,
     allowed_users: Vec<String>,
+    write_roots: Vec<PathBuf>,
+    read_roots: Vec<PathBuf>,
     labels: BTreeMap<String, String>,
     max_tasks: usize,
 }
@@ -145,6 +153,20 @@ impl AgentBuilder {
         self
     }
 
+    /// A directory under which `file.put` tasks may write (repeatable; it must exist; default:
+    /// none, and every `file.put` is refused).
+    pub fn allow_write_root(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.write_roots.push(dir.into());
+        self
+    }
+
+    /// A directory under which `file.get` tasks may read (repeatable; it must exist; default:
+    /// none, and every `file.get` is refused).
+    pub fn allow_read_root(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.read_roots.push(dir.into());
+        self
+    }
+
     /// Operator labels sent with `register`, checked by [`limits::check_labels`].
     pub fn labels(mut self, labels: BTreeMap<String, String>) -> Self {
         self.labels = labels;
@@ -171,6 +193,8 @@ impl AgentBuilder {
         for user in &self.allowed_users {
             limits::check_user(user).map_err(|e| anyhow::anyhow!("--allow-user: {e}"))?;
         }
+        let write_roots = canonical_dirs("--allow-write-root", &self.write_roots)?;
+        let read_roots = canonical_dirs("--allow-read-root", &self.read_roots)?;
         let state_dir = match self.state_dir {
             Some(dir) => dir,
             None => state::default_state_dir()?,
@@ -192,6 +216,8 @@ impl AgentBuilder {
             allow_shell: self.allow_shell,
             handlers_dir,
             allowed_users: self.allowed_users,
+            write_roots,
+            read_roots,
             labels: self.labels,
             max_tasks: self.max_tasks,
             hostname,
@@ -226,6 +252,20 @@ fn handlers_dir(dir: &Path) -> Result<PathBuf> {
         bail!("handlers directory {} is not a directory", dir.display());
     }
     Ok(canonical)
+}
+
+/// The canonical paths of `dirs`, each an existing directory (named by `flag` when not).
+fn canonical_dirs(flag: &str, dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    dirs.iter()
+        .map(|dir| {
+            let canonical =
+                dir.canonicalize().with_context(|| format!("{flag} {}: cannot open it", dir.display()))?;
+            if !canonical.is_dir() {
+                bail!("{flag} {} is not a directory", dir.display());
+            }
+            Ok(canonical)
+        })
+        .collect()
 }
 
 #[cfg(test)]

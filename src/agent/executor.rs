@@ -1,5 +1,6 @@
 //! The built-in executors, chosen by task type: `ping` answers at once, `shell` runs `sh -c` (only
-//! when allowed), and any other type T runs the executable `<handlers>/T`. A task that cannot run
+//! when allowed), `file.put` and `file.get` copy a file (`files.rs`, under the allowed roots),
+//! and any other type T runs the executable `<handlers>/T`. A task that cannot run
 //! becomes a failed outcome with a reason, never a dropped task. Inside the agent a process's
 //! output streams to the server and a cancel stops its group; outside it (`run`), output is
 //! captured into the outcome. A task's `env` is added to its process's environment (never the
@@ -13,13 +14,14 @@ use std::time::Duration;
 
 use super::capture::Capture;
 use super::config::AgentConfig;
+use super::files::FileRoots;
 use super::handler::{OutcomeStatus, TaskContext, TaskHandler, TaskOutcome};
 use super::process::{ProcessOutput, RunLimits, run_process_with};
 use super::run_as;
 use super::sink::OutputSink;
 use crate::protocol::WireTask;
 use crate::protocol::wire::MAX_OUTPUT_LEN;
-use crate::protocol::{features, limits};
+use crate::protocol::{features, files, limits};
 
 /// Timeout of a task that does not carry one.
 pub const DEFAULT_TASK_TIMEOUT: Duration = Duration::from_secs(600);
@@ -47,19 +49,33 @@ pub struct BuiltinExecutor {
     handlers_dir: Option<PathBuf>,
     allowed_users: Vec<String>,
     ping_answer: String,
+    file_roots: FileRoots,
 }
 
 impl BuiltinExecutor {
     /// The executors `config` allows.
     pub fn new(config: &AgentConfig) -> Self {
+        let roots = FileRoots { write: config.write_roots.clone(), read: config.read_roots.clone() };
         BuiltinExecutor::with(config.allow_shell, config.handlers_dir.clone(), &config.hostname)
             .allowing_users(config.allowed_users.clone())
+            .file_roots(roots)
+    }
+
+    /// The same executors, with file copy allowed under `roots` (canonical directories).
+    pub fn file_roots(self, roots: FileRoots) -> Self {
+        BuiltinExecutor { file_roots: roots, ..self }
     }
 
     /// Executors from their settings; `handlers_dir` should be canonical.
     pub fn with(allow_shell: bool, handlers_dir: Option<PathBuf>, hostname: &str) -> Self {
         let ping_answer = format!("orange {} on {hostname}", env!("CARGO_PKG_VERSION"));
-        BuiltinExecutor { allow_shell, handlers_dir, allowed_users: Vec::new(), ping_answer }
+        BuiltinExecutor {
+            allow_shell,
+            handlers_dir,
+            allowed_users: Vec::new(),
+            ping_answer,
+            file_roots: FileRoots::default(),
+        }
     }
 
     /// These executors, running a task as another user when it asks for one of `users` (and
@@ -123,6 +139,8 @@ impl TaskHandler for BuiltinExecutor {
             // The original's own server names this type `PING`, so any case is accepted.
             t if t.eq_ignore_ascii_case("ping") => TaskOutcome::success(self.ping_answer.clone()),
             "shell" => self.shell(task, ctx),
+            files::TASK_FILE_PUT => self.file_roots.put(task, ctx),
+            files::TASK_FILE_GET => self.file_roots.get(task, ctx),
             _ => self.handler(task, ctx),
         }
     }
@@ -390,7 +408,7 @@ mod tests {
         handled.env.insert("A".into(), "b".into());
         handled.cwd = Some("/".into());
         assert_eq!(executor.run(&handled).stdout, "b /");
-        assert_eq!(executor.features(), ["cwd", "env", "stdin", "user"]);
+        assert_eq!(executor.features(), ["cwd", "env", "files", "stdin", "user"]);
         Ok(())
     }
 

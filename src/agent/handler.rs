@@ -167,6 +167,12 @@ impl TaskContext {
         self.watch.as_deref()
     }
 
+    /// The agent's shared state, for a task that calls the server itself (file copy); `None`
+    /// when detached.
+    pub(crate) fn shared(&self) -> Option<&Arc<super::shared::Shared>> {
+        self.stream.as_ref().map(|stream| stream.shared())
+    }
+
     /// A sink streaming process output to the server; `None` when detached (capture instead).
     pub(crate) fn output_sink(&self) -> Option<ChunkSink> {
         self.stream.as_ref().map(|stream| ChunkSink::new(Arc::clone(stream)))

@@ -24,7 +24,8 @@
 //! - `outbox`: the thread sending final reports again from the journal.
 //! - `control`: the cancel and acknowledged flags the agent and a running task share.
 //! - [`handler`]: the embedding API, `TaskHandler`, `TaskOutcome` and `TaskContext`.
-//! - [`executor`]: the built-in handler (`ping`, `shell`, the handlers directory).
+//! - [`executor`]: the built-in handler (`ping`, `shell`, file copy, the handlers directory).
+//! - [`files`]: file copy on the host (`file.put`, `file.get`) under the allowed roots.
 //! - [`process`]: running a process in its own group with a deadline, cancel and an output sink.
 //! - [`group`]: a task's process group as journaled, and ending what a dead agent left of one.
 //! - [`sink`]: where a process's output goes (`OutputSink`) and its two streams.
@@ -35,7 +36,7 @@
 //! - [`backoff`]: capped exponential backoff with full jitter, and the pace of the long poll.
 //!
 //! Files depend downwards in this order: `mod`, `poll`, `worker`, `orphans`, `outbox`, `report`,
-//! `executor`, `handler`, `stream`, `retry`, `backoff`, `shared`, `stop`, `facts`, `config`,
+//! `executor`, `files`, `handler`, `stream`, `retry`, `backoff`, `shared`, `stop`, `facts`, `config`,
 //! `state`, `journal`, `control`, `process`, `group`, `capture`, `sink` (`fake_server`, for
 //! tests, on none of them).
 //!
@@ -58,6 +59,7 @@ pub mod config;
 mod control;
 pub mod executor;
 pub mod facts;
+pub mod files;
 pub mod group;
 pub mod handler;
 pub mod journal;

@@ -53,6 +53,11 @@ impl TaskStream {
         Arc::new(TaskStream { shared, task_id: task_id.to_owned(), control, state: Mutex::default() })
     }
 
+    /// The agent's shared state (its client, its stop flag), for a task's own calls.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, StreamState> {
         // Only the sink thread of the task's current process sends; a poisoned count is still right.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)

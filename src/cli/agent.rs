@@ -63,6 +63,14 @@ pub struct AgentArgs {
     /// agent's own user); switching needs the agent to run as root
     #[argh(option)]
     pub allow_user: Vec<String>,
+    /// directory under which `orange cp` may write files (repeatable; default none: pushes are
+    /// refused)
+    #[argh(option)]
+    pub allow_write_root: Vec<PathBuf>,
+    /// directory under which `orange cp` may read files (repeatable; default none: pulls are
+    /// refused)
+    #[argh(option)]
+    pub allow_read_root: Vec<PathBuf>,
     /// operator label k=v (repeatable)
     #[argh(option)]
     pub label: Vec<String>,
@@ -185,6 +193,12 @@ pub fn agent_config_with_env(args: AgentArgs, env: Env) -> Result<AgentConfig> {
     if let Some(dir) = args.handlers {
         builder = builder.handlers_dir(dir);
     }
+    for dir in args.allow_write_root {
+        builder = builder.allow_write_root(dir);
+    }
+    for dir in args.allow_read_root {
+        builder = builder.allow_read_root(dir);
+    }
     if let Some(secret) = agent_secret(args.secret_file.as_deref(), env)? {
         builder = builder.secret(secret);
     }
@@ -248,6 +262,8 @@ mod tests {
             allow_shell: false,
             handlers: None,
             allow_user: Vec::new(),
+            allow_write_root: vec![],
+            allow_read_root: vec![],
             label: vec![],
             max_tasks: 4,
         }

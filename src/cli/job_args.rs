@@ -420,7 +420,7 @@ impl JobFlags<'_> {
 }
 
 /// The target selection: `--appid` and `--label` add up; `--all` stands alone.
-fn targets(appid: &[String], label: &[String], all: bool) -> Result<Targets> {
+pub(super) fn targets(appid: &[String], label: &[String], all: bool) -> Result<Targets> {
     if all && !(appid.is_empty() && label.is_empty()) {
         usage_bail!("--all already picks every agent; leave out --appid and --label");
     }

@@ -63,7 +63,7 @@ pub fn retry(args: RetryArgs) -> Result<i32> {
 /// Follows the new `job` with a progress line on a terminal until it is done, then prints its
 /// summary (every host with `hosts`) or, with `json`, the job and every result; returns the
 /// exit status.
-fn follow_to_the_end(api: &Api, job: JobView, json: bool, hosts: bool) -> Result<i32> {
+pub(super) fn follow_to_the_end(api: &Api, job: JobView, json: bool, hosts: bool) -> Result<i32> {
     let show_progress = !json && std::io::stderr().is_terminal();
     let mut progress = Progress { shown: show_progress };
     progress.draw(&job);

@@ -2,7 +2,7 @@
 //! configs (`ServerConfig`, `AgentConfig`, `OperatorConfig`) and handed to the part that runs them.
 //!
 //! Files depend downwards in this order: `mod`, `server`, `agent`, `token`, `audit`, `agents`,
-//! `job`, `job_run`, `job_args`, `task`, `run`, `interrupt`, `cancel`, `follow`, `wait`,
+//! `cp`, `job`, `job_run`, `job_args`, `task`, `run`, `interrupt`, `cancel`, `follow`, `wait`,
 //! `fake_api` (tests), `job_print`, `output`, `flags`, `operator`, `argv`.
 
 pub mod agent;
@@ -10,6 +10,7 @@ pub mod agents;
 pub mod argv;
 pub mod audit;
 pub mod cancel;
+pub mod cp;
 #[cfg(test)]
 mod fake_api;
 pub mod flags;
@@ -41,6 +42,7 @@ use crate::protocol::read_secret_file;
     example = "orange agent --server https://orange.example:8890 --allow-shell",
     example = "orange task run --appid web-1 -- df -h /",
     example = "orange job run --label role=web --max-concurrency 10% -- 'systemctl restart nginx'",
+    example = "orange cp ./app.conf --label role=web :/etc/app/app.conf",
     note = "Every command takes -h/--help and -V/--version, and --flag=value as well as --flag value. \
             `orange task run` exits with the remote command's status (255 when orange itself failed, \
             as ssh); see `orange task run --help`.",
@@ -80,6 +82,8 @@ pub enum Command {
     Token(token::TokenArgs),
     /// `orange audit`
     Audit(audit::AuditArgs),
+    /// `orange cp`
+    Cp(cp::CpArgs),
 }
 
 /// Print the server's enrollment key (on the server host): agents given it enroll at once.
@@ -119,6 +123,7 @@ pub fn run(orange: Orange) -> Result<i32> {
         Some(Command::Agents(args)) => agents::run(args),
         Some(Command::Token(args)) => token::run(args),
         Some(Command::Audit(args)) => audit::run(args),
+        Some(Command::Cp(args)) => cp::run(args),
         Some(Command::EnrollKey(args)) => {
             let path = args.data.join(crate::server::ENROLL_KEY_FILE);
             let key = read_secret_file(&path).with_context(|| {

@@ -246,6 +246,16 @@ impl Api {
         self.client.post(path, body)
     }
 
+    /// `POST path` streaming `file` as the raw body, decoded as `T`.
+    pub fn post_file<T: DeserializeOwned>(&self, path: &str, file: &mut std::fs::File) -> Result<T> {
+        self.client.post_file(path, file).map_err(|e| self.explain("POST", path, e))
+    }
+
+    /// `GET path`: the raw bytes of the answer.
+    pub fn get_bytes(&self, path: &str) -> Result<Vec<u8>> {
+        self.client.get_bytes(path).map_err(|e| self.explain("GET", path, e))
+    }
+
     /// Adds what the operator needs to know to a failed call: a refused token says how to pass
     /// one, other API errors name the call. Transport errors already name the URL.
     pub fn explain(&self, method: &str, path: &str, error: ClientError) -> anyhow::Error {

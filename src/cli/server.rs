@@ -74,6 +74,9 @@ pub struct ServerArgs {
     /// most output kept per task in MiB, head and tail (default 16)
     #[argh(option, default = "16")]
     pub output_cap_mb: u64,
+    /// most bytes of a file copied with `orange cp`, in MiB, both ways (default 256)
+    #[argh(option, default = "256")]
+    pub max_file_mb: u64,
     /// most agent requests handled at once, parked long polls not counted; past it agents are
     /// told to retry later with HTTP 429 (default 256)
     #[argh(option, default = "256")]
@@ -163,6 +166,7 @@ pub fn server_options(args: ServerArgs, env: Env) -> Result<ServerOptions> {
         lost_grace: args.lost_grace,
         retention: args.retention,
         output_cap_mb: args.output_cap_mb,
+        max_file_mb: args.max_file_mb,
         max_inflight: args.max_inflight,
         max_unverified_inflight: args.max_unverified_inflight,
         retry_after: args.retry_after,

@@ -15,10 +15,12 @@ pub const FEATURE_ENV: &str = "env";
 pub const FEATURE_CWD: &str = "cwd";
 /// The task carries bytes for its process's standard input (`stdin`).
 pub const FEATURE_STDIN: &str = "stdin";
+/// The task copies a file to or from the host (task types `file.put`, `file.get`).
+pub const FEATURE_FILES: &str = "files";
 /// The task names the user its process runs as (`user`).
 pub const FEATURE_USER: &str = "user";
 /// Every feature this build knows, sorted.
-pub const KNOWN: [&str; 4] = [FEATURE_CWD, FEATURE_ENV, FEATURE_STDIN, FEATURE_USER];
+pub const KNOWN: [&str; 5] = [FEATURE_CWD, FEATURE_ENV, FEATURE_FILES, FEATURE_STDIN, FEATURE_USER];
 
 /// An agent feature, not a task's: the agent takes several tasks from one getTask (up to its
 /// announced capacity, at most [`MAX_TASKS_PER_POLL`], the rest in the first task's `more`) and
@@ -73,6 +75,8 @@ pub fn header_value(features: &[String]) -> String {
 /// What a task asks of its agent beyond running its payload: the parts that need a feature.
 #[derive(Debug, Clone, Copy)]
 pub struct TaskAsks<'a> {
+    /// Its task type (a file copy's type needs [`FEATURE_FILES`]).
+    pub task_type: &'a str,
     /// Environment variables added to its process.
     pub env: &'a BTreeMap<String, String>,
     /// Working directory of its process.
@@ -89,6 +93,7 @@ impl TaskAsks<'_> {
         let wanted = [
             (self.cwd.is_some(), FEATURE_CWD),
             (!self.env.is_empty(), FEATURE_ENV),
+            (super::files::is_file_task(self.task_type), FEATURE_FILES),
             (!self.stdin.is_empty(), FEATURE_STDIN),
             (self.user.is_some(), FEATURE_USER),
         ];
@@ -133,9 +138,15 @@ mod tests {
     fn a_task_needs_the_features_of_what_it_asks() {
         let env = BTreeMap::from([("A".to_owned(), "1".to_owned())]);
         let none = BTreeMap::new();
-        let plain = TaskAsks { env: &none, cwd: None, stdin: b"", user: None };
+        let plain = TaskAsks { task_type: "shell", env: &none, cwd: None, stdin: b"", user: None };
         assert!(plain.required().is_empty());
-        let all = TaskAsks { env: &env, cwd: Some("/tmp"), stdin: b"x", user: Some("nobody") };
+        let all = TaskAsks {
+            task_type: "file.put",
+            env: &env,
+            cwd: Some("/tmp"),
+            stdin: b"x",
+            user: Some("nobody"),
+        };
         assert_eq!(all.required(), KNOWN);
         assert_eq!(TaskAsks { user: Some("www-data"), ..plain }.required(), [FEATURE_USER]);
     }

@@ -2,7 +2,7 @@
 //! lists them; a test keeps the two equal.
 
 use super::limits::*;
-use super::{admin, busy, facts, features, jobs, wire};
+use super::{admin, busy, facts, features, files, jobs, wire};
 
 /// Every limit: its name, its value and what it bounds; SECURITY.md holds the same table.
 pub const TABLE: &[(&str, u64, &str)] = &[
@@ -63,6 +63,8 @@ pub const TABLE: &[(&str, u64, &str)] = &[
         MAX_ENQUEUE_BODY as u64,
         "bytes of one enqueue or job request body (stdin as base64)",
     ),
+    ("WIRE_CHUNK_LEN", files::WIRE_CHUNK_LEN as u64, "bytes of a copied file in one agent call"),
+    ("MAX_REMOTE_PATH_LEN", files::MAX_REMOTE_PATH_LEN as u64, "bytes of a copied file's remote path"),
     ("MAX_JOB_TARGETS", MAX_JOB_TARGETS as u64, "agents one job may target"),
     ("MAX_PENDING", MAX_PENDING as u64, "agents waiting to be accepted"),
     ("MAX_LIST_LIMIT", admin::MAX_LIST_LIMIT as u64, "entries of one list page"),

@@ -8,6 +8,7 @@ pub mod busy;
 pub mod bytes;
 pub mod facts;
 pub mod features;
+pub mod files;
 pub mod jobs;
 pub mod limit_table;
 pub mod limits;

@@ -237,6 +237,7 @@ impl WireTask {
     /// The features an agent must understand to run this task.
     pub fn required_features(&self) -> Vec<&'static str> {
         super::features::TaskAsks {
+            task_type: &self.task_type,
             env: &self.env,
             cwd: self.cwd.as_deref(),
             stdin: &self.stdin,

@@ -130,6 +130,7 @@ mod tests {
             lost_grace: Duration::from_secs(30),
             retention: Duration::from_secs(3600),
             output_cap_bytes: 1024 * 1024,
+            max_file_bytes: 1024 * 1024,
             compact_min_bytes: 64 * 1024 * 1024,
             sweep_interval: Duration::from_millis(100),
             tls: None,

@@ -39,6 +39,8 @@ pub struct ServerConfig {
     pub retention: Duration,
     /// Most output bytes kept per task.
     pub output_cap_bytes: u64,
+    /// Most bytes of a copied file.
+    pub max_file_bytes: u64,
     /// The database is compacted only when larger than this (and than 4 times its size after
     /// the last compaction).
     pub compact_min_bytes: u64,
@@ -193,6 +195,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("lost_grace", &self.lost_grace)
             .field("retention", &self.retention)
             .field("output_cap_bytes", &self.output_cap_bytes)
+            .field("max_file_bytes", &self.max_file_bytes)
             .field("max_inflight", &self.max_inflight)
             .field("max_unverified_inflight", &self.max_unverified_inflight)
             .field("retry_after_secs", &self.retry_after_secs)
@@ -235,6 +238,8 @@ pub struct ServerOptions {
     pub retention: u64,
     /// Most output kept per task, in MiB.
     pub output_cap_mb: u64,
+    /// Most bytes of a copied file, in MiB.
+    pub max_file_mb: u64,
     /// Most agent requests handled at once.
     pub max_inflight: usize,
     /// Most registrations and requests of agents not accepted handled at once.
@@ -354,6 +359,7 @@ impl ServerOptions {
             lost_grace: Duration::from_secs(self.lost_grace),
             retention: Duration::from_secs(self.retention),
             output_cap_bytes: mib(self.output_cap_mb),
+            max_file_bytes: mib(self.max_file_mb),
             compact_min_bytes: mib(self.compact_at_mb),
             sweep_interval: Duration::from_secs(1),
             max_inflight: self.max_inflight,
@@ -372,6 +378,7 @@ impl ServerOptions {
             ("--ttl", self.ttl),
             ("--retention", self.retention),
             ("--output-cap-mb", self.output_cap_mb),
+            ("--max-file-mb", self.max_file_mb),
             ("--max-inflight", self.max_inflight as u64),
             ("--max-unverified-inflight", self.max_unverified_inflight as u64),
             ("--retry-after", self.retry_after),
@@ -406,6 +413,7 @@ mod tests {
             lost_grace: 60,
             retention: 604_800,
             output_cap_mb: 16,
+            max_file_mb: 256,
             max_inflight: 256,
             max_unverified_inflight: 32,
             retry_after: 2,

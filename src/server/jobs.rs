@@ -179,7 +179,9 @@ impl Jobs {
 
     /// Creates a job, starts its first window and makes it durable; agents are woken by the
     /// job event loop.
-    pub async fn create(&self, request: JobRequest) -> Result<JobRecord, ServiceError> {
+    pub async fn create(&self, mut request: JobRequest) -> Result<JobRecord, ServiceError> {
+        let max_file = self.defaults.max_file_bytes;
+        super::files::check_file_task(&self.store, &request.task_type, &mut request.payload, max_file)?;
         let app_ids = self.resolve(&request)?;
         self.create_on(request, app_ids, None).await
     }

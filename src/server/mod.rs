@@ -13,6 +13,7 @@ pub mod dispatch;
 pub mod enroll;
 pub mod error;
 pub mod failures;
+pub mod files;
 pub mod guard;
 pub mod http;
 pub mod inventory;

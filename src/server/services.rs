@@ -8,6 +8,7 @@ use super::ServerConfig;
 use super::audit::Audit;
 use super::dispatch::Dispatch;
 use super::enroll::Enrollment;
+use super::files::Files;
 use super::guard::{Guard, SecretHash};
 use super::inventory::Inventory;
 use super::job_results::JobOutcomes;
@@ -30,6 +31,7 @@ pub struct Services {
     enrollment: Enrollment,
     inventory: Inventory,
     audit: Audit,
+    files: Files,
 }
 
 impl Services {
@@ -41,7 +43,11 @@ impl Services {
         admin_token_hash: SecretHash,
         enroll_key: &str,
     ) -> Self {
-        let defaults = TaskDefaults { timeout: config.default_task_timeout, ttl: config.default_ttl };
+        let defaults = TaskDefaults {
+            timeout: config.default_task_timeout,
+            ttl: config.default_ttl,
+            max_file_bytes: config.max_file_bytes,
+        };
         let audit = Audit::new(Arc::clone(store));
         Services {
             guard: Guard::new(Arc::clone(store), enroll_key, Arc::clone(dispatch.presence())),
@@ -59,6 +65,7 @@ impl Services {
             ),
             inventory: Inventory::new(Arc::clone(store), Arc::clone(dispatch.presence())),
             audit,
+            files: Files::new(Arc::clone(store), Arc::clone(dispatch), config.max_file_bytes),
         }
     }
 
@@ -80,6 +87,11 @@ impl Services {
     /// The operator's task operations.
     pub fn tasks(&self) -> &Tasks {
         &self.tasks
+    }
+
+    /// Copied files: uploads, agents' chunks, downloads.
+    pub fn files(&self) -> &Files {
+        &self.files
     }
 
     /// The operator's views of tasks.

@@ -151,11 +151,16 @@ async fn next_signal(signal: &mut Option<tokio::signal::unix::Signal>) {
 }
 
 impl Sweeper {
-    /// Removes finished tasks, done jobs and silent agents older than the retention period.
+    /// Removes finished tasks (and the files they read), done jobs, uploaded files and silent
+    /// agents older than the retention period.
     fn sweep_retention(&self) -> Result<(), StoreError> {
         let cutoff = now_ms() - millis(self.retention);
         let removed = repeat_batches(|| self.store.sweep_finished(cutoff))?;
         self.sweep_job_retention(cutoff)?;
+        let files = self.store.sweep_files(cutoff)?;
+        if files > 0 {
+            info!(files, "retention removed uploaded files");
+        }
         forget_old_uses(&self.store, now_ms() / 1000)?;
         let forgotten = self.store.forget_silent_agents(cutoff)?;
         for app_id in &forgotten {

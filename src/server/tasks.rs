@@ -26,13 +26,15 @@ use crate::protocol::wire;
 /// Most output bytes one output page carries.
 const PAGE_BYTES: usize = 1024 * 1024;
 
-/// The timeout and time to live of tasks sent without one.
+/// The timeout and time to live of tasks sent without one, and the size limit of file tasks.
 #[derive(Debug, Clone, Copy)]
 pub struct TaskDefaults {
     /// Timeout of a task enqueued without one.
     pub timeout: Duration,
     /// How long a task may wait queued when the operator gives no time to live.
     pub ttl: Duration,
+    /// Most bytes of a copied file (`--max-file-mb`).
+    pub max_file_bytes: u64,
 }
 
 impl TaskDefaults {
@@ -66,6 +68,8 @@ impl Tasks {
     pub async fn enqueue(&self, mut request: EnqueueRequest) -> Result<Vec<TaskRecord>, ServiceError> {
         let secret_names = merge_secret_env(&mut request.env, std::mem::take(&mut request.secret_env))?;
         check_task_input(&request.task_type, &request.payload)?;
+        let max_file = self.defaults.max_file_bytes;
+        super::files::check_file_task(&self.store, &request.task_type, &mut request.payload, max_file)?;
         check_task_context(&request.env, request.cwd.as_deref(), request.user.as_deref())?;
         check_stdin(&request.stdin)?;
         let (timeout_secs, ttl_secs) = self.defaults.resolve(request.timeout_secs, request.ttl_secs)?;
@@ -87,6 +91,7 @@ impl Tasks {
             )));
         }
         let required = TaskAsks {
+            task_type: &request.task_type,
             env: &request.env,
             cwd: request.cwd.as_deref(),
             stdin: &request.stdin,

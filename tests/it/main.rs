@@ -10,6 +10,7 @@ mod bytes;
 mod cli_conventions;
 mod command_words;
 mod compaction;
+mod copy;
 mod crash_random;
 mod down_hosts;
 mod durability;

@@ -30,11 +30,11 @@ fn registers_runs_tasks_and_reports_them() {
     assert_eq!(registration.hostname.as_deref(), Some("h1"));
     assert_eq!(
         registration.features,
-        ["cwd", "env", "stdin", "user"],
-        "the built-in executors apply env, cwd, stdin and user"
+        ["cwd", "env", "files", "stdin", "user"],
+        "the built-in executors apply env, cwd, files, stdin and user"
     );
     assert!(
-        state.poll_features.iter().all(|f| f.as_deref() == Some("cwd,env,stdin")),
+        state.poll_features.iter().all(|f| f.as_deref() == Some("cwd,env,files,stdin,user")),
         "{:?}",
         state.poll_features
     );

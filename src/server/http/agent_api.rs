@@ -1,4 +1,5 @@
-//! The four agent endpoints of the original protocol, and orange's own (output, facts, goodbye). Every answer is HTTP 200 with the JSON
+//! The four agent endpoints of the original protocol, and orange's own (output, facts, goodbye;
+//! the file chunks are in `agent_files.rs`). Every answer is HTTP 200 with the JSON
 //! envelope; errors carry code 1 and a specific message, except on getTask, where a transient
 //! server fault answers code 2 so that an original client (which exits on code 1) keeps polling.
 //! The body is read under a size limit and its signature verified before it is parsed. Refusals
@@ -47,12 +48,13 @@ pub fn routes() -> axum::Router<AppState> {
         .route(wire::OUTPUT_PATH, post(output))
         .route(FACTS_PATH, post(facts))
         .route(wire::GOODBYE_PATH, post(goodbye))
+        .merge(super::agent_files::routes())
         .method_not_allowed_fallback(|| async {
             (axum::http::StatusCode::METHOD_NOT_ALLOWED, refuse("agent endpoints accept only POST"))
         })
 }
 
-fn reply<T: Serialize>(envelope: Envelope<T>) -> Response {
+pub(super) fn reply<T: Serialize>(envelope: Envelope<T>) -> Response {
     Json(envelope).into_response()
 }
 
@@ -274,7 +276,7 @@ fn features(headers: &HeaderMap) -> Result<Vec<String>, String> {
 
 /// A signed call to `path` by an agent, its JSON body parsed as `T`; or the answer refusing it
 /// (logged under `endpoint`).
-async fn signed_json<T: DeserializeOwned>(
+pub(super) async fn signed_json<T: DeserializeOwned>(
     app: &AppState,
     source: IpAddr,
     place: &BusyPermit,
@@ -294,7 +296,7 @@ async fn signed_json<T: DeserializeOwned>(
 
 /// The answer to a service's refusal: a store failure is deferred (the agent retries), any
 /// other error refused with its message.
-fn service_failure(endpoint: &str, source: IpAddr, error: ServiceError) -> Response {
+pub(super) fn service_failure(endpoint: &str, source: IpAddr, error: ServiceError) -> Response {
     match error {
         ServiceError::Store(e) => unavailable(endpoint, source, format!("server error, retry later: {e}")),
         e => refused(endpoint, source, "bad request", e.to_string()),

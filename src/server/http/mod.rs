@@ -7,10 +7,12 @@ mod acceptor;
 mod admin_agents;
 mod admin_auth;
 mod admin_common;
+mod admin_files;
 mod admin_jobs;
 mod admin_tasks;
 mod agent_api;
 mod agent_auth;
+mod agent_files;
 mod busy;
 mod client_addr;
 mod connections;
@@ -67,6 +69,7 @@ fn admin_routes(admin_token_hash: SecretHash) -> Router<AppState> {
         .merge(admin_tasks::routes())
         .merge(admin_agents::routes())
         .merge(admin_jobs::routes())
+        .merge(admin_files::routes())
         .fallback(|| async { ApiFailure(StatusCode::NOT_FOUND, "no such API route".into()) })
         .method_not_allowed_fallback(|| async {
             ApiFailure(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this API route".into())

@@ -295,8 +295,13 @@ fn lacks_features<E: From<StoreError>>(
     stdin: &[u8],
     app_id: &str,
 ) -> Result<Option<String>, TxError<E>> {
-    let asks =
-        features::TaskAsks { env: &job.env, cwd: job.cwd.as_deref(), stdin, user: job.user.as_deref() };
+    let asks = features::TaskAsks {
+        task_type: &job.task_type,
+        env: &job.env,
+        cwd: job.cwd.as_deref(),
+        stdin,
+        user: job.user.as_deref(),
+    };
     let required = asks.required();
     if required.is_empty() {
         return Ok(None);

@@ -210,6 +210,7 @@ impl TaskRecord {
     /// The features an agent must have announced to be given this task.
     pub fn required_features(&self) -> Vec<&'static str> {
         crate::protocol::features::TaskAsks {
+            task_type: &self.task_type,
             env: &self.env,
             cwd: self.cwd.as_deref(),
             stdin: &self.stdin,

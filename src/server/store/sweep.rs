@@ -170,6 +170,7 @@ impl Store {
             let key = time_key(ms, id);
             // Output first: if this stops half way, the index entry still leads here next time.
             self.delete_output(id)?;
+            self.delete_file(id)?;
             self.transact(|tx| {
                 tx.finished.remove(key.as_slice())?;
                 if let Some(task) = tx.task::<StoreError>(id)? {

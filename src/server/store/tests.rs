@@ -369,16 +369,19 @@ fn a_task_never_delivered_expires_after_its_ttl() {
 }
 
 #[test]
-fn retention_removes_finished_tasks_with_their_output_and_silent_agents() {
+fn retention_removes_finished_tasks_with_their_output_their_file_and_silent_agents() {
     let (_dir, store) = open();
     store.put_agent(&agent("a")).unwrap();
     let ids = queued(&store, "a", 2);
     take(&store, "a");
+    store.append_file(ids[0], 0, b"what a file.get read").unwrap();
     store.apply_report("a", ids[0], &success("bye"), 30).unwrap();
     assert_eq!(store.sweep_finished(30).unwrap(), 0, "kept until the cutoff passes");
+    assert_eq!(store.file_len(ids[0]).unwrap(), 20);
     assert_eq!(store.sweep_finished(31).unwrap(), 1);
     assert!(store.task(ids[0]).unwrap().is_none());
     assert!(store.chunks(ids[0], 0, usize::MAX).unwrap().is_empty());
+    assert_eq!(store.file_len(ids[0]).unwrap(), 0, "the file a task read goes with it");
     assert_eq!(store.tasks(Some("a"), 10).unwrap().len(), 1, "the queued one stays");
     assert!(store.forget_silent_agents(100).unwrap().is_empty(), "an agent with queued work stays");
     store.sweep_deadlines(10 + 3_600_000).unwrap();

@@ -193,6 +193,10 @@ trees! {
         /// name → value: what the store keeps about itself that must follow the log (the id
         /// ceiling).
         meta,
+        /// file id (an upload's, or a `file.get` task's), piece number → bytes.
+        files,
+        /// file id → what an operator's upload came to.
+        file_meta,
     }
 }
 

@@ -29,6 +29,8 @@ pub struct AgentOpts {
     pub allow_users: Vec<String>,
     /// The URL the agent talks to instead of the server's own (e.g. a [`Proxy`] in front of it).
     pub server_url: Option<String>,
+    /// Further flags, passed as given (e.g. `--allow-write-root DIR`).
+    pub extra_args: Vec<String>,
 }
 
 /// A running `orange agent` with its own state directory.
@@ -101,6 +103,7 @@ impl Agent {
         for user in &self.opts.allow_users {
             cmd.arg("--allow-user").arg(user);
         }
+        cmd.args(&self.opts.extra_args);
         clean_env(&mut cmd);
         // Harness servers run with `--enroll-key orange-forge` unless told otherwise.
         cmd.env("ORANGE_ENROLL_KEY", BASE_SECRET);
