@@ -33,4 +33,5 @@ mod presence;
 mod secret_env;
 mod security;
 mod stdin;
+mod vocabulary;
 mod wal;
