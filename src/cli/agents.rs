@@ -92,10 +92,16 @@ operator_args! {
     json
 }
 
-/// What `orange agents show --json` prints.
+/// What `orange agents show --json` prints: the agent's fields at the top level, as every single
+/// object is printed (`task get`, `GET /api/v1/agents/{id}`), with its tasks beside them. `agent`
+/// holds the same agent again, where the first release of `agents show` printed it (deprecated,
+/// kept).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct AgentDetail {
-    /// The agent, as `orange agents --json` shows it.
+    /// The agent, as `orange agents --json` shows it, its fields at the top level.
+    #[serde(flatten)]
+    pub fields: AgentView,
+    /// Deprecated: the same agent, nested, for scripts that read `.agent.app_id`.
     pub agent: AgentView,
     /// Its tasks queued, delivered or running, newest first.
     pub open_tasks: Vec<TaskView>,
@@ -240,6 +246,7 @@ fn show(config: &OperatorConfig, id: &str) -> Result<Printed> {
     };
     let recent = TaskQuery { app_id: Some(id.to_owned()), limit: Some(RECENT_TASKS), ..TaskQuery::default() };
     let detail = AgentDetail {
+        fields: agent.clone(),
         agent,
         open_tasks: agent_tasks(&api, &open)?,
         recent_tasks: agent_tasks(&api, &recent)?,

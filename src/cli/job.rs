@@ -64,7 +64,7 @@ fn get(args: GetArgs) -> Result<i32> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(args.wait);
     let job = wait_job(&api, &job_id, Some(deadline), |_| {})?;
     if config.json {
-        output::print_json(&JobReport { results: fetch_results(&api, &job_id)?, job })?;
+        output::print_json(&JobReport::new(job, fetch_results(&api, &job_id)?))?;
     } else {
         output::emit_bytes(&job_run::summary_text(&api, &job, args.hosts)?)?;
     }

@@ -203,6 +203,7 @@ pub(crate) mod tests {
     fn group(state: &str, code: Option<i32>, stdout: &str, hosts: &[&str], count: u32) -> OutputGroup {
         OutputGroup {
             state: state.into(),
+            status: state.into(),
             exit_code: code,
             stdout: stdout.into(),
             stdout_encoding: None,

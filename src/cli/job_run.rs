@@ -21,13 +21,25 @@ use crate::protocol::jobs::{
 /// Exit status of `job run` when some host did not succeed.
 pub const EXIT_SOME_FAILED: i32 = 1;
 
-/// What `--json` prints: the job and every host's result.
+/// What `--json` prints: the job's fields at the top level, as every single object is printed
+/// (`task get`, `GET /api/v1/jobs/{id}`), with every host's result beside them. `job` holds the
+/// same job again, where releases before the JSON vocabulary printed it (deprecated, kept).
 #[derive(Debug, Serialize)]
 pub struct JobReport {
-    /// The job as it ended (or stands).
+    /// The job as it ended (or stands), its fields at the top level.
+    #[serde(flatten)]
+    pub fields: JobView,
+    /// Deprecated: the same job, nested, for scripts that read `.job.job_id`.
     pub job: JobView,
     /// Every target's result, in app id order.
     pub results: Vec<JobResult>,
+}
+
+impl JobReport {
+    /// The report of `job` with `results`.
+    pub fn new(job: JobView, results: Vec<JobResult>) -> Self {
+        JobReport { fields: job.clone(), job, results }
+    }
 }
 
 /// Runs `orange job run` and returns its exit status.
@@ -70,7 +82,7 @@ pub(super) fn follow_to_the_end(api: &Api, job: JobView, json: bool, hosts: bool
     let job = wait_job(api, &job.job_id, None, |job| progress.draw(job))?;
     progress.clear();
     if json {
-        output::print_json(&JobReport { results: fetch_results(api, &job.job_id)?, job: job.clone() })?;
+        output::print_json(&JobReport::new(job.clone(), fetch_results(api, &job.job_id)?))?;
     } else {
         output::emit_bytes(&summary_text(api, &job, hosts)?)?;
     }

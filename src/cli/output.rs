@@ -286,12 +286,9 @@ pub fn command_cell(payload: &str) -> String {
 /// Whether an enrollment token still works at `now`: `revoked`, `used up`, `expired` or `active`
 /// (the first that applies). An expiry that does not parse counts as expired.
 pub fn token_state(token: &TokenView, now: DateTime<Utc>) -> &'static str {
-    let expired = DateTime::parse_from_rfc3339(&token.expires_at).map_or(true, |at| at <= now);
-    match () {
-        _ if token.revoked => "revoked",
-        _ if token.uses_left == 0 => "used up",
-        _ if expired => "expired",
-        _ => "active",
+    match token.status_at(now.timestamp_millis()) {
+        "used_up" => "used up",
+        status => status,
     }
 }
 
@@ -587,6 +584,7 @@ pub(super) mod tests {
         };
         web.facts = Some(crate::protocol::facts::FactsView {
             facts,
+            boot_time_at: None,
             uptime_secs: Some(3 * 86_400 + 4 * 3600 + 5),
             updated_at: "t".into(),
         });
@@ -623,6 +621,7 @@ pub(super) mod tests {
             expires_at: expires_at.into(),
             uses_left,
             revoked,
+            status: String::new(),
         }
     }
 

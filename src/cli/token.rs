@@ -200,6 +200,7 @@ mod tests {
             expires_at: expires_at.into(),
             uses_left,
             revoked,
+            status: String::new(),
         }
     }
 

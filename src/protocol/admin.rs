@@ -301,6 +301,25 @@ pub struct TokenView {
     pub uses_left: u32,
     /// Revoked by an operator.
     pub revoked: bool,
+    /// `active`, `expired`, `used_up` or `revoked` when the server answered (see
+    /// [`TokenView::status_at`]); servers before it send none, read as empty.
+    #[serde(default)]
+    pub status: String,
+}
+
+impl TokenView {
+    /// Where the token stands at `now_ms` (Unix milliseconds): `revoked`, else `used_up`, else
+    /// `expired` (an unreadable expiry counts as past), else `active`.
+    pub fn status_at(&self, now_ms: i64) -> &'static str {
+        let expires_ms =
+            chrono::DateTime::parse_from_rfc3339(&self.expires_at).map(|at| at.timestamp_millis());
+        match () {
+            _ if self.revoked => "revoked",
+            _ if self.uses_left == 0 => "used_up",
+            _ if expires_ms.map_or(true, |at| at <= now_ms) => "expired",
+            _ => "active",
+        }
+    }
 }
 
 /// Answer of `GET /api/v1/tokens`.

@@ -75,6 +75,10 @@ pub struct FactsView {
     /// The facts the agent sent last.
     #[serde(flatten)]
     pub facts: HostFacts,
+    /// `boot_time` as an RFC 3339 time, the form every other time in the operator API takes
+    /// (`boot_time` stays in Unix seconds, as agents send it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_time_at: Option<String>,
     /// Seconds since `boot_time`, as the server reckons it now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uptime_secs: Option<u64>,
@@ -134,10 +138,19 @@ mod tests {
 
     #[test]
     fn the_view_flattens_the_facts() {
-        let view = FactsView { facts: sample(), uptime_secs: Some(5), updated_at: "t".into() };
+        let view = FactsView {
+            facts: sample(),
+            boot_time_at: Some("2023-11-14T22:13:20Z".into()),
+            uptime_secs: Some(5),
+            updated_at: "t".into(),
+        };
         let json = serde_json::to_value(&view).unwrap();
         assert_eq!(json["kernel"], "6.1.0-18-amd64");
         assert_eq!(json["uptime_secs"], 5);
+        assert_eq!(
+            (&json["boot_time"], &json["boot_time_at"]),
+            (&1_700_000_000.into(), &"2023-11-14T22:13:20Z".into())
+        );
         assert_eq!(serde_json::from_value::<FactsView>(json).unwrap(), view);
     }
 }

@@ -422,6 +422,9 @@ pub struct OutputGroup {
     /// [`MAX_OUTPUT_GROUPS`] distinct outcomes, the remaining targets are counted in one last
     /// group of state `other` with empty outputs.
     pub state: String,
+    /// The same as `state`, under the name tasks use (one vocabulary across commands).
+    #[serde(default)]
+    pub status: String,
     /// The exit code they share.
     pub exit_code: Option<i32>,
     /// The standard output they share (its first 4 KiB): text, or base64 when

@@ -99,7 +99,12 @@ fn with_facts(mut view: AgentView, facts: Option<FactsRecord>, now_ms: i64) -> A
 /// The stored facts with the uptime reckoned at `now_ms`.
 pub fn facts_view(record: &FactsRecord, now_ms: i64) -> FactsView {
     let uptime_secs = record.boot_time.map(|boot| u64::try_from(now_ms / 1000 - boot).unwrap_or(0));
-    FactsView { facts: record.facts(), uptime_secs, updated_at: rfc3339(record.updated_ms) }
+    FactsView {
+        facts: record.facts(),
+        boot_time_at: record.boot_time.map(|boot| rfc3339(boot.saturating_mul(1000))),
+        uptime_secs,
+        updated_at: rfc3339(record.updated_ms),
+    }
 }
 
 #[cfg(test)]
@@ -111,6 +116,7 @@ mod tests {
         let facts = HostFacts { boot_time: Some(1000), kernel: Some("6.1".into()), ..HostFacts::default() };
         let view = facts_view(&FactsRecord::new(facts.clone(), 5_000), 1_061_500);
         assert_eq!(view.uptime_secs, Some(61));
+        assert_eq!(view.boot_time_at.as_deref(), Some("1970-01-01T00:16:40.000Z"));
         assert_eq!(view.facts, facts);
         let skewed = facts_view(&FactsRecord::new(facts, 5_000), 500_000);
         assert_eq!(skewed.uptime_secs, Some(0));

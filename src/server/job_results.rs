@@ -158,6 +158,7 @@ impl GroupKey {
     fn group(&self) -> OutputGroup {
         OutputGroup {
             state: self.state.clone(),
+            status: self.state.clone(),
             exit_code: self.exit_code,
             stdout: self.stdout.0.clone(),
             stdout_encoding: self.stdout.1,
@@ -172,6 +173,6 @@ impl GroupKey {
 
     /// An empty group of state `state` and nothing else.
     fn group_as(self, state: &str) -> OutputGroup {
-        OutputGroup { state: state.to_owned(), ..self.group() }
+        OutputGroup { state: state.to_owned(), status: state.to_owned(), ..self.group() }
     }
 }

@@ -155,14 +155,17 @@ pub fn job_view(job: &JobRecord) -> JobView {
     }
 }
 
-/// An enrollment token without its secret.
+/// An enrollment token without its secret, its status as of now.
 pub fn token_view(token: &TokenRecord) -> TokenView {
-    TokenView {
+    let mut view = TokenView {
         token_id: token.id.clone(),
         token: None,
         created_at: rfc3339(token.created_ms),
         expires_at: rfc3339(token.expires_ms),
         uses_left: token.uses_left,
         revoked: token.revoked,
-    }
+        status: String::new(),
+    };
+    view.status = view.status_at(super::clock::now_ms()).to_owned();
+    view
 }

@@ -35,4 +35,5 @@ mod run_as;
 mod secret_env;
 mod security;
 mod stdin;
+mod vocabulary;
 mod wal;
