@@ -112,8 +112,10 @@ fn a_job_needing_a_feature_ends_the_hosts_lacking_it_at_once_and_runs_on_the_oth
         .iter()
         .map(|a| (a["app_id"].clone(), a["features"].clone()))
         .collect();
-    let expected =
-        [("go-1", serde_json::json!([])), ("web-1", serde_json::json!(["cwd", "env", "files", "stdin"]))];
+    let expected = [
+        ("go-1", serde_json::json!([])),
+        ("web-1", serde_json::json!(["cwd", "env", "files", "stdin", "user"])),
+    ];
     assert_eq!(features, expected.map(|(id, f)| (Value::from(id), f)), "{listed}");
 
     let args =
