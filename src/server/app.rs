@@ -80,7 +80,8 @@ impl Assembled {
         let sweeper = tokio::spawn(sweeper.run());
         let relay = Arc::clone(&services);
         tokio::spawn(async move { relay.jobs().relay_events().await });
-        let app = http::router(services, admin_token_hash, &config);
+        let probes = http::probes::routes(Arc::clone(&store), stop_tx.subscribe());
+        let app = http::router(services, admin_token_hash, &config, probes);
         let connections = config.connections.clone();
         // Nothing past this point needs the configuration, which may carry the admin token.
         drop(config);

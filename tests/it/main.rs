@@ -31,6 +31,7 @@ mod orphans;
 mod overload;
 mod owned_task;
 mod presence;
+mod probes;
 mod run_as;
 mod secret_env;
 mod security;

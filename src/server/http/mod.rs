@@ -16,6 +16,7 @@ mod agent_files;
 mod busy;
 mod client_addr;
 mod connections;
+pub mod probes;
 mod proxy_protocol;
 mod refusal_log;
 
@@ -51,16 +52,21 @@ const FALLBACK_OPEN_FILES: u64 = 1024;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The whole router: agent routes under the overload limit (a pool for accepted agents, a
-/// smaller one for everyone else), operator routes under the admin token whose SHA-256 is
-/// `admin_token_hash`.
-pub fn router(services: AppState, admin_token_hash: SecretHash, config: &ServerConfig) -> Router {
+/// smaller one for everyone else), the `probes` without a token, operator routes under the
+/// admin token whose SHA-256 is `admin_token_hash`.
+pub fn router(
+    services: AppState,
+    admin_token_hash: SecretHash,
+    config: &ServerConfig,
+    probes: Router<AppState>,
+) -> Router {
     let pools =
         busy::Pools::new(config.max_inflight, config.max_unverified_inflight, config.retry_after_secs);
     let app = Arc::clone(&services);
     let agent_routes = agent_api::routes().layer(axum::middleware::from_fn(move |request, next| {
         busy::limit(Arc::clone(&pools), Arc::clone(&app), request, next)
     }));
-    Router::new().merge(agent_routes).merge(admin_routes(admin_token_hash)).with_state(services)
+    Router::new().merge(agent_routes).merge(probes).merge(admin_routes(admin_token_hash)).with_state(services)
 }
 
 /// Every route of the operator API under `/api/v1/`, behind the admin token.
