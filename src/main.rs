@@ -6,13 +6,16 @@ use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+use orange::cli::log_format::{ENV_LOG_FORMAT, LogFormat};
+
 fn main() -> ExitCode {
-    init_logging();
-    let role = std::env::args().nth(1);
-    if !matches!(role.as_deref(), Some("server" | "agent")) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let format_env = std::env::var(ENV_LOG_FORMAT).ok();
+    init_logging(LogFormat::asked(&args, format_env.as_deref()));
+    let role = args.first();
+    if !matches!(role.map(String::as_str), Some("server" | "agent")) {
         orange::cli::quiet_broken_pipe();
     }
-    let args: Vec<String> = std::env::args().skip(1).collect();
     let orange = match orange::cli::argv::parse(&args) {
         orange::cli::argv::Parsed::Run(orange) => *orange,
         orange::cli::argv::Parsed::Exit { text, code } => return print_and_exit(&text, code),
@@ -52,8 +55,9 @@ fn exit_code(code: i32) -> ExitCode {
 /// Logs to stderr (in colour on a terminal) at the level `ORANGE_LOG` names, else `RUST_LOG`:
 /// `info` (the default: lifecycle of the server, agents and jobs), `debug` (every task's
 /// delivery, report and deadline too), `warn`, or per module like
-/// `info,orange::server::store=debug`.
-fn init_logging() {
+/// `info,orange::server::store=debug`; as text lines, or one JSON object per line for `format`
+/// [`LogFormat::Json`].
+fn init_logging(format: LogFormat) {
     let variable = |name: &str| std::env::var(name).ok().filter(|text| !text.trim().is_empty());
     let (name, asked) = match variable("ORANGE_LOG") {
         Some(text) => ("ORANGE_LOG", Some(text)),
@@ -65,8 +69,11 @@ fn init_logging() {
         None => (Targets::new().with_default(LevelFilter::INFO), None),
     };
     let stderr_is_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(stderr_is_terminal);
-    tracing_subscriber::registry().with(layer).with(filter).init();
+    let text = (format == LogFormat::Text)
+        .then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(stderr_is_terminal));
+    let json = (format == LogFormat::Json)
+        .then(|| tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr));
+    tracing_subscriber::registry().with(text).with(json).with(filter).init();
     if let (Some(text), Some(e)) = (asked, refused) {
         tracing::warn!("{name}={text:?} is not a log filter ({e}); logging at info");
     }

@@ -27,6 +27,9 @@ use crate::protocol::{Secret, read_secret_file};
 #[derive(FromArgs)]
 #[argh(subcommand, name = "agent")]
 pub struct AgentArgs {
+    /// log lines as text (default) or json, one object per line (else ORANGE_LOG_FORMAT)
+    #[argh(option)]
+    pub log_format: Option<String>,
     /// server URL, e.g. http://10.0.0.1:8890 (default: ORANGE_SERVER)
     #[argh(option)]
     pub server: Option<String>,
@@ -251,6 +254,7 @@ mod tests {
 
     fn args(state: &Path) -> AgentArgs {
         AgentArgs {
+            log_format: None,
             server: Some("http://127.0.0.1:8890/".into()),
             appid: Some("w1".into()),
             state: Some(state.to_owned()),

@@ -3,7 +3,7 @@
 //!
 //! Files depend downwards in this order: `mod`, `server`, `agent`, `token`, `audit`, `agents`,
 //! `cp`, `job`, `job_run`, `job_args`, `task`, `run`, `interrupt`, `cancel`, `follow`, `wait`,
-//! `fake_api` (tests), `job_print`, `output`, `flags`, `operator`, `argv`.
+//! `fake_api` (tests), `job_print`, `output`, `flags`, `operator`, `log_format`, `argv`.
 
 pub mod agent;
 pub mod agents;
@@ -20,6 +20,7 @@ pub mod job;
 pub mod job_args;
 pub mod job_print;
 pub mod job_run;
+pub mod log_format;
 pub mod operator;
 pub mod output;
 pub mod run;
@@ -115,6 +116,7 @@ pub fn run(orange: Orange) -> Result<i32> {
         None => bail!("no command given; try `orange --help`"),
         Some(Command::Server(args)) => server::run(args),
         Some(Command::Agent(args)) => {
+            log_format::check_flag(args.log_format.as_deref())?;
             crate::agent::run_blocking(agent::agent_config(args)?)?;
             Ok(0)
         }

@@ -23,6 +23,9 @@ use crate::server::{ServerConfig, ServerOptions};
     error_code(1, "another orange server holds the data directory (one line names it and its pid)")
 )]
 pub struct ServerArgs {
+    /// log lines as text (default) or json, one object per line (else ORANGE_LOG_FORMAT)
+    #[argh(option)]
+    pub log_format: Option<String>,
     /// data directory (created if missing)
     #[argh(option)]
     pub data: PathBuf,
@@ -118,6 +121,7 @@ pub const EXIT_DATA_DIR_IN_USE: i32 = 1;
 /// Runs `orange server` until it is stopped; returns its exit status. A data directory held by
 /// another server is one line on stderr and [`EXIT_DATA_DIR_IN_USE`].
 pub fn run(args: ServerArgs) -> Result<i32> {
+    super::log_format::check_flag(args.log_format.as_deref())?;
     let Err(error) = crate::server::run_blocking(server_config(args)?) else { return Ok(0) };
     match error.downcast_ref::<LockError>() {
         Some(in_use @ LockError::InUse { .. }) => {

@@ -42,3 +42,25 @@ fn tasks_are_logged_at_debug_and_the_lifecycle_at_info() {
     let log = bad.stderr();
     assert!(log.contains("RUST_LOG=\"=*=\" is not a log filter"), "{log}");
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_and_a_bad_format_is_refused() {
+    let server = server_after_one_task(&[("ORANGE_LOG_FORMAT", "json")]);
+    let log = server.stderr();
+    // The harness heads each start with its own line ("=== start #1: ...").
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|line| !line.starts_with("=== start #") && !line.trim().is_empty())
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}\n{log}")))
+        .collect();
+    let registered = events.iter().find(|e| e["fields"]["message"] == "agent registered");
+    let registered = registered.unwrap_or_else(|| panic!("no agent registered event\n{log}"));
+    assert_eq!(registered["level"], "INFO", "{registered}");
+    assert!(registered["timestamp"].is_string(), "{registered}");
+
+    let data = tempfile::tempdir().expect("temp dir");
+    let dir = data.path().to_str().expect("utf-8 temp dir");
+    let run = crate::support::cli(&["server", "--data", dir, "--log-format", "xml"]);
+    assert_eq!(run.code(), Some(2), "{run}");
+    assert!(run.stderr.contains("--log-format: \"xml\" is not a log format; use text or json"), "{run}");
+}
