@@ -26,6 +26,7 @@ pub mod reports;
 pub mod services;
 pub mod store;
 pub mod sweeper;
+pub mod systemd;
 pub mod tasks;
 pub mod views;
 
@@ -59,8 +60,9 @@ pub struct Secrets {
 
 /// Runs the server until SIGINT or SIGTERM: sets a private umask, prepares and locks the data
 /// directory (a second server on it stops here with one line naming the holder), resolves the
-/// secrets, raises the open-files limit, starts the runtime, opens the store, binds, and only
-/// then prints the address it listens on and serves.
+/// secrets, raises the open-files limit, starts the runtime, opens the store, binds (or takes
+/// the socket the service manager passed), and only then prints the address it listens on,
+/// tells the service manager it is ready, and serves. SIGHUP reloads the TLS certificate.
 pub fn run_blocking(config: ServerConfig) -> Result<()> {
     set_private_umask();
     prepare_data_dir(&config.data_dir)?;
@@ -68,6 +70,7 @@ pub fn run_blocking(config: ServerConfig) -> Result<()> {
     let _lock = DataDirLock::acquire(&config.data_dir)?;
     log_open_files_limit();
     let secrets = resolve_secrets(&config)?;
+    let inherited = systemd::inherited_listener()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -75,13 +78,23 @@ pub fn run_blocking(config: ServerConfig) -> Result<()> {
     let (listen, tls, data_dir) = (config.listen, config.tls.clone(), config.data_dir.clone());
     runtime.block_on(async move {
         let server = app::assemble(config, secrets)?;
-        let listener = http::Listener::bind(listen, tls.as_ref()).await?;
+        let listener = match inherited {
+            Some(socket) => http::Listener::from_std(socket, tls.as_ref()).await?,
+            None => http::Listener::bind(listen, tls.as_ref()).await?,
+        };
+        let reloadable = listener.tls_config().zip(tls);
+        tokio::spawn(http::tls_reload::reload_on_sighup(reloadable));
         let address = listener.local_addr()?;
         let scheme = listener.scheme();
         println!("orange server listening on {scheme}://{address}");
         info!(%address, data = %data_dir.display(), scheme, "orange server started");
         warn_if_plain_http_off_loopback(scheme, address);
-        server.serve(listener, shutdown_signal()).await
+        systemd::notify_ready(&format!("{scheme}://{address}"));
+        let stopping = async {
+            shutdown_signal().await;
+            systemd::notify_stopping();
+        };
+        server.serve(listener, stopping).await
     })
 }
 

@@ -36,5 +36,6 @@ mod run_as;
 mod secret_env;
 mod security;
 mod stdin;
+mod systemd;
 mod vocabulary;
 mod wal;

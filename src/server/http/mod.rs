@@ -19,6 +19,7 @@ mod connections;
 pub mod probes;
 mod proxy_protocol;
 mod refusal_log;
+pub mod tls_reload;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -93,19 +94,19 @@ impl Listener {
     /// Binds `address` and loads the TLS identity of `tls`, if given.
     pub async fn bind(address: SocketAddr, tls: Option<&TlsFiles>) -> Result<Self> {
         let tcp = listen(address).with_context(|| format!("cannot listen on {address}"))?;
-        let tls = match tls {
-            None => None,
-            Some(files) => {
-                Some(RustlsConfig::from_pem_file(&files.cert, &files.key).await.with_context(|| {
-                    format!(
-                        "cannot load TLS certificate {} and key {}",
-                        files.cert.display(),
-                        files.key.display()
-                    )
-                })?)
-            }
-        };
-        Ok(Listener { tcp, tls })
+        Ok(Listener { tcp, tls: load_tls(tls).await? })
+    }
+
+    /// Serves on a socket already listening (handed over by the service manager), with the TLS
+    /// identity of `tls`, if given.
+    pub async fn from_std(socket: std::net::TcpListener, tls: Option<&TlsFiles>) -> Result<Self> {
+        let tcp = TcpListener::from_std(socket).context("cannot take over the passed socket")?;
+        Ok(Listener { tcp, tls: load_tls(tls).await? })
+    }
+
+    /// The TLS identity served, to reload it in place; `None` for plain HTTP.
+    pub fn tls_config(&self) -> Option<RustlsConfig> {
+        self.tls.clone()
     }
 
     /// The address bound (with the port chosen, when port 0 was asked for).
@@ -117,6 +118,15 @@ impl Listener {
     pub fn scheme(&self) -> &'static str {
         if self.tls.is_some() { "https" } else { "http" }
     }
+}
+
+/// The TLS identity of `files`, if given, loaded from its PEM files.
+async fn load_tls(files: Option<&TlsFiles>) -> Result<Option<RustlsConfig>> {
+    let Some(files) = files else { return Ok(None) };
+    let config = RustlsConfig::from_pem_file(&files.cert, &files.key).await.with_context(|| {
+        format!("cannot load TLS certificate {} and key {}", files.cert.display(), files.key.display())
+    })?;
+    Ok(Some(config))
 }
 
 /// Binds `address` with a long queue of connections not yet accepted: past it the kernel drops

@@ -3,9 +3,12 @@
 //! given as the environment or files, never on argv. Killed on drop; its stderr is printed when
 //! a test fails.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -65,6 +68,10 @@ pub struct ServerOpts {
     pub extra_args: Vec<String>,
     /// Environment variables set for it (e.g. `RUST_LOG`), after the harness cleared orange's.
     pub env: Vec<(String, String)>,
+    /// A listening socket the test holds, handed to every start as systemd's socket activation
+    /// does (descriptor 3, `LISTEN_FDS=1`, `LISTEN_PID` the server's pid); `--listen` is then
+    /// not given.
+    pub listen_socket: Option<Arc<TcpListener>>,
 }
 
 impl ServerOpts {
@@ -92,6 +99,30 @@ pub struct Server {
     logs: TempDir,
     opts: ServerOpts,
     starts: u32,
+}
+
+/// `orange server --data DIR` started as systemd starts a socket-activated service: `socket`
+/// as descriptor 3, and `LISTEN_PID` set to the server's own pid by a shell that then `exec`s
+/// it (the pid is not known before the fork).
+fn socket_activated(socket: &TcpListener, data_dir: &Path) -> Command {
+    let fd = socket.as_raw_fd();
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c").arg("LISTEN_PID=$$ exec \"$0\" \"$@\"").arg(BIN).arg("server").arg("--data").arg(data_dir);
+    // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if fd == 3 {
+                // dup2 onto itself keeps close-on-exec set: clear it.
+                if libc::fcntl(3, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(fd, 3) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
 }
 
 impl Server {
@@ -145,8 +176,14 @@ impl Server {
 
     /// The command line that starts this server on `listen`.
     fn build_command(&self, listen: &str) -> Command {
-        let mut cmd = Command::new(BIN);
-        cmd.arg("server").arg("--data").arg(&self.data_dir).arg("--listen").arg(listen);
+        let mut cmd = match &self.opts.listen_socket {
+            None => {
+                let mut cmd = Command::new(BIN);
+                cmd.arg("server").arg("--data").arg(&self.data_dir).arg("--listen").arg(listen);
+                cmd
+            }
+            Some(socket) => socket_activated(socket, &self.data_dir),
+        };
         clean_env(&mut cmd);
         if let Some(token) = &self.opts.admin_token {
             cmd.env("ORANGE_ADMIN_TOKEN", token);
@@ -181,6 +218,9 @@ impl Server {
         }
         cmd.args(&self.opts.extra_args);
         cmd.envs(self.opts.env.iter().map(|(name, value)| (name, value)));
+        if self.opts.listen_socket.is_some() {
+            cmd.env("LISTEN_FDS", "1");
+        }
         cmd
     }
 
@@ -299,6 +339,16 @@ impl Server {
             std::thread::sleep(Duration::from_millis(250));
         }
         panic!("cannot restart the server on {listen}: {last}");
+    }
+
+    /// Starts the server again after it stopped (same data directory, flags and port, or the
+    /// same passed socket).
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the server still runs");
+        let listen = self.addr.to_string();
+        if let Err(e) = self.spawn(&listen) {
+            panic!("{e}");
+        }
     }
 
     /// An admin API client with this server's token.
