@@ -84,16 +84,15 @@ fn make_leaf(dir: &Path, ca: &str) {
     );
 }
 
-fn have_openssl() -> bool {
-    Command::new("openssl").arg("version").output().is_ok_and(|o| o.status.success())
+/// Fails, naming the package to install, when the `openssl` command is missing.
+fn assert_have_openssl() {
+    let found = Command::new("openssl").arg("version").output().is_ok_and(|o| o.status.success());
+    assert!(found, "these tests make a test CA with the openssl command: install the Debian package openssl");
 }
 
 #[test]
 fn the_cli_verifies_the_server_certificate() {
-    if !have_openssl() {
-        eprintln!("SKIPPED the_cli_verifies_the_server_certificate: openssl is not installed");
-        return;
-    }
+    assert_have_openssl();
     let pki = TempDir::with_prefix("orange-pki-").expect("temp dir");
     make_ca(pki.path(), "test-ca");
     make_ca(pki.path(), "other-ca");
@@ -161,6 +160,62 @@ fn the_cli_verifies_the_server_certificate() {
         Err(ClientError::Transport { reason, .. }) => assert!(reason.contains("UnknownIssuer"), "{reason}"),
         other => panic!("an agent trusting another CA reached the server: {other:?}"),
     }
+}
+
+/// `cert.pem` and `key.pem` in `dir` become the leaf made in `pki` (written aside, then
+/// renamed over, as a certificate renewal does).
+fn install_leaf(pki: &Path, dir: &Path) {
+    for (from, to) in [("leaf.pem", "cert.pem"), ("leaf.key", "key.pem")] {
+        let aside = dir.join(format!("{to}.new"));
+        std::fs::copy(pki.join(from), &aside).expect("copy the leaf");
+        std::fs::rename(&aside, dir.join(to)).expect("rename the leaf into place");
+    }
+}
+
+/// Whether the CLI, trusting only the CA `ca`, reaches `server`.
+fn cli_trusts(server: &Server, ca: &Path) -> bool {
+    let ca = ca.to_str().expect("utf-8 path");
+    let args = ["agents", "--server", server.url.as_str(), "--json"];
+    let env = [("ORANGE_TOKEN", server.token.as_str()), ("ORANGE_CA_FILE", ca), ("ORANGE_INSECURE", "")];
+    cli_with(&args, &env, Duration::from_secs(30)).code() == Some(0)
+}
+
+#[test]
+fn sighup_reloads_the_certificate_and_a_bad_one_keeps_the_old() {
+    assert_have_openssl();
+    let (first, second) =
+        (TempDir::with_prefix("orange-pki-").unwrap(), TempDir::with_prefix("orange-pki-").unwrap());
+    make_ca(first.path(), "first-ca");
+    make_leaf(first.path(), "first-ca");
+    make_ca(second.path(), "second-ca");
+    make_leaf(second.path(), "second-ca");
+    let served = TempDir::with_prefix("orange-tls-").expect("temp dir");
+    install_leaf(first.path(), served.path());
+    let mut server = Server::start(ServerOpts {
+        tls: Some((served.path().join("cert.pem"), served.path().join("key.pem"))),
+        enroll_key: EnrollKey::Private(PRIVATE_KEY.into()),
+        ..ServerOpts::default()
+    });
+    let (first_ca, second_ca) = (first.path().join("first-ca.pem"), second.path().join("second-ca.pem"));
+    assert!(cli_trusts(&server, &first_ca), "serves the first certificate\n{}", server.stderr());
+    assert!(!cli_trusts(&server, &second_ca));
+    // Renewed on disk: served only after SIGHUP.
+    install_leaf(second.path(), served.path());
+    assert!(cli_trusts(&server, &first_ca), "the files alone change nothing until SIGHUP");
+    server.sighup();
+    wait_until(Duration::from_secs(30), "the renewed certificate to be served", || {
+        cli_trusts(&server, &second_ca)
+    });
+    assert!(!cli_trusts(&server, &first_ca), "the old certificate is no longer served");
+    assert!(server.stderr().contains("reloaded the TLS certificate"), "{}", server.stderr());
+    // A broken renewal is refused, and the certificate served so far stays.
+    std::fs::write(served.path().join("cert.pem"), "not a certificate").expect("write");
+    server.sighup();
+    wait_until(Duration::from_secs(30), "the refusal to be logged", || {
+        server.stderr().contains("cannot reload the TLS certificate; still serving the previous one")
+    });
+    assert!(server.is_alive(), "a broken renewal stopped the server\n{}", server.stderr());
+    assert!(cli_trusts(&server, &second_ca), "still serves the last good certificate");
 }
 
 #[test]

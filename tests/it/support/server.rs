@@ -310,6 +310,11 @@ impl Server {
         signal(self.child.as_mut().expect("server is running"), libc::SIGTERM);
     }
 
+    /// Sends SIGHUP (reload the TLS certificate) and returns at once.
+    pub fn sighup(&mut self) {
+        signal(self.child.as_mut().expect("server is running"), libc::SIGHUP);
+    }
+
     /// SIGTERM, then waits up to `timeout` for the exit; returns its status (SIGKILL and panic
     /// if it does not stop).
     pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
