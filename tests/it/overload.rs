@@ -11,8 +11,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    Agent, AgentOpts, GET_TASK, GoAgent, OUTPUT, PING, ProxiedRequest, Proxy, REPORT_TASK, RawResponse,
-    Server, ServerOpts, raw_exchange, wait_until,
+    Agent, AgentOpts, BASE_SECRET, GET_TASK, GoAgent, OUTPUT, PING, ProxiedRequest, Proxy, REGISTER,
+    REPORT_TASK, RawResponse, Server, ServerOpts, go_report, next_legacy_second, raw_exchange, wait_until,
 };
 
 /// Threads sending pings at once: more than one place can serve.
@@ -208,4 +208,91 @@ fn overloaded_server_answers_429_and_agents_wait_then_finish_everything() {
     assert!(agent.output().contains("server busy"), "the agent log says nothing of it:\n{}", agent.output());
     assert!(server.stderr().contains("overloaded: agent told to retry later"), "{}", server.stderr());
     agent.assert_running();
+}
+
+/// Fifty original clients on a server of one place, each taking its task and all reporting at
+/// the same moment: reports wait for the place instead of being refused (an original client
+/// never retries one), so every task ends reported.
+#[test]
+fn fifty_original_clients_on_one_place_lose_no_report() {
+    const CLIENTS: usize = 50;
+    let opts = ServerOpts {
+        poll_window: Some(2),
+        extra_args: ["--max-inflight", "1", "--max-unverified-inflight", "1", "--retry-after", "1"]
+            .map(String::from)
+            .to_vec(),
+        ..ServerOpts::default()
+    };
+    let server = Server::start(opts);
+    let clients: Vec<GoAgent> = (0..CLIENTS)
+        .map(|i| GoAgent::new(&server, &format!("held-{i}"), &format!("held-secret-{i}")))
+        .collect();
+    let registered = std::sync::Barrier::new(CLIENTS);
+    let taken = std::sync::Barrier::new(CLIENTS);
+    let enqueued = std::sync::OnceLock::new();
+    let answers: Vec<(String, RawResponse)> = std::thread::scope(|scope| {
+        let threads: Vec<_> = clients
+            .iter()
+            .map(|client| {
+                let (registered, taken, enqueued) = (&registered, &taken, &enqueued);
+                let server = &server;
+                scope.spawn(move || {
+                    // Every thread reaches each barrier, failed or not, so a failure ends the
+                    // test instead of leaving the others waiting.
+                    let answer = client.send_signed(REGISTER, BASE_SECRET, &register_body(client));
+                    let leader = registered.wait().is_leader();
+                    assert_eq!((answer.status, answer.json()["code"].as_i64()), (200, Some(0)), "register");
+                    if leader {
+                        let ids: Vec<&str> = (0..CLIENTS).map(|i| format!("held-{i}")).map(leak).collect();
+                        enqueued.set(server.enqueue(&ids, "PING", "held")).expect("enqueued once");
+                    }
+                    let task = std::panic::catch_unwind(|| take_a_task(client, Duration::from_secs(120)));
+                    taken.wait();
+                    let task = task.unwrap_or_else(|_| panic!("{} took no task", client.app_id));
+                    let report = go_report(&task, "success", "reported under overload");
+                    let body = report.to_string();
+                    let answer = client.send_signed(REPORT_TASK, &client.secret, body.as_bytes());
+                    (task["task_id"].as_str().unwrap_or_default().to_owned(), answer)
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().expect("client thread")).collect()
+    });
+    for (task_id, answer) in &answers {
+        assert_eq!(answer.status, 200, "report of {task_id} refused: {}", answer.text());
+        assert_eq!(answer.json()["code"], 0, "report of {task_id}: {}", answer.text());
+    }
+    let sent = enqueued.get().expect("tasks were sent");
+    assert_eq!(sent.len(), CLIENTS);
+    for task in sent {
+        let stored = server.task(&task.task_id);
+        assert_eq!(stored.status.to_string(), "succeeded", "{stored:?}");
+    }
+    assert!(!server.stderr().contains("503"), "{}", server.stderr());
+}
+
+fn register_body(client: &GoAgent) -> Vec<u8> {
+    serde_json::json!({"app_id": client.app_id, "secret": client.secret}).to_string().into_bytes()
+}
+
+/// A string that lives as long as the test (a handful of app ids).
+fn leak(text: String) -> &'static str {
+    Box::leak(text.into_boxed_str())
+}
+
+/// Polls until a task comes; "no task" answers (a poll window ended, or the server was full)
+/// are polled again in the next second, as the original client does.
+fn take_a_task(client: &GoAgent, within: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + within;
+    loop {
+        assert!(Instant::now() < deadline, "{} got no task within {within:?}", client.app_id);
+        let answer = client.send_signed(GET_TASK, &client.secret, b"");
+        assert_eq!(answer.status, 200, "getTask: {}", answer.text());
+        let envelope = answer.json();
+        match envelope["code"].as_i64() {
+            Some(0) => return envelope["data"].clone(),
+            Some(2) => next_legacy_second(),
+            _ => panic!("getTask answered {envelope}"),
+        }
+    }
 }

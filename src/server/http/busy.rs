@@ -9,17 +9,18 @@
 //! A parked long poll gives its place back before it parks, so idle agents never count as load.
 //! Past the limit an orange agent gets HTTP 429 with a `Retry-After` drawn at random from
 //! `[retry_after, 2 × retry_after]` seconds, so a storm of agents does not come back in lockstep.
-//! An original client is not refused (it exits on a getTask that is not HTTP 200): its request
-//! waits the same drawn time, without counting as load, and is then served. Those waits are
-//! bounded too ([`HELD_PER_PLACE`] per place): past them an original getTask answers "no task" at
-//! once and any other original request HTTP 503, which original clients already meet when the
-//! server defers a request. Refusals are logged as a count per kind and interval
+//! An original client is never refused (it exits on a getTask that is not HTTP 200 and never
+//! retries a report): its request waits for a place, in turn. A register, ping, report or
+//! output post waits as long as it takes and is never dropped (their number is bounded by the
+//! connection limits). A getTask waits at most the drawn Retry-After, and at most
+//! [`HELD_PER_PLACE`] polls per place wait at once; past either bound it is answered "no task",
+//! which the client takes as an empty poll. Refusals are logged as a count per kind and interval
 //! ([`super::refusal_log`]), not one line each.
 
 mod body;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::Json;
@@ -27,6 +28,7 @@ use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
 use super::AppState;
@@ -37,47 +39,34 @@ use crate::protocol::wire::{
     check_app_id,
 };
 
-/// Original clients' requests that may wait for their turn, per place.
+/// Original clients' polls that may wait for a place, per place.
 pub const HELD_PER_PLACE: usize = 4;
 
-/// Counts the agent requests being handled against the limit.
+/// Counts the agent requests being handled against the limit. Places are handed out in the
+/// order asked for: once a request waits, a place given back goes to it, not to whoever asks
+/// next.
 #[derive(Debug)]
 pub struct Limiter {
-    busy: AtomicUsize,
+    places: Arc<Semaphore>,
     max: usize,
-    held: AtomicUsize,
+    held_polls: AtomicUsize,
     retry_after_secs: u64,
 }
 
 /// A place among the requests being handled; given back once, on [`BusyPermit::release`] or
 /// when the last clone is dropped.
 #[derive(Clone, Debug)]
-pub struct BusyPermit(Arc<Held>);
-
-#[derive(Debug)]
-struct Held {
-    limiter: Arc<Limiter>,
-    released: AtomicBool,
-}
-
-impl Held {
-    fn release(&self) {
-        if !self.released.swap(true, Ordering::SeqCst) {
-            self.limiter.busy.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.release();
-    }
-}
+pub struct BusyPermit(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
 
 impl BusyPermit {
+    fn new(place: OwnedSemaphorePermit) -> Self {
+        BusyPermit(Arc::new(Mutex::new(Some(place))))
+    }
+
     /// Gives the place back early: a long poll calls this before it parks.
     pub fn release(&self) {
-        self.0.release();
+        let place = self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
+        drop(place);
     }
 }
 
@@ -85,36 +74,39 @@ impl Limiter {
     /// A limiter of `max` requests at once (at least 1) answering overload with a Retry-After
     /// of `retry_after_secs` to twice that (at least 1 s).
     pub fn new(max: usize, retry_after_secs: u64) -> Arc<Self> {
+        let max = max.clamp(1, Semaphore::MAX_PERMITS);
         Arc::new(Limiter {
-            busy: AtomicUsize::new(0),
-            max: max.max(1),
-            held: AtomicUsize::new(0),
+            places: Arc::new(Semaphore::new(max)),
+            max,
+            held_polls: AtomicUsize::new(0),
             retry_after_secs: retry_after_secs.max(1),
         })
     }
 
-    /// Takes a place if one is free.
-    pub fn try_acquire(self: &Arc<Self>) -> Option<BusyPermit> {
-        self.busy
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |busy| (busy < self.max).then_some(busy + 1))
-            .ok()
-            .map(|_| {
-                BusyPermit(Arc::new(Held { limiter: Arc::clone(self), released: AtomicBool::new(false) }))
-            })
+    /// Takes a place if one is free and nobody waits for one.
+    pub fn try_acquire(&self) -> Option<BusyPermit> {
+        Arc::clone(&self.places).try_acquire_owned().ok().map(BusyPermit::new)
     }
 
-    /// Counts one more original client's request waiting for its turn, if within the bound.
-    fn try_hold(self: &Arc<Self>) -> Option<HeldRequest> {
+    /// Waits for a place, after those already waiting.
+    pub async fn acquire(&self) -> BusyPermit {
+        // The semaphore is never closed, the only way acquiring fails.
+        let place = Arc::clone(&self.places).acquire_owned().await.expect("the places are never closed");
+        BusyPermit::new(place)
+    }
+
+    /// Counts one more original client's poll waiting for a place, if within the bound.
+    fn try_hold_poll(self: &Arc<Self>) -> Option<HeldPoll> {
         let most = self.max.saturating_mul(HELD_PER_PLACE);
-        self.held
+        self.held_polls
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |held| (held < most).then_some(held + 1))
             .ok()
-            .map(|_| HeldRequest(Arc::clone(self)))
+            .map(|_| HeldPoll(Arc::clone(self)))
     }
 
     /// Requests being handled now.
     pub fn busy(&self) -> usize {
-        self.busy.load(Ordering::SeqCst)
+        self.max - self.places.available_permits()
     }
 
     /// A Retry-After in `[retry_after, 2 × retry_after]` seconds, drawn at random.
@@ -174,8 +166,10 @@ fn is_accepted(app: &AppState, app_id: &str) -> bool {
 enum Refused {
     /// An orange agent told to retry later (HTTP 429).
     RetryLater,
-    /// An original client's request refused because too many wait already.
+    /// An original client's poll answered "no task" because too many wait already.
     TooManyHeld,
+    /// An original client's poll answered "no task" after waiting its Retry-After in vain.
+    PollWaitedTooLong,
     /// A body that did not arrive in time or was too large.
     Body,
 }
@@ -185,6 +179,7 @@ impl Refused {
         match self {
             Refused::RetryLater => "retry later",
             Refused::TooManyHeld => "too many held",
+            Refused::PollWaitedTooLong => "poll waited too long",
             Refused::Body => "body",
         }
     }
@@ -231,7 +226,19 @@ impl Pools {
         match refused {
             Refused::RetryLater => warn!(path, pool, busy, detail, "overloaded: agent told to retry later"),
             Refused::TooManyHeld => {
-                warn!(path, pool, busy, "overloaded: too many original clients' requests wait already");
+                warn!(
+                    path,
+                    pool, busy, "overloaded: too many original clients' polls wait already; answered no task"
+                );
+            }
+            Refused::PollWaitedTooLong => {
+                warn!(
+                    path,
+                    pool,
+                    busy,
+                    detail,
+                    "overloaded: an original client's poll found no place; answered no task"
+                );
             }
             Refused::Body => warn!(path, pool, detail, "agent request body refused"),
         }
@@ -255,31 +262,39 @@ pub async fn limit(pools: Arc<Pools>, app: AppState, request: Request, next: Nex
 }
 
 /// Serves `request` with a place of `pool`, or refuses or holds it as the module says.
-async fn with_place(pools: &Pools, pool: Pool, path: String, mut request: Request, next: Next) -> Response {
+async fn with_place(pools: &Pools, pool: Pool, path: String, request: Request, next: Next) -> Response {
     let limiter = pools.limiter(pool);
-    if let Some(permit) = limiter.try_acquire() {
-        request.extensions_mut().insert(permit.clone());
-        let response = next.run(request).await;
-        permit.release();
-        return response;
+    if let Some(place) = limiter.try_acquire() {
+        return serve(place, request, next).await;
     }
     let secs = limiter.retry_after();
     if request.headers().contains_key(HEADER_SIGN_VERSION) {
         pools.log_refusal(Refused::RetryLater, pool, &path, &format!("retry after {secs} s"));
         return too_many(secs);
     }
-    let Some(held) = limiter.try_hold() else {
+    if path != GET_TASK_PATH {
+        debug!(path = %path, pool = pool.as_str(), "overloaded: an original client's request waits for a place");
+        return serve(limiter.acquire().await, request, next).await;
+    }
+    let Some(_held) = limiter.try_hold_poll() else {
         pools.log_refusal(Refused::TooManyHeld, pool, &path, "");
-        return original_refusal(&path, secs);
+        return no_task_now(secs);
     };
-    debug!(path = %path, pool = pool.as_str(), delay = secs, "overloaded: holding an original client's request");
-    tokio::time::sleep(Duration::from_secs(secs)).await;
-    drop(held);
-    // Served without a place: it waited its turn, and refusing it could make it exit.
-    request
-        .extensions_mut()
-        .insert(BusyPermit(Arc::new(Held { limiter: Arc::clone(limiter), released: AtomicBool::new(true) })));
-    next.run(request).await
+    match tokio::time::timeout(Duration::from_secs(secs), limiter.acquire()).await {
+        Ok(place) => serve(place, request, next).await,
+        Err(_) => {
+            pools.log_refusal(Refused::PollWaitedTooLong, pool, &path, &format!("waited {secs} s"));
+            no_task_now(secs)
+        }
+    }
+}
+
+/// Handles `request` holding `place` (put in its extensions for the handler).
+async fn serve(place: BusyPermit, mut request: Request, next: Next) -> Response {
+    request.extensions_mut().insert(place.clone());
+    let response = next.run(request).await;
+    place.release();
+    response
 }
 
 /// HTTP 429 with `Retry-After: secs` and an envelope naming the wait.
@@ -287,13 +302,10 @@ fn too_many(secs: u64) -> Response {
     busy_answer(StatusCode::TOO_MANY_REQUESTS, CODE_ERROR, secs)
 }
 
-/// What an original client tolerates: "no task" (HTTP 200, code 2) on getTask, else HTTP 503.
-fn original_refusal(path: &str, secs: u64) -> Response {
-    if path == GET_TASK_PATH {
-        busy_answer(StatusCode::OK, CODE_NO_TASK, secs)
-    } else {
-        busy_answer(StatusCode::SERVICE_UNAVAILABLE, CODE_ERROR, secs)
-    }
+/// What an original client's poll gets when it cannot be served: "no task" (HTTP 200, code 2),
+/// which it takes as an empty poll; anything else would end its process.
+fn no_task_now(secs: u64) -> Response {
+    busy_answer(StatusCode::OK, CODE_NO_TASK, secs)
 }
 
 fn busy_answer(status: StatusCode, code: i32, secs: u64) -> Response {
@@ -307,12 +319,12 @@ fn envelope_answer(status: StatusCode, code: i32, message: String) -> Response {
     (status, Json(Envelope::<()>::empty(code, message))).into_response()
 }
 
-/// One of the original clients' requests waiting for their turn; counted until dropped.
-struct HeldRequest(Arc<Limiter>);
+/// One of the original clients' polls waiting for a place; counted until dropped.
+struct HeldPoll(Arc<Limiter>);
 
-impl Drop for HeldRequest {
+impl Drop for HeldPoll {
     fn drop(&mut self) {
-        self.0.held.fetch_sub(1, Ordering::SeqCst);
+        self.0.held_polls.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -339,17 +351,34 @@ mod tests {
     }
 
     #[test]
-    fn original_clients_wait_in_a_bounded_number() {
+    fn original_polls_wait_in_a_bounded_number_and_are_answered_no_task() {
         let limiter = Limiter::new(2, 1);
-        let held: Vec<HeldRequest> = (0..2 * HELD_PER_PLACE).map_while(|_| limiter.try_hold()).collect();
+        let held: Vec<HeldPoll> = (0..2 * HELD_PER_PLACE).map_while(|_| limiter.try_hold_poll()).collect();
         assert_eq!(held.len(), 2 * HELD_PER_PLACE);
-        assert!(limiter.try_hold().is_none());
+        assert!(limiter.try_hold_poll().is_none());
         drop(held);
-        assert!(limiter.try_hold().is_some());
-        let no_task = original_refusal(GET_TASK_PATH, 3);
+        assert!(limiter.try_hold_poll().is_some());
+        let no_task = no_task_now(3);
         assert_eq!(no_task.status(), StatusCode::OK);
         assert_eq!(no_task.headers()[HEADER_RETRY_AFTER], "3");
-        assert_eq!(original_refusal("/orange-forge/api/ping", 3).status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_request_gets_the_next_place_before_anyone_asking_later() {
+        let limiter = Limiter::new(1, 1);
+        let first = limiter.try_acquire().expect("the place");
+        let waiter = {
+            let limiter = Arc::clone(&limiter);
+            tokio::spawn(async move { limiter.acquire().await })
+        };
+        // Lets the waiter run and queue up.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        first.release();
+        assert!(limiter.try_acquire().is_none(), "the freed place went to the waiter");
+        let place = waiter.await.expect("waiter");
+        assert_eq!(limiter.busy(), 1);
+        place.release();
+        assert_eq!(limiter.busy(), 0);
     }
 
     #[test]
