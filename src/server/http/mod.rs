@@ -16,6 +16,7 @@ mod agent_files;
 mod busy;
 mod client_addr;
 mod connections;
+pub mod metrics;
 pub mod probes;
 mod proxy_protocol;
 mod refusal_log;
@@ -53,7 +54,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The whole router: agent routes under the overload limit (a pool for accepted agents, a
 /// smaller one for everyone else), the `probes` without a token, operator routes under the
-/// admin token whose SHA-256 is `admin_token_hash`.
+/// admin token whose SHA-256 is `admin_token_hash`, and `/metrics` under that token too unless
+/// `--metrics-public`; every answer counted in the metrics.
 pub fn router(
     services: AppState,
     admin_token_hash: SecretHash,
@@ -66,7 +68,26 @@ pub fn router(
     let agent_routes = agent_api::routes().layer(axum::middleware::from_fn(move |request, next| {
         busy::limit(Arc::clone(&pools), Arc::clone(&app), request, next)
     }));
-    Router::new().merge(agent_routes).merge(probes).merge(admin_routes(admin_token_hash)).with_state(services)
+    let metrics_route = match config.metrics_public {
+        true => metrics::routes(),
+        false => admin_auth::guarded(metrics::routes(), admin_token_hash),
+    };
+    let counted = Arc::clone(&services);
+    Router::new()
+        .merge(agent_routes)
+        .merge(probes)
+        .merge(metrics_route)
+        .merge(admin_routes(admin_token_hash))
+        .with_state(services)
+        .layer(axum::middleware::from_fn(move |request, next| {
+            metrics::count(Arc::clone(&counted), request, next)
+        }))
+}
+
+/// The router of `--metrics-listen`'s plain listener: the metrics without a token, and the
+/// `probes`.
+pub fn metrics_router(services: AppState, probes: Router<AppState>) -> Router {
+    Router::new().merge(metrics::routes()).merge(probes).with_state(services)
 }
 
 /// Every route of the operator API under `/api/v1/`, behind the admin token.

@@ -127,6 +127,7 @@ impl Store {
         if let Err(e) = remove_dir(&old_path) {
             warn!(error = %e, "cannot delete the old database; the next start retries");
         }
+        self.metrics.compaction(started.elapsed());
         Ok(finished(Compaction { before_bytes, after_bytes, took: started.elapsed(), paused }))
     }
 
