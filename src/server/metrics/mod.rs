@@ -1,6 +1,7 @@
 //! The server's Prometheus metrics: one registry and every metric handle, recorded into through
 //! small methods by the HTTP layer, the services, the committer and the store, and encoded in
-//! the OpenMetrics text format for `GET /metrics`.
+//! the Prometheus text format (0.0.4, which every Prometheus and `promtool check metrics`
+//! read) for `GET /metrics`.
 //!
 //! Names follow Prometheus conventions: the `orange_` prefix, `_total` on counters, base units
 //! (`_seconds`, `_bytes`). No label carries an unbounded value: labels are route classes, status
@@ -21,7 +22,7 @@ pub mod state;
 
 use std::time::Duration;
 
-use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::prometheus_text::{self, encode};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -30,8 +31,8 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::protocol::TaskStatus;
 
-/// The content type of [`Metrics::encode`]'s text (OpenMetrics 1.0, which Prometheus reads).
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of [`Metrics::encode`]'s text: `text/plain; version=0.0.4; charset=utf-8`.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 /// Labels of one metric: fixed names, values from a closed set.
 type Labels<const N: usize> = [(&'static str, &'static str); N];
@@ -447,7 +448,7 @@ mod tests {
         let overload = "orange_http_overload_responses_total";
         assert_eq!(sample(&text, overload, r#"route="agent_original",code="429""#), Some(1.0));
         assert_eq!(sample(&text, overload, r#"route="probe",code="503""#), Some(1.0));
-        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(text.contains("# TYPE orange_http_requests_total counter\n"), "{text}");
     }
 
     #[test]
