@@ -250,3 +250,36 @@ fn answers_429_of_a_full_server_are_counted() {
     let client_errors = [("route", "agent_original"), ("status", "4xx")];
     assert_eq!(grew(&before, &after, "orange_http_requests_total", &client_errors), seen);
 }
+
+/// The metric names of README's "Metrics" table (`| \`orange_...{labels}\` | type | ...`).
+fn readme_metrics() -> BTreeMap<String, String> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README.md");
+    readme
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `orange_"))
+        .map(|rest| {
+            let (name, after) = rest.split_once('`').expect("a closing backtick");
+            let name = name.split_once('{').map_or(name, |(name, _)| name);
+            let kind = after.trim_start_matches(" | ").split(' ').next().unwrap_or_default();
+            (format!("orange_{name}"), kind.to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn readme_lists_every_metric_with_its_type_and_nothing_else() {
+    let server =
+        Server::start(ServerOpts { extra_args: vec!["--metrics-public".into()], ..ServerOpts::default() });
+    let text = get(server.addr, "/metrics", None).text();
+    let exposed: BTreeMap<String, String> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .map(|rest| {
+            let (name, kind) = rest.split_once(' ').expect("# TYPE name kind");
+            (name.to_owned(), kind.to_owned())
+        })
+        .collect();
+    assert!(exposed.len() >= 20, "only {} metrics exposed", exposed.len());
+    assert_eq!(readme_metrics(), exposed, "README's Metrics table and the exposition differ");
+}
