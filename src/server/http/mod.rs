@@ -68,16 +68,16 @@ pub fn router(
     let agent_routes = agent_api::routes().layer(axum::middleware::from_fn(move |request, next| {
         busy::limit(Arc::clone(&pools), Arc::clone(&app), request, next)
     }));
-    let metrics_route = match config.metrics_public {
+    let public_metrics = match config.metrics_public {
         true => metrics::routes(),
-        false => admin_auth::guarded(metrics::routes(), admin_token_hash),
+        false => Router::new(),
     };
     let counted = Arc::clone(&services);
     Router::new()
         .merge(agent_routes)
         .merge(probes)
-        .merge(metrics_route)
-        .merge(admin_routes(admin_token_hash))
+        .merge(public_metrics)
+        .merge(admin_routes(admin_token_hash, !config.metrics_public))
         .with_state(services)
         .layer(axum::middleware::from_fn(move |request, next| {
             metrics::count(Arc::clone(&counted), request, next)
@@ -90,13 +90,15 @@ pub fn metrics_router(services: AppState, probes: Router<AppState>) -> Router {
     Router::new().merge(metrics::routes()).merge(probes).with_state(services)
 }
 
-/// Every route of the operator API under `/api/v1/`, behind the admin token.
-fn admin_routes(admin_token_hash: SecretHash) -> Router<AppState> {
+/// Every route of the operator API under `/api/v1/`, and `/metrics` when `with_metrics`, behind
+/// the admin token (one limit on wrong tokens for all of them).
+fn admin_routes(admin_token_hash: SecretHash, with_metrics: bool) -> Router<AppState> {
     let routes = Router::new()
         .merge(admin_tasks::routes())
         .merge(admin_agents::routes())
         .merge(admin_jobs::routes())
         .merge(admin_files::routes())
+        .merge(if with_metrics { metrics::routes() } else { Router::new() })
         .fallback(|| async { ApiFailure(StatusCode::NOT_FOUND, "no such API route".into()) })
         .method_not_allowed_fallback(|| async {
             ApiFailure(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this API route".into())
