@@ -283,3 +283,27 @@ fn readme_lists_every_metric_with_its_type_and_nothing_else() {
     assert!(exposed.len() >= 20, "only {} metrics exposed", exposed.len());
     assert_eq!(readme_metrics(), exposed, "README's Metrics table and the exposition differ");
 }
+
+#[test]
+fn output_past_the_cap_and_a_compaction_are_counted() {
+    let extra_args = vec!["--output-cap-mb".into(), "1".into()];
+    let server = Server::start(ServerOpts { extra_args, ..ServerOpts::default() });
+    let _agent = Agent::start_online(&server, "cap-1", AgentOpts::shell());
+    let before = scrape(&server);
+    let run = server.operator(&["task", "run", "--appid", "cap-1", "--", "head -c 3000000 /dev/zero"]).run();
+    run.assert_success();
+    let pid = i32::try_from(server.pid()).expect("a pid");
+    // SAFETY: kill has no memory preconditions; the pid is our own child's.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0, "SIGUSR1 to the server");
+    wait_until(Duration::from_secs(60), "the compaction counted", || {
+        scrape(&server).get("orange_compactions_total", &[]) == 1.0
+    });
+    let after = scrape(&server);
+    assert_eq!(grew(&before, &after, "orange_output_stored_bytes_total", &[]), 3_000_000.0);
+    let dropped = grew(&before, &after, "orange_output_dropped_bytes_total", &[]);
+    assert!(
+        (1_000_000.0..3_000_000.0).contains(&dropped),
+        "{dropped} bytes dropped of 3 MB past a 1 MiB cap"
+    );
+    assert_eq!(after.get("orange_compaction_duration_seconds_count", &[]), 1.0);
+}
