@@ -210,6 +210,13 @@ fn a_metrics_listener_serves_metrics_and_probes_without_a_token() {
     let metrics = Exposition::parse(&answer.text());
     assert_eq!(metrics.get("orange_agents", &[("status", "online")]), 0.0);
     assert_eq!(get(address, "/readyz", None).status, 200);
+    let again = Exposition::parse(&get(address, "/metrics", None).text());
+    let probes_2xx = [("route", "probe"), ("status", "2xx")];
+    assert_eq!(
+        grew(&metrics, &again, "orange_http_requests_total", &probes_2xx),
+        1.0,
+        "its answers are counted"
+    );
     assert_eq!(get(address, "/api/v1/agents", Some(&server.token)).status, 404, "no operator API there");
     assert_eq!(get(server.addr, "/metrics", None).status, 401, "the main listener still wants the token");
 }

@@ -85,9 +85,12 @@ pub fn router(
 }
 
 /// The router of `--metrics-listen`'s plain listener: the metrics without a token, and the
-/// `probes`.
+/// `probes`; its answers are counted too.
 pub fn metrics_router(services: AppState, probes: Router<AppState>) -> Router {
-    Router::new().merge(metrics::routes()).merge(probes).with_state(services)
+    let counted = Arc::clone(&services);
+    Router::new().merge(metrics::routes()).merge(probes).with_state(services).layer(
+        axum::middleware::from_fn(move |request, next| metrics::count(Arc::clone(&counted), request, next)),
+    )
 }
 
 /// Every route of the operator API under `/api/v1/`, and `/metrics` when `with_metrics`, behind
