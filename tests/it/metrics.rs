@@ -153,7 +153,13 @@ fn counters_and_gauges_move_with_real_traffic_and_no_label_names_a_host_or_task(
         let now = scrape(&server);
         now.get("orange_agents", &[("status", "online")]) == 3.0 && now.get("orange_parked_polls", &[]) >= 2.0
     });
+    server.operator(&["job", "run", "--appid", "mhost-a17,mhost-b29", "--", "true"]).run().assert_success();
+    wait_until(Duration::from_secs(30), "the job counted finished", || {
+        scrape(&server).get("orange_jobs", &[("state", "finished")]) == 1.0
+    });
     let now = scrape(&server);
+    assert_eq!(now.get("orange_jobs", &[("state", "running")]), 0.0);
+    assert_eq!(grew(&after, &now, "orange_tasks_enqueued_total", &[]), 2.0, "a job's tasks are counted");
     assert_eq!(now.get("orange_agents", &[("status", "pending")]), 0.0);
     assert_eq!(now.get("orange_tasks_open", &[("state", "queued")]), 0.0);
     assert_eq!(now.get("orange_queue_depth", &[]), 0.0);

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use super::tx::{entries_before, task_id_from};
+use super::tx::entries_before;
 use super::{Store, StoreError};
 use crate::protocol::TaskStatus;
 use crate::server::codec;
@@ -54,9 +54,8 @@ impl Store {
     /// Jobs by state, of at most `limit` jobs.
     fn job_states(&self, limit: usize) -> Result<BTreeMap<&'static str, u64>, StoreError> {
         let mut states = BTreeMap::new();
-        for entry in self.trees().jobs.iter().take(limit) {
-            let (key, value) = entry?;
-            task_id_from(&key)?;
+        for value in self.trees().jobs.iter().values().take(limit) {
+            let value = value?;
             let job: super::JobRecord = codec::decode(&value)?;
             *states.entry(job.state.as_str()).or_default() += 1;
         }
