@@ -1,6 +1,6 @@
 //! Micro-benchmarks of the hot pieces: signing and verifying a request, the storage codec, and
 //! the store's enqueue → take → report cycle (in memory; durability is measured separately with
-//! `durable`, which includes the flush and fdatasync).
+//! `durable`, which includes the flush and fdatasync), and what the metrics add to a request.
 //!
 //! Run: `cargo bench --bench core`
 
@@ -88,5 +88,14 @@ fn store_bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, signing, codec_bench, store_bench);
+fn metrics_bench(c: &mut Criterion) {
+    use orange::server::http::metrics::route_class;
+    use orange::server::metrics::Metrics;
+    let metrics = Metrics::new();
+    c.bench_function("metrics: classify and count one HTTP answer", |b| {
+        b.iter(|| metrics.http_response(route_class(std::hint::black_box("/orange-forge/api/getTask")), 200))
+    });
+}
+
+criterion_group!(benches, signing, codec_bench, store_bench, metrics_bench);
 criterion_main!(benches);

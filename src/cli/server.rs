@@ -113,6 +113,14 @@ pub struct ServerArgs {
     /// send-proxy-v2 send it; their connections without one are refused (default: none)
     #[argh(option)]
     pub proxy_protocol_from: Option<String>,
+    /// serve GET /metrics without the admin token on the main listener (default: the token is
+    /// needed)
+    #[argh(switch)]
+    pub metrics_public: bool,
+    /// also serve GET /metrics without a token, and the probes, on this plain HTTP address
+    /// (like 127.0.0.1:9890), for a scraper on a private network
+    #[argh(option)]
+    pub metrics_listen: Option<String>,
 }
 
 /// Exit status of `orange server` when another orange server holds its data directory.
@@ -181,6 +189,8 @@ pub fn server_options(args: ServerArgs, env: Env) -> Result<ServerOptions> {
             idle_timeout: args.idle_timeout,
             proxy_protocol_from: args.proxy_protocol_from,
         },
+        metrics_public: args.metrics_public,
+        metrics_listen: args.metrics_listen,
     })
 }
 

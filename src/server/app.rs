@@ -15,6 +15,7 @@ use super::clock::millis;
 use super::dispatch::Dispatch;
 use super::guard::{SecretHash, secret_hash};
 use super::http::{self, Listener};
+use super::metrics::Metrics;
 use super::services::Services;
 use super::store::{Policy, Store};
 use super::sweeper::Sweeper;
@@ -40,15 +41,23 @@ pub struct Assembled {
     services: Arc<Services>,
     admin_token_hash: SecretHash,
     stop_tx: watch::Sender<bool>,
+    /// The plain listener of `--metrics-listen`, once bound.
+    metrics_listener: Option<tokio::net::TcpListener>,
 }
 
 /// Opens the store in the configured data directory and builds the services on it.
 pub fn assemble(config: ServerConfig, secrets: Secrets) -> Result<Assembled> {
     // The running server keeps only a hash of the admin token.
     let admin_token_hash = secret_hash(&secrets.admin_token);
+    let metrics = Arc::new(Metrics::new());
     let store = Arc::new(
-        Store::open(&config.data_dir, config.cache_capacity_bytes, policy(&config))
-            .with_context(|| format!("cannot open the database in {}", config.data_dir.display()))?,
+        Store::open_measured(
+            &config.data_dir,
+            config.cache_capacity_bytes,
+            policy(&config),
+            Arc::clone(&metrics),
+        )
+        .with_context(|| format!("cannot open the database in {}", config.data_dir.display()))?,
     );
     let requeued = store.requeue_unacknowledged(super::clock::now_ms()).with_context(|| {
         format!("cannot requeue unacknowledged deliveries in {}", config.data_dir.display())
@@ -61,12 +70,19 @@ pub fn assemble(config: ServerConfig, secrets: Secrets) -> Result<Assembled> {
     }
     let (stop_tx, stop_rx) = watch::channel(false);
     let dispatch = Arc::new(Dispatch::new(stop_rx));
-    let services = Arc::new(Services::new(&store, &dispatch, &config, admin_token_hash, &secrets.enroll_key));
+    let services =
+        Arc::new(Services::new(&store, &dispatch, &config, admin_token_hash, &secrets.enroll_key, metrics));
     drop(secrets);
-    Ok(Assembled { config, store, dispatch, services, admin_token_hash, stop_tx })
+    Ok(Assembled { config, store, dispatch, services, admin_token_hash, stop_tx, metrics_listener: None })
 }
 
 impl Assembled {
+    /// Serves the metrics (no token) and the probes on `listener` too, the plain listener of
+    /// `--metrics-listen`.
+    pub fn with_metrics_listener(self, listener: tokio::net::TcpListener) -> Self {
+        Assembled { metrics_listener: Some(listener), ..self }
+    }
+
     /// Starts the background loops and serves on `listener` until `shutdown` completes; then
     /// parked long polls answer "no task", requests in flight finish, the loops stop and the
     /// store is synced.
@@ -75,11 +91,25 @@ impl Assembled {
         listener: Listener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
-        let Assembled { config, store, dispatch, services, admin_token_hash, stop_tx } = self;
+        let Assembled { config, store, dispatch, services, admin_token_hash, stop_tx, metrics_listener } =
+            self;
         let sweeper = Sweeper::new(Arc::clone(&store), dispatch, config.sweep_interval, config.retention);
         let sweeper = tokio::spawn(sweeper.run());
         let relay = Arc::clone(&services);
         tokio::spawn(async move { relay.jobs().relay_events().await });
+        if let Some(listener) = metrics_listener {
+            let probes = http::probes::routes(Arc::clone(&store), stop_tx.subscribe());
+            let app = http::metrics_router(Arc::clone(&services), probes);
+            let mut stopping = stop_tx.subscribe();
+            let stopped = async move {
+                let _ = stopping.wait_for(|stop| *stop).await;
+            };
+            tokio::spawn(async move {
+                if let Err(e) = http::metrics::serve_plain(listener, app, stopped).await {
+                    tracing::warn!(error = %format!("{e:#}"), "the metrics listener stopped");
+                }
+            });
+        }
         let probes = http::probes::routes(Arc::clone(&store), stop_tx.subscribe());
         let app = http::router(services, admin_token_hash, &config, probes);
         let connections = config.connections.clone();
@@ -139,6 +169,8 @@ mod tests {
             max_unverified_inflight: 4,
             retry_after_secs: 1,
             connections: crate::server::config::ConnectionOptions::default().validate().unwrap(),
+            metrics_public: false,
+            metrics_listen: None,
         }
     }
 

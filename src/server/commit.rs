@@ -8,8 +8,11 @@
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
+use std::time::Instant;
 
 use tokio::sync::oneshot;
+
+use super::metrics::Metrics;
 
 /// The durable-sync function the committer runs: flush and fsync the database.
 pub type SyncFn = Box<dyn Fn() -> std::io::Result<()> + Send>;
@@ -26,13 +29,14 @@ pub struct Committer {
 }
 
 impl Committer {
-    /// Starts the committer thread around `sync`.
-    pub fn start(sync: SyncFn) -> std::io::Result<Committer> {
+    /// Starts the committer thread around `sync`, recording each batch's size and sync time in
+    /// `metrics`.
+    pub fn start(sync: SyncFn, metrics: Arc<Metrics>) -> std::io::Result<Committer> {
         let shared = Arc::new((Mutex::new(Queue { waiters: Vec::new(), closed: false }), Condvar::new()));
         let for_thread = Arc::clone(&shared);
         let thread = thread::Builder::new()
             .name("orange-commit".into())
-            .spawn(move || commit_loop(&for_thread, &sync))?;
+            .spawn(move || commit_loop(&for_thread, &sync, &metrics))?;
         Ok(Committer { shared, thread: Some(thread) })
     }
 
@@ -62,7 +66,7 @@ impl Drop for Committer {
     }
 }
 
-fn commit_loop(shared: &(Mutex<Queue>, Condvar), sync: &SyncFn) {
+fn commit_loop(shared: &(Mutex<Queue>, Condvar), sync: &SyncFn, metrics: &Metrics) {
     let (lock, ready) = shared;
     loop {
         let batch = {
@@ -75,7 +79,9 @@ fn commit_loop(shared: &(Mutex<Queue>, Condvar), sync: &SyncFn) {
             }
             std::mem::take(&mut queue.waiters)
         };
+        let started = Instant::now();
         let outcome = sync().map_err(|e| format!("cannot sync the database to disk: {e}"));
+        metrics.commit(batch.len(), started.elapsed());
         for waiter in batch {
             // A waiter that gave up (its request was dropped) is simply skipped.
             let _ = waiter.send(outcome.clone());
@@ -94,11 +100,14 @@ mod tests {
         let syncs = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&syncs);
         let committer = Arc::new(
-            Committer::start(Box::new(move || {
-                counter.fetch_add(1, Ordering::SeqCst);
-                std::thread::sleep(Duration::from_millis(5));
-                Ok(())
-            }))
+            Committer::start(
+                Box::new(move || {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(5));
+                    Ok(())
+                }),
+                Arc::default(),
+            )
             .unwrap(),
         );
         let waits: Vec<_> = (0..200)
@@ -116,7 +125,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_sync_reaches_every_waiter() {
-        let committer = Committer::start(Box::new(|| Err(std::io::Error::other("disk gone")))).unwrap();
+        let committer =
+            Committer::start(Box::new(|| Err(std::io::Error::other("disk gone"))), Arc::default()).unwrap();
         let err = committer.wait().await.unwrap_err();
         assert!(err.contains("disk gone"), "{err}");
     }

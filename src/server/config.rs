@@ -59,6 +59,10 @@ pub struct ServerConfig {
     pub retry_after_secs: u64,
     /// How many connections may be open and for how long, and which balancers name the client.
     pub connections: ConnectionLimits,
+    /// `/metrics` answers without the admin token on the main listener.
+    pub metrics_public: bool,
+    /// A second, plain HTTP listener serving `/metrics` without a token (and the probes).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Connections kept within bounds (the open-files limit, one address's share, idle time) and
@@ -201,6 +205,8 @@ impl std::fmt::Debug for ServerConfig {
             .field("retry_after_secs", &self.retry_after_secs)
             .field("compact_min_bytes", &self.compact_min_bytes)
             .field("connections", &self.connections)
+            .field("metrics_public", &self.metrics_public)
+            .field("metrics_listen", &self.metrics_listen)
             .finish_non_exhaustive()
     }
 }
@@ -250,6 +256,10 @@ pub struct ServerOptions {
     pub compact_at_mb: u64,
     /// Connection limits and trusted balancers.
     pub connections: ConnectionOptions,
+    /// Serve `/metrics` without the admin token.
+    pub metrics_public: bool,
+    /// Address of a plain HTTP listener for `/metrics` (no token) and the probes.
+    pub metrics_listen: Option<String>,
 }
 
 /// The connection settings as plain values, before they are checked.
@@ -345,6 +355,12 @@ impl ServerOptions {
             _ => bail!("give both --tls-cert and --tls-key, or neither"),
         };
         let connections = self.connections.validate()?;
+        let metrics_listen = match &self.metrics_listen {
+            None => None,
+            Some(text) => Some(text.parse::<SocketAddr>().with_context(|| {
+                format!("--metrics-listen {text:?} is not an address like 127.0.0.1:9890")
+            })?),
+        };
         let mib = |n: u64| n.saturating_mul(1024 * 1024);
         Ok(ServerConfig {
             data_dir: self.data,
@@ -367,6 +383,8 @@ impl ServerOptions {
             retry_after_secs: self.retry_after,
             tls,
             connections,
+            metrics_public: self.metrics_public,
+            metrics_listen,
         })
     }
 
@@ -446,6 +464,10 @@ mod tests {
         assert!(err(ServerOptions { listen: "nope".into(), ..options() }).starts_with("--listen \"nope\""));
         assert!(err(ServerOptions { tls_cert: Some("c".into()), ..options() }).contains("--tls-key"));
         assert!(err(ServerOptions { retry_after: 301, ..options() }).contains("at most 300"));
+        assert!(
+            err(ServerOptions { metrics_listen: Some("9890".into()), ..options() })
+                .starts_with("--metrics-listen \"9890\"")
+        );
         assert!(
             err(ServerOptions { enroll_key: Some(" ".into()), ..options() }).contains("must not be empty")
         );

@@ -20,6 +20,7 @@ pub mod inventory;
 pub mod job_results;
 pub mod jobs;
 pub mod lock;
+pub mod metrics;
 pub mod polling;
 pub mod presence;
 pub mod reports;
@@ -76,8 +77,9 @@ pub fn run_blocking(config: ServerConfig) -> Result<()> {
         .build()
         .context("cannot start the runtime")?;
     let (listen, tls, data_dir) = (config.listen, config.tls.clone(), config.data_dir.clone());
+    let metrics_listen = config.metrics_listen;
     runtime.block_on(async move {
-        let server = app::assemble(config, secrets)?;
+        let mut server = app::assemble(config, secrets)?;
         let listener = match inherited {
             Some(socket) => http::Listener::from_std(socket, tls.as_ref()).await?,
             None => http::Listener::bind(listen, tls.as_ref()).await?,
@@ -86,7 +88,17 @@ pub fn run_blocking(config: ServerConfig) -> Result<()> {
         tokio::spawn(http::tls_reload::reload_on_sighup(reloadable));
         let address = listener.local_addr()?;
         let scheme = listener.scheme();
+        let metrics_listener = match metrics_listen {
+            Some(at) => Some(http::metrics::bind_plain(at).await?),
+            None => None,
+        };
         println!("orange server listening on {scheme}://{address}");
+        if let Some(metrics_listener) = metrics_listener {
+            let bound = metrics_listener.local_addr().context("cannot read the metrics address")?;
+            println!("orange server metrics on http://{bound}");
+            info!(address = %bound, "serving metrics and probes without a token");
+            server = server.with_metrics_listener(metrics_listener);
+        }
         info!(%address, data = %data_dir.display(), scheme, "orange server started");
         warn_if_plain_http_off_loopback(scheme, address);
         systemd::notify_ready(&format!("{scheme}://{address}"));

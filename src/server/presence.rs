@@ -116,6 +116,11 @@ impl Presence {
         self.lock().remove(app_id);
     }
 
+    /// Long polls parked right now, of every agent.
+    pub fn parked_polls(&self) -> u64 {
+        self.lock().values().map(|seen| u64::from(seen.parked)).sum()
+    }
+
     /// Where `agent` stands at `now_ms`.
     pub fn liveness(&self, agent: &AgentRecord, now_ms: i64) -> Liveness {
         let seen = self.lock().get(&agent.app_id).copied().unwrap_or_default();

@@ -13,6 +13,8 @@ use super::guard::{Guard, SecretHash};
 use super::inventory::Inventory;
 use super::job_results::JobOutcomes;
 use super::jobs::Jobs;
+use super::metrics::Metrics;
+use super::metrics::state::StateGauges;
 use super::polling::Polling;
 use super::reports::Reports;
 use super::store::Store;
@@ -32,6 +34,8 @@ pub struct Services {
     inventory: Inventory,
     audit: Audit,
     files: Files,
+    metrics: Arc<Metrics>,
+    state_gauges: StateGauges,
 }
 
 impl Services {
@@ -42,6 +46,7 @@ impl Services {
         config: &ServerConfig,
         admin_token_hash: SecretHash,
         enroll_key: &str,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let defaults = TaskDefaults {
             timeout: config.default_task_timeout,
@@ -66,6 +71,12 @@ impl Services {
             inventory: Inventory::new(Arc::clone(store), Arc::clone(dispatch.presence())),
             audit,
             files: Files::new(Arc::clone(store), Arc::clone(dispatch), config.max_file_bytes),
+            metrics,
+            state_gauges: StateGauges::new(
+                Arc::clone(store),
+                Arc::clone(dispatch.presence()),
+                config.data_dir.clone(),
+            ),
         }
     }
 
@@ -122,5 +133,17 @@ impl Services {
     /// The audit record.
     pub fn audit(&self) -> &Audit {
         &self.audit
+    }
+
+    /// Where requests, refusals and task moves are counted.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Every metric in the text format of [`super::metrics::CONTENT_TYPE`], the state gauges
+    /// read first (at most every few seconds).
+    pub async fn metrics_text(&self) -> String {
+        self.state_gauges.refresh(&self.metrics).await;
+        self.metrics.encode()
     }
 }

@@ -27,6 +27,7 @@ mod legacy_protocol;
 mod lifecycle;
 mod lists;
 mod logs;
+mod metrics;
 mod orphans;
 mod overload;
 mod owned_task;

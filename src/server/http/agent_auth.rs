@@ -163,6 +163,7 @@ pub fn failed_attempt(
     message: String,
 ) -> Refusal {
     app.guard().record_failure(source, app_id, Utc::now().timestamp());
+    app.metrics().signature_failed();
     Refusal { tarpit: standing == Standing::Tarpit, ..Refusal::new("failed attempt", message) }
 }
 
@@ -280,7 +281,10 @@ fn admit_signed_once(app: &AppState, signed: &Signed) -> Result<(), Refusal> {
         None => [signed.app_id.as_bytes(), legacy_sign.as_bytes()],
     };
     app.guard().admit_once(&identity, sent).map_err(|e| match e {
-        ReplayError::Seen => Refusal { kind: RefusalKind::Replay, ..Refusal::new("replay", e.to_string()) },
+        ReplayError::Seen => {
+            app.metrics().replay_refused();
+            Refusal { kind: RefusalKind::Replay, ..Refusal::new("replay", e.to_string()) }
+        }
         ReplayError::Store(_) => Refusal::transient(format!("server error, retry later: {e}")),
     })
 }

@@ -16,6 +16,7 @@ mod agent_files;
 mod busy;
 mod client_addr;
 mod connections;
+pub mod metrics;
 pub mod probes;
 mod proxy_protocol;
 mod refusal_log;
@@ -54,7 +55,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The whole router: agent routes under the overload limit (a pool for accepted agents, a
 /// smaller one for everyone else), the `probes` without a token, operator routes under the
-/// admin token whose SHA-256 is `admin_token_hash`.
+/// admin token whose SHA-256 is `admin_token_hash`, and `/metrics` under that token too unless
+/// `--metrics-public`; every answer counted in the metrics.
 pub fn router(
     services: AppState,
     admin_token_hash: SecretHash,
@@ -67,16 +69,40 @@ pub fn router(
     let agent_routes = agent_api::routes().layer(axum::middleware::from_fn(move |request, next| {
         busy::limit(Arc::clone(&pools), Arc::clone(&app), request, next)
     }));
-    Router::new().merge(agent_routes).merge(probes).merge(admin_routes(admin_token_hash)).with_state(services)
+    let public_metrics = match config.metrics_public {
+        true => metrics::routes(),
+        false => Router::new(),
+    };
+    let counted = Arc::clone(&services);
+    Router::new()
+        .merge(agent_routes)
+        .merge(probes)
+        .merge(public_metrics)
+        .merge(admin_routes(admin_token_hash, !config.metrics_public))
+        .with_state(services)
+        .layer(axum::middleware::from_fn(move |request, next| {
+            metrics::count(Arc::clone(&counted), request, next)
+        }))
 }
 
-/// Every route of the operator API under `/api/v1/`, behind the admin token.
-fn admin_routes(admin_token_hash: SecretHash) -> Router<AppState> {
+/// The router of `--metrics-listen`'s plain listener: the metrics without a token, and the
+/// `probes`; its answers are counted too.
+pub fn metrics_router(services: AppState, probes: Router<AppState>) -> Router {
+    let counted = Arc::clone(&services);
+    Router::new().merge(metrics::routes()).merge(probes).with_state(services).layer(
+        axum::middleware::from_fn(move |request, next| metrics::count(Arc::clone(&counted), request, next)),
+    )
+}
+
+/// Every route of the operator API under `/api/v1/`, and `/metrics` when `with_metrics`, behind
+/// the admin token (one limit on wrong tokens for all of them).
+fn admin_routes(admin_token_hash: SecretHash, with_metrics: bool) -> Router<AppState> {
     let routes = Router::new()
         .merge(admin_tasks::routes())
         .merge(admin_agents::routes())
         .merge(admin_jobs::routes())
         .merge(admin_files::routes())
+        .merge(if with_metrics { metrics::routes() } else { Router::new() })
         .fallback(|| async { ApiFailure(StatusCode::NOT_FOUND, "no such API route".into()) })
         .method_not_allowed_fallback(|| async {
             ApiFailure(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this API route".into())

@@ -127,7 +127,9 @@ impl Store {
         if let Err(e) = remove_dir(&old_path) {
             warn!(error = %e, "cannot delete the old database; the next start retries");
         }
-        Ok(finished(Compaction { before_bytes, after_bytes, took: started.elapsed(), paused }))
+        let took = started.elapsed();
+        self.metrics.compaction(took);
+        Ok(finished(Compaction { before_bytes, after_bytes, took, paused }))
     }
 
     /// Copies `old` into `new_name` and catches it up with `tap` on a thread of the lowest

@@ -270,6 +270,7 @@ fn start_target<E: From<StoreError>>(
     tx.put_task(&task)?;
     tx.queue.insert(queue_key(&task.app_id, task.queue_seq), task.id.as_bytes())?;
     tx.by_agent.insert(agent_task_key(&task.app_id, task.id), &[])?;
+    tx.note(crate::server::metrics::TaskEvent::Enqueued);
     target.task_id = Some(task.id);
     tx.job_targets.insert(target_key(job.id, index), codec::encode(&target))?;
     job.counts.waiting = job.counts.waiting.saturating_sub(1);

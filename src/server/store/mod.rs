@@ -41,6 +41,7 @@ mod admin;
 mod audit;
 mod checkpoint;
 mod compact;
+mod counts;
 mod db_dirs;
 mod events;
 mod facts;
@@ -75,6 +76,7 @@ pub use audit::{
     MAX_OPERATOR_AUDIT,
 };
 pub use compact::Compaction;
+pub use counts::StoredCounts;
 pub use db_dirs::CURRENT_FILE;
 pub use events::JobEvent;
 pub use facts::{FactsRecord, FeaturesRecord};
@@ -96,6 +98,7 @@ use wal::Wal;
 
 use super::codec::{self, CodecError};
 use super::commit::Committer;
+use super::metrics::Metrics;
 use crate::protocol::{TaskId, TaskStatus};
 
 /// Most times a transaction runs again because the queue-number pool ran dry under it.
@@ -183,6 +186,8 @@ pub struct Store {
     wal: Arc<Wal>,
     _checkpointer: Checkpointer,
     audit_streams: audit::AuditStreams,
+    /// Where committed task moves, output bytes, commits and compactions are counted.
+    metrics: Arc<Metrics>,
 }
 
 fn flatten<T, E: From<StoreError>>(result: Result<T, TransactionError<E>>) -> Result<T, E> {
@@ -196,11 +201,21 @@ impl Store {
     /// Opens (or creates) the database in `dir` with a page cache of `cache_bytes`, replays
     /// its write-ahead log, and compacts it first if it is mostly garbage.
     pub fn open(dir: &Path, cache_bytes: u64, policy: Policy) -> Result<Store, StoreError> {
+        Store::open_measured(dir, cache_bytes, policy, Arc::default())
+    }
+
+    /// [`Store::open`], recording what the store does in `metrics`.
+    pub fn open_measured(
+        dir: &Path,
+        cache_bytes: u64,
+        policy: Policy,
+        metrics: Arc<Metrics>,
+    ) -> Result<Store, StoreError> {
         let wal = Arc::new(Wal::open(&dir.join(WAL_DIR))?);
         let trees = compact::open_current(dir, cache_bytes, policy.compact_min_bytes, &wal)?;
         let gate = Arc::new(Gate::new(trees));
         let syncing = Arc::clone(&wal);
-        let committer = Committer::start(Box::new(move || syncing.sync()))
+        let committer = Committer::start(Box::new(move || syncing.sync()), Arc::clone(&metrics))
             .map_err(|e| StoreError::Io(format!("cannot start the commit thread: {e}")))?;
         let checkpointer = Checkpointer::start(Arc::clone(&wal), Arc::clone(&gate))
             .map_err(|e| StoreError::Io(format!("cannot start the checkpoint thread: {e}")))?;
@@ -216,6 +231,7 @@ impl Store {
             policy,
             committer,
             audit_streams: audit::AuditStreams::default(),
+            metrics,
         })
     }
 
@@ -262,8 +278,10 @@ impl Store {
         seq_short: &std::cell::Cell<bool>,
     ) -> Result<T, E> {
         let job_events = std::cell::RefCell::new(Vec::new());
+        let task_events = std::cell::RefCell::new(Vec::new());
         let result = flatten(self.trees().transaction(|trees| {
             job_events.borrow_mut().clear();
+            task_events.borrow_mut().clear();
             seqs_wanted.set(0);
             seq_short.set(false);
             f(&Tx {
@@ -272,11 +290,13 @@ impl Store {
                 seqs_wanted,
                 seq_short,
                 job_events: &job_events,
+                task_events: &task_events,
                 follow: jobs::follow,
             })
         }));
         if result.is_ok() {
             self.job_events.push(job_events.into_inner());
+            self.metrics.task_events(&task_events.into_inner());
         }
         result
     }

@@ -8,6 +8,7 @@ use super::tx::owned_task;
 use super::tx::{Tx, TxError, chunk_key};
 use super::{CHUNK_LEN, ReportError, Store, StoreError};
 use crate::protocol::{TaskId, TaskStatus};
+use crate::server::metrics::TaskEvent;
 
 /// One stored chunk.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,9 +36,12 @@ pub(super) fn append<E>(
     bytes: &[u8],
     cap: u64,
 ) -> Result<(), TxError<E>> {
+    let dropped_before = task.output.dropped_bytes;
     for piece in bytes.chunks(CHUNK_LEN) {
         append_one(tx, task, stream, piece, cap)?;
     }
+    let dropped = task.output.dropped_bytes - dropped_before;
+    tx.note(TaskEvent::Output { stored: bytes.len() as u64, dropped });
     Ok(())
 }
 

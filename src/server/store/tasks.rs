@@ -9,6 +9,7 @@ use super::tx::{
 use super::{ReportError, Store, StoreError, jobs, output};
 use crate::protocol::features;
 use crate::protocol::{TaskId, TaskStatus};
+use crate::server::metrics::TaskEvent;
 
 /// How a task is handed out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +56,7 @@ impl Store {
                 tx.put_task(&task)?;
                 tx.queue.put(queue_key(&task.app_id, task.queue_seq), task.id.as_bytes());
                 tx.by_agent.put(agent_task_key(&task.app_id, task.id), &[]);
+                tx.note(TaskEvent::Enqueued);
             }
             Ok::<_, TxError<StoreError>>(())
         })
@@ -103,6 +105,7 @@ impl Store {
                 };
                 tx.set_deadline(&mut task, deadline)?;
                 tx.put_task(&task)?;
+                tx.note(TaskEvent::Delivered { waited_ms: now_ms - task.created_ms() });
                 Ok::<_, TxError<StoreError>>(Some(Ok(task)))
             })?;
             match taken {

@@ -15,6 +15,7 @@ use super::trees::TxTrees;
 use super::{ReportError, StoreError};
 use crate::protocol::{TaskId, TaskStatus};
 use crate::server::codec;
+use crate::server::metrics::TaskEvent;
 
 /// An error inside a transaction: aborts it with `E`.
 pub type TxError<E> = ConflictableTransactionError<E>;
@@ -104,6 +105,8 @@ pub struct Tx<'a> {
     pub seq_short: &'a Cell<bool>,
     /// What the transaction did to jobs, announced once it commits.
     pub job_events: &'a RefCell<Vec<JobEvent>>,
+    /// What the transaction did to tasks that the metrics count, handed to them once it commits.
+    pub task_events: &'a RefCell<Vec<TaskEvent>>,
     /// Moves what follows a task's change of state (its job), in this transaction: called by
     /// [`Tx::put_task`] with the task's previous stored value.
     pub follow: Follow,
@@ -182,7 +185,13 @@ impl Tx<'_> {
         task.cancel_requested = false;
         self.cancels.delete(agent_task_key(&task.app_id, task.id));
         self.finished.put(time_key(now_ms, task.id), &[]);
+        self.note(TaskEvent::Finished { status: task.status, took_ms: now_ms - task.created_ms() });
         self.count_processed(&task.app_id)
+    }
+
+    /// Notes a task event for the metrics, counted if the transaction commits.
+    pub fn note(&self, event: TaskEvent) {
+        self.task_events.borrow_mut().push(event);
     }
 
     fn count_processed<E: From<StoreError>>(&self, app_id: &str) -> Result<(), TxError<E>> {

@@ -90,16 +90,16 @@ pub(super) fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStat
     status
 }
 
-/// The first line `stdout` prints (the server's listening line), on a channel; the rest is
-/// drained so the child never blocks on a full pipe.
+/// The lines `stdout` prints, on a channel, the first being the server's listening line; the
+/// pipe is drained to its end so the child never blocks on a full pipe.
 pub(super) fn first_line(stdout: impl Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        if let Some(Ok(line)) = lines.next() {
+        // Every line is sent (the first is the listening line; a test may read the ones after
+        // it); once the receiver is gone, the rest is only drained.
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let _ = tx.send(line);
         }
-        for _ in lines {}
     });
     rx
 }

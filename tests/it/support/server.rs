@@ -99,6 +99,8 @@ pub struct Server {
     logs: TempDir,
     opts: ServerOpts,
     starts: u32,
+    /// The lines of stdout after the listening line, of the last start.
+    stdout: Option<std::sync::Mutex<mpsc::Receiver<String>>>,
 }
 
 /// `orange server --data DIR` started as systemd starts a socket-activated service: `socket`
@@ -147,6 +149,7 @@ impl Server {
             logs: TempDir::with_prefix("orange-logs-").expect("create log dir"),
             opts,
             starts: 0,
+            stdout: None,
         };
         if let Err(e) = server.spawn("127.0.0.1:0") {
             panic!("{e}");
@@ -276,7 +279,15 @@ impl Server {
         };
         self.url = url.to_owned();
         self.addr = addr;
+        self.stdout = Some(std::sync::Mutex::new(rx));
         Ok(())
+    }
+
+    /// The next line the server printed on stdout after its listening line, waiting up to
+    /// `timeout`; `None` if none came.
+    pub fn stdout_line(&self, timeout: Duration) -> Option<String> {
+        let lines = self.stdout.as_ref()?.lock().unwrap_or_else(|p| p.into_inner());
+        lines.recv_timeout(timeout).ok()
     }
 
     fn failure(&self, why: &str, status: Option<ExitStatus>) -> String {
