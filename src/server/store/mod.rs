@@ -39,6 +39,8 @@
 
 mod admin;
 mod audit;
+mod backup;
+mod backup_format;
 mod checkpoint;
 mod compact;
 mod db_dirs;
@@ -74,6 +76,8 @@ pub use audit::{
     AGENT_AUDIT_PERIOD_MS, AgentAuditRecord, AuditItem, AuditKey, AuditScan, MAX_AGENT_AUDIT,
     MAX_OPERATOR_AUDIT,
 };
+pub use backup::{BackupSummary, RESTORING_FILE, Restored, restore, verify};
+pub use backup_format::{Counts, Cut, FormatError, Header, Trailer};
 pub use compact::Compaction;
 pub use db_dirs::CURRENT_FILE;
 pub use events::JobEvent;
@@ -196,6 +200,7 @@ impl Store {
     /// Opens (or creates) the database in `dir` with a page cache of `cache_bytes`, replays
     /// its write-ahead log, and compacts it first if it is mostly garbage.
     pub fn open(dir: &Path, cache_bytes: u64, policy: Policy) -> Result<Store, StoreError> {
+        backup::refuse_unfinished_restore(dir)?;
         let wal = Arc::new(Wal::open(&dir.join(WAL_DIR))?);
         let trees = compact::open_current(dir, cache_bytes, policy.compact_min_bytes, &wal)?;
         let gate = Arc::new(Gate::new(trees));
@@ -355,6 +360,8 @@ impl Store {
     }
 }
 
+#[cfg(test)]
+mod backup_tests;
 #[cfg(test)]
 mod compact_tests;
 #[cfg(test)]

@@ -79,6 +79,26 @@ impl Tap<'_> {
     }
 }
 
+/// Where the log stands: the active segment and the bytes appended to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// The active segment's number.
+    pub segment: u64,
+    /// Bytes appended to it.
+    pub offset: u64,
+}
+
+impl Tap<'_> {
+    /// [`Tap::take`], where the log stands at that moment and what `clock` reads then: no
+    /// record is appended in between (a backup's cut).
+    pub fn take_cut(&self, clock: impl FnOnce() -> i64) -> (Vec<Vec<u8>>, Position, i64) {
+        let mut writer = self.wal.writer();
+        let position = Position { segment: writer.active.number, offset: writer.active.len };
+        let tapped = writer.active.tap.as_mut().map(std::mem::take).unwrap_or_default();
+        (tapped.records, position, clock())
+    }
+}
+
 impl Drop for Tap<'_> {
     fn drop(&mut self) {
         self.wal.writer().active.tap = None;
