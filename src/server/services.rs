@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::ServerConfig;
 use super::audit::Audit;
+use super::backups::Backups;
 use super::dispatch::Dispatch;
 use super::enroll::Enrollment;
 use super::files::Files;
@@ -32,6 +33,7 @@ pub struct Services {
     inventory: Inventory,
     audit: Audit,
     files: Files,
+    backups: Arc<Backups>,
 }
 
 impl Services {
@@ -66,6 +68,7 @@ impl Services {
             inventory: Inventory::new(Arc::clone(store), Arc::clone(dispatch.presence())),
             audit,
             files: Files::new(Arc::clone(store), Arc::clone(dispatch), config.max_file_bytes),
+            backups: Arc::new(Backups::new(Arc::clone(store), config.data_dir.clone())),
         }
     }
 
@@ -122,5 +125,10 @@ impl Services {
     /// The audit record.
     pub fn audit(&self) -> &Audit {
         &self.audit
+    }
+
+    /// Backups of the running server (shared with the thread that writes one).
+    pub fn backups(&self) -> &Arc<Backups> {
+        &self.backups
     }
 }
