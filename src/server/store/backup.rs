@@ -39,6 +39,8 @@ use crate::server::clock::now_ms;
 const DRAIN_EVERY: usize = 1000;
 /// Most files a backup may carry.
 const MAX_FILES: usize = 16;
+/// What a restore hands each file of the backup to (its name and bytes), to write it.
+pub type FileWriter<'a> = dyn FnMut(&str, &[u8]) -> Result<(), StoreError> + 'a;
 /// The file that stands in a data directory while a restore writes it.
 pub const RESTORING_FILE: &str = "restore.incomplete";
 
@@ -173,7 +175,7 @@ pub fn restore(
     dir: &Path,
     input: impl Read,
     cache_bytes: u64,
-    on_file: &mut dyn FnMut(&str, &[u8]) -> Result<(), StoreError>,
+    on_file: &mut FileWriter<'_>,
 ) -> Result<Restored, StoreError> {
     let marker = dir.join(RESTORING_FILE);
     std::fs::write(&marker, b"a restore is writing this directory\n").map_err(|e| io_error(&marker, e))?;
@@ -197,7 +199,7 @@ pub fn restore(
 fn apply_backup(
     trees: &Trees,
     input: impl Read,
-    on_file: &mut dyn FnMut(&str, &[u8]) -> Result<(), StoreError>,
+    on_file: &mut FileWriter<'_>,
 ) -> Result<(Header, Trailer), StoreError> {
     let (mut reader, header) = BackupReader::open(input)?;
     let mut files = 0;
