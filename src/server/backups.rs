@@ -62,10 +62,10 @@ impl Backups {
 /// store and the secret files, all synced. A restore that fails after it began writing deletes
 /// what it wrote.
 pub fn restore(from: &Path, dir: &Path, cache_bytes: u64) -> Result<Restored> {
+    refuse_non_empty(dir)?;
     let open = || File::open(from).with_context(|| format!("cannot open the backup {}", from.display()));
     store::verify(BufReader::new(open()?))
         .with_context(|| format!("{} cannot be restored", from.display()))?;
-    refuse_non_empty(dir)?;
     make_private(dir, "data directory")?;
     let lock = DataDirLock::acquire(dir)?;
     let restored = store::restore(dir, BufReader::new(open()?), cache_bytes, &mut |name, bytes| {
