@@ -218,3 +218,51 @@ fn print_restore(args: &RestoreArgs, restored: &Restored) {
         println!("  {tree:<12} {count}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::server::ServerArgs;
+    use super::*;
+
+    fn parse(argv: &[&str]) -> ServerArgs {
+        ServerArgs::from_args(&["server"], argv).expect("flags parse")
+    }
+
+    #[test]
+    fn server_takes_backup_and_restore_and_still_serves_without_a_subcommand() {
+        let serve = parse(&["--data", "d", "--listen", "127.0.0.1:0"]);
+        assert!(serve.action.is_none() && serve.data.is_some());
+        let Some(ServerAction::Backup(backup)) = parse(&["backup", "--to", "f.bak", "--data", "d"]).action
+        else {
+            panic!("not a backup")
+        };
+        assert_eq!(
+            (backup.to, backup.timeout, backup.data),
+            (PathBuf::from("f.bak"), 3600, Some(PathBuf::from("d")))
+        );
+        let Some(ServerAction::Restore(restore)) =
+            parse(&["restore", "--from", "f.bak", "--data", "new"]).action
+        else {
+            panic!("not a restore")
+        };
+        assert_eq!((restore.from, restore.data), (PathBuf::from("f.bak"), PathBuf::from("new")));
+        assert!(
+            ServerArgs::from_args(&["server"], &["restore", "--from", "f.bak"]).is_err(),
+            "--data is needed"
+        );
+    }
+
+    #[test]
+    fn serving_without_a_data_directory_is_a_usage_error() {
+        let err = super::super::server::server_options(parse(&[]), &|_| None).expect_err("refused");
+        assert!(err.downcast_ref::<super::super::argv::Usage>().is_some(), "{err}");
+        assert!(err.to_string().contains("--data DIR"), "{err}");
+    }
+
+    #[test]
+    fn a_backup_arrives_beside_its_target() -> Result<()> {
+        assert_eq!(partial_path(Path::new("/b/orange.bak"))?, PathBuf::from("/b/orange.bak.partial"));
+        assert!(partial_path(Path::new("/")).is_err());
+        Ok(())
+    }
+}

@@ -13,6 +13,7 @@ use std::io::{BufReader, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 
@@ -24,22 +25,29 @@ use crate::protocol::private_dir::make_private;
 /// The data directory's files a backup carries.
 pub const SECRET_FILES: [&str; 2] = [ADMIN_TOKEN_FILE, ENROLL_KEY_FILE];
 
-/// Writes backups of the running server.
+/// Writes backups of the running server, one at a time.
 pub struct Backups {
     store: Arc<Store>,
     data_dir: PathBuf,
+    /// Set while a backup is being written.
+    running: AtomicBool,
+}
+
+/// The one backup being written; dropping it lets the next one start.
+pub struct Running {
+    backups: Arc<Backups>,
 }
 
 impl Backups {
     /// Backups of `store`, whose data directory is `data_dir`.
     pub fn new(store: Arc<Store>, data_dir: PathBuf) -> Self {
-        Backups { store, data_dir }
+        Backups { store, data_dir, running: AtomicBool::new(false) }
     }
 
-    /// Writes a backup to `out` while the server goes on (see [`Store::backup`]); blocks until
-    /// it is written, so call it on a thread of its own.
-    pub fn write(&self, out: impl Write + Send) -> Result<BackupSummary, StoreError> {
-        self.store.backup(out, &self.secret_files()?)
+    /// Starts a backup, unless one is being written.
+    pub fn start(self: &Arc<Self>) -> Option<Running> {
+        let free = self.running.compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst).is_ok();
+        free.then(|| Running { backups: Arc::clone(self) })
     }
 
     /// The secret files the data directory holds, by name.
@@ -57,12 +65,27 @@ impl Backups {
     }
 }
 
+impl Running {
+    /// Writes the backup to `out` while the server goes on (see [`Store::backup`]); blocks until
+    /// it is written, so call it on a thread of its own.
+    pub fn write(&self, out: impl Write + Send) -> Result<BackupSummary, StoreError> {
+        self.backups.store.backup(out, &self.backups.secret_files()?)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.backups.running.store(false, Ordering::SeqCst);
+    }
+}
+
 /// Restores the backup file `from` into the data directory `dir`, which must be missing or
 /// empty: checks the whole file first (nothing is written for a damaged one), then writes the
 /// store and the secret files, all synced. A restore that fails after it began writing deletes
 /// what it wrote.
 pub fn restore(from: &Path, dir: &Path, cache_bytes: u64) -> Result<Restored> {
     refuse_non_empty(dir)?;
+    super::set_private_umask();
     let open = || File::open(from).with_context(|| format!("cannot open the backup {}", from.display()));
     store::verify(BufReader::new(open()?))
         .with_context(|| format!("{} cannot be restored", from.display()))?;
@@ -116,4 +139,34 @@ fn empty_dir(dir: &Path) -> std::io::Result<()> {
         if path.is_dir() { fs::remove_dir_all(&path)? } else { fs::remove_file(&path)? }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::store::Policy;
+
+    #[test]
+    fn one_backup_is_written_at_a_time() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store = Arc::new(Store::open(dir.path(), 8 << 20, Policy::default()).expect("open"));
+        let backups = Arc::new(Backups::new(store, dir.path().to_owned()));
+        let first = backups.start().expect("the first backup starts");
+        assert!(backups.start().is_none(), "a second waits for the first to end");
+        drop(first);
+        let again = backups.start().expect("the next one starts once the first ended");
+        std::fs::write(dir.path().join(ADMIN_TOKEN_FILE), "token\n").expect("write");
+        let mut out = Vec::new();
+        let summary = again.write(&mut out).expect("a backup");
+        assert_eq!(summary.trailer.counts.files, 1, "the token file is carried");
+        assert_eq!(summary.bytes, out.len() as u64);
+    }
+
+    #[test]
+    fn a_restore_refuses_a_directory_that_holds_anything() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        std::fs::write(dir.path().join("x"), "x").expect("write");
+        let err = restore(Path::new("/nonexistent.bak"), dir.path(), 8 << 20).expect_err("refused");
+        assert!(err.to_string().contains("is not empty"), "{err:#}");
+    }
 }

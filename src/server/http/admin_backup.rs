@@ -7,7 +7,6 @@
 
 use std::io::{self, Write};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
@@ -23,7 +22,7 @@ use super::AppState;
 use super::admin_common::{ApiFailure, ApiResult, actor};
 use super::client_addr::ClientAddr;
 use crate::protocol::admin::BACKUP_PATH;
-use crate::server::backups::Backups;
+use crate::server::backups::Running;
 
 /// Bytes sent to the client at a time.
 const CHUNK: usize = 256 * 1024;
@@ -37,12 +36,17 @@ pub fn routes() -> axum::Router<AppState> {
 
 /// Starts a backup and answers its bytes as they come.
 async fn backup(State(app): State<AppState>, ClientAddr(peer): ClientAddr) -> ApiResult<Response> {
+    let running = app.backups().start().ok_or_else(|| {
+        ApiFailure(
+            StatusCode::CONFLICT,
+            "a backup is already being written; try again once it is done".into(),
+        )
+    })?;
     app.audit().record(&actor(peer), "server.backup", "server", "")?;
     let (sender, receiver) = mpsc::channel(CHUNKS_AHEAD);
-    let backups = Arc::clone(app.backups());
     std::thread::Builder::new()
         .name("orange-backup-send".into())
-        .spawn(move || write_backup(&backups, sender))
+        .spawn(move || write_backup(&running, sender))
         .map_err(|e| {
             ApiFailure(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot start the backup: {e}"))
         })?;
@@ -52,9 +56,9 @@ async fn backup(State(app): State<AppState>, ClientAddr(peer): ClientAddr) -> Ap
 }
 
 /// Writes a backup into `sender`; on failure, sends the error, which breaks the response off.
-fn write_backup(backups: &Backups, sender: mpsc::Sender<io::Result<Bytes>>) {
+fn write_backup(running: &Running, sender: mpsc::Sender<io::Result<Bytes>>) {
     let mut out = ChannelWriter { sender: sender.clone(), pending: Vec::with_capacity(CHUNK) };
-    match backups.write(&mut out) {
+    match running.write(&mut out) {
         Ok(summary) => {
             info!(bytes = summary.bytes, records = summary.trailer.counts.records(), "backup sent")
         }
