@@ -77,6 +77,8 @@ pub struct RestoreArgs {
 
 /// Runs `orange server backup` or `orange server restore`.
 pub fn run(action: ServerAction) -> Result<i32> {
+    // Operator commands, unlike the server itself: a closed output ends them quietly.
+    super::quiet_broken_pipe();
     match action {
         ServerAction::Backup(args) => backup(args),
         ServerAction::Restore(args) => restore(args),

@@ -288,7 +288,10 @@ impl<R: Read> BackupReader<R> {
         let mut version = [0; 4];
         reader.exact(&mut version, "the format version")?;
         let found = u32::from_le_bytes(version);
-        if found > FORMAT_VERSION || found == 0 {
+        if found == 0 {
+            return Err(malformed(MAGIC.len() as u64, "format version 0 does not exist".into()));
+        }
+        if found > FORMAT_VERSION {
             return Err(FormatError::NewerVersion { found });
         }
         let (kind, body, at) = reader.frame()?;
