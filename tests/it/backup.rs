@@ -213,3 +213,34 @@ fn a_backup_needs_the_admin_token_and_a_restore_needs_an_empty_directory_and_a_w
     assert!(run.stderr.contains(&format!("truncated at byte {offset}")), "{run}");
     assert!(!target.exists(), "nothing was written for a damaged backup");
 }
+
+#[test]
+fn a_second_backup_is_refused_while_one_is_written_and_a_reader_that_leaves_ends_it() {
+    use std::io::{Read, Write};
+    let server = Server::start(ServerOpts::default());
+    bulk(&server);
+    // A reader that asks for a backup, reads its first bytes, then stops reading: the backup
+    // waits for it, with megabytes still to send.
+    let mut slow = std::net::TcpStream::connect(server.addr).expect("connect");
+    let request = format!(
+        "GET /api/v1/backup HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n\r\n",
+        server.token
+    );
+    slow.write_all(request.as_bytes()).expect("send the request");
+    let mut first = [0; 12];
+    slow.read_exact(&mut first).expect("the answer begins");
+    assert_eq!(&first, b"HTTP/1.1 200");
+
+    let second = server.admin_raw("GET", "/api/v1/backup", Some(&server.token), b"");
+    assert_eq!(second.status, 409, "{}", String::from_utf8_lossy(&second.body));
+    assert!(String::from_utf8_lossy(&second.body).contains("already being written"));
+
+    drop(slow);
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let file = dir.path().join("after.bak");
+    let file_arg = file.to_str().expect("a UTF-8 path");
+    wait_until(Duration::from_secs(30), "the abandoned backup to end", || {
+        server.operator(&["server", "backup", "--to", file_arg]).run().code() == Some(0)
+    });
+    assert!(server.stderr().contains("backup failed"), "the abandoned backup stopped");
+}
