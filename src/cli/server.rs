@@ -17,7 +17,8 @@ use crate::server::config::{
 use crate::server::lock::LockError;
 use crate::server::{ServerConfig, ServerOptions};
 
-/// Run the server: agent endpoints, operator API and the embedded database.
+/// Run the server: agent endpoints, operator API and the embedded database; or back it up, or
+/// restore a backup.
 #[derive(FromArgs)]
 #[argh(
     subcommand,

@@ -191,7 +191,7 @@ impl Store {
 pub(super) fn lower_priority() {
     // SAFETY: setpriority takes plain integers and changes only the calling thread's priority.
     if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) } != 0 {
-        warn!(error = %std::io::Error::last_os_error(), "cannot lower the compaction's priority");
+        warn!(error = %std::io::Error::last_os_error(), "cannot lower the priority of the copying thread");
     }
 }
 

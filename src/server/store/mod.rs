@@ -33,6 +33,10 @@
 //! Every value is encoded by `codec` with its record type's own version and stored layout
 //! (`stored.rs`), so a record can gain a field without making older data directories unreadable.
 //!
+//! A backup (`backup.rs`, file format in `backup_format.rs`) copies every tree while the server
+//! runs, consistent to one moment through the log's tap, and a restore writes one into an empty
+//! directory.
+//!
 //! Writes are applied in memory first; [`Store::durable`] returns once they are on stable storage.
 //! The trees are reached only through [`Store::trees`], so that compaction (`compact.rs`) can
 //! replace the whole database while the server runs.

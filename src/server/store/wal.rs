@@ -10,7 +10,8 @@
 //! checkpoint on; only the last segment may end in a torn record, which is cut off.
 //!
 //! A compaction copying the database opens a [`Tap`]: the records appended meanwhile are kept
-//! in memory too, and replayed onto the copy before it replaces the database.
+//! in memory too, and replayed onto the copy before it replaces the database. A backup opens
+//! one the same way and ends it with a cut ([`Tap::take_cut`]).
 //!
 //! Appends reach the file (`write`) at once, under the write lock and before sled applies the
 //! write, so a killed process loses none of the writes sled applied: sled's own files are never
