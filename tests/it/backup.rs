@@ -9,11 +9,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use orange::client::AdminClient;
+use orange::client::{AdminClient, AgentClient};
 use orange::protocol::admin::EnqueueReply;
 use serde_json::json;
 
-use crate::support::{Agent, AgentOpts, Server, ServerOpts, cli, cli_with, register_sim, wait_until};
+use crate::support::{
+    Agent, AgentOpts, SIM_SECRET, Server, ServerOpts, cli, cli_with, register_sim, wait_until,
+};
 
 /// Offline agents whose queues give the backup some bulk to copy.
 const BULK_AGENTS: usize = 8;
@@ -157,8 +159,10 @@ fn a_backup_under_load_restores_every_task_acknowledged_before_it_began() {
     for app_id in ["web-1", "web-2", "bulk-0"] {
         assert!(agents.iter().any(|a| a == app_id), "{app_id} is restored: {agents:?}");
     }
-    let queued = copy.enqueue(&["bulk-1"], "ping", "after the restore");
-    copy.task(&queued[0].task_id);
+    // A restored agent signs in with its old credentials and gets its queue, in order.
+    let bulk_1 = AgentClient::new(&copy.url, "bulk-1", SIM_SECRET);
+    let task = bulk_1.get_task().expect("a poll of the restored server").expect("bulk-1's first task");
+    assert!(task.payload.starts_with("0000"), "the oldest queued task comes first");
 }
 
 fn mode_of(path: &Path) -> u32 {
