@@ -5,7 +5,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -37,13 +37,15 @@ struct Acked {
 /// An operator enqueuing small shell tasks for the real agents, one at a time, until stopped.
 struct Writer {
     stop: Arc<AtomicBool>,
+    /// Enqueues acknowledged so far.
+    acked: Arc<AtomicUsize>,
     thread: JoinHandle<Vec<Acked>>,
 }
 
 impl Writer {
     fn start(admin: AdminClient, app_ids: [&'static str; 2]) -> Writer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
+        let (stop, count) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+        let (flag, acked_count) = (Arc::clone(&stop), Arc::clone(&count));
         let thread = std::thread::spawn(move || {
             let mut acked = Vec::new();
             // Bounded: about a minute of load at most, far more than the test needs.
@@ -59,10 +61,11 @@ impl Writer {
                     at: Instant::now(),
                     took: started.elapsed(),
                 });
+                acked_count.fetch_add(1, Ordering::SeqCst);
             }
             acked
         });
-        Writer { stop, thread }
+        Writer { stop, acked: count, thread }
     }
 
     fn stop(self) -> Vec<Acked> {
@@ -99,13 +102,16 @@ fn a_backup_under_load_restores_every_task_acknowledged_before_it_began() {
         Agent::start_online(&server, "web-2", AgentOpts::shell()),
     ];
     bulk(&server);
+    let mut succeeded_before = Vec::new();
+    for app_id in ["web-1", "web-2"].repeat(5) {
+        let id = server.enqueue(&[app_id], "shell", "echo ran").remove(0).task_id;
+        wait_until(Duration::from_secs(60), "a task to run", || {
+            server.wait_task(&id, 5).status.as_str() == "succeeded"
+        });
+        succeeded_before.push(id);
+    }
     let writer = Writer::start(server.admin(), ["web-1", "web-2"]);
-    wait_until(Duration::from_secs(60), "the first tasks to run", || {
-        let done = server.tasks().iter().filter(|t| t.status.as_str() == "succeeded").count();
-        done >= 10
-    });
-    let succeeded_before: Vec<String> =
-        server.tasks().into_iter().filter(|t| t.status.as_str() == "succeeded").map(|t| t.task_id).collect();
+    wait_until(Duration::from_secs(60), "the load to start", || writer.acked.load(Ordering::SeqCst) >= 20);
 
     let backup_dir = tempfile::tempdir().expect("a temp dir");
     let file = backup_dir.path().join("orange.bak");
