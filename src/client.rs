@@ -564,6 +564,44 @@ impl AdminClient {
     }
 }
 
+impl AdminClient {
+    /// `GET path`: the body of a successful answer copied into `out` as it arrives, however
+    /// large (the caller bounds where it goes); returns its size. An error answer is read under
+    /// the usual limit and returned as such.
+    pub fn get_into(&self, path: &str, out: &mut dyn std::io::Write) -> Result<u64, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let transport =
+            |e: ureq::Error| ClientError::Transport { url: url.clone(), reason: transport_reason(&e) };
+        let request =
+            self.http(&url)?.get(&url).header("Authorization", format!("Bearer {}", self.token)).call();
+        let mut response = request.map_err(transport)?;
+        let status = response.status().as_u16();
+        if !(200..300).contains(&status) {
+            let body = response
+                .body_mut()
+                .with_config()
+                .limit(MAX_RESPONSE_BODY)
+                .read_to_vec()
+                .map_err(transport)?;
+            return decode_api::<serde_json::Value>(&url, (status, body)).map(|_| 0);
+        }
+        let mut body = response.body_mut().with_config().reader();
+        let failed = |reason: String| ClientError::Transport { url: url.clone(), reason };
+        let mut buffer = vec![0; 64 * 1024];
+        let mut copied = 0;
+        loop {
+            let n = match std::io::Read::read(&mut body, &mut buffer) {
+                Ok(0) => return Ok(copied),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(failed(format!("the answer broke off after {copied} bytes: {e}"))),
+            };
+            out.write_all(&buffer[..n]).map_err(|e| failed(format!("cannot write what arrived: {e}")))?;
+            copied += n as u64;
+        }
+    }
+}
+
 fn decode_api<T: DeserializeOwned>(url: &str, (status, bytes): (u16, Vec<u8>)) -> Result<T, ClientError> {
     if (200..300).contains(&status) {
         return serde_json::from_slice(&bytes).map_err(|e| ClientError::BadAnswer {

@@ -1,14 +1,15 @@
 //! Command-line parsing: the argh structs of every `orange` subcommand, turned once into validated
 //! configs (`ServerConfig`, `AgentConfig`, `OperatorConfig`) and handed to the part that runs them.
 //!
-//! Files depend downwards in this order: `mod`, `server`, `agent`, `token`, `audit`, `agents`,
-//! `cp`, `job`, `job_run`, `job_args`, `task`, `run`, `interrupt`, `cancel`, `follow`, `wait`,
+//! Files depend downwards in this order: `mod`, `server`, `backup`, `agent`, `token`, `audit`,
+//! `agents`, `cp`, `job`, `job_run`, `job_args`, `task`, `run`, `interrupt`, `cancel`, `follow`, `wait`,
 //! `fake_api` (tests), `job_print`, `output`, `flags`, `operator`, `log_format`, `argv`.
 
 pub mod agent;
 pub mod agents;
 pub mod argv;
 pub mod audit;
+pub mod backup;
 pub mod cancel;
 pub mod cp;
 #[cfg(test)]

@@ -256,6 +256,11 @@ impl Api {
         self.client.get_bytes(path).map_err(|e| self.explain("GET", path, e))
     }
 
+    /// `GET path`: the answer's bytes copied into `out` as they arrive; returns their count.
+    pub fn get_into(&self, path: &str, out: &mut dyn std::io::Write) -> Result<u64> {
+        self.client.get_into(path, out).map_err(|e| self.explain("GET", path, e))
+    }
+
     /// Adds what the operator needs to know to a failed call: a refused token says how to pass
     /// one, other API errors name the call. Transport errors already name the URL.
     pub fn explain(&self, method: &str, path: &str, error: ClientError) -> anyhow::Error {

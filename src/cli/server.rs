@@ -8,6 +8,8 @@ use anyhow::{Context, Result, bail};
 use argh::FromArgs;
 
 use super::agent::{Env, non_empty_env};
+use super::argv::usage;
+use super::backup::ServerAction;
 use crate::protocol::read_secret_file;
 use crate::server::config::{
     ConnectionOptions, DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_MAX_CONNECTIONS_PER_SOURCE, is_public_enroll_key,
@@ -15,20 +17,24 @@ use crate::server::config::{
 use crate::server::lock::LockError;
 use crate::server::{ServerConfig, ServerOptions};
 
-/// Run the server: agent endpoints, operator API and the embedded database.
+/// Run the server: agent endpoints, operator API and the embedded database; or back it up, or
+/// restore a backup.
 #[derive(FromArgs)]
 #[argh(
     subcommand,
     name = "server",
+    example = "orange server --data /var/lib/orange",
+    example = "orange server backup --to /backups/orange.bak --data /var/lib/orange",
+    example = "orange server restore --from /backups/orange.bak --data /var/lib/orange-restored",
     error_code(1, "another orange server holds the data directory (one line names it and its pid)")
 )]
 pub struct ServerArgs {
     /// log lines as text (default) or json, one object per line (else ORANGE_LOG_FORMAT)
     #[argh(option)]
     pub log_format: Option<String>,
-    /// data directory (created if missing)
+    /// data directory (created if missing); required unless a subcommand is given
     #[argh(option)]
-    pub data: PathBuf,
+    pub data: Option<PathBuf>,
     /// address to listen on (default 0.0.0.0:8890)
     #[argh(option, default = "String::from(\"0.0.0.0:8890\")")]
     pub listen: String,
@@ -121,6 +127,9 @@ pub struct ServerArgs {
     /// (like 127.0.0.1:9890), for a scraper on a private network
     #[argh(option)]
     pub metrics_listen: Option<String>,
+    /// backup or restore instead of serving
+    #[argh(subcommand)]
+    pub action: Option<ServerAction>,
 }
 
 /// Exit status of `orange server` when another orange server holds its data directory.
@@ -128,7 +137,10 @@ pub const EXIT_DATA_DIR_IN_USE: i32 = 1;
 
 /// Runs `orange server` until it is stopped; returns its exit status. A data directory held by
 /// another server is one line on stderr and [`EXIT_DATA_DIR_IN_USE`].
-pub fn run(args: ServerArgs) -> Result<i32> {
+pub fn run(mut args: ServerArgs) -> Result<i32> {
+    if let Some(action) = args.action.take() {
+        return super::backup::run(action);
+    }
     super::log_format::check_flag(args.log_format.as_deref())?;
     let Err(error) = crate::server::run_blocking(server_config(args)?) else { return Ok(0) };
     match error.downcast_ref::<LockError>() {
@@ -163,8 +175,9 @@ pub fn server_options(args: ServerArgs, env: Env) -> Result<ServerOptions> {
         None => non_empty_env(env, ENV_ADMIN_TOKEN),
     };
     let enroll_key = enroll_key(&args, env)?;
+    let data = args.data.ok_or_else(|| usage("missing --data DIR: the data directory to serve"))?;
     Ok(ServerOptions {
-        data: args.data,
+        data,
         listen: args.listen,
         admin_token,
         poll_window: args.poll_window,

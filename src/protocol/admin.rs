@@ -331,6 +331,8 @@ pub struct TokenList {
 
 /// Create (POST) and list (GET) enrollment tokens.
 pub const TOKENS_PATH: &str = "/api/v1/tokens";
+/// Admin route answering a backup of the server's data (`GET`), streamed as it is written.
+pub const BACKUP_PATH: &str = "/api/v1/backup";
 
 /// Answer of `GET /api/v1/agents`, sorted by app id.
 #[derive(Debug, Clone, Serialize, Deserialize)]

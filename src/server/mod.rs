@@ -5,6 +5,7 @@
 
 mod app;
 pub mod audit;
+pub mod backups;
 pub mod clock;
 pub mod codec;
 pub mod commit;

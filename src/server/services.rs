@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::ServerConfig;
 use super::audit::Audit;
+use super::backups::Backups;
 use super::dispatch::Dispatch;
 use super::enroll::Enrollment;
 use super::files::Files;
@@ -36,6 +37,7 @@ pub struct Services {
     files: Files,
     metrics: Arc<Metrics>,
     state_gauges: StateGauges,
+    backups: Arc<Backups>,
 }
 
 impl Services {
@@ -77,6 +79,7 @@ impl Services {
                 Arc::clone(dispatch.presence()),
                 config.data_dir.clone(),
             ),
+            backups: Arc::new(Backups::new(Arc::clone(store), config.data_dir.clone())),
         }
     }
 
@@ -145,5 +148,10 @@ impl Services {
     pub async fn metrics_text(&self) -> String {
         self.state_gauges.refresh(&self.metrics).await;
         self.metrics.encode()
+    }
+
+    /// Backups of the running server (shared with the thread that writes one).
+    pub fn backups(&self) -> &Arc<Backups> {
+        &self.backups
     }
 }

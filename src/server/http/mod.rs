@@ -6,6 +6,7 @@
 mod acceptor;
 mod admin_agents;
 mod admin_auth;
+mod admin_backup;
 mod admin_common;
 mod admin_files;
 mod admin_jobs;
@@ -103,6 +104,7 @@ fn admin_routes(admin_token_hash: SecretHash, with_metrics: bool) -> Router<AppS
         .merge(admin_jobs::routes())
         .merge(admin_files::routes())
         .merge(if with_metrics { metrics::routes() } else { Router::new() })
+        .merge(admin_backup::routes())
         .fallback(|| async { ApiFailure(StatusCode::NOT_FOUND, "no such API route".into()) })
         .method_not_allowed_fallback(|| async {
             ApiFailure(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this API route".into())

@@ -190,10 +190,10 @@ impl Store {
 /// Gives the calling thread the lowest priority (nice 19), so that on a busy machine the copy
 /// takes the CPU the server's requests leave. On Linux, `setpriority(PRIO_PROCESS, 0, ..)`
 /// applies to the calling thread only.
-fn lower_priority() {
+pub(super) fn lower_priority() {
     // SAFETY: setpriority takes plain integers and changes only the calling thread's priority.
     if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) } != 0 {
-        warn!(error = %std::io::Error::last_os_error(), "cannot lower the compaction's priority");
+        warn!(error = %std::io::Error::last_os_error(), "cannot lower the priority of the copying thread");
     }
 }
 
@@ -339,7 +339,7 @@ fn sync(fresh: &Trees, dir: &Path) -> Result<(), StoreError> {
 }
 
 /// Syncs `fresh` with every directory entry it has (its files, itself in `dir`).
-fn sync_all(fresh: &Trees, dir: &Path) -> Result<(), StoreError> {
+pub(super) fn sync_all(fresh: &Trees, dir: &Path) -> Result<(), StoreError> {
     sync(fresh, dir)?;
     let path = dir.join(&fresh.name);
     for file in ["conf", "blobs"] {

@@ -33,12 +33,18 @@
 //! Every value is encoded by `codec` with its record type's own version and stored layout
 //! (`stored.rs`), so a record can gain a field without making older data directories unreadable.
 //!
+//! A backup (`backup.rs`, file format in `backup_format.rs`) copies every tree while the server
+//! runs, consistent to one moment through the log's tap, and a restore writes one into an empty
+//! directory.
+//!
 //! Writes are applied in memory first; [`Store::durable`] returns once they are on stable storage.
 //! The trees are reached only through [`Store::trees`], so that compaction (`compact.rs`) can
 //! replace the whole database while the server runs.
 
 mod admin;
 mod audit;
+mod backup;
+mod backup_format;
 mod checkpoint;
 mod compact;
 mod counts;
@@ -75,6 +81,8 @@ pub use audit::{
     AGENT_AUDIT_PERIOD_MS, AgentAuditRecord, AuditItem, AuditKey, AuditScan, MAX_AGENT_AUDIT,
     MAX_OPERATOR_AUDIT,
 };
+pub use backup::{BackupSummary, RESTORING_FILE, Restored, restore, verify};
+pub use backup_format::{Counts, Cut, FormatError, Header, Trailer};
 pub use compact::Compaction;
 pub use counts::StoredCounts;
 pub use db_dirs::CURRENT_FILE;
@@ -211,6 +219,7 @@ impl Store {
         policy: Policy,
         metrics: Arc<Metrics>,
     ) -> Result<Store, StoreError> {
+        backup::refuse_unfinished_restore(dir)?;
         let wal = Arc::new(Wal::open(&dir.join(WAL_DIR))?);
         let trees = compact::open_current(dir, cache_bytes, policy.compact_min_bytes, &wal)?;
         let gate = Arc::new(Gate::new(trees));
@@ -375,6 +384,8 @@ impl Store {
     }
 }
 
+#[cfg(test)]
+mod backup_tests;
 #[cfg(test)]
 mod compact_tests;
 #[cfg(test)]

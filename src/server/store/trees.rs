@@ -71,6 +71,9 @@ macro_rules! trees {
         }
 
         impl Trees {
+            /// The name of every tree, in the order declared.
+            pub const NAMES: &'static [&'static str] = &[$(stringify!($tx),)* $(stringify!($plain),)*];
+
             /// Opens (or creates) the sled database `dir/name`, its writes logged to `wal`.
             pub fn open(dir: &Path, name: &str, cache_bytes: u64, wal: Arc<Wal>) -> Result<Trees, StoreError> {
                 let path = dir.join(name);

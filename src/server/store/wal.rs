@@ -10,7 +10,8 @@
 //! checkpoint on; only the last segment may end in a torn record, which is cut off.
 //!
 //! A compaction copying the database opens a [`Tap`]: the records appended meanwhile are kept
-//! in memory too, and replayed onto the copy before it replaces the database.
+//! in memory too, and replayed onto the copy before it replaces the database. A backup opens
+//! one the same way and ends it with a cut ([`Tap::take_cut`]).
 //!
 //! Appends reach the file (`write`) at once, under the write lock and before sled applies the
 //! write, so a killed process loses none of the writes sled applied: sled's own files are never
@@ -76,6 +77,26 @@ impl Tap<'_> {
         let mut writer = self.wal.writer();
         let tapped = writer.active.tap.as_mut().map(std::mem::take).unwrap_or_default();
         (tapped.records, tapped.bytes)
+    }
+}
+
+/// Where the log stands: the active segment and the bytes appended to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// The active segment's number.
+    pub segment: u64,
+    /// Bytes appended to it.
+    pub offset: u64,
+}
+
+impl Tap<'_> {
+    /// [`Tap::take`], where the log stands at that moment and what `clock` reads then: no
+    /// record is appended in between (a backup's cut).
+    pub fn take_cut(&self, clock: impl FnOnce() -> i64) -> (Vec<Vec<u8>>, Position, i64) {
+        let mut writer = self.wal.writer();
+        let position = Position { segment: writer.active.number, offset: writer.active.len };
+        let tapped = writer.active.tap.as_mut().map(std::mem::take).unwrap_or_default();
+        (tapped.records, position, clock())
     }
 }
 
