@@ -201,8 +201,7 @@ fn a_socket_activated_restart_refuses_no_original_client() {
     let address: SocketAddr = socket.local_addr().expect("address");
     let notify = NotifySocket::bind();
     let mut server = Server::start(ServerOpts {
-        listen_socket: None,
-        extra_args: vec!["--listen".into(), address.to_string()],
+        listen_socket: Some(Arc::new(socket)),
         poll_window: Some(2),
         env: vec![("NOTIFY_SOCKET".into(), notify.path.clone())],
         ..ServerOpts::default()
