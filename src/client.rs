@@ -516,9 +516,7 @@ impl AdminClient {
     /// `GET path` (with its query) decoded as `T`.
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let url = format!("{}{}", self.base, path);
-        let request =
-            self.http(&url)?.get(&url).header("Authorization", format!("Bearer {}", self.token)).call();
-        decode_api(&url, exchange(&url, request)?)
+        decode_api(&url, exchange(&url, self.send_get(&url)?)?)
     }
 
     /// `POST path` with a JSON body, decoded as `T`.
@@ -554,39 +552,25 @@ impl AdminClient {
     /// `GET path` (with its query): the raw bytes of a successful answer.
     pub fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ClientError> {
         let url = format!("{}{}", self.base, path);
-        let request =
-            self.http(&url)?.get(&url).header("Authorization", format!("Bearer {}", self.token)).call();
-        let (status, bytes) = exchange(&url, request)?;
+        let (status, bytes) = exchange(&url, self.send_get(&url)?)?;
         if (200..300).contains(&status) {
             return Ok(bytes);
         }
         decode_api::<serde_json::Value>(&url, (status, bytes)).map(|_| Vec::new())
     }
-}
 
-impl AdminClient {
     /// `GET path`: the body of a successful answer copied into `out` as it arrives, however
     /// large (the caller bounds where it goes); returns its size. An error answer is read under
     /// the usual limit and returned as such.
     pub fn get_into(&self, path: &str, out: &mut dyn std::io::Write) -> Result<u64, ClientError> {
         let url = format!("{}{}", self.base, path);
-        let transport =
-            |e: ureq::Error| ClientError::Transport { url: url.clone(), reason: transport_reason(&e) };
-        let request =
-            self.http(&url)?.get(&url).header("Authorization", format!("Bearer {}", self.token)).call();
-        let mut response = request.map_err(transport)?;
-        let status = response.status().as_u16();
-        if !(200..300).contains(&status) {
-            let body = response
-                .body_mut()
-                .with_config()
-                .limit(MAX_RESPONSE_BODY)
-                .read_to_vec()
-                .map_err(transport)?;
-            return decode_api::<serde_json::Value>(&url, (status, body)).map(|_| 0);
+        let failed = |reason: String| ClientError::Transport { url: url.clone(), reason };
+        let mut response = self.send_get(&url)?.map_err(|e| failed(transport_reason(&e)))?;
+        if !response.status().is_success() {
+            let answer = exchange(&url, Ok(response))?;
+            return decode_api::<serde_json::Value>(&url, answer).map(|_| 0);
         }
         let mut body = response.body_mut().with_config().reader();
-        let failed = |reason: String| ClientError::Transport { url: url.clone(), reason };
         let mut buffer = vec![0; 64 * 1024];
         let mut copied = 0;
         loop {
@@ -599,6 +583,14 @@ impl AdminClient {
             out.write_all(&buffer[..n]).map_err(|e| failed(format!("cannot write what arrived: {e}")))?;
             copied += n as u64;
         }
+    }
+
+    /// Sends `GET url` with the bearer token.
+    fn send_get(
+        &self,
+        url: &str,
+    ) -> Result<Result<ureq::http::Response<ureq::Body>, ureq::Error>, ClientError> {
+        Ok(self.http(url)?.get(url).header("Authorization", format!("Bearer {}", self.token)).call())
     }
 }
 

@@ -1,7 +1,7 @@
 //! `orange server backup` (a running server's backup, through the admin API, written to a file
 //! atomically and checked) and `orange server restore` (a backup into a new data directory).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -12,6 +12,7 @@ use argh::FromArgs;
 use serde_json::json;
 
 use super::argv::usage;
+use super::local_file::replace_atomically;
 use super::operator::{OperatorConfig, operator_args, operator_flags};
 use crate::protocol::admin::BACKUP_PATH;
 use crate::server::clock::rfc3339;
@@ -92,15 +93,10 @@ fn backup(args: BackupArgs) -> Result<i32> {
     let (to, timeout) = (args.to.clone(), Duration::from_secs(args.timeout));
     let config = OperatorConfig::from_flags(operator_flags!(args))?;
     let partial = partial_path(&to)?;
-    let written = download(&config, timeout, &partial).and_then(|bytes| {
+    let (bytes, header, trailer) = replace_atomically(&partial, &to, || {
+        let bytes = download(&config, timeout, &partial)?;
         let (header, trailer) = check(&partial)?;
-        fs::rename(&partial, &to)
-            .with_context(|| format!("cannot rename {} to {}", partial.display(), to.display()))?;
-        sync_parent(&to)?;
         Ok((bytes, header, trailer))
-    });
-    let (bytes, header, trailer) = written.inspect_err(|_| {
-        let _ = fs::remove_file(&partial);
     })?;
     print_backup(&to, bytes, &header, &trailer, config.json);
     Ok(0)
@@ -138,17 +134,6 @@ fn check(path: &Path) -> Result<(Header, Trailer)> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     store::verify(BufReader::new(file))
         .with_context(|| format!("the backup the server sent is not whole ({})", path.display()))
-}
-
-/// fsync of the directory holding `path`, so that its rename survives a power cut.
-fn sync_parent(path: &Path) -> Result<()> {
-    let parent = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    File::open(parent)
-        .and_then(|dir| dir.sync_all())
-        .with_context(|| format!("cannot sync {}", parent.display()))
 }
 
 fn print_backup(to: &Path, bytes: u64, header: &Header, trailer: &Trailer, as_json: bool) {

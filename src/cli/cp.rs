@@ -19,6 +19,7 @@ use super::argv::{usage, usage_bail};
 use super::flags::check_timeout;
 use super::job_args::targets;
 use super::job_run::follow_to_the_end;
+use super::local_file::{parent_dir, replace_atomically};
 use super::operator::{Api, OperatorConfig, encode, operator_args, operator_flags};
 use super::output;
 use super::wait::{wait_task, wait_timeout};
@@ -270,21 +271,9 @@ fn local_target(local: &Path, remote: &str) -> Result<PathBuf> {
 /// Downloads task `task_id`'s file into a temporary file beside `target`, checks it against
 /// `got`, gives it its mode, syncs it and renames it over `target`; removes it on failure.
 fn write_local(api: &Api, task_id: &str, got: &GotFile, target: &Path) -> Result<()> {
-    let dir = match target.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
-        _ => PathBuf::from("."),
-    };
     let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let temp = dir.join(format!(".{name}.orange-{}.tmp", std::process::id()));
-    let written = download_into(api, task_id, got, &temp).and_then(|()| {
-        fs::rename(&temp, target)
-            .with_context(|| format!("cannot rename {} to {}", temp.display(), target.display()))?;
-        File::open(&dir).and_then(|d| d.sync_all()).with_context(|| format!("cannot sync {}", dir.display()))
-    });
-    if written.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    written
+    let temp = parent_dir(target).join(format!(".{name}.orange-{}.tmp", std::process::id()));
+    replace_atomically(&temp, target, || download_into(api, task_id, got, &temp))
 }
 
 fn download_into(api: &Api, task_id: &str, got: &GotFile, temp: &Path) -> Result<()> {

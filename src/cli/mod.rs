@@ -3,7 +3,7 @@
 //!
 //! Files depend downwards in this order: `mod`, `server`, `backup`, `agent`, `token`, `audit`,
 //! `agents`, `cp`, `job`, `job_run`, `job_args`, `task`, `run`, `interrupt`, `cancel`, `follow`, `wait`,
-//! `fake_api` (tests), `job_print`, `output`, `flags`, `operator`, `log_format`, `argv`.
+//! `fake_api` (tests), `job_print`, `output`, `flags`, `operator`, `log_format`, `local_file`, `argv`.
 
 pub mod agent;
 pub mod agents;
@@ -21,6 +21,7 @@ pub mod job;
 pub mod job_args;
 pub mod job_print;
 pub mod job_run;
+pub mod local_file;
 pub mod log_format;
 pub mod operator;
 pub mod output;

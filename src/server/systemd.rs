@@ -70,12 +70,12 @@ pub fn notify_stopping() {
     send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
 }
 
-/// Tells the service manager that the server reloads its certificate (`RELOADING=1`).
+/// Tells the service manager that the server reloads its certificate (`RELOADING=1`, with the
+/// monotonic time `Type=notify-reload` asks for, when it can be read).
 pub fn notify_reloading() {
-    send(&[
-        NotifyState::Reloading,
-        NotifyState::monotonic_usec_now().unwrap_or(NotifyState::Status("reloading")),
-    ]);
+    let mut states = vec![NotifyState::Reloading];
+    states.extend(NotifyState::monotonic_usec_now().ok());
+    send(&states);
 }
 
 /// Tells the service manager that a reload is over and the server serves (`READY=1`).

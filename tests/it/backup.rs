@@ -7,14 +7,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use orange::client::{AdminClient, AgentClient};
 use orange::protocol::admin::EnqueueReply;
+use orange::server::clock::now_ms;
 use serde_json::json;
 
 use crate::support::{
-    Agent, AgentOpts, SIM_SECRET, Server, ServerOpts, cli, cli_with, register_sim, wait_until,
+    Agent, AgentOpts, SIM_SECRET, Server, ServerOpts, cli, cli_with, queue_bulk, wait_until,
 };
 
 /// Offline agents whose queues give the backup some bulk to copy.
@@ -74,24 +75,9 @@ impl Writer {
     }
 }
 
-fn now_ms() -> i64 {
-    let since = SystemTime::now().duration_since(UNIX_EPOCH).expect("a clock after 1970");
-    i64::try_from(since.as_millis()).expect("milliseconds fit i64")
-}
-
 /// Queues large tasks for offline agents, so the backup has megabytes to copy.
 fn bulk(server: &Server) {
-    let app_ids: Vec<String> = (0..BULK_AGENTS).map(|i| format!("bulk-{i}")).collect();
-    for app_id in &app_ids {
-        register_sim(server, app_id);
-    }
-    let admin = server.admin();
-    for i in 0..BULK_ENQUEUES {
-        let payload = format!("{i:04}{}", "b".repeat(BULK_PAYLOAD));
-        let body = json!({"app_ids": app_ids, "task_type": "ping", "payload": payload});
-        let reply: EnqueueReply = admin.post("/api/v1/tasks", &body).expect("bulk enqueue");
-        assert_eq!(reply.tasks.len(), BULK_AGENTS);
-    }
+    queue_bulk(server, "bulk", BULK_AGENTS, BULK_ENQUEUES, BULK_PAYLOAD);
 }
 
 #[test]

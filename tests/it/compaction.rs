@@ -15,7 +15,7 @@ use orange::protocol::admin::EnqueueReply;
 use orange::protocol::wire::DO_STATUS_SUCCESS;
 use serde_json::json;
 
-use crate::support::{Server, ServerOpts, register_sim, wait_until};
+use crate::support::{Server, ServerOpts, queue_bulk, register_sim, wait_until};
 
 /// Agents whose queues hold the bulk of the database.
 const FILL_AGENTS: usize = 40;
@@ -121,23 +121,7 @@ fn work_until(agent: &AgentClient, stop: &AtomicBool) -> Seen {
 
 /// Queues FILL_AGENTS × FILL_ENQUEUES tasks with large payloads, which stay queued.
 fn fill(server: &Server) {
-    let app_ids: Vec<String> = (0..FILL_AGENTS).map(|i| format!("fill-{i}")).collect();
-    for app_id in &app_ids {
-        register_sim(server, app_id);
-    }
-    let admin = server.admin();
-    for i in 0..FILL_ENQUEUES {
-        let payload = format!("{i:04}{}", "f".repeat(FILL_PAYLOAD));
-        let body = json!({"app_ids": app_ids, "task_type": "ping", "payload": payload});
-        let reply: EnqueueReply = admin.post("/api/v1/tasks", &body).expect("fill enqueue");
-        assert_eq!(reply.tasks.len(), FILL_AGENTS);
-    }
-}
-
-fn send_sigusr1(server: &Server) {
-    let pid = libc::pid_t::try_from(server.pid()).expect("a pid fits pid_t");
-    // SAFETY: kill only sends a signal to the process we started.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0, "SIGUSR1 to the server");
+    queue_bulk(server, "fill", FILL_AGENTS, FILL_ENQUEUES, FILL_PAYLOAD);
 }
 
 fn compactions_logged(server: &Server) -> usize {
@@ -169,7 +153,7 @@ fn requests_are_answered_while_a_large_database_is_compacted_and_a_sigkill_in_on
 
     let load = Load::start(&server, workers);
     std::thread::sleep(Duration::from_millis(500));
-    send_sigusr1(&server);
+    server.sigusr1();
     wait_until(Duration::from_secs(60), "the compaction", || compactions_logged(&server) == 1);
     std::thread::sleep(Duration::from_millis(500));
     let seen = load.stop();
@@ -191,7 +175,7 @@ fn requests_are_answered_while_a_large_database_is_compacted_and_a_sigkill_in_on
         (0..WORKERS).map(|i| register_sim(&server, &format!("worker-{i}"))).collect();
     let load = Load::start(&server, workers);
     std::thread::sleep(Duration::from_millis(300));
-    send_sigusr1(&server);
+    server.sigusr1();
     wait_until(Duration::from_secs(30), "the second copy", || data.join("sled.2").exists());
     std::thread::sleep(Duration::from_millis(200));
     server.kill();

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::support::{
-    Agent, AgentOpts, GoAgent, PING, RawResponse, Server, ServerOpts, go_report, raw_exchange, replay,
+    Agent, AgentOpts, GoAgent, PING, RawResponse, Server, ServerOpts, go_report, http, raw_exchange, replay,
     wait_until,
 };
 
@@ -80,9 +80,9 @@ fn parse_labels(text: &str, line: &str) -> BTreeMap<String, String> {
 
 /// `GET path` on `addr`, with the bearer `token` if given.
 fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> RawResponse {
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: orange\r\n{auth}Connection: close\r\n\r\n");
-    raw_exchange(addr, request.into_bytes(), Duration::from_secs(30)).expect("GET exchange")
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = bearer.iter().map(|b| ("Authorization", b.as_str())).collect();
+    http(addr, "GET", path, &headers, b"")
 }
 
 /// The server's metrics, read with its admin token and parsed.
@@ -300,14 +300,12 @@ fn readme_lists_every_metric_with_its_type_and_nothing_else() {
 #[test]
 fn output_past_the_cap_and_a_compaction_are_counted() {
     let extra_args = vec!["--output-cap-mb".into(), "1".into()];
-    let server = Server::start(ServerOpts { extra_args, ..ServerOpts::default() });
+    let mut server = Server::start(ServerOpts { extra_args, ..ServerOpts::default() });
     let _agent = Agent::start_online(&server, "cap-1", AgentOpts::shell());
     let before = scrape(&server);
     let run = server.operator(&["task", "run", "--appid", "cap-1", "--", "head -c 3000000 /dev/zero"]).run();
     run.assert_success();
-    let pid = i32::try_from(server.pid()).expect("a pid");
-    // SAFETY: kill has no memory preconditions; the pid is our own child's.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0, "SIGUSR1 to the server");
+    server.sigusr1();
     wait_until(Duration::from_secs(60), "the compaction counted", || {
         scrape(&server).get("orange_compactions_total", &[]) == 1.0
     });

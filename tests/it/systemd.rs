@@ -120,13 +120,12 @@ impl KeptAliveClient {
 fn closed_by_peer(stream: &TcpStream) -> bool {
     let mut byte = [0u8; 1];
     stream.set_nonblocking(true).expect("non-blocking");
-    let closed = matches!(stream.peek(&mut byte), Ok(0) | Err(_)) && !would_block(stream, &mut byte);
+    let closed = match stream.peek(&mut byte) {
+        Ok(n) => n == 0,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    };
     stream.set_nonblocking(false).expect("blocking");
     closed
-}
-
-fn would_block(stream: &TcpStream, byte: &mut [u8]) -> bool {
-    matches!(stream.peek(byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 /// Reads one answer: whether the server closes the connection after it, and its body.

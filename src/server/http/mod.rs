@@ -70,29 +70,27 @@ pub fn router(
     let agent_routes = agent_api::routes().layer(axum::middleware::from_fn(move |request, next| {
         busy::limit(Arc::clone(&pools), Arc::clone(&app), request, next)
     }));
-    let public_metrics = match config.metrics_public {
-        true => metrics::routes(),
-        false => Router::new(),
-    };
-    let counted = Arc::clone(&services);
-    Router::new()
+    let public_metrics = if config.metrics_public { metrics::routes() } else { Router::new() };
+    let routes = Router::new()
         .merge(agent_routes)
         .merge(probes)
         .merge(public_metrics)
-        .merge(admin_routes(admin_token_hash, !config.metrics_public))
-        .with_state(services)
-        .layer(axum::middleware::from_fn(move |request, next| {
-            metrics::count(Arc::clone(&counted), request, next)
-        }))
+        .merge(admin_routes(admin_token_hash, !config.metrics_public));
+    counted(routes, services)
 }
 
 /// The router of `--metrics-listen`'s plain listener: the metrics without a token, and the
 /// `probes`; its answers are counted too.
 pub fn metrics_router(services: AppState, probes: Router<AppState>) -> Router {
-    let counted = Arc::clone(&services);
-    Router::new().merge(metrics::routes()).merge(probes).with_state(services).layer(
-        axum::middleware::from_fn(move |request, next| metrics::count(Arc::clone(&counted), request, next)),
-    )
+    counted(Router::new().merge(metrics::routes()).merge(probes), services)
+}
+
+/// `routes` with their state, every answer counted in the metrics.
+fn counted(routes: Router<AppState>, services: AppState) -> Router {
+    let app = Arc::clone(&services);
+    routes.with_state(services).layer(axum::middleware::from_fn(move |request, next| {
+        metrics::count(Arc::clone(&app), request, next)
+    }))
 }
 
 /// Every route of the operator API under `/api/v1/`, and `/metrics` when `with_metrics`, behind

@@ -80,8 +80,9 @@ impl RouteClass {
 
 /// Status classes of HTTP answers, in the order of their counters.
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-/// The overload answers counted on their own: too many requests, and service unavailable.
-const OVERLOAD_CODES: [u16; 2] = [429, 503];
+/// The overload answers counted on their own, with their label: too many requests, and
+/// service unavailable.
+const OVERLOAD_CODES: [(u16, &str); 2] = [(429, "429"), (503, "503")];
 
 /// Something a transaction did to a task that the metrics count, handed over by the store once
 /// the transaction has committed (an attempt that runs again or aborts counts nothing).
@@ -111,16 +112,6 @@ pub enum TaskEvent {
     },
 }
 
-/// The final task states, each with its own counter.
-const FINAL_STATES: [TaskStatus; 6] = [
-    TaskStatus::Succeeded,
-    TaskStatus::Failed,
-    TaskStatus::TimedOut,
-    TaskStatus::Cancelled,
-    TaskStatus::Expired,
-    TaskStatus::Lost,
-];
-
 /// Buckets of the enqueue → delivery and enqueue → result latencies, in seconds: from a task
 /// handed to a parked poll at once to one that waited an hour for its agent.
 const TASK_LATENCY_BUCKETS: [f64; 16] =
@@ -138,7 +129,8 @@ struct HttpCounters {
 struct TaskMetrics {
     enqueued: Counter,
     delivered: Counter,
-    finished: [Counter; 6],
+    /// One counter per final state.
+    finished: Vec<(TaskStatus, Counter)>,
     delivery_seconds: Histogram,
     result_seconds: Histogram,
 }
@@ -251,7 +243,7 @@ impl Metrics {
         let row = route as usize;
         let class = usize::from(status / 100).saturating_sub(1).min(STATUS_CLASSES.len() - 1);
         self.http.requests[row][class].inc();
-        if let Some(at) = OVERLOAD_CODES.iter().position(|code| *code == status) {
+        if let Some(at) = OVERLOAD_CODES.iter().position(|(code, _)| *code == status) {
             self.http.overload[row][at].inc();
         }
     }
@@ -278,8 +270,8 @@ impl Metrics {
                     self.tasks.delivery_seconds.observe(seconds(waited_ms));
                 }
                 TaskEvent::Finished { status, took_ms } => {
-                    if let Some(at) = FINAL_STATES.iter().position(|s| *s == status) {
-                        self.tasks.finished[at].inc();
+                    if let Some((_, counter)) = self.tasks.finished.iter().find(|(s, _)| *s == status) {
+                        counter.inc();
                     }
                     self.tasks.result_seconds.observe(seconds(took_ms));
                 }
@@ -311,7 +303,7 @@ impl Metrics {
         &self.state
     }
 
-    /// Every metric in the OpenMetrics text format ([`CONTENT_TYPE`]).
+    /// Every metric in the Prometheus text format ([`CONTENT_TYPE`]).
     pub fn encode(&self) -> String {
         let mut text = String::new();
         // Writing into a String cannot fail, and every label value is a static word.
@@ -351,18 +343,13 @@ fn http_counters(registry: &mut Registry) -> HttpCounters {
             .map(|status| requests.get_or_create_owned(&[("route", route.as_str()), ("status", status)]))
     };
     let by_code = |route: RouteClass| {
-        OVERLOAD_CODES.map(|code| {
-            overload.get_or_create_owned(&[("route", route.as_str()), ("code", code_label(code))])
-        })
+        OVERLOAD_CODES
+            .map(|(_, code)| overload.get_or_create_owned(&[("route", route.as_str()), ("code", code)]))
     };
     HttpCounters {
         requests: RouteClass::ALL.iter().map(|route| by_status(*route)).collect(),
         overload: RouteClass::ALL.iter().map(|route| by_code(*route)).collect(),
     }
-}
-
-fn code_label(code: u16) -> &'static str {
-    if code == 429 { "429" } else { "503" }
 }
 
 fn task_metrics(registry: &mut Registry) -> TaskMetrics {
@@ -388,7 +375,11 @@ fn task_metrics(registry: &mut Registry) -> TaskMetrics {
     TaskMetrics {
         enqueued,
         delivered,
-        finished: FINAL_STATES.map(|status| finished.get_or_create_owned(&[("state", status.as_str())])),
+        finished: TaskStatus::ALL
+            .into_iter()
+            .filter(|status| status.is_final())
+            .map(|status| (status, finished.get_or_create_owned(&[("state", status.as_str())])))
+            .collect(),
         delivery_seconds,
         result_seconds,
     }

@@ -159,12 +159,24 @@ fn write_records<W: Write>(records: &[Vec<u8>], writer: &mut BackupWriter<W>) ->
 
 /// Reads a whole backup, checking every record, without writing anything.
 pub fn verify(input: impl Read) -> Result<(Header, Trailer), StoreError> {
+    read_backup(input, |_| Ok(()))
+}
+
+/// Reads the backup `input` through, checking every record ([`check_item`]) and handing it to
+/// `each`; returns its header and trailer.
+fn read_backup(
+    input: impl Read,
+    mut each: impl FnMut(&Item) -> Result<(), StoreError>,
+) -> Result<(Header, Trailer), StoreError> {
     let (mut reader, header) = BackupReader::open(input)?;
     let mut files = 0;
     while let Some((at, item)) = reader.next_item()? {
         check_item(&item, at, &mut files)?;
+        each(&item)?;
     }
-    Ok((header, reader.trailer().cloned().ok_or_else(|| StoreError::Io("the backup has no trailer".into()))?))
+    let trailer =
+        reader.trailer().cloned().ok_or_else(|| StoreError::Io("the backup has no trailer".into()))?;
+    Ok((header, trailer))
 }
 
 /// Restores the backup `input` into `dir`, which must hold nothing of a data directory yet:
@@ -201,19 +213,11 @@ fn apply_backup(
     input: impl Read,
     on_file: &mut FileWriter<'_>,
 ) -> Result<(Header, Trailer), StoreError> {
-    let (mut reader, header) = BackupReader::open(input)?;
-    let mut files = 0;
-    while let Some((at, item)) = reader.next_item()? {
-        check_item(&item, at, &mut files)?;
-        match &item {
-            Item::Put { tree, key, value } => trees.apply(&Op { tree, key, value: Some(value) })?,
-            Item::Remove { tree, key } => trees.apply(&Op { tree, key, value: None })?,
-            Item::File { name, bytes } => on_file(name, bytes)?,
-        }
-    }
-    let trailer =
-        reader.trailer().cloned().ok_or_else(|| StoreError::Io("the backup has no trailer".into()))?;
-    Ok((header, trailer))
+    read_backup(input, |item| match item {
+        Item::Put { tree, key, value } => trees.apply(&Op { tree, key, value: Some(value) }),
+        Item::Remove { tree, key } => trees.apply(&Op { tree, key, value: None }),
+        Item::File { name, bytes } => on_file(name, bytes),
+    })
 }
 
 /// Refuses a record naming a tree this build does not have, and files past [`MAX_FILES`].

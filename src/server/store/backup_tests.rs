@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
-use super::compact_tests::{every_tree_has_records, fill};
+use super::compact_tests::{every_tree_has_records, fill, records};
 use super::tests::{agent, open};
 use super::*;
 
@@ -29,17 +29,11 @@ fn restored(backup: &[u8]) -> (tempfile::TempDir, Store, Restored, Vec<(String, 
     (dir, store, summary, got)
 }
 
-fn without_meta(store: &Store) -> compact::Dump {
-    let mut dump = store.dump();
-    dump.remove(b"meta".as_slice());
-    dump
-}
-
 #[tokio::test]
 async fn a_backup_restores_into_an_equal_store_whose_ids_go_on_above() {
     let (_dir, store) = open();
     fill(&store);
-    let before = without_meta(&store);
+    let before = records(&store);
     every_tree_has_records(&before);
     let minted_before = store.fresh_id();
     let mut backup = Vec::new();
@@ -48,7 +42,7 @@ async fn a_backup_restores_into_an_equal_store_whose_ids_go_on_above() {
     assert_eq!(verify(&backup[..]).unwrap().1, summary.trailer);
 
     let (_copy, copy, restored, got) = restored(&backup);
-    assert_eq!(without_meta(&copy), before);
+    assert_eq!(records(&copy), before);
     assert_eq!(got, files());
     assert_eq!(restored.trailer, summary.trailer);
     let tasks = restored.trees.iter().find(|(name, _)| name == "tasks").map(|(_, n)| *n);

@@ -16,7 +16,7 @@ const CACHE: u64 = 8 * 1024 * 1024;
 
 /// The store's records, without the id ceiling in `meta`, which moves whenever a process
 /// hands out its first id (a compaction takes one).
-fn records(store: &Store) -> super::compact::Dump {
+pub(super) fn records(store: &Store) -> super::compact::Dump {
     let mut dump = store.dump();
     dump.remove(b"meta".as_slice());
     dump

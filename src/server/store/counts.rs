@@ -28,7 +28,7 @@ impl Store {
     /// Counts open tasks, queue entries and jobs, reading at most `limit` entries of each.
     pub fn counts(&self, limit: usize) -> Result<StoredCounts, StoreError> {
         let mut counts = StoredCounts::default();
-        for status in [TaskStatus::Queued, TaskStatus::Delivered, TaskStatus::Running] {
+        for status in TaskStatus::ALL.into_iter().filter(|status| !status.is_final()) {
             counts.open_tasks.insert(status.as_str(), 0);
         }
         let open = entries_before(&self.trees().deadlines, i64::MAX, limit)?;

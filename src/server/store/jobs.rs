@@ -5,6 +5,7 @@
 //! how a target ended, stops the job past its error limit, and starts the next waiting targets
 //! while the window has room. Nothing here waits for the disk: callers make writes durable.
 
+use crate::server::metrics::TaskEvent;
 use std::collections::HashMap;
 
 use thiserror::Error;
@@ -124,7 +125,7 @@ fn save_job<E>(tx: &Tx<'_>, job: &mut JobRecord) -> Result<(), TxError<E>> {
     } else {
         tx.jobs_open.remove(&job_key(job.id))?;
     }
-    tx.job_events.borrow_mut().push(JobEvent::Changed(job.id));
+    tx.announce_job(JobEvent::Changed(job.id));
     Ok(())
 }
 
@@ -270,13 +271,13 @@ fn start_target<E: From<StoreError>>(
     tx.put_task(&task)?;
     tx.queue.insert(queue_key(&task.app_id, task.queue_seq), task.id.as_bytes())?;
     tx.by_agent.insert(agent_task_key(&task.app_id, task.id), &[])?;
-    tx.note(crate::server::metrics::TaskEvent::Enqueued);
+    tx.note(TaskEvent::Enqueued);
     target.task_id = Some(task.id);
     tx.job_targets.insert(target_key(job.id, index), codec::encode(&target))?;
     job.counts.waiting = job.counts.waiting.saturating_sub(1);
     job.counts.queued += 1;
     job.next += 1;
-    tx.job_events.borrow_mut().push(JobEvent::Started(target.app_id));
+    tx.announce_job(JobEvent::Started(target.app_id));
     Ok(())
 }
 

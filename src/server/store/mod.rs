@@ -263,7 +263,7 @@ impl Store {
     }
 
     /// Runs `f` as one transaction over every tree; once it commits, announces what it did to
-    /// jobs (see [`Store::take_job_events`]).
+    /// jobs (see [`Store::take_job_events`]) and counts what it did to tasks in the metrics.
     /// Most transactions take no queue number, so none is reserved up front (callers that know
     /// they need some, like [`Store::enqueue`], reserve them first); a transaction that found the
     /// queue-number pool dry reserves what it asked for and runs again.
@@ -286,11 +286,9 @@ impl Store {
         seqs_wanted: &std::cell::Cell<usize>,
         seq_short: &std::cell::Cell<bool>,
     ) -> Result<T, E> {
-        let job_events = std::cell::RefCell::new(Vec::new());
-        let task_events = std::cell::RefCell::new(Vec::new());
+        let announced = std::cell::RefCell::new(tx::Announced::default());
         let result = flatten(self.trees().transaction(|trees| {
-            job_events.borrow_mut().clear();
-            task_events.borrow_mut().clear();
+            announced.replace(tx::Announced::default());
             seqs_wanted.set(0);
             seq_short.set(false);
             f(&Tx {
@@ -298,14 +296,14 @@ impl Store {
                 seqs: &self.seqs,
                 seqs_wanted,
                 seq_short,
-                job_events: &job_events,
-                task_events: &task_events,
+                announced: &announced,
                 follow: jobs::follow,
             })
         }));
         if result.is_ok() {
-            self.job_events.push(job_events.into_inner());
-            self.metrics.task_events(&task_events.into_inner());
+            let announced = announced.into_inner();
+            self.job_events.push(announced.jobs);
+            self.metrics.task_events(&announced.tasks);
         }
         result
     }

@@ -92,8 +92,18 @@ pub fn task_id_from(bytes: &[u8]) -> Result<TaskId, StoreError> {
     TaskId::from_slice(bytes).map_err(|_| corrupt_key("task id is not 16 bytes"))
 }
 
+/// What a transaction announces once it commits, and only then (an attempt that runs again
+/// starts from nothing): its moves of jobs to their relay, its moves of tasks to the metrics.
+#[derive(Debug, Default)]
+pub struct Announced {
+    /// What the transaction did to jobs.
+    pub jobs: Vec<JobEvent>,
+    /// What the transaction did to tasks that the metrics count.
+    pub tasks: Vec<TaskEvent>,
+}
+
 /// Every tree a transaction uses (through [`Deref`] to [`TxTrees`]), and what the
-/// transaction needs besides: queue numbers and the job events it leaves.
+/// transaction needs besides: queue numbers and what it announces.
 pub struct Tx<'a> {
     /// The trees.
     pub trees: TxTrees<'a>,
@@ -103,10 +113,8 @@ pub struct Tx<'a> {
     pub seqs_wanted: &'a Cell<usize>,
     /// Set when the pool ran dry in this attempt.
     pub seq_short: &'a Cell<bool>,
-    /// What the transaction did to jobs, announced once it commits.
-    pub job_events: &'a RefCell<Vec<JobEvent>>,
-    /// What the transaction did to tasks that the metrics count, handed to them once it commits.
-    pub task_events: &'a RefCell<Vec<TaskEvent>>,
+    /// What the transaction announces once it commits.
+    pub announced: &'a RefCell<Announced>,
     /// Moves what follows a task's change of state (its job), in this transaction: called by
     /// [`Tx::put_task`] with the task's previous stored value.
     pub follow: Follow,
@@ -191,7 +199,12 @@ impl Tx<'_> {
 
     /// Notes a task event for the metrics, counted if the transaction commits.
     pub fn note(&self, event: TaskEvent) {
-        self.task_events.borrow_mut().push(event);
+        self.announced.borrow_mut().tasks.push(event);
+    }
+
+    /// Notes a job event for the jobs' relay, announced if the transaction commits.
+    pub fn announce_job(&self, event: JobEvent) {
+        self.announced.borrow_mut().jobs.push(event);
     }
 
     fn count_processed<E: From<StoreError>>(&self, app_id: &str) -> Result<(), TxError<E>> {

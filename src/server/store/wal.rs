@@ -78,6 +78,15 @@ impl Tap<'_> {
         let tapped = writer.active.tap.as_mut().map(std::mem::take).unwrap_or_default();
         (tapped.records, tapped.bytes)
     }
+
+    /// [`Tap::take`], where the log stands at that moment and what `clock` reads then: no
+    /// record is appended in between (a backup's cut).
+    pub fn take_cut(&self, clock: impl FnOnce() -> i64) -> (Vec<Vec<u8>>, Position, i64) {
+        let mut writer = self.wal.writer();
+        let position = Position { segment: writer.active.number, offset: writer.active.len };
+        let tapped = writer.active.tap.as_mut().map(std::mem::take).unwrap_or_default();
+        (tapped.records, position, clock())
+    }
 }
 
 /// Where the log stands: the active segment and the bytes appended to it.
@@ -87,17 +96,6 @@ pub struct Position {
     pub segment: u64,
     /// Bytes appended to it.
     pub offset: u64,
-}
-
-impl Tap<'_> {
-    /// [`Tap::take`], where the log stands at that moment and what `clock` reads then: no
-    /// record is appended in between (a backup's cut).
-    pub fn take_cut(&self, clock: impl FnOnce() -> i64) -> (Vec<Vec<u8>>, Position, i64) {
-        let mut writer = self.wal.writer();
-        let position = Position { segment: writer.active.number, offset: writer.active.len };
-        let tapped = writer.active.tap.as_mut().map(std::mem::take).unwrap_or_default();
-        (tapped.records, position, clock())
-    }
 }
 
 impl Drop for Tap<'_> {

@@ -23,7 +23,7 @@ pub use go::*;
 pub use http::{Connection, ProxiedRequest, Proxy, RawResponse, http, raw_exchange};
 pub use process::{KillOnDrop, process_alive, rss_kib, write_secret};
 pub use server::{EnrollKey, Server, ServerOpts};
-pub use sim::{SIM_SECRET, history, most_open_at_once, ms_between, register_as, register_sim};
+pub use sim::{SIM_SECRET, history, most_open_at_once, ms_between, queue_bulk, register_as, register_sim};
 pub use snapshot::{Snapshot, assert_api_error, assert_refused, assert_unchanged};
 
 /// The binary under test.

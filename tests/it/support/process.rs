@@ -92,7 +92,7 @@ pub(super) fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStat
 
 /// The lines `stdout` prints, on a channel, the first being the server's listening line; the
 /// pipe is drained to its end so the child never blocks on a full pipe.
-pub(super) fn first_line(stdout: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+pub(super) fn stdout_lines(stdout: impl Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         // Every line is sent (the first is the listening line; a test may read the ones after

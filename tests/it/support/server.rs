@@ -17,7 +17,7 @@ use orange::protocol::admin::{AgentList, AgentView, EnqueueReply, EnqueueRequest
 use tempfile::TempDir;
 
 use super::process::{
-    clean_env, first_line, kill_child, log_file, read_log, show_command, signal, wait_exit,
+    clean_env, kill_child, log_file, read_log, show_command, signal, stdout_lines, wait_exit,
 };
 use super::{BASE_SECRET, BIN, RawResponse, START_DEADLINE, http, rss_kib, write_secret};
 
@@ -110,6 +110,7 @@ fn socket_activated(socket: &TcpListener, data_dir: &Path) -> Command {
     let fd = socket.as_raw_fd();
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c").arg("LISTEN_PID=$$ exec \"$0\" \"$@\"").arg(BIN).arg("server").arg("--data").arg(data_dir);
+    cmd.env("LISTEN_FDS", "1");
     // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -221,9 +222,6 @@ impl Server {
         }
         cmd.args(&self.opts.extra_args);
         cmd.envs(self.opts.env.iter().map(|(name, value)| (name, value)));
-        if self.opts.listen_socket.is_some() {
-            cmd.env("LISTEN_FDS", "1");
-        }
         cmd
     }
 
@@ -262,7 +260,7 @@ impl Server {
 
     /// Reads the listening line of `child` and the admin token; says why not if it cannot.
     fn listening(&mut self, child: &mut Child) -> Result<(), String> {
-        let rx = first_line(child.stdout.take().expect("piped stdout"));
+        let rx = stdout_lines(child.stdout.take().expect("piped stdout"));
         let line = rx.recv_timeout(START_DEADLINE).map_err(|e| match e {
             mpsc::RecvTimeoutError::Timeout => format!("no listening line within {START_DEADLINE:?}"),
             mpsc::RecvTimeoutError::Disconnected => "stdout closed without a listening line".into(),
@@ -319,6 +317,11 @@ impl Server {
     /// Sends SIGTERM and returns at once; [`Server::terminate`] then waits for the exit.
     pub fn sigterm(&mut self) {
         signal(self.child.as_mut().expect("server is running"), libc::SIGTERM);
+    }
+
+    /// Sends SIGUSR1 (compact the database now) and returns at once.
+    pub fn sigusr1(&mut self) {
+        signal(self.child.as_mut().expect("server is running"), libc::SIGUSR1);
     }
 
     /// Sends SIGHUP (reload the TLS certificate) and returns at once.

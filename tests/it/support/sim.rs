@@ -3,7 +3,7 @@
 
 use orange::client::{AgentClient, Enrollment};
 use orange::protocol::RegisterRequest;
-use orange::protocol::admin::TaskView;
+use orange::protocol::admin::{EnqueueReply, TaskView};
 
 use super::{BASE_SECRET, Server};
 
@@ -25,6 +25,30 @@ pub fn register_sim(server: &Server, app_id: &str) -> AgentClient {
     let request =
         RegisterRequest { app_id: app_id.into(), secret: SIM_SECRET.into(), ..RegisterRequest::default() };
     register_as(server, &request)
+}
+
+/// Registers `agents` simulated agents `PREFIX-N` that never poll and queues `enqueues` tasks
+/// of a `payload_bytes` payload for each, so the store holds megabytes to copy; returns their
+/// app ids. Each payload starts with its enqueue's number (`0000`, `0001`, ...).
+pub fn queue_bulk(
+    server: &Server,
+    prefix: &str,
+    agents: usize,
+    enqueues: usize,
+    payload_bytes: usize,
+) -> Vec<String> {
+    let app_ids: Vec<String> = (0..agents).map(|i| format!("{prefix}-{i}")).collect();
+    for app_id in &app_ids {
+        register_sim(server, app_id);
+    }
+    let admin = server.admin();
+    for i in 0..enqueues {
+        let payload = format!("{i:04}{}", "b".repeat(payload_bytes));
+        let body = serde_json::json!({"app_ids": app_ids, "task_type": "ping", "payload": payload});
+        let reply: EnqueueReply = admin.post("/api/v1/tasks", &body).expect("bulk enqueue");
+        assert_eq!(reply.tasks.len(), agents);
+    }
+    app_ids
 }
 
 /// The statuses of a task's history, in order.
