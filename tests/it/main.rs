@@ -39,5 +39,6 @@ mod secret_env;
 mod security;
 mod stdin;
 mod systemd;
+mod unit_files;
 mod vocabulary;
 mod wal;

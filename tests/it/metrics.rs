@@ -318,3 +318,39 @@ fn output_past_the_cap_and_a_compaction_are_counted() {
     );
     assert_eq!(after.get("orange_compaction_duration_seconds_count", &[]), 1.0);
 }
+
+/// `promtool check metrics` of `exposition`: its exit status and everything it said.
+fn promtool_check(exposition: &str) -> (bool, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+
+    let mut check = Command::new(crate::support::tool("promtool", "prometheus"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    check.stdin.take().expect("stdin").write_all(exposition.as_bytes()).expect("write the exposition");
+    let output = check.wait_with_output().expect("promtool output");
+    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), said)
+}
+
+#[test]
+fn promtool_finds_nothing_to_lint_in_the_exposition_under_traffic() {
+    let server = Server::start(ServerOpts::default());
+    let agent = Agent::start_online(&server, "lint-host", AgentOpts::shell());
+    server.operator(&["task", "run", "--appid", &agent.app_id, "--", "echo lint"]).run().assert_success();
+    let answer = get(server.addr, "/metrics", Some(&server.token));
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let exposition = answer.text();
+    assert!(exposition.contains("orange_task_result_seconds_bucket"), "{exposition}");
+    let (passed, said) = promtool_check(&exposition);
+    assert!(passed && said.is_empty(), "promtool check metrics found problems:\n{said}");
+
+    // The check bites: a counter without its _total suffix is reported.
+    let wrong = "# HELP orange_things Things.\n# TYPE orange_things counter\norange_things 1\n";
+    let (passed, said) = promtool_check(wrong);
+    assert!(!passed && said.contains("_total"), "promtool let a counter without _total pass: {said}");
+}
