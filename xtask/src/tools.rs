@@ -39,6 +39,11 @@ const TOOLS: &[Tool] = &[
         what_for: "the metrics exposition is checked with `promtool check metrics`",
         source: Source::FromPackage { package: "prometheus", path: "usr/bin/promtool" },
     },
+    Tool {
+        command: "debootstrap",
+        what_for: "the release artifacts are tested in a Debian 11 root it makes",
+        source: Source::Apt("debootstrap"),
+    },
 ];
 
 /// The cache directory, created if missing.
@@ -77,7 +82,7 @@ pub fn ensure_all(cache: &Path) -> Result<(), String> {
         })
         .collect();
     if !packages.is_empty() {
-        run(apt("apt-get").args(["install", "-y", "-qq", "--no-install-recommends"]).args(&packages))?;
+        install(&packages)?;
     }
     for tool in &missing {
         if let Source::FromPackage { package, path } = tool.source {
@@ -125,13 +130,23 @@ fn extract(package: &str, path: &str, target: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Installs Debian `packages` with apt, refreshing its package lists first.
+pub fn apt_install(packages: &[&str]) -> Result<(), String> {
+    apt_update()?;
+    install(packages)
+}
+
+fn install(packages: &[&str]) -> Result<(), String> {
+    run(apt("apt-get").args(["install", "-y", "-qq", "--no-install-recommends"]).args(packages))
+}
+
 /// Refreshes apt's package lists (a fresh machine has none).
 fn apt_update() -> Result<(), String> {
     run(apt("apt-get").args(["update", "-qq"]))
 }
 
 /// `program` run as root: directly when this is root, else through sudo.
-fn apt(program: &str) -> Command {
+pub fn apt(program: &str) -> Command {
     if is_root() {
         let mut command = Command::new(program);
         command.env("DEBIAN_FRONTEND", "noninteractive");
@@ -150,7 +165,8 @@ fn is_root() -> bool {
         .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
 }
 
-fn run(command: &mut Command) -> Result<(), String> {
+/// Runs `command`, failing with its command line and exit status unless it succeeds.
+pub fn run(command: &mut Command) -> Result<(), String> {
     let shown = format!("{command:?}");
     let status = command.status().map_err(|e| format!("cannot run {shown}: {e}"))?;
     if status.success() { Ok(()) } else { Err(format!("{shown} failed ({status})")) }
