@@ -61,7 +61,8 @@ fn workspace_root() -> Result<PathBuf, String> {
 /// The `version` of `[package]` in the root Cargo.toml.
 fn package_version(root: &Path) -> Result<String, String> {
     let manifest = read_text(&root.join("Cargo.toml"))?;
-    let package = manifest.split("\n[").find(|section| section.starts_with("package]"));
+    let sections = format!("\n{manifest}");
+    let package = sections.split("\n[").find(|section| section.starts_with("package]"));
     let line = package.and_then(|section| section.lines().find(|l| l.starts_with("version")));
     let version = line.and_then(|l| l.split('"').nth(1));
     version.map(str::to_owned).ok_or_else(|| "no version in [package] of Cargo.toml".to_owned())
