@@ -42,7 +42,7 @@ pub struct Assembled {
     admin_token_hash: SecretHash,
     stop_tx: watch::Sender<bool>,
     /// The plain listener of `--metrics-listen`, once bound.
-    metrics_listener: Option<tokio::net::TcpListener>,
+    metrics_listener: Option<http::Listener>,
 }
 
 /// Opens the store in the configured data directory and builds the services on it.
@@ -79,7 +79,7 @@ pub fn assemble(config: ServerConfig, secrets: Secrets) -> Result<Assembled> {
 impl Assembled {
     /// Serves the metrics (no token) and the probes on `listener` too, the plain listener of
     /// `--metrics-listen`.
-    pub fn with_metrics_listener(self, listener: tokio::net::TcpListener) -> Self {
+    pub fn with_metrics_listener(self, listener: http::Listener) -> Self {
         Assembled { metrics_listener: Some(listener), ..self }
     }
 
@@ -104,8 +104,9 @@ impl Assembled {
             let stopped = async move {
                 let _ = stopping.wait_for(|stop| *stop).await;
             };
+            let idle_timeout = config.connections.idle_timeout;
             tokio::spawn(async move {
-                if let Err(e) = http::metrics::serve_plain(listener, app, stopped).await {
+                if let Err(e) = http::metrics::serve_plain(listener, app, idle_timeout, stopped).await {
                     tracing::warn!(error = %format!("{e:#}"), "the metrics listener stopped");
                 }
             });

@@ -207,9 +207,7 @@ fn metrics_want_the_admin_token_unless_made_public() {
 fn a_metrics_listener_serves_metrics_and_probes_without_a_token() {
     let extra_args = ["--metrics-listen", "127.0.0.1:0"].map(String::from).to_vec();
     let server = Server::start(ServerOpts { extra_args, ..ServerOpts::default() });
-    let line = server.stdout_line(Duration::from_secs(15)).expect("a line naming the metrics address");
-    let address = line.strip_prefix("orange server metrics on http://").unwrap_or_else(|| panic!("{line:?}"));
-    let address: SocketAddr = address.trim().parse().unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    let address = metrics_address(&server);
     assert_ne!(address, server.addr);
     let answer = get(address, "/metrics", None);
     assert_eq!(answer.status, 200, "{}", answer.text());
@@ -225,6 +223,57 @@ fn a_metrics_listener_serves_metrics_and_probes_without_a_token() {
     );
     assert_eq!(get(address, "/api/v1/agents", Some(&server.token)).status, 404, "no operator API there");
     assert_eq!(get(server.addr, "/metrics", None).status, 401, "the main listener still wants the token");
+}
+
+/// The address of a server's `--metrics-listen` listener, read from its stdout.
+fn metrics_address(server: &Server) -> SocketAddr {
+    let line = server.stdout_line(Duration::from_secs(15)).expect("a line naming the metrics address");
+    let address = line.strip_prefix("orange server metrics on http://").unwrap_or_else(|| panic!("{line:?}"));
+    address.trim().parse().unwrap_or_else(|e| panic!("{line:?}: {e}"))
+}
+
+/// Whether the server closed `stream` (EOF or reset) within `wait`, having sent nothing.
+fn closed_within(stream: &mut std::net::TcpStream, wait: Duration) -> bool {
+    use std::io::Read;
+    stream.set_read_timeout(Some(wait)).expect("read timeout");
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+    }
+}
+
+#[test]
+fn the_metrics_listener_bounds_its_connections_and_closes_idle_ones() {
+    use std::net::TcpStream;
+
+    // The limit of the metrics listener (METRICS_MAX_CONNECTIONS in src/server/http/metrics.rs).
+    const LIMIT: usize = 32;
+    let extra_args = ["--metrics-listen", "127.0.0.1:0", "--idle-timeout", "2"].map(String::from).to_vec();
+    let server = Server::start(ServerOpts { extra_args, ..ServerOpts::default() });
+    let address = metrics_address(&server);
+
+    let mut held: Vec<TcpStream> =
+        (0..LIMIT).map(|_| TcpStream::connect(address).expect("connect within the limit")).collect();
+    // Each held connection is accepted: a scrape on the last one is answered.
+    let last = held.last_mut().expect("LIMIT > 0");
+    std::io::Write::write_all(last, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
+    assert!(!closed_within(last, Duration::from_secs(5)), "a connection within the limit is served");
+    let mut over = TcpStream::connect(address).expect("the kernel accepts the connection");
+    // Served, it would answer; refused, it is closed without a byte (a write may already fail).
+    let _ = std::io::Write::write_all(&mut over, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(closed_within(&mut over, Duration::from_secs(10)), "the connection past the limit is refused");
+    assert_eq!(get(server.addr, "/healthz", None).status, 200, "the main listener is not concerned");
+
+    // Silent connections are closed after --idle-timeout, and then a scrape gets through.
+    for stream in &mut held[..LIMIT - 1] {
+        assert!(closed_within(stream, Duration::from_secs(30)), "an idle connection is closed");
+    }
+    drop(held);
+    wait_until(Duration::from_secs(30), "a scrape once the idle connections are gone", || {
+        std::panic::catch_unwind(|| get(address, "/metrics", None).status == 200).unwrap_or(false)
+    });
 }
 
 #[test]
@@ -333,7 +382,8 @@ fn promtool_check(exposition: &str) -> (bool, String) {
         .expect("run promtool");
     check.stdin.take().expect("stdin").write_all(exposition.as_bytes()).expect("write the exposition");
     let output = check.wait_with_output().expect("promtool output");
-    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let said =
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     (output.status.success(), said)
 }
 

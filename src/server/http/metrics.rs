@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use axum::Router;
@@ -15,13 +16,13 @@ use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use tokio::net::TcpListener;
 
-use super::AppState;
 use super::probes::{HEALTHZ_PATH, READYZ_PATH, VERSION_PATH};
+use super::{AppState, Listener};
 use crate::protocol::facts::FACTS_PATH;
 use crate::protocol::files::{FILE_CHUNK_PATH, FILE_UPLOAD_PATH};
 use crate::protocol::wire;
+use crate::server::config::ConnectionLimits;
 use crate::server::metrics::{CONTENT_TYPE, RouteClass};
 
 /// Route of the metrics.
@@ -71,19 +72,33 @@ pub fn route_class(path: &str) -> RouteClass {
     }
 }
 
+/// Most connections the `--metrics-listen` listener keeps open at once (from all sources
+/// together: scrapers are few); past it a new one is closed at once.
+pub const METRICS_MAX_CONNECTIONS: usize = 32;
+
 /// Binds the plain HTTP listener of `--metrics-listen`.
-pub async fn bind_plain(address: SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(address).await.with_context(|| format!("--metrics-listen: cannot listen on {address}"))
+pub async fn bind_plain(address: SocketAddr) -> Result<Listener> {
+    Listener::bind(address, None).await.context("--metrics-listen")
 }
 
 /// Serves `app` (the metrics without a token, and the probes) on `listener` until `shutdown`
-/// completes.
+/// completes: at most [`METRICS_MAX_CONNECTIONS`] open, each closed when idle for
+/// `idle_timeout`, like the main listener's connections.
 pub async fn serve_plain(
-    listener: TcpListener,
+    listener: Listener,
     app: Router,
+    idle_timeout: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("the metrics listener failed")
+    let limits = ConnectionLimits {
+        max_total: Some(METRICS_MAX_CONNECTIONS),
+        max_per_source: METRICS_MAX_CONNECTIONS,
+        idle_timeout,
+        proxy_from: Vec::new(),
+    };
+    super::serve_within(listener, app, &limits, METRICS_MAX_CONNECTIONS, shutdown)
+        .await
+        .context("the metrics listener failed")
 }
 
 #[cfg(test)]

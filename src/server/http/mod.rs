@@ -169,11 +169,28 @@ fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Serves `app` on `listener` within `limits` until `shutdown` completes; then requests in
-/// flight get up to 30 s (`DRAIN_TIMEOUT`) to finish, and the function returns.
+/// flight get up to 30 s (`DRAIN_TIMEOUT`) to finish, and the function returns. Refused
+/// connections are summarised in the log.
 pub async fn serve(
     listener: Listener,
     app: Router,
     limits: &ConnectionLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let summaries = tokio::spawn(refusal_log::flush_every_interval());
+    let served = serve_within(listener, app, limits, max_connections(limits), shutdown).await;
+    summaries.abort();
+    refusal_log::flush(true);
+    served
+}
+
+/// Serves `app` on `listener` with at most `max_total` connections open and the other limits of
+/// `limits`, until `shutdown` completes and requests in flight finish (at most `DRAIN_TIMEOUT`).
+async fn serve_within(
+    listener: Listener,
+    app: Router,
+    limits: &ConnectionLimits,
+    max_total: usize,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let handle = Handle::new();
@@ -182,8 +199,7 @@ pub async fn serve(
         shutdown.await;
         stopper.graceful_shutdown(Some(DRAIN_TIMEOUT));
     });
-    let summaries = tokio::spawn(refusal_log::flush_every_interval());
-    let acceptor = acceptor::Acceptor::new(limits, max_connections(limits));
+    let acceptor = acceptor::Acceptor::new(limits, max_total);
     let Listener { tcp, tls } = listener;
     let tcp = tcp.into_std().context("cannot take over the listening socket")?;
     let app = app.into_make_service_with_connect_info::<SocketAddr>();
@@ -198,8 +214,6 @@ pub async fn serve(
         None => server.acceptor(acceptor).serve(app).await,
         Some(tls) => server.acceptor(RustlsAcceptor::new(tls).acceptor(acceptor)).serve(app).await,
     };
-    summaries.abort();
-    refusal_log::flush(true);
     served.context("server failed")
 }
 
