@@ -72,7 +72,17 @@ fn package_version(root: &Path) -> Result<String, String> {
 fn build_portable(root: &Path, tools: &Toolchain) -> Result<PathBuf, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     run(Command::new(cargo)
-        .args(["zigbuild", "--release", "--locked", "--package", "orange", "--bin", "orange", "--target", ZIG_TARGET])
+        .args([
+            "zigbuild",
+            "--release",
+            "--locked",
+            "--package",
+            "orange",
+            "--bin",
+            "orange",
+            "--target",
+            ZIG_TARGET,
+        ])
         .current_dir(root)
         .env("PATH", tools.path()?))?;
     // cargo-zigbuild drops the glibc suffix from the target directory's name.
@@ -110,7 +120,8 @@ fn generate(stage: &Path) -> Result<(), String> {
         std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     let man = stage.join("man/orange.1");
-    let gzipped = std::fs::File::create(stage.join("man/orange.1.gz")).map_err(|e| format!("cannot create orange.1.gz: {e}"))?;
+    let gzipped = std::fs::File::create(stage.join("man/orange.1.gz"))
+        .map_err(|e| format!("cannot create orange.1.gz: {e}"))?;
     run(Command::new("gzip").args(["-9", "--no-name", "--stdout"]).arg(&man).stdout(gzipped))
 }
 
@@ -128,7 +139,10 @@ fn output_of(binary: &Path, args: &[&str]) -> Result<Vec<u8>, String> {
         ));
     }
     if out.stdout.is_empty() || out.stdout.len() > MAX_GENERATED_BYTES {
-        return Err(format!("`{shown}` printed {} bytes, expected 1 to {MAX_GENERATED_BYTES}", out.stdout.len()));
+        return Err(format!(
+            "`{shown}` printed {} bytes, expected 1 to {MAX_GENERATED_BYTES}",
+            out.stdout.len()
+        ));
     }
     Ok(out.stdout)
 }
@@ -209,7 +223,9 @@ fn copy(from: &Path, to: &Path) -> Result<(), String> {
     if let Some(dir) = to.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
-    std::fs::copy(from, to).map(drop).map_err(|e| format!("cannot copy {} to {}: {e}", from.display(), to.display()))
+    std::fs::copy(from, to)
+        .map(drop)
+        .map_err(|e| format!("cannot copy {} to {}: {e}", from.display(), to.display()))
 }
 
 fn read_text(path: &Path) -> Result<String, String> {

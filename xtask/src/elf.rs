@@ -40,7 +40,8 @@ fn read_verneed(elf: &[u8], offset: usize, entries: usize, strings: usize) -> Re
     let mut need = offset;
     for _ in 0..entries.min(MAX_ENTRIES) {
         let aux_count = usize::from(read_u16(elf, need + 2)?);
-        let mut aux = need.checked_add(read_u32(elf, need + 8)? as usize).ok_or("version entry out of range")?;
+        let mut aux =
+            need.checked_add(read_u32(elf, need + 8)? as usize).ok_or("version entry out of range")?;
         for _ in 0..aux_count.min(MAX_ENTRIES) {
             let name_at = strings.checked_add(read_u32(elf, aux + 8)? as usize).ok_or("name out of range")?;
             names.push(read_string(elf, name_at)?);

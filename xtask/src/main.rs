@@ -20,7 +20,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.split_first() {
         Some((task, rest)) if task == "test" => test(rest),
-        Some((task, [])) if task == "dist" => tools::cache_dir().and_then(|cache| dist::dist(&cache)).map(drop),
+        Some((task, [])) if task == "dist" => {
+            tools::cache_dir().and_then(|cache| dist::dist(&cache)).map(drop)
+        }
         _ => Err(USAGE.to_owned()),
     };
     match result {

@@ -55,7 +55,9 @@ fn install_zig(venv: &Path) -> Result<(), String> {
         apt_install(&["python3-venv"])?;
         run(Command::new("python3").args(["-m", "venv"]).arg(venv))?;
     }
-    run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", "--disable-pip-version-check"]).args(ZIG_PACKAGES))?;
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(ZIG_PACKAGES))?;
     std::fs::write(venv.join(VENV_COMPLETE), ZIG_PACKAGES.join("\n"))
         .map_err(|e| format!("cannot mark {} complete: {e}", venv.display()))
 }
@@ -71,7 +73,9 @@ fn install_cargo_deb(root: &Path) -> Result<(), String> {
 
 fn remove_dir(dir: &Path) -> Result<(), String> {
     match std::fs::remove_dir_all(dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(format!("cannot remove {}: {e}", dir.display())),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(format!("cannot remove {}: {e}", dir.display()))
+        }
         _ => Ok(()),
     }
 }
