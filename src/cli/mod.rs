@@ -3,7 +3,8 @@
 //!
 //! Files depend downwards in this order: `mod`, `server`, `backup`, `agent`, `token`, `audit`,
 //! `agents`, `cp`, `job`, `job_run`, `job_args`, `task`, `run`, `interrupt`, `cancel`, `follow`, `wait`,
-//! `fake_api` (tests), `job_print`, `output`, `flags`, `operator`, `log_format`, `local_file`, `argv`.
+//! `fake_api` (tests), `job_print`, `output`, `flags`, `operator`, `profiles`, `log_format`, `local_file`,
+//! `config_file`, `argv`.
 
 pub mod agent;
 pub mod agents;
@@ -11,6 +12,7 @@ pub mod argv;
 pub mod audit;
 pub mod backup;
 pub mod cancel;
+pub mod config_file;
 pub mod cp;
 #[cfg(test)]
 mod fake_api;
@@ -25,6 +27,7 @@ pub mod local_file;
 pub mod log_format;
 pub mod operator;
 pub mod output;
+pub mod profiles;
 pub mod run;
 pub mod server;
 pub mod task;
@@ -63,6 +66,17 @@ pub struct Orange {
     /// what to do
     #[argh(subcommand)]
     pub command: Option<Command>,
+}
+
+impl Orange {
+    /// The `--config FILE` given to `orange server` or `orange agent`, if any.
+    pub fn config_file(&self) -> Option<&std::path::Path> {
+        match &self.command {
+            Some(Command::Server(args)) => args.config.as_deref(),
+            Some(Command::Agent(args)) => args.config.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 /// The subcommands.

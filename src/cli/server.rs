@@ -29,6 +29,11 @@ use crate::server::{ServerConfig, ServerOptions};
     error_code(1, "another orange server holds the data directory (one line names it and its pid)")
 )]
 pub struct ServerArgs {
+    /// TOML file of settings, one key per flag: its name without -- and with _ for -
+    /// (poll_window = 20, allow_shell = true, label = ["a=b"]); flags typed win over the file,
+    /// and the file over the environment
+    #[argh(option)]
+    pub config: Option<PathBuf>,
     /// log lines as text (default) or json, one object per line (else ORANGE_LOG_FORMAT)
     #[argh(option)]
     pub log_format: Option<String>,
