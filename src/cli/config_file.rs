@@ -277,6 +277,15 @@ pub fn with_config_file(args: &[String], path: &Path) -> Result<Vec<String>> {
     Ok(words)
 }
 
+/// `result`, an error in turning a command's flags into its settings, said to come with the
+/// config file `file` when one was given (its values reached the settings as flags).
+pub fn noting_file<T>(result: Result<T>, file: Option<&Path>) -> Result<T> {
+    match file {
+        Some(path) => result.with_context(|| format!("with config file {}", path.display())),
+        None => result,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

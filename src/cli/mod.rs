@@ -77,6 +77,16 @@ impl Orange {
             _ => None,
         }
     }
+
+    /// The `--log-format` given to `orange server` or `orange agent` (typed or from its config
+    /// file), if any.
+    pub fn log_format(&self) -> Option<&str> {
+        match &self.command {
+            Some(Command::Server(args)) => args.log_format.as_deref(),
+            Some(Command::Agent(args)) => args.log_format.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 /// The subcommands.
@@ -132,8 +142,10 @@ pub fn run(orange: Orange) -> Result<i32> {
         None => bail!("no command given; try `orange --help`"),
         Some(Command::Server(args)) => server::run(args),
         Some(Command::Agent(args)) => {
-            log_format::check_flag(args.log_format.as_deref())?;
-            crate::agent::run_blocking(agent::agent_config(args)?)?;
+            let file = args.config.clone();
+            let checked = log_format::check_flag(args.log_format.as_deref()).and_then(|()| agent::agent_config(args));
+            let config = config_file::noting_file(checked, file.as_deref())?;
+            crate::agent::run_blocking(config)?;
             Ok(0)
         }
         Some(Command::Task(args)) => task::run(args),

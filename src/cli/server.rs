@@ -146,8 +146,10 @@ pub fn run(mut args: ServerArgs) -> Result<i32> {
     if let Some(action) = args.action.take() {
         return super::backup::run(action);
     }
-    super::log_format::check_flag(args.log_format.as_deref())?;
-    let Err(error) = crate::server::run_blocking(server_config(args)?) else { return Ok(0) };
+    let file = args.config.clone();
+    let checked = super::log_format::check_flag(args.log_format.as_deref()).and_then(|()| server_config(args));
+    let config = super::config_file::noting_file(checked, file.as_deref())?;
+    let Err(error) = crate::server::run_blocking(config) else { return Ok(0) };
     match error.downcast_ref::<LockError>() {
         Some(in_use @ LockError::InUse { .. }) => {
             eprintln!("orange: {in_use}");
