@@ -45,8 +45,9 @@ pub fn read_config_text(path: &Path) -> Result<String> {
 /// naming the file (and, in TOML's words, the line and the key).
 pub fn read_config_table(path: &Path) -> Result<toml::Table> {
     let text = read_config_text(path)?;
-    toml::from_str(&text)
-        .map_err(|e| anyhow!("config file {} is not valid TOML: {}", path.display(), e.to_string().trim_end()))
+    toml::from_str(&text).map_err(|e| {
+        anyhow!("config file {} is not valid TOML: {}", path.display(), e.to_string().trim_end())
+    })
 }
 
 /// The key of a flag: its long name with `_` for `-` (`--poll-window` is `poll_window`).
@@ -238,7 +239,10 @@ fn unknown_key(key: &str, keys: &[String]) -> String {
     let near = if keys.contains(&underscored) { Some(underscored) } else { closest(key, keys) };
     match near {
         Some(near) => format!("unknown key {key:?}; did you mean {near:?}?"),
-        None => format!("unknown key {key:?}; the keys are the command's flags, with _ for - ({})", keys.join(", ")),
+        None => format!(
+            "unknown key {key:?}; the keys are the command's flags, with _ for - ({})",
+            keys.join(", ")
+        ),
     }
 }
 
@@ -264,7 +268,9 @@ fn typed_flags(words: &[String], flags: &[Flag]) -> BTreeSet<String> {
 /// put before the typed words, less those whose flag is typed: a typed flag wins over its key,
 /// also for a repeatable flag, whose typed values replace the file's list.
 pub fn with_config_file(args: &[String], path: &Path) -> Result<Vec<String>> {
-    let Some((command, typed)) = args.split_first() else { bail!("no command to read {} for", path.display()) };
+    let Some((command, typed)) = args.split_first() else {
+        bail!("no command to read {} for", path.display())
+    };
     let flags = command_flags(command);
     let typed_now = typed_flags(typed, &flags);
     let mut words = vec![command.clone()];
@@ -310,7 +316,9 @@ mod tests {
 
     #[test]
     fn the_usage_line_gives_switches_options_and_repeatable_options() {
-        let flags = usage_flags("Usage: orange agent [--server <server>] [--insecure] [--label <label...>] --data <data>");
+        let flags = usage_flags(
+            "Usage: orange agent [--server <server>] [--insecure] [--label <label...>] --data <data>",
+        );
         let arity = |name: &str| flags.iter().find(|flag| flag.name == name).map(|flag| flag.arity);
         assert_eq!(flags.len(), 4);
         assert_eq!(arity("server"), Some(Arity::Once));
@@ -371,7 +379,8 @@ mod tests {
 
     #[test]
     fn repeatable_flags_take_lists_and_false_switches_are_left_out() -> Result<()> {
-        let (_dir, path) = config("label = [\"role=web\", \"env=prod\"]\nallow_shell = false\ninsecure = true\n");
+        let (_dir, path) =
+            config("label = [\"role=web\", \"env=prod\"]\nallow_shell = false\ninsecure = true\n");
         let merged = with_config_file(&words(&["agent"]), &path)?;
         assert_eq!(merged, words(&["agent", "--insecure", "--label", "role=web", "--label", "env=prod"]));
         let typed = with_config_file(&words(&["agent", "--label", "a=b"]), &path)?;
@@ -387,7 +396,10 @@ mod tests {
         let text = error("server", "poll-window = 20\n");
         assert!(text.contains("did you mean \"poll_window\"?"), "{text}");
         let text = error("agent", "zebra = 1\n");
-        assert!(text.contains("unknown key \"zebra\"; the keys are") && text.contains("allow_shell"), "{text}");
+        assert!(
+            text.contains("unknown key \"zebra\"; the keys are") && text.contains("allow_shell"),
+            "{text}"
+        );
         let text = error("agent", "config = \"/etc/other.toml\"\n");
         assert!(text.contains("does not name another"), "{text}");
     }
@@ -395,7 +407,9 @@ mod tests {
     #[test]
     fn secret_values_are_refused_naming_the_file_key() {
         let text = error("server", "admin_token = \"s3cret\"\n");
-        assert!(text.contains("key \"admin_token\" would hold a secret") && text.contains("admin_token_file"));
+        assert!(
+            text.contains("key \"admin_token\" would hold a secret") && text.contains("admin_token_file")
+        );
         assert!(!text.contains("s3cret"), "{text}");
         for (command, key) in [("server", "enroll_key"), ("agent", "enroll_key"), ("agent", "secret")] {
             let text = error(command, &format!("{key} = \"s3cret\"\n"));

@@ -143,7 +143,8 @@ pub fn run(orange: Orange) -> Result<i32> {
         Some(Command::Server(args)) => server::run(args),
         Some(Command::Agent(args)) => {
             let file = args.config.clone();
-            let checked = log_format::check_flag(args.log_format.as_deref()).and_then(|()| agent::agent_config(args));
+            let checked =
+                log_format::check_flag(args.log_format.as_deref()).and_then(|()| agent::agent_config(args));
             let config = config_file::noting_file(checked, file.as_deref())?;
             crate::agent::run_blocking(config)?;
             Ok(0)

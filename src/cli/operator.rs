@@ -259,7 +259,9 @@ fn check_server(url: &str) -> Result<String> {
     let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
     match rest {
         Some(host) if !host.is_empty() => Ok(url.to_owned()),
-        _ => bail!("server {url:?} is not a URL like {DEFAULT_SERVER} (from --server, {ENV_SERVER} or the profile)"),
+        _ => bail!(
+            "server {url:?} is not a URL like {DEFAULT_SERVER} (from --server, {ENV_SERVER} or the profile)"
+        ),
     }
 }
 
@@ -456,8 +458,7 @@ pub(super) mod tests {
 
     #[test]
     fn the_token_does_not_reach_debug_output() {
-        let config =
-            OperatorConfig {
+        let config = OperatorConfig {
             server: DEFAULT_SERVER.into(),
             token: AdminToken("s3cret".into()),
             tls: TlsOptions::default(),

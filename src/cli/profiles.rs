@@ -79,7 +79,11 @@ pub fn chosen_profile(flag: Option<&str>, env: Env) -> Result<Option<Profile>> {
 /// The message for a profile the file does not define, listing those it does.
 fn unknown_profile(path: &Path, name: &str, file: &ProfilesFile) -> anyhow::Error {
     let known: Vec<&str> = file.profiles.keys().map(String::as_str).collect();
-    let list = if known.is_empty() { "it defines none".to_owned() } else { format!("its profiles: {}", known.join(", ")) };
+    let list = if known.is_empty() {
+        "it defines none".to_owned()
+    } else {
+        format!("its profiles: {}", known.join(", "))
+    };
     anyhow!("config file {} has no profile {name:?}; {list}", path.display())
 }
 
@@ -147,8 +151,12 @@ fn read_profile(name: &str, value: toml::Value, paths: &Paths) -> Result<Profile
     for (key, value) in table {
         match (key.as_str(), value) {
             ("server", toml::Value::String(url)) => profile.server = Some(url),
-            ("token_file", toml::Value::String(path)) => profile.token_file = Some(paths.resolve(&path).map_err(at)?),
-            ("ca_file", toml::Value::String(path)) => profile.ca_file = Some(paths.resolve(&path).map_err(at)?),
+            ("token_file", toml::Value::String(path)) => {
+                profile.token_file = Some(paths.resolve(&path).map_err(at)?)
+            }
+            ("ca_file", toml::Value::String(path)) => {
+                profile.ca_file = Some(paths.resolve(&path).map_err(at)?)
+            }
             ("insecure", toml::Value::Boolean(on)) => profile.insecure = Some(on),
             ("insecure", other) => return Err(at(wrong_type(&key, "true or false", &other))),
             ("token", _) => {
@@ -158,7 +166,9 @@ fn read_profile(name: &str, value: toml::Value, paths: &Paths) -> Result<Profile
                         .to_owned(),
                 ));
             }
-            (known, other) if PROFILE_KEYS.contains(&known) => return Err(at(wrong_type(known, "a string", &other))),
+            (known, other) if PROFILE_KEYS.contains(&known) => {
+                return Err(at(wrong_type(known, "a string", &other)));
+            }
             (other, _) => return Err(at(unknown_key(other, PROFILE_KEYS))),
         }
     }

@@ -147,7 +147,8 @@ pub fn run(mut args: ServerArgs) -> Result<i32> {
         return super::backup::run(action);
     }
     let file = args.config.clone();
-    let checked = super::log_format::check_flag(args.log_format.as_deref()).and_then(|()| server_config(args));
+    let checked =
+        super::log_format::check_flag(args.log_format.as_deref()).and_then(|()| server_config(args));
     let config = super::config_file::noting_file(checked, file.as_deref())?;
     let Err(error) = crate::server::run_blocking(config) else { return Ok(0) };
     match error.downcast_ref::<LockError>() {

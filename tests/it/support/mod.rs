@@ -19,14 +19,14 @@ mod tools;
 use std::time::{Duration, Instant};
 
 pub use agent::{Agent, AgentOpts};
-pub use cli::{LiveRun, Run, cli, cli_with};
+pub use cli::{Cli, LiveRun, Run, cli, cli_with};
 pub use go::*;
 pub use http::{Connection, ProxiedRequest, Proxy, RawResponse, http, raw_exchange};
 pub use process::{KillOnDrop, process_alive, rss_kib, write_secret};
 pub use server::{EnrollKey, Server, ServerOpts};
 pub use sim::{SIM_SECRET, history, most_open_at_once, ms_between, queue_bulk, register_as, register_sim};
-pub use tools::tool;
 pub use snapshot::{Snapshot, assert_api_error, assert_refused, assert_unchanged};
+pub use tools::tool;
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_orange");
