@@ -45,8 +45,7 @@ const TOOLS: &[Tool] = &[
 pub fn cache_dir() -> Result<PathBuf, String> {
     if let Some(dir) = std::env::var_os(CACHE_ENV) {
         let dir = PathBuf::from(dir);
-        std::fs::create_dir_all(dir.join("bin"))
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir.join("bin")).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         return Ok(dir);
     }
     let system = PathBuf::from("/var/cache/orange-test");
@@ -55,8 +54,7 @@ pub fn cache_dir() -> Result<PathBuf, String> {
     }
     let home = std::env::var_os("HOME").ok_or("neither /var/cache/orange-test nor HOME is usable")?;
     let user = Path::new(&home).join(".cache/orange-test");
-    std::fs::create_dir_all(user.join("bin"))
-        .map_err(|e| format!("cannot create {}: {e}", user.display()))?;
+    std::fs::create_dir_all(user.join("bin")).map_err(|e| format!("cannot create {}: {e}", user.display()))?;
     Ok(user)
 }
 
@@ -146,7 +144,10 @@ fn apt(program: &str) -> Command {
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
 }
 
 fn run(command: &mut Command) -> Result<(), String> {
