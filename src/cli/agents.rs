@@ -175,7 +175,7 @@ fn execute(args: AgentsArgs) -> Result<Printed> {
     let Some(command) = args.command else {
         let labels = limits::parse_labels(&args.label, limits::MAX_LABELS)
             .map_err(|e| usage(format!("--label: {e}")))?;
-        let filter = AgentFilter { labels, online: args.online };
+        let filter = AgentFilter { labels, online: args.online, ..AgentFilter::default() };
         return list(&OperatorConfig::from_flags(flags)?, &filter, args.pending);
     };
     if args.online || args.pending || !args.label.is_empty() {
@@ -363,6 +363,7 @@ mod tests {
                 agent("w2", "pending", true),
                 agent("w3", "pending", false),
             ],
+            next: None,
         };
         let api = FakeApi::serve(vec![FakeApi::ok(&all), FakeApi::ok(&all)]);
         let printed =
@@ -393,7 +394,7 @@ mod tests {
         let mut db = agent("w2", "accepted", true);
         db.labels = [("role".to_owned(), "db".to_owned())].into();
         // A server that predates the filters answers every agent.
-        let all = AgentList { agents: vec![web.clone(), db, agent("w3", "accepted", false)] };
+        let all = AgentList { agents: vec![web.clone(), db, agent("w3", "accepted", false)], next: None };
         let api = FakeApi::serve(vec![FakeApi::ok(&all)]);
         let argv = [
             "--label",
@@ -416,8 +417,11 @@ mod tests {
 
     #[test]
     fn no_match_is_said_on_stderr_instead_of_a_bare_header() {
-        let none = AgentList { agents: vec![agent("w1", "accepted", true)] };
-        let api = FakeApi::serve(vec![FakeApi::ok(&none), FakeApi::ok(&AgentList { agents: Vec::new() })]);
+        let none = AgentList { agents: vec![agent("w1", "accepted", true)], next: None };
+        let api = FakeApi::serve(vec![
+            FakeApi::ok(&none),
+            FakeApi::ok(&AgentList { agents: Vec::new(), next: None }),
+        ]);
         let argv = ["--label", "role=nothing", "--server", &api.url, "--token-file", token_file()];
         let printed = execute(parse(&argv).unwrap()).unwrap();
         assert_eq!(printed, Printed { stdout: String::new(), stderr: "orange: no agents match\n".into() });
