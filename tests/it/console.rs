@@ -266,3 +266,56 @@ fn the_content_security_policy_is_sent_and_the_browser_enforces_it() {
     let overflow = phone.eval("return document.documentElement.scrollWidth <= window.innerWidth + 1");
     assert_eq!(overflow, serde_json::Value::Bool(true), "the page fits a phone's width");
 }
+
+/// Not a test but a measurement (BENCHMARKS.md): the fleet view of a console whose server knows
+/// 10,000 agents, each with host facts. Prints the time from navigation to the first page of
+/// agents on screen, the first contentful paint and the agents API call.
+/// `cargo test --release --test it -- --ignored console_fleet_paint --nocapture`
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn console_fleet_paint_with_ten_thousand_agents() {
+    const AGENTS: usize = 10_000;
+    let server = Server::start(ServerOpts::default());
+    let started = std::time::Instant::now();
+    std::thread::scope(|scope| {
+        for worker in 0..8 {
+            let server = &server;
+            scope.spawn(move || {
+                for i in (worker..AGENTS).step_by(8) {
+                    let app_id = format!("host-{i:05}");
+                    let client = AgentClient::new(&server.url, &app_id, "fleet-secret");
+                    let facts = HostFacts {
+                        hostname: Some(format!("{app_id}.example.net")),
+                        os_name: Some("Debian GNU/Linux".into()),
+                        os_version: Some("12".into()),
+                        kernel: Some("6.1.0-28-amd64".into()),
+                        arch: Some("x86_64".into()),
+                        ips: vec![format!("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256)],
+                        ..HostFacts::default()
+                    };
+                    let request = RegisterRequest {
+                        app_id: app_id.clone(),
+                        secret: "fleet-secret".into(),
+                        facts: Some(facts),
+                        ..Default::default()
+                    };
+                    client.register(&request, &Enrollment::Key(crate::support::BASE_SECRET.into())).expect("register");
+                }
+            });
+        }
+    });
+    println!("registered {AGENTS} agents in {:?}", started.elapsed());
+    let browser = signed_in(&server, 1280, 900);
+    for round in 0..3 {
+        browser.eval("location.reload(); return null;");
+        browser.wait_for("the fleet shown", "performance.getEntriesByName('orange:fleet-shown').length > 0");
+        let timing = browser.eval(
+            "const paint = performance.getEntriesByName('first-contentful-paint')[0]; \
+             const api = performance.getEntriesByType('resource').find(r => r.name.includes('/api/v1/agents')); \
+             return { shown: performance.getEntriesByName('orange:fleet-shown')[0].startTime, \
+                      paint: paint ? paint.startTime : null, api: api ? api.duration : null, \
+                      bytes: api ? api.transferSize : null, rows: document.querySelectorAll('#fleet-rows tr').length };",
+        );
+        println!("round {round}: {timing}");
+    }
+}

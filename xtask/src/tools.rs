@@ -34,6 +34,12 @@ const TOOLS: &[Tool] = &[
         what_for: "the unit files are checked with `systemd-analyze verify`",
         source: Source::Apt("systemd"),
     },
+    Tool { command: "chromium", what_for: "the web console is tested in a browser", source: Source::Apt("chromium") },
+    Tool {
+        command: "chromedriver",
+        what_for: "the browser is driven through WebDriver",
+        source: Source::Apt("chromium-driver"),
+    },
     Tool {
         command: "promtool",
         what_for: "the metrics exposition is checked with `promtool check metrics`",

@@ -255,6 +255,7 @@ async function viewFleet(root, _words, query, signal) {
       onclick: () => load(list.next).catch((e) => more.append(errorBox(e))) }, "Show more") : null);
   };
   await load(null);
+  performance.mark("orange:fleet-shown");
 }
 
 function agentRow(agent) {
@@ -444,8 +445,9 @@ function renderJob(root, job, groups, results) {
       progress(job), countChips(job.counts), h("div", { class: "actions" }, buttons)),
     h("h2", {}, "Outputs"),
     h("div", { id: "job-groups" }, groups.length ? groups.map((group) => h("div", { class: "group panel" },
-      h("h3", {}, badge(group.state), group.exit_code !== null && group.exit_code !== undefined ? `exit ${group.exit_code}` : null,
-        `${group.count} host${group.count === 1 ? "" : "s"}`),
+      h("h3", {}, badge(group.state),
+        group.exit_code !== null && group.exit_code !== undefined ? h("span", {}, `exit ${group.exit_code}`) : null,
+        h("span", {}, `${group.count} host${group.count === 1 ? "" : "s"}`)),
       h("div", { class: "chips" }, group.app_ids.map(hostLink)),
       group.stdout ? h("pre", { class: "stdout" }, shownText(group.stdout, group.stdout_encoding)) : null,
       group.stderr ? h("pre", { class: "stderr" }, shownText(group.stderr, group.stderr_encoding)) : null,
