@@ -10,8 +10,6 @@ use orange::cli::log_format::{ENV_LOG_FORMAT, LogFormat};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let format_env = std::env::var(ENV_LOG_FORMAT).ok();
-    init_logging(LogFormat::asked(&args, format_env.as_deref()));
     let role = args.first();
     if !matches!(role.map(String::as_str), Some("server" | "agent")) {
         orange::cli::quiet_broken_pipe();
@@ -20,6 +18,10 @@ fn main() -> ExitCode {
         orange::cli::argv::Parsed::Run(orange) => *orange,
         orange::cli::argv::Parsed::Exit { text, code } => return print_and_exit(&text, code),
     };
+    // Set up once the flags are parsed, so that a config file's log_format counts; parsing logs
+    // nothing.
+    let format_env = std::env::var(ENV_LOG_FORMAT).ok();
+    init_logging(LogFormat::chosen(orange.log_format(), format_env.as_deref()));
     let failure = orange::cli::failure_code(&orange);
     match orange::cli::run(orange) {
         Ok(code) => exit_code(code),

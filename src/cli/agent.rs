@@ -27,6 +27,11 @@ use crate::protocol::{Secret, read_secret_file};
 #[derive(FromArgs)]
 #[argh(subcommand, name = "agent")]
 pub struct AgentArgs {
+    /// TOML file of settings, one key per flag: its name without -- and with _ for -
+    /// (poll_window = 20, allow_shell = true, label = ["a=b"]); flags typed win over the file,
+    /// and the file over the environment
+    #[argh(option)]
+    pub config: Option<PathBuf>,
     /// log lines as text (default) or json, one object per line (else ORANGE_LOG_FORMAT)
     #[argh(option)]
     pub log_format: Option<String>,
@@ -254,6 +259,7 @@ mod tests {
 
     fn args(state: &Path) -> AgentArgs {
         AgentArgs {
+            config: None,
             log_format: None,
             server: Some("http://127.0.0.1:8890/".into()),
             appid: Some("w1".into()),

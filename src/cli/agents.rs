@@ -206,6 +206,7 @@ fn merge(own: OperatorFlags, outer: OperatorFlags) -> OperatorFlags {
         token: own.token.or(outer.token),
         token_file: own.token_file.or(outer.token_file),
         data: own.data.or(outer.data),
+        profile: own.profile.or(outer.profile),
         json: own.json || outer.json,
     }
 }

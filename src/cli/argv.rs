@@ -1,6 +1,6 @@
 //! The command line before and around argh: what every `orange` command accepts beyond argh's
 //! own syntax (`-h`, `-V`/`--version` anywhere, `--flag=value`), a "did you mean" for a
-//! mistyped subcommand or option, and the exit codes the parse ends with: 0 for help and the
+//! mistyped subcommand or option, the settings of a `--config FILE`, and the exit codes the parse ends with: 0 for help and the
 //! version, [`EXIT_USAGE`] for a usage error.
 
 use argh::FromArgs;
@@ -54,7 +54,10 @@ pub fn parse(args: &[String]) -> Parsed {
     }
     let words: Vec<&str> = args.iter().map(String::as_str).collect();
     match Orange::from_args(&["orange"], &words) {
-        Ok(orange) => Parsed::Run(Box::new(orange)),
+        Ok(orange) => match orange.config_file() {
+            None => Parsed::Run(Box::new(orange)),
+            Some(path) => with_config_file(&args, path),
+        },
         Err(exit) if exit.status.is_ok() => Parsed::Exit { text: exit.output, code: 0 },
         Err(exit) => {
             let path = command_path(&args, "");
@@ -63,6 +66,23 @@ pub fn parse(args: &[String]) -> Parsed {
             text.push_str(&format!("\nRun `{command} --help` for more information.\n"));
             Parsed::Exit { text, code: EXIT_USAGE }
         }
+    }
+}
+
+/// `args` parsed again with the settings of the config file `path` before the typed words; a
+/// bad file is a usage error naming it.
+fn with_config_file(args: &[String], path: &std::path::Path) -> Parsed {
+    let merged = match super::config_file::with_config_file(args, path) {
+        Ok(merged) => merged,
+        Err(e) => return Parsed::Exit { text: format!("orange: {e:#}\n"), code: EXIT_USAGE },
+    };
+    let words: Vec<&str> = merged.iter().map(String::as_str).collect();
+    match Orange::from_args(&["orange"], &words) {
+        Ok(orange) => Parsed::Run(Box::new(orange)),
+        Err(exit) => Parsed::Exit {
+            text: format!("orange: with config file {}: {}", path.display(), exit.output),
+            code: EXIT_USAGE,
+        },
     }
 }
 
@@ -130,7 +150,7 @@ fn command_path(args: &[String], word: &str) -> Vec<String> {
 }
 
 /// argh's help text of the command at `path`.
-fn help_text(path: &[String]) -> String {
+pub(crate) fn help_text(path: &[String]) -> String {
     let mut words: Vec<&str> = path.iter().map(String::as_str).collect();
     words.push("--help");
     match Orange::from_args(&["orange"], &words) {
@@ -164,7 +184,7 @@ fn section<'a>(help: &'a str, title: &str) -> impl Iterator<Item = &'a str> {
 
 /// The candidate closest to `word`, if it is close: at most 2 edits, and fewer than the word's
 /// length.
-fn closest(word: &str, candidates: &[String]) -> Option<String> {
+pub(crate) fn closest(word: &str, candidates: &[String]) -> Option<String> {
     candidates
         .iter()
         .map(|candidate| (strsim::damerau_levenshtein(word, candidate), candidate))

@@ -63,7 +63,8 @@ impl FakeApi {
     /// An admin client for this server.
     pub fn client(&self) -> Api {
         let token: AdminToken = "t".parse().expect("token");
-        OperatorConfig { server: self.url.clone(), token, json: false }.api(Duration::from_secs(5))
+        OperatorConfig { server: self.url.clone(), token, tls: Default::default(), json: false }
+            .api(Duration::from_secs(5))
     }
 
     /// The requests read so far, in order.

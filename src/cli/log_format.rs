@@ -1,7 +1,6 @@
 //! How `orange server` and `orange agent` write their log lines: `text` (the default: readable,
 //! in colour on a terminal) or `json` (one JSON object per event and line, for log shippers),
-//! from `--log-format` or else `ORANGE_LOG_FORMAT`. The binary sets logging up before it parses
-//! its flags, so the flag is also read here straight from argv.
+//! from `--log-format` (typed or from a config file) or else `ORANGE_LOG_FORMAT`.
 
 /// Environment variable naming the log format when `--log-format` is not given.
 pub const ENV_LOG_FORMAT: &str = "ORANGE_LOG_FORMAT";
@@ -39,7 +38,13 @@ impl LogFormat {
                 arg.strip_prefix(FLAG).and_then(|rest| rest.strip_prefix('='))
             }
         });
-        from_flag.or(env_value).and_then(|text| LogFormat::parse(text).ok()).unwrap_or_default()
+        LogFormat::chosen(from_flag, env_value)
+    }
+
+    /// The format the flag's value `flag` (typed, or from a config file) and `env_value` ask
+    /// for; the flag wins, and a value that does not parse gives the default.
+    pub fn chosen(flag: Option<&str>, env_value: Option<&str>) -> LogFormat {
+        flag.or(env_value).and_then(|text| LogFormat::parse(text).ok()).unwrap_or_default()
     }
 }
 

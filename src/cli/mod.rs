@@ -3,7 +3,8 @@
 //!
 //! Files depend downwards in this order: `mod`, `server`, `backup`, `agent`, `token`, `audit`,
 //! `agents`, `cp`, `job`, `job_run`, `job_args`, `task`, `run`, `interrupt`, `cancel`, `follow`, `wait`,
-//! `fake_api` (tests), `job_print`, `output`, `flags`, `operator`, `log_format`, `local_file`, `argv`.
+//! `fake_api` (tests), `job_print`, `output`, `flags`, `operator`, `profiles`, `log_format`, `local_file`,
+//! `config_file`, `argv`.
 
 pub mod agent;
 pub mod agents;
@@ -11,6 +12,7 @@ pub mod argv;
 pub mod audit;
 pub mod backup;
 pub mod cancel;
+pub mod config_file;
 pub mod cp;
 #[cfg(test)]
 mod fake_api;
@@ -25,6 +27,7 @@ pub mod local_file;
 pub mod log_format;
 pub mod operator;
 pub mod output;
+pub mod profiles;
 pub mod run;
 pub mod server;
 pub mod task;
@@ -63,6 +66,27 @@ pub struct Orange {
     /// what to do
     #[argh(subcommand)]
     pub command: Option<Command>,
+}
+
+impl Orange {
+    /// The `--config FILE` given to `orange server` or `orange agent`, if any.
+    pub fn config_file(&self) -> Option<&std::path::Path> {
+        match &self.command {
+            Some(Command::Server(args)) => args.config.as_deref(),
+            Some(Command::Agent(args)) => args.config.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The `--log-format` given to `orange server` or `orange agent` (typed or from its config
+    /// file), if any.
+    pub fn log_format(&self) -> Option<&str> {
+        match &self.command {
+            Some(Command::Server(args)) => args.log_format.as_deref(),
+            Some(Command::Agent(args)) => args.log_format.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 /// The subcommands.
@@ -118,8 +142,11 @@ pub fn run(orange: Orange) -> Result<i32> {
         None => bail!("no command given; try `orange --help`"),
         Some(Command::Server(args)) => server::run(args),
         Some(Command::Agent(args)) => {
-            log_format::check_flag(args.log_format.as_deref())?;
-            crate::agent::run_blocking(agent::agent_config(args)?)?;
+            let file = args.config.clone();
+            let checked =
+                log_format::check_flag(args.log_format.as_deref()).and_then(|()| agent::agent_config(args));
+            let config = config_file::noting_file(checked, file.as_deref())?;
+            crate::agent::run_blocking(config)?;
             Ok(0)
         }
         Some(Command::Task(args)) => task::run(args),

@@ -1,6 +1,7 @@
 //! The connection options every operator command takes (`--server`, `--token-file`, `--data`,
-//! `--json`; `--token` only to refuse it), resolved once into an [`OperatorConfig`], and [`Api`],
-//! the admin client that turns failures into messages naming the server.
+//! `--profile`, `--json`; `--token` only to refuse it), resolved once with the environment and
+//! the chosen profile into an [`OperatorConfig`], and [`Api`], the admin client that turns
+//! failures into messages naming the server.
 //!
 //! argh cannot flatten one struct of options into another, so each operator command declares its
 //! struct with [`operator_args!`], which adds the connection flags, and hands them over with
@@ -14,6 +15,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::profiles::{Profile, chosen_profile};
 use crate::client::{AdminClient, ClientError, TlsSettings};
 use crate::protocol::read_secret_file;
 
@@ -23,6 +25,10 @@ pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8890";
 pub const ENV_SERVER: &str = "ORANGE_SERVER";
 /// Environment variable holding the admin token.
 pub const ENV_TOKEN: &str = "ORANGE_TOKEN";
+/// Environment variable naming the CA file that signed the server's certificate.
+pub const ENV_CA_FILE: &str = "ORANGE_CA_FILE";
+/// Environment variable that, at `1` or `true`, turns off the check of the server's certificate.
+pub const ENV_INSECURE: &str = "ORANGE_INSECURE";
 /// File in the server's data directory that holds the admin token.
 pub const TOKEN_FILE: &str = "admin.token";
 
@@ -99,6 +105,10 @@ macro_rules! operator_args {
             /// the server's data directory; its admin.token is used when neither --token-file nor ORANGE_TOKEN is set
             #[argh(option)]
             pub data: Option<::std::path::PathBuf>,
+            /// connection settings to use from ~/.config/orange/config.toml (default: ORANGE_PROFILE,
+            /// else its default_profile); flags and the environment win over it
+            #[argh(option)]
+            pub profile: Option<String>,
             $(#[$json_meta])*
             #[argh(switch)]
             pub json: bool,
@@ -116,6 +126,7 @@ macro_rules! operator_flags {
             token: $args.token,
             token_file: $args.token_file,
             data: $args.data,
+            profile: $args.profile,
             json: $args.json,
         }
     };
@@ -133,6 +144,8 @@ pub struct OperatorFlags {
     pub token_file: Option<PathBuf>,
     /// `--data DIR`: the server's data directory, whose `admin.token` is read.
     pub data: Option<PathBuf>,
+    /// `--profile NAME`: the profile of the CLI's config file to use.
+    pub profile: Option<String>,
     /// `--json`.
     pub json: bool,
 }
@@ -144,6 +157,8 @@ pub struct OperatorConfig {
     pub server: String,
     /// Admin bearer token.
     pub token: AdminToken,
+    /// How the server's certificate is checked.
+    pub tls: TlsOptions,
     /// Print JSON with the admin API's field names instead of text.
     pub json: bool,
 }
@@ -154,55 +169,88 @@ impl OperatorConfig {
         Self::resolve(flags, |name| std::env::var(name).ok())
     }
 
-    /// Resolves `flags`, reading variables through `env`: the server is `--server`, else
-    /// `ORANGE_SERVER`, else [`DEFAULT_SERVER`]; the token is `--token-file`'s, else
-    /// `ORANGE_TOKEN`, else `--data DIR`'s `admin.token`. Empty variables count as unset;
-    /// `--token T` is refused.
+    /// Resolves `flags`, reading variables through `env`, and the profile they or the
+    /// environment choose (see [`chosen_profile`]): the server is `--server`, else
+    /// `ORANGE_SERVER`, else the profile's, else [`DEFAULT_SERVER`]; the token is
+    /// `--token-file`'s, else `ORANGE_TOKEN`, else `--data DIR`'s `admin.token`, else the
+    /// profile's `token_file`; the CA file is `ORANGE_CA_FILE`, else the profile's. Empty
+    /// variables count as unset; `--token T` is refused.
     pub fn resolve(flags: OperatorFlags, env: impl Fn(&str) -> Option<String>) -> Result<Self> {
         let env = |name: &str| env(name).filter(|value| !value.trim().is_empty());
-        let server = flags.server.or_else(|| env(ENV_SERVER)).unwrap_or_else(|| DEFAULT_SERVER.to_owned());
         if flags.token.is_some() {
             bail!(
                 "--token on the command line is visible to every user in ps; use --token-file FILE or \
                  {ENV_TOKEN}"
             );
         }
+        let profile = chosen_profile(flags.profile.as_deref(), &env)?.unwrap_or_default();
+        let server = flags
+            .server
+            .or_else(|| env(ENV_SERVER))
+            .or_else(|| profile.server.clone())
+            .unwrap_or_else(|| DEFAULT_SERVER.to_owned());
         let token = match (flags.token_file, env(ENV_TOKEN)) {
             (Some(path), _) => {
                 read_secret_file(&path).context("--token-file")?.parse().map_err(anyhow::Error::msg)?
             }
             (None, Some(text)) => text.parse().map_err(anyhow::Error::msg)?,
-            (None, None) => token_from_data(flags.data.as_deref())?,
+            (None, None) => token_from_data_or_profile(flags.data.as_deref(), &profile)?,
         };
-        Ok(OperatorConfig { server: check_server(&server)?, token, json: flags.json })
+        let tls = TlsOptions::resolve(&env, &profile);
+        Ok(OperatorConfig { server: check_server(&server)?, token, tls, json: flags.json })
     }
 
     /// An admin API client whose calls time out after `timeout`.
     pub fn api(&self, timeout: Duration) -> Api {
         Api {
-            client: AdminClient::with_tls(&self.server, self.token.expose(), timeout, tls_from_env()),
+            client: AdminClient::with_tls(
+                &self.server,
+                self.token.expose(),
+                timeout,
+                TlsSettings::new(self.tls.ca_file.as_deref(), self.tls.insecure),
+            ),
             server: self.server.clone(),
         }
     }
 }
 
-/// TLS settings from the environment: `ORANGE_CA_FILE` and `ORANGE_INSECURE=1`.
-fn tls_from_env() -> Result<TlsSettings, String> {
-    let ca_file = std::env::var_os("ORANGE_CA_FILE").filter(|v| !v.is_empty()).map(PathBuf::from);
-    let insecure = std::env::var("ORANGE_INSECURE").is_ok_and(|v| v == "1" || v == "true");
-    TlsSettings::new(ca_file.as_deref(), insecure)
+/// How an operator command checks the server's certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// PEM file of the CA that signed the server's certificate (default: the system roots).
+    pub ca_file: Option<PathBuf>,
+    /// Do not check the server's certificate.
+    pub insecure: bool,
 }
 
-/// Reads the token from the server's data directory, or says how to give one.
-fn token_from_data(data: Option<&Path>) -> Result<AdminToken> {
-    let Some(dir) = data else {
+impl TlsOptions {
+    /// `ORANGE_CA_FILE`, else the profile's `ca_file`; `ORANGE_INSECURE` (`1` or `true`), else
+    /// the profile's `insecure`.
+    fn resolve(env: &dyn Fn(&str) -> Option<String>, profile: &Profile) -> Self {
+        TlsOptions {
+            ca_file: env(ENV_CA_FILE).map(PathBuf::from).or_else(|| profile.ca_file.clone()),
+            insecure: match env(ENV_INSECURE) {
+                Some(value) => value == "1" || value == "true",
+                None => profile.insecure.unwrap_or(false),
+            },
+        }
+    }
+}
+
+/// Reads the token from the server's data directory, else from the profile's `token_file`, or
+/// says how to give one.
+fn token_from_data_or_profile(data: Option<&Path>, profile: &Profile) -> Result<AdminToken> {
+    if let Some(dir) = data {
+        return Ok(AdminToken(read_secret_file(&dir.join(TOKEN_FILE))?));
+    }
+    let Some(path) = &profile.token_file else {
         bail!(
-            "no admin token: pass --token-file FILE, set {ENV_TOKEN}, or pass --data DIR to read the \
-             server's DIR/{TOKEN_FILE}"
+            "no admin token: pass --token-file FILE, set {ENV_TOKEN}, pass --data DIR to read the \
+             server's DIR/{TOKEN_FILE}, or choose a profile with a token_file (--profile NAME)"
         );
     };
-    let text = read_secret_file(&dir.join(TOKEN_FILE))?;
-    Ok(AdminToken(text))
+    let text = read_secret_file(path).with_context(|| format!("token_file of profile {:?}", profile.name))?;
+    text.parse().map_err(anyhow::Error::msg)
 }
 
 /// Accepts `http://` and `https://` URLs with a host, dropping trailing slashes.
@@ -211,7 +259,9 @@ fn check_server(url: &str) -> Result<String> {
     let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
     match rest {
         Some(host) if !host.is_empty() => Ok(url.to_owned()),
-        _ => bail!("server {url:?} is not a URL like {DEFAULT_SERVER} (from --server or {ENV_SERVER})"),
+        _ => bail!(
+            "server {url:?} is not a URL like {DEFAULT_SERVER} (from --server, {ENV_SERVER} or the profile)"
+        ),
     }
 }
 
@@ -338,6 +388,7 @@ pub(super) mod tests {
             token: None,
             token_file: token_file_with(&dir, "from-flag\n"),
             data: Some(dir.path().into()),
+            profile: None,
             json: true,
         };
         let config = OperatorConfig::resolve(flags.clone(), &env).unwrap();
@@ -370,8 +421,8 @@ pub(super) mod tests {
         let error = OperatorConfig::resolve(OperatorFlags::default(), env_of(&[])).unwrap_err().to_string();
         assert_eq!(
             error,
-            "no admin token: pass --token-file FILE, set ORANGE_TOKEN, or pass --data DIR to read the \
-             server's DIR/admin.token"
+            "no admin token: pass --token-file FILE, set ORANGE_TOKEN, pass --data DIR to read the \
+             server's DIR/admin.token, or choose a profile with a token_file (--profile NAME)"
         );
     }
 
@@ -407,8 +458,12 @@ pub(super) mod tests {
 
     #[test]
     fn the_token_does_not_reach_debug_output() {
-        let config =
-            OperatorConfig { server: DEFAULT_SERVER.into(), token: AdminToken("s3cret".into()), json: false };
+        let config = OperatorConfig {
+            server: DEFAULT_SERVER.into(),
+            token: AdminToken("s3cret".into()),
+            tls: TlsOptions::default(),
+            json: false,
+        };
         let debug = format!("{config:?}");
         assert!(!debug.contains("s3cret") && debug.contains("***"), "{debug}");
     }
@@ -439,7 +494,12 @@ pub(super) mod tests {
     }
 
     pub(crate) fn api_for(server: &str) -> Api {
-        let config = OperatorConfig { server: server.into(), token: AdminToken("t".into()), json: false };
+        let config = OperatorConfig {
+            server: server.into(),
+            token: AdminToken("t".into()),
+            tls: TlsOptions::default(),
+            json: false,
+        };
         config.api(Duration::from_secs(5))
     }
 

@@ -29,6 +29,11 @@ use crate::server::{ServerConfig, ServerOptions};
     error_code(1, "another orange server holds the data directory (one line names it and its pid)")
 )]
 pub struct ServerArgs {
+    /// TOML file of settings, one key per flag: its name without -- and with _ for -
+    /// (poll_window = 20, allow_shell = true, label = ["a=b"]); flags typed win over the file,
+    /// and the file over the environment
+    #[argh(option)]
+    pub config: Option<PathBuf>,
     /// log lines as text (default) or json, one object per line (else ORANGE_LOG_FORMAT)
     #[argh(option)]
     pub log_format: Option<String>,
@@ -141,8 +146,11 @@ pub fn run(mut args: ServerArgs) -> Result<i32> {
     if let Some(action) = args.action.take() {
         return super::backup::run(action);
     }
-    super::log_format::check_flag(args.log_format.as_deref())?;
-    let Err(error) = crate::server::run_blocking(server_config(args)?) else { return Ok(0) };
+    let file = args.config.clone();
+    let checked =
+        super::log_format::check_flag(args.log_format.as_deref()).and_then(|()| server_config(args));
+    let config = super::config_file::noting_file(checked, file.as_deref())?;
+    let Err(error) = crate::server::run_blocking(config) else { return Ok(0) };
     match error.downcast_ref::<LockError>() {
         Some(in_use @ LockError::InUse { .. }) => {
             eprintln!("orange: {in_use}");

@@ -11,6 +11,7 @@ mod bytes;
 mod cli_conventions;
 mod command_words;
 mod compaction;
+mod config_files;
 mod console;
 mod copy;
 mod crash_random;

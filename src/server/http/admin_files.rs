@@ -53,13 +53,32 @@ async fn upload(
                 return Err(ApiFailure(StatusCode::BAD_REQUEST, format!("upload body failed: {e}")));
             }
         };
-        files.push(&mut upload, &bytes)?;
+        if let Err(refused) = files.push(&mut upload, &bytes) {
+            // Read what the client still sends (up to a bound), so that it gets to read the
+            // refusal instead of failing its write on a closed connection.
+            discard_rest(&mut body, REFUSED_BODY_DRAIN).await;
+            return Err(refused.into());
+        }
     }
     let uploaded = files.finish(upload).await?;
     let detail = format!("{} bytes, sha256 {}", uploaded.size, uploaded.sha256);
     app.audit().record(&actor(peer), "file.upload", &uploaded.file_id, &detail)?;
     info!(file = %uploaded.file_id, size = uploaded.size, "file uploaded");
     Ok((StatusCode::CREATED, Json(uploaded)))
+}
+
+/// Most bytes of a refused upload read and thrown away before the refusal is answered.
+const REFUSED_BODY_DRAIN: u64 = 64 * 1024 * 1024;
+
+/// Reads and drops the rest of `body`, at most `most` bytes or until it fails.
+async fn discard_rest(body: &mut Body, most: u64) {
+    let mut read = 0u64;
+    while read < most {
+        match std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
+            Some(Ok(frame)) => read += frame.data_ref().map_or(0, |d| d.len() as u64),
+            _ => return,
+        }
+    }
 }
 
 /// Query of a download page.

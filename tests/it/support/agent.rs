@@ -31,6 +31,11 @@ pub struct AgentOpts {
     pub server_url: Option<String>,
     /// Further flags, passed as given (e.g. `--allow-write-root DIR`).
     pub extra_args: Vec<String>,
+    /// `--config FILE` instead of `--server`, `--appid` and `--state`, which the file then gives
+    /// (its app id the one the agent is started with); the other options still add their flags.
+    pub config: Option<PathBuf>,
+    /// Environment variables set for it, after the harness's own.
+    pub env: Vec<(String, String)>,
 }
 
 /// A running `orange agent` with its own state directory.
@@ -81,13 +86,17 @@ impl Agent {
     fn spawn(&mut self) {
         self.starts += 1;
         let mut cmd = Command::new(BIN);
-        cmd.arg("agent")
-            .arg("--server")
-            .arg(&self.server_url)
-            .arg("--appid")
-            .arg(&self.app_id)
-            .arg("--state")
-            .arg(self.state.path());
+        cmd.arg("agent");
+        match &self.opts.config {
+            Some(file) => cmd.arg("--config").arg(file),
+            None => cmd
+                .arg("--server")
+                .arg(&self.server_url)
+                .arg("--appid")
+                .arg(&self.app_id)
+                .arg("--state")
+                .arg(self.state.path()),
+        };
         if self.opts.allow_shell {
             cmd.arg("--allow-shell");
         }
@@ -107,6 +116,7 @@ impl Agent {
         clean_env(&mut cmd);
         // Harness servers run with `--enroll-key orange-forge` unless told otherwise.
         cmd.env("ORANGE_ENROLL_KEY", BASE_SECRET);
+        cmd.envs(self.opts.env.iter().map(|(name, value)| (name, value)));
         self.command = show_command(&cmd);
         let log = log_file(&self.log_path(), &format!("start #{}: {}", self.starts, self.command));
         let out = log.try_clone().expect("clone log file");

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 pub use agent::{Agent, AgentOpts};
 pub use browser::Browser;
-pub use cli::{LiveRun, Run, cli, cli_with};
+pub use cli::{Cli, LiveRun, Run, cli, cli_with};
 pub use go::*;
 pub use http::{Connection, ProxiedRequest, Proxy, RawResponse, http, raw_exchange};
 pub use process::{KillOnDrop, process_alive, rss_kib, write_secret};

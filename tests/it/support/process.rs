@@ -21,6 +21,7 @@ const ORANGE_ENV: &[&str] = &[
     "ORANGE_ENROLL_TOKEN",
     "ORANGE_CA_FILE",
     "ORANGE_INSECURE",
+    "ORANGE_PROFILE",
     "ORANGE_LOG",
     "RUST_LOG",
 ];

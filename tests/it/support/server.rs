@@ -66,6 +66,10 @@ pub struct ServerOpts {
     pub compact_at_mb: Option<u64>,
     /// Further flags, passed as given (e.g. `--max-inflight 1`).
     pub extra_args: Vec<String>,
+    /// `--config FILE` instead of `--data` and `--listen`, which the file then gives (the data
+    /// directory set here too, for the harness to find the admin token in); the other options
+    /// still add their flags.
+    pub config: Option<PathBuf>,
     /// Environment variables set for it (e.g. `RUST_LOG`), after the harness cleared orange's.
     pub env: Vec<(String, String)>,
     /// A listening socket the test holds, handed to every start as systemd's socket activation
@@ -183,7 +187,11 @@ impl Server {
         let mut cmd = match &self.opts.listen_socket {
             None => {
                 let mut cmd = Command::new(BIN);
-                cmd.arg("server").arg("--data").arg(&self.data_dir).arg("--listen").arg(listen);
+                cmd.arg("server");
+                match &self.opts.config {
+                    Some(file) => cmd.arg("--config").arg(file),
+                    None => cmd.arg("--data").arg(&self.data_dir).arg("--listen").arg(listen),
+                };
                 cmd
             }
             Some(socket) => socket_activated(socket, &self.data_dir),
