@@ -15,7 +15,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use argh::FromArgs;
+use argh::{ArgsInfo, FromArgs};
 
 use crate::agent::AgentConfig;
 use crate::agent::executor::SECRET_ENV;
@@ -24,7 +24,7 @@ use crate::protocol::limits::{self, MAX_LABELS};
 use crate::protocol::{Secret, read_secret_file};
 
 /// Run an agent: register with the server, poll for tasks, run them and report.
-#[derive(FromArgs)]
+#[derive(FromArgs, ArgsInfo)]
 #[argh(subcommand, name = "agent")]
 pub struct AgentArgs {
     /// log lines as text (default) or json, one object per line (else ORANGE_LOG_FORMAT)

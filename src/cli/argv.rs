@@ -130,7 +130,7 @@ fn command_path(args: &[String], word: &str) -> Vec<String> {
 }
 
 /// argh's help text of the command at `path`.
-fn help_text(path: &[String]) -> String {
+pub(crate) fn help_text(path: &[String]) -> String {
     let mut words: Vec<&str> = path.iter().map(String::as_str).collect();
     words.push("--help");
     match Orange::from_args(&["orange"], &words) {
@@ -140,7 +140,7 @@ fn help_text(path: &[String]) -> String {
 }
 
 /// The subcommand names a help text lists under "Commands:".
-fn subcommands(help: &str) -> Vec<String> {
+pub(crate) fn subcommands(help: &str) -> Vec<String> {
     section(help, "Commands:")
         .filter_map(|line| line.strip_prefix("  ").filter(|rest| !rest.starts_with(' ')))
         .filter_map(|rest| rest.split_whitespace().next())

@@ -66,7 +66,7 @@ impl std::fmt::Debug for AdminToken {
 /// ```ignore
 /// operator_args! {
 ///     /// List tasks, newest first.
-///     #[derive(FromArgs, Debug)]
+///     #[derive(FromArgs, ArgsInfo, Debug)]
 ///     #[argh(subcommand, name = "list")]
 ///     pub struct ListArgs {
 ///         /// most tasks to show
