@@ -5,10 +5,12 @@
 //! - [`server`]: `orange server`: HTTP endpoints, dispatch of long polls, the sled store.
 //! - [`agent`]: `orange agent`: the blocking poll loop and the executors that run tasks.
 //! - [`client`]: the blocking HTTP client used by the agent and the operator CLI.
+//! - [`proxy`]: which HTTP proxy, if any, the client reaches a server through.
 //! - [`cli`]: command-line parsing and the operator commands (`orange task ...`, `orange agents`).
 
 pub mod agent;
 pub mod cli;
 pub mod client;
 pub mod protocol;
+pub mod proxy;
 pub mod server;

@@ -20,6 +20,7 @@ use argh::{ArgsInfo, FromArgs};
 use crate::agent::AgentConfig;
 use crate::agent::executor::SECRET_ENV;
 use crate::client::{EnrollToken, Enrollment, TlsSettings};
+use crate::proxy::{ProxySettings, ProxyUrl};
 use crate::protocol::limits::{self, MAX_LABELS};
 use crate::protocol::{Secret, read_secret_file};
 
@@ -56,6 +57,11 @@ pub struct AgentArgs {
     /// do not verify the server's certificate (warns on every start)
     #[argh(switch)]
     pub insecure: bool,
+    /// HTTP proxy to reach the server through, http://[user:password@]host:port, or `none`
+    /// (default: ORANGE_PROXY, else HTTPS_PROXY or HTTP_PROXY as curl reads them; NO_PROXY
+    /// applies)
+    #[argh(option)]
+    pub proxy: Option<String>,
     /// allow `shell` tasks (command lines run with sh -c)
     #[argh(switch)]
     pub allow_shell: bool,
@@ -180,9 +186,11 @@ pub fn agent_config_with_env(args: AgentArgs, env: Env) -> Result<AgentConfig> {
     };
     let labels =
         limits::parse_labels(&args.label, MAX_LABELS).map_err(|e| anyhow::anyhow!("--label: {e}"))?;
+    let proxy = proxy_for(&server, args.proxy.as_deref(), env)?;
     let mut builder = AgentConfig::builder(server)
         .enrollment(enrollment(args.enroll_key_file.as_deref(), args.enroll_token_file.as_deref(), env)?)
         .tls(TlsSettings::new(args.ca_file.as_deref(), args.insecure).map_err(anyhow::Error::msg)?)
+        .proxy(proxy)
         .allow_shell(args.allow_shell)
         .allowed_users(args.allow_user)
         .labels(labels)
@@ -206,6 +214,12 @@ pub fn agent_config_with_env(args: AgentArgs, env: Env) -> Result<AgentConfig> {
         builder = builder.secret(secret);
     }
     builder.build()
+}
+
+/// The proxy to reach `server` through: `--proxy`, else the environment (see [`crate::proxy`]).
+fn proxy_for(server: &str, flag: Option<&str>, env: Env) -> Result<Option<ProxyUrl>> {
+    let settings = ProxySettings::from_lookup(flag, env).map_err(anyhow::Error::msg)?;
+    settings.for_server(server).map_err(anyhow::Error::msg)
 }
 
 /// The agent's secret: `--secret-file`, else `ORANGE_SECRET`, else none (the agent keeps one in
@@ -270,6 +284,7 @@ mod tests {
             allow_read_root: vec![],
             label: vec![],
             max_tasks: 4,
+            proxy: None,
         }
     }
 

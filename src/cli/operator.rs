@@ -15,6 +15,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::client::{AdminClient, ClientError, TlsSettings};
+use crate::proxy::{ProxySettings, ProxyUrl};
 use crate::protocol::read_secret_file;
 
 /// Server URL used when neither `--server` nor `ORANGE_SERVER` is set.
@@ -180,9 +181,18 @@ impl OperatorConfig {
     /// An admin API client whose calls time out after `timeout`.
     pub fn api(&self, timeout: Duration) -> Api {
         Api {
-            client: AdminClient::with_tls(&self.server, self.token.expose(), timeout, tls_from_env()),
+            client: AdminClient::through(&self.server, self.token.expose(), timeout, self.route()),
             server: self.server.clone(),
         }
+    }
+}
+
+impl OperatorConfig {
+    /// TLS settings and the proxy to the server, from the environment: `ORANGE_CA_FILE`,
+    /// `ORANGE_INSECURE=1`, and `ORANGE_PROXY` else the variables curl reads.
+    fn route(&self) -> Result<(TlsSettings, Option<ProxyUrl>), String> {
+        let proxy = ProxySettings::from_env(None)?.for_server(&self.server)?;
+        Ok((tls_from_env()?, proxy))
     }
 }
 
