@@ -100,18 +100,19 @@ pub struct ProxySettings {
     http: Option<(String, &'static str)>,
     /// The first set of `all_proxy`, `ALL_PROXY`, with its name.
     all: Option<(String, &'static str)>,
-    /// The hosts reached directly.
-    no_proxy: NoProxy,
+    /// `no_proxy` or `NO_PROXY`, with its name: the hosts reached directly, parsed only when
+    /// a proxy is in use (so that a list orange cannot read harms nobody who uses none).
+    no_proxy: Option<(String, &'static str)>,
 }
 
 impl ProxySettings {
     /// The settings from `flag` (the agent's `--proxy`) and the process environment.
-    pub fn from_env(flag: Option<&str>) -> Result<ProxySettings, String> {
+    pub fn from_env(flag: Option<&str>) -> ProxySettings {
         ProxySettings::from_lookup(flag, &|name| std::env::var(name).ok())
     }
 
     /// The settings from `flag` and the variables `lookup` finds (empty ones count as unset).
-    pub fn from_lookup(flag: Option<&str>, lookup: &dyn Fn(&str) -> Option<String>) -> Result<ProxySettings, String> {
+    pub fn from_lookup(flag: Option<&str>, lookup: &dyn Fn(&str) -> Option<String>) -> ProxySettings {
         let first = |names: &[&'static str]| {
             names.iter().copied().find_map(|name| {
                 lookup(name).map(|value| value.trim().to_owned()).filter(|value| !value.is_empty()).map(|v| (v, name))
@@ -121,17 +122,13 @@ impl ProxySettings {
             Some(value) => Some((value.to_owned(), "--proxy")),
             None => first(&[ENV_PROXY]),
         };
-        let no_proxy = match first(&["no_proxy", "NO_PROXY"]) {
-            Some((value, name)) => NoProxy::parse(&value).map_err(|e| format!("{name}: {e}"))?,
-            None => NoProxy::default(),
-        };
-        Ok(ProxySettings {
+        ProxySettings {
             explicit,
             https: first(&["https_proxy", "HTTPS_PROXY"]),
             http: first(&["http_proxy", "HTTP_PROXY"]),
             all: first(&["all_proxy", "ALL_PROXY"]),
-            no_proxy,
-        })
+            no_proxy: first(&["no_proxy", "NO_PROXY"]),
+        }
     }
 
     /// The proxy to reach `server` (an `http://` or `https://` URL) through, or `None` to
@@ -149,7 +146,11 @@ impl ProxySettings {
         let proxy = ProxyUrl::parse(value, origin)?;
         let host = uri.host().unwrap_or_default();
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        Ok(if self.no_proxy.matches(host, port) { None } else { Some(proxy) })
+        let no_proxy = match &self.no_proxy {
+            Some((list, name)) => NoProxy::parse(list).map_err(|e| format!("{name}: {e}"))?,
+            None => NoProxy::default(),
+        };
+        Ok(if no_proxy.matches(host, port) { None } else { Some(proxy) })
     }
 }
 
@@ -268,7 +269,6 @@ mod tests {
     fn settings(flag: Option<&str>, vars: &[(&str, &str)]) -> ProxySettings {
         let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         ProxySettings::from_lookup(flag, &|name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
-            .expect("settings")
     }
 
     fn chosen(settings: &ProxySettings, server: &str) -> Option<String> {
@@ -294,6 +294,14 @@ mod tests {
         assert_eq!(chosen(&settings(Some("http://flag:3"), &env), "https://s"), Some("http://flag:3".into()));
         assert_eq!(chosen(&settings(None, &env), "https://s"), Some("http://orange:2".into()));
         assert_eq!(chosen(&settings(Some("none"), &env), "https://s"), None);
+    }
+
+    #[test]
+    fn a_bad_no_proxy_list_matters_only_when_a_proxy_is_in_use() {
+        let unused = settings(None, &[("NO_PROXY", "<local>")]);
+        assert_eq!(chosen(&unused, "http://s"), None);
+        let used = settings(None, &[("NO_PROXY", "<local>"), ("HTTP_PROXY", "http://p:1")]);
+        assert!(used.for_server("http://s").unwrap_err().contains("NO_PROXY"));
     }
 
     #[test]

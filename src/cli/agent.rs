@@ -20,7 +20,7 @@ use argh::{ArgsInfo, FromArgs};
 use crate::agent::AgentConfig;
 use crate::agent::executor::SECRET_ENV;
 use crate::client::{EnrollToken, Enrollment, TlsSettings};
-use crate::proxy::{ProxySettings, ProxyUrl};
+use crate::proxy::{ENV_PROXY, ProxySettings, ProxyUrl};
 use crate::protocol::limits::{self, MAX_LABELS};
 use crate::protocol::{Secret, read_secret_file};
 
@@ -57,9 +57,9 @@ pub struct AgentArgs {
     /// do not verify the server's certificate (warns on every start)
     #[argh(switch)]
     pub insecure: bool,
-    /// HTTP proxy to reach the server through, http://[user:password@]host:port, or `none`
-    /// (default: ORANGE_PROXY, else HTTPS_PROXY or HTTP_PROXY as curl reads them; NO_PROXY
-    /// applies)
+    /// HTTP proxy to reach the server through, http://host:port, or `none` (default:
+    /// ORANGE_PROXY, else HTTPS_PROXY or HTTP_PROXY as curl reads them; NO_PROXY applies); a
+    /// proxy password goes in one of those variables, not here
     #[argh(option)]
     pub proxy: Option<String>,
     /// allow `shell` tasks (command lines run with sh -c)
@@ -217,9 +217,18 @@ pub fn agent_config_with_env(args: AgentArgs, env: Env) -> Result<AgentConfig> {
 }
 
 /// The proxy to reach `server` through: `--proxy`, else the environment (see [`crate::proxy`]).
+/// A password in `--proxy` is refused: `ps` shows argv to every user.
 fn proxy_for(server: &str, flag: Option<&str>, env: Env) -> Result<Option<ProxyUrl>> {
-    let settings = ProxySettings::from_lookup(flag, env).map_err(anyhow::Error::msg)?;
-    settings.for_server(server).map_err(anyhow::Error::msg)
+    if let Some(flag) = flag {
+        let proxy = ProxyUrl::parse(flag, "--proxy").map_err(anyhow::Error::msg)?;
+        if proxy.to_ureq().password().is_some() {
+            bail!(
+                "--proxy {proxy}: a password on the command line is visible to every user (ps); \
+                 give the URL with its credentials in {ENV_PROXY} or HTTPS_PROXY instead"
+            );
+        }
+    }
+    ProxySettings::from_lookup(flag, env).for_server(server).map_err(anyhow::Error::msg)
 }
 
 /// The agent's secret: `--secret-file`, else `ORANGE_SECRET`, else none (the agent keeps one in

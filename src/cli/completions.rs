@@ -63,7 +63,7 @@ pub fn script(shell: Shell) -> String {
     match shell {
         Shell::Bash => bash_script(&tree),
         Shell::Zsh => argh_complete::zsh::Zsh::generate(PROGRAM, &tree),
-        Shell::Fish => argh_complete::fish::Fish::generate(PROGRAM, &tree),
+        Shell::Fish => fish_script(&tree),
     }
 }
 
@@ -71,6 +71,13 @@ pub fn script(shell: Shell) -> String {
 pub fn run(args: CompletionsArgs) -> anyhow::Result<i32> {
     print!("{}", script(args.shell));
     Ok(0)
+}
+
+/// argh_complete's fish script, reading the command line with `commandline -opc` (fish 3.0
+/// and later) rather than `-xpc`, which fish before 3.7 (Debian 12 has 3.6) refuses, failing
+/// every completion.
+fn fish_script(tree: &CommandInfoWithArgs) -> String {
+    argh_complete::fish::Fish::generate(PROGRAM, tree).replace("commandline -xpc", "commandline -opc")
 }
 
 /// A bash function `_orange` registered with `complete -F`: it walks the words before the cursor
@@ -164,6 +171,8 @@ mod tests {
     #[test]
     fn zsh_and_fish_scripts_name_nested_subcommands() {
         assert!(script(Shell::Zsh).contains("_orange_task_run()"));
-        assert!(script(Shell::Fish).contains("__fish_orange_using_command task run"));
+        let fish = script(Shell::Fish);
+        assert!(fish.contains("__fish_orange_using_command task run"));
+        assert!(fish.contains("commandline -opc") && !fish.contains("-xpc"));
     }
 }

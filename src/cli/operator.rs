@@ -191,7 +191,7 @@ impl OperatorConfig {
     /// TLS settings and the proxy to the server, from the environment: `ORANGE_CA_FILE`,
     /// `ORANGE_INSECURE=1`, and `ORANGE_PROXY` else the variables curl reads.
     fn route(&self) -> Result<(TlsSettings, Option<ProxyUrl>), String> {
-        let proxy = ProxySettings::from_env(None)?.for_server(&self.server)?;
+        let proxy = ProxySettings::from_env(None).for_server(&self.server)?;
         Ok((tls_from_env()?, proxy))
     }
 }

@@ -36,6 +36,7 @@ mod overload;
 mod owned_task;
 mod presence;
 mod probes;
+mod proxies;
 mod run_as;
 mod secret_env;
 mod security;

@@ -31,6 +31,8 @@ pub struct AgentOpts {
     pub server_url: Option<String>,
     /// Further flags, passed as given (e.g. `--allow-write-root DIR`).
     pub extra_args: Vec<String>,
+    /// Environment variables set for the agent (after orange's own are cleared).
+    pub env: Vec<(String, String)>,
 }
 
 /// A running `orange agent` with its own state directory.
@@ -107,6 +109,7 @@ impl Agent {
         clean_env(&mut cmd);
         // Harness servers run with `--enroll-key orange-forge` unless told otherwise.
         cmd.env("ORANGE_ENROLL_KEY", BASE_SECRET);
+        cmd.envs(self.opts.env.iter().map(|(name, value)| (name, value)));
         self.command = show_command(&cmd);
         let log = log_file(&self.log_path(), &format!("start #{}: {}", self.starts, self.command));
         let out = log.try_clone().expect("clone log file");
