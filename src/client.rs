@@ -274,7 +274,13 @@ impl AgentClient {
     }
 
     /// [`Self::with_tls`] reaching the server through `proxy` (`None`: directly).
-    pub fn through(base: &str, app_id: &str, secret: &str, tls: &TlsSettings, proxy: Option<&ProxyUrl>) -> Self {
+    pub fn through(
+        base: &str,
+        app_id: &str,
+        secret: &str,
+        tls: &TlsSettings,
+        proxy: Option<&ProxyUrl>,
+    ) -> Self {
         AgentClient {
             http: http_agent(Duration::from_secs(wire::CLIENT_TIMEOUT_SECS), tls, proxy),
             base: base.trim_end_matches('/').to_owned(),

@@ -43,7 +43,11 @@ impl ProxyUrl {
         let uri: Uri = url.parse().map_err(|_| bad("expected http://[user:password@]host[:port]"))?;
         match uri.scheme_str() {
             Some("http" | "https") => {}
-            Some(other) => return Err(bad(&format!("{other} proxies are not supported; give an http:// or https:// proxy"))),
+            Some(other) => {
+                return Err(bad(&format!(
+                    "{other} proxies are not supported; give an http:// or https:// proxy"
+                )));
+            }
             None => return Err(bad("no scheme")),
         }
         if uri.host().is_none_or(str::is_empty) {
@@ -115,7 +119,10 @@ impl ProxySettings {
     pub fn from_lookup(flag: Option<&str>, lookup: &dyn Fn(&str) -> Option<String>) -> ProxySettings {
         let first = |names: &[&'static str]| {
             names.iter().copied().find_map(|name| {
-                lookup(name).map(|value| value.trim().to_owned()).filter(|value| !value.is_empty()).map(|v| (v, name))
+                lookup(name)
+                    .map(|value| value.trim().to_owned())
+                    .filter(|value| !value.is_empty())
+                    .map(|v| (v, name))
             })
         };
         let explicit = match flag.map(str::trim).filter(|value| !value.is_empty()) {
@@ -196,7 +203,8 @@ impl NoProxy {
     /// Whether `host` (as a URL spells it: a name, an IPv4 address or a bracketed IPv6 one) on
     /// `port` is reached directly.
     pub fn matches(&self, host: &str, port: u16) -> bool {
-        let host = host.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.').to_ascii_lowercase();
+        let host =
+            host.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.').to_ascii_lowercase();
         let ip = host.parse::<IpAddr>().ok();
         self.everything || self.entries.iter().any(|entry| entry.matches(&host, ip, port))
     }
@@ -208,14 +216,16 @@ impl NoProxyEntry {
         if let Some((network, prefix)) = word.split_once('/') {
             let network: IpAddr = network.parse().map_err(|_| bad("bad address before /"))?;
             let most = if network.is_ipv4() { 32 } else { 128 };
-            let prefix: u8 = prefix.parse().ok().filter(|p| *p <= most).ok_or_else(|| bad("bad prefix length"))?;
+            let prefix: u8 =
+                prefix.parse().ok().filter(|p| *p <= most).ok_or_else(|| bad("bad prefix length"))?;
             return Ok(NoProxyEntry::Range { network, prefix });
         }
         let (host, port) = split_port(word).map_err(|why| bad(why))?;
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(NoProxyEntry::Address { ip, port });
         }
-        let name = host.trim_start_matches("*.").trim_start_matches('.').trim_end_matches('.').to_ascii_lowercase();
+        let name =
+            host.trim_start_matches("*.").trim_start_matches('.').trim_end_matches('.').to_ascii_lowercase();
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
             return Err(bad("not a host name"));
         }
@@ -227,9 +237,12 @@ impl NoProxyEntry {
         match self {
             NoProxyEntry::Domain { name, port: wanted } => {
                 port_fits(wanted)
-                    && (host == name || host.strip_suffix(name.as_str()).is_some_and(|rest| rest.ends_with('.')))
+                    && (host == name
+                        || host.strip_suffix(name.as_str()).is_some_and(|rest| rest.ends_with('.')))
             }
-            NoProxyEntry::Address { ip: wanted_ip, port: wanted } => port_fits(wanted) && ip == Some(*wanted_ip),
+            NoProxyEntry::Address { ip: wanted_ip, port: wanted } => {
+                port_fits(wanted) && ip == Some(*wanted_ip)
+            }
             NoProxyEntry::Range { network, prefix } => ip.is_some_and(|ip| in_range(ip, *network, *prefix)),
         }
     }
@@ -254,7 +267,9 @@ fn split_port(word: &str) -> Result<(&str, Option<u16>), &'static str> {
 /// Whether `ip` lies in `network/prefix` (an IPv4 address never lies in an IPv6 range).
 fn in_range(ip: IpAddr, network: IpAddr, prefix: u8) -> bool {
     let (ip, network, width) = match (ip, network) {
-        (IpAddr::V4(ip), IpAddr::V4(network)) => (u128::from(ip.to_bits()), u128::from(network.to_bits()), 32),
+        (IpAddr::V4(ip), IpAddr::V4(network)) => {
+            (u128::from(ip.to_bits()), u128::from(network.to_bits()), 32)
+        }
         (IpAddr::V6(ip), IpAddr::V6(network)) => (ip.to_bits(), network.to_bits(), 128),
         _ => return false,
     };
@@ -279,7 +294,11 @@ mod tests {
     fn each_scheme_takes_its_own_variable_lowercase_first_then_all_proxy() {
         let env = settings(
             None,
-            &[("HTTPS_PROXY", "http://upper:1"), ("https_proxy", "lower:2"), ("HTTP_PROXY", "http://plain:3")],
+            &[
+                ("HTTPS_PROXY", "http://upper:1"),
+                ("https_proxy", "lower:2"),
+                ("HTTP_PROXY", "http://plain:3"),
+            ],
         );
         assert_eq!(chosen(&env, "https://orange.example"), Some("http://lower:2".into()));
         assert_eq!(chosen(&env, "http://orange.example:8890"), Some("http://plain:3".into()));
@@ -313,8 +332,9 @@ mod tests {
 
     #[test]
     fn no_proxy_matches_hosts_domains_ports_addresses_and_ranges() {
-        let list = NoProxy::parse("example.com, .corp.test *.dev.test,127.0.0.1:8890 [::1] 10.0.0.0/8 fd00::/8")
-            .expect("list");
+        let list =
+            NoProxy::parse("example.com, .corp.test *.dev.test,127.0.0.1:8890 [::1] 10.0.0.0/8 fd00::/8")
+                .expect("list");
         let direct = [
             ("example.com", 443),
             ("www.EXAMPLE.com.", 80),
@@ -329,8 +349,13 @@ mod tests {
         for (host, port) in direct {
             assert!(list.matches(host, port), "{host}:{port} should be direct");
         }
-        let proxied =
-            [("badexample.com", 443), ("example.com.evil", 80), ("127.0.0.1", 8891), ("11.0.0.1", 80), ("[fe80::1]", 80)];
+        let proxied = [
+            ("badexample.com", 443),
+            ("example.com.evil", 80),
+            ("127.0.0.1", 8891),
+            ("11.0.0.1", 80),
+            ("[fe80::1]", 80),
+        ];
         for (host, port) in proxied {
             assert!(!list.matches(host, port), "{host}:{port} should go through the proxy");
         }

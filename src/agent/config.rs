@@ -10,10 +10,10 @@ use anyhow::{Context, Result, bail};
 
 use super::state;
 use crate::client::{Enrollment, TlsSettings};
-use crate::proxy::ProxyUrl;
 use crate::protocol::Secret;
 use crate::protocol::limits::{self, MAX_LABELS};
 use crate::protocol::wire::MAX_SECRET_LEN;
+use crate::proxy::ProxyUrl;
 
 /// Interval between heartbeats.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);

@@ -20,9 +20,9 @@ use argh::{ArgsInfo, FromArgs};
 use crate::agent::AgentConfig;
 use crate::agent::executor::SECRET_ENV;
 use crate::client::{EnrollToken, Enrollment, TlsSettings};
-use crate::proxy::{ENV_PROXY, ProxySettings, ProxyUrl};
 use crate::protocol::limits::{self, MAX_LABELS};
 use crate::protocol::{Secret, read_secret_file};
+use crate::proxy::{ENV_PROXY, ProxySettings, ProxyUrl};
 
 /// Run an agent: register with the server, poll for tasks, run them and report.
 #[derive(FromArgs, ArgsInfo)]

@@ -123,14 +123,16 @@ fn add_bash_command(cmd: &CommandInfoWithArgs, path: &str, walk: &mut String, of
         if matches!(flag.kind, FlagInfoKind::Option { .. }) {
             let patterns: Vec<String> = names.iter().map(|name| format!("\"{path} {name}\"")).collect();
             // Writing to a String cannot fail.
-            writeln!(walk, "            {}) takes_value=1 ;;", patterns.join(" | ")).expect("write to String");
+            writeln!(walk, "            {}) takes_value=1 ;;", patterns.join(" | "))
+                .expect("write to String");
         }
         words.extend(names);
     }
     for sub in &cmd.commands {
         let sub_path = format!("{path}_{}", sub.name);
         // Writing to a String cannot fail.
-        writeln!(walk, "            \"{path} {}\") cmd=\"{sub_path}\" ;;", sub.name).expect("write to String");
+        writeln!(walk, "            \"{path} {}\") cmd=\"{sub_path}\" ;;", sub.name)
+            .expect("write to String");
         words.push(sub.name.to_owned());
     }
     // Writing to a String cannot fail.

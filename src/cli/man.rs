@@ -137,8 +137,9 @@ fn paragraphs(roff: &mut Roff, lines: &[String]) {
 }
 
 /// The (term, description) pairs of a section's lines: a term starts at column 2 and its
-/// description at [`DESCRIPTION_COLUMN`] (on the next lines when the term is longer), an exit
-/// code is the first word of its line; wrapped lines continue the description before them.
+/// description at [`DESCRIPTION_COLUMN`] (on the next lines when the term is longer); an exit
+/// code is the number leading its line, however long; wrapped lines continue the description
+/// before them.
 fn split_entries(lines: &[String]) -> Vec<(String, String)> {
     let mut pairs: Vec<(String, String)> = Vec::new();
     for line in lines {
@@ -149,23 +150,23 @@ fn split_entries(lines: &[String]) -> Vec<(String, String)> {
             }
             continue;
         }
-        let (term, description) = match line.get(2..DESCRIPTION_COLUMN) {
-            Some(column) if line[DESCRIPTION_COLUMN..].starts_with(|c: char| c != ' ') => {
+        let (term, description) = match (exit_code(line.trim()), line.get(2..DESCRIPTION_COLUMN)) {
+            (Some(pair), _) => pair,
+            (None, Some(column)) if line[DESCRIPTION_COLUMN..].starts_with(|c: char| c != ' ') => {
                 (column.trim(), &line[DESCRIPTION_COLUMN..])
             }
-            _ => split_code(line.trim()),
+            (None, _) => (line.trim(), ""),
         };
         pairs.push((term.to_owned(), description.trim().to_owned()));
     }
     pairs
 }
 
-/// `124 the task ran past ...` as its code and text; a lone word as a term without text.
-fn split_code(line: &str) -> (&str, &str) {
-    match line.split_once(' ') {
-        Some((code, text)) if code.bytes().all(|b| b.is_ascii_digit() || b == b'-') => (code, text),
-        _ => (line, ""),
-    }
+/// `124 the task ran past ...` as its code and text; `None` for a line not led by a number.
+fn exit_code(line: &str) -> Option<(&str, &str)> {
+    let (code, text) = line.split_once(' ')?;
+    let number = code.strip_prefix('-').unwrap_or(code);
+    (!number.is_empty() && number.bytes().all(|b| b.is_ascii_digit())).then_some((code, text))
 }
 
 /// Appends `words` to `text` with a space between.

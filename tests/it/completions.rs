@@ -93,7 +93,10 @@ fn fish_completes_subcommands_and_nested_flags() {
         let program = format!("source '{}'; complete -C '{line}'", script.display());
         let out = shell(fish.clone(), &["--no-config", "-c", &program]);
         assert!(out.status.success(), "fish failed: {}", text(&out.stderr));
-        text(&out.stdout).lines().map(|line| line.split('\t').next().unwrap_or("").to_owned()).collect::<Vec<_>>()
+        text(&out.stdout)
+            .lines()
+            .map(|line| line.split('\t').next().unwrap_or("").to_owned())
+            .collect::<Vec<_>>()
     };
     assert!(complete("orange ta").contains(&"task".to_owned()));
     assert!(complete("orange job run --max-c").contains(&"--max-concurrency".to_owned()));

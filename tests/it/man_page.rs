@@ -41,7 +41,8 @@ fn every_command() -> Vec<String> {
 
 /// The commands whose heading, a line `orange PATH`, is not in the rendered `page`.
 fn missing_from(page: &str, commands: &[String]) -> Vec<String> {
-    let headings: Vec<&str> = page.lines().map(str::trim).filter(|line| line.starts_with("orange ")).collect();
+    let headings: Vec<&str> =
+        page.lines().map(str::trim).filter(|line| line.starts_with("orange ")).collect();
     commands.iter().filter(|path| !headings.contains(&format!("orange {path}").as_str())).cloned().collect()
 }
 
@@ -71,9 +72,16 @@ fn the_manual_page_renders_and_holds_every_command_and_their_flags() {
 
     let commands = every_command();
     for expected in ["server", "agent", "task run", "job run", "server backup", "completions", "man"] {
-        assert!(commands.iter().any(|path| path == expected), "{expected} not found by the walk: {commands:?}");
+        assert!(
+            commands.iter().any(|path| path == expected),
+            "{expected} not found by the walk: {commands:?}"
+        );
     }
-    assert_eq!(missing_from(&page, &commands), Vec::<String>::new(), "commands missing from the page:\n{page}");
+    assert_eq!(
+        missing_from(&page, &commands),
+        Vec::<String>::new(),
+        "commands missing from the page:\n{page}"
+    );
     for flag in ["--appid", "--max-concurrency", "--allow-shell", "--proxy", "--tls-cert", "--no-stdin"] {
         assert!(page.contains(flag), "{flag} missing from the page:\n{page}");
     }
@@ -81,6 +89,7 @@ fn the_manual_page_renders_and_holds_every_command_and_their_flags() {
         assert!(page.lines().any(|line| line == heading), "no {heading} section:\n{page}");
     }
     assert!(page.contains("orange task run --appid web-1 -- df -h /"), "examples missing:\n{page}");
+    assert!(page.contains("the task ran past its timeout on the host"), "exit codes mangled:\n{page}");
 }
 
 #[test]

@@ -333,7 +333,8 @@ fn promtool_check(exposition: &str) -> (bool, String) {
         .expect("run promtool");
     check.stdin.take().expect("stdin").write_all(exposition.as_bytes()).expect("write the exposition");
     let output = check.wait_with_output().expect("promtool output");
-    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let said =
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     (output.status.success(), said)
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::support::{Agent, AgentOpts, Server, ServerOpts, tool};
+use crate::support::{Agent, AgentOpts, Server, ServerOpts, tool, wait_until};
 
 /// Longest request head the proxy reads.
 const MAX_HEAD: u64 = 16 * 1024;
@@ -101,7 +101,9 @@ fn serve(client: TcpStream, shared: &Shared) {
     let (method, target) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
     let authorization = head
         .lines()
-        .find_map(|line| line.strip_prefix("Proxy-Authorization: ").or(line.strip_prefix("proxy-authorization: ")))
+        .find_map(|line| {
+            line.strip_prefix("Proxy-Authorization: ").or(line.strip_prefix("proxy-authorization: "))
+        })
         .map(str::to_owned);
     shared.seen.lock().expect("seen").push(Seen {
         method: method.to_owned(),
@@ -244,8 +246,16 @@ fn an_agent_given_https_proxy_reaches_an_https_server_and_the_proxy_sees_only_ci
     let proxy = ConnectProxy::start();
     let env = [("https_proxy", proxy.url()), ("HTTP_PROXY", "http://127.0.0.1:9".to_owned())];
     let ca = pki.path().join("cert.pem").display().to_string();
-    // The harness's own client knows no private CA: the task waits queued for the agent instead.
+    // The harness's own client knows no private CA: the CLI, given it, watches for the agent.
     let _agent = Agent::start(&server, "tls-via-proxy", opts(&env, &["--ca-file".into(), ca.clone()]));
+    wait_until(Duration::from_secs(30), "the agent to register through the proxy", || {
+        server
+            .operator(&["agents", "--json"])
+            .env("ORANGE_CA_FILE", &ca)
+            .run()
+            .stdout
+            .contains("tls-via-proxy")
+    });
     let run = server
         .operator(&["task", "run", "--queue", "--appid", "tls-via-proxy", "--", "echo secret-word"])
         .env("ORANGE_CA_FILE", &ca)
@@ -255,7 +265,10 @@ fn an_agent_given_https_proxy_reaches_an_https_server_and_the_proxy_sees_only_ci
     assert!(proxy.seen().iter().all(|seen| seen.method == "CONNECT"), "{:?}", proxy.seen());
     assert!(proxy.upstream_bytes() > 1000, "the agent's calls did not go through the proxy");
     let carried = proxy.upstream_text();
-    assert!(!carried.contains("/orange-forge/") && !carried.contains("secret-word"), "plaintext in the tunnel");
+    assert!(
+        !carried.contains("/orange-forge/") && !carried.contains("secret-word"),
+        "plaintext in the tunnel"
+    );
 }
 
 #[test]
@@ -282,11 +295,13 @@ fn orange_proxy_sends_credentials_that_never_reach_the_log() {
 fn the_proxy_flag_wins_over_the_environment_but_refuses_a_password() {
     let server = Server::start(ServerOpts::default());
     let proxy = ConnectProxy::start();
-    let env = [("ORANGE_PROXY", "http://127.0.0.1:9".to_owned()), ("HTTP_PROXY", "http://127.0.0.1:9".to_owned())];
+    let env =
+        [("ORANGE_PROXY", "http://127.0.0.1:9".to_owned()), ("HTTP_PROXY", "http://127.0.0.1:9".to_owned())];
     let _agent = agent(&server, "flagged", &env, &["--proxy".into(), proxy.url()]);
     assert_runs_a_task(&server, "flagged", "flagged");
     assert!(proxy.seen().iter().any(|seen| seen.method == "CONNECT"), "{:?}", proxy.seen());
-    let refused = crate::support::cli(&["agent", "--server", &server.url, "--proxy", "http://ops:hunter2@proxy:3128"]);
+    let refused =
+        crate::support::cli(&["agent", "--server", &server.url, "--proxy", "http://ops:hunter2@proxy:3128"]);
     assert_eq!(refused.code(), Some(1), "{refused}");
     assert!(refused.stderr.contains("ORANGE_PROXY") && refused.stderr.contains("ops:***@"), "{refused}");
     assert!(!refused.stderr.contains("hunter2"), "{refused}");
@@ -306,7 +321,8 @@ fn no_proxy_covering_the_server_keeps_the_agent_and_the_cli_away_from_the_proxy(
     none.assert_success();
     assert!(proxy.seen().is_empty(), "the proxy was used: {:?}", proxy.seen());
     // The same NO_PROXY on another port does not cover the server: the check can fail.
-    let other_port = server.operator(&["agents"]).env("HTTP_PROXY", &proxy.url()).env("NO_PROXY", "127.0.0.1:1").run();
+    let other_port =
+        server.operator(&["agents"]).env("HTTP_PROXY", &proxy.url()).env("NO_PROXY", "127.0.0.1:1").run();
     other_port.assert_success();
     assert_eq!(proxy.seen().len(), 1, "{:?}", proxy.seen());
 }

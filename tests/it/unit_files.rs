@@ -29,7 +29,8 @@ impl UnitRoot {
         copy_dir(Path::new("/usr/lib/systemd/system"), &units);
         let packaging = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/systemd");
         for unit in UNITS {
-            std::fs::copy(packaging.join(unit), units.join(unit)).unwrap_or_else(|e| panic!("copy {unit}: {e}"));
+            std::fs::copy(packaging.join(unit), units.join(unit))
+                .unwrap_or_else(|e| panic!("copy {unit}: {e}"));
         }
         std::fs::create_dir_all(dir.path().join("usr/bin")).expect("usr/bin");
         std::os::unix::fs::symlink("usr/bin", dir.path().join("bin")).expect("bin -> usr/bin");

@@ -39,17 +39,34 @@ const TOOLS: &[Tool] = &[
         what_for: "the metrics exposition is checked with `promtool check metrics`",
         source: Source::FromPackage { package: "prometheus", path: "usr/bin/promtool" },
     },
-    Tool { command: "bash", what_for: "the bash completion script is loaded and driven", source: Source::Apt("bash") },
-    Tool { command: "zsh", what_for: "the zsh completion script is loaded by zsh", source: Source::Apt("zsh") },
-    Tool { command: "fish", what_for: "the fish completion script is asked for completions", source: Source::Apt("fish") },
-    Tool { command: "man", what_for: "the manual page is rendered with `man -l`", source: Source::Apt("man-db") },
+    Tool {
+        command: "bash",
+        what_for: "the bash completion script is loaded and driven",
+        source: Source::Apt("bash"),
+    },
+    Tool {
+        command: "zsh",
+        what_for: "the zsh completion script is loaded by zsh",
+        source: Source::Apt("zsh"),
+    },
+    Tool {
+        command: "fish",
+        what_for: "the fish completion script is asked for completions",
+        source: Source::Apt("fish"),
+    },
+    Tool {
+        command: "man",
+        what_for: "the manual page is rendered with `man -l`",
+        source: Source::Apt("man-db"),
+    },
 ];
 
 /// The cache directory, created if missing.
 pub fn cache_dir() -> Result<PathBuf, String> {
     if let Some(dir) = std::env::var_os(CACHE_ENV) {
         let dir = PathBuf::from(dir);
-        std::fs::create_dir_all(dir.join("bin")).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir.join("bin"))
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         return Ok(dir);
     }
     let system = PathBuf::from("/var/cache/orange-test");
@@ -58,7 +75,8 @@ pub fn cache_dir() -> Result<PathBuf, String> {
     }
     let home = std::env::var_os("HOME").ok_or("neither /var/cache/orange-test nor HOME is usable")?;
     let user = Path::new(&home).join(".cache/orange-test");
-    std::fs::create_dir_all(user.join("bin")).map_err(|e| format!("cannot create {}: {e}", user.display()))?;
+    std::fs::create_dir_all(user.join("bin"))
+        .map_err(|e| format!("cannot create {}: {e}", user.display()))?;
     Ok(user)
 }
 
@@ -148,10 +166,7 @@ fn apt(program: &str) -> Command {
 }
 
 fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+    Command::new("id").arg("-u").output().is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
 }
 
 fn run(command: &mut Command) -> Result<(), String> {

@@ -25,8 +25,8 @@ pub use http::{Connection, ProxiedRequest, Proxy, RawResponse, http, raw_exchang
 pub use process::{KillOnDrop, process_alive, rss_kib, write_secret};
 pub use server::{EnrollKey, Server, ServerOpts};
 pub use sim::{SIM_SECRET, history, most_open_at_once, ms_between, queue_bulk, register_as, register_sim};
-pub use tools::tool;
 pub use snapshot::{Snapshot, assert_api_error, assert_refused, assert_unchanged};
+pub use tools::tool;
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_orange");
