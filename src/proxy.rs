@@ -220,7 +220,7 @@ impl NoProxyEntry {
                 prefix.parse().ok().filter(|p| *p <= most).ok_or_else(|| bad("bad prefix length"))?;
             return Ok(NoProxyEntry::Range { network, prefix });
         }
-        let (host, port) = split_port(word).map_err(|why| bad(why))?;
+        let (host, port) = split_port(word).map_err(&bad)?;
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(NoProxyEntry::Address { ip, port });
         }
