@@ -1,6 +1,8 @@
 //! The blocking HTTP client shared by the agent (signed calls on the original protocol) and the
 //! operator CLI (bearer-token calls on the admin API). Every call has a deadline.
 
+pub mod proxy;
+
 use std::time::Duration;
 
 use serde::Serialize;
@@ -18,7 +20,7 @@ use crate::protocol::wire::{
     ReportResult, ReportResults,
 };
 use crate::protocol::{Envelope, RegisterRequest, ReportRequest, Signer, WireTask};
-use crate::proxy::ProxyUrl;
+use proxy::ProxyUrl;
 
 /// How an agent proves it may enroll.
 #[derive(Clone)]
@@ -193,7 +195,7 @@ fn read_ca_file(path: &std::path::Path) -> Result<Vec<ureq::tls::Certificate<'st
 
 /// A ureq agent with `timeout` per call, verifying HTTPS as `tls` says, connecting through
 /// `proxy` (CONNECT, for http and https servers alike) or directly: never through a proxy of
-/// ureq's own choosing, since [`crate::proxy`] decides.
+/// ureq's own choosing, since [`crate::client::proxy`] decides.
 fn http_agent(timeout: Duration, tls: &TlsSettings, proxy: Option<&ProxyUrl>) -> ureq::Agent {
     ureq::Agent::config_builder()
         .proxy(proxy.map(ProxyUrl::to_ureq))

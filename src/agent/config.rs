@@ -13,7 +13,7 @@ use crate::client::{Enrollment, TlsSettings};
 use crate::protocol::Secret;
 use crate::protocol::limits::{self, MAX_LABELS};
 use crate::protocol::wire::MAX_SECRET_LEN;
-use crate::proxy::ProxyUrl;
+use crate::client::proxy::ProxyUrl;
 
 /// Interval between heartbeats.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);

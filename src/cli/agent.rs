@@ -22,7 +22,7 @@ use crate::agent::executor::SECRET_ENV;
 use crate::client::{EnrollToken, Enrollment, TlsSettings};
 use crate::protocol::limits::{self, MAX_LABELS};
 use crate::protocol::{Secret, read_secret_file};
-use crate::proxy::{ENV_PROXY, ProxySettings, ProxyUrl};
+use crate::client::proxy::{ENV_PROXY, ProxySettings, ProxyUrl};
 
 /// Run an agent: register with the server, poll for tasks, run them and report.
 #[derive(FromArgs, ArgsInfo)]
@@ -216,7 +216,7 @@ pub fn agent_config_with_env(args: AgentArgs, env: Env) -> Result<AgentConfig> {
     builder.build()
 }
 
-/// The proxy to reach `server` through: `--proxy`, else the environment (see [`crate::proxy`]).
+/// The proxy to reach `server` through: `--proxy`, else the environment (see [`crate::client::proxy`]).
 /// A password in `--proxy` is refused: `ps` shows argv to every user.
 fn proxy_for(server: &str, flag: Option<&str>, env: Env) -> Result<Option<ProxyUrl>> {
     if let Some(flag) = flag {

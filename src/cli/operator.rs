@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 
 use crate::client::{AdminClient, ClientError, TlsSettings};
 use crate::protocol::read_secret_file;
-use crate::proxy::{ProxySettings, ProxyUrl};
+use crate::client::proxy::{ProxySettings, ProxyUrl};
 
 /// Server URL used when neither `--server` nor `ORANGE_SERVER` is set.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8890";
@@ -191,7 +191,8 @@ impl OperatorConfig {
     /// TLS settings and the proxy to the server, from the environment: `ORANGE_CA_FILE`,
     /// `ORANGE_INSECURE=1`, and `ORANGE_PROXY` else the variables curl reads.
     fn route(&self) -> Result<(TlsSettings, Option<ProxyUrl>), String> {
-        let proxy = ProxySettings::from_env(None).for_server(&self.server)?;
+        let environment = |name: &str| std::env::var(name).ok();
+        let proxy = ProxySettings::from_lookup(None, &environment).for_server(&self.server)?;
         Ok((tls_from_env()?, proxy))
     }
 }

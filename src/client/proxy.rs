@@ -110,11 +110,6 @@ pub struct ProxySettings {
 }
 
 impl ProxySettings {
-    /// The settings from `flag` (the agent's `--proxy`) and the process environment.
-    pub fn from_env(flag: Option<&str>) -> ProxySettings {
-        ProxySettings::from_lookup(flag, &|name| std::env::var(name).ok())
-    }
-
     /// The settings from `flag` and the variables `lookup` finds (empty ones count as unset).
     pub fn from_lookup(flag: Option<&str>, lookup: &dyn Fn(&str) -> Option<String>) -> ProxySettings {
         let first = |names: &[&'static str]| {
