@@ -9,11 +9,11 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use super::state;
+use crate::client::proxy::ProxyUrl;
 use crate::client::{Enrollment, TlsSettings};
 use crate::protocol::Secret;
 use crate::protocol::limits::{self, MAX_LABELS};
 use crate::protocol::wire::MAX_SECRET_LEN;
-use crate::client::proxy::ProxyUrl;
 
 /// Interval between heartbeats.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);

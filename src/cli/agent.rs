@@ -19,10 +19,10 @@ use argh::{ArgsInfo, FromArgs};
 
 use crate::agent::AgentConfig;
 use crate::agent::executor::SECRET_ENV;
+use crate::client::proxy::{ENV_PROXY, ProxySettings, ProxyUrl};
 use crate::client::{EnrollToken, Enrollment, TlsSettings};
 use crate::protocol::limits::{self, MAX_LABELS};
 use crate::protocol::{Secret, read_secret_file};
-use crate::client::proxy::{ENV_PROXY, ProxySettings, ProxyUrl};
 
 /// Run an agent: register with the server, poll for tasks, run them and report.
 #[derive(FromArgs, ArgsInfo)]

@@ -14,9 +14,9 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::client::proxy::{ProxySettings, ProxyUrl};
 use crate::client::{AdminClient, ClientError, TlsSettings};
 use crate::protocol::read_secret_file;
-use crate::client::proxy::{ProxySettings, ProxyUrl};
 
 /// Server URL used when neither `--server` nor `ORANGE_SERVER` is set.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8890";
