@@ -3,7 +3,7 @@
 //! ID` drops an agent's secret so its app id may enroll again.
 
 use anyhow::Result;
-use argh::FromArgs;
+use argh::{ArgsInfo, FromArgs};
 use serde::{Deserialize, Serialize};
 
 use super::argv::{usage, usage_bail};
@@ -17,7 +17,7 @@ use crate::protocol::{TaskStatus, limits, wire};
 
 operator_args! {
     /// List the agents the server knows, sorted by app id; accept or forget one.
-    #[derive(FromArgs, Debug)]
+    #[derive(FromArgs, ArgsInfo, Debug)]
     #[argh(
         subcommand,
         name = "agents",
@@ -57,7 +57,7 @@ operator_args! {
 }
 
 /// The `orange agents` subcommands.
-#[derive(FromArgs, Debug)]
+#[derive(FromArgs, ArgsInfo, Debug)]
 #[argh(subcommand)]
 pub enum AgentsCommand {
     /// `orange agents accept`
@@ -70,7 +70,7 @@ pub enum AgentsCommand {
 
 operator_args! {
     /// Show one agent: its facts, labels, status, last seen, open tasks and last 10 tasks.
-    #[derive(FromArgs, Debug)]
+    #[derive(FromArgs, ArgsInfo, Debug)]
     #[argh(
         subcommand,
         name = "show",
@@ -114,7 +114,7 @@ const RECENT_TASKS: usize = 10;
 
 operator_args! {
     /// Accept a pending agent: from now on it takes tasks.
-    #[derive(FromArgs, Debug)]
+    #[derive(FromArgs, ArgsInfo, Debug)]
     #[argh(
         subcommand,
         name = "accept",
@@ -139,7 +139,7 @@ operator_args! {
 
 operator_args! {
     /// Forget an agent: drop its secret so the app id may enroll again.
-    #[derive(FromArgs, Debug)]
+    #[derive(FromArgs, ArgsInfo, Debug)]
     #[argh(
         subcommand,
         name = "forget",

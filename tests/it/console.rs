@@ -299,7 +299,9 @@ fn console_fleet_paint_with_ten_thousand_agents() {
                         facts: Some(facts),
                         ..Default::default()
                     };
-                    client.register(&request, &Enrollment::Key(crate::support::BASE_SECRET.into())).expect("register");
+                    client
+                        .register(&request, &Enrollment::Key(crate::support::BASE_SECRET.into()))
+                        .expect("register");
                 }
             });
         }
