@@ -1,6 +1,8 @@
 //! The blocking HTTP client shared by the agent (signed calls on the original protocol) and the
 //! operator CLI (bearer-token calls on the admin API). Every call has a deadline.
 
+pub mod proxy;
+
 use std::time::Duration;
 
 use serde::Serialize;
@@ -18,6 +20,7 @@ use crate::protocol::wire::{
     ReportResult, ReportResults,
 };
 use crate::protocol::{Envelope, RegisterRequest, ReportRequest, Signer, WireTask};
+use proxy::ProxyUrl;
 
 /// How an agent proves it may enroll.
 #[derive(Clone)]
@@ -190,8 +193,12 @@ fn read_ca_file(path: &std::path::Path) -> Result<Vec<ureq::tls::Certificate<'st
     Ok(certs)
 }
 
-fn http_agent(timeout: Duration, tls: &TlsSettings) -> ureq::Agent {
+/// A ureq agent with `timeout` per call, verifying HTTPS as `tls` says, connecting through
+/// `proxy` (CONNECT, for http and https servers alike) or directly: never through a proxy of
+/// ureq's own choosing, since [`crate::client::proxy`] decides.
+fn http_agent(timeout: Duration, tls: &TlsSettings, proxy: Option<&ProxyUrl>) -> ureq::Agent {
     ureq::Agent::config_builder()
+        .proxy(proxy.map(ProxyUrl::to_ureq))
         .timeout_global(Some(timeout))
         .timeout_connect(Some(Duration::from_secs(10)))
         .http_status_as_error(false)
@@ -265,8 +272,19 @@ impl AgentClient {
 
     /// [`Self::new`] verifying HTTPS servers as `tls` says.
     pub fn with_tls(base: &str, app_id: &str, secret: &str, tls: &TlsSettings) -> Self {
+        AgentClient::through(base, app_id, secret, tls, None)
+    }
+
+    /// [`Self::with_tls`] reaching the server through `proxy` (`None`: directly).
+    pub fn through(
+        base: &str,
+        app_id: &str,
+        secret: &str,
+        tls: &TlsSettings,
+        proxy: Option<&ProxyUrl>,
+    ) -> Self {
         AgentClient {
-            http: http_agent(Duration::from_secs(wire::CLIENT_TIMEOUT_SECS), tls),
+            http: http_agent(Duration::from_secs(wire::CLIENT_TIMEOUT_SECS), tls, proxy),
             base: base.trim_end_matches('/').to_owned(),
             app_id: app_id.to_owned(),
             signer: Signer::new(secret),
@@ -499,8 +517,19 @@ impl AdminClient {
     /// settings that could not be made (a CA file that cannot be read) fail every call with
     /// their reason.
     pub fn with_tls(base: &str, token: &str, timeout: Duration, tls: Result<TlsSettings, String>) -> Self {
+        AdminClient::through(base, token, timeout, tls.map(|tls| (tls, None)))
+    }
+
+    /// [`Self::with_tls`] reaching the server through the proxy given with the TLS settings
+    /// (`None`: directly); settings that could not be made fail every call with their reason.
+    pub fn through(
+        base: &str,
+        token: &str,
+        timeout: Duration,
+        route: Result<(TlsSettings, Option<ProxyUrl>), String>,
+    ) -> Self {
         AdminClient {
-            http: tls.map(|tls| http_agent(timeout, &tls)),
+            http: route.map(|(tls, proxy)| http_agent(timeout, &tls, proxy.as_ref())),
             base: base.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
         }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use super::state;
+use crate::client::proxy::ProxyUrl;
 use crate::client::{Enrollment, TlsSettings};
 use crate::protocol::Secret;
 use crate::protocol::limits::{self, MAX_LABELS};
@@ -35,6 +36,8 @@ pub struct AgentConfig {
     pub enrollment: Enrollment,
     /// How the server's HTTPS certificate is verified.
     pub tls: TlsSettings,
+    /// The HTTP proxy the server is reached through (`None`: directly).
+    pub proxy: Option<ProxyUrl>,
     /// Directory holding the generated secret and the task journal.
     pub state_dir: PathBuf,
     /// Whether `shell` tasks may run.
@@ -73,6 +76,7 @@ impl AgentConfig {
             secret: None,
             enrollment: Enrollment::Pending,
             tls: TlsSettings::default(),
+            proxy: None,
             state_dir: None,
             allow_shell: false,
             handlers_dir: None,
@@ -93,6 +97,7 @@ pub struct AgentBuilder {
     secret: Option<Secret>,
     enrollment: Enrollment,
     tls: TlsSettings,
+    proxy: Option<ProxyUrl>,
     state_dir: Option<PathBuf>,
     allow_shell: bool,
     handlers_dir: Option<PathBuf>,
@@ -125,6 +130,12 @@ impl AgentBuilder {
     /// How the server's certificate is verified (default: the system roots).
     pub fn tls(mut self, tls: TlsSettings) -> Self {
         self.tls = tls;
+        self
+    }
+
+    /// The HTTP proxy to reach the server through (default: none, directly).
+    pub fn proxy(mut self, proxy: Option<ProxyUrl>) -> Self {
+        self.proxy = proxy;
         self
     }
 
@@ -212,6 +223,7 @@ impl AgentBuilder {
             secret,
             enrollment: self.enrollment,
             tls: self.tls,
+            proxy: self.proxy,
             state_dir,
             allow_shell: self.allow_shell,
             handlers_dir,

@@ -128,6 +128,10 @@ pub fn stop_on_signals() -> Result<Arc<AtomicBool>> {
 /// it could not report stay in the journal for the next start.
 pub fn run(config: AgentConfig, handler: Arc<dyn TaskHandler>, stop: Arc<AtomicBool>) -> Result<()> {
     info!(server = %config.server, app_id = %config.app_id, max_tasks = config.max_tasks, "agent starting");
+    if let Some(proxy) = &config.proxy {
+        // Its Display masks a password.
+        info!(%proxy, "reaching the server through an HTTP proxy");
+    }
     state::prepare_state_dir(&config.state_dir)?;
     let journal = Journal::open(&config.state_dir)?;
     // Held until this function returns, whatever threads still hold the shared state.

@@ -65,8 +65,13 @@ impl Shared {
         events: Sender<PollEvent>,
         features: Vec<String>,
     ) -> Self {
-        let client =
-            AgentClient::with_tls(&config.server, &config.app_id, config.secret.expose(), &config.tls);
+        let client = AgentClient::through(
+            &config.server,
+            &config.app_id,
+            config.secret.expose(),
+            &config.tls,
+            config.proxy.as_ref(),
+        );
         let slots = Arc::new(Slots::new(config.max_tasks));
         let stop = Stop::new(stop, config.stop_grace);
         Shared {

@@ -15,16 +15,17 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use argh::FromArgs;
+use argh::{ArgsInfo, FromArgs};
 
 use crate::agent::AgentConfig;
 use crate::agent::executor::SECRET_ENV;
+use crate::client::proxy::{ENV_PROXY, ProxySettings, ProxyUrl};
 use crate::client::{EnrollToken, Enrollment, TlsSettings};
 use crate::protocol::limits::{self, MAX_LABELS};
 use crate::protocol::{Secret, read_secret_file};
 
 /// Run an agent: register with the server, poll for tasks, run them and report.
-#[derive(FromArgs)]
+#[derive(FromArgs, ArgsInfo)]
 #[argh(subcommand, name = "agent")]
 pub struct AgentArgs {
     /// TOML file of settings, one key per flag: its name without -- and with _ for -
@@ -61,6 +62,11 @@ pub struct AgentArgs {
     /// do not verify the server's certificate (warns on every start)
     #[argh(switch)]
     pub insecure: bool,
+    /// HTTP proxy to reach the server through, http://host:port, or `none` (default:
+    /// ORANGE_PROXY, else HTTPS_PROXY or HTTP_PROXY as curl reads them; NO_PROXY applies); a
+    /// proxy password goes in one of those variables, not here
+    #[argh(option)]
+    pub proxy: Option<String>,
     /// allow `shell` tasks (command lines run with sh -c)
     #[argh(switch)]
     pub allow_shell: bool,
@@ -185,9 +191,11 @@ pub fn agent_config_with_env(args: AgentArgs, env: Env) -> Result<AgentConfig> {
     };
     let labels =
         limits::parse_labels(&args.label, MAX_LABELS).map_err(|e| anyhow::anyhow!("--label: {e}"))?;
+    let proxy = proxy_for(&server, args.proxy.as_deref(), env)?;
     let mut builder = AgentConfig::builder(server)
         .enrollment(enrollment(args.enroll_key_file.as_deref(), args.enroll_token_file.as_deref(), env)?)
         .tls(TlsSettings::new(args.ca_file.as_deref(), args.insecure).map_err(anyhow::Error::msg)?)
+        .proxy(proxy)
         .allow_shell(args.allow_shell)
         .allowed_users(args.allow_user)
         .labels(labels)
@@ -211,6 +219,21 @@ pub fn agent_config_with_env(args: AgentArgs, env: Env) -> Result<AgentConfig> {
         builder = builder.secret(secret);
     }
     builder.build()
+}
+
+/// The proxy to reach `server` through: `--proxy`, else the environment (see [`crate::client::proxy`]).
+/// A password in `--proxy` is refused: `ps` shows argv to every user.
+fn proxy_for(server: &str, flag: Option<&str>, env: Env) -> Result<Option<ProxyUrl>> {
+    if let Some(flag) = flag {
+        let proxy = ProxyUrl::parse(flag, "--proxy").map_err(anyhow::Error::msg)?;
+        if proxy.to_ureq().password().is_some() {
+            bail!(
+                "--proxy {proxy}: a password on the command line is visible to every user (ps); \
+                 give the URL with its credentials in {ENV_PROXY} or HTTPS_PROXY instead"
+            );
+        }
+    }
+    ProxySettings::from_lookup(flag, env).for_server(server).map_err(anyhow::Error::msg)
 }
 
 /// The agent's secret: `--secret-file`, else `ORANGE_SECRET`, else none (the agent keeps one in
@@ -276,6 +299,7 @@ mod tests {
             allow_read_root: vec![],
             label: vec![],
             max_tasks: 4,
+            proxy: None,
         }
     }
 

@@ -3,7 +3,7 @@
 //! ID` drops an agent's secret so its app id may enroll again.
 
 use anyhow::Result;
-use argh::FromArgs;
+use argh::{ArgsInfo, FromArgs};
 use serde::{Deserialize, Serialize};
 
 use super::argv::{usage, usage_bail};
@@ -17,7 +17,7 @@ use crate::protocol::{TaskStatus, limits, wire};
 
 operator_args! {
     /// List the agents the server knows, sorted by app id; accept or forget one.
-    #[derive(FromArgs, Debug)]
+    #[derive(FromArgs, ArgsInfo, Debug)]
     #[argh(
         subcommand,
         name = "agents",
@@ -57,7 +57,7 @@ operator_args! {
 }
 
 /// The `orange agents` subcommands.
-#[derive(FromArgs, Debug)]
+#[derive(FromArgs, ArgsInfo, Debug)]
 #[argh(subcommand)]
 pub enum AgentsCommand {
     /// `orange agents accept`
@@ -70,7 +70,7 @@ pub enum AgentsCommand {
 
 operator_args! {
     /// Show one agent: its facts, labels, status, last seen, open tasks and last 10 tasks.
-    #[derive(FromArgs, Debug)]
+    #[derive(FromArgs, ArgsInfo, Debug)]
     #[argh(
         subcommand,
         name = "show",
@@ -114,7 +114,7 @@ const RECENT_TASKS: usize = 10;
 
 operator_args! {
     /// Accept a pending agent: from now on it takes tasks.
-    #[derive(FromArgs, Debug)]
+    #[derive(FromArgs, ArgsInfo, Debug)]
     #[argh(
         subcommand,
         name = "accept",
@@ -139,7 +139,7 @@ operator_args! {
 
 operator_args! {
     /// Forget an agent: drop its secret so the app id may enroll again.
-    #[derive(FromArgs, Debug)]
+    #[derive(FromArgs, ArgsInfo, Debug)]
     #[argh(
         subcommand,
         name = "forget",
@@ -175,7 +175,7 @@ fn execute(args: AgentsArgs) -> Result<Printed> {
     let Some(command) = args.command else {
         let labels = limits::parse_labels(&args.label, limits::MAX_LABELS)
             .map_err(|e| usage(format!("--label: {e}")))?;
-        let filter = AgentFilter { labels, online: args.online };
+        let filter = AgentFilter { labels, online: args.online, ..AgentFilter::default() };
         return list(&OperatorConfig::from_flags(flags)?, &filter, args.pending);
     };
     if args.online || args.pending || !args.label.is_empty() {
@@ -364,6 +364,7 @@ mod tests {
                 agent("w2", "pending", true),
                 agent("w3", "pending", false),
             ],
+            next: None,
         };
         let api = FakeApi::serve(vec![FakeApi::ok(&all), FakeApi::ok(&all)]);
         let printed =
@@ -394,7 +395,7 @@ mod tests {
         let mut db = agent("w2", "accepted", true);
         db.labels = [("role".to_owned(), "db".to_owned())].into();
         // A server that predates the filters answers every agent.
-        let all = AgentList { agents: vec![web.clone(), db, agent("w3", "accepted", false)] };
+        let all = AgentList { agents: vec![web.clone(), db, agent("w3", "accepted", false)], next: None };
         let api = FakeApi::serve(vec![FakeApi::ok(&all)]);
         let argv = [
             "--label",
@@ -417,8 +418,11 @@ mod tests {
 
     #[test]
     fn no_match_is_said_on_stderr_instead_of_a_bare_header() {
-        let none = AgentList { agents: vec![agent("w1", "accepted", true)] };
-        let api = FakeApi::serve(vec![FakeApi::ok(&none), FakeApi::ok(&AgentList { agents: Vec::new() })]);
+        let none = AgentList { agents: vec![agent("w1", "accepted", true)], next: None };
+        let api = FakeApi::serve(vec![
+            FakeApi::ok(&none),
+            FakeApi::ok(&AgentList { agents: Vec::new(), next: None }),
+        ]);
         let argv = ["--label", "role=nothing", "--server", &api.url, "--token-file", token_file()];
         let printed = execute(parse(&argv).unwrap()).unwrap();
         assert_eq!(printed, Printed { stdout: String::new(), stderr: "orange: no agents match\n".into() });

@@ -160,7 +160,7 @@ pub(crate) fn help_text(path: &[String]) -> String {
 }
 
 /// The subcommand names a help text lists under "Commands:".
-fn subcommands(help: &str) -> Vec<String> {
+pub(crate) fn subcommands(help: &str) -> Vec<String> {
     section(help, "Commands:")
         .filter_map(|line| line.strip_prefix("  ").filter(|rest| !rest.starts_with(' ')))
         .filter_map(|rest| rest.split_whitespace().next())

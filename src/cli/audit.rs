@@ -2,7 +2,7 @@
 //! newest first, filtered by kind, action, actor and time on the server, and paged by a cursor.
 
 use anyhow::Result;
-use argh::FromArgs;
+use argh::{ArgsInfo, FromArgs};
 
 use super::argv::usage_bail;
 use super::operator::{OperatorConfig, encode, operator_args, operator_flags};
@@ -13,7 +13,7 @@ use crate::protocol::audit::{self, AuditQuery};
 
 operator_args! {
     /// Show the audit record: who sent, cancelled, accepted, forgot, enrolled, created or revoked what.
-    #[derive(FromArgs, Debug)]
+    #[derive(FromArgs, ArgsInfo, Debug)]
     #[argh(
         subcommand,
         name = "audit",

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use argh::FromArgs;
+use argh::{ArgsInfo, FromArgs};
 use serde_json::json;
 
 use super::argv::usage;
@@ -22,7 +22,7 @@ use crate::server::store::{self, Header, Restored, Trailer};
 const MAX_CACHE_MB: u64 = 1 << 20;
 
 /// What `orange server` does besides serving.
-#[derive(FromArgs)]
+#[derive(FromArgs, ArgsInfo)]
 #[argh(subcommand)]
 pub enum ServerAction {
     /// `orange server backup`
@@ -35,7 +35,7 @@ operator_args! {
     /// Write a backup of a running server to a file: every record, consistent to one moment,
     /// while agents keep working, and the admin token and enrollment key of its data directory
     /// (keep the file as secret as the data directory; it is written 0600).
-    #[derive(FromArgs)]
+    #[derive(FromArgs, ArgsInfo)]
     #[argh(
         subcommand,
         name = "backup",
@@ -55,7 +55,7 @@ operator_args! {
 }
 
 /// Restore a backup into a new data directory; `orange server --data DIR` then serves it.
-#[derive(FromArgs)]
+#[derive(FromArgs, ArgsInfo)]
 #[argh(
     subcommand,
     name = "restore",

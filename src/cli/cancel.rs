@@ -2,7 +2,7 @@
 //! `orange task run`.
 
 use anyhow::{Result, bail};
-use argh::FromArgs;
+use argh::{ArgsInfo, FromArgs};
 
 use super::flags::check_task_id;
 use super::operator::{Api, OperatorConfig, operator_args, operator_flags};
@@ -13,7 +13,7 @@ use crate::protocol::admin::{self, CancelRequest, TaskView};
 
 operator_args! {
     /// Cancel a task: withdraw it from its queue, or have its agent stop it.
-    #[derive(FromArgs, Debug)]
+    #[derive(FromArgs, ArgsInfo, Debug)]
     #[argh(
         subcommand,
         name = "cancel",

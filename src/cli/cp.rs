@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use argh::FromArgs;
+use argh::{ArgsInfo, FromArgs};
 use sha2::{Digest, Sha256};
 
 use super::argv::{usage, usage_bail};
@@ -35,7 +35,7 @@ const UPLOAD_TIMEOUT: Duration = Duration::from_secs(3600);
 
 operator_args! {
     /// Copy a file to hosts (LOCAL :REMOTE_PATH) or from one host (:REMOTE_PATH LOCAL).
-    #[derive(FromArgs, Debug)]
+    #[derive(FromArgs, ArgsInfo, Debug)]
     #[argh(
         subcommand,
         name = "cp",

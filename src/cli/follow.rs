@@ -5,7 +5,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
-use argh::FromArgs;
+use argh::{ArgsInfo, FromArgs};
 
 use super::flags::check_task_id;
 use super::operator::{Api, OperatorConfig, operator_args, operator_flags};
@@ -19,7 +19,7 @@ const EMPTY_PAGE_PAUSE: Duration = Duration::from_millis(if cfg!(test) { 10 } el
 
 operator_args! {
     /// Print a task's output: what it has written so far, or everything until it ends with -f.
-    #[derive(FromArgs, Debug)]
+    #[derive(FromArgs, ArgsInfo, Debug)]
     #[argh(
         subcommand,
         name = "logs",

@@ -3,7 +3,7 @@
 //! `job_run.rs`, which both read their flags from here.
 
 use anyhow::Result;
-use argh::FromArgs;
+use argh::{ArgsInfo, FromArgs};
 
 use super::argv::{usage, usage_bail};
 use super::flags::{
@@ -15,7 +15,7 @@ use crate::protocol::jobs::{JobRequest, Limit, Targets, check_host_timeout};
 use crate::protocol::limits;
 
 /// Run one command on many hosts: targets, rate control, progress and grouped results.
-#[derive(FromArgs, Debug)]
+#[derive(FromArgs, ArgsInfo, Debug)]
 #[argh(
     subcommand,
     name = "job",
@@ -31,7 +31,7 @@ pub struct JobArgs {
 }
 
 /// The `orange job` subcommands.
-#[derive(FromArgs, Debug)]
+#[derive(FromArgs, ArgsInfo, Debug)]
 #[argh(subcommand)]
 pub enum JobCommand {
     /// `orange job run`
@@ -55,7 +55,7 @@ pub enum JobCommand {
 operator_args! {
     /// Run a command on many hosts and wait: a live progress line on a terminal, then a summary
     /// with identical outputs grouped.
-    #[derive(FromArgs, Debug)]
+    #[derive(FromArgs, ArgsInfo, Debug)]
     #[argh(
         subcommand,
         name = "run",
@@ -157,7 +157,7 @@ operator_args! {
 
 operator_args! {
     /// Start a job on many hosts without waiting; prints its id.
-    #[derive(FromArgs, Debug)]
+    #[derive(FromArgs, ArgsInfo, Debug)]
     #[argh(
         subcommand,
         name = "send",
@@ -232,7 +232,7 @@ operator_args! {
 operator_args! {
     /// Run a job that ended again, as a new job linked to it: the same command, input and limits,
     /// on every host it targeted or, with --failed, on those that did not succeed.
-    #[derive(FromArgs, Debug)]
+    #[derive(FromArgs, ArgsInfo, Debug)]
     #[argh(
         subcommand,
         name = "retry",
@@ -261,7 +261,7 @@ operator_args! {
 
 operator_args! {
     /// Show a job: its state, counts and results grouped by outcome.
-    #[derive(FromArgs, Debug)]
+    #[derive(FromArgs, ArgsInfo, Debug)]
     #[argh(subcommand, name = "get", note = "Connection options as in `orange task run --help`.")]
     pub struct GetArgs {
         /// the job id
@@ -280,7 +280,7 @@ operator_args! {
 
 operator_args! {
     /// List jobs, newest first.
-    #[derive(FromArgs, Debug)]
+    #[derive(FromArgs, ArgsInfo, Debug)]
     #[argh(subcommand, name = "list", note = "Connection options as in `orange task run --help`.")]
     pub struct ListArgs {
         /// most jobs to show, 1 to 1000 (default: the server's, 100)
@@ -293,7 +293,7 @@ operator_args! {
 
 operator_args! {
     /// Cancel a job: hosts not started are skipped, queued tasks withdrawn, running ones stopped.
-    #[derive(FromArgs, Debug)]
+    #[derive(FromArgs, ArgsInfo, Debug)]
     #[argh(
         subcommand,
         name = "cancel",
@@ -315,7 +315,7 @@ operator_args! {
 
 operator_args! {
     /// Pause a job: tasks already started go on, no new host starts until `orange job resume`.
-    #[derive(FromArgs, Debug)]
+    #[derive(FromArgs, ArgsInfo, Debug)]
     #[argh(subcommand, name = "pause", note = "Connection options as in `orange task run --help`.")]
     pub struct PauseArgs {
         /// the job id
@@ -328,7 +328,7 @@ operator_args! {
 
 operator_args! {
     /// Resume a paused job: hosts start again as the window allows.
-    #[derive(FromArgs, Debug)]
+    #[derive(FromArgs, ArgsInfo, Debug)]
     #[argh(subcommand, name = "resume", note = "Connection options as in `orange task run --help`.")]
     pub struct ResumeArgs {
         /// the job id

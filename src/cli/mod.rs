@@ -4,7 +4,7 @@
 //! Files depend downwards in this order: `mod`, `server`, `backup`, `agent`, `token`, `audit`,
 //! `agents`, `cp`, `job`, `job_run`, `job_args`, `task`, `run`, `interrupt`, `cancel`, `follow`, `wait`,
 //! `fake_api` (tests), `job_print`, `output`, `flags`, `operator`, `profiles`, `log_format`, `local_file`,
-//! `config_file`, `argv`.
+//! `config_file`, and `completions`, `man` and `argv`, which read the whole command tree of `Orange`.
 
 pub mod agent;
 pub mod agents;
@@ -12,6 +12,7 @@ pub mod argv;
 pub mod audit;
 pub mod backup;
 pub mod cancel;
+pub mod completions;
 pub mod config_file;
 pub mod cp;
 #[cfg(test)]
@@ -25,6 +26,7 @@ pub mod job_print;
 pub mod job_run;
 pub mod local_file;
 pub mod log_format;
+pub mod man;
 pub mod operator;
 pub mod output;
 pub mod profiles;
@@ -37,12 +39,12 @@ pub mod wait;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use argh::FromArgs;
+use argh::{ArgsInfo, FromArgs};
 
 use crate::protocol::read_secret_file;
 
 /// orange: send work to a fleet of hosts that poll this server; no open ports on hosts, no Redis.
-#[derive(FromArgs)]
+#[derive(FromArgs, ArgsInfo)]
 #[argh(
     example = "orange server --data /var/lib/orange",
     example = "orange agent --server https://orange.example:8890 --allow-shell",
@@ -90,7 +92,7 @@ impl Orange {
 }
 
 /// The subcommands.
-#[derive(FromArgs)]
+#[derive(FromArgs, ArgsInfo)]
 #[argh(subcommand)]
 pub enum Command {
     /// `orange server`
@@ -111,10 +113,14 @@ pub enum Command {
     Audit(audit::AuditArgs),
     /// `orange cp`
     Cp(cp::CpArgs),
+    /// `orange completions`
+    Completions(completions::CompletionsArgs),
+    /// `orange man`
+    Man(man::ManArgs),
 }
 
 /// Print the server's enrollment key (on the server host): agents given it enroll at once.
-#[derive(FromArgs, Debug)]
+#[derive(FromArgs, ArgsInfo, Debug)]
 #[argh(subcommand, name = "enroll-key")]
 pub struct EnrollKeyArgs {
     /// the server's data directory
@@ -155,6 +161,8 @@ pub fn run(orange: Orange) -> Result<i32> {
         Some(Command::Token(args)) => token::run(args),
         Some(Command::Audit(args)) => audit::run(args),
         Some(Command::Cp(args)) => cp::run(args),
+        Some(Command::Completions(args)) => completions::run(args),
+        Some(Command::Man(_)) => man::run(),
         Some(Command::EnrollKey(args)) => {
             let path = args.data.join(crate::server::ENROLL_KEY_FILE);
             let key = read_secret_file(&path).with_context(|| {

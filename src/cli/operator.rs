@@ -16,6 +16,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::profiles::{Profile, chosen_profile};
+use crate::client::proxy::{ProxySettings, ProxyUrl};
 use crate::client::{AdminClient, ClientError, TlsSettings};
 use crate::protocol::read_secret_file;
 
@@ -72,7 +73,7 @@ impl std::fmt::Debug for AdminToken {
 /// ```ignore
 /// operator_args! {
 ///     /// List tasks, newest first.
-///     #[derive(FromArgs, Debug)]
+///     #[derive(FromArgs, ArgsInfo, Debug)]
 ///     #[argh(subcommand, name = "list")]
 ///     pub struct ListArgs {
 ///         /// most tasks to show
@@ -203,14 +204,19 @@ impl OperatorConfig {
     /// An admin API client whose calls time out after `timeout`.
     pub fn api(&self, timeout: Duration) -> Api {
         Api {
-            client: AdminClient::with_tls(
-                &self.server,
-                self.token.expose(),
-                timeout,
-                TlsSettings::new(self.tls.ca_file.as_deref(), self.tls.insecure),
-            ),
+            client: AdminClient::through(&self.server, self.token.expose(), timeout, self.route()),
             server: self.server.clone(),
         }
+    }
+}
+
+impl OperatorConfig {
+    /// TLS settings (from the environment or the profile) and the proxy to the server:
+    /// `ORANGE_PROXY`, else the variables curl reads.
+    fn route(&self) -> Result<(TlsSettings, Option<ProxyUrl>), String> {
+        let environment = |name: &str| std::env::var(name).ok();
+        let proxy = ProxySettings::from_lookup(None, &environment).for_server(&self.server)?;
+        Ok((TlsSettings::new(self.tls.ca_file.as_deref(), self.tls.insecure)?, proxy))
     }
 }
 

@@ -5,7 +5,7 @@ use std::io::{IsTerminal, Read, Write};
 use std::os::fd::AsFd;
 
 use anyhow::{Context, Result, bail};
-use argh::FromArgs;
+use argh::{ArgsInfo, FromArgs};
 
 use super::argv::usage;
 use super::flags::{
@@ -32,7 +32,7 @@ pub const EXIT_NO_CODE: i32 = 255;
 operator_args! {
     /// Run a command on one host and wait for it, like ssh: its stdout and stderr are printed live as
     /// the host writes them and its exit status becomes orange's.
-    #[derive(FromArgs, Debug)]
+    #[derive(FromArgs, ArgsInfo, Debug)]
     #[argh(
         subcommand,
         name = "run",

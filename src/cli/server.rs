@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use argh::FromArgs;
+use argh::{ArgsInfo, FromArgs};
 
 use super::agent::{Env, non_empty_env};
 use super::argv::usage;
@@ -19,7 +19,7 @@ use crate::server::{ServerConfig, ServerOptions};
 
 /// Run the server: agent endpoints, operator API and the embedded database; or back it up, or
 /// restore a backup.
-#[derive(FromArgs)]
+#[derive(FromArgs, ArgsInfo)]
 #[argh(
     subcommand,
     name = "server",

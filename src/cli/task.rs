@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use argh::FromArgs;
+use argh::{ArgsInfo, FromArgs};
 
 use super::argv::{usage, usage_bail};
 use super::cancel::{self, CancelArgs};
@@ -23,7 +23,7 @@ use crate::protocol::audit;
 use crate::protocol::task_query::{self, TaskQuery};
 
 /// Run, send, follow, cancel, show and list tasks.
-#[derive(FromArgs, Debug)]
+#[derive(FromArgs, ArgsInfo, Debug)]
 #[argh(
     subcommand,
     name = "task",
@@ -39,7 +39,7 @@ pub struct TaskArgs {
 }
 
 /// The `orange task` subcommands.
-#[derive(FromArgs, Debug)]
+#[derive(FromArgs, ArgsInfo, Debug)]
 #[argh(subcommand)]
 pub enum TaskCommand {
     /// `orange task run`
@@ -58,7 +58,7 @@ pub enum TaskCommand {
 
 operator_args! {
     /// Give a task to some hosts, or all, without waiting; prints one task id per line.
-    #[derive(FromArgs, Debug)]
+    #[derive(FromArgs, ArgsInfo, Debug)]
     #[argh(
         subcommand,
         name = "send",
@@ -115,7 +115,7 @@ operator_args! {
 
 operator_args! {
     /// Show one task: its state, history, exit code and captured output.
-    #[derive(FromArgs, Debug)]
+    #[derive(FromArgs, ArgsInfo, Debug)]
     #[argh(
         subcommand,
         name = "get",
@@ -141,7 +141,7 @@ operator_args! {
 
 operator_args! {
     /// List tasks, newest first, filtered by agent, state and age on the server, a page at a time.
-    #[derive(FromArgs, Debug)]
+    #[derive(FromArgs, ArgsInfo, Debug)]
     #[argh(
         subcommand,
         name = "list",

@@ -3,7 +3,7 @@
 //! [`parse_ttl`], the duration syntax of `--ttl`.
 
 use anyhow::{Result, bail};
-use argh::FromArgs;
+use argh::{ArgsInfo, FromArgs};
 use chrono::Utc;
 
 use super::argv::usage_bail;
@@ -14,7 +14,7 @@ use crate::protocol::admin::{self, TokenList, TokenRequest, TokenView};
 use crate::protocol::limits::{self, MAX_TOKEN_TTL_SECS};
 
 /// Create, list and revoke enrollment tokens: one-off credentials agents enroll with.
-#[derive(FromArgs, Debug)]
+#[derive(FromArgs, ArgsInfo, Debug)]
 #[argh(
     subcommand,
     name = "token",
@@ -33,7 +33,7 @@ pub struct TokenArgs {
 }
 
 /// The `orange token` subcommands.
-#[derive(FromArgs, Debug)]
+#[derive(FromArgs, ArgsInfo, Debug)]
 #[argh(subcommand)]
 pub enum TokenCommand {
     /// `orange token create`
@@ -46,7 +46,7 @@ pub enum TokenCommand {
 
 operator_args! {
     /// Create an enrollment token and print it, once.
-    #[derive(FromArgs, Debug)]
+    #[derive(FromArgs, ArgsInfo, Debug)]
     #[argh(
         subcommand,
         name = "create",
@@ -75,7 +75,7 @@ operator_args! {
 
 operator_args! {
     /// List enrollment tokens, without their secrets.
-    #[derive(FromArgs, Debug)]
+    #[derive(FromArgs, ArgsInfo, Debug)]
     #[argh(
         subcommand,
         name = "list",
@@ -94,7 +94,7 @@ operator_args! {
 
 operator_args! {
     /// Revoke an enrollment token: no agent may enroll with it from now on.
-    #[derive(FromArgs, Debug)]
+    #[derive(FromArgs, ArgsInfo, Debug)]
     #[argh(
         subcommand,
         name = "revoke",

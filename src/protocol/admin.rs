@@ -339,6 +339,9 @@ pub const BACKUP_PATH: &str = "/api/v1/backup";
 pub struct AgentList {
     /// The agents.
     pub agents: Vec<AgentView>,
+    /// The `after` of the next page, when a `limit` cut the list short.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// Body of every admin API error (4xx/5xx).
@@ -388,21 +391,71 @@ pub fn agent_path(app_id: &str) -> String {
 pub const QUERY_LABEL: &str = "label";
 /// Query key of `GET /api/v1/agents` keeping only online agents (`true`).
 pub const QUERY_ONLINE: &str = "online";
+/// Query key of `GET /api/v1/agents` keeping only agents in one presence: `online`, `offline`
+/// or `pending`.
+pub const QUERY_STATUS: &str = "status";
+/// Query key of `GET /api/v1/agents` continuing after this app id (the `next` of a page).
+pub const QUERY_AFTER: &str = "after";
+/// Query key of `GET /api/v1/agents` bounding a page (1 to [`MAX_LIST_LIMIT`]); without it
+/// every matching agent is listed.
+pub const QUERY_LIMIT: &str = "limit";
 
-/// Which agents `GET /api/v1/agents` lists: those carrying every label and, when `online`, only
-/// those seen within [`ONLINE_WINDOW_SECS`].
+/// Where an agent stands for an operator: able to take tasks now, enrolled but silent, or
+/// waiting for `orange agents accept`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    /// Accepted and seen within [`ONLINE_WINDOW_SECS`].
+    Online,
+    /// Accepted and not seen within [`ONLINE_WINDOW_SECS`].
+    Offline,
+    /// Waiting to be accepted.
+    Pending,
+}
+
+impl Presence {
+    /// The presence of `agent`.
+    pub fn of(agent: &AgentView) -> Presence {
+        match (agent.status.as_str(), agent.online) {
+            ("pending", _) => Presence::Pending,
+            (_, true) => Presence::Online,
+            (_, false) => Presence::Offline,
+        }
+    }
+
+    fn parse(text: &str) -> Result<Presence, String> {
+        match text {
+            "online" => Ok(Presence::Online),
+            "offline" => Ok(Presence::Offline),
+            "pending" => Ok(Presence::Pending),
+            other => {
+                Err(format!("status={:?} must be online, offline or pending", super::wire::shown(other)))
+            }
+        }
+    }
+}
+
+/// Which agents `GET /api/v1/agents` lists: those carrying every label, when `online` only
+/// those seen within [`ONLINE_WINDOW_SECS`], when `presence` only those in it; in app id order,
+/// after `after`, at most `limit`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AgentFilter {
     /// Labels that must all be present with these values.
     pub labels: BTreeMap<String, String>,
     /// Only online agents.
     pub online: bool,
+    /// Only agents in this presence.
+    pub presence: Option<Presence>,
+    /// Only agents whose app id sorts after this one.
+    pub after: Option<String>,
+    /// At most this many agents; every one when `None`.
+    pub limit: Option<usize>,
 }
 
 impl AgentFilter {
-    /// True when `agent` passes the filter.
+    /// True when `agent` passes the filter's conditions (not its page bounds).
     pub fn matches(&self, agent: &AgentView) -> bool {
         (!self.online || agent.online)
+            && self.presence.is_none_or(|presence| Presence::of(agent) == presence)
             && self.labels.iter().all(|(key, value)| agent.labels.get(key) == Some(value))
     }
 
@@ -416,11 +469,24 @@ impl AgentFilter {
                     filter.labels.insert(k.to_owned(), v.to_owned());
                 }
                 QUERY_ONLINE => filter.online = parse_bool(value)?,
+                QUERY_STATUS => filter.presence = Some(Presence::parse(value)?),
+                QUERY_AFTER => {
+                    super::wire::check_app_id(value).map_err(|e| format!("after: {e}"))?;
+                    filter.after = Some(value.clone());
+                }
+                QUERY_LIMIT => filter.limit = Some(parse_page_limit(value)?),
                 other => return Err(format!("unknown query parameter {:?}", super::wire::shown(other))),
             }
         }
         super::limits::check_labels(&filter.labels, super::limits::MAX_LABELS)?;
         Ok(filter)
+    }
+}
+
+fn parse_page_limit(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(limit) if (1..=MAX_LIST_LIMIT).contains(&limit) => Ok(limit),
+        _ => Err(format!("limit={:?} must be 1 to {MAX_LIST_LIMIT}", super::wire::shown(value))),
     }
 }
 

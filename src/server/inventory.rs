@@ -44,22 +44,32 @@ impl Inventory {
         Ok(())
     }
 
-    /// Every agent that passes `filter`, sorted by app id, with its facts.
-    pub fn agents(&self, filter: &AgentFilter) -> Result<Vec<AgentView>, StoreError> {
+    /// The agents that pass `filter`, sorted by app id, with their facts: those after
+    /// `filter.after`, at most `filter.limit`; and the `after` of the next page when the limit
+    /// cut the list short. Facts are read only for the agents listed.
+    pub fn agents(&self, filter: &AgentFilter) -> Result<(Vec<AgentView>, Option<String>), StoreError> {
         let now = now_ms();
-        let mut facts = self.store.all_facts()?;
         let agents = self.store.agents()?;
-        let views = agents
+        let mut matching = agents
             .iter()
+            .filter(|agent| filter.after.as_ref().is_none_or(|after| agent.app_id > *after))
             .map(|agent| agent_view(agent, self.presence.liveness(agent, now)))
-            .filter(|v| filter.matches(v));
-        views
+            .filter(|view| filter.matches(view));
+        let limit = filter.limit.unwrap_or(usize::MAX);
+        let page: Vec<AgentView> = matching.by_ref().take(limit).collect();
+        let next = match matching.next() {
+            Some(_) => page.last().map(|view| view.app_id.clone()),
+            None => None,
+        };
+        let page = page
+            .into_iter()
             .map(|mut view| {
                 view.features = self.store.features(&view.app_id)?;
-                let record = facts.remove(&view.app_id);
+                let record = self.store.facts(&view.app_id)?;
                 Ok(with_facts(view, record, now))
             })
-            .collect()
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok((page, next))
     }
 
     /// Agent `app_id` as the operator sees it, with its facts.

@@ -35,9 +35,39 @@ const TOOLS: &[Tool] = &[
         source: Source::Apt("systemd"),
     },
     Tool {
+        command: "chromium",
+        what_for: "the web console is tested in a browser",
+        source: Source::Apt("chromium"),
+    },
+    Tool {
+        command: "chromedriver",
+        what_for: "the browser is driven through WebDriver",
+        source: Source::Apt("chromium-driver"),
+    },
+    Tool {
         command: "promtool",
         what_for: "the metrics exposition is checked with `promtool check metrics`",
         source: Source::FromPackage { package: "prometheus", path: "usr/bin/promtool" },
+    },
+    Tool {
+        command: "bash",
+        what_for: "the bash completion script is loaded and driven",
+        source: Source::Apt("bash"),
+    },
+    Tool {
+        command: "zsh",
+        what_for: "the zsh completion script is loaded by zsh",
+        source: Source::Apt("zsh"),
+    },
+    Tool {
+        command: "fish",
+        what_for: "the fish completion script is asked for completions",
+        source: Source::Apt("fish"),
+    },
+    Tool {
+        command: "man",
+        what_for: "the manual page is rendered with `man -l`",
+        source: Source::Apt("man-db"),
     },
     Tool {
         command: "debootstrap",

@@ -67,6 +67,7 @@ pub(crate) fn config(server: &str, max_tasks: usize, state: &Path) -> AgentConfi
         secret: Secret::new(SECRET),
         enrollment: crate::client::Enrollment::Key(LEGACY_BASE_SECRET.into()),
         tls: crate::client::TlsSettings::default(),
+        proxy: None,
         state_dir: state.to_owned(),
         allow_shell: true,
         handlers_dir: None,

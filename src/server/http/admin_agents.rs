@@ -38,7 +38,8 @@ async fn list_agents(
 ) -> ApiResult<Json<AgentList>> {
     let Query(pairs) = query.map_err(bad_query)?;
     let filter = AgentFilter::from_pairs(&pairs).map_err(|m| ApiFailure(StatusCode::BAD_REQUEST, m))?;
-    Ok(Json(AgentList { agents: app.inventory().agents(&filter)? }))
+    let (agents, next) = app.inventory().agents(&filter)?;
+    Ok(Json(AgentList { agents, next }))
 }
 
 async fn get_agent(

@@ -17,6 +17,7 @@ mod agent_files;
 mod busy;
 mod client_addr;
 mod connections;
+pub mod console;
 pub mod metrics;
 pub mod probes;
 mod proxy_protocol;
@@ -57,7 +58,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// The whole router: agent routes under the overload limit (a pool for accepted agents, a
 /// smaller one for everyone else), the `probes` without a token, operator routes under the
 /// admin token whose SHA-256 is `admin_token_hash`, and `/metrics` under that token too unless
-/// `--metrics-public`; every answer counted in the metrics.
+/// `--metrics-public`, the web console's files at `/` without a token; every answer counted in
+/// the metrics.
 pub fn router(
     services: AppState,
     admin_token_hash: SecretHash,
@@ -75,6 +77,7 @@ pub fn router(
         .merge(agent_routes)
         .merge(probes)
         .merge(public_metrics)
+        .merge(console::routes())
         .merge(admin_routes(admin_token_hash, !config.metrics_public));
     counted(routes, services)
 }

@@ -34,7 +34,8 @@ pub struct AgentOpts {
     /// `--config FILE` instead of `--server`, `--appid` and `--state`, which the file then gives
     /// (its app id the one the agent is started with); the other options still add their flags.
     pub config: Option<PathBuf>,
-    /// Environment variables set for it, after the harness's own.
+    /// Environment variables set for the agent (after orange's own are cleared and the
+    /// harness's set).
     pub env: Vec<(String, String)>,
 }
 

@@ -7,6 +7,7 @@
 //! leave unchanged.
 
 mod agent;
+mod browser;
 mod cli;
 mod go;
 mod http;
@@ -19,6 +20,7 @@ mod tools;
 use std::time::{Duration, Instant};
 
 pub use agent::{Agent, AgentOpts};
+pub use browser::Browser;
 pub use cli::{Cli, LiveRun, Run, cli, cli_with};
 pub use go::*;
 pub use http::{Connection, ProxiedRequest, Proxy, RawResponse, http, raw_exchange};

@@ -11,8 +11,18 @@ use std::time::Duration;
 
 use super::try_wait_until;
 
-/// Environment variables of orange that must not leak from the developer's shell into children.
+/// Environment variables of orange (and the proxy variables it reads) that must not leak from
+/// the developer's shell into children.
 const ORANGE_ENV: &[&str] = &[
+    "ORANGE_PROXY",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
     "ORANGE_SERVER",
     "ORANGE_TOKEN",
     "ORANGE_SECRET",
