@@ -22,7 +22,7 @@ pub struct Browser {
     runtime: tokio::runtime::Runtime,
     client: Option<Client>,
     driver: std::process::Child,
-    _profile: TempDir,
+    profile: TempDir,
 }
 
 impl Browser {
@@ -48,6 +48,10 @@ impl Browser {
                 format!("--window-size={width},{height}"),
                 format!("--user-data-dir={}", profile.path().display()),
             ],
+            "prefs": {
+                "download.default_directory": profile.path().join("downloads"),
+                "download.prompt_for_download": false,
+            },
         });
         let mut capabilities = serde_json::Map::new();
         capabilities.insert("goog:chromeOptions".into(), options);
@@ -69,7 +73,7 @@ impl Browser {
                 Err(e) => panic!("cannot start a Chromium session through chromedriver: {e}"),
             }
         };
-        Browser { runtime, client: Some(client), driver, _profile: profile }
+        Browser { runtime, client: Some(client), driver, profile }
     }
 
     fn client(&self) -> &Client {
@@ -158,6 +162,11 @@ impl Browser {
                 element.select_by_value(value).await
             })
             .unwrap_or_else(|e| panic!("select {value} in {css}: {e}"));
+    }
+
+    /// Where the browser saves downloads.
+    pub fn downloads_dir(&self) -> PathBuf {
+        self.profile.path().join("downloads")
     }
 
     /// Whether a JavaScript dialog (`alert`, `confirm`) is open.

@@ -532,7 +532,7 @@ async function viewTask(root, [taskId], _query, signal) {
   const output = h("pre", { id: "task-output", "aria-live": "polite" },
     streams.stdout.head, streams.stdout.gap, streams.stdout.tailNode,
     streams.stderr.head, streams.stderr.gap, streams.stderr.tailNode);
-  const downloads = h("div", { class: "actions" });
+  const downloads = h("div", { class: "actions", id: "task-downloads" });
   replace(root, h("h1", {}, "Task ", h("code", {}, taskId)), details, h("h2", {}, "Output"), notes, output, downloads);
 
   const showDetails = async () => renderTaskDetails(details, await api("GET", path, undefined, { signal }));
