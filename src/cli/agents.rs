@@ -301,6 +301,7 @@ mod tests {
             status: status.into(),
             facts: None,
             features: Vec::new(),
+            approved_labels: Default::default(),
         }
     }
 

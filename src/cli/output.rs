@@ -521,6 +521,7 @@ pub(super) mod tests {
             status: if online { "accepted" } else { "pending" }.into(),
             facts: None,
             features: Vec::new(),
+            approved_labels: Default::default(),
         }
     }
 
