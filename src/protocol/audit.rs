@@ -54,6 +54,8 @@ pub const AUDIT_ACTIONS: &[&str] = &[
     "operator.revoke",
     "operator.rotate",
     "access.denied",
+    "file.upload",
+    "server.backup",
 ];
 
 /// One entry of the audit record.
