@@ -137,7 +137,7 @@ operator_args! {
         #[argh(positional)]
         pub id: String,
         /// the approved labels, k=v
-        #[argh(positional, greedy)]
+        #[argh(positional)]
         pub labels: Vec<String>,
     }
     /// print the agent as JSON

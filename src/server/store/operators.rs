@@ -154,6 +154,9 @@ mod tests {
     fn agents_accepted_before_keep_their_labels_once_and_only_once() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 1024 * 1024, Policy::default()).unwrap();
+        assert_eq!(store.approve_labels_of_earlier_agents(4).unwrap(), 0, "a new directory is done at open");
+        // As a data directory written before approved labels: no marker.
+        store.trees().meta.remove(LABELS_MIGRATED_KEY).unwrap();
         store.put_agent(&agent("web-1", AgentStatus::Accepted, &[("role", "web")])).unwrap();
         store.put_agent(&agent("new-1", AgentStatus::Pending, &[("role", "web")])).unwrap();
         assert_eq!(store.approve_labels_of_earlier_agents(5).unwrap(), 1);
