@@ -176,7 +176,7 @@ fn a_scoped_operator_reaches_no_host_outside_its_scope_by_any_route() {
     assert_eq!(job_run.code(), Some(0), "{job_run}");
 
     // The admin's task and job on db-1: not readable, not cancellable by alice.
-    let task = server.enqueue(&["db-1"], "shell", "sleep 30")[0].id.clone();
+    let task = server.enqueue(&["db-1"], "shell", "sleep 30")[0].task_id.clone();
     let admin_job = json!({"targets": {"app_ids": ["db-1"]}, "task_type": "shell", "payload": "sleep 30"});
     let job = call(&server, &server.token, "POST", "/api/v1/jobs", &admin_job).json()["job_id"].as_str().unwrap_or_default().to_owned();
     for path in [
