@@ -241,3 +241,30 @@ fn a_scoped_viewer_sees_only_its_hosts_and_runs_nothing() {
     assert_ne!(run.code(), Some(0), "{run}");
     assert!(run.stderr.contains("needs the role operator"), "{run}");
 }
+
+#[test]
+fn an_agent_runs_only_the_handlers_it_allows_whatever_the_server_sends() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = Server::start(ServerOpts::default());
+    let handlers = tempfile::tempdir().unwrap();
+    for (name, word) in [("deploy", "deployed"), ("wipe", "wiped")] {
+        let path = handlers.path().join(name);
+        std::fs::write(&path, format!("#!/bin/sh\necho {word}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let opts = AgentOpts {
+        handlers: Some(handlers.path().to_owned()),
+        extra_args: vec!["--allow-handler".into(), "deploy".into()],
+        ..AgentOpts::default()
+    };
+    let _agent = Agent::start_online(&server, "h-1", opts);
+    let deploy = server.enqueue(&["h-1"], "deploy", "")[0].task_id.clone();
+    let wipe = server.enqueue(&["h-1"], "wipe", "")[0].task_id.clone();
+    let deployed = server.wait_task(&deploy, 30);
+    assert_eq!(deployed.status, orange::protocol::TaskStatus::Succeeded, "{deployed:?}");
+    let refused = server.wait_task(&wipe, 30);
+    assert_eq!(refused.status, orange::protocol::TaskStatus::Failed, "{refused:?}");
+    let error = refused.error.unwrap_or_default();
+    assert!(error.contains("handler \"wipe\" is not allowed on this agent"), "{error}");
+    assert!(!server.output(&wipe, 0, 0).chunks.iter().any(|c| c.data.contains("wiped")));
+}
