@@ -268,3 +268,34 @@ fn an_agent_runs_only_the_handlers_it_allows_whatever_the_server_sends() {
     assert!(error.contains("handler \"wipe\" is not allowed on this agent"), "{error}");
     assert!(!server.output(&wipe, 0, 0).chunks.iter().any(|c| c.data.contains("wiped")));
 }
+
+#[test]
+fn after_an_upgrade_the_admin_token_works_and_earlier_agents_keep_their_labels_for_scopes() {
+    let data = tempfile::tempdir().unwrap();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/datadir-0.1.0.tar.gz");
+    let status = std::process::Command::new("tar")
+        .arg("-xzf")
+        .arg(&fixture)
+        .arg("-C")
+        .arg(data.path())
+        .status()
+        .expect("tar runs");
+    assert!(status.success(), "cannot unpack {}", fixture.display());
+    let admin_token = "the-token-of-before-0123456789abcdef".to_owned();
+    let opts = ServerOpts {
+        data_dir: Some(data.path().to_owned()),
+        admin_token: Some(admin_token.clone()),
+        ..ServerOpts::default()
+    };
+    let server = Server::start(opts);
+    let me = server.admin_raw("GET", "/api/v1/whoami", Some(&admin_token), b"");
+    assert_eq!(me.json(), json!({"name": "admin", "role": "admin", "scope": {}}), "{}", me.text());
+    let web_1 = server.agent("web-1").expect("web-1 kept");
+    assert_eq!(web_1.approved_labels, web_1.labels, "declared before the upgrade: approved");
+    let pending = server.agent("pending-1").expect("pending-1 kept");
+    assert!(pending.approved_labels.is_empty(), "a pending agent has nothing approved");
+    let web_ops = add_operator(&server, "webops", "operator", json!({"role": "web"}));
+    let agents = call(&server, &web_ops, "GET", "/api/v1/agents", &json!({})).json();
+    let ids: Vec<&str> = agents["agents"].as_array().unwrap().iter().map(|a| a["app_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["web-1"], "{agents}");
+}
