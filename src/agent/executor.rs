@@ -366,7 +366,10 @@ mod tests {
         assert_eq!(refused.status, OutcomeStatus::Failed);
         assert!(refused.stdout.is_empty(), "{refused:?}");
         let error = refused.error.unwrap_or_default();
-        assert!(error.starts_with("handler \"wipe\" is not allowed on this agent (allowed: deploy)"), "{error}");
+        assert!(
+            error.starts_with("handler \"wipe\" is not allowed on this agent (allowed: deploy)"),
+            "{error}"
+        );
         Ok(())
     }
 

@@ -15,8 +15,8 @@ use super::output::{self, Printed};
 use super::task;
 use crate::client::ADMIN_TIMEOUT;
 use crate::protocol::admin::{self, AgentFilter, AgentList, AgentView, TaskList, TaskView};
-use crate::protocol::task_query::TaskQuery;
 use crate::protocol::operators::{LABELS_SUFFIX, LabelsRequest};
+use crate::protocol::task_query::TaskQuery;
 use crate::protocol::{TaskStatus, limits, wire};
 
 operator_args! {
@@ -319,7 +319,11 @@ fn label(config: &OperatorConfig, id: &str, labels: BTreeMap<String, String>) ->
     let agent: AgentView = config.api(ADMIN_TIMEOUT).post(&path, &LabelsRequest { labels })?;
     Printed::json_or(config.json, &agent, |agent| {
         let labels: Vec<String> = agent.approved_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        format!("agent {}: approved labels {}\n", agent.app_id, if labels.is_empty() { "none".into() } else { labels.join(",") })
+        format!(
+            "agent {}: approved labels {}\n",
+            agent.app_id,
+            if labels.is_empty() { "none".into() } else { labels.join(",") }
+        )
     })
 }
 

@@ -221,9 +221,10 @@ fn with_token(config: &OperatorConfig, view: OperatorView) -> Result<Printed> {
     let Some(token) = view.token.as_deref() else {
         bail!("the server's answer holds no token for operator {}; rotate it and try again", view.name);
     };
-    let expires = view.expires_at.as_deref().map_or("never expires".to_owned(), |at| {
-        format!("expires {}", output::short_time(at))
-    });
+    let expires = view
+        .expires_at
+        .as_deref()
+        .map_or("never expires".to_owned(), |at| format!("expires {}", output::short_time(at)));
     let stderr = format!(
         "orange: token of {} ({}, {}); give it as ORANGE_TOKEN or --token-file; it is shown only once; {expires}\n",
         view.name,
@@ -302,8 +303,9 @@ mod tests {
 
     #[test]
     fn add_parses_role_scope_and_ttl_and_refuses_bad_ones() {
-        let args = parse(&["add", "alice", "--role", "operator", "--scope", "role=web,env=prod", "--ttl", "90d"])
-            .unwrap();
+        let args =
+            parse(&["add", "alice", "--role", "operator", "--scope", "role=web,env=prod", "--ttl", "90d"])
+                .unwrap();
         let OperatorCommand::Add(add) = args.command else { panic!("not an add") };
         assert_eq!(add.role, Role::Operator);
         assert_eq!(add.ttl, Some(90 * 86_400));

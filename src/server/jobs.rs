@@ -27,8 +27,8 @@ use crate::protocol::jobs::{
 use crate::protocol::limits::{
     self, MAX_ENQUEUE_BYTES, MAX_JOB_TARGETS, MAX_NAMED_TARGETS, MAX_TARGET_LABELS,
 };
-use crate::protocol::task::new_task_id;
 use crate::protocol::operators::scope_text;
+use crate::protocol::task::new_task_id;
 use crate::protocol::wire;
 use crate::protocol::{TaskId, TaskStatus};
 
@@ -208,7 +208,12 @@ impl Jobs {
     /// input and limits: on every host it targeted, or with `failed_only` on those that did
     /// not succeed. The job must have ended; hosts whose agent is no longer accepted are left
     /// out.
-    pub async fn retry(&self, caller: &Caller, id: TaskId, failed_only: bool) -> Result<JobRecord, ServiceError> {
+    pub async fn retry(
+        &self,
+        caller: &Caller,
+        id: TaskId,
+        failed_only: bool,
+    ) -> Result<JobRecord, ServiceError> {
         let first = self.visible(caller, id)?;
         if !first.secret_names.is_empty() {
             let names: Vec<&str> = first.secret_names.iter().map(String::as_str).collect();

@@ -152,7 +152,9 @@ impl Operators {
             )));
         }
         if self.store.operators()?.len() >= MAX_OPERATORS {
-            return Err(ServiceError::TooLarge(format!("the server keeps at most {MAX_OPERATORS} operators")));
+            return Err(ServiceError::TooLarge(format!(
+                "the server keeps at most {MAX_OPERATORS} operators"
+            )));
         }
         let token = new_token()?;
         let now = now_ms();
@@ -210,9 +212,9 @@ impl Operators {
                 "{ADMIN_NAME} is the server's admin token (--admin-token-file); change that file to replace it"
             )));
         }
-        self.store
-            .operator(name)?
-            .ok_or_else(|| ServiceError::NotFound(format!("unknown operator {:?}", crate::protocol::limits::shown(name))))
+        self.store.operator(name)?.ok_or_else(|| {
+            ServiceError::NotFound(format!("unknown operator {:?}", crate::protocol::limits::shown(name)))
+        })
     }
 }
 

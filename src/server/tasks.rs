@@ -66,7 +66,11 @@ impl Tasks {
     }
 
     /// Creates one task per target agent, makes them durable, then wakes the agents.
-    pub async fn enqueue(&self, caller: &Caller, mut request: EnqueueRequest) -> Result<Vec<TaskRecord>, ServiceError> {
+    pub async fn enqueue(
+        &self,
+        caller: &Caller,
+        mut request: EnqueueRequest,
+    ) -> Result<Vec<TaskRecord>, ServiceError> {
         let secret_names = merge_secret_env(&mut request.env, std::mem::take(&mut request.secret_env))?;
         check_task_input(&request.task_type, &request.payload)?;
         let max_file = self.defaults.max_file_bytes;
@@ -179,7 +183,9 @@ impl Tasks {
             (true, true) => {
                 let mut chosen = Vec::new();
                 for agent in self.store.agents()? {
-                    if agent.status == AgentStatus::Accepted && caller.may_reach(&self.store, &agent.app_id)? {
+                    if agent.status == AgentStatus::Accepted
+                        && caller.may_reach(&self.store, &agent.app_id)?
+                    {
                         chosen.push(agent.app_id);
                     }
                 }

@@ -190,19 +190,27 @@ fn a_large_binary_output_shows_its_head_and_tail_a_note_and_downloads_whole() {
     // 1.5 MB of text, then bytes that are not UTF-8, then a last line.
     let command = "head -c 1500000 /dev/zero | tr '\\0' a; printf '\\377\\376 raw\\n'; echo tail-marker";
     let task = server.enqueue(&["printer"], "shell", command).remove(0);
-    wait_until(Duration::from_secs(30), "the task to finish", || server.task(&task.task_id).status.is_final());
+    wait_until(Duration::from_secs(30), "the task to finish", || {
+        server.task(&task.task_id).status.is_final()
+    });
     let total = 1_500_000 + 7 + "tail-marker\n".len();
 
     let browser = signed_in(&server, 1280, 900);
     browser.open(&format!("{}/#/task/{}", server.url, task.task_id));
     browser.wait_for_text("#task-output", "tail-marker");
     browser.wait_for_text(".actions", "Download stdout");
-    let shown = browser.eval("return document.querySelector('#task-output').textContent.length").as_u64().unwrap_or(0);
+    let shown = browser
+        .eval("return document.querySelector('#task-output').textContent.length")
+        .as_u64()
+        .unwrap_or(0);
     assert!(shown < 600_000, "the page keeps only the head and the tail: {shown} characters");
     let output = browser.text("#task-output");
     assert!(output.starts_with("aaaa"), "the head is shown");
     assert!(output.contains("bytes of stdout not shown here"), "the gap is said");
-    assert!(output.contains("\u{FFFD}\u{FFFD} raw"), "bytes that are not UTF-8 show as replacement characters");
+    assert!(
+        output.contains("\u{FFFD}\u{FFFD} raw"),
+        "bytes that are not UTF-8 show as replacement characters"
+    );
     assert!(browser.text("#task-notes").contains("not valid UTF-8"), "{}", browser.text("#task-notes"));
     let link = browser.text("a[download]");
     assert_eq!(link, format!("Download stdout ({total} bytes)"), "the download holds every byte");
@@ -301,9 +309,11 @@ fn a_viewer_sees_no_run_link_nor_action_buttons_while_an_operator_does() {
     let server = Server::start(ServerOpts::default());
     let _agents = agents(&server, &[("busy-1", &[])]);
     let pending = AgentClient::new(&server.url, "waiting", "waiting-secret");
-    let request = RegisterRequest { app_id: "waiting".into(), secret: "waiting-secret".into(), ..Default::default() };
+    let request =
+        RegisterRequest { app_id: "waiting".into(), secret: "waiting-secret".into(), ..Default::default() };
     pending.register(&request, &Enrollment::Pending).expect("a pending registration");
-    let job = serde_json::json!({"targets": {"app_ids": ["busy-1"]}, "task_type": "shell", "payload": "sleep 300"});
+    let job =
+        serde_json::json!({"targets": {"app_ids": ["busy-1"]}, "task_type": "shell", "payload": "sleep 300"});
     let job: serde_json::Value = server.admin().post("/api/v1/jobs", &job).expect("a job");
     let job_id = job["job_id"].as_str().expect("a job id").to_owned();
     let token_of = |name: &str, role: &str| {

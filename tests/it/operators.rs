@@ -43,8 +43,9 @@ fn every_route_refuses_the_roles_below_its_own_naming_the_role_needed_and_admits
     assert!(routes.len() >= 30, "only {} routes listed", routes.len());
     let (mut refused, mut admitted) = (0, 0);
     for route in &routes {
-        let needed = least_role(&route.method, &route.path)
-            .unwrap_or_else(|| panic!("{} {} has no entry in the permission table", route.method, route.path));
+        let needed = least_role(&route.method, &route.path).unwrap_or_else(|| {
+            panic!("{} {} has no entry in the permission table", route.method, route.path)
+        });
         let path = route.path.replace("{id}", NO_SUCH_ID).replace("{name}", "nobody");
         for (role, token) in &tokens {
             let answer = call(&server, token, route.method.as_str(), &path, &json!({}));
@@ -64,7 +65,11 @@ fn every_route_refuses_the_roles_below_its_own_naming_the_role_needed_and_admits
     let denied: Vec<_> = audit.iter().filter(|e| e.action == "access.denied").collect();
     assert_eq!(denied.len(), refused, "every refusal recorded");
     assert!(denied.iter().all(|e| e.actor == "vera@127.0.0.1" || e.actor == "otto@127.0.0.1"));
-    assert!(denied.iter().any(|e| e.target == "POST /api/v1/tasks" && e.detail.contains("vera has the role viewer")));
+    assert!(
+        denied
+            .iter()
+            .any(|e| e.target == "POST /api/v1/tasks" && e.detail.contains("vera has the role viewer"))
+    );
 }
 
 #[test]
@@ -99,7 +104,8 @@ fn a_revoked_or_rotated_token_is_refused_on_the_next_request_and_the_admin_token
     assert!(refused.stderr.contains("revoked"), "{refused}");
     // Only admins manage operators; the admin token keeps working as the admin named `admin`.
     let viewer = add_operator(&server, "vic", "viewer", json!({}));
-    let by_viewer = server.operator(&["operator", "add", "eve", "--role", "admin"]).env("ORANGE_TOKEN", &viewer).run();
+    let by_viewer =
+        server.operator(&["operator", "add", "eve", "--role", "admin"]).env("ORANGE_TOKEN", &viewer).run();
     assert!(by_viewer.stderr.contains("needs the role admin"), "{by_viewer}");
     let me = server.admin_raw("GET", "/api/v1/whoami", Some(&server.token), b"");
     assert_eq!(me.json(), json!({"name": "admin", "role": "admin", "scope": {}}));
@@ -153,10 +159,17 @@ fn a_scoped_operator_reaches_no_host_outside_its_scope_by_any_route() {
         assert_ne!(refused.code(), Some(0), "{refused}");
         assert!(refused.stderr.contains("outside the scope of operator alice (role=web)"), "{refused}");
     }
-    let send_all = call(&server, &alice, "POST", "/api/v1/tasks", &json!({"all": true, "task_type": "shell", "payload": "true"}));
+    let send_all = call(
+        &server,
+        &alice,
+        "POST",
+        "/api/v1/tasks",
+        &json!({"all": true, "task_type": "shell", "payload": "true"}),
+    );
     assert_eq!(send_all.status, 201, "{}", send_all.text());
     let sent = send_all.json();
-    let sent: Vec<&str> = sent["tasks"].as_array().unwrap().iter().map(|t| t["app_id"].as_str().unwrap()).collect();
+    let sent: Vec<&str> =
+        sent["tasks"].as_array().unwrap().iter().map(|t| t["app_id"].as_str().unwrap()).collect();
     assert_eq!(sent, ["web-1"], "all means all agents in scope");
 
     // Jobs: --all and a selector that partly overlaps the scope both end at the scope.
@@ -178,7 +191,10 @@ fn a_scoped_operator_reaches_no_host_outside_its_scope_by_any_route() {
     // The admin's task and job on db-1: not readable, not cancellable by alice.
     let task = server.enqueue(&["db-1"], "shell", "sleep 30")[0].task_id.clone();
     let admin_job = json!({"targets": {"app_ids": ["db-1"]}, "task_type": "shell", "payload": "sleep 30"});
-    let job = call(&server, &server.token, "POST", "/api/v1/jobs", &admin_job).json()["job_id"].as_str().unwrap_or_default().to_owned();
+    let job = call(&server, &server.token, "POST", "/api/v1/jobs", &admin_job).json()["job_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     for path in [
         format!("/api/v1/tasks/{task}"),
         format!("/api/v1/tasks/{task}/output"),
@@ -191,7 +207,11 @@ fn a_scoped_operator_reaches_no_host_outside_its_scope_by_any_route() {
         let answer = call(&server, &alice, "GET", &path, &json!({}));
         assert_eq!(answer.status, 404, "GET {path}: {}", answer.text());
     }
-    for path in [format!("/api/v1/tasks/{task}/cancel"), format!("/api/v1/jobs/{job}/cancel"), format!("/api/v1/jobs/{job}/pause")] {
+    for path in [
+        format!("/api/v1/tasks/{task}/cancel"),
+        format!("/api/v1/jobs/{job}/cancel"),
+        format!("/api/v1/jobs/{job}/pause"),
+    ] {
         let answer = call(&server, &alice, "POST", &path, &json!({"force": true}));
         assert_eq!(answer.status, 404, "POST {path}: {}", answer.text());
     }
@@ -201,7 +221,8 @@ fn a_scoped_operator_reaches_no_host_outside_its_scope_by_any_route() {
 
     // Lists show only what is in scope.
     let agents = call(&server, &alice, "GET", "/api/v1/agents", &json!({})).json();
-    let ids: Vec<&str> = agents["agents"].as_array().unwrap().iter().map(|a| a["app_id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> =
+        agents["agents"].as_array().unwrap().iter().map(|a| a["app_id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["web-1"]);
     let tasks = call(&server, &alice, "GET", "/api/v1/tasks", &json!({})).json();
     assert!(tasks["tasks"].as_array().unwrap().iter().all(|t| t["app_id"] == "web-1"), "{tasks}");
@@ -221,8 +242,16 @@ fn a_scoped_operator_reaches_no_host_outside_its_scope_by_any_route() {
     audit.assert_success();
     let entries = audit.json()["entries"].as_array().unwrap().clone();
     assert!(entries.iter().all(|e| e["actor"] == "alice@127.0.0.1"), "{entries:?}");
-    assert!(entries.iter().any(|e| e["action"] == "task.send" && e["detail"].as_str().unwrap().starts_with("refused:")));
-    assert!(entries.iter().any(|e| e["action"] == "task.send" && e["detail"].as_str().unwrap().starts_with("type shell")));
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["action"] == "task.send" && e["detail"].as_str().unwrap().starts_with("refused:"))
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["action"] == "task.send" && e["detail"].as_str().unwrap().starts_with("type shell"))
+    );
     let her_view = call(&server, &alice, "GET", "/api/v1/audit?limit=1000", &json!({})).json();
     let seen = her_view["entries"].as_array().unwrap();
     assert!(!seen.is_empty());
@@ -234,10 +263,12 @@ fn a_scoped_viewer_sees_only_its_hosts_and_runs_nothing() {
     let (server, _agents) = fleet();
     let viewer = add_operator(&server, "dora", "viewer", json!({"role": "db"}));
     let agents = call(&server, &viewer, "GET", "/api/v1/agents", &json!({})).json();
-    let mut ids: Vec<&str> = agents["agents"].as_array().unwrap().iter().map(|a| a["app_id"].as_str().unwrap()).collect();
+    let mut ids: Vec<&str> =
+        agents["agents"].as_array().unwrap().iter().map(|a| a["app_id"].as_str().unwrap()).collect();
     ids.sort();
     assert_eq!(ids, ["db-1", "sneaky"], "approved role=db, whatever sneaky declares");
-    let run = server.operator(&["task", "run", "--appid", "db-1", "--", "true"]).env("ORANGE_TOKEN", &viewer).run();
+    let run =
+        server.operator(&["task", "run", "--appid", "db-1", "--", "true"]).env("ORANGE_TOKEN", &viewer).run();
     assert_ne!(run.code(), Some(0), "{run}");
     assert!(run.stderr.contains("needs the role operator"), "{run}");
 }
@@ -272,7 +303,8 @@ fn an_agent_runs_only_the_handlers_it_allows_whatever_the_server_sends() {
 #[test]
 fn after_an_upgrade_the_admin_token_works_and_earlier_agents_keep_their_labels_for_scopes() {
     let data = tempfile::tempdir().unwrap();
-    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/datadir-0.1.0.tar.gz");
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/datadir-0.1.0.tar.gz");
     let status = std::process::Command::new("tar")
         .arg("-xzf")
         .arg(&fixture)
@@ -296,6 +328,7 @@ fn after_an_upgrade_the_admin_token_works_and_earlier_agents_keep_their_labels_f
     assert!(pending.approved_labels.is_empty(), "a pending agent has nothing approved");
     let web_ops = add_operator(&server, "webops", "operator", json!({"role": "web"}));
     let agents = call(&server, &web_ops, "GET", "/api/v1/agents", &json!({})).json();
-    let ids: Vec<&str> = agents["agents"].as_array().unwrap().iter().map(|a| a["app_id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> =
+        agents["agents"].as_array().unwrap().iter().map(|a| a["app_id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["web-1"], "{agents}");
 }

@@ -1,21 +1,21 @@
 //! Operator routes for who is in the fleet: list and get agents (with their facts), accept or
 //! forget an agent, create, list and revoke enrollment tokens, and read the audit record.
 
+use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::Json;
 
 use super::AppState;
 use super::admin_common::{ApiFailure, ApiResult, bad_path, bad_query, read_json};
 use super::permissions::AdminRoutes;
-use crate::server::operators::Caller;
 use crate::protocol::admin::{
     AGENTS_PATH, AUDIT_PATH, AgentFilter, AgentList, AgentView, AuditList, TOKENS_PATH, TokenList,
     TokenRequest, TokenView,
 };
 use crate::protocol::audit::AuditQuery;
+use crate::server::operators::Caller;
 use crate::server::store::AgentStatus;
 
 /// The agent, enrollment and audit routes.

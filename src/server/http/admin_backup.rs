@@ -20,9 +20,9 @@ use tracing::{info, warn};
 use super::AppState;
 use super::admin_common::{ApiFailure, ApiResult};
 use super::permissions::AdminRoutes;
-use crate::server::operators::Caller;
 use crate::protocol::admin::BACKUP_PATH;
 use crate::server::backups::Running;
+use crate::server::operators::Caller;
 
 /// Bytes sent to the client at a time.
 const CHUNK: usize = 256 * 1024;

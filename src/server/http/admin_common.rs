@@ -11,11 +11,11 @@ use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use tracing::error;
 
+use super::AppState;
 use crate::protocol::TaskId;
 use crate::protocol::admin::ApiError;
 use crate::protocol::limits::MAX_ADMIN_BODY;
 use crate::protocol::wire::shown;
-use super::AppState;
 use crate::server::error::ServiceError;
 use crate::server::operators::Caller;
 use crate::server::store::StoreError;

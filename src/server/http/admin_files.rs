@@ -17,16 +17,18 @@ use tracing::info;
 use super::AppState;
 use super::admin_common::{ApiFailure, ApiResult, bad_query, path_id};
 use super::permissions::AdminRoutes;
-use crate::server::operators::Caller;
 use crate::protocol::admin::TASKS_PATH;
 use crate::protocol::files::{FILES_PATH, TASK_FILE_SUFFIX, Uploaded};
+use crate::server::operators::Caller;
 
 /// Most bytes one download page carries.
 pub const DOWNLOAD_PAGE: usize = 4 * 1024 * 1024;
 
 /// The file routes.
 pub fn routes() -> AdminRoutes {
-    AdminRoutes::new().post(FILES_PATH, upload).get(&format!("{TASKS_PATH}/{{id}}/{TASK_FILE_SUFFIX}"), download)
+    AdminRoutes::new()
+        .post(FILES_PATH, upload)
+        .get(&format!("{TASKS_PATH}/{{id}}/{TASK_FILE_SUFFIX}"), download)
 }
 
 /// Stores the body as a new file; past the server's limit the upload stops with 413 and what

@@ -3,18 +3,19 @@
 
 use std::time::Duration;
 
+use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::Json;
 use serde::Deserialize;
 use tracing::info;
 
 use super::AppState;
-use super::admin_common::{ApiResult, bad_query, path_id, payload_detail, read_json, read_json_within, refused_in_audit};
+use super::admin_common::{
+    ApiResult, bad_query, path_id, payload_detail, read_json, read_json_within, refused_in_audit,
+};
 use super::permissions::AdminRoutes;
-use crate::server::operators::Caller;
 use crate::protocol::TaskId;
 use crate::protocol::admin::{CancelRequest, MAX_LIST_LIMIT, MAX_WAIT_SECS};
 use crate::protocol::jobs::{
@@ -22,6 +23,7 @@ use crate::protocol::jobs::{
     RetryRequest, TargetList,
 };
 use crate::protocol::limits::MAX_ENQUEUE_BODY;
+use crate::server::operators::Caller;
 use crate::server::views::job_view;
 
 /// Jobs listed when no limit is given.

@@ -3,26 +3,26 @@
 
 use std::time::Duration;
 
+use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::Json;
 use serde::Deserialize;
 use tracing::info;
 
 use super::AppState;
 use super::admin_common::{
-    ApiFailure, ApiResult, bad_path, bad_query, parse_id, path_id, payload_detail, read_json, read_json_within,
-    refused_in_audit,
+    ApiFailure, ApiResult, bad_path, bad_query, parse_id, path_id, payload_detail, read_json,
+    read_json_within, refused_in_audit,
 };
 use super::permissions::AdminRoutes;
-use crate::server::operators::Caller;
 use crate::protocol::admin::{
     CancelRequest, EnqueueReply, EnqueueRequest, MAX_WAIT_SECS, OutputPage, TASKS_PATH, TaskList, TaskView,
 };
 use crate::protocol::limits::MAX_ENQUEUE_BODY;
 use crate::protocol::task_query::TaskQuery;
+use crate::server::operators::Caller;
 use crate::server::store::TaskRecord;
 
 /// The task routes.

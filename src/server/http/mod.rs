@@ -63,11 +63,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// operator tokens and the permission table, and `/metrics` under them too unless
 /// `--metrics-public`, the web console's files at `/` without a token; every answer counted in
 /// the metrics.
-pub fn router(
-    services: AppState,
-    config: &ServerConfig,
-    probes: Router<AppState>,
-) -> Router {
+pub fn router(services: AppState, config: &ServerConfig, probes: Router<AppState>) -> Router {
     let pools =
         busy::Pools::new(config.max_inflight, config.max_unverified_inflight, config.retry_after_secs);
     let app = Arc::clone(&services);
@@ -112,7 +108,11 @@ fn admin_routes(services: AppState, with_metrics: bool) -> Router<AppState> {
 
 /// Every operator route, added through the builder that lists them.
 fn operator_routes(with_metrics: bool) -> AdminRoutes {
-    let metrics = if with_metrics { AdminRoutes::new().get(METRICS_PATH, metrics::handler) } else { AdminRoutes::new() };
+    let metrics = if with_metrics {
+        AdminRoutes::new().get(METRICS_PATH, metrics::handler)
+    } else {
+        AdminRoutes::new()
+    };
     AdminRoutes::new()
         .merge(admin_tasks::routes())
         .merge(admin_agents::routes())

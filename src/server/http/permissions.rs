@@ -132,7 +132,12 @@ mod tests {
         let added = super::super::admin_route_list(true);
         assert!(added.len() > 20, "only {} routes found", added.len());
         for route in &added {
-            assert!(least_role(&route.method, &route.path).is_some(), "{} {} has no entry", route.method, route.path);
+            assert!(
+                least_role(&route.method, &route.path).is_some(),
+                "{} {} has no entry",
+                route.method,
+                route.path
+            );
         }
         for entry in PERMISSIONS {
             assert!(

@@ -120,7 +120,8 @@ impl Store {
         }
         let mut approved = 0;
         for agent in self.agents()? {
-            if agent.status == AgentStatus::Accepted && self.trees().approved_labels.get(&agent.app_id)?.is_none()
+            if agent.status == AgentStatus::Accepted
+                && self.trees().approved_labels.get(&agent.app_id)?.is_none()
             {
                 self.approve_labels(&agent.app_id, &agent.labels, now_ms)?;
                 approved += 1;

@@ -84,7 +84,8 @@ fn check_agents(store: &Store, manifest: &Value) {
         // Agents accepted before approved labels existed keep reaching the same scopes: their
         // declared labels are approved at the first open; a pending one has none approved.
         let approved = store.approved_labels(&got.app_id).unwrap();
-        let expected_approved = if want["status"] == "accepted" { want["labels"].clone() } else { json(&approved) };
+        let expected_approved =
+            if want["status"] == "accepted" { want["labels"].clone() } else { json(&approved) };
         assert_eq!(json(&approved), expected_approved, "{}", got.app_id);
         if want["status"] == "pending" {
             assert!(approved.is_empty(), "{}", got.app_id);
