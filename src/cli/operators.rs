@@ -68,7 +68,10 @@ operator_args! {
                 operator as ORANGE_TOKEN or in a file named by --token-file. NAME is 1 to 64 characters \
                 of a-z, 0-9, '.', '_' and '-', starting with a letter; `admin` is taken. --scope is \
                 k=v labels separated by commas, for an operator or a viewer only. --ttl is a duration \
-                (90d, 12h; at most 3650d); without it the token works until revoked. Admins only.",
+                (90d, 12h; at most 3650d); without it the token works until revoked. An operator may \
+                be limited further: --max-hosts N refuses a task send or job reaching more hosts, \
+                --task-type T (repeatable) refuses other task types (e.g. only handlers, no `shell`). \
+                Admins only.",
         error_code(1, "the name is taken, or orange failed"),
         error_code(2, "usage: a bad or missing argument")
     )]
@@ -85,6 +88,13 @@ operator_args! {
         /// how long its token works: 90d, 12h, or seconds (default: until revoked)
         #[argh(option, arg_name = "duration", from_str_fn(parse_ttl))]
         pub ttl: Option<u64>,
+        /// most hosts one task send or job of it may reach (an operator only)
+        #[argh(option, arg_name = "n")]
+        pub max_hosts: Option<u32>,
+        /// a task type it may send, e.g. a handler name (repeatable; default: every type; an
+        /// operator only)
+        #[argh(option, arg_name = "type")]
+        pub task_type: Vec<String>,
     }
     /// print the operator with its token as JSON
     json
@@ -181,6 +191,8 @@ fn execute(args: OperatorArgs) -> Result<Printed> {
                 role: a.role,
                 scope: a.scope.clone().unwrap_or_default(),
                 ttl_secs: a.ttl,
+                max_hosts: a.max_hosts,
+                task_types: a.task_type.clone(),
             };
             operators::check_operator_request(&request).map_err(super::argv::usage)?;
             add(&OperatorConfig::from_flags(operator_flags!(a))?, &request)
@@ -264,9 +276,22 @@ fn operators_table(list: &[OperatorView]) -> String {
             scope_text(&op.scope),
             op.expires_at.as_deref().map_or("-".to_owned(), output::short_time),
             op.status.clone(),
+            limits_text(op),
         ]
     });
-    output::table(&["NAME", "ROLE", "SCOPE", "EXPIRES", "STATUS"], rows.collect())
+    output::table(&["NAME", "ROLE", "SCOPE", "EXPIRES", "STATUS", "LIMITS"], rows.collect())
+}
+
+/// An operator's limits as the table shows them: `-`, or the most hosts and the task types.
+fn limits_text(op: &OperatorView) -> String {
+    let mut parts = Vec::new();
+    if let Some(most) = op.max_hosts {
+        parts.push(format!("at most {most} hosts"));
+    }
+    if !op.task_types.is_empty() {
+        parts.push(format!("types {}", op.task_types.join(",")));
+    }
+    if parts.is_empty() { "-".to_owned() } else { parts.join("; ") }
 }
 
 /// Parses `--role`.
@@ -297,6 +322,8 @@ mod tests {
             created_at: "2024-05-01T10:00:00.000Z".into(),
             expires_at: None,
             status: "active".into(),
+            max_hosts: None,
+            task_types: Vec::new(),
             token: token.map(str::to_owned),
         }
     }
@@ -344,7 +371,7 @@ mod tests {
             execute(parse(&["list", "--server", &api.url, "--token-file", token_file()]).unwrap()).unwrap();
         assert_eq!(
             printed.stdout,
-            "NAME   ROLE      SCOPE     EXPIRES  STATUS\nalice  operator  role=web  -        active\n"
+            "NAME   ROLE      SCOPE     EXPIRES  STATUS  LIMITS\nalice  operator  role=web  -        active  -\n"
         );
         let printed =
             execute(parse(&["revoke", "alice", "--server", &api.url, "--token-file", token_file()]).unwrap())

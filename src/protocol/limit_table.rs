@@ -74,6 +74,11 @@ pub const TABLE: &[(&str, u64, &str)] = &[
     ),
     ("MAX_OPERATOR_NAME_LEN", operators::MAX_OPERATOR_NAME_LEN as u64, "characters of an operator name"),
     ("MAX_OPERATOR_TTL_SECS", operators::MAX_OPERATOR_TTL_SECS, "seconds an operator token may work"),
+    (
+        "MAX_OPERATOR_TASK_TYPES",
+        operators::MAX_OPERATOR_TASK_TYPES as u64,
+        "task types an operator may be limited to",
+    ),
     ("MAX_LIST_LIMIT", admin::MAX_LIST_LIMIT as u64, "entries of one list page"),
     ("MAX_WAIT_SECS", admin::MAX_WAIT_SECS, "seconds an operator call may be parked"),
     ("MAX_RESULTS_PAGE", jobs::MAX_RESULTS_PAGE as u64, "results of one job results page"),

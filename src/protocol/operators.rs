@@ -26,6 +26,8 @@ pub const MAX_OPERATORS: usize = 1000;
 pub const MAX_OPERATOR_NAME_LEN: usize = 64;
 /// Longest lifetime of an operator token: ten years.
 pub const MAX_OPERATOR_TTL_SECS: u64 = 3650 * 86_400;
+/// Most task types an operator may be limited to.
+pub const MAX_OPERATOR_TASK_TYPES: usize = 64;
 /// Most labels in a scope.
 pub const MAX_SCOPE_LABELS: usize = limits::MAX_TARGET_LABELS;
 
@@ -124,6 +126,21 @@ pub fn check_operator_request(request: &OperatorRequest) -> Result<(), String> {
     if let Some(ttl) = request.ttl_secs {
         limits::check_secs("ttl_secs", ttl, MAX_OPERATOR_TTL_SECS)?;
     }
+    if request.max_hosts == Some(0) {
+        return Err("max_hosts must be at least 1".to_owned());
+    }
+    if request.task_types.len() > MAX_OPERATOR_TASK_TYPES {
+        return Err(format!(
+            "{} task types given; the limit is {MAX_OPERATOR_TASK_TYPES}",
+            request.task_types.len()
+        ));
+    }
+    request.task_types.iter().try_for_each(|t| limits::check_task_type(t))?;
+    if request.role != Role::Operator && (request.max_hosts.is_some() || !request.task_types.is_empty()) {
+        return Err(
+            "max_hosts and task_types limit what an operator sends: give them to an operator only".to_owned()
+        );
+    }
     Ok(())
 }
 
@@ -141,6 +158,12 @@ pub struct OperatorRequest {
     /// How long its token works; `None`: until revoked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_secs: Option<u64>,
+    /// Most hosts one task send or job of it may reach; `None`: no limit of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_hosts: Option<u32>,
+    /// The task types it may send (`shell`, a handler name); empty: every type.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub task_types: Vec<String>,
 }
 
 /// An operator as the API shows it.
@@ -159,6 +182,12 @@ pub struct OperatorView {
     pub expires_at: Option<String>,
     /// `active`, `expired` or `revoked`.
     pub status: String,
+    /// Most hosts one task send or job of it may reach, if limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_hosts: Option<u32>,
+    /// The task types it may send; empty: every type.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub task_types: Vec<String>,
     /// The token: only in the answer of an add or a rotate, never again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
@@ -244,6 +273,8 @@ mod tests {
             role,
             scope: labels(scope),
             ttl_secs: None,
+            max_hosts: None,
+            task_types: Vec::new(),
         };
         assert!(check_operator_request(&request("admin", Role::Viewer, &[])).unwrap_err().contains("admin"));
         assert!(
@@ -255,5 +286,14 @@ mod tests {
         let mut long = request("web", Role::Viewer, &[]);
         long.ttl_secs = Some(MAX_OPERATOR_TTL_SECS + 1);
         assert!(check_operator_request(&long).is_err());
+        let mut limited = request("runner", Role::Operator, &[]);
+        limited.max_hosts = Some(5);
+        limited.task_types = vec!["deploy".into()];
+        assert!(check_operator_request(&limited).is_ok());
+        limited.role = Role::Viewer;
+        assert!(check_operator_request(&limited).unwrap_err().contains("operator only"));
+        limited.role = Role::Operator;
+        limited.task_types = vec!["../x".into()];
+        assert!(check_operator_request(&limited).is_err());
     }
 }

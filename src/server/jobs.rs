@@ -201,6 +201,7 @@ impl Jobs {
         let max_file = self.defaults.max_file_bytes;
         super::files::check_file_task(&self.store, &request.task_type, &mut request.payload, max_file)?;
         let app_ids = self.resolve(caller, &request)?;
+        caller.check_limits(&request.task_type, app_ids.len())?;
         self.create_on(request, app_ids, None).await
     }
 
@@ -249,6 +250,7 @@ impl Jobs {
             let why = if failed_only { "every host succeeded" } else { "no host of it is still accepted" };
             return Err(ServiceError::Conflict(format!("nothing to retry in job {id}: {why}")));
         }
+        caller.check_limits(&first.task_type, reachable.len())?;
         let request = JobRequest {
             targets: Targets { app_ids: reachable.clone(), ..Targets::default() },
             task_type: first.task_type,

@@ -35,12 +35,23 @@ pub struct Caller {
     pub scope: Scope,
     /// The request's source address.
     pub addr: IpAddr,
+    /// Most hosts one task send or job of it may reach, if limited.
+    pub max_hosts: Option<u32>,
+    /// The task types it may send; empty: every type.
+    pub task_types: Vec<String>,
 }
 
 impl Caller {
     /// The admin of the server's admin token, calling from `addr`.
     pub fn admin(addr: IpAddr) -> Caller {
-        Caller { name: ADMIN_NAME.to_owned(), role: Role::Admin, scope: Scope::new(), addr }
+        Caller {
+            name: ADMIN_NAME.to_owned(),
+            role: Role::Admin,
+            scope: Scope::new(),
+            addr,
+            max_hosts: None,
+            task_types: Vec::new(),
+        }
     }
 
     /// How the audit record names it: `NAME@ADDRESS`.
@@ -69,6 +80,24 @@ impl Caller {
             return Ok(());
         }
         Err(self.out_of_scope(&format!("agent {:?}", crate::protocol::limits::shown(app_id))))
+    }
+
+    /// Refuses (403) a task type it may not send, or more hosts than it may reach at once.
+    pub fn check_limits(&self, task_type: &str, hosts: usize) -> Result<(), ServiceError> {
+        if !self.task_types.is_empty() && !self.task_types.iter().any(|t| t == task_type) {
+            return Err(ServiceError::Forbidden(format!(
+                "operator {} may send only task types {}, not {task_type:?}",
+                self.name,
+                self.task_types.join(", ")
+            )));
+        }
+        match self.max_hosts {
+            Some(most) if hosts > most as usize => Err(ServiceError::Forbidden(format!(
+                "{hosts} hosts targeted; operator {} may reach at most {most} at once",
+                self.name
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// The refusal of a target outside its scope.
@@ -139,7 +168,14 @@ impl Operators {
         if let Some(expires) = operator.expires_ms.filter(|&at| at <= now_ms()) {
             return Err(AuthError::Expired(operator.name, rfc3339(expires)));
         }
-        Ok(Caller { name: operator.name, role: role_of(operator.role), scope: operator.scope, addr })
+        Ok(Caller {
+            name: operator.name,
+            role: role_of(operator.role),
+            scope: operator.scope,
+            addr,
+            max_hosts: operator.max_hosts,
+            task_types: operator.task_types,
+        })
     }
 
     /// Adds an operator and answers it with its token (shown this once).
@@ -167,6 +203,8 @@ impl Operators {
             expires_ms: request.ttl_secs.map(|ttl| now.saturating_add(secs_to_ms(ttl))),
             revoked_ms: None,
             ttl_secs: request.ttl_secs,
+            max_hosts: request.max_hosts,
+            task_types: request.task_types.clone(),
         };
         self.store.put_operator(&record)?;
         let detail = format!("role {}, scope {}", request.role, scope_text(&request.scope));
@@ -262,6 +300,8 @@ fn view(record: &OperatorRecord) -> OperatorView {
         created_at: rfc3339(record.created_ms),
         expires_at: record.expires_ms.map(rfc3339),
         status: status.to_owned(),
+        max_hosts: record.max_hosts,
+        task_types: record.task_types.clone(),
         token: None,
     }
 }
@@ -279,7 +319,14 @@ mod tests {
     }
 
     fn request(name: &str, role: Role) -> OperatorRequest {
-        OperatorRequest { name: name.into(), role, scope: Scope::new(), ttl_secs: None }
+        OperatorRequest {
+            name: name.into(),
+            role,
+            scope: Scope::new(),
+            ttl_secs: None,
+            max_hosts: None,
+            task_types: Vec::new(),
+        }
     }
 
     #[tokio::test]

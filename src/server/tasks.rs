@@ -85,6 +85,7 @@ impl Tasks {
             )));
         }
         let targets = self.targets(caller, &request)?;
+        caller.check_limits(&request.task_type, targets.len())?;
         let task_bytes =
             task_bytes(&request.payload, &request.env, request.cwd.as_deref(), request.user.as_deref())
                 + request.stdin.len();

@@ -332,3 +332,26 @@ fn after_an_upgrade_the_admin_token_works_and_earlier_agents_keep_their_labels_f
         agents["agents"].as_array().unwrap().iter().map(|a| a["app_id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["web-1"], "{agents}");
 }
+
+#[test]
+fn an_operator_limited_to_some_task_types_and_hosts_is_refused_the_rest() {
+    let (server, _agents) = fleet();
+    let body =
+        json!({"name": "runner", "role": "operator", "max_hosts": 1, "task_types": ["ping"]}).to_string();
+    let added = server.admin_raw("POST", "/api/v1/operators", Some(&server.token), body.as_bytes());
+    assert_eq!(added.status, 201, "{}", added.text());
+    let token = added.json()["token"].as_str().unwrap().to_owned();
+    let send = |body: Value| call(&server, &token, "POST", "/api/v1/tasks", &body);
+    let shell = send(json!({"app_ids": ["web-1"], "task_type": "shell", "payload": "true"}));
+    assert_eq!(shell.status, 403, "{}", shell.text());
+    assert!(shell.text().contains("may send only task types ping, not \\\"shell\\\""), "{}", shell.text());
+    let many = send(json!({"all": true, "task_type": "ping", "payload": ""}));
+    assert_eq!(many.status, 403, "{}", many.text());
+    assert!(many.text().contains("3 hosts targeted; operator runner may reach at most 1"), "{}", many.text());
+    let job = json!({"targets": {"labels": {"env": "prod"}}, "task_type": "ping", "payload": ""});
+    assert_eq!(call(&server, &token, "POST", "/api/v1/jobs", &job).status, 403);
+    let one = send(json!({"app_ids": ["web-1"], "task_type": "ping", "payload": ""}));
+    assert_eq!(one.status, 201, "{}", one.text());
+    let list = server.operator(&["operator", "list"]).run();
+    assert!(list.stdout.contains("at most 1 hosts; types ping"), "{list}");
+}

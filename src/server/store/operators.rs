@@ -49,6 +49,10 @@ pub struct OperatorRecord {
     pub revoked_ms: Option<i64>,
     /// Its token's lifetime, for a rotation to give the new token the same.
     pub ttl_secs: Option<u64>,
+    /// Most hosts one task send or job of it may reach, if limited.
+    pub max_hosts: Option<u32>,
+    /// The task types it may send; empty: every type.
+    pub task_types: Vec<String>,
 }
 
 impl std::fmt::Debug for OperatorRecord {
@@ -181,6 +185,8 @@ mod tests {
             expires_ms: None,
             revoked_ms: None,
             ttl_secs: None,
+            max_hosts: None,
+            task_types: Vec::new(),
         };
         store.put_operator(&operator).unwrap();
         assert_eq!(store.operator("alice").unwrap(), Some(operator.clone()));
