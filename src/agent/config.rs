@@ -46,6 +46,8 @@ pub struct AgentConfig {
     pub handlers_dir: Option<PathBuf>,
     /// Users a task may ask to run as (`--allow-user`; the agent must run as root).
     pub allowed_users: Vec<String>,
+    /// Handlers of the handlers directory that may run (`--allow-handler`); empty: every one.
+    pub allowed_handlers: Vec<String>,
     /// Directories (canonical) under which `file.put` tasks may write; none: refused.
     pub write_roots: Vec<PathBuf>,
     /// Directories (canonical) under which `file.get` tasks may read; none: refused.
@@ -81,6 +83,7 @@ impl AgentConfig {
             allow_shell: false,
             handlers_dir: None,
             allowed_users: Vec::new(),
+            allowed_handlers: Vec::new(),
             write_roots: Vec::new(),
             read_roots: Vec::new(),
             labels: BTreeMap::new(),
@@ -102,6 +105,7 @@ pub struct AgentBuilder {
     allow_shell: bool,
     handlers_dir: Option<PathBuf>,
     allowed_users: Vec<String>,
+    allowed_handlers: Vec<String>,
     write_roots: Vec<PathBuf>,
     read_roots: Vec<PathBuf>,
     labels: BTreeMap<String, String>,
@@ -164,6 +168,13 @@ impl AgentBuilder {
         self
     }
 
+    /// Handlers of the handlers directory that may run, whatever the server sends (default:
+    /// none named, and every handler may run); each checked by [`limits::check_task_type`].
+    pub fn allowed_handlers(mut self, handlers: Vec<String>) -> Self {
+        self.allowed_handlers = handlers;
+        self
+    }
+
     /// A directory under which `file.put` tasks may write (repeatable; it must exist; default:
     /// none, and every `file.put` is refused).
     pub fn allow_write_root(mut self, dir: impl Into<PathBuf>) -> Self {
@@ -204,6 +215,9 @@ impl AgentBuilder {
         for user in &self.allowed_users {
             limits::check_user(user).map_err(|e| anyhow::anyhow!("--allow-user: {e}"))?;
         }
+        for handler in &self.allowed_handlers {
+            limits::check_task_type(handler).map_err(|e| anyhow::anyhow!("--allow-handler: {e}"))?;
+        }
         let write_roots = canonical_dirs("--allow-write-root", &self.write_roots)?;
         let read_roots = canonical_dirs("--allow-read-root", &self.read_roots)?;
         let state_dir = match self.state_dir {
@@ -228,6 +242,7 @@ impl AgentBuilder {
             allow_shell: self.allow_shell,
             handlers_dir,
             allowed_users: self.allowed_users,
+            allowed_handlers: self.allowed_handlers,
             write_roots,
             read_roots,
             labels: self.labels,

@@ -48,6 +48,7 @@ pub struct BuiltinExecutor {
     allow_shell: bool,
     handlers_dir: Option<PathBuf>,
     allowed_users: Vec<String>,
+    allowed_handlers: Vec<String>,
     ping_answer: String,
     file_roots: FileRoots,
 }
@@ -58,6 +59,7 @@ impl BuiltinExecutor {
         let roots = FileRoots { write: config.write_roots.clone(), read: config.read_roots.clone() };
         BuiltinExecutor::with(config.allow_shell, config.handlers_dir.clone(), &config.hostname)
             .allowing_users(config.allowed_users.clone())
+            .allowing_handlers(config.allowed_handlers.clone())
             .file_roots(roots)
     }
 
@@ -73,6 +75,7 @@ impl BuiltinExecutor {
             allow_shell,
             handlers_dir,
             allowed_users: Vec::new(),
+            allowed_handlers: Vec::new(),
             ping_answer,
             file_roots: FileRoots::default(),
         }
@@ -82,6 +85,12 @@ impl BuiltinExecutor {
     /// the agent runs as root).
     pub fn allowing_users(mut self, users: Vec<String>) -> Self {
         self.allowed_users = users;
+        self
+    }
+
+    /// These executors, running only the handlers named in `handlers` (none named: every one).
+    pub fn allowing_handlers(mut self, handlers: Vec<String>) -> Self {
+        self.allowed_handlers = handlers;
         self
     }
 
@@ -111,6 +120,12 @@ impl BuiltinExecutor {
 
     /// The executable for task type `name`, which must be a plain file inside the handlers dir.
     fn handler_path(&self, name: &str) -> Result<PathBuf, String> {
+        if !self.allowed_handlers.is_empty() && !self.allowed_handlers.iter().any(|h| h == name) {
+            return Err(format!(
+                "handler {name:?} is not allowed on this agent (allowed: {}); start it with --allow-handler {name}",
+                self.allowed_handlers.join(", ")
+            ));
+        }
         let Some(dir) = &self.handlers_dir else {
             return Err(format!(
                 "unknown task type {name:?}: this agent has no handlers directory; start it with --handlers DIR"
@@ -336,6 +351,25 @@ mod tests {
         let outcome = executor.run(&task("echo-in", "{\"x\":1}"));
         assert_eq!(outcome.status, OutcomeStatus::Succeeded);
         assert_eq!(outcome.stdout, "id=0190a5e3-aaaa-7000-8000-000000000001 in={\"x\":1}");
+        Ok(())
+    }
+
+    #[test]
+    fn only_allowed_handlers_run_when_some_are_named() -> std::io::Result<()> {
+        let (_tmp, executor) = with_handlers()?;
+        let dir = executor.handlers_dir.clone().expect("set above");
+        write_handler(&dir, "deploy", "#!/bin/sh\necho deployed\n")?;
+        write_handler(&dir, "wipe", "#!/bin/sh\necho wiped\n")?;
+        let executor = executor.allowing_handlers(vec!["deploy".into()]);
+        assert_eq!(executor.run(&task("deploy", "")).stdout, "deployed\n");
+        let refused = executor.run(&task("wipe", ""));
+        assert_eq!(refused.status, OutcomeStatus::Failed);
+        assert!(refused.stdout.is_empty(), "{refused:?}");
+        let error = refused.error.unwrap_or_default();
+        assert!(
+            error.starts_with("handler \"wipe\" is not allowed on this agent (allowed: deploy)"),
+            "{error}"
+        );
         Ok(())
     }
 

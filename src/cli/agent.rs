@@ -77,6 +77,10 @@ pub struct AgentArgs {
     /// agent's own user); switching needs the agent to run as root
     #[argh(option)]
     pub allow_user: Vec<String>,
+    /// handler of --handlers DIR that may run (repeatable; default: every handler in DIR);
+    /// a task for another fails with the agent's reason, whatever the server sent
+    #[argh(option)]
+    pub allow_handler: Vec<String>,
     /// directory under which `orange cp` may write files (repeatable; default none: pushes are
     /// refused)
     #[argh(option)]
@@ -198,6 +202,7 @@ pub fn agent_config_with_env(args: AgentArgs, env: Env) -> Result<AgentConfig> {
         .proxy(proxy)
         .allow_shell(args.allow_shell)
         .allowed_users(args.allow_user)
+        .allowed_handlers(args.allow_handler)
         .labels(labels)
         .max_tasks(args.max_tasks);
     if let Some(app_id) = args.appid {
@@ -295,6 +300,7 @@ mod tests {
             allow_shell: false,
             handlers: None,
             allow_user: Vec::new(),
+            allow_handler: Vec::new(),
             allow_write_root: vec![],
             allow_read_root: vec![],
             label: vec![],

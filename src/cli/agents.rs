@@ -1,6 +1,9 @@
 //! `orange agents`: the agents the server knows, as a table or JSON, and the operator's word on
 //! one of them: `orange agents accept ID` lets a pending agent take tasks, `orange agents forget
-//! ID` drops an agent's secret so its app id may enroll again.
+//! ID` drops an agent's secret so its app id may enroll again, `orange agents label ID k=v`
+//! sets the labels operators' scopes match it by.
+
+use std::collections::BTreeMap;
 
 use anyhow::Result;
 use argh::{ArgsInfo, FromArgs};
@@ -12,6 +15,7 @@ use super::output::{self, Printed};
 use super::task;
 use crate::client::ADMIN_TIMEOUT;
 use crate::protocol::admin::{self, AgentFilter, AgentList, AgentView, TaskList, TaskView};
+use crate::protocol::operators::{LABELS_SUFFIX, LabelsRequest};
 use crate::protocol::task_query::TaskQuery;
 use crate::protocol::{TaskStatus, limits, wire};
 
@@ -66,6 +70,8 @@ pub enum AgentsCommand {
     Forget(ForgetArgs),
     /// `orange agents show`
     Show(ShowArgs),
+    /// `orange agents label`
+    Label(LabelArgs),
 }
 
 operator_args! {
@@ -107,6 +113,35 @@ pub struct AgentDetail {
     pub open_tasks: Vec<TaskView>,
     /// Its newest tasks, in any state.
     pub recent_tasks: Vec<TaskView>,
+}
+
+operator_args! {
+    /// Approve an agent's labels: the labels operators' scopes match it by.
+    #[derive(FromArgs, ArgsInfo, Debug)]
+    #[argh(
+        subcommand,
+        name = "label",
+        example = "orange agents label web-7 role=web env=prod",
+        example = "orange agents label web-7",
+        note = "An agent declares labels with `orange agent --label`; they are shown, but an operator's \
+                scope (`orange operator add --scope`) matches only labels an admin approved: those it \
+                declared when it was accepted (enrolled with the key or a token, or `orange agents \
+                accept`), or those set here. The labels given replace the approved ones; none clears \
+                them. Admins only. Prints `agent ID: approved labels K=V,...` (--json: the agent). \
+                Recorded in `orange audit`. Connection options as in `orange agents --help`.",
+        error_code(1, "the agent is unknown, or orange failed"),
+        error_code(2, "usage: a bad or missing argument")
+    )]
+    pub struct LabelArgs {
+        /// the agent's app id
+        #[argh(positional)]
+        pub id: String,
+        /// the approved labels, k=v
+        #[argh(positional)]
+        pub labels: Vec<String>,
+    }
+    /// print the agent as JSON
+    json
 }
 
 /// Tasks shown under "last tasks" by `orange agents show`.
@@ -196,6 +231,11 @@ fn execute(args: AgentsArgs) -> Result<Printed> {
             let own = operator_flags!(s);
             show(&OperatorConfig::from_flags(merge(own, flags))?, &s.id)
         }
+        AgentsCommand::Label(l) => {
+            let labels = limits::parse_labels(&l.labels, limits::MAX_LABELS).map_err(usage)?;
+            let own = operator_flags!(l);
+            label(&OperatorConfig::from_flags(merge(own, flags))?, &l.id, labels)
+        }
     }
 }
 
@@ -272,6 +312,21 @@ fn list_path(filter: &AgentFilter) -> String {
 }
 
 /// `POST` to the path `path_of` gives for the agent `id` (accept or forget).
+/// `POST /api/v1/agents/{id}/labels`: sets the agent's approved labels.
+fn label(config: &OperatorConfig, id: &str, labels: BTreeMap<String, String>) -> Result<Printed> {
+    wire::check_app_id(id).map_err(anyhow::Error::msg)?;
+    let path = format!("{}/{}/{LABELS_SUFFIX}", admin::AGENTS_PATH, encode(id));
+    let agent: AgentView = config.api(ADMIN_TIMEOUT).post(&path, &LabelsRequest { labels })?;
+    Printed::json_or(config.json, &agent, |agent| {
+        let labels: Vec<String> = agent.approved_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        format!(
+            "agent {}: approved labels {}\n",
+            agent.app_id,
+            if labels.is_empty() { "none".into() } else { labels.join(",") }
+        )
+    })
+}
+
 fn change(config: &OperatorConfig, id: &str, path_of: fn(&str) -> String) -> Result<Printed> {
     wire::check_app_id(id).map_err(anyhow::Error::msg)?;
     let agent: AgentView = config.api(ADMIN_TIMEOUT).post(&path_of(&encode(id)), &serde_json::json!({}))?;
@@ -301,6 +356,7 @@ mod tests {
             status: status.into(),
             facts: None,
             features: Vec::new(),
+            approved_labels: Default::default(),
         }
     }
 

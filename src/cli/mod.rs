@@ -1,7 +1,7 @@
 //! Command-line parsing: the argh structs of every `orange` subcommand, turned once into validated
 //! configs (`ServerConfig`, `AgentConfig`, `OperatorConfig`) and handed to the part that runs them.
 //!
-//! Files depend downwards in this order: `mod`, `server`, `backup`, `agent`, `token`, `audit`,
+//! Files depend downwards in this order: `mod`, `server`, `backup`, `agent`, `token`, `operators`, `audit`,
 //! `agents`, `cp`, `job`, `job_run`, `job_args`, `task`, `run`, `interrupt`, `cancel`, `follow`, `wait`,
 //! `fake_api` (tests), `job_print`, `output`, `flags`, `operator`, `profiles`, `log_format`, `local_file`,
 //! `config_file`, and `completions`, `man` and `argv`, which read the whole command tree of `Orange`.
@@ -28,6 +28,7 @@ pub mod local_file;
 pub mod log_format;
 pub mod man;
 pub mod operator;
+pub mod operators;
 pub mod output;
 pub mod profiles;
 pub mod run;
@@ -109,6 +110,8 @@ pub enum Command {
     EnrollKey(EnrollKeyArgs),
     /// `orange token ...`
     Token(token::TokenArgs),
+    /// `orange operator ...`
+    Operator(operators::OperatorArgs),
     /// `orange audit`
     Audit(audit::AuditArgs),
     /// `orange cp`
@@ -159,6 +162,7 @@ pub fn run(orange: Orange) -> Result<i32> {
         Some(Command::Job(args)) => job::run(args),
         Some(Command::Agents(args)) => agents::run(args),
         Some(Command::Token(args)) => token::run(args),
+        Some(Command::Operator(args)) => operators::run(args),
         Some(Command::Audit(args)) => audit::run(args),
         Some(Command::Cp(args)) => cp::run(args),
         Some(Command::Completions(args)) => completions::run(args),

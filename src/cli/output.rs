@@ -362,7 +362,7 @@ fn one_line(text: &str) -> String {
 }
 
 /// Lays out a header and rows in columns padded to their widest cell, without trailing spaces.
-pub(super) fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     let header: Vec<String> = header.iter().map(|title| title.to_string()).collect();
     let mut widths: Vec<usize> = header.iter().map(|title| title.chars().count()).collect();
     for row in &rows {
@@ -521,6 +521,7 @@ pub(super) mod tests {
             status: if online { "accepted" } else { "pending" }.into(),
             facts: None,
             features: Vec::new(),
+            approved_labels: Default::default(),
         }
     }
 

@@ -271,6 +271,10 @@ pub struct AgentView {
     /// that announced it. Empty for original clients and older orange agents.
     #[serde(default)]
     pub features: Vec<String>,
+    /// The labels an admin approved: what operators' scopes match (absent: none approved, or a
+    /// server before named operators).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub approved_labels: BTreeMap<String, String>,
 }
 
 fn accepted() -> String {

@@ -49,6 +49,13 @@ pub const AUDIT_ACTIONS: &[&str] = &[
     "agent.pending",
     "token.create",
     "token.revoke",
+    "agent.label",
+    "operator.add",
+    "operator.revoke",
+    "operator.rotate",
+    "access.denied",
+    "file.upload",
+    "server.backup",
 ];
 
 /// One entry of the audit record.
@@ -56,7 +63,8 @@ pub const AUDIT_ACTIONS: &[&str] = &[
 pub struct AuditEntry {
     /// RFC 3339 time (of the first event, for an agent-made entry).
     pub at: String,
-    /// Who: `admin@ADDRESS` for an operator, `agent:APP_ID` for an agent.
+    /// Who: `NAME@ADDRESS` for an operator (`admin@ADDRESS` for the server's admin token),
+    /// `agent:APP_ID` for an agent.
     pub actor: String,
     /// What, one of [`AUDIT_ACTIONS`].
     pub action: String,

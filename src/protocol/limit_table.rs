@@ -2,7 +2,7 @@
 //! lists them; a test keeps the two equal.
 
 use super::limits::*;
-use super::{admin, busy, facts, features, files, jobs, wire};
+use super::{admin, busy, facts, features, files, jobs, operators, wire};
 
 /// Every limit: its name, its value and what it bounds; SECURITY.md holds the same table.
 pub const TABLE: &[(&str, u64, &str)] = &[
@@ -67,6 +67,18 @@ pub const TABLE: &[(&str, u64, &str)] = &[
     ("MAX_REMOTE_PATH_LEN", files::MAX_REMOTE_PATH_LEN as u64, "bytes of a copied file's remote path"),
     ("MAX_JOB_TARGETS", MAX_JOB_TARGETS as u64, "agents one job may target"),
     ("MAX_PENDING", MAX_PENDING as u64, "agents waiting to be accepted"),
+    (
+        "MAX_OPERATORS",
+        operators::MAX_OPERATORS as u64,
+        "named operators a server keeps, revoked ones included",
+    ),
+    ("MAX_OPERATOR_NAME_LEN", operators::MAX_OPERATOR_NAME_LEN as u64, "characters of an operator name"),
+    ("MAX_OPERATOR_TTL_SECS", operators::MAX_OPERATOR_TTL_SECS, "seconds an operator token may work"),
+    (
+        "MAX_OPERATOR_TASK_TYPES",
+        operators::MAX_OPERATOR_TASK_TYPES as u64,
+        "task types an operator may be limited to",
+    ),
     ("MAX_LIST_LIMIT", admin::MAX_LIST_LIMIT as u64, "entries of one list page"),
     ("MAX_WAIT_SECS", admin::MAX_WAIT_SECS, "seconds an operator call may be parked"),
     ("MAX_RESULTS_PAGE", jobs::MAX_RESULTS_PAGE as u64, "results of one job results page"),

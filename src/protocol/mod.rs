@@ -12,6 +12,7 @@ pub mod files;
 pub mod jobs;
 pub mod limit_table;
 pub mod limits;
+pub mod operators;
 pub mod private_dir;
 pub mod secret;
 pub mod sign;

@@ -13,7 +13,7 @@ use tracing::info;
 
 use super::clock::millis;
 use super::dispatch::Dispatch;
-use super::guard::{SecretHash, secret_hash};
+use super::guard::secret_hash;
 use super::http::{self, Listener};
 use super::metrics::Metrics;
 use super::services::Services;
@@ -39,7 +39,6 @@ pub struct Assembled {
     store: Arc<Store>,
     dispatch: Arc<Dispatch>,
     services: Arc<Services>,
-    admin_token_hash: SecretHash,
     stop_tx: watch::Sender<bool>,
     /// The plain listener of `--metrics-listen`, once bound.
     metrics_listener: Option<http::Listener>,
@@ -73,7 +72,7 @@ pub fn assemble(config: ServerConfig, secrets: Secrets) -> Result<Assembled> {
     let services =
         Arc::new(Services::new(&store, &dispatch, &config, admin_token_hash, &secrets.enroll_key, metrics));
     drop(secrets);
-    Ok(Assembled { config, store, dispatch, services, admin_token_hash, stop_tx, metrics_listener: None })
+    Ok(Assembled { config, store, dispatch, services, stop_tx, metrics_listener: None })
 }
 
 impl Assembled {
@@ -91,8 +90,7 @@ impl Assembled {
         listener: Listener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
-        let Assembled { config, store, dispatch, services, admin_token_hash, stop_tx, metrics_listener } =
-            self;
+        let Assembled { config, store, dispatch, services, stop_tx, metrics_listener } = self;
         let sweeper = Sweeper::new(Arc::clone(&store), dispatch, config.sweep_interval, config.retention);
         let sweeper = tokio::spawn(sweeper.run());
         let relay = Arc::clone(&services);
@@ -112,7 +110,7 @@ impl Assembled {
             });
         }
         let probes = http::probes::routes(Arc::clone(&store), stop_tx.subscribe());
-        let app = http::router(services, admin_token_hash, &config, probes);
+        let app = http::router(services, &config, probes);
         let connections = config.connections.clone();
         // Nothing past this point needs the configuration, which may carry the admin token.
         drop(config);

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use super::clock::{now_ms, rfc3339};
 use super::error::ServiceError;
-use super::store::{AuditItem, AuditKey, AuditRecord, AuditScan, Store};
+use super::operators::Caller;
+use super::store::{AuditItem, AuditKey, AuditRecord, AuditScan, Store, StoreError};
+use crate::protocol::TaskId;
 use crate::protocol::audit::{AuditCursor, AuditEntry, AuditKind, AuditList, AuditQuery};
 
 /// Appends to and reads the audit record.
@@ -34,9 +36,11 @@ impl Audit {
     }
 
     /// The page of entries `query` asks for, newest first, with the cursor of the next one.
-    pub fn list(&self, query: &AuditQuery) -> Result<AuditList, ServiceError> {
+    pub fn list(&self, caller: &Caller, query: &AuditQuery) -> Result<AuditList, ServiceError> {
         let kind = query.kind();
-        let keep = |item: &AuditItem| query.matches(&item.record.actor, &item.record.action);
+        let keep = |item: &AuditItem| {
+            query.matches(&item.record.actor, &item.record.action) && self.within_scope(caller, &item.record)
+        };
         let scan = AuditScan {
             operators: kind != AuditKind::Agent,
             agents: kind != AuditKind::Operator,
@@ -48,6 +52,35 @@ impl Audit {
         let (items, more) = self.store.audit_page(&scan)?;
         let next = if more { items.last().map(|item| cursor_of(item.key).to_string()) } else { None };
         Ok(AuditList { entries: items.into_iter().map(entry).collect(), next })
+    }
+}
+
+impl Audit {
+    /// True when a `caller` may read `record`: an unscoped one every entry; a scoped one its own
+    /// entries and those about an agent, a task or a job within its scope.
+    fn within_scope(&self, caller: &Caller, record: &AuditRecord) -> bool {
+        if caller.unscoped() || record.actor.split_once('@').is_some_and(|(name, _)| name == caller.name) {
+            return true;
+        }
+        self.target_within_scope(caller, &record.target).unwrap_or(false)
+    }
+
+    /// True when `target` (an app id, a task or job id, or `N tasks, first ID`) is an agent, a
+    /// task or a job within `caller`'s scope.
+    fn target_within_scope(&self, caller: &Caller, target: &str) -> Result<bool, StoreError> {
+        let last_word = target.rsplit(' ').next().unwrap_or(target);
+        if let Ok(id) = TaskId::parse_str(last_word) {
+            if let Some(task) = self.store.task(id)? {
+                return caller.may_reach(&self.store, &task.app_id);
+            }
+            let mut every = self.store.job(id)?.is_some();
+            self.store.each_target(id, |t| {
+                every = every && caller.may_reach(&self.store, &t.app_id)?;
+                Ok(())
+            })?;
+            return Ok(every);
+        }
+        Ok(self.store.agent(target)?.is_some() && caller.may_reach(&self.store, target)?)
     }
 }
 

@@ -115,6 +115,11 @@ impl Enrollment {
         let status = self.status_after(old.as_ref().map(|a| a.status), &credential)?;
         let record = agent_record(request, old.as_ref(), status);
         self.store.put_agent(&record)?;
+        // Enrolled with the key or a token: the labels it declares now are approved, once; later
+        // changes to what it declares are not.
+        if status == AgentStatus::Accepted && old.as_ref().is_none_or(|a| a.status != AgentStatus::Accepted) {
+            self.store.approve_labels(&record.app_id, &record.labels, now_ms())?;
+        }
         // A client that sends no facts (an original one) leaves none from an earlier agent shown.
         match facts {
             Some(facts) => self.store.put_facts(&record.app_id, &FactsRecord::new(facts, now_ms()))?,
@@ -206,9 +211,18 @@ impl Enrollment {
         app_id: &str,
         status: AgentStatus,
     ) -> Result<AgentRecord, ServiceError> {
+        let before = self.store.agent(app_id)?.map(|a| a.status);
         let agent = self.store.set_agent_status(app_id, status)?.ok_or_else(|| {
             ServiceError::NotFound(format!("unknown agent {app_id:?} (a forgotten agent must enroll again)"))
         })?;
+        match status {
+            // An admin accepting an agent approves the labels it declares.
+            AgentStatus::Accepted if before != Some(AgentStatus::Accepted) => {
+                self.store.approve_labels(app_id, &agent.labels, now_ms())?
+            }
+            AgentStatus::Forgotten => self.store.remove_approved_labels(app_id)?,
+            _ => {}
+        }
         let action = if status == AgentStatus::Forgotten { "agent.forget" } else { "agent.accept" };
         self.audit.record(actor, action, app_id, "")?;
         self.store.durable().await?;
@@ -220,6 +234,27 @@ impl Enrollment {
     }
 
     /// Creates an enrollment token; the answer is the only place its secret is shown.
+    /// Sets the approved labels of agent `app_id` (what scopes match it), replacing the old.
+    pub async fn approve_labels(
+        &self,
+        actor: &str,
+        app_id: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Result<AgentRecord, ServiceError> {
+        crate::protocol::limits::check_labels(labels, crate::protocol::limits::MAX_LABELS)
+            .map_err(ServiceError::BadRequest)?;
+        let agent = self
+            .store
+            .agent(app_id)?
+            .filter(|a| a.status != AgentStatus::Forgotten)
+            .ok_or_else(|| ServiceError::NotFound(format!("unknown agent {:?}", wire::shown(app_id))))?;
+        self.store.approve_labels(app_id, labels, now_ms())?;
+        let detail: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        self.audit.record(actor, "agent.label", app_id, &detail.join(","))?;
+        self.store.durable().await?;
+        Ok(agent)
+    }
+
     pub async fn create_token(
         &self,
         actor: &str,

@@ -19,6 +19,9 @@ pub enum ServiceError {
     /// The task is in a state that does not allow it (e.g. already finished).
     #[error("{0}")]
     Conflict(String),
+    /// The caller may not do this: its role is too low, or the target is outside its scope.
+    #[error("{0}")]
+    Forbidden(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),

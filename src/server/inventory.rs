@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::clock::{now_ms, rfc3339};
 use super::error::ServiceError;
+use super::operators::Caller;
 use super::presence::Presence;
 use super::store::{AgentRecord, AgentStatus, FactsRecord, Store, StoreError};
 use super::views::agent_view;
@@ -47,12 +48,17 @@ impl Inventory {
     /// The agents that pass `filter`, sorted by app id, with their facts: those after
     /// `filter.after`, at most `filter.limit`; and the `after` of the next page when the limit
     /// cut the list short. Facts are read only for the agents listed.
-    pub fn agents(&self, filter: &AgentFilter) -> Result<(Vec<AgentView>, Option<String>), StoreError> {
+    pub fn agents(
+        &self,
+        caller: &Caller,
+        filter: &AgentFilter,
+    ) -> Result<(Vec<AgentView>, Option<String>), StoreError> {
         let now = now_ms();
         let agents = self.store.agents()?;
         let mut matching = agents
             .iter()
             .filter(|agent| filter.after.as_ref().is_none_or(|after| agent.app_id > *after))
+            .filter(|agent| caller.may_reach(&self.store, &agent.app_id).unwrap_or(false))
             .map(|agent| agent_view(agent, self.presence.liveness(agent, now)))
             .filter(|view| filter.matches(view));
         let limit = filter.limit.unwrap_or(usize::MAX);
@@ -65,6 +71,7 @@ impl Inventory {
             .into_iter()
             .map(|mut view| {
                 view.features = self.store.features(&view.app_id)?;
+                view.approved_labels = self.store.approved_labels(&view.app_id)?;
                 let record = self.store.facts(&view.app_id)?;
                 Ok(with_facts(view, record, now))
             })
@@ -73,11 +80,13 @@ impl Inventory {
     }
 
     /// Agent `app_id` as the operator sees it, with its facts.
-    pub fn agent(&self, app_id: &str) -> Result<AgentView, ServiceError> {
-        let agent = self
-            .store
-            .agent(app_id)?
-            .ok_or_else(|| ServiceError::NotFound(format!("unknown agent {:?}", shown(app_id))))?;
+    pub fn agent(&self, caller: &Caller, app_id: &str) -> Result<AgentView, ServiceError> {
+        let unknown = || ServiceError::NotFound(format!("unknown agent {:?}", shown(app_id)));
+        let agent = self.store.agent(app_id)?.ok_or_else(unknown)?;
+        // An agent outside the caller's scope is answered as unknown.
+        if !caller.may_reach(&self.store, app_id)? {
+            return Err(unknown());
+        }
         Ok(self.view(&agent)?)
     }
 
@@ -92,6 +101,7 @@ impl Inventory {
         let now = now_ms();
         let mut view = agent_view(agent, self.presence.liveness(agent, now));
         view.features = self.store.features(&agent.app_id)?;
+        view.approved_labels = self.store.approved_labels(&agent.app_id)?;
         Ok(with_facts(view, self.store.facts(&agent.app_id)?, now))
     }
 }

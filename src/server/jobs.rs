@@ -13,6 +13,7 @@ use tracing::info;
 use super::clock::now_ms;
 use super::dispatch::Dispatch;
 use super::error::ServiceError;
+use super::operators::Caller;
 use super::store::{AgentRecord, AgentStatus, JobEvent, JobRecord, Store};
 use super::tasks::{
     TaskDefaults, check_stdin, check_task_context, check_task_input, merge_secret_env, task_bytes,
@@ -26,12 +27,16 @@ use crate::protocol::jobs::{
 use crate::protocol::limits::{
     self, MAX_ENQUEUE_BYTES, MAX_JOB_TARGETS, MAX_NAMED_TARGETS, MAX_TARGET_LABELS,
 };
+use crate::protocol::operators::scope_text;
 use crate::protocol::task::new_task_id;
 use crate::protocol::wire;
 use crate::protocol::{TaskId, TaskStatus};
 
 /// Most app ids named in an error message.
 const NAMED_IN_ERRORS: usize = 10;
+
+/// How many times the asked number of jobs a scoped caller's list looks at, newest first.
+const SCOPED_LIST_SCAN: usize = 10;
 
 /// `a, b, c` (and how many more), for error messages naming agents.
 fn name_some(app_ids: &[String]) -> String {
@@ -126,21 +131,34 @@ impl Jobs {
 
     /// Checks a job request and resolves its targets: sorted, deduplicated app ids of accepted
     /// agents. Named agents must exist and be accepted; an empty result is refused.
-    pub fn resolve(&self, request: &JobRequest) -> Result<Vec<String>, ServiceError> {
+    pub fn resolve(&self, caller: &Caller, request: &JobRequest) -> Result<Vec<String>, ServiceError> {
         check_request(request)?;
         let targets = &request.targets;
         let mut chosen = self.named_targets(&targets.app_ids)?;
+        for app_id in &chosen {
+            caller.check_reach(&self.store, app_id)?;
+        }
         if targets.all || !targets.labels.is_empty() {
+            // A selector (or all) is intersected with the caller's scope.
             for agent in self.store.agents()? {
                 if agent.status == AgentStatus::Accepted
                     && (targets.all || has_labels(&agent, &targets.labels))
+                    && caller.may_reach(&self.store, &agent.app_id)?
                 {
                     chosen.insert(agent.app_id);
                 }
             }
         }
         if chosen.is_empty() {
-            return Err(ServiceError::BadRequest(format!("no accepted agent matches {}", describe(targets))));
+            let within = if caller.unscoped() {
+                String::new()
+            } else {
+                format!(" within the scope of operator {} ({})", caller.name, scope_text(&caller.scope))
+            };
+            return Err(ServiceError::BadRequest(format!(
+                "no accepted agent matches {}{within}",
+                describe(targets)
+            )));
         }
         if chosen.len() > MAX_JOB_TARGETS {
             return Err(ServiceError::TooLarge(format!(
@@ -179,10 +197,11 @@ impl Jobs {
 
     /// Creates a job, starts its first window and makes it durable; agents are woken by the
     /// job event loop.
-    pub async fn create(&self, mut request: JobRequest) -> Result<JobRecord, ServiceError> {
+    pub async fn create(&self, caller: &Caller, mut request: JobRequest) -> Result<JobRecord, ServiceError> {
         let max_file = self.defaults.max_file_bytes;
         super::files::check_file_task(&self.store, &request.task_type, &mut request.payload, max_file)?;
-        let app_ids = self.resolve(&request)?;
+        let app_ids = self.resolve(caller, &request)?;
+        caller.check_limits(&request.task_type, app_ids.len())?;
         self.create_on(request, app_ids, None).await
     }
 
@@ -190,8 +209,13 @@ impl Jobs {
     /// input and limits: on every host it targeted, or with `failed_only` on those that did
     /// not succeed. The job must have ended; hosts whose agent is no longer accepted are left
     /// out.
-    pub async fn retry(&self, id: TaskId, failed_only: bool) -> Result<JobRecord, ServiceError> {
-        let first = self.store.job(id)?.ok_or_else(|| ServiceError::NotFound(format!("unknown job {id}")))?;
+    pub async fn retry(
+        &self,
+        caller: &Caller,
+        id: TaskId,
+        failed_only: bool,
+    ) -> Result<JobRecord, ServiceError> {
+        let first = self.visible(caller, id)?;
         if !first.secret_names.is_empty() {
             let names: Vec<&str> = first.secret_names.iter().map(String::as_str).collect();
             return Err(ServiceError::Conflict(format!(
@@ -218,7 +242,7 @@ impl Jobs {
         };
         let mut reachable = Vec::with_capacity(app_ids.len());
         for app_id in app_ids {
-            if accepted(&app_id)? {
+            if accepted(&app_id)? && caller.may_reach(&self.store, &app_id)? {
                 reachable.push(app_id);
             }
         }
@@ -226,6 +250,7 @@ impl Jobs {
             let why = if failed_only { "every host succeeded" } else { "no host of it is still accepted" };
             return Err(ServiceError::Conflict(format!("nothing to retry in job {id}: {why}")));
         }
+        caller.check_limits(&first.task_type, reachable.len())?;
         let request = JobRequest {
             targets: Targets { app_ids: reachable.clone(), ..Targets::default() },
             task_type: first.task_type,
@@ -303,8 +328,8 @@ impl Jobs {
     }
 
     /// The dry run: the targets `request` resolves to, and which of them are offline now.
-    pub fn dry_run(&self, request: &JobRequest) -> Result<TargetList, ServiceError> {
-        let app_ids = self.resolve(request)?;
+    pub fn dry_run(&self, caller: &Caller, request: &JobRequest) -> Result<TargetList, ServiceError> {
+        let app_ids = self.resolve(caller, request)?;
         let mut offline: Vec<String> = self.offline(&app_ids)?.into_keys().collect();
         offline.sort();
         Ok(TargetList { app_ids, offline })
@@ -375,8 +400,40 @@ impl Jobs {
     }
 
     /// Up to `limit` jobs, newest first.
-    pub fn list(&self, limit: usize) -> Result<Vec<JobView>, ServiceError> {
-        Ok(self.store.jobs(limit)?.iter().map(job_view).collect())
+    pub fn list(&self, caller: &Caller, limit: usize) -> Result<Vec<JobView>, ServiceError> {
+        if caller.unscoped() {
+            return Ok(self.store.jobs(limit)?.iter().map(job_view).collect());
+        }
+        let mut views = Vec::new();
+        for job in self.store.jobs(limit.saturating_mul(SCOPED_LIST_SCAN))? {
+            if views.len() == limit {
+                break;
+            }
+            if self.reaches_every_target(caller, job.id)? {
+                views.push(job_view(&job));
+            }
+        }
+        Ok(views)
+    }
+
+    /// Job `id` if `caller` may see it: every target within its scope. Another is answered as
+    /// unknown (404), so that a scoped operator learns nothing of hosts it cannot reach.
+    pub fn visible(&self, caller: &Caller, id: TaskId) -> Result<JobRecord, ServiceError> {
+        let unknown = || ServiceError::NotFound(format!("unknown job {id}"));
+        let job = self.store.job(id)?.ok_or_else(unknown)?;
+        if self.reaches_every_target(caller, id)? { Ok(job) } else { Err(unknown()) }
+    }
+
+    fn reaches_every_target(&self, caller: &Caller, id: TaskId) -> Result<bool, ServiceError> {
+        if caller.unscoped() {
+            return Ok(true);
+        }
+        let mut every = true;
+        self.store.each_target(id, |target| {
+            every = every && caller.may_reach(&self.store, &target.app_id)?;
+            Ok(())
+        })?;
+        Ok(every)
     }
 
     /// Turns the job events of committed transactions into wake-ups (agents given a task by a

@@ -22,6 +22,7 @@ pub mod job_results;
 pub mod jobs;
 pub mod lock;
 pub mod metrics;
+pub mod operators;
 pub mod polling;
 pub mod presence;
 pub mod reports;

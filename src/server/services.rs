@@ -16,6 +16,7 @@ use super::job_results::JobOutcomes;
 use super::jobs::Jobs;
 use super::metrics::Metrics;
 use super::metrics::state::StateGauges;
+use super::operators::Operators;
 use super::polling::Polling;
 use super::reports::Reports;
 use super::store::Store;
@@ -34,6 +35,7 @@ pub struct Services {
     enrollment: Enrollment,
     inventory: Inventory,
     audit: Audit,
+    operators: Operators,
     files: Files,
     metrics: Arc<Metrics>,
     state_gauges: StateGauges,
@@ -71,6 +73,7 @@ impl Services {
                 admin_token_hash,
             ),
             inventory: Inventory::new(Arc::clone(store), Arc::clone(dispatch.presence())),
+            operators: Operators::new(Arc::clone(store), audit.clone(), admin_token_hash),
             audit,
             files: Files::new(Arc::clone(store), Arc::clone(dispatch), config.max_file_bytes),
             metrics,
@@ -136,6 +139,11 @@ impl Services {
     /// The audit record.
     pub fn audit(&self) -> &Audit {
         &self.audit
+    }
+
+    /// Named operators: authentication and their management.
+    pub fn operators(&self) -> &Operators {
+        &self.operators
     }
 
     /// Where requests, refusals and task moves are counted.

@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::clock::{now_ms, rfc3339_secs};
 use super::dispatch::Dispatch;
 use super::error::ServiceError;
+use super::operators::Caller;
 use super::store::{
     AgentStatus, CancelOutcome, Store, StoreError, Stream, TaskPage, TaskPageQuery, TaskRecord, TaskSpec,
 };
@@ -65,7 +66,11 @@ impl Tasks {
     }
 
     /// Creates one task per target agent, makes them durable, then wakes the agents.
-    pub async fn enqueue(&self, mut request: EnqueueRequest) -> Result<Vec<TaskRecord>, ServiceError> {
+    pub async fn enqueue(
+        &self,
+        caller: &Caller,
+        mut request: EnqueueRequest,
+    ) -> Result<Vec<TaskRecord>, ServiceError> {
         let secret_names = merge_secret_env(&mut request.env, std::mem::take(&mut request.secret_env))?;
         check_task_input(&request.task_type, &request.payload)?;
         let max_file = self.defaults.max_file_bytes;
@@ -79,7 +84,8 @@ impl Tasks {
                 request.app_ids.len()
             )));
         }
-        let targets = self.targets(&request)?;
+        let targets = self.targets(caller, &request)?;
+        caller.check_limits(&request.task_type, targets.len())?;
         let task_bytes =
             task_bytes(&request.payload, &request.env, request.cwd.as_deref(), request.user.as_deref())
                 + request.stdin.len();
@@ -171,18 +177,25 @@ impl Tasks {
     }
 
     /// Resolves the target agents of an enqueue: named ones must exist.
-    fn targets(&self, request: &EnqueueRequest) -> Result<Vec<String>, ServiceError> {
+    /// The agents an enqueue is for: every accepted agent within the caller's scope for `all`,
+    /// else the named ones, each accepted and within the scope.
+    fn targets(&self, caller: &Caller, request: &EnqueueRequest) -> Result<Vec<String>, ServiceError> {
         match (request.all, request.app_ids.is_empty()) {
-            (true, true) => Ok(self
-                .store
-                .agents()?
-                .into_iter()
-                .filter(|a| a.status == AgentStatus::Accepted)
-                .map(|a| a.app_id)
-                .collect()),
+            (true, true) => {
+                let mut chosen = Vec::new();
+                for agent in self.store.agents()? {
+                    if agent.status == AgentStatus::Accepted
+                        && caller.may_reach(&self.store, &agent.app_id)?
+                    {
+                        chosen.push(agent.app_id);
+                    }
+                }
+                Ok(chosen)
+            }
             (false, false) => {
                 for app_id in &request.app_ids {
                     self.check_target(app_id)?;
+                    caller.check_reach(&self.store, app_id)?;
                 }
                 Ok(request.app_ids.clone())
             }
@@ -217,7 +230,7 @@ impl Tasks {
     }
 
     /// The page of tasks `query` asks for, newest first, with the cursor of the next page.
-    pub fn page(&self, query: &TaskQuery) -> Result<TaskPage, StoreError> {
+    pub fn page(&self, caller: &Caller, query: &TaskQuery) -> Result<TaskPage, StoreError> {
         let now = now_ms();
         let page = TaskPageQuery {
             app_id: query.app_id.as_deref(),
@@ -226,7 +239,18 @@ impl Tasks {
             limit: query.limit(),
             max_scan: MAX_TASK_SCAN,
         };
-        self.store.task_page(&page, |task| query.statuses.is_empty() || query.statuses.contains(&task.status))
+        self.store.task_page(&page, |task| {
+            (query.statuses.is_empty() || query.statuses.contains(&task.status))
+                && caller.may_reach(&self.store, &task.app_id).unwrap_or(false)
+        })
+    }
+
+    /// Task `id` if `caller` may see it: a task of an agent outside its scope is answered as
+    /// unknown (404), so that a scoped operator learns nothing of hosts it cannot reach.
+    pub fn visible(&self, caller: &Caller, id: TaskId) -> Result<TaskRecord, ServiceError> {
+        let unknown = || ServiceError::NotFound(format!("unknown task {id}"));
+        let task = self.store.task(id)?.ok_or_else(unknown)?;
+        if caller.may_reach(&self.store, &task.app_id)? { Ok(task) } else { Err(unknown()) }
     }
 
     /// Cancels task `id` (see [`Store::cancel`]), makes it durable, and tells its agent.

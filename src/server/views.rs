@@ -98,6 +98,7 @@ pub fn agent_view(agent: &AgentRecord, liveness: Liveness) -> AgentView {
         status: agent.status.as_str().to_owned(),
         facts: None,
         features: Vec::new(),
+        approved_labels: Default::default(),
     }
 }
 

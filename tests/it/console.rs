@@ -2,7 +2,7 @@
 //! in (a wrong token refused with the server's words), the fleet and its filters, accepting a
 //! pending agent, a job run from the page on three agents with its output groups, a running
 //! task's output arriving line by line and its cancel stopping the real process, the audit
-//! record; hostile values from agents and operators shown as text and run nothing; the content
+//! record; what a viewer and an operator are shown; hostile values from agents and operators shown as text and run nothing; the content
 //! security policy enforced by the browser. Each view's screenshot goes to `target/screenshots/`.
 
 use std::time::Duration;
@@ -305,6 +305,56 @@ fn the_content_security_policy_is_sent_and_the_browser_enforces_it() {
     phone.screenshot("console-fleet-phone");
     let overflow = phone.eval("return document.documentElement.scrollWidth <= window.innerWidth + 1");
     assert_eq!(overflow, serde_json::Value::Bool(true), "the page fits a phone's width");
+}
+
+#[test]
+fn a_viewer_sees_no_run_link_nor_action_buttons_while_an_operator_does() {
+    let server = Server::start(ServerOpts::default());
+    let _agents = agents(&server, &[("busy-1", &[])]);
+    let pending = AgentClient::new(&server.url, "waiting", "waiting-secret");
+    let request =
+        RegisterRequest { app_id: "waiting".into(), secret: "waiting-secret".into(), ..Default::default() };
+    pending.register(&request, &Enrollment::Pending).expect("a pending registration");
+    let job =
+        serde_json::json!({"targets": {"app_ids": ["busy-1"]}, "task_type": "shell", "payload": "sleep 300"});
+    let job: serde_json::Value = server.admin().post("/api/v1/jobs", &job).expect("a job");
+    let job_id = job["job_id"].as_str().expect("a job id").to_owned();
+    let token_of = |name: &str, role: &str| {
+        let body = serde_json::json!({"name": name, "role": role});
+        let added: serde_json::Value = server.admin().post("/api/v1/operators", &body).expect("an operator");
+        added["token"].as_str().expect("a token").to_owned()
+    };
+    let (viewer, operator) = (token_of("vera", "viewer"), token_of("otto", "operator"));
+    let browser = Browser::start(1280, 900);
+    let sign_in = |token: &str| {
+        browser.open(&format!("{}/#/fleet", server.url));
+        browser.wait_for("the sign-in form", "document.querySelector('#signin')");
+        browser.type_into("#token", token);
+        browser.click("#signin button[type=submit]");
+        browser.wait_for("the fleet", "document.querySelectorAll('#fleet-rows tr').length === 2");
+    };
+    let run_link_shown = || browser.eval("return !document.querySelector('a[data-view=run]').hidden");
+
+    sign_in(&viewer);
+    assert_eq!(browser.text("#whoami"), "vera (viewer)");
+    assert_eq!(run_link_shown(), serde_json::Value::Bool(false), "a viewer sees no Run link");
+    assert_eq!(browser.count("tr[data-app-id=waiting] button"), 0, "no Accept nor Forget");
+    browser.open(&format!("{}/#/job/{job_id}", server.url));
+    browser.wait_for("the job", "document.querySelector('#job [data-state=running]')");
+    assert_eq!(browser.count("#job button"), 0, "no Pause nor Cancel");
+    browser.screenshot("console-job-viewer");
+    browser.open(&format!("{}/#/run", server.url));
+    browser.wait_for("the fleet instead of Run", "document.querySelector('#fleet')");
+    assert_eq!(browser.count("#run-submit"), 0);
+
+    browser.click("#sign-out");
+    sign_in(&operator);
+    assert_eq!(browser.text("#whoami"), "otto (operator)");
+    assert_eq!(run_link_shown(), serde_json::Value::Bool(true), "an operator sees Run");
+    assert_eq!(browser.count("tr[data-app-id=waiting] button"), 0, "accepting is an admin's");
+    browser.open(&format!("{}/#/job/{job_id}", server.url));
+    browser.wait_for("the job's Cancel", "document.querySelector('#job-cancel')");
+    assert_eq!(browser.count("#job-pause"), 1);
 }
 
 /// Not a test but a measurement (BENCHMARKS.md): the fleet view of a console whose server knows

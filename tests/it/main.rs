@@ -33,6 +33,7 @@ mod lists;
 mod logs;
 mod man_page;
 mod metrics;
+mod operators;
 mod orphans;
 mod overload;
 mod owned_task;

@@ -72,6 +72,7 @@ pub(crate) fn config(server: &str, max_tasks: usize, state: &Path) -> AgentConfi
         allow_shell: true,
         handlers_dir: None,
         allowed_users: Vec::new(),
+        allowed_handlers: Vec::new(),
         write_roots: Vec::new(),
         read_roots: Vec::new(),
         labels: BTreeMap::from([("env".to_owned(), "test".to_owned())]),

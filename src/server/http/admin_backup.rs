@@ -13,16 +13,16 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use http_body::Frame;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::AppState;
-use super::admin_common::{ApiFailure, ApiResult, actor};
-use super::client_addr::ClientAddr;
+use super::admin_common::{ApiFailure, ApiResult};
+use super::permissions::AdminRoutes;
 use crate::protocol::admin::BACKUP_PATH;
 use crate::server::backups::Running;
+use crate::server::operators::Caller;
 
 /// Bytes sent to the client at a time.
 const CHUNK: usize = 256 * 1024;
@@ -30,19 +30,19 @@ const CHUNK: usize = 256 * 1024;
 const CHUNKS_AHEAD: usize = 4;
 
 /// The backup route.
-pub fn routes() -> axum::Router<AppState> {
-    axum::Router::new().route(BACKUP_PATH, get(backup))
+pub fn routes() -> AdminRoutes {
+    AdminRoutes::new().get(BACKUP_PATH, backup)
 }
 
 /// Starts a backup and answers its bytes as they come.
-async fn backup(State(app): State<AppState>, ClientAddr(peer): ClientAddr) -> ApiResult<Response> {
+async fn backup(State(app): State<AppState>, caller: Caller) -> ApiResult<Response> {
     let running = app.backups().start().ok_or_else(|| {
         ApiFailure(
             StatusCode::CONFLICT,
             "a backup is already being written; try again once it is done".into(),
         )
     })?;
-    app.audit().record(&actor(peer), "server.backup", "server", "")?;
+    app.audit().record(&caller.actor(), "server.backup", "server", "")?;
     let (sender, receiver) = mpsc::channel(CHUNKS_AHEAD);
     std::thread::Builder::new()
         .name("orange-backup-send".into())
@@ -50,7 +50,7 @@ async fn backup(State(app): State<AppState>, ClientAddr(peer): ClientAddr) -> Ap
         .map_err(|e| {
             ApiFailure(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot start the backup: {e}"))
         })?;
-    info!(client = %peer, "backup started");
+    info!(client = %caller.addr, operator = %caller.name, "backup started");
     let body = Body::new(Chunks(receiver));
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
 }

@@ -2,8 +2,6 @@
 //! reading a JSON body under its limit, refusing a malformed path or query, parsing an id, and
 //! naming the operator in the audit record.
 
-use std::net::SocketAddr;
-
 use axum::Json;
 use axum::body::Body;
 use axum::extract::Path;
@@ -13,11 +11,13 @@ use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use tracing::error;
 
+use super::AppState;
 use crate::protocol::TaskId;
 use crate::protocol::admin::ApiError;
 use crate::protocol::limits::MAX_ADMIN_BODY;
 use crate::protocol::wire::shown;
 use crate::server::error::ServiceError;
+use crate::server::operators::Caller;
 use crate::server::store::StoreError;
 
 /// An admin API failure: a status and a message, answered as `{"error": message}`.
@@ -36,6 +36,7 @@ impl From<ServiceError> for ApiFailure {
             ServiceError::NotFound(m) => ApiFailure(StatusCode::NOT_FOUND, m),
             ServiceError::TooLarge(m) => ApiFailure(StatusCode::PAYLOAD_TOO_LARGE, m),
             ServiceError::Conflict(m) => ApiFailure(StatusCode::CONFLICT, m),
+            ServiceError::Forbidden(m) => ApiFailure(StatusCode::FORBIDDEN, m),
             ServiceError::Store(e) => e.into(),
         }
     }
@@ -87,9 +88,19 @@ pub fn parse_id(id: &str, what: &str) -> ApiResult<TaskId> {
         .map_err(|_| ApiFailure(StatusCode::BAD_REQUEST, format!("{what} id {:?} is not a UUID", shown(id))))
 }
 
-/// Who an operator request comes from, for the audit record.
-pub fn actor(peer: SocketAddr) -> String {
-    format!("admin@{}", peer.ip())
+/// `refused`, recorded in the audit record first when it is a refusal of the caller (a target
+/// outside its scope, or one it may not see) rather than a mistake in the request.
+pub fn refused_in_audit(app: &AppState, caller: &Caller, action: &str, refused: ServiceError) -> ApiFailure {
+    let (ServiceError::Forbidden(reason) | ServiceError::NotFound(reason)) = &refused else {
+        return refused.into();
+    };
+    if !caller.unscoped() {
+        let detail = format!("refused: {reason}");
+        if let Err(e) = app.audit().record(&caller.actor(), action, "", &detail) {
+            return e.into();
+        }
+    }
+    refused.into()
 }
 
 /// Characters of a task's command or payload an audit record quotes.

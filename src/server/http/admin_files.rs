@@ -11,31 +11,31 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde::Deserialize;
 use tracing::info;
 
 use super::AppState;
-use super::admin_common::{ApiFailure, ApiResult, actor, bad_query, path_id};
-use super::client_addr::ClientAddr;
+use super::admin_common::{ApiFailure, ApiResult, bad_query, path_id};
+use super::permissions::AdminRoutes;
 use crate::protocol::admin::TASKS_PATH;
 use crate::protocol::files::{FILES_PATH, TASK_FILE_SUFFIX, Uploaded};
+use crate::server::operators::Caller;
 
 /// Most bytes one download page carries.
 pub const DOWNLOAD_PAGE: usize = 4 * 1024 * 1024;
 
 /// The file routes.
-pub fn routes() -> axum::Router<AppState> {
-    axum::Router::new()
-        .route(FILES_PATH, post(upload))
-        .route(&format!("{TASKS_PATH}/{{id}}/{TASK_FILE_SUFFIX}"), get(download))
+pub fn routes() -> AdminRoutes {
+    AdminRoutes::new()
+        .post(FILES_PATH, upload)
+        .get(&format!("{TASKS_PATH}/{{id}}/{TASK_FILE_SUFFIX}"), download)
 }
 
 /// Stores the body as a new file; past the server's limit the upload stops with 413 and what
 /// was stored is deleted.
 async fn upload(
     State(app): State<AppState>,
-    ClientAddr(peer): ClientAddr,
+    caller: Caller,
     mut body: Body,
 ) -> ApiResult<(StatusCode, Json<Uploaded>)> {
     let files = app.files();
@@ -62,7 +62,7 @@ async fn upload(
     }
     let uploaded = files.finish(upload).await?;
     let detail = format!("{} bytes, sha256 {}", uploaded.size, uploaded.sha256);
-    app.audit().record(&actor(peer), "file.upload", &uploaded.file_id, &detail)?;
+    app.audit().record(&caller.actor(), "file.upload", &uploaded.file_id, &detail)?;
     info!(file = %uploaded.file_id, size = uploaded.size, "file uploaded");
     Ok((StatusCode::CREATED, Json(uploaded)))
 }
@@ -90,10 +90,12 @@ struct DownloadQuery {
 /// Up to [`DOWNLOAD_PAGE`] bytes from `offset` of what a `file.get` task read (empty past its end).
 async fn download(
     State(app): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<DownloadQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     let id = path_id(path, "task")?;
+    app.tasks().visible(&caller, id)?;
     let Query(query) = query.map_err(bad_query)?;
     let bytes = app.files().download(id, query.offset.unwrap_or(0), DOWNLOAD_PAGE)?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())

@@ -30,10 +30,11 @@ pub const METRICS_PATH: &str = "/metrics";
 
 /// The metrics route (without any token check: the caller puts it behind one, or not).
 pub fn routes() -> Router<AppState> {
-    Router::new().route(METRICS_PATH, get(metrics))
+    Router::new().route(METRICS_PATH, get(handler))
 }
 
-async fn metrics(State(app): State<AppState>) -> Response {
+/// `GET /metrics`: the metrics in the Prometheus text format.
+pub async fn handler(State(app): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], app.metrics_text().await).into_response()
 }
 

@@ -10,6 +10,7 @@ mod admin_backup;
 mod admin_common;
 mod admin_files;
 mod admin_jobs;
+mod admin_operators;
 mod admin_tasks;
 mod agent_api;
 mod agent_auth;
@@ -19,6 +20,7 @@ mod client_addr;
 mod connections;
 pub mod console;
 pub mod metrics;
+pub mod permissions;
 pub mod probes;
 mod proxy_protocol;
 mod refusal_log;
@@ -38,11 +40,12 @@ use tokio::net::{TcpListener, TcpSocket};
 use tracing::{info, warn};
 
 use super::config::ConnectionLimits;
-use super::guard::SecretHash;
 use super::services::Services;
 use super::{ServerConfig, TlsFiles};
 use crate::protocol::limits::MAX_HEAD_BYTES;
 use admin_common::ApiFailure;
+use metrics::METRICS_PATH;
+use permissions::AdminRoutes;
 
 /// Shared state of every handler.
 pub type AppState = Arc<Services>;
@@ -57,15 +60,10 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The whole router: agent routes under the overload limit (a pool for accepted agents, a
 /// smaller one for everyone else), the `probes` without a token, operator routes under the
-/// admin token whose SHA-256 is `admin_token_hash`, and `/metrics` under that token too unless
+/// operator tokens and the permission table, and `/metrics` under them too unless
 /// `--metrics-public`, the web console's files at `/` without a token; every answer counted in
 /// the metrics.
-pub fn router(
-    services: AppState,
-    admin_token_hash: SecretHash,
-    config: &ServerConfig,
-    probes: Router<AppState>,
-) -> Router {
+pub fn router(services: AppState, config: &ServerConfig, probes: Router<AppState>) -> Router {
     let pools =
         busy::Pools::new(config.max_inflight, config.max_unverified_inflight, config.retry_after_secs);
     let app = Arc::clone(&services);
@@ -78,7 +76,7 @@ pub fn router(
         .merge(probes)
         .merge(public_metrics)
         .merge(console::routes())
-        .merge(admin_routes(admin_token_hash, !config.metrics_public));
+        .merge(admin_routes(Arc::clone(&services), !config.metrics_public));
     counted(routes, services)
 }
 
@@ -97,20 +95,38 @@ fn counted(routes: Router<AppState>, services: AppState) -> Router {
 }
 
 /// Every route of the operator API under `/api/v1/`, and `/metrics` when `with_metrics`, behind
-/// the admin token (one limit on wrong tokens for all of them).
-fn admin_routes(admin_token_hash: SecretHash, with_metrics: bool) -> Router<AppState> {
-    let routes = Router::new()
-        .merge(admin_tasks::routes())
-        .merge(admin_agents::routes())
-        .merge(admin_jobs::routes())
-        .merge(admin_files::routes())
-        .merge(if with_metrics { metrics::routes() } else { Router::new() })
-        .merge(admin_backup::routes())
+/// the operator tokens (one limit on wrong tokens for all of them) and the permission table.
+fn admin_routes(services: AppState, with_metrics: bool) -> Router<AppState> {
+    let (routes, _) = operator_routes(with_metrics).into_parts();
+    let routes = routes
         .fallback(|| async { ApiFailure(StatusCode::NOT_FOUND, "no such API route".into()) })
         .method_not_allowed_fallback(|| async {
             ApiFailure(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this API route".into())
         });
-    admin_auth::guarded(routes, admin_token_hash)
+    admin_auth::guarded(routes, services)
+}
+
+/// Every operator route, added through the builder that lists them.
+fn operator_routes(with_metrics: bool) -> AdminRoutes {
+    let metrics = if with_metrics {
+        AdminRoutes::new().get(METRICS_PATH, metrics::handler)
+    } else {
+        AdminRoutes::new()
+    };
+    AdminRoutes::new()
+        .merge(admin_tasks::routes())
+        .merge(admin_agents::routes())
+        .merge(admin_jobs::routes())
+        .merge(admin_files::routes())
+        .merge(admin_operators::routes())
+        .merge(metrics)
+        .merge(admin_backup::routes())
+}
+
+/// Every operator route (method and path), `/metrics` among them when `with_metrics`: what
+/// the permission table must cover.
+pub fn admin_route_list(with_metrics: bool) -> Vec<permissions::Added> {
+    operator_routes(with_metrics).into_parts().1
 }
 
 /// A bound socket and, for HTTPS, the TLS identity to serve it with.

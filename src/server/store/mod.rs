@@ -28,6 +28,8 @@
 //! - `jobs_done`: time (i64 BE ms), job id → empty: done jobs, oldest first, for retention
 //! - `job_inputs`: job id → raw bytes: the stdin every task of the job gets (absent: none),
 //!   stored once and copied into each task as it starts
+//! - `operators`: operator name → [`OperatorRecord`]: role, scope, token hash, lifetime
+//! - `approved_labels`: app id → [`ApprovedLabels`]: the labels scopes match an agent by
 //! - sled's default tree: the id floor and size of a compacted database (see `trees.rs`)
 //!
 //! Every value is encoded by `codec` with its record type's own version and stored layout
@@ -56,6 +58,7 @@ mod gate;
 mod job_reads;
 mod jobs;
 mod logged;
+mod operators;
 mod output;
 mod records;
 mod seen;
@@ -91,6 +94,7 @@ pub use facts::{FactsRecord, FeaturesRecord};
 pub use files::FileMeta;
 use gate::{Gate, Pass};
 pub use jobs::JobError;
+pub use operators::{ApprovedLabels, OperatorRecord, OperatorRole};
 pub use output::{Chunk, ChunkAck};
 pub use records::{
     AgentRecord, AgentStatus, AuditRecord, JobRecord, Outcome, OutputState, Policy, Stream, TargetEnd,
@@ -228,7 +232,7 @@ impl Store {
             .map_err(|e| StoreError::Io(format!("cannot start the commit thread: {e}")))?;
         let checkpointer = Checkpointer::start(Arc::clone(&wal), Arc::clone(&gate))
             .map_err(|e| StoreError::Io(format!("cannot start the checkpoint thread: {e}")))?;
-        Ok(Store {
+        let store = Store {
             wal,
             _checkpointer: checkpointer,
             gate,
@@ -241,7 +245,9 @@ impl Store {
             committer,
             audit_streams: audit::AuditStreams::default(),
             metrics,
-        })
+        };
+        store.approve_labels_of_earlier_agents(crate::server::clock::now_ms())?;
+        Ok(store)
     }
 
     /// The open database. Every store method reaches the trees through this and holds the pass

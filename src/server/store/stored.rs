@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::audit::AgentAuditRecord;
 use super::facts::{FactsRecord, FeaturesRecord};
+use super::operators::{ApprovedLabels, OperatorRecord};
 use super::records::{
     AgentRecord, AuditRecord, JobRecord, OutputState, TargetEnd, TargetRecord, TaskRecord, TokenRecord,
 };
@@ -49,6 +50,8 @@ own_layout! {
     FactsRecord => "facts", 1;
     FeaturesRecord => "agent features", 1;
     AgentAuditRecord => "agent audit", 1;
+    OperatorRecord => "operator", 1;
+    ApprovedLabels => "approved labels", 1;
 }
 
 /// [`TaskStatus`] as stored: variants in the order of version 1, never reordered.

@@ -200,6 +200,10 @@ trees! {
         files,
         /// file id → what an operator's upload came to.
         file_meta,
+        /// operator name → operator record (role, scope, token hash).
+        operators,
+        /// app id → the labels an admin approved for the agent.
+        approved_labels,
     }
 }
 

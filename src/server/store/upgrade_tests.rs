@@ -81,6 +81,15 @@ fn check_agents(store: &Store, manifest: &Value) {
         // 0.1.0 kept no features; later builds list what each agent announced.
         let features = want.get("features").cloned().unwrap_or_else(|| Value::Array(Vec::new()));
         assert_eq!(json(store.features(&got.app_id).unwrap()), features, "{}", got.app_id);
+        // Agents accepted before approved labels existed keep reaching the same scopes: their
+        // declared labels are approved at the first open; a pending one has none approved.
+        let approved = store.approved_labels(&got.app_id).unwrap();
+        let expected_approved =
+            if want["status"] == "accepted" { want["labels"].clone() } else { json(&approved) };
+        assert_eq!(json(&approved), expected_approved, "{}", got.app_id);
+        if want["status"] == "pending" {
+            assert!(approved.is_empty(), "{}", got.app_id);
+        }
     }
 }
 

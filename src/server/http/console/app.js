@@ -139,6 +139,16 @@ function location_() {
 
 const VIEWS = { fleet: viewFleet, run: viewRun, jobs: viewJobs, job: viewJob, task: viewTask, audit: viewAudit };
 
+/** Who the token is (`GET /whoami`: name, role, scope), asked once per sign-in. */
+let me = null;
+const ROLES = ["viewer", "operator", "admin"];
+
+/** True when the signed-in operator's role is `role` or above. The server decides; the page
+ * only leaves out what would be refused. */
+function may(role) {
+  return me !== null && ROLES.indexOf(me.role) >= ROLES.indexOf(role);
+}
+
 function route() {
   if (viewAbort) viewAbort.abort();
   viewAbort = new AbortController();
@@ -148,15 +158,32 @@ function route() {
     viewSignIn();
     return;
   }
+  const signal = viewAbort.signal;
+  const known = me ? Promise.resolve(me) : api("GET", "/whoami", undefined, { signal });
+  known.then((who) => {
+    me = who;
+    if (!signal.aborted) show(nav, signal);
+  }).catch((error) => {
+    if (!signal.aborted) replace(main(), errorBox(error));
+  });
+}
+
+/** Shows the view the location names, with the links and actions the role allows. */
+function show(nav, signal) {
   nav.hidden = false;
   const { name, words, query } = location_();
-  const view = VIEWS[name] ? name : "fleet";
+  const runs = may("operator");
+  const view = VIEWS[name] && (name !== "run" || runs) ? name : "fleet";
   for (const link of nav.querySelectorAll("a[data-view]")) {
+    link.hidden = link.dataset.view === "run" && !runs;
     const current = link.dataset.view === view || (view === "job" && link.dataset.view === "jobs");
     if (current) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }
-  const signal = viewAbort.signal;
+  const scope = Object.entries(me.scope || {}).map(([k, v]) => `${k}=${v}`).join(",");
+  const identity = document.getElementById("whoami");
+  identity.textContent = `${me.name} (${me.role}${scope ? `, ${scope}` : ""})`;
+  identity.dataset.role = me.role;
   replace(main());
   VIEWS[view](main(), words, query, signal).catch((error) => {
     if (!signal.aborted) main().append(errorBox(error));
@@ -165,6 +192,7 @@ function route() {
 
 function signOut(message) {
   sessionStorage.removeItem(TOKEN_KEY);
+  me = null;
   if (viewAbort) viewAbort.abort();
   document.getElementById("nav").hidden = true;
   viewSignIn(message);
@@ -190,6 +218,7 @@ function viewSignIn(message) {
     try {
       await api("GET", "/agents?limit=1", undefined, { bearer: candidate });
       sessionStorage.setItem(TOKEN_KEY, candidate);
+      me = null;
       if (!location_().name) window.location.hash = "#/fleet";
       route();
     } catch (error) {
@@ -262,7 +291,7 @@ function agentRow(agent) {
   const facts = agent.facts || {};
   const state = presence(agent);
   const actions = h("td", {});
-  if (state === "pending") {
+  if (state === "pending" && may("admin")) {
     const act = (what) => async () => {
       try {
         await api("POST", `/agents/${encodeURIComponent(agent.app_id)}/${what}`);
@@ -429,9 +458,11 @@ function renderJob(root, job, groups, results) {
     }
   };
   const buttons = [];
-  if (job.state === "running") buttons.push(h("button", { type: "button", class: "quiet", id: "job-pause", onclick: act("pause") }, "Pause"));
-  if (job.state === "paused") buttons.push(h("button", { type: "button", id: "job-resume", onclick: act("resume") }, "Resume"));
-  if (!job.done) buttons.push(h("button", { type: "button", class: "danger", id: "job-cancel", onclick: act("cancel") }, "Cancel"));
+  // A viewer gets no action on a job.
+  const acts = may("operator");
+  if (acts && job.state === "running") buttons.push(h("button", { type: "button", class: "quiet", id: "job-pause", onclick: act("pause") }, "Pause"));
+  if (acts && job.state === "paused") buttons.push(h("button", { type: "button", id: "job-resume", onclick: act("resume") }, "Resume"));
+  if (acts && !job.done) buttons.push(h("button", { type: "button", class: "danger", id: "job-cancel", onclick: act("cancel") }, "Cancel"));
   const hostLink = (appId) => {
     const task = taskOf.get(appId);
     return task ? h("a", { class: "chip", href: `#/task/${encodeURIComponent(task)}` }, appId) : h("span", { class: "chip" }, appId);
@@ -563,7 +594,7 @@ async function viewTask(root, [taskId], _query, signal) {
 
 function renderTaskDetails(root, task) {
   const final = FINAL.has(task.status);
-  const cancel = final ? null : h("button", { type: "button", class: "danger", id: "task-cancel", onclick: async () => {
+  const cancel = final || !may("operator") ? null : h("button", { type: "button", class: "danger", id: "task-cancel", onclick: async () => {
     try {
       await api("POST", `/tasks/${encodeURIComponent(task.task_id)}/cancel`, {});
     } catch (error) {
