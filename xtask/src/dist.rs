@@ -84,6 +84,9 @@ fn build_portable(root: &Path, tools: &Toolchain) -> Result<PathBuf, String> {
             ZIG_TARGET,
         ])
         .current_dir(root)
+        // The artifacts are always built under the checkout's `target/`, where the package's
+        // asset paths point, whatever target directory the caller's own builds use.
+        .env_remove("CARGO_TARGET_DIR")
         .env("PATH", tools.path()?))?;
     // cargo-zigbuild drops the glibc suffix from the target directory's name.
     Ok(root.join("target/x86_64-unknown-linux-gnu/release/orange"))
@@ -154,6 +157,7 @@ fn package_deb(root: &Path, tools: &Toolchain, dist: &Path) -> Result<String, St
         .args(["deb", "--no-build", "--no-strip", "--package", "orange", "--output"])
         .arg(dist)
         .current_dir(root)
+        .env_remove("CARGO_TARGET_DIR")
         .env("PATH", tools.path()?))?;
     let debs = file_names(dist, ".deb")?;
     match debs.as_slice() {
