@@ -123,6 +123,11 @@ fn a_job_run_from_the_page_on_three_agents_shows_its_groups_and_the_audit_names_
     browser.click("#run-submit");
     browser.wait_for("the confirmation", "document.querySelector('#confirm-yes')");
     assert_eq!(browser.text("#confirm-yes"), "Run on 3 hosts", "the confirmation names the number of hosts");
+    assert_eq!(
+        browser.eval("return [document.activeElement.id, document.querySelector('main').inert]"),
+        serde_json::json!(["confirm-yes", true]),
+        "the keyboard is on the question, and the page behind is out of reach"
+    );
     browser.click("#confirm-yes");
 
     browser.wait_for("the job done", "document.querySelector('#job [data-state=finished]')");

@@ -77,8 +77,13 @@ function errorBox(error) {
 /** A modal question; resolves true on confirm, false on cancel or Escape. */
 function confirmDialog(title, text, confirmLabel) {
   return new Promise((resolve) => {
+    // The page behind is out of reach (Tab, clicks) while the question is open.
+    const behind = [document.querySelector("header"), main()];
+    const opener = document.activeElement;
     const done = (answer) => {
       backdrop.remove();
+      for (const el of behind) el.inert = false;
+      if (opener instanceof HTMLElement) opener.focus();
       resolve(answer);
     };
     const yes = h("button", { type: "button", id: "confirm-yes", onclick: () => done(true) }, confirmLabel);
@@ -88,6 +93,7 @@ function confirmDialog(title, text, confirmLabel) {
         onkeydown: (e) => { if (e.key === "Escape") done(false); } },
       h("h2", { id: "dialog-title" }, title), h("p", {}, text), h("div", { class: "actions" }, yes, no)));
     document.body.append(backdrop);
+    for (const el of behind) el.inert = true;
     yes.focus();
   });
 }
