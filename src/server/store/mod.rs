@@ -114,7 +114,7 @@ use super::metrics::Metrics;
 use crate::protocol::{TaskId, TaskStatus};
 
 /// Most times a transaction runs again because the queue-number pool ran dry under it.
-const MAX_SEQ_RETRIES: usize = 8;
+const MAX_SEQ_RETRIES: usize = 12;
 
 /// The write-ahead log's directory inside the data directory.
 pub const WAL_DIR: &str = "wal";
@@ -272,16 +272,18 @@ impl Store {
     /// jobs (see [`Store::take_job_events`]) and counts what it did to tasks in the metrics.
     /// Most transactions take no queue number, so none is reserved up front (callers that know
     /// they need some, like [`Store::enqueue`], reserve them first); a transaction that found the
-    /// queue-number pool dry reserves what it asked for and runs again.
+    /// queue-number pool dry reserves what it asked for and runs again. Concurrent transactions
+    /// take from the same pool, so each retry reserves twice as many as the one before: with
+    /// N enqueues racing, a few retries leave room for all of them.
     fn transact<T, E: From<StoreError>>(&self, f: impl Fn(&Tx<'_>) -> Result<T, TxError<E>>) -> Result<T, E> {
-        for _ in 0..MAX_SEQ_RETRIES {
+        for attempt in 0..MAX_SEQ_RETRIES {
             let wanted = std::cell::Cell::new(0);
             let short = std::cell::Cell::new(false);
             let result = self.transact_once(&f, &wanted, &short);
             if result.is_ok() || !short.get() {
                 return result;
             }
-            self.seqs.reserve(&self.trees(), wanted.get())?;
+            self.seqs.reserve(&self.trees(), wanted.get() << attempt)?;
         }
         Err(StoreError::Io("the queue-number pool kept running dry; try again".into()).into())
     }

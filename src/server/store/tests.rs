@@ -106,6 +106,33 @@ fn queues_are_fifo_per_agent_and_separate() {
 }
 
 #[test]
+fn concurrent_large_enqueues_all_get_queue_numbers() {
+    // Eight writers of 200 tasks at once drain the shared pool of queue numbers between each
+    // other's reservation and transaction; every enqueue must still go through.
+    let (_dir, store) = open();
+    std::thread::scope(|scope| {
+        for writer in 0..8 {
+            let store = &store;
+            scope.spawn(move || {
+                for round in 0..10 {
+                    let mut tasks: Vec<TaskRecord> = (0..200)
+                        .map(|i| TaskRecord::new(spec(&format!("w{writer}-{}", i % 7)), new_task_id(), 10))
+                        .collect();
+                    store
+                        .enqueue(&mut tasks)
+                        .unwrap_or_else(|e| panic!("writer {writer} round {round}: {e}"));
+                }
+            });
+        }
+    });
+    let queued: usize = (0..8)
+        .flat_map(|writer| (0..7).map(move |agent| format!("w{writer}-{agent}")))
+        .map(|app_id| std::iter::from_fn(|| take(&store, &app_id)).count())
+        .sum();
+    assert_eq!(queued, 8 * 10 * 200);
+}
+
+#[test]
 fn enqueue_with_the_same_id_twice_stores_it_once() {
     let (_dir, store) = open();
     let mut task = vec![TaskRecord::new(spec("a"), new_task_id(), 10)];
