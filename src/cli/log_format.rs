@@ -27,20 +27,6 @@ impl LogFormat {
         }
     }
 
-    /// The format `args` (argv without the program name) and `env_value` (of
-    /// [`ENV_LOG_FORMAT`]) ask for; the flag wins. A value that does not parse gives the default
-    /// here: the flag's own check then refuses it with a message.
-    pub fn asked(args: &[String], env_value: Option<&str>) -> LogFormat {
-        let from_flag = args.iter().enumerate().find_map(|(i, arg)| {
-            if arg == FLAG {
-                args.get(i + 1).map(String::as_str)
-            } else {
-                arg.strip_prefix(FLAG).and_then(|rest| rest.strip_prefix('='))
-            }
-        });
-        LogFormat::chosen(from_flag, env_value)
-    }
-
     /// The format the flag's value `flag` (typed, or from a config file) and `env_value` ask
     /// for; the flag wins, and a value that does not parse gives the default.
     pub fn chosen(flag: Option<&str>, env_value: Option<&str>) -> LogFormat {
@@ -60,20 +46,13 @@ pub fn check_flag(value: Option<&str>) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    fn args(words: &[&str]) -> Vec<String> {
-        words.iter().map(|w| (*w).to_owned()).collect()
-    }
-
     #[test]
     fn the_flag_wins_over_the_environment_and_text_is_the_default() {
-        assert_eq!(LogFormat::asked(&args(&["server", "--data", "d"]), None), LogFormat::Text);
-        assert_eq!(LogFormat::asked(&args(&["server"]), Some("json")), LogFormat::Json);
-        assert_eq!(
-            LogFormat::asked(&args(&["agent", "--log-format", "json"]), Some("text")),
-            LogFormat::Json
-        );
-        assert_eq!(LogFormat::asked(&args(&["agent", "--log-format=text"]), Some("json")), LogFormat::Text);
-        assert_eq!(LogFormat::asked(&args(&["agent", "--log-format", "xml"]), None), LogFormat::Text);
+        assert_eq!(LogFormat::chosen(None, None), LogFormat::Text);
+        assert_eq!(LogFormat::chosen(None, Some("json")), LogFormat::Json);
+        assert_eq!(LogFormat::chosen(Some("json"), Some("text")), LogFormat::Json);
+        assert_eq!(LogFormat::chosen(Some("text"), Some("json")), LogFormat::Text);
+        assert_eq!(LogFormat::chosen(Some("xml"), None), LogFormat::Text);
         assert!(check_flag(Some("xml")).unwrap_err().to_string().contains("use text or json"));
         assert!(check_flag(Some("json")).is_ok() && check_flag(None).is_ok());
     }
