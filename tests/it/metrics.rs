@@ -250,7 +250,8 @@ fn the_metrics_listener_bounds_its_connections_and_closes_idle_ones() {
 
     // The limit of the metrics listener (METRICS_MAX_CONNECTIONS in src/server/http/metrics.rs).
     const LIMIT: usize = 32;
-    let extra_args = ["--metrics-listen", "127.0.0.1:0", "--idle-timeout", "2"].map(String::from).to_vec();
+    // Idle connections last 10 s: far longer than the steps that need them all open take.
+    let extra_args = ["--metrics-listen", "127.0.0.1:0", "--idle-timeout", "10"].map(String::from).to_vec();
     let server = Server::start(ServerOpts { extra_args, ..ServerOpts::default() });
     let address = metrics_address(&server);
 
