@@ -1,13 +1,13 @@
 //! Named operators: who is calling the operator API. `Operators` turns a bearer token into a
-//! [`Caller`] (the server's admin token is the admin named `admin`; an operator token is found
-//! by the SHA-256 of the token, compared in constant time, and refused once revoked or expired),
-//! and adds, lists, revokes and rotates operators. A token is shown once, when it is made; the
-//! store keeps only its hash. A [`Caller`] carries the role and the host scope every service
-//! checks its targets against.
+//! [`Caller`] (the server's admin token is the admin named `admin`; an operator token is looked
+//! up by its SHA-256 in an index kept in memory, its record's digest compared in constant time,
+//! and refused once revoked or expired), and adds, lists, revokes and rotates operators. A token
+//! is shown once, when it is made; the store keeps only its hash. A [`Caller`] carries the role and
+//! the host scope every service checks its targets against.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use thiserror::Error;
 
@@ -132,21 +132,29 @@ pub enum AuthError {
     Store(#[from] StoreError),
 }
 
+/// Every operator's token digest → its name: one lookup per request instead of a scan of the
+/// operators. Read from the store at the first request, then kept in step by every add and
+/// rotation (a revocation keeps the digest: the token is still known, and refused as revoked).
+type TokenIndex = HashMap<SecretHash, String>;
+
 /// The operators: authentication, and their management by an admin.
 pub struct Operators {
     store: Arc<Store>,
     audit: Audit,
     admin_token_hash: SecretHash,
+    /// `None` until the first request reads it.
+    index: Mutex<Option<TokenIndex>>,
 }
 
 impl Operators {
     /// Operators kept in `store`; the server's admin token hashes to `admin_token_hash`.
     pub fn new(store: Arc<Store>, audit: Audit, admin_token_hash: SecretHash) -> Self {
-        Operators { store, audit, admin_token_hash }
+        Operators { store, audit, admin_token_hash, index: Mutex::new(None) }
     }
 
     /// The caller a bearer `token` from `addr` stands for. Digests are compared in constant
-    /// time; an operator token is looked for only when the token carries the prefix.
+    /// time; an operator token is looked up by its digest (which tells nothing of the token)
+    /// only when the token carries the prefix.
     pub fn authenticate(&self, token: &str, addr: IpAddr) -> Result<Caller, AuthError> {
         let given = secret_hash(token);
         if same_digest(&given, &self.admin_token_hash) {
@@ -155,13 +163,13 @@ impl Operators {
         if !token.starts_with(TOKEN_PREFIX) {
             return Err(AuthError::Wrong);
         }
-        let mut found = None;
-        for operator in self.store.operators()? {
-            if same_digest(&given, &operator.token_hash) {
-                found = Some(operator);
-            }
-        }
-        let operator = found.ok_or(AuthError::Wrong)?;
+        let name = self.with_index(|index| Ok(index.get(&given).cloned()))?.ok_or(AuthError::Wrong)?;
+        // The record decides: a rotation racing this request may have replaced the digest.
+        let operator = self
+            .store
+            .operator(&name)?
+            .filter(|operator| same_digest(&given, &operator.token_hash))
+            .ok_or(AuthError::Wrong)?;
         if operator.revoked_ms.is_some() {
             return Err(AuthError::Revoked(operator.name));
         }
@@ -206,7 +214,7 @@ impl Operators {
             max_hosts: request.max_hosts,
             task_types: request.task_types.clone(),
         };
-        self.store.put_operator(&record)?;
+        self.save_token(&record, None)?;
         let detail = format!("role {}, scope {}", request.role, scope_text(&request.scope));
         self.audit.record(&by.actor(), "operator.add", &record.name, &detail)?;
         self.store.durable().await?;
@@ -232,16 +240,44 @@ impl Operators {
     /// the old token stops working. A revoked operator becomes active again.
     pub async fn rotate(&self, by: &Caller, name: &str) -> Result<OperatorView, ServiceError> {
         let mut record = self.known(name)?;
+        let old_hash = record.token_hash;
         let token = new_token()?;
         let now = now_ms();
         record.token_hash = secret_hash(&token);
         record.created_ms = now;
         record.expires_ms = record.ttl_secs.map(|ttl| now.saturating_add(secs_to_ms(ttl)));
         record.revoked_ms = None;
-        self.store.put_operator(&record)?;
+        self.save_token(&record, Some(old_hash))?;
         self.audit.record(&by.actor(), "operator.rotate", name, "")?;
         self.store.durable().await?;
         Ok(OperatorView { token: Some(token), ..view(&record) })
+    }
+
+    /// Runs `f` on the token index under its lock, reading the index from the store the first
+    /// time.
+    fn with_index<T>(
+        &self,
+        f: impl FnOnce(&mut TokenIndex) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut guard = self.index.lock().unwrap_or_else(PoisonError::into_inner);
+        let index = match guard.take() {
+            Some(index) => index,
+            None => self.store.operators()?.into_iter().map(|o| (o.token_hash, o.name)).collect(),
+        };
+        f(guard.insert(index))
+    }
+
+    /// Stores `record` with a new token and puts its digest in the index in place of
+    /// `old_hash`, under the index's lock, so that the index follows the store's order.
+    fn save_token(&self, record: &OperatorRecord, old_hash: Option<SecretHash>) -> Result<(), StoreError> {
+        self.with_index(|index| {
+            self.store.put_operator(record)?;
+            if let Some(old) = old_hash {
+                index.remove(&old);
+            }
+            index.insert(record.token_hash, record.name.clone());
+            Ok(())
+        })
     }
 
     fn known(&self, name: &str) -> Result<OperatorRecord, ServiceError> {
@@ -349,6 +385,19 @@ mod tests {
         assert!(ops.list().unwrap().iter().all(|v| v.token.is_none() && v.status == "revoked"));
         assert!(ops.add(&admin, request("alice", Role::Viewer)).await.is_err(), "no name twice");
         assert!(ops.revoke(&admin, "admin").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn the_token_index_is_read_from_the_store_at_the_first_request() {
+        let (_dir, ops) = operators();
+        let addr = IpAddr::from([127, 0, 0, 1]);
+        let admin = Caller::admin(addr);
+        let token = ops.add(&admin, request("carol", Role::Viewer)).await.unwrap().token.unwrap();
+        let restarted = Operators::new(Arc::clone(&ops.store), ops.audit.clone(), secret_hash("x"));
+        assert_eq!(restarted.authenticate(&token, addr).unwrap().name, "carol");
+        let rotated = restarted.rotate(&admin, "carol").await.unwrap().token.unwrap();
+        assert!(matches!(ops.authenticate(&token, addr), Err(AuthError::Wrong)), "the stored digest decides");
+        assert_eq!(restarted.authenticate(&rotated, addr).unwrap().name, "carol");
     }
 
     #[tokio::test]
