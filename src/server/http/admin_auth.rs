@@ -60,9 +60,9 @@ fn authenticate(app: &AppState, headers: &HeaderMap, source: Option<IpAddr>) -> 
     let token = bearer(headers)?;
     let addr = source.unwrap_or(IpAddr::from([0, 0, 0, 0]));
     app.operators().authenticate(token, addr).map_err(|e| match e {
-        AuthError::Wrong => BearerError::Wrong(ApiFailure(StatusCode::UNAUTHORIZED, WRONG_TOKEN.into())),
+        AuthError::Wrong => BearerError::Wrong,
         AuthError::Revoked(_) | AuthError::Expired(..) => {
-            BearerError::Malformed(ApiFailure(StatusCode::UNAUTHORIZED, e.to_string()))
+            BearerError::Unusable(ApiFailure(StatusCode::UNAUTHORIZED, e.to_string()))
         }
         AuthError::Store(e) => BearerError::Malformed(ApiFailure::from(e)),
     })
@@ -116,21 +116,17 @@ async fn refusal(
     error: BearerError,
     failures: &TokenFailures,
 ) -> ApiFailure {
-    let failure = match error {
-        BearerError::Malformed(failure) => failure,
-        BearerError::Wrong(failure) => match failures.record(source, Utc::now().timestamp()) {
-            Ok(()) => failure,
+    let (failure, reason) = match error {
+        BearerError::Malformed(failure) => (failure, "no admin token"),
+        BearerError::Unusable(failure) => (failure, "revoked or expired token"),
+        BearerError::Wrong => match failures.record(source, Utc::now().timestamp()) {
+            Ok(()) => (ApiFailure(StatusCode::UNAUTHORIZED, WRONG_TOKEN.into()), "wrong admin token"),
             Err(too_many) => {
                 tokio::time::sleep(TARPIT).await;
-                ApiFailure(StatusCode::TOO_MANY_REQUESTS, too_many.to_string())
+                let failure = ApiFailure(StatusCode::TOO_MANY_REQUESTS, too_many.to_string());
+                (failure, "too many wrong admin tokens")
             }
         },
-    };
-    let reason = match failure.0 {
-        StatusCode::TOO_MANY_REQUESTS => "too many wrong admin tokens",
-        _ if failure.1 == WRONG_TOKEN => "wrong admin token",
-        _ if failure.1.contains("revoked") || failure.1.contains("expired") => "revoked or expired token",
-        _ => "no admin token",
     };
     let unknown = IpAddr::from([0, 0, 0, 0]);
     refusal_log::refused(source.unwrap_or(unknown), path, reason, &failure.1);
@@ -140,11 +136,14 @@ async fn refusal(
 /// The answer to a wrong token.
 const WRONG_TOKEN: &str = "wrong admin token";
 
-/// Why a bearer check failed: no usable header or a known but unusable token (not a guess), or
-/// a wrong token (a guess).
+/// Why a bearer check failed; only a wrong token is a guess.
 enum BearerError {
+    /// No usable header, or the store failed.
     Malformed(ApiFailure),
-    Wrong(ApiFailure),
+    /// A known operator's token, revoked or expired.
+    Unusable(ApiFailure),
+    /// A token nobody has.
+    Wrong,
 }
 
 /// The bearer token of `headers`, trimmed.
