@@ -73,12 +73,7 @@ impl Audit {
             if let Some(task) = self.store.task(id)? {
                 return caller.may_reach(&self.store, &task.app_id);
             }
-            let mut every = self.store.job(id)?.is_some();
-            self.store.each_target(id, |t| {
-                every = every && caller.may_reach(&self.store, &t.app_id)?;
-                Ok(())
-            })?;
-            return Ok(every);
+            return Ok(self.store.job(id)?.is_some() && caller.reaches_job(&self.store, id)?);
         }
         Ok(self.store.agent(target)?.is_some() && caller.may_reach(&self.store, target)?)
     }

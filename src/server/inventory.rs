@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::clock::{now_ms, rfc3339};
 use super::error::ServiceError;
-use super::operators::Caller;
+use super::operators::{Caller, ScopedScan};
 use super::presence::Presence;
 use super::store::{AgentRecord, AgentStatus, FactsRecord, Store, StoreError};
 use super::views::agent_view;
@@ -54,11 +54,12 @@ impl Inventory {
         filter: &AgentFilter,
     ) -> Result<(Vec<AgentView>, Option<String>), StoreError> {
         let now = now_ms();
+        let scan = ScopedScan::new(caller, &self.store);
         let agents = self.store.agents()?;
         let mut matching = agents
             .iter()
             .filter(|agent| filter.after.as_ref().is_none_or(|after| agent.app_id > *after))
-            .filter(|agent| caller.may_reach(&self.store, &agent.app_id).unwrap_or(false))
+            .filter(|agent| scan.reaches(&agent.app_id).unwrap_or(false))
             .map(|agent| agent_view(agent, self.presence.liveness(agent, now)))
             .filter(|view| filter.matches(view));
         let limit = filter.limit.unwrap_or(usize::MAX);
@@ -71,7 +72,7 @@ impl Inventory {
             .into_iter()
             .map(|mut view| {
                 view.features = self.store.features(&view.app_id)?;
-                view.approved_labels = self.store.approved_labels(&view.app_id)?;
+                view.approved_labels = scan.approved(&view.app_id)?;
                 let record = self.store.facts(&view.app_id)?;
                 Ok(with_facts(view, record, now))
             })

@@ -409,7 +409,7 @@ impl Jobs {
             if views.len() == limit {
                 break;
             }
-            if self.reaches_every_target(caller, job.id)? {
+            if caller.reaches_job(&self.store, job.id)? {
                 views.push(job_view(&job));
             }
         }
@@ -421,19 +421,7 @@ impl Jobs {
     pub fn visible(&self, caller: &Caller, id: TaskId) -> Result<JobRecord, ServiceError> {
         let unknown = || ServiceError::NotFound(format!("unknown job {id}"));
         let job = self.store.job(id)?.ok_or_else(unknown)?;
-        if self.reaches_every_target(caller, id)? { Ok(job) } else { Err(unknown()) }
-    }
-
-    fn reaches_every_target(&self, caller: &Caller, id: TaskId) -> Result<bool, ServiceError> {
-        if caller.unscoped() {
-            return Ok(true);
-        }
-        let mut every = true;
-        self.store.each_target(id, |target| {
-            every = every && caller.may_reach(&self.store, &target.app_id)?;
-            Ok(())
-        })?;
-        Ok(every)
+        if caller.reaches_job(&self.store, id)? { Ok(job) } else { Err(unknown()) }
     }
 
     /// Turns the job events of committed transactions into wake-ups (agents given a task by a

@@ -3,8 +3,10 @@
 //! up by its SHA-256 in an index kept in memory, its record's digest compared in constant time,
 //! and refused once revoked or expired), and adds, lists, revokes and rotates operators. A token
 //! is shown once, when it is made; the store keeps only its hash. A [`Caller`] carries the role and
-//! the host scope every service checks its targets against.
+//! the host scope every service checks its targets against; a [`ScopedScan`] checks many items
+//! against it, reading each agent's approved labels once.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -16,6 +18,7 @@ use super::clock::{now_ms, rfc3339};
 use super::error::ServiceError;
 use super::guard::{SecretHash, secret_hash};
 use super::store::{OperatorRecord, OperatorRole, Store, StoreError, secs_to_ms};
+use crate::protocol::TaskId;
 use crate::protocol::operators::{
     ADMIN_NAME, MAX_OPERATORS, OperatorRequest, OperatorView, Role, Scope, TOKEN_PREFIX, Whoami,
     check_operator_request, in_scope, scope_text,
@@ -74,6 +77,20 @@ impl Caller {
         Ok(self.unscoped() || self.reaches(&store.approved_labels(app_id)?))
     }
 
+    /// True when every target of job `id` is within its scope: a job that reaches a host outside
+    /// it is not its to see.
+    pub fn reaches_job(&self, store: &Store, id: TaskId) -> Result<bool, StoreError> {
+        if self.unscoped() {
+            return Ok(true);
+        }
+        let mut every = true;
+        store.each_target(id, |target| {
+            every = every && self.may_reach(store, &target.app_id)?;
+            Ok(())
+        })?;
+        Ok(every)
+    }
+
     /// Refuses (403, naming its scope) an agent `app_id` outside its scope.
     pub fn check_reach(&self, store: &Store, app_id: &str) -> Result<(), ServiceError> {
         if self.may_reach(store, app_id)? {
@@ -112,6 +129,46 @@ impl Caller {
     /// What `GET /api/v1/whoami` answers.
     pub fn whoami(&self) -> Whoami {
         Whoami { name: self.name.clone(), role: self.role, scope: self.scope.clone() }
+    }
+}
+
+/// A caller's scope over one scan of many items (tasks, agents): each agent's approved labels
+/// are read once, however many items name it.
+pub struct ScopedScan<'a> {
+    caller: &'a Caller,
+    store: &'a Store,
+    approved: RefCell<HashMap<String, BTreeMap<String, String>>>,
+}
+
+impl<'a> ScopedScan<'a> {
+    /// A scan by `caller` of items kept in `store`.
+    pub fn new(caller: &'a Caller, store: &'a Store) -> Self {
+        ScopedScan { caller, store, approved: RefCell::default() }
+    }
+
+    /// True when agent `app_id` is within the caller's scope ([`Caller::may_reach`]).
+    pub fn reaches(&self, app_id: &str) -> Result<bool, StoreError> {
+        Ok(self.caller.unscoped() || self.with_approved(app_id, |labels| self.caller.reaches(labels))?)
+    }
+
+    /// The labels an admin approved for agent `app_id`.
+    pub fn approved(&self, app_id: &str) -> Result<BTreeMap<String, String>, StoreError> {
+        self.with_approved(app_id, BTreeMap::clone)
+    }
+
+    fn with_approved<T>(
+        &self,
+        app_id: &str,
+        f: impl FnOnce(&BTreeMap<String, String>) -> T,
+    ) -> Result<T, StoreError> {
+        let mut approved = self.approved.borrow_mut();
+        if let Some(labels) = approved.get(app_id) {
+            return Ok(f(labels));
+        }
+        let labels = self.store.approved_labels(app_id)?;
+        let answer = f(&labels);
+        approved.insert(app_id.to_owned(), labels);
+        Ok(answer)
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::clock::{now_ms, rfc3339_secs};
 use super::dispatch::Dispatch;
 use super::error::ServiceError;
-use super::operators::Caller;
+use super::operators::{Caller, ScopedScan};
 use super::store::{
     AgentStatus, CancelOutcome, Store, StoreError, Stream, TaskPage, TaskPageQuery, TaskRecord, TaskSpec,
 };
@@ -239,9 +239,10 @@ impl Tasks {
             limit: query.limit(),
             max_scan: MAX_TASK_SCAN,
         };
+        let scan = ScopedScan::new(caller, &self.store);
         self.store.task_page(&page, |task| {
             (query.statuses.is_empty() || query.statuses.contains(&task.status))
-                && caller.may_reach(&self.store, &task.app_id).unwrap_or(false)
+                && scan.reaches(&task.app_id).unwrap_or(false)
         })
     }
 
