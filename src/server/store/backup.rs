@@ -76,23 +76,12 @@ impl Store {
     /// Writes a backup of every tree to `out`, with `files` (name, bytes) of the data directory
     /// first, while store operations go on; store writes wait only for the cut, a moment under
     /// the log's write lock. Waits for a running compaction (and another backup) to end first.
-    /// The copy runs on a thread of the lowest priority.
-    pub fn backup<W: Write + Send>(
-        &self,
-        out: W,
-        files: &[(String, Vec<u8>)],
-    ) -> Result<BackupSummary, StoreError> {
+    /// Lowers the calling thread to the lowest priority for good: call it from a thread of its
+    /// own (the backup route's sending thread).
+    pub fn backup<W: Write>(&self, out: W, files: &[(String, Vec<u8>)]) -> Result<BackupSummary, StoreError> {
         let _one = self.compacting.lock().unwrap_or_else(|p| p.into_inner());
-        std::thread::scope(|scope| {
-            let copying = std::thread::Builder::new()
-                .name("orange-backup".into())
-                .spawn_scoped(scope, || {
-                    lower_priority();
-                    self.backup_holding_the_lock(out, files)
-                })
-                .map_err(|e| StoreError::Io(format!("cannot start the backup thread: {e}")))?;
-            copying.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        })
+        lower_priority();
+        self.backup_holding_the_lock(out, files)
     }
 
     /// [`Store::backup`], once no compaction can swap the database.
