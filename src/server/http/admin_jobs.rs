@@ -68,10 +68,11 @@ async fn create_job(
     if !request.stdin.is_empty() {
         detail.push_str(&format!(", stdin {} bytes", request.stdin.len()));
     }
-    let job = match app.jobs().create(&caller, request).await {
-        Ok(job) => job,
-        Err(refused) => return Err(refused_in_audit(&app, &caller, "job.send", refused)),
-    };
+    let job = app
+        .jobs()
+        .create(&caller, request)
+        .await
+        .map_err(|refused| refused_in_audit(&app, &caller, "job.send", refused))?;
     app.audit().record(
         &caller.actor(),
         "job.send",
@@ -159,9 +160,9 @@ async fn pause(
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<JobView>> {
     let id = job_id(path)?;
-    if let Err(refused) = app.jobs().visible(&caller, id) {
-        return Err(refused_in_audit(&app, &caller, "job.pause", refused));
-    }
+    app.jobs()
+        .visible(&caller, id)
+        .map_err(|refused| refused_in_audit(&app, &caller, "job.pause", refused))?;
     let job = app.jobs().pause(id).await?;
     app.audit().record(&caller.actor(), "job.pause", &id.to_string(), "")?;
     info!(job = %id, "job paused");
@@ -174,9 +175,9 @@ async fn resume(
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<JobView>> {
     let id = job_id(path)?;
-    if let Err(refused) = app.jobs().visible(&caller, id) {
-        return Err(refused_in_audit(&app, &caller, "job.resume", refused));
-    }
+    app.jobs()
+        .visible(&caller, id)
+        .map_err(|refused| refused_in_audit(&app, &caller, "job.resume", refused))?;
     let job = app.jobs().resume(id).await?;
     app.audit().record(&caller.actor(), "job.resume", &id.to_string(), "")?;
     info!(job = %id, "job resumed");
@@ -191,10 +192,11 @@ async fn retry(
 ) -> ApiResult<(StatusCode, Json<JobView>)> {
     let id = job_id(path)?;
     let request: RetryRequest = read_json(body).await?;
-    let job = match app.jobs().retry(&caller, id, request.failed).await {
-        Ok(job) => job,
-        Err(refused) => return Err(refused_in_audit(&app, &caller, "job.retry", refused)),
-    };
+    let job = app
+        .jobs()
+        .retry(&caller, id, request.failed)
+        .await
+        .map_err(|refused| refused_in_audit(&app, &caller, "job.retry", refused))?;
     let detail = format!(
         "as job {}, {} hosts{}",
         job.id,
@@ -213,9 +215,9 @@ async fn cancel(
 ) -> ApiResult<Json<JobView>> {
     let id = job_id(path)?;
     let request: CancelRequest = read_json(body).await?;
-    if let Err(refused) = app.jobs().visible(&caller, id) {
-        return Err(refused_in_audit(&app, &caller, "job.cancel", refused));
-    }
+    app.jobs()
+        .visible(&caller, id)
+        .map_err(|refused| refused_in_audit(&app, &caller, "job.cancel", refused))?;
     let job = app.jobs().cancel(id, request.force).await?;
     app.audit().record(
         &caller.actor(),

@@ -43,10 +43,11 @@ async fn enqueue(
     // An enqueue may carry a task's stdin, so it may be larger than other requests.
     let request: EnqueueRequest = read_json_within(body, MAX_ENQUEUE_BODY).await?;
     let detail = send_detail(&request);
-    let tasks = match app.tasks().enqueue(&caller, request).await {
-        Ok(tasks) => tasks,
-        Err(refused) => return Err(refused_in_audit(&app, &caller, "task.send", refused)),
-    };
+    let tasks = app
+        .tasks()
+        .enqueue(&caller, request)
+        .await
+        .map_err(|refused| refused_in_audit(&app, &caller, "task.send", refused))?;
     app.audit().record(&caller.actor(), "task.send", &audit_target(&tasks), &detail)?;
     info!(count = tasks.len(), task_type = %tasks.first().map_or("", |t| t.task_type.as_str()), "tasks enqueued");
     Ok((StatusCode::CREATED, Json(EnqueueReply { tasks: app.task_views().list(&tasks)? })))
@@ -130,9 +131,9 @@ async fn cancel_task(
 ) -> ApiResult<Json<TaskView>> {
     let id = path_id(path, "task")?;
     let request: CancelRequest = read_json(body).await?;
-    if let Err(refused) = app.tasks().visible(&caller, id) {
-        return Err(refused_in_audit(&app, &caller, "task.cancel", refused));
-    }
+    app.tasks()
+        .visible(&caller, id)
+        .map_err(|refused| refused_in_audit(&app, &caller, "task.cancel", refused))?;
     let task = app.tasks().cancel(id, request.force).await?;
     let detail = if request.force { "forced" } else { "" };
     app.audit().record(&caller.actor(), "task.cancel", &id.to_string(), detail)?;
