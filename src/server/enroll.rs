@@ -211,13 +211,12 @@ impl Enrollment {
         app_id: &str,
         status: AgentStatus,
     ) -> Result<AgentRecord, ServiceError> {
-        let before = self.store.agent(app_id)?.map(|a| a.status);
-        let agent = self.store.set_agent_status(app_id, status)?.ok_or_else(|| {
+        let (before, agent) = self.store.set_agent_status(app_id, status)?.ok_or_else(|| {
             ServiceError::NotFound(format!("unknown agent {app_id:?} (a forgotten agent must enroll again)"))
         })?;
         match status {
             // An admin accepting an agent approves the labels it declares.
-            AgentStatus::Accepted if before != Some(AgentStatus::Accepted) => {
+            AgentStatus::Accepted if before != AgentStatus::Accepted => {
                 self.store.approve_labels(app_id, &agent.labels, now_ms())?
             }
             AgentStatus::Forgotten => self.store.remove_approved_labels(app_id)?,
@@ -233,7 +232,6 @@ impl Enrollment {
         Ok(agent)
     }
 
-    /// Creates an enrollment token; the answer is the only place its secret is shown.
     /// Sets the approved labels of agent `app_id` (what scopes match it), replacing the old.
     pub async fn approve_labels(
         &self,
@@ -255,6 +253,7 @@ impl Enrollment {
         Ok(agent)
     }
 
+    /// Creates an enrollment token; the answer is the only place its secret is shown.
     pub async fn create_token(
         &self,
         actor: &str,

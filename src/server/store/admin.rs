@@ -22,14 +22,16 @@ pub enum TokenError {
 }
 
 impl Store {
-    /// Sets the status of agent `app_id`; forgetting also drops its secret. `None` when unknown,
-    /// or when asked to accept a forgotten agent.
+    /// Sets the status of agent `app_id`; forgetting also drops its secret. Answers the status it
+    /// had and the agent as changed; `None` when unknown, or when asked to accept a forgotten
+    /// agent.
     pub fn set_agent_status(
         &self,
         app_id: &str,
         status: AgentStatus,
-    ) -> Result<Option<AgentRecord>, StoreError> {
+    ) -> Result<Option<(AgentStatus, AgentRecord)>, StoreError> {
         let Some(mut agent) = self.agent(app_id)? else { return Ok(None) };
+        let before = agent.status;
         if status == AgentStatus::Accepted && agent.status == AgentStatus::Forgotten {
             // A forgotten agent has no secret left to accept: it must enroll again.
             return Ok(None);
@@ -39,7 +41,7 @@ impl Store {
             agent.secret.clear();
         }
         self.put_agent(&agent)?;
-        Ok(Some(agent))
+        Ok(Some((before, agent)))
     }
 
     /// Number of agents waiting for acceptance.

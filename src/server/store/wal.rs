@@ -74,8 +74,7 @@ impl Tap<'_> {
     /// Takes the records appended since the tap opened or since the last take, oldest first,
     /// and their size in bytes.
     pub fn take(&self) -> (Vec<Vec<u8>>, usize) {
-        let mut writer = self.wal.writer();
-        let tapped = writer.active.tap.as_mut().map(std::mem::take).unwrap_or_default();
+        let tapped = self.wal.writer().take_tapped();
         (tapped.records, tapped.bytes)
     }
 
@@ -84,8 +83,7 @@ impl Tap<'_> {
     pub fn take_cut(&self, clock: impl FnOnce() -> i64) -> (Vec<Vec<u8>>, Position, i64) {
         let mut writer = self.wal.writer();
         let position = Position { segment: writer.active.number, offset: writer.active.len };
-        let tapped = writer.active.tap.as_mut().map(std::mem::take).unwrap_or_default();
-        (tapped.records, position, clock())
+        (writer.take_tapped().records, position, clock())
     }
 }
 
@@ -112,6 +110,11 @@ pub struct Writer<'a> {
 }
 
 impl Writer<'_> {
+    /// The records an open tap kept since it opened or since the last take.
+    fn take_tapped(&mut self) -> Tapped {
+        self.active.tap.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
     /// Appends one record holding `ops` (see `wal_record::push_op`); nothing when empty.
     pub fn append(&mut self, ops: &[u8]) -> Result<(), StoreError> {
         if ops.is_empty() {
