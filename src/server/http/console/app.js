@@ -435,22 +435,23 @@ function progress(job) {
   return bar;
 }
 
+/** The job, drawn anew at every version: the server holds each ask (`?after_version=&wait=`)
+ * until the job changes, and the groups and results are read only then. */
 async function viewJob(root, [jobId], _query, signal) {
   const path = `/jobs/${encodeURIComponent(jobId)}`;
-  let last = "";
+  let version = null;
   for (;;) {
-    const [job, groups, results] = await Promise.all([
-      api("GET", path, undefined, { signal }),
-      api("GET", `${path}/groups`, undefined, { signal }),
-      api("GET", `${path}/results?limit=1000`, undefined, { signal }),
-    ]);
-    const seen = JSON.stringify([job, groups, results]);
-    if (seen !== last) {
-      last = seen;
+    const wait = version === null ? "" : `?after_version=${version}&wait=20`;
+    const job = await api("GET", path + wait, undefined, { signal });
+    if (job.version !== version) {
+      version = job.version;
+      const [groups, results] = await Promise.all([
+        api("GET", `${path}/groups`, undefined, { signal }),
+        api("GET", `${path}/results?limit=1000`, undefined, { signal }),
+      ]);
       renderJob(root, job, groups.groups, results.results);
     }
     if (job.done) return;
-    await sleep(1000, signal);
   }
 }
 
@@ -509,16 +510,6 @@ function base64Bytes(data) {
   return bytes;
 }
 
-function sleep(ms, signal) {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(resolve, ms);
-    signal.addEventListener("abort", () => {
-      clearTimeout(timer);
-      reject(new DOMException("left the view", "AbortError"));
-    }, { once: true });
-  });
-}
-
 // ---- task ----
 
 /** The output of one stream as shown: the head and the tail, and the whole raw bytes kept for a download. */
@@ -531,6 +522,7 @@ class StreamView {
     this.tail = [];
     this.tailBytes = 0;
     this.binary = false;
+    this.url = null;
     this.head = h("span", { class: name });
     this.gap = h("span", { class: "note" });
     this.tailNode = h("span", { class: name });
@@ -556,8 +548,17 @@ class StreamView {
     this.tailNode.textContent = this.tail.join("");
   }
 
-  download() {
-    return URL.createObjectURL(new Blob(this.raw, { type: "application/octet-stream" }));
+  /** Points `link` at the raw bytes received so far, in an object URL made now: one per stream
+   * at a time, the one made before revoked. */
+  download(link) {
+    this.revoke();
+    this.url = URL.createObjectURL(new Blob(this.raw, { type: "application/octet-stream" }));
+    link.href = this.url;
+  }
+
+  revoke() {
+    if (this.url) URL.revokeObjectURL(this.url);
+    this.url = null;
   }
 }
 
@@ -566,6 +567,7 @@ async function viewTask(root, [taskId], _query, signal) {
   const details = h("div", { id: "task-details" });
   const notes = h("div", { id: "task-notes" });
   const streams = { stdout: new StreamView("stdout"), stderr: new StreamView("stderr") };
+  signal.addEventListener("abort", () => Object.values(streams).forEach((s) => s.revoke()), { once: true });
   const output = h("pre", { id: "task-output", "aria-live": "polite" },
     streams.stdout.head, streams.stdout.gap, streams.stdout.tailNode,
     streams.stderr.head, streams.stderr.gap, streams.stderr.tailNode);
@@ -590,7 +592,8 @@ async function viewTask(root, [taskId], _query, signal) {
       streams.stdout.binary || streams.stderr.binary ? h("p", { class: "note" },
         "This output is not valid UTF-8: it is shown with replacement characters; download it for the exact bytes.") : null);
     replace(downloads, Object.values(streams).filter((s) => s.rawBytes > 0).map((s) =>
-      h("a", { href: s.download(), download: `${taskId}.${s.name}`, class: "chip" }, `Download ${s.name} (${s.rawBytes} bytes)`)));
+      h("a", { href: "#", download: `${taskId}.${s.name}`, class: "chip", onclick: (e) => s.download(e.currentTarget) },
+        `Download ${s.name} (${s.rawBytes} bytes)`)));
     if (page.done) {
       await showDetails();
       return;
