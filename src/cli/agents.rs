@@ -311,7 +311,6 @@ fn list_path(filter: &AgentFilter) -> String {
     format!("{}?{}", admin::AGENTS_PATH, pairs.join("&"))
 }
 
-/// `POST` to the path `path_of` gives for the agent `id` (accept or forget).
 /// `POST /api/v1/agents/{id}/labels`: sets the agent's approved labels.
 fn label(config: &OperatorConfig, id: &str, labels: BTreeMap<String, String>) -> Result<Printed> {
     wire::check_app_id(id).map_err(anyhow::Error::msg)?;
@@ -327,6 +326,7 @@ fn label(config: &OperatorConfig, id: &str, labels: BTreeMap<String, String>) ->
     })
 }
 
+/// `POST` to the path `path_of` gives for the agent `id` (accept or forget).
 fn change(config: &OperatorConfig, id: &str, path_of: fn(&str) -> String) -> Result<Printed> {
     wire::check_app_id(id).map_err(anyhow::Error::msg)?;
     let agent: AgentView = config.api(ADMIN_TIMEOUT).post(&path_of(&encode(id)), &serde_json::json!({}))?;
