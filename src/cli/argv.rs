@@ -1,9 +1,13 @@
 //! The command line before and around argh: what every `orange` command accepts beyond argh's
 //! own syntax (`-h`, `-V`/`--version` anywhere, `--flag=value`), a "did you mean" for a
-//! mistyped subcommand or option, the settings of a `--config FILE`, and the exit codes the parse ends with: 0 for help and the
-//! version, [`EXIT_USAGE`] for a usage error.
+//! mistyped subcommand or option, the settings of a `--config FILE`, and the exit codes the
+//! parse ends with: 0 for help and the version, [`EXIT_USAGE`] for a usage error. It also holds
+//! the command tree argh derives, which the config file, the manual page and the completions
+//! read the flags and subcommands from.
 
-use argh::FromArgs;
+use std::sync::OnceLock;
+
+use argh::{ArgsInfo, CommandInfoWithArgs, FromArgs};
 
 use super::Orange;
 
@@ -126,8 +130,7 @@ fn with_suggestion(message: String, args: &[String]) -> String {
     };
     let word = word.trim().to_owned();
     let path = command_path(args, &word);
-    let help = help_text(&path);
-    let candidates = if word.starts_with('-') { options(&help) } else { subcommands(&help) };
+    let candidates = if word.starts_with('-') { options(&path) } else { subcommands(&path) };
     match closest(&word, &candidates) {
         Some(best) => {
             let (first, rest) = message.split_once('\n').unwrap_or((&message, ""));
@@ -142,7 +145,7 @@ fn with_suggestion(message: String, args: &[String]) -> String {
 fn command_path(args: &[String], word: &str) -> Vec<String> {
     let mut path = Vec::new();
     for arg in args.iter().take_while(|arg| *arg != word && *arg != "--") {
-        if subcommands(&help_text(&path)).iter().any(|name| name == arg) {
+        if subcommands(&path).iter().any(|name| name == arg) {
             path.push(arg.clone());
         }
     }
@@ -159,38 +162,42 @@ pub(crate) fn help_text(path: &[String]) -> String {
     }
 }
 
-/// The subcommand names a help text lists under "Commands:".
-pub(crate) fn subcommands(help: &str) -> Vec<String> {
-    section(help, "Commands:")
-        .filter_map(|line| line.strip_prefix("  ").filter(|rest| !rest.starts_with(' ')))
-        .filter_map(|rest| rest.split_whitespace().next())
-        .map(str::to_owned)
-        .collect()
+/// The whole command tree as argh derives it: every command's flags and subcommands, in the
+/// order `--help` lists them.
+pub(crate) fn command_tree() -> &'static CommandInfoWithArgs {
+    static TREE: OnceLock<CommandInfoWithArgs> = OnceLock::new();
+    TREE.get_or_init(Orange::get_args_info)
 }
 
-/// The long option names a help text lists under "Options:".
-fn options(help: &str) -> Vec<String> {
-    section(help, "Options:")
-        .flat_map(|line| line.split([' ', ',']))
-        .filter(|word| word.starts_with("--") && word.len() > 2)
-        .map(str::to_owned)
-        .collect()
+/// The command at `path` (`orange` itself for none); `None` when a word names no subcommand.
+pub(crate) fn command_at(path: &[String]) -> Option<&'static CommandInfoWithArgs> {
+    path.iter().try_fold(command_tree(), |command, word| {
+        command.commands.iter().find(|sub| sub.name == word).map(|sub| &sub.command)
+    })
 }
 
-/// The lines of a help text's section headed `title`, up to the next blank line.
-fn section<'a>(help: &'a str, title: &str) -> impl Iterator<Item = &'a str> {
-    help.lines().skip_while(move |line| *line != title).skip(1).take_while(|line| !line.trim().is_empty())
+/// The subcommand names of the command at `path`.
+fn subcommands(path: &[String]) -> Vec<String> {
+    command_at(path)
+        .map_or_else(Vec::new, |command| command.commands.iter().map(|sub| sub.name.to_owned()).collect())
+}
+
+/// The long option names (`--help` too) of the command at `path`, as its help lists them.
+fn options(path: &[String]) -> Vec<String> {
+    command_at(path).map_or_else(Vec::new, |command| {
+        command.flags.iter().filter(|flag| !flag.hidden).map(|flag| flag.long.to_owned()).collect()
+    })
 }
 
 /// The candidate closest to `word`, if it is close: at most 2 edits, and fewer than the word's
 /// length.
-pub(crate) fn closest(word: &str, candidates: &[String]) -> Option<String> {
+pub(crate) fn closest(word: &str, candidates: &[impl AsRef<str>]) -> Option<String> {
     candidates
         .iter()
-        .map(|candidate| (strsim::damerau_levenshtein(word, candidate), candidate))
+        .map(|candidate| (strsim::damerau_levenshtein(word, candidate.as_ref()), candidate.as_ref()))
         .filter(|&(distance, _)| distance <= 2 && distance < word.trim_start_matches('-').len())
         .min_by_key(|&(distance, _)| distance)
-        .map(|(_, candidate)| candidate.clone())
+        .map(|(_, candidate)| candidate.to_owned())
 }
 
 #[cfg(test)]

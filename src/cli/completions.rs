@@ -12,7 +12,7 @@ use std::str::FromStr;
 use argh::{ArgsInfo, CommandInfoWithArgs, FlagInfoKind, FromArgs};
 use argh_complete::Generator;
 
-use super::Orange;
+use super::argv::command_tree;
 
 /// Print a shell completion script for orange on stdout.
 #[derive(FromArgs, ArgsInfo, Debug)]
@@ -59,11 +59,11 @@ const PROGRAM: &str = "orange";
 
 /// The completion script for `shell`.
 pub fn script(shell: Shell) -> String {
-    let tree = Orange::get_args_info();
+    let tree = command_tree();
     match shell {
-        Shell::Bash => bash_script(&tree),
-        Shell::Zsh => argh_complete::zsh::Zsh::generate(PROGRAM, &tree),
-        Shell::Fish => fish_script(&tree),
+        Shell::Bash => bash_script(tree),
+        Shell::Zsh => argh_complete::zsh::Zsh::generate(PROGRAM, tree),
+        Shell::Fish => fish_script(tree),
     }
 }
 

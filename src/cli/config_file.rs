@@ -3,7 +3,7 @@
 //! switch, `label = ["role=web"]` for a repeatable flag). The file is turned into the
 //! command-line words it stands for, put before the words typed, which win flag by flag.
 //!
-//! The keys are read from the command's own usage line and each value is checked by the same
+//! The keys are read from argh's definition of the command and each value is checked by the same
 //! parser as its flag's, so every flag is a key, and a flag added to a command is a key of its
 //! file with no edit here. Secrets are never values: a key such as `admin_token` whose
 //! `admin_token_file` is a flag is refused, naming the `_file` key.
@@ -13,10 +13,10 @@ use std::io::Read;
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
-use argh::FromArgs;
+use argh::{FlagInfoKind, FromArgs, Optionality};
 
 use super::Orange;
-use super::argv::{closest, help_text};
+use super::argv::{closest, command_at};
 
 /// Most bytes read from a configuration file (of the server, the agent or the CLI's profiles).
 pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
@@ -66,7 +66,7 @@ pub enum Arity {
     Repeated,
 }
 
-/// A flag of a command, as its usage line shows it.
+/// A flag of a command, as argh's definition of the command gives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Flag {
     /// The long name, without `--`.
@@ -82,31 +82,21 @@ impl Flag {
     }
 }
 
-/// The flags a usage line lists: `[--name]` is a switch, `[--name <value>]` an option and
-/// `[--name <value...>]` a repeatable one; required options have no brackets.
-pub fn usage_flags(usage: &str) -> Vec<Flag> {
-    let words: Vec<&str> = usage.split_whitespace().map(|word| word.trim_matches(['[', ']'])).collect();
-    let mut flags: Vec<Flag> = Vec::new();
-    for (at, word) in words.iter().enumerate() {
-        let Some(name) = word.strip_prefix("--").filter(|name| !name.is_empty() && *name != "help") else {
-            continue;
-        };
-        let arity = match words.get(at + 1) {
-            Some(next) if next.starts_with('<') && next.ends_with("...>") => Arity::Repeated,
-            Some(next) if next.starts_with('<') => Arity::Once,
-            _ => Arity::Switch,
-        };
-        if !flags.iter().any(|flag| flag.name == name) {
-            flags.push(Flag { name: name.to_owned(), arity });
-        }
-    }
-    flags
-}
-
-/// The flags of `orange COMMAND`, from its help text's usage line.
+/// The flags of `orange COMMAND` that its `--help` lists, less `--help` itself: a switch, an
+/// option, or an option that may be repeated.
 pub fn command_flags(command: &str) -> Vec<Flag> {
-    let help = help_text(&[command.to_owned()]);
-    help.lines().find(|line| line.starts_with("Usage:")).map(usage_flags).unwrap_or_default()
+    let Some(info) = command_at(&[command.to_owned()]) else { return Vec::new() };
+    let flags = info.flags.iter().filter(|flag| !flag.hidden && flag.long != "--help");
+    flags
+        .map(|flag| {
+            let arity = match (&flag.kind, &flag.optionality) {
+                (FlagInfoKind::Switch, _) => Arity::Switch,
+                (_, Optionality::Repeating | Optionality::Greedy) => Arity::Repeated,
+                _ => Arity::Once,
+            };
+            Flag { name: flag.long.trim_start_matches("--").to_owned(), arity }
+        })
+        .collect()
 }
 
 /// What a value of a flag must be in a file, found by asking the flag's own parser.
@@ -295,6 +285,7 @@ pub fn noting_file<T>(result: Result<T>, file: Option<&Path>) -> Result<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::argv::help_text;
 
     fn words(list: &[&str]) -> Vec<String> {
         list.iter().map(|word| word.to_string()).collect()
@@ -315,16 +306,15 @@ mod tests {
     }
 
     #[test]
-    fn the_usage_line_gives_switches_options_and_repeatable_options() {
-        let flags = usage_flags(
-            "Usage: orange agent [--server <server>] [--insecure] [--label <label...>] --data <data>",
-        );
-        let arity = |name: &str| flags.iter().find(|flag| flag.name == name).map(|flag| flag.arity);
-        assert_eq!(flags.len(), 4);
-        assert_eq!(arity("server"), Some(Arity::Once));
-        assert_eq!(arity("insecure"), Some(Arity::Switch));
-        assert_eq!(arity("label"), Some(Arity::Repeated));
-        assert_eq!(arity("data"), Some(Arity::Once));
+    fn the_definition_gives_switches_options_and_repeatable_options() {
+        let arity = |command: &str, name: &str| {
+            command_flags(command).into_iter().find(|flag| flag.name == name).map(|flag| flag.arity)
+        };
+        assert_eq!(arity("agent", "server"), Some(Arity::Once));
+        assert_eq!(arity("agent", "insecure"), Some(Arity::Switch));
+        assert_eq!(arity("agent", "label"), Some(Arity::Repeated));
+        assert_eq!(arity("server", "data"), Some(Arity::Once));
+        assert_eq!(arity("agent", "help"), None);
     }
 
     #[test]

@@ -2,10 +2,10 @@
 //! prints for every command (usage, description, positionals, options, subcommands, examples,
 //! notes, exit codes), so the page cannot drift from `--help`.
 
-use argh::{ArgsInfo, FromArgs};
+use argh::{ArgsInfo, CommandInfoWithArgs, FromArgs};
 use roff::{Roff, bold, roman};
 
-use super::argv::{help_text, subcommands};
+use super::argv::{command_tree, help_text};
 
 /// Print the manual page orange(1) (roff) on stdout.
 #[derive(FromArgs, ArgsInfo, Debug)]
@@ -24,9 +24,6 @@ pub fn run() -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// Deepest command path walked (`orange server backup` is 2); the tree is the program's own, so
-/// this only guards against a mistake looping forever.
-const MAX_DEPTH: usize = 4;
 /// Column where argh starts the description of an option, a positional or a subcommand.
 const DESCRIPTION_COLUMN: usize = 20;
 
@@ -72,21 +69,17 @@ fn trailer(roff: &mut Roff, top: &Help) {
 /// Every command path below the top, depth first in the order `--help` lists them.
 pub fn command_paths() -> Vec<Vec<String>> {
     let mut paths = Vec::new();
-    let mut pending: Vec<Vec<String>> = vec![Vec::new()];
-    while let Some(path) = pending.pop() {
-        if path.len() >= MAX_DEPTH {
-            continue;
-        }
-        let children: Vec<Vec<String>> = subcommands(&help_text(&path))
-            .into_iter()
-            .map(|name| path.iter().cloned().chain([name]).collect())
-            .collect();
-        pending.extend(children.into_iter().rev());
-        if !path.is_empty() {
-            paths.push(path);
-        }
-    }
+    add_paths(command_tree(), &[], &mut paths);
     paths
+}
+
+/// Adds to `paths` each subcommand of `command` (whose path is `path`), each followed by its own.
+fn add_paths(command: &CommandInfoWithArgs, path: &[String], paths: &mut Vec<Vec<String>>) {
+    for sub in &command.commands {
+        let sub_path: Vec<String> = path.iter().cloned().chain([sub.name.to_owned()]).collect();
+        paths.push(sub_path.clone());
+        add_paths(&sub.command, &sub_path, paths);
+    }
 }
 
 /// One command's subsection: its usage, description and each section of its help.
