@@ -206,6 +206,9 @@ pub fn file_settings(command: &str, flags: &[Flag], path: &Path) -> Result<Vec<S
 
 /// The flag `key` stands for, or why it stands for none.
 fn flag_for_key<'a>(flags: &'a [Flag], key: &str) -> Result<&'a Flag, String> {
+    if key == CONFIG_FLAG {
+        return Err(format!("key {key:?} is not taken: a config file does not name another"));
+    }
     let keys: Vec<String> = flags.iter().map(Flag::key).filter(|k| k != CONFIG_FLAG).collect();
     let file_key = format!("{key}{SECRET_FILE_SUFFIX}");
     if keys.contains(&file_key) {
@@ -214,25 +217,24 @@ fn flag_for_key<'a>(flags: &'a [Flag], key: &str) -> Result<&'a Flag, String> {
              only orange's user can read and name that file with {file_key}"
         ));
     }
-    if key == CONFIG_FLAG {
-        return Err(format!("key {key:?} is not taken: a config file does not name another"));
-    }
-    match flags.iter().find(|flag| flag.key() == key && key != CONFIG_FLAG) {
-        Some(flag) => Ok(flag),
-        None => Err(unknown_key(key, &keys)),
-    }
+    flags.iter().find(|flag| flag.key() == key).ok_or_else(|| {
+        let keys_are = format!("the command's flags, with _ for - ({})", keys.join(", "));
+        unknown_key(key, &keys, &keys_are)
+    })
 }
 
-/// The message for a key that is no flag's, with the closest key if one is close.
-fn unknown_key(key: &str, keys: &[String]) -> String {
+/// The message for the key `key` of a config file, which is none of `keys`: the closest key if
+/// one is close (`key` with `_` for `-` first), else what the keys are, as `keys_are` says.
+pub(crate) fn unknown_key(key: &str, keys: &[impl AsRef<str>], keys_are: &str) -> String {
     let underscored = key.replace('-', "_");
-    let near = if keys.contains(&underscored) { Some(underscored) } else { closest(key, keys) };
+    let near = if keys.iter().any(|known| known.as_ref() == underscored) {
+        Some(underscored)
+    } else {
+        closest(key, keys)
+    };
     match near {
         Some(near) => format!("unknown key {key:?}; did you mean {near:?}?"),
-        None => format!(
-            "unknown key {key:?}; the keys are the command's flags, with _ for - ({})",
-            keys.join(", ")
-        ),
+        None => format!("unknown key {key:?}; the keys are {keys_are}"),
     }
 }
 

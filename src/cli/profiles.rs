@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, anyhow, bail};
 
-use super::argv::closest;
-use super::config_file::{a_type, read_config_table};
+use super::config_file::{a_type, read_config_table, unknown_key};
 
 /// Environment variable naming the profile when `--profile` is not given.
 pub const ENV_PROFILE: &str = "ORANGE_PROFILE";
@@ -116,7 +115,7 @@ fn read_profiles(path: &Path, home: Option<&str>) -> Result<ProfilesFile> {
             (other, _) if PROFILE_KEYS.contains(&other) => {
                 return Err(in_file(format!("key {other:?} belongs in a profile, under [profiles.NAME]")));
             }
-            (other, _) => return Err(in_file(unknown_key(other, TOP_KEYS))),
+            (other, _) => return Err(in_file(unknown_key(other, TOP_KEYS, &TOP_KEYS.join(", ")))),
         }
     }
     Ok(file)
@@ -169,7 +168,7 @@ fn read_profile(name: &str, value: toml::Value, paths: &Paths) -> Result<Profile
             (known, other) if PROFILE_KEYS.contains(&known) => {
                 return Err(at(wrong_type(known, "a string", &other)));
             }
-            (other, _) => return Err(at(unknown_key(other, PROFILE_KEYS))),
+            (other, _) => return Err(at(unknown_key(other, PROFILE_KEYS, &PROFILE_KEYS.join(", ")))),
         }
     }
     Ok(profile)
@@ -178,15 +177,6 @@ fn read_profile(name: &str, value: toml::Value, paths: &Paths) -> Result<Profile
 /// The message for a value of the wrong type.
 fn wrong_type(key: &str, wanted: &str, value: &toml::Value) -> String {
     format!("key {key:?} must be {wanted}, not {}", a_type(value))
-}
-
-/// The message for an unknown key, with the closest known one if it is close.
-fn unknown_key(key: &str, known: &[&str]) -> String {
-    let known: Vec<String> = known.iter().map(|key| key.to_string()).collect();
-    match closest(key, &known) {
-        Some(near) => format!("unknown key {key:?}; did you mean {near:?}?"),
-        None => format!("unknown key {key:?}; the keys are {}", known.join(", ")),
-    }
 }
 
 #[cfg(test)]
