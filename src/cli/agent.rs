@@ -19,7 +19,7 @@ use argh::{ArgsInfo, FromArgs};
 
 use crate::agent::AgentConfig;
 use crate::agent::executor::SECRET_ENV;
-use crate::client::proxy::{ENV_PROXY, ProxySettings, ProxyUrl};
+use crate::client::proxy::ProxySettings;
 use crate::client::{EnrollToken, Enrollment, TlsSettings};
 use crate::protocol::limits::{self, MAX_LABELS};
 use crate::protocol::{Secret, read_secret_file};
@@ -195,7 +195,10 @@ pub fn agent_config_with_env(args: AgentArgs, env: Env) -> Result<AgentConfig> {
     };
     let labels =
         limits::parse_labels(&args.label, MAX_LABELS).map_err(|e| anyhow::anyhow!("--label: {e}"))?;
-    let proxy = proxy_for(&server, args.proxy.as_deref(), env)?;
+    // `--proxy`, else the environment; a password in `--proxy` is refused (`ps` shows argv).
+    let proxy = ProxySettings::from_lookup(args.proxy.as_deref(), env)
+        .for_server(&server)
+        .map_err(anyhow::Error::msg)?;
     let mut builder = AgentConfig::builder(server)
         .enrollment(enrollment(args.enroll_key_file.as_deref(), args.enroll_token_file.as_deref(), env)?)
         .tls(TlsSettings::new(args.ca_file.as_deref(), args.insecure).map_err(anyhow::Error::msg)?)
@@ -224,21 +227,6 @@ pub fn agent_config_with_env(args: AgentArgs, env: Env) -> Result<AgentConfig> {
         builder = builder.secret(secret);
     }
     builder.build()
-}
-
-/// The proxy to reach `server` through: `--proxy`, else the environment (see [`crate::client::proxy`]).
-/// A password in `--proxy` is refused: `ps` shows argv to every user.
-fn proxy_for(server: &str, flag: Option<&str>, env: Env) -> Result<Option<ProxyUrl>> {
-    if let Some(flag) = flag {
-        let proxy = ProxyUrl::parse(flag, "--proxy").map_err(anyhow::Error::msg)?;
-        if proxy.to_ureq().password().is_some() {
-            bail!(
-                "--proxy {proxy}: a password on the command line is visible to every user (ps); \
-                 give the URL with its credentials in {ENV_PROXY} or HTTPS_PROXY instead"
-            );
-        }
-    }
-    ProxySettings::from_lookup(flag, env).for_server(server).map_err(anyhow::Error::msg)
 }
 
 /// The agent's secret: `--secret-file`, else `ORANGE_SECRET`, else none (the agent keeps one in

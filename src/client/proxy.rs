@@ -17,6 +17,8 @@ use ureq::http::Uri;
 pub const ENV_PROXY: &str = "ORANGE_PROXY";
 /// The explicit value that turns every proxy off, whatever the environment says.
 pub const NO_PROXY_VALUE: &str = "none";
+/// The agent's flag naming its proxy, which wins over the environment.
+const FLAG: &str = "--proxy";
 /// Longest proxy URL accepted.
 const MAX_PROXY_URL: usize = 2048;
 /// Longest `NO_PROXY` value accepted.
@@ -110,7 +112,8 @@ pub struct ProxySettings {
 }
 
 impl ProxySettings {
-    /// The settings from `flag` and the variables `lookup` finds (empty ones count as unset).
+    /// The settings from `flag` (the agent's `--proxy`, even empty) and the variables `lookup`
+    /// finds (empty ones count as unset).
     pub fn from_lookup(flag: Option<&str>, lookup: &dyn Fn(&str) -> Option<String>) -> ProxySettings {
         let first = |names: &[&'static str]| {
             names.iter().copied().find_map(|name| {
@@ -120,8 +123,8 @@ impl ProxySettings {
                     .map(|v| (v, name))
             })
         };
-        let explicit = match flag.map(str::trim).filter(|value| !value.is_empty()) {
-            Some(value) => Some((value.to_owned(), "--proxy")),
+        let explicit = match flag {
+            Some(value) => Some((value.trim().to_owned(), FLAG)),
             None => first(&[ENV_PROXY]),
         };
         ProxySettings {
@@ -134,7 +137,8 @@ impl ProxySettings {
     }
 
     /// The proxy to reach `server` (an `http://` or `https://` URL) through, or `None` to
-    /// connect directly; an error names a proxy setting that is not a usable URL.
+    /// connect directly; an error names a proxy setting that is not a usable URL, or `--proxy`
+    /// with a password, which `ps` would show every user.
     pub fn for_server(&self, server: &str) -> Result<Option<ProxyUrl>, String> {
         let uri: Uri = server.parse().map_err(|_| format!("{server:?} is not a URL"))?;
         let https = uri.scheme_str() == Some("https");
@@ -146,6 +150,12 @@ impl ProxySettings {
         };
         let Some((value, origin)) = chosen else { return Ok(None) };
         let proxy = ProxyUrl::parse(value, origin)?;
+        if *origin == FLAG && proxy.proxy.password().is_some() {
+            return Err(format!(
+                "{FLAG} {proxy}: a password on the command line is visible to every user (ps); \
+                 give the URL with its credentials in {ENV_PROXY} or HTTPS_PROXY instead"
+            ));
+        }
         let host = uri.host().unwrap_or_default();
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let no_proxy = match &self.no_proxy {
@@ -323,6 +333,18 @@ mod tests {
         let env = settings(Some("http://flag:3"), &[("NO_PROXY", "orange.example")]);
         assert_eq!(chosen(&env, "https://orange.example"), None);
         assert_eq!(chosen(&env, "https://other.example"), Some("http://flag:3".into()));
+    }
+
+    #[test]
+    fn a_password_in_the_flag_is_refused_even_for_a_host_no_proxy_lists() {
+        let env = settings(Some("http://ops:hunter2@flag:3"), &[("NO_PROXY", "orange.example")]);
+        for server in ["https://orange.example", "https://other.example"] {
+            let refused = env.for_server(server).unwrap_err();
+            assert!(refused.contains("ops:***@") && !refused.contains("hunter2"), "{refused}");
+        }
+        let from_env = settings(None, &[("ORANGE_PROXY", "http://ops:hunter2@env:3")]);
+        assert!(from_env.for_server("https://orange.example").is_ok());
+        assert!(settings(Some(" "), &[("HTTPS_PROXY", "http://env:1")]).for_server("https://s").is_err());
     }
 
     #[test]
