@@ -63,7 +63,7 @@ impl FakeApi {
     /// An admin client for this server.
     pub fn client(&self) -> Api {
         let token: AdminToken = "t".parse().expect("token");
-        OperatorConfig { server: self.url.clone(), token, tls: Default::default(), json: false }
+        OperatorConfig { server: self.url.clone(), token, route: Ok(Default::default()), json: false }
             .api(Duration::from_secs(5))
     }
 

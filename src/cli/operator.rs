@@ -158,8 +158,8 @@ pub struct OperatorConfig {
     pub server: String,
     /// Admin bearer token.
     pub token: AdminToken,
-    /// How the server's certificate is checked.
-    pub tls: TlsOptions,
+    /// How calls reach the server.
+    pub route: Route,
     /// Print JSON with the admin API's field names instead of text.
     pub json: bool,
 }
@@ -197,50 +197,35 @@ impl OperatorConfig {
             (None, Some(text)) => text.parse().map_err(anyhow::Error::msg)?,
             (None, None) => token_from_data_or_profile(flags.data.as_deref(), &profile)?,
         };
-        let tls = TlsOptions::resolve(&env, &profile);
-        Ok(OperatorConfig { server: check_server(&server)?, token, tls, json: flags.json })
+        let server = check_server(&server)?;
+        let route = route(&server, &env, &profile);
+        Ok(OperatorConfig { server, token, route, json: flags.json })
     }
 
     /// An admin API client whose calls time out after `timeout`.
     pub fn api(&self, timeout: Duration) -> Api {
         Api {
-            client: AdminClient::through(&self.server, self.token.expose(), timeout, self.route()),
+            client: AdminClient::through(&self.server, self.token.expose(), timeout, self.route.clone()),
             server: self.server.clone(),
         }
     }
 }
 
-impl OperatorConfig {
-    /// TLS settings (from the environment or the profile) and the proxy to the server:
-    /// `ORANGE_PROXY`, else the variables curl reads.
-    fn route(&self) -> Result<(TlsSettings, Option<ProxyUrl>), String> {
-        let environment = |name: &str| std::env::var(name).ok();
-        let proxy = ProxySettings::from_lookup(None, &environment).for_server(&self.server)?;
-        Ok((TlsSettings::new(self.tls.ca_file.as_deref(), self.tls.insecure)?, proxy))
-    }
-}
+/// How calls reach the server: the TLS settings and the proxy (`None`: directly), or why they
+/// cannot be made, which every call then fails with, naming its URL.
+pub type Route = Result<(TlsSettings, Option<ProxyUrl>), String>;
 
-/// How an operator command checks the server's certificate.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TlsOptions {
-    /// PEM file of the CA that signed the server's certificate (default: the system roots).
-    pub ca_file: Option<PathBuf>,
-    /// Do not check the server's certificate.
-    pub insecure: bool,
-}
-
-impl TlsOptions {
-    /// `ORANGE_CA_FILE`, else the profile's `ca_file`; `ORANGE_INSECURE` (`1` or `true`), else
-    /// the profile's `insecure`.
-    fn resolve(env: &dyn Fn(&str) -> Option<String>, profile: &Profile) -> Self {
-        TlsOptions {
-            ca_file: env(ENV_CA_FILE).map(PathBuf::from).or_else(|| profile.ca_file.clone()),
-            insecure: match env(ENV_INSECURE) {
-                Some(value) => value == "1" || value == "true",
-                None => profile.insecure.unwrap_or(false),
-            },
-        }
-    }
+/// The route to `server`: its certificate checked with `ORANGE_CA_FILE`, else the profile's
+/// `ca_file` (else the system roots), or not at all with `ORANGE_INSECURE` (`1` or `true`), else
+/// the profile's `insecure`; through `ORANGE_PROXY`, else the proxy the variables curl reads name.
+fn route(server: &str, env: &dyn Fn(&str) -> Option<String>, profile: &Profile) -> Route {
+    let ca_file = env(ENV_CA_FILE).map(PathBuf::from).or_else(|| profile.ca_file.clone());
+    let insecure = match env(ENV_INSECURE) {
+        Some(value) => value == "1" || value == "true",
+        None => profile.insecure.unwrap_or(false),
+    };
+    let proxy = ProxySettings::from_lookup(None, env).for_server(server)?;
+    Ok((TlsSettings::new(ca_file.as_deref(), insecure)?, proxy))
 }
 
 /// Reads the token from the server's data directory, else from the profile's `token_file`, or
@@ -467,7 +452,7 @@ pub(super) mod tests {
         let config = OperatorConfig {
             server: DEFAULT_SERVER.into(),
             token: AdminToken("s3cret".into()),
-            tls: TlsOptions::default(),
+            route: Ok(Default::default()),
             json: false,
         };
         let debug = format!("{config:?}");
@@ -503,7 +488,7 @@ pub(super) mod tests {
         let config = OperatorConfig {
             server: server.into(),
             token: AdminToken("t".into()),
-            tls: TlsOptions::default(),
+            route: Ok(Default::default()),
             json: false,
         };
         config.api(Duration::from_secs(5))
