@@ -600,18 +600,11 @@ impl AdminClient {
             return decode_api::<serde_json::Value>(&url, answer).map(|_| 0);
         }
         let mut body = response.body_mut().with_config().reader();
-        let mut buffer = vec![0; 64 * 1024];
-        let mut copied = 0;
-        loop {
-            let n = match std::io::Read::read(&mut body, &mut buffer) {
-                Ok(0) => return Ok(copied),
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(failed(format!("the answer broke off after {copied} bytes: {e}"))),
-            };
-            out.write_all(&buffer[..n]).map_err(|e| failed(format!("cannot write what arrived: {e}")))?;
-            copied += n as u64;
-        }
+        let mut sink = Sink { out, written: 0, failed: false };
+        std::io::copy(&mut body, &mut sink).map_err(|e| match sink.failed {
+            true => failed(format!("cannot write what arrived: {e}")),
+            false => failed(format!("the answer broke off after {} bytes: {e}", sink.written)),
+        })
     }
 
     /// Sends `GET url` with the bearer token.
@@ -620,6 +613,30 @@ impl AdminClient {
         url: &str,
     ) -> Result<Result<ureq::http::Response<ureq::Body>, ureq::Error>, ClientError> {
         Ok(self.http(url)?.get(url).header("Authorization", format!("Bearer {}", self.token)).call())
+    }
+}
+
+/// The writer [`AdminClient::get_into`] copies an answer into: it counts what it took and
+/// remembers a failure, so that an answer that broke off and a write that failed are told apart.
+struct Sink<'a> {
+    out: &'a mut dyn std::io::Write,
+    written: u64,
+    failed: bool,
+}
+
+impl std::io::Write for Sink<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.write_all(buf).map(|()| buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.out.write_all(buf).inspect_err(|_| self.failed = true)?;
+        self.written += buf.len() as u64;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush().inspect_err(|_| self.failed = true)
     }
 }
 

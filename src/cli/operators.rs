@@ -80,7 +80,7 @@ operator_args! {
         #[argh(positional)]
         pub name: String,
         /// admin, operator or viewer
-        #[argh(option, from_str_fn(parse_role))]
+        #[argh(option, from_str_fn(Role::parse))]
         pub role: Role,
         /// the hosts it may reach: labels k=v,k=v their approved labels must carry
         #[argh(option, from_str_fn(operators::parse_scope))]
@@ -292,11 +292,6 @@ fn limits_text(op: &OperatorView) -> String {
         parts.push(format!("types {}", op.task_types.join(",")));
     }
     if parts.is_empty() { "-".to_owned() } else { parts.join("; ") }
-}
-
-/// Parses `--role`.
-fn parse_role(text: &str) -> Result<Role, String> {
-    Role::parse(text)
 }
 
 /// Parses `--ttl` by the duration syntax: 1 second to 3650 days.
