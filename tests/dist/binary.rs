@@ -81,14 +81,10 @@ fn an_agent_on_debian_11_enrolls_and_runs_a_task_end_to_end() {
         "debian11",
         "--state",
         "/var/lib/orange-agent",
+        "--allow-shell",
     ];
     let log = root.host_path("/agent.log");
-    let mut agent = root.spawn(
-        &[&args[..], &["--allow-shell"]].concat(),
-        &[("ORANGE_ENROLL_KEY", BASE_SECRET)],
-        Stdio::null(),
-        &log,
-    );
+    let mut agent = root.spawn(None, &args, &[("ORANGE_ENROLL_KEY", BASE_SECRET)], Stdio::null(), &log);
     let online = try_wait_until(ONLINE_DEADLINE, || {
         agent.assert_running();
         server.agent("debian11").is_some_and(|a| a.online)

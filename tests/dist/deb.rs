@@ -2,15 +2,11 @@
 //! user `orange`, the binary, the units, the completions and the man page; a server started by
 //! hand as that user answers `/readyz`; and it purges cleanly.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::process::Stdio;
-use std::sync::mpsc;
-use std::time::Duration;
 
 use crate::artifacts::dist_file;
 use crate::debian11::Root;
-use crate::support::http;
+use crate::support::{http, listening_line, stdout_lines};
 
 /// Every file the package must install.
 const PACKAGED: &[&str] = &[
@@ -24,8 +20,6 @@ const PACKAGED: &[&str] = &[
     "/usr/share/fish/vendor_completions.d/orange.fish",
     "/usr/share/man/man1/orange.1.gz",
 ];
-/// How long the server in the root may take to print its listening line.
-const START_DEADLINE: Duration = Duration::from_secs(15);
 
 /// A copy of Debian 11 with the package installed by `dpkg -i`.
 fn installed() -> Root {
@@ -63,15 +57,9 @@ fn a_server_from_the_deb_answers_readyz_as_the_user_orange() {
     root.run_ok(&["install", "-d", "-o", "orange", "-g", "orange", "-m", "700", "/var/lib/orange-server"]);
     let log = root.host_path("/server.log");
     let args = ["/usr/bin/orange", "server", "--data", "/var/lib/orange-server", "--listen", "127.0.0.1:0"];
-    let mut server = {
-        let mut cmd = root.command_as(Some(ids), &args, &[]);
-        let err = std::fs::File::create(&log).expect("create server log");
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(err);
-        KillOnDrop(cmd.spawn().expect("start the server in Debian 11"))
-    };
-    let addr = listening_address(&mut server.0, START_DEADLINE).unwrap_or_else(|why| {
-        panic!("{why}\nstderr:\n{}", std::fs::read_to_string(&log).unwrap_or_default())
-    });
+    let mut server = root.spawn(Some(ids), &args, &[], Stdio::piped(), &log);
+    let lines = stdout_lines(server.child.stdout.take().expect("piped stdout"));
+    let (_, addr) = listening_line(&lines).unwrap_or_else(|why| panic!("the server in Debian 11: {why}"));
     let ready = http(addr, "GET", "/readyz", &[], b"");
     assert_eq!(ready.status, 200, "/readyz: {:?}", String::from_utf8_lossy(&ready.body));
     let token = root.host_path("/var/lib/orange-server/admin.token");
@@ -94,30 +82,4 @@ fn the_deb_purges_and_keeps_the_data() {
         assert!(!root.host_path(path).exists(), "{path} is left after purge");
     }
     assert!(root.host_path("/var/lib/orange-server").is_dir(), "purge removed the data directory");
-}
-
-/// The address in the server's listening line (`orange server listening on http://ADDR`).
-fn listening_address(child: &mut std::process::Child, deadline: Duration) -> Result<SocketAddr, String> {
-    let stdout = child.stdout.take().ok_or("no stdout pipe")?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx.recv_timeout(deadline).map_err(|_| format!("no listening line within {deadline:?}"))?;
-    let url =
-        line.trim().strip_prefix("orange server listening on ").ok_or(format!("unexpected line {line:?}"))?;
-    let addr = url.split_once("://").map(|(_, addr)| addr).unwrap_or(url);
-    addr.parse().map_err(|e| format!("bad address in {line:?}: {e}"))
-}
-
-/// A child killed and reaped on drop.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

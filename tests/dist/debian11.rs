@@ -75,7 +75,7 @@ impl Root {
     }
 
     /// [`Root::command`] run as `userspec` (`UID:GID`) when given.
-    pub fn command_as(&self, userspec: Option<&str>, args: &[&str], env: &[(&str, &str)]) -> Command {
+    fn command_as(&self, userspec: Option<&str>, args: &[&str], env: &[(&str, &str)]) -> Command {
         let mut cmd = Command::new("chroot");
         if let Some(userspec) = userspec {
             cmd.arg("--userspec").arg(userspec);
@@ -100,11 +100,19 @@ impl Root {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Starts `args` in the root; the child is killed when the returned guard drops.
-    pub fn spawn(&self, args: &[&str], env: &[(&str, &str)], stdout: Stdio, log: &Path) -> RootChild {
+    /// Starts `args` in the root, as `userspec` (`UID:GID`) when given, its stderr going to
+    /// `log`; the child is killed when the returned guard drops.
+    pub fn spawn(
+        &self,
+        userspec: Option<&str>,
+        args: &[&str],
+        env: &[(&str, &str)],
+        stdout: Stdio,
+        log: &Path,
+    ) -> RootChild {
         let log_file = std::fs::File::create(log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
         let child = self
-            .command(args, env)
+            .command_as(userspec, args, env)
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(log_file)

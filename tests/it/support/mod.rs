@@ -24,7 +24,7 @@ pub use browser::Browser;
 pub use cli::{Cli, LiveRun, Run, cli, cli_with};
 pub use go::*;
 pub use http::{Connection, ProxiedRequest, Proxy, RawResponse, http, raw_exchange};
-pub use process::{KillOnDrop, process_alive, rss_kib, write_secret};
+pub use process::{KillOnDrop, listening_line, process_alive, rss_kib, stdout_lines, write_secret};
 pub use server::{EnrollKey, Server, ServerOpts};
 pub use sim::{SIM_SECRET, history, most_open_at_once, ms_between, queue_bulk, register_as, register_sim};
 pub use snapshot::{Snapshot, assert_api_error, assert_refused, assert_unchanged};

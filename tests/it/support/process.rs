@@ -3,13 +3,14 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use super::try_wait_until;
+use super::{START_DEADLINE, try_wait_until};
 
 /// Environment variables of orange (and the proxy variables it reads) that must not leak from
 /// the developer's shell into children.
@@ -103,7 +104,7 @@ pub(super) fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStat
 
 /// The lines `stdout` prints, on a channel, the first being the server's listening line; the
 /// pipe is drained to its end so the child never blocks on a full pipe.
-pub(super) fn stdout_lines(stdout: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+pub fn stdout_lines(stdout: impl Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         // Every line is sent (the first is the listening line; a test may read the ones after
@@ -113,6 +114,19 @@ pub(super) fn stdout_lines(stdout: impl Read + Send + 'static) -> mpsc::Receiver
         }
     });
     rx
+}
+
+/// Waits up to [`START_DEADLINE`] for a server's listening line (`orange server listening on
+/// http://ADDR`), the first of `lines`, and returns the URL it names and its address.
+pub fn listening_line(lines: &mpsc::Receiver<String>) -> Result<(String, SocketAddr), String> {
+    let line = lines.recv_timeout(START_DEADLINE).map_err(|e| match e {
+        mpsc::RecvTimeoutError::Timeout => format!("no listening line within {START_DEADLINE:?}"),
+        mpsc::RecvTimeoutError::Disconnected => "stdout closed without a listening line".into(),
+    })?;
+    let url = line.strip_prefix("orange server listening on ").unwrap_or_default().trim();
+    let addr = url.split_once("://").and_then(|(_, a)| a.parse::<SocketAddr>().ok());
+    let addr = addr.ok_or_else(|| format!("unexpected first stdout line {line:?}"))?;
+    Ok((url.to_owned(), addr))
 }
 
 /// SIGKILLs and reaps `child`.

@@ -16,10 +16,8 @@ use orange::client::{AdminClient, ClientError};
 use orange::protocol::admin::{AgentList, AgentView, EnqueueReply, EnqueueRequest, TaskList, TaskView};
 use tempfile::TempDir;
 
-use super::process::{
-    clean_env, kill_child, log_file, read_log, show_command, signal, stdout_lines, wait_exit,
-};
-use super::{BASE_SECRET, BIN, RawResponse, START_DEADLINE, http, rss_kib, write_secret};
+use super::process::{clean_env, kill_child, log_file, read_log, show_command, signal, wait_exit};
+use super::{BASE_SECRET, BIN, RawResponse, http, listening_line, rss_kib, stdout_lines, write_secret};
 
 /// The enrollment key a server is started with.
 #[derive(Debug, Clone, Default)]
@@ -269,13 +267,7 @@ impl Server {
     /// Reads the listening line of `child` and the admin token; says why not if it cannot.
     fn listening(&mut self, child: &mut Child) -> Result<(), String> {
         let rx = stdout_lines(child.stdout.take().expect("piped stdout"));
-        let line = rx.recv_timeout(START_DEADLINE).map_err(|e| match e {
-            mpsc::RecvTimeoutError::Timeout => format!("no listening line within {START_DEADLINE:?}"),
-            mpsc::RecvTimeoutError::Disconnected => "stdout closed without a listening line".into(),
-        })?;
-        let url = line.strip_prefix("orange server listening on ").unwrap_or_default().trim();
-        let addr = url.split_once("://").and_then(|(_, a)| a.parse::<SocketAddr>().ok());
-        let addr = addr.ok_or_else(|| format!("unexpected first stdout line {line:?}"))?;
+        let (url, addr) = listening_line(&rx)?;
         self.token = match &self.opts.admin_token {
             Some(token) => token.clone(),
             None => std::fs::read_to_string(self.data_dir.join("admin.token"))
@@ -283,7 +275,7 @@ impl Server {
                 .trim()
                 .to_owned(),
         };
-        self.url = url.to_owned();
+        self.url = url;
         self.addr = addr;
         self.stdout = Some(std::sync::Mutex::new(rx));
         Ok(())
