@@ -9,11 +9,9 @@ use orange::protocol::TaskStatus;
 
 use crate::artifacts::dist_dir;
 use crate::debian11::Root;
-use crate::elf;
+use crate::elf::{self, MAX_GLIBC};
 use crate::support::{BASE_SECRET, BIN, Server, ServerOpts, try_wait_until};
 
-/// The newest glibc the portable binary may need.
-const MAX_GLIBC: [u32; 2] = [2, 17];
 /// How long the agent in the root may take to be listed online.
 const ONLINE_DEADLINE: Duration = Duration::from_secs(30);
 

@@ -10,16 +10,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::elf;
+use crate::elf::{self, MAX_GLIBC};
 use crate::toolchain::{self, Toolchain};
-use crate::tools::run;
+use crate::tools::{cargo, run};
 
 /// The environment variable naming the artifacts directory, read by the tests.
 pub const DIST_ENV: &str = "ORANGE_DIST_DIR";
 /// The target cargo-zigbuild links for: x86_64 Linux, glibc 2.17 and newer.
 const ZIG_TARGET: &str = "x86_64-unknown-linux-gnu.2.17";
-/// The oldest glibc the portable binary must start on.
-const MAX_GLIBC: [u32; 2] = [2, 17];
 /// Generated files: the command line that prints each, and its path in the stage directory.
 const GENERATED: &[(&[&str], &str)] = &[
     (&["completions", "bash"], "completions/orange.bash"),
@@ -70,8 +68,7 @@ fn package_version(root: &Path) -> Result<String, String> {
 
 /// `cargo zigbuild --release` for [`ZIG_TARGET`]; returns the built binary.
 fn build_portable(root: &Path, tools: &Toolchain) -> Result<PathBuf, String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    run(Command::new(cargo)
+    run(cargo()
         .args([
             "zigbuild",
             "--release",
@@ -152,8 +149,7 @@ fn output_of(binary: &Path, args: &[&str]) -> Result<Vec<u8>, String> {
 
 /// `cargo deb` from the staged files into `dist`; returns the package's file name.
 fn package_deb(root: &Path, tools: &Toolchain, dist: &Path) -> Result<String, String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    run(Command::new(cargo)
+    run(cargo()
         .args(["deb", "--no-build", "--no-strip", "--package", "orange", "--output"])
         .arg(dist)
         .current_dir(root)

@@ -4,6 +4,8 @@
 //! Read from the file's bytes, without a tool, so that `cargo xtask dist` and the tests check a
 //! binary the same way. Only 64-bit little-endian ELF (x86_64 Linux) is understood.
 
+/// The newest glibc the portable binary may need, so that it starts on glibc 2.17 and later.
+pub const MAX_GLIBC: [u32; 2] = [2, 17];
 /// `SHT_GNU_verneed`: the section type of the versions needed from shared libraries.
 const SHT_GNU_VERNEED: u32 = 0x6fff_fffe;
 /// More sections or needed versions than this means a corrupt file, not a real binary.

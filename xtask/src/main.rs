@@ -14,7 +14,7 @@ mod elf;
 mod toolchain;
 mod tools;
 
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -43,8 +43,7 @@ fn test(extra: &[String]) -> Result<(), String> {
     tools::ensure_all(&cache)?;
     let dist = dist::dist(&cache)?;
     let bullseye = chroot::ensure_bullseye(&cache)?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let status = Command::new(cargo)
+    let status = tools::cargo()
         .args(["test", "--locked"])
         .args(extra)
         .env(tools::CACHE_ENV, &cache)

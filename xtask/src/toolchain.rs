@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::tools::{apt_install, run};
+use crate::tools::{apt_install, cargo, run};
 
 /// The Python packages of zig and cargo-zigbuild, pinned so that every machine links the same way.
 const ZIG_PACKAGES: &[&str] = &["ziglang==0.17.1", "cargo-zigbuild==0.24.1"];
@@ -65,8 +65,7 @@ fn install_zig(venv: &Path) -> Result<(), String> {
 /// `cargo install cargo-deb` into `root` (a build of a few minutes, once per machine).
 fn install_cargo_deb(root: &Path) -> Result<(), String> {
     eprintln!("xtask: installing cargo-deb {CARGO_DEB_VERSION} into {}", root.display());
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    run(Command::new(cargo)
+    run(cargo()
         .args(["install", "--locked", "--quiet", "cargo-deb", "--version", CARGO_DEB_VERSION, "--root"])
         .arg(root))
 }

@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 /// The environment variable naming the cache directory, read by the tests to find cached tools.
 pub const CACHE_ENV: &str = "ORANGE_TEST_CACHE";
@@ -172,9 +173,10 @@ fn install(packages: &[&str]) -> Result<(), String> {
     run(apt("apt-get").args(["install", "-y", "-qq", "--no-install-recommends"]).args(packages))
 }
 
-/// Refreshes apt's package lists (a fresh machine has none).
+/// Refreshes apt's package lists (a fresh machine has none), once a run.
 fn apt_update() -> Result<(), String> {
-    run(apt("apt-get").args(["update", "-qq"]))
+    static UPDATED: OnceLock<Result<(), String>> = OnceLock::new();
+    UPDATED.get_or_init(|| run(apt("apt-get").args(["update", "-qq"]))).clone()
 }
 
 /// `program` run as root: directly when this is root, else through sudo.
@@ -190,8 +192,20 @@ pub fn apt(program: &str) -> Command {
     }
 }
 
+/// Whether xtask runs as root, asked of `id -u` once.
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+    static ROOT: OnceLock<bool> = OnceLock::new();
+    *ROOT.get_or_init(|| {
+        Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+    })
+}
+
+/// `cargo`: the one that runs xtask (`CARGO`), else the one on the PATH.
+pub fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
 /// Runs `command`, failing with its command line and exit status unless it succeeds.
