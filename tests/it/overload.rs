@@ -11,8 +11,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    Agent, AgentOpts, BASE_SECRET, GET_TASK, GoAgent, OUTPUT, PING, ProxiedRequest, Proxy, REGISTER,
-    REPORT_TASK, RawResponse, Server, ServerOpts, go_report, next_legacy_second, raw_exchange, wait_until,
+    Agent, AgentOpts, GET_TASK, GoAgent, OUTPUT, PING, ProxiedRequest, Proxy, REPORT_TASK, RawResponse,
+    Server, ServerOpts, go_report, next_legacy_second, raw_exchange, wait_until,
 };
 
 /// Threads sending pings at once: more than one place can serve.
@@ -235,15 +235,15 @@ fn fifty_original_clients_on_one_place_lose_no_report() {
             .iter()
             .map(|client| {
                 let (registered, taken, enqueued) = (&registered, &taken, &enqueued);
-                let server = &server;
+                let (server, clients) = (&server, &clients);
                 scope.spawn(move || {
                     // Every thread reaches each barrier, failed or not, so a failure ends the
                     // test instead of leaving the others waiting.
-                    let answer = client.send_signed(REGISTER, BASE_SECRET, &register_body(client));
+                    let answer = client.register_raw();
                     let leader = registered.wait().is_leader();
                     assert_eq!((answer.status, answer.json()["code"].as_i64()), (200, Some(0)), "register");
                     if leader {
-                        let ids: Vec<&str> = (0..CLIENTS).map(|i| format!("held-{i}")).map(leak).collect();
+                        let ids: Vec<&str> = clients.iter().map(|other| other.app_id.as_str()).collect();
                         enqueued.set(server.enqueue(&ids, "PING", "held")).expect("enqueued once");
                     }
                     let task = std::panic::catch_unwind(|| take_a_task(client, Duration::from_secs(120)));
@@ -279,15 +279,6 @@ fn fifty_original_clients_on_one_place_lose_no_report() {
         .collect();
     assert!(metrics.contains("orange_http_overload_responses_total"), "{metrics}");
     assert!(refused.is_empty(), "answers 503 were sent: {refused:?}");
-}
-
-fn register_body(client: &GoAgent) -> Vec<u8> {
-    serde_json::json!({"app_id": client.app_id, "secret": client.secret}).to_string().into_bytes()
-}
-
-/// A string that lives as long as the test (a handful of app ids).
-fn leak(text: String) -> &'static str {
-    Box::leak(text.into_boxed_str())
 }
 
 /// Polls until a task comes; "no task" answers (a poll window ended, or the server was full)

@@ -108,8 +108,13 @@ impl GoAgent {
 
     /// Registers with the base secret; returns the envelope.
     pub fn register(&self) -> serde_json::Value {
+        self.register_raw().json()
+    }
+
+    /// Registers with the base secret; returns the answer as it came.
+    pub fn register_raw(&self) -> RawResponse {
         let body = serde_json::json!({"app_id": self.app_id, "secret": self.secret}).to_string();
-        self.send_signed(REGISTER, BASE_SECRET, body.as_bytes()).json()
+        self.send_signed(REGISTER, BASE_SECRET, body.as_bytes())
     }
 
     /// Registers and asserts success.
