@@ -142,7 +142,10 @@ impl Store {
     fn audit_capped(&self, record: &AuditRecord, cap: u64) -> Result<(), StoreError> {
         let mut count = locked(&self.audit_streams.operators);
         let trees = self.trees();
-        let count = count.get_or_insert_with(|| trees.audit.len() as u64);
+        let count = match &mut *count {
+            Some(count) => count,
+            unknown => unknown.insert(trees.audit.len()? as u64),
+        };
         let key = AuditKey { at_ms: record.at_ms, seq: self.next_id()? };
         trees.audit.insert(key.bytes(), codec::encode(record))?;
         *count += 1;
@@ -224,7 +227,7 @@ impl Store {
             let entry: AgentAuditRecord = codec::decode(&value)?;
             open.insert(group_of(&entry.actor, &entry.action, &entry.detail), AuditKey::from_bytes(&key)?);
         }
-        Ok(AgentStream { count: trees.agent_audit.len() as u64, period, open })
+        Ok(AgentStream { count: trees.agent_audit.len()? as u64, period, open })
     }
 
     /// Up to `scan.limit` entries of the streams asked for, newest first, that `scan.keep`
@@ -261,7 +264,7 @@ impl Store {
 
 /// One stream read newest first, below a key and down to a time.
 struct Newest {
-    iter: Option<sled::Iter>,
+    iter: Option<super::logged::Iter>,
     floor_ms: Option<i64>,
     decode: fn(AuditKey, &[u8]) -> Result<AuditItem, StoreError>,
     head: Option<AuditItem>,

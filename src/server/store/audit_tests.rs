@@ -1,8 +1,11 @@
 //! Unit tests of the audit streams: aggregation per period, the caps of each stream, the merged
 //! order, paging by key and the time floor.
 
+use test_case::test_case;
+
 use super::super::Policy;
-use super::super::tests::open;
+use super::super::test_engines::Engine;
+use super::super::tests::{open, open_on};
 use super::*;
 
 const HOUR: i64 = AGENT_AUDIT_PERIOD_MS;
@@ -31,9 +34,10 @@ fn summary(items: &[AuditItem]) -> Vec<(i64, &str, u64)> {
     items.iter().map(|i| (i.record.at_ms, i.record.actor.as_str(), i.count)).collect()
 }
 
-#[test]
-fn repeated_agent_events_in_one_period_share_an_entry_with_a_count() {
-    let (_dir, store) = open();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn repeated_agent_events_in_one_period_share_an_entry_with_a_count(engine: Engine) {
+    let (_dir, store) = open_on(engine);
     for at in [10 * HOUR + 5, 10 * HOUR + 7, 10 * HOUR + 9] {
         store.audit_agent(&event(at, "agent:a", "agent.pending")).unwrap();
     }
@@ -55,15 +59,16 @@ fn repeated_agent_events_in_one_period_share_an_entry_with_a_count() {
     assert_eq!(items[3].record.action, "agent.pending");
 }
 
-#[test]
-fn an_entry_of_the_current_period_is_found_again_after_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn an_entry_of_the_current_period_is_found_again_after_a_restart(engine: Engine) {
+    let place = super::super::test_engines::Place::new(engine);
     let now = crate::server::clock::now_ms();
     for _ in 0..2 {
-        let store = Store::open(dir.path(), 8 * 1024 * 1024, Policy::default()).unwrap();
+        let store = place.open(Policy::default());
         store.audit_agent(&event(now, "agent:a", "agent.pending")).unwrap();
     }
-    let store = Store::open(dir.path(), 8 * 1024 * 1024, Policy::default()).unwrap();
+    let store = place.open(Policy::default());
     let (items, _) = page(&store, None, None, 10);
     assert_eq!(summary(&items), [(now, "agent:a", 2)]);
 }
@@ -92,9 +97,10 @@ fn each_stream_keeps_its_newest_entries_up_to_its_own_cap() {
     assert_eq!(rebuilt.dump(), store.dump());
 }
 
-#[test]
-fn pages_walk_both_streams_once_newest_first() {
-    let (_dir, store) = open();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn pages_walk_both_streams_once_newest_first(engine: Engine) {
+    let (_dir, store) = open_on(engine);
     for at in 0..25 {
         if at % 3 == 0 {
             store.audit(&event(at, "admin@::1", "task.send")).unwrap();
@@ -115,9 +121,10 @@ fn pages_walk_both_streams_once_newest_first() {
     assert_eq!(seen, (0..25).rev().collect::<Vec<i64>>());
 }
 
-#[test]
-fn since_keeps_entries_whose_latest_event_is_recent_enough() {
-    let (_dir, store) = open();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn since_keeps_entries_whose_latest_event_is_recent_enough(engine: Engine) {
+    let (_dir, store) = open_on(engine);
     store.audit(&event(HOUR + 10, "admin@::1", "task.send")).unwrap();
     store.audit(&event(HOUR + 30, "admin@::1", "task.send")).unwrap();
     store.audit_agent(&event(HOUR + 5, "agent:a", "agent.pending")).unwrap();
@@ -127,9 +134,10 @@ fn since_keeps_entries_whose_latest_event_is_recent_enough() {
     assert_eq!(summary(&items), [(HOUR + 30, "admin@::1", 1), (HOUR + 5, "agent:a", 2)]);
 }
 
-#[test]
-fn the_filter_skips_entries_without_ending_the_page() {
-    let (_dir, store) = open();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn the_filter_skips_entries_without_ending_the_page(engine: Engine) {
+    let (_dir, store) = open_on(engine);
     for at in 0..10 {
         store.audit(&event(at, if at % 2 == 0 { "admin@::1" } else { "admin@::2" }, "task.send")).unwrap();
     }

@@ -90,7 +90,7 @@ impl Store {
         out: W,
         files: &[(String, Vec<u8>)],
     ) -> Result<BackupSummary, StoreError> {
-        let tap = self.wal.tap();
+        let tap = self.embedded()?.wal.tap();
         let header = Header { orange_version: env!("CARGO_PKG_VERSION").into(), created_at_ms: now_ms() };
         let mut writer = BackupWriter::start(out, &header)?;
         for (name, bytes) in files {
@@ -119,7 +119,7 @@ fn copy_trees<W: Write>(
 ) -> Result<(), StoreError> {
     let mut since_drain = 0;
     for name in Trees::NAMES {
-        for entry in trees.db.open_tree(name)?.iter() {
+        for entry in trees.sled()?.db.open_tree(name)?.iter() {
             let (key, value) = entry?;
             writer.put(name.as_bytes(), &key, &value)?;
             since_drain += 1;
@@ -236,7 +236,7 @@ fn check_item(item: &Item, at: u64, files: &mut usize) -> Result<(), StoreError>
 fn tree_counts(trees: &Trees) -> Result<Vec<(String, u64)>, StoreError> {
     let mut counts = Vec::new();
     for name in Trees::NAMES {
-        counts.push((name.to_string(), trees.db.open_tree(name)?.len() as u64));
+        counts.push((name.to_string(), trees.sled()?.db.open_tree(name)?.len() as u64));
     }
     Ok(counts)
 }

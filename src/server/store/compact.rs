@@ -35,7 +35,7 @@ use super::db_dirs::{current_name, io_error, next_name, remove_dir, switch_to, s
 use super::trees::Trees;
 use super::wal::{Tap, Wal};
 use super::wal_record;
-use super::{Store, StoreError};
+use super::{Embedded, Store, StoreError};
 
 /// Compact once the database is this many times the size of its last compacted copy.
 const GROWTH: u64 = 4;
@@ -84,7 +84,11 @@ impl Store {
     /// Compacts the database if it is mostly garbage: larger than both the policy's minimum
     /// and [`GROWTH`] times its size after the last compaction. Reads two numbers; scans
     /// nothing.
+    /// Never on PostgreSQL, whose space autovacuum reclaims.
     pub fn compact_if_needed(&self) -> Result<Option<Compaction>, StoreError> {
+        if self.embedded.is_none() {
+            return Ok(None);
+        }
         let needed = {
             let trees = self.trees();
             needs_compaction(&trees, self.policy.compact_min_bytes)?
@@ -109,20 +113,21 @@ impl Store {
         &self,
         observe: &mut (dyn FnMut(Step) + Send),
     ) -> Result<Compaction, StoreError> {
+        let embedded = self.embedded()?;
         let _one = self.compacting.lock().unwrap_or_else(|p| p.into_inner());
         let started = Instant::now();
         // The tap before the copy begins: every write the copy may miss is in it.
-        let tap = self.wal.tap();
+        let tap = embedded.wal.tap();
         let old = self.gate.current();
         let before_bytes = old.size_on_disk()?;
         let new_name = next_name(&old.name);
         info!(from = %old.name, to = %new_name, before_bytes, "compacting the database");
         let (after_bytes, paused) = self.copy_and_swap(&old, &tap, &new_name, observe).inspect_err(|_| {
             // Give the space back (the disk may be full); the old database stays in use.
-            let _ = remove_dir(&self.dir.join(&new_name));
+            let _ = remove_dir(&embedded.dir.join(&new_name));
         })?;
         drop(tap);
-        let old_path = self.dir.join(&old.name);
+        let old_path = embedded.dir.join(&old.name);
         drop(old);
         if let Err(e) = remove_dir(&old_path) {
             warn!(error = %e, "cannot delete the old database; the next start retries");
@@ -153,13 +158,14 @@ impl Store {
             copying.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         })?;
         // At normal priority: every operation waits for this step.
-        let _no_checkpoint = self.wal.hold_checkpoints();
+        let embedded = self.embedded()?;
+        let _no_checkpoint = embedded.wal.hold_checkpoints();
         let mut sole = self.gate.sole();
         let paused = Instant::now();
         replay(&fresh, &tap.take().0)?;
-        let after_bytes = seal(&mut fresh, old.next_id()?, &self.dir)?;
+        let after_bytes = seal(&mut fresh, old.next_id()?, &embedded.dir)?;
         observe(Step::Sealed);
-        switch_to(&self.dir, new_name)?;
+        switch_to(&embedded.dir, new_name)?;
         observe(Step::Switched);
         sole.replace(fresh);
         Ok((after_bytes, paused.elapsed()))
@@ -173,14 +179,15 @@ impl Store {
         new_name: &str,
         observe: &mut (dyn FnMut(Step) + Send),
     ) -> Result<Trees, StoreError> {
-        let fresh = open_fresh(&self.dir, new_name, self.cache_bytes, &self.wal)?;
+        let Embedded { dir, cache_bytes, wal, .. } = self.embedded()?;
+        let fresh = open_fresh(dir, new_name, *cache_bytes, wal)?;
         copy_trees(old, &fresh)?;
         observe(Step::Copied);
         catch_up(&fresh, tap)?;
-        sync_all(&fresh, &self.dir)?;
+        sync_all(&fresh, dir)?;
         catch_up(&fresh, tap)?;
         // Writes of the last round are synced here, so the last step's sync is short.
-        sync(&fresh, &self.dir)?;
+        sync(&fresh, dir)?;
         catch_up(&fresh, tap)?;
         observe(Step::Synced);
         Ok(fresh)
@@ -270,15 +277,15 @@ fn open_fresh(dir: &Path, name: &str, cache_bytes: u64, wal: &Arc<Wal>) -> Resul
 /// every write), syncing `fresh` every [`SYNC_EVERY_BYTES`] copied.
 fn copy_trees(old: &Trees, fresh: &Trees) -> Result<(), StoreError> {
     let mut unsynced = 0;
-    for tree in old.db.tree_names() {
-        copy_tree(&old.db.open_tree(&tree)?, fresh, &tree, &mut unsynced)?;
+    for tree in old.sled()?.db.tree_names() {
+        copy_tree(&old.sled()?.db.open_tree(&tree)?, fresh, &tree, &mut unsynced)?;
     }
     Ok(())
 }
 
 /// Copies one tree; `unsynced` counts the bytes copied since `fresh` was last synced.
 fn copy_tree(from: &sled::Tree, fresh: &Trees, name: &[u8], unsynced: &mut usize) -> Result<(), StoreError> {
-    let to = fresh.db.open_tree(name)?;
+    let to = fresh.sled()?.db.open_tree(name)?;
     let mut batch = sled::Batch::default();
     let mut in_batch = 0;
     for entry in from.iter() {
@@ -358,12 +365,13 @@ impl Store {
     /// Every record of every tree but sled's default one.
     pub(super) fn dump(&self) -> Dump {
         let trees = self.trees();
+        let db = &trees.sled().expect("a sled store").db;
         let mut dump = Dump::new();
-        for name in trees.db.tree_names() {
-            if name == trees.db.name() {
+        for name in db.tree_names() {
+            if name == db.name() {
                 continue;
             }
-            let tree = trees.db.open_tree(&name).expect("open a listed tree");
+            let tree = db.open_tree(&name).expect("open a listed tree");
             let records = tree.iter().map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).expect("read"));
             dump.insert(name.to_vec(), records.collect());
         }

@@ -4,6 +4,10 @@
 
 use std::collections::HashMap;
 
+use test_case::test_case;
+
+use super::test_engines::Engine;
+use super::tests::open_on;
 use super::*;
 use crate::protocol::jobs::{JobCounts, JobState, Limit};
 use crate::protocol::task::new_task_id;
@@ -11,9 +15,7 @@ use crate::protocol::task::new_task_id;
 const T0: i64 = 1_000_000;
 
 fn open() -> (tempfile::TempDir, Store) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), 8 * 1024 * 1024, Policy::default()).unwrap();
-    (dir, store)
+    super::tests::open()
 }
 
 fn app_ids(n: usize) -> Vec<String> {
@@ -86,9 +88,10 @@ fn job_now(store: &Store, id: TaskId) -> JobRecord {
     store.job(id).unwrap().unwrap()
 }
 
-#[test]
-fn the_window_starts_the_next_target_when_a_task_ends() {
-    let (_dir, store) = open();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn the_window_starts_the_next_target_when_a_task_ends(engine: Engine) {
+    let (_dir, store) = open_on(engine);
     let job = create(&store, 5, 2, None);
     assert_eq!(job.counts, JobCounts { waiting: 3, queued: 2, ..JobCounts::default() });
     assert_eq!(job.next, 2);
@@ -117,9 +120,10 @@ fn the_window_starts_the_next_target_when_a_task_ends() {
     assert!(done.version > job.version);
 }
 
-#[test]
-fn counts_follow_every_transition_of_a_task() {
-    let (_dir, store) = open();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn counts_follow_every_transition_of_a_task(engine: Engine) {
+    let (_dir, store) = open_on(engine);
     let job = create(&store, 1, 1, None);
     let task =
         store.take_next("host-00000", Delivery::Acknowledged, &[], &mut Vec::new(), T0 + 1).unwrap().unwrap();
@@ -136,9 +140,10 @@ fn counts_follow_every_transition_of_a_task() {
     assert_eq!(store.job_of_task(task.id).unwrap(), Some((job.id, 0)));
 }
 
-#[test]
-fn past_the_error_limit_the_job_stops_and_waiting_targets_are_skipped() {
-    let (_dir, store) = open();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn past_the_error_limit_the_job_stops_and_waiting_targets_are_skipped(engine: Engine) {
+    let (_dir, store) = open_on(engine);
     let job = create(&store, 10, 3, Some(1));
     run(&store, "host-00000", TaskStatus::Failed, T0 + 1);
     assert_eq!(job_now(&store, job.id).state, JobState::Running, "one error is within the limit");
@@ -167,9 +172,10 @@ fn past_the_error_limit_the_job_stops_and_waiting_targets_are_skipped() {
     );
 }
 
-#[test]
-fn a_paused_job_starts_nothing_until_resumed() {
-    let (_dir, store) = open();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn a_paused_job_starts_nothing_until_resumed(engine: Engine) {
+    let (_dir, store) = open_on(engine);
     let job = create(&store, 3, 1, None);
     let paused = store.pause_job(job.id).unwrap();
     assert_eq!(paused.state, JobState::Paused);
@@ -188,9 +194,10 @@ fn a_paused_job_starts_nothing_until_resumed() {
     assert!(matches!(err, JobError::BadState { state: JobState::Finished, .. }), "{err}");
 }
 
-#[test]
-fn cancel_skips_waiting_ends_queued_and_marks_running_tasks() {
-    let (_dir, store) = open();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn cancel_skips_waiting_ends_queued_and_marks_running_tasks(engine: Engine) {
+    let (_dir, store) = open_on(engine);
     let job = create(&store, 6, 3, None);
     let running =
         store.take_next("host-00000", Delivery::Acknowledged, &[], &mut Vec::new(), T0 + 1).unwrap().unwrap();
@@ -209,9 +216,10 @@ fn cancel_skips_waiting_ends_queued_and_marks_running_tasks() {
     assert!(matches!(store.cancel_job(job.id, false, T0 + 4), Err(JobError::BadState { done: true, .. })));
 }
 
-#[test]
-fn cancelling_a_paused_job_with_nothing_open_makes_it_done() {
-    let (_dir, store) = open();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn cancelling_a_paused_job_with_nothing_open_makes_it_done(engine: Engine) {
+    let (_dir, store) = open_on(engine);
     let job = create(&store, 3, 1, None);
     store.pause_job(job.id).unwrap();
     run(&store, "host-00000", TaskStatus::Succeeded, T0 + 1);
@@ -221,9 +229,10 @@ fn cancelling_a_paused_job_with_nothing_open_makes_it_done() {
     assert_eq!((cancelled.state, cancelled.done_ms), (JobState::Cancelled, T0 + 2));
 }
 
-#[test]
-fn a_forced_cancel_ends_running_tasks_at_once() {
-    let (_dir, store) = open();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn a_forced_cancel_ends_running_tasks_at_once(engine: Engine) {
+    let (_dir, store) = open_on(engine);
     let job = create(&store, 2, 2, None);
     let task =
         store.take_next("host-00001", Delivery::Acknowledged, &[], &mut Vec::new(), T0 + 1).unwrap().unwrap();
@@ -235,9 +244,10 @@ fn a_forced_cancel_ends_running_tasks_at_once() {
     assert_eq!(cancelled.state, JobState::Cancelled);
 }
 
-#[test]
-fn an_expired_task_counts_as_an_error_and_advances_the_window() {
-    let (_dir, store) = open();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn an_expired_task_counts_as_an_error_and_advances_the_window(engine: Engine) {
+    let (_dir, store) = open_on(engine);
     let job = create(&store, 3, 1, Some(5));
     let first = open_tasks(&store, job.id).remove(0);
     let swept = store.sweep_deadlines(first.expires_ms).unwrap();
@@ -248,9 +258,10 @@ fn an_expired_task_counts_as_an_error_and_advances_the_window() {
     assert_eq!(open_tasks(&store, job.id)[0].app_id, "host-00001");
 }
 
-#[test]
-fn an_unacknowledged_delivery_going_back_to_the_queue_is_counted() {
-    let (_dir, store) = open();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn an_unacknowledged_delivery_going_back_to_the_queue_is_counted(engine: Engine) {
+    let (_dir, store) = open_on(engine);
     let job = create(&store, 1, 1, None);
     let task =
         store.take_next("host-00000", Delivery::Acknowledged, &[], &mut Vec::new(), T0 + 1).unwrap().unwrap();
@@ -258,9 +269,10 @@ fn an_unacknowledged_delivery_going_back_to_the_queue_is_counted() {
     assert_eq!(job_now(&store, job.id).counts, JobCounts { queued: 1, ..JobCounts::default() });
 }
 
-#[test]
-fn results_outlive_task_retention_and_job_retention_removes_everything() {
-    let (_dir, store) = open();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn results_outlive_task_retention_and_job_retention_removes_everything(engine: Engine) {
+    let (_dir, store) = open_on(engine);
     let job = create(&store, 2, 2, None);
     let first = run(&store, "host-00000", TaskStatus::Failed, T0 + 1);
     run(&store, "host-00001", TaskStatus::Succeeded, T0 + 2);
@@ -276,22 +288,23 @@ fn results_outlive_task_retention_and_job_retention_removes_everything() {
     assert_eq!(store.sweep_jobs(done.done_ms).unwrap(), 0, "not older than the cutoff yet");
     assert_eq!(store.sweep_jobs(done.done_ms + 1).unwrap(), 1);
     assert!(store.job(job.id).unwrap().is_none());
-    assert!(store.trees().job_targets.raw().is_empty());
-    assert!(store.trees().job_links.raw().is_empty());
-    assert!(store.trees().jobs_done.raw().is_empty());
+    assert_eq!(store.trees().job_targets.len().unwrap(), 0);
+    assert_eq!(store.trees().job_links.len().unwrap(), 0);
+    assert_eq!(store.trees().jobs_done.len().unwrap(), 0);
 }
 
-#[test]
-fn a_job_of_ten_thousand_targets_stores_no_large_value() {
-    let (_dir, store) = open();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn a_job_of_ten_thousand_targets_stores_no_large_value(engine: Engine) {
+    let (_dir, store) = open_on(engine);
     let mut big = job(10_000, 100, None);
     big.payload = "x".repeat(crate::protocol::wire::MAX_PAYLOAD_LEN);
     let created = store.create_job(&big, &[], &app_ids(10_000), &Default::default()).unwrap();
     assert_eq!(created.counts.queued, 100);
     run(&store, "host-00000", TaskStatus::Succeeded, T0 + 1);
     let mut values = 0;
-    for name in store.trees().db.tree_names() {
-        for entry in store.trees().db.open_tree(&name).unwrap().iter() {
+    for (name, tree) in store.trees().each() {
+        for entry in tree.iter() {
             let (key, value) = entry.unwrap();
             assert!(value.len() < 100 * 1024, "tree {name:?} key {key:?}: {} bytes", value.len());
             values += 1;
@@ -300,9 +313,10 @@ fn a_job_of_ten_thousand_targets_stores_no_large_value() {
     assert!(values > 10_000, "found {values} values");
 }
 
-#[test]
-fn a_task_started_by_a_job_takes_its_place_at_the_end_of_its_agents_queue() {
-    let (_dir, store) = open();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn a_task_started_by_a_job_takes_its_place_at_the_end_of_its_agents_queue(engine: Engine) {
+    let (_dir, store) = open_on(engine);
     let job = create(&store, 2, 1, None);
     let spec = TaskSpec { ttl_secs: 600, ..super::tests::spec("host-00001") };
     let mut earlier = vec![TaskRecord::new(spec, new_task_id(), T0 + 1)];
@@ -316,9 +330,10 @@ fn a_task_started_by_a_job_takes_its_place_at_the_end_of_its_agents_queue() {
     assert_eq!(store.job_of_task(second.id).unwrap(), Some((job.id, 1)));
 }
 
-#[test]
-fn concurrent_reports_that_start_the_next_targets_all_succeed() {
-    let (_dir, store) = open();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn concurrent_reports_that_start_the_next_targets_all_succeed(engine: Engine) {
+    let (_dir, store) = open_on(engine);
     let job = create(&store, 400, 200, None);
     let started: Vec<TaskRecord> = (0..200)
         .map(|i| {
@@ -349,9 +364,10 @@ fn concurrent_reports_that_start_the_next_targets_all_succeed() {
     assert_eq!(after.counts, JobCounts { succeeded: 200, queued: 200, ..JobCounts::default() });
 }
 
-#[test]
-fn a_queued_task_of_a_cancelled_job_is_never_handed_out() {
-    let (_dir, store) = open();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn a_queued_task_of_a_cancelled_job_is_never_handed_out(engine: Engine) {
+    let (_dir, store) = open_on(engine);
     let job = create(&store, 3, 2, None);
     // A crash right after the cancel's first transaction: the job is cancelled, its queued
     // tasks are not yet.
@@ -390,9 +406,10 @@ fn a_burst_of_job_events_loses_no_earlier_wake_up() {
     assert!(queue.take().is_empty());
 }
 
-#[test]
-fn a_wide_window_opens_in_transactions_of_bounded_size() {
-    let (_dir, store) = open();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn a_wide_window_opens_in_transactions_of_bounded_size(engine: Engine) {
+    let (_dir, store) = open_on(engine);
     let job = create(&store, 5000, 2500, None);
     assert_eq!(job.counts, JobCounts { queued: 2500, waiting: 2500, ..JobCounts::default() });
     assert_eq!(job.next, 2500);
@@ -409,9 +426,10 @@ fn a_wide_window_opens_in_transactions_of_bounded_size() {
     assert_eq!(resumed.version, paused.version + 3);
 }
 
-#[test]
-fn a_cancel_cut_short_is_finished_for_running_tasks_by_the_next_pass() {
-    let (_dir, store) = open();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn a_cancel_cut_short_is_finished_for_running_tasks_by_the_next_pass(engine: Engine) {
+    let (_dir, store) = open_on(engine);
     let job = create(&store, 3, 2, None);
     let task =
         store.take_next("host-00000", Delivery::Acknowledged, &[], &mut Vec::new(), T0 + 1).unwrap().unwrap();
@@ -431,9 +449,10 @@ fn a_cancel_cut_short_is_finished_for_running_tasks_by_the_next_pass() {
     assert!(store.finish_cancels(T0 + 3).unwrap().is_empty(), "a second pass finds nothing left to do");
 }
 
-#[test]
-fn a_target_whose_agent_was_forgotten_ends_expired_without_holding_the_window() {
-    let (_dir, store) = open();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn a_target_whose_agent_was_forgotten_ends_expired_without_holding_the_window(engine: Engine) {
+    let (_dir, store) = open_on(engine);
     let job = create(&store, 3, 1, None);
     let forgotten = AgentRecord {
         app_id: "host-00001".into(),
@@ -467,9 +486,10 @@ fn a_target_whose_agent_was_forgotten_ends_expired_without_holding_the_window() 
     );
 }
 
-#[test]
-fn a_target_whose_agent_lacks_a_feature_of_the_job_ends_failed_without_a_task() {
-    let (_dir, store) = open();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn a_target_whose_agent_lacks_a_feature_of_the_job_ends_failed_without_a_task(engine: Engine) {
+    let (_dir, store) = open_on(engine);
     store.note_features("host-00001", &["cwd".to_owned(), "env".to_owned()], T0).unwrap();
     let mut job = job(2, 2, None);
     job.env = std::collections::BTreeMap::from([("A".to_owned(), "b".to_owned())]);
@@ -490,9 +510,10 @@ fn a_target_whose_agent_lacks_a_feature_of_the_job_ends_failed_without_a_task() 
     assert!(end.error.unwrap_or_default().contains("\"host-00000\" does not support the task feature env"));
 }
 
-#[test]
-fn targets_offline_at_the_start_end_offline_without_a_task_and_are_no_errors() {
-    let (_dir, store) = open();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn targets_offline_at_the_start_end_offline_without_a_task_and_are_no_errors(engine: Engine) {
+    let (_dir, store) = open_on(engine);
     let offline: HashMap<String, i64> = [("host-00001".to_owned(), 7), ("host-00003".to_owned(), 8)].into();
     let created = store.create_job(&job(4, 1, Some(0)), &[], &app_ids(4), &offline).unwrap();
     assert_eq!((created.counts.offline, created.counts.waiting, created.counts.queued), (2, 1, 1));
@@ -506,9 +527,10 @@ fn targets_offline_at_the_start_end_offline_without_a_task_and_are_no_errors() {
     assert_eq!(started, [true, false, true, false]);
 }
 
-#[test]
-fn a_job_whose_targets_are_all_offline_is_done_at_once() {
-    let (_dir, store) = open();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn a_job_whose_targets_are_all_offline_is_done_at_once(engine: Engine) {
+    let (_dir, store) = open_on(engine);
     let offline: HashMap<String, i64> = app_ids(3).into_iter().map(|a| (a, 5)).collect();
     let created = store.create_job(&job(3, 3, None), &[], &app_ids(3), &offline).unwrap();
     assert_eq!((created.counts.offline, created.counts.total(), created.done_ms), (3, 3, T0));

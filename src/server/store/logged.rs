@@ -1,18 +1,19 @@
-//! sled trees whose writes go to the write-ahead log (`wal.rs`) as well: [`LoggedTree`] for
-//! writes outside transactions (each one record, appended under the store's write lock just
-//! before sled applies it) and [`LoggedTx`] for writes inside one (gathered, then appended as
-//! one record by `Trees::transaction` when the transaction's closure succeeded, before sled
-//! commits it, still under the lock). A write logged that sled then fails to apply marks the
-//! log failed (`Writer::fail`).
-//! The wrappers offer the reads the store uses, straight from sled, and the writes it uses
-//! (`insert`, `remove`, `compare_and_swap`, `pop_min`; in a transaction also `put` and `delete`,
-//! which do not read the value they replace), logged; nothing else, so a write that would bypass
-//! the log does not compile.
+//! The store's trees on either engine. On sled, every write goes to the write-ahead log
+//! (`wal.rs`) as well: [`LoggedTree`] for writes outside transactions (each one record,
+//! appended under the store's write lock just before sled applies it) and [`LoggedTx`] for
+//! writes inside one (gathered, then appended as one record by `Trees::transaction` when the
+//! transaction's closure succeeded, before sled commits it, still under the lock). A write
+//! logged that sled then fails to apply marks the log failed (`Writer::fail`). On PostgreSQL
+//! (`pg/`), each tree is a table and the database's commit makes a write durable.
+//! The wrappers offer the reads the store uses and the writes it uses (`insert`, `remove`,
+//! `compare_and_swap`, `pop_min`; in a transaction also `put` and `delete`, which do not read
+//! the value they replace); nothing else, so a write that would bypass the log does not
+//! compile.
 
 use std::cell::RefCell;
-use std::sync::Arc;
-
 use std::collections::BTreeMap;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
 
 use sled::transaction::UnabortableTransactionError;
 use sled::{CompareAndSwapError, IVec};
@@ -20,40 +21,80 @@ use sled::{CompareAndSwapError, IVec};
 /// What a transactional write returns.
 type TxResult = Result<Option<IVec>, UnabortableTransactionError>;
 
+use super::pg::{PgKv, Scan};
 use super::wal::Wal;
 use super::wal_record::push_op;
 
-/// A tree written outside transactions.
+/// A tree, read and written outside transactions.
 pub struct LoggedTree {
-    tree: sled::Tree,
     name: &'static str,
-    wal: Arc<Wal>,
+    engine: Engine,
+}
+
+/// What a tree is kept in.
+enum Engine {
+    /// A sled tree, its writes logged to `wal` first.
+    Sled { tree: sled::Tree, wal: Arc<Wal> },
+    /// A table of the PostgreSQL database.
+    Postgres(Arc<PgKv>),
+}
+
+/// What a transaction reads through when its overlay does not have the key.
+pub trait TxRead {
+    /// The committed value at `key` of `tree`, as this transaction sees it.
+    fn get(&self, tree: &str, key: &[u8]) -> sled::Result<Option<IVec>>;
+}
+
+impl TxRead for sled::Tree {
+    fn get(&self, _tree: &str, key: &[u8]) -> sled::Result<Option<IVec>> {
+        sled::Tree::get(self, key)
+    }
 }
 
 impl LoggedTree {
-    /// `tree`, named `name` in the log, writing to `wal`.
+    /// The sled tree `tree`, named `name` in the log, writing to `wal`.
     pub fn new(tree: sled::Tree, name: &'static str, wal: Arc<Wal>) -> LoggedTree {
-        LoggedTree { tree, name, wal }
+        LoggedTree { name, engine: Engine::Sled { tree, wal } }
     }
 
-    /// The tree itself, for replay (writes through it are not logged).
-    pub fn raw(&self) -> &sled::Tree {
-        &self.tree
+    /// The table of tree `name` in the PostgreSQL database `kv`.
+    pub fn postgres(kv: Arc<PgKv>, name: &'static str) -> LoggedTree {
+        LoggedTree { name, engine: Engine::Postgres(kv) }
+    }
+
+    /// The sled tree itself, for replay (writes through it are not logged); an error on
+    /// PostgreSQL, which has no log to replay.
+    pub fn raw(&self) -> sled::Result<&sled::Tree> {
+        match &self.engine {
+            Engine::Sled { tree, .. } => Ok(tree),
+            Engine::Postgres(_) => Err(sled::Error::Unsupported(format!(
+                "tree {} is a PostgreSQL table, not a sled tree",
+                self.name
+            ))),
+        }
     }
 
     /// sled's `insert`, logged first.
     pub fn insert<K: AsRef<[u8]>, V: Into<IVec>>(&self, key: K, value: V) -> sled::Result<Option<IVec>> {
         let value = value.into();
-        let mut writer = self.wal.writer();
+        let (tree, wal) = match &self.engine {
+            Engine::Sled { tree, wal } => (tree, wal),
+            Engine::Postgres(kv) => return kv.write_one(self.name, key.as_ref(), Some(&value)),
+        };
+        let mut writer = wal.writer();
         writer.append(&self.op(key.as_ref(), Some(&value))).map_err(to_sled)?;
-        self.tree.insert(key.as_ref(), value).map_err(|e| to_sled(writer.fail(&e.to_string())))
+        tree.insert(key.as_ref(), value).map_err(|e| to_sled(writer.fail(&e.to_string())))
     }
 
     /// sled's `remove`, logged first.
     pub fn remove<K: AsRef<[u8]>>(&self, key: K) -> sled::Result<Option<IVec>> {
-        let mut writer = self.wal.writer();
+        let (tree, wal) = match &self.engine {
+            Engine::Sled { tree, wal } => (tree, wal),
+            Engine::Postgres(kv) => return kv.write_one(self.name, key.as_ref(), None),
+        };
+        let mut writer = wal.writer();
         writer.append(&self.op(key.as_ref(), None)).map_err(to_sled)?;
-        self.tree.remove(key.as_ref()).map_err(|e| to_sled(writer.fail(&e.to_string())))
+        tree.remove(key.as_ref()).map_err(|e| to_sled(writer.fail(&e.to_string())))
     }
 
     /// sled's `compare_and_swap`, logged first when it is going to swap: every write of the
@@ -65,13 +106,19 @@ impl LoggedTree {
         new: Option<NV>,
     ) -> sled::Result<Result<(), CompareAndSwapError>> {
         let new: Option<IVec> = new.map(Into::into);
-        let mut writer = self.wal.writer();
-        let current = self.tree.get(key.as_ref())?;
+        let (tree, wal) = match &self.engine {
+            Engine::Sled { tree, wal } => (tree, wal),
+            Engine::Postgres(kv) => {
+                return kv.compare_and_swap(self.name, key.as_ref(), old.as_ref().map(AsRef::as_ref), new);
+            }
+        };
+        let mut writer = wal.writer();
+        let current = tree.get(key.as_ref())?;
         let swaps = current.as_deref() == old.as_ref().map(AsRef::as_ref);
         if swaps {
             writer.append(&self.op(key.as_ref(), new.as_deref())).map_err(to_sled)?;
         }
-        match self.tree.compare_and_swap(key.as_ref(), old, new) {
+        match tree.compare_and_swap(key.as_ref(), old, new) {
             Ok(Err(_)) | Err(_) if swaps => {
                 Err(to_sled(writer.fail("a logged compare-and-swap did not swap")))
             }
@@ -82,10 +129,14 @@ impl LoggedTree {
     /// sled's `pop_min` (removes and returns the first entry), logged first: every write of
     /// the tree holds the write lock, so the first entry read under it is the one removed.
     pub fn pop_min(&self) -> sled::Result<Option<(IVec, IVec)>> {
-        let mut writer = self.wal.writer();
-        let Some((key, value)) = self.tree.first()? else { return Ok(None) };
+        let (tree, wal) = match &self.engine {
+            Engine::Sled { tree, wal } => (tree, wal),
+            Engine::Postgres(kv) => return kv.pop_min(self.name),
+        };
+        let mut writer = wal.writer();
+        let Some((key, value)) = tree.first()? else { return Ok(None) };
         writer.append(&self.op(&key, None)).map_err(to_sled)?;
-        self.tree.remove(&key).map_err(|e| to_sled(writer.fail(&e.to_string())))?;
+        tree.remove(&key).map_err(|e| to_sled(writer.fail(&e.to_string())))?;
         Ok(Some((key, value)))
     }
 
@@ -96,32 +147,107 @@ impl LoggedTree {
     }
 }
 
-/// Reads, straight from sled. There is deliberately no `Deref` to `sled::Tree`: a write method
-/// not defined above must not compile.
+/// Reads, straight from the engine. There is deliberately no `Deref` to `sled::Tree`: a write
+/// method not defined above must not compile.
 impl LoggedTree {
     /// sled's `get`.
     pub fn get<K: AsRef<[u8]>>(&self, key: K) -> sled::Result<Option<IVec>> {
-        self.tree.get(key)
+        match &self.engine {
+            Engine::Sled { tree, .. } => tree.get(key),
+            Engine::Postgres(kv) => kv.get(self.name, key.as_ref()),
+        }
     }
 
-    /// sled's `iter`.
-    pub fn iter(&self) -> sled::Iter {
-        self.tree.iter()
+    /// Every entry, in key order (sled's `iter`).
+    pub fn iter(&self) -> Iter {
+        self.range::<&[u8], _>(..)
     }
 
-    /// sled's `range`.
-    pub fn range<K: AsRef<[u8]>, R: std::ops::RangeBounds<K>>(&self, range: R) -> sled::Iter {
-        self.tree.range(range)
+    /// The entries within `range`, in key order (sled's `range`).
+    pub fn range<K: AsRef<[u8]>, R: RangeBounds<K>>(&self, range: R) -> Iter {
+        match &self.engine {
+            Engine::Sled { tree, .. } => Iter::Sled(tree.range(range)),
+            Engine::Postgres(kv) => {
+                Iter::Postgres(PgKv::scan(kv, self.name, owned(range.start_bound()), owned(range.end_bound())))
+            }
+        }
     }
 
-    /// sled's `scan_prefix`.
-    pub fn scan_prefix<P: AsRef<[u8]>>(&self, prefix: P) -> sled::Iter {
-        self.tree.scan_prefix(prefix)
+    /// The entries whose key starts with `prefix`, in key order (sled's `scan_prefix`).
+    pub fn scan_prefix<P: AsRef<[u8]>>(&self, prefix: P) -> Iter {
+        match &self.engine {
+            Engine::Sled { tree, .. } => Iter::Sled(tree.scan_prefix(prefix)),
+            Engine::Postgres(kv) => {
+                let prefix = prefix.as_ref().to_vec();
+                let upper = successor(&prefix).map_or(Bound::Unbounded, Bound::Excluded);
+                Iter::Postgres(PgKv::scan(kv, self.name, Bound::Included(prefix), upper))
+            }
+        }
     }
 
-    /// sled's `len` (a full scan).
-    pub fn len(&self) -> usize {
-        self.tree.len()
+    /// The number of entries (a full scan on sled, a count on PostgreSQL).
+    pub fn len(&self) -> sled::Result<usize> {
+        match &self.engine {
+            Engine::Sled { tree, .. } => Ok(tree.len()),
+            Engine::Postgres(kv) => kv.len(self.name),
+        }
+    }
+}
+
+/// A bound on borrowed key bytes, owned.
+fn owned<K: AsRef<[u8]>>(bound: Bound<&K>) -> Bound<Vec<u8>> {
+    bound.map(|key| key.as_ref().to_vec())
+}
+
+/// The smallest key above every key that starts with `prefix` (none if the prefix is all 0xff).
+fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut next = prefix.to_vec();
+    while let Some(last) = next.pop() {
+        if last < u8::MAX {
+            next.push(last + 1);
+            return Some(next);
+        }
+    }
+    None
+}
+
+/// Entries of a tree in key order, from either end, on either engine.
+pub enum Iter {
+    /// A sled iterator.
+    Sled(sled::Iter),
+    /// A paged scan of a PostgreSQL table.
+    Postgres(Scan),
+}
+
+impl Iterator for Iter {
+    type Item = sled::Result<(IVec, IVec)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Iter::Sled(iter) => iter.next(),
+            Iter::Postgres(scan) => scan.next(),
+        }
+    }
+}
+
+impl DoubleEndedIterator for Iter {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        match self {
+            Iter::Sled(iter) => iter.next_back(),
+            Iter::Postgres(scan) => scan.next_back(),
+        }
+    }
+}
+
+impl Iter {
+    /// The keys alone.
+    pub fn keys(self) -> impl DoubleEndedIterator<Item = sled::Result<IVec>> {
+        self.map(|entry| entry.map(|(key, _)| key))
+    }
+
+    /// The values alone.
+    pub fn values(self) -> impl DoubleEndedIterator<Item = sled::Result<IVec>> {
+        self.map(|entry| entry.map(|(_, value)| value))
     }
 }
 
@@ -132,21 +258,22 @@ pub type Overlay = RefCell<BTreeMap<Vec<u8>, Option<IVec>>>;
 /// reads see) and gathered into the transaction's record; `Trees::transaction` applies them.
 #[derive(Clone, Copy)]
 pub struct LoggedTx<'a> {
-    tree: &'a sled::Tree,
+    base: &'a dyn TxRead,
     name: &'static str,
     ops: &'a RefCell<Vec<u8>>,
     overlay: &'a Overlay,
 }
 
 impl<'a> LoggedTx<'a> {
-    /// `tree`, named `name` in the log, gathering its writes into `ops` and `overlay`.
+    /// Tree `name`, read through `base`, gathering its writes into `ops` (the log's record)
+    /// and `overlay`.
     pub fn new(
-        tree: &'a sled::Tree,
+        base: &'a dyn TxRead,
         name: &'static str,
         ops: &'a RefCell<Vec<u8>>,
         overlay: &'a Overlay,
     ) -> LoggedTx<'a> {
-        LoggedTx { tree, name, ops, overlay }
+        LoggedTx { base, name, ops, overlay }
     }
 
     /// The value of `key` as this transaction sees it.
@@ -154,7 +281,7 @@ impl<'a> LoggedTx<'a> {
         if let Some(value) = self.overlay.borrow().get(key.as_ref()) {
             return Ok(value.clone());
         }
-        self.tree.get(key).map_err(UnabortableTransactionError::Storage)
+        self.base.get(self.name, key.as_ref()).map_err(UnabortableTransactionError::Storage)
     }
 
     /// Puts `value` at `key` in this transaction; returns the value before.
@@ -192,10 +319,11 @@ impl<'a> LoggedTx<'a> {
 
 /// Applies a committed transaction's writes of one tree to sled.
 pub fn apply_overlay(tree: &LoggedTree, overlay: Overlay) -> sled::Result<()> {
+    let tree = tree.raw()?;
     for (key, value) in overlay.into_inner() {
         match value {
-            Some(value) => tree.tree.insert(key, value)?,
-            None => tree.tree.remove(key)?,
+            Some(value) => tree.insert(key, value)?,
+            None => tree.remove(key)?,
         };
     }
     Ok(())

@@ -60,10 +60,13 @@ mod jobs;
 mod logged;
 mod operators;
 mod output;
+mod pg;
 mod records;
 mod seen;
 mod seq;
 mod stored;
+#[cfg(test)]
+mod test_engines;
 mod sweep;
 mod task_pages;
 mod tasks;
@@ -96,6 +99,8 @@ use gate::{Gate, Pass};
 pub use jobs::JobError;
 pub use operators::{ApprovedLabels, OperatorRecord, OperatorRole};
 pub use output::{Chunk, ChunkAck};
+pub use pg::PgTarget;
+use pg::PgKv;
 pub use records::{
     AgentRecord, AgentStatus, AuditRecord, JobRecord, Outcome, OutputState, Policy, Stream, TargetEnd,
     TargetRecord, TaskRecord, TaskSpec, TokenRecord, secs_to_ms,
@@ -181,25 +186,30 @@ pub enum ReportError {
     Store(#[from] StoreError),
 }
 
-/// The embedded database.
+/// The store: the embedded sled database in a data directory, or a PostgreSQL database.
 pub struct Store {
     /// The open database; compaction swaps it (see [`Store::trees`]).
     gate: Arc<Gate<Trees>>,
-    /// The data directory.
-    dir: PathBuf,
-    cache_bytes: u64,
+    /// The data directory and its log, on the embedded store; `None` on PostgreSQL.
+    embedded: Option<Embedded>,
     /// Held by a compaction from start to end.
     compacting: compact::CompactLock,
     job_events: events::EventQueue,
     seqs: seq::SeqPool,
     policy: Policy,
     committer: Committer,
-    /// The write-ahead log: what is acknowledged is there first.
-    wal: Arc<Wal>,
-    _checkpointer: Checkpointer,
     audit_streams: audit::AuditStreams,
     /// Where committed task moves, output bytes, commits and compactions are counted.
     metrics: Arc<Metrics>,
+}
+
+/// What only the embedded store has: the data directory, the write-ahead log (what is
+/// acknowledged is there first) and the thread that checkpoints sled.
+struct Embedded {
+    dir: PathBuf,
+    cache_bytes: u64,
+    wal: Arc<Wal>,
+    _checkpointer: Checkpointer,
 }
 
 fn flatten<T, E: From<StoreError>>(result: Result<T, TransactionError<E>>) -> Result<T, E> {
@@ -232,15 +242,35 @@ impl Store {
             .map_err(|e| StoreError::Io(format!("cannot start the commit thread: {e}")))?;
         let checkpointer = Checkpointer::start(Arc::clone(&wal), Arc::clone(&gate))
             .map_err(|e| StoreError::Io(format!("cannot start the checkpoint thread: {e}")))?;
+        let embedded = Embedded { dir: dir.to_owned(), cache_bytes, wal, _checkpointer: checkpointer };
+        Store::assemble(gate, Some(embedded), seq::SeqPool::default(), committer, policy, metrics)
+    }
+
+    /// Opens the PostgreSQL database `target`, bringing its schema up to date first.
+    pub fn open_postgres(target: &PgTarget, policy: Policy, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
+        let kv = Arc::new(PgKv::open(target)?);
+        let seqs = seq::SeqPool::postgres(Arc::clone(&kv));
+        let gate = Arc::new(Gate::new(Trees::postgres(kv)));
+        // A commit on PostgreSQL returns once it is durable: the committer has nothing to sync.
+        let committer = Committer::start(Box::new(|| Ok(())), Arc::clone(&metrics))
+            .map_err(|e| StoreError::Io(format!("cannot start the commit thread: {e}")))?;
+        Store::assemble(gate, None, seqs, committer, policy, metrics)
+    }
+
+    fn assemble(
+        gate: Arc<Gate<Trees>>,
+        embedded: Option<Embedded>,
+        seqs: seq::SeqPool,
+        committer: Committer,
+        policy: Policy,
+        metrics: Arc<Metrics>,
+    ) -> Result<Store, StoreError> {
         let store = Store {
-            wal,
-            _checkpointer: checkpointer,
             gate,
-            dir: dir.to_owned(),
-            cache_bytes,
+            embedded,
             compacting: compact::CompactLock::default(),
             job_events: events::EventQueue::default(),
-            seqs: seq::SeqPool::default(),
+            seqs,
             policy,
             committer,
             audit_streams: audit::AuditStreams::default(),
@@ -248,6 +278,14 @@ impl Store {
         };
         store.approve_labels_of_earlier_agents(crate::server::clock::now_ms())?;
         Ok(store)
+    }
+
+    /// The data directory and its log; an error on PostgreSQL, for what only the embedded
+    /// store does (compaction, backup).
+    fn embedded(&self) -> Result<&Embedded, StoreError> {
+        self.embedded.as_ref().ok_or_else(|| {
+            StoreError::Io("this needs the embedded store; the store is a PostgreSQL database".into())
+        })
     }
 
     /// The open database. Every store method reaches the trees through this and holds the pass

@@ -1,8 +1,12 @@
-//! Unit tests of the sled store: FIFO order, idempotent enqueue, report transitions, output
-//! chunks and the cap, cancels, deadlines, retention, reopening.
+//! Unit tests of the store's rules, each run on both engines: FIFO order, idempotent enqueue,
+//! report transitions, output chunks and the cap, cancels, deadlines, retention, reopening.
+//! A few look at what only sled has (its blob files, its log).
 
 use std::collections::BTreeMap;
 
+use test_case::test_case;
+
+use super::test_engines::{Engine, Place};
 use super::*;
 use crate::protocol::task::new_task_id;
 
@@ -16,6 +20,18 @@ pub(super) fn open_with(policy: Policy) -> (tempfile::TempDir, Store) {
 
 pub(super) fn open() -> (tempfile::TempDir, Store) {
     open_with(Policy::default())
+}
+
+/// A new store on `engine`, with `policy`.
+pub(super) fn open_on_with(engine: Engine, policy: Policy) -> (Place, Store) {
+    let place = Place::new(engine);
+    let store = place.open(policy);
+    (place, store)
+}
+
+/// A new store on `engine`.
+pub(super) fn open_on(engine: Engine) -> (Place, Store) {
+    open_on_with(engine, Policy::default())
 }
 
 /// A store opened on a copy of only the write-ahead log of the data directory `dir` (whose
@@ -92,9 +108,10 @@ fn status(store: &Store, id: TaskId) -> TaskStatus {
     store.task(id).unwrap().unwrap().status
 }
 
-#[test]
-fn queues_are_fifo_per_agent_and_separate() {
-    let (_dir, store) = open();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn queues_are_fifo_per_agent_and_separate(engine: Engine) {
+    let (_dir, store) = open_on(engine);
     let a = queued(&store, "a", 3);
     let b = queued(&store, "b", 1);
     let taken: Vec<TaskId> = std::iter::from_fn(|| take(&store, "a")).map(|t| t.id).collect();
@@ -105,11 +122,12 @@ fn queues_are_fifo_per_agent_and_separate() {
     assert!(take(&store, "b").is_none());
 }
 
-#[test]
-fn concurrent_large_enqueues_all_get_queue_numbers() {
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn concurrent_large_enqueues_all_get_queue_numbers(engine: Engine) {
     // Eight writers of 200 tasks at once drain the shared pool of queue numbers between each
     // other's reservation and transaction; every enqueue must still go through.
-    let (_dir, store) = open();
+    let (_dir, store) = open_on(engine);
     std::thread::scope(|scope| {
         for writer in 0..8 {
             let store = &store;
@@ -132,9 +150,10 @@ fn concurrent_large_enqueues_all_get_queue_numbers() {
     assert_eq!(queued, 8 * 10 * 200);
 }
 
-#[test]
-fn enqueue_with_the_same_id_twice_stores_it_once() {
-    let (_dir, store) = open();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn enqueue_with_the_same_id_twice_stores_it_once(engine: Engine) {
+    let (_dir, store) = open_on(engine);
     let mut task = vec![TaskRecord::new(spec("a"), new_task_id(), 10)];
     store.enqueue(&mut task).unwrap();
     store.enqueue(&mut task).unwrap();
@@ -142,9 +161,10 @@ fn enqueue_with_the_same_id_twice_stores_it_once() {
     assert!(take(&store, "a").is_none());
 }
 
-#[test]
-fn report_moves_the_task_and_stores_output_in_chunks() {
-    let (_dir, store) = open();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn report_moves_the_task_and_stores_output_in_chunks(engine: Engine) {
+    let (_dir, store) = open_on(engine);
     store.put_agent(&agent("a")).unwrap();
     let id = queued(&store, "a", 1)[0];
     take(&store, "a");
@@ -160,9 +180,10 @@ fn report_moves_the_task_and_stores_output_in_chunks() {
     assert_eq!(store.agent("a").unwrap().unwrap().processed_task_count, 1);
 }
 
-#[test]
-fn a_task_keeps_its_stdin_until_it_ends_and_is_stored_without_it_after() {
-    let (_dir, store) = open();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn a_task_keeps_its_stdin_until_it_ends_and_is_stored_without_it_after(engine: Engine) {
+    let (_dir, store) = open_on(engine);
     store.put_agent(&agent("a")).unwrap();
     let mut spec = spec("a");
     spec.stdin = b"input bytes";
@@ -195,9 +216,10 @@ fn a_sync_makes_sleds_blob_files_durable_too() {
     assert_eq!(store.task(tasks[0].id).unwrap().unwrap().stdin, big);
 }
 
-#[test]
-fn repeated_report_is_accepted_and_conflicting_one_refused() {
-    let (_dir, store) = open();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn repeated_report_is_accepted_and_conflicting_one_refused(engine: Engine) {
+    let (_dir, store) = open_on(engine);
     store.put_agent(&agent("a")).unwrap();
     let id = queued(&store, "a", 1)[0];
     take(&store, "a");
@@ -242,9 +264,10 @@ fn a_batch_of_reports_is_applied_in_order_in_one_transaction_and_refusals_stay_a
     assert_eq!(rebuilt.agent("a").unwrap().unwrap().processed_task_count, 2);
 }
 
-#[test]
-fn reports_for_unknown_or_foreign_tasks_are_refused() {
-    let (_dir, store) = open();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn reports_for_unknown_or_foreign_tasks_are_refused(engine: Engine) {
+    let (_dir, store) = open_on(engine);
     let id = queued(&store, "a", 1)[0];
     assert!(matches!(store.apply_report("b", id, &success(""), 30), Err(ReportError::NotYours(_))));
     let unknown = new_task_id();
@@ -252,17 +275,19 @@ fn reports_for_unknown_or_foreign_tasks_are_refused() {
     assert_eq!(status(&store, id), TaskStatus::Queued);
 }
 
-#[test]
-fn a_report_for_a_still_queued_task_takes_it_out_of_the_queue() {
-    let (_dir, store) = open();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn a_report_for_a_still_queued_task_takes_it_out_of_the_queue(engine: Engine) {
+    let (_dir, store) = open_on(engine);
     let id = queued(&store, "a", 1)[0];
     store.apply_report("a", id, &success("ran"), 30).unwrap();
     assert!(take(&store, "a").is_none(), "a task that ran must not be handed out again");
 }
 
-#[test]
-fn chunks_are_stored_once_in_order() {
-    let (_dir, store) = open();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn chunks_are_stored_once_in_order(engine: Engine) {
+    let (_dir, store) = open_on(engine);
     let id = queued(&store, "a", 1)[0];
     take(&store, "a");
     store.store_chunk("a", id, 0, Stream::Stdout, b"one ", 30).unwrap();
@@ -278,10 +303,11 @@ fn chunks_are_stored_once_in_order() {
     assert_eq!(seqs, vec![0, 1]);
 }
 
-#[test]
-fn output_over_the_cap_keeps_head_and_tail_and_counts_the_rest() {
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn output_over_the_cap_keeps_head_and_tail_and_counts_the_rest(engine: Engine) {
     let cap = 4 * CHUNK_LEN as u64;
-    let (_dir, store) = open_with(Policy { output_cap: cap, ..Policy::default() });
+    let (_dir, store) = open_on_with(engine, Policy { output_cap: cap, ..Policy::default() });
     let id = queued(&store, "a", 1)[0];
     take(&store, "a");
     for seq in 0..10u32 {
@@ -298,9 +324,10 @@ fn output_over_the_cap_keeps_head_and_tail_and_counts_the_rest() {
     assert!(text.ends_with(&vec![b'9'; CHUNK_LEN]));
 }
 
-#[test]
-fn cancel_withdraws_a_queued_task_and_marks_a_running_one() {
-    let (_dir, store) = open();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn cancel_withdraws_a_queued_task_and_marks_a_running_one(engine: Engine) {
+    let (_dir, store) = open_on(engine);
     let ids = queued(&store, "a", 2);
     let first = take(&store, "a").unwrap().id;
     assert_eq!(first, ids[0]);
@@ -319,9 +346,10 @@ fn cancel_withdraws_a_queued_task_and_marks_a_running_one() {
     assert!(matches!(err, ReportError::AlreadyFinished { status: TaskStatus::Cancelled, .. }));
 }
 
-#[test]
-fn forced_cancel_ends_at_once_and_still_tells_the_agent() {
-    let (_dir, store) = open();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn forced_cancel_ends_at_once_and_still_tells_the_agent(engine: Engine) {
+    let (_dir, store) = open_on(engine);
     let id = queued(&store, "a", 1)[0];
     take(&store, "a");
     let forced = store.cancel(id, true, 30).unwrap();
@@ -332,9 +360,10 @@ fn forced_cancel_ends_at_once_and_still_tells_the_agent() {
     assert!(store.pending_cancels("a").unwrap().is_empty());
 }
 
-#[test]
-fn an_unacknowledged_delivery_is_handed_out_again_at_the_front() {
-    let (_dir, store) = open();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn an_unacknowledged_delivery_is_handed_out_again_at_the_front(engine: Engine) {
+    let (_dir, store) = open_on(engine);
     let ids = queued(&store, "a", 2);
     take(&store, "a");
     let ack_deadline = 20 + Policy::default().ack_window_ms;
@@ -348,9 +377,10 @@ fn an_unacknowledged_delivery_is_handed_out_again_at_the_front() {
     assert_eq!(states, vec![Queued, Delivered, Queued, Delivered]);
 }
 
-#[test]
-fn at_start_an_unacknowledged_delivery_goes_back_to_the_front_before_the_tasks_behind_it() {
-    let (_dir, store) = open();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn at_start_an_unacknowledged_delivery_goes_back_to_the_front_before_the_tasks_behind_it(engine: Engine) {
+    let (_dir, store) = open_on(engine);
     let ids = queued(&store, "a", 3);
     take(&store, "a");
     let acknowledged = take(&store, "a").unwrap();
@@ -363,9 +393,10 @@ fn at_start_an_unacknowledged_delivery_goes_back_to_the_front_before_the_tasks_b
     assert_eq!(store.requeue_unacknowledged(30).unwrap(), 2, "both deliveries since are unacknowledged");
 }
 
-#[test]
-fn an_acknowledged_task_is_not_handed_out_again_and_ends_lost_when_silent() {
-    let (_dir, store) = open();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn an_acknowledged_task_is_not_handed_out_again_and_ends_lost_when_silent(engine: Engine) {
+    let (_dir, store) = open_on(engine);
     let id = queued(&store, "a", 1)[0];
     take(&store, "a");
     store.apply_report("a", id, &outcome(TaskStatus::Running, ""), 25).unwrap();
@@ -376,18 +407,20 @@ fn an_acknowledged_task_is_not_handed_out_again_and_ends_lost_when_silent() {
     assert!(take(&store, "a").is_none());
 }
 
-#[test]
-fn a_legacy_delivery_is_never_handed_out_again() {
-    let (_dir, store) = open();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn a_legacy_delivery_is_never_handed_out_again(engine: Engine) {
+    let (_dir, store) = open_on(engine);
     let id = queued(&store, "a", 1)[0];
     store.take_next("a", Delivery::Legacy, &[], &mut Vec::new(), 20).unwrap().unwrap();
     let swept = store.sweep_deadlines(20 + 60_000 + Policy::default().lost_grace_ms).unwrap();
     assert_eq!((swept[0].task.id, swept[0].task.status, swept[0].requeued), (id, TaskStatus::Lost, false));
 }
 
-#[test]
-fn a_task_never_delivered_expires_after_its_ttl() {
-    let (_dir, store) = open();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn a_task_never_delivered_expires_after_its_ttl(engine: Engine) {
+    let (_dir, store) = open_on(engine);
     let id = queued(&store, "a", 1)[0];
     let swept = store.sweep_deadlines(10 + 3_600_000).unwrap();
     assert_eq!(swept[0].task.status, TaskStatus::Expired);
@@ -395,9 +428,10 @@ fn a_task_never_delivered_expires_after_its_ttl() {
     assert!(take(&store, "a").is_none());
 }
 
-#[test]
-fn retention_removes_finished_tasks_with_their_output_their_file_and_silent_agents() {
-    let (_dir, store) = open();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn retention_removes_finished_tasks_with_their_output_their_file_and_silent_agents(engine: Engine) {
+    let (_dir, store) = open_on(engine);
     store.put_agent(&agent("a")).unwrap();
     let ids = queued(&store, "a", 2);
     take(&store, "a");
@@ -415,24 +449,27 @@ fn retention_removes_finished_tasks_with_their_output_their_file_and_silent_agen
     assert_eq!(store.forget_silent_agents(100).unwrap(), vec!["a".to_owned()]);
 }
 
-#[tokio::test]
-async fn tasks_are_listed_newest_first_after_reopening() {
-    let dir = tempfile::tempdir().unwrap();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_are_listed_newest_first_after_reopening(engine: Engine) {
+    let place = Place::new(engine);
     let ids = {
-        let store = Store::open(dir.path(), 8 * 1024 * 1024, Policy::default()).unwrap();
+        let store = place.open(Policy::default());
         let ids = queued(&store, "a", 2);
         store.durable().await.unwrap();
         ids
     };
-    let store = Store::open(dir.path(), 8 * 1024 * 1024, Policy::default()).expect("reopening the store");
+    let store = place.try_open(Policy::default()).expect("reopening the store");
     let listed: Vec<TaskId> = store.tasks(Some("a"), 10).unwrap().iter().map(|t| t.id).collect();
     assert_eq!(listed, vec![ids[1], ids[0]], "newest first");
     assert_eq!(store.tasks(None, 1).unwrap()[0].id, ids[1]);
 }
 
-#[test]
-fn touch_updates_last_seen_only_after_the_gap() {
-    let (_dir, store) = open();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn touch_updates_last_seen_only_after_the_gap(engine: Engine) {
+    let (_dir, store) = open_on(engine);
     store.put_agent(&agent("a")).unwrap();
     store.touch_agent("a", 1_000, 5_000).unwrap();
     assert_eq!(store.agent("a").unwrap().unwrap().last_seen_ms, 1);
@@ -440,9 +477,10 @@ fn touch_updates_last_seen_only_after_the_gap() {
     assert_eq!(store.agent("a").unwrap().unwrap().last_seen_ms, 10_000);
 }
 
-#[test]
-fn a_task_needing_a_feature_is_handed_only_to_a_poll_announcing_it_and_ends_failed_otherwise() {
-    let (_dir, store) = open();
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn a_task_needing_a_feature_is_handed_only_to_a_poll_announcing_it_and_ends_failed_otherwise(engine: Engine) {
+    let (_dir, store) = open_on(engine);
     let env = BTreeMap::from([("A".to_owned(), "b".to_owned())]);
     let mut tasks: Vec<TaskRecord> =
         (0..2).map(|_| TaskRecord::new(TaskSpec { env: &env, ..spec("a") }, new_task_id(), 10)).collect();

@@ -19,6 +19,7 @@ use sled::transaction::{
 
 use super::StoreError;
 use super::logged::{LoggedTree, LoggedTx, Overlay, apply_overlay};
+use super::pg::PgKv;
 use super::wal::Wal;
 use super::wal_record::Op;
 
@@ -44,22 +45,10 @@ macro_rules! trees {
     ) => {
         /// The open database and its trees.
         pub struct Trees {
-            /// Name of its directory inside the data directory.
+            /// Name of its directory inside the data directory (`postgres` on PostgreSQL).
             pub name: String,
-            /// The database.
-            pub db: sled::Db,
-            /// sled's data file, synced by [`Trees::sync`].
-            data_file: File,
-            /// sled's blob files (values past its blob threshold, 128 KiB), synced by
-            /// [`Trees::sync`] too: sled never fsyncs them.
-            blobs: BlobFiles,
-            /// Ids from `db.generate_id()` are offset by this.
-            id_floor: u64,
-            /// The next id and the ceiling logged for it; `None` until the first id (after
-            /// the log was replayed).
-            ids: Mutex<Option<IdRange>>,
-            /// The log every tree's writes go to.
-            wal: Arc<Wal>,
+            /// What the trees are kept in.
+            engine: Engine,
             $($(#[doc = $tdoc])* pub $tx: LoggedTree,)*
             $($(#[doc = $pdoc])* pub $plain: LoggedTree,)*
         }
@@ -86,14 +75,26 @@ macro_rules! trees {
                 Ok(Trees {
                     $($tx: LoggedTree::new(db.open_tree(stringify!($tx))?, stringify!($tx), Arc::clone(&wal)),)*
                     $($plain: LoggedTree::new(db.open_tree(stringify!($plain))?, stringify!($plain), Arc::clone(&wal)),)*
-                    wal,
                     name: name.to_owned(),
-                    db,
-                    data_file,
-                    blobs: BlobFiles::new(path.join("blobs")),
-                    id_floor,
-                    ids: Mutex::new(None),
+                    engine: Engine::Sled(SledDb {
+                        wal,
+                        db,
+                        data_file,
+                        blobs: BlobFiles::new(path.join("blobs")),
+                        id_floor,
+                        ids: Mutex::new(None),
+                    }),
                 })
+            }
+
+            /// The trees as tables of the PostgreSQL database `kv`.
+            pub fn postgres(kv: Arc<PgKv>) -> Trees {
+                Trees {
+                    $($tx: LoggedTree::postgres(Arc::clone(&kv), stringify!($tx)),)*
+                    $($plain: LoggedTree::postgres(Arc::clone(&kv), stringify!($plain)),)*
+                    name: "postgres".to_owned(),
+                    engine: Engine::Postgres(kv),
+                }
             }
 
             /// Runs `f` as one transaction over every tree of [`TxTrees`], under the log's
@@ -102,14 +103,20 @@ macro_rules! trees {
             /// applied to sled with plain writes (sled's own transactions would seal and write
             /// an I/O buffer each). A crash in the middle of the apply is repaired by the
             /// replay of the record; a failed apply fails the log.
+            /// On PostgreSQL, the same in one database transaction holding the write lock
+            /// (`pg/mod.rs`), the overlay written out just before its commit.
             pub fn transaction<A, E>(
                 &self,
                 f: impl Fn(TxTrees<'_>) -> ConflictableTransactionResult<A, E>,
             ) -> TransactionResult<A, E> {
+                let wal = match &self.engine {
+                    Engine::Sled(sled) => &sled.wal,
+                    Engine::Postgres(kv) => return Self::pg_transaction(kv, f),
+                };
                 let ops = RefCell::new(Vec::new());
                 $(let $tx = Overlay::default();)*
-                let mut writer = self.wal.writer();
-                let result = match f(TxTrees { $($tx: LoggedTx::new(self.$tx.raw(), stringify!($tx), &ops, &$tx)),* }) {
+                let mut writer = wal.writer();
+                let result = match f(TxTrees { $($tx: LoggedTx::new(self.$tx.raw()?, stringify!($tx), &ops, &$tx)),* }) {
                     Ok(result) => result,
                     Err(ConflictableTransactionError::Abort(e)) => return Err(TransactionError::Abort(e)),
                     Err(ConflictableTransactionError::Storage(e)) => return Err(TransactionError::Storage(e)),
@@ -126,11 +133,36 @@ macro_rules! trees {
                 Ok(result)
             }
 
+            fn pg_transaction<A, E>(
+                kv: &PgKv,
+                f: impl Fn(TxTrees<'_>) -> ConflictableTransactionResult<A, E>,
+            ) -> TransactionResult<A, E> {
+                let ops = RefCell::new(Vec::new());
+                $(let $tx = Overlay::default();)*
+                kv.transaction(|txn| {
+                    let result = match f(TxTrees { $($tx: LoggedTx::new(txn, stringify!($tx), &ops, &$tx)),* }) {
+                        Ok(result) => result,
+                        Err(ConflictableTransactionError::Abort(e)) => return Err(TransactionError::Abort(e)),
+                        Err(ConflictableTransactionError::Storage(e)) => return Err(TransactionError::Storage(e)),
+                        Err(ConflictableTransactionError::Conflict) => {
+                            return Err(TransactionError::Storage(storage(StoreError::Io("a transaction conflicted".into()))))
+                        }
+                    };
+                    $(txn.write(stringify!($tx), $tx.into_inner())?;)*
+                    Ok(result)
+                })
+            }
+
+            /// Every tree with its name, in the order declared.
+            pub fn each(&self) -> [(&'static str, &LoggedTree); Trees::NAMES.len()] {
+                [$((stringify!($tx), &self.$tx),)* $((stringify!($plain), &self.$plain),)*]
+            }
+
             /// Applies one write read back from the log, without logging it again.
             pub fn apply(&self, op: &Op<'_>) -> Result<(), StoreError> {
                 let tree = match op.tree {
-                    $(name if name == stringify!($tx).as_bytes() => self.$tx.raw(),)*
-                    $(name if name == stringify!($plain).as_bytes() => self.$plain.raw(),)*
+                    $(name if name == stringify!($tx).as_bytes() => self.$tx.raw()?,)*
+                    $(name if name == stringify!($plain).as_bytes() => self.$plain.raw()?,)*
                     name => {
                         return Err(StoreError::Io(format!(
                             "the write-ahead log names an unknown tree {:?}",
@@ -207,7 +239,53 @@ trees! {
     }
 }
 
+/// What the trees are kept in.
+enum Engine {
+    /// A sled database in the data directory, written through the log.
+    Sled(SledDb),
+    /// A PostgreSQL database.
+    Postgres(Arc<PgKv>),
+}
+
+/// An open sled database and what the store keeps beside it.
+pub struct SledDb {
+    /// The database.
+    pub db: sled::Db,
+    /// sled's data file, synced by [`Trees::sync`].
+    data_file: File,
+    /// sled's blob files (values past its blob threshold, 128 KiB), synced by [`Trees::sync`]
+    /// too: sled never fsyncs them.
+    blobs: BlobFiles,
+    /// Ids from `db.generate_id()` are offset by this.
+    id_floor: u64,
+    /// The next id and the ceiling logged for it; `None` until the first id (after the log was
+    /// replayed).
+    ids: Mutex<Option<IdRange>>,
+    /// The log every tree's writes go to.
+    wal: Arc<Wal>,
+}
+
 impl Trees {
+    /// The sled database, for what only the embedded store does (compaction, its backup's
+    /// copy); an error on PostgreSQL.
+    pub fn sled(&self) -> Result<&SledDb, StoreError> {
+        match &self.engine {
+            Engine::Sled(sled) => Ok(sled),
+            Engine::Postgres(kv) => Err(StoreError::Io(format!(
+                "the store is the PostgreSQL database {}, not a data directory",
+                kv.shown()
+            ))),
+        }
+    }
+
+    /// The PostgreSQL database, if the trees are its tables.
+    pub fn postgres_kv(&self) -> Option<&Arc<PgKv>> {
+        match &self.engine {
+            Engine::Sled(_) => None,
+            Engine::Postgres(kv) => Some(kv),
+        }
+    }
+
     /// A new id, larger than every id handed out before, also by the databases this one was
     /// compacted from.
     ///
@@ -218,11 +296,16 @@ impl Trees {
     /// ceiling that covers it, so a replay never restarts below a used id. The first id of a
     /// process starts above both the ceiling and sled's counter (which databases written
     /// before the log relied on).
+    /// On PostgreSQL, ids come from the database's sequence.
     pub fn next_id(&self) -> Result<u64, StoreError> {
-        let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        let sled = match &self.engine {
+            Engine::Sled(sled) => sled,
+            Engine::Postgres(kv) => return first_of(kv.next_ids(1)?),
+        };
+        let mut ids = sled.ids.lock().unwrap_or_else(|p| p.into_inner());
         let range = match &mut *ids {
             Some(range) => range,
-            empty => empty.insert(self.first_ids()?),
+            empty => empty.insert(self.first_ids(sled)?),
         };
         if range.next >= range.ceiling {
             let ceiling = range.next.saturating_add(ID_BLOCK);
@@ -235,47 +318,63 @@ impl Trees {
     }
 
     /// Where ids start in this process: above sled's counter and above the logged ceiling.
-    fn first_ids(&self) -> Result<IdRange, StoreError> {
-        let sled_next = self.id_floor.saturating_add(self.db.generate_id()?);
-        let ceiling = read_u64_from(self.meta.raw(), ID_CEILING_KEY)?.unwrap_or(0);
+    fn first_ids(&self, sled: &SledDb) -> Result<IdRange, StoreError> {
+        let sled_next = sled.id_floor.saturating_add(sled.db.generate_id()?);
+        let ceiling = read_u64_from(self.meta.raw()?, ID_CEILING_KEY)?.unwrap_or(0);
         Ok(IdRange { next: sled_next.max(ceiling), ceiling })
     }
 
     /// Writes sled's buffers and fdatasyncs its data file and its new blob files. sled's own
     /// `flush` only calls sync_file_range, which does not survive a power cut, and never syncs
-    /// a blob file.
+    /// a blob file. Nothing to do on PostgreSQL, whose commits are durable.
     pub fn sync(&self) -> std::io::Result<()> {
-        self.db.flush().map_err(std::io::Error::other)?;
-        self.data_file.sync_data()?;
-        self.blobs.sync_new()
+        let Engine::Sled(sled) = &self.engine else { return Ok(()) };
+        sled.db.flush().map_err(std::io::Error::other)?;
+        sled.data_file.sync_data()?;
+        sled.blobs.sync_new()
     }
 
     /// The database's size on disk.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(self.db.size_on_disk()?)
+        match &self.engine {
+            Engine::Sled(sled) => Ok(sled.db.size_on_disk()?),
+            Engine::Postgres(kv) => kv.size_on_disk(),
+        }
     }
 
     /// How many of sled's blob files the checkpoints have synced.
     #[cfg(test)]
     pub fn synced_blob_count(&self) -> usize {
-        self.blobs.synced_count()
+        self.sled().map_or(0, |sled| sled.blobs.synced_count())
     }
 
-    /// Its size right after the compaction that wrote it, if it was written by one.
+    /// Its size right after the compaction that wrote it, if it was written by one (never, on
+    /// PostgreSQL).
     pub fn compacted_bytes(&self) -> Result<Option<u64>, StoreError> {
-        read_u64(&self.db, COMPACTED_BYTES_KEY)
+        match &self.engine {
+            Engine::Sled(sled) => read_u64(&sled.db, COMPACTED_BYTES_KEY),
+            Engine::Postgres(_) => Ok(None),
+        }
     }
 
     /// Records, in a database just written by a compaction, the id floor it continues from and
     /// its size.
     pub fn mark_compacted(&mut self, id_floor: u64, bytes: u64) -> Result<(), StoreError> {
-        self.db.insert(ID_FLOOR_KEY, &id_floor.to_be_bytes())?;
-        self.id_floor = id_floor;
+        let Engine::Sled(sled) = &mut self.engine else {
+            return Err(StoreError::Io("only a sled database is compacted".into()));
+        };
+        sled.db.insert(ID_FLOOR_KEY, &id_floor.to_be_bytes())?;
+        sled.id_floor = id_floor;
         // Ids start again from the new floor (and the ceiling copied with the `meta` tree).
-        *self.ids.get_mut().unwrap_or_else(|p| p.into_inner()) = None;
-        self.db.insert(COMPACTED_BYTES_KEY, &bytes.to_be_bytes())?;
+        *sled.ids.get_mut().unwrap_or_else(|p| p.into_inner()) = None;
+        sled.db.insert(COMPACTED_BYTES_KEY, &bytes.to_be_bytes())?;
         Ok(())
     }
+}
+
+/// The one id of a list of one.
+fn first_of(ids: Vec<u64>) -> Result<u64, StoreError> {
+    ids.first().copied().ok_or_else(|| StoreError::Io("the database handed out no id".into()))
 }
 
 /// A log failure as a sled storage error.

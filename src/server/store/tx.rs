@@ -136,7 +136,7 @@ impl Tx<'_> {
     /// the attempt short so that `Store::transact` reserves more and runs it again.
     pub fn take_seq<E: From<StoreError>>(&self) -> Result<u64, TxError<E>> {
         self.seqs_wanted.set(self.seqs_wanted.get() + 1);
-        match self.seqs.take() {
+        match self.seqs.take().map_err(ConflictableTransactionError::Abort).map_err(widen)? {
             Some(seq) => Ok(seq),
             None => {
                 self.seq_short.set(true);

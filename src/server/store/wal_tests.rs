@@ -84,7 +84,7 @@ fn a_store_whose_log_is_cut_at_any_byte_of_its_last_enqueue_reopens_with_exactly
     let mut ends = Vec::new();
     for _ in 0..4 {
         ids.extend(queued(&store, "a", 1));
-        ends.push(store.wal.active_len() as usize);
+        ends.push(store.embedded().unwrap().wal.active_len() as usize);
     }
     drop(store);
     let last = *segments(&wal_dir).unwrap().last().unwrap();

@@ -1,0 +1,73 @@
+//! The PostgreSQL schema's versions: the SQL of each is compiled in, applied in order at start
+//! under an advisory lock (so that servers starting together migrate once), each in its own
+//! transaction together with the row in `orange_schema` that records it.
+
+use postgres::Client;
+
+use super::super::StoreError;
+use super::pg_error;
+
+/// Each schema version and its SQL, oldest first.
+const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("001_trees.sql"))];
+
+/// The advisory lock held while migrating ("orange" and 2).
+const MIGRATE_LOCK: i64 = 0x6f72_616e_6765_0002;
+
+/// The oldest PostgreSQL release orange runs on (`server_version_num`).
+const OLDEST_SERVER: i32 = 120_000;
+
+/// The newest schema version this build knows.
+pub fn latest() -> i32 {
+    MIGRATIONS.last().map_or(0, |(version, _)| *version)
+}
+
+/// Checks the server's release, then brings the schema to [`latest`].
+pub fn run(client: &mut Client, shown: &str) -> Result<(), StoreError> {
+    let release: String = client.query_one("SHOW server_version_num", &[]).map_err(to_store)?.get(0);
+    let release: i32 = release.trim().parse().unwrap_or(0);
+    if release < OLDEST_SERVER {
+        return Err(StoreError::Io(format!(
+            "the database {shown} runs PostgreSQL {} (server_version_num {release}); orange needs 12 or newer",
+            release / 10_000
+        )));
+    }
+    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATE_LOCK]).map_err(to_store)?;
+    let result = apply(client, shown);
+    let unlocked = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATE_LOCK]).map_err(to_store);
+    result.and(unlocked.map(drop))
+}
+
+/// The schema version the database is at (0: none yet).
+pub fn current(client: &mut Client) -> Result<i32, StoreError> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS orange_schema \
+             (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .map_err(to_store)?;
+    let row = client.query_one("SELECT coalesce(max(version), 0) FROM orange_schema", &[]).map_err(to_store)?;
+    Ok(row.get(0))
+}
+
+fn apply(client: &mut Client, shown: &str) -> Result<(), StoreError> {
+    let current = current(client)?;
+    if current > latest() {
+        return Err(StoreError::Io(format!(
+            "the database {shown} has schema version {current}, newer than this orange knows ({}): \
+             run the newer orange, or restore a backup made before the upgrade",
+            latest()
+        )));
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|(version, _)| *version > current) {
+        let mut tx = client.transaction().map_err(to_store)?;
+        tx.batch_execute(sql).map_err(to_store)?;
+        tx.execute("INSERT INTO orange_schema (version) VALUES ($1)", &[version]).map_err(to_store)?;
+        tx.commit().map_err(to_store)?;
+        tracing::info!(version, database = shown, "database schema migrated");
+    }
+    Ok(())
+}
+
+fn to_store(e: postgres::Error) -> StoreError {
+    StoreError::Sled(pg_error(e))
+}
