@@ -95,6 +95,7 @@ impl Orange {
 /// The subcommands.
 #[derive(FromArgs, ArgsInfo)]
 #[argh(subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process; argh's derive takes no Box
 pub enum Command {
     /// `orange server`
     Server(server::ServerArgs),

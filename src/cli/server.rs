@@ -40,6 +40,14 @@ pub struct ServerArgs {
     /// data directory (created if missing); required unless a subcommand is given
     #[argh(option)]
     pub data: Option<PathBuf>,
+    /// keep the fleet in this PostgreSQL database instead of the data directory, shared by every
+    /// server given the same URL (postgres://USER@HOST/DB); its password comes from
+    /// --store-password-file or ORANGE_STORE_PASSWORD, never the URL
+    #[argh(option)]
+    pub store: Option<String>,
+    /// file holding the password of the --store database
+    #[argh(option)]
+    pub store_password_file: Option<PathBuf>,
     /// address to listen on (default 0.0.0.0:8890)
     #[argh(option, default = "String::from(\"0.0.0.0:8890\")")]
     pub listen: String,
@@ -164,6 +172,8 @@ pub fn run(mut args: ServerArgs) -> Result<i32> {
 pub const ENV_ADMIN_TOKEN: &str = "ORANGE_ADMIN_TOKEN";
 /// Environment variable holding the enrollment key.
 pub const ENV_ENROLL_KEY: &str = "ORANGE_ENROLL_KEY";
+/// Environment variable holding the password of the `--store` database.
+pub const ENV_STORE_PASSWORD: &str = "ORANGE_STORE_PASSWORD";
 
 /// Validates `orange server` flags, with the process environment, into a [`ServerConfig`].
 pub fn server_config(args: ServerArgs) -> Result<ServerConfig> {
@@ -183,6 +193,13 @@ pub fn server_options(args: ServerArgs, env: Env) -> Result<ServerOptions> {
         None => non_empty_env(env, ENV_ADMIN_TOKEN),
     };
     let enroll_key = enroll_key(&args, env)?;
+    let store_password = match &args.store_password_file {
+        Some(path) => Some(read_secret_file(path).context("--store-password-file")?),
+        None => non_empty_env(env, ENV_STORE_PASSWORD),
+    };
+    if store_password.is_some() && args.store.is_none() {
+        bail!("a store password was given without --store");
+    }
     let data = args.data.ok_or_else(|| usage("missing --data DIR: the data directory to serve"))?;
     Ok(ServerOptions {
         data,
@@ -212,6 +229,8 @@ pub fn server_options(args: ServerArgs, env: Env) -> Result<ServerOptions> {
         },
         metrics_public: args.metrics_public,
         metrics_listen: args.metrics_listen,
+        store: args.store,
+        store_password,
     })
 }
 

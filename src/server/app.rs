@@ -29,7 +29,7 @@ pub async fn run(
     listener: Listener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    assemble(config, secrets)?.serve(listener, shutdown).await
+    assemble(config, Some(secrets))?.serve(listener, shutdown).await
 }
 
 /// A server whose store is open and whose services are built, not serving yet: what
@@ -44,23 +44,21 @@ pub struct Assembled {
     metrics_listener: Option<http::Listener>,
 }
 
-/// Opens the store in the configured data directory and builds the services on it.
-pub fn assemble(config: ServerConfig, secrets: Secrets) -> Result<Assembled> {
+/// Opens the store (in the configured data directory, or the PostgreSQL database of
+/// `--store`) and builds the services on it. `secrets` are `None` with PostgreSQL: they are then
+/// the database's.
+pub fn assemble(config: ServerConfig, secrets: Option<Secrets>) -> Result<Assembled> {
+    let metrics = Arc::new(Metrics::new());
+    let store = Arc::new(open_store(&config, Arc::clone(&metrics))?);
+    let secrets = match secrets {
+        Some(secrets) => secrets,
+        None => super::resolve_shared_secrets(&config, &store)?,
+    };
     // The running server keeps only a hash of the admin token.
     let admin_token_hash = secret_hash(&secrets.admin_token);
-    let metrics = Arc::new(Metrics::new());
-    let store = Arc::new(
-        Store::open_measured(
-            &config.data_dir,
-            config.cache_capacity_bytes,
-            policy(&config),
-            Arc::clone(&metrics),
-        )
-        .with_context(|| format!("cannot open the database in {}", config.data_dir.display()))?,
-    );
-    let requeued = store.requeue_unacknowledged(super::clock::now_ms()).with_context(|| {
-        format!("cannot requeue unacknowledged deliveries in {}", config.data_dir.display())
-    })?;
+    let requeued = store
+        .requeue_unacknowledged(super::clock::now_ms())
+        .with_context(|| format!("cannot requeue unacknowledged deliveries in {}", store_name(&config)))?;
     if requeued > 0 {
         info!(
             tasks = requeued,
@@ -126,6 +124,25 @@ impl Assembled {
     }
 }
 
+/// The store the configuration names: the PostgreSQL database of `--store`, else the embedded
+/// one in the data directory.
+fn open_store(config: &ServerConfig, metrics: Arc<Metrics>) -> Result<Store> {
+    match &config.store {
+        Some(target) => Store::open_postgres(target, policy(config), metrics)
+            .with_context(|| format!("cannot open the store in {}", target.shown)),
+        None => Store::open_measured(&config.data_dir, config.cache_capacity_bytes, policy(config), metrics)
+            .with_context(|| format!("cannot open the database in {}", config.data_dir.display())),
+    }
+}
+
+/// Where the store is, for messages.
+fn store_name(config: &ServerConfig) -> String {
+    match &config.store {
+        Some(target) => target.shown.clone(),
+        None => config.data_dir.display().to_string(),
+    }
+}
+
 /// The store policy a configuration asks for.
 fn policy(config: &ServerConfig) -> Policy {
     Policy {
@@ -170,6 +187,7 @@ mod tests {
             connections: crate::server::config::ConnectionOptions::default().validate().unwrap(),
             metrics_public: false,
             metrics_listen: None,
+            store: None,
         }
     }
 

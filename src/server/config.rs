@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+use super::store::PgTarget;
 use crate::protocol::busy::MAX_RETRY_AFTER;
 use crate::protocol::wire::{LEGACY_BASE_SECRET, MAX_POLL_WINDOW_SECS};
 
@@ -63,6 +64,8 @@ pub struct ServerConfig {
     pub metrics_public: bool,
     /// A second, plain HTTP listener serving `/metrics` without a token (and the probes).
     pub metrics_listen: Option<SocketAddr>,
+    /// The PostgreSQL database the fleet is kept in, instead of the data directory.
+    pub store: Option<PgTarget>,
 }
 
 /// Connections kept within bounds (the open-files limit, one address's share, idle time) and
@@ -258,6 +261,10 @@ pub struct ServerOptions {
     pub connections: ConnectionOptions,
     /// Serve `/metrics` without the admin token.
     pub metrics_public: bool,
+    /// URL of the PostgreSQL database to keep the fleet in.
+    pub store: Option<String>,
+    /// Password of the `store` database (from a file or the environment, never argv).
+    pub store_password: Option<String>,
     /// Address of a plain HTTP listener for `/metrics` (no token) and the probes.
     pub metrics_listen: Option<String>,
 }
@@ -385,6 +392,7 @@ impl ServerOptions {
             connections,
             metrics_public: self.metrics_public,
             metrics_listen,
+            store: self.store.as_deref().map(|url| store_target(url, self.store_password)).transpose()?,
         })
     }
 
@@ -413,6 +421,32 @@ impl ServerOptions {
 /// because it is no secret (original clients sign `register` with it).
 pub fn is_public_enroll_key(key: &str) -> bool {
     key == LEGACY_BASE_SECRET
+}
+
+/// The `--store` URL as connection settings, with `password` (given apart: a URL's password
+/// would show in the process list, so one in the URL is refused).
+pub fn store_target(url: &str, password: Option<String>) -> Result<PgTarget> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        bail!("--store {url:?} is not a PostgreSQL URL like postgres://orange@db.example/orange");
+    }
+    let mut config: postgres::Config =
+        url.parse().with_context(|| format!("--store {url:?} is not a PostgreSQL URL"))?;
+    if config.get_password().is_some() {
+        bail!(
+            "--store must not carry a password (the process list shows it to every user): put it in \
+             --store-password-file FILE or ORANGE_STORE_PASSWORD"
+        );
+    }
+    if let Some(password) = password {
+        config.password(password);
+    }
+    if config.get_ssl_mode() == postgres::config::SslMode::Require {
+        bail!("--store asks for TLS (sslmode=require), which this build does not speak to PostgreSQL yet");
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("orange");
+    }
+    Ok(PgTarget { config, shown: url.to_owned() })
 }
 
 #[cfg(test)]

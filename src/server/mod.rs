@@ -72,7 +72,8 @@ pub fn run_blocking(config: ServerConfig) -> Result<()> {
     // Held until the server has stopped; nothing in the directory is touched before it.
     let _lock = DataDirLock::acquire(&config.data_dir)?;
     log_open_files_limit();
-    let secrets = resolve_secrets(&config)?;
+    // With the fleet in PostgreSQL, the secrets are the database's (read once it is open).
+    let secrets = if config.store.is_none() { Some(resolve_secrets(&config)?) } else { None };
     let inherited = systemd::inherited_listener()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -140,6 +141,11 @@ fn resolve_secrets(config: &ServerConfig) -> Result<Secrets> {
         Some(key) => key.clone(),
         None => load_or_create_secret(&config.data_dir.join(ENROLL_KEY_FILE))?,
     };
+    checked_secrets(admin_token, enroll_key)
+}
+
+/// Warns of the original's public enrollment key; refuses an admin token equal to the key.
+fn checked_secrets(admin_token: String, enroll_key: String) -> Result<Secrets> {
     if enroll_key == crate::protocol::wire::LEGACY_BASE_SECRET {
         warn!(
             "the enrollment key is the original's public key \"orange-forge\": anyone who can reach this \
@@ -210,9 +216,21 @@ fn load_or_create_secret(path: &Path) -> Result<String> {
     if path.exists() {
         return crate::protocol::read_secret_file(path);
     }
+    let token = new_secret()?;
+    write_secret_file(path, &token)?;
+    info!(file = %path.display(), "generated a secret");
+    Ok(token)
+}
+
+/// A new random secret: 32 bytes as hex.
+fn new_secret() -> Result<String> {
     let mut raw = [0u8; 32];
     getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("cannot get random bytes: {e}"))?;
-    let token = hex::encode(raw);
+    Ok(hex::encode(raw))
+}
+
+/// Writes `token` to a new file at `path`, mode 0600, synced.
+fn write_secret_file(path: &Path, token: &str) -> Result<()> {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -221,9 +239,30 @@ fn load_or_create_secret(path: &Path) -> Result<String> {
         .with_context(|| format!("cannot create {}", path.display()))?;
     writeln!(file, "{token}")
         .and_then(|_| file.sync_all())
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    info!(file = %path.display(), "generated a secret");
-    Ok(token)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// With the fleet in PostgreSQL, the admin token and the enrollment key not given are the
+/// database's, the same for every server on it: the first server to start puts them there
+/// (those of its data directory if it has some, else new ones), and each server also keeps them
+/// in its data directory, where an operator reads them as with the embedded store.
+fn resolve_shared_secrets(config: &ServerConfig, store: &store::Store) -> Result<Secrets> {
+    let shared = |given: &Option<String>, name: &str, file: &str| -> Result<String> {
+        if let Some(value) = given {
+            return Ok(value.clone());
+        }
+        let path = config.data_dir.join(file);
+        let local = if path.exists() { Some(crate::protocol::read_secret_file(&path)?) } else { None };
+        let value = store.shared_secret(name, || local.clone().map_or_else(new_secret, Ok))?;
+        if local.as_deref() != Some(value.as_str()) {
+            let _ = std::fs::remove_file(&path);
+            write_secret_file(&path, &value)?;
+        }
+        Ok(value)
+    };
+    let admin_token = shared(&config.admin_token, "admin_token", ADMIN_TOKEN_FILE)?;
+    let enroll_key = shared(&config.enroll_key, "enroll_key", ENROLL_KEY_FILE)?;
+    checked_secrets(admin_token, enroll_key)
 }
 
 #[cfg(test)]

@@ -37,6 +37,7 @@ mod operators;
 mod orphans;
 mod overload;
 mod owned_task;
+mod postgres;
 mod presence;
 mod probes;
 mod proxies;

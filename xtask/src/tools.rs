@@ -71,6 +71,11 @@ const TOOLS: &[Tool] = &[
         source: Source::Apt("man-db"),
     },
     Tool {
+        command: "initdb",
+        what_for: "the store's tests start a PostgreSQL server of their own",
+        source: Source::Apt("postgresql"),
+    },
+    Tool {
         command: "debootstrap",
         what_for: "the release artifacts are tested in a Debian 11 root it makes",
         source: Source::Apt("debootstrap"),
@@ -133,9 +138,15 @@ fn is_present(tool: &Tool, cache: &Path) -> bool {
     cache.join("bin").join(tool.command).is_file() || on_path(tool.command)
 }
 
+/// Whether `command` is on the PATH, or among the PostgreSQL server binaries, which Debian keeps
+/// off the PATH in `/usr/lib/postgresql/VERSION/bin`.
 fn on_path(command: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(command).is_file()))
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|path| std::env::split_paths(&path).collect()).unwrap_or_default();
+    if let Ok(versions) = std::fs::read_dir("/usr/lib/postgresql") {
+        dirs.extend(versions.flatten().map(|version| version.path().join("bin")));
+    }
+    dirs.iter().any(|dir| dir.join(command).is_file())
 }
 
 /// Downloads Debian package `package` and copies its file `path` to `target`, executable.

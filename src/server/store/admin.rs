@@ -93,4 +93,28 @@ impl Store {
             }
         }
     }
+    /// The secret kept in the database under `name`; if there is none yet, the one `make`
+    /// gives, kept: every server on the same database gets the same one, also when several
+    /// start at once.
+    pub fn shared_secret(
+        &self,
+        name: &str,
+        make: impl FnOnce() -> anyhow::Result<String>,
+    ) -> anyhow::Result<String> {
+        let key = format!("secret.{name}");
+        let trees = self.trees();
+        if let Some(value) = trees.meta.get(&key)? {
+            return secret_text(&value, name);
+        }
+        let made = make()?;
+        match trees.meta.compare_and_swap(&key, None::<&[u8]>, Some(made.as_bytes()))? {
+            Ok(()) => Ok(made),
+            // Another server put one first: that one it is.
+            Err(raced) => secret_text(raced.current.as_deref().unwrap_or_default(), name),
+        }
+    }
+}
+
+fn secret_text(bytes: &[u8], name: &str) -> anyhow::Result<String> {
+    String::from_utf8(bytes.to_vec()).map_err(|_| anyhow::anyhow!("the stored secret {name} is not text"))
 }

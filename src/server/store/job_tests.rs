@@ -14,10 +14,6 @@ use crate::protocol::task::new_task_id;
 
 const T0: i64 = 1_000_000;
 
-fn open() -> (tempfile::TempDir, Store) {
-    super::tests::open()
-}
-
 fn app_ids(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("host-{i:05}")).collect()
 }

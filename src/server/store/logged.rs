@@ -167,9 +167,12 @@ impl LoggedTree {
     pub fn range<K: AsRef<[u8]>, R: RangeBounds<K>>(&self, range: R) -> Iter {
         match &self.engine {
             Engine::Sled { tree, .. } => Iter::Sled(tree.range(range)),
-            Engine::Postgres(kv) => {
-                Iter::Postgres(PgKv::scan(kv, self.name, owned(range.start_bound()), owned(range.end_bound())))
-            }
+            Engine::Postgres(kv) => Iter::Postgres(PgKv::scan(
+                kv,
+                self.name,
+                owned(range.start_bound()),
+                owned(range.end_bound()),
+            )),
         }
     }
 

@@ -65,11 +65,11 @@ mod records;
 mod seen;
 mod seq;
 mod stored;
-#[cfg(test)]
-mod test_engines;
 mod sweep;
 mod task_pages;
 mod tasks;
+#[cfg(test)]
+mod test_engines;
 mod trees;
 mod tx;
 mod wal;
@@ -99,8 +99,8 @@ use gate::{Gate, Pass};
 pub use jobs::JobError;
 pub use operators::{ApprovedLabels, OperatorRecord, OperatorRole};
 pub use output::{Chunk, ChunkAck};
-pub use pg::PgTarget;
 use pg::PgKv;
+pub use pg::PgTarget;
 pub use records::{
     AgentRecord, AgentStatus, AuditRecord, JobRecord, Outcome, OutputState, Policy, Stream, TargetEnd,
     TargetRecord, TaskRecord, TaskSpec, TokenRecord, secs_to_ms,
@@ -247,7 +247,11 @@ impl Store {
     }
 
     /// Opens the PostgreSQL database `target`, bringing its schema up to date first.
-    pub fn open_postgres(target: &PgTarget, policy: Policy, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
+    pub fn open_postgres(
+        target: &PgTarget,
+        policy: Policy,
+        metrics: Arc<Metrics>,
+    ) -> Result<Store, StoreError> {
         let kv = Arc::new(PgKv::open(target)?);
         let seqs = seq::SeqPool::postgres(Arc::clone(&kv));
         let gate = Arc::new(Gate::new(Trees::postgres(kv)));

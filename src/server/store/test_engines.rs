@@ -3,7 +3,6 @@
 //! PostgreSQL is a test server this process starts (`tests/it/support/postgres.rs`), one
 //! database per store.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use super::{Policy, Store};
@@ -47,21 +46,6 @@ impl Place {
             None => Store::open(self.dir.path(), 8 * 1024 * 1024, policy),
             Some(name) => Store::open_postgres(&target(name), policy, Arc::default()),
         }
-    }
-
-    /// The data directory (empty on PostgreSQL but for what a test puts there).
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// The engine.
-    pub fn engine(&self) -> Engine {
-        if self.database.is_some() { Engine::Postgres } else { Engine::Sled }
-    }
-
-    /// A connection to the store's PostgreSQL database, for tests that look at its tables.
-    pub fn postgres_client(&self) -> Option<postgres::Client> {
-        self.database.as_ref().map(|name| cluster::cluster().connect(name))
     }
 }
 

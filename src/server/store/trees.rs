@@ -154,6 +154,7 @@ macro_rules! trees {
             }
 
             /// Every tree with its name, in the order declared.
+            #[cfg(test)]
             pub fn each(&self) -> [(&'static str, &LoggedTree); Trees::NAMES.len()] {
                 [$((stringify!($tx), &self.$tx),)* $((stringify!($plain), &self.$plain),)*]
             }
@@ -275,14 +276,6 @@ impl Trees {
                 "the store is the PostgreSQL database {}, not a data directory",
                 kv.shown()
             ))),
-        }
-    }
-
-    /// The PostgreSQL database, if the trees are its tables.
-    pub fn postgres_kv(&self) -> Option<&Arc<PgKv>> {
-        match &self.engine {
-            Engine::Sled(_) => None,
-            Engine::Postgres(kv) => Some(kv),
         }
     }
 

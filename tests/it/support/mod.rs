@@ -11,6 +11,7 @@ mod browser;
 mod cli;
 mod go;
 mod http;
+pub mod postgres;
 mod process;
 mod server;
 mod sim;

@@ -44,6 +44,7 @@ pub fn cluster() -> &'static Cluster {
 
 impl Cluster {
     /// The directory of the server's Unix socket (the `host` to connect to).
+    #[allow(dead_code)] // used by the library's unit tests, which share this file
     pub fn socket_dir(&self) -> &Path {
         &self.dir
     }
@@ -73,7 +74,9 @@ impl Cluster {
             .user(PG_USER)
             .dbname(name)
             .connect(postgres::NoTls)
-            .unwrap_or_else(|e| panic!("cannot connect to the test PostgreSQL in {}: {e}", self.dir.display()))
+            .unwrap_or_else(|e| {
+                panic!("cannot connect to the test PostgreSQL in {}: {e}", self.dir.display())
+            })
     }
 }
 
@@ -123,7 +126,8 @@ fn start() -> Result<Cluster, String> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     if let Some((uid, gid)) = user {
-        std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).map_err(|e| format!("cannot chown {}: {e}", dir.display()))?;
+        std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
+            .map_err(|e| format!("cannot chown {}: {e}", dir.display()))?;
     }
     let data = dir.join("data");
     let initdb = as_user(Command::new(bin.join("initdb")), user)
@@ -151,11 +155,19 @@ fn spawn_server(bin: &Path, user: Option<(u32, u32)>, dir: &Path, data: &Path) -
         .arg("-k")
         .arg(dir)
         .args(["-c", "listen_addresses=", "-c", "max_connections=300", "-c", "fsync=off"])
-        .args(["-c", "full_page_writes=off", "-c", "shared_buffers=64MB", "-c", "dynamic_shared_memory_type=mmap"])
+        .args([
+            "-c",
+            "full_page_writes=off",
+            "-c",
+            "shared_buffers=64MB",
+            "-c",
+            "dynamic_shared_memory_type=mmap",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(
-            std::fs::File::create(dir.join("server.log")).map_err(|e| format!("cannot create the server log: {e}"))?,
+            std::fs::File::create(dir.join("server.log"))
+                .map_err(|e| format!("cannot create the server log: {e}"))?,
         ));
     // SAFETY: prctl only sets this child's parent-death signal; it runs after the fork and the
     // change of user (which would clear it), before exec.
@@ -221,7 +233,9 @@ fn remove_leftovers() {
             continue;
         }
         let owner = std::fs::read_to_string(entry.path().join("owner.pid")).ok();
-        let alive = owner.and_then(|pid| pid.trim().parse::<u32>().ok()).is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        let alive = owner
+            .and_then(|pid| pid.trim().parse::<u32>().ok())
+            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
         if !alive {
             let _ = std::fs::remove_dir_all(entry.path());
         }

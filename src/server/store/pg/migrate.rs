@@ -45,7 +45,8 @@ pub fn current(client: &mut Client) -> Result<i32, StoreError> {
              (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
         )
         .map_err(to_store)?;
-    let row = client.query_one("SELECT coalesce(max(version), 0) FROM orange_schema", &[]).map_err(to_store)?;
+    let row =
+        client.query_one("SELECT coalesce(max(version), 0) FROM orange_schema", &[]).map_err(to_store)?;
     Ok(row.get(0))
 }
 

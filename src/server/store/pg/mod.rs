@@ -81,10 +81,9 @@ impl PgKv {
         blocking(|| {
             // One connection of our own first: its failure says why (refused, bad password,
             // no such database), where the pool's would only say that it timed out.
-            let mut first = target
-                .config
-                .connect(NoTls)
-                .map_err(|e| StoreError::Io(format!("cannot connect to the database {}: {e}", target.shown)))?;
+            let mut first = target.config.connect(NoTls).map_err(|e| {
+                StoreError::Io(format!("cannot connect to the database {}: {e}", target.shown))
+            })?;
             migrate::run(&mut first, &target.shown)?;
             drop(first);
             let manager = PostgresConnectionManager::new(target.config.clone(), NoTls);
@@ -93,7 +92,9 @@ impl PgKv {
                 .min_idle(Some(1))
                 .connection_timeout(CONNECT_TIMEOUT)
                 .build(manager)
-                .map_err(|e| StoreError::Io(format!("cannot connect to the database {}: {e}", target.shown)))?;
+                .map_err(|e| {
+                    StoreError::Io(format!("cannot connect to the database {}: {e}", target.shown))
+                })?;
             Ok(PgKv { pool: Some(pool), shown: target.shown.clone() })
         })
     }
@@ -118,7 +119,10 @@ impl PgKv {
     /// The number of entries in `tree`.
     pub fn len(&self, tree: &str) -> sled::Result<usize> {
         blocking(|| {
-            let row = self.client()?.query_one(&format!("SELECT count(*) FROM orange_{tree}"), &[]).map_err(pg_error)?;
+            let row = self
+                .client()?
+                .query_one(&format!("SELECT count(*) FROM orange_{tree}"), &[])
+                .map_err(pg_error)?;
             Ok(usize::try_from(row.get::<_, i64>(0)).unwrap_or(0))
         })
     }
@@ -166,7 +170,9 @@ impl PgKv {
     pub fn pop_min(&self, tree: &str) -> sled::Result<Option<(IVec, IVec)>> {
         self.transaction(|txn| {
             let sql = format!("SELECT key, value FROM orange_{tree} ORDER BY key LIMIT 1");
-            let Some(row) = txn.tx.borrow_mut().query_opt(&sql, &[]).map_err(pg_error)? else { return Ok(None) };
+            let Some(row) = txn.tx.borrow_mut().query_opt(&sql, &[]).map_err(pg_error)? else {
+                return Ok(None);
+            };
             let (key, value): (Vec<u8>, Vec<u8>) = (row.get(0), row.get(1));
             txn.write(tree, [(key.clone(), None)])?;
             Ok(Some((IVec::from(key), IVec::from(value))))
@@ -174,7 +180,10 @@ impl PgKv {
     }
 
     /// Runs `f` in one transaction holding the write lock; commits if it succeeds.
-    pub fn transaction<R, X: From<sled::Error>>(&self, f: impl FnOnce(&PgTxn<'_>) -> Result<R, X>) -> Result<R, X> {
+    pub fn transaction<R, X: From<sled::Error>>(
+        &self,
+        f: impl FnOnce(&PgTxn<'_>) -> Result<R, X>,
+    ) -> Result<R, X> {
         blocking(|| {
             let mut client = self.client()?;
             let mut tx = client.transaction().map_err(pg_error)?;
@@ -210,20 +219,6 @@ impl PgKv {
             Ok(ids)
         })
     }
-
-    /// Raises the ids' sequence to at least `floor` (after data was copied in).
-    pub fn raise_ids(&self, floor: u64) -> Result<(), StoreError> {
-        let floor = i64::try_from(floor).unwrap_or(i64::MAX);
-        blocking(|| {
-            self.client()?
-                .execute(
-                    "SELECT setval('orange_ids', greatest($1, (SELECT last_value FROM orange_ids)))",
-                    &[&floor],
-                )
-                .map_err(pg_error)?;
-            Ok(())
-        })
-    }
 }
 
 /// One write transaction, holding the write lock.
@@ -234,7 +229,11 @@ pub struct PgTxn<'c> {
 impl PgTxn<'_> {
     /// Writes (or, for `None`, removes) each key of `tree`: one statement for the removals,
     /// one for the writes.
-    pub fn write(&self, tree: &str, writes: impl IntoIterator<Item = (Vec<u8>, Option<IVec>)>) -> sled::Result<()> {
+    pub fn write(
+        &self,
+        tree: &str,
+        writes: impl IntoIterator<Item = (Vec<u8>, Option<IVec>)>,
+    ) -> sled::Result<()> {
         let (mut keys, mut values, mut gone) = (Vec::new(), Vec::new(), Vec::new());
         for (key, value) in writes {
             match value {

@@ -68,8 +68,10 @@ impl Scan {
         if (rows.len() as i64) < PAGE {
             self.drained = true;
         }
-        let entries = rows.iter().map(|row| (IVec::from(row.get::<_, &[u8]>(0)), IVec::from(row.get::<_, &[u8]>(1))));
-        let (buffer, bound) = if ascending { (&mut self.front, &mut self.lower) } else { (&mut self.back, &mut self.upper) };
+        let entries =
+            rows.iter().map(|row| (IVec::from(row.get::<_, &[u8]>(0)), IVec::from(row.get::<_, &[u8]>(1))));
+        let (buffer, bound) =
+            if ascending { (&mut self.front, &mut self.lower) } else { (&mut self.back, &mut self.upper) };
         buffer.extend(entries);
         if let Some((key, _)) = buffer.back() {
             *bound = Bound::Excluded(key.to_vec());
