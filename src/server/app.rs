@@ -16,6 +16,7 @@ use super::dispatch::Dispatch;
 use super::guard::secret_hash;
 use super::http::{self, Listener};
 use super::metrics::Metrics;
+use super::relay::Relay;
 use super::services::Services;
 use super::store::{Policy, Store};
 use super::sweeper::Sweeper;
@@ -42,6 +43,8 @@ pub struct Assembled {
     stop_tx: watch::Sender<bool>,
     /// The plain listener of `--metrics-listen`, once bound.
     metrics_listener: Option<http::Listener>,
+    /// Wake-ups to and from the other servers of the PostgreSQL database; stops when dropped.
+    relay: Option<Relay>,
 }
 
 /// Opens the store (in the configured data directory, or the PostgreSQL database of
@@ -67,10 +70,17 @@ pub fn assemble(config: ServerConfig, secrets: Option<Secrets>) -> Result<Assemb
     }
     let (stop_tx, stop_rx) = watch::channel(false);
     let dispatch = Arc::new(Dispatch::new(stop_rx));
+    let relay = match &config.store {
+        Some(target) => Some(
+            super::store::blocking(|| Relay::start(target, &dispatch))
+                .with_context(|| format!("cannot listen for the other servers on {}", target.shown))?,
+        ),
+        None => None,
+    };
     let services =
         Arc::new(Services::new(&store, &dispatch, &config, admin_token_hash, &secrets.enroll_key, metrics));
     drop(secrets);
-    Ok(Assembled { config, store, dispatch, services, stop_tx, metrics_listener: None })
+    Ok(Assembled { config, store, dispatch, services, stop_tx, metrics_listener: None, relay })
 }
 
 impl Assembled {
@@ -88,7 +98,8 @@ impl Assembled {
         listener: Listener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
-        let Assembled { config, store, dispatch, services, stop_tx, metrics_listener } = self;
+        let Assembled { config, store, dispatch, services, stop_tx, metrics_listener, relay: wake_relay } =
+            self;
         let sweeper = Sweeper::new(Arc::clone(&store), dispatch, config.sweep_interval, config.retention);
         let sweeper = tokio::spawn(sweeper.run());
         let relay = Arc::clone(&services);
@@ -120,6 +131,8 @@ impl Assembled {
         http::serve(listener, app, &connections, stopping).await?;
         let _ = sweeper.await;
         store.durable().await.context("cannot sync the database on shutdown")?;
+        // Its threads end within a moment; joining them is no work for the runtime's workers.
+        let _ = tokio::task::spawn_blocking(move || drop(wake_relay)).await;
         Ok(())
     }
 }

@@ -1,17 +1,22 @@
 //! In-memory wake-ups: a parked getTask waits on its agent's signal, an operator waiting for a
 //! result waits on its task's signal. A wake-up is only a hint to look at the store again: the
-//! store is the truth, so a lost or spurious wake-up costs a read, never a task. It also holds
-//! the agents' [`Presence`], which every service reads.
+//! store is the truth, so a lost or spurious wake-up costs a read, never a task. With several
+//! servers on one PostgreSQL database, each wake-up is also handed to the [`relay`](super::relay),
+//! which passes it to the other servers, and parked waits look again every
+//! [`RECHECK`](super::relay::RECHECK). It also holds the agents' [`Presence`], which every
+//! service reads.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
 
 use super::clock::now_ms;
 use super::presence::Presence;
+use super::relay::{RECHECK, Wake};
 use crate::protocol::TaskId;
 
 /// One agent's wake-up signal and the generation of its newest long poll.
@@ -47,6 +52,8 @@ pub struct Dispatch {
     cancels_told: Mutex<HashMap<TaskId, Instant>>,
     stopping: watch::Receiver<bool>,
     presence: Arc<Presence>,
+    /// Where wake-ups go to reach the other servers, if there are any.
+    relay: OnceLock<Sender<Wake>>,
 }
 
 /// A registration to hear about one task; dropping it forgets the signal when no one else waits.
@@ -76,6 +83,48 @@ impl Dispatch {
             cancels_told: Mutex::default(),
             stopping,
             presence: Arc::new(Presence::new(now_ms())),
+            relay: OnceLock::new(),
+        }
+    }
+
+    /// Hands every wake-up from now on to `relay` too, which passes it to the other servers;
+    /// parked waits then also look again every [`RECHECK`].
+    pub fn relay_to(&self, relay: Sender<Wake>) {
+        let _ = self.relay.set(relay);
+    }
+
+    fn publish(&self, wake: Wake) {
+        if let Some(relay) = self.relay.get() {
+            // The relay's end is gone only while the server stops.
+            let _ = relay.send(wake);
+        }
+    }
+
+    /// Wakes what a wake-up from another server names, here only.
+    pub fn wake_here(&self, wake: &Wake) {
+        match wake {
+            Wake::Agent(app_id) => self.wake_local_agent(app_id),
+            Wake::Task(id) => self.wake_local_task(*id),
+        }
+    }
+
+    /// Wakes every parked poll and every watcher here (wake-ups from other servers may have
+    /// been lost).
+    pub fn wake_all(&self) {
+        for slot in self.agents.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            slot.signal.notify_waiters();
+        }
+        for signal in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            signal.notify_waiters();
+        }
+    }
+
+    /// Completes after [`RECHECK`] when wake-ups come from other servers too (one may be lost);
+    /// never otherwise. A parked wait looks at the store again when it does.
+    pub async fn recheck(&self) {
+        match self.relay.get() {
+            Some(_) => tokio::time::sleep(RECHECK).await,
+            None => std::future::pending().await,
         }
     }
 
@@ -108,6 +157,11 @@ impl Dispatch {
     /// Tells the parked getTask of `app_id` to look at its queue. Waiters register (by creating
     /// their `notified()` future) before they read the store, so none misses this.
     pub fn wake_agent(&self, app_id: &str) {
+        self.wake_local_agent(app_id);
+        self.publish(Wake::Agent(app_id.to_owned()));
+    }
+
+    fn wake_local_agent(&self, app_id: &str) {
         let agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(slot) = agents.get(app_id) {
             slot.signal.notify_waiters();
@@ -123,6 +177,11 @@ impl Dispatch {
 
     /// Wakes everyone watching task `id`.
     pub fn task_changed(&self, id: TaskId) {
+        self.wake_local_task(id);
+        self.publish(Wake::Task(id));
+    }
+
+    fn wake_local_task(&self, id: TaskId) {
         let tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(signal) = tasks.get(&id) {
             signal.notify_waiters();

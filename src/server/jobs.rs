@@ -369,6 +369,7 @@ impl Jobs {
             }
             tokio::select! {
                 _ = changed => {}
+                _ = self.dispatch.recheck() => {}
                 _ = tokio::time::sleep_until(deadline) => {}
                 _ = self.dispatch.stopped() => return Ok(job),
             }

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod operators;
 pub mod polling;
 pub mod presence;
+pub mod relay;
 pub mod reports;
 pub mod services;
 pub mod store;

@@ -81,6 +81,7 @@ impl Polling {
             }
             tokio::select! {
                 _ = woken => continue,
+                _ = self.dispatch.recheck() => continue,
                 _ = tokio::time::sleep_until(deadline) => return Ok(PollResult::Empty),
                 _ = self.dispatch.stopped() => return Ok(PollResult::Empty),
             }
@@ -143,6 +144,7 @@ impl Polling {
             }
             tokio::select! {
                 _ = woken => {}
+                _ = self.dispatch.recheck() => {}
                 _ = tokio::time::sleep_until(deadline) => return,
                 _ = self.dispatch.stopped() => return,
             }

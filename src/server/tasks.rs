@@ -312,6 +312,7 @@ impl Tasks {
             }
             tokio::select! {
                 _ = changed => {}
+                _ = self.dispatch.recheck() => {}
                 _ = tokio::time::sleep_until(deadline) => {}
                 _ = self.dispatch.stopped() => return Ok(task),
             }

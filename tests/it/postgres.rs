@@ -105,3 +105,64 @@ fn servers_starting_together_migrate_the_schema_once() {
     assert_eq!(versions, [1], "one row per version");
     assert!(servers.iter().all(|s| s.token == servers[0].token), "one admin token for all");
 }
+
+/// Two servers with a long poll window on one new database, and a real agent parked on the
+/// first.
+fn two_servers_and_a_parked_agent(app_id: &str) -> (String, Server, Server, Agent) {
+    let database = cluster().create_database();
+    let parked = |name: &str| ServerOpts { poll_window: Some(20), ..on_database(name) };
+    let first = Server::start(parked(&database));
+    let second = Server::start(parked(&database));
+    let agent = Agent::start_online(&first, app_id, AgentOpts::shell());
+    (database, first, second, agent)
+}
+
+/// `task run` through `server` for `app_id`; asserts it succeeded within `within` (shorter than
+/// both the poll window and the re-check period, so only a relayed wake-up gets it there).
+fn runs_within(server: &Server, app_id: &str, within: Duration) {
+    let started = std::time::Instant::now();
+    let run = server.operator(&["task", "run", "--appid", app_id, "--", "echo woken"]).run();
+    run.assert_success();
+    assert_eq!(run.stdout, "woken\n", "{run}");
+    assert!(
+        started.elapsed() < within,
+        "took {:?}: the wake-up did not cross servers\n{run}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn an_agent_parked_on_one_server_is_woken_by_an_enqueue_through_another() {
+    let (_database, _first, second, _agent) = two_servers_and_a_parked_agent("pg3");
+    for _ in 0..3 {
+        runs_within(&second, "pg3", Duration::from_secs(5));
+    }
+}
+
+#[test]
+fn a_server_that_lost_its_listening_connection_hears_the_others_again() {
+    let (database, _first, second, _agent) = two_servers_and_a_parked_agent("pg4");
+    runs_within(&second, "pg4", Duration::from_secs(5));
+    let mut admin = cluster().connect("postgres");
+    let ended: i64 = admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE query = 'LISTEN orange_wake' AND datname = $1",
+            &[&database],
+        )
+        .expect("end the listening connections")
+        .get(0);
+    assert_eq!(ended, 2, "each server listens on one connection");
+    // The listeners connect again within a second or two; the wake-up then crosses again.
+    crate::support::wait_until(Duration::from_secs(20), "the servers listen again", || {
+        let listening: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN orange_wake' AND datname = $1",
+                &[&database],
+            )
+            .expect("count the listening connections")
+            .get(0);
+        listening == 2
+    });
+    runs_within(&second, "pg4", Duration::from_secs(5));
+}
