@@ -1,7 +1,7 @@
 //! Command-line parsing: the argh structs of every `orange` subcommand, turned once into validated
 //! configs (`ServerConfig`, `AgentConfig`, `OperatorConfig`) and handed to the part that runs them.
 //!
-//! Files depend downwards in this order: `mod`, `server`, `backup`, `agent`, `token`, `operators`, `audit`,
+//! Files depend downwards in this order: `mod`, `server`, `backup`, `store`, `agent`, `token`, `operators`, `audit`,
 //! `agents`, `cp`, `job`, `job_run`, `job_args`, `task`, `run`, `interrupt`, `cancel`, `follow`, `wait`,
 //! `fake_api` (tests), `job_print`, `output`, `flags`, `operator`, `profiles`, `log_format`, `local_file`,
 //! `config_file`, and `completions`, `man` and `argv`, which read the whole command tree of `Orange`.
@@ -33,6 +33,7 @@ pub mod output;
 pub mod profiles;
 pub mod run;
 pub mod server;
+pub mod store;
 pub mod task;
 pub mod token;
 pub mod wait;
@@ -99,6 +100,8 @@ impl Orange {
 pub enum Command {
     /// `orange server`
     Server(server::ServerArgs),
+    /// `orange store ...`
+    Store(store::StoreArgs),
     /// `orange agent`
     Agent(agent::AgentArgs),
     /// `orange task ...`
@@ -151,6 +154,7 @@ pub fn run(orange: Orange) -> Result<i32> {
     match orange.command {
         None => bail!("no command given; try `orange --help`"),
         Some(Command::Server(args)) => server::run(args),
+        Some(Command::Store(args)) => store::run(args),
         Some(Command::Agent(args)) => {
             let file = args.config.clone();
             let checked =

@@ -176,7 +176,7 @@ fn prepare_data_dir(dir: &Path) -> Result<()> {
 /// Makes every file and directory the server creates private to its user, whatever the umask
 /// it was started with; the explicit modes on the secret files alone would leave sled's files
 /// 0644.
-fn set_private_umask() {
+pub fn set_private_umask() {
     // SAFETY: umask has no preconditions and cannot fail; the server starts no child process
     // that would inherit it.
     unsafe { libc::umask(0o077) };

@@ -153,7 +153,7 @@ pub fn verify(input: impl Read) -> Result<(Header, Trailer), StoreError> {
 
 /// Reads the backup `input` through, checking every record ([`check_item`]) and handing it to
 /// `each`; returns its header and trailer.
-fn read_backup(
+pub(super) fn read_backup(
     input: impl Read,
     mut each: impl FnMut(&Item) -> Result<(), StoreError>,
 ) -> Result<(Header, Trailer), StoreError> {

@@ -46,7 +46,7 @@ fn job(targets: usize, window: usize, error_limit: Option<u32>) -> JobRecord {
     }
 }
 
-fn create(store: &Store, targets: usize, window: usize, error_limit: Option<u32>) -> JobRecord {
+pub(super) fn create(store: &Store, targets: usize, window: usize, error_limit: Option<u32>) -> JobRecord {
     store.create_job(&job(targets, window, error_limit), &[], &app_ids(targets), &Default::default()).unwrap()
 }
 

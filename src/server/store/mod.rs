@@ -37,7 +37,8 @@
 //!
 //! A backup (`backup.rs`, file format in `backup_format.rs`) copies every tree while the server
 //! runs, consistent to one moment through the log's tap, and a restore writes one into an empty
-//! directory.
+//! directory. A copy (`copy.rs`) moves every tree into an empty data directory or an empty
+//! PostgreSQL database and checks each tree's count.
 //!
 //! Writes are applied in memory first; [`Store::durable`] returns once they are on stable storage.
 //! The trees are reached only through [`Store::trees`], so that compaction (`compact.rs`) can
@@ -49,6 +50,7 @@ mod backup;
 mod backup_format;
 mod checkpoint;
 mod compact;
+mod copy;
 mod counts;
 mod db_dirs;
 mod events;
@@ -90,6 +92,7 @@ pub use audit::{
 pub use backup::{BackupSummary, RESTORING_FILE, Restored, restore, verify};
 pub use backup_format::{Counts, Cut, FormatError, Header, Trailer};
 pub use compact::Compaction;
+pub use copy::{Copied, Destination, Secrets, Source, copy};
 pub use counts::StoredCounts;
 pub use db_dirs::CURRENT_FILE;
 pub use events::JobEvent;

@@ -35,6 +35,16 @@ impl Place {
         Place { dir, database }
     }
 
+    /// The data directory.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// The connection settings of its database, on PostgreSQL.
+    pub fn target(&self) -> Option<PgTarget> {
+        self.database.as_deref().map(target)
+    }
+
     /// Opens the store here with `policy`.
     pub fn open(&self, policy: Policy) -> Store {
         self.try_open(policy).expect("open the store")

@@ -206,6 +206,21 @@ impl PgKv {
         })
     }
 
+    /// Makes the ids' sequence hand out only numbers above `floor` from now on (never lowers
+    /// it): a copied fleet's ids go on above the source's.
+    pub fn raise_ids(&self, floor: u64) -> Result<(), StoreError> {
+        let floor = i64::try_from(floor).unwrap_or(i64::MAX);
+        blocking(|| {
+            self.client()?
+                .execute(
+                    "SELECT setval('orange_ids', greatest($1, (SELECT last_value FROM orange_ids)))",
+                    &[&floor],
+                )
+                .map_err(pg_error)?;
+            Ok(())
+        })
+    }
+
     /// `count` new numbers from the ids' sequence, in increasing order.
     pub fn next_ids(&self, count: usize) -> Result<Vec<u64>, StoreError> {
         blocking(|| {
