@@ -45,6 +45,7 @@ mod run_as;
 mod secret_env;
 mod security;
 mod stdin;
+mod store_copy;
 mod systemd;
 mod unit_files;
 mod vocabulary;
