@@ -102,8 +102,17 @@ fn copy(args: CopyArgs) -> Result<i32> {
         return Err(super::argv::usage(format!("--cache-mb must be between 1 and {MAX_CACHE_MB}")));
     }
     let env = |name: &str| std::env::var(name).ok();
-    let from = end(&args.from, password(&args.from_password_file, &env)?, "--from")?;
-    let to = end(&args.to, password(&args.to_password_file, &env)?, "--to")?;
+    let from = end(&args.from, password(&args.from_password_file, "--from-password-file", &env)?, "--from")?;
+    let to = end(&args.to, password(&args.to_password_file, "--to-password-file", &env)?, "--to")?;
+    for (file, end, flag) in
+        [(&args.from_password_file, &from, "--from"), (&args.to_password_file, &to, "--to")]
+    {
+        if file.is_some() && !matches!(end, End::Postgres(_)) {
+            return Err(super::argv::usage(format!(
+                "a password file was given but {flag} is not a postgres:// URL"
+            )));
+        }
+    }
     let copied = match (&from, &to) {
         (_, End::Backup(_)) => bail!("--to {} is a file; copy into a data directory or a database", args.to),
         (End::Backup(file), End::Dir(dir)) => return restore(&args, file, dir),
@@ -113,10 +122,10 @@ fn copy(args: CopyArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// A database password: from its file, else `ORANGE_STORE_PASSWORD`.
-fn password(file: &Option<PathBuf>, env: super::agent::Env) -> Result<Option<String>> {
+/// A database password: from its file (given by `flag`), else `ORANGE_STORE_PASSWORD`.
+fn password(file: &Option<PathBuf>, flag: &str, env: super::agent::Env) -> Result<Option<String>> {
     match file {
-        Some(path) => Ok(Some(read_secret_file(path).with_context(|| format!("{}", path.display()))?)),
+        Some(path) => Ok(Some(read_secret_file(path).context(flag.to_owned())?)),
         None => Ok(non_empty_env(env, ENV_STORE_PASSWORD)),
     }
 }
