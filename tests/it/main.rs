@@ -19,6 +19,7 @@ mod crash_random;
 mod down_hosts;
 mod durability;
 mod end_to_end;
+mod failover;
 mod faults;
 mod features;
 mod fuzz;

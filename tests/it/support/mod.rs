@@ -7,6 +7,7 @@
 //! leave unchanged.
 
 mod agent;
+mod balancer;
 mod browser;
 mod cli;
 mod go;
@@ -21,6 +22,7 @@ mod tools;
 use std::time::{Duration, Instant};
 
 pub use agent::{Agent, AgentOpts};
+pub use balancer::Balancer;
 pub use browser::Browser;
 pub use cli::{Cli, LiveRun, Run, cli, cli_with};
 pub use go::*;
