@@ -166,3 +166,24 @@ fn a_server_that_lost_its_listening_connection_hears_the_others_again() {
     });
     runs_within(&second, "pg4", Duration::from_secs(5));
 }
+
+#[test]
+fn a_signed_request_used_on_one_server_is_refused_by_another() {
+    use crate::support::{GoAgent, REPORT_TASK, go_report, replay};
+    let database = cluster().create_database();
+    let first = Server::start(on_database(&database));
+    let second = Server::start(on_database(&database));
+    let agent = GoAgent::new(&first, "pg5", "s5").registered();
+    let id = first.enqueue(&["pg5"], "PING", "once")[0].task_id.clone();
+    let task = agent.take(&id);
+    let doing = go_report(&task, "doing", "running").to_string();
+    let captured = agent.v2_request(REPORT_TASK, "s5", doing.as_bytes());
+    assert_eq!(replay(first.addr, &captured).json()["code"], 0, "the first use is answered");
+    let refused = replay(second.addr, &captured).json();
+    assert_eq!(refused["code"], 1, "the same request through the other server\n{refused}");
+    assert!(refused["message"].as_str().unwrap_or_default().contains("already used"), "{refused}");
+    let done = go_report(&task, "success", "finished").to_string();
+    let captured = agent.v2_request(REPORT_TASK, "s5", done.as_bytes());
+    assert_eq!(replay(second.addr, &captured).json()["code"], 0, "a new report through the other server");
+    assert_eq!(replay(first.addr, &captured).json()["code"], 1, "and its replay to the first");
+}

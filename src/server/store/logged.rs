@@ -43,6 +43,12 @@ enum Engine {
 pub trait TxRead {
     /// The committed value at `key` of `tree`, as this transaction sees it.
     fn get(&self, tree: &str, key: &[u8]) -> sled::Result<Option<IVec>>;
+
+    /// A new id taken within the transaction itself, where the engine has one there (the
+    /// PostgreSQL sequence); `None` where ids come from outside transactions (sled).
+    fn next_id(&self) -> Option<sled::Result<u64>> {
+        None
+    }
 }
 
 impl TxRead for sled::Tree {
@@ -285,6 +291,11 @@ impl<'a> LoggedTx<'a> {
             return Ok(value.clone());
         }
         self.base.get(self.name, key.as_ref()).map_err(UnabortableTransactionError::Storage)
+    }
+
+    /// A new id from within the transaction, if its engine gives one there ([`TxRead::next_id`]).
+    pub fn next_id_here(&self) -> Option<sled::Result<u64>> {
+        self.base.next_id()
     }
 
     /// Puts `value` at `key` in this transaction; returns the value before.

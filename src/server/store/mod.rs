@@ -256,7 +256,7 @@ impl Store {
         metrics: Arc<Metrics>,
     ) -> Result<Store, StoreError> {
         let kv = Arc::new(PgKv::open(target)?);
-        let seqs = seq::SeqPool::postgres(Arc::clone(&kv));
+        let seqs = seq::SeqPool::in_transactions();
         let gate = Arc::new(Gate::new(Trees::postgres(kv)));
         // A commit on PostgreSQL returns once it is durable: the committer has nothing to sync.
         let committer = Committer::start(Box::new(|| Ok(())), Arc::clone(&metrics))

@@ -1,13 +1,13 @@
 //! The pool of queue sequence numbers reserved outside transactions, taken inside them by
 //! every enqueue and by every task a job starts. On PostgreSQL there is no pool: each number
-//! comes from the database's sequence while the transaction holds the write lock, so numbers
-//! follow the order of transactions across every server.
+//! comes from the database's sequence inside the transaction, on its own connection, while it
+//! holds the write lock (`Tx::take_seq`), so numbers follow the order of transactions across
+//! every server.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use super::StoreError;
-use super::pg::PgKv;
 use super::trees::Trees;
 
 /// Queue sequence numbers reserved outside transactions. sled 0.34 runs a transaction under
@@ -20,8 +20,8 @@ pub struct SeqPool {
     ids: Mutex<VecDeque<u64>>,
     /// Held while numbers are made and added, so that refills add them in increasing order.
     refill: Mutex<()>,
-    /// The database whose sequence numbers come from, on PostgreSQL.
-    postgres: Option<Arc<PgKv>>,
+    /// Numbers are taken inside transactions (PostgreSQL): nothing to reserve.
+    in_transactions: bool,
 }
 
 /// Numbers the pool refills to when it runs low.
@@ -31,7 +31,7 @@ impl SeqPool {
     /// Makes sure at least `needed` (plus a margin) numbers are reserved; call outside any
     /// transaction.
     pub fn reserve(&self, trees: &Trees, needed: usize) -> Result<(), StoreError> {
-        if self.postgres.is_some() {
+        if self.in_transactions {
             return Ok(());
         }
         let _refilling = self.refill.lock().unwrap_or_else(|p| p.into_inner());
@@ -48,16 +48,13 @@ impl SeqPool {
         Ok(())
     }
 
-    /// Numbers taken from the sequence of the PostgreSQL database `kv`.
-    pub fn postgres(kv: Arc<PgKv>) -> SeqPool {
-        SeqPool { postgres: Some(kv), ..SeqPool::default() }
+    /// A pool that reserves nothing: the engine gives numbers inside transactions.
+    pub fn in_transactions() -> SeqPool {
+        SeqPool { in_transactions: true, ..SeqPool::default() }
     }
 
-    /// Takes the oldest reserved number (on PostgreSQL, the sequence's next).
-    pub fn take(&self) -> Result<Option<u64>, StoreError> {
-        match &self.postgres {
-            Some(kv) => Ok(kv.next_ids(1)?.first().copied()),
-            None => Ok(self.ids.lock().unwrap_or_else(|p| p.into_inner()).pop_front()),
-        }
+    /// Takes the oldest reserved number.
+    pub fn take(&self) -> Option<u64> {
+        self.ids.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
     }
 }

@@ -503,3 +503,65 @@ fn a_task_needing_a_feature_is_handed_only_to_a_poll_announcing_it_and_ends_fail
     assert_eq!((taken.id, taken.env), (again[0].id, env));
     assert_eq!(refused.len(), 2);
 }
+
+/// Several servers on one PostgreSQL database each run the sweeper: every due deadline is
+/// handled by exactly one of them, and a task is handed out to one poll only.
+#[test]
+fn on_postgresql_several_stores_handle_each_deadline_and_each_task_once() {
+    let place = Place::new(Engine::Postgres);
+    let stores: Vec<Store> = (0..3).map(|_| place.open(Policy::default())).collect();
+    let expiring = queued(&stores[0], "a", 30);
+    let swept: Vec<TaskId> = std::thread::scope(|scope| {
+        let sweeping: Vec<_> = stores
+            .iter()
+            .map(|store| scope.spawn(|| store.sweep_deadlines(10 + 3_600_000).unwrap()))
+            .collect();
+        sweeping.into_iter().flat_map(|s| s.join().unwrap()).map(|swept| swept.task.id).collect()
+    });
+    let mut once = swept.clone();
+    once.sort();
+    once.dedup();
+    assert_eq!((swept.len(), once.len()), (30, 30), "each expired once: {swept:?}");
+    assert!(expiring.iter().all(|id| status(&stores[1], *id) == TaskStatus::Expired));
+
+    let handed = queued(&stores[0], "b", 30);
+    let taken: Vec<TaskId> = std::thread::scope(|scope| {
+        let polling: Vec<_> = stores
+            .iter()
+            .map(|store| {
+                scope.spawn(|| std::iter::from_fn(|| take(store, "b")).map(|t| t.id).collect::<Vec<_>>())
+            })
+            .collect();
+        polling.into_iter().flat_map(|p| p.join().unwrap()).collect()
+    });
+    let mut sorted = taken.clone();
+    sorted.sort();
+    let mut expected = handed.clone();
+    expected.sort();
+    assert_eq!(sorted, expected, "every task handed out once, none twice");
+}
+
+/// More writers at once than the PostgreSQL engine keeps connections: each still gets its turn
+/// (a writer holding the lock never waits for a connection another writer holds).
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn more_concurrent_writers_than_connections_all_get_their_turn(engine: Engine) {
+    let (_place, store) = open_on(engine);
+    let ids: Vec<TaskId> = std::thread::scope(|scope| {
+        let writers: Vec<_> = (0..48)
+            .map(|i| {
+                scope.spawn({
+                    let store = &store;
+                    move || queued(store, &format!("w{i:02}"), 3)
+                })
+            })
+            .collect();
+        writers.into_iter().flat_map(|w| w.join().unwrap()).collect()
+    });
+    assert_eq!(ids.len(), 144);
+    for i in 0..48 {
+        let app_id = format!("w{i:02}");
+        let taken: Vec<TaskId> = std::iter::from_fn(|| take(&store, &app_id)).map(|t| t.id).collect();
+        assert_eq!(taken.len(), 3, "{app_id}'s queue holds its three tasks in order");
+    }
+}

@@ -134,9 +134,14 @@ impl<'a> Deref for Tx<'a> {
 impl Tx<'_> {
     /// Takes a reserved queue number; when none is left, aborts with `StoreError::Io` and marks
     /// the attempt short so that `Store::transact` reserves more and runs it again.
+    /// On PostgreSQL the number is the ids' sequence's next, taken on this transaction's own
+    /// connection (which holds the write lock).
     pub fn take_seq<E: From<StoreError>>(&self) -> Result<u64, TxError<E>> {
+        if let Some(seq) = self.trees.tasks.next_id_here() {
+            return Ok(seq?);
+        }
         self.seqs_wanted.set(self.seqs_wanted.get() + 1);
-        match self.seqs.take().map_err(ConflictableTransactionError::Abort).map_err(widen)? {
+        match self.seqs.take() {
             Some(seq) => Ok(seq),
             None => {
                 self.seq_short.set(true);

@@ -64,6 +64,10 @@ pub struct PgKv {
     /// `None` only while it is dropped.
     pool: Option<Pool>,
     shown: String,
+    /// Held by this process's write transaction while it waits for, then holds, the write lock:
+    /// one connection per server waits on the database's lock, the others stay free for reads
+    /// (a pool full of waiting writers would starve the writer holding the lock).
+    writing: std::sync::Mutex<()>,
 }
 
 impl Drop for PgKv {
@@ -95,7 +99,7 @@ impl PgKv {
                 .map_err(|e| {
                     StoreError::Io(format!("cannot connect to the database {}: {e}", target.shown))
                 })?;
-            Ok(PgKv { pool: Some(pool), shown: target.shown.clone() })
+            Ok(PgKv { pool: Some(pool), shown: target.shown.clone(), writing: std::sync::Mutex::new(()) })
         })
     }
 
@@ -185,6 +189,7 @@ impl PgKv {
         f: impl FnOnce(&PgTxn<'_>) -> Result<R, X>,
     ) -> Result<R, X> {
         blocking(|| {
+            let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
             let mut client = self.client()?;
             let mut tx = client.transaction().map_err(pg_error)?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK]).map_err(pg_error)?;
@@ -278,6 +283,11 @@ impl PgTxn<'_> {
 impl TxRead for PgTxn<'_> {
     fn get(&self, tree: &str, key: &[u8]) -> sled::Result<Option<IVec>> {
         get_with(&mut *self.tx.borrow_mut(), tree, key)
+    }
+
+    fn next_id(&self) -> Option<sled::Result<u64>> {
+        let row = self.tx.borrow_mut().query_one("SELECT nextval('orange_ids')", &[]);
+        Some(row.map(|row| row.get::<_, i64>(0).max(0) as u64).map_err(pg_error))
     }
 }
 
