@@ -1,7 +1,8 @@
 //! Scenario `fanout`: `--agents` simulated agents (default 10,000) parked on their long poll;
 //! one enqueue names them all; the time until every agent's final report is acknowledged (so
 //! every result is stored durably), with the enqueue's own acknowledgement and the last
-//! delivery on the way.
+//! delivery on the way. With `--servers N` the agents are spread round robin over the servers
+//! and the one enqueue goes through server 0, so most wake-ups cross between servers.
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,7 @@ use orange::protocol::TaskStatus;
 use tokio::sync::mpsc;
 
 use crate::http::Admin;
-use crate::procs::{ADMIN_TOKEN, ENROLL_KEY, ServerProc};
+use crate::procs::{ADMIN_TOKEN, ENROLL_KEY, Servers};
 use crate::report::{Table, count, ms};
 use crate::sim::{SimAgent, app_ids, start_fleet};
 use crate::{Options, check_fds};
@@ -32,17 +33,18 @@ pub async fn run(options: &Options, fds: u64) -> Result<()> {
     let agents = options.agents.unwrap_or(10_000);
     check_fds(agents, fds)?;
     let dir = tempfile::tempdir().context("cannot make a temporary directory")?;
-    let server = ServerProc::start(&dir.path().join("db"), &options.server_args())?;
-    let result = measure(&server, agents).await.with_context(|| server.log_tail());
-    drop(server);
+    let servers = options.start_servers(&dir.path().join("db"))?;
+    let result = measure(&servers, agents).await.with_context(|| servers.log_tail());
+    drop(servers);
     result
 }
 
-async fn measure(server: &ServerProc, agents: usize) -> Result<()> {
+async fn measure(servers: &Servers, agents: usize) -> Result<()> {
+    let server = servers.first();
     let ids = app_ids("fan", agents);
     let enrolled = Instant::now();
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let handles = start_fleet(server.addr, &ids, ENROLL_KEY, 200, |a| one_task(a, tx.clone())).await?;
+    let handles = start_fleet(&servers.addrs(), &ids, ENROLL_KEY, 200, |a| one_task(a, tx.clone())).await?;
     let enroll_time = enrolled.elapsed();
     drop(tx);
     tokio::time::sleep(PARK).await;
@@ -70,7 +72,7 @@ async fn measure(server: &ServerProc, agents: usize) -> Result<()> {
         ms(last_reported),
         "≤ 1 s".into(),
     ]);
-    println!("## fan-out: one enqueue naming {agents} agents\n");
+    println!("## fan-out: one enqueue naming {agents} agents\n\n{}\n", servers.describe());
     table.print();
     // A fresh connection: the server closes one that stayed idle for 10 s while results came in.
     check_stored(&mut Admin::open(server.addr, ADMIN_TOKEN).await?, &made).await

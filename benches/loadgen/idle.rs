@@ -48,9 +48,10 @@ async fn measure(server: &ServerProc, agents: usize, secs: u64, poll_window: &st
     let polls = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let ids = app_ids("idle", agents);
-    let handles =
-        start_fleet(server.addr, &ids, ENROLL_KEY, 200, |a| park(a, Arc::clone(&polls), Arc::clone(&errors)))
-            .await?;
+    let handles = start_fleet(&[server.addr], &ids, ENROLL_KEY, 200, |a| {
+        park(a, Arc::clone(&polls), Arc::clone(&errors))
+    })
+    .await?;
     tokio::time::sleep(SETTLE).await;
     let (rss_parked, _) = memory_kib(server.pid())?;
     let (cpu_start, own_start, polls_start, started) =

@@ -2,8 +2,10 @@
 //! (`POST /api/v1/tasks`) to the simulated agent holding the task, over `--tasks` tasks
 //! (default 1,000), one at a time with the agent parked in between. (2) The full
 //! `orange task run -- true` round trip with a real `orange agent`, `--runs` times (default 100),
-//! as `benches/task_run_roundtrip.sh` measures it.
+//! as `benches/task_run_roundtrip.sh` measures it. With `--servers N` both go through server 0
+//! (the others stand by on the same database); `crossing` measures a delivery between two.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -37,9 +39,10 @@ pub async fn run(options: &Options) -> Result<()> {
     let tasks = options.tasks.unwrap_or(1000);
     let runs = options.runs.unwrap_or(100);
     let dir = tempfile::tempdir().context("cannot make a temporary directory")?;
-    let server = ServerProc::start(&dir.path().join("db"), &options.server_args())?;
-    let samples = dispatch(&server, tasks).await.with_context(|| server.log_tail())?;
-    let round_trips = round_trips(&server, dir.path(), runs).await.with_context(|| server.log_tail())?;
+    let servers = options.start_servers(&dir.path().join("db"))?;
+    let server = servers.first();
+    let samples = dispatch(server.addr, server.addr, tasks).await.with_context(|| servers.log_tail())?;
+    let round_trips = round_trips(server, dir.path(), runs).await.with_context(|| servers.log_tail())?;
     let mut table = Table::new(&["measure", "n", "p50", "p99", "max", "goal"]);
     let goals = ["p50 ≤ 1 ms, p99 ≤ 10 ms", "", "", "p50 ≤ 10 ms"];
     let names = [
@@ -52,18 +55,23 @@ pub async fn run(options: &Options) -> Result<()> {
         let [p50, p99, max] = percentiles(&mut sample);
         table.row(&[(*name).into(), sample.len().to_string(), ms(p50), ms(p99), ms(max), goal.into()]);
     }
-    println!("## latency: one idle agent\n");
+    println!("## latency: one idle agent\n\n{}\n", servers.describe());
     table.print();
-    server.stop()
+    servers.stop()
 }
 
-/// The dispatch, enqueue and report samples of `tasks` tasks sent one at a time.
-async fn dispatch(server: &ServerProc, tasks: usize) -> Result<[Vec<Duration>; 3]> {
-    let mut agent = SimAgent::enroll(server.addr, "latency-00000", ENROLL_KEY).await?;
+/// The dispatch, enqueue and report samples of `tasks` tasks sent one at a time through the
+/// server at `enqueue_at` to one agent on the server at `agent_at`.
+pub async fn dispatch(
+    agent_at: SocketAddr,
+    enqueue_at: SocketAddr,
+    tasks: usize,
+) -> Result<[Vec<Duration>; 3]> {
+    let mut agent = SimAgent::enroll(agent_at, "latency-00000", ENROLL_KEY).await?;
     let app_id = vec![agent.app_id.clone()];
     let (tx, mut rx) = mpsc::unbounded_channel();
     let worker = tokio::spawn(async move { serve(&mut agent, tasks, tx).await });
-    let mut admin = Admin::open(server.addr, ADMIN_TOKEN).await?;
+    let mut admin = Admin::open(enqueue_at, ADMIN_TOKEN).await?;
     let mut samples = [Vec::new(), Vec::new(), Vec::new()];
     for _ in 0..tasks {
         tokio::time::sleep(SETTLE).await;

@@ -3,16 +3,25 @@
 //! and prints each scenario's figures as a markdown table.
 //!
 //! Run: `cargo bench --bench loadgen -- SCENARIO [--agents N] [--tasks N] [--secs N] [--runs N]
-//! [--poll-window S] [--data DIR] [--compact-at SECS]`
-//! with SCENARIO one of `latency`, `throughput`, `fanout`, `idle`, `restart`, `footprint`.
+//! [--poll-window S] [--data DIR] [--compact-at SECS] [--store postgres://USER@HOST/DB]
+//! [--servers N]`
+//! with SCENARIO one of `latency`, `throughput`, `fanout`, `crossing`, `idle`, `restart`,
+//! `footprint`. With `--store` (`latency`, `throughput`, `fanout`, `crossing`) every server
+//! keeps the fleet in that PostgreSQL database (which must exist; the password from
+//! `ORANGE_STORE_PASSWORD`), emptied of orange's tables before the run; `--servers N` starts N
+//! servers on it and spreads the agents and the enqueuers round robin over them. `crossing`
+//! (two servers unless `--servers` says more) parks one agent on server 0 and enqueues through
+//! server 1.
 //!
 //! Layout:
 //! - `http.rs`: one HTTP/1 connection; the operator API calls.
 //! - `sim.rs`: the simulated agent (register, long poll, ping, `doing`, report).
 //! - `procs.rs`: the real server and agent processes (killed on drop), `/proc` readings.
+//! - `store.rs`: the store named in the report; emptying the PostgreSQL database.
 //! - `report.rs`: the machine, percentiles, tables.
 //! - one file per scenario.
 
+mod crossing;
 mod fanout;
 mod footprint;
 mod http;
@@ -22,9 +31,12 @@ mod procs;
 mod report;
 mod restart;
 mod sim;
+mod store;
 mod throughput;
 
 use anyhow::{Context, Result, anyhow, bail};
+
+use crate::procs::Servers;
 
 /// The options a scenario may read; each has its own defaults for the ones not given.
 #[derive(Debug, Default, Clone)]
@@ -51,6 +63,11 @@ pub struct Options {
     pub data: Option<std::path::PathBuf>,
     /// Seconds into the measured window at which the server is told to compact (`throughput`).
     pub compact_at: Option<u64>,
+    /// The PostgreSQL database every server keeps the fleet in (`--store URL`), instead of
+    /// its data directory.
+    pub store: Option<String>,
+    /// Number of servers on that database (1 when not given).
+    pub servers: Option<usize>,
 }
 
 impl Options {
@@ -67,12 +84,44 @@ impl Options {
             // Only the compaction asked for (SIGUSR1) runs, not one the size rule starts.
             args.extend(["--compact-at-mb".to_owned(), "1048576".to_owned()]);
         }
+        if let Some(url) = &self.store {
+            args.extend(["--store".to_owned(), url.clone()]);
+        }
         args
+    }
+
+    /// Starts the servers these options ask for, server 0 on data directory `first` (see
+    /// [`Servers::start`]).
+    pub fn start_servers(&self, first: &std::path::Path) -> Result<Servers> {
+        let store = store::describe(self.store.as_deref());
+        Servers::start(first, self.servers.unwrap_or(1), store, &self.server_args())
+    }
+
+    /// Refuses `--store` and `--servers` where `scenario` cannot use them.
+    fn check_store(&self, scenario: &str) -> Result<()> {
+        let servers = self.servers.unwrap_or(1);
+        if servers == 0 {
+            bail!("--servers must be at least 1");
+        }
+        if servers > 1 && self.store.is_none() {
+            bail!("--servers {servers} needs --store: several servers share one PostgreSQL database");
+        }
+        let own_dir = matches!(scenario, "idle" | "restart" | "footprint");
+        if (self.store.is_some() || servers > 1) && own_dir {
+            bail!(
+                "{scenario} runs on one server's data directory: --store and --servers are for latency, throughput, fanout and crossing"
+            );
+        }
+        if scenario == "crossing" && (self.store.is_none() || servers < 2) {
+            bail!("crossing needs --store and two servers or more");
+        }
+        Ok(())
     }
 }
 
-const USAGE: &str = "usage: cargo bench --bench loadgen -- latency|throughput|fanout|idle|restart|footprint \
-                     [--agents N] [--tasks N] [--secs N] [--runs N] [--enqueuers N] [--batch N] [--per-poll N] [--poll-window S] [--data DIR] [--compact-at SECS]";
+const USAGE: &str = "usage: cargo bench --bench loadgen -- latency|throughput|fanout|crossing|idle|restart|footprint \
+                     [--agents N] [--tasks N] [--secs N] [--runs N] [--enqueuers N] [--batch N] [--per-poll N] [--poll-window S] [--data DIR] [--compact-at SECS] \
+                     [--store postgres://USER@HOST/DB (an existing database, emptied of orange's tables; password from ORANGE_STORE_PASSWORD)] [--servers N]";
 
 fn main() {
     if let Err(e) = run() {
@@ -89,9 +138,18 @@ fn run() -> Result<()> {
         eprintln!("loadgen: no scenario given; skipping\n{USAGE}");
         return Ok(());
     };
-    let options = parse_options(rest)?;
+    let mut options = parse_options(rest)?;
+    if scenario == "crossing" && options.store.is_some() {
+        options.servers.get_or_insert(2);
+    }
+    options.check_store(scenario)?;
     let fds = raise_fd_limit();
     println!("Machine: {}. Open files allowed: {fds}.\n", report::machine());
+    // Before the runtime: the synchronous client runs a runtime of its own.
+    if let Some(url) = &options.store {
+        let dropped = store::reset(url)?;
+        println!("Emptied {url} of orange's tables ({} dropped).\n", dropped.len());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -100,6 +158,7 @@ fn run() -> Result<()> {
         "latency" => runtime.block_on(latency::run(&options)),
         "throughput" => runtime.block_on(throughput::run(&options, fds)),
         "fanout" => runtime.block_on(fanout::run(&options, fds)),
+        "crossing" => runtime.block_on(crossing::run(&options)),
         "idle" => runtime.block_on(idle::run(&options, fds)),
         "restart" => runtime.block_on(restart::run(&options)),
         "footprint" => runtime.block_on(footprint::run(&options)),
@@ -116,6 +175,10 @@ fn parse_options(args: &[String]) -> Result<Options> {
             options.data = Some(value.into());
             continue;
         }
+        if flag == "--store" {
+            options.store = Some(value.clone());
+            continue;
+        }
         let number: usize = value.parse().with_context(|| format!("{flag} {value:?} is not a number"))?;
         match flag.as_str() {
             "--agents" => options.agents = Some(number),
@@ -127,6 +190,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
             "--per-poll" => options.per_poll = Some(number),
             "--poll-window" => options.poll_window = Some(number as u64),
             "--compact-at" => options.compact_at = Some(number as u64),
+            "--servers" => options.servers = Some(number),
             _ => bail!("unknown option {flag:?}\n{USAGE}"),
         }
     }

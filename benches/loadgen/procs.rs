@@ -126,6 +126,67 @@ impl Drop for ServerProc {
     }
 }
 
+/// The servers of one scenario: one on its data directory, or several sharing one PostgreSQL
+/// database (`--store`), each with a data directory of its own; each killed on drop.
+pub struct Servers {
+    /// The servers, in the order they started (server 0 first: it migrated the database).
+    pub procs: Vec<ServerProc>,
+    /// How the report names where they keep the fleet.
+    pub store: String,
+}
+
+impl Servers {
+    /// Starts `count` servers one after the other with the same `extra` flags, each on a free
+    /// loopback port: server 0 on data directory `first`, server `i` on `first` with `i` appended
+    /// to its name.
+    pub fn start(first: &Path, count: usize, store: String, extra: &[String]) -> Result<Servers> {
+        let data = |i: usize| match i {
+            0 => first.to_owned(),
+            i => first
+                .with_file_name(format!("{}{i}", first.file_name().unwrap_or_default().to_string_lossy())),
+        };
+        let procs = (0..count.max(1)).map(|i| ServerProc::start(&data(i), extra)).collect::<Result<_>>()?;
+        Ok(Servers { procs, store })
+    }
+
+    /// The server agent or enqueuer `i` talks to: `i` round robin over the servers.
+    pub fn addr(&self, i: usize) -> SocketAddr {
+        self.procs[i % self.procs.len()].addr
+    }
+
+    /// Every server's address, in order.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.procs.iter().map(|s| s.addr).collect()
+    }
+
+    /// Server 0, the one a scenario with a single server uses.
+    pub fn first(&self) -> &ServerProc {
+        &self.procs[0]
+    }
+
+    /// Every server's CPU time so far, in order.
+    pub fn cpu_times(&self) -> Result<Vec<Duration>> {
+        self.procs.iter().map(|s| cpu_time(s.pid())).collect()
+    }
+
+    /// The line under a scenario's heading: the store and the number of servers.
+    pub fn describe(&self) -> String {
+        let count = self.procs.len();
+        format!("Store: {}; {count} server{}.", self.store, if count == 1 { "" } else { "s" })
+    }
+
+    /// The tail of every server's log, for an error message.
+    pub fn log_tail(&self) -> String {
+        let tails = self.procs.iter().enumerate().map(|(i, s)| format!("server {i}:\n{}", s.log_tail()));
+        tails.collect::<Vec<_>>().join("\n")
+    }
+
+    /// Stops every server with SIGTERM (see [`ServerProc::stop`]).
+    pub fn stop(self) -> Result<()> {
+        self.procs.into_iter().try_for_each(ServerProc::stop)
+    }
+}
+
 /// A running real `orange agent`, killed on drop.
 pub struct AgentProc {
     child: Child,

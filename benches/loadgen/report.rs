@@ -48,14 +48,16 @@ pub fn machine() -> String {
 /// p50, p99 and max of a sample (sorted in place); zeros when it is empty.
 pub fn percentiles(sample: &mut [Duration]) -> [Duration; 3] {
     sample.sort_unstable();
-    let pick = |q: f64| {
-        if sample.is_empty() {
-            return Duration::ZERO;
-        }
-        let rank = ((sample.len() as f64) * q).ceil() as usize;
-        sample[rank.clamp(1, sample.len()) - 1]
-    };
-    [pick(0.50), pick(0.99), sample.last().copied().unwrap_or_default()]
+    [quantile(sample, 0.50), quantile(sample, 0.99), quantile(sample, 1.0)]
+}
+
+/// The `q` quantile (nearest rank) of a sorted sample; zero when it is empty.
+pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((sorted.len() as f64) * q).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 /// A duration in milliseconds with three decimals.

@@ -211,11 +211,12 @@ pub fn app_ids(prefix: &str, count: usize) -> Vec<String> {
     (0..count).map(|i| format!("{prefix}-{i:05}")).collect()
 }
 
-/// Enrolls every app id, `parallel` at a time, and starts `run` on each agent as soon as it is
-/// enrolled (the server closes a connection that sends no request for 10 s, so an enrolled
-/// agent must start polling at once). Fails if any enrollment fails.
+/// Enrolls every app id, `parallel` at a time, agent `i` with the server at `addrs[i % len]`,
+/// and starts `run` on each agent as soon as it is enrolled (the server closes a connection
+/// that sends no request for 10 s, so an enrolled agent must start polling at once). Fails if
+/// any enrollment fails.
 pub async fn start_fleet<F, Fut>(
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     ids: &[String],
     enroll_key: &str,
     parallel: usize,
@@ -226,10 +227,12 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let mut running = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(parallel.max(1)) {
+    for (c, chunk) in ids.chunks(parallel.max(1)).enumerate() {
         let enrolling: Vec<_> = chunk
             .iter()
-            .map(|id| {
+            .enumerate()
+            .map(|(i, id)| {
+                let addr = addrs[(c * parallel.max(1) + i) % addrs.len()];
                 let (id, key) = (id.clone(), enroll_key.to_owned());
                 tokio::spawn(async move { SimAgent::enroll(addr, &id, &key).await })
             })

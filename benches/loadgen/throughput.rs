@@ -9,6 +9,8 @@
 //! is told (SIGUSR1) to compact its database that many seconds into the window, and the table
 //! shows the compaction, the slowest second and the longest request; with `--data DIR` the
 //! server runs on that data directory (e.g. one `restart` seeded) instead of an empty one.
+//! With `--servers N` (on `--store`) agent `i` talks to server `i % N` and enqueuer `j` sends
+//! through server `j % N`; the server CPU is the sum over the servers.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -18,7 +20,7 @@ use anyhow::{Context, Result, bail};
 use tokio::task::JoinHandle;
 
 use crate::http::Admin;
-use crate::procs::{ADMIN_TOKEN, ENROLL_KEY, ServerProc, cpu_time};
+use crate::procs::{ADMIN_TOKEN, ENROLL_KEY, Servers, cpu_time};
 use crate::report::{Table, count};
 use crate::sim::{SimAgent, app_ids, start_fleet};
 use crate::{Options, check_fds};
@@ -56,9 +58,9 @@ pub async fn run(options: &Options, fds: u64) -> Result<()> {
     check_fds(agents, fds)?;
     let dir = tempfile::tempdir().context("cannot make a temporary directory")?;
     let data = options.data.clone().unwrap_or_else(|| dir.path().join("db"));
-    let server = ServerProc::start(&data, &options.server_args())?;
-    let result = measure(&server, agents, secs, options).await.with_context(|| server.log_tail());
-    drop(server);
+    let servers = options.start_servers(&data)?;
+    let result = measure(&servers, agents, secs, options).await.with_context(|| servers.log_tail());
+    drop(servers);
     result
 }
 
@@ -69,7 +71,10 @@ struct Measured {
     window: Duration,
     reported: u64,
     per_second: Vec<u64>,
-    server_cpu: Duration,
+    /// Each server's CPU time in the window, in order.
+    server_cpu: Vec<Duration>,
+    /// Where the servers keep the fleet, and how many there are.
+    servers: String,
     own_cpu: Duration,
     per_poll: usize,
     counters: Arc<Counters>,
@@ -77,29 +82,32 @@ struct Measured {
     compactions: Option<Vec<String>>,
 }
 
-async fn measure(server: &ServerProc, agents: usize, secs: u64, options: &Options) -> Result<()> {
+async fn measure(servers: &Servers, agents: usize, secs: u64, options: &Options) -> Result<()> {
     let counters = Arc::new(Counters::default());
     let enrolled = Instant::now();
-    let handles = start_load(server, agents, options, &counters).await?;
+    let handles = start_load(servers, agents, options, &counters).await?;
     let enroll_time = enrolled.elapsed();
     tokio::time::sleep(WARM_UP).await;
-    let (own_start, cpu_start) = (cpu_time(std::process::id())?, cpu_time(server.pid())?);
+    let (own_start, cpu_start) = (cpu_time(std::process::id())?, servers.cpu_times()?);
     let (reported_start, started) = (counters.reported.load(Relaxed), Instant::now());
     counters.longest_enqueue_us.store(0, Relaxed);
     counters.longest_finish_us.store(0, Relaxed);
     let (per_second, ()) =
-        tokio::join!(sample_window(&counters, secs), compact_at(server, options.compact_at));
+        tokio::join!(sample_window(&counters, secs), compact_at(servers, options.compact_at));
     let measured = Measured {
         agents,
         enroll_time,
         window: started.elapsed(),
         reported: counters.reported.load(Relaxed) - reported_start,
         per_second,
-        server_cpu: cpu_time(server.pid())? - cpu_start,
+        server_cpu: servers.cpu_times()?.iter().zip(&cpu_start).map(|(end, start)| *end - *start).collect(),
+        servers: servers.describe(),
         own_cpu: cpu_time(std::process::id())? - own_start,
         per_poll: options.per_poll.unwrap_or(1),
         counters: Arc::clone(&counters),
-        compactions: options.compact_at.map(|_| server.log_lines("compact")),
+        compactions: options
+            .compact_at
+            .map(|_| servers.procs.iter().flat_map(|s| s.log_lines("compact")).collect()),
     };
     counters.stop.store(true, Relaxed);
     for handle in handles {
@@ -112,29 +120,30 @@ async fn measure(server: &ServerProc, agents: usize, secs: u64, options: &Option
     }
 }
 
-/// Tells the server to compact `at` seconds from now, if asked to.
-async fn compact_at(server: &ServerProc, at: Option<u64>) {
+/// Tells every server to compact `at` seconds from now, if asked to.
+async fn compact_at(servers: &Servers, at: Option<u64>) {
     if let Some(at) = at {
         tokio::time::sleep(Duration::from_secs(at)).await;
-        server.compact_now();
+        servers.procs.iter().for_each(|s| s.compact_now());
     }
 }
 
 /// Enrolls the agents and starts them and the enqueuers; their handles.
 async fn start_load(
-    server: &ServerProc,
+    servers: &Servers,
     agents: usize,
     options: &Options,
     counters: &Arc<Counters>,
 ) -> Result<Vec<JoinHandle<()>>> {
     let ids = app_ids("tp", agents);
     let per_poll = options.per_poll.unwrap_or(1);
-    let mut handles =
-        start_fleet(server.addr, &ids, ENROLL_KEY, 200, |a| agent_loop(a, per_poll, Arc::clone(counters)))
-            .await?;
+    let mut handles = start_fleet(&servers.addrs(), &ids, ENROLL_KEY, 200, |a| {
+        agent_loop(a, per_poll, Arc::clone(counters))
+    })
+    .await?;
     let ids = Arc::new(ids);
-    for _ in 0..options.enqueuers.unwrap_or(4) {
-        let mut admin = Admin::open(server.addr, ADMIN_TOKEN).await?;
+    for j in 0..options.enqueuers.unwrap_or(4) {
+        let mut admin = Admin::open(servers.addr(j), ADMIN_TOKEN).await?;
         let (ids, counters, batch) = (Arc::clone(&ids), Arc::clone(counters), options.batch.unwrap_or(100));
         handles.push(tokio::spawn(async move { enqueue_loop(&mut admin, &ids, batch, &counters).await }));
     }
@@ -161,7 +170,11 @@ fn print(m: &Measured) {
     );
     row("slowest / fastest second", min_max(&m.per_second), "");
     row("enqueued / reported, whole run", format!("{} / {}", count(enqueued), count(reported)), "");
-    row("server CPU in the window", share(m.server_cpu), "");
+    row("server CPU in the window", share(m.server_cpu.iter().sum()), "");
+    if m.server_cpu.len() > 1 {
+        let each = m.server_cpu.iter().enumerate().map(|(i, cpu)| format!("{i}: {}", share(*cpu)));
+        row("each server's CPU in the window", each.collect::<Vec<_>>().join("; "), "");
+    }
     row("load generator's own CPU in the window (same machine)", share(m.own_cpu), "");
     if let Some(lines) = &m.compactions {
         let longest = |us: &AtomicU64| format!("{:.1} ms", us.load(Relaxed) as f64 / 1000.0);
@@ -171,7 +184,7 @@ fn print(m: &Measured) {
         row("compaction (server log)", if logged.is_empty() { "none".into() } else { logged }, "");
     }
     row("errors", count(m.counters.errors.load(Relaxed)), "0");
-    println!("## throughput: {} agents, up to {} tasks per poll\n", m.agents, m.per_poll);
+    println!("## throughput: {} agents, up to {} tasks per poll\n\n{}\n", m.agents, m.per_poll, m.servers);
     table.print();
 }
 
