@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::ops::Bound;
 
-use postgres::types::ToSql;
+use postgres::types::{ToSql, Type};
 use sled::IVec;
 
 use std::sync::Arc;
@@ -39,32 +39,32 @@ impl Scan {
     /// bounds past it.
     fn fill(&mut self, ascending: bool) -> sled::Result<()> {
         let mut sql = format!("SELECT key, value FROM orange_{} WHERE true", self.tree);
-        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+        let mut params: Vec<(&(dyn ToSql + Sync), Type)> = Vec::new();
         match &self.lower {
             Bound::Included(key) => {
-                params.push(key);
+                params.push((key, Type::BYTEA));
                 sql.push_str(&format!(" AND key >= ${}", params.len()));
             }
             Bound::Excluded(key) => {
-                params.push(key);
+                params.push((key, Type::BYTEA));
                 sql.push_str(&format!(" AND key > ${}", params.len()));
             }
             Bound::Unbounded => {}
         }
         match &self.upper {
             Bound::Included(key) => {
-                params.push(key);
+                params.push((key, Type::BYTEA));
                 sql.push_str(&format!(" AND key <= ${}", params.len()));
             }
             Bound::Excluded(key) => {
-                params.push(key);
+                params.push((key, Type::BYTEA));
                 sql.push_str(&format!(" AND key < ${}", params.len()));
             }
             Bound::Unbounded => {}
         }
         sql.push_str(if ascending { " ORDER BY key LIMIT " } else { " ORDER BY key DESC LIMIT " });
         sql.push_str(&PAGE.to_string());
-        let rows = blocking(|| self.kv.client()?.query(&sql, &params).map_err(pg_error))?;
+        let rows = blocking(|| self.kv.client()?.query_typed(&sql, &params).map_err(pg_error))?;
         if (rows.len() as i64) < PAGE {
             self.drained = true;
         }
