@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use super::store::PgTarget;
+use super::store::{PgTarget, pg_tls};
 use crate::protocol::busy::MAX_RETRY_AFTER;
 use crate::protocol::wire::{LEGACY_BASE_SECRET, MAX_POLL_WINDOW_SECS};
 
@@ -424,13 +424,15 @@ pub fn is_public_enroll_key(key: &str) -> bool {
 }
 
 /// The `--store` URL as connection settings, with `password` (given apart: a URL's password
-/// would show in the process list, so one in the URL is refused).
+/// would show in the process list, so one in the URL is refused). The URL's `sslmode` and
+/// `sslrootcert` say how TLS is used (see `store::pg_tls` for what is supported).
 pub fn store_target(url: &str, password: Option<String>) -> Result<PgTarget> {
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         bail!("--store {url:?} is not a PostgreSQL URL like postgres://orange@db.example/orange");
     }
+    let (driver_url, tls) = pg_tls::split_url(url).map_err(|e| anyhow::anyhow!("--store {url:?}: {e}"))?;
     let mut config: postgres::Config =
-        url.parse().with_context(|| format!("--store {url:?} is not a PostgreSQL URL"))?;
+        driver_url.parse().with_context(|| format!("--store {url:?} is not a PostgreSQL URL"))?;
     if config.get_password().is_some() {
         bail!(
             "--store must not carry a password (the process list shows it to every user): put it in \
@@ -440,13 +442,11 @@ pub fn store_target(url: &str, password: Option<String>) -> Result<PgTarget> {
     if let Some(password) = password {
         config.password(password);
     }
-    if config.get_ssl_mode() == postgres::config::SslMode::Require {
-        bail!("--store asks for TLS (sslmode=require), which this build does not speak to PostgreSQL yet");
-    }
     if config.get_application_name().is_none() {
         config.application_name("orange");
     }
-    Ok(PgTarget { config, shown: url.to_owned() })
+    let tls = pg_tls::connector(&tls).map_err(|e| anyhow::anyhow!("--store {url:?}: {e}"))?;
+    Ok(PgTarget { config, shown: url.to_owned(), tls })
 }
 
 #[cfg(test)]
@@ -505,6 +505,20 @@ mod tests {
         assert!(
             err(ServerOptions { enroll_key: Some(" ".into()), ..options() }).contains("must not be empty")
         );
+    }
+
+    #[test]
+    fn store_urls_may_ask_for_tls_but_not_carry_a_password() -> Result<()> {
+        let target = store_target("postgres://orange@db.example/orange?sslmode=require", None)?;
+        assert_eq!(target.config.get_ssl_mode(), postgres::config::SslMode::Require);
+        let verify = store_target("postgres://orange@db.example/orange?sslmode=verify-full", None)?;
+        assert_eq!(verify.config.get_ssl_mode(), postgres::config::SslMode::Require);
+        let missing = "postgres://orange@db.example/orange?sslmode=require&sslrootcert=/nonexistent/ca.pem";
+        let err = store_target(missing, None).err().expect("a missing root file is refused");
+        assert!(format!("{err:#}").contains("cannot read sslrootcert /nonexistent/ca.pem"), "{err:#}");
+        let err = store_target("postgres://orange:pw@db.example/orange", None).err().expect("a password");
+        assert!(err.to_string().contains("must not carry a password"), "{err}");
+        Ok(())
     }
 
     fn range(text: &str) -> AddressRange {

@@ -25,7 +25,6 @@ use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use postgres::NoTls;
 use postgres::fallible_iterator::FallibleIterator;
 use tracing::{debug, info, warn};
 
@@ -68,7 +67,7 @@ impl Relay {
     /// start), then starts the threads and hands `dispatch` the way to the notifier.
     pub fn start(target: &PgTarget, dispatch: &Arc<Dispatch>) -> anyhow::Result<Relay> {
         let server_id = server_id()?;
-        let mut notifier = target.config.connect(NoTls)?;
+        let mut notifier = target.connect()?;
         notifier.batch_execute("SET synchronous_commit = off")?;
         let listener = listen(target)?;
         let (wakes, received) = mpsc::channel();
@@ -108,7 +107,7 @@ fn server_id() -> anyhow::Result<String> {
 }
 
 fn listen(target: &PgTarget) -> Result<postgres::Client, postgres::Error> {
-    let mut client = target.config.connect(NoTls)?;
+    let mut client = target.connect()?;
     client.batch_execute(&format!("LISTEN {CHANNEL}"))?;
     Ok(client)
 }

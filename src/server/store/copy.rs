@@ -20,7 +20,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use postgres::NoTls;
 use tracing::info;
 
 use super::backup::{FileWriter, RESTORING_FILE, read_backup};
@@ -301,8 +300,7 @@ fn from_postgres(
     // Opened as a server would, to check the release and the schema.
     let kv = PgKv::open(target)?;
     let mut client = target
-        .config
-        .connect(NoTls)
+        .connect()
         .map_err(|e| StoreError::Io(format!("cannot connect to the database {}: {e}", target.shown)))?;
     let sql = |e| StoreError::from(pg_error(e));
     let mut tx = client

@@ -103,7 +103,7 @@ pub use jobs::JobError;
 pub use operators::{ApprovedLabels, OperatorRecord, OperatorRole};
 pub use output::{Chunk, ChunkAck};
 use pg::PgKv;
-pub use pg::{PgTarget, blocking};
+pub use pg::{PgTarget, blocking, tls as pg_tls};
 pub use records::{
     AgentRecord, AgentStatus, AuditRecord, JobRecord, Outcome, OutputState, Policy, Stream, TargetEnd,
     TargetRecord, TaskRecord, TaskSpec, TokenRecord, secs_to_ms,

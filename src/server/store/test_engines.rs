@@ -64,5 +64,8 @@ pub fn target(name: &str) -> PgTarget {
     let cluster = cluster::cluster();
     let mut config = postgres::Config::new();
     config.host_path(cluster.socket_dir()).user(cluster::PG_USER).dbname(name);
-    PgTarget { config, shown: cluster.url(name) }
+    // A Unix socket: the default `prefer` never gets to TLS, and builds without a file.
+    let (_, options) = super::pg_tls::split_url("postgres://").expect("the default options");
+    let tls = super::pg_tls::connector(&options).expect("a connector without roots");
+    PgTarget { config, shown: cluster.url(name), tls }
 }

@@ -22,17 +22,18 @@
 
 mod migrate;
 mod scan;
+pub mod tls;
 
 use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::Duration;
 
-use postgres::NoTls;
 use postgres::types::Type;
 use r2d2_postgres::PostgresConnectionManager;
 use sled::IVec;
 
 pub use scan::Scan;
+pub use tls::Tls;
 
 use super::StoreError;
 use super::logged::TxRead;
@@ -47,7 +48,7 @@ const POOL_SIZE: u32 = 16;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The connections to the database.
-type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+type Pool = r2d2::Pool<PostgresConnectionManager<Tls>>;
 
 /// Where the database is: the connection settings, and the URL to show in messages (never
 /// with a password).
@@ -57,6 +58,15 @@ pub struct PgTarget {
     pub config: postgres::Config,
     /// The URL as given, password left out.
     pub shown: String,
+    /// What every connection is made with: TLS as the URL's `sslmode` and `sslrootcert` say.
+    pub tls: Tls,
+}
+
+impl PgTarget {
+    /// One connection of its own (outside the pool).
+    pub fn connect(&self) -> Result<postgres::Client, postgres::Error> {
+        self.config.connect(self.tls.clone())
+    }
 }
 
 /// The open database: a pool of connections and the schema brought up to date.
@@ -85,12 +95,12 @@ impl PgKv {
         blocking(|| {
             // One connection of our own first: its failure says why (refused, bad password,
             // no such database), where the pool's would only say that it timed out.
-            let mut first = target.config.connect(NoTls).map_err(|e| {
+            let mut first = target.connect().map_err(|e| {
                 StoreError::Io(format!("cannot connect to the database {}: {e}", target.shown))
             })?;
             migrate::run(&mut first, &target.shown)?;
             drop(first);
-            let manager = PostgresConnectionManager::new(target.config.clone(), NoTls);
+            let manager = PostgresConnectionManager::new(target.config.clone(), target.tls.clone());
             let pool = r2d2::Pool::builder()
                 .max_size(POOL_SIZE)
                 .min_idle(Some(1))
@@ -109,7 +119,7 @@ impl PgKv {
     }
 
     /// A connection from the pool; call and drop it inside [`blocking`].
-    fn client(&self) -> sled::Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>> {
+    fn client(&self) -> sled::Result<r2d2::PooledConnection<PostgresConnectionManager<Tls>>> {
         // The pool is taken only by `drop`.
         let pool = self.pool.as_ref().expect("the pool of a database not yet dropped");
         pool.get().map_err(|e| io_error(format!("no connection to the database {}: {e}", self.shown)))
