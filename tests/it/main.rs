@@ -39,6 +39,7 @@ mod orphans;
 mod overload;
 mod owned_task;
 mod postgres;
+mod postgres_tls;
 mod presence;
 mod probes;
 mod proxies;

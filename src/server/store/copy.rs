@@ -26,7 +26,7 @@ use super::backup::{FileWriter, RESTORING_FILE, read_backup};
 use super::backup_format::Item;
 use super::compact::{open_current, sync_all};
 use super::db_dirs::{io_error, sync_path};
-use super::pg::{PgKv, pg_error};
+use super::pg::{PgKv, described, pg_error};
 use super::trees::Trees;
 use super::wal::Wal;
 use super::wal_record::Op;
@@ -299,9 +299,9 @@ fn from_postgres(
 ) -> Result<(Vec<(String, u64)>, u64), StoreError> {
     // Opened as a server would, to check the release and the schema.
     let kv = PgKv::open(target)?;
-    let mut client = target
-        .connect()
-        .map_err(|e| StoreError::Io(format!("cannot connect to the database {}: {e}", target.shown)))?;
+    let mut client = target.connect().map_err(|e| {
+        StoreError::Io(format!("cannot connect to the database {}: {}", target.shown, described(&e)))
+    })?;
     let sql = |e| StoreError::from(pg_error(e));
     let mut tx = client
         .build_transaction()

@@ -14,7 +14,7 @@ fn openssl(dir: &Path, args: &[&str]) {
 }
 
 /// Makes a CA named `name` in `dir`: `NAME.key`, `NAME.pem`.
-fn make_ca(dir: &Path, name: &str) {
+pub(crate) fn make_ca(dir: &Path, name: &str) {
     let (key, pem, subject) = (format!("{name}.key"), format!("{name}.pem"), format!("/CN={name}"));
     openssl(
         dir,
@@ -39,7 +39,7 @@ fn make_ca(dir: &Path, name: &str) {
 }
 
 /// Makes a certificate for 127.0.0.1 signed by the CA `ca` in `dir`: `leaf.key`, `leaf.pem`.
-fn make_leaf(dir: &Path, ca: &str) {
+pub(crate) fn make_leaf(dir: &Path, ca: &str) {
     openssl(
         dir,
         &[

@@ -42,7 +42,7 @@ mod audit_flood;
 mod connections;
 mod disk;
 mod enrollment;
-mod files_and_tls;
+pub(crate) mod files_and_tls;
 mod guessing;
 mod input_limits;
 mod lockout;

@@ -6,6 +6,8 @@
 //! signal is SIGKILL, set by the thread that started it, which lives as long as the process),
 //! and the next process removes what is left of it. Each test gets a database of its own.
 //!
+//! [`start_tls`] starts another server, for a test of its own: TLS only, on a loopback TCP port.
+//!
 //! This file is shared by the library's unit tests and the integration tests (`#[path]`), so
 //! it uses only the standard library and the crate's own dependencies.
 
@@ -123,10 +125,79 @@ fn start() -> Result<Cluster, String> {
     let user = server_user()?;
     remove_leftovers();
     let dir = std::env::temp_dir().join(format!("{DIR_PREFIX}{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let data = init(&bin, user, &dir)?;
+    spawn_server(&bin, user, &dir, &data, &[])?;
+    wait_until_ready(&dir, DEFAULT_PORT)?;
+    Ok(Cluster { dir })
+}
+
+/// The port of the default server (its socket's name carries it).
+const DEFAULT_PORT: u16 = 5432;
+
+/// A test server speaking TLS only, on a loopback TCP port.
+#[allow(dead_code)] // used by the integration tests only, which share this file
+pub struct TlsCluster {
+    /// The port it listens on, at 127.0.0.1.
+    pub port: u16,
+}
+
+#[allow(dead_code)] // used by the integration tests only, which share this file
+impl TlsCluster {
+    /// A URL for its `postgres` database over TCP, with `query` (like `sslmode=require`).
+    pub fn url(&self, query: &str) -> String {
+        format!("postgres://{PG_USER}@127.0.0.1:{}/postgres?{query}", self.port)
+    }
+}
+
+/// Starts a new server (apart from [`cluster`]'s, living as long as the process) that listens on
+/// a free loopback TCP port with `ssl=on`, the certificate `cert` and key `key` (PEM files), and
+/// a `pg_hba.conf` that takes TLS connections from 127.0.0.1 and refuses plain ones.
+#[allow(dead_code)] // used by the integration tests only, which share this file
+pub fn start_tls(cert: &Path, key: &Path) -> Result<TlsCluster, String> {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let bin = binaries()?;
+    let user = server_user()?;
+    let dir = std::env::temp_dir().join(format!(
+        "{DIR_PREFIX}{}-tls-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let data = init(&bin, user, &dir)?;
+    let hba = "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 reject\n";
+    std::fs::write(data.join("pg_hba.conf"), hba).map_err(|e| format!("cannot write pg_hba.conf: {e}"))?;
+    for (from, to) in [(cert, "server.crt"), (key, "server.key")] {
+        let copy = data.join(to);
+        std::fs::copy(from, &copy).map_err(|e| format!("cannot copy {}: {e}", from.display()))?;
+        // PostgreSQL refuses a key that others may read, or that it does not own.
+        std::fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(|e| format!("cannot chmod {}: {e}", copy.display()))?;
+        if let Some((uid, gid)) = user {
+            std::os::unix::fs::chown(&copy, Some(uid), Some(gid))
+                .map_err(|e| format!("cannot chown {}: {e}", copy.display()))?;
+        }
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map_err(|e| format!("cannot find a free port: {e}"))?
+        .port();
+    let settings = [
+        "listen_addresses=127.0.0.1".to_owned(),
+        format!("port={port}"),
+        "ssl=on".to_owned(),
+        "ssl_cert_file=server.crt".to_owned(),
+        "ssl_key_file=server.key".to_owned(),
+    ];
+    spawn_server(&bin, user, &dir, &data, &settings)?;
+    wait_until_ready(&dir, port)?;
+    Ok(TlsCluster { port })
+}
+
+/// Makes `dir` (owned by `user`) and a new database cluster in `dir/data`; returns the latter.
+fn init(bin: &Path, user: Option<(u32, u32)>, dir: &Path) -> Result<PathBuf, String> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     if let Some((uid, gid)) = user {
-        std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid))
             .map_err(|e| format!("cannot chown {}: {e}", dir.display()))?;
     }
     let data = dir.join("data");
@@ -139,15 +210,19 @@ fn start() -> Result<Cluster, String> {
     if !initdb.status.success() {
         return Err(format!("initdb failed: {}", String::from_utf8_lossy(&initdb.stderr)));
     }
-    spawn_server(&bin, user, &dir, &data)?;
-    wait_until_ready(&dir)?;
-    Ok(Cluster { dir })
+    Ok(data)
 }
 
 /// Starts the server from a thread that lives as long as the process, so that the server's
 /// parent-death signal (sent when the thread that started it ends) fires only when the process
-/// ends.
-fn spawn_server(bin: &Path, user: Option<(u32, u32)>, dir: &Path, data: &Path) -> Result<(), String> {
+/// ends. `settings` (`name=value`) come after, and so override, the defaults.
+fn spawn_server(
+    bin: &Path,
+    user: Option<(u32, u32)>,
+    dir: &Path,
+    data: &Path,
+    settings: &[String],
+) -> Result<(), String> {
     let mut command = as_user(Command::new(bin.join("postgres")), user);
     command
         .arg("-D")
@@ -163,6 +238,7 @@ fn spawn_server(bin: &Path, user: Option<(u32, u32)>, dir: &Path, data: &Path) -
             "-c",
             "dynamic_shared_memory_type=mmap",
         ])
+        .args(settings.iter().flat_map(|setting| ["-c", setting.as_str()]))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(
@@ -196,11 +272,12 @@ fn spawn_server(bin: &Path, user: Option<(u32, u32)>, dir: &Path, data: &Path) -
     started_rx.recv().map_err(|e| e.to_string())?
 }
 
-fn wait_until_ready(dir: &Path) -> Result<(), String> {
+fn wait_until_ready(dir: &Path, port: u16) -> Result<(), String> {
     let started = Instant::now();
     loop {
         let attempt = postgres::Config::new()
             .host_path(dir)
+            .port(port)
             .user(PG_USER)
             .dbname("postgres")
             .connect_timeout(Duration::from_secs(2))

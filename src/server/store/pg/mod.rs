@@ -96,7 +96,7 @@ impl PgKv {
             // One connection of our own first: its failure says why (refused, bad password,
             // no such database), where the pool's would only say that it timed out.
             let mut first = target.connect().map_err(|e| {
-                StoreError::Io(format!("cannot connect to the database {}: {e}", target.shown))
+                StoreError::Io(format!("cannot connect to the database {}: {}", target.shown, described(&e)))
             })?;
             migrate::run(&mut first, &target.shown)?;
             drop(first);
@@ -323,7 +323,23 @@ pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
 
 /// A driver error in the trees' error vocabulary.
 pub fn pg_error(e: postgres::Error) -> sled::Error {
-    io_error(format!("PostgreSQL: {e}"))
+    io_error(format!("PostgreSQL: {}", described(&e)))
+}
+
+/// A driver error with its causes: its own text is only the kind ("db error", "error
+/// performing TLS handshake"), what the server said or which certificate check failed is in
+/// its sources.
+pub fn described(e: &postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.ends_with(&said) {
+            text = format!("{text}: {said}");
+        }
+        source = cause.source();
+    }
+    text
 }
 
 fn io_error(message: String) -> sled::Error {
