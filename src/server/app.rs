@@ -59,8 +59,14 @@ pub fn assemble(config: ServerConfig, secrets: Option<Secrets>) -> Result<Assemb
     };
     // The running server keeps only a hash of the admin token.
     let admin_token_hash = secret_hash(&secrets.admin_token);
-    let requeued = store
-        .requeue_unacknowledged(super::clock::now_ms())
+    // Deliveries an earlier process of this server made and that were not acknowledged go back
+    // to the front at once. Not on PostgreSQL: other servers may be running and have made them
+    // a moment ago; the ack window's deadline requeues those that stay unacknowledged.
+    let requeue_now = config.store.is_none();
+    let requeued = requeue_now
+        .then(|| store.requeue_unacknowledged(super::clock::now_ms()))
+        .transpose()
+        .map(Option::unwrap_or_default)
         .with_context(|| format!("cannot requeue unacknowledged deliveries in {}", store_name(&config)))?;
     if requeued > 0 {
         info!(

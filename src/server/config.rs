@@ -430,15 +430,19 @@ pub fn store_target(url: &str, password: Option<String>) -> Result<PgTarget> {
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         bail!("--store {url:?} is not a PostgreSQL URL like postgres://orange@db.example/orange");
     }
+    const NO_PASSWORD: &str = "--store must not carry a password (the process list shows it to every user): put \
+                               it in --store-password-file FILE or ORANGE_STORE_PASSWORD";
+    // Before any message quotes the URL.
+    if url_has_password(url) {
+        bail!(NO_PASSWORD);
+    }
     let (driver_url, tls) = pg_tls::split_url(url).map_err(|e| anyhow::anyhow!("--store {url:?}: {e}"))?;
     let mut config: postgres::Config =
         driver_url.parse().with_context(|| format!("--store {url:?} is not a PostgreSQL URL"))?;
     if config.get_password().is_some() {
-        bail!(
-            "--store must not carry a password (the process list shows it to every user): put it in \
-             --store-password-file FILE or ORANGE_STORE_PASSWORD"
-        );
+        bail!(NO_PASSWORD);
     }
+    with_session_settings(&mut config);
     if let Some(password) = password {
         config.password(password);
     }
@@ -449,9 +453,46 @@ pub fn store_target(url: &str, password: Option<String>) -> Result<PgTarget> {
     Ok(PgTarget { config, shown: url.to_owned(), tls })
 }
 
+/// Whether a PostgreSQL URL carries a password, in its user part or as a `password=` parameter.
+fn url_has_password(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let in_user = authority.rsplit_once('@').is_some_and(|(user, _)| user.contains(':'));
+    let query = url.split_once('?').map_or("", |(_, query)| query);
+    in_user || query.split('&').any(|pair| pair.starts_with("password="))
+}
+
+/// What every connection of a server sets for its session: a writer that stops in the middle
+/// of a transaction (its host hung, its network cut) gives the write lock back after
+/// 15 s, a write waits at most 30 s for the lock, commits are durable, and a dead peer is
+/// noticed within about a minute (TCP keepalives) rather than hours.
+fn with_session_settings(config: &mut postgres::Config) {
+    let given = config.get_options().unwrap_or_default().to_owned();
+    let ours = "-c idle_in_transaction_session_timeout=15000 -c lock_timeout=30000 -c synchronous_commit=on";
+    config.options(format!("{given} {ours}").trim());
+    config
+        .keepalives(true)
+        .keepalives_idle(std::time::Duration::from_secs(30))
+        .keepalives_interval(std::time::Duration::from_secs(10))
+        .keepalives_retries(3);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_password_anywhere_in_a_store_url_is_refused_before_the_url_is_shown() {
+        for url in [
+            "postgres://orange:s3cret@db/orange",
+            "postgres://orange@db/orange?password=s3cret",
+            "postgres://orange:s3cret@db/orange?sslmode=bogus",
+        ] {
+            let error = store_target(url, None).err().expect("refused").to_string();
+            assert!(error.contains("must not carry a password") && !error.contains("s3cret"), "{error}");
+        }
+        assert!(!url_has_password("postgres://orange@db:5432/orange?sslmode=require"));
+    }
 
     fn options() -> ServerOptions {
         ServerOptions {

@@ -10,6 +10,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
@@ -201,12 +202,17 @@ pub struct Operators {
     admin_token_hash: SecretHash,
     /// `None` until the first request reads it.
     index: Mutex<Option<TokenIndex>>,
+    /// When a token the index did not know last made it be read again.
+    index_read_at: Mutex<Option<Instant>>,
 }
+
+/// How often, at most, a token the index does not know makes it be read again from the store.
+const INDEX_REREAD: Duration = Duration::from_secs(1);
 
 impl Operators {
     /// Operators kept in `store`; the server's admin token hashes to `admin_token_hash`.
     pub fn new(store: Arc<Store>, audit: Audit, admin_token_hash: SecretHash) -> Self {
-        Operators { store, audit, admin_token_hash, index: Mutex::new(None) }
+        Operators { store, audit, admin_token_hash, index: Mutex::new(None), index_read_at: Mutex::new(None) }
     }
 
     /// The caller a bearer `token` from `addr` stands for. Digests are compared in constant
@@ -220,7 +226,11 @@ impl Operators {
         if !token.starts_with(TOKEN_PREFIX) {
             return Err(AuthError::Wrong);
         }
-        let name = self.with_index(|index| Ok(index.get(&given).cloned()))?.ok_or(AuthError::Wrong)?;
+        let known = self.with_index(|index| Ok(index.get(&given).cloned()))?;
+        let name = match known {
+            Some(name) => name,
+            None => self.reread_index(&given)?.ok_or(AuthError::Wrong)?,
+        };
         // The record decides: a rotation racing this request may have replaced the digest.
         let operator = self
             .store
@@ -322,6 +332,20 @@ impl Operators {
             None => self.store.operators()?.into_iter().map(|o| (o.token_hash, o.name)).collect(),
         };
         f(guard.insert(index))
+    }
+
+    /// Reads the index again from the store, at most once per [`INDEX_REREAD`], and looks up
+    /// `given` in it: another server on the same database may have added or rotated the
+    /// operator. A guessed token makes no more reads than that.
+    fn reread_index(&self, given: &SecretHash) -> Result<Option<String>, StoreError> {
+        let mut guard = self.index.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut read_at = self.index_read_at.lock().unwrap_or_else(PoisonError::into_inner);
+        if read_at.is_some_and(|at| at.elapsed() < INDEX_REREAD) {
+            return Ok(guard.as_ref().and_then(|index| index.get(given).cloned()));
+        }
+        let index: TokenIndex = self.store.operators()?.into_iter().map(|o| (o.token_hash, o.name)).collect();
+        *read_at = Some(Instant::now());
+        Ok(guard.insert(index).get(given).cloned())
     }
 
     /// Stores `record` with a new token and puts its digest in the index in place of

@@ -10,8 +10,8 @@
 //!   connection — the only one with `synchronous_commit` off, since a wake-up need not survive
 //!   a crash. Wake-ups waiting when it sends go in one `NOTIFY` (a payload of at most
 //!   [`MAX_PAYLOAD`] bytes, several if needed).
-//! - The listener holds one connection in `LISTEN`, and reconnects (with a pause) when it
-//!   breaks.
+//! - The listener holds one connection in `LISTEN`; it and the notifier connect again (with a
+//!   pause) when their connection breaks.
 //! - A payload is this server's id on the first line (a server skips its own), then one wake-up
 //!   per line: `a APP_ID` for an agent, `t TASK_ID` for a task or a job.
 //!
@@ -67,17 +67,16 @@ impl Relay {
     /// start), then starts the threads and hands `dispatch` the way to the notifier.
     pub fn start(target: &PgTarget, dispatch: &Arc<Dispatch>) -> anyhow::Result<Relay> {
         let server_id = server_id()?;
-        let mut notifier = target.connect()?;
-        notifier.batch_execute("SET synchronous_commit = off")?;
+        let notifying_client = notifier(target)?;
         let listener = listen(target)?;
         let (wakes, received) = mpsc::channel();
         dispatch.relay_to(wakes);
         let stop = Arc::new(AtomicBool::new(false));
         let notifying = {
-            let (stop, server_id) = (Arc::clone(&stop), server_id.clone());
-            std::thread::Builder::new()
-                .name("orange-notify".into())
-                .spawn(move || notify_loop(notifier, &received, &server_id, &stop))?
+            let (stop, server_id, target_for_notify) = (Arc::clone(&stop), server_id.clone(), target.clone());
+            std::thread::Builder::new().name("orange-notify".into()).spawn(move || {
+                notify_loop(notifying_client, &target_for_notify, &received, &server_id, &stop)
+            })?
         };
         let listening = {
             let (stop, target, dispatch) = (Arc::clone(&stop), target.clone(), Arc::clone(dispatch));
@@ -112,8 +111,15 @@ fn listen(target: &PgTarget) -> Result<postgres::Client, postgres::Error> {
     Ok(client)
 }
 
-/// Sends the wake-ups as they come, those waiting together, until `stop`.
-fn notify_loop(mut client: postgres::Client, received: &Receiver<Wake>, server_id: &str, stop: &AtomicBool) {
+/// Sends the wake-ups as they come, those waiting together, until `stop`; connects again
+/// (with a pause) when its connection breaks.
+fn notify_loop(
+    mut client: postgres::Client,
+    target: &PgTarget,
+    received: &Receiver<Wake>,
+    server_id: &str,
+    stop: &AtomicBool,
+) {
     while !stop.load(Ordering::SeqCst) {
         let first = match received.recv_timeout(TICK) {
             Ok(wake) => wake,
@@ -126,10 +132,39 @@ fn notify_loop(mut client: postgres::Client, received: &Receiver<Wake>, server_i
             if let Err(e) = client.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload]) {
                 // Lost wake-ups cost latency only (parked waits look again every RECHECK).
                 warn!(error = %e, "cannot send wake-ups to the other servers");
-                if client.is_closed() {
-                    return;
-                }
             }
+        }
+        if client.is_closed() {
+            match reconnect(target, stop, notifier) {
+                Some(fresh) => client = fresh,
+                None => return,
+            }
+        }
+    }
+}
+
+/// The notifier's own connection, with `synchronous_commit` off.
+fn notifier(target: &PgTarget) -> Result<postgres::Client, postgres::Error> {
+    let mut client = target.connect()?;
+    client.batch_execute("SET synchronous_commit = off")?;
+    Ok(client)
+}
+
+/// A new connection made by `connect`, tried again after a pause until it works; `None` once
+/// `stop` is set.
+fn reconnect(
+    target: &PgTarget,
+    stop: &AtomicBool,
+    connect: fn(&PgTarget) -> Result<postgres::Client, postgres::Error>,
+) -> Option<postgres::Client> {
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return None;
+        }
+        std::thread::sleep(RECONNECT_PAUSE);
+        match connect(target) {
+            Ok(client) => return Some(client),
+            Err(e) => debug!(error = %e, "cannot reach the database yet"),
         }
     }
 }
@@ -166,15 +201,9 @@ fn listen_loop(
             Ok(()) => continue,
             Err(e) => warn!(error = %e, "lost the connection that hears the other servers; connecting again"),
         }
-        client = loop {
-            if stop.load(Ordering::SeqCst) {
-                return;
-            }
-            std::thread::sleep(RECONNECT_PAUSE);
-            match listen(target) {
-                Ok(client) => break client,
-                Err(e) => debug!(error = %e, "cannot listen for the other servers yet"),
-            }
+        client = match reconnect(target, stop, listen) {
+            Some(client) => client,
+            None => return,
         };
         info!("hearing the other servers again");
         dispatch.wake_all();

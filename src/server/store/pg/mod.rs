@@ -104,6 +104,9 @@ impl PgKv {
             let pool = r2d2::Pool::builder()
                 .max_size(POOL_SIZE)
                 .min_idle(Some(1))
+                // No round trip to test each connection handed out: a broken one fails its
+                // statement, and the pool drops it when it comes back closed.
+                .test_on_check_out(false)
                 .connection_timeout(CONNECT_TIMEOUT)
                 .build(manager)
                 .map_err(|e| {
@@ -201,7 +204,13 @@ impl PgKv {
         blocking(|| {
             let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
             let mut client = self.client()?;
-            let mut tx = client.transaction().map_err(pg_error)?;
+            // READ COMMITTED whatever the database's default: each statement sees what the
+            // writer before us committed (a snapshot taken before the lock would not).
+            let mut tx = client
+                .build_transaction()
+                .isolation_level(postgres::IsolationLevel::ReadCommitted)
+                .start()
+                .map_err(pg_error)?;
             tx.execute_typed("SELECT pg_advisory_xact_lock($1)", &[(&WRITE_LOCK, Type::INT8)])
                 .map_err(pg_error)?;
             let txn = PgTxn { tx: RefCell::new(tx) };
