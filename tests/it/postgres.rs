@@ -187,3 +187,29 @@ fn a_signed_request_used_on_one_server_is_refused_by_another() {
     assert_eq!(replay(second.addr, &captured).json()["code"], 0, "a new report through the other server");
     assert_eq!(replay(first.addr, &captured).json()["code"], 1, "and its replay to the first");
 }
+
+#[test]
+fn an_operator_added_or_rotated_through_one_server_is_known_to_another() {
+    let database = cluster().create_database();
+    let first = Server::start(on_database(&database));
+    let second = Server::start(on_database(&database));
+    let whoami = |server: &Server, token: &str| {
+        server.operator(&["operator", "whoami"]).env("ORANGE_TOKEN", token).run()
+    };
+    // The second server reads its token index before the operator exists.
+    let before = whoami(&second, "orange_op_not_a_real_token");
+    assert_ne!(before.code(), Some(0), "{before}");
+    std::thread::sleep(Duration::from_millis(1100));
+    let add = first.operator(&["operator", "add", "alice", "--role", "viewer"]).run();
+    add.assert_success();
+    let token = add.stdout.trim().to_owned();
+    let me = whoami(&second, &token);
+    me.assert_success();
+    assert_eq!(me.stdout, "alice viewer all hosts\n");
+    std::thread::sleep(Duration::from_millis(1100));
+    let rotate = first.operator(&["operator", "rotate", "alice"]).run();
+    rotate.assert_success();
+    let rotated = rotate.stdout.trim().to_owned();
+    whoami(&second, &rotated).assert_success();
+    assert_ne!(whoami(&second, &token).code(), Some(0), "the old token is refused on the other server too");
+}
