@@ -154,7 +154,7 @@ fn requests_are_answered_while_a_large_database_is_compacted_and_a_sigkill_in_on
     let load = Load::start(&server, workers);
     std::thread::sleep(Duration::from_millis(500));
     server.sigusr1();
-    wait_until(Duration::from_secs(60), "the compaction", || compactions_logged(&server) == 1);
+    wait_until(Duration::from_secs(240), "the compaction", || compactions_logged(&server) == 1);
     std::thread::sleep(Duration::from_millis(500));
     let seen = load.stop();
     let log = server.stderr();
