@@ -104,7 +104,9 @@ fn options(mode: Option<&str>, root: Option<String>) -> Result<TlsOptions, Strin
             return Err("sslrootcert=system needs sslmode=verify-full".into());
         }
         ("prefer", None) => (SslMode::Prefer, Verify::Nothing),
-        ("prefer", Some(_)) => (SslMode::Prefer, Verify::Full),
+        // A root to check against means the operator wants TLS: no falling back to plain text,
+        // which anyone on the path could force by answering "no TLS".
+        ("prefer", Some(_)) => (SslMode::Require, Verify::Full),
         ("require", None) => (SslMode::Require, Verify::Nothing),
         ("require", Some(_)) => (SslMode::Require, Verify::Full),
         ("verify-ca", _) => (SslMode::Require, Verify::Chain),
@@ -289,6 +291,13 @@ mod tests {
         assert_eq!(url, "postgres://o@db/x?connect_timeout=5&sslmode=require");
         assert_eq!(options.verify, Verify::Full);
         assert_eq!(options.roots, Roots::File("/etc/ca.pem".into()));
+    }
+
+    #[test]
+    fn prefer_with_a_root_file_insists_on_tls() {
+        let (url, options) = split("postgres://o@db/x?sslrootcert=%2Fetc%2Fca.pem");
+        assert_eq!(url, "postgres://o@db/x?sslmode=require");
+        assert_eq!((options.mode, options.verify), (SslMode::Require, Verify::Full));
     }
 
     #[test]
