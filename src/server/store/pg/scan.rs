@@ -40,27 +40,14 @@ impl Scan {
     fn fill(&mut self, ascending: bool) -> sled::Result<()> {
         let mut sql = format!("SELECT key, value FROM orange_{} WHERE true", self.tree);
         let mut params: Vec<(&(dyn ToSql + Sync), Type)> = Vec::new();
-        match &self.lower {
-            Bound::Included(key) => {
-                params.push((key, Type::BYTEA));
-                sql.push_str(&format!(" AND key >= ${}", params.len()));
-            }
-            Bound::Excluded(key) => {
-                params.push((key, Type::BYTEA));
-                sql.push_str(&format!(" AND key > ${}", params.len()));
-            }
-            Bound::Unbounded => {}
-        }
-        match &self.upper {
-            Bound::Included(key) => {
-                params.push((key, Type::BYTEA));
-                sql.push_str(&format!(" AND key <= ${}", params.len()));
-            }
-            Bound::Excluded(key) => {
-                params.push((key, Type::BYTEA));
-                sql.push_str(&format!(" AND key < ${}", params.len()));
-            }
-            Bound::Unbounded => {}
+        for (bound, inclusive, exclusive) in [(&self.lower, ">=", ">"), (&self.upper, "<=", "<")] {
+            let (key, operator) = match bound {
+                Bound::Included(key) => (key, inclusive),
+                Bound::Excluded(key) => (key, exclusive),
+                Bound::Unbounded => continue,
+            };
+            params.push((key, Type::BYTEA));
+            sql.push_str(&format!(" AND key {operator} ${}", params.len()));
         }
         sql.push_str(if ascending { " ORDER BY key LIMIT " } else { " ORDER BY key DESC LIMIT " });
         sql.push_str(&PAGE.to_string());
