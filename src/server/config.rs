@@ -468,7 +468,10 @@ fn url_has_password(url: &str) -> bool {
 /// noticed within about a minute (TCP keepalives) rather than hours.
 fn with_session_settings(config: &mut postgres::Config) {
     let given = config.get_options().unwrap_or_default().to_owned();
-    let ours = "-c idle_in_transaction_session_timeout=15000 -c lock_timeout=30000 -c synchronous_commit=on";
+    // READ COMMITTED for what runs outside the store's write transactions (which ask for
+    // SERIALIZABLE themselves), whatever the database's default.
+    let ours = "-c idle_in_transaction_session_timeout=15000 -c lock_timeout=30000 -c synchronous_commit=on \
+                -c default_transaction_isolation=read\\ committed";
     config.options(format!("{given} {ours}").trim());
     config
         .keepalives(true)

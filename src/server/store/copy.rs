@@ -144,8 +144,9 @@ impl Sink {
                 Ok(())
             }
             Sink::Postgres(kv) => {
-                let writes = batch.into_iter().map(|(key, value)| (key, value.map(sled::IVec::from)));
-                kv.transaction(|txn| txn.write(tree, writes)).map_err(StoreError::from)
+                let writes =
+                    || batch.iter().map(|(key, value)| (key.clone(), value.as_deref().map(sled::IVec::from)));
+                kv.transaction(|txn| txn.write(tree, writes())).map_err(StoreError::from)
             }
         }
     }

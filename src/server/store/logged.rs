@@ -49,11 +49,29 @@ pub trait TxRead {
     fn next_id(&self) -> Option<sled::Result<u64>> {
         None
     }
+
+    /// The first committed entry of `tree` from `from` (and before `to`) that no other
+    /// transaction holds, now held by this one until it ends. On sled, where one transaction
+    /// runs at a time, simply the first entry.
+    fn claim_first(&self, tree: &str, from: &[u8], to: Option<&[u8]>) -> sled::Result<Option<(IVec, IVec)>>;
+
+    /// Whether `key` of `tree` is committed and no other transaction holds it; if so, this one
+    /// holds it now. On sled, whether it is there.
+    fn claim(&self, tree: &str, key: &[u8]) -> sled::Result<bool>;
 }
 
 impl TxRead for sled::Tree {
     fn get(&self, _tree: &str, key: &[u8]) -> sled::Result<Option<IVec>> {
         sled::Tree::get(self, key)
+    }
+
+    fn claim_first(&self, _tree: &str, from: &[u8], to: Option<&[u8]>) -> sled::Result<Option<(IVec, IVec)>> {
+        let upper = to.map_or(Bound::Unbounded, Bound::Excluded);
+        self.range::<&[u8], _>((Bound::Included(from), upper)).next().transpose()
+    }
+
+    fn claim(&self, _tree: &str, key: &[u8]) -> sled::Result<bool> {
+        self.contains_key(key)
     }
 }
 
@@ -291,6 +309,51 @@ impl<'a> LoggedTx<'a> {
             return Ok(value.clone());
         }
         self.base.get(self.name, key.as_ref()).map_err(UnabortableTransactionError::Storage)
+    }
+
+    /// The first entry with `prefix` as this transaction sees it, of those no other
+    /// transaction holds; held by this one until it ends ([`TxRead::claim_first`]): how an
+    /// agent's next queued task is taken.
+    pub fn claim_first(&self, prefix: &[u8]) -> Result<Option<(IVec, IVec)>, UnabortableTransactionError> {
+        let end = successor(prefix);
+        let overlay = self.overlay.borrow();
+        let mut from = prefix.to_vec();
+        let stored = loop {
+            match self
+                .base
+                .claim_first(self.name, &from, end.as_deref())
+                .map_err(UnabortableTransactionError::Storage)?
+            {
+                // Removed in this transaction: look further.
+                Some((key, _)) if matches!(overlay.get(key.as_ref()), Some(None)) => {
+                    from = key.to_vec();
+                    from.push(0);
+                }
+                Some((key, value)) => {
+                    let value = overlay.get(key.as_ref()).cloned().flatten().unwrap_or(value);
+                    break Some((key, value));
+                }
+                None => break None,
+            }
+        };
+        let upper = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        let written = overlay
+            .range::<[u8], _>((Bound::Included(prefix), upper))
+            .find_map(|(key, value)| Some((IVec::from(key.as_slice()), value.clone()?)));
+        Ok(match (stored, written) {
+            (Some(stored), Some(written)) => Some(if written.0 < stored.0 { written } else { stored }),
+            (stored, written) => stored.or(written),
+        })
+    }
+
+    /// Whether `key` is there as this transaction sees it and no other transaction holds it;
+    /// if so, this one holds it until it ends ([`TxRead::claim`]): how a due deadline is
+    /// taken by one sweeper.
+    pub fn claim(&self, key: &[u8]) -> Result<bool, UnabortableTransactionError> {
+        match self.overlay.borrow().get(key) {
+            Some(value) => Ok(value.is_some()),
+            None => self.base.claim(self.name, key).map_err(UnabortableTransactionError::Storage),
+        }
     }
 
     /// A new id from within the transaction, if its engine gives one there ([`TxRead::next_id`]).

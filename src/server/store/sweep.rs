@@ -82,6 +82,9 @@ impl Store {
         id: TaskId,
         now_ms: i64,
     ) -> Result<Option<Swept>, TxError<StoreError>> {
+        if !tx.deadlines.claim(&time_key(deadline, id))? {
+            return Ok(None); // passed already, or being passed by another server's sweep
+        }
         let task = tx.task::<StoreError>(id)?;
         let Some(mut task) = task.filter(|t| t.deadline_ms == deadline && !t.status.is_final()) else {
             tx.deadlines.remove(time_key(deadline, id))?; // stale index entry

@@ -36,6 +36,18 @@ fn refuse_unsupported(
     tx.put_task(&task)
 }
 
+/// What one attempt of [`Store::take_next`] took from the queue.
+enum Taken {
+    /// The queue is empty (or what is left is held by other polls).
+    Nothing,
+    /// The task, now delivered.
+    Task(Box<TaskRecord>),
+    /// A task refused for a missing feature: it ended `failed`.
+    Refused(TaskId),
+    /// An entry left behind (its task ended or is cancelled): it is gone now.
+    Stale,
+}
+
 impl Store {
     /// Queues `tasks` (each at the end of its agent's queue) in one transaction. Ids already
     /// stored are skipped, so retrying an enqueue with the same ids is safe.
@@ -73,29 +85,27 @@ impl Store {
         refused: &mut Vec<TaskId>,
         now_ms: i64,
     ) -> Result<Option<TaskRecord>, StoreError> {
+        let prefix = agent_prefix(app_id);
         loop {
-            let Some(entry) = self.trees().queue.scan_prefix(agent_prefix(app_id)).next() else {
-                return Ok(None);
-            };
-            let (key, id) = entry?;
-            let id = task_id_from(&id)?;
             let taken = self.transact(|tx| {
-                if tx.queue.remove(&key)?.is_none() {
-                    return Ok(None); // another poll of the same agent took it first
-                }
-                let Some(mut task) = tx.task::<StoreError>(id)? else { return Ok(None) };
+                // The first entry no other poll of this agent holds (on PostgreSQL, a poll
+                // through another server takes the next one instead of waiting).
+                let Some((key, id)) = tx.queue.claim_first(&prefix)? else { return Ok(Taken::Nothing) };
+                tx.queue.delete(&key);
+                let id = task_id_from(&id).map_err(TxError::Abort)?;
+                let Some(mut task) = tx.task::<StoreError>(id)? else { return Ok(Taken::Stale) };
                 if task.status != TaskStatus::Queued || task.cancel_requested {
-                    return Ok(None); // a stale entry; it is gone now
+                    return Ok(Taken::Stale); // a stale entry; it is gone now
                 }
                 if jobs::in_cancelled_job(tx, id)? {
                     // Its job's cancel stopped half way (a crash): finish it for this task.
                     cancel_open(tx, task, false, now_ms)?;
-                    return Ok(None);
+                    return Ok(Taken::Stale);
                 }
                 let missing = features::missing(&task.required_features(), features);
                 if !missing.is_empty() {
                     refuse_unsupported(tx, task, &missing, now_ms)?;
-                    return Ok(Some(Err(id)));
+                    return Ok(Taken::Refused(id));
                 }
                 task.move_to(TaskStatus::Delivered, now_ms);
                 task.ack_required = delivery == Delivery::Acknowledged;
@@ -106,12 +116,13 @@ impl Store {
                 tx.set_deadline(&mut task, deadline)?;
                 tx.put_task(&task)?;
                 tx.note(TaskEvent::Delivered { waited_ms: now_ms - task.created_ms() });
-                Ok::<_, TxError<StoreError>>(Some(Ok(task)))
+                Ok::<_, TxError<StoreError>>(Taken::Task(Box::new(task)))
             })?;
             match taken {
-                Some(Ok(task)) => return Ok(Some(task)),
-                Some(Err(id)) => refused.push(id),
-                None => {}
+                Taken::Task(task) => return Ok(Some(*task)),
+                Taken::Nothing => return Ok(None),
+                Taken::Refused(id) => refused.push(id),
+                Taken::Stale => {}
             }
         }
     }

@@ -565,3 +565,23 @@ fn more_concurrent_writers_than_connections_all_get_their_turn(engine: Engine) {
         assert_eq!(taken.len(), 3, "{app_id}'s queue holds its three tasks in order");
     }
 }
+
+/// Servers on one PostgreSQL database asked at once to record the same signed request: one of
+/// them, and one only, sees its first use (a replay through another server is refused).
+#[test]
+fn on_postgresql_one_request_recorded_at_once_by_several_stores_is_first_used_once() {
+    let place = Place::new(Engine::Postgres);
+    let stores: Vec<Store> = (0..3).map(|_| place.open(Policy::default())).collect();
+    for digest in 0..20u64 {
+        let firsts: usize = std::thread::scope(|scope| {
+            let recording: Vec<_> = (0..12)
+                .map(|i| {
+                    let store = &stores[i % stores.len()];
+                    scope.spawn(move || store.first_use(1_700_000_000, digest).unwrap())
+                })
+                .collect();
+            recording.into_iter().map(|r| usize::from(r.join().unwrap())).sum()
+        });
+        assert_eq!(firsts, 1, "request {digest}: exactly one first use");
+    }
+}

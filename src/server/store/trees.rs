@@ -103,8 +103,9 @@ macro_rules! trees {
             /// applied to sled with plain writes (sled's own transactions would seal and write
             /// an I/O buffer each). A crash in the middle of the apply is repaired by the
             /// replay of the record; a failed apply fails the log.
-            /// On PostgreSQL, the same in one database transaction holding the write lock
-            /// (`pg/mod.rs`), the overlay written out just before its commit.
+            /// On PostgreSQL, the same in one `SERIALIZABLE` database transaction (`pg/mod.rs`),
+            /// the overlay written out just before its commit; `f` runs again when the database
+            /// refuses the transaction as conflicting with another.
             pub fn transaction<A, E>(
                 &self,
                 f: impl Fn(TxTrees<'_>) -> ConflictableTransactionResult<A, E>,
@@ -137,9 +138,10 @@ macro_rules! trees {
                 kv: &PgKv,
                 f: impl Fn(TxTrees<'_>) -> ConflictableTransactionResult<A, E>,
             ) -> TransactionResult<A, E> {
-                let ops = RefCell::new(Vec::new());
-                $(let $tx = Overlay::default();)*
+                // Each attempt starts from nothing: the database may refuse one as conflicting.
                 kv.transaction(|txn| {
+                    let ops = RefCell::new(Vec::new());
+                    $(let $tx = Overlay::default();)*
                     let result = match f(TxTrees { $($tx: LoggedTx::new(txn, stringify!($tx), &ops, &$tx)),* }) {
                         Ok(result) => result,
                         Err(ConflictableTransactionError::Abort(e)) => return Err(TransactionError::Abort(e)),

@@ -3,17 +3,29 @@
 //! `sweep.rs` and the rest — run unchanged on either engine.
 //!
 //! Invariants:
-//! - Every write, in a transaction or alone, runs in a PostgreSQL transaction holding one
-//!   advisory lock ([`WRITE_LOCK`]): writes run one at a time across every server on the
-//!   database, as they do in one embedded store under its log's write lock, so a rule that
-//!   reads then writes sees no other write in between. Reads outside a transaction take no lock
-//!   and see what was committed.
+//! - Every write transaction runs `SERIALIZABLE`:
+//!   whatever runs at once, on this server or another, the database commits only what some
+//!   order of one-at-a-time transactions would have produced, as the embedded store does with
+//!   its single writer, so a rule that reads then writes sees no other write in between. A
+//!   transaction the database refuses as conflicting (`40001`, `40P01`) runs again from the
+//!   start, after a short random pause ([`PgKv::transaction`]); the store's rules are written
+//!   to run again (what they announce is kept only from the attempt that commits).
+//! - A write outside a transaction (`write_one`, `compare_and_swap`, `pop_min`) touches one key
+//!   under its row lock, atomic on its own: it fits between any two transactions, so it needs
+//!   no serializable transaction, and is never refused as conflicting.
+//! - Claims skip what another transaction holds: the next queued task of an agent and a due
+//!   deadline are taken with `FOR UPDATE SKIP LOCKED` ([`PgTxn::claim_first`],
+//!   [`PgTxn::claim`]), so two servers answering one agent hand out two different tasks, and
+//!   two servers sweeping at once pass each deadline once, without waiting for each other.
 //! - A transaction's reads see its own writes (the overlay in `logged.rs`); its writes reach the
 //!   tables in one batch per tree just before the commit. The commit returns once PostgreSQL
-//!   has made it durable (`synchronous_commit` on, its default), so a write is on stable storage
-//!   when the store's call returns.
-//! - Ids and queue numbers come from one sequence, taken while the write lock is held, so an
-//!   agent's queue keeps the order of enqueues across servers.
+//!   has made it durable (`synchronous_commit` on, forced for these connections), so a write
+//!   is on stable storage when the store's call returns. Reads outside a transaction see what
+//!   was committed.
+//! - Ids and queue numbers come from one sequence, taken inside the transaction that uses
+//!   them.
+//! - Writers and readers have pools of their own: writers queue for a connection of the
+//!   writers' pool, and reads always find one.
 //!
 //! The driver is the synchronous `postgres` crate (a `tokio-postgres` client driven by its own
 //! small runtime) in an `r2d2` pool, both by the same maintainers: the store's calls are
@@ -24,10 +36,11 @@ mod migrate;
 mod scan;
 pub mod tls;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 use std::time::Duration;
 
+use postgres::error::SqlState;
 use postgres::types::Type;
 use r2d2_postgres::PostgresConnectionManager;
 use sled::IVec;
@@ -38,17 +51,39 @@ pub use tls::Tls;
 use super::StoreError;
 use super::logged::TxRead;
 
-/// The advisory lock every write holds ("orange" and 1).
-const WRITE_LOCK: i64 = 0x6f72_616e_6765_0001;
+/// Connections a server keeps at most for reads outside transactions, and as many for write
+/// transactions.
+const POOL_SIZE: u32 = 8;
 
-/// Connections a server keeps to the database at most.
-const POOL_SIZE: u32 = 16;
+/// Most times one write transaction runs before its caller is told the database kept refusing
+/// it as conflicting.
+const MAX_ATTEMPTS: u32 = 200;
+
+/// The longest pause, in milliseconds, before a refused transaction runs again.
+const MAX_BACKOFF_MS: u64 = 20;
 
 /// How long a store call waits for a free connection, or for a new one to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The connections to the database.
 type Pool = r2d2::Pool<PostgresConnectionManager<Tls>>;
+
+/// One connection of a [`Pool`].
+type Connection = r2d2::PooledConnection<PostgresConnectionManager<Tls>>;
+
+/// A pool of connections to `target`.
+fn pool(target: &PgTarget) -> Result<Pool, StoreError> {
+    let manager = PostgresConnectionManager::new(target.config.clone(), target.tls.clone());
+    r2d2::Pool::builder()
+        .max_size(POOL_SIZE)
+        .min_idle(Some(1))
+        // No round trip to test each connection handed out: a broken one fails its
+        // statement, and the pool drops it when it comes back closed.
+        .test_on_check_out(false)
+        .connection_timeout(CONNECT_TIMEOUT)
+        .build(manager)
+        .map_err(|e| StoreError::Io(format!("cannot connect to the database {}: {e}", target.shown)))
+}
 
 /// Where the database is: the connection settings, and the URL to show in messages (never
 /// with a password).
@@ -71,21 +106,19 @@ impl PgTarget {
 
 /// The open database: a pool of connections and the schema brought up to date.
 pub struct PgKv {
-    /// `None` only while it is dropped.
-    pool: Option<Pool>,
+    /// Connections for reads outside transactions; `None` only while it is dropped.
+    reads: Option<Pool>,
+    /// Connections for write transactions; `None` only while it is dropped.
+    writes: Option<Pool>,
     shown: String,
-    /// Held by this process's write transaction while it waits for, then holds, the write lock:
-    /// one connection per server waits on the database's lock, the others stay free for reads
-    /// (a pool full of waiting writers would starve the writer holding the lock).
-    writing: std::sync::Mutex<()>,
 }
 
 impl Drop for PgKv {
     /// Closes the connections through [`blocking`]: a client closes its connection on its own
     /// runtime, which may not run on an async runtime's worker thread.
     fn drop(&mut self) {
-        let pool = self.pool.take();
-        blocking(move || drop(pool));
+        let pools = (self.reads.take(), self.writes.take());
+        blocking(move || drop(pools));
     }
 }
 
@@ -100,19 +133,7 @@ impl PgKv {
             })?;
             migrate::run(&mut first, &target.shown)?;
             drop(first);
-            let manager = PostgresConnectionManager::new(target.config.clone(), target.tls.clone());
-            let pool = r2d2::Pool::builder()
-                .max_size(POOL_SIZE)
-                .min_idle(Some(1))
-                // No round trip to test each connection handed out: a broken one fails its
-                // statement, and the pool drops it when it comes back closed.
-                .test_on_check_out(false)
-                .connection_timeout(CONNECT_TIMEOUT)
-                .build(manager)
-                .map_err(|e| {
-                    StoreError::Io(format!("cannot connect to the database {}: {e}", target.shown))
-                })?;
-            Ok(PgKv { pool: Some(pool), shown: target.shown.clone(), writing: std::sync::Mutex::new(()) })
+            Ok(PgKv { reads: Some(pool(target)?), writes: Some(pool(target)?), shown: target.shown.clone() })
         })
     }
 
@@ -121,10 +142,19 @@ impl PgKv {
         &self.shown
     }
 
-    /// A connection from the pool; call and drop it inside [`blocking`].
-    fn client(&self) -> sled::Result<r2d2::PooledConnection<PostgresConnectionManager<Tls>>> {
-        // The pool is taken only by `drop`.
-        let pool = self.pool.as_ref().expect("the pool of a database not yet dropped");
+    /// A connection for reads; call and drop it inside [`blocking`].
+    fn client(&self) -> sled::Result<Connection> {
+        // The pools are taken only by `drop`.
+        self.connection(self.reads.as_ref().expect("the pools of a database not yet dropped"))
+    }
+
+    /// A connection for a write transaction; call and drop it inside [`blocking`].
+    fn writer(&self) -> sled::Result<Connection> {
+        // The pools are taken only by `drop`.
+        self.connection(self.writes.as_ref().expect("the pools of a database not yet dropped"))
+    }
+
+    fn connection(&self, pool: &Pool) -> sled::Result<Connection> {
         pool.get().map_err(|e| io_error(format!("no connection to the database {}: {e}", self.shown)))
     }
 
@@ -154,18 +184,47 @@ impl PgKv {
         Scan::new(Arc::clone(kv), tree, lower, upper)
     }
 
-    /// Writes `value` (or removes, for `None`) at `key` of `tree`, under the write lock; returns
-    /// the value before.
+    /// Writes `value` (or removes, for `None`) at `key` of `tree`; returns the value before.
+    /// One statement on one key, atomic on its own (a row lock, no serializable transaction:
+    /// such a write is never refused as conflicting, and two writers of one new key learn
+    /// which came first).
     pub fn write_one(&self, tree: &str, key: &[u8], value: Option<&[u8]>) -> sled::Result<Option<IVec>> {
-        self.transaction(|txn| {
-            let old = txn.get(tree, key)?;
-            txn.write(tree, [(key.to_vec(), value.map(IVec::from))])?;
-            Ok(old)
+        blocking(|| {
+            let mut client = self.writer()?;
+            let Some(value) = value else {
+                let sql = format!("DELETE FROM orange_{tree} WHERE key = $1 RETURNING value");
+                let row = client.query_typed_opt(&sql, &[(&key, Type::BYTEA)]).map_err(pg_error)?;
+                return Ok(row.map(|row| IVec::from(row.get::<_, &[u8]>(0))));
+            };
+            // `old` is read (and the row locked) before the write; a row that another writer
+            // inserted after that read shows as an update with no old value: read again.
+            // `old` is read first (the outer SELECT asks for it first), `up` writes after it.
+            let sql = format!(
+                "WITH old AS (SELECT value FROM orange_{tree} WHERE key = $1 FOR UPDATE), \
+                 up AS (INSERT INTO orange_{tree} (key, value) VALUES ($1, $2) \
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value RETURNING xmax = 0 AS inserted) \
+                 SELECT (SELECT value FROM old), (SELECT inserted FROM up)"
+            );
+            // A second round finds the row the other writer put there (it may be removed
+            // again in between, hence a few rounds).
+            for _ in 0..MAX_ATTEMPTS {
+                let row = client
+                    .query_typed_one(&sql, &[(&key, Type::BYTEA), (&value, Type::BYTEA)])
+                    .map_err(pg_error)?;
+                let (old, inserted): (Option<&[u8]>, bool) = (row.get(0), row.get(1));
+                if old.is_some() || inserted {
+                    return Ok(old.map(IVec::from));
+                }
+            }
+            Err(io_error(format!(
+                "the database {} kept changing key {key:?} of {tree} under a write; try again",
+                self.shown
+            )))
         })
     }
 
-    /// Swaps the value at `key` of `tree` from `old` to `new` if it is `old`, under the write
-    /// lock.
+    /// Swaps the value at `key` of `tree` from `old` to `new` if it is `old`: one key under
+    /// its row lock, atomic on its own as [`Self::write_one`].
     pub fn compare_and_swap(
         &self,
         tree: &str,
@@ -173,51 +232,110 @@ impl PgKv {
         old: Option<&[u8]>,
         new: Option<IVec>,
     ) -> sled::Result<Result<(), sled::CompareAndSwapError>> {
-        self.transaction(|txn| {
-            let current = txn.get(tree, key)?;
+        blocking(|| {
+            let mut client = self.writer()?;
+            let mut tx = client.transaction().map_err(pg_error)?;
+            let sql = format!("SELECT value FROM orange_{tree} WHERE key = $1 FOR UPDATE");
+            let current = tx.query_typed_opt(&sql, &[(&key, Type::BYTEA)]).map_err(pg_error)?;
+            let current = current.map(|row| IVec::from(row.get::<_, &[u8]>(0)));
             if current.as_deref() != old {
                 return Ok(Err(sled::CompareAndSwapError { current, proposed: new }));
             }
-            txn.write(tree, [(key.to_vec(), new)])?;
+            let changed = match (&current, &new) {
+                (_, None) => {
+                    let sql = format!("DELETE FROM orange_{tree} WHERE key = $1");
+                    tx.execute_typed(&sql, &[(&key, Type::BYTEA)]).map_err(pg_error)?
+                        == u64::from(current.is_some())
+                }
+                (Some(_), Some(new)) => {
+                    let sql = format!("UPDATE orange_{tree} SET value = $2 WHERE key = $1");
+                    tx.execute_typed(&sql, &[(&key, Type::BYTEA), (&new.as_ref(), Type::BYTEA)])
+                        .map_err(pg_error)?
+                        == 1
+                }
+                (None, Some(new)) => {
+                    let sql = format!(
+                        "INSERT INTO orange_{tree} (key, value) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+                    );
+                    tx.execute_typed(&sql, &[(&key, Type::BYTEA), (&new.as_ref(), Type::BYTEA)])
+                        .map_err(pg_error)?
+                        == 1
+                }
+            };
+            if !changed {
+                // Another writer put the key there between the read and the insert.
+                let current = tx.query_typed_opt(&sql, &[(&key, Type::BYTEA)]).map_err(pg_error)?;
+                let current = current.map(|row| IVec::from(row.get::<_, &[u8]>(0)));
+                return Ok(Err(sled::CompareAndSwapError { current, proposed: new }));
+            }
+            tx.commit().map_err(pg_error)?;
             Ok(Ok(()))
         })
     }
 
-    /// Removes and returns the first entry of `tree`, under the write lock.
+    /// Removes and returns the first entry of `tree` that no other writer holds: one
+    /// statement (`FOR UPDATE SKIP LOCKED`).
     pub fn pop_min(&self, tree: &str) -> sled::Result<Option<(IVec, IVec)>> {
-        self.transaction(|txn| {
-            let sql = format!("SELECT key, value FROM orange_{tree} ORDER BY key LIMIT 1");
-            let Some(row) = txn.tx.borrow_mut().query_typed_opt(&sql, &[]).map_err(pg_error)? else {
-                return Ok(None);
-            };
-            let (key, value): (Vec<u8>, Vec<u8>) = (row.get(0), row.get(1));
-            txn.write(tree, [(key.clone(), None)])?;
-            Ok(Some((IVec::from(key), IVec::from(value))))
+        blocking(|| {
+            let sql = format!(
+                "DELETE FROM orange_{tree} WHERE key = \
+                 (SELECT key FROM orange_{tree} ORDER BY key LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING key, value"
+            );
+            let row = self.writer()?.query_typed_opt(&sql, &[]).map_err(pg_error)?;
+            Ok(row.map(|row| (IVec::from(row.get::<_, &[u8]>(0)), IVec::from(row.get::<_, &[u8]>(1)))))
         })
     }
 
-    /// Runs `f` in one transaction holding the write lock; commits if it succeeds.
+    /// Runs `f` in one `SERIALIZABLE` transaction and commits it if `f` succeeds. When the
+    /// database refuses it as conflicting with another (at a statement or at the commit), it
+    /// runs `f` again in a new transaction after a short random pause, so `f` must be safe to
+    /// run more than once. A transaction that fails without writing still commits, so that
+    /// the database confirms what `f` read to decide (a refusal read from a view another
+    /// transaction made stale runs again instead).
     pub fn transaction<R, X: From<sled::Error>>(
         &self,
-        f: impl FnOnce(&PgTxn<'_>) -> Result<R, X>,
+        f: impl Fn(&PgTxn<'_>) -> Result<R, X>,
     ) -> Result<R, X> {
         blocking(|| {
-            let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
-            let mut client = self.client()?;
-            // READ COMMITTED whatever the database's default: each statement sees what the
-            // writer before us committed (a snapshot taken before the lock would not).
-            let mut tx = client
-                .build_transaction()
-                .isolation_level(postgres::IsolationLevel::ReadCommitted)
-                .start()
-                .map_err(pg_error)?;
-            tx.execute_typed("SELECT pg_advisory_xact_lock($1)", &[(&WRITE_LOCK, Type::INT8)])
-                .map_err(pg_error)?;
-            let txn = PgTxn { tx: RefCell::new(tx) };
-            let result = f(&txn)?;
-            txn.tx.into_inner().commit().map_err(pg_error)?;
-            Ok(result)
+            let mut client = self.writer()?;
+            for attempt in 0..MAX_ATTEMPTS {
+                if let Some(done) = Self::attempt(&mut client, &f) {
+                    return done;
+                }
+                std::thread::sleep(backoff(attempt));
+            }
+            Err(io_error(format!(
+                "the database {} refused a write {MAX_ATTEMPTS} times as conflicting with others; try again",
+                self.shown
+            ))
+            .into())
         })
+    }
+
+    /// One attempt of [`Self::transaction`]; `None` when the database refused it as conflicting.
+    fn attempt<R, X: From<sled::Error>>(
+        client: &mut postgres::Client,
+        f: &impl Fn(&PgTxn<'_>) -> Result<R, X>,
+    ) -> Option<Result<R, X>> {
+        let started =
+            client.build_transaction().isolation_level(postgres::IsolationLevel::Serializable).start();
+        let tx = match started {
+            Ok(tx) => tx,
+            Err(e) => return Some(Err(pg_error(e).into())),
+        };
+        let txn = PgTxn { tx: RefCell::new(tx), conflicted: Cell::new(false), wrote: Cell::new(false) };
+        let result = f(&txn);
+        if txn.conflicted.get() {
+            return None; // the transaction is rolled back as it is dropped
+        }
+        if result.is_err() && txn.wrote.get() {
+            return Some(result);
+        }
+        match txn.tx.into_inner().commit() {
+            Ok(()) => Some(result),
+            Err(e) if is_conflict(&e) => None,
+            Err(e) => Some(result.and(Err(pg_error(e).into()))),
+        }
     }
 
     /// The database's size on disk.
@@ -261,9 +379,13 @@ impl PgKv {
     }
 }
 
-/// One write transaction, holding the write lock.
+/// One write transaction.
 pub struct PgTxn<'c> {
     tx: RefCell<postgres::Transaction<'c>>,
+    /// A statement was refused as conflicting with another transaction: run it all again.
+    conflicted: Cell<bool>,
+    /// A statement that writes was sent.
+    wrote: Cell<bool>,
 }
 
 impl PgTxn<'_> {
@@ -287,29 +409,105 @@ impl PgTxn<'_> {
         }
         let mut tx = self.tx.borrow_mut();
         if !gone.is_empty() {
+            self.wrote.set(true);
             let sql = format!("DELETE FROM orange_{tree} WHERE key = ANY($1)");
-            tx.execute_typed(&sql, &[(&gone, Type::BYTEA_ARRAY)]).map_err(pg_error)?;
+            self.checked(tx.execute_typed(&sql, &[(&gone, Type::BYTEA_ARRAY)]))?;
         }
         if !keys.is_empty() {
+            self.wrote.set(true);
             let sql = format!(
                 "INSERT INTO orange_{tree} (key, value) SELECT * FROM unnest($1::bytea[], $2::bytea[]) \
                  ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
             );
-            tx.execute_typed(&sql, &[(&keys, Type::BYTEA_ARRAY), (&values, Type::BYTEA_ARRAY)])
-                .map_err(pg_error)?;
+            self.checked(
+                tx.execute_typed(&sql, &[(&keys, Type::BYTEA_ARRAY), (&values, Type::BYTEA_ARRAY)]),
+            )?;
         }
         Ok(())
     }
+
+    /// The first entry of `tree` from `from` (and before `to`) that no other transaction
+    /// holds, now held by this one (`FOR UPDATE SKIP LOCKED`).
+    pub fn claim_first(
+        &self,
+        tree: &str,
+        from: &[u8],
+        to: Option<&[u8]>,
+    ) -> sled::Result<Option<(IVec, IVec)>> {
+        let mut tx = self.tx.borrow_mut();
+        let row = match to {
+            Some(to) => {
+                let sql = format!(
+                    "SELECT key, value FROM orange_{tree} WHERE key >= $1 AND key < $2 \
+                     ORDER BY key LIMIT 1 FOR UPDATE SKIP LOCKED"
+                );
+                tx.query_typed_opt(&sql, &[(&from, Type::BYTEA), (&to, Type::BYTEA)])
+            }
+            None => {
+                let sql = format!(
+                    "SELECT key, value FROM orange_{tree} WHERE key >= $1 ORDER BY key LIMIT 1 FOR UPDATE SKIP LOCKED"
+                );
+                tx.query_typed_opt(&sql, &[(&from, Type::BYTEA)])
+            }
+        };
+        let row = self.checked(row)?;
+        Ok(row.map(|row| (IVec::from(row.get::<_, &[u8]>(0)), IVec::from(row.get::<_, &[u8]>(1)))))
+    }
+
+    /// Whether `key` of `tree` is there and no other transaction holds it; if so, this one
+    /// holds it now (`FOR UPDATE SKIP LOCKED`).
+    pub fn claim(&self, tree: &str, key: &[u8]) -> sled::Result<bool> {
+        let sql = format!("SELECT 1 FROM orange_{tree} WHERE key = $1 FOR UPDATE SKIP LOCKED");
+        let row = self.checked(self.tx.borrow_mut().query_typed_opt(&sql, &[(&key, Type::BYTEA)]))?;
+        Ok(row.is_some())
+    }
+
+    /// A statement's result, its error in the trees' vocabulary; a refusal as conflicting
+    /// marks the transaction to run again.
+    fn checked<T>(&self, result: Result<T, postgres::Error>) -> sled::Result<T> {
+        result.map_err(|e| {
+            if is_conflict(&e) {
+                self.conflicted.set(true);
+            }
+            pg_error(e)
+        })
+    }
+}
+
+/// Whether the database refused a transaction because of another one: it may succeed if run
+/// again.
+fn is_conflict(e: &postgres::Error) -> bool {
+    matches!(e.code(), Some(code) if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED)
+}
+
+/// A random pause before attempt `attempt + 1` of a refused transaction, longer as attempts
+/// add up, so that transactions that keep meeting spread out.
+fn backoff(attempt: u32) -> Duration {
+    let mut bytes = [0u8; 8];
+    // Without randomness at hand (never on Linux), the longest pause still spreads attempts.
+    let random = getrandom::fill(&mut bytes).map(|()| u64::from_le_bytes(bytes)).unwrap_or(u64::MAX);
+    let ceiling_us = (MAX_BACKOFF_MS * 1000).min(100u64 << attempt.min(16));
+    Duration::from_micros(random % (ceiling_us + 1))
 }
 
 impl TxRead for PgTxn<'_> {
     fn get(&self, tree: &str, key: &[u8]) -> sled::Result<Option<IVec>> {
-        get_with(&mut *self.tx.borrow_mut(), tree, key)
+        let sql = format!("SELECT value FROM orange_{tree} WHERE key = $1");
+        let row = self.checked(self.tx.borrow_mut().query_typed_opt(&sql, &[(&key, Type::BYTEA)]))?;
+        Ok(row.map(|row| IVec::from(row.get::<_, &[u8]>(0))))
     }
 
     fn next_id(&self) -> Option<sled::Result<u64>> {
-        let row = self.tx.borrow_mut().query_typed_one("SELECT nextval('orange_ids')", &[]);
-        Some(row.map(|row| row.get::<_, i64>(0).max(0) as u64).map_err(pg_error))
+        let row = self.checked(self.tx.borrow_mut().query_typed_one("SELECT nextval('orange_ids')", &[]));
+        Some(row.map(|row| row.get::<_, i64>(0).max(0) as u64))
+    }
+
+    fn claim_first(&self, tree: &str, from: &[u8], to: Option<&[u8]>) -> sled::Result<Option<(IVec, IVec)>> {
+        PgTxn::claim_first(self, tree, from, to)
+    }
+
+    fn claim(&self, tree: &str, key: &[u8]) -> sled::Result<bool> {
+        PgTxn::claim(self, tree, key)
     }
 }
 
