@@ -233,12 +233,9 @@ fn check_item(item: &Item, at: u64, files: &mut usize) -> Result<(), StoreError>
 }
 
 /// How many entries each tree holds.
-fn tree_counts(trees: &Trees) -> Result<Vec<(String, u64)>, StoreError> {
-    let mut counts = Vec::new();
-    for name in Trees::NAMES {
-        counts.push((name.to_string(), trees.sled()?.db.open_tree(name)?.len() as u64));
-    }
-    Ok(counts)
+pub(super) fn tree_counts(trees: &Trees) -> Result<Vec<(String, u64)>, StoreError> {
+    let db = &trees.sled()?.db;
+    Trees::NAMES.iter().map(|name| Ok((name.to_string(), db.open_tree(name)?.len() as u64))).collect()
 }
 
 /// Refuses a data directory a restore did not finish writing.

@@ -160,7 +160,7 @@ impl Sink {
                 trees.mark_compacted(id_floor, bytes)?;
                 wal.checkpoint(|| trees.sync())?;
                 sync_all(&trees, &dir)?;
-                let counts = sled_counts(&trees)?;
+                let counts = super::backup::tree_counts(&trees)?;
                 check_counts(expected, &counts)?;
                 drop(trees);
                 let marker = dir.join(RESTORING_FILE);
@@ -285,7 +285,7 @@ fn from_dir(
     for (name, bytes) in &files {
         carried.file(sink, name, bytes, &|key| meta.contains_key(key).unwrap_or(false))?;
     }
-    let counts = sled_counts(&trees)?;
+    let counts = super::backup::tree_counts(&trees)?;
     drop(trees);
     let id_floor = store.next_id()?;
     Ok((carried.expected(counts), id_floor))
@@ -439,12 +439,6 @@ fn refuse_full_database(kv: &PgKv) -> Result<(), StoreError> {
         }
     }
     Ok(())
-}
-
-/// How many entries each tree of a sled database holds.
-fn sled_counts(trees: &Trees) -> Result<Vec<(String, u64)>, StoreError> {
-    let db = &trees.sled()?.db;
-    Trees::NAMES.iter().map(|name| Ok((name.to_string(), db.open_tree(name)?.len() as u64))).collect()
 }
 
 /// How many entries each table of the database holds.

@@ -106,8 +106,8 @@ impl LoggedTree {
             Engine::Postgres(kv) => return kv.write_one(self.name, key.as_ref(), Some(&value)),
         };
         let mut writer = wal.writer();
-        writer.append(&self.op(key.as_ref(), Some(&value))).map_err(to_sled)?;
-        tree.insert(key.as_ref(), value).map_err(|e| to_sled(writer.fail(&e.to_string())))
+        writer.append(&self.op(key.as_ref(), Some(&value))).map_err(storage)?;
+        tree.insert(key.as_ref(), value).map_err(|e| storage(writer.fail(&e.to_string())))
     }
 
     /// sled's `remove`, logged first.
@@ -117,8 +117,8 @@ impl LoggedTree {
             Engine::Postgres(kv) => return kv.write_one(self.name, key.as_ref(), None),
         };
         let mut writer = wal.writer();
-        writer.append(&self.op(key.as_ref(), None)).map_err(to_sled)?;
-        tree.remove(key.as_ref()).map_err(|e| to_sled(writer.fail(&e.to_string())))
+        writer.append(&self.op(key.as_ref(), None)).map_err(storage)?;
+        tree.remove(key.as_ref()).map_err(|e| storage(writer.fail(&e.to_string())))
     }
 
     /// sled's `compare_and_swap`, logged first when it is going to swap: every write of the
@@ -140,11 +140,11 @@ impl LoggedTree {
         let current = tree.get(key.as_ref())?;
         let swaps = current.as_deref() == old.as_ref().map(AsRef::as_ref);
         if swaps {
-            writer.append(&self.op(key.as_ref(), new.as_deref())).map_err(to_sled)?;
+            writer.append(&self.op(key.as_ref(), new.as_deref())).map_err(storage)?;
         }
         match tree.compare_and_swap(key.as_ref(), old, new) {
             Ok(Err(_)) | Err(_) if swaps => {
-                Err(to_sled(writer.fail("a logged compare-and-swap did not swap")))
+                Err(storage(writer.fail("a logged compare-and-swap did not swap")))
             }
             result => result,
         }
@@ -159,8 +159,8 @@ impl LoggedTree {
         };
         let mut writer = wal.writer();
         let Some((key, value)) = tree.first()? else { return Ok(None) };
-        writer.append(&self.op(&key, None)).map_err(to_sled)?;
-        tree.remove(&key).map_err(|e| to_sled(writer.fail(&e.to_string())))?;
+        writer.append(&self.op(&key, None)).map_err(storage)?;
+        tree.remove(&key).map_err(|e| storage(writer.fail(&e.to_string())))?;
         Ok(Some((key, value)))
     }
 
@@ -406,7 +406,7 @@ pub fn apply_overlay(tree: &LoggedTree, overlay: Overlay) -> sled::Result<()> {
     Ok(())
 }
 
-/// A log failure as a sled error, for callers that speak sled's.
-fn to_sled(e: super::StoreError) -> sled::Error {
+/// A store error (a log failure) as a sled storage error, for callers that speak sled's.
+pub fn storage(e: super::StoreError) -> sled::Error {
     sled::Error::Io(std::io::Error::other(e.to_string()))
 }

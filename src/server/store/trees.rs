@@ -18,7 +18,7 @@ use sled::transaction::{
 };
 
 use super::StoreError;
-use super::logged::{LoggedTree, LoggedTx, Overlay, apply_overlay};
+use super::logged::{LoggedTree, LoggedTx, Overlay, apply_overlay, storage};
 use super::pg::PgKv;
 use super::wal::Wal;
 use super::wal_record::Op;
@@ -117,14 +117,7 @@ macro_rules! trees {
                 let ops = RefCell::new(Vec::new());
                 $(let $tx = Overlay::default();)*
                 let mut writer = wal.writer();
-                let result = match f(TxTrees { $($tx: LoggedTx::new(self.$tx.raw()?, stringify!($tx), &ops, &$tx)),* }) {
-                    Ok(result) => result,
-                    Err(ConflictableTransactionError::Abort(e)) => return Err(TransactionError::Abort(e)),
-                    Err(ConflictableTransactionError::Storage(e)) => return Err(TransactionError::Storage(e)),
-                    Err(ConflictableTransactionError::Conflict) => {
-                        return Err(TransactionError::Storage(storage(StoreError::Io("a transaction conflicted".into()))))
-                    }
-                };
+                let result = settled(f(TxTrees { $($tx: LoggedTx::new(self.$tx.raw()?, stringify!($tx), &ops, &$tx)),* }))?;
                 writer.append(&ops.borrow()).map_err(|e| TransactionError::Storage(storage(e)))?;
                 let applied = || -> sled::Result<()> {
                     $(apply_overlay(&self.$tx, $tx)?;)*
@@ -142,14 +135,7 @@ macro_rules! trees {
                 kv.transaction(|txn| {
                     let ops = RefCell::new(Vec::new());
                     $(let $tx = Overlay::default();)*
-                    let result = match f(TxTrees { $($tx: LoggedTx::new(txn, stringify!($tx), &ops, &$tx)),* }) {
-                        Ok(result) => result,
-                        Err(ConflictableTransactionError::Abort(e)) => return Err(TransactionError::Abort(e)),
-                        Err(ConflictableTransactionError::Storage(e)) => return Err(TransactionError::Storage(e)),
-                        Err(ConflictableTransactionError::Conflict) => {
-                            return Err(TransactionError::Storage(storage(StoreError::Io("a transaction conflicted".into()))))
-                        }
-                    };
+                    let result = settled(f(TxTrees { $($tx: LoggedTx::new(txn, stringify!($tx), &ops, &$tx)),* }))?;
                     $(txn.write(stringify!($tx), $tx.into_inner())?;)*
                     Ok(result)
                 })
@@ -367,14 +353,21 @@ impl Trees {
     }
 }
 
+/// A transaction closure's result as the transaction's: its abort or storage error as it is;
+/// a conflict, which no closure of the store raises, as a storage error.
+fn settled<A, E>(result: ConflictableTransactionResult<A, E>) -> TransactionResult<A, E> {
+    result.map_err(|e| match e {
+        ConflictableTransactionError::Abort(e) => TransactionError::Abort(e),
+        ConflictableTransactionError::Storage(e) => TransactionError::Storage(e),
+        ConflictableTransactionError::Conflict => {
+            TransactionError::Storage(storage(StoreError::Io("a transaction conflicted".into())))
+        }
+    })
+}
+
 /// The one id of a list of one.
 fn first_of(ids: Vec<u64>) -> Result<u64, StoreError> {
     ids.first().copied().ok_or_else(|| StoreError::Io("the database handed out no id".into()))
-}
-
-/// A log failure as a sled storage error.
-fn storage(e: StoreError) -> sled::Error {
-    sled::Error::Io(std::io::Error::other(e.to_string()))
 }
 
 /// The next id to hand out and the ceiling logged for it (ids below it are covered).

@@ -72,3 +72,26 @@ fn apply(client: &mut Client, shown: &str) -> Result<(), StoreError> {
 fn to_store(e: postgres::Error) -> StoreError {
     StoreError::Sled(pg_error(e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::MIGRATIONS;
+    use crate::server::store::trees::Trees;
+
+    /// Every tree the store declares has its table in the migrations, and no table is left
+    /// over: a tree added to `trees!` without a migration fails here, not on a live database.
+    #[test]
+    fn the_migrations_create_one_table_per_tree_of_the_store() {
+        let sql: String = MIGRATIONS.iter().map(|(_, sql)| *sql).collect();
+        let tables: Vec<&str> = sql
+            .lines()
+            .filter_map(|line| line.strip_prefix("CREATE TABLE orange_"))
+            .filter_map(|rest| rest.split_once(' ').map(|(name, _)| name))
+            .collect();
+        let mut wanted: Vec<&str> = Trees::NAMES.to_vec();
+        let mut created = tables.clone();
+        wanted.sort_unstable();
+        created.sort_unstable();
+        assert_eq!(created, wanted, "tables created by the migrations, against the store's trees");
+    }
+}
