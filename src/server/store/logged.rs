@@ -311,39 +311,18 @@ impl<'a> LoggedTx<'a> {
         self.base.get(self.name, key.as_ref()).map_err(UnabortableTransactionError::Storage)
     }
 
-    /// The first entry with `prefix` as this transaction sees it, of those no other
-    /// transaction holds; held by this one until it ends ([`TxRead::claim_first`]): how an
-    /// agent's next queued task is taken.
+    /// The first committed entry with `prefix` that no other transaction holds; held by this
+    /// one until it ends ([`TxRead::claim_first`]): how an agent's next queued task is taken.
+    /// A claim comes before the transaction writes to the tree (what it would see is then
+    /// what is committed); one after is refused as a storage error.
     pub fn claim_first(&self, prefix: &[u8]) -> Result<Option<(IVec, IVec)>, UnabortableTransactionError> {
+        if !self.overlay.borrow().is_empty() {
+            let message =
+                format!("a claim in tree {} after a write to it in the same transaction", self.name);
+            return Err(UnabortableTransactionError::Storage(sled::Error::Unsupported(message)));
+        }
         let end = successor(prefix);
-        let overlay = self.overlay.borrow();
-        let mut from = prefix.to_vec();
-        let stored = loop {
-            match self
-                .base
-                .claim_first(self.name, &from, end.as_deref())
-                .map_err(UnabortableTransactionError::Storage)?
-            {
-                // Removed in this transaction: look further.
-                Some((key, _)) if matches!(overlay.get(key.as_ref()), Some(None)) => {
-                    from = key.to_vec();
-                    from.push(0);
-                }
-                Some((key, value)) => {
-                    let value = overlay.get(key.as_ref()).cloned().flatten().unwrap_or(value);
-                    break Some((key, value));
-                }
-                None => break None,
-            }
-        };
-        let upper = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-        let written = overlay
-            .range::<[u8], _>((Bound::Included(prefix), upper))
-            .find_map(|(key, value)| Some((IVec::from(key.as_slice()), value.clone()?)));
-        Ok(match (stored, written) {
-            (Some(stored), Some(written)) => Some(if written.0 < stored.0 { written } else { stored }),
-            (stored, written) => stored.or(written),
-        })
+        self.base.claim_first(self.name, prefix, end.as_deref()).map_err(UnabortableTransactionError::Storage)
     }
 
     /// Whether `key` is there as this transaction sees it and no other transaction holds it;

@@ -87,6 +87,10 @@ impl Store {
     ) -> Result<Option<TaskRecord>, StoreError> {
         let prefix = agent_prefix(app_id);
         loop {
+            // An empty queue, what most polls find, costs one read and no transaction.
+            if self.trees().queue.scan_prefix(&prefix).next().transpose()?.is_none() {
+                return Ok(None);
+            }
             let taken = self.transact(|tx| {
                 // The first entry no other poll of this agent holds (on PostgreSQL, a poll
                 // through another server takes the next one instead of waiting).

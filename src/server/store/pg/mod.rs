@@ -14,8 +14,8 @@
 //!   under its row lock, atomic on its own: it fits between any two transactions, so it needs
 //!   no serializable transaction, and is never refused as conflicting.
 //! - Claims skip what another transaction holds: the next queued task of an agent and a due
-//!   deadline are taken with `FOR UPDATE SKIP LOCKED` ([`PgTxn::claim_first`],
-//!   [`PgTxn::claim`]), so two servers answering one agent hand out two different tasks, and
+//!   deadline are taken with `FOR UPDATE SKIP LOCKED` (`TxRead::claim_first` and
+//!   `TxRead::claim` of [`PgTxn`]), so two servers answering one agent hand out two different tasks, and
 //!   two servers sweeping at once pass each deadline once, without waiting for each other.
 //! - A transaction's reads see its own writes (the overlay in `logged.rs`); its writes reach the
 //!   tables in one batch per tree just before the commit. The commit returns once PostgreSQL
@@ -160,7 +160,7 @@ impl PgKv {
 
     /// The value at `key` in `tree`.
     pub fn get(&self, tree: &str, key: &[u8]) -> sled::Result<Option<IVec>> {
-        blocking(|| get_with(&mut *self.client()?, tree, key))
+        blocking(|| get_with(&mut *self.client()?, tree, key, false).map_err(pg_error))
     }
 
     /// The number of entries in `tree`.
@@ -194,19 +194,17 @@ impl PgKv {
             let Some(value) = value else {
                 let sql = format!("DELETE FROM orange_{tree} WHERE key = $1 RETURNING value");
                 let row = client.query_typed_opt(&sql, &[(&key, Type::BYTEA)]).map_err(pg_error)?;
-                return Ok(row.map(|row| IVec::from(row.get::<_, &[u8]>(0))));
+                return Ok(row.map(|row| bytes(&row, 0)));
             };
-            // `old` is read (and the row locked) before the write; a row that another writer
-            // inserted after that read shows as an update with no old value: read again.
-            // `old` is read first (the outer SELECT asks for it first), `up` writes after it.
+            // `old` is read (and its row locked) first, as the outer SELECT asks for it first;
+            // `up` writes after it. A row another writer inserted after that read shows as an
+            // update with no old value: the next round reads it.
             let sql = format!(
                 "WITH old AS (SELECT value FROM orange_{tree} WHERE key = $1 FOR UPDATE), \
                  up AS (INSERT INTO orange_{tree} (key, value) VALUES ($1, $2) \
                  ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value RETURNING xmax = 0 AS inserted) \
                  SELECT (SELECT value FROM old), (SELECT inserted FROM up)"
             );
-            // A second round finds the row the other writer put there (it may be removed
-            // again in between, hence a few rounds).
             for _ in 0..MAX_ATTEMPTS {
                 let row = client
                     .query_typed_one(&sql, &[(&key, Type::BYTEA), (&value, Type::BYTEA)])
@@ -235,9 +233,7 @@ impl PgKv {
         blocking(|| {
             let mut client = self.writer()?;
             let mut tx = client.transaction().map_err(pg_error)?;
-            let sql = format!("SELECT value FROM orange_{tree} WHERE key = $1 FOR UPDATE");
-            let current = tx.query_typed_opt(&sql, &[(&key, Type::BYTEA)]).map_err(pg_error)?;
-            let current = current.map(|row| IVec::from(row.get::<_, &[u8]>(0)));
+            let current = get_with(&mut tx, tree, key, true).map_err(pg_error)?;
             if current.as_deref() != old {
                 return Ok(Err(sled::CompareAndSwapError { current, proposed: new }));
             }
@@ -264,8 +260,7 @@ impl PgKv {
             };
             if !changed {
                 // Another writer put the key there between the read and the insert.
-                let current = tx.query_typed_opt(&sql, &[(&key, Type::BYTEA)]).map_err(pg_error)?;
-                let current = current.map(|row| IVec::from(row.get::<_, &[u8]>(0)));
+                let current = get_with(&mut tx, tree, key, true).map_err(pg_error)?;
                 return Ok(Err(sled::CompareAndSwapError { current, proposed: new }));
             }
             tx.commit().map_err(pg_error)?;
@@ -282,7 +277,7 @@ impl PgKv {
                  (SELECT key FROM orange_{tree} ORDER BY key LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING key, value"
             );
             let row = self.writer()?.query_typed_opt(&sql, &[]).map_err(pg_error)?;
-            Ok(row.map(|row| (IVec::from(row.get::<_, &[u8]>(0)), IVec::from(row.get::<_, &[u8]>(1)))))
+            Ok(row.as_ref().map(entry))
         })
     }
 
@@ -426,42 +421,6 @@ impl PgTxn<'_> {
         Ok(())
     }
 
-    /// The first entry of `tree` from `from` (and before `to`) that no other transaction
-    /// holds, now held by this one (`FOR UPDATE SKIP LOCKED`).
-    pub fn claim_first(
-        &self,
-        tree: &str,
-        from: &[u8],
-        to: Option<&[u8]>,
-    ) -> sled::Result<Option<(IVec, IVec)>> {
-        let mut tx = self.tx.borrow_mut();
-        let row = match to {
-            Some(to) => {
-                let sql = format!(
-                    "SELECT key, value FROM orange_{tree} WHERE key >= $1 AND key < $2 \
-                     ORDER BY key LIMIT 1 FOR UPDATE SKIP LOCKED"
-                );
-                tx.query_typed_opt(&sql, &[(&from, Type::BYTEA), (&to, Type::BYTEA)])
-            }
-            None => {
-                let sql = format!(
-                    "SELECT key, value FROM orange_{tree} WHERE key >= $1 ORDER BY key LIMIT 1 FOR UPDATE SKIP LOCKED"
-                );
-                tx.query_typed_opt(&sql, &[(&from, Type::BYTEA)])
-            }
-        };
-        let row = self.checked(row)?;
-        Ok(row.map(|row| (IVec::from(row.get::<_, &[u8]>(0)), IVec::from(row.get::<_, &[u8]>(1)))))
-    }
-
-    /// Whether `key` of `tree` is there and no other transaction holds it; if so, this one
-    /// holds it now (`FOR UPDATE SKIP LOCKED`).
-    pub fn claim(&self, tree: &str, key: &[u8]) -> sled::Result<bool> {
-        let sql = format!("SELECT 1 FROM orange_{tree} WHERE key = $1 FOR UPDATE SKIP LOCKED");
-        let row = self.checked(self.tx.borrow_mut().query_typed_opt(&sql, &[(&key, Type::BYTEA)]))?;
-        Ok(row.is_some())
-    }
-
     /// A statement's result, its error in the trees' vocabulary; a refusal as conflicting
     /// marks the transaction to run again.
     fn checked<T>(&self, result: Result<T, postgres::Error>) -> sled::Result<T> {
@@ -492,9 +451,7 @@ fn backoff(attempt: u32) -> Duration {
 
 impl TxRead for PgTxn<'_> {
     fn get(&self, tree: &str, key: &[u8]) -> sled::Result<Option<IVec>> {
-        let sql = format!("SELECT value FROM orange_{tree} WHERE key = $1");
-        let row = self.checked(self.tx.borrow_mut().query_typed_opt(&sql, &[(&key, Type::BYTEA)]))?;
-        Ok(row.map(|row| IVec::from(row.get::<_, &[u8]>(0))))
+        self.checked(get_with(&mut *self.tx.borrow_mut(), tree, key, false))
     }
 
     fn next_id(&self) -> Option<sled::Result<u64>> {
@@ -502,19 +459,45 @@ impl TxRead for PgTxn<'_> {
         Some(row.map(|row| row.get::<_, i64>(0).max(0) as u64))
     }
 
+    /// `FOR UPDATE SKIP LOCKED`.
     fn claim_first(&self, tree: &str, from: &[u8], to: Option<&[u8]>) -> sled::Result<Option<(IVec, IVec)>> {
-        PgTxn::claim_first(self, tree, from, to)
+        let sql = format!(
+            "SELECT key, value FROM orange_{tree} WHERE key >= $1 AND ($2::bytea IS NULL OR key < $2) \
+             ORDER BY key LIMIT 1 FOR UPDATE SKIP LOCKED"
+        );
+        let row = self.tx.borrow_mut().query_typed_opt(&sql, &[(&from, Type::BYTEA), (&to, Type::BYTEA)]);
+        Ok(self.checked(row)?.as_ref().map(entry))
     }
 
+    /// `FOR UPDATE SKIP LOCKED`.
     fn claim(&self, tree: &str, key: &[u8]) -> sled::Result<bool> {
-        PgTxn::claim(self, tree, key)
+        let sql = format!("SELECT 1 FROM orange_{tree} WHERE key = $1 FOR UPDATE SKIP LOCKED");
+        let row = self.checked(self.tx.borrow_mut().query_typed_opt(&sql, &[(&key, Type::BYTEA)]))?;
+        Ok(row.is_some())
     }
 }
 
-fn get_with(client: &mut impl postgres::GenericClient, tree: &str, key: &[u8]) -> sled::Result<Option<IVec>> {
-    let sql = format!("SELECT value FROM orange_{tree} WHERE key = $1");
-    let row = client.query_typed_opt(&sql, &[(&key, Type::BYTEA)]).map_err(pg_error)?;
-    Ok(row.map(|row| IVec::from(row.get::<_, &[u8]>(0))))
+/// The value at `key` of `tree`, read through `client` (a connection or a transaction);
+/// `FOR UPDATE` with `lock`.
+fn get_with(
+    client: &mut impl postgres::GenericClient,
+    tree: &str,
+    key: &[u8],
+    lock: bool,
+) -> Result<Option<IVec>, postgres::Error> {
+    let sql =
+        format!("SELECT value FROM orange_{tree} WHERE key = $1{}", if lock { " FOR UPDATE" } else { "" });
+    Ok(client.query_typed_opt(&sql, &[(&key, Type::BYTEA)])?.map(|row| bytes(&row, 0)))
+}
+
+/// Column `index` of `row`, a `bytea`.
+fn bytes(row: &postgres::Row, index: usize) -> IVec {
+    IVec::from(row.get::<_, &[u8]>(index))
+}
+
+/// A row of `key, value`.
+fn entry(row: &postgres::Row) -> (IVec, IVec) {
+    (bytes(row, 0), bytes(row, 1))
 }
 
 /// Runs `f`, which waits on the database. On a worker thread of the server's runtime, the

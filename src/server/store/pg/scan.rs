@@ -9,7 +9,7 @@ use sled::IVec;
 
 use std::sync::Arc;
 
-use super::{PgKv, blocking, pg_error};
+use super::{PgKv, blocking, entry, pg_error};
 
 /// Entries read per round trip.
 const PAGE: i64 = 256;
@@ -55,8 +55,7 @@ impl Scan {
         if (rows.len() as i64) < PAGE {
             self.drained = true;
         }
-        let entries =
-            rows.iter().map(|row| (IVec::from(row.get::<_, &[u8]>(0)), IVec::from(row.get::<_, &[u8]>(1))));
+        let entries = rows.iter().map(entry);
         let (buffer, bound) =
             if ascending { (&mut self.front, &mut self.lower) } else { (&mut self.back, &mut self.upper) };
         buffer.extend(entries);
