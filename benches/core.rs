@@ -69,6 +69,7 @@ fn store_bench(c: &mut Criterion) {
         error: None,
         duration_ms: Some(1),
         output: vec![(Stream::Stdout, b"ok\n".to_vec())],
+        attempt: None,
     };
     c.bench_function("store enqueue+take+report", |b| {
         b.iter(|| {

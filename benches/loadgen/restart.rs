@@ -165,6 +165,7 @@ fn finish_tasks(store: &Store, app_id: &str, n: usize) -> Result<()> {
         error: None,
         duration_ms: Some(3),
         output: vec![(Stream::Stdout, b" 10:00:00 up 1 day,  load average: 0.00, 0.00, 0.00\n".to_vec())],
+        attempt: None,
     };
     for _ in 0..n {
         let task = store

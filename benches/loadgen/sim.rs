@@ -186,6 +186,7 @@ fn doing(task: &WireTask) -> ReportRequest {
         task_type: task.task_type.clone(),
         do_status: wire::DO_STATUS_DOING.to_owned(),
         create_at: task.create_at.clone(),
+        attempt: task.attempt,
         ..ReportRequest::default()
     }
 }
@@ -202,6 +203,7 @@ fn done(task: &WireTask) -> ReportRequest {
         stdout: Some(RESULT.to_owned()),
         stderr: Some(String::new()),
         duration_ms: Some(0),
+        attempt: task.attempt,
         ..ReportRequest::default()
     }
 }

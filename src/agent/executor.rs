@@ -288,6 +288,7 @@ mod tests {
             cwd: None,
             user: None,
             stdin: Vec::new(),
+            attempt: None,
             more: Vec::new(),
         }
     }

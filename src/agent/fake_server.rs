@@ -31,6 +31,9 @@ pub struct Inner {
     pub reports: Vec<(Instant, ReportRequest)>,
     /// Accepted `doing` acks: when, and for which task.
     pub doings: Vec<(Instant, String)>,
+    /// The delivery named by every report (`doing` or final) and chunk, as (task, `doing`,
+    /// `final` or `chunk`, attempt), in order of arrival.
+    pub named_deliveries: Vec<(String, &'static str, Option<u32>)>,
     /// Accepted registrations.
     pub registrations: Vec<RegisterRequest>,
     /// When each task was handed out.
@@ -384,6 +387,8 @@ fn report(state: &State, body: &[u8]) -> Reply {
     };
     let mut inner = state.lock();
     state.changed.notify_all();
+    let kind = if report.do_status == DO_STATUS_DOING { "doing" } else { "final" };
+    inner.named_deliveries.push((report.task_id.clone(), kind, report.attempt));
     if let Some(status) = inner.finals.get(&report.task_id).cloned() {
         if report.do_status != DO_STATUS_DOING {
             inner.report_calls += 1;
@@ -421,6 +426,7 @@ fn output(state: &State, body: &[u8]) -> Reply {
     thread::sleep(delay);
     let mut inner = state.lock();
     state.changed.notify_all();
+    inner.named_deliveries.push((chunk.task_id.clone(), "chunk", chunk.attempt));
     if let Some(status) = inner.finals.get(&chunk.task_id) {
         return refused(&format!("task {} already finished as {status}", chunk.task_id));
     }

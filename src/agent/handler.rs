@@ -198,6 +198,7 @@ mod tests {
             cwd: None,
             user: None,
             stdin: Vec::new(),
+            attempt: None,
             more: Vec::new(),
         };
         assert_eq!(TaskHandler::run(&handler, &task).stdout, "HI");

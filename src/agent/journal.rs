@@ -294,6 +294,7 @@ mod tests {
             cwd: None,
             user: None,
             stdin: Vec::new(),
+            attempt: None,
             more: Vec::new(),
         }
     }

@@ -27,6 +27,7 @@ pub fn doing_report(task: &WireTask) -> ReportRequest {
         task_type: task.task_type.clone(),
         do_status: DO_STATUS_DOING.to_owned(),
         create_at: task.create_at.clone(),
+        attempt: task.attempt,
         ..ReportRequest::default()
     }
 }
@@ -39,6 +40,7 @@ pub fn lost_report(entry: &Entry) -> ReportRequest {
         do_status: DO_STATUS_LOST.to_owned(),
         create_at: entry.create_at.clone(),
         error: Some(LOST_ERROR.to_owned()),
+        attempt: entry.task.as_ref().and_then(|task| task.attempt),
         ..ReportRequest::default()
     }
 }
@@ -61,6 +63,7 @@ pub fn build_report(
         exit_code: outcome.exit_code,
         duration_ms: Some(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)),
         error: outcome.error,
+        attempt: task.attempt,
         ..ReportRequest::default()
     };
     match streamed {
@@ -144,6 +147,7 @@ mod tests {
             cwd: None,
             user: None,
             stdin: Vec::new(),
+            attempt: None,
             more: Vec::new(),
         }
     }
@@ -175,6 +179,7 @@ mod tests {
                 duration_ms: Some(1234),
                 error: None,
                 output_chunks: None,
+                attempt: None,
             }
         );
     }

@@ -31,9 +31,12 @@ pub fn is_unknown_agent(e: &ClientError) -> bool {
         .any(|needle| m.contains(needle))
 }
 
-/// True when a refusal says the task is already final on the server, so the task should stop.
-pub fn is_already_finished(reason: &str) -> bool {
-    reason.to_ascii_lowercase().contains("already finished")
+/// True when a refusal says the task is over for this agent, so the task should stop: it is
+/// already final on the server, or the server handed it out again since this agent's delivery
+/// (the delivery was superseded).
+pub fn stops_the_task(reason: &str) -> bool {
+    let reason = reason.to_ascii_lowercase();
+    reason.contains("already finished") || reason.contains("was superseded")
 }
 
 /// Calls `call` until it succeeds, is refused, or the agent's stop grace is over. An unknown
@@ -76,7 +79,8 @@ mod tests {
         assert!(!is_unknown_agent(&refused("signature does not match")));
         let transport = ClientError::Transport { url: "u".into(), reason: "unknown app".into() };
         assert!(!is_unknown_agent(&transport));
-        assert!(is_already_finished("task t1 already finished as cancelled"));
-        assert!(!is_already_finished("chunk skips ahead"));
+        assert!(stops_the_task("task t1 already finished as cancelled"));
+        assert!(stops_the_task("task t1: delivery 1 was superseded by delivery 2; stop running it"));
+        assert!(!stops_the_task("chunk skips ahead"));
     }
 }

@@ -120,13 +120,14 @@ impl Tasks {
         self.map.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Registers task `id`; `None` if it is already registered.
-    pub fn insert(&self, id: &str) -> Option<Arc<TaskControl>> {
+    /// Registers task `id`, handed out as delivery `attempt`; `None` if it is already
+    /// registered.
+    pub fn insert(&self, id: &str, attempt: Option<u32>) -> Option<Arc<TaskControl>> {
         let mut map = self.lock();
         if map.contains_key(id) {
             return None;
         }
-        let control = Arc::new(TaskControl::default());
+        let control = Arc::new(TaskControl::new(attempt));
         map.insert(id.to_owned(), Arc::clone(&control));
         Some(control)
     }
@@ -307,8 +308,8 @@ mod tests {
     #[test]
     fn tasks_register_once_and_wait_empty_returns_when_all_ended() {
         let tasks = Arc::new(Tasks::default());
-        let control = tasks.insert("t1").expect("new");
-        assert!(tasks.insert("t1").is_none());
+        let control = tasks.insert("t1", Some(1)).expect("new");
+        assert!(tasks.insert("t1", Some(2)).is_none());
         assert!(Arc::ptr_eq(&control, &tasks.get("t1").expect("registered")));
         assert_eq!(tasks.ids(), ["t1"]);
         let remover = {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 use super::control::TaskControl;
-use super::retry::{Sent, is_already_finished, until_done};
+use super::retry::{Sent, stops_the_task, until_done};
 use super::shared::Shared;
 use super::sink::{OutputSink, Stream};
 use crate::protocol::wire::{MAX_CHUNK_LEN, OutputChunk};
@@ -82,7 +82,10 @@ impl TaskStream {
             state.dropped += len;
             return;
         }
-        let chunk = OutputChunk::new(&self.task_id, state.next_seq, stream.name(), bytes);
+        let chunk = OutputChunk {
+            attempt: self.control.attempt(),
+            ..OutputChunk::new(&self.task_id, state.next_seq, stream.name(), bytes)
+        };
         match until_done(&self.shared, "output chunk", || self.shared.client.post_output(&chunk)) {
             Sent::Done(ack) => {
                 debug!(seq = chunk.seq, stream = %chunk.stream, bytes = len, "output chunk sent");
@@ -94,7 +97,7 @@ impl TaskStream {
             }
             Sent::Refused(reason) => {
                 warn!(seq = chunk.seq, %reason, "server refused output; not streaming more");
-                if is_already_finished(&reason) {
+                if stops_the_task(&reason) {
                     self.control.cancel();
                 }
                 state.dropped += len;

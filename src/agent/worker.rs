@@ -19,8 +19,8 @@ use super::report::{build_report, doing_report, lost_report, send_final};
 use super::retry::{Sent, until_done};
 use super::shared::{Shared, SlotGuard};
 use super::stream::{StreamSummary, TaskStream};
-use crate::protocol::WireTask;
 use crate::protocol::features;
+use crate::protocol::{ReportRequest, WireTask};
 
 /// Start of the error of a task whose journal entry could not be read: it may have run once.
 const UNREADABLE_ERROR: &str =
@@ -45,7 +45,7 @@ pub fn deliver(shared: &Arc<Shared>, handler: &Arc<dyn TaskHandler>, task: WireT
             restart(shared, handler, task)
         }
         Ok(Some(entry)) => {
-            known_task(shared, entry);
+            known_task(shared, entry, task.attempt);
             false
         }
         Err(e) => {
@@ -69,32 +69,40 @@ fn restart(shared: &Arc<Shared>, handler: &Arc<dyn TaskHandler>, task: WireTask)
     start(shared, handler, task)
 }
 
-/// A repeated delivery of a task running here: the earlier `doing` may have been lost.
+/// A repeated delivery of a task running here: the earlier `doing` may have been lost. The
+/// agent holds the new delivery from now on (the server refuses what names the earlier one).
 fn reacknowledge(shared: &Shared, task: &WireTask, control: &TaskControl) {
+    control.adopt(task.attempt);
     if !control.is_acked() {
         debug!("task delivered again while its start is being acknowledged");
         return;
     }
-    match shared.client.report(&doing_report(task)) {
+    let doing = ReportRequest { attempt: control.attempt(), ..doing_report(task) };
+    match shared.client.report(&doing) {
         Ok(()) => info!("task delivered again while running here; acknowledged it again"),
         Err(e) => warn!(error = %e, "task delivered again; cannot acknowledge it again"),
     }
 }
 
-/// A delivery of a task the journal knows but this process does not run.
-fn known_task(shared: &Shared, entry: Entry) {
-    if entry.report.is_some() {
+/// A delivery (number `attempt`) of a task the journal knows but this process does not run.
+/// Its report names this delivery, the one the server now holds the agent to.
+fn known_task(shared: &Shared, mut entry: Entry, attempt: Option<u32>) {
+    if let Some(report) = &mut entry.report {
         info!("task already finished here; reporting it again instead of running it");
-        shared.outbox.push(&entry.task_id);
+        report.attempt = report.attempt.max(attempt);
+        queue_final(shared, &Entry { reported: false, ..entry });
     } else {
         warn!("an earlier run of the agent started this task and never finished it; reporting it lost");
-        mark_lost(shared, entry);
+        mark_lost(shared, entry, attempt);
     }
 }
 
-/// Journals a `lost` report for an entry an earlier life left unfinished and queues it.
-fn mark_lost(shared: &Shared, entry: Entry) {
-    queue_final(shared, &Entry { report: Some(lost_report(&entry)), reported: false, ..entry });
+/// Journals a `lost` report (naming delivery `attempt`) for an entry an earlier life left
+/// unfinished and queues it.
+fn mark_lost(shared: &Shared, entry: Entry, attempt: Option<u32>) {
+    let mut report = lost_report(&entry);
+    report.attempt = report.attempt.max(attempt);
+    queue_final(shared, &Entry { report: Some(report), reported: false, ..entry });
 }
 
 /// Journals an entry holding a final report and queues the report in the outbox.
@@ -107,7 +115,7 @@ fn queue_final(shared: &Shared, entry: &Entry) {
 
 /// Registers a new task and starts its worker thread.
 fn start(shared: &Arc<Shared>, handler: &Arc<dyn TaskHandler>, task: WireTask) -> bool {
-    let Some(control) = shared.tasks.insert(&task.task_id) else {
+    let Some(control) = shared.tasks.insert(&task.task_id, task.attempt) else {
         return false;
     };
     let slot = shared.slots.try_take();
@@ -175,10 +183,20 @@ impl Worker<'_> {
     /// Sends `doing` until the server takes it. False when the task must not run: the server
     /// refused it (it is final there) or the agent stopped first (then it is reported failed).
     fn acknowledge(&self, entry: &mut Entry) -> bool {
-        let doing = doing_report(self.task);
-        match until_done(self.shared, "start acknowledgement", || self.shared.client.report(&doing)) {
+        // Built for each try: a delivery made again meanwhile is named from then on.
+        let named = std::cell::Cell::new(None);
+        let doing = || {
+            named.set(self.control.attempt());
+            self.shared.client.report(&ReportRequest { attempt: named.get(), ..doing_report(self.task) })
+        };
+        match until_done(self.shared, "start acknowledgement", doing) {
             Sent::Done(()) => {
                 self.control.set_acked();
+                if self.control.attempt() != named.get() {
+                    // Handed out again after the last try was sent, before it was taken: the
+                    // poll loop left that acknowledgement to this one.
+                    reacknowledge(self.shared, self.task, &self.control);
+                }
                 true
             }
             Sent::Refused(reason) => {
@@ -220,7 +238,10 @@ impl Worker<'_> {
         took: Duration,
         streamed: Option<StreamSummary>,
     ) {
-        let report = build_report(self.task, outcome, took, streamed);
+        let report = ReportRequest {
+            attempt: self.control.attempt(),
+            ..build_report(self.task, outcome, took, streamed)
+        };
         debug!(
             status = %report.do_status,
             exit_code = ?report.exit_code,
@@ -326,7 +347,7 @@ pub fn recover(shared: &Arc<Shared>, handler: &Arc<dyn TaskHandler>) {
             }
             (None, _) => {
                 warn!("the agent restarted while this task ran; reporting it lost");
-                mark_lost(shared, entry);
+                mark_lost(shared, entry, None);
                 lost += 1;
             }
             (Some(_), false) => {

@@ -227,6 +227,12 @@ pub struct WireTask {
     /// own user).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// Which delivery of the task this is: 1 the first time, one more each time it is handed
+    /// out again (orange addition). An orange agent names it in its reports and output chunks;
+    /// the server refuses those of an earlier delivery once a later one was made (the fence
+    /// of the delivery's lease).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
     /// Further tasks handed out by the same poll, oldest first, to an agent that announced the
     /// batch feature (orange addition; absent otherwise, so other clients see the task they know).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -330,6 +336,10 @@ pub struct ReportRequest {
     /// acknowledged); when set, the report's `stdout`/`stderr` are not sent again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_chunks: Option<u32>,
+    /// The delivery of the task the agent runs ([`WireTask::attempt`]; orange addition): a
+    /// report of a delivery the server has since superseded is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
 }
 
 /// What a getTask answer without a task (code 2) may carry for an orange agent; the original
@@ -360,13 +370,24 @@ pub struct OutputChunk {
     /// agents before orange sent bytes, whose data is always text). See [`super::bytes`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encoding: Option<Encoding>,
+    /// The delivery of the task the agent runs ([`WireTask::attempt`]): a chunk of a delivery
+    /// the server has since superseded is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
 }
 
 impl OutputChunk {
     /// Chunk `seq` of `task_id`'s `stream` holding `bytes`, encoded for JSON.
     pub fn new(task_id: &str, seq: u32, stream: &str, bytes: &[u8]) -> Self {
         let (data, encoding) = super::bytes::encode(bytes);
-        OutputChunk { task_id: task_id.to_owned(), seq, stream: stream.to_owned(), data, encoding }
+        OutputChunk {
+            task_id: task_id.to_owned(),
+            seq,
+            stream: stream.to_owned(),
+            data,
+            encoding,
+            attempt: None,
+        }
     }
 
     /// The chunk's bytes; the error says its base64 is bad.

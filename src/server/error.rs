@@ -32,9 +32,9 @@ impl From<ReportError> for ServiceError {
         match e {
             ReportError::Store(e) => ServiceError::Store(e),
             ReportError::UnknownTask(_) => ServiceError::NotFound(e.to_string()),
-            ReportError::AlreadyFinished { .. } | ReportError::BadMove { .. } => {
-                ServiceError::Conflict(e.to_string())
-            }
+            ReportError::AlreadyFinished { .. }
+            | ReportError::BadMove { .. }
+            | ReportError::Superseded { .. } => ServiceError::Conflict(e.to_string()),
             other => ServiceError::BadRequest(other.to_string()),
         }
     }

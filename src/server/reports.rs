@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::clock::now_ms;
 use super::dispatch::Dispatch;
 use super::error::ServiceError;
-use super::store::{ChunkAck, Outcome, Store, StoreError, Stream, TaskRecord};
+use super::store::{ChunkAck, NewChunk, Outcome, Store, StoreError, Stream, TaskRecord};
 use crate::protocol::bytes::{self, Encoding};
 use crate::protocol::wire::{self, OutputChunk, ReportRequest};
 use crate::protocol::{TaskId, TaskStatus};
@@ -83,7 +83,11 @@ impl Reports {
             ))
         })?;
         let data = chunk_bytes(&chunk)?;
-        let ack = self.store.store_chunk(app_id, id, chunk.seq, stream, &data, now_ms())?;
+        let ack = self.store.store_chunk(
+            app_id,
+            &NewChunk { id, seq: chunk.seq, stream, data: &data, attempt: chunk.attempt },
+            now_ms(),
+        )?;
         self.store.durable().await?;
         self.dispatch.task_changed(id);
         Ok(ack)
@@ -128,6 +132,7 @@ fn outcome_of(report: ReportRequest) -> Result<Outcome, ServiceError> {
         error: report.error.map(|e| e.chars().take(REPORT_ERROR_CHARS).collect()),
         duration_ms: report.duration_ms,
         output,
+        attempt: report.attempt,
     })
 }
 

@@ -127,6 +127,7 @@ pub fn wire_task(task: &TaskRecord) -> WireTask {
         cwd: task.cwd.clone(),
         user: task.user.clone(),
         stdin: task.stdin.clone(),
+        attempt: (task.attempt > 0).then_some(task.attempt),
         more: Vec::new(),
     }
 }

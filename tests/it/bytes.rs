@@ -184,6 +184,7 @@ fn text_chunks_of_earlier_agents_and_base64_chunks_are_stored_as_their_bytes_and
         stream: "stdout".into(),
         data: "hé ".into(),
         encoding: None,
+        attempt: None,
     };
     agent.post_output(&earlier).expect("a text chunk without a marker");
     agent.post_output(&OutputChunk::new(&id, 1, "stdout", CAFE_LATIN1)).expect("a base64 chunk");

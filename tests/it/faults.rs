@@ -36,7 +36,14 @@ fn success(task_id: &str) -> ReportRequest {
 }
 
 fn chunk(task_id: &str, seq: u32, data: &str) -> OutputChunk {
-    OutputChunk { task_id: task_id.into(), seq, stream: "stdout".into(), data: data.into(), encoding: None }
+    OutputChunk {
+        task_id: task_id.into(),
+        seq,
+        stream: "stdout".into(),
+        data: data.into(),
+        encoding: None,
+        attempt: None,
+    }
 }
 
 fn refused<T: std::fmt::Debug>(result: Result<T, ClientError>) -> String {

@@ -137,6 +137,7 @@ fn task_record() -> impl Strategy<Value = TaskRecord> {
             error,
             duration_ms,
             output,
+            attempt: (queue_seq % 11) as u32,
         },
     )
 }
@@ -292,6 +293,7 @@ fn report_request() -> impl Strategy<Value = ReportRequest> {
             duration_ms,
             error,
             output_chunks,
+            attempt: None,
         },
     )
 }
@@ -605,7 +607,7 @@ proptest! {
 
     #[test]
     fn marked_data_that_is_not_base64_is_an_error_never_a_panic(data in text()) {
-        let chunk = OutputChunk { task_id: "t".into(), seq: 0, stream: "stdout".into(), data, encoding: Some(Encoding::Base64) };
+        let chunk = OutputChunk { task_id: "t".into(), seq: 0, stream: "stdout".into(), data, encoding: Some(Encoding::Base64), attempt: None };
         if let Ok(bytes) = chunk.bytes() {
             prop_assert_eq!(OutputChunk::new("t", 0, "stdout", &bytes).bytes(), Ok(bytes));
         }

@@ -51,7 +51,14 @@ fn poll_until_task(agent: &AgentClient, within: Duration) -> Option<(WireTask, I
 
 /// An output chunk.
 fn chunk(task_id: &str, seq: u32, stream: &str, data: &str) -> OutputChunk {
-    OutputChunk { task_id: task_id.into(), seq, stream: stream.into(), data: data.into(), encoding: None }
+    OutputChunk {
+        task_id: task_id.into(),
+        seq,
+        stream: stream.into(),
+        data: data.into(),
+        encoding: None,
+        attempt: None,
+    }
 }
 
 /// The message of a refused agent call.
@@ -86,12 +93,17 @@ fn unacknowledged_delivery_comes_back_after_the_ack_window_and_stops_once_acknow
 
     let first = poll_task(&agent, 1);
     let delivered = Instant::now();
-    assert_eq!(first.task_id, id);
+    assert_eq!((first.task_id.as_str(), first.attempt), (id.as_str(), Some(1)));
     assert_eq!(server.task(&id).status.as_str(), "delivered");
 
-    // No `doing`: the same task comes back, not before the 1 s window and within a few seconds.
+    // No `doing`: the same task comes back, not before the 1 s window and within a few seconds,
+    // as the second delivery.
     let (again, at) = poll_until_task(&agent, Duration::from_secs(6)).expect("task handed out again");
-    assert_eq!(again, first, "the same task object must be handed out again");
+    assert_eq!(
+        again,
+        WireTask { attempt: Some(2), ..first },
+        "the same task object must be handed out again"
+    );
     let gap = at - delivered;
     assert!(gap >= Duration::from_millis(900), "redelivered after only {gap:?} (ack window 1 s)");
     let view = server.task(&id);
@@ -117,6 +129,38 @@ fn unacknowledged_delivery_comes_back_after_the_ack_window_and_stops_once_acknow
     let view = server.task(&id);
     assert_eq!(history(&view), ["queued", "delivered", "queued", "delivered", "running", "succeeded"]);
     assert_eq!(view.result, "pong");
+}
+
+#[test]
+fn what_names_a_superseded_delivery_is_refused_and_changes_nothing() {
+    // A holder of the first delivery (a clone of the agent's host, or the agent itself when the
+    // answer to its acknowledgement was lost) speaks after the task was handed out again.
+    let opts = ServerOpts { poll_window: Some(1), ack_window: Some(1), ..ServerOpts::default() };
+    let server = Server::start(opts);
+    let agent = register_sim(&server, "w1");
+    let id = server.enqueue(&["w1"], "shell", "sleep 60")[0].task_id.clone();
+    assert_eq!(poll_task(&agent, 1).attempt, Some(1));
+    let (again, _) = poll_until_task(&agent, Duration::from_secs(6)).expect("task handed out again");
+    assert_eq!(again.attempt, Some(2));
+
+    let first = |report: ReportRequest| ReportRequest { attempt: Some(1), ..report };
+    let message = refused(agent.report(&first(report(&id, DO_STATUS_DOING))));
+    assert!(message.contains("delivery 1 was superseded by delivery 2"), "{message}");
+    let stale_chunk = OutputChunk { attempt: Some(1), ..chunk(&id, 0, "stdout", "stale") };
+    assert!(refused(agent.post_output(&stale_chunk)).contains("superseded"));
+    assert_eq!(history(&server.task(&id)), ["queued", "delivered", "queued", "delivered"]);
+
+    let second = |report: ReportRequest| ReportRequest { attempt: Some(2), ..report };
+    agent.report(&second(report(&id, DO_STATUS_DOING))).expect("the second delivery's ack");
+    agent
+        .post_output(&OutputChunk { attempt: Some(2), ..chunk(&id, 0, "stdout", "fresh") })
+        .expect("its chunk");
+    let message = refused(agent.report(&first(report(&id, DO_STATUS_SUCCESS))));
+    assert!(message.contains("superseded"), "a stale final report while the task runs: {message}");
+    agent.report(&second(report(&id, DO_STATUS_SUCCESS))).expect("the second delivery's report");
+    let view = server.task(&id);
+    assert_eq!(history(&view), ["queued", "delivered", "queued", "delivered", "running", "succeeded"]);
+    assert_eq!(view.stdout, "fresh", "only the current delivery's output: {view:?}");
 }
 
 #[test]

@@ -84,6 +84,54 @@ fn a_duplicate_delivery_of_a_finished_task_is_reported_again_not_run() -> Result
     Ok(())
 }
 
+/// What the agent named as its delivery of `id` in each call of `kind` (`doing`, `final`,
+/// `chunk`), in order.
+fn named(fx: &Fixture, id: &str, kind: &str) -> Vec<Option<u32>> {
+    let state = fx.server.state.lock();
+    state.named_deliveries.iter().filter(|(t, k, _)| t == id && *k == kind).map(|(_, _, a)| *a).collect()
+}
+
+#[test]
+fn a_task_handed_out_again_while_it_runs_is_acknowledged_and_reported_as_the_new_delivery() -> Result<()> {
+    let fx = Fixture::new();
+    let tmp = tempfile::tempdir()?;
+    let log = tmp.path().join("runs");
+    let _agent = fx.start(2);
+    let script = format!("{}; echo early; sleep 1; echo late", recording_script(&fx, &log));
+    let first = WireTask { attempt: Some(1), ..shell("t1", &script) };
+    fx.server.state.push_task(first.clone());
+    fx.server.state.wait_until(WAIT, "the first acknowledgement", |s| s.doings.len() == 1);
+    // The server missed that acknowledgement and hands the task out again.
+    fx.server.state.push_task(WireTask { attempt: Some(2), ..first });
+    fx.server.state.wait_until(WAIT, "the second acknowledgement", |s| s.doings.len() == 2);
+    fx.server.state.wait_until(WAIT, "the report", |s| s.reports.len() == 1);
+    assert_eq!(named(&fx, "t1", "doing"), [Some(1), Some(2)]);
+    assert_eq!(named(&fx, "t1", "final"), [Some(2)], "reported as the delivery it holds now");
+    let chunks = named(&fx, "t1", "chunk");
+    assert_eq!(chunks.last(), Some(&Some(2)), "output after the second delivery names it: {chunks:?}");
+    assert_eq!(runs(&log), 1, "run once");
+    Ok(())
+}
+
+#[test]
+fn a_finished_task_handed_out_again_is_reported_again_as_the_new_delivery() -> Result<()> {
+    let fx = Fixture::new();
+    let tmp = tempfile::tempdir()?;
+    let log = tmp.path().join("runs");
+    let _agent = fx.start(1);
+    let task = WireTask { attempt: Some(1), ..shell("t1", &recording_script(&fx, &log)) };
+    fx.server.state.push_task(task.clone());
+    fx.server.state.wait_until(WAIT, "report", |s| s.reports.len() == 1);
+    wait_until_reported(&fx, "t1");
+    fx.server.state.push_task(WireTask { attempt: Some(3), ..task });
+    fx.server
+        .state
+        .wait_until(WAIT, "the report sent again", |s| s.report_calls_by_task.get("t1") == Some(&2));
+    assert_eq!(named(&fx, "t1", "final"), [Some(1), Some(3)]);
+    assert_eq!(runs(&log), 1);
+    Ok(())
+}
+
 #[test]
 fn a_task_an_earlier_run_left_unfinished_is_reported_lost_and_not_run() -> Result<()> {
     let fx = Fixture::new();

@@ -97,6 +97,7 @@ fn shell(id: &str, script: &str) -> WireTask {
         cwd: None,
         user: None,
         stdin: Vec::new(),
+        attempt: None,
         more: Vec::new(),
     }
 }

@@ -35,7 +35,13 @@ pub(super) fn fill(store: &Store) {
         store.apply_report("a", *id, &success(&out), 40).unwrap();
     }
     take(store, "a");
-    store.store_chunk("a", a[6], 0, Stream::Stderr, b"running", 50).unwrap();
+    store
+        .store_chunk(
+            "a",
+            &NewChunk { id: a[6], seq: 0, stream: Stream::Stderr, data: b"running", attempt: None },
+            50,
+        )
+        .unwrap();
     store.cancel(a[6], false, 60).unwrap();
     take(store, "a");
     let token = TokenRecord {

@@ -51,7 +51,14 @@ pub(super) fn create(store: &Store, targets: usize, window: usize, error_limit: 
 }
 
 fn outcome(status: TaskStatus, exit_code: i32) -> Outcome {
-    Outcome { status, exit_code: Some(exit_code), error: None, duration_ms: Some(1), output: vec![] }
+    Outcome {
+        status,
+        exit_code: Some(exit_code),
+        error: None,
+        duration_ms: Some(1),
+        output: vec![],
+        attempt: None,
+    }
 }
 
 /// Every target's task id, app id and task state (None: not started).

@@ -101,7 +101,7 @@ pub use files::FileMeta;
 use gate::{Gate, Pass};
 pub use jobs::JobError;
 pub use operators::{ApprovedLabels, OperatorRecord, OperatorRole};
-pub use output::{Chunk, ChunkAck};
+pub use output::{Chunk, ChunkAck, NewChunk};
 use pg::PgKv;
 pub use pg::{PgTarget, blocking, tls as pg_tls};
 pub use records::{
@@ -183,6 +183,16 @@ pub enum ReportError {
         seq: u32,
         /// The chunk number expected.
         expected: u32,
+    },
+    /// A report or chunk of a delivery since superseded: the task was handed out again.
+    #[error("task {id}: delivery {attempt} was superseded by delivery {current}; stop running it")]
+    Superseded {
+        /// The task.
+        id: TaskId,
+        /// The delivery the sender named.
+        attempt: u32,
+        /// The task's current delivery.
+        current: u32,
     },
     /// The database failed.
     #[error(transparent)]

@@ -4,11 +4,27 @@
 //! two are counted.
 
 use super::records::{Stream, TaskRecord};
+use super::tasks::fence;
 use super::tx::owned_task;
 use super::tx::{Tx, TxError, chunk_key};
 use super::{CHUNK_LEN, ReportError, Store, StoreError};
 use crate::protocol::{TaskId, TaskStatus};
 use crate::server::metrics::TaskEvent;
+
+/// An output chunk an agent sends ([`Store::store_chunk`]).
+#[derive(Debug, Clone, Copy)]
+pub struct NewChunk<'a> {
+    /// The task.
+    pub id: TaskId,
+    /// Its number in the task's output, from 0.
+    pub seq: u32,
+    /// The stream it belongs to.
+    pub stream: Stream,
+    /// The bytes.
+    pub data: &'a [u8],
+    /// The delivery the agent holds; `None` from agents that name none.
+    pub attempt: Option<u32>,
+}
 
 /// One stored chunk.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,18 +98,20 @@ fn append_one<E>(
 impl Store {
     /// Stores output chunk `seq` of a running task. A chunk already stored is acknowledged
     /// again without being stored twice; a chunk that skips ahead is refused. A chunk for a
-    /// task the server still thinks queued or delivered shows the agent runs it.
+    /// task the server still thinks queued or delivered shows the agent runs it. A chunk of a
+    /// superseded delivery (`attempt` earlier than the task's) is refused.
     pub fn store_chunk(
         &self,
         app_id: &str,
-        id: TaskId,
-        seq: u32,
-        stream: Stream,
-        data: &[u8],
+        chunk: &NewChunk<'_>,
         now_ms: i64,
     ) -> Result<ChunkAck, ReportError> {
+        let NewChunk { id, seq, stream, data, attempt } = *chunk;
         self.transact(|tx| {
             let mut task = owned_task(tx, app_id, id)?;
+            if let Err(superseded) = fence(&task, attempt) {
+                return Ok(Err(superseded));
+            }
             if task.status.is_final() {
                 return Ok(Err(ReportError::AlreadyFinished { id, status: task.status }));
             }

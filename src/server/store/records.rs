@@ -149,6 +149,10 @@ pub struct TaskRecord {
     pub duration_ms: Option<u64>,
     /// Output bookkeeping.
     pub output: OutputState,
+    /// The number of its current delivery: 1 once handed out, one more each time it is handed
+    /// out again (0: never handed out). The fence of its lease: a report or output chunk that
+    /// names an earlier delivery comes from a holder that was superseded, and is refused.
+    pub attempt: u32,
 }
 
 /// Where a task's output chunks stand: the head is kept whole up to half the cap; after it,
@@ -194,6 +198,7 @@ impl TaskRecord {
             error: None,
             duration_ms: None,
             output: OutputState::default(),
+            attempt: 0,
         }
     }
 
@@ -309,6 +314,9 @@ pub struct Outcome {
     pub duration_ms: Option<u64>,
     /// Output carried by the report itself (agents that did not stream it).
     pub output: Vec<(Stream, Vec<u8>)>,
+    /// The delivery the sender holds (orange agents); an earlier one than the task's current
+    /// delivery is refused ([`TaskRecord::attempt`]).
+    pub attempt: Option<u32>,
 }
 
 /// The time limits and sizes the store applies.

@@ -100,9 +100,36 @@ impl From<StoredTaskStatus> for TaskStatus {
     }
 }
 
-/// A task record, version 4: version 3 with the user its process runs as.
+/// A task record, version 5: version 4 with the number of its current delivery.
 #[derive(Serialize, Deserialize)]
 pub struct StoredTask {
+    id: TaskId,
+    app_id: String,
+    task_type: String,
+    payload: String,
+    env: BTreeMap<String, String>,
+    cwd: Option<String>,
+    user: Option<String>,
+    secret_names: BTreeSet<String>,
+    stdin: Vec<u8>,
+    status: StoredTaskStatus,
+    timeout_secs: u64,
+    expires_ms: i64,
+    history: Vec<(StoredTaskStatus, i64)>,
+    queue_seq: u64,
+    ack_required: bool,
+    deadline_ms: i64,
+    cancel_requested: bool,
+    exit_code: Option<i32>,
+    error: Option<String>,
+    duration_ms: Option<u64>,
+    output: OutputState,
+    attempt: u32,
+}
+
+/// A task record, version 4 (frozen): version 3 with the user its process runs as.
+#[derive(Serialize, Deserialize)]
+pub struct StoredTaskV4 {
     id: TaskId,
     app_id: String,
     task_type: String,
@@ -248,10 +275,10 @@ impl From<StoredTaskV2> for StoredTaskV3 {
     }
 }
 
-impl From<StoredTaskV3> for StoredTask {
+impl From<StoredTaskV3> for StoredTaskV4 {
     /// A task of version 3 ran as its agent's own user.
     fn from(v3: StoredTaskV3) -> Self {
-        StoredTask {
+        StoredTaskV4 {
             id: v3.id,
             app_id: v3.app_id,
             task_type: v3.task_type,
@@ -277,9 +304,41 @@ impl From<StoredTaskV3> for StoredTask {
     }
 }
 
+impl From<StoredTaskV4> for StoredTask {
+    /// The attempt of a task of version 4 is the number of times its history shows it handed
+    /// out.
+    fn from(v4: StoredTaskV4) -> Self {
+        let handed_out = v4.history.iter().filter(|(s, _)| matches!(s, StoredTaskStatus::Delivered)).count();
+        StoredTask {
+            id: v4.id,
+            app_id: v4.app_id,
+            task_type: v4.task_type,
+            payload: v4.payload,
+            env: v4.env,
+            cwd: v4.cwd,
+            user: v4.user,
+            secret_names: v4.secret_names,
+            stdin: v4.stdin,
+            status: v4.status,
+            timeout_secs: v4.timeout_secs,
+            expires_ms: v4.expires_ms,
+            history: v4.history,
+            queue_seq: v4.queue_seq,
+            ack_required: v4.ack_required,
+            deadline_ms: v4.deadline_ms,
+            cancel_requested: v4.cancel_requested,
+            exit_code: v4.exit_code,
+            error: v4.error,
+            duration_ms: v4.duration_ms,
+            output: v4.output,
+            attempt: u32::try_from(handed_out).unwrap_or(u32::MAX),
+        }
+    }
+}
+
 impl Record for TaskRecord {
     const NAME: &'static str = "task";
-    const VERSION: u8 = 4;
+    const VERSION: u8 = 5;
     type Stored = StoredTask;
 
     fn to_stored(&self) -> StoredTask {
@@ -305,6 +364,7 @@ impl Record for TaskRecord {
             error: self.error.clone(),
             duration_ms: self.duration_ms,
             output: self.output.clone(),
+            attempt: self.attempt,
         }
     }
 
@@ -331,6 +391,7 @@ impl Record for TaskRecord {
             error: s.error,
             duration_ms: s.duration_ms,
             output: s.output,
+            attempt: s.attempt,
         })
     }
 
@@ -338,13 +399,17 @@ impl Record for TaskRecord {
         match version {
             1 => Some(decode_body::<StoredTaskV1>(body).and_then(|v1| {
                 let v3: StoredTaskV3 = StoredTaskV2::from(v1).into();
-                Self::from_stored(v3.into())
+                Self::from_stored(StoredTaskV4::from(v3).into())
             })),
             2 => Some(decode_body::<StoredTaskV2>(body).and_then(|v2| {
                 let v3: StoredTaskV3 = v2.into();
-                Self::from_stored(v3.into())
+                Self::from_stored(StoredTaskV4::from(v3).into())
             })),
-            3 => Some(decode_body::<StoredTaskV3>(body).and_then(|v3| Self::from_stored(v3.into()))),
+            3 => Some(
+                decode_body::<StoredTaskV3>(body)
+                    .and_then(|v3| Self::from_stored(StoredTaskV4::from(v3).into())),
+            ),
+            4 => Some(decode_body::<StoredTaskV4>(body).and_then(|v4| Self::from_stored(v4.into()))),
             _ => None,
         }
     }

@@ -79,6 +79,7 @@ fn sample_task() -> TaskRecord {
             tail_bytes: 50,
             dropped_bytes: 7,
         },
+        attempt: 0,
     }
 }
 
@@ -293,14 +294,38 @@ fn sample_job_v4() -> JobRecord {
 }
 
 // Version 4 of the task and job records (the user): frozen here so that a change of the layout
-// is noticed.
+// is noticed (the task record has a fifth version since; its fourth is still read).
 const TASK_V4: &str = "041001010101010101010101010101010101057765622d31057368656c6c076563686f206869010141016201042f746d7001087777772d6461746101014104696e0aff053cfbd007030002080405062a019a0101050104626f6f6d010c03640102023207";
 const JOB_V4: &str = "04100202020202020202020202020202020216057368656c6c06757074696d65010141016201042f73727601087777772d646174610101411e3c01033130250101320101020b03020102030405060708090a0b0e0c1a3c01011009090909090909090909090909090909";
+// The same task of version 4, its history queued, then handed out twice.
+const TASK_V4_HANDED_OUT_TWICE: &str = "041001010101010101010101010101010101057765622d31057368656c6c076563686f206869010141016201042f746d7001087777772d6461746101014104696e0aff053cfbd007030002010401062a019a0101050104626f6f6d010c03640102023207";
 
 #[test]
 fn tasks_and_jobs_that_run_as_another_user_keep_their_fourth_layout() {
-    frozen(TASK_V4, sample_task_v4());
+    earlier(TASK_V4, sample_task_v4());
     frozen(JOB_V4, sample_job_v4());
+}
+
+#[test]
+fn a_task_of_the_fourth_layout_reads_its_attempt_from_how_often_its_history_shows_it_handed_out() {
+    let mut task = sample_task_v4();
+    task.history = vec![(TaskStatus::Queued, 1), (TaskStatus::Delivered, 2), (TaskStatus::Delivered, 3)];
+    task.attempt = 2;
+    earlier(TASK_V4_HANDED_OUT_TWICE, task);
+}
+
+/// A task handed out three times: version 5 of the task record.
+fn sample_task_v5() -> TaskRecord {
+    TaskRecord { attempt: 3, ..sample_task_v4() }
+}
+
+// Version 5 of the task record (the attempt): frozen here so that a change of the layout is
+// noticed.
+const TASK_V5: &str = "051001010101010101010101010101010101057765622d31057368656c6c076563686f206869010141016201042f746d7001087777772d6461746101014104696e0aff053cfbd007030002080405062a019a0101050104626f6f6d010c0364010202320703";
+
+#[test]
+fn tasks_with_their_attempt_keep_their_fifth_layout() {
+    frozen(TASK_V5, sample_task_v5());
 }
 
 #[test]
@@ -330,9 +355,9 @@ fn targets_keep_their_second_layout() {
 #[test]
 fn a_future_version_is_refused_naming_the_record() {
     let mut bytes = unhex(TASK_V1);
-    bytes[0] = 5;
+    bytes[0] = 6;
     let err = codec::decode::<TaskRecord>(&bytes).unwrap_err();
-    assert_eq!(err.to_string(), "stored task record has version 5; this build reads versions up to 4");
+    assert_eq!(err.to_string(), "stored task record has version 6; this build reads versions up to 5");
     let mut bytes = unhex(TARGET_V1);
     bytes[0] = 7;
     let err = codec::decode::<TargetRecord>(&bytes).unwrap_err();

@@ -18,7 +18,7 @@ pub struct Swept {
 }
 
 /// Most times a task is handed out without an acknowledgement before it ends `lost`.
-pub const MAX_DELIVERIES: usize = 10;
+pub const MAX_DELIVERIES: u32 = 10;
 /// Most entries one sweep handles, so a sweep never holds the server up for long.
 const SWEEP_BATCH: usize = 1000;
 
@@ -57,8 +57,7 @@ impl Store {
                         && t.status == TaskStatus::Delivered
                         && t.ack_required
                         && !t.cancel_requested
-                        && t.history.iter().filter(|(s, _)| *s == TaskStatus::Delivered).count()
-                            < MAX_DELIVERIES
+                        && t.attempt < MAX_DELIVERIES
                 }) else {
                     return Ok(false);
                 };
@@ -90,11 +89,10 @@ impl Store {
             tx.deadlines.remove(time_key(deadline, id))?; // stale index entry
             return Ok(None);
         };
-        let deliveries = task.history.iter().filter(|(s, _)| *s == TaskStatus::Delivered).count();
         let requeue = task.status == TaskStatus::Delivered
             && task.ack_required
             && !task.cancel_requested
-            && deliveries < MAX_DELIVERIES
+            && task.attempt < MAX_DELIVERIES
             && task.expires_ms > now_ms;
         if requeue {
             task.move_to(TaskStatus::Queued, now_ms);

@@ -36,6 +36,18 @@ fn refuse_unsupported(
     tx.put_task(&task)
 }
 
+/// Refuses a report or output chunk that names `attempt`, a delivery of `task` earlier than
+/// its current one: its sender's lease was superseded (it may run the task too late, or a
+/// clone of its agent does). One that names no attempt (an original client) passes.
+pub(super) fn fence(task: &TaskRecord, attempt: Option<u32>) -> Result<(), ReportError> {
+    match attempt {
+        Some(attempt) if attempt < task.attempt => {
+            Err(ReportError::Superseded { id: task.id, attempt, current: task.attempt })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// What one attempt of [`Store::take_next`] took from the queue.
 enum Taken {
     /// The queue is empty (or what is left is held by other polls).
@@ -112,6 +124,7 @@ impl Store {
                     return Ok(Taken::Refused(id));
                 }
                 task.move_to(TaskStatus::Delivered, now_ms);
+                task.attempt = task.attempt.saturating_add(1);
                 task.ack_required = delivery == Delivery::Acknowledged;
                 let deadline = match delivery {
                     Delivery::Acknowledged => now_ms + self.policy.ack_window_ms,
@@ -178,6 +191,9 @@ impl Store {
             Some(task) if task.app_id != app_id => return Ok(Err(ReportError::NotYours(id))),
             Some(task) => task,
         };
+        if let Err(superseded) = fence(&task, outcome.attempt) {
+            return Ok(Err(superseded));
+        }
         if task.status == outcome.status || task.status.is_final() {
             // The agent is done with it either way: no cancel is pending any more.
             tx.cancels.delete(agent_task_key(app_id, id));

@@ -97,6 +97,7 @@ fn outcome(status: TaskStatus, stdout: &str) -> Outcome {
         error: None,
         duration_ms: Some(3),
         output: vec![(Stream::Stdout, stdout.as_bytes().to_vec())],
+        attempt: None,
     }
 }
 
@@ -290,11 +291,19 @@ fn chunks_are_stored_once_in_order(engine: Engine) {
     let (_dir, store) = open_on(engine);
     let id = queued(&store, "a", 1)[0];
     take(&store, "a");
-    store.store_chunk("a", id, 0, Stream::Stdout, b"one ", 30).unwrap();
-    store.store_chunk("a", id, 0, Stream::Stdout, b"one ", 31).unwrap(); // a retry
-    let skipped = store.store_chunk("a", id, 2, Stream::Stdout, b"three", 32).unwrap_err();
+    store
+        .store_chunk("a", &NewChunk { id, seq: 0, stream: Stream::Stdout, data: b"one ", attempt: None }, 30)
+        .unwrap();
+    store
+        .store_chunk("a", &NewChunk { id, seq: 0, stream: Stream::Stdout, data: b"one ", attempt: None }, 31)
+        .unwrap(); // a retry
+    let skipped = store
+        .store_chunk("a", &NewChunk { id, seq: 2, stream: Stream::Stdout, data: b"three", attempt: None }, 32)
+        .unwrap_err();
     assert!(matches!(skipped, ReportError::OutOfOrder { seq: 2, expected: 1, .. }), "{skipped}");
-    store.store_chunk("a", id, 1, Stream::Stderr, b"oops", 33).unwrap();
+    store
+        .store_chunk("a", &NewChunk { id, seq: 1, stream: Stream::Stderr, data: b"oops", attempt: None }, 33)
+        .unwrap();
     let task = store.task(id).unwrap().unwrap();
     assert_eq!(task.status, TaskStatus::Running, "a chunk shows the task runs");
     assert_eq!(store.output_text(&task, Stream::Stdout, 100).unwrap(), b"one ");
@@ -312,7 +321,9 @@ fn output_over_the_cap_keeps_head_and_tail_and_counts_the_rest(engine: Engine) {
     take(&store, "a");
     for seq in 0..10u32 {
         let data = vec![b'0' + seq as u8; CHUNK_LEN];
-        store.store_chunk("a", id, seq, Stream::Stdout, &data, 30).unwrap();
+        store
+            .store_chunk("a", &NewChunk { id, seq, stream: Stream::Stdout, data: &data, attempt: None }, 30)
+            .unwrap();
     }
     let task = store.task(id).unwrap().unwrap();
     let kept: Vec<u32> = store.chunks(id, 0, usize::MAX).unwrap().iter().map(|c| c.seq).collect();
@@ -375,6 +386,86 @@ fn an_unacknowledged_delivery_is_handed_out_again_at_the_front(engine: Engine) {
     let states: Vec<TaskStatus> = task.history.iter().map(|(s, _)| *s).collect();
     use TaskStatus::*;
     assert_eq!(states, vec![Queued, Delivered, Queued, Delivered]);
+}
+
+/// `outcome` as sent by the holder of delivery `attempt`.
+fn of_delivery(attempt: u32, outcome: Outcome) -> Outcome {
+    Outcome { attempt: Some(attempt), ..outcome }
+}
+
+/// Chunk `seq` of task `id` from the holder of delivery `attempt` (`None`: an agent that names
+/// none).
+fn chunk_of(id: TaskId, seq: u32, attempt: Option<u32>) -> NewChunk<'static> {
+    NewChunk { id, seq, stream: Stream::Stdout, data: b"out", attempt }
+}
+
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn each_hand_out_numbers_the_delivery_and_a_superseded_one_is_fenced_off(engine: Engine) {
+    let (_dir, store) = open_on(engine);
+    let id = queued(&store, "a", 1)[0];
+    assert_eq!(take(&store, "a").unwrap().attempt, 1);
+    let ack_deadline = 20 + Policy::default().ack_window_ms;
+    assert!(store.sweep_deadlines(ack_deadline).unwrap()[0].requeued);
+    let again = store.take_next("a", Delivery::Acknowledged, &[], &mut Vec::new(), ack_deadline + 1).unwrap();
+    assert_eq!(again.unwrap().attempt, 2, "handed out again: the second delivery");
+
+    // The holder of the first delivery acknowledges late, streams, reports: all refused.
+    let late =
+        store.apply_report("a", id, &of_delivery(1, outcome(TaskStatus::Running, "")), ack_deadline + 2);
+    assert!(
+        matches!(late, Err(ReportError::Superseded { attempt: 1, current: 2, .. })),
+        "a late acknowledgement: {late:?}"
+    );
+    let chunk = store.store_chunk("a", &chunk_of(id, 0, Some(1)), ack_deadline + 2);
+    assert!(matches!(chunk, Err(ReportError::Superseded { .. })), "{chunk:?}");
+    let report = store.apply_report("a", id, &of_delivery(1, success("first")), ack_deadline + 3);
+    let refused = report.unwrap_err();
+    assert!(refused.to_string().contains("delivery 1 was superseded by delivery 2"), "{refused}");
+    let task = store.task(id).unwrap().unwrap();
+    assert_eq!((task.status, task.output.next_seq), (TaskStatus::Delivered, 0), "nothing of it was kept");
+
+    // The holder of the second delivery runs it.
+    store.apply_report("a", id, &of_delivery(2, outcome(TaskStatus::Running, "")), ack_deadline + 4).unwrap();
+    store.store_chunk("a", &chunk_of(id, 0, Some(2)), ack_deadline + 5).unwrap();
+    let done = store.apply_report("a", id, &of_delivery(2, success("second")), ack_deadline + 6).unwrap();
+    assert_eq!((done.status, done.attempt), (TaskStatus::Succeeded, 2));
+    let late = store.apply_report("a", id, &of_delivery(1, success("first")), ack_deadline + 7);
+    assert!(matches!(late, Err(ReportError::Superseded { .. })), "even once finished: {late:?}");
+}
+
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn a_late_acknowledgement_before_the_next_hand_out_keeps_its_delivery(engine: Engine) {
+    let (_dir, store) = open_on(engine);
+    let id = queued(&store, "a", 1)[0];
+    take(&store, "a");
+    let ack_deadline = 20 + Policy::default().ack_window_ms;
+    assert!(store.sweep_deadlines(ack_deadline).unwrap()[0].requeued);
+    // Back in the queue, not yet handed out again: the acknowledgement takes it out, and the
+    // agent that sent it holds the task, still as delivery 1.
+    let running =
+        store.apply_report("a", id, &of_delivery(1, outcome(TaskStatus::Running, "")), ack_deadline + 1);
+    assert_eq!((running.unwrap().status, store.task(id).unwrap().unwrap().attempt), (TaskStatus::Running, 1));
+    assert!(take(&store, "a").is_none(), "not handed out again");
+    store.store_chunk("a", &chunk_of(id, 0, Some(1)), ack_deadline + 2).unwrap();
+    let done = store.apply_report("a", id, &of_delivery(1, success("ok")), ack_deadline + 3).unwrap();
+    assert_eq!(done.status, TaskStatus::Succeeded);
+}
+
+#[test_case(Engine::Sled; "sled")]
+#[test_case(Engine::Postgres; "postgres")]
+fn reports_and_chunks_that_name_no_delivery_are_taken_as_before(engine: Engine) {
+    // The original client names no delivery; neither did orange agents before they did.
+    let (_dir, store) = open_on(engine);
+    let id = queued(&store, "a", 1)[0];
+    take(&store, "a");
+    let ack_deadline = 20 + Policy::default().ack_window_ms;
+    store.sweep_deadlines(ack_deadline).unwrap();
+    take(&store, "a");
+    store.store_chunk("a", &chunk_of(id, 0, None), ack_deadline + 1).unwrap();
+    let done = store.apply_report("a", id, &success("ok"), ack_deadline + 2).unwrap();
+    assert_eq!((done.status, done.attempt), (TaskStatus::Succeeded, 2));
 }
 
 #[test_case(Engine::Sled; "sled")]
