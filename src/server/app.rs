@@ -106,10 +106,19 @@ impl Assembled {
     ) -> Result<()> {
         let Assembled { config, store, dispatch, services, stop_tx, metrics_listener, relay: wake_relay } =
             self;
-        let sweeper = Sweeper::new(Arc::clone(&store), dispatch, config.sweep_interval, config.retention);
+        let sweeper =
+            Sweeper::new(Arc::clone(&store), Arc::clone(&dispatch), config.sweep_interval, config.retention);
         let sweeper = tokio::spawn(sweeper.run());
         let relay = Arc::clone(&services);
         tokio::spawn(async move { relay.jobs().relay_events().await });
+        if wake_relay.is_some() {
+            // Several servers may share the database: so do their failure limits.
+            tokio::spawn(super::shared_limits::run(
+                Arc::clone(&store),
+                Arc::clone(&services),
+                Arc::clone(&dispatch),
+            ));
+        }
         if let Some(listener) = metrics_listener {
             let probes = http::probes::routes(Arc::clone(&store), stop_tx.subscribe());
             let app = http::metrics_router(Arc::clone(&services), probes);

@@ -4,12 +4,14 @@
 //! tokens per source and in all. Each app id's last good source (the address of its last
 //! request that proved the right to it) is remembered, so that a host sharing an address with a
 //! failing one (behind a NAT or a proxy) is still verified, and its right signature accepted.
-//! Everything lives in memory, in maps of bounded size.
+//! Everything lives in memory, in maps of bounded size. Servers sharing a PostgreSQL database
+//! add what the others counted (`shared_limits.rs` exchanges the counts): a count here is the
+//! server's own plus the others' of the same minute.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::hash::Hash;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -20,6 +22,7 @@ use crate::protocol::limits::{
     MAX_WRONG_ADMIN_TOKENS_PER_MINUTE,
 };
 use crate::protocol::wire;
+use crate::server::store::SharedCount;
 
 /// How long a failure over a limit waits before it is answered, when it must be answered at all
 /// (an agent's own address, a wrong admin token): it slows guessing without refusing the right
@@ -30,6 +33,9 @@ const WINDOW_SECS: i64 = 60;
 /// Most keys one count keeps; past it, keys of past windows are dropped, and if the current
 /// window alone fills it, new keys go uncounted (the other counts of a request still hold).
 const MAX_COUNTED_KEYS: usize = 65_536;
+/// Most keys of one count shared with the other servers per exchange; the rest wait for the
+/// next one.
+const MAX_SHARED_PER_EXCHANGE: usize = 1024;
 /// Most app ids whose last good source is remembered.
 const MAX_GOOD_SOURCES: usize = 262_144;
 /// A remembered good source unused for this long may make room for another.
@@ -90,6 +96,74 @@ fn window(now_secs: i64) -> (i64, i64) {
     (now_secs.div_euclid(WINDOW_SECS), WINDOW_SECS - now_secs.rem_euclid(WINDOW_SECS))
 }
 
+/// The counting window (the minute) of `now_secs`, as the counts shared between servers name it.
+pub fn minute(now_secs: i64) -> i64 {
+    window(now_secs).0
+}
+
+/// A counted key as bytes, for the counts shared between servers.
+trait SharedKey: Sized {
+    fn to_bytes(&self) -> Vec<u8>;
+    fn from_bytes(bytes: &[u8]) -> Option<Self>;
+}
+
+impl SharedKey for IpAddr {
+    fn to_bytes(&self) -> Vec<u8> {
+        let v6 = match self {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+            IpAddr::V6(v6) => *v6,
+        };
+        v6.octets().to_vec()
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let octets: [u8; 16] = bytes.try_into().ok()?;
+        Some(Ipv6Addr::from(octets).to_canonical())
+    }
+}
+
+impl SharedKey for String {
+    fn to_bytes(&self) -> Vec<u8> {
+        self.as_bytes().to_vec()
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        String::from_utf8(bytes.to_vec()).ok()
+    }
+}
+
+impl SharedKey for (IpAddr, String) {
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut bytes = self.0.to_bytes();
+        bytes.extend_from_slice(self.1.as_bytes());
+        bytes
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let (source, app_id) = bytes.split_at_checked(16)?;
+        Some((IpAddr::from_bytes(source)?, String::from_bytes(app_id)?))
+    }
+}
+
+impl SharedKey for () {
+    fn to_bytes(&self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        bytes.is_empty().then_some(())
+    }
+}
+
+/// The kinds of count shared between servers, as stored.
+mod kind {
+    pub const PAIR: u8 = 1;
+    pub const APP_ID: u8 = 2;
+    pub const SOURCE: u8 = 3;
+    pub const TOKEN_SOURCE: u8 = 4;
+    pub const TOKEN_EVERYONE: u8 = 5;
+}
+
 /// The key a source is counted under: an IPv4 address (also when mapped into IPv6) as it is, an
 /// IPv6 address by its /64 prefix, the block one host usually holds.
 pub fn source_key(source: IpAddr) -> IpAddr {
@@ -99,23 +173,31 @@ pub fn source_key(source: IpAddr) -> IpAddr {
     }
 }
 
-/// Failures per key in the current window, with a limit; bounded in size.
+/// Failures per key in the current window, with a limit; bounded in size. With other servers,
+/// also what they counted in the window and which keys changed here since the last exchange.
 struct Counts<K> {
     limit: u32,
     counts: HashMap<K, (i64, u32)>,
+    /// Keys counted here since they were last shared.
+    unshared: HashSet<K>,
+    /// The window the other servers' counts are of, and the counts.
+    others: (i64, HashMap<K, u32>),
 }
 
-impl<K: Hash + Eq> Counts<K> {
+impl<K: Hash + Eq + Clone> Counts<K> {
     fn new(limit: u32) -> Self {
-        Counts { limit, counts: HashMap::new() }
+        Counts { limit, counts: HashMap::new(), unshared: HashSet::new(), others: (i64::MIN, HashMap::new()) }
     }
 
-    /// The count of `key` in `window`, if it reached the limit.
+    /// The count of `key` in `window` (this server's and the others'), if it reached the limit.
     fn over(&self, key: &K, window: i64) -> Option<u32> {
-        match self.counts.get(key) {
-            Some(&(w, count)) if w == window && count >= self.limit => Some(count),
-            _ => None,
-        }
+        let own = match self.counts.get(key) {
+            Some(&(w, count)) if w == window => count,
+            _ => 0,
+        };
+        let others = if self.others.0 == window { self.others.1.get(key).copied().unwrap_or(0) } else { 0 };
+        let count = own.saturating_add(others);
+        (count >= self.limit).then_some(count)
     }
 
     fn add(&mut self, key: K, window: i64) {
@@ -125,11 +207,39 @@ impl<K: Hash + Eq> Counts<K> {
                 return;
             }
         }
+        if self.unshared.len() < MAX_COUNTED_KEYS {
+            self.unshared.insert(key.clone());
+        }
         let entry = self.counts.entry(key).or_insert((window, 0));
         if entry.0 != window {
             *entry = (window, 0);
         }
         entry.1 = entry.1.saturating_add(1);
+    }
+}
+
+impl<K: Hash + Eq + Clone + SharedKey> Counts<K> {
+    /// This server's counts in `window` of the keys counted since the last call (at most
+    /// [`MAX_SHARED_PER_EXCHANGE`]), as `kind`, to share with the other servers.
+    fn take_unshared(&mut self, kind: u8, window: i64, into: &mut Vec<SharedCount>) {
+        let keys: Vec<K> = self.unshared.iter().take(MAX_SHARED_PER_EXCHANGE).cloned().collect();
+        for key in keys {
+            self.unshared.remove(&key);
+            if let Some(&(_, count)) = self.counts.get(&key).filter(|(w, _)| *w == window) {
+                into.push(SharedCount { kind, key: key.to_bytes(), count });
+            }
+        }
+    }
+
+    /// Takes the other servers' counts in `window`: those in `shared` of `kind`.
+    fn set_others(&mut self, kind: u8, window: i64, shared: &[SharedCount]) {
+        let counts = shared
+            .iter()
+            .filter(|count| count.kind == kind)
+            .filter_map(|count| Some((K::from_bytes(&count.key)?, count.count)))
+            .take(MAX_COUNTED_KEYS)
+            .collect();
+        self.others = (window, counts);
     }
 }
 
@@ -185,6 +295,26 @@ impl AgentFailures {
         state.source.add(key, w);
     }
 
+    /// This server's counts of the current window not shared yet, to share with the others.
+    pub fn take_unshared(&self, now_secs: i64) -> Vec<SharedCount> {
+        let (w, _) = window(now_secs);
+        let mut state = self.lock();
+        let mut out = Vec::new();
+        state.pair.take_unshared(kind::PAIR, w, &mut out);
+        state.app_id.take_unshared(kind::APP_ID, w, &mut out);
+        state.source.take_unshared(kind::SOURCE, w, &mut out);
+        out
+    }
+
+    /// Takes what the other servers counted in the current window (their sums).
+    pub fn set_others(&self, now_secs: i64, shared: &[SharedCount]) {
+        let (w, _) = window(now_secs);
+        let mut state = self.lock();
+        state.pair.set_others(kind::PAIR, w, shared);
+        state.app_id.set_others(kind::APP_ID, w, shared);
+        state.source.set_others(kind::SOURCE, w, shared);
+    }
+
     /// Notes that a request from `source` proved the right to `app_id`.
     pub fn record_success(&self, source: IpAddr, app_id: &str, now_secs: i64) {
         let mut state = self.lock();
@@ -235,11 +365,33 @@ impl Default for TokenFailures {
 }
 
 impl TokenFailures {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Counts<IpAddr>, Counts<()>)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// This server's counts of the current window not shared yet, to share with the others.
+    pub fn take_unshared(&self, now_secs: i64) -> Vec<SharedCount> {
+        let (w, _) = window(now_secs);
+        let mut state = self.lock();
+        let mut out = Vec::new();
+        state.0.take_unshared(kind::TOKEN_SOURCE, w, &mut out);
+        state.1.take_unshared(kind::TOKEN_EVERYONE, w, &mut out);
+        out
+    }
+
+    /// Takes what the other servers counted in the current window (their sums).
+    pub fn set_others(&self, now_secs: i64, shared: &[SharedCount]) {
+        let (w, _) = window(now_secs);
+        let mut state = self.lock();
+        state.0.set_others(kind::TOKEN_SOURCE, w, shared);
+        state.1.set_others(kind::TOKEN_EVERYONE, w, shared);
+    }
+
     /// Counts one wrong token from `source` (if known) and says whether it went over a limit:
     /// then it is answered 429, after [`TARPIT`].
     pub fn record(&self, source: Option<IpAddr>, now_secs: i64) -> Result<(), TooManyFailures> {
         let (w, retry_in) = window(now_secs);
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.lock();
         let (per_source, everyone) = &mut *state;
         let too_many = |scope, count| TooManyFailures { what: "wrong admin tokens", scope, count, retry_in };
         let key = source.map(source_key);
@@ -324,6 +476,42 @@ mod tests {
         assert_eq!(source_key(a), source_key(b));
         assert_ne!(source_key(a), source_key("2001:db8:1:3::1".parse().unwrap()));
         assert_eq!(source_key("::ffff:10.0.0.1".parse().unwrap()), IpAddr::from([10, 0, 0, 1]));
+    }
+
+    #[test]
+    fn what_other_servers_counted_adds_to_this_ones_count_in_the_same_minute() {
+        let (here, there) = (AgentFailures::default(), AgentFailures::default());
+        let half = MAX_FAILURES_PER_APP_ID_SOURCE / 2;
+        fail(&here, ip(2), HOST, half, 600);
+        fail(&there, ip(2), HOST, MAX_FAILURES_PER_APP_ID_SOURCE - half, 601);
+        assert_eq!(here.standing(ip(2), HOST, 601), Ok(Standing::Clear), "each below the limit");
+        let shared = there.take_unshared(601);
+        assert!(there.take_unshared(601).is_empty(), "shared once");
+        here.set_others(602, &shared);
+        let refused = here.standing(ip(2), HOST, 602).unwrap_err();
+        assert_eq!(refused.scope, Scope::SourceAppId(ip(2), HOST.into()), "{refused}");
+        assert_eq!(refused.count, MAX_FAILURES_PER_APP_ID_SOURCE);
+        assert_eq!(here.standing(ip(2), HOST, 660), Ok(Standing::Clear), "the next minute");
+
+        let tokens = (TokenFailures::default(), TokenFailures::default());
+        for _ in 0..MAX_FAILURES_PER_MINUTE - 1 {
+            let _ = tokens.1.record(Some(ip(7)), 600);
+        }
+        tokens.0.set_others(600, &tokens.1.take_unshared(600));
+        let refused = tokens.0.record(Some(ip(7)), 600).and_then(|()| tokens.0.record(Some(ip(7)), 600));
+        assert_eq!(refused.unwrap_err().scope, Scope::Source(ip(7)));
+    }
+
+    #[test]
+    fn shared_keys_read_back_as_written() {
+        let v6: IpAddr = "2001:db8::".parse().unwrap();
+        for source in [ip(1), v6] {
+            assert_eq!(IpAddr::from_bytes(&source.to_bytes()), Some(source));
+            let pair = (source, "web-1".to_owned());
+            assert_eq!(<(IpAddr, String)>::from_bytes(&pair.to_bytes()), Some(pair));
+        }
+        assert_eq!(<()>::from_bytes(&().to_bytes()), Some(()));
+        assert_eq!(IpAddr::from_bytes(b"short"), None);
     }
 
     #[test]

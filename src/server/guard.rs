@@ -46,6 +46,12 @@ impl Guard {
         Guard { store, failures: AgentFailures::default(), enroll_key: Signer::new(enroll_key), presence }
     }
 
+    /// The failed attempts counted against agents' calls (shared with the other servers of a
+    /// PostgreSQL database by `shared_limits.rs`).
+    pub fn failures(&self) -> &AgentFailures {
+        &self.failures
+    }
+
     /// How a request from `source` signed for `app_id` is handled; an error if it must be
     /// refused before its signature is checked.
     pub fn standing(&self, source: IpAddr, app_id: &str, now_secs: i64) -> Result<Standing, TooManyFailures> {

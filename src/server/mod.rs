@@ -28,6 +28,7 @@ pub mod presence;
 pub mod relay;
 pub mod reports;
 pub mod services;
+pub mod shared_limits;
 pub mod store;
 pub mod sweeper;
 pub mod systemd;

@@ -9,6 +9,7 @@ use super::audit::Audit;
 use super::backups::Backups;
 use super::dispatch::Dispatch;
 use super::enroll::Enrollment;
+use super::failures::TokenFailures;
 use super::files::Files;
 use super::guard::{Guard, SecretHash};
 use super::inventory::Inventory;
@@ -26,6 +27,7 @@ use super::views::TaskViews;
 /// The services the HTTP handlers call, one per concern.
 pub struct Services {
     guard: Guard,
+    token_failures: TokenFailures,
     polling: Polling,
     reports: Reports,
     tasks: Tasks,
@@ -60,6 +62,7 @@ impl Services {
         let audit = Audit::new(Arc::clone(store));
         Services {
             guard: Guard::new(Arc::clone(store), enroll_key, Arc::clone(dispatch.presence())),
+            token_failures: TokenFailures::default(),
             polling: Polling::new(Arc::clone(store), Arc::clone(dispatch), config.poll_window),
             reports: Reports::new(Arc::clone(store), Arc::clone(dispatch)),
             tasks: Tasks::new(Arc::clone(store), Arc::clone(dispatch), defaults),
@@ -89,6 +92,11 @@ impl Services {
     /// Signing keys, replay protection and the failed-signature limit of agent calls.
     pub fn guard(&self) -> &Guard {
         &self.guard
+    }
+
+    /// The wrong bearer tokens counted against the operator API.
+    pub fn token_failures(&self) -> &TokenFailures {
+        &self.token_failures
     }
 
     /// Agents' long polls.

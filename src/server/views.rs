@@ -113,7 +113,7 @@ fn shown_env(env: &BTreeMap<String, String>, secret: &BTreeSet<String>) -> BTree
         .collect()
 }
 
-/// The task object getTask hands out.
+/// The task object getTask hands out (`task` as just delivered).
 pub fn wire_task(task: &TaskRecord) -> WireTask {
     WireTask {
         task_id: task.id.to_string(),
@@ -127,7 +127,9 @@ pub fn wire_task(task: &TaskRecord) -> WireTask {
         cwd: task.cwd.clone(),
         user: task.user.clone(),
         stdin: task.stdin.clone(),
-        attempt: (task.attempt > 0).then_some(task.attempt),
+        // Only an orange agent's delivery, which it acknowledges, is numbered for it: an
+        // original client sees the task object it knows.
+        attempt: task.ack_required.then_some(task.attempt),
         more: Vec::new(),
     }
 }

@@ -97,12 +97,12 @@ fn servers_starting_together_migrate_the_schema_once() {
     });
     let mut client = cluster().connect(&database);
     let versions: Vec<i32> = client
-        .query("SELECT version FROM orange_schema", &[])
+        .query("SELECT version FROM orange_schema ORDER BY version", &[])
         .expect("read the schema")
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, [1], "one row per version");
+    assert_eq!(versions, [1, 2], "one row per version");
     assert!(servers.iter().all(|s| s.token == servers[0].token), "one admin token for all");
 }
 
@@ -212,4 +212,35 @@ fn an_operator_added_or_rotated_through_one_server_is_known_to_another() {
     let rotated = rotate.stdout.trim().to_owned();
     whoami(&second, &rotated).assert_success();
     assert_ne!(whoami(&second, &token).code(), Some(0), "the old token is refused on the other server too");
+}
+
+#[test]
+fn wrong_admin_tokens_spread_over_two_servers_are_limited_as_one_source() {
+    use orange::protocol::limits::MAX_FAILURES_PER_MINUTE;
+    let database = cluster().create_database();
+    let first = Server::start(on_database(&database));
+    let second = Server::start(on_database(&database));
+    // The count is per minute: start early in one, so that the guesses all fall in it.
+    while chrono::Utc::now().timestamp() % 60 >= 40 {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let guess =
+        |server: &Server, n: u32| server.admin_raw("GET", "/api/v1/agents", Some(&format!("guess-{n}")), b"");
+    let on_first = MAX_FAILURES_PER_MINUTE * 2 / 3;
+    for n in 0..MAX_FAILURES_PER_MINUTE {
+        let server = if n < on_first { &first } else { &second };
+        assert_eq!(guess(server, n).status, 401, "guess {n}: each server alone is below the limit");
+    }
+    // Within a few exchanges (one a second), each server counts the other's guesses too. The
+    // second's own count stays far below the limit meanwhile (at most 10 + 8).
+    let limited = (0..8).find_map(|n| {
+        std::thread::sleep(Duration::from_millis(700));
+        let response = guess(&second, 100 + n);
+        (response.status != 401).then_some(response)
+    });
+    let limited = limited.expect("the second server limits the source within 6 s");
+    assert_eq!(limited.status, 429, "{}", limited.text());
+    assert!(limited.text().contains("too many wrong admin tokens from 127.0.0.1"), "{}", limited.text());
+    let right = second.admin_raw("GET", "/api/v1/agents", Some(&second.token.clone()), b"");
+    assert_eq!(right.status, 200, "the right token is never refused: {}", right.text());
 }

@@ -29,16 +29,15 @@ use crate::server::operators::{AuthError, Caller};
 /// `routes`, each letting through only requests whose bearer token names a caller whose role
 /// the route allows.
 pub fn guarded(routes: Router<AppState>, app: AppState) -> Router<AppState> {
-    let failures = Arc::new(TokenFailures::default());
     routes.layer(middleware::from_fn(move |request: Request, next: Next| {
-        let failures = Arc::clone(&failures);
         let app = Arc::clone(&app);
-        async move { admit(app, request, next, &failures).await }
+        async move { admit(app, request, next).await }
     }))
 }
 
 /// Authenticates, authorises, and runs the route with the [`Caller`] in the request.
-async fn admit(app: AppState, mut request: Request, next: Next, failures: &TokenFailures) -> Response {
+async fn admit(app: AppState, mut request: Request, next: Next) -> Response {
+    let failures = app.token_failures();
     let source = ClientAddr::of(request.extensions()).map(|peer| peer.ip());
     let path = request.uri().path().to_owned();
     let caller = match authenticate(&app, request.headers(), source) {

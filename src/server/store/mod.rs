@@ -66,6 +66,7 @@ mod pg;
 mod records;
 mod seen;
 mod seq;
+mod shared_counts;
 mod stored;
 mod sweep;
 mod task_pages;
@@ -108,6 +109,7 @@ pub use records::{
     AgentRecord, AgentStatus, AuditRecord, JobRecord, Outcome, OutputState, Policy, Stream, TargetEnd,
     TargetRecord, TaskRecord, TaskSpec, TokenRecord, secs_to_ms,
 };
+pub use shared_counts::{SERVER_ID_LEN, SharedCount};
 pub use sweep::Swept;
 pub use task_pages::{TaskPage, TaskPageQuery};
 pub use tasks::Delivery;

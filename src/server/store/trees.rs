@@ -225,6 +225,9 @@ trees! {
         operators,
         /// app id → the labels an admin approved for the agent.
         approved_labels,
+        /// minute, kind, key, server → failed attempts that server counted under the key in
+        /// that minute (several servers on PostgreSQL; see `shared_counts.rs`).
+        failure_counts,
     }
 }
 

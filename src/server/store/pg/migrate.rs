@@ -1,14 +1,17 @@
 //! The PostgreSQL schema's versions: the SQL of each is compiled in, applied in order at start
-//! under an advisory lock (so that servers starting together migrate once), each in its own
-//! transaction together with the row in `orange_schema` that records it.
+//! in one transaction under a transaction-level advisory lock (so that servers starting
+//! together migrate once, also through a pooler such as PgBouncer that may hand each
+//! transaction to another connection), together with the rows in `orange_schema` that record
+//! them.
 
-use postgres::Client;
+use postgres::{Client, GenericClient, Transaction};
 
 use super::super::StoreError;
 use super::pg_error;
 
 /// Each schema version and its SQL, oldest first.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("001_trees.sql"))];
+const MIGRATIONS: &[(i32, &str)] =
+    &[(1, include_str!("001_trees.sql")), (2, include_str!("002_failure_counts.sql"))];
 
 /// The advisory lock held while migrating ("orange" and 2).
 const MIGRATE_LOCK: i64 = 0x6f72_616e_6765_0002;
@@ -31,14 +34,15 @@ pub fn run(client: &mut Client, shown: &str) -> Result<(), StoreError> {
             release / 10_000
         )));
     }
-    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATE_LOCK]).map_err(to_store)?;
-    let result = apply(client, shown);
-    let unlocked = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATE_LOCK]).map_err(to_store);
-    result.and(unlocked.map(drop))
+    let mut tx = client.transaction().map_err(to_store)?;
+    // Held until the transaction ends: a second server waits here, then finds the work done.
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK]).map_err(to_store)?;
+    apply(&mut tx, shown)?;
+    tx.commit().map_err(to_store)
 }
 
 /// The schema version the database is at (0: none yet).
-pub fn current(client: &mut Client) -> Result<i32, StoreError> {
+fn current(client: &mut impl GenericClient) -> Result<i32, StoreError> {
     client
         .batch_execute(
             "CREATE TABLE IF NOT EXISTS orange_schema \
@@ -50,8 +54,8 @@ pub fn current(client: &mut Client) -> Result<i32, StoreError> {
     Ok(row.get(0))
 }
 
-fn apply(client: &mut Client, shown: &str) -> Result<(), StoreError> {
-    let current = current(client)?;
+fn apply(tx: &mut Transaction<'_>, shown: &str) -> Result<(), StoreError> {
+    let current = current(tx)?;
     if current > latest() {
         return Err(StoreError::Io(format!(
             "the database {shown} has schema version {current}, newer than this orange knows ({}): \
@@ -60,10 +64,8 @@ fn apply(client: &mut Client, shown: &str) -> Result<(), StoreError> {
         )));
     }
     for (version, sql) in MIGRATIONS.iter().filter(|(version, _)| *version > current) {
-        let mut tx = client.transaction().map_err(to_store)?;
         tx.batch_execute(sql).map_err(to_store)?;
         tx.execute("INSERT INTO orange_schema (version) VALUES ($1)", &[version]).map_err(to_store)?;
-        tx.commit().map_err(to_store)?;
         tracing::info!(version, database = shown, "database schema migrated");
     }
     Ok(())
