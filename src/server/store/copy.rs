@@ -6,9 +6,11 @@
 //!    write.
 //! 2. Every tree's entries are written in batches of [`BATCH`] (one transaction each on
 //!    PostgreSQL; unlogged applies on sled, as a restore writes, then synced and checkpointed).
-//!    A data directory being written holds [`RESTORING_FILE`] until the end, so no server
-//!    serves a copy cut short; a database cut short is not empty, so the next copy refuses it.
-//! 3. Ids go on above the source's: sled's id floor, or the database's sequence.
+//!    A data directory being written holds [`RESTORING_FILE`] until the end, a database the
+//!    `meta` entry [`COPY_MARKER`], so no server serves a copy cut short; and a destination cut
+//!    short is not empty, so the next copy refuses it.
+//! 3. Ids go on above the source's: sled's id floor, or the database's sequence. A database
+//!    source is read as it is: its schema must be this release's (the copy migrates nothing).
 //! 4. Each tree's entries are counted in the source and in the destination; any difference is
 //!    an error naming the tree.
 //!
@@ -38,6 +40,10 @@ pub const BATCH: usize = 1000;
 
 /// Prefix, in the `meta` tree, of the secrets servers on a database share.
 const SECRET_PREFIX: &str = "secret.";
+
+/// The `meta` key a copy into a database holds until it finished: a server refuses to open a
+/// database that has it (the database counterpart of a data directory's [`RESTORING_FILE`]).
+pub const COPY_MARKER: &[u8] = b"copy.in_progress";
 
 /// Where a copy reads from.
 pub enum Source<'a> {
@@ -118,6 +124,8 @@ impl Sink {
             Destination::Postgres(target) => {
                 let kv = Arc::new(PgKv::open(target)?);
                 refuse_full_database(&kv)?;
+                let marker = (COPY_MARKER.to_vec(), Some(b"a copy is writing this database".to_vec()));
+                write_pg(&kv, "meta", &Batch::from([marker]))?;
                 Ok(Sink::Postgres(kv))
             }
         }
@@ -143,16 +151,13 @@ impl Sink {
                 }
                 Ok(())
             }
-            Sink::Postgres(kv) => {
-                let writes =
-                    || batch.iter().map(|(key, value)| (key.clone(), value.as_deref().map(sled::IVec::from)));
-                kv.transaction(|txn| txn.write(tree, writes())).map_err(StoreError::from)
-            }
+            Sink::Postgres(kv) => write_pg(kv, tree, &batch),
         }
     }
 
     /// Sets the id floor, makes everything durable, counts every tree and checks the counts
-    /// against `expected`; on a data directory, removes the marker last.
+    /// against `expected`; removes the marker last (a data directory's file, a database's
+    /// `meta` entry).
     fn finish(self, id_floor: u64, expected: &[(String, u64)]) -> Result<Vec<(String, u64)>, StoreError> {
         let counts = match self {
             Sink::Sled { dir, wal, mut trees } => {
@@ -166,16 +171,30 @@ impl Sink {
                 let marker = dir.join(RESTORING_FILE);
                 std::fs::remove_file(&marker).map_err(|e| io_error(&marker, e))?;
                 sync_path(&dir)?;
-                return Ok(counts);
+                counts
             }
             Sink::Postgres(kv) => {
                 kv.raise_ids(id_floor)?;
-                pg_counts(&kv)?
+                let mut counts = pg_counts(&kv)?;
+                // The marker is the copy's own entry, removed once the counts agree.
+                for (name, count) in &mut counts {
+                    if name == "meta" {
+                        *count = count.saturating_sub(1);
+                    }
+                }
+                check_counts(expected, &counts)?;
+                write_pg(&kv, "meta", &Batch::from([(COPY_MARKER.to_vec(), None)]))?;
+                counts
             }
         };
-        check_counts(expected, &counts)?;
         Ok(counts)
     }
+}
+
+/// Writes one batch of `tree` into the database, in one transaction.
+fn write_pg(kv: &PgKv, tree: &str, batch: &Batch) -> Result<(), StoreError> {
+    let writes = || batch.iter().map(|(key, value)| (key.clone(), value.as_deref().map(sled::IVec::from)));
+    kv.transaction(|txn| txn.write(tree, writes())).map_err(StoreError::from)
 }
 
 /// What happens to the files a source carries, and what was done with them.
@@ -298,8 +317,8 @@ fn from_postgres(
     sink: &mut Sink,
     carried: &mut Carried<'_, '_>,
 ) -> Result<(Vec<(String, u64)>, u64), StoreError> {
-    // Opened as a server would, to check the release and the schema.
-    let kv = PgKv::open(target)?;
+    // Read as it is: its schema must be this release's, and the copy does not migrate it.
+    let kv = PgKv::open_as_is(target)?;
     let mut client = target.connect().map_err(|e| {
         StoreError::Io(format!("cannot connect to the database {}: {}", target.shown, described(&e)))
     })?;

@@ -159,3 +159,43 @@ fn a_destination_holding_anything_is_refused_and_left_as_it_was() {
     assert!(err.to_string().contains("is not empty"), "{err}");
     assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 1, "nothing was written");
 }
+
+#[test]
+fn a_server_refuses_a_database_a_copy_into_it_did_not_finish() {
+    let database = Place::new(Engine::Postgres);
+    let target = database.target().expect("a database");
+    // What a copy cut short leaves: whatever it wrote, and its marker.
+    let kv = PgKv::open(&target).expect("the database");
+    write_pg(&kv, "meta", &Batch::from([(COPY_MARKER.to_vec(), Some(b"x".to_vec()))])).expect("a marker");
+    drop(kv);
+    let err = database.try_open(Policy::default()).err().expect("refused");
+    assert!(err.to_string().contains("holds a copy that did not finish"), "{err}");
+
+    // A copy that finished leaves none.
+    let (source, _) = filled_dir();
+    let finished = Place::new(Engine::Postgres);
+    let target = finished.target().expect("a database");
+    run(&Source::Dir(source.dir()), &Destination::Postgres(&target), Vec::new()).expect("copy");
+    let store = finished.try_open(Policy::default()).expect("the copy opens");
+    assert!(store.trees().meta.get(COPY_MARKER).expect("read meta").is_none());
+}
+
+#[test]
+fn a_database_source_of_an_older_schema_is_refused_and_not_migrated() {
+    let (source, _) = filled_dir();
+    let database = Place::new(Engine::Postgres);
+    let target = database.target().expect("a database");
+    run(&Source::Dir(source.dir()), &Destination::Postgres(&target), Vec::new()).expect("copy");
+    // Back to the first schema version, as an older release left it.
+    let mut client = target.connect().expect("a connection");
+    client
+        .batch_execute("DROP TABLE orange_failure_counts; DELETE FROM orange_schema WHERE version > 1")
+        .expect("the older schema");
+    let back = tempfile::tempdir().expect("a temp dir");
+    let err =
+        run(&Source::Postgres(&target), &Destination::Dir(back.path()), Vec::new()).expect_err("refused");
+    assert!(err.to_string().contains("has schema version 1, older than this orange's"), "{err}");
+    let version: i32 =
+        client.query_one("SELECT max(version) FROM orange_schema", &[]).expect("the version").get(0);
+    assert_eq!(version, 1, "the source was not migrated");
+}

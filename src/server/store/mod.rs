@@ -268,6 +268,13 @@ impl Store {
         metrics: Arc<Metrics>,
     ) -> Result<Store, StoreError> {
         let kv = Arc::new(PgKv::open(target)?);
+        if kv.get("meta", copy::COPY_MARKER)?.is_some() {
+            return Err(StoreError::Io(format!(
+                "the database {} holds a copy that did not finish (`orange store copy` was stopped, \
+                 or is still running): let it finish, or recreate the database and copy again",
+                target.shown
+            )));
+        }
         let seqs = seq::SeqPool::in_transactions();
         let gate = Arc::new(Gate::new(Trees::postgres(kv)));
         // A commit on PostgreSQL returns once it is durable: the committer has nothing to sync.

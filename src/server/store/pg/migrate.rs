@@ -41,6 +41,32 @@ pub fn run(client: &mut Client, shown: &str) -> Result<(), StoreError> {
     tx.commit().map_err(to_store)
 }
 
+/// Checks, without writing, that the database is at this build's schema version: what a copy
+/// reads from must not be migrated by the copy.
+pub fn check(client: &mut Client, shown: &str) -> Result<(), StoreError> {
+    let exists: bool =
+        client.query_one("SELECT to_regclass('orange_schema') IS NOT NULL", &[]).map_err(to_store)?.get(0);
+    let version: i32 = if exists {
+        client.query_one("SELECT coalesce(max(version), 0) FROM orange_schema", &[]).map_err(to_store)?.get(0)
+    } else {
+        0
+    };
+    match version {
+        v if v == latest() => Ok(()),
+        0 => Err(StoreError::Io(format!("the database {shown} holds no orange fleet (no schema)"))),
+        v if v < latest() => Err(StoreError::Io(format!(
+            "the database {shown} has schema version {v}, older than this orange's ({}): start this \
+             release's `orange server --store` on it once (it migrates the schema), then copy",
+            latest()
+        ))),
+        v => Err(StoreError::Io(format!(
+            "the database {shown} has schema version {v}, newer than this orange knows ({}): copy \
+             with the newer orange",
+            latest()
+        ))),
+    }
+}
+
 /// The schema version the database is at (0: none yet).
 fn current(client: &mut impl GenericClient) -> Result<i32, StoreError> {
     client

@@ -125,13 +125,28 @@ impl Drop for PgKv {
 impl PgKv {
     /// Connects to `target`, checks its release and applies the schema's migrations.
     pub fn open(target: &PgTarget) -> Result<PgKv, StoreError> {
+        PgKv::open_with(target, migrate::run)
+    }
+
+    /// Connects to `target` to read it as it is: its schema must be this build's, and is not
+    /// migrated (a copy's source).
+    pub fn open_as_is(target: &PgTarget) -> Result<PgKv, StoreError> {
+        PgKv::open_with(target, migrate::check)
+    }
+
+    /// Connects to `target`, runs `prepare` (the schema's migrations or check) on a first
+    /// connection, then opens the pools.
+    fn open_with(
+        target: &PgTarget,
+        prepare: fn(&mut postgres::Client, &str) -> Result<(), StoreError>,
+    ) -> Result<PgKv, StoreError> {
         blocking(|| {
             // One connection of our own first: its failure says why (refused, bad password,
             // no such database), where the pool's would only say that it timed out.
             let mut first = target.connect().map_err(|e| {
                 StoreError::Io(format!("cannot connect to the database {}: {}", target.shown, described(&e)))
             })?;
-            migrate::run(&mut first, &target.shown)?;
+            prepare(&mut first, &target.shown)?;
             drop(first);
             Ok(PgKv { reads: Some(pool(target)?), writes: Some(pool(target)?), shown: target.shown.clone() })
         })
