@@ -5,6 +5,9 @@
 //! exactly once (each task's command appends its id to a marker file), tasks queued to one agent
 //! ran in the order they were enqueued, and every job finished with all its targets.
 //!
+//! The same on PostgreSQL (one server on a database of the test cluster), where a queue's
+//! order across a crash is not promised.
+//!
 //! The moments are drawn from a seeded generator; the seed is printed, and
 //! `ORANGE_CRASH_SEED=N` replays it (`ORANGE_CRASH_ROUNDS=N` changes the number of rounds).
 
@@ -301,9 +304,36 @@ fn start_agents(server: &Server) -> Vec<Agent> {
 
 #[test]
 fn random_sigkills_lose_no_acknowledged_write_run_no_task_twice_and_keep_each_queue_in_order() {
+    let opts = ServerOpts { ack_window: Some(3), poll_window: Some(5), ..ServerOpts::default() };
+    crash_rounds(opts, Order::Kept);
+}
+
+#[test]
+fn on_postgresql_random_sigkills_lose_no_acknowledged_write_and_run_no_task_twice() {
+    let database = crate::support::postgres::cluster().create_database();
+    let opts = ServerOpts {
+        ack_window: Some(3),
+        poll_window: Some(5),
+        extra_args: vec!["--store".into(), crate::support::postgres::cluster().url(&database)],
+        ..ServerOpts::default()
+    };
+    // A server starting on a database does not put the deliveries not yet acknowledged back at
+    // the front at once (another server may have just made them): their ack window does, so an
+    // agent may get the task queued behind one first.
+    crash_rounds(opts, Order::NotChecked);
+}
+
+/// Whether the agents' queues must keep their order across the crashes.
+#[derive(PartialEq)]
+enum Order {
+    Kept,
+    NotChecked,
+}
+
+/// The rounds on a server started with `opts`, then the checks.
+fn crash_rounds(opts: ServerOpts, order: Order) {
     let started = Instant::now();
     let mut rng = Rng(seed());
-    let opts = ServerOpts { ack_window: Some(3), poll_window: Some(5), ..ServerOpts::default() };
     let mut server = Server::start(opts);
     let markers = Markers { dir: tempfile::TempDir::with_prefix("orange-crash-markers-").unwrap() };
     let mut agents = start_agents(&server);
@@ -324,7 +354,9 @@ fn random_sigkills_lose_no_acknowledged_write_run_no_task_twice_and_keep_each_qu
     assert!(ledger.tasks.len() >= rounds, "too few acknowledged tasks to say anything");
     drain(&server, &markers, &ledger);
     check_ran_once(&markers, &ledger);
-    check_order(&markers, &ledger);
+    if order == Order::Kept {
+        check_order(&markers, &ledger);
+    }
     for agent in &mut agents {
         agent.assert_running();
     }
