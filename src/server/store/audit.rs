@@ -8,7 +8,9 @@
 //! Sequence numbers come from one generator, so the keys of both streams never collide and
 //! merge into one order, newest first, that a cursor can resume. Each stream keeps its newest
 //! entries up to its cap; its length is counted once, on its first write after start, and then
-//! kept in memory.
+//! kept in memory. On PostgreSQL, where other servers write to the streams too, it is counted
+//! again every [`RECOUNT_EVERY`] writes of this server, so the streams stay within their caps
+//! plus that many entries per server.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -25,6 +27,8 @@ pub const MAX_OPERATOR_AUDIT: u64 = 1_000_000;
 pub const MAX_AGENT_AUDIT: u64 = 100_000;
 /// Agent-made events of one actor, action and detail within this period share one entry.
 pub const AGENT_AUDIT_PERIOD_MS: i64 = 3_600_000;
+/// On PostgreSQL, a stream's length is counted again after this many writes of this server.
+pub const RECOUNT_EVERY: u64 = 256;
 
 /// What agents did within one period, as one entry of the agent stream.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -109,18 +113,39 @@ pub struct AuditScan<'a> {
 }
 
 /// What the writers of both streams keep in memory.
-#[derive(Default)]
 pub(super) struct AuditStreams {
-    /// Entries in the operator stream, once counted.
-    operators: Mutex<Option<u64>>,
-    /// The agent stream's count and open entries.
+    /// The operator stream's length, once counted.
+    operators: Mutex<Option<Counted>>,
+    /// The agent stream's length and open entries.
     agents: Mutex<Option<AgentStream>>,
+    /// On PostgreSQL, a stream is counted again after this many writes ([`RECOUNT_EVERY`]).
+    pub(super) recount_every: u64,
+}
+
+impl Default for AuditStreams {
+    fn default() -> Self {
+        AuditStreams { operators: Mutex::default(), agents: Mutex::default(), recount_every: RECOUNT_EVERY }
+    }
+}
+
+/// A stream's length as this server knows it: counted, plus its own writes since.
+#[derive(Debug, Clone, Copy)]
+struct Counted {
+    entries: u64,
+    /// Entries this server added since the count.
+    since: u64,
+}
+
+impl Counted {
+    fn new(entries: u64) -> Self {
+        Counted { entries, since: 0 }
+    }
 }
 
 /// The agent stream's length and the entries of the current period, by actor, action and
 /// detail, so that a repeated event finds its entry without a scan.
 struct AgentStream {
-    count: u64,
+    length: Counted,
     period: i64,
     open: HashMap<String, AuditKey>,
 }
@@ -140,19 +165,27 @@ impl Store {
     }
 
     fn audit_capped(&self, record: &AuditRecord, cap: u64) -> Result<(), StoreError> {
-        let mut count = locked(&self.audit_streams.operators);
+        let mut slot = locked(&self.audit_streams.operators);
         let trees = self.trees();
-        let count = match &mut *count {
-            Some(count) => count,
-            unknown => unknown.insert(trees.audit.len()? as u64),
+        let recount = self.recount_due(slot.as_ref());
+        let length = match &mut *slot {
+            Some(length) if !recount => length,
+            slot => slot.insert(Counted::new(trees.audit.len()? as u64)),
         };
         let key = AuditKey { at_ms: record.at_ms, seq: self.next_id()? };
         trees.audit.insert(key.bytes(), codec::encode(record))?;
-        *count += 1;
-        while *count > cap && trees.audit.pop_min()?.is_some() {
-            *count -= 1;
+        length.entries += 1;
+        length.since += 1;
+        while length.entries > cap && trees.audit.pop_min()?.is_some() {
+            length.entries -= 1;
         }
         Ok(())
+    }
+
+    /// Whether a stream's length `counted` must be counted (again): never counted, or, on
+    /// PostgreSQL, other servers may have written since.
+    fn recount_due(&self, counted: Option<&Counted>) -> bool {
+        counted.is_none_or(|c| self.embedded.is_none() && c.since >= self.audit_streams.recount_every)
     }
 
     /// Adds an agent's event (`record.at_ms` is its time) to the agent stream: to the entry of
@@ -168,6 +201,9 @@ impl Store {
             Some(stream) => stream,
             empty => empty.insert(self.load_agent_stream(period, period_ms)?),
         };
+        if self.recount_due(Some(&stream.length)) {
+            stream.length = Counted::new(self.trees().agent_audit.len()? as u64);
+        }
         if stream.period != period {
             stream.open.clear();
             stream.period = period;
@@ -190,7 +226,8 @@ impl Store {
         };
         self.trees().agent_audit.insert(key.bytes(), codec::encode(&entry))?;
         stream.open.insert(group, key);
-        stream.count += 1;
+        stream.length.entries += 1;
+        stream.length.since += 1;
         self.trim_agent_stream(stream, cap)
     }
 
@@ -208,11 +245,11 @@ impl Store {
     /// Drops the oldest agent-made entries beyond `cap`.
     fn trim_agent_stream(&self, stream: &mut AgentStream, cap: u64) -> Result<(), StoreError> {
         let trees = self.trees();
-        while stream.count > cap {
+        while stream.length.entries > cap {
             let Some((oldest, _)) = trees.agent_audit.pop_min()? else { break };
             let oldest = AuditKey::from_bytes(&oldest)?;
             stream.open.retain(|_, key| *key != oldest);
-            stream.count -= 1;
+            stream.length.entries -= 1;
         }
         Ok(())
     }
@@ -227,7 +264,7 @@ impl Store {
             let entry: AgentAuditRecord = codec::decode(&value)?;
             open.insert(group_of(&entry.actor, &entry.action, &entry.detail), AuditKey::from_bytes(&key)?);
         }
-        Ok(AgentStream { count: trees.agent_audit.len()? as u64, period, open })
+        Ok(AgentStream { length: Counted::new(trees.agent_audit.len()? as u64), period, open })
     }
 
     /// Up to `scan.limit` entries of the streams asked for, newest first, that `scan.keep`

@@ -148,3 +148,25 @@ fn the_filter_skips_entries_without_ending_the_page(engine: Engine) {
     assert_eq!(summary(&items), [(9, "admin@::2", 1), (7, "admin@::2", 1)]);
     assert!(more);
 }
+
+#[test]
+fn on_postgresql_servers_writing_one_stream_keep_it_near_its_cap() {
+    use super::super::test_engines::Place;
+    let place = Place::new(Engine::Postgres);
+    let open = || {
+        let mut store = place.open(Policy::default());
+        store.audit_streams.recount_every = 5;
+        store
+    };
+    let (first, second) = (open(), open());
+    // Each server alone would see only its own writes and let the streams grow to twice the cap.
+    for at in 0..200 {
+        let store = if at % 2 == 0 { &first } else { &second };
+        store.audit_capped(&event(at, "admin@::1", "task.send"), 50).unwrap();
+        store.audit_agent_capped(&event(at, &format!("agent:x{at}"), "agent.pending"), HOUR, 50).unwrap();
+    }
+    let (operators, agents) = (first.trees().audit.len().unwrap(), first.trees().agent_audit.len().unwrap());
+    // The cap, plus at most what each server wrote since it last counted.
+    assert!((50..=60).contains(&operators), "{operators} operator entries");
+    assert!((50..=60).contains(&agents), "{agents} agent entries");
+}
