@@ -105,6 +105,7 @@ impl Dispatch {
         match wake {
             Wake::Agent(app_id) => self.wake_local_agent(app_id),
             Wake::Task(id) => self.wake_local_task(*id),
+            Wake::Parked(app_id) => self.dismiss(app_id),
         }
     }
 
@@ -143,7 +144,8 @@ impl Dispatch {
         }
     }
 
-    /// Starts a long poll of `app_id`, superseding (and waking) any older one.
+    /// Starts a long poll of `app_id`, superseding (and waking) any older one, also one on
+    /// another server.
     pub fn park(&self, app_id: &str) -> Poll {
         let slot = {
             let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
@@ -151,6 +153,7 @@ impl Dispatch {
         };
         let generation = slot.generation.fetch_add(1, Ordering::SeqCst) + 1;
         slot.signal.notify_waiters();
+        self.publish(Wake::Parked(app_id.to_owned()));
         Poll { slot, generation }
     }
 

@@ -244,3 +244,33 @@ fn wrong_admin_tokens_spread_over_two_servers_are_limited_as_one_source() {
     let right = second.admin_raw("GET", "/api/v1/agents", Some(&second.token.clone()), b"");
     assert_eq!(right.status, 200, "the right token is never refused: {}", right.text());
 }
+
+#[test]
+fn a_new_poll_through_another_server_ends_the_agents_older_parked_poll() {
+    use crate::support::register_sim;
+    use orange::client::{AgentClient, PollAnswer};
+    let database = cluster().create_database();
+    let parked = ServerOpts { poll_window: Some(20), ..on_database(&database) };
+    let (first, second) = (Server::start(parked.clone()), Server::start(parked));
+    let on_first = register_sim(&first, "pg7");
+    let on_second = AgentClient::new(&second.url, "pg7", crate::support::SIM_SECRET);
+    std::thread::scope(|scope| {
+        let old = scope.spawn(|| {
+            let started = std::time::Instant::now();
+            (on_first.poll(1).expect("the first poll"), started.elapsed())
+        });
+        // The agent's old connection is gone (a restart, the balancer): its next poll parks on
+        // the other server.
+        std::thread::sleep(Duration::from_millis(500));
+        let new = scope.spawn(|| on_second.poll(1).expect("the second poll"));
+        let (answer, took) = old.join().expect("the first poll's thread");
+        assert!(matches!(answer, PollAnswer::Idle(_)), "{answer:?}");
+        assert!(took < Duration::from_secs(10), "the older poll stayed parked {took:?}");
+        // A task enqueued through the first server goes to the poll parked on the second.
+        let id = first.enqueue(&["pg7"], "ping", "")[0].task_id.clone();
+        match new.join().expect("the second poll's thread") {
+            PollAnswer::Task(task) => assert_eq!(task.task_id, id),
+            other => panic!("the newer poll got {other:?}"),
+        }
+    });
+}

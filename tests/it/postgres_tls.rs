@@ -42,6 +42,21 @@ fn a_server_speaks_tls_to_postgresql_and_refuses_a_certificate_its_ca_did_not_si
         wrong_ca.contains("cannot connect to the database") && wrong_ca.contains("UnknownIssuer"),
         "{wrong_ca}"
     );
+    let wrong_ca = refusal(&database.url(&format!("sslmode=verify-ca&sslrootcert={}", ca("other-ca"))));
+    assert!(wrong_ca.contains("UnknownIssuer"), "verify-ca checks the chain: {wrong_ca}");
+
+    // Without a root file `require` takes any certificate (as libpq does); `verify-ca` with
+    // the right one checks the chain.
+    for options in ["sslmode=require".to_owned(), format!("sslmode=verify-ca&sslrootcert={}", ca("test-ca"))]
+    {
+        let server = Server::start(ServerOpts {
+            extra_args: vec!["--store".into(), database.url(&options)],
+            ..ServerOpts::default()
+        });
+        let listed = server.operator(&["agents", "--json"]).run();
+        listed.assert_success();
+        assert!(listed.stdout.contains("pg-tls1"), "{options}: {listed}");
+    }
 }
 
 /// Runs `orange server --store url`, which must stop by itself with an error; returns what it
