@@ -44,6 +44,12 @@ pub trait TxRead {
     /// The committed value at `key` of `tree`, as this transaction sees it.
     fn get(&self, tree: &str, key: &[u8]) -> sled::Result<Option<IVec>>;
 
+    /// Which of `keys` of `tree` are committed, as this transaction sees them, in their order:
+    /// one read for all where the engine can (one statement on PostgreSQL).
+    fn contains_each(&self, tree: &str, keys: &[&[u8]]) -> sled::Result<Vec<bool>> {
+        keys.iter().map(|key| Ok(self.get(tree, key)?.is_some())).collect()
+    }
+
     /// A new id taken within the transaction itself, where the engine has one there (the
     /// PostgreSQL sequence); `None` where ids come from outside transactions (sled).
     fn next_id(&self) -> Option<sled::Result<u64>> {
@@ -309,6 +315,30 @@ impl<'a> LoggedTx<'a> {
             return Ok(value.clone());
         }
         self.base.get(self.name, key.as_ref()).map_err(UnabortableTransactionError::Storage)
+    }
+
+    /// Whether each of `keys` is there as this transaction sees it, in their order; the keys
+    /// this transaction did not write are read together ([`TxRead::contains_each`]).
+    pub fn contains_each(&self, keys: &[&[u8]]) -> Result<Vec<bool>, UnabortableTransactionError> {
+        let overlay = self.overlay.borrow();
+        let unwritten: Vec<&[u8]> = keys.iter().copied().filter(|key| !overlay.contains_key(*key)).collect();
+        let mut stored = self
+            .base
+            .contains_each(self.name, &unwritten)
+            .map_err(UnabortableTransactionError::Storage)?
+            .into_iter();
+        keys.iter()
+            .map(|key| match overlay.get(*key) {
+                Some(written) => Ok(written.is_some()),
+                // One answer per key not written here, in order.
+                None => stored.next().ok_or_else(|| {
+                    UnabortableTransactionError::Storage(sled::Error::Unsupported(format!(
+                        "tree {}: fewer answers than keys",
+                        self.name
+                    )))
+                }),
+            })
+            .collect()
     }
 
     /// The first committed entry with `prefix` that no other transaction holds; held by this

@@ -69,8 +69,12 @@ impl Store {
         // compaction.
         self.seqs.reserve(&self.trees(), tasks.len())?;
         self.transact(|tx| {
-            for task in tasks.iter() {
-                if tx.tasks.get(task.id.as_bytes())?.is_some() {
+            let ids: Vec<&[u8]> = tasks.iter().map(|task| task.id.as_bytes().as_slice()).collect();
+            let stored = tx.tasks.contains_each(&ids)?;
+            let mut seen = std::collections::HashSet::new();
+            for (task, stored) in tasks.iter().zip(stored) {
+                // Stored by an earlier try of this enqueue, or named twice in this one.
+                if stored || !seen.insert(task.id) {
                     continue;
                 }
                 let mut task = task.clone();

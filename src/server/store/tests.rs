@@ -160,6 +160,12 @@ fn enqueue_with_the_same_id_twice_stores_it_once(engine: Engine) {
     store.enqueue(&mut task).unwrap();
     assert!(take(&store, "a").is_some());
     assert!(take(&store, "a").is_none());
+    // Named twice in one enqueue, with one already stored: each new one once.
+    let fresh = TaskRecord::new(spec("a"), new_task_id(), 11);
+    let mut tasks = vec![fresh.clone(), task[0].clone(), fresh.clone()];
+    store.enqueue(&mut tasks).unwrap();
+    assert_eq!(take(&store, "a").map(|t| t.id), Some(fresh.id));
+    assert!(take(&store, "a").is_none());
 }
 
 #[test_case(Engine::Sled; "sled")]

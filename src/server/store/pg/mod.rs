@@ -474,6 +474,18 @@ impl TxRead for PgTxn<'_> {
         Some(row.map(|row| row.get::<_, i64>(0).max(0) as u64))
     }
 
+    /// One `= ANY` statement for all the keys.
+    fn contains_each(&self, tree: &str, keys: &[&[u8]]) -> sled::Result<Vec<bool>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!("SELECT key FROM orange_{tree} WHERE key = ANY($1)");
+        let rows = self.checked(self.tx.borrow_mut().query_typed(&sql, &[(&keys, Type::BYTEA_ARRAY)]))?;
+        let found: std::collections::HashSet<Vec<u8>> =
+            rows.iter().map(|row| row.get::<_, Vec<u8>>(0)).collect();
+        Ok(keys.iter().map(|key| found.contains(*key)).collect())
+    }
+
     /// `FOR UPDATE SKIP LOCKED`.
     fn claim_first(&self, tree: &str, from: &[u8], to: Option<&[u8]>) -> sled::Result<Option<(IVec, IVec)>> {
         let sql = format!(
