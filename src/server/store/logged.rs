@@ -50,9 +50,10 @@ pub trait TxRead {
         keys.iter().map(|key| Ok(self.get(tree, key)?.is_some())).collect()
     }
 
-    /// A new id taken within the transaction itself, where the engine has one there (the
-    /// PostgreSQL sequence); `None` where ids come from outside transactions (sled).
-    fn next_id(&self) -> Option<sled::Result<u64>> {
+    /// `count` new ids, in increasing order, taken within the transaction itself where the
+    /// engine has them there (the PostgreSQL sequence, one statement for all); `None` where ids
+    /// come from outside transactions (sled).
+    fn next_ids(&self, _count: usize) -> Option<sled::Result<Vec<u64>>> {
         None
     }
 
@@ -365,9 +366,10 @@ impl<'a> LoggedTx<'a> {
         }
     }
 
-    /// A new id from within the transaction, if its engine gives one there ([`TxRead::next_id`]).
-    pub fn next_id_here(&self) -> Option<sled::Result<u64>> {
-        self.base.next_id()
+    /// `count` new ids from within the transaction, if its engine gives them there
+    /// ([`TxRead::next_ids`]).
+    pub fn next_ids_here(&self, count: usize) -> Option<sled::Result<Vec<u64>>> {
+        self.base.next_ids(count)
     }
 
     /// Puts `value` at `key` in this transaction; returns the value before.

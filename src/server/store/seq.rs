@@ -1,8 +1,7 @@
 //! The pool of queue sequence numbers reserved outside transactions, taken inside them by
-//! every enqueue and by every task a job starts. On PostgreSQL there is no pool: each number
-//! comes from the database's sequence inside the transaction, on its own connection, while it
-//! holds the write lock (`Tx::take_seq`), so numbers follow the order of transactions across
-//! every server.
+//! every enqueue and by every task a job starts. On PostgreSQL there is no pool: the numbers
+//! come from the database's sequence inside the transaction, on its own connection, all those
+//! of one enqueue with one statement (`Tx::take_seqs`), shared by every server.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;

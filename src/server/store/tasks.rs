@@ -72,13 +72,18 @@ impl Store {
             let ids: Vec<&[u8]> = tasks.iter().map(|task| task.id.as_bytes().as_slice()).collect();
             let stored = tx.tasks.contains_each(&ids)?;
             let mut seen = std::collections::HashSet::new();
-            for (task, stored) in tasks.iter().zip(stored) {
-                // Stored by an earlier try of this enqueue, or named twice in this one.
-                if stored || !seen.insert(task.id) {
-                    continue;
-                }
+            // Those stored by an earlier try of this enqueue, or named twice in this one, are
+            // left out.
+            let new: Vec<&TaskRecord> = tasks
+                .iter()
+                .zip(stored)
+                .filter(|(task, stored)| !stored && seen.insert(task.id))
+                .map(|(t, _)| t)
+                .collect();
+            let seqs = tx.take_seqs(new.len())?;
+            for (task, seq) in new.into_iter().zip(seqs) {
                 let mut task = task.clone();
-                task.queue_seq = tx.take_seq()?;
+                task.queue_seq = seq;
                 let expires = task.expires_ms;
                 tx.set_deadline(&mut task, expires)?;
                 tx.put_task(&task)?;

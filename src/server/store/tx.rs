@@ -135,19 +135,26 @@ impl Tx<'_> {
     /// Takes a reserved queue number; when none is left, aborts with `StoreError::Io` and marks
     /// the attempt short so that `Store::transact` reserves more and runs it again.
     /// On PostgreSQL the number is the ids' sequence's next, taken on this transaction's own
-    /// connection (which holds the write lock).
+    /// connection.
     pub fn take_seq<E: From<StoreError>>(&self) -> Result<u64, TxError<E>> {
-        if let Some(seq) = self.trees.tasks.next_id_here() {
-            return Ok(seq?);
+        let seqs = self.take_seqs(1)?;
+        // take_seqs(1) gives one number or fails.
+        seqs.first().copied().ok_or_else(|| TxError::Abort(E::from(StoreError::Io("no queue number".into()))))
+    }
+
+    /// Takes `count` queue numbers, in increasing order, as [`Tx::take_seq`] does; on
+    /// PostgreSQL with one statement.
+    pub fn take_seqs<E: From<StoreError>>(&self, count: usize) -> Result<Vec<u64>, TxError<E>> {
+        if let Some(seqs) = self.trees.tasks.next_ids_here(count) {
+            return Ok(seqs?);
         }
-        self.seqs_wanted.set(self.seqs_wanted.get() + 1);
-        match self.seqs.take() {
-            Some(seq) => Ok(seq),
-            None => {
-                self.seq_short.set(true);
-                abort(StoreError::Io("no queue sequence number was reserved for a task".into()))
-            }
+        self.seqs_wanted.set(self.seqs_wanted.get() + count);
+        let seqs: Vec<u64> = std::iter::from_fn(|| self.seqs.take()).take(count).collect();
+        if seqs.len() < count {
+            self.seq_short.set(true);
+            return abort(StoreError::Io("no queue sequence number was reserved for a task".into()));
         }
+        Ok(seqs)
     }
 
     /// The task `id`, if stored.

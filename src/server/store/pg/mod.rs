@@ -469,9 +469,15 @@ impl TxRead for PgTxn<'_> {
         self.checked(get_with(&mut *self.tx.borrow_mut(), tree, key, false))
     }
 
-    fn next_id(&self) -> Option<sled::Result<u64>> {
-        let row = self.checked(self.tx.borrow_mut().query_typed_one("SELECT nextval('orange_ids')", &[]));
-        Some(row.map(|row| row.get::<_, i64>(0).max(0) as u64))
+    fn next_ids(&self, count: usize) -> Option<sled::Result<Vec<u64>>> {
+        let count = i64::try_from(count).unwrap_or(i64::MAX);
+        let sql = "SELECT nextval('orange_ids') FROM generate_series(1, $1)";
+        let rows = self.checked(self.tx.borrow_mut().query_typed(sql, &[(&count, Type::INT8)]));
+        Some(rows.map(|rows| {
+            let mut ids: Vec<u64> = rows.iter().map(|row| row.get::<_, i64>(0).max(0) as u64).collect();
+            ids.sort_unstable();
+            ids
+        }))
     }
 
     /// One `= ANY` statement for all the keys.
