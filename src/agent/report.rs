@@ -20,14 +20,14 @@ const BODY_SLACK: usize = 4096;
 /// The error of a task whose run a restart of the agent interrupted.
 pub const LOST_ERROR: &str = "the agent restarted while the task ran; it was not run again";
 
-/// The `doing` report that acknowledges `task`'s delivery.
-pub fn doing_report(task: &WireTask) -> ReportRequest {
+/// The `doing` report that acknowledges `task`'s delivery number `attempt`.
+pub fn doing_report(task: &WireTask, attempt: Option<u32>) -> ReportRequest {
     ReportRequest {
         task_id: task.task_id.clone(),
         task_type: task.task_type.clone(),
         do_status: DO_STATUS_DOING.to_owned(),
         create_at: task.create_at.clone(),
-        attempt: task.attempt,
+        attempt,
         ..ReportRequest::default()
     }
 }
@@ -216,14 +216,17 @@ mod tests {
 
     #[test]
     fn doing_and_lost_reports_echo_the_task() {
-        let doing = doing_report(&task());
+        let doing = doing_report(&task(), Some(2));
         assert_eq!(
             (doing.task_id.as_str(), doing.do_status.as_str(), doing.task_type.as_str()),
             ("t1", "doing", "shell")
         );
         assert_eq!((doing.stdout, doing.output_chunks, doing.duration_ms), (None, None, None));
-        let lost = lost_report(&Entry::started(&task()));
+        assert_eq!(doing.attempt, Some(2), "the delivery it acknowledges");
+        let delivered = WireTask { attempt: Some(3), ..task() };
+        let lost = lost_report(&Entry::started(&delivered));
         assert_eq!((lost.do_status.as_str(), lost.error.as_deref()), ("lost", Some(LOST_ERROR)));
         assert_eq!(lost.create_at, "2026-11-26T06:40:41Z");
+        assert_eq!(lost.attempt, Some(3), "the delivery journaled with the task");
     }
 }

@@ -35,8 +35,12 @@ pub fn is_unknown_agent(e: &ClientError) -> bool {
 /// already final on the server, or the server handed it out again since this agent's delivery
 /// (the delivery was superseded).
 pub fn stops_the_task(reason: &str) -> bool {
-    let reason = reason.to_ascii_lowercase();
-    reason.contains("already finished") || reason.contains("was superseded")
+    reason.to_ascii_lowercase().contains("already finished") || is_superseded(reason)
+}
+
+/// True when a refusal says the task was handed out again since the delivery the agent named.
+pub fn is_superseded(reason: &str) -> bool {
+    reason.to_ascii_lowercase().contains("was superseded")
 }
 
 /// Calls `call` until it succeeds, is refused, or the agent's stop grace is over. An unknown

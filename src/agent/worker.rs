@@ -16,7 +16,7 @@ use super::handler::{TaskContext, TaskHandler, TaskOutcome};
 use super::journal::{Entry, RETENTION, file_name};
 use super::orphans::JournaledGroups;
 use super::report::{build_report, doing_report, lost_report, send_final};
-use super::retry::{Sent, until_done};
+use super::retry::{Sent, is_superseded, until_done};
 use super::shared::{Shared, SlotGuard};
 use super::stream::{StreamSummary, TaskStream};
 use crate::protocol::features;
@@ -77,8 +77,7 @@ fn reacknowledge(shared: &Shared, task: &WireTask, control: &TaskControl) {
         debug!("task delivered again while its start is being acknowledged");
         return;
     }
-    let doing = ReportRequest { attempt: control.attempt(), ..doing_report(task) };
-    match shared.client.report(&doing) {
+    match shared.client.report(&doing_report(task, control.attempt())) {
         Ok(()) => info!("task delivered again while running here; acknowledged it again"),
         Err(e) => warn!(error = %e, "task delivered again; cannot acknowledge it again"),
     }
@@ -89,7 +88,7 @@ fn reacknowledge(shared: &Shared, task: &WireTask, control: &TaskControl) {
 fn known_task(shared: &Shared, mut entry: Entry, attempt: Option<u32>) {
     if let Some(report) = &mut entry.report {
         info!("task already finished here; reporting it again instead of running it");
-        report.attempt = report.attempt.max(attempt);
+        name_newest(report, attempt);
         queue_final(shared, &Entry { reported: false, ..entry });
     } else {
         warn!("an earlier run of the agent started this task and never finished it; reporting it lost");
@@ -97,11 +96,16 @@ fn known_task(shared: &Shared, mut entry: Entry, attempt: Option<u32>) {
     }
 }
 
+/// Makes `report` name delivery `attempt` if it is later than the one it names.
+fn name_newest(report: &mut ReportRequest, attempt: Option<u32>) {
+    report.attempt = report.attempt.max(attempt);
+}
+
 /// Journals a `lost` report (naming delivery `attempt`) for an entry an earlier life left
 /// unfinished and queues it.
 fn mark_lost(shared: &Shared, entry: Entry, attempt: Option<u32>) {
     let mut report = lost_report(&entry);
-    report.attempt = report.attempt.max(attempt);
+    name_newest(&mut report, attempt);
     queue_final(shared, &Entry { report: Some(report), reported: false, ..entry });
 }
 
@@ -181,15 +185,26 @@ impl Worker<'_> {
     }
 
     /// Sends `doing` until the server takes it. False when the task must not run: the server
-    /// refused it (it is final there) or the agent stopped first (then it is reported failed).
+    /// refused it (it is final there: then it is reported failed; or it was handed out again
+    /// to someone else: then it is forgotten here), or the agent stopped first (then it is
+    /// reported failed). Once the server took it, the task runs and cannot be handed out
+    /// again, so the delivery held then is the task's last: it is journaled with the task.
     fn acknowledge(&self, entry: &mut Entry) -> bool {
         // Built for each try: a delivery made again meanwhile is named from then on.
         let named = std::cell::Cell::new(None);
         let doing = || {
             named.set(self.control.attempt());
-            self.shared.client.report(&ReportRequest { attempt: named.get(), ..doing_report(self.task) })
+            self.shared.client.report(&doing_report(self.task, named.get()))
         };
-        match until_done(self.shared, "start acknowledgement", doing) {
+        let sent = loop {
+            match until_done(self.shared, "start acknowledgement", doing) {
+                // Handed to this agent again meanwhile (the server missed the acknowledgement's
+                // deadline): acknowledge that delivery instead.
+                Sent::Refused(reason) if is_superseded(&reason) && self.control.attempt() != named.get() => {}
+                sent => break sent,
+            }
+        };
+        match sent {
             Sent::Done(()) => {
                 self.control.set_acked();
                 if self.control.attempt() != named.get() {
@@ -197,7 +212,17 @@ impl Worker<'_> {
                     // poll loop left that acknowledgement to this one.
                     reacknowledge(self.shared, self.task, &self.control);
                 }
+                if let Some(task) = &mut entry.task {
+                    task.attempt = self.control.attempt();
+                }
                 true
+            }
+            Sent::Refused(reason) if is_superseded(&reason) => {
+                warn!(%reason, "the server handed the task out again since; not running it here");
+                if let Err(e) = self.shared.journal.remove(&self.task.task_id) {
+                    error!(error = %format!("{e:#}"), "cannot clear the task's journal entry");
+                }
+                false
             }
             Sent::Refused(reason) => {
                 warn!(%reason, "server refused the task's start; not running it");
@@ -262,7 +287,10 @@ impl Worker<'_> {
 
     /// Reports a failure that could not be journaled.
     fn report_unjournaled(&self, reason: &str) {
-        let report = build_report(self.task, TaskOutcome::failed(reason), Duration::ZERO, None);
+        let report = ReportRequest {
+            attempt: self.control.attempt(),
+            ..build_report(self.task, TaskOutcome::failed(reason), Duration::ZERO, None)
+        };
         if let Sent::Refused(why) = until_done(self.shared, "report", || self.shared.client.report(&report)) {
             warn!(reason = %why, "server refused the report; dropping it");
         }

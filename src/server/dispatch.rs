@@ -7,7 +7,7 @@
 //! service reads.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -25,6 +25,8 @@ pub struct AgentSlot {
     /// Woken (all waiters) when the agent's queue may have changed or a newer poll arrived.
     pub signal: Notify,
     generation: AtomicU64,
+    /// Unix milliseconds when its newest poll parked here.
+    parked_ms: AtomicI64,
 }
 
 /// A parked long poll of one agent. Only the newest poll of an agent stays parked: an agent
@@ -105,7 +107,7 @@ impl Dispatch {
         match wake {
             Wake::Agent(app_id) => self.wake_local_agent(app_id),
             Wake::Task(id) => self.wake_local_task(*id),
-            Wake::Parked(app_id) => self.dismiss(app_id),
+            Wake::Parked { app_id, at_ms } => self.dismiss_parked_before(app_id, *at_ms),
         }
     }
 
@@ -152,9 +154,22 @@ impl Dispatch {
             Arc::clone(agents.entry(app_id.to_owned()).or_default())
         };
         let generation = slot.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let at_ms = crate::server::clock::now_ms();
+        slot.parked_ms.store(at_ms, Ordering::SeqCst);
         slot.signal.notify_waiters();
-        self.publish(Wake::Parked(app_id.to_owned()));
+        self.publish(Wake::Parked { app_id: app_id.to_owned(), at_ms });
         Poll { slot, generation }
+    }
+
+    /// Ends the parked poll of `app_id` here if it parked before `at_ms`, when the agent
+    /// parked a newer one on another server. A poll parked here since (the notice travelled
+    /// slower than the agent) stays.
+    fn dismiss_parked_before(&self, app_id: &str, at_ms: i64) {
+        let agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = agents.get(app_id).filter(|slot| slot.parked_ms.load(Ordering::SeqCst) < at_ms) {
+            slot.generation.fetch_add(1, Ordering::SeqCst);
+            slot.signal.notify_waiters();
+        }
     }
 
     /// Tells the parked getTask of `app_id` to look at its queue. Waiters register (by creating
@@ -252,6 +267,20 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(1), woken).await.expect("older poll woken");
         assert!(old.superseded());
         assert!(!new.superseded());
+    }
+
+    #[tokio::test]
+    async fn a_poll_parked_on_another_server_ends_only_the_polls_parked_here_before_it() {
+        let (_tx, rx) = watch::channel(false);
+        let dispatch = Dispatch::new(rx);
+        let poll = dispatch.park("w1");
+        let parked_ms = poll.slot.parked_ms.load(Ordering::SeqCst);
+        dispatch.wake_here(&Wake::Parked { app_id: "w1".into(), at_ms: parked_ms - 1 });
+        assert!(!poll.superseded(), "a notice of an older poll elsewhere");
+        let woken = poll.slot.signal.notified();
+        dispatch.wake_here(&Wake::Parked { app_id: "w1".into(), at_ms: parked_ms + 1 });
+        tokio::time::timeout(Duration::from_secs(1), woken).await.expect("the poll here woken");
+        assert!(poll.superseded(), "a newer poll elsewhere ends it");
     }
 
     #[tokio::test]

@@ -13,8 +13,8 @@
 //! - The listener holds one connection in `LISTEN`; it and the notifier connect again (with a
 //!   pause) when their connection breaks.
 //! - A payload is this server's id on the first line (a server skips its own), then one wake-up
-//!   per line: `a APP_ID` for an agent, `t TASK_ID` for a task or a job, `p APP_ID` for an
-//!   agent that parked a new long poll (its older one on another server ends).
+//!   per line: `a APP_ID` for an agent, `t TASK_ID` for a task or a job, `p MILLIS APP_ID` for
+//!   an agent that parked a new long poll at that time (its older one on another server ends).
 //!
 //! Both run on threads of their own (the client is synchronous) and stop when the [`Relay`] is
 //! dropped.
@@ -55,9 +55,15 @@ pub enum Wake {
     Agent(String),
     /// The task (or job) may have changed.
     Task(TaskId),
-    /// The agent parked a new long poll: one it left parked on another server (its connection
-    /// gone after a restart, or moved by the balancer) must end, and never be handed a task.
-    Parked(String),
+    /// The agent parked a new long poll at `at_ms` (Unix milliseconds): one it left parked on
+    /// another server before (its connection gone after a restart, or moved by the balancer)
+    /// must end, and never be handed a task.
+    Parked {
+        /// The agent.
+        app_id: String,
+        /// When its new poll parked.
+        at_ms: i64,
+    },
 }
 
 /// The notifier and listener threads; dropping it stops both.
@@ -181,7 +187,7 @@ fn payloads(server_id: &str, batch: &BTreeSet<Wake>) -> Vec<String> {
         let line = match wake {
             Wake::Agent(app_id) => format!("\na {app_id}"),
             Wake::Task(id) => format!("\nt {id}"),
-            Wake::Parked(app_id) => format!("\np {app_id}"),
+            Wake::Parked { app_id, at_ms } => format!("\np {at_ms} {app_id}"),
         };
         if current.len() + line.len() > MAX_PAYLOAD {
             payloads.push(std::mem::replace(&mut current, String::from(server_id)));
@@ -242,7 +248,10 @@ fn parse(line: &str) -> Option<Wake> {
     match line.split_once(' ')? {
         ("a", app_id) => Some(Wake::Agent(app_id.to_owned())),
         ("t", id) => id.parse().ok().map(Wake::Task),
-        ("p", app_id) => Some(Wake::Parked(app_id.to_owned())),
+        ("p", rest) => {
+            let (at_ms, app_id) = rest.split_once(' ')?;
+            Some(Wake::Parked { app_id: app_id.to_owned(), at_ms: at_ms.parse().ok()? })
+        }
         _ => None,
     }
 }
@@ -256,7 +265,7 @@ mod tests {
         let id = crate::protocol::task::new_task_id();
         let mut batch: BTreeSet<Wake> = (0..2_000).map(|i| Wake::Agent(format!("host-{i:05}"))).collect();
         batch.insert(Wake::Task(id));
-        batch.insert(Wake::Parked("host-00001".into()));
+        batch.insert(Wake::Parked { app_id: "host-00001".into(), at_ms: 1_765_000_000_123 });
         let payloads = payloads("s1", &batch);
         assert!(payloads.len() > 1, "2,000 agents do not fit one payload");
         let mut back = BTreeSet::new();

@@ -114,6 +114,34 @@ fn a_task_handed_out_again_while_it_runs_is_acknowledged_and_reported_as_the_new
 }
 
 #[test]
+fn a_delivery_superseded_before_its_acknowledgement_is_not_run_nor_reported_and_a_later_one_runs()
+-> Result<()> {
+    let fx = Fixture::new();
+    let tmp = tempfile::tempdir()?;
+    let log = tmp.path().join("runs");
+    let superseded = "task t1: delivery 1 was superseded by delivery 2; stop running it";
+    fx.server.state.update(|s| s.refuse_doing = Some(superseded.into()));
+    let _agent = fx.start(1);
+    let task = WireTask { attempt: Some(1), ..shell("t1", &recording_script(&fx, &log)) };
+    fx.server.state.push_task(task.clone());
+    fx.server.state.wait_until(WAIT, "the refused acknowledgement", |s| {
+        s.named_deliveries.iter().any(|(id, kind, _)| id == "t1" && *kind == "doing")
+    });
+    let deadline = Instant::now() + WAIT;
+    while fx.journal().get("t1")?.is_some() {
+        assert!(Instant::now() < deadline, "the journal entry of a superseded delivery stays");
+        thread::sleep(Duration::from_millis(10));
+    }
+    // Handed to this agent later: it runs, once, as that delivery.
+    fx.server.state.update(|s| s.refuse_doing = None);
+    fx.server.state.push_task(WireTask { attempt: Some(3), ..task });
+    fx.server.state.wait_until(WAIT, "the report", |s| s.reports.len() == 1);
+    assert_eq!(named(&fx, "t1", "final"), [Some(3)], "no failed report of the superseded delivery");
+    assert_eq!(runs(&log), 1);
+    Ok(())
+}
+
+#[test]
 fn a_finished_task_handed_out_again_is_reported_again_as_the_new_delivery() -> Result<()> {
     let fx = Fixture::new();
     let tmp = tempfile::tempdir()?;

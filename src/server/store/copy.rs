@@ -319,6 +319,12 @@ fn from_postgres(
 ) -> Result<(Vec<(String, u64)>, u64), StoreError> {
     // Read as it is: its schema must be this release's, and the copy does not migrate it.
     let kv = PgKv::open_as_is(target)?;
+    if kv.get("meta", COPY_MARKER)?.is_some() {
+        return Err(StoreError::Io(format!(
+            "the database {} holds a copy that did not finish: it is not a fleet to copy from",
+            target.shown
+        )));
+    }
     let mut client = target.connect().map_err(|e| {
         StoreError::Io(format!("cannot connect to the database {}: {}", target.shown, described(&e)))
     })?;

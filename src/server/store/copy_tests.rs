@@ -170,6 +170,10 @@ fn a_server_refuses_a_database_a_copy_into_it_did_not_finish() {
     drop(kv);
     let err = database.try_open(Policy::default()).err().expect("refused");
     assert!(err.to_string().contains("holds a copy that did not finish"), "{err}");
+    let out = tempfile::tempdir().expect("a temp dir");
+    let err =
+        run(&Source::Postgres(&target), &Destination::Dir(out.path()), Vec::new()).expect_err("refused");
+    assert!(err.to_string().contains("holds a copy that did not finish"), "as a source too: {err}");
 
     // A copy that finished leaves none.
     let (source, _) = filled_dir();

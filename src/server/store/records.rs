@@ -152,6 +152,8 @@ pub struct TaskRecord {
     /// The number of its current delivery: 1 once handed out, one more each time it is handed
     /// out again (0: never handed out). The fence of its lease: a report or output chunk that
     /// names an earlier delivery comes from a holder that was superseded, and is refused.
+    /// Records stored before it existed count each `delivered` of their history (which may be
+    /// more than the hand-outs; their agents name no delivery).
     pub attempt: u32,
 }
 

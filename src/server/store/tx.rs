@@ -145,6 +145,9 @@ impl Tx<'_> {
     /// Takes `count` queue numbers, in increasing order, as [`Tx::take_seq`] does; on
     /// PostgreSQL with one statement.
     pub fn take_seqs<E: From<StoreError>>(&self, count: usize) -> Result<Vec<u64>, TxError<E>> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
         if let Some(seqs) = self.trees.tasks.next_ids_here(count) {
             return Ok(seqs?);
         }

@@ -34,7 +34,13 @@ pub fn run(client: &mut Client, shown: &str) -> Result<(), StoreError> {
             release / 10_000
         )));
     }
-    let mut tx = client.transaction().map_err(to_store)?;
+    // READ COMMITTED whatever the database's default: each statement after the lock then sees
+    // what a server that held it before committed.
+    let mut tx = client
+        .build_transaction()
+        .isolation_level(postgres::IsolationLevel::ReadCommitted)
+        .start()
+        .map_err(to_store)?;
     // Held until the transaction ends: a second server waits here, then finds the work done.
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK]).map_err(to_store)?;
     apply(&mut tx, shown)?;
