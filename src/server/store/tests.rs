@@ -405,14 +405,21 @@ fn chunk_of(id: TaskId, seq: u32, attempt: Option<u32>) -> NewChunk<'static> {
     NewChunk { id, seq, stream: Stream::Stdout, data: b"out", attempt }
 }
 
+/// A task of agent `a` handed out once (delivery 1) and back in the queue after its ack
+/// window; its id and the end of that window.
+fn requeued_after_one_delivery(store: &Store) -> (TaskId, i64) {
+    let id = queued(store, "a", 1)[0];
+    assert_eq!(take(store, "a").unwrap().attempt, 1);
+    let ack_deadline = 20 + Policy::default().ack_window_ms;
+    assert!(store.sweep_deadlines(ack_deadline).unwrap()[0].requeued);
+    (id, ack_deadline)
+}
+
 #[test_case(Engine::Sled; "sled")]
 #[test_case(Engine::Postgres; "postgres")]
 fn each_hand_out_numbers_the_delivery_and_a_superseded_one_is_fenced_off(engine: Engine) {
     let (_dir, store) = open_on(engine);
-    let id = queued(&store, "a", 1)[0];
-    assert_eq!(take(&store, "a").unwrap().attempt, 1);
-    let ack_deadline = 20 + Policy::default().ack_window_ms;
-    assert!(store.sweep_deadlines(ack_deadline).unwrap()[0].requeued);
+    let (id, ack_deadline) = requeued_after_one_delivery(&store);
     let again = store.take_next("a", Delivery::Acknowledged, &[], &mut Vec::new(), ack_deadline + 1).unwrap();
     assert_eq!(again.unwrap().attempt, 2, "handed out again: the second delivery");
 
@@ -444,10 +451,7 @@ fn each_hand_out_numbers_the_delivery_and_a_superseded_one_is_fenced_off(engine:
 #[test_case(Engine::Postgres; "postgres")]
 fn a_late_acknowledgement_before_the_next_hand_out_keeps_its_delivery(engine: Engine) {
     let (_dir, store) = open_on(engine);
-    let id = queued(&store, "a", 1)[0];
-    take(&store, "a");
-    let ack_deadline = 20 + Policy::default().ack_window_ms;
-    assert!(store.sweep_deadlines(ack_deadline).unwrap()[0].requeued);
+    let (id, ack_deadline) = requeued_after_one_delivery(&store);
     // Back in the queue, not yet handed out again: the acknowledgement takes it out, and the
     // agent that sent it holds the task, still as delivery 1.
     let running =
@@ -464,10 +468,7 @@ fn a_late_acknowledgement_before_the_next_hand_out_keeps_its_delivery(engine: En
 fn reports_and_chunks_that_name_no_delivery_are_taken_as_before(engine: Engine) {
     // The original client names no delivery; neither did orange agents before they did.
     let (_dir, store) = open_on(engine);
-    let id = queued(&store, "a", 1)[0];
-    take(&store, "a");
-    let ack_deadline = 20 + Policy::default().ack_window_ms;
-    store.sweep_deadlines(ack_deadline).unwrap();
+    let (id, ack_deadline) = requeued_after_one_delivery(&store);
     take(&store, "a");
     store.store_chunk("a", &chunk_of(id, 0, None), ack_deadline + 1).unwrap();
     let done = store.apply_report("a", id, &success("ok"), ack_deadline + 2).unwrap();
